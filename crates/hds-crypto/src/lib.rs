@@ -1,0 +1,4 @@
+//! Envelope encryption for hds.
+#![deny(missing_docs)]
+
+pub mod root;

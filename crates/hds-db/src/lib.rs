@@ -1,0 +1,232 @@
+//! The one database hds keeps its state in: the DICOM index, and later identities, the key
+//! vault's store and ARM resources.
+//!
+//! Two backends, one code path: SQLite (the default, one file in the data dir) and PostgreSQL
+//! (for several `hds` nodes), both through sqlx's `Any` driver. Queries use `$N` placeholders,
+//! which both backends accept, and only the types `Any` knows (`i64`, `f64`, `bool`, `String`,
+//! `Vec<u8>`). Where the SQL dialects differ (DDL mostly), callers branch on [`Backend`].
+//!
+//! What this crate settles once for everyone:
+//! - connection setup ([`Database::connect`]): on SQLite, WAL, a busy timeout, foreign keys,
+//!   `secure_delete` and `synchronous=FULL` on every pooled connection;
+//! - write transactions ([`Database::begin_write`]) that take SQLite's write lock up front;
+//! - per-component migrations on the shared database ([`Database::migrate`], see [`migrate`]);
+//! - with the `testing` feature, a throwaway PostgreSQL cluster ([`testing::PostgresCluster`]).
+#![deny(missing_docs)]
+
+pub mod migrate;
+#[cfg(feature = "testing")]
+pub mod testing;
+
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
+use sqlx::{Any, AnyPool, Executor};
+
+pub use migrate::Migration;
+
+/// A transaction holding the database's write lock (SQLite) or an ordinary one (PostgreSQL).
+/// Dropping it without [`sqlx::Transaction::commit`] rolls it back.
+pub type WriteTransaction = sqlx::Transaction<'static, Any>;
+
+/// Which database engine is behind a [`Database`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// One SQLite file.
+    Sqlite,
+    /// A PostgreSQL server.
+    Postgres,
+}
+
+/// Why opening, migrating or using the database failed. Messages never carry stored values.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DbError {
+    /// The URL is neither `sqlite:PATH` nor `postgres://...`.
+    #[error("unsupported database URL (expected sqlite:PATH or postgres://...)")]
+    UnsupportedUrl,
+    /// The SQLite file's directory could not be created.
+    #[error("cannot create the database directory: {0}")]
+    CreateDirectory(#[source] std::io::Error),
+    /// The database reported an error.
+    #[error("database error: {0}")]
+    Sqlx(#[from] sqlx::Error),
+    /// A migration's SQL failed.
+    #[error("migration {version} of {component} failed: {source}")]
+    MigrationFailed {
+        /// The component whose migration failed.
+        component: String,
+        /// The failed migration's version.
+        version: i64,
+        /// What the database said.
+        #[source]
+        source: sqlx::Error,
+    },
+    /// The database has a migration of this component that this build does not know: it was
+    /// written by a newer hds.
+    #[error("the database has migration {version} of {component}, unknown to this build (written by a newer version?)")]
+    UnknownMigration {
+        /// The component.
+        component: String,
+        /// The unknown version.
+        version: i64,
+    },
+    /// An applied migration's SQL differs from this build's.
+    #[error("migration {version} of {component} was changed after it was applied")]
+    ChangedMigration {
+        /// The component.
+        component: String,
+        /// The changed version.
+        version: i64,
+    },
+    /// The migration list itself is malformed (versions not strictly increasing or not positive).
+    #[error("migrations of {component} are not in strictly increasing positive version order")]
+    MigrationOrder {
+        /// The component.
+        component: String,
+    },
+}
+
+/// How long a SQLite connection waits for another writer before giving up with SQLITE_BUSY.
+const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Pool size. SQLite serializes writers anyway but readers run concurrently under WAL.
+const MAX_CONNECTIONS: u32 = 10;
+
+/// A handle on the database: a connection pool and which backend it is. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Database {
+    pool: AnyPool,
+    backend: Backend,
+}
+
+impl Database {
+    /// Opens the database at `url`:
+    /// - `sqlite:PATH` (or `sqlite://PATH`): the file and its directory are created if missing;
+    /// - `postgres://...` (or `postgresql://...`): the database must exist.
+    ///
+    /// SQLite connections run with `journal_mode=WAL` (readers do not block the writer),
+    /// `busy_timeout` 5 s, `foreign_keys=ON`, `secure_delete=ON` (deleted values are
+    /// overwritten, not left in free pages) and `synchronous=FULL`: every commit is fsynced
+    /// before it is acknowledged, so an acknowledged store survives power loss as well as a
+    /// killed process. (`NORMAL` would survive a killed process but may lose the last commits
+    /// on power loss; the cost of `FULL` is one WAL fsync per commit.)
+    pub async fn connect(url: &str) -> Result<Database, DbError> {
+        install_drivers();
+        let backend = backend_of(url)?;
+        match backend {
+            Backend::Sqlite => Self::connect_sqlite(url).await,
+            Backend::Postgres => {
+                let options = AnyConnectOptions::from_str(url)?;
+                let pool = AnyPoolOptions::new()
+                    .max_connections(MAX_CONNECTIONS)
+                    .connect_with(options)
+                    .await?;
+                Ok(Database { pool, backend })
+            }
+        }
+    }
+
+    async fn connect_sqlite(url: &str) -> Result<Database, DbError> {
+        let rest = url.strip_prefix("sqlite:").ok_or(DbError::UnsupportedUrl)?;
+        let rest = rest.strip_prefix("//").unwrap_or(rest);
+        let (path, query) = match rest.split_once('?') {
+            Some((path, query)) => (path, Some(query)),
+            None => (rest, None),
+        };
+        if path.is_empty() || path == ":memory:" {
+            // An in-memory database is one per connection: a pool would see several.
+            return Err(DbError::UnsupportedUrl);
+        }
+        if let Some(parent) = Path::new(path).parent()
+            && !parent.as_os_str().is_empty()
+        {
+            std::fs::create_dir_all(parent).map_err(DbError::CreateDirectory)?;
+        }
+        let url = match query {
+            Some(query) if query.contains("mode=") => format!("sqlite://{path}?{query}"),
+            Some(query) => format!("sqlite://{path}?{query}&mode=rwc"),
+            None => format!("sqlite://{path}?mode=rwc"),
+        };
+        let options = AnyConnectOptions::from_str(&url)?;
+        let pool = AnyPoolOptions::new()
+            .max_connections(MAX_CONNECTIONS)
+            .after_connect(|connection, _metadata| {
+                Box::pin(async move {
+                    // busy_timeout first: switching to WAL needs a lock another connection
+                    // may hold for a moment.
+                    let busy = format!("PRAGMA busy_timeout = {}", SQLITE_BUSY_TIMEOUT.as_millis());
+                    connection.execute(busy.as_str()).await?;
+                    connection.execute("PRAGMA journal_mode = WAL").await?;
+                    connection.execute("PRAGMA synchronous = FULL").await?;
+                    connection.execute("PRAGMA foreign_keys = ON").await?;
+                    connection.execute("PRAGMA secure_delete = ON").await?;
+                    Ok(())
+                })
+            })
+            .connect_with(options)
+            .await?;
+        Ok(Database {
+            pool,
+            backend: Backend::Sqlite,
+        })
+    }
+
+    /// Which backend this is, for the few places (DDL mostly) where SQL differs.
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// The connection pool, for reads and for statements outside a transaction.
+    pub fn pool(&self) -> &AnyPool {
+        &self.pool
+    }
+
+    /// Begins a write transaction. On SQLite it is `BEGIN IMMEDIATE`, which takes the write
+    /// lock at once (waiting up to the busy timeout): a deferred transaction that reads first
+    /// and writes later can fail its lock upgrade with SQLITE_BUSY without waiting. On
+    /// PostgreSQL it is a plain `BEGIN` (READ COMMITTED); conflicts are for constraints to
+    /// decide. Dropping the transaction uncommitted rolls it back.
+    pub async fn begin_write(&self) -> Result<WriteTransaction, DbError> {
+        let transaction = match self.backend {
+            Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await?,
+            Backend::Postgres => self.pool.begin().await?,
+        };
+        Ok(transaction)
+    }
+
+    /// Begins a read transaction: a consistent snapshot on SQLite (WAL), READ COMMITTED on
+    /// PostgreSQL.
+    pub async fn begin_read(&self) -> Result<sqlx::Transaction<'static, Any>, DbError> {
+        Ok(self.pool.begin().await?)
+    }
+
+    /// Applies `component`'s migrations that are not applied yet. See [`migrate`].
+    pub async fn migrate(&self, component: &str, migrations: &[Migration]) -> Result<(), DbError> {
+        migrate::run(self, component, migrations).await
+    }
+
+    /// Closes every connection of the pool (waiting for those in use to come back).
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+/// Which backend a URL names, without connecting.
+pub fn backend_of(url: &str) -> Result<Backend, DbError> {
+    if url.starts_with("sqlite:") {
+        Ok(Backend::Sqlite)
+    } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        Ok(Backend::Postgres)
+    } else {
+        Err(DbError::UnsupportedUrl)
+    }
+}
+
+/// sqlx's `Any` driver needs its drivers registered before the first connection (the call is
+/// idempotent).
+fn install_drivers() {
+    sqlx::any::install_default_drivers();
+}

@@ -1,0 +1,15 @@
+//! DICOM over dicom-rs: parse and validate one instance, extract what the index needs,
+//! render DICOM JSON (PS3.18 F) without bulk data, and locate frames.
+//!
+//! This crate knows nothing about HTTP, storage or encryption. Everything it returns that came
+//! from an instance may be PHI: callers must not log it.
+#![deny(missing_docs)]
+
+pub mod attributes;
+pub mod frames;
+pub mod instance;
+pub mod normalize;
+
+pub use attributes::{QueryLevel, SearchKind, SearchableAttribute};
+pub use frames::{ByteRange, FrameMap};
+pub use instance::{InstanceError, ParsedInstance, SearchTerm, SearchValue, parse_instance};

@@ -1,0 +1,86 @@
+//! The errors of the DICOMweb API and their HTTP form.
+
+use axum::Json;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+
+/// A failed DICOMweb request. Messages never carry values from instances.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DicomWebError {
+    /// No such workspace/service or API version.
+    #[error("no DICOM service at this address")]
+    ServiceNotFound,
+    /// The study, series, instance or frame does not exist.
+    #[error("{0} not found")]
+    NotFound(&'static str),
+    /// The request is malformed; the message says how.
+    #[error("{0}")]
+    BadRequest(String),
+    /// The request's media type is not one this endpoint accepts.
+    #[error("{0}")]
+    UnsupportedMediaType(String),
+    /// No acceptable representation can be produced; the message says what to ask for.
+    #[error("{0}")]
+    NotAcceptable(String),
+    /// The request body is larger than the configured limit.
+    #[error("request body exceeds the limit of {0} bytes")]
+    PayloadTooLarge(u64),
+    /// The service cannot reach its data (e.g. lost access to its encryption key); the code and
+    /// message say what to do.
+    #[error("{message}")]
+    Unavailable {
+        /// A stable error code, e.g. `CustomerManagedKeyAccessLost`.
+        code: &'static str,
+        /// What happened and what to do.
+        message: String,
+    },
+    /// Something failed inside hds; details go to the log, not to the client.
+    #[error("internal error")]
+    Internal(String),
+}
+
+impl DicomWebError {
+    /// Wraps an internal failure, logging its detail.
+    pub fn internal(context: &'static str, error: impl std::fmt::Display) -> DicomWebError {
+        DicomWebError::Internal(format!("{context}: {error}"))
+    }
+
+    fn status_and_code(&self) -> (StatusCode, &'static str) {
+        match self {
+            DicomWebError::ServiceNotFound => (StatusCode::NOT_FOUND, "ServiceNotFound"),
+            DicomWebError::NotFound(_) => (StatusCode::NOT_FOUND, "NotFound"),
+            DicomWebError::BadRequest(_) => (StatusCode::BAD_REQUEST, "BadRequest"),
+            DicomWebError::UnsupportedMediaType(_) => {
+                (StatusCode::UNSUPPORTED_MEDIA_TYPE, "UnsupportedMediaType")
+            }
+            DicomWebError::NotAcceptable(_) => (StatusCode::NOT_ACCEPTABLE, "NotAcceptable"),
+            DicomWebError::PayloadTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "PayloadTooLarge"),
+            DicomWebError::Unavailable { code, .. } => (StatusCode::INTERNAL_SERVER_ERROR, code),
+            DicomWebError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "InternalError"),
+        }
+    }
+}
+
+impl From<hds_index::IndexError> for DicomWebError {
+    fn from(error: hds_index::IndexError) -> Self {
+        DicomWebError::internal("index", error)
+    }
+}
+
+impl From<hds_blob::BlobError> for DicomWebError {
+    fn from(error: hds_blob::BlobError) -> Self {
+        DicomWebError::internal("blob store", error)
+    }
+}
+
+impl IntoResponse for DicomWebError {
+    fn into_response(self) -> Response {
+        let (status, code) = self.status_and_code();
+        if let DicomWebError::Internal(detail) = &self {
+            tracing::error!(detail = %detail, "request failed");
+        }
+        let body = serde_json::json!({ "error": { "code": code, "message": self.to_string() } });
+        (status, Json(body)).into_response()
+    }
+}

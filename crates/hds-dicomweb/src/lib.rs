@@ -1,0 +1,65 @@
+//! The DICOMweb HTTP API of hds: STOW-RS, WADO-RS, QIDO-RS and delete (PS3.18), for every DICOM
+//! service at `{base}/dicom/{workspace}/{service}/v2/` (`/v1/` is an alias).
+//!
+//! Handlers are thin: they negotiate media types, call [`hds_dicom`] to parse, [`hds_index`] to
+//! record and search, and [`hds_blob`] to store bytes, and shape PS3.18 responses.
+//!
+//! Architecture invariants:
+//! - Nothing from an instance is logged: spans record the matched route (`{study}`, not the UID)
+//!   and the names of query parameters, never their values.
+//! - An instance is acknowledged only after its blob is complete and its index row committed;
+//!   a failure in between leaves at most an unreferenced blob, never a visible half instance.
+#![deny(missing_docs)]
+
+mod error;
+mod media;
+mod multipart;
+mod qido;
+mod retrieve;
+mod service;
+mod stow;
+mod sync_reader;
+
+use axum::Router;
+use axum::routing::{get, post};
+
+pub use error::DicomWebError;
+pub use service::{DicomServiceResolver, DicomWebConfig, DicomWebState, ResolvedService, StaticServices};
+
+/// The routes of the DICOMweb API, relative to the main listener's root.
+pub fn router(state: DicomWebState) -> Router {
+    let api = Router::new()
+        .route("/studies", post(stow::store).get(qido::search_studies))
+        .route("/series", get(qido::search_series))
+        .route("/instances", get(qido::search_instances))
+        .route(
+            "/studies/{study}",
+            post(stow::store_in_study).get(retrieve::study).delete(retrieve::delete_study),
+        )
+        .route("/studies/{study}/metadata", get(retrieve::study_metadata))
+        .route("/studies/{study}/series", get(qido::search_series_in_study))
+        .route("/studies/{study}/instances", get(qido::search_instances_in_study))
+        .route(
+            "/studies/{study}/series/{series}",
+            get(retrieve::series).delete(retrieve::delete_series),
+        )
+        .route("/studies/{study}/series/{series}/metadata", get(retrieve::series_metadata))
+        .route(
+            "/studies/{study}/series/{series}/instances",
+            get(qido::search_instances_in_series),
+        )
+        .route(
+            "/studies/{study}/series/{series}/instances/{instance}",
+            get(retrieve::instance).delete(retrieve::delete_instance),
+        )
+        .route(
+            "/studies/{study}/series/{series}/instances/{instance}/metadata",
+            get(retrieve::instance_metadata),
+        )
+        .route(
+            "/studies/{study}/series/{series}/instances/{instance}/frames/{frames}",
+            get(retrieve::frames),
+        )
+        .layer(axum::extract::DefaultBodyLimit::disable());
+    Router::new().nest("/dicom/{workspace}/{service}/{version}", api).with_state(state)
+}

@@ -1,0 +1,133 @@
+//! Which DICOM services exist, and the shared state of the API.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use axum::extract::FromRequestParts;
+use axum::http::request::Parts;
+use hds_blob::BlobStore;
+use hds_index::Index;
+
+use crate::DicomWebError;
+
+/// Settings of the DICOMweb API.
+#[derive(Debug, Clone)]
+pub struct DicomWebConfig {
+    /// The largest request body STOW-RS accepts, in bytes.
+    pub max_request_bytes: u64,
+    /// `https` or `http`: how clients reach the main listener (for RetrieveURL).
+    pub scheme: &'static str,
+}
+
+impl Default for DicomWebConfig {
+    fn default() -> Self {
+        DicomWebConfig { max_request_bytes: 2 * 1024 * 1024 * 1024, scheme: "https" }
+    }
+}
+
+/// A DICOM service the API may serve, as the resolver found it.
+#[derive(Debug, Clone)]
+pub struct ResolvedService {
+    /// The service's key in the index and blob store, e.g. `default/dicom`.
+    pub service_key: String,
+}
+
+/// Decides which `{workspace}/{service}` pairs exist and whether they may serve data now.
+/// The control plane implements it; [`StaticServices`] serves a fixed list.
+pub trait DicomServiceResolver: Send + Sync + 'static {
+    /// The service, `Ok(None)` if there is none, or an error saying why it cannot serve data
+    /// (such as lost access to its customer-managed key).
+    fn resolve<'a>(
+        &'a self,
+        workspace: &'a str,
+        service: &'a str,
+    ) -> Pin<Box<dyn Future<Output = Result<Option<ResolvedService>, DicomWebError>> + Send + 'a>>;
+}
+
+/// A fixed set of services, compared case-insensitively as ARM names are.
+#[derive(Debug, Clone, Default)]
+pub struct StaticServices {
+    services: HashMap<(String, String), ResolvedService>,
+}
+
+impl StaticServices {
+    /// Adds `workspace/service`.
+    pub fn with(mut self, workspace: &str, service: &str) -> StaticServices {
+        let key = (workspace.to_ascii_lowercase(), service.to_ascii_lowercase());
+        let service_key = format!("{}/{}", key.0, key.1);
+        self.services.insert(key, ResolvedService { service_key });
+        self
+    }
+}
+
+impl DicomServiceResolver for StaticServices {
+    fn resolve<'a>(
+        &'a self,
+        workspace: &'a str,
+        service: &'a str,
+    ) -> Pin<Box<dyn Future<Output = Result<Option<ResolvedService>, DicomWebError>> + Send + 'a>> {
+        let key = (workspace.to_ascii_lowercase(), service.to_ascii_lowercase());
+        let found = self.services.get(&key).cloned();
+        Box::pin(async move { Ok(found) })
+    }
+}
+
+/// Everything a DICOMweb handler needs. Cheap to clone.
+#[derive(Clone)]
+pub struct DicomWebState {
+    /// The index.
+    pub index: Index,
+    /// The blob store.
+    pub blobs: BlobStore,
+    /// Which services exist.
+    pub services: Arc<dyn DicomServiceResolver>,
+    /// Settings.
+    pub config: Arc<DicomWebConfig>,
+}
+
+/// The service a request addresses, its key and the base of its URLs; an extractor that
+/// answers 404 for an unknown service or API version.
+#[derive(Debug, Clone)]
+pub struct ServiceContext {
+    /// The index/blob key of the service.
+    pub service_key: String,
+    /// `{scheme}://{host}/dicom/{workspace}/{service}/{version}`, for RetrieveURL.
+    pub base_url: String,
+}
+
+impl FromRequestParts<DicomWebState> for ServiceContext {
+    type Rejection = DicomWebError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &DicomWebState) -> Result<Self, Self::Rejection> {
+        let prefix = service_prefix(parts.uri.path()).ok_or(DicomWebError::ServiceNotFound)?;
+        let [workspace, service, version] = prefix;
+        if version != "v1" && version != "v2" {
+            return Err(DicomWebError::ServiceNotFound);
+        }
+        let resolved = state
+            .services
+            .resolve(workspace, service)
+            .await?
+            .ok_or(DicomWebError::ServiceNotFound)?;
+        let host = parts
+            .headers
+            .get(axum::http::header::HOST)
+            .and_then(|value| value.to_str().ok())
+            .or_else(|| parts.uri.authority().map(|authority| authority.as_str()))
+            .unwrap_or("localhost");
+        let base_url =
+            format!("{}://{}/dicom/{}/{}/{}", state.config.scheme, host, workspace, service, version);
+        Ok(ServiceContext { service_key: resolved.service_key, base_url })
+    }
+}
+
+/// `[workspace, service, version]` from a path `/dicom/{workspace}/{service}/{version}/...`.
+fn service_prefix(path: &str) -> Option<[&str; 3]> {
+    let mut segments = path.trim_start_matches('/').split('/');
+    if segments.next()? != "dicom" {
+        return None;
+    }
+    Some([segments.next()?, segments.next()?, segments.next()?])
+}

@@ -1,0 +1,340 @@
+//! STOW-RS: `POST studies` and `POST studies/{study}` (PS3.18 10.5).
+//!
+//! Each part streams straight into a new blob under a random name while at most
+//! [`IN_MEMORY_PART_LIMIT`] bytes of it are kept for parsing; a larger part is parsed back from
+//! its blob through ranged reads. So a request's memory stays bounded whatever its size.
+
+use std::io::Cursor;
+
+use axum::Json;
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode, header::CONTENT_LENGTH};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use futures::{Stream, StreamExt, TryStreamExt};
+use hds_blob::BlobName;
+use hds_dicom::{InstanceError, ParsedInstance, parse_instance};
+use hds_index::{NewInstance, StoreOutcome};
+use serde::Deserialize;
+use serde_json::{Map, Value, json};
+
+use crate::media;
+use crate::service::{DicomWebState, ServiceContext};
+use crate::sync_reader::BlobSyncReader;
+use crate::DicomWebError;
+
+/// Parts up to this size are parsed from memory; larger ones from their blob.
+const IN_MEMORY_PART_LIMIT: u64 = 16 * 1024 * 1024;
+
+/// Failure reasons of PS3.18 table I.2-1 and the DICOM service's extensions.
+mod failure_reason {
+    /// Processing failure.
+    pub const PROCESSING_FAILURE: u16 = 272;
+    /// The instance failed validation.
+    pub const VALIDATION_FAILED: u16 = 43264;
+    /// The instance's StudyInstanceUID differs from the one in the URL.
+    pub const STUDY_MISMATCH: u16 = 43265;
+    /// The SOP instance is already stored.
+    pub const ALREADY_STORED: u16 = 45070;
+}
+
+/// The `{study}` of `studies/{study}`.
+#[derive(Debug, Deserialize)]
+pub struct StudyPath {
+    study: String,
+}
+
+/// `POST studies`.
+pub async fn store(
+    context: ServiceContext,
+    State(state): State<DicomWebState>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, DicomWebError> {
+    store_request(context, state, headers, body, None).await
+}
+
+/// `POST studies/{study}`: every instance must belong to that study.
+pub async fn store_in_study(
+    context: ServiceContext,
+    State(state): State<DicomWebState>,
+    Path(path): Path<StudyPath>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, DicomWebError> {
+    store_request(context, state, headers, body, Some(path.study)).await
+}
+
+/// What happened to one part.
+enum PartOutcome {
+    Stored { sop_class_uid: String, sop_instance_uid: String, study_instance_uid: String, series_instance_uid: String },
+    Failed { sop_class_uid: Option<String>, sop_instance_uid: Option<String>, reason: u16 },
+}
+
+async fn store_request(
+    context: ServiceContext,
+    state: DicomWebState,
+    headers: HeaderMap,
+    body: Body,
+    required_study: Option<String>,
+) -> Result<Response, DicomWebError> {
+    let limit = state.config.max_request_bytes;
+    let declared_length = headers
+        .get(CONTENT_LENGTH)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.parse::<u64>().ok());
+    if declared_length.is_some_and(|length| length > limit) {
+        return Err(DicomWebError::PayloadTooLarge(limit));
+    }
+    let content_type = media::content_type(&headers).ok_or_else(|| {
+        DicomWebError::UnsupportedMediaType(
+            "send multipart/related; type=\"application/dicom\" or application/dicom".into(),
+        )
+    })?;
+    let stream = limited(body.into_data_stream(), limit);
+    let mut outcomes = Vec::new();
+    match content_type.essence.as_str() {
+        "multipart/related" => {
+            if let Some(part_type) = content_type.parameter("type") {
+                if !part_type.eq_ignore_ascii_case("application/dicom") {
+                    return Err(DicomWebError::UnsupportedMediaType(format!(
+                        "multipart/related of type {part_type} is not supported; send type=\"application/dicom\""
+                    )));
+                }
+            }
+            let boundary = content_type
+                .parameter("boundary")
+                .ok_or_else(|| DicomWebError::BadRequest("the multipart Content-Type has no boundary".into()))?
+                .to_owned();
+            let mut multipart = multer::Multipart::new(stream, boundary);
+            loop {
+                let field = match multipart.next_field().await {
+                    Ok(Some(field)) => field,
+                    Ok(None) => break,
+                    Err(error) => return Err(multipart_error(error, limit)),
+                };
+                let part_is_dicom = field
+                    .content_type()
+                    .is_none_or(|mime| mime.essence_str().eq_ignore_ascii_case("application/dicom"));
+                if !part_is_dicom {
+                    // Drain the part so the next one can be read.
+                    let mut field = field;
+                    while let Some(_chunk) = field.chunk().await.map_err(|e| multipart_error(e, limit))? {}
+                    outcomes.push(PartOutcome::Failed {
+                        sop_class_uid: None,
+                        sop_instance_uid: None,
+                        reason: failure_reason::VALIDATION_FAILED,
+                    });
+                    continue;
+                }
+                let chunks = field.map_err(|error| multipart_error(error, limit));
+                outcomes.push(ingest_part(&context, &state, chunks, required_study.as_deref()).await?);
+            }
+        }
+        "application/dicom" => {
+            let chunks = stream.map_err(|error| match error {
+                LimitedError::TooLarge => DicomWebError::PayloadTooLarge(limit),
+                LimitedError::Body(error) => DicomWebError::BadRequest(format!("reading the request body: {error}")),
+            });
+            outcomes.push(ingest_part(&context, &state, chunks, required_study.as_deref()).await?);
+        }
+        other => {
+            return Err(DicomWebError::UnsupportedMediaType(format!(
+                "{other} is not supported; send multipart/related; type=\"application/dicom\" or application/dicom"
+            )));
+        }
+    }
+    if outcomes.is_empty() {
+        return Err(DicomWebError::BadRequest("the request holds no DICOM instance".into()));
+    }
+    Ok(store_response(&context, &outcomes, required_study.as_deref()))
+}
+
+/// Reads one part into a new blob, parses it, and records it.
+async fn ingest_part<S>(
+    context: &ServiceContext,
+    state: &DicomWebState,
+    mut chunks: S,
+    required_study: Option<&str>,
+) -> Result<PartOutcome, DicomWebError>
+where
+    S: Stream<Item = Result<Bytes, DicomWebError>> + Unpin,
+{
+    let blob_name = BlobName::random();
+    let mut writer = state.blobs.create(&blob_name).await?;
+    let mut kept: Vec<Bytes> = Vec::new();
+    let mut size: u64 = 0;
+    while let Some(chunk) = chunks.next().await {
+        let chunk = match chunk {
+            Ok(chunk) => chunk,
+            Err(error) => {
+                let _ = writer.abort().await;
+                return Err(error);
+            }
+        };
+        size += chunk.len() as u64;
+        if size <= IN_MEMORY_PART_LIMIT {
+            kept.push(chunk.clone());
+        } else {
+            kept.clear();
+        }
+        if let Err(error) = writer.write(&chunk).await {
+            let _ = writer.abort().await;
+            return Err(error.into());
+        }
+    }
+    writer.finish().await?;
+
+    let parsed = if size <= IN_MEMORY_PART_LIMIT {
+        let bytes = kept.concat();
+        tokio::task::spawn_blocking(move || parse_instance(Cursor::new(bytes))).await
+    } else {
+        let reader = BlobSyncReader::new(state.blobs.clone(), blob_name.clone(), size, tokio::runtime::Handle::current());
+        tokio::task::spawn_blocking(move || parse_instance(reader)).await
+    }
+    .map_err(|error| DicomWebError::internal("parsing task", error))?;
+
+    let outcome = match parsed {
+        Err(error) => failed_parse(&error),
+        Ok(parsed) => record(context, state, &parsed, &blob_name, size, required_study).await?,
+    };
+    if !matches!(outcome, PartOutcome::Stored { .. }) {
+        state.blobs.delete(&blob_name).await?;
+    }
+    Ok(outcome)
+}
+
+fn failed_parse(error: &InstanceError) -> PartOutcome {
+    let reason = match error {
+        InstanceError::Unreadable(_) => failure_reason::PROCESSING_FAILURE,
+        _ => failure_reason::VALIDATION_FAILED,
+    };
+    tracing::info!(reason, error = %error, "instance refused");
+    PartOutcome::Failed { sop_class_uid: None, sop_instance_uid: None, reason }
+}
+
+async fn record(
+    context: &ServiceContext,
+    state: &DicomWebState,
+    parsed: &ParsedInstance,
+    blob_name: &BlobName,
+    size: u64,
+    required_study: Option<&str>,
+) -> Result<PartOutcome, DicomWebError> {
+    let failed = |reason| PartOutcome::Failed {
+        sop_class_uid: Some(parsed.sop_class_uid.clone()),
+        sop_instance_uid: Some(parsed.sop_instance_uid.clone()),
+        reason,
+    };
+    if required_study.is_some_and(|study| study != parsed.study_instance_uid) {
+        return Ok(failed(failure_reason::STUDY_MISMATCH));
+    }
+    let stored = state
+        .index
+        .store_instance(NewInstance {
+            service: &context.service_key,
+            parsed,
+            blob_name: blob_name.as_str(),
+            size,
+        })
+        .await?;
+    Ok(match stored {
+        StoreOutcome::Stored => PartOutcome::Stored {
+            sop_class_uid: parsed.sop_class_uid.clone(),
+            sop_instance_uid: parsed.sop_instance_uid.clone(),
+            study_instance_uid: parsed.study_instance_uid.clone(),
+            series_instance_uid: parsed.series_instance_uid.clone(),
+        },
+        StoreOutcome::AlreadyExists => failed(failure_reason::ALREADY_STORED),
+    })
+}
+
+/// The PS3.18 store response: 200 all stored, 202 some, 409 none.
+fn store_response(context: &ServiceContext, outcomes: &[PartOutcome], required_study: Option<&str>) -> Response {
+    let mut referenced = Vec::new();
+    let mut failed = Vec::new();
+    let mut studies: Vec<&str> = Vec::new();
+    for outcome in outcomes {
+        match outcome {
+            PartOutcome::Stored { sop_class_uid, sop_instance_uid, study_instance_uid, series_instance_uid } => {
+                let url = format!(
+                    "{}/studies/{study_instance_uid}/series/{series_instance_uid}/instances/{sop_instance_uid}",
+                    context.base_url
+                );
+                referenced.push(json!({
+                    "00081150": { "vr": "UI", "Value": [sop_class_uid] },
+                    "00081155": { "vr": "UI", "Value": [sop_instance_uid] },
+                    "00081190": { "vr": "UR", "Value": [url] },
+                }));
+                if !studies.contains(&study_instance_uid.as_str()) {
+                    studies.push(study_instance_uid);
+                }
+            }
+            PartOutcome::Failed { sop_class_uid, sop_instance_uid, reason } => {
+                let mut item = Map::new();
+                if let Some(class) = sop_class_uid {
+                    item.insert("00081150".into(), json!({ "vr": "UI", "Value": [class] }));
+                }
+                if let Some(instance) = sop_instance_uid {
+                    item.insert("00081155".into(), json!({ "vr": "UI", "Value": [instance] }));
+                }
+                item.insert("00081197".into(), json!({ "vr": "US", "Value": [reason] }));
+                failed.push(Value::Object(item));
+            }
+        }
+    }
+    let mut body = Map::new();
+    let study_for_url = required_study.or(if studies.len() == 1 { Some(studies[0]) } else { None });
+    if let Some(study) = study_for_url {
+        body.insert(
+            "00081190".into(),
+            json!({ "vr": "UR", "Value": [format!("{}/studies/{study}", context.base_url)] }),
+        );
+    }
+    if !referenced.is_empty() {
+        body.insert("00081199".into(), json!({ "vr": "SQ", "Value": referenced }));
+    }
+    if !failed.is_empty() {
+        body.insert("00081198".into(), json!({ "vr": "SQ", "Value": failed }));
+    }
+    let status = match (referenced.is_empty(), failed.is_empty()) {
+        (false, true) => StatusCode::OK,
+        (false, false) => StatusCode::ACCEPTED,
+        _ => StatusCode::CONFLICT,
+    };
+    (status, [(axum::http::header::CONTENT_TYPE, "application/dicom+json")], Json(Value::Object(body))).into_response()
+}
+
+#[derive(Debug, thiserror::Error)]
+enum LimitedError {
+    #[error("request body too large")]
+    TooLarge,
+    #[error("{0}")]
+    Body(axum::Error),
+}
+
+/// Ends the body stream with an error once more than `limit` bytes have passed.
+fn limited<S>(stream: S, limit: u64) -> impl Stream<Item = Result<Bytes, LimitedError>> + Send + Unpin + 'static
+where
+    S: Stream<Item = Result<Bytes, axum::Error>> + Send + Unpin + 'static,
+{
+    let mut seen: u64 = 0;
+    stream.map(move |chunk| {
+        let chunk = chunk.map_err(LimitedError::Body)?;
+        seen += chunk.len() as u64;
+        if seen > limit { Err(LimitedError::TooLarge) } else { Ok(chunk) }
+    })
+}
+
+fn multipart_error(error: multer::Error, limit: u64) -> DicomWebError {
+    let too_large = match &error {
+        multer::Error::StreamReadFailed(inner) => inner.downcast_ref::<LimitedError>().is_some_and(|e| matches!(e, LimitedError::TooLarge)),
+        _ => false,
+    };
+    if too_large {
+        DicomWebError::PayloadTooLarge(limit)
+    } else {
+        DicomWebError::BadRequest(format!("malformed multipart body: {error}"))
+    }
+}

@@ -1,0 +1,74 @@
+//! The `identity` component's migrations. Released migrations are never edited: add one.
+//!
+//! Only `TEXT` and `BIGINT` columns, so one SQL text serves SQLite and PostgreSQL alike; binary
+//! values (sealed keys, secret hashes) are stored base64- or hex-encoded. Ids that ARM compares
+//! case-insensitively are stored twice: as given (to echo back) and lowercased (`*_key`, to
+//! index and compare).
+
+use hds_db::Migration;
+
+/// The component name under which the migrations are recorded.
+pub(crate) const COMPONENT: &str = "identity";
+
+const INITIAL: &str = "
+CREATE TABLE identity_meta (
+    name TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+CREATE TABLE identity_tenants (
+    tenant_id TEXT PRIMARY KEY,
+    created_at BIGINT NOT NULL
+);
+CREATE TABLE identity_subscriptions (
+    subscription_id TEXT PRIMARY KEY,
+    tenant_id TEXT NOT NULL REFERENCES identity_tenants (tenant_id),
+    display_name TEXT NOT NULL,
+    created_at BIGINT NOT NULL
+);
+CREATE TABLE identity_resource_groups (
+    resource_group_key TEXT PRIMARY KEY,
+    resource_group_id TEXT NOT NULL,
+    subscription_id TEXT NOT NULL REFERENCES identity_subscriptions (subscription_id),
+    name TEXT NOT NULL,
+    created_at BIGINT NOT NULL
+);
+CREATE TABLE identity_principals (
+    principal_id TEXT PRIMARY KEY,
+    tenant_id TEXT NOT NULL REFERENCES identity_tenants (tenant_id),
+    kind TEXT NOT NULL,
+    client_id TEXT NOT NULL UNIQUE,
+    display_name TEXT NOT NULL,
+    secret_hash TEXT,
+    resource_key TEXT,
+    resource_id TEXT,
+    created_at BIGINT NOT NULL
+);
+CREATE UNIQUE INDEX identity_principals_by_resource ON identity_principals (kind, resource_key);
+CREATE TABLE identity_role_assignments (
+    name TEXT PRIMARY KEY,
+    scope TEXT NOT NULL,
+    scope_key TEXT NOT NULL,
+    role_definition_name TEXT NOT NULL,
+    principal_id TEXT NOT NULL,
+    principal_type TEXT NOT NULL,
+    created_at BIGINT NOT NULL
+);
+CREATE INDEX identity_role_assignments_by_principal ON identity_role_assignments (principal_id);
+CREATE INDEX identity_role_assignments_by_scope ON identity_role_assignments (scope_key);
+CREATE UNIQUE INDEX identity_role_assignments_grant ON identity_role_assignments (scope_key, role_definition_name, principal_id);
+CREATE TABLE identity_signing_keys (
+    kid TEXT PRIMARY KEY,
+    algorithm TEXT NOT NULL,
+    sealed_private_key TEXT NOT NULL,
+    created_at BIGINT NOT NULL,
+    retired_at BIGINT
+);
+";
+
+/// Every migration of the component, in order.
+pub(crate) const MIGRATIONS: &[Migration] = &[Migration {
+    version: 1,
+    description: "tenants, subscriptions, resource groups, principals, role assignments, signing keys",
+    sqlite: INITIAL,
+    postgres: INITIAL,
+}];

@@ -1,0 +1,31 @@
+//! The seam where index values become tokens and sealed bytes.
+
+/// What a sealed value is bound to, so a ciphertext cannot be moved to another row or attribute.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RowBinding<'a> {
+    /// The DICOM service (e.g. `default/dicom`).
+    pub service: &'a str,
+    /// The row's table, e.g. `study`.
+    pub table: &'static str,
+    /// The row's identity token (e.g. the token of its UID).
+    pub row_token: &'a [u8],
+    /// The column, e.g. `attributes`.
+    pub column: &'static str,
+}
+
+/// Turns values into equality tokens and sealed bytes. Implementations must be deterministic
+/// for `token` (same input, same output) and must authenticate in `open`.
+pub trait IndexCipher: Send + Sync + 'static {
+    /// The equality token of a normalized value of a named attribute (`domain` separates
+    /// attributes and kinds of token, e.g. `PatientName`, `PatientName/prefix`, `StudyDate/Y`).
+    fn token(&self, service: &str, domain: &str, normalized_value: &str) -> Vec<u8>;
+    /// Seals a value for storage.
+    fn seal(&self, binding: RowBinding<'_>, plaintext: &[u8]) -> Vec<u8>;
+    /// Opens a sealed value; fails if it was altered or moved.
+    fn open(&self, binding: RowBinding<'_>, sealed: &[u8]) -> Result<Vec<u8>, crate::IndexError>;
+}
+
+/// Keeps tokens and values readable: the token is `domain \0 value`, sealing is the identity.
+/// Used until the service's keys are available, and in tests.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PlaintextIndexCipher;

@@ -1,0 +1,22 @@
+//! Index errors.
+
+/// Why an index operation failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum IndexError {
+    /// The database failed.
+    #[error("index database error: {0}")]
+    Database(#[from] sqlx::Error),
+    /// A migration failed.
+    #[error("index migration failed: {0}")]
+    Migration(#[from] sqlx::migrate::MigrateError),
+    /// A sealed value did not open: it was altered, moved, or sealed under another key.
+    #[error("index value failed its integrity check")]
+    Integrity,
+    /// The index URL is neither `sqlite:` nor `postgres:`.
+    #[error("unsupported index URL (expected sqlite:PATH or postgres://...)")]
+    UnsupportedUrl,
+    /// A stored value could not be decoded.
+    #[error("corrupt index value: {0}")]
+    Corrupt(String),
+}

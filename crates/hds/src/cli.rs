@@ -1,0 +1,57 @@
+//! Command-line arguments. Every option of `hds up` can also come from an `HDS_*` variable.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+/// hds: a self-hosted DICOM service whose data at rest is encrypted under keys you hold.
+#[derive(Debug, Parser)]
+#[command(name = "hds", version, about)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Start hds: DICOMweb on one main listener, with its state in the data dir.
+    Up(UpOptions),
+}
+
+/// Options of `hds up`.
+#[derive(Debug, Args)]
+pub struct UpOptions {
+    /// Where hds keeps its state: root key, TLS CA, index, blobs.
+    #[arg(long, env = "HDS_DATA_DIR", default_value_os_t = default_data_dir())]
+    pub data_dir: PathBuf,
+
+    /// The main listener's address. Until authentication is configured keep it on loopback.
+    #[arg(long, env = "HDS_LISTEN", default_value = "127.0.0.1:8443")]
+    pub listen: SocketAddr,
+
+    /// Serve plain HTTP on the main listener instead of HTTPS (the local CA is still created).
+    #[arg(long, env = "HDS_HTTP")]
+    pub http: bool,
+
+    /// The index database: `sqlite` (a file in the data dir) or a `postgres://` URL.
+    #[arg(long, env = "HDS_INDEX", default_value = "sqlite")]
+    pub index: String,
+
+    /// The largest STOW-RS request body accepted, in bytes.
+    #[arg(long, env = "HDS_MAX_REQUEST_BYTES", default_value_t = 2 * 1024 * 1024 * 1024)]
+    pub max_request_bytes: u64,
+}
+
+/// `$XDG_DATA_HOME/hds`, else `~/.local/share/hds`, else `./hds-data`.
+fn default_data_dir() -> PathBuf {
+    if let Some(data_home) = std::env::var_os("XDG_DATA_HOME").filter(|value| !value.is_empty()) {
+        return PathBuf::from(data_home).join("hds");
+    }
+    if let Some(home) = std::env::var_os("HOME").filter(|value| !value.is_empty()) {
+        return PathBuf::from(home).join(".local/share/hds");
+    }
+    PathBuf::from("hds-data")
+}

@@ -1,0 +1,113 @@
+//! `hds up`: open the data dir, assemble the services, serve until SIGINT/SIGTERM.
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use axum::Router;
+use axum::routing::get;
+use hds_blob::BlobStore;
+use hds_crypto::root::RootKey;
+use hds_dicomweb::{DicomWebConfig, DicomWebState, StaticServices};
+use hds_index::{Index, PlaintextIndexCipher};
+use hds_tls::LocalCa;
+use tower_http::trace::TraceLayer;
+
+use crate::cli::UpOptions;
+use crate::logging;
+
+/// The workspace and service `hds up` serves until the control plane creates others.
+const DEFAULT_WORKSPACE: &str = "default";
+const DEFAULT_SERVICE: &str = "dicom";
+
+/// How long in-flight requests may take to finish after a shutdown signal.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+
+pub async fn run(options: UpOptions) -> anyhow::Result<()> {
+    let data_dir = &options.data_dir;
+    create_private_dir(data_dir)?;
+    let root_key = RootKey::load_or_create(&data_dir.join("root.key")).context("loading the root key")?;
+    let certificate_authority =
+        LocalCa::load_or_create(&data_dir.join("tls"), &root_key).context("loading the local CA")?;
+
+    let index_url = match options.index.as_str() {
+        "sqlite" => format!("sqlite:{}", data_dir.join("index.db").display()),
+        url => url.to_owned(),
+    };
+    let index = Index::connect(&index_url, Arc::new(PlaintextIndexCipher))
+        .await
+        .context("opening the index")?;
+    let blobs = BlobStore::local(&data_dir.join("blobs")).context("opening the blob store")?;
+
+    let scheme = if options.http { "http" } else { "https" };
+    let services = StaticServices::default().with(DEFAULT_WORKSPACE, DEFAULT_SERVICE);
+    let dicomweb = hds_dicomweb::router(DicomWebState {
+        index,
+        blobs,
+        services: Arc::new(services),
+        config: Arc::new(DicomWebConfig { max_request_bytes: options.max_request_bytes, scheme }),
+    });
+    let app = Router::new()
+        .route("/health", get(|| async { "ok" }))
+        .merge(dicomweb)
+        .layer(TraceLayer::new_for_http().make_span_with(logging::request_span));
+
+    // Bind only now that everything is ready: a client that connects is served at once.
+    let listener = std::net::TcpListener::bind(options.listen)
+        .with_context(|| format!("binding {}", options.listen))?;
+    listener.set_nonblocking(true)?;
+    let address = listener.local_addr()?;
+    let base = format!("{scheme}://{address}");
+    println!("hds is ready");
+    println!("  DICOMweb:  {base}/dicom/{DEFAULT_WORKSPACE}/{DEFAULT_SERVICE}/v2/");
+    println!("  CA:        {}", certificate_authority.ca_pem_path().display());
+    println!("  data dir:  {}", data_dir.display());
+
+    let handle = axum_server::Handle::new();
+    let shutdown_handle = handle.clone();
+    tokio::spawn(async move {
+        wait_for_shutdown_signal().await;
+        tracing::info!("shutting down");
+        shutdown_handle.graceful_shutdown(Some(SHUTDOWN_GRACE));
+    });
+    let service = app.into_make_service();
+    if options.http {
+        axum_server::from_tcp(listener).handle(handle).serve(service).await?;
+    } else {
+        let tls = certificate_authority.server_config(&[]).context("issuing the server certificate")?;
+        let config = axum_server::tls_rustls::RustlsConfig::from_config(tls);
+        axum_server::from_tcp_rustls(listener, config).handle(handle).serve(service).await?;
+    }
+    println!("hds stopped");
+    Ok(())
+}
+
+/// Creates `path` if needed and makes it private to this user: it holds the root key.
+fn create_private_dir(path: &Path) -> anyhow::Result<()> {
+    fs::create_dir_all(path).with_context(|| format!("creating {}", path.display()))?;
+    fs::set_permissions(path, fs::Permissions::from_mode(0o700))
+        .with_context(|| format!("restricting {}", path.display()))?;
+    Ok(())
+}
+
+async fn wait_for_shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(error) => {
+                tracing::warn!(error = %error, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    tokio::select! {
+        _ = interrupt => {}
+        _ = terminate => {}
+    }
+}
