@@ -69,9 +69,7 @@ impl RootKey {
     pub fn load_or_create(path: &Path) -> Result<RootKey, RootKeyError> {
         match File::open(path) {
             Ok(file) => Self::load_from_file(file, path),
-            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
-                Self::create_at(path)
-            }
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => Self::create_at(path),
             Err(error) => Err(RootKeyError::Io(error)),
         }
     }
@@ -338,7 +336,10 @@ mod tests {
             let mut altered = sealed.clone();
             altered[index] ^= 0x01;
             assert!(
-                matches!(root_key.open("p", b"ad", &altered), Err(RootKeyError::Integrity)),
+                matches!(
+                    root_key.open("p", b"ad", &altered),
+                    Err(RootKeyError::Integrity)
+                ),
                 "flipping byte {index} was not detected"
             );
         }
@@ -386,7 +387,10 @@ mod tests {
         );
         assert_eq!(std::fs::metadata(&path).expect("metadata").len(), 32);
         // No temporary file is left beside the key.
-        assert_eq!(std::fs::read_dir(directory.path()).expect("list").count(), 1);
+        assert_eq!(
+            std::fs::read_dir(directory.path()).expect("list").count(),
+            1
+        );
     }
 
     #[cfg(unix)]
@@ -396,7 +400,10 @@ mod tests {
         let directory = temporary_directory();
         let path = directory.path().join("root.key");
         RootKey::load_or_create(&path).expect("create");
-        let mode = std::fs::metadata(&path).expect("metadata").permissions().mode();
+        let mode = std::fs::metadata(&path)
+            .expect("metadata")
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o777, 0o600);
     }
 
@@ -408,8 +415,7 @@ mod tests {
         let path = directory.path().join("root.key");
         RootKey::load_or_create(&path).expect("create");
         for mode in [0o640, 0o604, 0o660, 0o644] {
-            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode))
-                .expect("chmod");
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).expect("chmod");
             assert!(
                 matches!(RootKey::load_or_create(&path), Err(RootKeyError::Unsafe(_))),
                 "mode {mode:o} was accepted"

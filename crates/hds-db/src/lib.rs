@@ -66,7 +66,9 @@ pub enum DbError {
     },
     /// The database has a migration of this component that this build does not know: it was
     /// written by a newer hds.
-    #[error("the database has migration {version} of {component}, unknown to this build (written by a newer version?)")]
+    #[error(
+        "the database has migration {version} of {component}, unknown to this build (written by a newer version?)"
+    )]
     UnknownMigration {
         /// The component.
         component: String,

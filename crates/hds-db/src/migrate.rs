@@ -43,7 +43,7 @@ impl Migration {
 }
 
 /// The advisory lock key PostgreSQL nodes take while migrating (arbitrary, fixed: "hdsmigr").
-const POSTGRES_MIGRATION_LOCK: i64 = 0x6864_736d_6967_72;
+const POSTGRES_MIGRATION_LOCK: i64 = 0x0068_6473_6d69_6772;
 
 const CREATE_TABLE: &str = "CREATE TABLE IF NOT EXISTS hds_schema_migrations (
     component TEXT NOT NULL,
@@ -54,9 +54,15 @@ const CREATE_TABLE: &str = "CREATE TABLE IF NOT EXISTS hds_schema_migrations (
 )";
 
 /// Applies `component`'s migrations missing from the database, in one transaction.
-pub async fn run(database: &Database, component: &str, migrations: &[Migration]) -> Result<(), DbError> {
+pub async fn run(
+    database: &Database,
+    component: &str,
+    migrations: &[Migration],
+) -> Result<(), DbError> {
     let in_order = migrations.first().is_none_or(|first| first.version > 0)
-        && migrations.windows(2).all(|pair| pair[0].version < pair[1].version);
+        && migrations
+            .windows(2)
+            .all(|pair| pair[0].version < pair[1].version);
     if !in_order {
         return Err(DbError::MigrationOrder {
             component: component.to_owned(),
@@ -80,7 +86,10 @@ pub async fn run(database: &Database, component: &str, migrations: &[Migration])
             .map(|row| Ok((row.try_get::<i64, _>(0)?, row.try_get::<i64, _>(1)?)))
             .collect::<Result<_, sqlx::Error>>()?;
     for (version, _) in &applied {
-        if !migrations.iter().any(|migration| migration.version == *version) {
+        if !migrations
+            .iter()
+            .any(|migration| migration.version == *version)
+        {
             return Err(DbError::UnknownMigration {
                 component: component.to_owned(),
                 version: *version,
@@ -90,7 +99,10 @@ pub async fn run(database: &Database, component: &str, migrations: &[Migration])
     for migration in migrations {
         let sql = migration.sql(backend);
         let checksum = checksum(sql);
-        if let Some((_, applied_checksum)) = applied.iter().find(|(version, _)| *version == migration.version) {
+        if let Some((_, applied_checksum)) = applied
+            .iter()
+            .find(|(version, _)| *version == migration.version)
+        {
             if *applied_checksum != checksum {
                 return Err(DbError::ChangedMigration {
                     component: component.to_owned(),
@@ -99,7 +111,12 @@ pub async fn run(database: &Database, component: &str, migrations: &[Migration])
             }
             continue;
         }
-        tracing::info!(component, version = migration.version, description = migration.description, "applying migration");
+        tracing::info!(
+            component,
+            version = migration.version,
+            description = migration.description,
+            "applying migration"
+        );
         sqlx::raw_sql(sql)
             .execute(&mut *transaction)
             .await

@@ -181,14 +181,20 @@ impl PostgresCluster {
 
     /// Creates an empty database `name` (letters, digits and `_`) and returns its URL.
     pub async fn create_database(&self, name: &str) -> Result<String, ClusterError> {
-        if name.is_empty() || !name.bytes().all(|byte| byte.is_ascii_alphanumeric() || byte == b'_') {
+        if name.is_empty()
+            || !name
+                .bytes()
+                .all(|byte| byte.is_ascii_alphanumeric() || byte == b'_')
+        {
             return Err(ClusterError::Tool {
                 tool: "create_database",
                 output: "database names are letters, digits and _".to_owned(),
             });
         }
         let mut connection = sqlx::PgConnection::connect(&self.url()).await?;
-        sqlx::query(&format!("CREATE DATABASE \"{name}\"")).execute(&mut connection).await?;
+        sqlx::query(&format!("CREATE DATABASE \"{name}\""))
+            .execute(&mut connection)
+            .await?;
         connection.close().await?;
         Ok(self.database_url(name))
     }
@@ -198,7 +204,8 @@ impl PostgresCluster {
     pub async fn fresh_database(&self) -> Result<String, ClusterError> {
         static NEXT: AtomicU64 = AtomicU64::new(1);
         let number = NEXT.fetch_add(1, Ordering::Relaxed);
-        self.create_database(&format!("test_{}_{number}", std::process::id())).await
+        self.create_database(&format!("test_{}_{number}", std::process::id()))
+            .await
     }
 
     /// Stops the server (immediately: a test cluster needs no clean shutdown) and removes its
@@ -208,7 +215,10 @@ impl PostgresCluster {
             return;
         }
         let data_dir = path_arg(&self.data_dir());
-        let _ = self.run("pg_ctl", &["-D", &data_dir, "-m", "immediate", "-w", "stop"]);
+        let _ = self.run(
+            "pg_ctl",
+            &["-D", &data_dir, "-m", "immediate", "-w", "stop"],
+        );
         let _ = std::fs::remove_dir_all(&self.root);
     }
 
@@ -295,7 +305,10 @@ fn find_bin_dir() -> Result<PathBuf, ClusterError> {
         })
         .collect();
     versions.sort();
-    versions.pop().map(|(_, bin)| bin).ok_or(ClusterError::NotInstalled)
+    versions
+        .pop()
+        .map(|(_, bin)| bin)
+        .ok_or(ClusterError::NotInstalled)
 }
 
 fn is_root() -> Result<bool, ClusterError> {

@@ -258,7 +258,7 @@ pub fn default_return_tags(level: QueryLevel) -> &'static [Tag] {
 }
 
 /// Patient and General Study module attributes, kept per study.
-static STUDY_LEVEL_TAGS: [Tag; 27] = [
+static STUDY_LEVEL_TAGS: [Tag; 26] = [
     tags::SPECIFIC_CHARACTER_SET,
     tags::TIMEZONE_OFFSET_FROM_UTC,
     tags::PATIENT_NAME,
@@ -272,7 +272,6 @@ static STUDY_LEVEL_TAGS: [Tag; 27] = [
     tags::PATIENT_AGE,
     tags::PATIENT_SIZE,
     tags::PATIENT_WEIGHT,
-    tags::ETHNIC_GROUP,
     tags::PATIENT_COMMENTS,
     tags::STUDY_INSTANCE_UID,
     tags::STUDY_DATE,

@@ -1,5 +1,15 @@
 //! Where each frame's bytes sit inside a stored instance, found once at ingest so that a
 //! frame request reads only those bytes (basic offset tables are often empty).
+//!
+//! The frames are found by scanning the raw bytes of the file (headers only, values are skipped
+//! by seeking) because the parser stops before the pixel data and does not report positions.
+//! Native pixel data is returned in the byte order of the file: in the retired explicit VR big
+//! endian transfer syntax, words of 16 bits or more are big endian.
+
+use std::io::{self, BufRead, BufReader, Read, Seek, SeekFrom};
+
+use dicom_core::Tag;
+use dicom_dictionary_std::tags;
 
 /// A byte range `[offset, offset + length)` within the stored instance's bytes (the whole
 /// Part-10 file as received).
@@ -19,4 +29,523 @@ pub struct FrameMap {
     pub frames: Vec<Vec<ByteRange>>,
     /// Whether the pixel data is encapsulated (compressed); frames are then returned as is.
     pub encapsulated: bool,
+}
+
+impl FrameMap {
+    /// The number of frames.
+    pub fn frame_count(&self) -> usize {
+        self.frames.len()
+    }
+
+    /// The total length of one frame's bytes; `None` if there is no such frame.
+    pub fn frame_length(&self, frame_index: usize) -> Option<u64> {
+        let ranges = self.frames.get(frame_index)?;
+        Some(ranges.iter().map(|range| range.length).sum())
+    }
+}
+
+/// Reads one frame's bytes (index 0 = frame 1) from a reader over the stored instance, by
+/// seeking to each of its ranges. The offsets are relative to the start of the instance, which
+/// must be at position 0 of `reader`.
+pub fn read_frame<R: Read + Seek>(
+    mut reader: R,
+    frame_map: &FrameMap,
+    frame_index: usize,
+) -> io::Result<Vec<u8>> {
+    let ranges = frame_map.frames.get(frame_index).ok_or_else(|| {
+        io::Error::new(io::ErrorKind::NotFound, "frame index out of range")
+    })?;
+    let total: u64 = ranges.iter().map(|range| range.length).sum();
+    let mut bytes = Vec::with_capacity(usize::try_from(total).unwrap_or(0));
+    for range in ranges {
+        reader.seek(SeekFrom::Start(range.offset))?;
+        let read = (&mut reader).take(range.length).read_to_end(&mut bytes)?;
+        if read as u64 != range.length {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "frame range beyond the end of the instance",
+            ));
+        }
+    }
+    Ok(bytes)
+}
+
+/// Why the frames of an instance could not be located. Messages name the structure at fault,
+/// never values.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum FrameError {
+    /// Reading the instance failed (including a value that runs past the end of the file).
+    #[error("could not read the instance while locating pixel data: {0}")]
+    Io(#[from] io::Error),
+    /// The encoded structure is broken: bad item tags, a value past the end of the file, too
+    /// few bytes for the declared frames.
+    #[error("malformed pixel data: {0}")]
+    Malformed(&'static str),
+    /// An attribute the frame layout depends on is missing or not a number.
+    #[error("attribute {0} is missing or invalid")]
+    ImageAttribute(&'static str),
+}
+
+/// How the data set after the file meta group is encoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum DataSetEncoding {
+    /// Explicit VR little endian (also every encapsulated transfer syntax).
+    ExplicitLittleEndian,
+    /// Implicit VR little endian (`1.2.840.10008.1.2`).
+    ImplicitLittleEndian,
+    /// Explicit VR big endian (`1.2.840.10008.1.2.2`, retired).
+    ExplicitBigEndian,
+}
+
+/// Item, item delimitation and sequence delimitation tags: their group is `FFFE`.
+const ITEM: Tag = Tag(0xFFFE, 0xE000);
+const ITEM_DELIMITATION: Tag = Tag(0xFFFE, 0xE00D);
+const SEQUENCE_DELIMITATION: Tag = Tag(0xFFFE, 0xE0DD);
+const UNDEFINED_LENGTH: u32 = 0xFFFF_FFFF;
+/// Nesting deeper than this is refused, so that a crafted file cannot exhaust the stack.
+const MAX_SEQUENCE_DEPTH: u32 = 64;
+
+/// One element (or item) header as found in the file.
+#[derive(Debug, Clone, Copy)]
+struct ElementHeader {
+    tag: Tag,
+    /// The VR bytes in explicit VR encodings; `None` for items and implicit VR.
+    vr: Option<[u8; 2]>,
+    length: u32,
+}
+
+/// VRs whose explicit-VR header has two reserved bytes and a 32-bit length.
+fn has_long_length(vr: [u8; 2]) -> bool {
+    matches!(
+        &vr,
+        b"OB" | b"OD" | b"OF" | b"OL" | b"OV" | b"OW" | b"SQ" | b"SV" | b"UC" | b"UN" | b"UR"
+            | b"UT" | b"UV"
+    )
+}
+
+/// A forward reader over the raw bytes of an instance that knows its position and skips values
+/// by seeking, so that only headers are read.
+struct Scanner<R> {
+    inner: BufReader<R>,
+    position: u64,
+    end: u64,
+}
+
+impl<R: Read + Seek> Scanner<R> {
+    fn new(mut reader: R) -> io::Result<Self> {
+        let end = reader.seek(SeekFrom::End(0))?;
+        reader.seek(SeekFrom::Start(0))?;
+        Ok(Scanner {
+            inner: BufReader::new(reader),
+            position: 0,
+            end,
+        })
+    }
+
+    fn remaining(&self) -> u64 {
+        self.end.saturating_sub(self.position)
+    }
+
+    fn read_array<const N: usize>(&mut self) -> io::Result<[u8; N]> {
+        let mut bytes = [0u8; N];
+        self.inner.read_exact(&mut bytes)?;
+        self.position += N as u64;
+        Ok(bytes)
+    }
+
+    fn skip(&mut self, length: u64) -> Result<(), FrameError> {
+        if length > self.remaining() {
+            return Err(FrameError::Malformed("a value runs past the end of the file"));
+        }
+        let step = i64::try_from(length)
+            .map_err(|_| FrameError::Malformed("a value runs past the end of the file"))?;
+        self.inner.seek_relative(step)?;
+        self.position += length;
+        Ok(())
+    }
+
+    fn seek_to(&mut self, position: u64) -> Result<(), FrameError> {
+        if position > self.end {
+            return Err(FrameError::Malformed("a value runs past the end of the file"));
+        }
+        self.inner.seek(SeekFrom::Start(position))?;
+        self.position = position;
+        Ok(())
+    }
+
+    /// Reads the next element or item header; `None` at the very end of the file.
+    fn read_header(
+        &mut self,
+        encoding: DataSetEncoding,
+    ) -> Result<Option<ElementHeader>, FrameError> {
+        if self.remaining() == 0 {
+            return Ok(None);
+        }
+        let big_endian = encoding == DataSetEncoding::ExplicitBigEndian;
+        let u16_of = |bytes: [u8; 2]| {
+            if big_endian {
+                u16::from_be_bytes(bytes)
+            } else {
+                u16::from_le_bytes(bytes)
+            }
+        };
+        let u32_of = |bytes: [u8; 4]| {
+            if big_endian {
+                u32::from_be_bytes(bytes)
+            } else {
+                u32::from_le_bytes(bytes)
+            }
+        };
+        let tag_bytes: [u8; 4] = self.read_array()?;
+        let tag = Tag(
+            u16_of([tag_bytes[0], tag_bytes[1]]),
+            u16_of([tag_bytes[2], tag_bytes[3]]),
+        );
+        if tag.group() == 0xFFFE || encoding == DataSetEncoding::ImplicitLittleEndian {
+            let length = u32_of(self.read_array()?);
+            return Ok(Some(ElementHeader {
+                tag,
+                vr: None,
+                length,
+            }));
+        }
+        let vr: [u8; 2] = self.read_array()?;
+        if !vr.iter().all(u8::is_ascii_uppercase) {
+            return Err(FrameError::Malformed("an explicit VR is not two letters"));
+        }
+        let length = if has_long_length(vr) {
+            let _reserved: [u8; 2] = self.read_array()?;
+            u32_of(self.read_array()?)
+        } else {
+            u32::from(u16_of(self.read_array()?))
+        };
+        Ok(Some(ElementHeader {
+            tag,
+            vr: Some(vr),
+            length,
+        }))
+    }
+
+    /// Skips a value of undefined length: a sequence of items up to its delimitation item.
+    fn skip_items(&mut self, encoding: DataSetEncoding, depth: u32) -> Result<(), FrameError> {
+        if depth > MAX_SEQUENCE_DEPTH {
+            return Err(FrameError::Malformed("sequences nested too deeply"));
+        }
+        loop {
+            let header = self
+                .read_header(encoding)?
+                .ok_or(FrameError::Malformed("a sequence has no delimitation item"))?;
+            match header.tag {
+                SEQUENCE_DELIMITATION => return Ok(()),
+                ITEM if header.length == UNDEFINED_LENGTH => {
+                    self.skip_item_data_set(encoding, depth + 1)?
+                }
+                ITEM => self.skip(u64::from(header.length))?,
+                _ => return Err(FrameError::Malformed("a sequence holds something other than items")),
+            }
+        }
+    }
+
+    /// Skips the elements of an item of undefined length, up to its item delimitation.
+    fn skip_item_data_set(
+        &mut self,
+        encoding: DataSetEncoding,
+        depth: u32,
+    ) -> Result<(), FrameError> {
+        loop {
+            let header = self
+                .read_header(encoding)?
+                .ok_or(FrameError::Malformed("an item has no delimitation item"))?;
+            if header.tag == ITEM_DELIMITATION {
+                return Ok(());
+            }
+            self.skip_element_value(header, encoding, depth)?;
+        }
+    }
+
+    fn skip_element_value(
+        &mut self,
+        header: ElementHeader,
+        encoding: DataSetEncoding,
+        depth: u32,
+    ) -> Result<(), FrameError> {
+        if header.length != UNDEFINED_LENGTH {
+            return self.skip(u64::from(header.length));
+        }
+        // An UN value of undefined length holds a sequence encoded in implicit VR little
+        // endian (PS3.5 6.2.2).
+        let nested = if header.vr == Some(*b"UN") {
+            DataSetEncoding::ImplicitLittleEndian
+        } else {
+            encoding
+        };
+        self.skip_items(nested, depth + 1)
+    }
+}
+
+/// Where the PixelData element's value starts, and its length (`None` when undefined, that is
+/// encapsulated).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct PixelDataLocation {
+    pub(crate) value_offset: u64,
+    pub(crate) length: Option<u32>,
+}
+
+/// Skips the preamble and the file meta group, then the data set's elements up to the
+/// top-level PixelData element, reading headers only. `None` when the data set has no
+/// PixelData.
+fn locate_pixel_data<R: Read + Seek>(
+    scanner: &mut Scanner<R>,
+    encoding: DataSetEncoding,
+) -> Result<Option<PixelDataLocation>, FrameError> {
+    let start: [u8; 4] = scanner.read_array()?;
+    if start != *b"DICM" {
+        scanner.seek_to(128)?;
+        let magic: [u8; 4] = scanner.read_array()?;
+        if magic != *b"DICM" {
+            return Err(FrameError::Malformed("no DICM prefix"));
+        }
+    }
+    // The meta group is always explicit VR little endian; it ends at the first other group.
+    loop {
+        let group_bytes: [u8; 2] = scanner.inner.fill_buf()?.get(..2).map_or([0, 0], |b| [b[0], b[1]]);
+        if u16::from_le_bytes(group_bytes) != 0x0002 {
+            break;
+        }
+        let header = scanner
+            .read_header(DataSetEncoding::ExplicitLittleEndian)?
+            .ok_or(FrameError::Malformed("truncated file meta group"))?;
+        scanner.skip_element_value(header, DataSetEncoding::ExplicitLittleEndian, 0)?;
+    }
+    while let Some(header) = scanner.read_header(encoding)? {
+        if header.tag == tags::PIXEL_DATA {
+            return Ok(Some(PixelDataLocation {
+                value_offset: scanner.position,
+                length: (header.length != UNDEFINED_LENGTH).then_some(header.length),
+            }));
+        }
+        if header.tag > tags::PIXEL_DATA {
+            return Ok(None);
+        }
+        scanner.skip_element_value(header, encoding, 0)?;
+    }
+    Ok(None)
+}
+
+/// What the data set says about the frames.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct ImageGeometry {
+    pub(crate) number_of_frames: u32,
+    pub(crate) rows: u32,
+    pub(crate) columns: u32,
+    pub(crate) samples_per_pixel: u32,
+    pub(crate) bits_allocated: u32,
+}
+
+/// Locates the frames of an instance by scanning its raw bytes (the reader's position 0 is the
+/// start of the instance). `Ok(None)` when there is no pixel data, or when the frames cannot be
+/// addressed one by one although the file is sound: 1-bit multi-frame pixel data whose frames do
+/// not start on a byte boundary, and encapsulated streams whose fragments cannot be assigned to
+/// frames (video transfer syntaxes, for instance).
+pub(crate) fn build_frame_map<R: Read + Seek>(
+    reader: R,
+    encoding: DataSetEncoding,
+    encapsulated: bool,
+    geometry: impl FnOnce() -> Result<ImageGeometry, FrameError>,
+) -> Result<Option<FrameMap>, FrameError> {
+    let mut scanner = Scanner::new(reader)?;
+    let Some(location) = locate_pixel_data(&mut scanner, encoding)? else {
+        return Ok(None);
+    };
+    let geometry = geometry()?;
+    match (encapsulated, location.length) {
+        (false, Some(length)) => native_frames(&location, length, &geometry),
+        (true, None) => {
+            scanner.seek_to(location.value_offset)?;
+            encapsulated_frames(&mut scanner, geometry.number_of_frames)
+        }
+        (false, None) => Err(FrameError::Malformed(
+            "encapsulated pixel data in a native transfer syntax",
+        )),
+        (true, Some(_)) => Err(FrameError::Malformed(
+            "native pixel data in an encapsulated transfer syntax",
+        )),
+    }
+}
+
+fn native_frames(
+    location: &PixelDataLocation,
+    length: u32,
+    geometry: &ImageGeometry,
+) -> Result<Option<FrameMap>, FrameError> {
+    let frame_bits = u64::from(geometry.rows)
+        * u64::from(geometry.columns)
+        * u64::from(geometry.samples_per_pixel)
+        * u64::from(geometry.bits_allocated);
+    let frame_count = u64::from(geometry.number_of_frames);
+    if frame_bits % 8 != 0 && frame_count > 1 {
+        return Ok(None);
+    }
+    let frame_length = frame_bits.div_ceil(8);
+    if frame_length == 0 && frame_count > 0 {
+        return Err(FrameError::Malformed("frames of zero size"));
+    }
+    let needed = if frame_bits % 8 == 0 {
+        frame_length * frame_count
+    } else {
+        frame_length
+    };
+    if needed > u64::from(length) {
+        return Err(FrameError::Malformed(
+            "pixel data shorter than its declared frames",
+        ));
+    }
+    let frames = (0..frame_count)
+        .map(|index| {
+            vec![ByteRange {
+                offset: location.value_offset + index * frame_length,
+                length: frame_length,
+            }]
+        })
+        .collect();
+    Ok(Some(FrameMap {
+        frames,
+        encapsulated: false,
+    }))
+}
+
+/// One fragment of encapsulated pixel data.
+#[derive(Debug, Clone, Copy)]
+struct Fragment {
+    /// Offset of the item header relative to the first fragment's item header, the origin of
+    /// basic offset table values.
+    relative_offset: u64,
+    value: ByteRange,
+}
+
+fn encapsulated_frames<R: Read + Seek>(
+    scanner: &mut Scanner<R>,
+    frame_count: u32,
+) -> Result<Option<FrameMap>, FrameError> {
+    let little = DataSetEncoding::ExplicitLittleEndian;
+    let table_header = scanner
+        .read_header(little)?
+        .ok_or(FrameError::Malformed("no basic offset table item"))?;
+    if table_header.tag != ITEM || table_header.length == UNDEFINED_LENGTH {
+        return Err(FrameError::Malformed("no basic offset table item"));
+    }
+    if table_header.length % 4 != 0 || u64::from(table_header.length) > scanner.remaining() {
+        return Err(FrameError::Malformed("invalid basic offset table"));
+    }
+    let mut offset_table = Vec::with_capacity(table_header.length as usize / 4);
+    for _ in 0..table_header.length / 4 {
+        offset_table.push(u64::from(u32::from_le_bytes(scanner.read_array()?)));
+    }
+
+    let first_fragment_position = scanner.position;
+    let mut fragments = Vec::new();
+    loop {
+        let header_position = scanner.position;
+        // Some writers omit the sequence delimitation item at the very end of the file.
+        let Some(header) = scanner.read_header(little)? else {
+            break;
+        };
+        match header.tag {
+            SEQUENCE_DELIMITATION => break,
+            ITEM if header.length != UNDEFINED_LENGTH => {
+                let value = ByteRange {
+                    offset: scanner.position,
+                    length: u64::from(header.length),
+                };
+                scanner.skip(value.length)?;
+                fragments.push(Fragment {
+                    relative_offset: header_position - first_fragment_position,
+                    value,
+                });
+            }
+            _ => return Err(FrameError::Malformed("invalid item in encapsulated pixel data")),
+        }
+    }
+
+    let frame_count = frame_count as usize;
+    if frame_count > 0 && fragments.is_empty() {
+        return Err(FrameError::Malformed("encapsulated pixel data without fragments"));
+    }
+    let ranges = |fragments: &[Fragment]| fragments.iter().map(|f| f.value).collect::<Vec<_>>();
+    let frames: Option<Vec<Vec<ByteRange>>> = if fragments.len() == frame_count {
+        Some(fragments.iter().map(|f| vec![f.value]).collect())
+    } else if frame_count == 1 {
+        Some(vec![ranges(&fragments)])
+    } else if fragments.len() < frame_count {
+        None
+    } else {
+        group_by_offset_table(&fragments, &offset_table, frame_count)
+            .map_or_else(
+                || group_by_end_markers(scanner, &fragments, frame_count),
+                |frames| Ok(Some(frames)),
+            )?
+    };
+    Ok(frames.map(|frames| FrameMap {
+        frames,
+        encapsulated: true,
+    }))
+}
+
+/// Assigns fragments to frames with the basic offset table: frame `i` is made of the fragments
+/// from offset `table[i]` up to `table[i + 1]`. `None` if the table does not fit the fragments.
+fn group_by_offset_table(
+    fragments: &[Fragment],
+    offset_table: &[u64],
+    frame_count: usize,
+) -> Option<Vec<Vec<ByteRange>>> {
+    if offset_table.len() != frame_count || offset_table.first() != Some(&0) {
+        return None;
+    }
+    let mut frames = Vec::with_capacity(frame_count);
+    for (index, &start) in offset_table.iter().enumerate() {
+        let end = offset_table.get(index + 1).copied().unwrap_or(u64::MAX);
+        if end <= start {
+            return None;
+        }
+        if !fragments.iter().any(|f| f.relative_offset == start) {
+            return None;
+        }
+        let frame: Vec<ByteRange> = fragments
+            .iter()
+            .filter(|f| (start..end).contains(&f.relative_offset))
+            .map(|f| f.value)
+            .collect();
+        frames.push(frame);
+    }
+    Some(frames)
+}
+
+/// Assigns fragments to frames by the end-of-image marker (`FFD9`: JPEG EOI, JPEG-LS EOI and
+/// JPEG 2000 EOC) that ends each frame's last fragment, possibly followed by one padding byte.
+/// `None` unless this yields exactly the declared number of frames.
+fn group_by_end_markers<R: Read + Seek>(
+    scanner: &mut Scanner<R>,
+    fragments: &[Fragment],
+    frame_count: usize,
+) -> Result<Option<Vec<Vec<ByteRange>>>, FrameError> {
+    let mut frames = Vec::with_capacity(frame_count);
+    let mut current = Vec::new();
+    for fragment in fragments {
+        current.push(fragment.value);
+        let tail_length = fragment.value.length.min(3);
+        scanner.seek_to(fragment.value.offset + fragment.value.length - tail_length)?;
+        let mut tail = [0u8; 3];
+        let tail = &mut tail[..tail_length as usize];
+        scanner.inner.read_exact(tail)?;
+        scanner.position += tail_length;
+        let ends_frame = tail.ends_with(&[0xFF, 0xD9]) || tail.ends_with(&[0xFF, 0xD9, 0x00]);
+        if ends_frame {
+            frames.push(std::mem::take(&mut current));
+        }
+    }
+    if !current.is_empty() {
+        frames.push(current);
+    }
+    Ok((frames.len() == frame_count).then_some(frames))
 }

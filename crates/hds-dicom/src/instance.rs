@@ -1,9 +1,21 @@
 //! Parsing and validating one Part-10 instance.
 
-use std::io::{Read, Seek};
+use std::io::{Read, Seek, SeekFrom};
 
-use crate::attributes::{QueryLevel, SearchableAttribute};
-use crate::frames::FrameMap;
+use dicom_core::header::{HasLength, Header};
+use dicom_core::value::Value;
+use dicom_core::{Tag, VR};
+use dicom_dictionary_std::tags;
+use dicom_encoding::Codec;
+use dicom_encoding::transfer_syntax::{Endianness, TransferSyntaxIndex};
+use dicom_object::mem::{InMemDicomObject, InMemElement};
+use dicom_object::{OpenFileOptions, ReadError};
+use dicom_transfer_syntax_registry::TransferSyntaxRegistry;
+use serde_json::{Map, Value as JsonValue};
+
+use crate::attributes::{QueryLevel, SearchKind, SearchableAttribute, level_tags, searchable_attributes};
+use crate::frames::{DataSetEncoding, FrameError, FrameMap, ImageGeometry, build_frame_map};
+use crate::normalize::{is_valid_uid, name_words, normalize_exact, normalize_person_name, parse_date};
 
 /// Why an instance was refused. The messages name the problem but never echo values.
 #[derive(Debug, thiserror::Error)]
@@ -18,6 +30,19 @@ pub enum InstanceError {
     /// A UID attribute is not 1-64 characters of digits and dots.
     #[error("attribute {0} is not a valid UID")]
     InvalidUid(&'static str),
+    /// The transfer syntax is unknown, or its data set encoding cannot be read (deflated).
+    #[error("unsupported transfer syntax {0}")]
+    UnsupportedTransferSyntax(String),
+    /// An attribute the frame layout depends on (NumberOfFrames, Rows, Columns,
+    /// SamplesPerPixel, BitsAllocated) is missing or not a number.
+    #[error("attribute {0} is missing or invalid")]
+    InvalidAttribute(&'static str),
+    /// The pixel data is structurally broken (see [`FrameError`]).
+    #[error(transparent)]
+    PixelData(#[from] FrameError),
+    /// Reading the instance failed.
+    #[error("could not read the instance: {0}")]
+    Io(#[from] std::io::Error),
 }
 
 /// A searchable value of one instance, already normalized (see [`crate::normalize`]).
@@ -81,9 +106,254 @@ impl ParsedInstance {
     }
 }
 
-/// Parses one Part-10 instance (preamble and meta group included) from a reader positioned at
-/// its start, without reading pixel data into memory: large instances are parsed from a file.
-pub fn parse_instance<R: Read + Seek>(reader: R) -> Result<ParsedInstance, InstanceError> {
-    let _ = reader;
-    todo!()
+/// Binary values longer than this are bulk data and are left out of the metadata.
+pub const BULK_DATA_THRESHOLD: usize = 1024;
+
+/// Parses one Part-10 instance (preamble and meta group included) without reading pixel data
+/// into memory: large instances are parsed from a file.
+///
+/// The instance must start at position 0 of `reader`; the frame map's offsets are positions in
+/// `reader`.
+pub fn parse_instance<R: Read + Seek>(mut reader: R) -> Result<ParsedInstance, InstanceError> {
+    reader.seek(SeekFrom::Start(0))?;
+    let object = OpenFileOptions::new()
+        .read_until(tags::PIXEL_DATA)
+        .from_reader(&mut reader)
+        .map_err(read_error)?;
+
+    let study_instance_uid = required_uid(&object, tags::STUDY_INSTANCE_UID, "StudyInstanceUID")?;
+    let series_instance_uid =
+        required_uid(&object, tags::SERIES_INSTANCE_UID, "SeriesInstanceUID")?;
+    let sop_instance_uid = required_uid(&object, tags::SOP_INSTANCE_UID, "SOPInstanceUID")?;
+    let sop_class_uid = required_uid(&object, tags::SOP_CLASS_UID, "SOPClassUID")?;
+    let transfer_syntax_uid = normalize_exact(object.meta().transfer_syntax());
+
+    let transfer_syntax = TransferSyntaxRegistry
+        .get(&transfer_syntax_uid)
+        .ok_or_else(|| InstanceError::UnsupportedTransferSyntax(transfer_syntax_uid.clone()))?;
+    let encoding = match (transfer_syntax_uid.as_str(), transfer_syntax.endianness()) {
+        (_, Endianness::Big) => DataSetEncoding::ExplicitBigEndian,
+        (IMPLICIT_VR_LITTLE_ENDIAN, _) => DataSetEncoding::ImplicitLittleEndian,
+        _ => DataSetEncoding::ExplicitLittleEndian,
+    };
+    if matches!(transfer_syntax.codec(), Codec::Dataset(_)) {
+        // A deflated data set has no addressable pixel data in the file.
+        return Err(InstanceError::UnsupportedTransferSyntax(transfer_syntax_uid));
+    }
+    let encapsulated = transfer_syntax.is_encapsulated_pixel_data();
+
+    let frames = build_frame_map(&mut reader, encoding, encapsulated, || {
+        image_geometry(&object)
+    })
+    .map_err(|error| match error {
+        FrameError::ImageAttribute(keyword) => InstanceError::InvalidAttribute(keyword),
+        other => InstanceError::PixelData(other),
+    })?;
+    let data_set: &InMemDicomObject = &object;
+    let metadata = data_set_to_json(data_set);
+    let mut instance_attributes = select_level(&metadata, QueryLevel::Instance);
+    instance_attributes.insert(
+        tag_key(tags::TRANSFER_SYNTAX_UID),
+        serde_json::json!({ "vr": "UI", "Value": [transfer_syntax_uid] }),
+    );
+
+    Ok(ParsedInstance {
+        study_attributes: select_level(&metadata, QueryLevel::Study),
+        series_attributes: select_level(&metadata, QueryLevel::Series),
+        instance_attributes,
+        search_terms: search_terms(data_set),
+        metadata: JsonValue::Object(metadata),
+        frames,
+        study_instance_uid,
+        series_instance_uid,
+        sop_instance_uid,
+        sop_class_uid,
+        transfer_syntax_uid,
+    })
+}
+
+const IMPLICIT_VR_LITTLE_ENDIAN: &str = "1.2.840.10008.1.2";
+
+fn read_error(error: ReadError) -> InstanceError {
+    match error {
+        ReadError::ReadUnrecognizedTransferSyntax { uid, .. } => {
+            InstanceError::UnsupportedTransferSyntax(uid)
+        }
+        ReadError::ReadUnsupportedTransferSyntax { uid, .. }
+        | ReadError::ReadUnsupportedTransferSyntaxWithSuggestion { uid, .. } => {
+            InstanceError::UnsupportedTransferSyntax(uid.to_string())
+        }
+        other => InstanceError::Unreadable(error_chain(&other)),
+    }
+}
+
+/// The error and its sources, joined: the parser's top-level messages alone say little.
+/// Parser messages name tags, positions and lengths, not values.
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut message = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        message.push_str(": ");
+        message.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    message
+}
+
+fn required_uid(
+    object: &InMemDicomObject,
+    tag: Tag,
+    keyword: &'static str,
+) -> Result<String, InstanceError> {
+    let element = object
+        .get(tag)
+        .ok_or(InstanceError::MissingAttribute(keyword))?;
+    let text = element
+        .to_str()
+        .map_err(|_| InstanceError::InvalidUid(keyword))?;
+    let value = normalize_exact(&text);
+    if value.is_empty() {
+        return Err(InstanceError::MissingAttribute(keyword));
+    }
+    if !is_valid_uid(&value) {
+        return Err(InstanceError::InvalidUid(keyword));
+    }
+    Ok(value)
+}
+
+fn image_geometry(object: &InMemDicomObject) -> Result<ImageGeometry, FrameError> {
+    // Rows, Columns and BitsAllocated only matter, and so are only required, when there is
+    // pixel data: this runs only then.
+    let number = |tag: Tag, keyword: &'static str, default: Option<u32>| match object.get(tag) {
+        None => default.ok_or(FrameError::ImageAttribute(keyword)),
+        Some(element) if element.is_empty() => default.ok_or(FrameError::ImageAttribute(keyword)),
+        Some(element) => element
+            .to_int::<u32>()
+            .map_err(|_| FrameError::ImageAttribute(keyword)),
+    };
+    Ok(ImageGeometry {
+        number_of_frames: number(tags::NUMBER_OF_FRAMES, "NumberOfFrames", Some(1))?,
+        rows: number(tags::ROWS, "Rows", None)?,
+        columns: number(tags::COLUMNS, "Columns", None)?,
+        samples_per_pixel: number(tags::SAMPLES_PER_PIXEL, "SamplesPerPixel", Some(1))?,
+        bits_allocated: number(tags::BITS_ALLOCATED, "BitsAllocated", None)?,
+    })
+}
+
+/// The DICOM JSON key of a tag: 8 upper-case hex digits.
+pub fn tag_key(tag: Tag) -> String {
+    format!("{:04X}{:04X}", tag.group(), tag.element())
+}
+
+/// Whether an element is bulk data, left out of metadata: pixel data of any kind, encapsulated
+/// values, and binary values longer than [`BULK_DATA_THRESHOLD`].
+fn is_bulk_data(element: &InMemElement) -> bool {
+    if matches!(
+        element.tag(),
+        tags::PIXEL_DATA | tags::FLOAT_PIXEL_DATA | tags::DOUBLE_FLOAT_PIXEL_DATA
+    ) {
+        return true;
+    }
+    match element.value() {
+        Value::PixelSequence(_) => true,
+        Value::Sequence(_) => false,
+        Value::Primitive(value) => {
+            matches!(
+                element.vr(),
+                VR::OB | VR::OD | VR::OF | VR::OL | VR::OV | VR::OW | VR::UN
+            ) && value.calculate_byte_len() > BULK_DATA_THRESHOLD
+        }
+    }
+}
+
+/// Serializes a data set as DICOM JSON (PS3.18 F) without its bulk data, sequences included.
+/// An element dicom-json cannot serialize is left out rather than failing the instance.
+pub fn data_set_to_json(object: &InMemDicomObject) -> Map<String, JsonValue> {
+    let mut map = Map::new();
+    for element in object {
+        if is_bulk_data(element) {
+            continue;
+        }
+        let json = match element.value() {
+            Value::Sequence(sequence) => {
+                let items: Vec<JsonValue> = sequence
+                    .items()
+                    .iter()
+                    .map(|item| JsonValue::Object(data_set_to_json(item)))
+                    .collect();
+                let mut entry = Map::new();
+                entry.insert("vr".into(), JsonValue::String("SQ".into()));
+                if !items.is_empty() {
+                    entry.insert("Value".into(), JsonValue::Array(items));
+                }
+                JsonValue::Object(entry)
+            }
+            _ => match serde_json::to_value(dicom_json::DicomJson::from(element)) {
+                Ok(json) => json,
+                Err(_) => continue,
+            },
+        };
+        map.insert(tag_key(element.tag()), json);
+    }
+    map
+}
+
+fn select_level(metadata: &Map<String, JsonValue>, level: QueryLevel) -> Map<String, JsonValue> {
+    level_tags(level)
+        .iter()
+        .filter_map(|&tag| {
+            let key = tag_key(tag);
+            let value = metadata.get(&key)?.clone();
+            Some((key, value))
+        })
+        .collect()
+}
+
+/// The search terms of a data set: one per value of each searchable attribute present, and a
+/// study-level ModalitiesInStudy term per Modality value.
+pub fn search_terms(object: &InMemDicomObject) -> Vec<SearchTerm> {
+    let mut terms = Vec::new();
+    for attribute in searchable_attributes() {
+        let source_tag = if attribute.tag == tags::MODALITIES_IN_STUDY {
+            tags::MODALITY
+        } else {
+            attribute.tag
+        };
+        let Some(element) = object.get(source_tag) else {
+            continue;
+        };
+        let Ok(values) = element.to_multi_str() else {
+            continue;
+        };
+        for raw in values.iter() {
+            let value = match attribute.kind {
+                SearchKind::Exact => {
+                    let exact = normalize_exact(raw);
+                    if exact.is_empty() {
+                        continue;
+                    }
+                    SearchValue::Exact(exact)
+                }
+                SearchKind::PersonName => {
+                    let exact = normalize_person_name(raw);
+                    if exact.is_empty() {
+                        continue;
+                    }
+                    SearchValue::PersonName {
+                        exact,
+                        words: name_words(raw),
+                    }
+                }
+                SearchKind::Date => match parse_date(raw) {
+                    Some(date) => SearchValue::Date(date),
+                    None => continue,
+                },
+            };
+            let term = SearchTerm { attribute, value };
+            if !terms.contains(&term) {
+                terms.push(term);
+            }
+        }
+    }
+    terms
 }

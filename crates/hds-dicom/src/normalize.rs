@@ -21,6 +21,22 @@ pub fn normalize_exact(value: &str) -> String {
     value.trim_matches(|c: char| c == ' ' || c == '\0').to_string()
 }
 
+/// Normalizes a person name for exact matching: padding stripped, and the empty trailing
+/// components and groups that PS3.5 6.2.1 lets writers omit removed, so that
+/// `"Smith^John^^^"` and `"Smith^John"` are the same name. Case and accents are kept.
+pub fn normalize_person_name(value: &str) -> String {
+    let value = value.trim_matches(|c: char| c == ' ' || c == '\0');
+    let groups: Vec<&str> = value
+        .split('=')
+        .map(|group| group.trim_end_matches(['^', ' ']))
+        .collect();
+    let used = groups
+        .iter()
+        .rposition(|group| !group.is_empty())
+        .map_or(0, |last| last + 1);
+    groups[..used].join("=")
+}
+
 /// Lowercases a word and removes its accents: Unicode compatibility decomposition (NFKD) then
 /// removal of combining marks, so `Jöhn` and `JOHN` both become `john`.
 pub fn fold_word(word: &str) -> String {
@@ -166,6 +182,14 @@ mod tests {
         assert_eq!(normalize_exact(" AB12 \0"), "AB12");
         assert_eq!(normalize_exact("1.2.3\0"), "1.2.3");
         assert_eq!(normalize_exact("Ab c"), "Ab c");
+    }
+
+    #[test]
+    fn person_names_drop_empty_trailing_components() {
+        assert_eq!(normalize_person_name("Smith^John^^^ "), "Smith^John");
+        assert_eq!(normalize_person_name("Smith^John=="), "Smith^John");
+        assert_eq!(normalize_person_name("=山田^太郎"), "=山田^太郎");
+        assert_eq!(normalize_person_name("^^"), "");
     }
 
     #[test]

@@ -97,8 +97,6 @@ pub enum Packaging {
 pub struct Negotiated {
     /// Multipart or single part.
     pub packaging: Packaging,
-    /// The part (or body) media type, e.g. `application/dicom`.
-    pub part_type: &'static str,
 }
 
 /// Chooses how to return items of `part_type` (`application/dicom` or
@@ -125,10 +123,10 @@ pub fn negotiate(
             _ => continue,
         };
         match range.parameter("transfer-syntax") {
-            Some("*") => return Ok(Negotiated { packaging, part_type }),
+            Some("*") => return Ok(Negotiated { packaging }),
             Some(wanted) => {
                 if stored_syntaxes.iter().all(|stored| *stored == wanted) {
-                    return Ok(Negotiated { packaging, part_type });
+                    return Ok(Negotiated { packaging });
                 }
                 transfer_syntax_problem = Some(format!(
                     "the data is not stored in transfer syntax {wanted} and hds does not transcode; \
@@ -137,7 +135,7 @@ pub fn negotiate(
             }
             None => {
                 if stored_syntaxes.iter().all(|stored| acceptable_without_parameter(stored)) {
-                    return Ok(Negotiated { packaging, part_type });
+                    return Ok(Negotiated { packaging });
                 }
                 transfer_syntax_problem = Some(
                     "the data is stored in a transfer syntax other than Explicit VR Little Endian and \

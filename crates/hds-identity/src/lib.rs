@@ -97,6 +97,9 @@ struct Inner {
     signing_keys: signing::KeyRing,
     /// The bootstrap tenant, read once from the database (it never changes once set).
     default_tenant: tokio::sync::OnceCell<String>,
+    /// Serializes bootstraps within the process: two at once could each replace the admin's
+    /// secret and leave admin.json holding the loser's.
+    bootstrap_lock: tokio::sync::Mutex<()>,
 }
 
 impl std::fmt::Debug for Identity {
@@ -126,6 +129,7 @@ impl Identity {
                 secret_hash_key,
                 signing_keys: signing::KeyRing::default(),
                 default_tenant: tokio::sync::OnceCell::new(),
+                bootstrap_lock: tokio::sync::Mutex::new(()),
             }),
         };
         identity.ensure_signing_key().await?;

@@ -99,8 +99,7 @@ pub struct ManagedIdentity {
 
 /// The credentials of a new service principal, or a new secret for one. The secret exists
 /// only here: it is not stored and cannot be shown again.
-#[derive(Clone, Serialize)]
-#[serde(rename_all = "camelCase")]
+#[derive(Clone)]
 pub struct ServicePrincipalCredentials {
     /// The object id.
     pub principal_id: String,

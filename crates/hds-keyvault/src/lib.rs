@@ -4,3 +4,4 @@
 pub mod error;
 pub mod material;
 pub mod model;
+pub mod service;

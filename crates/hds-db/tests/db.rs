@@ -1,0 +1,258 @@
+//! The same checks against SQLite and a throwaway PostgreSQL cluster.
+
+use hds_db::testing::PostgresCluster;
+use hds_db::{Backend, Database, DbError, Migration};
+use sqlx::Row;
+
+const FIRST: Migration = Migration {
+    version: 1,
+    description: "items",
+    sqlite: "CREATE TABLE items (id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE); \
+             CREATE INDEX items_name ON items (name);",
+    postgres: "CREATE TABLE items (id BIGSERIAL PRIMARY KEY, name TEXT NOT NULL UNIQUE); \
+               CREATE INDEX items_name ON items (name);",
+};
+
+const SECOND: Migration = Migration {
+    version: 2,
+    description: "item size",
+    sqlite: "ALTER TABLE items ADD COLUMN size BIGINT NOT NULL DEFAULT 0;",
+    postgres: "ALTER TABLE items ADD COLUMN size BIGINT NOT NULL DEFAULT 0;",
+};
+
+async fn sqlite_database() -> (tempfile::TempDir, Database) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let url = format!("sqlite:{}", dir.path().join("nested/dir/hds.db").display());
+    let database = Database::connect(&url).await.expect("connect sqlite");
+    (dir, database)
+}
+
+async fn postgres_database() -> Database {
+    let cluster = PostgresCluster::shared().expect("test cluster");
+    let url = cluster.fresh_database().await.expect("fresh database");
+    Database::connect(&url).await.expect("connect postgres")
+}
+
+async fn migrations_apply_once_and_refuse_surprises(database: Database) {
+    database
+        .migrate("items", &[FIRST])
+        .await
+        .expect("first migration");
+    database
+        .migrate("items", &[FIRST])
+        .await
+        .expect("again: nothing to do");
+    database
+        .migrate("items", &[FIRST, SECOND])
+        .await
+        .expect("second migration");
+    sqlx::query("INSERT INTO items (name, size) VALUES ($1, $2)")
+        .bind("a")
+        .bind(5_i64)
+        .execute(database.pool())
+        .await
+        .expect("insert uses the migrated schema");
+
+    // Another component's migrations live beside these without interfering.
+    let other = Migration {
+        version: 1,
+        description: "other",
+        sqlite: "CREATE TABLE others (id BIGINT PRIMARY KEY);",
+        postgres: "CREATE TABLE others (id BIGINT PRIMARY KEY);",
+    };
+    database
+        .migrate("other", &[other])
+        .await
+        .expect("other component");
+
+    // An older build does not know version 2.
+    match database.migrate("items", &[FIRST]).await {
+        Err(DbError::UnknownMigration { version: 2, .. }) => {}
+        other => panic!("expected UnknownMigration, got {other:?}"),
+    }
+    // An applied migration must not change.
+    let edited = Migration {
+        sqlite: "CREATE TABLE items (id INTEGER PRIMARY KEY);",
+        postgres: "CREATE TABLE items (id BIGINT PRIMARY KEY);",
+        ..FIRST
+    };
+    match database.migrate("items", &[edited, SECOND]).await {
+        Err(DbError::ChangedMigration { version: 1, .. }) => {}
+        other => panic!("expected ChangedMigration, got {other:?}"),
+    }
+    // A failing migration leaves nothing behind: the whole run is one transaction.
+    let broken = Migration {
+        version: 3,
+        description: "broken",
+        sqlite: "CREATE TABLE half (id BIGINT); THIS IS NOT SQL;",
+        postgres: "CREATE TABLE half (id BIGINT); THIS IS NOT SQL;",
+    };
+    match database.migrate("items", &[FIRST, SECOND, broken]).await {
+        Err(DbError::MigrationFailed { version: 3, .. }) => {}
+        other => panic!("expected MigrationFailed, got {other:?}"),
+    }
+    let half = sqlx::query("SELECT COUNT(*) FROM half")
+        .fetch_one(database.pool())
+        .await;
+    assert!(
+        half.is_err(),
+        "the failed migration's first statement was rolled back"
+    );
+    match database.migrate("items", &[SECOND, FIRST]).await {
+        Err(DbError::MigrationOrder { .. }) => {}
+        other => panic!("expected MigrationOrder, got {other:?}"),
+    }
+}
+
+/// Eight writers incrementing one counter in write transactions: none fails with a busy
+/// error, none loses an update.
+async fn concurrent_write_transactions_serialize(database: Database) {
+    database
+        .migrate("items", &[FIRST, SECOND])
+        .await
+        .expect("migrate");
+    sqlx::query("INSERT INTO items (name, size) VALUES ('counter', 0)")
+        .execute(database.pool())
+        .await
+        .expect("insert");
+    let mut tasks = Vec::new();
+    for _ in 0..8 {
+        let database = database.clone();
+        tasks.push(tokio::spawn(async move {
+            for _ in 0..10 {
+                let mut transaction = database.begin_write().await.expect("begin write");
+                // Read, then write: the pattern a deferred SQLite transaction fails on.
+                let size: i64 = sqlx::query("SELECT size FROM items WHERE name = 'counter'")
+                    .fetch_one(&mut *transaction)
+                    .await
+                    .expect("read")
+                    .get(0);
+                let update = match database.backend() {
+                    // SQLite's write lock, taken at BEGIN IMMEDIATE, makes read-then-write
+                    // safe; PostgreSQL's READ COMMITTED needs the increment in the UPDATE.
+                    Backend::Sqlite => {
+                        sqlx::query("UPDATE items SET size = $1 WHERE name = 'counter'")
+                            .bind(size + 1)
+                    }
+                    Backend::Postgres => {
+                        sqlx::query("UPDATE items SET size = size + 1 WHERE name = 'counter'")
+                    }
+                };
+                update.execute(&mut *transaction).await.expect("write");
+                transaction.commit().await.expect("commit");
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.expect("task");
+    }
+    let size: i64 = sqlx::query("SELECT size FROM items WHERE name = 'counter'")
+        .fetch_one(database.pool())
+        .await
+        .expect("read")
+        .get(0);
+    assert_eq!(size, 80);
+}
+
+async fn dropped_write_transaction_rolls_back(database: Database) {
+    database
+        .migrate("items", &[FIRST, SECOND])
+        .await
+        .expect("migrate");
+    {
+        let mut transaction = database.begin_write().await.expect("begin");
+        sqlx::query("INSERT INTO items (name) VALUES ('dropped')")
+            .execute(&mut *transaction)
+            .await
+            .expect("insert");
+    }
+    let count: i64 = sqlx::query("SELECT COUNT(*) FROM items")
+        .fetch_one(database.pool())
+        .await
+        .expect("count")
+        .get(0);
+    assert_eq!(count, 0);
+    // The pool is still usable for writes afterwards.
+    let transaction = database.begin_write().await.expect("begin again");
+    transaction.commit().await.expect("commit");
+}
+
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    let (_dir, database) = super::sqlite_database().await;
+                    super::$name(database).await;
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    super::$name(super::postgres_database().await).await;
+                }
+            )*
+        }
+    };
+}
+
+on_both_backends!(
+    migrations_apply_once_and_refuse_surprises,
+    concurrent_write_transactions_serialize,
+    dropped_write_transaction_rolls_back,
+);
+
+#[tokio::test]
+async fn sqlite_pragmas_are_set_on_every_connection() {
+    let (_dir, database) = sqlite_database().await;
+    let mut connections = Vec::new();
+    for _ in 0..3 {
+        connections.push(database.pool().acquire().await.expect("acquire"));
+    }
+    for connection in &mut connections {
+        let pragma = |name: &'static str| sqlx::query(name);
+        let journal: String = pragma("PRAGMA journal_mode")
+            .fetch_one(&mut **connection)
+            .await
+            .expect("journal")
+            .get(0);
+        assert_eq!(journal, "wal");
+        let synchronous: i64 = pragma("PRAGMA synchronous")
+            .fetch_one(&mut **connection)
+            .await
+            .expect("sync")
+            .get(0);
+        assert_eq!(synchronous, 2, "FULL");
+        let foreign_keys: i64 = pragma("PRAGMA foreign_keys")
+            .fetch_one(&mut **connection)
+            .await
+            .expect("fk")
+            .get(0);
+        assert_eq!(foreign_keys, 1);
+        let secure_delete: i64 = pragma("PRAGMA secure_delete")
+            .fetch_one(&mut **connection)
+            .await
+            .expect("sd")
+            .get(0);
+        assert_eq!(secure_delete, 1);
+        let busy: i64 = pragma("PRAGMA busy_timeout")
+            .fetch_one(&mut **connection)
+            .await
+            .expect("busy")
+            .get(0);
+        assert_eq!(busy, 5000);
+    }
+}
+
+#[tokio::test]
+async fn unsupported_urls_are_refused() {
+    for url in ["mysql://x", "sqlite::memory:", "sqlite:", "file.db"] {
+        assert!(
+            matches!(Database::connect(url).await, Err(DbError::UnsupportedUrl)),
+            "{url}"
+        );
+    }
+}

@@ -1,0 +1,293 @@
+//! Access tokens: issuing them to principals and validating them at every endpoint.
+//!
+//! Validation, in order: parse the compact JWS; pick the trusted issuer named by `iss` (the
+//! platform's own `{base}/{tenant}/v2.0`, or a configured external one) and, among its keys,
+//! the one named by `kid`; check that the header's `alg` is that key's algorithm and that the
+//! signature verifies; then `exp`/`nbf` (five minutes of clock skew, as Microsoft's libraries
+//! allow), `aud` (ignoring one trailing slash), and, for platform tokens, that the principal
+//! still exists in the tenant the token names.
+
+use serde::{Deserialize, Serialize};
+
+use crate::auth::AuthenticatedPrincipal;
+use crate::jws::{JwkSet, UnverifiedJws, VerifyingKey};
+use crate::principals::{Principal, PrincipalKind};
+use crate::{Identity, IdentityError, TokenError, new_guid, now_unix};
+
+/// How long an issued token is valid.
+pub const TOKEN_LIFETIME_SECONDS: i64 = 3600;
+
+/// Clock skew tolerated on `exp` and `nbf`.
+pub(crate) const CLOCK_SKEW_SECONDS: i64 = 300;
+
+/// An issuer outside the platform whose tokens are accepted; its principals are identified by
+/// the token's `oid` (or `sub` when it has no `oid`), and role assignments can name them.
+#[derive(Debug, Clone)]
+pub struct ExternalIssuer {
+    /// The exact `iss` value of its tokens.
+    pub issuer: String,
+    /// Its signing keys (RS256 or ES256 keys; others are ignored).
+    pub jwks: JwkSet,
+}
+
+impl ExternalIssuer {
+    /// An issuer from its `iss` value and its JWKS document (JSON text).
+    pub fn from_jwks_json(issuer: impl Into<String>, jwks_json: &str) -> Result<ExternalIssuer, serde_json::Error> {
+        Ok(ExternalIssuer {
+            issuer: issuer.into(),
+            jwks: serde_json::from_str(jwks_json)?,
+        })
+    }
+}
+
+/// An issued access token and what the token endpoint says about it.
+#[derive(Clone)]
+pub struct AccessToken {
+    /// The compact JWS.
+    pub access_token: String,
+    /// Seconds until it expires, as the token endpoint reports it (one less than its lifetime,
+    /// like Entra ID).
+    pub expires_in: i64,
+    /// When it expires (Unix seconds).
+    pub expires_on: i64,
+    /// The audience it was issued for.
+    pub resource: String,
+}
+
+impl std::fmt::Debug for AccessToken {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter
+            .debug_struct("AccessToken")
+            .field("access_token", &"<redacted>")
+            .field("expires_on", &self.expires_on)
+            .field("resource", &self.resource)
+            .finish()
+    }
+}
+
+#[derive(Serialize)]
+struct IssuedClaims<'a> {
+    aud: &'a str,
+    iss: &'a str,
+    iat: i64,
+    nbf: i64,
+    exp: i64,
+    tid: &'a str,
+    oid: &'a str,
+    sub: &'a str,
+    appid: &'a str,
+    azp: &'a str,
+    idtyp: &'static str,
+    uti: String,
+    ver: &'static str,
+}
+
+#[derive(Deserialize)]
+struct ReceivedClaims {
+    iss: String,
+    #[serde(default)]
+    aud: Option<serde_json::Value>,
+    exp: f64,
+    #[serde(default)]
+    nbf: Option<f64>,
+    #[serde(default)]
+    tid: Option<String>,
+    #[serde(default)]
+    oid: Option<String>,
+    #[serde(default)]
+    sub: Option<String>,
+    #[serde(default)]
+    appid: Option<String>,
+    #[serde(default)]
+    azp: Option<String>,
+}
+
+/// Whether the token's `aud` (a string or an array of strings) names `expected`, ignoring a
+/// trailing slash on either side. Scheme and host compare case-insensitively, as URLs do.
+fn audience_matches(audience: Option<&serde_json::Value>, expected: &str) -> bool {
+    let expected = expected.trim_end_matches('/');
+    let one = |value: &serde_json::Value| {
+        value
+            .as_str()
+            .is_some_and(|audience| audience.trim_end_matches('/').eq_ignore_ascii_case(expected))
+    };
+    match audience {
+        Some(serde_json::Value::Array(values)) => values.iter().any(one),
+        Some(value) => one(value),
+        None => false,
+    }
+}
+
+impl Identity {
+    /// Issues a token for `principal` with audience `resource`.
+    pub(crate) async fn issue_token(&self, principal: &Principal, resource: &str) -> Result<AccessToken, IdentityError> {
+        let key = self.active_signing_key().await?;
+        let now = now_unix();
+        let issuer = self.issuer(&principal.tenant_id);
+        let expires_on = now + TOKEN_LIFETIME_SECONDS;
+        let claims = IssuedClaims {
+            aud: resource,
+            iss: &issuer,
+            iat: now,
+            nbf: now,
+            exp: expires_on,
+            tid: &principal.tenant_id,
+            oid: &principal.principal_id,
+            sub: &principal.principal_id,
+            appid: &principal.client_id,
+            azp: &principal.client_id,
+            idtyp: "app",
+            uti: new_guid(),
+            ver: "2.0",
+        };
+        let access_token = key.sign(&claims).map_err(|_| IdentityError::Crypto)?;
+        Ok(AccessToken {
+            access_token,
+            expires_in: TOKEN_LIFETIME_SECONDS - 1,
+            expires_on,
+            resource: resource.to_owned(),
+        })
+    }
+
+    /// Issues a token for the managed identity `principal_id` with audience `resource`, in
+    /// process: this is how hosted services (the DICOM service) act as their identity.
+    pub async fn issue_token_for_managed_identity(&self, principal_id: &str, resource: &str) -> Result<AccessToken, IdentityError> {
+        let principal = self
+            .principal(principal_id)
+            .await?
+            .filter(|principal| {
+                matches!(
+                    principal.kind,
+                    PrincipalKind::SystemAssignedIdentity | PrincipalKind::UserAssignedIdentity
+                )
+            })
+            .ok_or(IdentityError::PrincipalNotFound)?;
+        self.issue_token(&principal, resource).await
+    }
+
+    /// Issues a token for the service principal `client_id` when `client_secret` is its
+    /// secret (the client-credentials grant); `None` when the credentials are wrong.
+    pub async fn issue_token_for_client_credentials(
+        &self,
+        client_id: &str,
+        client_secret: &str,
+        resource: &str,
+    ) -> Result<Option<AccessToken>, IdentityError> {
+        match self.check_client_secret(client_id, client_secret).await? {
+            Some(principal) => Ok(Some(self.issue_token(&principal, resource).await?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Validates a bearer token for an endpoint whose audience is `expected_audience`.
+    pub async fn validate_token(&self, token: &str, expected_audience: &str) -> Result<AuthenticatedPrincipal, TokenError> {
+        let jws = UnverifiedJws::parse(token).map_err(|_| TokenError::Malformed)?;
+        let claims: ReceivedClaims = serde_json::from_slice(&jws.payload).map_err(|_| TokenError::Malformed)?;
+
+        let platform_tenant = claims
+            .tid
+            .as_deref()
+            .filter(|tenant| claims.iss == self.issuer(tenant));
+        let external = self
+            .inner
+            .config
+            .external_issuers
+            .iter()
+            .find(|issuer| issuer.issuer == claims.iss);
+        if platform_tenant.is_some() {
+            let kid = jws.header.kid.as_deref().ok_or(TokenError::UnknownSigningKey)?;
+            let key = self
+                .platform_verifying_key(kid)
+                .await?
+                .ok_or(TokenError::UnknownSigningKey)?;
+            if !jws.verify(&key) {
+                return Err(TokenError::InvalidSignature);
+            }
+        } else if let Some(external) = external {
+            let candidates: Vec<VerifyingKey> = external
+                .jwks
+                .keys
+                .iter()
+                .filter(|jwk| match (&jws.header.kid, &jwk.kid) {
+                    (Some(wanted), Some(kid)) => wanted == kid,
+                    (Some(_), None) => false,
+                    (None, _) => true,
+                })
+                .filter_map(VerifyingKey::from_jwk)
+                .collect();
+            if candidates.is_empty() {
+                return Err(TokenError::UnknownSigningKey);
+            }
+            if !candidates.iter().any(|key| jws.verify(key)) {
+                return Err(TokenError::InvalidSignature);
+            }
+        } else {
+            return Err(TokenError::UntrustedIssuer);
+        }
+
+        let now = now_unix() as f64;
+        let skew = CLOCK_SKEW_SECONDS as f64;
+        if claims.exp + skew <= now {
+            return Err(TokenError::Expired);
+        }
+        if platform_tenant.is_some() && claims.nbf.is_none() {
+            return Err(TokenError::Malformed);
+        }
+        if claims.nbf.is_some_and(|not_before| not_before - skew > now) {
+            return Err(TokenError::NotYetValid);
+        }
+        if !audience_matches(claims.aud.as_ref(), expected_audience) {
+            return Err(TokenError::WrongAudience {
+                expected: expected_audience.to_owned(),
+            });
+        }
+
+        let audience = expected_audience.trim_end_matches('/').to_owned();
+        let expires_at = claims.exp as i64;
+        if let Some(tenant_id) = platform_tenant {
+            let principal_id = claims.oid.as_deref().ok_or(TokenError::Malformed)?;
+            let principal = self
+                .principal(principal_id)
+                .await?
+                .filter(|principal| principal.tenant_id == tenant_id)
+                .ok_or(TokenError::PrincipalDeleted)?;
+            return Ok(AuthenticatedPrincipal {
+                principal_id: principal.principal_id,
+                tenant_id: Some(principal.tenant_id),
+                client_id: Some(principal.client_id),
+                issuer: claims.iss,
+                external: false,
+                audience,
+                expires_at,
+            });
+        }
+        let principal_id = claims.oid.or(claims.sub).ok_or(TokenError::Malformed)?;
+        Ok(AuthenticatedPrincipal {
+            principal_id,
+            tenant_id: claims.tid,
+            client_id: claims.appid.or(claims.azp),
+            issuer: claims.iss,
+            external: true,
+            audience,
+            expires_at,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn audience_ignores_one_trailing_slash_and_accepts_arrays() {
+        let with_slash = serde_json::json!("https://management.azure.com/");
+        let without = serde_json::json!("https://management.azure.com");
+        let array = serde_json::json!(["api://other", "https://vault.azure.net"]);
+        assert!(audience_matches(Some(&with_slash), "https://management.azure.com"));
+        assert!(audience_matches(Some(&without), "https://management.azure.com/"));
+        assert!(audience_matches(Some(&array), "https://vault.azure.net"));
+        assert!(!audience_matches(Some(&without), "https://vault.azure.net"));
+        assert!(!audience_matches(Some(&serde_json::json!("https://management.azure.com.evil")), "https://management.azure.com"));
+        assert!(!audience_matches(None, "https://management.azure.com"));
+    }
+}
