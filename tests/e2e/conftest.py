@@ -162,7 +162,7 @@ def hds_any_index(request, tmp_path):
     assert server.stop() == 0
 
 
-def testdata(name: str) -> pathlib.Path:
+def dicom_file(name: str) -> pathlib.Path:
     """A file of pydicom's test data (shipped with pydicom, or fetched from pydicom-data's
     package, which carries the larger ones)."""
     from pydicom.data import get_testdata_file

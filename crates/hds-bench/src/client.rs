@@ -17,7 +17,8 @@ const TAG_SOP_INSTANCE_UID: &str = "00080018";
 const TAG_FAILED_SOP_SEQUENCE: &str = "00081198";
 const TAG_REFERENCED_SOP_SEQUENCE: &str = "00081199";
 
-const ACCEPT_DICOM_MULTIPART: &str = "multipart/related; type=\"application/dicom\"; transfer-syntax=*";
+const ACCEPT_DICOM_MULTIPART: &str =
+    "multipart/related; type=\"application/dicom\"; transfer-syntax=*";
 const ACCEPT_DICOM_JSON: &str = "application/dicom+json";
 
 /// How to reach the server.
@@ -134,8 +135,8 @@ impl DicomWebClient {
         }
         let authorization = match &config.bearer_token {
             Some(token) => {
-                let mut value =
-                    HeaderValue::from_str(&format!("Bearer {token}")).map_err(|_| ClientError::InvalidToken)?;
+                let mut value = HeaderValue::from_str(&format!("Bearer {token}"))
+                    .map_err(|_| ClientError::InvalidToken)?;
                 value.set_sensitive(true);
                 Some(value)
             }
@@ -149,7 +150,9 @@ impl DicomWebClient {
     }
 
     fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
-        let request = self.http.request(method, format!("{}{}", self.base_url, path));
+        let request = self
+            .http
+            .request(method, format!("{}{}", self.base_url, path));
         match &self.authorization {
             Some(value) => request.header(AUTHORIZATION, value.clone()),
             None => request,
@@ -181,13 +184,15 @@ impl DicomWebClient {
         if status != 200 {
             return Err(RequestFailure::Status(status));
         }
-        let document: Value =
-            serde_json::from_slice(&answer).map_err(|_| RequestFailure::Invalid("STOW response is not JSON"))?;
+        let document: Value = serde_json::from_slice(&answer)
+            .map_err(|_| RequestFailure::Invalid("STOW response is not JSON"))?;
         if sequence_length(&document, TAG_FAILED_SOP_SEQUENCE) > 0 {
             return Err(RequestFailure::Invalid("STOW reported failed instances"));
         }
         if sequence_length(&document, TAG_REFERENCED_SOP_SEQUENCE) != instance_count {
-            return Err(RequestFailure::Invalid("STOW did not reference every instance"));
+            return Err(RequestFailure::Invalid(
+                "STOW did not reference every instance",
+            ));
         }
         Ok(Transfer {
             items: instance_count as u64,
@@ -233,7 +238,9 @@ impl DicomWebClient {
             return Err(RequestFailure::Invalid("WADO returned other than one part"));
         };
         if file.len() < minimum_size || file.get(128..132) != Some(b"DICM".as_slice()) {
-            return Err(RequestFailure::Invalid("WADO part is not the stored Part 10 file"));
+            return Err(RequestFailure::Invalid(
+                "WADO part is not the stored Part 10 file",
+            ));
         }
         Ok(Transfer {
             items: 1,
@@ -255,10 +262,15 @@ impl DicomWebClient {
             return Err(RequestFailure::Invalid("metadata is not a JSON array"));
         };
         if objects.len() != expected_count {
-            return Err(RequestFailure::Invalid("metadata has the wrong number of instances"));
+            return Err(RequestFailure::Invalid(
+                "metadata has the wrong number of instances",
+            ));
         }
         if let Some(uid) = expected_sop_instance_uid
-            && objects.first().and_then(|object| first_string(object, TAG_SOP_INSTANCE_UID)) != Some(uid)
+            && objects
+                .first()
+                .and_then(|object| first_string(object, TAG_SOP_INSTANCE_UID))
+                != Some(uid)
         {
             return Err(RequestFailure::Invalid("metadata is for another instance"));
         }
@@ -270,7 +282,12 @@ impl DicomWebClient {
 
     /// QIDO-RS study search; succeeds when the results include `study_uid`,
     /// and, if `exact` is set, hold nothing else.
-    pub async fn search_studies(&self, query: &str, study_uid: &str, exact: bool) -> Result<Transfer, RequestFailure> {
+    pub async fn search_studies(
+        &self,
+        query: &str,
+        study_uid: &str,
+        exact: bool,
+    ) -> Result<Transfer, RequestFailure> {
         let document = self.get_json(&format!("/studies?{query}")).await?;
         let Value::Array(matches) = &document.value else {
             return Err(RequestFailure::Invalid("search result is not a JSON array"));
@@ -305,7 +322,8 @@ impl DicomWebClient {
         if status != 200 {
             return Err(RequestFailure::Status(status));
         }
-        let value = serde_json::from_slice(&body).map_err(|_| RequestFailure::Invalid("body is not JSON"))?;
+        let value = serde_json::from_slice(&body)
+            .map_err(|_| RequestFailure::Invalid("body is not JSON"))?;
         Ok(JsonDocument {
             value,
             bytes: body.len() as u64,
@@ -329,12 +347,7 @@ fn sequence_length(object: &Value, tag: &str) -> usize {
 
 /// The first value of a string attribute in a DICOM JSON object.
 fn first_string<'a>(object: &'a Value, tag: &str) -> Option<&'a str> {
-    object
-        .get(tag)?
-        .get("Value")?
-        .as_array()?
-        .first()?
-        .as_str()
+    object.get(tag)?.get("Value")?.as_array()?.first()?.as_str()
 }
 
 #[cfg(test)]
@@ -360,7 +373,10 @@ mod tests {
     fn failure_kinds_carry_no_url() {
         let failure = RequestFailure::Status(503);
         assert_eq!(failure.to_string(), "HTTP 503");
-        assert_eq!(RequestFailure::Transport("timeout".into()).to_string(), "transport: timeout");
+        assert_eq!(
+            RequestFailure::Transport("timeout".into()).to_string(),
+            "transport: timeout"
+        );
     }
 
     #[test]
@@ -385,6 +401,9 @@ mod tests {
             request_timeout: Duration::from_secs(1),
             pool_size: 1,
         };
-        assert!(matches!(DicomWebClient::new(&config), Err(ClientError::InvalidToken)));
+        assert!(matches!(
+            DicomWebClient::new(&config),
+            Err(ClientError::InvalidToken)
+        ));
     }
 }

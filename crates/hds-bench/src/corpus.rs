@@ -91,10 +91,14 @@ impl CorpusShape {
     /// Checks that the shape describes at least one instance and no empty series.
     pub fn validate(&self) -> Result<(), String> {
         if self.studies == 0 || self.series_per_study == 0 || self.instances_per_study == 0 {
-            return Err("studies, series per study and instances per study must be at least 1".into());
+            return Err(
+                "studies, series per study and instances per study must be at least 1".into(),
+            );
         }
         if self.instances_per_study < self.series_per_study {
-            return Err("instances per study must be at least the number of series per study".into());
+            return Err(
+                "instances per study must be at least the number of series per study".into(),
+            );
         }
         Ok(())
     }
@@ -140,7 +144,10 @@ pub struct Corpus {
 impl Corpus {
     /// Total size of all encoded instances, in bytes.
     pub fn total_bytes(&self) -> u64 {
-        self.instances.iter().map(|instance| instance.file.len() as u64).sum()
+        self.instances
+            .iter()
+            .map(|instance| instance.file.len() as u64)
+            .sum()
     }
 }
 
@@ -165,14 +172,37 @@ pub fn random_uid(rng: &mut impl Rng) -> String {
 }
 
 const FAMILY_NAMES: &[&str] = &[
-    "ANDERSEN", "BAKER", "CHEN", "DUBOIS", "ESPOSITO", "FISCHER", "GARCIA", "HANSEN", "IVANOV",
-    "JONES", "KOWALSKI", "LOPEZ", "MULLER", "NGUYEN", "OKAFOR", "PETERSEN", "QUINN", "ROSSI",
-    "SATO", "TANAKA", "UNDERWOOD", "VARGA", "WILSON", "XU", "YILMAZ", "ZHANG",
+    "ANDERSEN",
+    "BAKER",
+    "CHEN",
+    "DUBOIS",
+    "ESPOSITO",
+    "FISCHER",
+    "GARCIA",
+    "HANSEN",
+    "IVANOV",
+    "JONES",
+    "KOWALSKI",
+    "LOPEZ",
+    "MULLER",
+    "NGUYEN",
+    "OKAFOR",
+    "PETERSEN",
+    "QUINN",
+    "ROSSI",
+    "SATO",
+    "TANAKA",
+    "UNDERWOOD",
+    "VARGA",
+    "WILSON",
+    "XU",
+    "YILMAZ",
+    "ZHANG",
 ];
 
 const GIVEN_NAMES: &[&str] = &[
-    "ALEX", "BRIGIT", "CARLOS", "DANA", "EMIL", "FATIMA", "GREGOR", "HANNA", "IGOR", "JUNE",
-    "KAI", "LINA", "MARTIN", "NORA", "OSKAR", "PRIYA", "RUTH", "SAMUEL", "TOVE", "VIKTOR",
+    "ALEX", "BRIGIT", "CARLOS", "DANA", "EMIL", "FATIMA", "GREGOR", "HANNA", "IGOR", "JUNE", "KAI",
+    "LINA", "MARTIN", "NORA", "OSKAR", "PRIYA", "RUTH", "SAMUEL", "TOVE", "VIKTOR",
 ];
 
 const BODY_PARTS: &[&str] = &["CHEST", "ABDOMEN", "HEAD", "PELVIS", "NECK"];
@@ -191,7 +221,11 @@ fn text(tag: dicom_core::Tag, vr: VR, value: impl Into<String>) -> DataElement<I
 }
 
 fn uid(tag: dicom_core::Tag, value: &str) -> DataElement<InMemDicomObject> {
-    DataElement::new(tag, VR::UI, PrimitiveValue::from(even(value.to_string(), '\0')))
+    DataElement::new(
+        tag,
+        VR::UI,
+        PrimitiveValue::from(even(value.to_string(), '\0')),
+    )
 }
 
 fn unsigned_short(tag: dicom_core::Tag, value: u16) -> DataElement<InMemDicomObject> {
@@ -199,7 +233,12 @@ fn unsigned_short(tag: dicom_core::Tag, value: u16) -> DataElement<InMemDicomObj
 }
 
 fn dicom_date(date: Date) -> String {
-    format!("{:04}{:02}{:02}", date.year(), u8::from(date.month()), date.day())
+    format!(
+        "{:04}{:02}{:02}",
+        date.year(),
+        u8::from(date.month()),
+        date.day()
+    )
 }
 
 fn random_date(rng: &mut impl Rng, first_year: i32, last_year: i32) -> Date {
@@ -227,7 +266,11 @@ fn pixel_data(size: PixelSize, rng: &mut impl Rng) -> Vec<u8> {
             let distance_squared = (row - centre_row).pow(2) + (column - centre_column).pow(2);
             // Air outside the body, soft tissue inside: stored values of a
             // 12-bit CT with rescale intercept -1024.
-            let base: u32 = if distance_squared < radius_squared { 1064 } else { 24 };
+            let base: u32 = if distance_squared < radius_squared {
+                1064
+            } else {
+                24
+            };
             let sample = ((base + (noise_state & 0x3F)) & 0x0FFF) as u16;
             pixels.extend_from_slice(&sample.to_le_bytes());
         }
@@ -263,13 +306,16 @@ pub fn generate(shape: &CorpusShape) -> Result<Corpus, CorpusError> {
         let accession_number = format!("A{:09}", rng.gen_range(0u32..1_000_000_000));
         let body_part = BODY_PARTS[rng.gen_range(0..BODY_PARTS.len())];
 
-        let series_uids: Vec<String> = (0..shape.series_per_study).map(|_| random_uid(&mut rng)).collect();
+        let series_uids: Vec<String> = (0..shape.series_per_study)
+            .map(|_| random_uid(&mut rng))
+            .collect();
         for instance_index in 0..shape.instances_per_study {
             // Contiguous, even split: series s holds instances
             // [s*n/S, (s+1)*n/S), and n >= S keeps every series non-empty.
             let series_index = instance_index * shape.series_per_study / shape.instances_per_study;
             let series_start = series_index * shape.instances_per_study / shape.series_per_study;
-            let series_end = (series_index + 1) * shape.instances_per_study / shape.series_per_study;
+            let series_end =
+                (series_index + 1) * shape.instances_per_study / shape.series_per_study;
             let sop_instance_uid = random_uid(&mut rng);
             let instance_number = instance_index - series_start + 1;
             let slice_position = -(instance_number as f64) * 1.25;
@@ -287,7 +333,11 @@ pub fn generate(shape: &CorpusShape) -> Result<Corpus, CorpusError> {
                 text(tags::MANUFACTURER, VR::LO, "HDS BENCH"),
                 text(tags::REFERRING_PHYSICIAN_NAME, VR::PN, ""),
                 text(tags::STUDY_DESCRIPTION, VR::LO, format!("CT {body_part}")),
-                text(tags::SERIES_DESCRIPTION, VR::LO, format!("AXIAL {}", series_index + 1)),
+                text(
+                    tags::SERIES_DESCRIPTION,
+                    VR::LO,
+                    format!("AXIAL {}", series_index + 1),
+                ),
                 text(tags::PATIENT_NAME, VR::PN, patient_name.clone()),
                 text(tags::PATIENT_ID, VR::LO, patient_id.clone()),
                 text(tags::PATIENT_BIRTH_DATE, VR::DA, dicom_date(birth_date)),
@@ -300,7 +350,11 @@ pub fn generate(shape: &CorpusShape) -> Result<Corpus, CorpusError> {
                 text(tags::STUDY_ID, VR::SH, "1"),
                 text(tags::SERIES_NUMBER, VR::IS, (series_index + 1).to_string()),
                 text(tags::INSTANCE_NUMBER, VR::IS, instance_number.to_string()),
-                text(tags::IMAGE_POSITION_PATIENT, VR::DS, format!("-250\\-250\\{slice_position}")),
+                text(
+                    tags::IMAGE_POSITION_PATIENT,
+                    VR::DS,
+                    format!("-250\\-250\\{slice_position}"),
+                ),
                 text(tags::IMAGE_ORIENTATION_PATIENT, VR::DS, "1\\0\\0\\0\\1\\0"),
                 uid(tags::FRAME_OF_REFERENCE_UID, &frame_of_reference_uid),
                 unsigned_short(tags::SAMPLES_PER_PIXEL, 1),
@@ -362,19 +416,41 @@ mod tests {
             studies: 2,
             series_per_study: 2,
             instances_per_study: 5,
-            pixel_size: PixelSize { rows: 16, columns: 8 },
+            pixel_size: PixelSize {
+                rows: 16,
+                columns: 8,
+            },
             seed: 7,
         }
     }
 
     #[test]
     fn pixel_size_parses_square_and_rectangular_forms() {
-        assert_eq!("512".parse::<PixelSize>(), Ok(PixelSize { rows: 512, columns: 512 }));
-        assert_eq!("256x128".parse::<PixelSize>(), Ok(PixelSize { rows: 256, columns: 128 }));
+        assert_eq!(
+            "512".parse::<PixelSize>(),
+            Ok(PixelSize {
+                rows: 512,
+                columns: 512
+            })
+        );
+        assert_eq!(
+            "256x128".parse::<PixelSize>(),
+            Ok(PixelSize {
+                rows: 256,
+                columns: 128
+            })
+        );
         assert!("0".parse::<PixelSize>().is_err());
         assert!("70000".parse::<PixelSize>().is_err());
         assert!("12xq".parse::<PixelSize>().is_err());
-        assert_eq!(PixelSize { rows: 512, columns: 512 }.pixel_bytes(), 512 * 1024);
+        assert_eq!(
+            PixelSize {
+                rows: 512,
+                columns: 512
+            }
+            .pixel_bytes(),
+            512 * 1024
+        );
     }
 
     #[test]
@@ -406,7 +482,10 @@ mod tests {
         other_shape.seed = 8;
         let other = generate(&other_shape).expect("corpus");
         assert_eq!(first.instances[3].file, again.instances[3].file);
-        assert_ne!(first.instances[3].sop_instance_uid, other.instances[3].sop_instance_uid);
+        assert_ne!(
+            first.instances[3].sop_instance_uid,
+            other.instances[3].sop_instance_uid
+        );
     }
 
     #[test]
@@ -437,9 +516,15 @@ mod tests {
             assert_eq!(read(tags::PATIENT_ID), study.patient_id);
             assert_eq!(read(tags::STUDY_DATE), format_dicom_date(study.study_date));
             assert_eq!(read(tags::SOP_CLASS_UID), uids::CT_IMAGE_STORAGE);
-            let pixels = object.element(tags::PIXEL_DATA).expect("pixel data").to_bytes().expect("bytes");
+            let pixels = object
+                .element(tags::PIXEL_DATA)
+                .expect("pixel data")
+                .to_bytes()
+                .expect("bytes");
             assert_eq!(pixels.len(), 16 * 8 * 2);
-            *series_seen.entry(instance.series_uid.clone()).or_insert(0usize) += 1;
+            *series_seen
+                .entry(instance.series_uid.clone())
+                .or_insert(0usize) += 1;
             assert!(instance.series_instance_count >= 2);
         }
         // Two studies of two series each, five instances split 2 + 3.

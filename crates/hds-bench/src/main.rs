@@ -60,7 +60,12 @@ struct Arguments {
     seed: Option<u64>,
 
     /// Phases to run, in order.
-    #[arg(long, value_enum, value_delimiter = ',', default_value = "stow,wado,metadata,qido")]
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_value = "stow,wado,metadata,qido"
+    )]
     phases: Vec<Phase>,
 
     /// Instances per STOW-RS request.
@@ -89,7 +94,12 @@ struct Arguments {
     ca_certificates: Vec<PathBuf>,
 
     /// Bearer token sent with every request.
-    #[arg(long, env = "HDS_BENCH_TOKEN", hide_env_values = true, conflicts_with = "token_command")]
+    #[arg(
+        long,
+        env = "HDS_BENCH_TOKEN",
+        hide_env_values = true,
+        conflicts_with = "token_command"
+    )]
     bearer_token: Option<String>,
 
     /// Shell command whose standard output is the bearer token.
@@ -113,7 +123,8 @@ fn token_from_command(command: &str) -> anyhow::Result<String> {
     if !output.status.success() {
         bail!("the token command failed ({})", output.status);
     }
-    let token = String::from_utf8(output.stdout).context("the token command printed non-UTF-8 output")?;
+    let token =
+        String::from_utf8(output.stdout).context("the token command printed non-UTF-8 output")?;
     let token = token.trim().to_string();
     if token.is_empty() {
         bail!("the token command printed nothing");
@@ -122,7 +133,8 @@ fn token_from_command(command: &str) -> anyhow::Result<String> {
 }
 
 fn seconds(value: f64, what: &str) -> anyhow::Result<Duration> {
-    Duration::try_from_secs_f64(value).with_context(|| format!("{what} must be a non-negative number of seconds"))
+    Duration::try_from_secs_f64(value)
+        .with_context(|| format!("{what} must be a non-negative number of seconds"))
 }
 
 async fn run(arguments: Arguments) -> anyhow::Result<RunReport> {
@@ -186,12 +198,18 @@ async fn run(arguments: Arguments) -> anyhow::Result<RunReport> {
             Phase::Stow => vec![bench.stow(limits, arguments.stow_batch).await],
             Phase::Wado => vec![bench.wado(limits).await],
             Phase::Metadata => vec![bench.metadata(limits, arguments.metadata_level).await],
-            Phase::Qido => vec![bench.qido_by_patient(limits).await, bench.qido_by_date(limits).await],
+            Phase::Qido => vec![
+                bench.qido_by_patient(limits).await,
+                bench.qido_by_date(limits).await,
+            ],
         };
         for phase_report in phase_reports {
             eprintln!(
                 "{}: {} requests, {} errors, {:.2} s",
-                phase_report.phase, phase_report.requests, phase_report.errors, phase_report.elapsed_s
+                phase_report.phase,
+                phase_report.requests,
+                phase_report.errors,
+                phase_report.elapsed_s
             );
             reports.push(phase_report);
         }
@@ -209,7 +227,10 @@ async fn run(arguments: Arguments) -> anyhow::Result<RunReport> {
 fn main() -> ExitCode {
     let arguments = Arguments::parse();
     let json = arguments.json;
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(runtime) => runtime,
         Err(error) => {
             eprintln!("hds-bench: cannot start the runtime: {error}");
@@ -237,7 +258,11 @@ fn main() -> ExitCode {
         print!("{table}");
     }
     // Failed requests make the run fail, so scripts notice a wrong answer.
-    if run_report.phases.iter().any(|phase| phase.errors > 0 || phase.requests == 0) {
+    if run_report
+        .phases
+        .iter()
+        .any(|phase| phase.errors > 0 || phase.requests == 0)
+    {
         eprintln!("hds-bench: some requests failed or a phase had nothing to do");
         return ExitCode::from(2);
     }
@@ -268,8 +293,17 @@ mod tests {
         .expect("parses");
         assert_eq!(arguments.phases, vec![Phase::Stow, Phase::Qido]);
         assert_eq!(arguments.concurrency, 8);
-        assert_eq!(arguments.pixel_size, PixelSize { rows: 64, columns: 32 });
-        assert!(Arguments::try_parse_from(["hds-bench", "--base-url", "x", "--phases", "nope"]).is_err());
+        assert_eq!(
+            arguments.pixel_size,
+            PixelSize {
+                rows: 64,
+                columns: 32
+            }
+        );
+        assert!(
+            Arguments::try_parse_from(["hds-bench", "--base-url", "x", "--phases", "nope"])
+                .is_err()
+        );
         assert!(
             Arguments::try_parse_from([
                 "hds-bench",
@@ -286,7 +320,10 @@ mod tests {
 
     #[test]
     fn the_token_command_output_is_trimmed_and_failures_are_errors() {
-        assert_eq!(token_from_command("printf ' abc.def \\n'").expect("token"), "abc.def");
+        assert_eq!(
+            token_from_command("printf ' abc.def \\n'").expect("token"),
+            "abc.def"
+        );
         assert!(token_from_command("exit 3").is_err());
         assert!(token_from_command("true").is_err());
     }

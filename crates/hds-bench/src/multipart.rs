@@ -16,7 +16,10 @@ pub fn stow_content_type(boundary: &str) -> String {
 }
 
 /// Builds a `multipart/related` body with one `application/dicom` part per file.
-pub fn build_dicom_multipart<'a>(boundary: &str, files: impl IntoIterator<Item = &'a Bytes>) -> Bytes {
+pub fn build_dicom_multipart<'a>(
+    boundary: &str,
+    files: impl IntoIterator<Item = &'a Bytes>,
+) -> Bytes {
     let mut body = BytesMut::new();
     for file in files {
         body.extend_from_slice(b"--");
@@ -72,7 +75,9 @@ pub fn split_parts(body: &Bytes, boundary: &str) -> Result<Vec<Bytes>, Multipart
     let inner_delimiter = format!("\r\n--{boundary}");
     let inner_finder = memmem::Finder::new(inner_delimiter.as_bytes());
 
-    let first = delimiter_finder.find(body).ok_or(MultipartError::Malformed)?;
+    let first = delimiter_finder
+        .find(body)
+        .ok_or(MultipartError::Malformed)?;
     let mut cursor = first + delimiter.len();
     let mut parts = Vec::new();
     loop {
@@ -107,7 +112,9 @@ mod tests {
     #[test]
     fn boundary_is_read_quoted_or_bare_and_case_insensitively() {
         assert_eq!(
-            boundary_from_content_type("multipart/related; type=\"application/dicom\"; boundary=\"abc\""),
+            boundary_from_content_type(
+                "multipart/related; type=\"application/dicom\"; boundary=\"abc\""
+            ),
             Ok("abc".to_string())
         );
         assert_eq!(
@@ -143,13 +150,19 @@ mod tests {
             b"preamble\r\n--b1\r\nContent-Type: application/dicom\r\nContent-Length: 3\r\n\r\nabc\r\n--b1\r\n\r\nxy\r\n--b1--\r\n",
         );
         let parts = split_parts(&body, "b1").expect("splits");
-        assert_eq!(parts, vec![Bytes::from_static(b"abc"), Bytes::from_static(b"xy")]);
+        assert_eq!(
+            parts,
+            vec![Bytes::from_static(b"abc"), Bytes::from_static(b"xy")]
+        );
     }
 
     #[test]
     fn unterminated_bodies_are_rejected() {
         let body = Bytes::from_static(b"--b1\r\nContent-Type: application/dicom\r\n\r\nabc");
         assert_eq!(split_parts(&body, "b1"), Err(MultipartError::Malformed));
-        assert_eq!(split_parts(&Bytes::from_static(b"nothing"), "b1"), Err(MultipartError::Malformed));
+        assert_eq!(
+            split_parts(&Bytes::from_static(b"nothing"), "b1"),
+            Err(MultipartError::Malformed)
+        );
     }
 }

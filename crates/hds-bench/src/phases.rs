@@ -52,7 +52,11 @@ pub struct PhaseLimits {
 /// Runs `operation(0..requests)` on `concurrency` workers. The operation's
 /// synchronous part (building a body) runs before the clock starts; only the
 /// returned future is timed.
-pub async fn run_phase<Operation, RequestFuture>(name: &str, limits: PhaseLimits, operation: Operation) -> PhaseReport
+pub async fn run_phase<Operation, RequestFuture>(
+    name: &str,
+    limits: PhaseLimits,
+    operation: Operation,
+) -> PhaseReport
 where
     Operation: Fn(usize) -> RequestFuture + Send + Sync + 'static,
     RequestFuture: Future<Output = Result<Transfer, RequestFailure>> + Send + 'static,
@@ -94,7 +98,12 @@ where
     for worker in workers {
         match worker.await {
             Ok(observations) => merged.merge(observations),
-            Err(_) => *merged.errors.entry("worker panicked".to_string()).or_insert(0) += 1,
+            Err(_) => {
+                *merged
+                    .errors
+                    .entry("worker panicked".to_string())
+                    .or_insert(0) += 1
+            }
         }
     }
     PhaseReport::new(name, merged, started.elapsed())
@@ -115,7 +124,9 @@ pub struct Bench {
 impl Bench {
     /// A bench that assumes the whole corpus is already stored.
     pub fn new(client: DicomWebClient, corpus: Corpus) -> Self {
-        let stored = (0..corpus.instances.len()).map(|_| AtomicBool::new(true)).collect();
+        let stored = (0..corpus.instances.len())
+            .map(|_| AtomicBool::new(true))
+            .collect();
         Bench {
             client,
             corpus: Arc::new(corpus),
@@ -159,11 +170,17 @@ impl Bench {
         let bench = self.clone();
         let boundary = multipart::new_boundary();
         let content_type: Arc<str> = multipart::stow_content_type(&boundary).into();
-        let name = if batch == 1 { "stow".to_string() } else { format!("stow(batch {batch})") };
+        let name = if batch == 1 {
+            "stow".to_string()
+        } else {
+            format!("stow(batch {batch})")
+        };
         run_phase(&name, limits, move |request_index| {
             let first = request_index * batch;
             let range = first..(first + batch).min(instance_count);
-            let files = bench.corpus.instances[range.clone()].iter().map(|instance| &instance.file);
+            let files = bench.corpus.instances[range.clone()]
+                .iter()
+                .map(|instance| &instance.file);
             let payload_bytes: u64 = files.clone().map(|file| file.len() as u64).sum();
             let body = multipart::build_dicom_multipart(&boundary, files);
             let bench = bench.clone();
@@ -233,11 +250,18 @@ impl Bench {
                     Some(instance.sop_instance_uid.clone()),
                 ),
                 MetadataLevel::Series => (
-                    format!("/studies/{}/series/{}/metadata", study.study_uid, instance.series_uid),
+                    format!(
+                        "/studies/{}/series/{}/metadata",
+                        study.study_uid, instance.series_uid
+                    ),
                     instance.series_instance_count,
                     None,
                 ),
-                MetadataLevel::Study => (format!("/studies/{}/metadata", study.study_uid), study.instance_count, None),
+                MetadataLevel::Study => (
+                    format!("/studies/{}/metadata", study.study_uid),
+                    study.instance_count,
+                    None,
+                ),
             };
             let client = client.clone();
             async move {
@@ -280,7 +304,11 @@ impl Bench {
             let study = &corpus.studies[studies[request_index % studies.len()]];
             let from = study.study_date.saturating_sub(DateOffset::days(15));
             let to = study.study_date.saturating_add(DateOffset::days(15));
-            let query = format!("StudyDate={}-{}", format_dicom_date(from), format_dicom_date(to));
+            let query = format!(
+                "StudyDate={}-{}",
+                format_dicom_date(from),
+                format_dicom_date(to)
+            );
             let study_uid = study.study_uid.clone();
             let client = client.clone();
             async move { client.search_studies(&query, &study_uid, false).await }
@@ -304,7 +332,10 @@ mod tests {
             if index % 5 == 0 {
                 Err(RequestFailure::Status(503))
             } else {
-                Ok(Transfer { items: 2, bytes: 100 })
+                Ok(Transfer {
+                    items: 2,
+                    bytes: 100,
+                })
             }
         })
         .await;
@@ -322,7 +353,10 @@ mod tests {
             requests: usize::MAX,
             duration: Duration::ZERO,
         };
-        let report = run_phase("test", limits, |_| async { Ok(Transfer { items: 1, bytes: 1 }) }).await;
+        let report = run_phase("test", limits, |_| async {
+            Ok(Transfer { items: 1, bytes: 1 })
+        })
+        .await;
         assert_eq!(report.requests, 0);
     }
 }

@@ -79,7 +79,16 @@ pub fn table(run: &RunReport) -> String {
     let _ = writeln!(
         text,
         "{:<18} {:>7} {:>6} {:>9} {:>9} {:>9} {:>8} {:>8} {:>8} {:>8}",
-        "phase", "count", "errors", "elapsed_s", "req/s", "items/s", "MB/s", "p50_ms", "p90_ms", "p99_ms"
+        "phase",
+        "count",
+        "errors",
+        "elapsed_s",
+        "req/s",
+        "items/s",
+        "MB/s",
+        "p50_ms",
+        "p90_ms",
+        "p99_ms"
     );
     for phase in &run.phases {
         let _ = writeln!(
@@ -134,7 +143,11 @@ mod tests {
                 bytes: 525_000,
                 mean_instance_bytes: 525_000,
             },
-            phases: vec![PhaseReport::new("stow", observations, Duration::from_secs(1))],
+            phases: vec![PhaseReport::new(
+                "stow",
+                observations,
+                Duration::from_secs(1),
+            )],
         };
         let rendered = table(&run);
         let lines: Vec<&str> = rendered.lines().collect();
@@ -142,7 +155,10 @@ mod tests {
         assert!(lines[2].starts_with("stow"));
         assert!(lines[2].contains("12.0"));
         assert_eq!(lines[3].trim(), "1 x HTTP 500");
-        assert_eq!(run.phases[0].latency, LatencySummary::from_samples(&mut [Duration::from_millis(12)]));
+        assert_eq!(
+            run.phases[0].latency,
+            LatencySummary::from_samples(&mut [Duration::from_millis(12)])
+        );
         let json = serde_json::to_value(&run).expect("serialises");
         assert_eq!(json["phases"][0]["errors"], 1);
         assert_eq!(json["phases"][0]["latency"]["p50_ms"], 12.0);

@@ -20,8 +20,9 @@ use std::io::{Read, Write};
 use std::path::Path;
 
 use aws_lc_rs::aead::{AES_256_GCM, Aad, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
-use aws_lc_rs::hkdf;
 use zeroize::Zeroizing;
+
+use crate::kdf::hkdf_sha256;
 
 /// Length of the root key in bytes.
 const ROOT_KEY_LEN: usize = 32;
@@ -97,19 +98,18 @@ impl RootKey {
         let mut sealed = Vec::with_capacity(1 + NONCE_LEN + plaintext.len() + TAG_LEN);
         sealed.push(SEALED_VERSION);
         sealed.extend_from_slice(&nonce_bytes);
-        let mut in_out = plaintext.to_vec();
+        // Encrypted in place in the output, so no other copy of the plaintext is made.
+        sealed.extend_from_slice(plaintext);
         let tag = aead_key
             .seal_in_place_separate_tag(
                 Nonce::assume_unique_for_key(nonce_bytes),
                 Aad::from(bound_associated_data(associated_data)),
-                &mut in_out,
+                &mut sealed[1 + NONCE_LEN..],
             )
             // AES-GCM sealing fails only for inputs beyond 2^36 bytes, far above any secret
             // sealed under the root key.
             .expect("AES-256-GCM seal of an in-memory value cannot fail");
-        sealed.extend_from_slice(&in_out);
         sealed.extend_from_slice(tag.as_ref());
-        in_out.iter_mut().for_each(|byte| *byte = 0);
         sealed
     }
 
@@ -153,15 +153,13 @@ impl RootKey {
     }
 
     fn expand(&self, info_prefix: &[u8], purpose: &str) -> Zeroizing<[u8; 32]> {
-        let salt = hkdf::Salt::new(hkdf::HKDF_SHA256, HKDF_SALT);
-        let pseudo_random_key = salt.extract(self.key_bytes.as_slice());
-        let info = [info_prefix, &[0u8], purpose.as_bytes()];
         let mut output = Zeroizing::new([0u8; 32]);
-        pseudo_random_key
-            .expand(&info, hkdf::HKDF_SHA256)
-            .and_then(|okm| okm.fill(output.as_mut_slice()))
-            // HKDF-SHA256 can emit up to 255 * 32 bytes; 32 is always within range.
-            .expect("HKDF-SHA256 expand of 32 bytes cannot fail");
+        hkdf_sha256(
+            HKDF_SALT,
+            self.key_bytes.as_slice(),
+            &[info_prefix, &[0u8], purpose.as_bytes()],
+            output.as_mut_slice(),
+        );
         output
     }
 

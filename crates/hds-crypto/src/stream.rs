@@ -35,7 +35,7 @@ use std::ops::Range;
 use aws_lc_rs::aead::{AES_256_GCM, Aad, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
 use zeroize::Zeroizing;
 
-use crate::kdf::{hkdf_sha256, push_length_prefixed};
+use crate::kdf::{hkdf_sha256_expand_twice, push_length_prefixed};
 use crate::keys::{BlobKey, DATA_KEY_LEN};
 use crate::root::fill_random;
 
@@ -93,6 +93,12 @@ pub enum SealError {
     /// The stream would need more than 2^32 segments (256 TiB at 64 KiB segments).
     #[error("sealed stream exceeds the maximum number of segments")]
     StreamTooLong,
+    /// A segment given to [`SegmentSealer::seal_segment_in_place`] has the wrong length.
+    #[error("segment buffer has the wrong length")]
+    SegmentLength,
+    /// The last segment was already sealed.
+    #[error("sealed stream already finished")]
+    AlreadyFinished,
 }
 
 /// Why opening failed. Every variant means the bytes are not what was sealed under this key
@@ -325,18 +331,18 @@ impl Header {
         let encoded_binding = binding.encode();
         let header_prefix = &self.bytes[..HEADER_PREFIX_LEN];
         let mut segment_key = Zeroizing::new([0u8; DATA_KEY_LEN]);
-        hkdf_sha256(
-            self.salt(),
-            blob_key,
-            &[SEGMENT_KEY_INFO, &[0], header_prefix, &encoded_binding],
-            segment_key.as_mut_slice(),
-        );
         let mut key_check = [0u8; KEY_CHECK_LEN];
-        hkdf_sha256(
+        hkdf_sha256_expand_twice(
             self.salt(),
             blob_key,
-            &[KEY_CHECK_INFO, &[0], header_prefix, &encoded_binding],
-            &mut key_check,
+            (
+                &[SEGMENT_KEY_INFO, &[0], header_prefix, &encoded_binding],
+                segment_key.as_mut_slice(),
+            ),
+            (
+                &[KEY_CHECK_INFO, &[0], header_prefix, &encoded_binding],
+                &mut key_check,
+            ),
         );
         let unbound = UnboundKey::new(&AES_256_GCM, segment_key.as_slice())
             // A 32-byte slice is always a valid AES-256 key.
@@ -381,8 +387,9 @@ impl SegmentCipher {
         Nonce::assume_unique_for_key(nonce)
     }
 
-    /// Appends `plaintext` sealed as segment `segment_index` to `out`. Encrypts in place in
-    /// `out`, so the plaintext is copied exactly once.
+    /// Appends `plaintext` sealed as segment `segment_index` to `out`. Encrypts out of place,
+    /// straight from `plaintext` into `out`, so each byte is read once: a separate copy pass
+    /// would halve throughput once blobs outgrow the CPU cache.
     fn seal_segment_into(
         &self,
         segment_index: u64,
@@ -392,23 +399,25 @@ impl SegmentCipher {
     ) -> Result<(), SealError> {
         let segment_index = u32::try_from(segment_index).map_err(|_| SealError::StreamTooLong)?;
         let start = out.len();
-        out.reserve(plaintext.len() + TAG_LEN);
-        out.extend_from_slice(plaintext);
-        let tag = self
-            .key
-            .seal_in_place_separate_tag(
+        out.resize(start + plaintext.len() + TAG_LEN, 0);
+        let (ciphertext, tag) = out[start..].split_at_mut(plaintext.len());
+        self.key
+            .seal_out_of_place_scatter(
                 self.nonce(segment_index, is_last),
                 Aad::empty(),
-                &mut out[start..],
+                plaintext,
+                ciphertext,
+                &[],
+                tag,
             )
-            // Segments are at most 16 MiB, far below AES-GCM's 2^36-byte limit.
+            // Segments are at most 16 MiB, far below AES-GCM's 2^36-byte limit, and the
+            // output slices have exactly the plaintext's and the tag's lengths.
             .expect("AES-256-GCM seal of one segment cannot fail");
-        out.extend_from_slice(tag.as_ref());
         Ok(())
     }
 
     /// Opens `ciphertext` (one segment with its tag) as segment `segment_index`, without
-    /// diagnosing failures. Appends the plaintext to `out`; on failure `out` is unchanged.
+    /// diagnosing failures. Decrypts out of place into `out`; on failure `out` is unchanged.
     fn try_open_segment_into(
         &self,
         segment_index: u64,
@@ -419,23 +428,26 @@ impl SegmentCipher {
         let Ok(segment_index) = u32::try_from(segment_index) else {
             return false;
         };
+        let Some(plaintext_len) = ciphertext.len().checked_sub(TAG_LEN) else {
+            return false;
+        };
+        let (encrypted, tag) = ciphertext.split_at(plaintext_len);
         let start = out.len();
-        out.extend_from_slice(ciphertext);
-        match self.key.open_in_place(
+        out.resize(start + plaintext_len, 0);
+        let opened = self.key.open_separate_gather(
             self.nonce(segment_index, is_last),
             Aad::empty(),
+            encrypted,
+            tag,
             &mut out[start..],
-        ) {
-            Ok(plaintext) => {
-                let plaintext_len = plaintext.len();
-                out.truncate(start + plaintext_len);
-                true
-            }
-            Err(_) => {
-                out.truncate(start);
-                false
-            }
+        );
+        if opened.is_err() {
+            // Whatever was written is unauthenticated: drop it.
+            out[start..].fill(0);
+            out.truncate(start);
+            return false;
         }
+        true
     }
 
     /// Opens segment `segment_index`; on failure, finds out why.
@@ -502,8 +514,8 @@ pub struct Sealer {
     cipher: SegmentCipher,
     /// The header, until it has been emitted.
     header: Option<[u8; HEADER_LEN]>,
-    /// Plaintext not yet sealed: at most one segment. Allocated once at full capacity so it
-    /// never reallocates (which would leave an unzeroized copy behind).
+    /// Plaintext not yet sealed: at most one segment. Allocated at full capacity on first use
+    /// so it never reallocates (which would leave an unzeroized copy behind).
     pending: Zeroizing<Vec<u8>>,
     next_segment: u64,
 }
@@ -541,7 +553,7 @@ impl Sealer {
         Sealer {
             cipher,
             header: Some(header_bytes),
-            pending: Zeroizing::new(Vec::with_capacity(layout.segment_size as usize)),
+            pending: Zeroizing::new(Vec::new()),
             next_segment: 0,
         }
     }
@@ -573,7 +585,10 @@ impl Sealer {
             self.next_segment += 1;
             input = &input[segment_size..];
         }
-        self.pending.extend_from_slice(input);
+        if !input.is_empty() {
+            self.pending.reserve_exact(segment_size);
+            self.pending.extend_from_slice(input);
+        }
         Ok(())
     }
 
@@ -638,6 +653,169 @@ impl<W: Write> Write for SealingWriter<W> {
     }
 }
 
+/// Seals a stream one segment at a time, in place, in buffers the caller owns: the
+/// zero-copy path for a caller that reads plaintext into segment-sized buffers anyway (a file,
+/// a request body) and writes each buffer out after sealing.
+///
+/// Write [`SegmentSealer::header`] first, then each segment in order; the last one is sealed
+/// with `is_last` and ends the stream.
+pub struct SegmentSealer {
+    cipher: SegmentCipher,
+    header: [u8; HEADER_LEN],
+    next_segment: u64,
+    finished: bool,
+}
+
+impl SegmentSealer {
+    /// A segment sealer for a new stream under `blob_key`, bound to `binding`, with the default
+    /// layout and a fresh random salt and nonce prefix.
+    pub fn new(blob_key: &BlobKey, binding: StreamBinding<'_>) -> SegmentSealer {
+        let sealer = Sealer::new(blob_key, binding);
+        SegmentSealer {
+            cipher: sealer.cipher,
+            // `Sealer::new` always starts with its header pending.
+            header: sealer.header.unwrap_or([0u8; HEADER_LEN]),
+            next_segment: 0,
+            finished: false,
+        }
+    }
+
+    /// The stream header: the first [`HEADER_LEN`] bytes of the sealed stream.
+    pub fn header(&self) -> &[u8; HEADER_LEN] {
+        &self.header
+    }
+
+    /// Plaintext bytes in every segment but the last.
+    pub fn segment_size(&self) -> usize {
+        self.cipher.layout.segment_size as usize
+    }
+
+    /// Seals the next segment in place. `segment` holds the plaintext followed by [`TAG_LEN`]
+    /// bytes of room for the tag; on return it holds the sealed segment. The plaintext must be
+    /// exactly [`SegmentSealer::segment_size`] bytes, except in the last segment (`is_last`),
+    /// which holds 0 to `segment_size` bytes.
+    pub fn seal_segment_in_place(
+        &mut self,
+        segment: &mut [u8],
+        is_last: bool,
+    ) -> Result<(), SealError> {
+        if self.finished {
+            return Err(SealError::AlreadyFinished);
+        }
+        let plaintext_len = segment
+            .len()
+            .checked_sub(TAG_LEN)
+            .ok_or(SealError::SegmentLength)?;
+        let valid_length = if is_last {
+            plaintext_len <= self.segment_size()
+        } else {
+            plaintext_len == self.segment_size()
+        };
+        if !valid_length {
+            return Err(SealError::SegmentLength);
+        }
+        let segment_index =
+            u32::try_from(self.next_segment).map_err(|_| SealError::StreamTooLong)?;
+        let (plaintext, tag_room) = segment.split_at_mut(plaintext_len);
+        let tag = self
+            .cipher
+            .key
+            .seal_in_place_separate_tag(
+                self.cipher.nonce(segment_index, is_last),
+                Aad::empty(),
+                plaintext,
+            )
+            // Segments are at most 16 MiB, far below AES-GCM's 2^36-byte limit.
+            .expect("AES-256-GCM seal of one segment cannot fail");
+        tag_room.copy_from_slice(tag.as_ref());
+        self.next_segment += 1;
+        self.finished = is_last;
+        Ok(())
+    }
+}
+
+/// Opens a stream one segment at a time, in place, in buffers the caller owns: the zero-copy
+/// counterpart of [`SegmentSealer`]. The caller tells which segment is the last (from the
+/// stream's total length, or by reading ahead).
+///
+/// A failed segment is reported as [`OpenError::SegmentAuthentication`] whatever the cause
+/// (alteration, reordering, truncation or extension at a boundary), because the failed buffer
+/// is wiped; [`Opener`] and [`RangeOpener`] keep the ciphertext and tell these apart.
+pub struct SegmentOpener {
+    cipher: SegmentCipher,
+    next_segment: u64,
+    finished: bool,
+}
+
+impl SegmentOpener {
+    /// Verifies `header` against `blob_key` and `binding`.
+    pub fn new(
+        blob_key: &BlobKey,
+        binding: StreamBinding<'_>,
+        header: &[u8],
+    ) -> Result<SegmentOpener, OpenError> {
+        if header.is_empty() {
+            return Err(OpenError::NotSealedStream);
+        }
+        let cipher = Header::parse(header)?.verify(blob_key.expose(), &binding)?;
+        Ok(SegmentOpener {
+            cipher,
+            next_segment: 0,
+            finished: false,
+        })
+    }
+
+    /// Sealed bytes (plaintext and tag) in every segment but the last.
+    pub fn sealed_segment_len(&self) -> usize {
+        self.cipher.layout.ciphertext_segment_len() as usize
+    }
+
+    /// Opens the next segment in place and returns its plaintext, a prefix of `segment`.
+    /// On failure the buffer's contents are unspecified and must be discarded.
+    pub fn open_segment_in_place<'segment>(
+        &mut self,
+        segment: &'segment mut [u8],
+        is_last: bool,
+    ) -> Result<&'segment mut [u8], OpenError> {
+        if self.finished {
+            return Err(OpenError::TrailingData);
+        }
+        let segment_index = self.next_segment;
+        let valid_length = if is_last {
+            (TAG_LEN..=self.sealed_segment_len()).contains(&segment.len())
+        } else {
+            segment.len() == self.sealed_segment_len()
+        };
+        if !valid_length {
+            return Err(if segment.len() < TAG_LEN || is_last {
+                OpenError::Truncated
+            } else {
+                OpenError::SegmentAuthentication { segment_index }
+            });
+        }
+        let index = u32::try_from(segment_index).map_err(|_| OpenError::StreamTooLong)?;
+        if self
+            .cipher
+            .key
+            .open_in_place(
+                self.cipher.nonce(index, is_last),
+                Aad::empty(),
+                &mut *segment,
+            )
+            .is_err()
+        {
+            // aws-lc wipes the buffer when authentication fails, so there is nothing left to
+            // retry with other positions or flags: the error cannot be more specific here.
+            self.finished = true;
+            return Err(OpenError::SegmentAuthentication { segment_index });
+        }
+        self.next_segment += 1;
+        self.finished = is_last;
+        let plaintext_len = segment.len() - TAG_LEN;
+        Ok(&mut segment[..plaintext_len])
+    }
+}
+
 /// Seals a whole in-memory plaintext: [`Sealer`] in one call.
 pub fn seal(
     blob_key: &BlobKey,
@@ -668,7 +846,8 @@ pub fn open(
 enum OpenerState {
     AwaitingHeader {
         blob_key: Zeroizing<[u8; DATA_KEY_LEN]>,
-        encoded_binding_parts: (String, String),
+        /// The binding's service and blob name, kept until the header arrives.
+        binding_names: (String, String),
         header: Vec<u8>,
     },
     Segments {
@@ -696,7 +875,7 @@ impl Opener {
         Opener {
             state: OpenerState::AwaitingHeader {
                 blob_key: Zeroizing::new(*blob_key.expose()),
-                encoded_binding_parts: (binding.service.to_owned(), binding.blob_name.to_owned()),
+                binding_names: (binding.service.to_owned(), binding.blob_name.to_owned()),
                 header: Vec::with_capacity(HEADER_LEN),
             },
             pending: Vec::new(),
@@ -733,7 +912,7 @@ impl Opener {
         let mut input = ciphertext;
         if let OpenerState::AwaitingHeader {
             blob_key,
-            encoded_binding_parts,
+            binding_names,
             header,
         } = &mut self.state
         {
@@ -745,8 +924,8 @@ impl Opener {
             }
             let parsed = Header::parse(header)?;
             let binding = StreamBinding {
-                service: &encoded_binding_parts.0,
-                blob_name: &encoded_binding_parts.1,
+                service: &binding_names.0,
+                blob_name: &binding_names.1,
             };
             let cipher = parsed.verify(blob_key, &binding)?;
             self.pending = Vec::with_capacity(cipher.layout.ciphertext_segment_len() as usize);

@@ -360,7 +360,12 @@ pub(crate) fn build_frame_map<R: Read + Seek>(
     };
     let geometry = geometry()?;
     match (encapsulated, location.length) {
-        (false, Some(length)) => native_frames(&location, length, &geometry),
+        (false, Some(length)) => {
+            if location.value_offset + u64::from(length) > scanner.end {
+                return Err(FrameError::Malformed("pixel data runs past the end of the file"));
+            }
+            native_frames(&location, length, &geometry)
+        }
         (true, None) => {
             scanner.seek_to(location.value_offset)?;
             encapsulated_frames(&mut scanner, geometry.number_of_frames)

@@ -14,6 +14,7 @@ use dicom_transfer_syntax_registry::TransferSyntaxRegistry;
 use serde_json::{Map, Value as JsonValue};
 
 use crate::attributes::{QueryLevel, SearchKind, SearchableAttribute, level_tags, searchable_attributes};
+use crate::unknown_vr::{UnknownVrContext, reinterpret_unknown_vrs};
 use crate::frames::{DataSetEncoding, FrameError, FrameMap, ImageGeometry, build_frame_map};
 use crate::normalize::{is_valid_uid, name_words, normalize_exact, normalize_person_name, parse_date};
 
@@ -121,16 +122,20 @@ pub fn parse_instance<R: Read + Seek>(mut reader: R) -> Result<ParsedInstance, I
         .from_reader(&mut reader)
         .map_err(read_error)?;
 
+    let transfer_syntax_uid = normalize_exact(object.meta().transfer_syntax());
+    let transfer_syntax = TransferSyntaxRegistry
+        .get(&transfer_syntax_uid)
+        .ok_or_else(|| InstanceError::UnsupportedTransferSyntax(transfer_syntax_uid.clone()))?;
+    let big_endian = transfer_syntax.endianness() == Endianness::Big;
+    let object = object.into_inner();
+    let context = UnknownVrContext::of(&object, big_endian);
+    let object = reinterpret_unknown_vrs(object, &context);
+
     let study_instance_uid = required_uid(&object, tags::STUDY_INSTANCE_UID, "StudyInstanceUID")?;
     let series_instance_uid =
         required_uid(&object, tags::SERIES_INSTANCE_UID, "SeriesInstanceUID")?;
     let sop_instance_uid = required_uid(&object, tags::SOP_INSTANCE_UID, "SOPInstanceUID")?;
     let sop_class_uid = required_uid(&object, tags::SOP_CLASS_UID, "SOPClassUID")?;
-    let transfer_syntax_uid = normalize_exact(object.meta().transfer_syntax());
-
-    let transfer_syntax = TransferSyntaxRegistry
-        .get(&transfer_syntax_uid)
-        .ok_or_else(|| InstanceError::UnsupportedTransferSyntax(transfer_syntax_uid.clone()))?;
     let encoding = match (transfer_syntax_uid.as_str(), transfer_syntax.endianness()) {
         (_, Endianness::Big) => DataSetEncoding::ExplicitBigEndian,
         (IMPLICIT_VR_LITTLE_ENDIAN, _) => DataSetEncoding::ImplicitLittleEndian,
@@ -149,7 +154,7 @@ pub fn parse_instance<R: Read + Seek>(mut reader: R) -> Result<ParsedInstance, I
         FrameError::ImageAttribute(keyword) => InstanceError::InvalidAttribute(keyword),
         other => InstanceError::PixelData(other),
     })?;
-    let data_set: &InMemDicomObject = &object;
+    let data_set = &object;
     let metadata = data_set_to_json(data_set);
     let mut instance_attributes = select_level(&metadata, QueryLevel::Instance);
     instance_attributes.insert(

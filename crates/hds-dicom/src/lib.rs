@@ -9,6 +9,7 @@ pub mod attributes;
 pub mod frames;
 pub mod instance;
 pub mod normalize;
+mod unknown_vr;
 
 pub use attributes::{QueryLevel, SearchKind, SearchableAttribute};
 pub use frames::{ByteRange, FrameMap};

@@ -8,7 +8,6 @@
 //! - dates become `YYYYMMDD` integers, which order like the dates they stand for.
 
 use unicode_normalization::UnicodeNormalization;
-use unicode_normalization::char::is_combining_mark;
 
 /// The smallest date accepted in a value or a query (1 January 1800).
 pub const MIN_DATE: u32 = 1800_01_01;
@@ -37,13 +36,29 @@ pub fn normalize_person_name(value: &str) -> String {
     groups[..used].join("=")
 }
 
-/// Lowercases a word and removes its accents: Unicode compatibility decomposition (NFKD) then
-/// removal of combining marks, so `Jöhn` and `JOHN` both become `john`.
+/// Lowercases a word and removes its accents, so `Jöhn`, `JOHN` and full-width `ＪＯＨＮ` all
+/// become `john`: Unicode compatibility decomposition (NFKD), removal of the combining
+/// diacritical marks, lowercasing, then recomposition (NFC). Only diacritics are removed: marks
+/// that change a letter of other scripts (the kana voicing marks, Hangul jamo) are recomposed.
 pub fn fold_word(word: &str) -> String {
-    word.nfkd()
-        .filter(|c| !is_combining_mark(*c))
+    let stripped: String = word
+        .nfkd()
+        .filter(|c| !is_diacritical_mark(*c))
         .flat_map(char::to_lowercase)
-        .collect()
+        .collect();
+    stripped.nfc().collect()
+}
+
+/// Combining marks of the diacritical blocks (accents, cedillas, rings, tildes...).
+fn is_diacritical_mark(c: char) -> bool {
+    matches!(
+        c,
+        '\u{0300}'..='\u{036F}'
+            | '\u{1AB0}'..='\u{1AFF}'
+            | '\u{1DC0}'..='\u{1DFF}'
+            | '\u{20D0}'..='\u{20FF}'
+            | '\u{FE20}'..='\u{FE2F}'
+    )
 }
 
 /// The characters that separate the words of a person name: `^` between components, `=`
@@ -204,6 +219,7 @@ mod tests {
             vec!["yamada", "tarou", "山田", "太郎", "やまだ", "たろう"]
         );
         assert!(name_words("^^ ").is_empty());
+        assert_eq!(name_words("ＪＯＨＮ^ﾔﾏﾀﾞ^François^Łukasz"), vec!["john", "ヤマダ", "francois", "łukasz"]);
     }
 
     #[test]

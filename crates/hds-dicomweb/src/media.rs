@@ -115,7 +115,9 @@ pub fn negotiate(
         let packaging = match range.essence.as_str() {
             "multipart/related" => match range.parameter("type") {
                 None => Packaging::Multipart,
-                Some(inner) if inner.eq_ignore_ascii_case(part_type) => Packaging::Multipart,
+                Some(inner) if inner.eq_ignore_ascii_case(part_type) || inner == "*/*" => {
+                    Packaging::Multipart
+                }
                 Some(_) => continue,
             },
             "*/*" | "multipart/*" => Packaging::Multipart,

@@ -101,7 +101,13 @@ impl FromRequestParts<DicomWebState> for ServiceContext {
     type Rejection = DicomWebError;
 
     async fn from_request_parts(parts: &mut Parts, state: &DicomWebState) -> Result<Self, Self::Rejection> {
-        let prefix = service_prefix(parts.uri.path()).ok_or(DicomWebError::ServiceNotFound)?;
+        // Nesting strips the prefix from `parts.uri`; the original URI keeps it.
+        let path = parts
+            .extensions
+            .get::<axum::extract::OriginalUri>()
+            .map(|original| original.0.path().to_owned())
+            .unwrap_or_else(|| parts.uri.path().to_owned());
+        let prefix = service_prefix(&path).ok_or(DicomWebError::ServiceNotFound)?;
         let [workspace, service, version] = prefix;
         if version != "v1" && version != "v2" {
             return Err(DicomWebError::ServiceNotFound);

@@ -127,8 +127,17 @@ impl Identity {
     }
 
     /// Turns an authorization decision into `Ok` or a 403 [`AuthError`].
-    pub async fn require(&self, principal: &AuthenticatedPrincipal, action: &str, scope: &str, is_data_action: bool) -> Result<(), AuthError> {
-        match self.authorize(&principal.principal_id, action, scope, is_data_action).await {
+    pub async fn require(
+        &self,
+        principal: &AuthenticatedPrincipal,
+        action: &str,
+        scope: &str,
+        is_data_action: bool,
+    ) -> Result<(), AuthError> {
+        match self
+            .authorize(&principal.principal_id, action, scope, is_data_action)
+            .await
+        {
             Ok(Decision::Allow) => Ok(()),
             Ok(Decision::Deny(reason)) => Err(AuthError::Forbidden(reason)),
             Err(error) => {
@@ -142,8 +151,14 @@ impl Identity {
 /// Authenticates a request by its bearer token, for an endpoint whose audience is
 /// `expected_audience` ([`crate::MANAGEMENT_AUDIENCE`], [`crate::DICOM_AUDIENCE`],
 /// [`crate::VAULT_AUDIENCE`]).
-pub async fn authenticate(identity: &Identity, headers: &HeaderMap, expected_audience: &str) -> Result<AuthenticatedPrincipal, AuthError> {
-    let vault = expected_audience.trim_end_matches('/').eq_ignore_ascii_case(VAULT_AUDIENCE);
+pub async fn authenticate(
+    identity: &Identity,
+    headers: &HeaderMap,
+    expected_audience: &str,
+) -> Result<AuthenticatedPrincipal, AuthError> {
+    let vault = expected_audience
+        .trim_end_matches('/')
+        .eq_ignore_ascii_case(VAULT_AUDIENCE);
     let Some(token) = bearer_token(headers) else {
         return Err(AuthError::Unauthenticated {
             reason: None,

@@ -93,7 +93,10 @@ impl Singleton<'_> {
     }
 }
 
-pub(crate) async fn read_meta(database: &hds_db::Database, name: &str) -> Result<Option<String>, IdentityError> {
+pub(crate) async fn read_meta(
+    database: &hds_db::Database,
+    name: &str,
+) -> Result<Option<String>, IdentityError> {
     let row = sqlx::query("SELECT value FROM identity_meta WHERE name = $1")
         .bind(name)
         .fetch_optional(database.pool())
@@ -108,9 +111,12 @@ impl Identity {
         let _serialized = self.inner.bootstrap_lock.lock().await;
         let tenant_id = self.ensure_singleton(Singleton::Tenant).await?;
         let subscription_id = self
-            .ensure_singleton(Singleton::Subscription { tenant_id: &tenant_id })
+            .ensure_singleton(Singleton::Subscription {
+                tenant_id: &tenant_id,
+            })
             .await?;
-        let resource_group_id = format!("/subscriptions/{subscription_id}/resourceGroups/{DEFAULT_RESOURCE_GROUP}");
+        let resource_group_id =
+            format!("/subscriptions/{subscription_id}/resourceGroups/{DEFAULT_RESOURCE_GROUP}");
         sqlx::query(
             "INSERT INTO identity_resource_groups (resource_group_key, resource_group_id, subscription_id, name, created_at) VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
         )
@@ -163,12 +169,13 @@ impl Identity {
             return Ok(existing);
         }
         let mut transaction = self.database().begin_write().await?;
-        let existing: Option<String> = sqlx::query("SELECT value FROM identity_meta WHERE name = $1")
-            .bind(meta_name)
-            .fetch_optional(&mut *transaction)
-            .await?
-            .map(|row| row.try_get(0))
-            .transpose()?;
+        let existing: Option<String> =
+            sqlx::query("SELECT value FROM identity_meta WHERE name = $1")
+                .bind(meta_name)
+                .fetch_optional(&mut *transaction)
+                .await?
+                .map(|row| row.try_get(0))
+                .transpose()?;
         if let Some(existing) = existing {
             return Ok(existing);
         }
@@ -193,11 +200,13 @@ impl Identity {
                 .await?;
             }
         }
-        let inserted = sqlx::query("INSERT INTO identity_meta (name, value) VALUES ($1, $2) ON CONFLICT DO NOTHING")
-            .bind(meta_name)
-            .bind(&id)
-            .execute(&mut *transaction)
-            .await?;
+        let inserted = sqlx::query(
+            "INSERT INTO identity_meta (name, value) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+        )
+        .bind(meta_name)
+        .bind(&id)
+        .execute(&mut *transaction)
+        .await?;
         if inserted.rows_affected() == 0 {
             drop(transaction);
             return read_meta(self.database(), meta_name)
@@ -285,7 +294,8 @@ fn write_admin_file(path: &Path, credentials: &AdminCredentials) -> Result<(), I
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
         Err(error) => return Err(io_error(&temporary)(error)),
     }
-    let mut json = serde_json::to_vec_pretty(credentials).map_err(|_| IdentityError::Corrupt("admin credentials"))?;
+    let mut json = serde_json::to_vec_pretty(credentials)
+        .map_err(|_| IdentityError::Corrupt("admin credentials"))?;
     json.push(b'\n');
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create_new(true);

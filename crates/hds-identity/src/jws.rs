@@ -117,7 +117,11 @@ impl VerifyingKey {
     /// Reads one key of a JWKS document. Keys of other types, curves or uses are `None`:
     /// they are skipped, not errors, since issuers publish keys for other purposes too.
     pub fn from_jwk(jwk: &Jwk) -> Option<VerifyingKey> {
-        if jwk.key_use.as_deref().is_some_and(|key_use| key_use != "sig") {
+        if jwk
+            .key_use
+            .as_deref()
+            .is_some_and(|key_use| key_use != "sig")
+        {
             return None;
         }
         match jwk.kty.as_str() {
@@ -197,7 +201,9 @@ pub(crate) struct SigningKey {
 
 impl SigningKey {
     /// A fresh key and its PKCS#8 encoding (to be sealed before it is stored).
-    pub fn generate(kid: String) -> Result<(SigningKey, zeroize::Zeroizing<Vec<u8>>), aws_lc_rs::error::Unspecified> {
+    pub fn generate(
+        kid: String,
+    ) -> Result<(SigningKey, zeroize::Zeroizing<Vec<u8>>), aws_lc_rs::error::Unspecified> {
         let random = SystemRandom::new();
         let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &random)?;
         let pkcs8 = zeroize::Zeroizing::new(pkcs8.as_ref().to_vec());
@@ -206,7 +212,10 @@ impl SigningKey {
     }
 
     /// Loads a key from its PKCS#8 encoding.
-    pub fn from_pkcs8(kid: String, pkcs8: &[u8]) -> Result<SigningKey, aws_lc_rs::error::Unspecified> {
+    pub fn from_pkcs8(
+        kid: String,
+        pkcs8: &[u8],
+    ) -> Result<SigningKey, aws_lc_rs::error::Unspecified> {
         let key_pair = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8)?;
         Ok(SigningKey { kid, key_pair })
     }
@@ -216,7 +225,10 @@ impl SigningKey {
         let point = self.key_pair.public_key().as_ref();
         // An uncompressed P-256 point is 0x04 || X(32) || Y(32): aws-lc-rs always serializes
         // public keys uncompressed.
-        let (x, y) = point.get(1..33).zip(point.get(33..65)).unwrap_or((&[], &[]));
+        let (x, y) = point
+            .get(1..33)
+            .zip(point.get(33..65))
+            .unwrap_or((&[], &[]));
         Jwk {
             kty: "EC".to_owned(),
             kid: Some(self.kid.clone()),
@@ -243,7 +255,9 @@ impl SigningKey {
         let header = serde_json::to_vec(&header).map_err(|_| aws_lc_rs::error::Unspecified)?;
         let claims = serde_json::to_vec(claims).map_err(|_| aws_lc_rs::error::Unspecified)?;
         let signing_input = format!("{}.{}", base64url(&header), base64url(&claims));
-        let signature = self.key_pair.sign(&SystemRandom::new(), signing_input.as_bytes())?;
+        let signature = self
+            .key_pair
+            .sign(&SystemRandom::new(), signing_input.as_bytes())?;
         Ok(format!("{signing_input}.{}", base64url(signature.as_ref())))
     }
 }

@@ -25,6 +25,7 @@
 pub mod auth;
 mod bootstrap;
 mod error;
+mod external;
 mod jws;
 pub mod principals;
 pub mod rbac;
@@ -43,10 +44,11 @@ use hds_db::Database;
 pub use auth::{AuthError, AuthenticatedPrincipal};
 pub use bootstrap::{AdminCredentials, BootstrapInfo};
 pub use error::{IdentityError, TokenError};
+pub use external::{ExternalIssuer, JwksSource};
 pub use jws::{Jwk, JwkSet};
 pub use rbac::{Decision, DenyReason, RoleAssignment, RoleAssignmentRequest, ScopeFilter};
 pub use roles::RoleDefinition;
-pub use tokens::{AccessToken, ExternalIssuer};
+pub use tokens::AccessToken;
 
 /// The audience of the control plane (ARM).
 pub const MANAGEMENT_AUDIENCE: &str = "https://management.azure.com";
@@ -97,6 +99,8 @@ struct Inner {
     signing_keys: signing::KeyRing,
     /// The bootstrap tenant, read once from the database (it never changes once set).
     default_tenant: tokio::sync::OnceCell<String>,
+    /// JWKS documents fetched from external issuers' URLs.
+    external_keys: external::ExternalKeyCache,
     /// Serializes bootstraps within the process: two at once could each replace the admin's
     /// secret and leave admin.json holding the loser's.
     bootstrap_lock: tokio::sync::Mutex<()>,
@@ -117,10 +121,17 @@ const CLIENT_SECRET_HASH_PURPOSE: &str = "identity/client-secret-hash";
 impl Identity {
     /// Opens the identity service on `database`: applies the `identity` migrations and makes
     /// sure a token-signing key exists (creating and sealing one on first start).
-    pub async fn open(database: Database, root_key: Arc<RootKey>, config: IdentityConfig) -> Result<Identity, IdentityError> {
-        database.migrate(schema::COMPONENT, schema::MIGRATIONS).await?;
+    pub async fn open(
+        database: Database,
+        root_key: Arc<RootKey>,
+        config: IdentityConfig,
+    ) -> Result<Identity, IdentityError> {
+        database
+            .migrate(schema::COMPONENT, schema::MIGRATIONS)
+            .await?;
         let derived = root_key.derive(CLIENT_SECRET_HASH_PURPOSE);
-        let secret_hash_key = aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, derived.as_ref());
+        let secret_hash_key =
+            aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, derived.as_ref());
         let identity = Identity {
             inner: Arc::new(Inner {
                 database,
@@ -130,6 +141,7 @@ impl Identity {
                 signing_keys: signing::KeyRing::default(),
                 default_tenant: tokio::sync::OnceCell::new(),
                 bootstrap_lock: tokio::sync::Mutex::new(()),
+                external_keys: external::ExternalKeyCache::default(),
             }),
         };
         identity.ensure_signing_key().await?;

@@ -123,7 +123,8 @@ impl std::fmt::Debug for ServicePrincipalCredentials {
     }
 }
 
-const PRINCIPAL_COLUMNS: &str = "principal_id, tenant_id, client_id, kind, display_name, resource_id";
+const PRINCIPAL_COLUMNS: &str =
+    "principal_id, tenant_id, client_id, kind, display_name, resource_id";
 
 fn principal_from_row(row: &AnyRow) -> Result<Principal, IdentityError> {
     let kind: String = row.try_get(3)?;
@@ -140,7 +141,9 @@ fn principal_from_row(row: &AnyRow) -> Result<Principal, IdentityError> {
 /// A fresh client secret: 30 random bytes, base64url (40 characters).
 fn new_client_secret() -> Result<Zeroizing<String>, IdentityError> {
     let mut bytes = Zeroizing::new([0u8; 30]);
-    SystemRandom::new().fill(bytes.as_mut()).map_err(|_| IdentityError::Crypto)?;
+    SystemRandom::new()
+        .fill(bytes.as_mut())
+        .map_err(|_| IdentityError::Crypto)?;
     Ok(Zeroizing::new(jws::base64url(bytes.as_ref())))
 }
 
@@ -150,7 +153,10 @@ impl Identity {
     }
 
     /// Creates a service principal in the default tenant, with a new client secret.
-    pub async fn create_service_principal(&self, display_name: &str) -> Result<ServicePrincipalCredentials, IdentityError> {
+    pub async fn create_service_principal(
+        &self,
+        display_name: &str,
+    ) -> Result<ServicePrincipalCredentials, IdentityError> {
         let tenant_id = self.default_tenant().await?;
         let mut transaction = self.database().begin_write().await?;
         let credentials = self
@@ -191,19 +197,24 @@ impl Identity {
     }
 
     /// Replaces a service principal's client secret; the old one stops working at once.
-    pub async fn reset_client_secret(&self, principal_id: &str) -> Result<ServicePrincipalCredentials, IdentityError> {
+    pub async fn reset_client_secret(
+        &self,
+        principal_id: &str,
+    ) -> Result<ServicePrincipalCredentials, IdentityError> {
         let principal = self
             .principal(principal_id)
             .await?
             .filter(|principal| principal.kind == PrincipalKind::ServicePrincipal)
             .ok_or(IdentityError::PrincipalNotFound)?;
         let client_secret = new_client_secret()?;
-        let updated = sqlx::query("UPDATE identity_principals SET secret_hash = $1 WHERE principal_id = $2 AND kind = $3")
-            .bind(self.hash_client_secret(&client_secret))
-            .bind(principal_id)
-            .bind(PrincipalKind::ServicePrincipal.as_stored())
-            .execute(self.database().pool())
-            .await?;
+        let updated = sqlx::query(
+            "UPDATE identity_principals SET secret_hash = $1 WHERE principal_id = $2 AND kind = $3",
+        )
+        .bind(self.hash_client_secret(&client_secret))
+        .bind(principal_id)
+        .bind(PrincipalKind::ServicePrincipal.as_stored())
+        .execute(self.database().pool())
+        .await?;
         if updated.rows_affected() == 0 {
             return Err(IdentityError::PrincipalNotFound);
         }
@@ -217,7 +228,11 @@ impl Identity {
 
     /// The service principal with `client_id`, when `client_secret` is its secret. The tags
     /// are compared in constant time; an unknown client id costs one HMAC too.
-    pub(crate) async fn check_client_secret(&self, client_id: &str, client_secret: &str) -> Result<Option<Principal>, IdentityError> {
+    pub(crate) async fn check_client_secret(
+        &self,
+        client_id: &str,
+        client_secret: &str,
+    ) -> Result<Option<Principal>, IdentityError> {
         let row = sqlx::query(&format!(
             "SELECT {PRINCIPAL_COLUMNS}, secret_hash FROM identity_principals WHERE client_id = $1 AND kind = $2"
         ))
@@ -229,8 +244,15 @@ impl Identity {
             Some(row) => row.try_get(6)?,
             None => None,
         };
-        let stored_tag = stored_hash.and_then(|hash| hex::decode(hash).ok()).unwrap_or_default();
-        let matches = hmac::verify(&self.inner.secret_hash_key, client_secret.as_bytes(), &stored_tag).is_ok();
+        let stored_tag = stored_hash
+            .and_then(|hash| hex::decode(hash).ok())
+            .unwrap_or_default();
+        let matches = hmac::verify(
+            &self.inner.secret_hash_key,
+            client_secret.as_bytes(),
+            &stored_tag,
+        )
+        .is_ok();
         match row {
             Some(row) if matches => Ok(Some(principal_from_row(&row)?)),
             _ => Ok(None),
@@ -239,23 +261,33 @@ impl Identity {
 
     /// The principal with object id `principal_id`.
     pub async fn principal(&self, principal_id: &str) -> Result<Option<Principal>, IdentityError> {
-        let row = sqlx::query(&format!("SELECT {PRINCIPAL_COLUMNS} FROM identity_principals WHERE principal_id = $1"))
-            .bind(principal_id)
-            .fetch_optional(self.database().pool())
-            .await?;
+        let row = sqlx::query(&format!(
+            "SELECT {PRINCIPAL_COLUMNS} FROM identity_principals WHERE principal_id = $1"
+        ))
+        .bind(principal_id)
+        .fetch_optional(self.database().pool())
+        .await?;
         row.as_ref().map(principal_from_row).transpose()
     }
 
     /// Creates the managed identity of `kind` tied to `resource_id`, or returns the one that
     /// exists: enabling a system-assigned identity again (any update of the resource) keeps
     /// its principal id, and a repeated PUT of a user-assigned identity keeps its ids.
-    pub async fn create_managed_identity(&self, kind: ManagedIdentityKind, resource_id: &str) -> Result<ManagedIdentity, IdentityError> {
+    pub async fn create_managed_identity(
+        &self,
+        kind: ManagedIdentityKind,
+        resource_id: &str,
+    ) -> Result<ManagedIdentity, IdentityError> {
         let resource_key = managed_identity_resource_key(kind, resource_id)?;
         if let Some(existing) = self.managed_identity_by_key(kind, &resource_key).await? {
             return Ok(existing);
         }
         let tenant_id = self.default_tenant().await?;
-        let display_name = resource_id.trim_end_matches('/').rsplit('/').next().unwrap_or(resource_id);
+        let display_name = resource_id
+            .trim_end_matches('/')
+            .rsplit('/')
+            .next()
+            .unwrap_or(resource_id);
         sqlx::query(
             "INSERT INTO identity_principals (principal_id, tenant_id, kind, client_id, display_name, secret_hash, resource_key, resource_id, created_at) \
              VALUES ($1, $2, $3, $4, $5, NULL, $6, $7, $8) ON CONFLICT DO NOTHING",
@@ -273,25 +305,39 @@ impl Identity {
         // Whoever won a concurrent insert, the stored row is the identity.
         self.managed_identity_by_key(kind, &resource_key)
             .await?
-            .ok_or(IdentityError::Corrupt("managed identity vanished after insert"))
+            .ok_or(IdentityError::Corrupt(
+                "managed identity vanished after insert",
+            ))
     }
 
     /// The managed identity of `kind` tied to `resource_id`, if there is one.
-    pub async fn managed_identity(&self, kind: ManagedIdentityKind, resource_id: &str) -> Result<Option<ManagedIdentity>, IdentityError> {
+    pub async fn managed_identity(
+        &self,
+        kind: ManagedIdentityKind,
+        resource_id: &str,
+    ) -> Result<Option<ManagedIdentity>, IdentityError> {
         let resource_key = managed_identity_resource_key(kind, resource_id)?;
         self.managed_identity_by_key(kind, &resource_key).await
     }
 
     /// Deletes the managed identity of `kind` tied to `resource_id` (a system-assigned identity
     /// when its resource disables it or is deleted). Returns whether one existed.
-    pub async fn delete_managed_identity(&self, kind: ManagedIdentityKind, resource_id: &str) -> Result<bool, IdentityError> {
+    pub async fn delete_managed_identity(
+        &self,
+        kind: ManagedIdentityKind,
+        resource_id: &str,
+    ) -> Result<bool, IdentityError> {
         match self.managed_identity(kind, resource_id).await? {
             Some(identity) => self.delete_principal(&identity.principal_id).await,
             None => Ok(false),
         }
     }
 
-    async fn managed_identity_by_key(&self, kind: ManagedIdentityKind, resource_key: &str) -> Result<Option<ManagedIdentity>, IdentityError> {
+    async fn managed_identity_by_key(
+        &self,
+        kind: ManagedIdentityKind,
+        resource_key: &str,
+    ) -> Result<Option<ManagedIdentity>, IdentityError> {
         let row = sqlx::query("SELECT principal_id, client_id, tenant_id, resource_id FROM identity_principals WHERE kind = $1 AND resource_key = $2")
             .bind(kind.principal_kind().as_stored())
             .bind(resource_key)
@@ -303,7 +349,8 @@ impl Identity {
             principal_id: row.try_get(0)?,
             client_id: row.try_get(1)?,
             tenant_id: row.try_get(2)?,
-            resource_id: resource_id.ok_or(IdentityError::Corrupt("managed identity without resource"))?,
+            resource_id: resource_id
+                .ok_or(IdentityError::Corrupt("managed identity without resource"))?,
         }))
     }
 
@@ -326,10 +373,15 @@ impl Identity {
 
 /// The lowercased resource id a managed identity is keyed by, checking that a user-assigned
 /// identity's resource is of the right type.
-fn managed_identity_resource_key(kind: ManagedIdentityKind, resource_id: &str) -> Result<String, IdentityError> {
+fn managed_identity_resource_key(
+    kind: ManagedIdentityKind,
+    resource_id: &str,
+) -> Result<String, IdentityError> {
     let key = scope_key(resource_id)
         .filter(|key| key != "/")
-        .ok_or_else(|| IdentityError::InvalidScope("a resource id must be an absolute path".to_owned()))?;
+        .ok_or_else(|| {
+            IdentityError::InvalidScope("a resource id must be an absolute path".to_owned())
+        })?;
     if kind == ManagedIdentityKind::UserAssigned
         && !key.contains("/providers/microsoft.managedidentity/userassignedidentities/")
     {

@@ -99,7 +99,11 @@ pub struct DenyReason {
 
 impl fmt::Display for DenyReason {
     fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let kind = if self.is_data_action { "data action" } else { "action" };
+        let kind = if self.is_data_action {
+            "data action"
+        } else {
+            "action"
+        };
         write!(
             formatter,
             "The client with object id '{}' does not have authorization to perform {kind} '{}' over scope '{}' or the scope is invalid.",
@@ -108,7 +112,8 @@ impl fmt::Display for DenyReason {
     }
 }
 
-const ASSIGNMENT_COLUMNS: &str = "name, scope, role_definition_name, principal_id, principal_type, created_at";
+const ASSIGNMENT_COLUMNS: &str =
+    "name, scope, role_definition_name, principal_id, principal_type, created_at";
 
 fn assignment_from_row(row: &AnyRow) -> Result<RoleAssignment, IdentityError> {
     let name: String = row.try_get(0)?;
@@ -136,7 +141,9 @@ fn role_definition_id_at(scope: &str, role_name: &str) -> String {
     let mut segments = scope.split('/').filter(|segment| !segment.is_empty());
     match (segments.next(), segments.next()) {
         (Some(first), Some(subscription)) if first.eq_ignore_ascii_case("subscriptions") => {
-            format!("/subscriptions/{subscription}/providers/Microsoft.Authorization/roleDefinitions/{role_name}")
+            format!(
+                "/subscriptions/{subscription}/providers/Microsoft.Authorization/roleDefinitions/{role_name}"
+            )
         }
         _ => format!("/providers/Microsoft.Authorization/roleDefinitions/{role_name}"),
     }
@@ -158,28 +165,47 @@ impl Identity {
     /// (PUT is idempotent); the same name with other properties, or the same grant under
     /// another name, is a conflict, as in ARM. The principal need not exist here: assignments
     /// may name external principals, and ARM allows assigning before an identity replicates.
-    pub async fn assign_role(&self, request: &RoleAssignmentRequest) -> Result<RoleAssignment, IdentityError> {
-        let key = scope_key(&request.scope).ok_or_else(|| IdentityError::InvalidScope("a scope must be an absolute path".to_owned()))?;
+    pub async fn assign_role(
+        &self,
+        request: &RoleAssignmentRequest,
+    ) -> Result<RoleAssignment, IdentityError> {
+        let key = scope_key(&request.scope).ok_or_else(|| {
+            IdentityError::InvalidScope("a scope must be an absolute path".to_owned())
+        })?;
         let scope = display_scope(&request.scope);
         let name = parse_guid(&request.name, "a role assignment name")?;
-        let role = role_definition_by_id(&request.role_definition_id).ok_or(IdentityError::RoleDefinitionNotFound)?;
+        let role = role_definition_by_id(&request.role_definition_id)
+            .ok_or(IdentityError::RoleDefinitionNotFound)?;
         if request.principal_id.is_empty() {
-            return Err(IdentityError::InvalidArgument("principalId is required".to_owned()));
+            return Err(IdentityError::InvalidArgument(
+                "principalId is required".to_owned(),
+            ));
         }
-        let principal_type = request.principal_type.clone().unwrap_or_else(|| "ServicePrincipal".to_owned());
+        let principal_type = request
+            .principal_type
+            .clone()
+            .unwrap_or_else(|| "ServicePrincipal".to_owned());
 
         let mut transaction = self.database().begin_write().await?;
-        let by_name = sqlx::query(&format!("SELECT {ASSIGNMENT_COLUMNS}, scope_key FROM identity_role_assignments WHERE name = $1"))
-            .bind(&name)
-            .fetch_optional(&mut *transaction)
-            .await?;
+        let by_name = sqlx::query(&format!(
+            "SELECT {ASSIGNMENT_COLUMNS}, scope_key FROM identity_role_assignments WHERE name = $1"
+        ))
+        .bind(&name)
+        .fetch_optional(&mut *transaction)
+        .await?;
         if let Some(row) = by_name {
             let existing = assignment_from_row(&row)?;
             let existing_key: String = row.try_get(6)?;
             let same = existing_key == key
                 && existing.principal_id == request.principal_id
-                && existing.role_definition().is_some_and(|existing_role| existing_role.name == role.name);
-            return if same { Ok(existing) } else { Err(IdentityError::RoleAssignmentUpdateNotPermitted) };
+                && existing
+                    .role_definition()
+                    .is_some_and(|existing_role| existing_role.name == role.name);
+            return if same {
+                Ok(existing)
+            } else {
+                Err(IdentityError::RoleAssignmentUpdateNotPermitted)
+            };
         }
         let by_grant = sqlx::query(&format!(
             "SELECT {ASSIGNMENT_COLUMNS} FROM identity_role_assignments WHERE scope_key = $1 AND role_definition_name = $2 AND principal_id = $3"
@@ -222,14 +248,19 @@ impl Identity {
 
     /// The assignment with id `{scope}/providers/Microsoft.Authorization/roleAssignments/{name}`
     /// (compared case-insensitively).
-    pub async fn role_assignment(&self, assignment_id: &str) -> Result<Option<RoleAssignment>, IdentityError> {
+    pub async fn role_assignment(
+        &self,
+        assignment_id: &str,
+    ) -> Result<Option<RoleAssignment>, IdentityError> {
         let Some((scope_key_wanted, name)) = split_assignment_id(assignment_id) else {
             return Ok(None);
         };
-        let row = sqlx::query(&format!("SELECT {ASSIGNMENT_COLUMNS}, scope_key FROM identity_role_assignments WHERE name = $1"))
-            .bind(&name)
-            .fetch_optional(self.database().pool())
-            .await?;
+        let row = sqlx::query(&format!(
+            "SELECT {ASSIGNMENT_COLUMNS}, scope_key FROM identity_role_assignments WHERE name = $1"
+        ))
+        .bind(&name)
+        .fetch_optional(self.database().pool())
+        .await?;
         let Some(row) = row else { return Ok(None) };
         let stored_key: String = row.try_get(6)?;
         if stored_key != scope_key_wanted {
@@ -239,7 +270,10 @@ impl Identity {
     }
 
     /// Deletes the assignment with id `assignment_id`, returning it if it existed.
-    pub async fn remove_role_assignment(&self, assignment_id: &str) -> Result<Option<RoleAssignment>, IdentityError> {
+    pub async fn remove_role_assignment(
+        &self,
+        assignment_id: &str,
+    ) -> Result<Option<RoleAssignment>, IdentityError> {
         let Some(existing) = self.role_assignment(assignment_id).await? else {
             return Ok(None);
         };
@@ -251,8 +285,14 @@ impl Identity {
     }
 
     /// The role assignments relevant to `scope`, oldest first.
-    pub async fn list_role_assignments(&self, scope: &str, filter: ScopeFilter) -> Result<Vec<RoleAssignment>, IdentityError> {
-        let key = scope_key(scope).ok_or_else(|| IdentityError::InvalidScope("a scope must be an absolute path".to_owned()))?;
+    pub async fn list_role_assignments(
+        &self,
+        scope: &str,
+        filter: ScopeFilter,
+    ) -> Result<Vec<RoleAssignment>, IdentityError> {
+        let key = scope_key(scope).ok_or_else(|| {
+            IdentityError::InvalidScope("a scope must be an absolute path".to_owned())
+        })?;
         // Ancestors of the scope, matched exactly; everything else needs a prefix test.
         let mut ancestors = vec!["/".to_owned()];
         let mut prefix = String::new();
@@ -277,7 +317,10 @@ impl Identity {
     }
 
     /// The role assignments of one principal, at any scope.
-    pub async fn role_assignments_of(&self, principal_id: &str) -> Result<Vec<RoleAssignment>, IdentityError> {
+    pub async fn role_assignments_of(
+        &self,
+        principal_id: &str,
+    ) -> Result<Vec<RoleAssignment>, IdentityError> {
         let rows = sqlx::query(&format!(
             "SELECT {ASSIGNMENT_COLUMNS} FROM identity_role_assignments WHERE principal_id = $1 ORDER BY created_at, name"
         ))
@@ -289,7 +332,13 @@ impl Identity {
 
     /// Whether `principal_id` may perform `action` at `scope`. Deny by default: only a role
     /// assignment at the scope or above it, whose role grants the action, allows it.
-    pub async fn authorize(&self, principal_id: &str, action: &str, scope: &str, is_data_action: bool) -> Result<Decision, IdentityError> {
+    pub async fn authorize(
+        &self,
+        principal_id: &str,
+        action: &str,
+        scope: &str,
+        is_data_action: bool,
+    ) -> Result<Decision, IdentityError> {
         let deny = || {
             Decision::Deny(DenyReason {
                 principal_id: principal_id.to_owned(),
@@ -311,7 +360,8 @@ impl Identity {
             if !covers(&assignment_scope, &target) {
                 continue;
             }
-            if role_definition(&role_name).is_some_and(|role| role.permits(action, is_data_action)) {
+            if role_definition(&role_name).is_some_and(|role| role.permits(action, is_data_action))
+            {
                 return Ok(Decision::Allow);
             }
         }
@@ -337,15 +387,32 @@ mod tests {
 
     #[test]
     fn assignment_ids_round_trip() {
-        let id = assignment_id("/subscriptions/S/resourceGroups/RG", "0f6b5a4e-1111-4222-8333-944445555666");
-        assert_eq!(id, "/subscriptions/S/resourceGroups/RG/providers/Microsoft.Authorization/roleAssignments/0f6b5a4e-1111-4222-8333-944445555666");
+        let id = assignment_id(
+            "/subscriptions/S/resourceGroups/RG",
+            "0f6b5a4e-1111-4222-8333-944445555666",
+        );
+        assert_eq!(
+            id,
+            "/subscriptions/S/resourceGroups/RG/providers/Microsoft.Authorization/roleAssignments/0f6b5a4e-1111-4222-8333-944445555666"
+        );
         assert_eq!(
             split_assignment_id(&id),
-            Some(("/subscriptions/s/resourcegroups/rg".to_owned(), "0f6b5a4e-1111-4222-8333-944445555666".to_owned()))
+            Some((
+                "/subscriptions/s/resourcegroups/rg".to_owned(),
+                "0f6b5a4e-1111-4222-8333-944445555666".to_owned()
+            ))
         );
         let root = assignment_id("/", "0f6b5a4e-1111-4222-8333-944445555666");
-        assert_eq!(split_assignment_id(&root).map(|(scope, _)| scope), Some("/".to_owned()));
-        assert_eq!(split_assignment_id("/subscriptions/s/providers/Microsoft.Authorization/roleAssignments/not-a-guid"), None);
+        assert_eq!(
+            split_assignment_id(&root).map(|(scope, _)| scope),
+            Some("/".to_owned())
+        );
+        assert_eq!(
+            split_assignment_id(
+                "/subscriptions/s/providers/Microsoft.Authorization/roleAssignments/not-a-guid"
+            ),
+            None
+        );
     }
 
     #[test]
@@ -354,6 +421,9 @@ mod tests {
             role_definition_id_at("/subscriptions/abc/resourceGroups/rg", "r"),
             "/subscriptions/abc/providers/Microsoft.Authorization/roleDefinitions/r"
         );
-        assert_eq!(role_definition_id_at("/", "r"), "/providers/Microsoft.Authorization/roleDefinitions/r");
+        assert_eq!(
+            role_definition_id_at("/", "r"),
+            "/providers/Microsoft.Authorization/roleDefinitions/r"
+        );
     }
 }

@@ -35,9 +35,11 @@ pub mod actions {
     /// DICOMweb reads: WADO, QIDO, change feed (data action).
     pub const DICOM_READ: &str = "Microsoft.HealthcareApis/workspaces/dicomservices/resources/read";
     /// DICOMweb writes: STOW (data action).
-    pub const DICOM_WRITE: &str = "Microsoft.HealthcareApis/workspaces/dicomservices/resources/write";
+    pub const DICOM_WRITE: &str =
+        "Microsoft.HealthcareApis/workspaces/dicomservices/resources/write";
     /// DICOMweb deletes (data action).
-    pub const DICOM_DELETE: &str = "Microsoft.HealthcareApis/workspaces/dicomservices/resources/delete";
+    pub const DICOM_DELETE: &str =
+        "Microsoft.HealthcareApis/workspaces/dicomservices/resources/delete";
     /// Read a key's properties and public material (vault data action).
     pub const KEYS_READ: &str = "Microsoft.KeyVault/vaults/keys/read";
     /// Create a key (vault data action).
@@ -89,7 +91,10 @@ pub struct RoleDefinition {
 impl RoleDefinition {
     /// The tenant-level id, `/providers/Microsoft.Authorization/roleDefinitions/{guid}`.
     pub fn id(&self) -> String {
-        format!("/providers/Microsoft.Authorization/roleDefinitions/{}", self.name)
+        format!(
+            "/providers/Microsoft.Authorization/roleDefinitions/{}",
+            self.name
+        )
     }
 
     /// Whether this role grants `action` (a data action when `is_data_action`): one of its
@@ -100,8 +105,12 @@ impl RoleDefinition {
         } else {
             (self.actions, self.not_actions)
         };
-        granted.iter().any(|pattern| action_matches(pattern, action))
-            && !excluded.iter().any(|pattern| action_matches(pattern, action))
+        granted
+            .iter()
+            .any(|pattern| action_matches(pattern, action))
+            && !excluded
+                .iter()
+                .any(|pattern| action_matches(pattern, action))
     }
 }
 
@@ -325,12 +334,30 @@ mod tests {
         assert!(action_matches("*", "Microsoft.KeyVault/vaults/write"));
         assert!(action_matches("*/read", "Microsoft.KeyVault/vaults/read"));
         assert!(!action_matches("*/read", "Microsoft.KeyVault/vaults/write"));
-        assert!(action_matches("Microsoft.KeyVault/vaults/keys/*", "Microsoft.KeyVault/vaults/keys/wrap/action"));
-        assert!(!action_matches("Microsoft.KeyVault/vaults/keys/*", "Microsoft.KeyVault/vaults/secrets/getSecret/action"));
-        assert!(action_matches("Microsoft.Authorization/*/Write", "microsoft.authorization/roleAssignments/write"));
-        assert!(!action_matches("Microsoft.Authorization/*/Write", "Microsoft.Authorization/roleAssignments/read"));
-        assert!(action_matches("Microsoft.KeyVault/vaults/*/read", "Microsoft.KeyVault/vaults/keys/read"));
-        assert!(!action_matches("Microsoft.KeyVault/vaults/keys/read", "Microsoft.KeyVault/vaults/keys/read/extra"));
+        assert!(action_matches(
+            "Microsoft.KeyVault/vaults/keys/*",
+            "Microsoft.KeyVault/vaults/keys/wrap/action"
+        ));
+        assert!(!action_matches(
+            "Microsoft.KeyVault/vaults/keys/*",
+            "Microsoft.KeyVault/vaults/secrets/getSecret/action"
+        ));
+        assert!(action_matches(
+            "Microsoft.Authorization/*/Write",
+            "microsoft.authorization/roleAssignments/write"
+        ));
+        assert!(!action_matches(
+            "Microsoft.Authorization/*/Write",
+            "Microsoft.Authorization/roleAssignments/read"
+        ));
+        assert!(action_matches(
+            "Microsoft.KeyVault/vaults/*/read",
+            "Microsoft.KeyVault/vaults/keys/read"
+        ));
+        assert!(!action_matches(
+            "Microsoft.KeyVault/vaults/keys/read",
+            "Microsoft.KeyVault/vaults/keys/read/extra"
+        ));
         assert!(!action_matches("", "x"));
     }
 
@@ -341,7 +368,10 @@ mod tests {
         assert!(!contributor.permits(actions::ROLE_ASSIGNMENTS_WRITE, false));
         assert!(!contributor.permits(actions::ROLE_ASSIGNMENTS_DELETE, false));
         assert!(contributor.permits(actions::ROLE_ASSIGNMENTS_READ, false));
-        assert!(!contributor.permits(actions::KEYS_READ, true), "control-plane roles grant no data actions");
+        assert!(
+            !contributor.permits(actions::KEYS_READ, true),
+            "control-plane roles grant no data actions"
+        );
     }
 
     #[test]
@@ -352,7 +382,11 @@ mod tests {
             "/providers/Microsoft.Authorization/roleDefinitions/14b46e9e-c2b7-41b4-b07b-48a6ebf60603",
             "14b46e9e-c2b7-41b4-b07b-48a6ebf60603",
         ] {
-            assert_eq!(role_definition_by_id(id).map(|role| role.role_name), Some("Key Vault Crypto Officer"), "{id}");
+            assert_eq!(
+                role_definition_by_id(id).map(|role| role.role_name),
+                Some("Key Vault Crypto Officer"),
+                "{id}"
+            );
         }
         assert!(role_definition_by_id("/providers/Microsoft.Authorization/roleDefinitions/00000000-0000-0000-0000-000000000000").is_none());
         assert!(role_definition_by_id("/something/14b46e9e-c2b7-41b4-b07b-48a6ebf60603").is_none());
@@ -361,8 +395,16 @@ mod tests {
     #[test]
     fn every_definition_has_a_unique_guid() {
         for (index, role) in BUILT_IN_ROLES.iter().enumerate() {
-            assert!(uuid::Uuid::parse_str(role.name).is_ok(), "{}", role.role_name);
-            assert!(BUILT_IN_ROLES[index + 1..].iter().all(|other| other.name != role.name));
+            assert!(
+                uuid::Uuid::parse_str(role.name).is_ok(),
+                "{}",
+                role.role_name
+            );
+            assert!(
+                BUILT_IN_ROLES[index + 1..]
+                    .iter()
+                    .all(|other| other.name != role.name)
+            );
         }
     }
 }

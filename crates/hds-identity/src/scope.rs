@@ -9,7 +9,10 @@ pub(crate) fn scope_key(scope: &str) -> Option<String> {
     if !scope.starts_with('/') {
         return None;
     }
-    let segments: Vec<&str> = scope.split('/').filter(|segment| !segment.is_empty()).collect();
+    let segments: Vec<&str> = scope
+        .split('/')
+        .filter(|segment| !segment.is_empty())
+        .collect();
     if segments.is_empty() {
         return Some("/".to_owned());
     }
@@ -24,7 +27,10 @@ pub(crate) fn scope_key(scope: &str) -> Option<String> {
 /// The scope as the caller spelled it, minus a trailing slash and empty segments (ARM echoes
 /// ids back in the caller's case).
 pub(crate) fn display_scope(scope: &str) -> String {
-    let segments: Vec<&str> = scope.split('/').filter(|segment| !segment.is_empty()).collect();
+    let segments: Vec<&str> = scope
+        .split('/')
+        .filter(|segment| !segment.is_empty())
+        .collect();
     if segments.is_empty() {
         return "/".to_owned();
     }
@@ -55,10 +61,16 @@ mod tests {
 
     #[test]
     fn keys_normalize_case_and_slashes() {
-        assert_eq!(scope_key("/Subscriptions/ABC/resourceGroups/RG/").as_deref(), Some("/subscriptions/abc/resourcegroups/rg"));
+        assert_eq!(
+            scope_key("/Subscriptions/ABC/resourceGroups/RG/").as_deref(),
+            Some("/subscriptions/abc/resourcegroups/rg")
+        );
         assert_eq!(scope_key("/").as_deref(), Some("/"));
         assert_eq!(scope_key("subscriptions/x"), None);
-        assert_eq!(display_scope("/subscriptions/A//resourceGroups/B/"), "/subscriptions/A/resourceGroups/B");
+        assert_eq!(
+            display_scope("/subscriptions/A//resourceGroups/B/"),
+            "/subscriptions/A/resourceGroups/B"
+        );
     }
 
     #[test]
@@ -72,6 +84,9 @@ mod tests {
         assert!(covers("/", vault));
         assert!(!covers(vault, group));
         assert!(!covers("/subscriptions/a", "/subscriptions/ab"));
-        assert!(!covers("/subscriptions/a/resourcegroups/rg", "/subscriptions/a/resourcegroups/rg2/providers/x/y/z"));
+        assert!(!covers(
+            "/subscriptions/a/resourcegroups/rg",
+            "/subscriptions/a/resourcegroups/rg2/providers/x/y/z"
+        ));
     }
 }

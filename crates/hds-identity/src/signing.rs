@@ -68,11 +68,12 @@ impl Identity {
             return Ok(());
         }
         let mut transaction = self.database().begin_write().await?;
-        let active: Option<String> = sqlx::query("SELECT kid FROM identity_signing_keys WHERE retired_at IS NULL")
-            .fetch_optional(&mut *transaction)
-            .await?
-            .map(|row| row.try_get(0))
-            .transpose()?;
+        let active: Option<String> =
+            sqlx::query("SELECT kid FROM identity_signing_keys WHERE retired_at IS NULL")
+                .fetch_optional(&mut *transaction)
+                .await?
+                .map(|row| row.try_get(0))
+                .transpose()?;
         if active.is_none() {
             self.insert_new_signing_key(&mut transaction).await?;
         }
@@ -91,10 +92,12 @@ impl Identity {
             .bind(now)
             .execute(&mut *transaction)
             .await?;
-        sqlx::query("DELETE FROM identity_signing_keys WHERE retired_at IS NOT NULL AND retired_at < $1")
-            .bind(now - TOKEN_LIFETIME_SECONDS - CLOCK_SKEW_SECONDS)
-            .execute(&mut *transaction)
-            .await?;
+        sqlx::query(
+            "DELETE FROM identity_signing_keys WHERE retired_at IS NOT NULL AND retired_at < $1",
+        )
+        .bind(now - TOKEN_LIFETIME_SECONDS - CLOCK_SKEW_SECONDS)
+        .execute(&mut *transaction)
+        .await?;
         self.insert_new_signing_key(&mut transaction).await?;
         transaction.commit().await?;
         self.reload_signing_keys().await?;
@@ -108,7 +111,11 @@ impl Identity {
             Some(keys) if keys.loaded_at.elapsed() < RELOAD_BEFORE_SIGNING_AFTER => keys,
             _ => self.reload_signing_keys().await?,
         };
-        let mut published: Vec<Jwk> = keys.published.values().map(|(jwk, _)| jwk.clone()).collect();
+        let mut published: Vec<Jwk> = keys
+            .published
+            .values()
+            .map(|(jwk, _)| jwk.clone())
+            .collect();
         published.sort_by(|left, right| left.kid.cmp(&right.kid));
         Ok(JwkSet { keys: published })
     }
@@ -131,7 +138,10 @@ impl Identity {
     }
 
     /// The verification key with id `kid`, reloading once (rate-limited) when it is unknown.
-    pub(crate) async fn platform_verifying_key(&self, kid: &str) -> Result<Option<VerifyingKey>, IdentityError> {
+    pub(crate) async fn platform_verifying_key(
+        &self,
+        kid: &str,
+    ) -> Result<Option<VerifyingKey>, IdentityError> {
         let keys = match self.inner.signing_keys.current() {
             Some(keys) => keys,
             None => self.reload_signing_keys().await?,
@@ -146,10 +156,16 @@ impl Identity {
         Ok(keys.published.get(kid).map(|(_, key)| key.clone()))
     }
 
-    async fn insert_new_signing_key(&self, transaction: &mut hds_db::WriteTransaction) -> Result<(), IdentityError> {
+    async fn insert_new_signing_key(
+        &self,
+        transaction: &mut hds_db::WriteTransaction,
+    ) -> Result<(), IdentityError> {
         let kid = new_guid();
         let (_, pkcs8) = SigningKey::generate(kid.clone()).map_err(|_| IdentityError::Crypto)?;
-        let sealed = self.inner.root_key.seal(SEALING_PURPOSE, kid.as_bytes(), &pkcs8);
+        let sealed = self
+            .inner
+            .root_key
+            .seal(SEALING_PURPOSE, kid.as_bytes(), &pkcs8);
         sqlx::query(
             "INSERT INTO identity_signing_keys (kid, algorithm, sealed_private_key, created_at, retired_at) VALUES ($1, $2, $3, $4, NULL)",
         )
@@ -163,9 +179,11 @@ impl Identity {
     }
 
     async fn reload_signing_keys(&self) -> Result<Arc<LoadedKeys>, IdentityError> {
-        let rows = sqlx::query("SELECT kid, sealed_private_key, created_at, retired_at FROM identity_signing_keys")
-            .fetch_all(self.database().pool())
-            .await?;
+        let rows = sqlx::query(
+            "SELECT kid, sealed_private_key, created_at, retired_at FROM identity_signing_keys",
+        )
+        .fetch_all(self.database().pool())
+        .await?;
         let oldest_still_valid = now_unix() - TOKEN_LIFETIME_SECONDS - CLOCK_SKEW_SECONDS;
         let mut active: Option<(i64, Arc<SigningKey>)> = None;
         let mut published = HashMap::new();
@@ -180,11 +198,18 @@ impl Identity {
             let sealed = STANDARD
                 .decode(sealed)
                 .map_err(|_| IdentityError::Corrupt("sealed signing key is not base64"))?;
-            let pkcs8 = self.inner.root_key.open(SEALING_PURPOSE, kid.as_bytes(), &sealed)?;
+            let pkcs8 = self
+                .inner
+                .root_key
+                .open(SEALING_PURPOSE, kid.as_bytes(), &sealed)?;
             let key = SigningKey::from_pkcs8(kid.clone(), &pkcs8)
                 .map_err(|_| IdentityError::Corrupt("sealed signing key is not a P-256 key"))?;
             published.insert(kid, (key.public_jwk(), key.verifying_key()));
-            if retired_at.is_none() && active.as_ref().is_none_or(|(newest, _)| created_at > *newest) {
+            if retired_at.is_none()
+                && active
+                    .as_ref()
+                    .is_none_or(|(newest, _)| created_at > *newest)
+            {
                 active = Some((created_at, Arc::new(key)));
             }
         }

@@ -32,7 +32,12 @@ struct OAuthError {
 }
 
 impl OAuthError {
-    fn new(status: StatusCode, error: &'static str, code: u32, description: impl Into<String>) -> OAuthError {
+    fn new(
+        status: StatusCode,
+        error: &'static str,
+        code: u32,
+        description: impl Into<String>,
+    ) -> OAuthError {
         OAuthError {
             status,
             error,
@@ -70,16 +75,20 @@ impl IntoResponse for OAuthError {
         let mut response = (self.status, axum::Json(body)).into_response();
         no_store(response.headers_mut());
         if self.status == StatusCode::UNAUTHORIZED {
-            response
-                .headers_mut()
-                .insert(http::header::WWW_AUTHENTICATE, HeaderValue::from_static("Basic realm=\"hds\""));
+            response.headers_mut().insert(
+                http::header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Basic realm=\"hds\""),
+            );
         }
         response
     }
 }
 
 fn no_store(headers: &mut HeaderMap) {
-    headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store, no-cache"));
+    headers.insert(
+        CACHE_CONTROL,
+        HeaderValue::from_static("no-store, no-cache"),
+    );
     headers.insert(PRAGMA, HeaderValue::from_static("no-cache"));
 }
 
@@ -98,7 +107,10 @@ impl Identity {
     /// main listener's router at its root.
     pub fn router(&self) -> Router {
         Router::new()
-            .route("/{tenant}/v2.0/.well-known/openid-configuration", get(openid_configuration))
+            .route(
+                "/{tenant}/v2.0/.well-known/openid-configuration",
+                get(openid_configuration),
+            )
             .route("/{tenant}/discovery/v2.0/keys", get(jwks))
             .route("/{tenant}/oauth2/v2.0/token", post(token))
             .with_state(self.clone())
@@ -108,7 +120,9 @@ impl Identity {
     async fn check_tenant(&self, tenant: &str) -> Result<String, OAuthError> {
         match self.default_tenant().await {
             Ok(known) if known.eq_ignore_ascii_case(tenant) => Ok(known),
-            Ok(_) | Err(crate::IdentityError::NotBootstrapped) => Err(OAuthError::tenant_not_found()),
+            Ok(_) | Err(crate::IdentityError::NotBootstrapped) => {
+                Err(OAuthError::tenant_not_found())
+            }
             Err(error) => {
                 tracing::error!(%error, "reading the tenant failed");
                 Err(OAuthError::server_error())
@@ -117,7 +131,10 @@ impl Identity {
     }
 }
 
-async fn openid_configuration(State(identity): State<Identity>, Path(tenant): Path<String>) -> Result<Response, OAuthError> {
+async fn openid_configuration(
+    State(identity): State<Identity>,
+    Path(tenant): Path<String>,
+) -> Result<Response, OAuthError> {
     let tenant = identity.check_tenant(&tenant).await?;
     let base = &identity.config().base_url;
     let document = serde_json::json!({
@@ -138,7 +155,10 @@ async fn openid_configuration(State(identity): State<Identity>, Path(tenant): Pa
     Ok(axum::Json(document).into_response())
 }
 
-async fn jwks(State(identity): State<Identity>, Path(tenant): Path<String>) -> Result<Response, OAuthError> {
+async fn jwks(
+    State(identity): State<Identity>,
+    Path(tenant): Path<String>,
+) -> Result<Response, OAuthError> {
     identity.check_tenant(&tenant).await?;
     let keys = identity.jwks().await.map_err(|error| {
         tracing::error!(%error, "loading signing keys failed");
@@ -212,8 +232,15 @@ async fn token(
             ));
         }
     }
-    let (client_id, client_secret) = if let Some(secret) = request.client_secret.filter(|secret| !secret.is_empty()) {
-        (request.client_id.ok_or_else(|| missing_parameter("client_id"))?, secret)
+    let (client_id, client_secret) = if let Some(secret) =
+        request.client_secret.filter(|secret| !secret.is_empty())
+    {
+        (
+            request
+                .client_id
+                .ok_or_else(|| missing_parameter("client_id"))?,
+            secret,
+        )
     } else if let Some(basic) = basic_credentials(&headers) {
         basic
     } else if request.client_id.is_none() {
@@ -279,9 +306,18 @@ mod tests {
 
     #[test]
     fn scopes_name_one_default_resource() {
-        assert_eq!(resource_of_scope("https://management.azure.com/.default").as_deref(), Some("https://management.azure.com"));
-        assert_eq!(resource_of_scope("https://management.azure.com//.default").as_deref(), Some("https://management.azure.com/"));
-        assert_eq!(resource_of_scope("https://vault.azure.net/.default offline_access").as_deref(), Some("https://vault.azure.net"));
+        assert_eq!(
+            resource_of_scope("https://management.azure.com/.default").as_deref(),
+            Some("https://management.azure.com")
+        );
+        assert_eq!(
+            resource_of_scope("https://management.azure.com//.default").as_deref(),
+            Some("https://management.azure.com/")
+        );
+        assert_eq!(
+            resource_of_scope("https://vault.azure.net/.default offline_access").as_deref(),
+            Some("https://vault.azure.net")
+        );
         assert_eq!(resource_of_scope("https://vault.azure.net/keys.read"), None);
         assert_eq!(resource_of_scope("a/.default b/.default"), None);
         assert_eq!(resource_of_scope("/.default"), None);
@@ -292,7 +328,13 @@ mod tests {
     fn basic_credentials_are_url_decoded() {
         let mut headers = HeaderMap::new();
         let encoded = STANDARD.encode("my%20client:se%3Acret");
-        headers.insert(AUTHORIZATION, HeaderValue::from_str(&format!("Basic {encoded}")).expect("ascii"));
-        assert_eq!(basic_credentials(&headers), Some(("my client".to_owned(), "se:cret".to_owned())));
+        headers.insert(
+            AUTHORIZATION,
+            HeaderValue::from_str(&format!("Basic {encoded}")).expect("ascii"),
+        );
+        assert_eq!(
+            basic_credentials(&headers),
+            Some(("my client".to_owned(), "se:cret".to_owned()))
+        );
     }
 }

@@ -10,7 +10,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::auth::AuthenticatedPrincipal;
-use crate::jws::{JwkSet, UnverifiedJws, VerifyingKey};
+use crate::jws::{UnverifiedJws, VerifyingKey};
 use crate::principals::{Principal, PrincipalKind};
 use crate::{Identity, IdentityError, TokenError, new_guid, now_unix};
 
@@ -19,26 +19,6 @@ pub const TOKEN_LIFETIME_SECONDS: i64 = 3600;
 
 /// Clock skew tolerated on `exp` and `nbf`.
 pub(crate) const CLOCK_SKEW_SECONDS: i64 = 300;
-
-/// An issuer outside the platform whose tokens are accepted; its principals are identified by
-/// the token's `oid` (or `sub` when it has no `oid`), and role assignments can name them.
-#[derive(Debug, Clone)]
-pub struct ExternalIssuer {
-    /// The exact `iss` value of its tokens.
-    pub issuer: String,
-    /// Its signing keys (RS256 or ES256 keys; others are ignored).
-    pub jwks: JwkSet,
-}
-
-impl ExternalIssuer {
-    /// An issuer from its `iss` value and its JWKS document (JSON text).
-    pub fn from_jwks_json(issuer: impl Into<String>, jwks_json: &str) -> Result<ExternalIssuer, serde_json::Error> {
-        Ok(ExternalIssuer {
-            issuer: issuer.into(),
-            jwks: serde_json::from_str(jwks_json)?,
-        })
-    }
-}
 
 /// An issued access token and what the token endpoint says about it.
 #[derive(Clone)]
@@ -107,9 +87,11 @@ struct ReceivedClaims {
 fn audience_matches(audience: Option<&serde_json::Value>, expected: &str) -> bool {
     let expected = expected.trim_end_matches('/');
     let one = |value: &serde_json::Value| {
-        value
-            .as_str()
-            .is_some_and(|audience| audience.trim_end_matches('/').eq_ignore_ascii_case(expected))
+        value.as_str().is_some_and(|audience| {
+            audience
+                .trim_end_matches('/')
+                .eq_ignore_ascii_case(expected)
+        })
     };
     match audience {
         Some(serde_json::Value::Array(values)) => values.iter().any(one),
@@ -120,7 +102,11 @@ fn audience_matches(audience: Option<&serde_json::Value>, expected: &str) -> boo
 
 impl Identity {
     /// Issues a token for `principal` with audience `resource`.
-    pub(crate) async fn issue_token(&self, principal: &Principal, resource: &str) -> Result<AccessToken, IdentityError> {
+    pub(crate) async fn issue_token(
+        &self,
+        principal: &Principal,
+        resource: &str,
+    ) -> Result<AccessToken, IdentityError> {
         let key = self.active_signing_key().await?;
         let now = now_unix();
         let issuer = self.issuer(&principal.tenant_id);
@@ -151,7 +137,11 @@ impl Identity {
 
     /// Issues a token for the managed identity `principal_id` with audience `resource`, in
     /// process: this is how hosted services (the DICOM service) act as their identity.
-    pub async fn issue_token_for_managed_identity(&self, principal_id: &str, resource: &str) -> Result<AccessToken, IdentityError> {
+    pub async fn issue_token_for_managed_identity(
+        &self,
+        principal_id: &str,
+        resource: &str,
+    ) -> Result<AccessToken, IdentityError> {
         let principal = self
             .principal(principal_id)
             .await?
@@ -180,9 +170,14 @@ impl Identity {
     }
 
     /// Validates a bearer token for an endpoint whose audience is `expected_audience`.
-    pub async fn validate_token(&self, token: &str, expected_audience: &str) -> Result<AuthenticatedPrincipal, TokenError> {
+    pub async fn validate_token(
+        &self,
+        token: &str,
+        expected_audience: &str,
+    ) -> Result<AuthenticatedPrincipal, TokenError> {
         let jws = UnverifiedJws::parse(token).map_err(|_| TokenError::Malformed)?;
-        let claims: ReceivedClaims = serde_json::from_slice(&jws.payload).map_err(|_| TokenError::Malformed)?;
+        let claims: ReceivedClaims =
+            serde_json::from_slice(&jws.payload).map_err(|_| TokenError::Malformed)?;
 
         let platform_tenant = claims
             .tid
@@ -195,7 +190,11 @@ impl Identity {
             .iter()
             .find(|issuer| issuer.issuer == claims.iss);
         if platform_tenant.is_some() {
-            let kid = jws.header.kid.as_deref().ok_or(TokenError::UnknownSigningKey)?;
+            let kid = jws
+                .header
+                .kid
+                .as_deref()
+                .ok_or(TokenError::UnknownSigningKey)?;
             let key = self
                 .platform_verifying_key(kid)
                 .await?
@@ -204,8 +203,10 @@ impl Identity {
                 return Err(TokenError::InvalidSignature);
             }
         } else if let Some(external) = external {
-            let candidates: Vec<VerifyingKey> = external
-                .jwks
+            let jwks = self
+                .external_keys(external, jws.header.kid.as_deref())
+                .await?;
+            let candidates: Vec<VerifyingKey> = jwks
                 .keys
                 .iter()
                 .filter(|jwk| match (&jws.header.kid, &jwk.kid) {
@@ -283,11 +284,20 @@ mod tests {
         let with_slash = serde_json::json!("https://management.azure.com/");
         let without = serde_json::json!("https://management.azure.com");
         let array = serde_json::json!(["api://other", "https://vault.azure.net"]);
-        assert!(audience_matches(Some(&with_slash), "https://management.azure.com"));
-        assert!(audience_matches(Some(&without), "https://management.azure.com/"));
+        assert!(audience_matches(
+            Some(&with_slash),
+            "https://management.azure.com"
+        ));
+        assert!(audience_matches(
+            Some(&without),
+            "https://management.azure.com/"
+        ));
         assert!(audience_matches(Some(&array), "https://vault.azure.net"));
         assert!(!audience_matches(Some(&without), "https://vault.azure.net"));
-        assert!(!audience_matches(Some(&serde_json::json!("https://management.azure.com.evil")), "https://management.azure.com"));
+        assert!(!audience_matches(
+            Some(&serde_json::json!("https://management.azure.com.evil")),
+            "https://management.azure.com"
+        ));
         assert!(!audience_matches(None, "https://management.azure.com"));
     }
 }

@@ -1,16 +1,41 @@
 //! Storing, finding and deleting instances.
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 
-use hds_dicom::{FrameMap, ParsedInstance};
+use hds_db::{Database, DbError, Migration, WriteTransaction};
+use hds_dicom::{FrameMap, ParsedInstance, QueryLevel};
 
-use crate::{IndexCipher, IndexError};
+use crate::sql::{Argument, Sql, column};
+use crate::tokens::term_tokens;
+use crate::{IndexCipher, IndexError, RowBinding};
+
+/// The component name of the index's migrations in the shared database.
+const COMPONENT: &str = "dicom-index";
+
+/// The index's schema steps. Never edit a released one: add a new one.
+const MIGRATIONS: &[Migration] = &[Migration {
+    version: 1,
+    description: "studies, series, instances and their search tokens",
+    sqlite: include_str!("../migrations/sqlite/0001_index.sql"),
+    postgres: include_str!("../migrations/postgres/0001_index.sql"),
+}];
+
+/// The token domains of the three UIDs; the UID tokens are also the rows' identities.
+pub(crate) const STUDY_UID: &str = "StudyInstanceUID";
+pub(crate) const SERIES_UID: &str = "SeriesInstanceUID";
+pub(crate) const SOP_UID: &str = "SOPInstanceUID";
+/// Derived from the series' modalities, never stored as a study token.
+pub(crate) const MODALITIES_IN_STUDY: &str = "ModalitiesInStudy";
+
+/// How many tokens one INSERT carries (well under SQLite's parameter limit).
+const TOKENS_PER_INSERT: usize = 400;
 
 /// The index of all DICOM services of this hds, over one database. Cheap to clone.
 #[derive(Clone)]
 pub struct Index {
-    _private: (),
-    _cipher: Option<Arc<dyn IndexCipher>>,
+    pub(crate) database: Database,
+    pub(crate) cipher: Arc<dyn IndexCipher>,
 }
 
 /// An instance to record, after its blob was written.
@@ -65,37 +90,427 @@ pub struct InstanceRecord {
     pub frames: Option<FrameMap>,
 }
 
+/// The three UIDs of an instance, sealed together in its row: retrieval must name them but the
+/// row only holds their tokens.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct SealedUids {
+    study: String,
+    series: String,
+    sop: String,
+}
+
+/// Names of tables and sealed columns, part of every [`RowBinding`].
+pub(crate) const STUDY_TABLE: &str = "study";
+pub(crate) const SERIES_TABLE: &str = "series";
+pub(crate) const INSTANCE_TABLE: &str = "instance";
+pub(crate) const ATTRIBUTES_COLUMN: &str = "attributes";
+const METADATA_COLUMN: &str = "metadata";
+const UIDS_COLUMN: &str = "uids";
+const FRAMES_COLUMN: &str = "frames";
+
 impl Index {
     /// Opens (creating if needed) the index at `url` (`sqlite:PATH` or `postgres://...`) and
     /// runs its migrations.
     pub async fn connect(url: &str, cipher: Arc<dyn IndexCipher>) -> Result<Index, IndexError> {
-        let _ = (url, cipher);
-        todo!()
+        let database = Database::connect(url).await.map_err(|error| match error {
+            DbError::UnsupportedUrl => IndexError::UnsupportedUrl,
+            other => IndexError::Setup(other),
+        })?;
+        Index::open(database, cipher).await
+    }
+
+    /// The index over an already open database (shared with the other components), running
+    /// its migrations.
+    pub async fn open(
+        database: Database,
+        cipher: Arc<dyn IndexCipher>,
+    ) -> Result<Index, IndexError> {
+        database.migrate(COMPONENT, MIGRATIONS).await?;
+        Ok(Index { database, cipher })
+    }
+
+    /// The database under the index.
+    pub fn database(&self) -> &Database {
+        &self.database
     }
 
     /// Records an instance and its study and series, atomically. Of concurrent stores of the
     /// same SOPInstanceUID exactly one gets [`StoreOutcome::Stored`].
-    pub async fn store_instance(&self, instance: NewInstance<'_>) -> Result<StoreOutcome, IndexError> {
-        let _ = instance;
-        todo!()
+    ///
+    /// The study's and series' attributes (and their search tokens) are replaced by those of
+    /// the instance stored last.
+    pub async fn store_instance(
+        &self,
+        instance: NewInstance<'_>,
+    ) -> Result<StoreOutcome, IndexError> {
+        let cipher = self.cipher.as_ref();
+        let service = instance.service;
+        let parsed = instance.parsed;
+        let study_token = cipher.token(service, STUDY_UID, &parsed.study_instance_uid);
+        let series_token = cipher.token(service, SERIES_UID, &parsed.series_instance_uid);
+        let sop_token = cipher.token(service, SOP_UID, &parsed.sop_instance_uid);
+        let seal =
+            |table: &'static str, row_token: &[u8], column: &'static str, plaintext: &[u8]| {
+                cipher.seal(
+                    RowBinding {
+                        service,
+                        table,
+                        row_token,
+                        column,
+                    },
+                    plaintext,
+                )
+            };
+        let study_attributes = seal(
+            STUDY_TABLE,
+            &study_token,
+            ATTRIBUTES_COLUMN,
+            &to_json(&parsed.study_attributes)?,
+        );
+        let series_attributes = seal(
+            SERIES_TABLE,
+            &series_token,
+            ATTRIBUTES_COLUMN,
+            &to_json(&parsed.series_attributes)?,
+        );
+        let instance_attributes = seal(
+            INSTANCE_TABLE,
+            &sop_token,
+            ATTRIBUTES_COLUMN,
+            &to_json(&parsed.instance_attributes)?,
+        );
+        let metadata = seal(
+            INSTANCE_TABLE,
+            &sop_token,
+            METADATA_COLUMN,
+            &to_json(&parsed.metadata)?,
+        );
+        let uids = SealedUids {
+            study: parsed.study_instance_uid.clone(),
+            series: parsed.series_instance_uid.clone(),
+            sop: parsed.sop_instance_uid.clone(),
+        };
+        let uids = seal(INSTANCE_TABLE, &sop_token, UIDS_COLUMN, &to_json(&uids)?);
+        let frames = match &parsed.frames {
+            Some(frames) => Some(seal(
+                INSTANCE_TABLE,
+                &sop_token,
+                FRAMES_COLUMN,
+                &to_json(frames)?,
+            )),
+            None => None,
+        };
+        let level_tokens = |level: QueryLevel| {
+            let mut tokens = BTreeSet::new();
+            for term in parsed.terms_at(level) {
+                if !matches!(
+                    term.attribute.keyword,
+                    STUDY_UID | SERIES_UID | SOP_UID | MODALITIES_IN_STUDY
+                ) {
+                    term_tokens(cipher, service, term, &mut tokens);
+                }
+            }
+            tokens
+        };
+        let size = i64::try_from(instance.size)
+            .map_err(|_| IndexError::Corrupt("instance size out of range".into()))?;
+
+        let mut transaction = self.database.begin_write().await?;
+        // On SQLite the write lock is held, so this answer is final; on PostgreSQL a concurrent
+        // store can still win, which the instance insert below notices.
+        let existing =
+            sqlx::query("SELECT id FROM dicom_instances WHERE service = $1 AND uid_token = $2")
+                .bind(service)
+                .bind(sop_token.as_slice())
+                .fetch_optional(&mut *transaction)
+                .await?;
+        if existing.is_some() {
+            return Ok(StoreOutcome::AlreadyExists);
+        }
+        let study_row = sqlx::query(
+            "INSERT INTO dicom_studies (service, uid_token, attributes) VALUES ($1, $2, $3) \
+             ON CONFLICT (service, uid_token) DO UPDATE SET attributes = excluded.attributes RETURNING id",
+        )
+        .bind(service)
+        .bind(study_token.as_slice())
+        .bind(study_attributes)
+        .fetch_one(&mut *transaction)
+        .await?;
+        let study_id: i64 = column(&study_row, 0)?;
+        replace_tokens(
+            &mut transaction,
+            "dicom_study_tokens",
+            "study_id",
+            study_id,
+            &level_tokens(QueryLevel::Study),
+        )
+        .await?;
+
+        let series_row = sqlx::query(
+            "INSERT INTO dicom_series (study_id, uid_token, attributes) VALUES ($1, $2, $3) \
+             ON CONFLICT (study_id, uid_token) DO UPDATE SET attributes = excluded.attributes RETURNING id",
+        )
+        .bind(study_id)
+        .bind(series_token.as_slice())
+        .bind(series_attributes)
+        .fetch_one(&mut *transaction)
+        .await?;
+        let series_id: i64 = column(&series_row, 0)?;
+        replace_tokens(
+            &mut transaction,
+            "dicom_series_tokens",
+            "series_id",
+            series_id,
+            &level_tokens(QueryLevel::Series),
+        )
+        .await?;
+
+        let instance_row = sqlx::query(
+            "INSERT INTO dicom_instances (service, study_id, series_id, uid_token, blob_name, size, \
+             transfer_syntax_uid, uids, attributes, metadata, frames) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) \
+             ON CONFLICT (service, uid_token) DO NOTHING RETURNING id",
+        )
+        .bind(service)
+        .bind(study_id)
+        .bind(series_id)
+        .bind(sop_token.as_slice())
+        .bind(instance.blob_name)
+        .bind(size)
+        .bind(parsed.transfer_syntax_uid.as_str())
+        .bind(uids)
+        .bind(instance_attributes)
+        .bind(metadata)
+        .bind(frames)
+        .fetch_optional(&mut *transaction)
+        .await?;
+        let Some(instance_row) = instance_row else {
+            // A concurrent store of the same SOPInstanceUID committed first; dropping the
+            // transaction rolls back the study and series updates.
+            return Ok(StoreOutcome::AlreadyExists);
+        };
+        let instance_id: i64 = column(&instance_row, 0)?;
+        replace_tokens(
+            &mut transaction,
+            "dicom_instance_tokens",
+            "instance_id",
+            instance_id,
+            &level_tokens(QueryLevel::Instance),
+        )
+        .await?;
+        transaction.commit().await?;
+        Ok(StoreOutcome::Stored)
     }
 
     /// The instances in scope, ordered by series then instance (store order); empty if none.
-    pub async fn find_instances(&self, service: &str, scope: DeleteScope<'_>) -> Result<Vec<InstanceRecord>, IndexError> {
-        let _ = (service, scope);
-        todo!()
+    pub async fn find_instances(
+        &self,
+        service: &str,
+        scope: DeleteScope<'_>,
+    ) -> Result<Vec<InstanceRecord>, IndexError> {
+        let mut sql = Sql::new(
+            "SELECT i.uid_token, i.blob_name, i.size, i.transfer_syntax_uid, i.uids, i.frames \
+             FROM dicom_instances i",
+        );
+        self.push_scope(&mut sql, service, scope);
+        sql.push(" ORDER BY i.series_id, i.id");
+        let rows = sql.query().fetch_all(self.database.pool()).await?;
+        let mut records = Vec::with_capacity(rows.len());
+        for row in rows {
+            let sop_token: Vec<u8> = column(&row, 0)?;
+            let size: i64 = column(&row, 2)?;
+            let uids: SealedUids = from_json(&self.open_sealed(
+                service,
+                INSTANCE_TABLE,
+                &sop_token,
+                UIDS_COLUMN,
+                &column::<Vec<u8>>(&row, 4)?,
+            )?)?;
+            let frames = match column::<Option<Vec<u8>>>(&row, 5)? {
+                Some(sealed) => Some(from_json(&self.open_sealed(
+                    service,
+                    INSTANCE_TABLE,
+                    &sop_token,
+                    FRAMES_COLUMN,
+                    &sealed,
+                )?)?),
+                None => None,
+            };
+            records.push(InstanceRecord {
+                study_instance_uid: uids.study,
+                series_instance_uid: uids.series,
+                sop_instance_uid: uids.sop,
+                transfer_syntax_uid: column(&row, 3)?,
+                blob_name: column(&row, 1)?,
+                size: u64::try_from(size)
+                    .map_err(|_| IndexError::Corrupt("negative instance size".into()))?,
+                frames,
+            });
+        }
+        Ok(records)
     }
 
     /// The metadata (DICOM JSON, bulk data left out) of the instances in scope, same order.
-    pub async fn find_metadata(&self, service: &str, scope: DeleteScope<'_>) -> Result<Vec<serde_json::Value>, IndexError> {
-        let _ = (service, scope);
-        todo!()
+    pub async fn find_metadata(
+        &self,
+        service: &str,
+        scope: DeleteScope<'_>,
+    ) -> Result<Vec<serde_json::Value>, IndexError> {
+        let mut sql = Sql::new("SELECT i.uid_token, i.metadata FROM dicom_instances i");
+        self.push_scope(&mut sql, service, scope);
+        sql.push(" ORDER BY i.series_id, i.id");
+        let rows = sql.query().fetch_all(self.database.pool()).await?;
+        let mut documents = Vec::with_capacity(rows.len());
+        for row in rows {
+            let sop_token: Vec<u8> = column(&row, 0)?;
+            let metadata = self.open_sealed(
+                service,
+                INSTANCE_TABLE,
+                &sop_token,
+                METADATA_COLUMN,
+                &column::<Vec<u8>>(&row, 1)?,
+            )?;
+            documents.push(from_json(&metadata)?);
+        }
+        Ok(documents)
     }
 
     /// Removes the instances in scope (and studies/series left empty) atomically, returning the
     /// blob names the caller must delete; empty if nothing matched.
-    pub async fn delete(&self, service: &str, scope: DeleteScope<'_>) -> Result<Vec<String>, IndexError> {
-        let _ = (service, scope);
-        todo!()
+    pub async fn delete(
+        &self,
+        service: &str,
+        scope: DeleteScope<'_>,
+    ) -> Result<Vec<String>, IndexError> {
+        let mut select =
+            Sql::new("SELECT i.id, i.blob_name, i.series_id, i.study_id FROM dicom_instances i");
+        self.push_scope(&mut select, service, scope);
+        select.push(" ORDER BY i.series_id, i.id");
+        let mut transaction = self.database.begin_write().await?;
+        let rows = select.query().fetch_all(&mut *transaction).await?;
+        if rows.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut instance_ids = Vec::with_capacity(rows.len());
+        let mut blob_names = Vec::with_capacity(rows.len());
+        let mut series_ids = BTreeSet::new();
+        let mut study_ids = BTreeSet::new();
+        for row in &rows {
+            instance_ids.push(column::<i64>(row, 0)?);
+            blob_names.push(column::<String>(row, 1)?);
+            series_ids.insert(column::<i64>(row, 2)?);
+            study_ids.insert(column::<i64>(row, 3)?);
+        }
+        // Tokens go with their rows (ON DELETE CASCADE).
+        for chunk in instance_ids.chunks(TOKENS_PER_INSERT) {
+            let mut delete = Sql::new("DELETE FROM dicom_instances WHERE id IN ");
+            delete.bind_list(chunk.iter().map(|id| Argument::Integer(*id)));
+            delete.query().execute(&mut *transaction).await?;
+        }
+        let mut delete_series = Sql::new("DELETE FROM dicom_series WHERE id IN ");
+        delete_series
+            .bind_list(series_ids.iter().map(|id| Argument::Integer(*id)))
+            .push(" AND NOT EXISTS (SELECT 1 FROM dicom_instances i WHERE i.series_id = dicom_series.id)");
+        delete_series.query().execute(&mut *transaction).await?;
+        let mut delete_studies = Sql::new("DELETE FROM dicom_studies WHERE id IN ");
+        delete_studies
+            .bind_list(study_ids.iter().map(|id| Argument::Integer(*id)))
+            .push(" AND NOT EXISTS (SELECT 1 FROM dicom_series se WHERE se.study_id = dicom_studies.id)");
+        delete_studies.query().execute(&mut *transaction).await?;
+        transaction.commit().await?;
+        Ok(blob_names)
     }
+
+    /// Appends the joins and conditions selecting the instances (alias `i`) in scope.
+    fn push_scope(&self, sql: &mut Sql, service: &str, scope: DeleteScope<'_>) {
+        let cipher = self.cipher.as_ref();
+        let (study, series, sop) = match scope {
+            DeleteScope::Study(study) => (study, None, None),
+            DeleteScope::Series(study, series) => (study, Some(series), None),
+            DeleteScope::Instance(study, series, sop) => (study, Some(series), Some(sop)),
+        };
+        sql.push(" JOIN dicom_studies st ON st.id = i.study_id");
+        if series.is_some() {
+            sql.push(" JOIN dicom_series se ON se.id = i.series_id");
+        }
+        sql.push(" WHERE i.service = ")
+            .bind(Argument::Text(service.to_owned()))
+            .push(" AND st.uid_token = ")
+            .bind(Argument::Bytes(cipher.token(service, STUDY_UID, study)));
+        if let Some(series) = series {
+            sql.push(" AND se.uid_token = ")
+                .bind(Argument::Bytes(cipher.token(service, SERIES_UID, series)));
+        }
+        if let Some(sop) = sop {
+            sql.push(" AND i.uid_token = ")
+                .bind(Argument::Bytes(cipher.token(service, SOP_UID, sop)));
+        }
+    }
+
+    /// Opens a sealed value of a row.
+    pub(crate) fn open_sealed(
+        &self,
+        service: &str,
+        table: &'static str,
+        row_token: &[u8],
+        column: &'static str,
+        sealed: &[u8],
+    ) -> Result<Vec<u8>, IndexError> {
+        self.cipher.open(
+            RowBinding {
+                service,
+                table,
+                row_token,
+                column,
+            },
+            sealed,
+        )
+    }
+}
+
+/// Replaces the search tokens of one row.
+async fn replace_tokens(
+    transaction: &mut WriteTransaction,
+    table: &'static str,
+    row_column: &'static str,
+    row_id: i64,
+    tokens: &BTreeSet<Vec<u8>>,
+) -> Result<(), IndexError> {
+    let mut delete = Sql::new(&format!("DELETE FROM {table} WHERE {row_column} = "));
+    delete.bind(Argument::Integer(row_id));
+    delete.query().execute(&mut **transaction).await?;
+    let tokens: Vec<&Vec<u8>> = tokens.iter().collect();
+    for chunk in tokens.chunks(TOKENS_PER_INSERT) {
+        let mut insert = Sql::new(&format!(
+            "INSERT INTO {table} ({row_column}, token) VALUES "
+        ));
+        let row_placeholder = insert.argument(Argument::Integer(row_id));
+        for (position, token) in chunk.iter().enumerate() {
+            if position > 0 {
+                insert.push(", ");
+            }
+            insert.push("(").push(&row_placeholder).push(", ");
+            insert.bind(Argument::Bytes((*token).clone())).push(")");
+        }
+        insert.query().execute(&mut **transaction).await?;
+    }
+    Ok(())
+}
+
+fn to_json<T: serde::Serialize>(value: &T) -> Result<Vec<u8>, IndexError> {
+    serde_json::to_vec(value)
+        .map_err(|error| IndexError::Corrupt(format!("cannot encode an index value: {error}")))
+}
+
+pub(crate) fn from_json<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, IndexError> {
+    // Only the error's category: its text could quote the value.
+    serde_json::from_slice(bytes).map_err(|error| {
+        let category = match error.classify() {
+            serde_json::error::Category::Io => "I/O",
+            serde_json::error::Category::Syntax => "syntax",
+            serde_json::error::Category::Data => "unexpected shape",
+            serde_json::error::Category::Eof => "truncated",
+        };
+        IndexError::Corrupt(format!("cannot decode an index value ({category})"))
+    })
 }

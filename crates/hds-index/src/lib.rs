@@ -13,6 +13,8 @@ mod cipher;
 mod error;
 mod index;
 mod query;
+mod sql;
+mod tokens;
 
 pub use cipher::{IndexCipher, PlaintextIndexCipher, RowBinding};
 pub use error::IndexError;

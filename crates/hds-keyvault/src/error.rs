@@ -12,10 +12,14 @@ pub enum VaultError {
     #[error("vault '{0}' was not found; create it through the control plane first")]
     VaultNotFound(String),
     /// No such key, or no such version of it.
-    #[error("A key with (name/id) {0} was not found in this key vault. If you recently deleted this key you may be able to recover it using the correct recovery command.")]
+    #[error(
+        "A key with (name/id) {0} was not found in this key vault. If you recently deleted this key you may be able to recover it using the correct recovery command."
+    )]
     KeyNotFound(String),
     /// No deleted key of that name.
-    #[error("Deleted Key not found: {0}. List deleted keys (GET /deletedkeys) to see what can be recovered.")]
+    #[error(
+        "Deleted Key not found: {0}. List deleted keys (GET /deletedkeys) to see what can be recovered."
+    )]
     DeletedKeyNotFound(String),
     /// A request value is wrong.
     #[error("{0}")]
@@ -24,40 +28,54 @@ pub enum VaultError {
     #[error("{0}")]
     Conflict(String),
     /// The version is disabled.
-    #[error("Operation {operation} is not allowed on a disabled key. Enable the key version (update its attributes with enabled=true) first.")]
+    #[error(
+        "Operation {operation} is not allowed on a disabled key. Enable the key version (update its attributes with enabled=true) first."
+    )]
     KeyDisabled {
         /// The refused operation.
         operation: String,
     },
     /// The version's `nbf` is in the future.
-    #[error("Operation {operation} is not allowed on a key that is not yet valid (nbf is in the future). Wait, or update the key's nbf.")]
+    #[error(
+        "Operation {operation} is not allowed on a key that is not yet valid (nbf is in the future). Wait, or update the key's nbf."
+    )]
     KeyNotYetValid {
         /// The refused operation.
         operation: String,
     },
     /// The version's `exp` has passed.
-    #[error("Operation {operation} is not allowed on an expired key. Update the key's exp or rotate the key.")]
+    #[error(
+        "Operation {operation} is not allowed on an expired key. Update the key's exp or rotate the key."
+    )]
     KeyExpired {
         /// The refused operation.
         operation: String,
     },
     /// The key's `key_ops` do not include the operation.
-    #[error("Operation {operation} is not permitted on this key. Add '{operation}' to the key's key_ops (update the key) or use another key.")]
+    #[error(
+        "Operation {operation} is not permitted on this key. Add '{operation}' to the key's key_ops (update the key) or use another key."
+    )]
     OperationNotPermitted {
         /// The refused operation.
         operation: String,
     },
     /// RSA-HSM keys never leave the vault.
-    #[error("Key '{0}' is an RSA-HSM key and its material is non-extractable: it cannot be backed up. Only RSA (software) keys can be backed up, and their backups restore only into this hds.")]
+    #[error(
+        "Key '{0}' is an RSA-HSM key and its material is non-extractable: it cannot be backed up. Only RSA (software) keys can be backed up, and their backups restore only into this hds."
+    )]
     NonExtractable(String),
     /// Purge refused under purge protection.
-    #[error("Operation \"purge\" is not allowed because purge protection is enabled for this vault. The key will be purged automatically at its scheduledPurgeDate; recover it instead if you need it.")]
+    #[error(
+        "Operation \"purge\" is not allowed because purge protection is enabled for this vault. The key will be purged automatically at its scheduledPurgeDate; recover it instead if you need it."
+    )]
     PurgeProtected,
     /// No or unusable bearer token.
     #[error("{0}")]
     Unauthorized(String),
     /// RBAC denied the data action.
-    #[error("Caller is not authorized to perform action on resource.\r\nIf role assignments were recently changed, please wait several minutes for role assignments to become effective.\r\nCaller: oid={principal_id}\r\nAction: '{data_action}'\r\nResource: '{scope}'\r\nAssign the caller a role that grants this action (e.g. Key Vault Crypto Service Encryption User for wrap/unwrap) at the vault or key scope.")]
+    #[error(
+        "Caller is not authorized to perform action on resource.\r\nIf role assignments were recently changed, please wait several minutes for role assignments to become effective.\r\nCaller: oid={principal_id}\r\nAction: '{data_action}'\r\nResource: '{scope}'\r\nAssign the caller a role that grants this action (e.g. Key Vault Crypto Service Encryption User for wrap/unwrap) at the vault or key scope."
+    )]
     ForbiddenByRbac {
         /// The caller's object id.
         principal_id: String,
@@ -67,7 +85,9 @@ pub enum VaultError {
         scope: String,
     },
     /// Access policies do not grant the permission.
-    #[error("The user, group or application 'oid={principal_id}' does not have keys {permission} permission on key vault '{vault}'. Add '{permission}' to the key permissions of an access policy for this principal.")]
+    #[error(
+        "The user, group or application 'oid={principal_id}' does not have keys {permission} permission on key vault '{vault}'. Add '{permission}' to the key permissions of an access policy for this principal."
+    )]
     ForbiddenByPolicy {
         /// The caller's object id.
         principal_id: String,
@@ -77,7 +97,9 @@ pub enum VaultError {
         vault: String,
     },
     /// The firewall denied the client address.
-    #[error("Client address is not authorized and caller is not a trusted service.\r\nClient address: {client}\r\nAdd the address to the vault's networkAcls.ipRules, or set networkAcls.defaultAction to Allow.")]
+    #[error(
+        "Client address is not authorized and caller is not a trusted service.\r\nClient address: {client}\r\nAdd the address to the vault's networkAcls.ipRules, or set networkAcls.defaultAction to Allow."
+    )]
     ForbiddenByFirewall {
         /// The client address as seen by the listener.
         client: String,
@@ -103,9 +125,9 @@ impl VaultError {
     /// The HTTP status the data plane answers with.
     pub fn status(&self) -> StatusCode {
         match self {
-            VaultError::VaultNotFound(_) | VaultError::KeyNotFound(_) | VaultError::DeletedKeyNotFound(_) => {
-                StatusCode::NOT_FOUND
-            }
+            VaultError::VaultNotFound(_)
+            | VaultError::KeyNotFound(_)
+            | VaultError::DeletedKeyNotFound(_) => StatusCode::NOT_FOUND,
             VaultError::BadParameter(_) | VaultError::NonExtractable(_) => StatusCode::BAD_REQUEST,
             VaultError::Conflict(_) => StatusCode::CONFLICT,
             VaultError::KeyDisabled { .. }
@@ -139,7 +161,9 @@ impl VaultError {
             | VaultError::ForbiddenByRbac { .. }
             | VaultError::ForbiddenByPolicy { .. }
             | VaultError::ForbiddenByFirewall { .. } => "Forbidden",
-            VaultError::Sealed | VaultError::Storage(_) | VaultError::Internal(_) => "InternalError",
+            VaultError::Sealed | VaultError::Storage(_) | VaultError::Internal(_) => {
+                "InternalError"
+            }
         }
     }
 

@@ -1,7 +1,40 @@
-//! hds's key vault: an Azure Key Vault compatible keys API.
+//! hds's key vault: enough of Azure Key Vault's keys REST API for the official SDKs
+//! (`azure-keyvault-keys`, `azure-identity`) to work against it, and a Rust API for the
+//! control plane (`Microsoft.KeyVault/vaults` and `vaults/keys`).
+//!
+//! # Layout
+//! - [`model`]: vaults (tenant, soft delete, purge protection, RBAC or access policies,
+//!   firewall) and versioned RSA keys, without wire formats.
+//! - [`service`]: [`service::KeyVaultService`], the domain over the shared database
+//!   (component `keyvault` of `hds-db`). The ARM provider calls it directly
+//!   (`create_or_update_vault`, `create_key_if_absent`, `get_key`, ...).
+//! - [`material`]: RSA over aws-lc-rs (OAEP-SHA1/SHA256, PKCS#1 v1.5, RS*/PS* signatures).
+//! - [`access`]: the [`access::VaultAccessControl`] trait (tokens and RBAC, implemented over
+//!   hds-identity by the composition root), access policies and the firewall.
+//! - [`http`]: the data plane router; [`listeners`]: one HTTPS listener per vault, or Host
+//!   routing under a DNS domain.
+//!
+//! # Invariants
+//! - Private key material never leaves this crate in plaintext: it is sealed under the root
+//!   key at rest (bound to vault, key and version), held in `Zeroizing` buffers while sealed or
+//!   opened, and returned only as public JWK parts. Backups are sealed under the root key too,
+//!   so they restore only into this hds; RSA-HSM keys are never backed up.
+//! - RSA-HSM keys are software keys marked non-extractable until a PKCS#11 token backs them.
+//! - The data plane is HTTPS only and host-addressed: the SDKs require both.
+//! - Every rejection is in Key Vault's error shape and says what to change; 5xx bodies say
+//!   nothing about the cause.
 #![deny(missing_docs)]
 
+pub mod access;
 pub mod error;
+pub mod http;
+pub mod listeners;
 pub mod material;
 pub mod model;
 pub mod service;
+
+pub use access::{Caller, StaticAccessControl, VaultAccessControl};
+pub use error::VaultError;
+pub use http::{DataPlaneState, VaultSelector, data_plane_router};
+pub use listeners::{VaultListeners, host_routed_router};
+pub use service::{KeyVaultService, ServiceConfig, VaultAddressing};

@@ -8,10 +8,12 @@ use aws_lc_rs::digest;
 use aws_lc_rs::encoding::AsDer;
 use aws_lc_rs::rsa::{
     self, KeyPairComponents, KeySize, OAEP_SHA1_MGF1SHA1, OAEP_SHA256_MGF1SHA256, OaepAlgorithm,
-    OaepPrivateDecryptingKey, OaepPublicEncryptingKey, Pkcs1PrivateDecryptingKey, Pkcs1PublicEncryptingKey,
-    PrivateDecryptingKey, PublicEncryptingKey,
+    OaepPrivateDecryptingKey, OaepPublicEncryptingKey, Pkcs1PrivateDecryptingKey,
+    Pkcs1PublicEncryptingKey, PrivateDecryptingKey, PublicEncryptingKey,
 };
-use aws_lc_rs::signature::{self, KeyPair as _, RsaEncoding, UnparsedPublicKey, VerificationAlgorithm};
+use aws_lc_rs::signature::{
+    self, KeyPair as _, RsaEncoding, UnparsedPublicKey, VerificationAlgorithm,
+};
 use zeroize::Zeroizing;
 
 use crate::error::VaultError;
@@ -175,7 +177,9 @@ impl RsaKeyMaterial {
     }
 
     /// Builds a key from imported JWK components, checking they are consistent.
-    pub fn from_components(components: &RsaPrivateComponents) -> Result<RsaKeyMaterial, VaultError> {
+    pub fn from_components(
+        components: &RsaPrivateComponents,
+    ) -> Result<RsaKeyMaterial, VaultError> {
         let key_components = KeyPairComponents {
             public_key: rsa::PublicKeyComponents {
                 n: components.n.as_slice(),
@@ -208,10 +212,18 @@ impl RsaKeyMaterial {
         let signing = rsa::KeyPair::from_pkcs8(pkcs8).map_err(|_| VaultError::Sealed)?;
         let decrypting = PrivateDecryptingKey::from_pkcs8(pkcs8).map_err(|_| VaultError::Sealed)?;
         let public = signing.public_key();
-        let modulus = strip_leading_zeros(public.modulus().big_endian_without_leading_zero()).to_vec();
-        let public_exponent = strip_leading_zeros(public.exponent().big_endian_without_leading_zero()).to_vec();
+        let modulus =
+            strip_leading_zeros(public.modulus().big_endian_without_leading_zero()).to_vec();
+        let public_exponent =
+            strip_leading_zeros(public.exponent().big_endian_without_leading_zero()).to_vec();
         let public_der = public.as_ref().to_vec();
-        Ok(RsaKeyMaterial { signing, decrypting, public_der, modulus, public_exponent })
+        Ok(RsaKeyMaterial {
+            signing,
+            decrypting,
+            public_der,
+            modulus,
+            public_exponent,
+        })
     }
 
     /// The key as PKCS#8 DER, for sealing.
@@ -239,7 +251,11 @@ impl RsaKeyMaterial {
     }
 
     /// Encrypts (or wraps) `plaintext` with the public key.
-    pub fn encrypt(&self, algorithm: EncryptionAlgorithm, plaintext: &[u8]) -> Result<Vec<u8>, VaultError> {
+    pub fn encrypt(
+        &self,
+        algorithm: EncryptionAlgorithm,
+        plaintext: &[u8],
+    ) -> Result<Vec<u8>, VaultError> {
         let public: PublicEncryptingKey = self.decrypting.public_key();
         let too_long = || {
             VaultError::BadParameter(format!(
@@ -269,7 +285,10 @@ impl RsaKeyMaterial {
                     return Err(too_long());
                 }
                 let mut ciphertext = vec![0u8; key.ciphertext_size()];
-                let written = key.encrypt(plaintext, &mut ciphertext).map_err(|_| too_long())?.len();
+                let written = key
+                    .encrypt(plaintext, &mut ciphertext)
+                    .map_err(|_| too_long())?
+                    .len();
                 ciphertext.truncate(written);
                 Ok(ciphertext)
             }
@@ -292,12 +311,16 @@ impl RsaKeyMaterial {
             Some(oaep) => {
                 let key = OaepPrivateDecryptingKey::new(self.decrypting.clone())
                     .map_err(|_| VaultError::Internal("OAEP key setup failed".into()))?;
-                key.decrypt(oaep, ciphertext, &mut plaintext, None).map_err(|_| failed())?.len()
+                key.decrypt(oaep, ciphertext, &mut plaintext, None)
+                    .map_err(|_| failed())?
+                    .len()
             }
             None => {
                 let key = Pkcs1PrivateDecryptingKey::new(self.decrypting.clone())
                     .map_err(|_| VaultError::Internal("PKCS#1 key setup failed".into()))?;
-                key.decrypt(ciphertext, &mut plaintext).map_err(|_| failed())?.len()
+                key.decrypt(ciphertext, &mut plaintext)
+                    .map_err(|_| failed())?
+                    .len()
             }
         };
         plaintext.truncate(written);
@@ -305,7 +328,11 @@ impl RsaKeyMaterial {
     }
 
     /// Signs a precomputed digest.
-    pub fn sign_digest(&self, algorithm: SignatureAlgorithm, digest_value: &[u8]) -> Result<Vec<u8>, VaultError> {
+    pub fn sign_digest(
+        &self,
+        algorithm: SignatureAlgorithm,
+        digest_value: &[u8],
+    ) -> Result<Vec<u8>, VaultError> {
         let digest = import_digest(algorithm, digest_value)?;
         let mut signature = vec![0u8; self.signing.public_modulus_len()];
         self.signing
@@ -327,7 +354,10 @@ impl RsaKeyMaterial {
     }
 }
 
-fn import_digest(algorithm: SignatureAlgorithm, digest_value: &[u8]) -> Result<digest::Digest, VaultError> {
+fn import_digest(
+    algorithm: SignatureAlgorithm,
+    digest_value: &[u8],
+) -> Result<digest::Digest, VaultError> {
     let digest_algorithm = algorithm.digest_algorithm();
     digest::Digest::import_less_safe(digest_value, digest_algorithm).map_err(|_| {
         VaultError::BadParameter(format!(
@@ -339,7 +369,10 @@ fn import_digest(algorithm: SignatureAlgorithm, digest_value: &[u8]) -> Result<d
 }
 
 fn strip_leading_zeros(bytes: &[u8]) -> &[u8] {
-    let first = bytes.iter().position(|byte| *byte != 0).unwrap_or(bytes.len().saturating_sub(1));
+    let first = bytes
+        .iter()
+        .position(|byte| *byte != 0)
+        .unwrap_or(bytes.len().saturating_sub(1));
     &bytes[first..]
 }
 
@@ -352,22 +385,40 @@ mod tests {
         let key = RsaKeyMaterial::generate(KeySize::Rsa2048).unwrap();
         assert_eq!(key.size_bits(), 2048);
         assert_eq!(key.public_exponent(), &[1, 0, 1]);
-        for algorithm in [EncryptionAlgorithm::RsaOaep, EncryptionAlgorithm::RsaOaep256, EncryptionAlgorithm::Rsa15] {
-            let ciphertext = key.encrypt(algorithm, b"thirty-two bytes of key material").unwrap();
+        for algorithm in [
+            EncryptionAlgorithm::RsaOaep,
+            EncryptionAlgorithm::RsaOaep256,
+            EncryptionAlgorithm::Rsa15,
+        ] {
+            let ciphertext = key
+                .encrypt(algorithm, b"thirty-two bytes of key material")
+                .unwrap();
             assert_eq!(ciphertext.len(), 256);
             let plaintext = key.decrypt(algorithm, &ciphertext).unwrap();
             assert_eq!(plaintext.as_slice(), b"thirty-two bytes of key material");
         }
         let ciphertext = key.encrypt(EncryptionAlgorithm::RsaOaep256, b"x").unwrap();
-        assert!(key.decrypt(EncryptionAlgorithm::RsaOaep, &ciphertext).is_err());
+        assert!(
+            key.decrypt(EncryptionAlgorithm::RsaOaep, &ciphertext)
+                .is_err()
+        );
         let digest = digest::digest(&digest::SHA256, b"message");
         for algorithm in [SignatureAlgorithm::Rs256, SignatureAlgorithm::Ps256] {
             let signature = key.sign_digest(algorithm, digest.as_ref()).unwrap();
-            assert!(key.verify_digest(algorithm, digest.as_ref(), &signature).unwrap());
+            assert!(
+                key.verify_digest(algorithm, digest.as_ref(), &signature)
+                    .unwrap()
+            );
             let other = digest::digest(&digest::SHA256, b"other");
-            assert!(!key.verify_digest(algorithm, other.as_ref(), &signature).unwrap());
+            assert!(
+                !key.verify_digest(algorithm, other.as_ref(), &signature)
+                    .unwrap()
+            );
         }
-        assert!(key.sign_digest(SignatureAlgorithm::Rs512, digest.as_ref()).is_err());
+        assert!(
+            key.sign_digest(SignatureAlgorithm::Rs512, digest.as_ref())
+                .is_err()
+        );
     }
 
     #[test]
@@ -375,8 +426,16 @@ mod tests {
         let key = RsaKeyMaterial::generate(KeySize::Rsa2048).unwrap();
         let reopened = RsaKeyMaterial::from_pkcs8(&key.to_pkcs8().unwrap()).unwrap();
         assert_eq!(reopened.modulus(), key.modulus());
-        let ciphertext = key.encrypt(EncryptionAlgorithm::RsaOaep256, b"secret").unwrap();
-        assert_eq!(reopened.decrypt(EncryptionAlgorithm::RsaOaep256, &ciphertext).unwrap().as_slice(), b"secret");
+        let ciphertext = key
+            .encrypt(EncryptionAlgorithm::RsaOaep256, b"secret")
+            .unwrap();
+        assert_eq!(
+            reopened
+                .decrypt(EncryptionAlgorithm::RsaOaep256, &ciphertext)
+                .unwrap()
+                .as_slice(),
+            b"secret"
+        );
         assert!(key_size_for(Some(1024)).is_err());
     }
 }

@@ -57,7 +57,11 @@ impl VaultProperties {
     /// The `recoveryLevel` Azure reports on keys of a vault with these settings.
     pub fn recovery_level(&self) -> &'static str {
         let customized = self.soft_delete_retention_in_days < MAX_RETENTION_DAYS;
-        match (self.enable_soft_delete, self.enable_purge_protection, customized) {
+        match (
+            self.enable_soft_delete,
+            self.enable_purge_protection,
+            customized,
+        ) {
             (false, _, _) => "Purgeable",
             (true, true, false) => "Recoverable",
             (true, true, true) => "CustomizedRecoverable",
@@ -68,14 +72,17 @@ impl VaultProperties {
 
     /// Checks the values on their own (retention range).
     pub fn validate(&self) -> Result<(), VaultError> {
-        if !(MIN_RETENTION_DAYS..=MAX_RETENTION_DAYS).contains(&self.soft_delete_retention_in_days) {
+        if !(MIN_RETENTION_DAYS..=MAX_RETENTION_DAYS).contains(&self.soft_delete_retention_in_days)
+        {
             return Err(VaultError::BadParameter(format!(
                 "softDeleteRetentionInDays must be between {MIN_RETENTION_DAYS} and {MAX_RETENTION_DAYS}; got {}",
                 self.soft_delete_retention_in_days
             )));
         }
         if self.tenant_id.trim().is_empty() {
-            return Err(VaultError::BadParameter("tenantId must not be empty".into()));
+            return Err(VaultError::BadParameter(
+                "tenantId must not be empty".into(),
+            ));
         }
         Ok(())
     }
@@ -96,7 +103,8 @@ impl VaultProperties {
         }
         if current.enable_soft_delete && !self.enable_soft_delete {
             return Err(VaultError::BadParameter(
-                "enableSoftDelete cannot be turned off once enabled; send true or leave it out".into(),
+                "enableSoftDelete cannot be turned off once enabled; send true or leave it out"
+                    .into(),
             ));
         }
         Ok(())
@@ -296,11 +304,15 @@ impl IpRule {
         };
         match (self.network, address) {
             (IpAddr::V4(network), IpAddr::V4(candidate)) => {
-                let mask = u32::MAX.checked_shl(32 - u32::from(self.prefix_len)).unwrap_or(0);
+                let mask = u32::MAX
+                    .checked_shl(32 - u32::from(self.prefix_len))
+                    .unwrap_or(0);
                 u32::from(network) & mask == u32::from(candidate) & mask
             }
             (IpAddr::V6(network), IpAddr::V6(candidate)) => {
-                let mask = u128::MAX.checked_shl(128 - u32::from(self.prefix_len)).unwrap_or(0);
+                let mask = u128::MAX
+                    .checked_shl(128 - u32::from(self.prefix_len))
+                    .unwrap_or(0);
                 u128::from(network) & mask == u128::from(candidate) & mask
             }
             _ => false,
@@ -330,7 +342,10 @@ impl FromStr for IpRule {
         if prefix_len > max {
             return Err(invalid());
         }
-        Ok(IpRule { network, prefix_len })
+        Ok(IpRule {
+            network,
+            prefix_len,
+        })
     }
 }
 
@@ -563,17 +578,23 @@ impl KeyVersion {
     /// Why the version cannot be used at `now` for `operation`, if it cannot.
     pub fn usability(&self, operation: &str, now: i64) -> Result<(), VaultError> {
         if !self.enabled {
-            return Err(VaultError::KeyDisabled { operation: operation.to_owned() });
+            return Err(VaultError::KeyDisabled {
+                operation: operation.to_owned(),
+            });
         }
         if let Some(not_before) = self.not_before
             && now < not_before
         {
-            return Err(VaultError::KeyNotYetValid { operation: operation.to_owned() });
+            return Err(VaultError::KeyNotYetValid {
+                operation: operation.to_owned(),
+            });
         }
         if let Some(expires) = self.expires
             && now >= expires
         {
-            return Err(VaultError::KeyExpired { operation: operation.to_owned() });
+            return Err(VaultError::KeyExpired {
+                operation: operation.to_owned(),
+            });
         }
         Ok(())
     }
@@ -600,7 +621,10 @@ impl KeyBundle {
 
     /// `{vaultUri}keys/{name}/{version}` (the JWK `kid`, ARM `keyUriWithVersion`).
     pub fn key_uri_with_version(&self) -> String {
-        format!("{}keys/{}/{}", self.vault_uri, self.key.name, self.key.version)
+        format!(
+            "{}keys/{}/{}",
+            self.vault_uri, self.key.name, self.key.version
+        )
     }
 }
 
@@ -618,7 +642,10 @@ pub struct DeletedKey {
 impl DeletedKey {
     /// `{vaultUri}deletedkeys/{name}`.
     pub fn recovery_id(&self) -> String {
-        format!("{}deletedkeys/{}", self.bundle.vault_uri, self.bundle.key.name)
+        format!(
+            "{}deletedkeys/{}",
+            self.bundle.vault_uri, self.bundle.key.name
+        )
     }
 }
 
@@ -661,7 +688,10 @@ mod tests {
         assert!(!acls.admits(loopback, false));
         assert!(acls.admits(loopback, true));
         assert!(acls.admits(Some("192.0.2.9".parse().unwrap()), false));
-        let strict = NetworkAcls { bypass: Bypass::None, ..acls };
+        let strict = NetworkAcls {
+            bypass: Bypass::None,
+            ..acls
+        };
         assert!(!strict.admits(loopback, true));
     }
 

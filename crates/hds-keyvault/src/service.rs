@@ -16,10 +16,12 @@ use sqlx::any::AnyRow;
 use zeroize::{Zeroize, Zeroizing};
 
 use crate::error::VaultError;
-use crate::material::{EncryptionAlgorithm, RsaKeyMaterial, RsaPrivateComponents, SignatureAlgorithm, key_size_for};
+use crate::material::{
+    EncryptionAlgorithm, RsaKeyMaterial, RsaPrivateComponents, SignatureAlgorithm, key_size_for,
+};
 use crate::model::{
-    CreateKeyOptions, DeletedKey, KeyAttributesInput, KeyBundle, KeyOperation, KeyType, KeyUpdate, KeyVersion, Page,
-    Vault, VaultProperties,
+    CreateKeyOptions, DeletedKey, KeyAttributesInput, KeyBundle, KeyOperation, KeyType, KeyUpdate,
+    KeyVersion, Page, Vault, VaultProperties,
 };
 
 /// The database component name of the vault's migrations.
@@ -85,6 +87,20 @@ impl Clock for SystemClock {
     }
 }
 
+/// What to import.
+pub struct ImportKeyOptions {
+    /// RSA, or RSA-HSM (non-extractable from then on).
+    pub key_type: KeyType,
+    /// The private key.
+    pub components: RsaPrivateComponents,
+    /// Permitted operations (default: all).
+    pub key_ops: Option<Vec<KeyOperation>>,
+    /// Attributes.
+    pub attributes: KeyAttributesInput,
+    /// Tags.
+    pub tags: BTreeMap<String, String>,
+}
+
 /// The vault service.
 pub struct KeyVaultService {
     database: Database,
@@ -99,7 +115,10 @@ pub struct KeyVaultService {
 
 impl std::fmt::Debug for KeyVaultService {
     fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        formatter.debug_struct("KeyVaultService").field("config", &self.config).finish_non_exhaustive()
+        formatter
+            .debug_struct("KeyVaultService")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
     }
 }
 
@@ -186,8 +205,8 @@ impl KeyVaultService {
         properties.validate()?;
         let now = self.now();
         let key = name.to_ascii_lowercase();
-        let properties_json =
-            serde_json::to_string(&properties).map_err(|error| VaultError::Internal(error.to_string()))?;
+        let properties_json = serde_json::to_string(&properties)
+            .map_err(|error| VaultError::Internal(error.to_string()))?;
         let mut transaction = self.database.begin_write().await?;
         let existing = sqlx::query("SELECT properties FROM keyvault_vaults WHERE name = $1")
             .bind(&key)
@@ -270,7 +289,10 @@ impl KeyVaultService {
             .bind(&key)
             .execute(&mut *transaction)
             .await?;
-        sqlx::query("DELETE FROM keyvault_keys WHERE vault = $1").bind(&key).execute(&mut *transaction).await?;
+        sqlx::query("DELETE FROM keyvault_keys WHERE vault = $1")
+            .bind(&key)
+            .execute(&mut *transaction)
+            .await?;
         let deleted = sqlx::query("DELETE FROM keyvault_vaults WHERE name = $1")
             .bind(&key)
             .execute(&mut *transaction)
@@ -294,7 +316,10 @@ impl KeyVaultService {
                 }
             }
             VaultAddressing::Domain { domain, port } => match port {
-                Some(port) => format!("https://{}.vault.{domain}:{port}/", name.to_ascii_lowercase()),
+                Some(port) => format!(
+                    "https://{}.vault.{domain}:{port}/",
+                    name.to_ascii_lowercase()
+                ),
                 None => format!("https://{}.vault.{domain}/", name.to_ascii_lowercase()),
             },
         };
@@ -312,15 +337,31 @@ impl KeyVaultService {
     // ----- keys -----
 
     /// Creates a key, or a new version of an existing key (the data plane's `create`).
-    pub async fn create_key(&self, vault: &Vault, name: &str, options: CreateKeyOptions) -> Result<KeyBundle, VaultError> {
+    pub async fn create_key(
+        &self,
+        vault: &Vault,
+        name: &str,
+        options: CreateKeyOptions,
+    ) -> Result<KeyBundle, VaultError> {
         validate_key_name(name)?;
         let (size, _) = key_size_for(options.key_size)?;
         let material = tokio::task::spawn_blocking(move || RsaKeyMaterial::generate(size))
             .await
             .map_err(|error| VaultError::Internal(error.to_string()))??;
-        let key_ops = options.key_ops.unwrap_or_else(|| KeyOperation::ALL_RSA.to_vec());
-        self.store_new_version(vault, name, options.key_type, &material, key_ops, &options.attributes, options.tags, false)
-            .await
+        let key_ops = options
+            .key_ops
+            .unwrap_or_else(|| KeyOperation::ALL_RSA.to_vec());
+        self.store_new_version(
+            vault,
+            name,
+            options.key_type,
+            &material,
+            key_ops,
+            &options.attributes,
+            options.tags,
+            false,
+        )
+        .await
     }
 
     /// ARM PUT on `vaults/keys`: creates the first version when the key is absent, otherwise
@@ -333,7 +374,9 @@ impl KeyVaultService {
     ) -> Result<(KeyBundle, bool), VaultError> {
         match self.get_key(vault, name, None).await {
             Ok(bundle) => Ok((bundle, false)),
-            Err(VaultError::KeyNotFound(_)) => Ok((self.create_key(vault, name, options).await?, true)),
+            Err(VaultError::KeyNotFound(_)) => {
+                Ok((self.create_key(vault, name, options).await?, true))
+            }
             Err(error) => Err(error),
         }
     }
@@ -343,22 +386,30 @@ impl KeyVaultService {
         &self,
         vault: &Vault,
         name: &str,
-        key_type: KeyType,
-        components: RsaPrivateComponents,
-        key_ops: Option<Vec<KeyOperation>>,
-        attributes: KeyAttributesInput,
-        tags: BTreeMap<String, String>,
+        import: ImportKeyOptions,
     ) -> Result<KeyBundle, VaultError> {
         validate_key_name(name)?;
-        let material = RsaKeyMaterial::from_components(&components)?;
+        let material = RsaKeyMaterial::from_components(&import.components)?;
         let bits = material.size_bits();
         if !(2048..=4096).contains(&bits) {
             return Err(VaultError::BadParameter(format!(
                 "imported RSA keys must be 2048 to 4096 bits; this one has {bits}"
             )));
         }
-        let key_ops = key_ops.unwrap_or_else(|| KeyOperation::ALL_RSA.to_vec());
-        self.store_new_version(vault, name, key_type, &material, key_ops, &attributes, tags, false).await
+        let key_ops = import
+            .key_ops
+            .unwrap_or_else(|| KeyOperation::ALL_RSA.to_vec());
+        self.store_new_version(
+            vault,
+            name,
+            import.key_type,
+            &material,
+            key_ops,
+            &import.attributes,
+            import.tags,
+            false,
+        )
+        .await
     }
 
     /// A new version of an existing key with the latest version's type, size, operations and
@@ -400,14 +451,38 @@ impl KeyVaultService {
         let version = uuid::Uuid::new_v4().simple().to_string();
         let now = self.now();
         let pkcs8 = material.to_pkcs8()?;
-        let sealed = self.root_key.seal(KEY_MATERIAL_PURPOSE, sealing_context(&vault_key, &key_name, &version).as_bytes(), &pkcs8);
+        let sealed = self.root_key.seal(
+            KEY_MATERIAL_PURPOSE,
+            sealing_context(&vault_key, &key_name, &version).as_bytes(),
+            &pkcs8,
+        );
         let mut transaction = self.database.begin_write().await?;
         self.purge_expired(&mut transaction, &vault_key).await?;
-        let existing = sqlx::query("SELECT display_name, deleted_date FROM keyvault_keys WHERE vault = $1 AND name = $2")
+        if !must_exist {
+            // Two nodes creating the same new key at once must not fail on the primary key.
+            sqlx::query(
+                "INSERT INTO keyvault_keys (vault, name, display_name) VALUES ($1, $2, $3) \
+                 ON CONFLICT (vault, name) DO NOTHING",
+            )
             .bind(&vault_key)
             .bind(&key_name)
-            .fetch_optional(&mut *transaction)
+            .bind(name)
+            .execute(&mut *transaction)
             .await?;
+        }
+        // On PostgreSQL the key row is locked so concurrent versions get distinct sequences;
+        // SQLite's write transaction already serializes writers.
+        let lock = match self.database.backend() {
+            Backend::Postgres => " FOR UPDATE",
+            Backend::Sqlite => "",
+        };
+        let existing = sqlx::query(&format!(
+            "SELECT display_name, deleted_date FROM keyvault_keys WHERE vault = $1 AND name = $2{lock}"
+        ))
+        .bind(&vault_key)
+        .bind(&key_name)
+        .fetch_optional(&mut *transaction)
+        .await?;
         let display_name = match existing {
             Some(row) => {
                 if row.try_get::<Option<i64>, _>(1)?.is_some() {
@@ -415,16 +490,7 @@ impl KeyVaultService {
                 }
                 row.try_get::<String, _>(0)?
             }
-            None if must_exist => return Err(VaultError::KeyNotFound(name.to_owned())),
-            None => {
-                sqlx::query("INSERT INTO keyvault_keys (vault, name, display_name) VALUES ($1, $2, $3)")
-                    .bind(&vault_key)
-                    .bind(&key_name)
-                    .bind(name)
-                    .execute(&mut *transaction)
-                    .await?;
-                name.to_owned()
-            }
+            None => return Err(VaultError::KeyNotFound(name.to_owned())),
         };
         let sequence: i64 = sqlx::query(
             "SELECT COALESCE(MAX(sequence), 0) + 1 FROM keyvault_key_versions WHERE vault = $1 AND name = $2",
@@ -449,13 +515,26 @@ impl KeyVaultService {
             modulus: material.modulus().to_vec(),
             public_exponent: material.public_exponent().to_vec(),
         };
-        insert_version(&mut transaction, &vault_key, &key_name, sequence, &key, &sealed).await?;
+        insert_version(
+            &mut transaction,
+            &vault_key,
+            &key_name,
+            sequence,
+            &key,
+            &sealed,
+        )
+        .await?;
         transaction.commit().await?;
         Ok(self.bundle(vault, key))
     }
 
     /// A key's latest version (`version` = None) or a given version.
-    pub async fn get_key(&self, vault: &Vault, name: &str, version: Option<&str>) -> Result<KeyBundle, VaultError> {
+    pub async fn get_key(
+        &self,
+        vault: &Vault,
+        name: &str,
+        version: Option<&str>,
+    ) -> Result<KeyBundle, VaultError> {
         let stored = self.load_version(vault, name, version).await?;
         Ok(self.bundle(vault, stored.key))
     }
@@ -467,12 +546,17 @@ impl KeyVaultService {
         max_results: usize,
         continuation: Option<&str>,
     ) -> Result<Page<KeyBundle>, VaultError> {
-        let names = self.page_of_names(vault, false, max_results, continuation).await?;
+        let names = self
+            .page_of_names(vault, false, max_results, continuation)
+            .await?;
         let mut items = Vec::with_capacity(names.items.len());
         for name in &names.items {
             items.push(self.get_key(vault, name, None).await?);
         }
-        Ok(Page { items, continuation: names.continuation })
+        Ok(Page {
+            items,
+            continuation: names.continuation,
+        })
     }
 
     /// The versions of a live key, oldest first, a page at a time.
@@ -505,7 +589,10 @@ impl KeyVaultService {
             items.push(self.bundle(vault, version_from_row(row)?.key));
         }
         let continuation = (rows.len() > limit).then(|| last_sequence.to_string());
-        Ok(Page { items, continuation })
+        Ok(Page {
+            items,
+            continuation,
+        })
     }
 
     /// Changes a version's operations, attributes or tags (latest when `version` is None).
@@ -583,11 +670,19 @@ impl KeyVaultService {
         if !vault.properties.enable_soft_delete {
             self.forget_opened(&format!("{vault_key}/{key_name}/"));
         }
-        Ok(DeletedKey { bundle: self.bundle(vault, latest), deleted_date: now, scheduled_purge_date })
+        Ok(DeletedKey {
+            bundle: self.bundle(vault, latest),
+            deleted_date: now,
+            scheduled_purge_date,
+        })
     }
 
     /// A deleted key.
-    pub async fn get_deleted_key(&self, vault: &Vault, name: &str) -> Result<DeletedKey, VaultError> {
+    pub async fn get_deleted_key(
+        &self,
+        vault: &Vault,
+        name: &str,
+    ) -> Result<DeletedKey, VaultError> {
         let vault_key = vault.name.to_ascii_lowercase();
         let mut transaction = self.database.begin_write().await?;
         self.purge_expired(&mut transaction, &vault_key).await?;
@@ -602,8 +697,15 @@ impl KeyVaultService {
         .ok_or_else(|| VaultError::DeletedKeyNotFound(name.to_owned()))?;
         let deleted_date: i64 = row.try_get::<Option<i64>, _>(0)?.unwrap_or_default();
         let scheduled_purge_date: i64 = row.try_get::<Option<i64>, _>(1)?.unwrap_or(deleted_date);
-        let latest = self.load_version_any_state(vault, name, None, true).await?.key;
-        Ok(DeletedKey { bundle: self.bundle(vault, latest), deleted_date, scheduled_purge_date })
+        let latest = self
+            .load_version_any_state(vault, name, None, true)
+            .await?
+            .key;
+        Ok(DeletedKey {
+            bundle: self.bundle(vault, latest),
+            deleted_date,
+            scheduled_purge_date,
+        })
     }
 
     /// Deleted keys, by name, a page at a time.
@@ -617,16 +719,25 @@ impl KeyVaultService {
         let mut transaction = self.database.begin_write().await?;
         self.purge_expired(&mut transaction, &vault_key).await?;
         transaction.commit().await?;
-        let names = self.page_of_names(vault, true, max_results, continuation).await?;
+        let names = self
+            .page_of_names(vault, true, max_results, continuation)
+            .await?;
         let mut items = Vec::with_capacity(names.items.len());
         for name in &names.items {
             items.push(self.get_deleted_key(vault, name).await?);
         }
-        Ok(Page { items, continuation: names.continuation })
+        Ok(Page {
+            items,
+            continuation: names.continuation,
+        })
     }
 
     /// Brings a deleted key back with all its versions.
-    pub async fn recover_deleted_key(&self, vault: &Vault, name: &str) -> Result<KeyBundle, VaultError> {
+    pub async fn recover_deleted_key(
+        &self,
+        vault: &Vault,
+        name: &str,
+    ) -> Result<KeyBundle, VaultError> {
         self.get_deleted_key(vault, name).await?;
         let mut transaction = self.database.begin_write().await?;
         sqlx::query(
@@ -675,12 +786,21 @@ impl KeyVaultService {
         for row in &rows {
             let sequence: i64 = row.try_get("sequence")?;
             let stored = version_from_row(row)?;
-            let pkcs8 = self.open_sealed(&vault_key, &key_name, &stored.key.version, &stored.sealed_private)?;
+            let pkcs8 = self.open_sealed(
+                &vault_key,
+                &key_name,
+                &stored.key.version,
+                &stored.sealed_private,
+            )?;
             let key = stored.key;
             versions.push(BackupVersion {
                 version: key.version,
                 sequence,
-                key_ops: key.key_ops.iter().map(|operation| operation.as_str().to_owned()).collect(),
+                key_ops: key
+                    .key_ops
+                    .iter()
+                    .map(|operation| operation.as_str().to_owned())
+                    .collect(),
                 enabled: key.enabled,
                 not_before: key.not_before,
                 expires: key.expires,
@@ -697,9 +817,12 @@ impl KeyVaultService {
             versions,
         };
         let plaintext = Zeroizing::new(
-            serde_json::to_vec(&contents).map_err(|error| VaultError::Internal(error.to_string()))?,
+            serde_json::to_vec(&contents)
+                .map_err(|error| VaultError::Internal(error.to_string()))?,
         );
-        Ok(self.root_key.seal(BACKUP_PURPOSE, BACKUP_FORMAT.as_bytes(), &plaintext))
+        Ok(self
+            .root_key
+            .seal(BACKUP_PURPOSE, BACKUP_FORMAT.as_bytes(), &plaintext))
     }
 
     /// Restores a backup made by [`KeyVaultService::backup_key`] in any vault of this hds.
@@ -709,21 +832,25 @@ impl KeyVaultService {
                 "the backup blob is not valid: it must be the unaltered value of a backup made by this hds (backups are sealed to the hds that made them)".into(),
             )
         })?;
-        let contents: BackupContents = serde_json::from_slice(&plaintext)
-            .map_err(|_| VaultError::BadParameter("the backup blob's contents are malformed".into()))?;
+        let contents: BackupContents = serde_json::from_slice(&plaintext).map_err(|_| {
+            VaultError::BadParameter("the backup blob's contents are malformed".into())
+        })?;
         if contents.format != BACKUP_FORMAT {
-            return Err(VaultError::BadParameter("the backup blob has an unknown format".into()));
+            return Err(VaultError::BadParameter(
+                "the backup blob has an unknown format".into(),
+            ));
         }
         let key_type = KeyType::parse(&contents.kty)?;
         let vault_key = vault.name.to_ascii_lowercase();
         let key_name = contents.name.to_ascii_lowercase();
         let mut transaction = self.database.begin_write().await?;
         self.purge_expired(&mut transaction, &vault_key).await?;
-        let existing = sqlx::query("SELECT deleted_date FROM keyvault_keys WHERE vault = $1 AND name = $2")
-            .bind(&vault_key)
-            .bind(&key_name)
-            .fetch_optional(&mut *transaction)
-            .await?;
+        let existing =
+            sqlx::query("SELECT deleted_date FROM keyvault_keys WHERE vault = $1 AND name = $2")
+                .bind(&vault_key)
+                .bind(&key_name)
+                .fetch_optional(&mut *transaction)
+                .await?;
         if let Some(row) = existing {
             if row.try_get::<Option<i64>, _>(0)?.is_some() {
                 return Err(deleted_conflict(&contents.name));
@@ -740,11 +867,10 @@ impl KeyVaultService {
             .execute(&mut *transaction)
             .await?;
         for version in &contents.versions {
-            let pkcs8 = Zeroizing::new(
-                STANDARD
-                    .decode(version.pkcs8.as_bytes())
-                    .map_err(|_| VaultError::BadParameter("the backup blob's contents are malformed".into()))?,
-            );
+            let pkcs8 =
+                Zeroizing::new(STANDARD.decode(version.pkcs8.as_bytes()).map_err(|_| {
+                    VaultError::BadParameter("the backup blob's contents are malformed".into())
+                })?);
             let material = RsaKeyMaterial::from_pkcs8(&pkcs8)?;
             let key_ops = version
                 .key_ops
@@ -771,7 +897,15 @@ impl KeyVaultService {
                 sealing_context(&vault_key, &key_name, &key.version).as_bytes(),
                 &pkcs8,
             );
-            insert_version(&mut transaction, &vault_key, &key_name, version.sequence, &key, &sealed).await?;
+            insert_version(
+                &mut transaction,
+                &vault_key,
+                &key_name,
+                version.sequence,
+                &key,
+                &sealed,
+            )
+            .await?;
         }
         transaction.commit().await?;
         self.get_key(vault, &contents.name, None).await
@@ -791,7 +925,10 @@ impl KeyVaultService {
         value: &[u8],
     ) -> Result<(String, Vec<u8>), VaultError> {
         let (bundle, material) = self.usable_key(vault, name, version, operation).await?;
-        Ok((bundle.key_uri_with_version(), material.encrypt(algorithm, value)?))
+        Ok((
+            bundle.key_uri_with_version(),
+            material.encrypt(algorithm, value)?,
+        ))
     }
 
     /// Decrypts or unwraps with the private key of a version.
@@ -805,7 +942,10 @@ impl KeyVaultService {
         value: &[u8],
     ) -> Result<(String, Zeroizing<Vec<u8>>), VaultError> {
         let (bundle, material) = self.usable_key(vault, name, version, operation).await?;
-        Ok((bundle.key_uri_with_version(), material.decrypt(algorithm, value)?))
+        Ok((
+            bundle.key_uri_with_version(),
+            material.decrypt(algorithm, value)?,
+        ))
     }
 
     /// Signs a digest.
@@ -817,8 +957,13 @@ impl KeyVaultService {
         algorithm: SignatureAlgorithm,
         digest: &[u8],
     ) -> Result<(String, Vec<u8>), VaultError> {
-        let (bundle, material) = self.usable_key(vault, name, version, KeyOperation::Sign).await?;
-        Ok((bundle.key_uri_with_version(), material.sign_digest(algorithm, digest)?))
+        let (bundle, material) = self
+            .usable_key(vault, name, version, KeyOperation::Sign)
+            .await?;
+        Ok((
+            bundle.key_uri_with_version(),
+            material.sign_digest(algorithm, digest)?,
+        ))
     }
 
     /// Verifies a signature over a digest.
@@ -831,7 +976,9 @@ impl KeyVaultService {
         digest: &[u8],
         signature: &[u8],
     ) -> Result<bool, VaultError> {
-        let (_, material) = self.usable_key(vault, name, version, KeyOperation::Verify).await?;
+        let (_, material) = self
+            .usable_key(vault, name, version, KeyOperation::Verify)
+            .await?;
         material.verify_digest(algorithm, digest, signature)
     }
 
@@ -843,18 +990,30 @@ impl KeyVaultService {
         operation: KeyOperation,
     ) -> Result<(KeyBundle, Arc<RsaKeyMaterial>), VaultError> {
         let stored = self.load_version(vault, name, version).await?;
-        if !stored.key.key_ops.contains(&operation) {
-            return Err(VaultError::OperationNotPermitted { operation: operation.as_str().to_owned() });
-        }
         stored.key.usability(operation.as_str(), self.now())?;
+        if !stored.key.key_ops.contains(&operation) {
+            return Err(VaultError::OperationNotPermitted {
+                operation: operation.as_str().to_owned(),
+            });
+        }
         let vault_key = vault.name.to_ascii_lowercase();
         let key_name = name.to_ascii_lowercase();
         let cache_key = sealing_context(&vault_key, &key_name, &stored.key.version);
-        let cached = self.opened_keys.lock().map_err(|_| poisoned())?.get(&cache_key).cloned();
+        let cached = self
+            .opened_keys
+            .lock()
+            .map_err(|_| poisoned())?
+            .get(&cache_key)
+            .cloned();
         let material = match cached {
             Some(material) => material,
             None => {
-                let pkcs8 = self.open_sealed(&vault_key, &key_name, &stored.key.version, &stored.sealed_private)?;
+                let pkcs8 = self.open_sealed(
+                    &vault_key,
+                    &key_name,
+                    &stored.key.version,
+                    &stored.sealed_private,
+                )?;
                 let material = Arc::new(RsaKeyMaterial::from_pkcs8(&pkcs8)?);
                 let mut opened = self.opened_keys.lock().map_err(|_| poisoned())?;
                 if opened.len() >= KEY_CACHE_LIMIT {
@@ -877,7 +1036,11 @@ impl KeyVaultService {
         sealed: &[u8],
     ) -> Result<Zeroizing<Vec<u8>>, VaultError> {
         self.root_key
-            .open(KEY_MATERIAL_PURPOSE, sealing_context(vault_key, key_name, version).as_bytes(), sealed)
+            .open(
+                KEY_MATERIAL_PURPOSE,
+                sealing_context(vault_key, key_name, version).as_bytes(),
+                sealed,
+            )
             .map_err(|_| VaultError::Sealed)
     }
 
@@ -899,8 +1062,14 @@ impl KeyVaultService {
         }
     }
 
-    async fn load_version(&self, vault: &Vault, name: &str, version: Option<&str>) -> Result<StoredVersion, VaultError> {
-        self.load_version_any_state(vault, name, version, false).await
+    async fn load_version(
+        &self,
+        vault: &Vault,
+        name: &str,
+        version: Option<&str>,
+    ) -> Result<StoredVersion, VaultError> {
+        self.load_version_any_state(vault, name, version, false)
+            .await
     }
 
     async fn load_version_any_state(
@@ -910,7 +1079,11 @@ impl KeyVaultService {
         version: Option<&str>,
         deleted: bool,
     ) -> Result<StoredVersion, VaultError> {
-        let state = if deleted { "k.deleted_date IS NOT NULL" } else { "k.deleted_date IS NULL" };
+        let state = if deleted {
+            "k.deleted_date IS NOT NULL"
+        } else {
+            "k.deleted_date IS NULL"
+        };
         let vault_key = vault.name.to_ascii_lowercase();
         let key_name = name.to_ascii_lowercase();
         let not_found = || match version {
@@ -948,7 +1121,11 @@ impl KeyVaultService {
         max_results: usize,
         continuation: Option<&str>,
     ) -> Result<Page<String>, VaultError> {
-        let state = if deleted { "deleted_date IS NOT NULL" } else { "deleted_date IS NULL" };
+        let state = if deleted {
+            "deleted_date IS NOT NULL"
+        } else {
+            "deleted_date IS NULL"
+        };
         let limit = max_results.clamp(1, MAX_PAGE_SIZE);
         let after = continuation.unwrap_or("");
         let rows = sqlx::query(&format!(
@@ -966,11 +1143,18 @@ impl KeyVaultService {
             items.push(row.try_get("display_name")?);
         }
         let continuation = (rows.len() > limit).then_some(last);
-        Ok(Page { items, continuation })
+        Ok(Page {
+            items,
+            continuation,
+        })
     }
 
     /// Purges deleted keys whose retention has ended.
-    async fn purge_expired(&self, transaction: &mut hds_db::WriteTransaction, vault_key: &str) -> Result<(), VaultError> {
+    async fn purge_expired(
+        &self,
+        transaction: &mut hds_db::WriteTransaction,
+        vault_key: &str,
+    ) -> Result<(), VaultError> {
         let expired: Vec<String> = sqlx::query(
             "SELECT name FROM keyvault_keys WHERE vault = $1 AND deleted_date IS NOT NULL AND scheduled_purge_date <= $2",
         )
@@ -1017,11 +1201,15 @@ fn version_from_row(row: &AnyRow) -> Result<StoredVersion, VaultError> {
         expires: row.try_get("expires")?,
         created: row.try_get("created")?,
         updated: row.try_get("updated")?,
-        tags: serde_json::from_str(&tags).map_err(|error| VaultError::Internal(error.to_string()))?,
+        tags: serde_json::from_str(&tags)
+            .map_err(|error| VaultError::Internal(error.to_string()))?,
         modulus: row.try_get("public_n")?,
         public_exponent: row.try_get("public_e")?,
     };
-    Ok(StoredVersion { key, sealed_private: row.try_get("sealed_private")? })
+    Ok(StoredVersion {
+        key,
+        sealed_private: row.try_get("sealed_private")?,
+    })
 }
 
 async fn insert_version(
@@ -1058,7 +1246,11 @@ async fn insert_version(
     Ok(())
 }
 
-async fn remove_key(transaction: &mut hds_db::WriteTransaction, vault_key: &str, key_name: &str) -> Result<(), VaultError> {
+async fn remove_key(
+    transaction: &mut hds_db::WriteTransaction,
+    vault_key: &str,
+    key_name: &str,
+) -> Result<(), VaultError> {
     sqlx::query("DELETE FROM keyvault_key_versions WHERE vault = $1 AND name = $2")
         .bind(vault_key)
         .bind(key_name)
@@ -1079,7 +1271,11 @@ fn sealing_context(vault_key: &str, key_name: &str, version: &str) -> String {
 }
 
 fn key_ops_text(key_ops: &[KeyOperation]) -> String {
-    key_ops.iter().map(|operation| operation.as_str()).collect::<Vec<_>>().join(",")
+    key_ops
+        .iter()
+        .map(|operation| operation.as_str())
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 fn tags_text(tags: &BTreeMap<String, String>) -> Result<String, VaultError> {
@@ -1087,7 +1283,8 @@ fn tags_text(tags: &BTreeMap<String, String>) -> Result<String, VaultError> {
 }
 
 fn parse_properties(text: &str) -> Result<VaultProperties, VaultError> {
-    serde_json::from_str(text).map_err(|error| VaultError::Internal(format!("stored vault properties: {error}")))
+    serde_json::from_str(text)
+        .map_err(|error| VaultError::Internal(format!("stored vault properties: {error}")))
 }
 
 fn deleted_conflict(name: &str) -> VaultError {
@@ -1097,7 +1294,9 @@ fn deleted_conflict(name: &str) -> VaultError {
 }
 
 fn bad_continuation() -> VaultError {
-    VaultError::BadParameter("the $skiptoken is not valid; follow the nextLink exactly as returned".into())
+    VaultError::BadParameter(
+        "the $skiptoken is not valid; follow the nextLink exactly as returned".into(),
+    )
 }
 
 fn poisoned() -> VaultError {
@@ -1106,9 +1305,15 @@ fn poisoned() -> VaultError {
 
 fn validate_tags(tags: &BTreeMap<String, String>) -> Result<(), VaultError> {
     if tags.len() > 15 {
-        return Err(VaultError::BadParameter(format!("a key may have at most 15 tags; got {}", tags.len())));
+        return Err(VaultError::BadParameter(format!(
+            "a key may have at most 15 tags; got {}",
+            tags.len()
+        )));
     }
-    if let Some((name, _)) = tags.iter().find(|(name, value)| name.len() > 512 || value.len() > 512) {
+    if let Some((name, _)) = tags
+        .iter()
+        .find(|(name, value)| name.len() > 512 || value.len() > 512)
+    {
         return Err(VaultError::BadParameter(format!(
             "tag '{}' is too long: names and values are limited to 512 characters",
             name.chars().take(40).collect::<String>()
@@ -1124,7 +1329,9 @@ pub fn validate_vault_name(name: &str) -> Result<(), VaultError> {
     let valid = (3..=24).contains(&bytes.len())
         && bytes[0].is_ascii_alphabetic()
         && bytes[bytes.len() - 1].is_ascii_alphanumeric()
-        && bytes.iter().all(|byte| byte.is_ascii_alphanumeric() || *byte == b'-')
+        && bytes
+            .iter()
+            .all(|byte| byte.is_ascii_alphanumeric() || *byte == b'-')
         && !name.contains("--");
     if valid {
         Ok(())
@@ -1137,7 +1344,11 @@ pub fn validate_vault_name(name: &str) -> Result<(), VaultError> {
 
 /// Key names: 1-127 letters, digits and hyphens.
 pub fn validate_key_name(name: &str) -> Result<(), VaultError> {
-    if (1..=127).contains(&name.len()) && name.bytes().all(|byte| byte.is_ascii_alphanumeric() || byte == b'-') {
+    if (1..=127).contains(&name.len())
+        && name
+            .bytes()
+            .all(|byte| byte.is_ascii_alphanumeric() || byte == b'-')
+    {
         Ok(())
     } else {
         Err(VaultError::BadParameter(format!(
@@ -1151,15 +1362,20 @@ pub fn validate_key_name(name: &str) -> Result<(), VaultError> {
 /// binds it moments later.
 fn allocate_port(address: IpAddr, used: &[i64]) -> Result<u16, VaultError> {
     for _ in 0..32 {
-        let listener = TcpListener::bind((address, 0))
-            .map_err(|error| VaultError::Internal(format!("cannot allocate a vault port: {error}")))?;
+        let listener = TcpListener::bind((address, 0)).map_err(|error| {
+            VaultError::Internal(format!("cannot allocate a vault port: {error}"))
+        })?;
         let port = listener
             .local_addr()
-            .map_err(|error| VaultError::Internal(format!("cannot allocate a vault port: {error}")))?
+            .map_err(|error| {
+                VaultError::Internal(format!("cannot allocate a vault port: {error}"))
+            })?
             .port();
         if !used.contains(&i64::from(port)) {
             return Ok(port);
         }
     }
-    Err(VaultError::Internal("cannot allocate a free vault port".into()))
+    Err(VaultError::Internal(
+        "cannot allocate a free vault port".into(),
+    ))
 }

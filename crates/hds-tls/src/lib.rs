@@ -113,7 +113,10 @@ impl LocalCa {
         params.not_after = now + time::Duration::days(397);
         let leaf_key = KeyPair::generate()?;
         let leaf = params.signed_by(&leaf_key, &self.issuer, &self.issuer_key)?;
-        let chain = vec![leaf.der().clone(), self.issuer.der().clone()];
+        // Only the leaf: clients hold ca.pem itself. The issuer object here is rebuilt at each
+        // start, so it is a different certificate from ca.pem (same name and key), and sending
+        // it would make strict verifiers see an untrusted self-signed certificate in the chain.
+        let chain = vec![leaf.der().clone()];
         let key = rustls::pki_types::PrivateKeyDer::Pkcs8(leaf_key.serialize_der().into());
         // The provider is named, not taken from process state: other crates in the same
         // process may compile in a second rustls provider.

@@ -19,6 +19,11 @@ pub struct Cli {
 pub enum Command {
     /// Start hds: DICOMweb on one main listener, with its state in the data dir.
     Up(UpOptions),
+    /// Check credentials and save them as the profile later commands use.
+    Login(crate::client::account::LoginOptions),
+    /// Tokens for the signed-in principal.
+    #[command(subcommand)]
+    Account(crate::client::account::AccountCommand),
 }
 
 /// Options of `hds up`.

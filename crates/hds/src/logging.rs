@@ -9,7 +9,12 @@ use tracing_subscriber::EnvFilter;
 /// Logs to stderr, filtered by `HDS_LOG` (default `info`).
 pub fn init() {
     let filter = EnvFilter::try_from_env("HDS_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    use std::io::IsTerminal;
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr)
+        .init();
 }
 
 /// The span of one request: method, route template and the names (not values) of the query

@@ -2,6 +2,7 @@
 //! serves them; the other subcommands are clients. No business logic lives here.
 
 mod cli;
+mod client;
 mod logging;
 mod up;
 
@@ -15,5 +16,14 @@ fn main() -> anyhow::Result<()> {
             let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
             runtime.block_on(up::run(options))
         }
+        cli::Command::Login(options) => client_runtime()?.block_on(client::account::login(options)),
+        cli::Command::Account(client::account::AccountCommand::GetAccessToken(options)) => {
+            client_runtime()?.block_on(client::account::get_access_token(options))
+        }
     }
+}
+
+/// Client commands do little concurrent work: one thread is enough.
+fn client_runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread().enable_all().build()
 }

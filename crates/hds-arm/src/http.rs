@@ -1,0 +1,445 @@
+//! The ARM REST surface over axum.
+//!
+//! ARM paths compare case-insensitively (`/subscriptions/s/resourcegroups/rg` and
+//! `/Subscriptions/s/resourceGroups/rg` are the same), which axum's router cannot express, so
+//! one handler, [`handle`], parses every path itself. [`router`] mounts it under the
+//! lowercase prefixes real clients send; a composition root that wants other spellings too
+//! can call [`handle`] from its fallback for paths where [`is_arm_path`] holds.
+//!
+//! # API versions
+//!
+//! Every request needs `api-version`; any well-formed `YYYY-MM-DD` or `YYYY-MM-DD-preview` is
+//! accepted and passed to providers, since the wire shapes modelled here do not change across
+//! the versions clients use. The versions modelled (those of the seed templates and the CLIs
+//! that deploy them) are: `Microsoft.Resources` 2021-04-01 and 2022-09-01 (subscriptions,
+//! resource groups, deployments; `2022-12-01` for subscriptions and tenants),
+//! `Microsoft.KeyVault` 2022-07-01, `Microsoft.ManagedIdentity` 2023-01-31,
+//! `Microsoft.Authorization` 2021-04-01-preview and 2022-04-01, `Microsoft.HealthcareApis`
+//! 2022-05-15 and 2023-06-01-preview.
+
+use axum::Router;
+use axum::body::{Body, to_bytes};
+use axum::extract::{Request, State};
+use axum::response::{IntoResponse, Response};
+use axum::routing::any;
+use http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use serde_json::Value;
+
+use crate::error::ArmError;
+use crate::id::ResourceId;
+use crate::service::{Arm, Outcome};
+
+/// The largest request body accepted (templates with their parameters fit easily).
+const MAX_BODY_BYTES: usize = 4 * 1024 * 1024;
+
+/// The ARM routes: `/subscriptions...` and `/tenants`.
+pub fn router(arm: Arm) -> Router {
+    Router::new()
+        .route("/subscriptions", any(handle))
+        .route("/subscriptions/{*rest}", any(handle))
+        .route("/tenants", any(handle))
+        .with_state(arm)
+}
+
+/// Whether `path` belongs to the control plane, in any letter case.
+pub fn is_arm_path(path: &str) -> bool {
+    let first = path
+        .trim_start_matches('/')
+        .split('/')
+        .next()
+        .unwrap_or_default();
+    first.eq_ignore_ascii_case("subscriptions") || first.eq_ignore_ascii_case("tenants")
+}
+
+/// Serves one control-plane request.
+pub async fn handle(State(arm): State<Arm>, request: Request) -> Response {
+    let (parts, body) = request.into_parts();
+    let result = serve(&arm, &parts.method, &parts.uri, &parts.headers, body).await;
+    let mut response = match result {
+        Ok(response) => response,
+        Err(error) => error.into_response(),
+    };
+    let request_id = uuid::Uuid::new_v4().to_string();
+    if let Ok(value) = HeaderValue::from_str(&request_id) {
+        response.headers_mut().insert("x-ms-request-id", value);
+    }
+    response
+}
+
+/// What a path names.
+#[derive(Debug)]
+enum Route {
+    Tenants,
+    Subscriptions,
+    Subscription(String),
+    ResourceGroups(String),
+    ResourceGroup(ResourceId),
+    GroupResources(ResourceId),
+    MoveResources(ResourceId),
+    OperationStatus {
+        subscription: String,
+        operation: String,
+    },
+    Resource(ResourceId),
+    Collection {
+        parent: ResourceId,
+        resource_type: String,
+    },
+    Action {
+        id: ResourceId,
+        action: String,
+    },
+}
+
+async fn serve(
+    arm: &Arm,
+    method: &Method,
+    uri: &http::Uri,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<Response, ArmError> {
+    let api_version = api_version(uri.query().unwrap_or_default())?;
+    let segments = decode_segments(uri.path())?;
+    let segment_refs: Vec<&str> = segments.iter().map(String::as_str).collect();
+    let route = parse_route(&segment_refs, method)?;
+    let caller = arm.authenticate(headers).await?;
+    let body = read_json_body(body, method).await?;
+    let base_url = base_url(arm, headers);
+    let outcome = match (route, method.clone()) {
+        (Route::Tenants, Method::GET) => {
+            return Ok(json_response(StatusCode::OK, arm.list_tenants()));
+        }
+        (Route::Subscriptions, Method::GET) => {
+            return Ok(json_response(
+                StatusCode::OK,
+                arm.list_subscriptions(&caller).await?,
+            ));
+        }
+        (Route::Subscription(subscription), Method::GET) => {
+            return Ok(json_response(
+                StatusCode::OK,
+                arm.get_subscription(&caller, &subscription).await?,
+            ));
+        }
+        (Route::ResourceGroups(subscription), Method::GET) => {
+            return Ok(json_response(
+                StatusCode::OK,
+                arm.list_resource_groups(&caller, &subscription).await?,
+            ));
+        }
+        (Route::ResourceGroup(id), Method::PUT) => {
+            arm.put_resource_group(&caller, &id, &body).await?
+        }
+        (Route::ResourceGroup(id), Method::PATCH) => {
+            let mut current = arm.get_resource_group(&caller, &id).await?;
+            crate::provider::merge_patch(&mut current, &body);
+            arm.put_resource_group(&caller, &id, &current).await?
+        }
+        (Route::ResourceGroup(id), Method::GET) => {
+            return Ok(json_response(
+                StatusCode::OK,
+                arm.get_resource_group(&caller, &id).await?,
+            ));
+        }
+        (Route::ResourceGroup(id), Method::HEAD) => {
+            let status = match arm.get_resource_group(&caller, &id).await {
+                Ok(_) => StatusCode::NO_CONTENT,
+                Err(error) if error.status() == StatusCode::NOT_FOUND => StatusCode::NOT_FOUND,
+                Err(error) => return Err(error),
+            };
+            return Ok(status.into_response());
+        }
+        (Route::ResourceGroup(id), Method::DELETE) => {
+            arm.delete_resource_group(&caller, &id, &api_version)
+                .await?
+        }
+        (Route::GroupResources(id), Method::GET) => {
+            return Ok(json_response(
+                StatusCode::OK,
+                arm.list_group_resources(&caller, &id).await?,
+            ));
+        }
+        (Route::MoveResources(id), Method::POST) => {
+            arm.move_resources(&caller, &api_version, &id, &body)
+                .await?
+        }
+        (
+            Route::OperationStatus {
+                subscription,
+                operation,
+            },
+            Method::GET,
+        ) => {
+            return Ok(json_response(
+                StatusCode::OK,
+                arm.operation_status(&subscription, &operation).await?,
+            ));
+        }
+        (Route::Resource(id), Method::GET) => {
+            return Ok(json_response(
+                StatusCode::OK,
+                arm.get_resource(&caller, &api_version, &id).await?,
+            ));
+        }
+        (Route::Resource(id), Method::HEAD) => {
+            let status = match arm.get_resource(&caller, &api_version, &id).await {
+                Ok(_) => StatusCode::NO_CONTENT,
+                Err(error) if error.status() == StatusCode::NOT_FOUND => StatusCode::NOT_FOUND,
+                Err(error) => return Err(error),
+            };
+            return Ok(status.into_response());
+        }
+        (Route::Resource(id), Method::PUT) => {
+            arm.put_resource(&caller, &api_version, &id, body).await?
+        }
+        (Route::Resource(id), Method::PATCH) => {
+            arm.patch_resource(&caller, &api_version, &id, body).await?
+        }
+        (Route::Resource(id), Method::DELETE) => {
+            arm.delete_resource(&caller, &api_version, &id).await?
+        }
+        (
+            Route::Collection {
+                parent,
+                resource_type,
+            },
+            Method::GET,
+        ) => {
+            return Ok(json_response(
+                StatusCode::OK,
+                arm.list_resources(&caller, &api_version, &parent, &resource_type)
+                    .await?,
+            ));
+        }
+        (Route::Action { id, action }, Method::POST) => {
+            arm.post_action(&caller, &api_version, &id, &action, body)
+                .await?
+        }
+        _ => return Err(ArmError::method_not_allowed()),
+    };
+    Ok(render(outcome, &base_url, &api_version))
+}
+
+fn parse_route(segments: &[&str], method: &Method) -> Result<Route, ArmError> {
+    let lower: Vec<String> = segments
+        .iter()
+        .map(|segment| segment.to_ascii_lowercase())
+        .collect();
+    let lower: Vec<&str> = lower.iter().map(String::as_str).collect();
+    let route = match lower.as_slice() {
+        ["tenants"] => Route::Tenants,
+        ["subscriptions"] => Route::Subscriptions,
+        ["subscriptions", _] => Route::Subscription(segments[1].to_owned()),
+        ["subscriptions", _, "resourcegroups"] => Route::ResourceGroups(segments[1].to_owned()),
+        ["subscriptions", _, "resourcegroups", _] => {
+            Route::ResourceGroup(ResourceId::resource_group(segments[1], segments[3]))
+        }
+        ["subscriptions", _, "resourcegroups", _, "resources"] => {
+            Route::GroupResources(ResourceId::resource_group(segments[1], segments[3]))
+        }
+        ["subscriptions", _, "resourcegroups", _, "moveresources"] => {
+            Route::MoveResources(ResourceId::resource_group(segments[1], segments[3]))
+        }
+        [
+            "subscriptions",
+            _,
+            "providers",
+            _,
+            "locations",
+            _,
+            "operationstatuses" | "operationresults",
+            _,
+        ] => Route::OperationStatus {
+            subscription: segments[1].to_owned(),
+            operation: segments[7].to_owned(),
+        },
+        _ if lower.contains(&"providers") => match ResourceId::from_segments(segments) {
+            Ok((id, None)) if id.is_resource() => Route::Resource(id),
+            Ok((id, Some(action))) if *method == Method::POST && id.is_resource() => {
+                Route::Action { id, action }
+            }
+            _ => match ResourceId::collection_from_segments(segments) {
+                Ok((parent, resource_type)) => Route::Collection {
+                    parent,
+                    resource_type,
+                },
+                Err(_) => return Err(ArmError::route_not_found()),
+            },
+        },
+        _ => return Err(ArmError::route_not_found()),
+    };
+    Ok(route)
+}
+
+/// The `api-version` query parameter, checked for shape.
+fn api_version(query: &str) -> Result<String, ArmError> {
+    let value = query
+        .split('&')
+        .filter_map(|pair| pair.split_once('='))
+        .find(|(name, _)| name.eq_ignore_ascii_case("api-version"))
+        .map(|(_, value)| percent_decode(value).unwrap_or_default());
+    let Some(value) = value.filter(|value| !value.is_empty()) else {
+        return Err(ArmError::missing_api_version());
+    };
+    if is_well_formed_api_version(&value) {
+        Ok(value)
+    } else {
+        Err(ArmError::invalid_api_version(&value))
+    }
+}
+
+/// `YYYY-MM-DD` or `YYYY-MM-DD-preview`, with a plausible month and day.
+pub(crate) fn is_well_formed_api_version(value: &str) -> bool {
+    let date = value.strip_suffix("-preview").unwrap_or(value);
+    let bytes = date.as_bytes();
+    if bytes.len() != 10 || bytes[4] != b'-' || bytes[7] != b'-' {
+        return false;
+    }
+    let digits = |range: std::ops::Range<usize>| -> Option<u32> {
+        let text = date.get(range)?;
+        if text.bytes().all(|byte| byte.is_ascii_digit()) {
+            text.parse().ok()
+        } else {
+            None
+        }
+    };
+    matches!(
+        (digits(0..4), digits(5..7), digits(8..10)),
+        (Some(year), Some(month), Some(day)) if year >= 2000 && (1..=12).contains(&month) && (1..=31).contains(&day)
+    )
+}
+
+fn decode_segments(path: &str) -> Result<Vec<String>, ArmError> {
+    path.trim_matches('/')
+        .split('/')
+        .filter(|segment| !segment.is_empty())
+        .map(|segment| {
+            percent_decode(segment).ok_or_else(|| {
+                ArmError::new(
+                    StatusCode::BAD_REQUEST,
+                    "InvalidRequestUri",
+                    "The request path is not valid UTF-8.",
+                )
+            })
+        })
+        .collect()
+}
+
+fn percent_decode(text: &str) -> Option<String> {
+    let bytes = text.as_bytes();
+    let mut decoded = Vec::with_capacity(bytes.len());
+    let mut index = 0;
+    while index < bytes.len() {
+        match bytes[index] {
+            b'%' if index + 2 < bytes.len() => {
+                let high = (bytes[index + 1] as char).to_digit(16)?;
+                let low = (bytes[index + 2] as char).to_digit(16)?;
+                decoded.push(u8::try_from(high * 16 + low).ok()?);
+                index += 3;
+            }
+            byte => {
+                decoded.push(byte);
+                index += 1;
+            }
+        }
+    }
+    String::from_utf8(decoded).ok()
+}
+
+async fn read_json_body(body: Body, method: &Method) -> Result<Value, ArmError> {
+    let bytes = to_bytes(body, MAX_BODY_BYTES).await.map_err(|_| {
+        ArmError::invalid_request_content("The request body is too large or could not be read.")
+    })?;
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Ok(if matches!(*method, Method::PUT | Method::PATCH) {
+            Value::Null
+        } else {
+            Value::Object(serde_json::Map::new())
+        });
+    }
+    serde_json::from_slice(&bytes).map_err(|error| {
+        ArmError::invalid_request_content(format!(
+            "The request content was invalid and could not be deserialized: line {}, column {}.",
+            error.line(),
+            error.column()
+        ))
+    })
+}
+
+fn base_url(arm: &Arm, headers: &HeaderMap) -> String {
+    if let Some(base) = &arm.config().public_base_url {
+        return base.trim_end_matches('/').to_owned();
+    }
+    let host = headers
+        .get(header::HOST)
+        .and_then(|value| value.to_str().ok())
+        .unwrap_or("localhost");
+    format!("http://{host}")
+}
+
+fn json_response(status: StatusCode, body: Value) -> Response {
+    (status, axum::Json(body)).into_response()
+}
+
+fn render(outcome: Outcome, base_url: &str, api_version: &str) -> Response {
+    match outcome {
+        Outcome::Done {
+            status,
+            body: Some(body),
+        } => json_response(status, body),
+        Outcome::Done { status, body: None } => status.into_response(),
+        Outcome::Accepted {
+            status,
+            body,
+            operation,
+        } => {
+            let mut response = match body {
+                Some(body) => json_response(status, body),
+                None => status.into_response(),
+            };
+            let url = format!(
+                "{base_url}{}?api-version={api_version}",
+                operation.status_path()
+            );
+            if let Ok(value) = HeaderValue::from_str(&url) {
+                let headers = response.headers_mut();
+                headers.insert("azure-asyncoperation", value.clone());
+                headers.insert(header::LOCATION, value);
+                headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            }
+            response
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn api_versions() {
+        assert!(is_well_formed_api_version("2022-07-01"));
+        assert!(is_well_formed_api_version("2023-06-01-preview"));
+        assert!(!is_well_formed_api_version("2023-13-01"));
+        assert!(!is_well_formed_api_version("2023-06-01-beta"));
+        assert!(!is_well_formed_api_version("20230601"));
+        assert!(!is_well_formed_api_version("2023-6-1"));
+        assert!(
+            matches!(api_version("x=1"), Err(error) if error.code() == "MissingApiVersionParameter")
+        );
+        assert!(
+            matches!(api_version("api-version=latest"), Err(error) if error.code() == "InvalidApiVersionParameter")
+        );
+        assert_eq!(
+            api_version("a=b&API-VERSION=2021-04-01").ok().as_deref(),
+            Some("2021-04-01")
+        );
+    }
+
+    #[test]
+    fn decodes_percent_escapes() {
+        assert_eq!(percent_decode("a%20b%2Fc").as_deref(), Some("a b/c"));
+        assert_eq!(percent_decode("bad%zz"), None);
+        assert_eq!(percent_decode("trailing%2"), Some("trailing%2".to_owned()));
+    }
+}

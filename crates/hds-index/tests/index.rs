@@ -1,0 +1,1095 @@
+//! One suite, run against SQLite and PostgreSQL, each with the readable cipher and with a keyed
+//! one (opaque tokens, sealed values), so that matching is shown never to need plaintext.
+
+use std::sync::Arc;
+
+use dicom_core::Tag;
+use hds_db::testing::PostgresCluster;
+use hds_dicom::normalize::{fuzzy_query_words, name_words, normalize_person_name};
+use hds_dicom::{
+    ByteRange, FrameMap, ParsedInstance, QueryLevel, SearchKind, SearchTerm, SearchValue,
+    SearchableAttribute,
+};
+use hds_index::{
+    DeleteScope, Filter, Index, IndexCipher, IndexError, Matcher, NewInstance,
+    PlaintextIndexCipher, RowBinding, SearchQuery, StoreOutcome,
+};
+use serde_json::{Map, Value, json};
+
+const SERVICE: &str = "default/dicom";
+
+static STUDY_INSTANCE_UID: SearchableAttribute = attribute(
+    0x0020,
+    0x000D,
+    "StudyInstanceUID",
+    QueryLevel::Study,
+    SearchKind::Exact,
+);
+static PATIENT_NAME: SearchableAttribute = attribute(
+    0x0010,
+    0x0010,
+    "PatientName",
+    QueryLevel::Study,
+    SearchKind::PersonName,
+);
+static PATIENT_ID: SearchableAttribute = attribute(
+    0x0010,
+    0x0020,
+    "PatientID",
+    QueryLevel::Study,
+    SearchKind::Exact,
+);
+static STUDY_DATE: SearchableAttribute = attribute(
+    0x0008,
+    0x0020,
+    "StudyDate",
+    QueryLevel::Study,
+    SearchKind::Date,
+);
+static MODALITIES_IN_STUDY: SearchableAttribute = attribute(
+    0x0008,
+    0x0061,
+    "ModalitiesInStudy",
+    QueryLevel::Study,
+    SearchKind::Exact,
+);
+static SERIES_INSTANCE_UID: SearchableAttribute = attribute(
+    0x0020,
+    0x000E,
+    "SeriesInstanceUID",
+    QueryLevel::Series,
+    SearchKind::Exact,
+);
+static MODALITY: SearchableAttribute = attribute(
+    0x0008,
+    0x0060,
+    "Modality",
+    QueryLevel::Series,
+    SearchKind::Exact,
+);
+static SOP_INSTANCE_UID: SearchableAttribute = attribute(
+    0x0008,
+    0x0018,
+    "SOPInstanceUID",
+    QueryLevel::Instance,
+    SearchKind::Exact,
+);
+
+const fn attribute(
+    group: u16,
+    element: u16,
+    keyword: &'static str,
+    level: QueryLevel,
+    kind: SearchKind,
+) -> SearchableAttribute {
+    SearchableAttribute {
+        tag: Tag(group, element),
+        keyword,
+        level,
+        kind,
+    }
+}
+
+/// The values of one synthetic instance.
+#[derive(Clone)]
+struct Spec {
+    study: String,
+    series: String,
+    sop: String,
+    patient_name: String,
+    patient_id: String,
+    study_date: u32,
+    modality: String,
+}
+
+impl Spec {
+    fn new(study: usize, series: usize, sop: usize) -> Spec {
+        Spec {
+            study: format!("1.2.826.0.1.3680043.10.1.{study}"),
+            series: format!("1.2.826.0.1.3680043.10.1.{study}.{series}"),
+            sop: format!("1.2.826.0.1.3680043.10.1.{study}.{series}.{sop}"),
+            patient_name: "Doe^Jane".to_owned(),
+            patient_id: format!("MRN{study:04}"),
+            study_date: 2020_0101,
+            modality: "CT".to_owned(),
+        }
+    }
+
+    fn parsed(&self) -> ParsedInstance {
+        let string = |vr: &str, value: &str| json!({"vr": vr, "Value": [value]});
+        let mut study_attributes = Map::new();
+        study_attributes.insert("0020000D".into(), string("UI", &self.study));
+        study_attributes.insert(
+            "00100010".into(),
+            json!({"vr": "PN", "Value": [{"Alphabetic": self.patient_name}]}),
+        );
+        study_attributes.insert("00100020".into(), string("LO", &self.patient_id));
+        study_attributes.insert(
+            "00080020".into(),
+            string("DA", &format!("{:08}", self.study_date)),
+        );
+        let mut series_attributes = Map::new();
+        series_attributes.insert("0020000E".into(), string("UI", &self.series));
+        series_attributes.insert("00080060".into(), string("CS", &self.modality));
+        let mut instance_attributes = Map::new();
+        instance_attributes.insert("00080018".into(), string("UI", &self.sop));
+        let mut metadata = study_attributes.clone();
+        metadata.extend(series_attributes.clone());
+        metadata.extend(instance_attributes.clone());
+        let search_terms = vec![
+            term(&STUDY_INSTANCE_UID, SearchValue::Exact(self.study.clone())),
+            term(
+                &PATIENT_NAME,
+                SearchValue::PersonName {
+                    exact: normalize_person_name(&self.patient_name),
+                    words: name_words(&self.patient_name),
+                },
+            ),
+            term(&PATIENT_ID, SearchValue::Exact(self.patient_id.clone())),
+            term(&STUDY_DATE, SearchValue::Date(self.study_date)),
+            term(
+                &MODALITIES_IN_STUDY,
+                SearchValue::Exact(self.modality.clone()),
+            ),
+            term(
+                &SERIES_INSTANCE_UID,
+                SearchValue::Exact(self.series.clone()),
+            ),
+            term(&MODALITY, SearchValue::Exact(self.modality.clone())),
+            term(&SOP_INSTANCE_UID, SearchValue::Exact(self.sop.clone())),
+        ];
+        ParsedInstance {
+            study_instance_uid: self.study.clone(),
+            series_instance_uid: self.series.clone(),
+            sop_instance_uid: self.sop.clone(),
+            sop_class_uid: "1.2.840.10008.5.1.4.1.1.2".to_owned(),
+            transfer_syntax_uid: "1.2.840.10008.1.2.1".to_owned(),
+            study_attributes,
+            series_attributes,
+            instance_attributes,
+            metadata: Value::Object(metadata),
+            search_terms,
+            frames: Some(FrameMap {
+                frames: vec![vec![ByteRange {
+                    offset: 1024,
+                    length: 512,
+                }]],
+                encapsulated: false,
+            }),
+        }
+    }
+}
+
+fn term(attribute: &'static SearchableAttribute, value: SearchValue) -> SearchTerm {
+    SearchTerm { attribute, value }
+}
+
+async fn store(index: &Index, spec: &Spec, blob_name: &str) -> StoreOutcome {
+    let parsed = spec.parsed();
+    index
+        .store_instance(NewInstance {
+            service: SERVICE,
+            parsed: &parsed,
+            blob_name,
+            size: 4096,
+        })
+        .await
+        .expect("store")
+}
+
+fn query(level: QueryLevel, filters: Vec<Filter>) -> SearchQuery<'static> {
+    SearchQuery {
+        service: SERVICE,
+        level,
+        study_instance_uid: None,
+        series_instance_uid: None,
+        filters,
+        limit: 1000,
+        offset: 0,
+    }
+}
+
+fn filter(attribute: &'static SearchableAttribute, matcher: Matcher) -> Filter {
+    Filter { attribute, matcher }
+}
+
+fn text(attributes: &Map<String, Value>, tag: &str) -> String {
+    match attributes
+        .get(tag)
+        .and_then(|element| element.get("Value"))
+        .and_then(|value| value.get(0))
+    {
+        Some(Value::String(value)) => value.clone(),
+        Some(Value::Object(name)) => name
+            .get("Alphabetic")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_owned(),
+        _ => String::new(),
+    }
+}
+
+/// The StudyInstanceUIDs a study-level search returns, in order.
+async fn study_uids(index: &Index, filters: Vec<Filter>) -> Vec<String> {
+    let hits = index
+        .search(&query(QueryLevel::Study, filters))
+        .await
+        .expect("search");
+    hits.iter()
+        .map(|hit| text(&hit.attributes, "0020000D"))
+        .collect()
+}
+
+async fn store_then_find_and_metadata(index: Index) {
+    let first = Spec::new(1, 1, 1);
+    let second = Spec::new(1, 2, 1);
+    let third = Spec::new(1, 1, 2);
+    assert_eq!(store(&index, &first, "blob-a").await, StoreOutcome::Stored);
+    assert_eq!(store(&index, &second, "blob-b").await, StoreOutcome::Stored);
+    assert_eq!(store(&index, &third, "blob-c").await, StoreOutcome::Stored);
+
+    let records = index
+        .find_instances(SERVICE, DeleteScope::Study(&first.study))
+        .await
+        .expect("find");
+    let blobs: Vec<&str> = records
+        .iter()
+        .map(|record| record.blob_name.as_str())
+        .collect();
+    assert_eq!(
+        blobs,
+        ["blob-a", "blob-c", "blob-b"],
+        "series by series, in store order"
+    );
+    let record = &records[0];
+    assert_eq!(record.study_instance_uid, first.study);
+    assert_eq!(record.series_instance_uid, first.series);
+    assert_eq!(record.sop_instance_uid, first.sop);
+    assert_eq!(record.transfer_syntax_uid, "1.2.840.10008.1.2.1");
+    assert_eq!(record.size, 4096);
+    assert_eq!(record.frames, first.parsed().frames);
+
+    let series = index
+        .find_instances(SERVICE, DeleteScope::Series(&first.study, &second.series))
+        .await
+        .expect("find");
+    assert_eq!(series.len(), 1);
+    assert_eq!(series[0].sop_instance_uid, second.sop);
+    let one = index
+        .find_instances(
+            SERVICE,
+            DeleteScope::Instance(&third.study, &third.series, &third.sop),
+        )
+        .await
+        .expect("find");
+    assert_eq!(one.len(), 1);
+    assert_eq!(one[0].blob_name, "blob-c");
+    // Wrong parent, unknown UIDs and other services find nothing.
+    let wrong_series = DeleteScope::Instance(&third.study, &second.series, &third.sop);
+    assert!(
+        index
+            .find_instances(SERVICE, wrong_series)
+            .await
+            .expect("find")
+            .is_empty()
+    );
+    assert!(
+        index
+            .find_instances(SERVICE, DeleteScope::Study("1.2.3"))
+            .await
+            .expect("find")
+            .is_empty()
+    );
+    assert!(
+        index
+            .find_instances("other/dicom", DeleteScope::Study(&first.study))
+            .await
+            .expect("find")
+            .is_empty()
+    );
+
+    let metadata = index
+        .find_metadata(SERVICE, DeleteScope::Study(&first.study))
+        .await
+        .expect("metadata");
+    let sops: Vec<String> = metadata
+        .iter()
+        .map(|document| text(document.as_object().expect("object"), "00080018"))
+        .collect();
+    assert_eq!(
+        sops,
+        [first.sop.clone(), third.sop.clone(), second.sop.clone()]
+    );
+    assert_eq!(metadata[0], first.parsed().metadata);
+}
+
+async fn duplicates_are_reported_not_stored(index: Index) {
+    let spec = Spec::new(2, 1, 1);
+    assert_eq!(store(&index, &spec, "first").await, StoreOutcome::Stored);
+    let mut changed = spec.clone();
+    changed.patient_id = "CHANGED".into();
+    assert_eq!(
+        store(&index, &changed, "second").await,
+        StoreOutcome::AlreadyExists
+    );
+    let records = index
+        .find_instances(SERVICE, DeleteScope::Study(&spec.study))
+        .await
+        .expect("find");
+    assert_eq!(records.len(), 1);
+    assert_eq!(records[0].blob_name, "first");
+    // The refused store changed nothing, not even the study's attributes or tokens.
+    assert!(
+        study_uids(
+            &index,
+            vec![filter(&PATIENT_ID, Matcher::Exact("CHANGED".into()))]
+        )
+        .await
+        .is_empty()
+    );
+    assert_eq!(
+        study_uids(
+            &index,
+            vec![filter(&PATIENT_ID, Matcher::Exact(spec.patient_id.clone()))]
+        )
+        .await,
+        [spec.study.as_str()]
+    );
+    // The same SOPInstanceUID in another service is another instance.
+    let parsed = spec.parsed();
+    let outcome = index
+        .store_instance(NewInstance {
+            service: "other/dicom",
+            parsed: &parsed,
+            blob_name: "elsewhere",
+            size: 1,
+        })
+        .await
+        .expect("store");
+    assert_eq!(outcome, StoreOutcome::Stored);
+}
+
+async fn concurrent_duplicates_store_exactly_once(index: Index) {
+    let spec = Spec::new(3, 1, 1);
+    let mut tasks = Vec::new();
+    for task in 0..8 {
+        let index = index.clone();
+        let spec = spec.clone();
+        tasks.push(tokio::spawn(async move {
+            let blob_name = format!("blob-{task}");
+            (store(&index, &spec, &blob_name).await, blob_name)
+        }));
+    }
+    let mut stored = Vec::new();
+    for task in tasks {
+        let (outcome, blob_name) = task.await.expect("task");
+        if outcome == StoreOutcome::Stored {
+            stored.push(blob_name);
+        }
+    }
+    assert_eq!(stored.len(), 1, "exactly one store wins");
+    let records = index
+        .find_instances(SERVICE, DeleteScope::Study(&spec.study))
+        .await
+        .expect("find");
+    assert_eq!(records.len(), 1);
+    assert_eq!(records[0].blob_name, stored[0]);
+
+    // Concurrent stores of different instances of one study all land.
+    let mut tasks = Vec::new();
+    for sop in 0..8 {
+        let index = index.clone();
+        let spec = Spec::new(4, sop % 2, sop);
+        tasks.push(tokio::spawn(async move {
+            store(&index, &spec, &format!("blob-{sop}")).await
+        }));
+    }
+    for task in tasks {
+        assert_eq!(task.await.expect("task"), StoreOutcome::Stored);
+    }
+    let hits = index
+        .search(&query(
+            QueryLevel::Study,
+            vec![filter(&PATIENT_ID, Matcher::Exact("MRN0004".into()))],
+        ))
+        .await
+        .expect("search");
+    assert_eq!(hits.len(), 1);
+    assert_eq!(hits[0].number_of_related_series, Some(2));
+    assert_eq!(hits[0].number_of_related_instances, Some(8));
+}
+
+async fn exact_and_fuzzy_name_search(index: Index) {
+    let names = [
+        "García^José María",
+        "Müller^Hans=ミュラー^ハンス",
+        "Doe^Jane",
+        "DOE^JOHN",
+    ];
+    let mut specs = Vec::new();
+    for (number, name) in names.iter().enumerate() {
+        let mut spec = Spec::new(10 + number, 1, 1);
+        spec.patient_name = (*name).to_owned();
+        store(&index, &spec, "blob").await;
+        specs.push(spec);
+    }
+    let fuzzy = |query: &str| filter(&PATIENT_NAME, Matcher::FuzzyName(fuzzy_query_words(query)));
+    assert_eq!(
+        study_uids(&index, vec![fuzzy("jose")]).await,
+        [specs[0].study.as_str()]
+    );
+    assert_eq!(
+        study_uids(&index, vec![fuzzy("JOSÉ")]).await,
+        [specs[0].study.as_str()]
+    );
+    assert_eq!(
+        study_uids(&index, vec![fuzzy("mar^garc")]).await,
+        [specs[0].study.as_str()]
+    );
+    assert!(
+        study_uids(&index, vec![fuzzy("maria^x")]).await.is_empty(),
+        "every word must match"
+    );
+    assert!(
+        study_uids(&index, vec![fuzzy("arc")]).await.is_empty(),
+        "prefixes only"
+    );
+    assert_eq!(
+        study_uids(&index, vec![fuzzy("muller")]).await,
+        [specs[1].study.as_str()]
+    );
+    assert_eq!(
+        study_uids(&index, vec![fuzzy("ミュ")]).await,
+        [specs[1].study.as_str()]
+    );
+    assert_eq!(
+        study_uids(&index, vec![fuzzy("doe")]).await,
+        [specs[2].study.clone(), specs[3].study.clone()]
+    );
+    assert_eq!(
+        study_uids(&index, vec![fuzzy("d^j")]).await,
+        [specs[2].study.clone(), specs[3].study.clone()]
+    );
+    assert_eq!(
+        study_uids(&index, vec![fuzzy("john")]).await,
+        [specs[3].study.as_str()]
+    );
+
+    // Exact matching keeps case and accents.
+    let exact = |value: &str| filter(&PATIENT_NAME, Matcher::Exact(normalize_person_name(value)));
+    assert_eq!(
+        study_uids(&index, vec![exact("Doe^Jane")]).await,
+        [specs[2].study.as_str()]
+    );
+    assert_eq!(
+        study_uids(&index, vec![exact("Doe^Jane^^")]).await,
+        [specs[2].study.as_str()]
+    );
+    assert!(study_uids(&index, vec![exact("doe^jane")]).await.is_empty());
+    assert!(study_uids(&index, vec![exact("Doe")]).await.is_empty());
+    // Filters combine with AND.
+    let both = vec![
+        fuzzy("doe"),
+        filter(&PATIENT_ID, Matcher::Exact(specs[3].patient_id.clone())),
+    ];
+    assert_eq!(study_uids(&index, both).await, [specs[3].study.as_str()]);
+    // UIDs are matched through their tokens.
+    let by_uid = vec![filter(
+        &STUDY_INSTANCE_UID,
+        Matcher::Exact(specs[1].study.clone()),
+    )];
+    assert_eq!(study_uids(&index, by_uid).await, [specs[1].study.as_str()]);
+}
+
+/// A small deterministic generator (xorshift), so failures reproduce.
+struct Random(u64);
+
+impl Random {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    fn below(&mut self, bound: u32) -> u32 {
+        u32::try_from(self.next() % u64::from(bound)).expect("below a u32 bound")
+    }
+
+    fn date(&mut self) -> u32 {
+        let year = 1890 + self.below(150);
+        let month = 1 + self.below(12);
+        let days = match month {
+            2 if year.is_multiple_of(4)
+                && (!year.is_multiple_of(100) || year.is_multiple_of(400)) =>
+            {
+                29
+            }
+            2 => 28,
+            4 | 6 | 9 | 11 => 30,
+            _ => 31,
+        };
+        year * 1_0000 + month * 100 + 1 + self.below(days)
+    }
+}
+
+async fn date_ranges_match_brute_force(index: Index) {
+    let mut random = Random(0x9e37_79b9_7f4a_7c15);
+    // Dates on the edges of months, years, decades and centuries, and random ones.
+    let mut dates = vec![
+        1899_1231, 1900_0101, 1989_1231, 1990_0101, 1999_1231, 2000_0101, 2000_0229, 2000_0301,
+        2019_1231, 2020_0101, 2020_0131, 2020_0201, 2024_0229,
+    ];
+    while dates.len() < 60 {
+        dates.push(random.date());
+    }
+    let mut studies = Vec::new();
+    for (number, date) in dates.iter().enumerate() {
+        let mut spec = Spec::new(100 + number, 1, 1);
+        spec.study_date = *date;
+        store(&index, &spec, "blob").await;
+        studies.push((spec.study.clone(), *date));
+    }
+    let mut ranges: Vec<(Option<u32>, Option<u32>)> = vec![
+        (Some(1900_0101), Some(1999_1231)),
+        (Some(1899_1231), Some(1900_0101)),
+        (Some(1990_0101), None),
+        (None, Some(1989_1231)),
+        (Some(2000_0229), Some(2000_0229)),
+        (Some(2000_0201), Some(2000_0228)),
+        (Some(2019_1215), Some(2020_0115)),
+        (Some(1995_0610), Some(2020_0131)),
+        (Some(2020_0201), Some(2020_0101)),
+        (None, None),
+    ];
+    for _ in 0..40 {
+        let (a, b) = (random.date(), random.date());
+        ranges.push((Some(a.min(b)), Some(a.max(b))));
+        ranges.push((Some(random.date()), None));
+        ranges.push((None, Some(random.date())));
+    }
+    for (from, to) in ranges {
+        let expected: Vec<String> = studies
+            .iter()
+            .filter(|(_, date)| {
+                from.is_none_or(|from| *date >= from) && to.is_none_or(|to| *date <= to)
+            })
+            .map(|(uid, _)| uid.clone())
+            .collect();
+        let found = study_uids(
+            &index,
+            vec![filter(&STUDY_DATE, Matcher::DateRange(from, to))],
+        )
+        .await;
+        assert_eq!(found, expected, "range {from:?}-{to:?}");
+    }
+    // A single date as an exact match.
+    let exact = study_uids(
+        &index,
+        vec![filter(&STUDY_DATE, Matcher::Exact("20000229".into()))],
+    )
+    .await;
+    let expected: Vec<String> = studies
+        .iter()
+        .filter(|(_, date)| *date == 2000_0229)
+        .map(|(uid, _)| uid.clone())
+        .collect();
+    assert_eq!(exact, expected);
+}
+
+async fn limit_and_offset_page_exactly(index: Index) {
+    let mut all = Vec::new();
+    for number in 0..25 {
+        let mut spec = Spec::new(200 + number, 1, 1);
+        spec.patient_name = if number % 2 == 0 {
+            "Even^Pat".into()
+        } else {
+            "Odd^Pat".into()
+        };
+        store(&index, &spec, "blob").await;
+        all.push(spec.study.clone());
+    }
+    let mut paged = Vec::new();
+    let mut sizes = Vec::new();
+    for page in 0..4 {
+        let mut page_query = query(QueryLevel::Study, Vec::new());
+        page_query.limit = 10;
+        page_query.offset = page * 10;
+        let hits = index.search(&page_query).await.expect("search");
+        sizes.push(hits.len());
+        paged.extend(hits.iter().map(|hit| text(&hit.attributes, "0020000D")));
+    }
+    assert_eq!(sizes, [10, 10, 5, 0]);
+    assert_eq!(paged, all);
+    // Pages of a filtered search are pages of the matches.
+    let mut filtered = query(
+        QueryLevel::Study,
+        vec![filter(
+            &PATIENT_NAME,
+            Matcher::FuzzyName(vec!["even".into()]),
+        )],
+    );
+    filtered.limit = 3;
+    filtered.offset = 2;
+    let hits = index.search(&filtered).await.expect("search");
+    let uids: Vec<String> = hits
+        .iter()
+        .map(|hit| text(&hit.attributes, "0020000D"))
+        .collect();
+    assert_eq!(uids, [all[4].clone(), all[6].clone(), all[8].clone()]);
+}
+
+async fn counts_levels_and_parent_filters(index: Index) {
+    let mut ct_first = Spec::new(300, 1, 1);
+    ct_first.patient_name = "Parent^Filter".into();
+    let ct_second = Spec {
+        sop: format!("{}.2", ct_first.series),
+        ..ct_first.clone()
+    };
+    let mut mr = Spec::new(300, 2, 1);
+    mr.patient_name = ct_first.patient_name.clone();
+    mr.modality = "MR".into();
+    let other = Spec::new(301, 1, 1);
+    for (spec, blob) in [
+        (&ct_first, "a"),
+        (&ct_second, "b"),
+        (&mr, "c"),
+        (&other, "d"),
+    ] {
+        assert_eq!(store(&index, spec, blob).await, StoreOutcome::Stored);
+    }
+    let by_name = || filter(&PATIENT_NAME, Matcher::FuzzyName(vec!["parent".into()]));
+    let hits = index
+        .search(&query(QueryLevel::Study, vec![by_name()]))
+        .await
+        .expect("search");
+    assert_eq!(hits.len(), 1);
+    assert_eq!(hits[0].number_of_related_series, Some(2));
+    assert_eq!(hits[0].number_of_related_instances, Some(3));
+    assert_eq!(hits[0].modalities_in_study, ["CT", "MR"]);
+    assert_eq!(text(&hits[0].attributes, "00100020"), ct_first.patient_id);
+
+    // ModalitiesInStudy matches any series of the study.
+    let modality = |value: &str| filter(&MODALITIES_IN_STUDY, Matcher::Exact(value.into()));
+    assert_eq!(
+        study_uids(&index, vec![modality("MR")]).await,
+        [ct_first.study.as_str()]
+    );
+    assert_eq!(
+        study_uids(&index, vec![modality("CT")]).await,
+        [ct_first.study.clone(), other.study.clone()]
+    );
+    assert!(study_uids(&index, vec![modality("US")]).await.is_empty());
+
+    // Series level: a study attribute filters by the parent, attributes include the study's.
+    let hits = index
+        .search(&query(QueryLevel::Series, vec![by_name()]))
+        .await
+        .expect("search");
+    assert_eq!(hits.len(), 2);
+    assert_eq!(text(&hits[0].attributes, "0020000E"), ct_first.series);
+    assert_eq!(text(&hits[0].attributes, "00100010"), "Parent^Filter");
+    assert_eq!(hits[0].number_of_related_instances, Some(2));
+    assert_eq!(hits[1].number_of_related_instances, Some(1));
+    assert_eq!(hits[0].number_of_related_series, None);
+    let series_modality = vec![by_name(), filter(&MODALITY, Matcher::Exact("MR".into()))];
+    let hits = index
+        .search(&query(QueryLevel::Series, series_modality))
+        .await
+        .expect("search");
+    assert_eq!(hits.len(), 1);
+    assert_eq!(text(&hits[0].attributes, "0020000E"), mr.series);
+
+    // Instance level, under a study and a series.
+    let mut instances = query(QueryLevel::Instance, Vec::new());
+    instances.study_instance_uid = Some(&ct_first.study);
+    let hits = index.search(&instances).await.expect("search");
+    let sops: Vec<String> = hits
+        .iter()
+        .map(|hit| text(&hit.attributes, "00080018"))
+        .collect();
+    assert_eq!(
+        sops,
+        [ct_first.sop.clone(), ct_second.sop.clone(), mr.sop.clone()]
+    );
+    assert_eq!(text(&hits[2].attributes, "00080060"), "MR");
+    assert_eq!(text(&hits[2].attributes, "00100010"), "Parent^Filter");
+    instances.series_instance_uid = Some(&ct_first.series);
+    let hits = index.search(&instances).await.expect("search");
+    assert_eq!(hits.len(), 2);
+    let by_sop = vec![filter(
+        &SOP_INSTANCE_UID,
+        Matcher::Exact(ct_second.sop.clone()),
+    )];
+    let hits = index
+        .search(&query(QueryLevel::Instance, by_sop))
+        .await
+        .expect("search");
+    assert_eq!(hits.len(), 1);
+    assert_eq!(text(&hits[0].attributes, "00080018"), ct_second.sop);
+    // A series search restricted to another study finds nothing.
+    let mut elsewhere = query(QueryLevel::Series, vec![by_name()]);
+    elsewhere.study_instance_uid = Some(&other.study);
+    assert!(index.search(&elsewhere).await.expect("search").is_empty());
+    // Another service sees nothing.
+    let mut other_service = query(QueryLevel::Study, Vec::new());
+    other_service.service = "other/dicom";
+    assert!(
+        index
+            .search(&other_service)
+            .await
+            .expect("search")
+            .is_empty()
+    );
+
+    // The study's attributes follow the instance stored last.
+    let mut renamed = Spec::new(300, 2, 9);
+    renamed.patient_name = "Renamed^Later".into();
+    renamed.modality = "MR".into();
+    store(&index, &renamed, "e").await;
+    assert!(study_uids(&index, vec![by_name()]).await.is_empty());
+    let renamed_hits = study_uids(
+        &index,
+        vec![filter(
+            &PATIENT_NAME,
+            Matcher::FuzzyName(vec!["renamed".into()]),
+        )],
+    )
+    .await;
+    assert_eq!(renamed_hits, [ct_first.study.as_str()]);
+}
+
+async fn row_count(index: &Index, table: &str) -> i64 {
+    use sqlx::Row;
+    sqlx::query(&format!("SELECT COUNT(*) FROM {table}"))
+        .fetch_one(index.database().pool())
+        .await
+        .expect("count")
+        .get(0)
+}
+
+async fn delete_cascades_to_empty_parents(index: Index) {
+    let a = Spec::new(400, 1, 1);
+    let b = Spec::new(400, 1, 2);
+    let c = Spec::new(400, 2, 1);
+    let keep = Spec::new(401, 1, 1);
+    for (spec, blob) in [(&a, "a"), (&b, "b"), (&c, "c"), (&keep, "keep")] {
+        store(&index, spec, blob).await;
+    }
+    let deleted = index
+        .delete(SERVICE, DeleteScope::Instance(&a.study, &a.series, &a.sop))
+        .await
+        .expect("delete");
+    assert_eq!(deleted, ["a"]);
+    assert!(
+        index
+            .delete(SERVICE, DeleteScope::Instance(&a.study, &a.series, &a.sop))
+            .await
+            .expect("again")
+            .is_empty()
+    );
+    fn series_of(study: &str) -> SearchQuery<'_> {
+        let mut series = query(QueryLevel::Series, Vec::new());
+        series.study_instance_uid = Some(study);
+        series
+    }
+    assert_eq!(
+        index
+            .search(&series_of(&a.study))
+            .await
+            .expect("search")
+            .len(),
+        2,
+        "series a still has b"
+    );
+
+    let deleted = index
+        .delete(SERVICE, DeleteScope::Series(&c.study, &c.series))
+        .await
+        .expect("delete");
+    assert_eq!(deleted, ["c"]);
+    let remaining = index.search(&series_of(&a.study)).await.expect("search");
+    assert_eq!(remaining.len(), 1);
+    assert_eq!(remaining[0].number_of_related_instances, Some(1));
+
+    // An instance can come back after it was deleted.
+    assert_eq!(store(&index, &a, "a2").await, StoreOutcome::Stored);
+    let mut deleted = index
+        .delete(SERVICE, DeleteScope::Study(&a.study))
+        .await
+        .expect("delete");
+    deleted.sort();
+    assert_eq!(deleted, ["a2", "b"]);
+    assert_eq!(study_uids(&index, Vec::new()).await, [keep.study.as_str()]);
+    assert!(
+        index
+            .delete(SERVICE, DeleteScope::Study(&a.study))
+            .await
+            .expect("again")
+            .is_empty()
+    );
+    assert!(
+        index
+            .delete("other/dicom", DeleteScope::Study(&keep.study))
+            .await
+            .expect("other service")
+            .is_empty()
+    );
+
+    // Only the kept study's rows and tokens are left.
+    assert_eq!(row_count(&index, "dicom_studies").await, 1);
+    assert_eq!(row_count(&index, "dicom_series").await, 1);
+    assert_eq!(row_count(&index, "dicom_instances").await, 1);
+    let deleted_tokens = index
+        .search(&query(
+            QueryLevel::Study,
+            vec![filter(&PATIENT_ID, Matcher::Exact(a.patient_id.clone()))],
+        ))
+        .await
+        .expect("search");
+    assert!(deleted_tokens.is_empty());
+    use sqlx::Row;
+    let orphans: i64 = sqlx::query(
+        "SELECT COUNT(*) FROM dicom_study_tokens t WHERE NOT EXISTS (SELECT 1 FROM dicom_studies s WHERE s.id = t.study_id)",
+    )
+    .fetch_one(index.database().pool())
+    .await
+    .expect("orphans")
+    .get(0);
+    assert_eq!(orphans, 0);
+    let series_tokens_left: i64 = sqlx::query("SELECT COUNT(*) FROM dicom_series_tokens")
+        .fetch_one(index.database().pool())
+        .await
+        .expect("count")
+        .get(0);
+    assert_eq!(
+        series_tokens_left, 1,
+        "only the kept series' Modality token"
+    );
+}
+
+async fn moved_sealed_values_do_not_open(index: Index) {
+    let first = Spec::new(500, 1, 1);
+    let second = Spec::new(500, 1, 2);
+    store(&index, &first, "a").await;
+    store(&index, &second, "b").await;
+    sqlx::query(
+        "UPDATE dicom_instances SET metadata = (SELECT metadata FROM dicom_instances WHERE blob_name = 'b') \
+         WHERE blob_name = 'a'",
+    )
+    .execute(index.database().pool())
+    .await
+    .expect("swap");
+    let result = index
+        .find_metadata(
+            SERVICE,
+            DeleteScope::Instance(&first.study, &first.series, &first.sop),
+        )
+        .await;
+    if index_is_keyed(&index).await {
+        assert!(
+            matches!(result, Err(IndexError::Integrity)),
+            "a value moved to another row must not open"
+        );
+    } else {
+        // The readable cipher binds nothing: the moved value opens.
+        assert!(result.is_ok());
+    }
+}
+
+/// Whether the index runs with the keyed cipher: its tokens are not the readable ones.
+async fn index_is_keyed(index: &Index) -> bool {
+    use sqlx::Row;
+    let token: Vec<u8> = sqlx::query("SELECT uid_token FROM dicom_studies ORDER BY id LIMIT 1")
+        .fetch_one(index.database().pool())
+        .await
+        .expect("a study")
+        .get(0);
+    !token.starts_with(b"StudyInstanceUID\0")
+}
+
+/// A stand-in for the encrypting cipher: opaque keyed tokens and values sealed with a keystream
+/// and a tag, both derived from the binding. Not cryptography; enough to show that the index
+/// never looks at plaintext and keeps values bound to their rows.
+struct KeyedTestCipher;
+
+fn keyed_hash(seed: u64, parts: &[&[u8]]) -> u64 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325 ^ seed;
+    for part in parts {
+        for byte in part.iter().chain(&[0xff]) {
+            hash ^= u64::from(*byte);
+            hash = hash.wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    hash
+}
+
+fn binding_parts<'a>(binding: &RowBinding<'a>) -> [&'a [u8]; 4] {
+    [
+        binding.service.as_bytes(),
+        binding.table.as_bytes(),
+        binding.row_token,
+        binding.column.as_bytes(),
+    ]
+}
+
+impl IndexCipher for KeyedTestCipher {
+    fn token(&self, service: &str, domain: &str, normalized_value: &str) -> Vec<u8> {
+        let parts = [
+            service.as_bytes(),
+            domain.as_bytes(),
+            normalized_value.as_bytes(),
+        ];
+        let mut token = keyed_hash(1, &parts).to_be_bytes().to_vec();
+        token.extend_from_slice(&keyed_hash(2, &parts).to_be_bytes());
+        token
+    }
+
+    fn seal(&self, binding: RowBinding<'_>, plaintext: &[u8]) -> Vec<u8> {
+        let parts = binding_parts(&binding);
+        let mut sealed: Vec<u8> = plaintext
+            .iter()
+            .enumerate()
+            .map(|(position, byte)| byte ^ keyed_hash(position as u64, &parts).to_le_bytes()[0])
+            .collect();
+        let mut tagged = parts.to_vec();
+        tagged.push(plaintext);
+        sealed.extend_from_slice(&keyed_hash(3, &tagged).to_be_bytes());
+        sealed
+    }
+
+    fn open(&self, binding: RowBinding<'_>, sealed: &[u8]) -> Result<Vec<u8>, IndexError> {
+        let parts = binding_parts(&binding);
+        let split = sealed.len().checked_sub(8).ok_or(IndexError::Integrity)?;
+        let (body, tag) = sealed.split_at(split);
+        let plaintext: Vec<u8> = body
+            .iter()
+            .enumerate()
+            .map(|(position, byte)| byte ^ keyed_hash(position as u64, &parts).to_le_bytes()[0])
+            .collect();
+        let mut tagged = parts.to_vec();
+        tagged.push(&plaintext);
+        if keyed_hash(3, &tagged).to_be_bytes() != tag {
+            return Err(IndexError::Integrity);
+        }
+        Ok(plaintext)
+    }
+}
+
+fn cipher(keyed: bool) -> Arc<dyn IndexCipher> {
+    if keyed {
+        Arc::new(KeyedTestCipher)
+    } else {
+        Arc::new(PlaintextIndexCipher)
+    }
+}
+
+async fn sqlite_index(keyed: bool) -> (tempfile::TempDir, Index) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let url = format!("sqlite:{}", dir.path().join("index.db").display());
+    let index = Index::connect(&url, cipher(keyed))
+        .await
+        .expect("open sqlite index");
+    (dir, index)
+}
+
+async fn postgres_index(keyed: bool) -> Index {
+    let cluster = PostgresCluster::shared().expect("test cluster");
+    let url = cluster.fresh_database().await.expect("database");
+    Index::connect(&url, cipher(keyed))
+        .await
+        .expect("open postgres index")
+}
+
+macro_rules! suite {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite_plaintext {
+            $(
+                #[tokio::test(flavor = "current_thread")]
+                async fn $name() {
+                    let (_dir, index) = super::sqlite_index(false).await;
+                    super::$name(index).await;
+                }
+            )*
+        }
+        mod sqlite_keyed {
+            $(
+                #[tokio::test(flavor = "current_thread")]
+                async fn $name() {
+                    let (_dir, index) = super::sqlite_index(true).await;
+                    super::$name(index).await;
+                }
+            )*
+        }
+        mod postgres_plaintext {
+            $(
+                #[tokio::test(flavor = "current_thread")]
+                async fn $name() {
+                    super::$name(super::postgres_index(false).await).await;
+                }
+            )*
+        }
+        mod postgres_keyed {
+            $(
+                #[tokio::test(flavor = "current_thread")]
+                async fn $name() {
+                    super::$name(super::postgres_index(true).await).await;
+                }
+            )*
+        }
+    };
+}
+
+suite!(
+    store_then_find_and_metadata,
+    duplicates_are_reported_not_stored,
+    concurrent_duplicates_store_exactly_once,
+    exact_and_fuzzy_name_search,
+    date_ranges_match_brute_force,
+    limit_and_offset_page_exactly,
+    counts_levels_and_parent_filters,
+    delete_cascades_to_empty_parents,
+    moved_sealed_values_do_not_open,
+);
+
+/// With the keyed cipher, no value of an instance appears in the database files.
+#[tokio::test(flavor = "current_thread")]
+async fn keyed_index_keeps_no_marker_at_rest() {
+    let (dir, index) = sqlite_index(true).await;
+    let mut spec = Spec::new(600, 1, 1);
+    spec.patient_name = "Zyxmarker^Qwvmarker".into();
+    spec.patient_id = "PIDMARKER77".into();
+    spec.study_date = 1987_0605;
+    store(&index, &spec, "blob").await;
+    // Searching works on tokens alone.
+    let found = study_uids(
+        &index,
+        vec![filter(
+            &PATIENT_NAME,
+            Matcher::FuzzyName(vec!["zyx".into()]),
+        )],
+    )
+    .await;
+    assert_eq!(found, [spec.study.as_str()]);
+    index.database().close().await;
+    let mut at_rest = Vec::new();
+    for entry in std::fs::read_dir(dir.path()).expect("dir") {
+        at_rest.extend(std::fs::read(entry.expect("entry").path()).expect("read"));
+    }
+    assert!(!at_rest.is_empty());
+    for marker in [
+        "Zyxmarker",
+        "zyxmarker",
+        "zyx",
+        "PIDMARKER77",
+        "19870605",
+        "1.2.826.0.1.3680043.10.1.600",
+    ] {
+        assert!(
+            !at_rest
+                .windows(marker.len())
+                .any(|window| window == marker.as_bytes()),
+            "{marker} found at rest"
+        );
+    }
+}

@@ -1,0 +1,4 @@
+//! The client side of `hds`: commands modelled on `az` that talk to an hds endpoint over HTTP.
+
+pub mod account;
+pub mod credentials;
