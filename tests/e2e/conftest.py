@@ -1,6 +1,7 @@
 """Fixtures that run a real `hds up` (and, where asked, a throwaway PostgreSQL cluster)."""
 
 import os
+import json
 import pathlib
 import shutil
 import signal
@@ -11,6 +12,7 @@ import time
 
 import pydicom
 import pytest
+import requests
 
 HDS_BIN = os.environ.get("HDS_BIN", str(pathlib.Path(__file__).resolve().parents[2] / "target" / "debug" / "hds"))
 DEFAULT_SERVICE_PATH = "/dicom/default/dicom/v2"
@@ -38,12 +40,42 @@ class HdsServer:
             self.args.append("--http")
         self.args.extend(extra_args)
         self.process = None
+        self._session = None
 
     @property
     def ca_path(self) -> str:
         return str(self.data_dir / "tls" / "ca.pem")
 
+    def admin(self) -> dict:
+        return json.loads((self.data_dir / "admin.json").read_text())
+
+    def token(self, resource="https://dicom.healthcareapis.azure.com", client_id=None, client_secret=None) -> str:
+        """A token from hds's token service, by default the bootstrap admin's."""
+        admin = self.admin()
+        response = requests.post(
+            f"{self.base}/{admin['tenantId']}/oauth2/v2.0/token",
+            data={
+                "grant_type": "client_credentials",
+                "client_id": client_id or admin["clientId"],
+                "client_secret": client_secret or admin["clientSecret"],
+                "scope": f"{resource}/.default",
+            },
+            verify=self.ca_path,
+        )
+        response.raise_for_status()
+        return response.json()["access_token"]
+
+    @property
+    def http(self) -> requests.Session:
+        """A session that sends the admin's DICOM token (pass verify= per request for HTTPS)."""
+        if self._session is None:
+            session = requests.Session()
+            session.headers["Authorization"] = f"Bearer {self.token()}"
+            self._session = session
+        return self._session
+
     def start(self):
+        self._session = None
         self.log = open(self.log_path, "ab")
         env = dict(os.environ, HDS_LOG="debug")
         self.process = subprocess.Popen(self.args, stdout=subprocess.PIPE, stderr=self.log, env=env)

@@ -46,7 +46,7 @@ def to_bytes(dataset: pydicom.Dataset) -> bytes:
 
 
 def client(hds) -> DICOMwebClient:
-    return DICOMwebClient(url=hds.url)
+    return DICOMwebClient(url=hds.url, headers={"Authorization": f"Bearer {hds.token()}"})
 
 
 def test_store_search_retrieve_delete_with_dicomweb_client(hds_any_index):
@@ -95,7 +95,7 @@ def test_store_search_retrieve_delete_with_dicomweb_client(hds_any_index):
             else:
                 url = f"{hds.url}/studies/{study}/series/{series}/instances/{sop}/frames/{','.join(map(str, wanted))}"
                 accept = 'multipart/related; type="application/octet-stream"; transfer-syntax=*'
-                got = requests.get(url, headers={"Accept": accept})
+                got = hds.http.get(url, headers={"Accept": accept})
                 assert got.status_code == 200, got.text
                 from pydicom.encaps import generate_frames
 
@@ -112,10 +112,10 @@ def test_store_search_retrieve_delete_with_dicomweb_client(hds_any_index):
     web.delete_study(mr.StudyInstanceUID)
     for gone in (jpeg, ct, mr):
         url = f"{hds.url}/studies/{gone.StudyInstanceUID}/series/{gone.SeriesInstanceUID}/instances/{gone.SOPInstanceUID}"
-        assert requests.get(url, headers={"Accept": "application/dicom; transfer-syntax=*"}).status_code == 404
-        assert requests.get(f"{hds.url}/studies/{gone.StudyInstanceUID}/metadata").status_code == 404
+        assert hds.http.get(url, headers={"Accept": "application/dicom; transfer-syntax=*"}).status_code == 404
+        assert hds.http.get(f"{hds.url}/studies/{gone.StudyInstanceUID}/metadata").status_code == 404
         assert web.search_for_studies(search_filters={"StudyInstanceUID": gone.StudyInstanceUID}) == []
-        assert requests.delete(f"{hds.url}/studies/{gone.StudyInstanceUID}").status_code == 404
+        assert hds.http.delete(f"{hds.url}/studies/{gone.StudyInstanceUID}").status_code == 404
     # The others are untouched.
     us = datasets["US1_UNCR.dcm"]
     assert web.retrieve_study(us.StudyInstanceUID, media_types=(("application/dicom", "*"),))[0].SOPInstanceUID == us.SOPInstanceUID
@@ -148,7 +148,7 @@ def multipart_body(parts, boundary="hds-test-boundary"):
 def stow(hds, parts, study=None):
     body, content_type = multipart_body(parts)
     url = f"{hds.url}/studies" + (f"/{study}" if study else "")
-    return requests.post(url, data=body, headers={"Content-Type": content_type, "Accept": "application/dicom+json"})
+    return hds.http.post(url, data=body, headers={"Content-Type": content_type, "Accept": "application/dicom+json"})
 
 
 def failure_reasons(response):
@@ -194,17 +194,17 @@ def test_stow_status_codes_and_failure_reasons(hds):
 
     # Single application/dicom body.
     single = unique_copy("MR_small.dcm")
-    response = requests.post(f"{hds.url}/studies", data=to_bytes(single), headers={"Content-Type": "application/dicom"})
+    response = hds.http.post(f"{hds.url}/studies", data=to_bytes(single), headers={"Content-Type": "application/dicom"})
     assert response.status_code == 200
 
     # Unsupported media types: 415.
-    assert requests.post(f"{hds.url}/studies", data=b"{}", headers={"Content-Type": "application/json"}).status_code == 415
-    xml = requests.post(f"{hds.url}/studies", data=b"x", headers={"Content-Type": 'multipart/related; type="application/dicom+xml"; boundary=x'})
+    assert hds.http.post(f"{hds.url}/studies", data=b"{}", headers={"Content-Type": "application/json"}).status_code == 415
+    xml = hds.http.post(f"{hds.url}/studies", data=b"x", headers={"Content-Type": 'multipart/related; type="application/dicom+xml"; boundary=x'})
     assert xml.status_code == 415
     # A multipart body without a boundary: 400.
-    assert requests.post(f"{hds.url}/studies", data=b"x", headers={"Content-Type": "multipart/related; type=\"application/dicom\""}).status_code == 400
+    assert hds.http.post(f"{hds.url}/studies", data=b"x", headers={"Content-Type": "multipart/related; type=\"application/dicom\""}).status_code == 400
     # Unknown service: 404.
-    assert requests.get(f"{hds.base}/dicom/default/nothere/v2/studies").status_code == 404
+    assert hds.http.get(f"{hds.base}/dicom/default/nothere/v2/studies").status_code == 404
 
 
 def test_transfer_syntax_negotiation(hds):
@@ -212,32 +212,32 @@ def test_transfer_syntax_negotiation(hds):
     ct = unique_copy("CT_small.dcm")
     assert stow(hds, [to_bytes(jpeg), to_bytes(ct)]).status_code == 200
     jpeg_url = f"{hds.url}/studies/{jpeg.StudyInstanceUID}/series/{jpeg.SeriesInstanceUID}/instances/{jpeg.SOPInstanceUID}"
-    refused = requests.get(jpeg_url, headers={"Accept": 'multipart/related; type="application/dicom"'})
+    refused = hds.http.get(jpeg_url, headers={"Accept": 'multipart/related; type="application/dicom"'})
     assert refused.status_code == 406
     assert "transfer-syntax=*" in refused.text
-    as_stored = requests.get(jpeg_url, headers={"Accept": "application/dicom; transfer-syntax=*"})
+    as_stored = hds.http.get(jpeg_url, headers={"Accept": "application/dicom; transfer-syntax=*"})
     assert as_stored.status_code == 200
     assert as_stored.content == to_bytes(jpeg)
     # Explicit VR Little Endian is returned without a parameter.
     ct_url = f"{hds.url}/studies/{ct.StudyInstanceUID}"
-    plain = requests.get(ct_url, headers={"Accept": 'multipart/related; type="application/dicom"'})
+    plain = hds.http.get(ct_url, headers={"Accept": 'multipart/related; type="application/dicom"'})
     assert plain.status_code == 200
     assert multipart_parts(plain) == [to_bytes(ct)]
     # A study-level single-part request cannot be honoured.
-    assert requests.get(ct_url, headers={"Accept": "application/dicom"}).status_code == 406
+    assert hds.http.get(ct_url, headers={"Accept": "application/dicom"}).status_code == 406
 
 
 def test_metadata_etag_and_not_modified(hds):
     ct = unique_copy("CT_small.dcm")
     assert stow(hds, [to_bytes(ct)]).status_code == 200
     url = f"{hds.url}/studies/{ct.StudyInstanceUID}/metadata"
-    first = requests.get(url, headers={"Accept": "application/dicom+json"})
+    first = hds.http.get(url, headers={"Accept": "application/dicom+json"})
     assert first.status_code == 200
     etag = first.headers["ETag"]
     assert first.json()[0]["00100010"]["Value"][0]["Alphabetic"] == str(ct.PatientName)
-    assert requests.get(url, headers={"If-None-Match": etag}).status_code == 304
-    assert requests.get(url, headers={"If-None-Match": '"other"'}).status_code == 200
-    assert requests.get(f"{hds.url}/studies/1.2.3/metadata").status_code == 404
+    assert hds.http.get(url, headers={"If-None-Match": etag}).status_code == 304
+    assert hds.http.get(url, headers={"If-None-Match": '"other"'}).status_code == 200
+    assert hds.http.get(f"{hds.url}/studies/1.2.3/metadata").status_code == 404
 
 
 def make_instance(patient_name, patient_id, study_date, modality="CT", study=None, series=None, **extra):
@@ -305,15 +305,15 @@ def test_qido_matching(hds_any_index):
     assert len(all_studies) == 3  # the first two instances share a study
     paged = []
     for offset in range(0, 4):
-        page = requests.get(f"{hds.url}/studies", params={"limit": 1, "offset": offset}).json()
+        page = hds.http.get(f"{hds.url}/studies", params={"limit": 1, "offset": offset}).json()
         paged += [s["0020000D"]["Value"][0] for s in page]
     assert paged == all_studies  # the fourth page is empty
     # Errors name the problem.
-    unknown = requests.get(f"{hds.url}/studies", params={"BodyPartThickness": "1"})
+    unknown = hds.http.get(f"{hds.url}/studies", params={"BodyPartThickness": "1"})
     assert unknown.status_code == 400 and "BodyPartThickness" in unknown.text
-    assert requests.get(f"{hds.url}/studies", params={"limit": "500"}).status_code == 400
-    assert requests.get(f"{hds.url}/studies", params={"StudyDate": "17001231"}).status_code == 400
-    assert requests.get(f"{hds.url}/studies", params={"SOPInstanceUID": "1.2"}).status_code == 400
+    assert hds.http.get(f"{hds.url}/studies", params={"limit": "500"}).status_code == 400
+    assert hds.http.get(f"{hds.url}/studies", params={"StudyDate": "17001231"}).status_code == 400
+    assert hds.http.get(f"{hds.url}/studies", params={"SOPInstanceUID": "1.2"}).status_code == 400
 
 
 def test_concurrent_stores_of_one_instance_store_it_once(hds):
@@ -341,9 +341,22 @@ def test_logs_hold_no_phi(hds):
     web = client(hds)
     web.search_for_studies(search_filters={"PatientID": marker_id})
     web.retrieve_study_metadata(dataset.StudyInstanceUID)
-    requests.get(f"{hds.url}/studies/{dataset.StudyInstanceUID}/series/{dataset.SeriesInstanceUID}/metadata")
-    requests.get(f"{hds.url}/studies", params={"PatientName": "Markername", "Bogus": marker_id})
+    hds.http.get(f"{hds.url}/studies/{dataset.StudyInstanceUID}/series/{dataset.SeriesInstanceUID}/metadata")
+    hds.http.get(f"{hds.url}/studies", params={"PatientName": "Markername", "Bogus": marker_id})
     logs = hds.logs()
     assert "route=" in logs or "request" in logs, "request logging is expected to be on"
     for secret in (marker_id, "Markername", dataset.StudyInstanceUID, dataset.SeriesInstanceUID, dataset.SOPInstanceUID):
         assert secret not in logs, f"PHI in logs: {secret[:4]}..."
+
+
+def test_data_plane_requires_a_token_for_the_dicom_audience(hds):
+    anonymous = requests.get(f"{hds.url}/studies")
+    assert anonymous.status_code == 401
+    challenge = anonymous.headers["WWW-Authenticate"]
+    assert challenge.startswith("Bearer ") and "dicom.healthcareapis.azure.com" in challenge
+    # A token for another audience is refused.
+    wrong = requests.get(f"{hds.url}/studies", headers={"Authorization": f"Bearer {hds.token('https://management.azure.com')}"})
+    assert wrong.status_code == 401
+    tampered = hds.token()[:-4] + "AAAA"
+    assert requests.get(f"{hds.url}/studies", headers={"Authorization": f"Bearer {tampered}"}).status_code == 401
+    assert hds.http.get(f"{hds.url}/studies").status_code == 200

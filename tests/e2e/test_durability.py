@@ -24,6 +24,7 @@ def test_kill_9_keeps_every_acknowledged_instance(tmp_path):
 
     def load():
         session = requests.Session()
+        session.headers["Authorization"] = f"Bearer {server.token()}"
         while not stop.is_set():
             dataset = copy.deepcopy(template)
             dataset.SOPInstanceUID = generate_uid()
@@ -60,14 +61,14 @@ def test_kill_9_keeps_every_acknowledged_instance(tmp_path):
         study = template.StudyInstanceUID
         for sop, (series, body) in acknowledged.items():
             url = f"{restarted.url}/studies/{study}/series/{series}/instances/{sop}"
-            response = requests.get(url, headers={"Accept": "application/dicom; transfer-syntax=*"})
+            response = restarted.http.get(url, headers={"Accept": "application/dicom; transfer-syntax=*"})
             assert response.status_code == 200, "an acknowledged instance was lost"
             assert response.content == body
         # Whatever the index shows is whole: every listed instance can be retrieved.
         listed = []
         offset = 0
         while True:
-            page = requests.get(f"{restarted.url}/instances", params={"limit": 200, "offset": offset}).json()
+            page = restarted.http.get(f"{restarted.url}/instances", params={"limit": 200, "offset": offset}).json()
             listed += page
             if len(page) < 200:
                 break
@@ -77,7 +78,7 @@ def test_kill_9_keeps_every_acknowledged_instance(tmp_path):
             series = item["0020000E"]["Value"][0]
             sop = item["00080018"]["Value"][0]
             url = f"{restarted.url}/studies/{study}/series/{series}/instances/{sop}"
-            response = requests.get(url, headers={"Accept": "application/dicom; transfer-syntax=*"})
+            response = restarted.http.get(url, headers={"Accept": "application/dicom; transfer-syntax=*"})
             assert response.status_code == 200
             assert pydicom.dcmread(io.BytesIO(response.content)).SOPInstanceUID == sop
     finally:
@@ -132,7 +133,7 @@ def test_one_gib_stow_keeps_memory_bounded(hds):
 
     pid = hds.process.pid
     before = vm_kib(pid, "VmRSS")
-    response = requests.post(
+    response = hds.http.post(
         f"{hds.url}/studies", data=body(),
         headers={"Content-Type": f'multipart/related; type="application/dicom"; boundary={boundary}'},
         timeout=600,
@@ -148,7 +149,7 @@ def test_one_gib_stow_keeps_memory_bounded(hds):
     dataset = pydicom.dcmread(io.BytesIO(big))
     frame_size = 2048 * 2048 * 2
     url = f"{hds.url}/studies/{dataset.StudyInstanceUID}/series/{dataset.SeriesInstanceUID}/instances/{dataset.SOPInstanceUID}/frames/16"
-    frame = requests.get(url, headers={"Accept": "application/octet-stream"})
+    frame = hds.http.get(url, headers={"Accept": "application/octet-stream"})
     assert frame.status_code == 200
     assert frame.content == dataset.PixelData[15 * frame_size:16 * frame_size]
 
@@ -170,6 +171,7 @@ def test_https_with_the_local_ca(tmp_path):
         ct = unique_copy("CT_small.dcm")
         # Per request, not Session.verify: REQUESTS_CA_BUNDLE in the environment would win over it.
         session = requests.Session()
+        session.headers["Authorization"] = f"Bearer {server.token()}"
         boundary = "x"
         payload = f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode() + to_bytes(ct) + f"\r\n--{boundary}--\r\n".encode()
         stored = session.post(f"{server.url}/studies", data=payload, verify=server.ca_path,

@@ -24,4 +24,7 @@
 mod kdf;
 pub mod keys;
 pub mod root;
+mod secret;
 pub mod stream;
+
+pub use secret::SecretBytes;

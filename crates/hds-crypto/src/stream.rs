@@ -38,6 +38,7 @@ use zeroize::Zeroizing;
 use crate::kdf::{hkdf_sha256_expand_twice, push_length_prefixed};
 use crate::keys::{BlobKey, DATA_KEY_LEN};
 use crate::root::fill_random;
+use crate::secret::SecretBytes;
 
 /// Plaintext bytes per segment in streams sealed by this version.
 ///
@@ -473,8 +474,8 @@ impl SegmentCipher {
     /// Tells why a segment failed to open, by trying the other last-segment flag and nearby
     /// positions. Nothing decrypted here is returned.
     fn diagnose(&self, segment_index: u64, is_last: bool, ciphertext: &[u8]) -> OpenError {
-        let mut scratch = Zeroizing::new(Vec::with_capacity(ciphertext.len()));
-        if self.try_open_segment_into(segment_index, !is_last, ciphertext, &mut scratch) {
+        let mut scratch = SecretBytes::with_capacity(ciphertext.len());
+        if self.try_open_segment_into(segment_index, !is_last, ciphertext, scratch.as_mut_vec()) {
             return if is_last {
                 OpenError::Truncated
             } else {
@@ -487,12 +488,12 @@ impl SegmentCipher {
                 continue;
             }
             for candidate_is_last in [false, true] {
-                scratch.clear();
+                scratch.as_mut_vec().clear();
                 if self.try_open_segment_into(
                     candidate,
                     candidate_is_last,
                     ciphertext,
-                    &mut scratch,
+                    scratch.as_mut_vec(),
                 ) {
                     return OpenError::SegmentOutOfOrder {
                         position: segment_index,
@@ -516,7 +517,7 @@ pub struct Sealer {
     header: Option<[u8; HEADER_LEN]>,
     /// Plaintext not yet sealed: at most one segment. Allocated at full capacity on first use
     /// so it never reallocates (which would leave an unzeroized copy behind).
-    pending: Zeroizing<Vec<u8>>,
+    pending: SecretBytes,
     next_segment: u64,
 }
 
@@ -553,7 +554,7 @@ impl Sealer {
         Sealer {
             cipher,
             header: Some(header_bytes),
-            pending: Zeroizing::new(Vec::new()),
+            pending: SecretBytes::default(),
             next_segment: 0,
         }
     }
@@ -567,7 +568,7 @@ impl Sealer {
         let mut input = plaintext;
         if !self.pending.is_empty() {
             let taken = input.len().min(segment_size - self.pending.len());
-            self.pending.extend_from_slice(&input[..taken]);
+            self.pending.as_mut_vec().extend_from_slice(&input[..taken]);
             input = &input[taken..];
             if input.is_empty() {
                 return Ok(());
@@ -576,7 +577,7 @@ impl Sealer {
             self.cipher
                 .seal_segment_into(self.next_segment, false, &self.pending, out)?;
             self.next_segment += 1;
-            self.pending.clear();
+            self.pending.as_mut_vec().clear();
         }
         // Whole segments straight from the input, without staging.
         while input.len() > segment_size {
@@ -586,8 +587,8 @@ impl Sealer {
             input = &input[segment_size..];
         }
         if !input.is_empty() {
-            self.pending.reserve_exact(segment_size);
-            self.pending.extend_from_slice(input);
+            self.pending.as_mut_vec().reserve_exact(segment_size);
+            self.pending.as_mut_vec().extend_from_slice(input);
         }
         Ok(())
     }
@@ -834,12 +835,13 @@ pub fn open(
     blob_key: &BlobKey,
     binding: StreamBinding<'_>,
     sealed: &[u8],
-) -> Result<Zeroizing<Vec<u8>>, OpenError> {
+) -> Result<SecretBytes, OpenError> {
     let mut opener = Opener::new(blob_key, binding);
+    // Opening appends at most the ciphertext length, so the buffer never reallocates.
     let plaintext_capacity = sealed.len().saturating_sub(HEADER_LEN);
-    let mut plaintext = Zeroizing::new(Vec::with_capacity(plaintext_capacity));
-    opener.push(sealed, &mut plaintext)?;
-    opener.finish(&mut plaintext)?;
+    let mut plaintext = SecretBytes::with_capacity(plaintext_capacity);
+    opener.push(sealed, plaintext.as_mut_vec())?;
+    opener.finish(plaintext.as_mut_vec())?;
     Ok(plaintext)
 }
 
@@ -1095,17 +1097,17 @@ impl RangeOpener {
         &self,
         reader: &mut R,
         plaintext_range: Range<u64>,
-    ) -> Result<Zeroizing<Vec<u8>>, RangeOpenError<R::Error>> {
+    ) -> Result<SecretBytes, RangeOpenError<R::Error>> {
         let span = self.segment_span(plaintext_range)?;
-        let mut plaintext = Zeroizing::new(Vec::new());
         if span.segment_count == 0 {
-            return Ok(plaintext);
+            return Ok(SecretBytes::default());
         }
         let ciphertext = reader
             .read_ciphertext_range(span.ciphertext_range.clone())
             .map_err(RangeOpenError::Read)?;
-        plaintext.reserve(ciphertext.len());
-        self.open_span(&span, &ciphertext, &mut plaintext)?;
+        // Opening appends at most the ciphertext length, so the buffer never reallocates.
+        let mut plaintext = SecretBytes::with_capacity(ciphertext.len());
+        self.open_span(&span, &ciphertext, plaintext.as_mut_vec())?;
         Ok(plaintext)
     }
 }
@@ -1118,7 +1120,7 @@ pub fn open_range<R: CiphertextRangeReader>(
     reader: &mut R,
     sealed_len: u64,
     plaintext_range: Range<u64>,
-) -> Result<Zeroizing<Vec<u8>>, RangeOpenError<R::Error>> {
+) -> Result<SecretBytes, RangeOpenError<R::Error>> {
     let header = reader
         .read_ciphertext_range(0..HEADER_LEN as u64)
         .map_err(RangeOpenError::Read)?;

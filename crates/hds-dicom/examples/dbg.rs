@@ -1,7 +1,8 @@
 fn main() {
-    let p = std::env::args().nth(1).unwrap();
-    let o = dicom_object::OpenFileOptions::new().read_until(dicom_dictionary_std::tags::PIXEL_DATA).open_file(&p).unwrap();
-    let e = o.get(dicom_dictionary_std::tags::STUDY_INSTANCE_UID).unwrap();
-    println!("{:?} {:?}", e.vr(), e.value());
-    println!("{:?}", e.to_str());
+    for p in std::env::args().skip(1) {
+        let t = std::time::Instant::now();
+        let r = hds_dicom::parse_instance(std::fs::File::open(&p).unwrap());
+        let el = t.elapsed();
+        if el.as_millis() > 100 { println!("{:?} {} {:?}", el, p, r.as_ref().map(|x| x.frames.as_ref().map(|f| f.frames.len())).map_err(|e| e.to_string())); }
+    }
 }

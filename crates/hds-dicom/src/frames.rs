@@ -8,8 +8,9 @@
 
 use std::io::{self, BufRead, BufReader, Read, Seek, SeekFrom};
 
-use dicom_core::Tag;
-use dicom_dictionary_std::tags;
+use dicom_core::dictionary::{DataDictionary, DataDictionaryEntry, VirtualVr};
+use dicom_core::{Tag, VR};
+use dicom_dictionary_std::{StandardDataDictionary, tags};
 
 /// A byte range `[offset, offset + length)` within the stored instance's bytes (the whole
 /// Part-10 file as received).
@@ -227,61 +228,143 @@ impl<R: Read + Seek> Scanner<R> {
         }))
     }
 
-    /// Skips a value of undefined length: a sequence of items up to its delimitation item.
-    fn skip_items(&mut self, encoding: DataSetEncoding, depth: u32) -> Result<(), FrameError> {
+    /// Walks the elements of a data set (the top level has `limit` = end of file, an item of
+    /// defined length its own end, an item of undefined length `None`: up to its item
+    /// delimitation) checking that every value lies within its container. Stops before the
+    /// top-level PixelData element and returns where its value starts.
+    fn walk_data_set(
+        &mut self,
+        encoding: DataSetEncoding,
+        limit: Option<u64>,
+        depth: u32,
+    ) -> Result<Option<PixelDataLocation>, FrameError> {
+        if depth > MAX_SEQUENCE_DEPTH {
+            return Err(FrameError::Malformed("sequences nested too deeply"));
+        }
+        let bound = limit.unwrap_or(self.end);
+        loop {
+            if limit.is_some_and(|end| self.position >= end) {
+                return Ok(None);
+            }
+            let Some(header) = self.read_header(encoding)? else {
+                if limit.is_none() && depth > 0 {
+                    return Err(FrameError::Malformed("an item has no delimitation item"));
+                }
+                return Ok(None);
+            };
+            if depth > 0 && header.tag == ITEM_DELIMITATION {
+                return Ok(None);
+            }
+            if depth == 0 && header.tag == tags::PIXEL_DATA {
+                return Ok(Some(PixelDataLocation {
+                    value_offset: self.position,
+                    length: (header.length != UNDEFINED_LENGTH).then_some(header.length),
+                }));
+            }
+            if depth == 0 && header.tag > tags::PIXEL_DATA {
+                return Ok(None);
+            }
+            self.walk_value(header, encoding, bound, depth)?;
+        }
+    }
+
+    /// Walks one element's value: into sequences, over fragments, past anything else.
+    fn walk_value(
+        &mut self,
+        header: ElementHeader,
+        encoding: DataSetEncoding,
+        bound: u64,
+        depth: u32,
+    ) -> Result<(), FrameError> {
+        let is_sequence = match header.vr {
+            Some(vr) => vr == *b"SQ",
+            None => is_dictionary_sequence(header.tag),
+        };
+        if header.length == UNDEFINED_LENGTH {
+            if header.tag == tags::PIXEL_DATA || header.vr.is_some_and(|vr| vr != *b"SQ" && vr != *b"UN") {
+                return self.skip_fragments(encoding);
+            }
+            // An UN value of undefined length holds a sequence encoded in implicit VR little
+            // endian (PS3.5 6.2.2).
+            let nested = if header.vr == Some(*b"UN") {
+                DataSetEncoding::ImplicitLittleEndian
+            } else {
+                encoding
+            };
+            return self.walk_items(nested, None, depth + 1);
+        }
+        let end = self.position + u64::from(header.length);
+        if end > bound {
+            return Err(FrameError::Malformed("a value runs past the end of its container"));
+        }
+        if is_sequence {
+            self.walk_items(encoding, Some(end), depth + 1)?;
+            if self.position != end {
+                return Err(FrameError::Malformed("a sequence overruns its length"));
+            }
+            Ok(())
+        } else {
+            self.skip(u64::from(header.length))
+        }
+    }
+
+    /// Walks the items of a sequence, up to `limit` or to its sequence delimitation item.
+    fn walk_items(
+        &mut self,
+        encoding: DataSetEncoding,
+        limit: Option<u64>,
+        depth: u32,
+    ) -> Result<(), FrameError> {
         if depth > MAX_SEQUENCE_DEPTH {
             return Err(FrameError::Malformed("sequences nested too deeply"));
         }
         loop {
+            if limit.is_some_and(|end| self.position >= end) {
+                return Ok(());
+            }
             let header = self
                 .read_header(encoding)?
                 .ok_or(FrameError::Malformed("a sequence has no delimitation item"))?;
             match header.tag {
-                SEQUENCE_DELIMITATION => return Ok(()),
+                SEQUENCE_DELIMITATION if limit.is_none() => return Ok(()),
                 ITEM if header.length == UNDEFINED_LENGTH => {
-                    self.skip_item_data_set(encoding, depth + 1)?
+                    self.walk_data_set(encoding, None, depth + 1)?;
                 }
-                ITEM => self.skip(u64::from(header.length))?,
+                ITEM => {
+                    let end = self.position + u64::from(header.length);
+                    if end > limit.unwrap_or(self.end) {
+                        return Err(FrameError::Malformed("an item runs past its sequence"));
+                    }
+                    self.walk_data_set(encoding, Some(end), depth + 1)?;
+                    if self.position != end {
+                        return Err(FrameError::Malformed("an item overruns its length"));
+                    }
+                }
                 _ => return Err(FrameError::Malformed("a sequence holds something other than items")),
             }
         }
     }
 
-    /// Skips the elements of an item of undefined length, up to its item delimitation.
-    fn skip_item_data_set(
-        &mut self,
-        encoding: DataSetEncoding,
-        depth: u32,
-    ) -> Result<(), FrameError> {
+    /// Skips encapsulated pixel data nested in an item (an icon image, for instance).
+    fn skip_fragments(&mut self, encoding: DataSetEncoding) -> Result<(), FrameError> {
         loop {
             let header = self
                 .read_header(encoding)?
-                .ok_or(FrameError::Malformed("an item has no delimitation item"))?;
-            if header.tag == ITEM_DELIMITATION {
-                return Ok(());
+                .ok_or(FrameError::Malformed("fragments have no delimitation item"))?;
+            match header.tag {
+                SEQUENCE_DELIMITATION => return Ok(()),
+                ITEM if header.length != UNDEFINED_LENGTH => self.skip(u64::from(header.length))?,
+                _ => return Err(FrameError::Malformed("invalid item in encapsulated pixel data")),
             }
-            self.skip_element_value(header, encoding, depth)?;
         }
     }
+}
 
-    fn skip_element_value(
-        &mut self,
-        header: ElementHeader,
-        encoding: DataSetEncoding,
-        depth: u32,
-    ) -> Result<(), FrameError> {
-        if header.length != UNDEFINED_LENGTH {
-            return self.skip(u64::from(header.length));
-        }
-        // An UN value of undefined length holds a sequence encoded in implicit VR little
-        // endian (PS3.5 6.2.2).
-        let nested = if header.vr == Some(*b"UN") {
-            DataSetEncoding::ImplicitLittleEndian
-        } else {
-            encoding
-        };
-        self.skip_items(nested, depth + 1)
-    }
+/// Whether the standard dictionary says this attribute is a sequence (implicit VR carries no VR).
+fn is_dictionary_sequence(tag: Tag) -> bool {
+    StandardDataDictionary
+        .by_tag(tag)
+        .is_some_and(|entry| entry.vr() == VirtualVr::Exact(VR::SQ))
 }
 
 /// Where the PixelData element's value starts, and its length (`None` when undefined, that is
@@ -292,13 +375,17 @@ pub(crate) struct PixelDataLocation {
     pub(crate) length: Option<u32>,
 }
 
-/// Skips the preamble and the file meta group, then the data set's elements up to the
-/// top-level PixelData element, reading headers only. `None` when the data set has no
-/// PixelData.
-fn locate_pixel_data<R: Read + Seek>(
-    scanner: &mut Scanner<R>,
-    encoding: DataSetEncoding,
-) -> Result<Option<PixelDataLocation>, FrameError> {
+/// The structure of a Part-10 file as far as the pixel data, found by reading headers only.
+#[derive(Debug, Clone)]
+pub(crate) struct FileLayout {
+    /// The transfer syntax UID of the file meta group, padding stripped.
+    pub(crate) transfer_syntax_uid: String,
+    end: u64,
+    pixel_data: Option<PixelDataLocation>,
+}
+
+/// Reads the preamble and the file meta group; returns the transfer syntax UID.
+fn read_file_meta<R: Read + Seek>(scanner: &mut Scanner<R>) -> Result<String, FrameError> {
     let start: [u8; 4] = scanner.read_array()?;
     if start != *b"DICM" {
         scanner.seek_to(128)?;
@@ -308,29 +395,54 @@ fn locate_pixel_data<R: Read + Seek>(
         }
     }
     // The meta group is always explicit VR little endian; it ends at the first other group.
+    let mut transfer_syntax_uid = None;
     loop {
-        let group_bytes: [u8; 2] = scanner.inner.fill_buf()?.get(..2).map_or([0, 0], |b| [b[0], b[1]]);
-        if u16::from_le_bytes(group_bytes) != 0x0002 {
+        let group_bytes = scanner.inner.fill_buf()?;
+        if group_bytes.len() < 2 || u16::from_le_bytes([group_bytes[0], group_bytes[1]]) != 0x0002 {
             break;
         }
         let header = scanner
             .read_header(DataSetEncoding::ExplicitLittleEndian)?
             .ok_or(FrameError::Malformed("truncated file meta group"))?;
-        scanner.skip_element_value(header, DataSetEncoding::ExplicitLittleEndian, 0)?;
-    }
-    while let Some(header) = scanner.read_header(encoding)? {
-        if header.tag == tags::PIXEL_DATA {
-            return Ok(Some(PixelDataLocation {
-                value_offset: scanner.position,
-                length: (header.length != UNDEFINED_LENGTH).then_some(header.length),
-            }));
+        if header.tag == tags::TRANSFER_SYNTAX_UID && header.length <= 256 {
+            let mut value = vec![0u8; header.length as usize];
+            scanner.inner.read_exact(&mut value)?;
+            scanner.position += u64::from(header.length);
+            let text = String::from_utf8_lossy(&value);
+            transfer_syntax_uid = Some(text.trim_end_matches(['\0', ' ']).trim().to_string());
+        } else {
+            let bound = scanner.end;
+            scanner.walk_value(header, DataSetEncoding::ExplicitLittleEndian, bound, 0)?;
         }
-        if header.tag > tags::PIXEL_DATA {
-            return Ok(None);
-        }
-        scanner.skip_element_value(header, encoding, 0)?;
     }
-    Ok(None)
+    transfer_syntax_uid.ok_or(FrameError::Malformed("no transfer syntax in the file meta group"))
+}
+
+/// Scans a Part-10 file's structure up to its pixel data, reading headers only: the file meta
+/// group, then (with the encoding `encoding_of` gives for its transfer syntax) every element,
+/// item and sequence, checking that each value lies within its container. A file that passes
+/// can be handed to the parser without it trusting absurd lengths.
+pub(crate) fn scan_layout<R: Read + Seek, E>(
+    reader: R,
+    encoding_of: impl FnOnce(&str) -> Result<DataSetEncoding, E>,
+) -> Result<Result<FileLayout, FrameError>, E> {
+    let mut scanner = match Scanner::new(reader) {
+        Ok(scanner) => scanner,
+        Err(error) => return Ok(Err(error.into())),
+    };
+    let transfer_syntax_uid = match read_file_meta(&mut scanner) {
+        Ok(uid) => uid,
+        Err(error) => return Ok(Err(error)),
+    };
+    let encoding = encoding_of(&transfer_syntax_uid)?;
+    let bound = scanner.end;
+    Ok(scanner
+        .walk_data_set(encoding, Some(bound), 0)
+        .map(|pixel_data| FileLayout {
+            transfer_syntax_uid,
+            end: bound,
+            pixel_data,
+        }))
 }
 
 /// What the data set says about the frames.
@@ -343,30 +455,30 @@ pub(crate) struct ImageGeometry {
     pub(crate) bits_allocated: u32,
 }
 
-/// Locates the frames of an instance by scanning its raw bytes (the reader's position 0 is the
-/// start of the instance). `Ok(None)` when there is no pixel data, or when the frames cannot be
-/// addressed one by one although the file is sound: 1-bit multi-frame pixel data whose frames do
-/// not start on a byte boundary, and encapsulated streams whose fragments cannot be assigned to
-/// frames (video transfer syntaxes, for instance).
+/// Locates the frames of an instance whose layout [`scan_layout`] found. `Ok(None)` when there
+/// is no pixel data, or when the frames cannot be addressed one by one although the file is
+/// sound: 1-bit multi-frame pixel data whose frames do not start on a byte boundary, and
+/// encapsulated streams whose fragments cannot be assigned to frames (video transfer syntaxes,
+/// for instance).
 pub(crate) fn build_frame_map<R: Read + Seek>(
     reader: R,
-    encoding: DataSetEncoding,
+    layout: &FileLayout,
     encapsulated: bool,
     geometry: impl FnOnce() -> Result<ImageGeometry, FrameError>,
 ) -> Result<Option<FrameMap>, FrameError> {
-    let mut scanner = Scanner::new(reader)?;
-    let Some(location) = locate_pixel_data(&mut scanner, encoding)? else {
+    let Some(location) = layout.pixel_data else {
         return Ok(None);
     };
     let geometry = geometry()?;
     match (encapsulated, location.length) {
         (false, Some(length)) => {
-            if location.value_offset + u64::from(length) > scanner.end {
+            if location.value_offset + u64::from(length) > layout.end {
                 return Err(FrameError::Malformed("pixel data runs past the end of the file"));
             }
             native_frames(&location, length, &geometry)
         }
         (true, None) => {
+            let mut scanner = Scanner::new(reader)?;
             scanner.seek_to(location.value_offset)?;
             encapsulated_frames(&mut scanner, geometry.number_of_frames)
         }

@@ -15,7 +15,9 @@ use serde_json::{Map, Value as JsonValue};
 
 use crate::attributes::{QueryLevel, SearchKind, SearchableAttribute, level_tags, searchable_attributes};
 use crate::unknown_vr::{UnknownVrContext, reinterpret_unknown_vrs};
-use crate::frames::{DataSetEncoding, FrameError, FrameMap, ImageGeometry, build_frame_map};
+use crate::frames::{
+    DataSetEncoding, FrameError, FrameMap, ImageGeometry, build_frame_map, scan_layout,
+};
 use crate::normalize::{is_valid_uid, name_words, normalize_exact, normalize_person_name, parse_date};
 
 /// Why an instance was refused. The messages name the problem but never echo values.
@@ -116,16 +118,33 @@ pub const BULK_DATA_THRESHOLD: usize = 1024;
 /// The instance must start at position 0 of `reader`; the frame map's offsets are positions in
 /// `reader`.
 pub fn parse_instance<R: Read + Seek>(mut reader: R) -> Result<ParsedInstance, InstanceError> {
+    // The structure is checked first, reading headers only: the parser would otherwise
+    // allocate whatever length a broken or hostile header claims.
+    let layout = scan_layout(&mut reader, |uid| {
+        let transfer_syntax = TransferSyntaxRegistry
+            .get(uid)
+            .ok_or_else(|| InstanceError::UnsupportedTransferSyntax(uid.to_string()))?;
+        if matches!(transfer_syntax.codec(), Codec::Dataset(_)) {
+            // A deflated data set has no addressable pixel data in the file.
+            return Err(InstanceError::UnsupportedTransferSyntax(uid.to_string()));
+        }
+        Ok(match (uid, transfer_syntax.endianness()) {
+            (_, Endianness::Big) => DataSetEncoding::ExplicitBigEndian,
+            (IMPLICIT_VR_LITTLE_ENDIAN, _) => DataSetEncoding::ImplicitLittleEndian,
+            _ => DataSetEncoding::ExplicitLittleEndian,
+        })
+    })?
+    .map_err(|error| InstanceError::Unreadable(error.to_string()))?;
+    let transfer_syntax_uid = layout.transfer_syntax_uid.clone();
+    let transfer_syntax = TransferSyntaxRegistry
+        .get(&transfer_syntax_uid)
+        .ok_or_else(|| InstanceError::UnsupportedTransferSyntax(transfer_syntax_uid.clone()))?;
+
     reader.seek(SeekFrom::Start(0))?;
     let object = OpenFileOptions::new()
         .read_until(tags::PIXEL_DATA)
         .from_reader(&mut reader)
         .map_err(read_error)?;
-
-    let transfer_syntax_uid = normalize_exact(object.meta().transfer_syntax());
-    let transfer_syntax = TransferSyntaxRegistry
-        .get(&transfer_syntax_uid)
-        .ok_or_else(|| InstanceError::UnsupportedTransferSyntax(transfer_syntax_uid.clone()))?;
     let big_endian = transfer_syntax.endianness() == Endianness::Big;
     let object = object.into_inner();
     let context = UnknownVrContext::of(&object, big_endian);
@@ -136,18 +155,9 @@ pub fn parse_instance<R: Read + Seek>(mut reader: R) -> Result<ParsedInstance, I
         required_uid(&object, tags::SERIES_INSTANCE_UID, "SeriesInstanceUID")?;
     let sop_instance_uid = required_uid(&object, tags::SOP_INSTANCE_UID, "SOPInstanceUID")?;
     let sop_class_uid = required_uid(&object, tags::SOP_CLASS_UID, "SOPClassUID")?;
-    let encoding = match (transfer_syntax_uid.as_str(), transfer_syntax.endianness()) {
-        (_, Endianness::Big) => DataSetEncoding::ExplicitBigEndian,
-        (IMPLICIT_VR_LITTLE_ENDIAN, _) => DataSetEncoding::ImplicitLittleEndian,
-        _ => DataSetEncoding::ExplicitLittleEndian,
-    };
-    if matches!(transfer_syntax.codec(), Codec::Dataset(_)) {
-        // A deflated data set has no addressable pixel data in the file.
-        return Err(InstanceError::UnsupportedTransferSyntax(transfer_syntax_uid));
-    }
     let encapsulated = transfer_syntax.is_encapsulated_pixel_data();
 
-    let frames = build_frame_map(&mut reader, encoding, encapsulated, || {
+    let frames = build_frame_map(&mut reader, &layout, encapsulated, || {
         image_geometry(&object)
     })
     .map_err(|error| match error {

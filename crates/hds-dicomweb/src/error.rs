@@ -35,6 +35,9 @@ pub enum DicomWebError {
         /// What happened and what to do.
         message: String,
     },
+    /// The caller is not authenticated (401) or not allowed (403).
+    #[error("{}", .0.message)]
+    Refused(crate::service::AccessRefusal),
     /// Something failed inside hds; details go to the log, not to the client.
     #[error("internal error")]
     Internal(String),
@@ -57,6 +60,7 @@ impl DicomWebError {
             DicomWebError::NotAcceptable(_) => (StatusCode::NOT_ACCEPTABLE, "NotAcceptable"),
             DicomWebError::PayloadTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "PayloadTooLarge"),
             DicomWebError::Unavailable { code, .. } => (StatusCode::INTERNAL_SERVER_ERROR, code),
+            DicomWebError::Refused(refusal) => (refusal.status, refusal.code),
             DicomWebError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "InternalError"),
         }
     }
@@ -81,6 +85,12 @@ impl IntoResponse for DicomWebError {
             tracing::error!(detail = %detail, "request failed");
         }
         let body = serde_json::json!({ "error": { "code": code, "message": self.to_string() } });
-        (status, Json(body)).into_response()
+        let mut response = (status, Json(body)).into_response();
+        if let DicomWebError::Refused(crate::service::AccessRefusal { challenge: Some(challenge), .. }) = &self {
+            if let Ok(value) = axum::http::HeaderValue::from_str(challenge) {
+                response.headers_mut().insert(axum::http::header::WWW_AUTHENTICATE, value);
+            }
+        }
+        response
     }
 }

@@ -24,7 +24,10 @@ use axum::Router;
 use axum::routing::{get, post};
 
 pub use error::DicomWebError;
-pub use service::{DicomServiceResolver, DicomWebConfig, DicomWebState, ResolvedService, StaticServices};
+pub use service::{
+    AccessRefusal, AllowAll, DataAccess, DicomAccessControl, DicomServiceResolver, DicomWebConfig, DicomWebState,
+    ResolvedService, StaticServices,
+};
 
 /// The routes of the DICOMweb API, relative to the main listener's root.
 pub fn router(state: DicomWebState) -> Router {

@@ -191,7 +191,8 @@ fn parse_search(level: QueryLevel, parameters: &[(String, String)]) -> Result<Pa
                         Matcher::DateRange(from, to)
                     }
                     SearchKind::PersonName if fuzzy => Matcher::FuzzyName(normalize::fuzzy_query_words(value)),
-                    SearchKind::PersonName | SearchKind::Exact => Matcher::Exact(normalize::normalize_exact(value)),
+                    SearchKind::PersonName => Matcher::Exact(normalize::normalize_person_name(value)),
+                    SearchKind::Exact => Matcher::Exact(normalize::normalize_exact(value)),
                 };
                 filters.push(Filter { attribute, matcher });
             }

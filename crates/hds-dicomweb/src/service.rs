@@ -32,6 +32,59 @@ impl Default for DicomWebConfig {
 pub struct ResolvedService {
     /// The service's key in the index and blob store, e.g. `default/dicom`.
     pub service_key: String,
+    /// The service's ARM resource id: the scope role assignments are checked against.
+    pub resource_id: String,
+}
+
+/// What a request does to a service's data, for authorization.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DataAccess {
+    /// Search and retrieve.
+    Read,
+    /// Store.
+    Write,
+    /// Delete.
+    Delete,
+}
+
+/// A refusal by [`DicomAccessControl`]: 401 (with its challenge) or 403.
+#[derive(Debug, Clone)]
+pub struct AccessRefusal {
+    /// 401 or 403.
+    pub status: axum::http::StatusCode,
+    /// A stable code, e.g. `InvalidAuthenticationToken` or `AuthorizationFailed`.
+    pub code: &'static str,
+    /// What is wrong and what to do.
+    pub message: String,
+    /// The `WWW-Authenticate` challenge of a 401.
+    pub challenge: Option<String>,
+}
+
+/// Who may do what to a service's data. Deny by default: implementations answer `Ok` only for
+/// an authenticated caller holding a role that grants the access at the service's scope.
+pub trait DicomAccessControl: Send + Sync + 'static {
+    /// Checks the request's credentials for `access` to the service `resource_id`.
+    fn check<'a>(
+        &'a self,
+        headers: &'a axum::http::HeaderMap,
+        resource_id: &'a str,
+        access: DataAccess,
+    ) -> Pin<Box<dyn Future<Output = Result<(), AccessRefusal>> + Send + 'a>>;
+}
+
+/// Lets every request through. For tests of the API alone, never for a server.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct AllowAll;
+
+impl DicomAccessControl for AllowAll {
+    fn check<'a>(
+        &'a self,
+        _headers: &'a axum::http::HeaderMap,
+        _resource_id: &'a str,
+        _access: DataAccess,
+    ) -> Pin<Box<dyn Future<Output = Result<(), AccessRefusal>> + Send + 'a>> {
+        Box::pin(async { Ok(()) })
+    }
 }
 
 /// Decides which `{workspace}/{service}` pairs exist and whether they may serve data now.
@@ -53,11 +106,11 @@ pub struct StaticServices {
 }
 
 impl StaticServices {
-    /// Adds `workspace/service`.
-    pub fn with(mut self, workspace: &str, service: &str) -> StaticServices {
+    /// Adds `workspace/service`, whose ARM resource id is `resource_id`.
+    pub fn with(mut self, workspace: &str, service: &str, resource_id: &str) -> StaticServices {
         let key = (workspace.to_ascii_lowercase(), service.to_ascii_lowercase());
         let service_key = format!("{}/{}", key.0, key.1);
-        self.services.insert(key, ResolvedService { service_key });
+        self.services.insert(key, ResolvedService { service_key, resource_id: resource_id.to_owned() });
         self
     }
 }
@@ -83,6 +136,8 @@ pub struct DicomWebState {
     pub blobs: BlobStore,
     /// Which services exist.
     pub services: Arc<dyn DicomServiceResolver>,
+    /// Who may use them.
+    pub access: Arc<dyn DicomAccessControl>,
     /// Settings.
     pub config: Arc<DicomWebConfig>,
 }
@@ -117,6 +172,16 @@ impl FromRequestParts<DicomWebState> for ServiceContext {
             .resolve(workspace, service)
             .await?
             .ok_or(DicomWebError::ServiceNotFound)?;
+        let access = match parts.method {
+            axum::http::Method::POST | axum::http::Method::PUT => DataAccess::Write,
+            axum::http::Method::DELETE => DataAccess::Delete,
+            _ => DataAccess::Read,
+        };
+        state
+            .access
+            .check(&parts.headers, &resolved.resource_id, access)
+            .await
+            .map_err(DicomWebError::Refused)?;
         let host = parts
             .headers
             .get(axum::http::header::HOST)

@@ -89,6 +89,8 @@ pub fn data_plane_router(state: DataPlaneState, selector: VaultSelector) -> Rout
             get(get_key_version).patch(update_key_version),
         )
         .route("/keys/{name}/{version}/{operation}", post(key_operation))
+        // A versionless key id (`.../keys/{name}`) makes the SDKs send an empty version.
+        .route("/keys/{name}//{operation}", post(key_operation_latest))
         .route("/deletedkeys", get(list_deleted_keys))
         .route(
             "/deletedkeys/{name}",
@@ -907,10 +909,30 @@ async fn restore_key(
     Ok(Json(bundle_json(&bundle)).into_response())
 }
 
+async fn key_operation_latest(
+    state: State<DataPlaneState>,
+    context: Extension<RequestContext>,
+    Path((name, operation)): Path<(String, String)>,
+    body: KvJson<OperationBody>,
+) -> Handled {
+    run_key_operation(state, context, name, None, operation, body).await
+}
+
 async fn key_operation(
+    state: State<DataPlaneState>,
+    context: Extension<RequestContext>,
+    Path((name, version, operation)): Path<(String, String, String)>,
+    body: KvJson<OperationBody>,
+) -> Handled {
+    run_key_operation(state, context, name, Some(version), operation, body).await
+}
+
+async fn run_key_operation(
     State(state): State<DataPlaneState>,
     Extension(context): Extension<RequestContext>,
-    Path((name, version, operation)): Path<(String, String, String)>,
+    name: String,
+    version: Option<String>,
+    operation: String,
     KvJson(body): KvJson<OperationBody>,
 ) -> Handled {
     let operation = match operation.to_ascii_lowercase().as_str() {
@@ -938,7 +960,7 @@ async fn key_operation(
     let vault = &context.vault;
     let service = &state.service;
     let value = decode_base64url("value", &body.value)?;
-    let version = Some(version.as_str());
+    let version = version.as_deref();
     let body = match operation {
         KeyOperation::Encrypt | KeyOperation::WrapKey => {
             let algorithm = EncryptionAlgorithm::parse(&body.alg)?;

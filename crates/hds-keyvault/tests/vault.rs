@@ -380,6 +380,23 @@ async fn create_get_wrap_unwrap_sign_verify_on(fixture: Fixture) {
     )
     .await;
     assert_eq!(unb64(&unwrapped.body["value"]), secret);
+    // A versionless key id: the SDKs send an empty version segment and get the latest.
+    let latest_unwrap = call(
+        &router,
+        Method::POST,
+        &format!("/keys/Kek//unwrapkey?{VERSION}"),
+        Some("officer"),
+        Some(json!({"alg": "RSA-OAEP-256", "value": wrapped.body["value"]})),
+    )
+    .await;
+    assert_eq!(
+        latest_unwrap.status,
+        StatusCode::OK,
+        "{:?}",
+        latest_unwrap.body
+    );
+    assert_eq!(latest_unwrap.body["kid"], kid);
+    assert_eq!(unb64(&latest_unwrap.body["value"]), secret);
 
     let bad_alg = call(
         &router,

@@ -37,6 +37,11 @@ pub struct UpOptions {
     #[arg(long, env = "HDS_LISTEN", default_value = "127.0.0.1:8443")]
     pub listen: SocketAddr,
 
+    /// The URL clients use to reach the main listener (token issuers and RetrieveURLs name
+    /// it); default `{scheme}://{listen}`.
+    #[arg(long, env = "HDS_PUBLIC_URL")]
+    pub public_url: Option<String>,
+
     /// Serve plain HTTP on the main listener instead of HTTPS (the local CA is still created).
     #[arg(long, env = "HDS_HTTP")]
     pub http: bool,

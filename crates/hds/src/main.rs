@@ -1,6 +1,7 @@
 //! `hds`: the composition root. `hds up` assembles the services from the library crates and
 //! serves them; the other subcommands are clients. No business logic lives here.
 
+mod access;
 mod cli;
 mod client;
 mod logging;

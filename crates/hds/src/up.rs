@@ -12,10 +12,13 @@ use axum::routing::get;
 use hds_blob::BlobStore;
 use hds_crypto::root::RootKey;
 use hds_dicomweb::{DicomWebConfig, DicomWebState, StaticServices};
+use hds_db::Database;
+use hds_identity::{Identity, IdentityConfig};
 use hds_index::{Index, PlaintextIndexCipher};
 use hds_tls::LocalCa;
 use tower_http::trace::TraceLayer;
 
+use crate::access::IdentityDicomAccess;
 use crate::cli::UpOptions;
 use crate::logging;
 
@@ -33,25 +36,44 @@ pub async fn run(options: UpOptions) -> anyhow::Result<()> {
     let certificate_authority =
         LocalCa::load_or_create(&data_dir.join("tls"), &root_key).context("loading the local CA")?;
 
-    let index_url = match options.index.as_str() {
+    let root_key = Arc::new(root_key);
+    let scheme = if options.http { "http" } else { "https" };
+    let public_url = options
+        .public_url
+        .clone()
+        .unwrap_or_else(|| format!("{scheme}://{}", options.listen))
+        .trim_end_matches('/')
+        .to_owned();
+
+    let database_url = match options.index.as_str() {
         "sqlite" => format!("sqlite:{}", data_dir.join("index.db").display()),
         url => url.to_owned(),
     };
-    let index = Index::connect(&index_url, Arc::new(PlaintextIndexCipher))
+    let database = Database::connect(&database_url).await.context("opening the database")?;
+    let identity = Identity::open(database.clone(), root_key.clone(), IdentityConfig::new(&public_url))
+        .await
+        .context("opening the identity service")?;
+    let bootstrap = identity.bootstrap(data_dir).await.context("bootstrapping the tenant and admin")?;
+    let index = Index::open(database.clone(), Arc::new(PlaintextIndexCipher))
         .await
         .context("opening the index")?;
     let blobs = BlobStore::local(&data_dir.join("blobs")).context("opening the blob store")?;
 
-    let scheme = if options.http { "http" } else { "https" };
-    let services = StaticServices::default().with(DEFAULT_WORKSPACE, DEFAULT_SERVICE);
+    let default_service_id = format!(
+        "{}/providers/Microsoft.HealthcareApis/workspaces/{DEFAULT_WORKSPACE}/dicomservices/{DEFAULT_SERVICE}",
+        bootstrap.resource_group_id
+    );
+    let services = StaticServices::default().with(DEFAULT_WORKSPACE, DEFAULT_SERVICE, &default_service_id);
     let dicomweb = hds_dicomweb::router(DicomWebState {
         index,
         blobs,
         services: Arc::new(services),
+        access: Arc::new(IdentityDicomAccess { identity: identity.clone() }),
         config: Arc::new(DicomWebConfig { max_request_bytes: options.max_request_bytes, scheme }),
     });
     let app = Router::new()
         .route("/health", get(|| async { "ok" }))
+        .merge(identity.router())
         .merge(dicomweb)
         .layer(TraceLayer::new_for_http().make_span_with(logging::request_span));
 
@@ -59,10 +81,10 @@ pub async fn run(options: UpOptions) -> anyhow::Result<()> {
     let listener = std::net::TcpListener::bind(options.listen)
         .with_context(|| format!("binding {}", options.listen))?;
     listener.set_nonblocking(true)?;
-    let address = listener.local_addr()?;
-    let base = format!("{scheme}://{address}");
     println!("hds is ready");
-    println!("  DICOMweb:  {base}/dicom/{DEFAULT_WORKSPACE}/{DEFAULT_SERVICE}/v2/");
+    println!("  DICOMweb:  {public_url}/dicom/{DEFAULT_WORKSPACE}/{DEFAULT_SERVICE}/v2/");
+    println!("  tokens:    {public_url}/{}/oauth2/v2.0/token", bootstrap.tenant_id);
+    println!("  admin:     {}", bootstrap.admin_credentials_path.display());
     println!("  CA:        {}", certificate_authority.ca_pem_path().display());
     println!("  data dir:  {}", data_dir.display());
 

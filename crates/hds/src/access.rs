@@ -1,0 +1,43 @@
+//! The DICOMweb data plane's access control, answered by the identity service: a bearer token
+//! for the DICOM audience, and a role granting the DICOM data action at the service's scope.
+
+use std::future::Future;
+use std::pin::Pin;
+
+use axum::http::HeaderMap;
+use hds_dicomweb::{AccessRefusal, DataAccess, DicomAccessControl};
+use hds_identity::auth::authenticate;
+use hds_identity::roles::actions;
+use hds_identity::{AuthError, DICOM_AUDIENCE, Identity};
+
+/// [`DicomAccessControl`] over [`Identity`].
+pub struct IdentityDicomAccess {
+    pub identity: Identity,
+}
+
+impl DicomAccessControl for IdentityDicomAccess {
+    fn check<'a>(
+        &'a self,
+        headers: &'a HeaderMap,
+        resource_id: &'a str,
+        access: DataAccess,
+    ) -> Pin<Box<dyn Future<Output = Result<(), AccessRefusal>> + Send + 'a>> {
+        Box::pin(async move {
+            let principal = authenticate(&self.identity, headers, DICOM_AUDIENCE).await.map_err(refusal)?;
+            let action = match access {
+                DataAccess::Read => actions::DICOM_READ,
+                DataAccess::Write => actions::DICOM_WRITE,
+                DataAccess::Delete => actions::DICOM_DELETE,
+            };
+            self.identity.require(&principal, action, resource_id, true).await.map_err(refusal)
+        })
+    }
+}
+
+fn refusal(error: AuthError) -> AccessRefusal {
+    let challenge = match &error {
+        AuthError::Unauthenticated { challenge, .. } => Some(challenge.clone()),
+        _ => None,
+    };
+    AccessRefusal { status: error.status(), code: error.code(), message: error.to_string(), challenge }
+}
