@@ -20,8 +20,10 @@
 //! - Every format starts with a version byte; openers refuse versions they do not know.
 //! - Secrets are compared in constant time; errors and `Debug` output carry no key material.
 #![deny(missing_docs)]
+#![forbid(unsafe_code)]
 
 mod kdf;
+pub mod index_root;
 pub mod keys;
 pub mod root;
 mod secret;

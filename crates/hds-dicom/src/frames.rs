@@ -284,13 +284,13 @@ impl<R: Read + Seek> Scanner<R> {
             if header.tag == tags::PIXEL_DATA || header.vr.is_some_and(|vr| vr != *b"SQ" && vr != *b"UN") {
                 return self.skip_fragments(encoding);
             }
-            // An UN value of undefined length holds a sequence encoded in implicit VR little
-            // endian (PS3.5 6.2.2).
-            let nested = if header.vr == Some(*b"UN") {
-                DataSetEncoding::ImplicitLittleEndian
-            } else {
-                encoding
-            };
+            // An UN value of undefined length holds a sequence in implicit VR little endian
+            // (PS3.5 6.2.2). The parser misreads such values as lengths of gigabytes that it then
+            // tries to allocate, so they are refused here.
+            if header.vr == Some(*b"UN") {
+                return Err(FrameError::Malformed("UN value of undefined length (unsupported)"));
+            }
+            let nested = encoding;
             return self.walk_items(nested, None, depth + 1);
         }
         let end = self.position + u64::from(header.length);

@@ -317,6 +317,11 @@ fn refused_real_files() {
         parse_instance(open(pydicom_test_file("rtstruct.dcm"))),
         Err(InstanceError::Unreadable(_))
     ));
+    // A sequence stored as UN of undefined length.
+    assert!(matches!(
+        parse_instance(open(pydicom_test_file("UN_sequence.dcm"))),
+        Err(InstanceError::Unreadable(_))
+    ));
     // Pixel data cut short.
     assert!(parse_instance(open(pydicom_test_file("MR_truncated.dcm"))).is_err());
 }

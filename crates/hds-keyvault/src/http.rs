@@ -471,18 +471,33 @@ struct CreateKeyBody {
     tags: Option<BTreeMap<String, String>>,
 }
 
+/// A private JWK component, wiped from memory when dropped.
+struct SecretField(Zeroizing<String>);
+
+impl<'de> Deserialize<'de> for SecretField {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<SecretField, D::Error> {
+        String::deserialize(deserializer).map(|text| SecretField(Zeroizing::new(text)))
+    }
+}
+
+impl SecretField {
+    fn as_str(&self) -> &str {
+        self.0.as_str()
+    }
+}
+
 #[derive(Deserialize)]
 struct JwkBody {
     kty: Option<String>,
     key_ops: Option<Vec<String>>,
     n: Option<String>,
     e: Option<String>,
-    d: Option<String>,
-    p: Option<String>,
-    q: Option<String>,
-    dp: Option<String>,
-    dq: Option<String>,
-    qi: Option<String>,
+    d: Option<SecretField>,
+    p: Option<SecretField>,
+    q: Option<SecretField>,
+    dp: Option<SecretField>,
+    dq: Option<SecretField>,
+    qi: Option<SecretField>,
 }
 
 #[derive(Deserialize)]
@@ -600,12 +615,12 @@ async fn import_key(
     let components = RsaPrivateComponents {
         n: decode_secret("n", jwk.n.as_deref())?.to_vec(),
         e: decode_secret("e", jwk.e.as_deref())?.to_vec(),
-        d: decode_secret("d", jwk.d.as_deref())?,
-        p: decode_secret("p", jwk.p.as_deref())?,
-        q: decode_secret("q", jwk.q.as_deref())?,
-        dp: decode_secret("dp", jwk.dp.as_deref())?,
-        dq: decode_secret("dq", jwk.dq.as_deref())?,
-        qi: decode_secret("qi", jwk.qi.as_deref())?,
+        d: decode_secret("d", jwk.d.as_ref().map(SecretField::as_str))?,
+        p: decode_secret("p", jwk.p.as_ref().map(SecretField::as_str))?,
+        q: decode_secret("q", jwk.q.as_ref().map(SecretField::as_str))?,
+        dp: decode_secret("dp", jwk.dp.as_ref().map(SecretField::as_str))?,
+        dq: decode_secret("dq", jwk.dq.as_ref().map(SecretField::as_str))?,
+        qi: decode_secret("qi", jwk.qi.as_ref().map(SecretField::as_str))?,
     };
     let import = ImportKeyOptions {
         key_type,

@@ -24,6 +24,11 @@ pub enum Command {
     /// Tokens for the signed-in principal.
     #[command(subcommand)]
     Account(crate::client::account::AccountCommand),
+    /// Send a request to the control plane (or any hds URL) with a token.
+    Rest(crate::client::arm::RestOptions),
+    /// ARM template deployments.
+    #[command(subcommand)]
+    Deployment(crate::client::arm::DeploymentCommand),
 }
 
 /// Options of `hds up`.

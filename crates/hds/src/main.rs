@@ -21,6 +21,10 @@ fn main() -> anyhow::Result<()> {
         cli::Command::Account(client::account::AccountCommand::GetAccessToken(options)) => {
             client_runtime()?.block_on(client::account::get_access_token(options))
         }
+        cli::Command::Rest(options) => client_runtime()?.block_on(client::arm::rest(options)),
+        cli::Command::Deployment(client::arm::DeploymentCommand::Group(
+            client::arm::GroupDeploymentCommand::Create(options),
+        )) => client_runtime()?.block_on(client::arm::deployment_group_create(options)),
     }
 }
 

@@ -1,4 +1,5 @@
 //! The client side of `hds`: commands modelled on `az` that talk to an hds endpoint over HTTP.
 
 pub mod account;
+pub mod arm;
 pub mod credentials;
