@@ -6,6 +6,7 @@ mod cli;
 mod client;
 mod logging;
 mod up;
+mod vault_access;
 
 use clap::Parser;
 

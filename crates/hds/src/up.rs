@@ -15,12 +15,16 @@ use hds_dicomweb::{DicomWebConfig, DicomWebState, StaticServices};
 use hds_db::Database;
 use hds_identity::{Identity, IdentityConfig};
 use hds_index::{Index, PlaintextIndexCipher};
+use hds_keyvault::{
+    DataPlaneState, KeyVaultService, ServiceConfig as VaultServiceConfig, VaultAddressing, VaultListeners,
+};
 use hds_tls::LocalCa;
 use tower_http::trace::TraceLayer;
 
 use crate::access::IdentityDicomAccess;
 use crate::cli::UpOptions;
 use crate::logging;
+use crate::vault_access::IdentityVaultAccess;
 
 /// The workspace and service `hds up` serves until the control plane creates others.
 const DEFAULT_WORKSPACE: &str = "default";
@@ -59,6 +63,27 @@ pub async fn run(options: UpOptions) -> anyhow::Result<()> {
         .context("opening the index")?;
     let blobs = BlobStore::local(&data_dir.join("blobs")).context("opening the blob store")?;
 
+    // Key vaults: each on its own HTTPS listener (the Azure SDKs address vaults by host).
+    let vault_service = Arc::new(
+        KeyVaultService::open(
+            database.clone(),
+            root_key.clone(),
+            VaultServiceConfig { addressing: VaultAddressing::Loopback { address: options.listen.ip() } },
+        )
+        .await
+        .context("opening the key vault service")?,
+    );
+    let vault_listeners = VaultListeners::new(
+        DataPlaneState {
+            service: vault_service.clone(),
+            access: Arc::new(IdentityVaultAccess { identity: identity.clone() }),
+            token_authority: public_url.clone(),
+        },
+        certificate_authority.server_config(&[]).context("issuing the vault certificate")?,
+        options.listen.ip(),
+    );
+    let vaults = vault_listeners.start_all().await.context("starting the key vault listeners")?;
+
     let default_service_id = format!(
         "{}/providers/Microsoft.HealthcareApis/workspaces/{DEFAULT_WORKSPACE}/dicomservices/{DEFAULT_SERVICE}",
         bootstrap.resource_group_id
@@ -85,6 +110,9 @@ pub async fn run(options: UpOptions) -> anyhow::Result<()> {
     println!("  DICOMweb:  {public_url}/dicom/{DEFAULT_WORKSPACE}/{DEFAULT_SERVICE}/v2/");
     println!("  tokens:    {public_url}/{}/oauth2/v2.0/token", bootstrap.tenant_id);
     println!("  admin:     {}", bootstrap.admin_credentials_path.display());
+    for (name, address) in &vaults {
+        println!("  vault {name}: https://{address}/");
+    }
     println!("  CA:        {}", certificate_authority.ca_pem_path().display());
     println!("  data dir:  {}", data_dir.display());
 
@@ -103,6 +131,7 @@ pub async fn run(options: UpOptions) -> anyhow::Result<()> {
         let config = axum_server::tls_rustls::RustlsConfig::from_config(tls);
         axum_server::from_tcp_rustls(listener, config).handle(handle).serve(service).await?;
     }
+    vault_listeners.shutdown();
     println!("hds stopped");
     Ok(())
 }
