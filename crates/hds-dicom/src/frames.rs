@@ -53,9 +53,10 @@ pub fn read_frame<R: Read + Seek>(
     frame_map: &FrameMap,
     frame_index: usize,
 ) -> io::Result<Vec<u8>> {
-    let ranges = frame_map.frames.get(frame_index).ok_or_else(|| {
-        io::Error::new(io::ErrorKind::NotFound, "frame index out of range")
-    })?;
+    let ranges = frame_map
+        .frames
+        .get(frame_index)
+        .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "frame index out of range"))?;
     let total: u64 = ranges.iter().map(|range| range.length).sum();
     let mut bytes = Vec::with_capacity(usize::try_from(total).unwrap_or(0));
     for range in ranges {
@@ -81,7 +82,7 @@ pub enum FrameError {
     Io(#[from] io::Error),
     /// The encoded structure is broken: bad item tags, a value past the end of the file, too
     /// few bytes for the declared frames.
-    #[error("malformed pixel data: {0}")]
+    #[error("{0}")]
     Malformed(&'static str),
     /// An attribute the frame layout depends on is missing or not a number.
     #[error("attribute {0} is missing or invalid")]
@@ -92,11 +93,11 @@ pub enum FrameError {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum DataSetEncoding {
     /// Explicit VR little endian (also every encapsulated transfer syntax).
-    ExplicitLittleEndian,
+    ExplicitLittle,
     /// Implicit VR little endian (`1.2.840.10008.1.2`).
-    ImplicitLittleEndian,
+    ImplicitLittle,
     /// Explicit VR big endian (`1.2.840.10008.1.2.2`, retired).
-    ExplicitBigEndian,
+    ExplicitBig,
 }
 
 /// Item, item delimitation and sequence delimitation tags: their group is `FFFE`.
@@ -120,8 +121,19 @@ struct ElementHeader {
 fn has_long_length(vr: [u8; 2]) -> bool {
     matches!(
         &vr,
-        b"OB" | b"OD" | b"OF" | b"OL" | b"OV" | b"OW" | b"SQ" | b"SV" | b"UC" | b"UN" | b"UR"
-            | b"UT" | b"UV"
+        b"OB"
+            | b"OD"
+            | b"OF"
+            | b"OL"
+            | b"OV"
+            | b"OW"
+            | b"SQ"
+            | b"SV"
+            | b"UC"
+            | b"UN"
+            | b"UR"
+            | b"UT"
+            | b"UV"
     )
 }
 
@@ -157,7 +169,9 @@ impl<R: Read + Seek> Scanner<R> {
 
     fn skip(&mut self, length: u64) -> Result<(), FrameError> {
         if length > self.remaining() {
-            return Err(FrameError::Malformed("a value runs past the end of the file"));
+            return Err(FrameError::Malformed(
+                "a value runs past the end of the file",
+            ));
         }
         let step = i64::try_from(length)
             .map_err(|_| FrameError::Malformed("a value runs past the end of the file"))?;
@@ -168,7 +182,9 @@ impl<R: Read + Seek> Scanner<R> {
 
     fn seek_to(&mut self, position: u64) -> Result<(), FrameError> {
         if position > self.end {
-            return Err(FrameError::Malformed("a value runs past the end of the file"));
+            return Err(FrameError::Malformed(
+                "a value runs past the end of the file",
+            ));
         }
         self.inner.seek(SeekFrom::Start(position))?;
         self.position = position;
@@ -183,7 +199,7 @@ impl<R: Read + Seek> Scanner<R> {
         if self.remaining() == 0 {
             return Ok(None);
         }
-        let big_endian = encoding == DataSetEncoding::ExplicitBigEndian;
+        let big_endian = encoding == DataSetEncoding::ExplicitBig;
         let u16_of = |bytes: [u8; 2]| {
             if big_endian {
                 u16::from_be_bytes(bytes)
@@ -203,7 +219,7 @@ impl<R: Read + Seek> Scanner<R> {
             u16_of([tag_bytes[0], tag_bytes[1]]),
             u16_of([tag_bytes[2], tag_bytes[3]]),
         );
-        if tag.group() == 0xFFFE || encoding == DataSetEncoding::ImplicitLittleEndian {
+        if tag.group() == 0xFFFE || encoding == DataSetEncoding::ImplicitLittle {
             let length = u32_of(self.read_array()?);
             return Ok(Some(ElementHeader {
                 tag,
@@ -281,21 +297,27 @@ impl<R: Read + Seek> Scanner<R> {
             None => is_dictionary_sequence(header.tag),
         };
         if header.length == UNDEFINED_LENGTH {
-            if header.tag == tags::PIXEL_DATA || header.vr.is_some_and(|vr| vr != *b"SQ" && vr != *b"UN") {
+            if header.tag == tags::PIXEL_DATA
+                || header.vr.is_some_and(|vr| vr != *b"SQ" && vr != *b"UN")
+            {
                 return self.skip_fragments(encoding);
             }
             // An UN value of undefined length holds a sequence in implicit VR little endian
             // (PS3.5 6.2.2). The parser misreads such values as lengths of gigabytes that it then
             // tries to allocate, so they are refused here.
             if header.vr == Some(*b"UN") {
-                return Err(FrameError::Malformed("UN value of undefined length (unsupported)"));
+                return Err(FrameError::Malformed(
+                    "UN value of undefined length (unsupported)",
+                ));
             }
             let nested = encoding;
             return self.walk_items(nested, None, depth + 1);
         }
         let end = self.position + u64::from(header.length);
         if end > bound {
-            return Err(FrameError::Malformed("a value runs past the end of its container"));
+            return Err(FrameError::Malformed(
+                "a value runs past the end of its container",
+            ));
         }
         if is_sequence {
             self.walk_items(encoding, Some(end), depth + 1)?;
@@ -340,7 +362,11 @@ impl<R: Read + Seek> Scanner<R> {
                         return Err(FrameError::Malformed("an item overruns its length"));
                     }
                 }
-                _ => return Err(FrameError::Malformed("a sequence holds something other than items")),
+                _ => {
+                    return Err(FrameError::Malformed(
+                        "a sequence holds something other than items",
+                    ));
+                }
             }
         }
     }
@@ -354,7 +380,11 @@ impl<R: Read + Seek> Scanner<R> {
             match header.tag {
                 SEQUENCE_DELIMITATION => return Ok(()),
                 ITEM if header.length != UNDEFINED_LENGTH => self.skip(u64::from(header.length))?,
-                _ => return Err(FrameError::Malformed("invalid item in encapsulated pixel data")),
+                _ => {
+                    return Err(FrameError::Malformed(
+                        "invalid item in encapsulated pixel data",
+                    ));
+                }
             }
         }
     }
@@ -402,7 +432,7 @@ fn read_file_meta<R: Read + Seek>(scanner: &mut Scanner<R>) -> Result<String, Fr
             break;
         }
         let header = scanner
-            .read_header(DataSetEncoding::ExplicitLittleEndian)?
+            .read_header(DataSetEncoding::ExplicitLittle)?
             .ok_or(FrameError::Malformed("truncated file meta group"))?;
         if header.tag == tags::TRANSFER_SYNTAX_UID && header.length <= 256 {
             let mut value = vec![0u8; header.length as usize];
@@ -412,10 +442,12 @@ fn read_file_meta<R: Read + Seek>(scanner: &mut Scanner<R>) -> Result<String, Fr
             transfer_syntax_uid = Some(text.trim_end_matches(['\0', ' ']).trim().to_string());
         } else {
             let bound = scanner.end;
-            scanner.walk_value(header, DataSetEncoding::ExplicitLittleEndian, bound, 0)?;
+            scanner.walk_value(header, DataSetEncoding::ExplicitLittle, bound, 0)?;
         }
     }
-    transfer_syntax_uid.ok_or(FrameError::Malformed("no transfer syntax in the file meta group"))
+    transfer_syntax_uid.ok_or(FrameError::Malformed(
+        "no transfer syntax in the file meta group",
+    ))
 }
 
 /// Scans a Part-10 file's structure up to its pixel data, reading headers only: the file meta
@@ -453,6 +485,9 @@ pub(crate) struct ImageGeometry {
     pub(crate) columns: u32,
     pub(crate) samples_per_pixel: u32,
     pub(crate) bits_allocated: u32,
+    /// Photometric interpretation YBR_FULL_422: native frames then hold two samples per pixel
+    /// (two luminance values share one pair of chrominance values), not three.
+    pub(crate) chroma_subsampled_422: bool,
 }
 
 /// Locates the frames of an instance whose layout [`scan_layout`] found. `Ok(None)` when there
@@ -473,7 +508,9 @@ pub(crate) fn build_frame_map<R: Read + Seek>(
     match (encapsulated, location.length) {
         (false, Some(length)) => {
             if location.value_offset + u64::from(length) > layout.end {
-                return Err(FrameError::Malformed("pixel data runs past the end of the file"));
+                return Err(FrameError::Malformed(
+                    "pixel data runs past the end of the file",
+                ));
             }
             native_frames(&location, length, &geometry)
         }
@@ -496,9 +533,14 @@ fn native_frames(
     length: u32,
     geometry: &ImageGeometry,
 ) -> Result<Option<FrameMap>, FrameError> {
+    let samples_per_pixel = if geometry.chroma_subsampled_422 && geometry.samples_per_pixel == 3 {
+        2
+    } else {
+        u64::from(geometry.samples_per_pixel)
+    };
     let frame_bits = u64::from(geometry.rows)
         * u64::from(geometry.columns)
-        * u64::from(geometry.samples_per_pixel)
+        * samples_per_pixel
         * u64::from(geometry.bits_allocated);
     let frame_count = u64::from(geometry.number_of_frames);
     if frame_bits % 8 != 0 && frame_count > 1 {
@@ -545,7 +587,7 @@ fn encapsulated_frames<R: Read + Seek>(
     scanner: &mut Scanner<R>,
     frame_count: u32,
 ) -> Result<Option<FrameMap>, FrameError> {
-    let little = DataSetEncoding::ExplicitLittleEndian;
+    let little = DataSetEncoding::ExplicitLittle;
     let table_header = scanner
         .read_header(little)?
         .ok_or(FrameError::Malformed("no basic offset table item"))?;
@@ -581,13 +623,19 @@ fn encapsulated_frames<R: Read + Seek>(
                     value,
                 });
             }
-            _ => return Err(FrameError::Malformed("invalid item in encapsulated pixel data")),
+            _ => {
+                return Err(FrameError::Malformed(
+                    "invalid item in encapsulated pixel data",
+                ));
+            }
         }
     }
 
     let frame_count = frame_count as usize;
     if frame_count > 0 && fragments.is_empty() {
-        return Err(FrameError::Malformed("encapsulated pixel data without fragments"));
+        return Err(FrameError::Malformed(
+            "encapsulated pixel data without fragments",
+        ));
     }
     let ranges = |fragments: &[Fragment]| fragments.iter().map(|f| f.value).collect::<Vec<_>>();
     let frames: Option<Vec<Vec<ByteRange>>> = if fragments.len() == frame_count {
@@ -596,12 +644,10 @@ fn encapsulated_frames<R: Read + Seek>(
         Some(vec![ranges(&fragments)])
     } else if fragments.len() < frame_count {
         None
+    } else if let Some(frames) = group_by_offset_table(&fragments, &offset_table, frame_count) {
+        Some(frames)
     } else {
-        group_by_offset_table(&fragments, &offset_table, frame_count)
-            .map_or_else(
-                || group_by_end_markers(scanner, &fragments, frame_count),
-                |frames| Ok(Some(frames)),
-            )?
+        group_by_end_markers(scanner, &fragments, frame_count)?
     };
     Ok(frames.map(|frames| FrameMap {
         frames,

@@ -5,7 +5,7 @@ use std::io::{Read, Seek, SeekFrom};
 use dicom_core::header::{HasLength, Header};
 use dicom_core::value::Value;
 use dicom_core::{Tag, VR};
-use dicom_dictionary_std::tags;
+use dicom_dictionary_std::{tags, uids};
 use dicom_encoding::Codec;
 use dicom_encoding::transfer_syntax::{Endianness, TransferSyntaxIndex};
 use dicom_object::mem::{InMemDicomObject, InMemElement};
@@ -13,12 +13,16 @@ use dicom_object::{OpenFileOptions, ReadError};
 use dicom_transfer_syntax_registry::TransferSyntaxRegistry;
 use serde_json::{Map, Value as JsonValue};
 
-use crate::attributes::{QueryLevel, SearchKind, SearchableAttribute, level_tags, searchable_attributes};
-use crate::unknown_vr::{UnknownVrContext, reinterpret_unknown_vrs};
+use crate::attributes::{
+    QueryLevel, SearchKind, SearchableAttribute, level_tags, searchable_attributes,
+};
 use crate::frames::{
     DataSetEncoding, FrameError, FrameMap, ImageGeometry, build_frame_map, scan_layout,
 };
-use crate::normalize::{is_valid_uid, name_words, normalize_exact, normalize_person_name, parse_date};
+use crate::normalize::{
+    is_valid_uid, name_words, normalize_exact, normalize_person_name, parse_date,
+};
+use crate::unknown_vr::{UnknownVrContext, reinterpret_unknown_vrs};
 
 /// Why an instance was refused. The messages name the problem but never echo values.
 #[derive(Debug, thiserror::Error)]
@@ -41,7 +45,7 @@ pub enum InstanceError {
     #[error("attribute {0} is missing or invalid")]
     InvalidAttribute(&'static str),
     /// The pixel data is structurally broken (see [`FrameError`]).
-    #[error(transparent)]
+    #[error("invalid pixel data: {0}")]
     PixelData(#[from] FrameError),
     /// Reading the instance failed.
     #[error("could not read the instance: {0}")]
@@ -105,7 +109,9 @@ pub struct ParsedInstance {
 impl ParsedInstance {
     /// The search terms at one level.
     pub fn terms_at(&self, level: QueryLevel) -> impl Iterator<Item = &SearchTerm> {
-        self.search_terms.iter().filter(move |term| term.attribute.level == level)
+        self.search_terms
+            .iter()
+            .filter(move |term| term.attribute.level == level)
     }
 }
 
@@ -129,9 +135,9 @@ pub fn parse_instance<R: Read + Seek>(mut reader: R) -> Result<ParsedInstance, I
             return Err(InstanceError::UnsupportedTransferSyntax(uid.to_string()));
         }
         Ok(match (uid, transfer_syntax.endianness()) {
-            (_, Endianness::Big) => DataSetEncoding::ExplicitBigEndian,
-            (IMPLICIT_VR_LITTLE_ENDIAN, _) => DataSetEncoding::ImplicitLittleEndian,
-            _ => DataSetEncoding::ExplicitLittleEndian,
+            (_, Endianness::Big) => DataSetEncoding::ExplicitBig,
+            (uids::IMPLICIT_VR_LITTLE_ENDIAN, _) => DataSetEncoding::ImplicitLittle,
+            _ => DataSetEncoding::ExplicitLittle,
         })
     })?
     .map_err(|error| InstanceError::Unreadable(error.to_string()))?;
@@ -164,8 +170,7 @@ pub fn parse_instance<R: Read + Seek>(mut reader: R) -> Result<ParsedInstance, I
         FrameError::ImageAttribute(keyword) => InstanceError::InvalidAttribute(keyword),
         other => InstanceError::PixelData(other),
     })?;
-    let data_set = &object;
-    let metadata = data_set_to_json(data_set);
+    let metadata = data_set_to_json(&object);
     let mut instance_attributes = select_level(&metadata, QueryLevel::Instance);
     instance_attributes.insert(
         tag_key(tags::TRANSFER_SYNTAX_UID),
@@ -176,7 +181,7 @@ pub fn parse_instance<R: Read + Seek>(mut reader: R) -> Result<ParsedInstance, I
         study_attributes: select_level(&metadata, QueryLevel::Study),
         series_attributes: select_level(&metadata, QueryLevel::Series),
         instance_attributes,
-        search_terms: search_terms(data_set),
+        search_terms: search_terms(&object),
         metadata: JsonValue::Object(metadata),
         frames,
         study_instance_uid,
@@ -186,8 +191,6 @@ pub fn parse_instance<R: Read + Seek>(mut reader: R) -> Result<ParsedInstance, I
         transfer_syntax_uid,
     })
 }
-
-const IMPLICIT_VR_LITTLE_ENDIAN: &str = "1.2.840.10008.1.2";
 
 fn read_error(error: ReadError) -> InstanceError {
     match error {
@@ -252,6 +255,10 @@ fn image_geometry(object: &InMemDicomObject) -> Result<ImageGeometry, FrameError
         columns: number(tags::COLUMNS, "Columns", None)?,
         samples_per_pixel: number(tags::SAMPLES_PER_PIXEL, "SamplesPerPixel", Some(1))?,
         bits_allocated: number(tags::BITS_ALLOCATED, "BitsAllocated", None)?,
+        chroma_subsampled_422: object
+            .get(tags::PHOTOMETRIC_INTERPRETATION)
+            .and_then(|element| element.to_str().ok())
+            .is_some_and(|value| normalize_exact(&value) == "YBR_FULL_422"),
     })
 }
 

@@ -68,8 +68,7 @@ fn reinterpret_element(element: InMemElement, context: &UnknownVrContext) -> InM
             DataElement::new(tag, vr, DataSetSequence::new(items, length))
         }
         Value::Primitive(PrimitiveValue::U8(bytes)) if vr == VR::UN => {
-            match dictionary_vr(tag).and_then(|real| Some((real, decode(real, &bytes, context)?)))
-            {
+            match dictionary_vr(tag).and_then(|real| Some((real, decode(real, &bytes, context)?))) {
                 Some((real, value)) => DataElement::new(tag, real, value),
                 None => DataElement::new(tag, vr, PrimitiveValue::U8(bytes)),
             }
@@ -137,7 +136,7 @@ fn numbers<T, const N: usize>(
     little: fn([u8; N]) -> T,
     big: fn([u8; N]) -> T,
 ) -> Option<Vec<T>> {
-    if bytes.len() % N != 0 {
+    if !bytes.len().is_multiple_of(N) {
         return None;
     }
     let values = bytes
@@ -202,7 +201,9 @@ mod tests {
             image_type.to_multi_str().expect("strings").to_vec(),
             vec!["ORIGINAL".to_string(), "PRIMARY".to_string()]
         );
-        let private = object.get(dicom_core::Tag(0x0009, 0x0010)).expect("private");
+        let private = object
+            .get(dicom_core::Tag(0x0009, 0x0010))
+            .expect("private");
         assert_eq!(private.vr(), VR::UN);
     }
 

@@ -91,13 +91,20 @@ fn check_against_pydicom(path: &Path, transfer_syntax: &str, expected_frames: us
     assert_eq!(parsed.sop_class_uid, summary["sop_class"], "{name}");
     assert_eq!(parsed.transfer_syntax_uid, transfer_syntax, "{name}");
     assert_eq!(summary["transfer_syntax"], transfer_syntax, "{name}");
-    assert_eq!(reference.frames.len(), expected_frames, "{name}: pydicom frames");
+    assert_eq!(
+        reference.frames.len(),
+        expected_frames,
+        "{name}: pydicom frames"
+    );
 
     if expected_frames == 0 {
         assert!(parsed.frames.is_none(), "{name}: no pixel data");
         return;
     }
-    let frame_map = parsed.frames.as_ref().unwrap_or_else(|| panic!("{name}: no frames"));
+    let frame_map = parsed
+        .frames
+        .as_ref()
+        .unwrap_or_else(|| panic!("{name}: no frames"));
     assert_eq!(frame_map.frame_count(), expected_frames, "{name}");
     let ts_is_native = [
         uids::IMPLICIT_VR_LITTLE_ENDIAN,
@@ -161,6 +168,7 @@ fn pydicom_native_files_match_pydicom() {
         ("MR_small_bigendian.dcm", EBE, 1),
         ("MR_small_implicit.dcm", ILE, 1),
         ("SC_rgb_small_odd.dcm", ELE, 1),
+        ("SC_ybr_full_422_uncompressed.dcm", ELE, 1),
         ("SC_rgb_small_odd_big_endian.dcm", EBE, 1),
         ("rtdose.dcm", ILE, 15),
         ("rtdose_expb.dcm", EBE, 15),
@@ -257,8 +265,12 @@ fn ct_small_attributes_levels_and_search_terms() {
     assert!(!metadata.contains_key("00020010"));
     assert!(metadata.contains_key("00100010"));
     assert!(metadata.contains_key("00080060"));
-    assert!(metadata.keys().all(|key| key.len() == 8
-        && key.bytes().all(|b| b.is_ascii_digit() || (b'A'..=b'F').contains(&b))));
+    assert!(metadata.keys().all(|key| {
+        key.len() == 8
+            && key
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'A'..=b'F').contains(&b))
+    }));
 
     let study: Vec<_> = parsed.terms_at(QueryLevel::Study).collect();
     let term = |tag| {
@@ -276,7 +288,7 @@ fn ct_small_attributes_levels_and_search_terms() {
             words: vec!["compressedsamples".into(), "ct1".into()],
         }]
     );
-    assert_eq!(term(tags::STUDY_DATE), vec![SearchValue::Date(2004_01_19)]);
+    assert_eq!(term(tags::STUDY_DATE), vec![SearchValue::Date(20040119)]);
     assert_eq!(term(tags::MODALITY), vec![SearchValue::Exact("CT".into())]);
     assert_eq!(
         term(tags::MODALITIES_IN_STUDY),
@@ -289,7 +301,11 @@ fn ct_small_attributes_levels_and_search_terms() {
     // Empty values (AccessionNumber, ReferringPhysicianName) give no term.
     assert!(term(tags::ACCESSION_NUMBER).is_empty());
     assert!(term(tags::REFERRING_PHYSICIAN_NAME).is_empty());
-    assert!(study.iter().any(|t| t.attribute.tag == tags::MODALITIES_IN_STUDY));
+    assert!(
+        study
+            .iter()
+            .any(|t| t.attribute.tag == tags::MODALITIES_IN_STUDY)
+    );
     assert!(study.iter().all(|t| t.attribute.level == QueryLevel::Study));
     let instance: Vec<_> = parsed.terms_at(QueryLevel::Instance).collect();
     assert_eq!(instance.len(), 1);
@@ -343,8 +359,16 @@ fn every_real_file_parses_or_is_refused() {
             let file_length = std::fs::metadata(&path).expect("metadata").len();
             if let Ok(parsed) = parse_instance(File::open(&path).expect("open")) {
                 parsed_count += 1;
-                for range in parsed.frames.iter().flat_map(|map| map.frames.iter().flatten()) {
-                    assert!(range.offset + range.length <= file_length, "{}", path.display());
+                for range in parsed
+                    .frames
+                    .iter()
+                    .flat_map(|map| map.frames.iter().flatten())
+                {
+                    assert!(
+                        range.offset + range.length <= file_length,
+                        "{}",
+                        path.display()
+                    );
                 }
             }
         }
@@ -361,11 +385,19 @@ const INSTANCE_UID: &str = "1.2.826.0.1.3680043.8.498.1.1.1";
 fn synthetic_data_set() -> InMemDicomObject {
     InMemDicomObject::from_element_iter([
         DataElement::new(tags::SPECIFIC_CHARACTER_SET, VR::CS, "ISO_IR 192"),
-        DataElement::new(tags::SOP_CLASS_UID, VR::UI, uids::SECONDARY_CAPTURE_IMAGE_STORAGE),
+        DataElement::new(
+            tags::SOP_CLASS_UID,
+            VR::UI,
+            uids::SECONDARY_CAPTURE_IMAGE_STORAGE,
+        ),
         DataElement::new(tags::SOP_INSTANCE_UID, VR::UI, INSTANCE_UID),
         DataElement::new(tags::STUDY_DATE, VR::DA, "1999.12.31"),
         DataElement::new(tags::MODALITY, VR::CS, "OT"),
-        DataElement::new(tags::REFERRING_PHYSICIAN_NAME, VR::PN, "Ŝtefan^Ångström^^Dr."),
+        DataElement::new(
+            tags::REFERRING_PHYSICIAN_NAME,
+            VR::PN,
+            "Ŝtefan^Ångström^^Dr.",
+        ),
         DataElement::new(tags::PATIENT_NAME, VR::PN, "Müller^Jöhn=ミュラー^ジョン"),
         DataElement::new(tags::PATIENT_ID, VR::LO, "MARKER-ID "),
         DataElement::new(tags::PATIENT_BIRTH_DATE, VR::DA, "not-a-date"),
@@ -427,7 +459,12 @@ fn synthetic_instance_terms_and_frames_in_every_native_encoding() {
             value_of(tags::PATIENT_NAME),
             vec![SearchValue::PersonName {
                 exact: "Müller^Jöhn=ミュラー^ジョン".into(),
-                words: vec!["muller".into(), "john".into(), "ミュラー".into(), "ジョン".into()],
+                words: vec![
+                    "muller".into(),
+                    "john".into(),
+                    "ミュラー".into(),
+                    "ジョン".into()
+                ],
             }]
         );
         assert_eq!(
@@ -441,7 +478,10 @@ fn synthetic_instance_terms_and_frames_in_every_native_encoding() {
             value_of(tags::PATIENT_ID),
             vec![SearchValue::Exact("MARKER-ID".into())]
         );
-        assert_eq!(value_of(tags::STUDY_DATE), vec![SearchValue::Date(1999_12_31)]);
+        assert_eq!(
+            value_of(tags::STUDY_DATE),
+            vec![SearchValue::Date(19991231)]
+        );
         // An unparseable date is not searchable, but stays in the metadata.
         assert!(value_of(tags::PATIENT_BIRTH_DATE).is_empty());
         assert!(parsed.metadata.get("00100030").is_some());
@@ -469,7 +509,11 @@ fn synthetic_instance_terms_and_frames_in_every_native_encoding() {
                 })
                 .collect();
             let first = index as u16 * 8;
-            assert_eq!(words, (first..first + 8).collect::<Vec<_>>(), "{transfer_syntax}");
+            assert_eq!(
+                words,
+                (first..first + 8).collect::<Vec<_>>(),
+                "{transfer_syntax}"
+            );
         }
     }
 }
@@ -480,9 +524,24 @@ fn missing_and_invalid_uids_are_refused() {
         (tags::STUDY_INSTANCE_UID, None, "StudyInstanceUID", true),
         (tags::SERIES_INSTANCE_UID, None, "SeriesInstanceUID", true),
         (tags::SOP_CLASS_UID, None, "SOPClassUID", true),
-        (tags::STUDY_INSTANCE_UID, Some(String::new()), "StudyInstanceUID", true),
-        (tags::SERIES_INSTANCE_UID, Some("1.2.abc".into()), "SeriesInstanceUID", false),
-        (tags::SOP_INSTANCE_UID, Some("1".repeat(65)), "SOPInstanceUID", false),
+        (
+            tags::STUDY_INSTANCE_UID,
+            Some(String::new()),
+            "StudyInstanceUID",
+            true,
+        ),
+        (
+            tags::SERIES_INSTANCE_UID,
+            Some("1.2.abc".into()),
+            "SeriesInstanceUID",
+            false,
+        ),
+        (
+            tags::SOP_INSTANCE_UID,
+            Some("1".repeat(65)),
+            "SOPInstanceUID",
+            false,
+        ),
     ];
     for (tag, replacement, keyword, missing) in cases {
         let mut data_set = synthetic_data_set();
@@ -507,7 +566,11 @@ fn missing_and_invalid_uids_are_refused() {
     // A 64-character UID is valid.
     let mut data_set = synthetic_data_set();
     let long_uid = format!("1.{}", "2".repeat(62));
-    data_set.put(DataElement::new(tags::SERIES_INSTANCE_UID, VR::UI, long_uid.as_str()));
+    data_set.put(DataElement::new(
+        tags::SERIES_INSTANCE_UID,
+        VR::UI,
+        long_uid.as_str(),
+    ));
     let parsed = parse_instance(Cursor::new(write_instance(data_set, ELE))).expect("64 chars");
     assert_eq!(parsed.series_instance_uid, long_uid);
 }
@@ -546,4 +609,109 @@ fn garbage_is_unreadable() {
     assert!(matches!(error, InstanceError::Unreadable(_)), "{error:?}");
     let error = parse_instance(Cursor::new(Vec::new())).expect_err("empty");
     assert!(matches!(error, InstanceError::Unreadable(_)), "{error:?}");
+}
+
+#[test]
+fn hostile_lengths_and_truncation_are_refused_before_parsing() {
+    let bytes = write_instance(synthetic_data_set(), ELE);
+    // The header of the large private OB value: tag (0009,1001), "OB", reserved, length.
+    let header = [0x09, 0x00, 0x01, 0x10, b'O', b'B', 0, 0];
+    let at = bytes
+        .windows(header.len())
+        .position(|window| window == header)
+        .expect("private OB header");
+    let mut hostile = bytes.clone();
+    hostile[at + 8..at + 12].copy_from_slice(&0xF000_0000_u32.to_le_bytes());
+    assert!(matches!(
+        parse_instance(Cursor::new(&hostile)),
+        Err(InstanceError::Unreadable(_))
+    ));
+    // Cut inside the pixel data.
+    let truncated = &bytes[..bytes.len() - 10];
+    assert!(matches!(
+        parse_instance(Cursor::new(truncated)),
+        Err(InstanceError::PixelData(_))
+    ));
+    // Cut inside the header.
+    assert!(parse_instance(Cursor::new(&bytes[..at + 4])).is_err());
+}
+
+/// A 3-frame JPEG-baseline instance whose fragments are written as given, with an optional
+/// basic offset table.
+fn encapsulated_instance(offset_table: Vec<u32>, fragments: Vec<Vec<u8>>) -> Vec<u8> {
+    use dicom_core::value::{PixelFragmentSequence, Value as DicomValue};
+    let mut data_set = synthetic_data_set();
+    data_set.put(DataElement::new(
+        tags::BITS_ALLOCATED,
+        VR::US,
+        PrimitiveValue::from(8_u16),
+    ));
+    data_set.put(DataElement::new(
+        tags::PIXEL_DATA,
+        VR::OB,
+        DicomValue::PixelSequence(PixelFragmentSequence::new(offset_table, fragments)),
+    ));
+    write_instance(data_set, JPEG_BASELINE)
+}
+
+fn frames_of(bytes: &[u8]) -> Option<Vec<Vec<u8>>> {
+    let parsed = parse_instance(Cursor::new(bytes)).expect("parse encapsulated");
+    let frame_map = parsed.frames?;
+    assert!(frame_map.encapsulated);
+    Some(
+        (0..frame_map.frame_count())
+            .map(|index| read_frame(Cursor::new(bytes), &frame_map, index).expect("frame"))
+            .collect(),
+    )
+}
+
+#[test]
+fn encapsulated_fragments_are_assigned_to_frames() {
+    let frame_1a = vec![0xFF, 0xD8, 1, 2];
+    let frame_1b = vec![3, 4, 0xFF, 0xD9];
+    let frame_2 = vec![0xFF, 0xD8, 5, 6, 0xFF, 0xD9];
+    let frame_3a = vec![0xFF, 0xD8];
+    let frame_3b = vec![7, 0xFF, 0xD9, 0x00];
+    let fragments = vec![
+        frame_1a.clone(),
+        frame_1b.clone(),
+        frame_2.clone(),
+        frame_3a.clone(),
+        frame_3b.clone(),
+    ];
+    let expected = vec![
+        [frame_1a.clone(), frame_1b.clone()].concat(),
+        frame_2.clone(),
+        [frame_3a.clone(), frame_3b.clone()].concat(),
+    ];
+
+    // Empty offset table: grouped by end-of-image markers.
+    let bytes = encapsulated_instance(vec![], fragments.clone());
+    assert_eq!(frames_of(&bytes), Some(expected.clone()));
+
+    // Offset table: item offsets from the first fragment's item header (8-byte headers).
+    let bytes = encapsulated_instance(vec![0, 24, 38], fragments.clone());
+    assert_eq!(frames_of(&bytes), Some(expected));
+
+    // Without markers only the table can group them.
+    let bytes = encapsulated_instance(vec![0, 20, 30], vec![vec![1, 2]; 5]);
+    assert_eq!(
+        frames_of(&bytes),
+        Some(vec![vec![1, 2, 1, 2], vec![1, 2], vec![1, 2, 1, 2]])
+    );
+
+    // One fragment per frame, markers or not.
+    let bytes = encapsulated_instance(vec![], vec![vec![1, 2], vec![3, 4], vec![5, 6]]);
+    assert_eq!(
+        frames_of(&bytes),
+        Some(vec![vec![1, 2], vec![3, 4], vec![5, 6]])
+    );
+
+    // More fragments than frames, no table, no markers: the frames cannot be addressed.
+    let bytes = encapsulated_instance(vec![], vec![vec![1, 2]; 5]);
+    assert_eq!(frames_of(&bytes), None);
+
+    // Fewer fragments than frames: the same.
+    let bytes = encapsulated_instance(vec![], vec![vec![1, 2]; 2]);
+    assert_eq!(frames_of(&bytes), None);
 }

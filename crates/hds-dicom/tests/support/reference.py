@@ -12,6 +12,7 @@ import sys
 
 import pydicom
 from pydicom.encaps import generate_frames
+from pydicom.pixels.utils import get_expected_length
 
 
 def main() -> None:
@@ -25,8 +26,8 @@ def main() -> None:
         if ts.is_encapsulated:
             frames = list(generate_frames(pixel_data, number_of_frames=number_of_frames))
         else:
-            bits = ds.Rows * ds.Columns * ds.get("SamplesPerPixel", 1) * ds.BitsAllocated
-            length = bits // 8
+            # pydicom's own idea of the native size (it knows YBR_FULL_422 subsampling).
+            length = get_expected_length(ds, "bytes") // number_of_frames
             frames = [pixel_data[i * length:(i + 1) * length] for i in range(number_of_frames)]
     for index, frame in enumerate(frames):
         with open(os.path.join(out_dir, f"frame_{index}.bin"), "wb") as f:
