@@ -10,6 +10,10 @@
 //!   file and renames it), so a crash never leaves half a blob under a real name.
 #![deny(missing_docs)]
 
+mod sealed;
+
+pub use sealed::{SealedBlobWriter, SealedRanges};
+
 use std::ops::Range;
 use std::path::Path;
 use std::sync::Arc;
@@ -34,6 +38,13 @@ pub enum BlobError {
     /// The blob name is not one this store issued.
     #[error("invalid blob name")]
     InvalidName,
+    /// A sealed blob failed to open: it was altered, truncated, swapped with another blob, or
+    /// opened with the wrong key.
+    #[error("sealed blob failed its integrity check: {0}")]
+    Integrity(#[from] hds_crypto::stream::OpenError),
+    /// Sealing a blob failed.
+    #[error("sealing a blob failed: {0}")]
+    Seal(#[from] hds_crypto::stream::SealError),
 }
 
 /// The opaque name of a blob: 32 lowercase hex digits.
@@ -51,8 +62,14 @@ impl BlobName {
     /// from the index can never address a path outside the store).
     pub fn parse(name: &str) -> Result<BlobName, BlobError> {
         let well_formed = name.len() == 32
-            && name.bytes().all(|byte| byte.is_ascii_digit() || (b'a'..=b'f').contains(&byte));
-        if well_formed { Ok(BlobName(name.to_owned())) } else { Err(BlobError::InvalidName) }
+            && name
+                .bytes()
+                .all(|byte| byte.is_ascii_digit() || (b'a'..=b'f').contains(&byte));
+        if well_formed {
+            Ok(BlobName(name.to_owned()))
+        } else {
+            Err(BlobError::InvalidName)
+        }
     }
 
     /// The name as stored in the index.
@@ -60,7 +77,7 @@ impl BlobName {
         &self.0
     }
 
-    fn object_path(&self) -> ObjectPath {
+    pub(crate) fn object_path(&self) -> ObjectPath {
         ObjectPath::from(format!("{}/{}", &self.0[..2], &self.0))
     }
 }
@@ -74,16 +91,21 @@ impl std::fmt::Display for BlobName {
 /// A store of blobs. Cheap to clone.
 #[derive(Clone)]
 pub struct BlobStore {
-    store: Arc<dyn ObjectStore>,
+    pub(crate) store: Arc<dyn ObjectStore>,
 }
 
 impl BlobStore {
     /// Blobs as files under `directory` (created if missing).
     pub fn local(directory: &Path) -> Result<BlobStore, BlobError> {
         std::fs::create_dir_all(directory).map_err(|source| {
-            BlobError::Store(object_store::Error::Generic { store: "local", source: Box::new(source) })
+            BlobError::Store(object_store::Error::Generic {
+                store: "local",
+                source: Box::new(source),
+            })
         })?;
-        Ok(BlobStore { store: Arc::new(LocalFileSystem::new_with_prefix(directory)?) })
+        Ok(BlobStore {
+            store: Arc::new(LocalFileSystem::new_with_prefix(directory)?),
+        })
     }
 
     /// Blobs in any object store (Azure Blob, S3, memory).
@@ -94,7 +116,9 @@ impl BlobStore {
     /// Starts writing a new blob; it is visible only after [`BlobWriter::finish`].
     pub async fn create(&self, name: &BlobName) -> Result<BlobWriter, BlobError> {
         let upload = self.store.put_multipart(&name.object_path()).await?;
-        Ok(BlobWriter { inner: WriteMultipart::new_with_chunk_size(upload, 8 * 1024 * 1024) })
+        Ok(BlobWriter {
+            inner: WriteMultipart::new_with_chunk_size(upload, 8 * 1024 * 1024),
+        })
     }
 
     /// Writes a whole blob at once.
@@ -104,19 +128,36 @@ impl BlobStore {
     }
 
     /// The blob's bytes as a stream of chunks.
-    pub async fn read(&self, name: &BlobName) -> Result<BoxStream<'static, Result<Bytes, BlobError>>, BlobError> {
-        let result = self.store.get(&name.object_path()).await.map_err(not_found)?;
+    pub async fn read(
+        &self,
+        name: &BlobName,
+    ) -> Result<BoxStream<'static, Result<Bytes, BlobError>>, BlobError> {
+        let result = self
+            .store
+            .get(&name.object_path())
+            .await
+            .map_err(not_found)?;
         Ok(result.into_stream().map_err(BlobError::from).boxed())
     }
 
     /// The bytes in `range` of the blob.
     pub async fn read_range(&self, name: &BlobName, range: Range<u64>) -> Result<Bytes, BlobError> {
-        Ok(self.store.get_range(&name.object_path(), range).await.map_err(not_found)?)
+        self.store
+            .get_range(&name.object_path(), range)
+            .await
+            .map_err(not_found)
     }
 
     /// Several ranges of one blob, in order (coalesced into fewer reads by the store).
-    pub async fn read_ranges(&self, name: &BlobName, ranges: &[Range<u64>]) -> Result<Vec<Bytes>, BlobError> {
-        Ok(self.store.get_ranges(&name.object_path(), ranges).await.map_err(not_found)?)
+    pub async fn read_ranges(
+        &self,
+        name: &BlobName,
+        ranges: &[Range<u64>],
+    ) -> Result<Vec<Bytes>, BlobError> {
+        self.store
+            .get_ranges(&name.object_path(), ranges)
+            .await
+            .map_err(not_found)
     }
 
     /// Deletes a blob; deleting a missing blob succeeds.
@@ -167,7 +208,12 @@ mod tests {
 
     #[tokio::test]
     async fn writes_reads_ranges_and_deletes() -> Result<(), BlobError> {
-        let directory = tempfile::tempdir().map_err(|e| BlobError::Store(object_store::Error::Generic { store: "test", source: Box::new(e) }))?;
+        let directory = tempfile::tempdir().map_err(|e| {
+            BlobError::Store(object_store::Error::Generic {
+                store: "test",
+                source: Box::new(e),
+            })
+        })?;
         let store = BlobStore::local(directory.path())?;
         let name = BlobName::random();
         let mut writer = store.create(&name).await?;

@@ -22,8 +22,8 @@
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
 
-mod kdf;
 pub mod index_root;
+mod kdf;
 pub mod keys;
 pub mod root;
 mod secret;

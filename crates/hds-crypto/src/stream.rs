@@ -205,8 +205,14 @@ impl StreamLayout {
     }
 
     /// Length of the sealed stream for `plaintext_len` bytes of plaintext.
+    /// Saturates at `u64::MAX` for lengths no stream can have.
     pub fn sealed_len(&self, plaintext_len: u64) -> u64 {
-        HEADER_LEN as u64 + plaintext_len + self.segment_count(plaintext_len) * TAG_LEN as u64
+        (HEADER_LEN as u64)
+            .saturating_add(plaintext_len)
+            .saturating_add(
+                self.segment_count(plaintext_len)
+                    .saturating_mul(TAG_LEN as u64),
+            )
     }
 
     /// Length of the plaintext of a sealed stream of `sealed_len` bytes, or `None` when no
@@ -506,6 +512,40 @@ impl SegmentCipher {
     }
 }
 
+/// The header and segment cipher of a new stream with chosen parameters.
+fn start_stream(
+    blob_key: &[u8; DATA_KEY_LEN],
+    binding: StreamBinding<'_>,
+    layout: StreamLayout,
+    salt: &[u8; SALT_LEN],
+    nonce_prefix: &[u8; NONCE_PREFIX_LEN],
+) -> ([u8; HEADER_LEN], SegmentCipher) {
+    let header = Header::new(layout, salt, nonce_prefix);
+    let (cipher, key_check) = header.derive(blob_key, &binding);
+    let mut header_bytes = header.bytes;
+    header_bytes[HEADER_PREFIX_LEN..].copy_from_slice(&key_check);
+    (header_bytes, cipher)
+}
+
+/// The header and segment cipher of a new stream with the default layout and a fresh random
+/// salt and nonce prefix.
+fn start_random_stream(
+    blob_key: &BlobKey,
+    binding: StreamBinding<'_>,
+) -> ([u8; HEADER_LEN], SegmentCipher) {
+    let mut salt = [0u8; SALT_LEN];
+    let mut nonce_prefix = [0u8; NONCE_PREFIX_LEN];
+    fill_random(&mut salt);
+    fill_random(&mut nonce_prefix);
+    start_stream(
+        blob_key.expose(),
+        binding,
+        StreamLayout::DEFAULT,
+        &salt,
+        &nonce_prefix,
+    )
+}
+
 /// Seals a stream incrementally: push plaintext chunks of any size, get ciphertext out.
 /// Holds at most one segment of plaintext (zeroized on drop), so a blob of any size is sealed
 /// in bounded memory; async callers push what they read and write what comes out.
@@ -525,21 +565,18 @@ impl Sealer {
     /// A sealer for a new stream under `blob_key`, bound to `binding`, with the default layout
     /// and a fresh random salt and nonce prefix.
     pub fn new(blob_key: &BlobKey, binding: StreamBinding<'_>) -> Sealer {
-        let mut salt = [0u8; SALT_LEN];
-        let mut nonce_prefix = [0u8; NONCE_PREFIX_LEN];
-        fill_random(&mut salt);
-        fill_random(&mut nonce_prefix);
-        Sealer::with_parameters(
-            blob_key.expose(),
-            binding,
-            StreamLayout::DEFAULT,
-            &salt,
-            &nonce_prefix,
-        )
+        let (header, cipher) = start_random_stream(blob_key, binding);
+        Sealer {
+            cipher,
+            header: Some(header),
+            pending: SecretBytes::default(),
+            next_segment: 0,
+        }
     }
 
     /// A sealer with chosen parameters. Reusing a salt and nonce prefix under the same key and
     /// binding reuses nonces; only test vectors and tests may do that.
+    #[cfg(test)]
     pub(crate) fn with_parameters(
         blob_key: &[u8; DATA_KEY_LEN],
         binding: StreamBinding<'_>,
@@ -547,13 +584,10 @@ impl Sealer {
         salt: &[u8; SALT_LEN],
         nonce_prefix: &[u8; NONCE_PREFIX_LEN],
     ) -> Sealer {
-        let header = Header::new(layout, salt, nonce_prefix);
-        let (cipher, key_check) = header.derive(blob_key, &binding);
-        let mut header_bytes = header.bytes;
-        header_bytes[HEADER_PREFIX_LEN..].copy_from_slice(&key_check);
+        let (header, cipher) = start_stream(blob_key, binding, layout, salt, nonce_prefix);
         Sealer {
             cipher,
-            header: Some(header_bytes),
+            header: Some(header),
             pending: SecretBytes::default(),
             next_segment: 0,
         }
@@ -671,11 +705,10 @@ impl SegmentSealer {
     /// A segment sealer for a new stream under `blob_key`, bound to `binding`, with the default
     /// layout and a fresh random salt and nonce prefix.
     pub fn new(blob_key: &BlobKey, binding: StreamBinding<'_>) -> SegmentSealer {
-        let sealer = Sealer::new(blob_key, binding);
+        let (header, cipher) = start_random_stream(blob_key, binding);
         SegmentSealer {
-            cipher: sealer.cipher,
-            // `Sealer::new` always starts with its header pending.
-            header: sealer.header.unwrap_or([0u8; HEADER_LEN]),
+            cipher,
+            header,
             next_segment: 0,
             finished: false,
         }

@@ -117,8 +117,10 @@ pub async fn run(
             description = migration.description,
             "applying migration"
         );
-        sqlx::raw_sql(sql)
-            .execute(&mut *transaction)
+        // `Executor::execute` on the connection with the whole script (several statements,
+        // unprepared). `raw_sql(..).execute(..)` would do the same, but its future cannot be
+        // proven `Send` inside callers' boxed futures.
+        sqlx::Executor::execute(&mut *transaction, sql)
             .await
             .map_err(|source| DbError::MigrationFailed {
                 component: component.to_owned(),

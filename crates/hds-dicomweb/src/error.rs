@@ -38,6 +38,10 @@ pub enum DicomWebError {
     /// The caller is not authenticated (401) or not allowed (403).
     #[error("{}", .0.message)]
     Refused(crate::service::AccessRefusal),
+    /// Stored data failed its integrity check (altered, truncated or swapped); details go to the
+    /// log.
+    #[error("stored data failed its integrity check")]
+    DataIntegrity(String),
     /// Something failed inside hds; details go to the log, not to the client.
     #[error("internal error")]
     Internal(String),
@@ -47,6 +51,17 @@ impl DicomWebError {
     /// Wraps an internal failure, logging its detail.
     pub fn internal(context: &'static str, error: impl std::fmt::Display) -> DicomWebError {
         DicomWebError::Internal(format!("{context}: {error}"))
+    }
+
+    /// The service's customer-managed key is not accessible, so its data cannot be read or
+    /// written.
+    pub fn key_access_lost() -> DicomWebError {
+        DicomWebError::Unavailable {
+            code: "CustomerManagedKeyAccessLost",
+            message: "the DICOM service cannot access its customer-managed key; restore the \
+                      managed identity's access to the key in the key vault"
+                .into(),
+        }
     }
 
     fn status_and_code(&self) -> (StatusCode, &'static str) {
@@ -61,6 +76,10 @@ impl DicomWebError {
             DicomWebError::PayloadTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "PayloadTooLarge"),
             DicomWebError::Unavailable { code, .. } => (StatusCode::INTERNAL_SERVER_ERROR, code),
             DicomWebError::Refused(refusal) => (refusal.status, refusal.code),
+            DicomWebError::DataIntegrity(_) => (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "DataIntegrityCheckFailed",
+            ),
             DicomWebError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "InternalError"),
         }
     }
@@ -68,28 +87,58 @@ impl DicomWebError {
 
 impl From<hds_index::IndexError> for DicomWebError {
     fn from(error: hds_index::IndexError) -> Self {
-        DicomWebError::internal("index", error)
+        match error {
+            hds_index::IndexError::KeysUnavailable => DicomWebError::key_access_lost(),
+            hds_index::IndexError::Keyring(error) => error.into(),
+            hds_index::IndexError::Integrity => DicomWebError::DataIntegrity("index value".into()),
+            other => DicomWebError::internal("index", other),
+        }
+    }
+}
+
+impl From<hds_index::KeyringError> for DicomWebError {
+    fn from(error: hds_index::KeyringError) -> Self {
+        if error.is_key_access_lost() {
+            tracing::warn!(error = %error, "customer-managed key not accessible");
+            return DicomWebError::key_access_lost();
+        }
+        match error {
+            hds_index::KeyringError::Integrity(_) => {
+                DicomWebError::DataIntegrity(format!("keyring: {error}"))
+            }
+            other => DicomWebError::internal("keyring", other),
+        }
     }
 }
 
 impl From<hds_blob::BlobError> for DicomWebError {
     fn from(error: hds_blob::BlobError) -> Self {
-        DicomWebError::internal("blob store", error)
+        match error {
+            hds_blob::BlobError::Integrity(_) => {
+                DicomWebError::DataIntegrity(format!("blob: {error}"))
+            }
+            other => DicomWebError::internal("blob store", other),
+        }
     }
 }
 
 impl IntoResponse for DicomWebError {
     fn into_response(self) -> Response {
         let (status, code) = self.status_and_code();
-        if let DicomWebError::Internal(detail) = &self {
+        if let DicomWebError::Internal(detail) | DicomWebError::DataIntegrity(detail) = &self {
             tracing::error!(detail = %detail, "request failed");
         }
         let body = serde_json::json!({ "error": { "code": code, "message": self.to_string() } });
         let mut response = (status, Json(body)).into_response();
-        if let DicomWebError::Refused(crate::service::AccessRefusal { challenge: Some(challenge), .. }) = &self {
-            if let Ok(value) = axum::http::HeaderValue::from_str(challenge) {
-                response.headers_mut().insert(axum::http::header::WWW_AUTHENTICATE, value);
-            }
+        if let DicomWebError::Refused(crate::service::AccessRefusal {
+            challenge: Some(challenge),
+            ..
+        }) = &self
+            && let Ok(value) = axum::http::HeaderValue::from_str(challenge)
+        {
+            response
+                .headers_mut()
+                .insert(axum::http::header::WWW_AUTHENTICATE, value);
         }
         response
     }

@@ -25,8 +25,8 @@ use axum::routing::{get, post};
 
 pub use error::DicomWebError;
 pub use service::{
-    AccessRefusal, AllowAll, DataAccess, DicomAccessControl, DicomServiceResolver, DicomWebConfig, DicomWebState,
-    ResolvedService, StaticServices,
+    AccessRefusal, AllowAll, DataAccess, DicomAccessControl, DicomServiceResolver, DicomWebConfig,
+    DicomWebState, ResolvedService, StaticServices,
 };
 
 /// The routes of the DICOMweb API, relative to the main listener's root.
@@ -37,16 +37,24 @@ pub fn router(state: DicomWebState) -> Router {
         .route("/instances", get(qido::search_instances))
         .route(
             "/studies/{study}",
-            post(stow::store_in_study).get(retrieve::study).delete(retrieve::delete_study),
+            post(stow::store_in_study)
+                .get(retrieve::study)
+                .delete(retrieve::delete_study),
         )
         .route("/studies/{study}/metadata", get(retrieve::study_metadata))
         .route("/studies/{study}/series", get(qido::search_series_in_study))
-        .route("/studies/{study}/instances", get(qido::search_instances_in_study))
+        .route(
+            "/studies/{study}/instances",
+            get(qido::search_instances_in_study),
+        )
         .route(
             "/studies/{study}/series/{series}",
             get(retrieve::series).delete(retrieve::delete_series),
         )
-        .route("/studies/{study}/series/{series}/metadata", get(retrieve::series_metadata))
+        .route(
+            "/studies/{study}/series/{series}/metadata",
+            get(retrieve::series_metadata),
+        )
         .route(
             "/studies/{study}/series/{series}/instances",
             get(qido::search_instances_in_series),
@@ -64,5 +72,7 @@ pub fn router(state: DicomWebState) -> Router {
             get(retrieve::frames),
         )
         .layer(axum::extract::DefaultBodyLimit::disable());
-    Router::new().nest("/dicom/{workspace}/{service}/{version}", api).with_state(state)
+    Router::new()
+        .nest("/dicom/{workspace}/{service}/{version}", api)
+        .with_state(state)
 }

@@ -28,19 +28,30 @@ impl MediaRange {
         let parameters = pieces
             .filter_map(|piece| {
                 let (name, value) = piece.split_once('=')?;
-                Some((name.trim().to_ascii_lowercase(), value.trim().trim_matches('"').to_owned()))
+                Some((
+                    name.trim().to_ascii_lowercase(),
+                    value.trim().trim_matches('"').to_owned(),
+                ))
             })
             .collect();
-        Some(MediaRange { essence, parameters })
+        Some(MediaRange {
+            essence,
+            parameters,
+        })
     }
 
     /// A parameter's value.
     pub fn parameter(&self, name: &str) -> Option<&str> {
-        self.parameters.iter().find(|(key, _)| key == name).map(|(_, value)| value.as_str())
+        self.parameters
+            .iter()
+            .find(|(key, _)| key == name)
+            .map(|(_, value)| value.as_str())
     }
 
     fn quality(&self) -> f32 {
-        self.parameter("q").and_then(|q| q.parse().ok()).unwrap_or(1.0)
+        self.parameter("q")
+            .and_then(|q| q.parse().ok())
+            .unwrap_or(1.0)
     }
 }
 
@@ -72,7 +83,10 @@ pub fn accepted(headers: &HeaderMap) -> Vec<MediaRange> {
         .filter(|range| range.quality() > 0.0)
         .collect();
     if ranges.is_empty() {
-        ranges.push(MediaRange { essence: "*/*".into(), parameters: Vec::new() });
+        ranges.push(MediaRange {
+            essence: "*/*".into(),
+            parameters: Vec::new(),
+        });
     }
     ranges.sort_by(|a, b| b.quality().total_cmp(&a.quality()));
     ranges
@@ -80,7 +94,11 @@ pub fn accepted(headers: &HeaderMap) -> Vec<MediaRange> {
 
 /// The request's Content-Type.
 pub fn content_type(headers: &HeaderMap) -> Option<MediaRange> {
-    headers.get(CONTENT_TYPE)?.to_str().ok().and_then(MediaRange::parse)
+    headers
+        .get(CONTENT_TYPE)?
+        .to_str()
+        .ok()
+        .and_then(MediaRange::parse)
 }
 
 /// How retrieved instances or frames are packaged.
@@ -136,7 +154,10 @@ pub fn negotiate(
                 ));
             }
             None => {
-                if stored_syntaxes.iter().all(|stored| acceptable_without_parameter(stored)) {
+                if stored_syntaxes
+                    .iter()
+                    .all(|stored| acceptable_without_parameter(stored))
+                {
                     return Ok(Negotiated { packaging });
                 }
                 transfer_syntax_problem = Some(
@@ -149,10 +170,16 @@ pub fn negotiate(
             }
         }
     }
-    Err(DicomWebError::NotAcceptable(transfer_syntax_problem.unwrap_or_else(|| {
-        let single = if single_allowed { format!(" or {part_type}") } else { String::new() };
-        format!("this resource is available as multipart/related; type=\"{part_type}\"{single}")
-    })))
+    Err(DicomWebError::NotAcceptable(
+        transfer_syntax_problem.unwrap_or_else(|| {
+            let single = if single_allowed {
+                format!(" or {part_type}")
+            } else {
+                String::new()
+            };
+            format!("this resource is available as multipart/related; type=\"{part_type}\"{single}")
+        }),
+    ))
 }
 
 /// Whether the client accepts DICOM JSON.
@@ -172,14 +199,21 @@ mod tests {
 
     fn headers(accept: &str) -> HeaderMap {
         let mut headers = HeaderMap::new();
-        headers.insert(ACCEPT, HeaderValue::from_str(accept).unwrap_or(HeaderValue::from_static("*/*")));
+        headers.insert(
+            ACCEPT,
+            HeaderValue::from_str(accept).unwrap_or(HeaderValue::from_static("*/*")),
+        );
         headers
     }
 
     #[test]
     fn parses_quoted_parameters() {
-        let range = MediaRange::parse("multipart/related; type=\"application/dicom\"; transfer-syntax=*");
-        let range = range.unwrap_or(MediaRange { essence: String::new(), parameters: vec![] });
+        let range =
+            MediaRange::parse("multipart/related; type=\"application/dicom\"; transfer-syntax=*");
+        let range = range.unwrap_or(MediaRange {
+            essence: String::new(),
+            parameters: vec![],
+        });
         assert_eq!(range.essence, "multipart/related");
         assert_eq!(range.parameter("type"), Some("application/dicom"));
         assert_eq!(range.parameter("transfer-syntax"), Some("*"));
@@ -189,11 +223,37 @@ mod tests {
     fn explicit_little_endian_needs_no_parameter_but_others_do() {
         let is_default = |syntax: &str| syntax == EXPLICIT_VR_LITTLE_ENDIAN;
         let accept = headers("multipart/related; type=\"application/dicom\"");
-        assert!(negotiate(&accept, "application/dicom", &[EXPLICIT_VR_LITTLE_ENDIAN], is_default, true).is_ok());
-        let refused = negotiate(&accept, "application/dicom", &["1.2.840.10008.1.2.4.50"], is_default, true);
-        assert!(matches!(refused, Err(DicomWebError::NotAcceptable(message)) if message.contains("transfer-syntax=*")));
+        assert!(
+            negotiate(
+                &accept,
+                "application/dicom",
+                &[EXPLICIT_VR_LITTLE_ENDIAN],
+                is_default,
+                true
+            )
+            .is_ok()
+        );
+        let refused = negotiate(
+            &accept,
+            "application/dicom",
+            &["1.2.840.10008.1.2.4.50"],
+            is_default,
+            true,
+        );
+        assert!(
+            matches!(refused, Err(DicomWebError::NotAcceptable(message)) if message.contains("transfer-syntax=*"))
+        );
         let star = headers("multipart/related; type=\"application/dicom\"; transfer-syntax=*");
-        assert!(negotiate(&star, "application/dicom", &["1.2.840.10008.1.2.4.50"], is_default, true).is_ok());
+        assert!(
+            negotiate(
+                &star,
+                "application/dicom",
+                &["1.2.840.10008.1.2.4.50"],
+                is_default,
+                true
+            )
+            .is_ok()
+        );
     }
 
     #[test]
@@ -201,7 +261,13 @@ mod tests {
         let is_default = |_: &str| true;
         let accept = headers("application/dicom");
         let single = negotiate(&accept, "application/dicom", &[], is_default, true);
-        assert!(matches!(single, Ok(Negotiated { packaging: Packaging::Single, .. })));
+        assert!(matches!(
+            single,
+            Ok(Negotiated {
+                packaging: Packaging::Single,
+                ..
+            })
+        ));
         assert!(negotiate(&accept, "application/dicom", &[], is_default, false).is_err());
     }
 }

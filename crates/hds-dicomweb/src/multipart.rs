@@ -30,17 +30,26 @@ pub fn closing(boundary: &str) -> Bytes {
     Bytes::from(format!("\r\n--{boundary}--\r\n"))
 }
 
+/// One part of a multipart response: its content type, its optional Content-Location, and its
+/// body.
+pub type Part<E> = (String, Option<String>, BoxStream<'static, Result<Bytes, E>>);
+
 /// Joins part streams into one body stream with headers and the closing boundary. An error in
 /// a part ends the stream with that error, without the closing boundary, so a client can tell a
 /// cut response from a complete one.
 pub fn body<E: Send + 'static>(
     boundary: String,
-    parts: Vec<(String, Option<String>, BoxStream<'static, Result<Bytes, E>>)>,
+    parts: Vec<Part<E>>,
 ) -> BoxStream<'static, Result<Bytes, E>> {
     let closing_bytes = closing(&boundary);
-    let opened = parts.into_iter().map(move |(content_type, location, part)| {
-        let header = part_header(&boundary, &content_type, location.as_deref());
-        stream::once(async move { Ok(header) }).chain(part).boxed()
-    });
-    stream::iter(opened).flatten().chain(stream::once(async move { Ok(closing_bytes) })).boxed()
+    let opened = parts
+        .into_iter()
+        .map(move |(content_type, location, part)| {
+            let header = part_header(&boundary, &content_type, location.as_deref());
+            stream::once(async move { Ok(header) }).chain(part).boxed()
+        });
+    stream::iter(opened)
+        .flatten()
+        .chain(stream::once(async move { Ok(closing_bytes) }))
+        .boxed()
 }

@@ -12,8 +12,8 @@ use hds_index::{Filter, Matcher, SearchHit, SearchQuery};
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
-use crate::service::{DicomWebState, ServiceContext};
 use crate::DicomWebError;
+use crate::service::{DicomWebState, ServiceContext};
 
 const DEFAULT_LIMIT: u32 = 100;
 const MAX_LIMIT: u32 = 200;
@@ -57,7 +57,15 @@ pub async fn search_series(
     State(state): State<DicomWebState>,
     Query(parameters): Parameters,
 ) -> Result<Response, DicomWebError> {
-    search(&context, &state, QueryLevel::Series, None, None, &parameters).await
+    search(
+        &context,
+        &state,
+        QueryLevel::Series,
+        None,
+        None,
+        &parameters,
+    )
+    .await
 }
 
 /// `GET instances`.
@@ -66,7 +74,15 @@ pub async fn search_instances(
     State(state): State<DicomWebState>,
     Query(parameters): Parameters,
 ) -> Result<Response, DicomWebError> {
-    search(&context, &state, QueryLevel::Instance, None, None, &parameters).await
+    search(
+        &context,
+        &state,
+        QueryLevel::Instance,
+        None,
+        None,
+        &parameters,
+    )
+    .await
 }
 
 /// `GET studies/{study}/series`.
@@ -76,7 +92,15 @@ pub async fn search_series_in_study(
     Path(path): Path<StudyPath>,
     Query(parameters): Parameters,
 ) -> Result<Response, DicomWebError> {
-    search(&context, &state, QueryLevel::Series, Some(&path.study), None, &parameters).await
+    search(
+        &context,
+        &state,
+        QueryLevel::Series,
+        Some(&path.study),
+        None,
+        &parameters,
+    )
+    .await
 }
 
 /// `GET studies/{study}/instances`.
@@ -86,7 +110,15 @@ pub async fn search_instances_in_study(
     Path(path): Path<StudyPath>,
     Query(parameters): Parameters,
 ) -> Result<Response, DicomWebError> {
-    search(&context, &state, QueryLevel::Instance, Some(&path.study), None, &parameters).await
+    search(
+        &context,
+        &state,
+        QueryLevel::Instance,
+        Some(&path.study),
+        None,
+        &parameters,
+    )
+    .await
 }
 
 /// `GET studies/{study}/series/{series}/instances`.
@@ -96,7 +128,15 @@ pub async fn search_instances_in_series(
     Path(path): Path<SeriesPath>,
     Query(parameters): Parameters,
 ) -> Result<Response, DicomWebError> {
-    search(&context, &state, QueryLevel::Instance, Some(&path.study), Some(&path.series), &parameters).await
+    search(
+        &context,
+        &state,
+        QueryLevel::Instance,
+        Some(&path.study),
+        Some(&path.series),
+        &parameters,
+    )
+    .await
 }
 
 /// What to return beyond the defaults.
@@ -121,14 +161,21 @@ fn level_rank(level: QueryLevel) -> u8 {
     }
 }
 
-fn parse_search(level: QueryLevel, parameters: &[(String, String)]) -> Result<ParsedSearch, DicomWebError> {
+fn parse_search(
+    level: QueryLevel,
+    parameters: &[(String, String)],
+) -> Result<ParsedSearch, DicomWebError> {
     let fuzzy = parameters
         .iter()
         .filter(|(name, _)| name.eq_ignore_ascii_case("fuzzymatching"))
-        .try_fold(false, |_, (_, value)| match value.to_ascii_lowercase().as_str() {
-            "true" => Ok(true),
-            "false" => Ok(false),
-            _ => Err(DicomWebError::BadRequest("fuzzymatching must be true or false".into())),
+        .try_fold(false, |_, (_, value)| {
+            match value.to_ascii_lowercase().as_str() {
+                "true" => Ok(true),
+                "false" => Ok(false),
+                _ => Err(DicomWebError::BadRequest(
+                    "fuzzymatching must be true or false".into(),
+                )),
+            }
         })?;
     let mut filters = Vec::new();
     let mut include = IncludeFields::Some(Vec::new());
@@ -142,20 +189,30 @@ fn parse_search(level: QueryLevel, parameters: &[(String, String)]) -> Result<Pa
                     .parse::<u32>()
                     .ok()
                     .filter(|limit| (1..=MAX_LIMIT).contains(limit))
-                    .ok_or_else(|| DicomWebError::BadRequest(format!("limit must be between 1 and {MAX_LIMIT}")))?;
+                    .ok_or_else(|| {
+                        DicomWebError::BadRequest(format!(
+                            "limit must be between 1 and {MAX_LIMIT}"
+                        ))
+                    })?;
             }
             "offset" => {
-                offset = value
-                    .parse::<u32>()
-                    .map_err(|_| DicomWebError::BadRequest("offset must be a non-negative integer".into()))?;
+                offset = value.parse::<u32>().map_err(|_| {
+                    DicomWebError::BadRequest("offset must be a non-negative integer".into())
+                })?;
             }
             "includefield" => {
-                for field in value.split(',').map(str::trim).filter(|field| !field.is_empty()) {
+                for field in value
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|field| !field.is_empty())
+                {
                     if field.eq_ignore_ascii_case("all") {
                         include = IncludeFields::All;
                     } else {
                         let tag = resolve_tag(field).ok_or_else(|| {
-                            DicomWebError::BadRequest(format!("includefield {field} is not a known attribute keyword or tag"))
+                            DicomWebError::BadRequest(format!(
+                                "includefield {field} is not a known attribute keyword or tag"
+                            ))
                         })?;
                         if let IncludeFields::Some(tags) = &mut include {
                             tags.push(tag);
@@ -190,20 +247,35 @@ fn parse_search(level: QueryLevel, parameters: &[(String, String)]) -> Result<Pa
                         })?;
                         Matcher::DateRange(from, to)
                     }
-                    SearchKind::PersonName if fuzzy => Matcher::FuzzyName(normalize::fuzzy_query_words(value)),
-                    SearchKind::PersonName => Matcher::Exact(normalize::normalize_person_name(value)),
+                    SearchKind::PersonName if fuzzy => {
+                        Matcher::FuzzyName(normalize::fuzzy_query_words(value))
+                    }
+                    SearchKind::PersonName => {
+                        Matcher::Exact(normalize::normalize_person_name(value))
+                    }
                     SearchKind::Exact => Matcher::Exact(normalize::normalize_exact(value)),
                 };
                 filters.push(Filter { attribute, matcher });
             }
         }
     }
-    Ok(ParsedSearch { filters, include, limit, offset })
+    Ok(ParsedSearch {
+        filters,
+        include,
+        limit,
+        offset,
+    })
 }
 
 fn supported_names() -> String {
-    let names: Vec<&str> = hds_dicom::attributes::searchable_attributes().iter().map(|a| a.keyword).collect();
-    format!("{}, includefield, fuzzymatching, limit, offset", names.join(", "))
+    let names: Vec<&str> = hds_dicom::attributes::searchable_attributes()
+        .iter()
+        .map(|a| a.keyword)
+        .collect();
+    format!(
+        "{}, includefield, fuzzymatching, limit, offset",
+        names.join(", ")
+    )
 }
 
 fn level_name(level: QueryLevel) -> &'static str {
@@ -233,7 +305,10 @@ async fn search(
         offset: parsed.offset,
     };
     let hits = state.index.search(&query).await?;
-    let results: Vec<Value> = hits.iter().map(|hit| shape_result(context, level, &parsed, hit)).collect();
+    let results: Vec<Value> = hits
+        .iter()
+        .map(|hit| shape_result(context, level, &parsed, hit))
+        .collect();
     Ok(([(CONTENT_TYPE, "application/dicom+json")], Json(results)).into_response())
 }
 
@@ -243,7 +318,12 @@ fn tag_key(tag: Tag) -> String {
 
 /// The attributes of one result: the level's defaults, the matched attributes, the included
 /// ones, the counts and RetrieveURL.
-fn shape_result(context: &ServiceContext, level: QueryLevel, parsed: &ParsedSearch, hit: &SearchHit) -> Value {
+fn shape_result(
+    context: &ServiceContext,
+    level: QueryLevel,
+    parsed: &ParsedSearch,
+    hit: &SearchHit,
+) -> Value {
     let mut result = Map::new();
     let mut copy = |key: String| {
         if let Some(value) = hit.attributes.get(&key) {
@@ -297,21 +377,36 @@ fn shape_result(context: &ServiceContext, level: QueryLevel, parsed: &ParsedSear
             uid(SOP_INSTANCE_UID)
         ),
     };
-    result.insert(RETRIEVE_URL.into(), json!({ "vr": "UR", "Value": [retrieve_url] }));
+    result.insert(
+        RETRIEVE_URL.into(),
+        json!({ "vr": "UR", "Value": [retrieve_url] }),
+    );
     if level == QueryLevel::Study {
         if !hit.modalities_in_study.is_empty() {
-            result.insert(MODALITIES_IN_STUDY.into(), json!({ "vr": "CS", "Value": hit.modalities_in_study }));
+            result.insert(
+                MODALITIES_IN_STUDY.into(),
+                json!({ "vr": "CS", "Value": hit.modalities_in_study }),
+            );
         }
         if let Some(count) = hit.number_of_related_series {
-            result.insert(NUMBER_OF_STUDY_RELATED_SERIES.into(), json!({ "vr": "IS", "Value": [count] }));
+            result.insert(
+                NUMBER_OF_STUDY_RELATED_SERIES.into(),
+                json!({ "vr": "IS", "Value": [count] }),
+            );
         }
         if let Some(count) = hit.number_of_related_instances {
-            result.insert(NUMBER_OF_STUDY_RELATED_INSTANCES.into(), json!({ "vr": "IS", "Value": [count] }));
+            result.insert(
+                NUMBER_OF_STUDY_RELATED_INSTANCES.into(),
+                json!({ "vr": "IS", "Value": [count] }),
+            );
         }
-    } else if level == QueryLevel::Series {
-        if let Some(count) = hit.number_of_related_instances {
-            result.insert(NUMBER_OF_SERIES_RELATED_INSTANCES.into(), json!({ "vr": "IS", "Value": [count] }));
-        }
+    } else if level == QueryLevel::Series
+        && let Some(count) = hit.number_of_related_instances
+    {
+        result.insert(
+            NUMBER_OF_SERIES_RELATED_INSTANCES.into(),
+            json!({ "vr": "IS", "Value": [count] }),
+        );
     }
     Value::Object(result)
 }

@@ -12,17 +12,22 @@ use bytes::Bytes;
 use futures::StreamExt;
 use futures::stream::BoxStream;
 use hds_blob::BlobName;
+use hds_crypto::keys::BlobKey;
 use hds_index::{DeleteScope, InstanceRecord};
 use serde::Deserialize;
 
+use crate::DicomWebError;
 use crate::media::{self, EXPLICIT_VR_LITTLE_ENDIAN, Packaging};
 use crate::multipart;
 use crate::service::{DicomWebState, ServiceContext};
-use crate::DicomWebError;
 
 /// Transfer syntaxes whose pixel data is native (not encapsulated).
-const NATIVE_SYNTAXES: [&str; 4] =
-    ["1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.2", "1.2.840.10008.1.2.1.99"];
+const NATIVE_SYNTAXES: [&str; 4] = [
+    "1.2.840.10008.1.2",
+    "1.2.840.10008.1.2.1",
+    "1.2.840.10008.1.2.2",
+    "1.2.840.10008.1.2.1.99",
+];
 
 /// `{study}`.
 #[derive(Debug, Deserialize)]
@@ -61,7 +66,14 @@ pub async fn study(
     Path(path): Path<StudyPath>,
     headers: HeaderMap,
 ) -> Result<Response, DicomWebError> {
-    retrieve_instances(&context, &state, DeleteScope::Study(&path.study), &headers, "study").await
+    retrieve_instances(
+        &context,
+        &state,
+        DeleteScope::Study(&path.study),
+        &headers,
+        "study",
+    )
+    .await
 }
 
 /// `GET studies/{study}/series/{series}`.
@@ -71,7 +83,14 @@ pub async fn series(
     Path(path): Path<SeriesPath>,
     headers: HeaderMap,
 ) -> Result<Response, DicomWebError> {
-    retrieve_instances(&context, &state, DeleteScope::Series(&path.study, &path.series), &headers, "series").await
+    retrieve_instances(
+        &context,
+        &state,
+        DeleteScope::Series(&path.study, &path.series),
+        &headers,
+        "series",
+    )
+    .await
 }
 
 /// `GET studies/{study}/series/{series}/instances/{instance}`.
@@ -92,11 +111,17 @@ async fn retrieve_instances(
     headers: &HeaderMap,
     what: &'static str,
 ) -> Result<Response, DicomWebError> {
-    let records = state.index.find_instances(&context.service_key, scope).await?;
+    let records = state
+        .index
+        .find_instances(&context.service_key, scope)
+        .await?;
     if records.is_empty() {
         return Err(DicomWebError::NotFound(what));
     }
-    let syntaxes: Vec<&str> = records.iter().map(|record| record.transfer_syntax_uid.as_str()).collect();
+    let syntaxes: Vec<&str> = records
+        .iter()
+        .map(|record| record.transfer_syntax_uid.as_str())
+        .collect();
     let single_allowed = matches!(scope, DeleteScope::Instance(..));
     let negotiated = media::negotiate(
         headers,
@@ -108,18 +133,28 @@ async fn retrieve_instances(
     match negotiated.packaging {
         Packaging::Single => {
             let record = &records[0];
-            let stream = blob_stream(state, record).await?;
-            let content_type = format!("application/dicom; transfer-syntax={}", record.transfer_syntax_uid);
+            let stream = blob_stream(context, state, record).await?;
+            let content_type = format!(
+                "application/dicom; transfer-syntax={}",
+                record.transfer_syntax_uid
+            );
             Ok(([(CONTENT_TYPE, content_type)], Body::from_stream(stream)).into_response())
         }
         Packaging::Multipart => {
             let boundary = multipart::new_boundary();
             let mut parts = Vec::with_capacity(records.len());
-            // Open every blob before the status line is sent, so a missing blob is a clean 500
-            // rather than a cut body.
+            // Open every blob (and verify its first segment) before the status line is sent, so
+            // a missing or damaged blob is a clean 500 rather than a cut body.
             for record in &records {
-                let content_type = format!("application/dicom; transfer-syntax={}", record.transfer_syntax_uid);
-                parts.push((content_type, None, blob_stream(state, record).await?));
+                let content_type = format!(
+                    "application/dicom; transfer-syntax={}",
+                    record.transfer_syntax_uid
+                );
+                parts.push((
+                    content_type,
+                    None,
+                    blob_stream(context, state, record).await?,
+                ));
             }
             let body = multipart::body(boundary.clone(), parts);
             let content_type = multipart::content_type(&boundary, "application/dicom");
@@ -128,12 +163,29 @@ async fn retrieve_instances(
     }
 }
 
+/// The blob key of a stored instance, unwrapped through its study key.
+fn blob_key(context: &ServiceContext, record: &InstanceRecord) -> Result<BlobKey, DicomWebError> {
+    let stored = record
+        .blob_key
+        .as_ref()
+        .ok_or_else(|| DicomWebError::DataIntegrity("instance row without a blob key".into()))?;
+    Ok(context.keyring.open_blob_key(stored, &record.blob_name)?)
+}
+
+/// The decrypted instance as a stream. A segment that fails after the first ends the stream
+/// with an error, which aborts the response (no closing boundary), so a client never takes a
+/// cut body for a whole one.
 async fn blob_stream(
+    context: &ServiceContext,
     state: &DicomWebState,
     record: &InstanceRecord,
 ) -> Result<BoxStream<'static, Result<Bytes, std::io::Error>>, DicomWebError> {
     let name = BlobName::parse(&record.blob_name)?;
-    let stream = state.blobs.read(&name).await?;
+    let key = blob_key(context, record)?;
+    let stream = state
+        .blobs
+        .read_sealed(&name, &context.service_key, &key)
+        .await?;
     Ok(stream
         .map(|chunk| {
             chunk.map_err(|error| {
@@ -151,7 +203,14 @@ pub async fn study_metadata(
     Path(path): Path<StudyPath>,
     headers: HeaderMap,
 ) -> Result<Response, DicomWebError> {
-    metadata(&context, &state, DeleteScope::Study(&path.study), &headers, "study").await
+    metadata(
+        &context,
+        &state,
+        DeleteScope::Study(&path.study),
+        &headers,
+        "study",
+    )
+    .await
 }
 
 /// `GET studies/{study}/series/{series}/metadata`.
@@ -161,7 +220,14 @@ pub async fn series_metadata(
     Path(path): Path<SeriesPath>,
     headers: HeaderMap,
 ) -> Result<Response, DicomWebError> {
-    metadata(&context, &state, DeleteScope::Series(&path.study, &path.series), &headers, "series").await
+    metadata(
+        &context,
+        &state,
+        DeleteScope::Series(&path.study, &path.series),
+        &headers,
+        "series",
+    )
+    .await
 }
 
 /// `GET studies/{study}/series/{series}/instances/{instance}/metadata`.
@@ -183,13 +249,19 @@ async fn metadata(
     what: &'static str,
 ) -> Result<Response, DicomWebError> {
     if !media::accepts_dicom_json(headers) {
-        return Err(DicomWebError::NotAcceptable("metadata is available as application/dicom+json".into()));
+        return Err(DicomWebError::NotAcceptable(
+            "metadata is available as application/dicom+json".into(),
+        ));
     }
-    let documents = state.index.find_metadata(&context.service_key, scope).await?;
+    let documents = state
+        .index
+        .find_metadata(&context.service_key, scope)
+        .await?;
     if documents.is_empty() {
         return Err(DicomWebError::NotFound(what));
     }
-    let body = serde_json::to_vec(&documents).map_err(|error| DicomWebError::internal("metadata", error))?;
+    let body = serde_json::to_vec(&documents)
+        .map_err(|error| DicomWebError::internal("metadata", error))?;
     let etag = entity_tag(&body);
     let matches = headers
         .get_all(IF_NONE_MATCH)
@@ -200,12 +272,19 @@ async fn metadata(
             let candidate = candidate.trim();
             candidate == "*" || candidate.trim_start_matches("W/") == etag
         });
-    let etag_header = HeaderValue::from_str(&etag).map_err(|error| DicomWebError::internal("etag", error))?;
+    let etag_header =
+        HeaderValue::from_str(&etag).map_err(|error| DicomWebError::internal("etag", error))?;
     if matches {
         return Ok((StatusCode::NOT_MODIFIED, [(ETAG, etag_header)]).into_response());
     }
     Ok((
-        [(CONTENT_TYPE, HeaderValue::from_static("application/dicom+json")), (ETAG, etag_header)],
+        [
+            (
+                CONTENT_TYPE,
+                HeaderValue::from_static("application/dicom+json"),
+            ),
+            (ETAG, etag_header),
+        ],
         body,
     )
         .into_response())
@@ -228,12 +307,17 @@ pub async fn frames(
 ) -> Result<Response, DicomWebError> {
     let requested = parse_frame_list(&path.frames)?;
     let scope = DeleteScope::Instance(&path.study, &path.series, &path.instance);
-    let records = state.index.find_instances(&context.service_key, scope).await?;
-    let record = records.into_iter().next().ok_or(DicomWebError::NotFound("instance"))?;
-    let frame_map = record
-        .frames
-        .as_ref()
-        .ok_or_else(|| DicomWebError::NotFound("frame (the instance has no pixel data)"))?;
+    let records = state
+        .index
+        .find_instances(&context.service_key, scope)
+        .await?;
+    let record = records
+        .into_iter()
+        .next()
+        .ok_or(DicomWebError::NotFound("instance"))?;
+    let frame_map = record.frames.as_ref().ok_or(DicomWebError::NotFound(
+        "frame (the instance has no pixel data)",
+    ))?;
     let frame_count = frame_map.frames.len();
     if requested.iter().any(|&number| number > frame_count) {
         return Err(DicomWebError::NotFound("frame"));
@@ -247,13 +331,19 @@ pub async fn frames(
         requested.len() == 1,
     )?;
     let name = BlobName::parse(&record.blob_name)?;
+    let key = blob_key(&context, &record)?;
+    // Only the segments holding the requested frames are read and decrypted.
+    let sealed = state
+        .blobs
+        .open_sealed_ranges(&name, &context.service_key, &key, record.size)
+        .await?;
     let mut frame_bodies = Vec::with_capacity(requested.len());
     for number in &requested {
         let ranges: Vec<std::ops::Range<u64>> = frame_map.frames[number - 1]
             .iter()
             .map(|range| range.offset..range.offset + range.length)
             .collect();
-        let pieces = state.blobs.read_ranges(&name, &ranges).await?;
+        let pieces = sealed.read(&ranges).await?;
         frame_bodies.push(Bytes::from(pieces.concat()));
     }
     let part_type = if frame_map.encapsulated {
@@ -285,9 +375,14 @@ pub async fn frames(
 
 /// Parses `1,3,5` into frame numbers (from 1).
 fn parse_frame_list(text: &str) -> Result<Vec<usize>, DicomWebError> {
-    let numbers: Result<Vec<usize>, _> = text.split(',').map(|piece| piece.trim().parse::<usize>()).collect();
+    let numbers: Result<Vec<usize>, _> = text
+        .split(',')
+        .map(|piece| piece.trim().parse::<usize>())
+        .collect();
     match numbers {
-        Ok(numbers) if !numbers.is_empty() && numbers.iter().all(|&number| number >= 1) => Ok(numbers),
+        Ok(numbers) if !numbers.is_empty() && numbers.iter().all(|&number| number >= 1) => {
+            Ok(numbers)
+        }
         _ => Err(DicomWebError::BadRequest(
             "frames must be a comma-separated list of frame numbers starting at 1".into(),
         )),
@@ -309,7 +404,13 @@ pub async fn delete_series(
     State(state): State<DicomWebState>,
     Path(path): Path<SeriesPath>,
 ) -> Result<StatusCode, DicomWebError> {
-    delete(&context, &state, DeleteScope::Series(&path.study, &path.series), "series").await
+    delete(
+        &context,
+        &state,
+        DeleteScope::Series(&path.study, &path.series),
+        "series",
+    )
+    .await
 }
 
 /// `DELETE studies/{study}/series/{series}/instances/{instance}`.

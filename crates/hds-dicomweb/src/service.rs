@@ -8,7 +8,9 @@ use std::sync::Arc;
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
 use hds_blob::BlobStore;
-use hds_index::Index;
+use hds_crypto::root::RootKey;
+use hds_db::Database;
+use hds_index::{Index, KeyringError, ServiceKeyring, ServiceKeyrings};
 
 use crate::DicomWebError;
 
@@ -23,7 +25,10 @@ pub struct DicomWebConfig {
 
 impl Default for DicomWebConfig {
     fn default() -> Self {
-        DicomWebConfig { max_request_bytes: 2 * 1024 * 1024 * 1024, scheme: "https" }
+        DicomWebConfig {
+            max_request_bytes: 2 * 1024 * 1024 * 1024,
+            scheme: "https",
+        }
     }
 }
 
@@ -34,6 +39,10 @@ pub struct ResolvedService {
     pub service_key: String,
     /// The service's ARM resource id: the scope role assignments are checked against.
     pub resource_id: String,
+    /// The service's key hierarchy. A resolver that knows the service's key is not accessible
+    /// answers [`DicomWebError::Unavailable`] instead; a keyring whose keys were forgotten is
+    /// refused by the handlers all the same.
+    pub keyring: Arc<ServiceKeyring>,
 }
 
 /// What a request does to a service's data, for authorization.
@@ -106,12 +115,56 @@ pub struct StaticServices {
 }
 
 impl StaticServices {
-    /// Adds `workspace/service`, whose ARM resource id is `resource_id`.
-    pub fn with(mut self, workspace: &str, service: &str, resource_id: &str) -> StaticServices {
+    /// The service key (`{workspace}/{service}`, lowercase) of a service: what its keyring,
+    /// index rows and blob bindings are keyed by.
+    pub fn service_key(workspace: &str, service: &str) -> String {
+        format!(
+            "{}/{}",
+            workspace.to_ascii_lowercase(),
+            service.to_ascii_lowercase()
+        )
+    }
+
+    /// Adds `workspace/service`, whose ARM resource id is `resource_id` and whose keys are in
+    /// `keyring` (opened for [`StaticServices::service_key`]).
+    pub fn with(
+        mut self,
+        workspace: &str,
+        service: &str,
+        resource_id: &str,
+        keyring: Arc<ServiceKeyring>,
+    ) -> StaticServices {
         let key = (workspace.to_ascii_lowercase(), service.to_ascii_lowercase());
-        let service_key = format!("{}/{}", key.0, key.1);
-        self.services.insert(key, ResolvedService { service_key, resource_id: resource_id.to_owned() });
+        let service_key = StaticServices::service_key(workspace, service);
+        self.services.insert(
+            key,
+            ResolvedService {
+                service_key,
+                resource_id: resource_id.to_owned(),
+                keyring,
+            },
+        );
         self
+    }
+
+    /// Adds `workspace/service` with a platform-managed key: its KEK is an RSA key generated on
+    /// first use and kept sealed under the platform `root_key` in `database`; its keyring is
+    /// opened (created on first use) and registered in `keyrings`, the index's cipher.
+    pub async fn with_platform_key(
+        self,
+        keyrings: &ServiceKeyrings,
+        database: &Database,
+        root_key: &RootKey,
+        workspace: &str,
+        service: &str,
+        resource_id: &str,
+    ) -> Result<StaticServices, KeyringError> {
+        let service_key = StaticServices::service_key(workspace, service);
+        let key_encryption_key = hds_index::platform_kek(database, root_key, resource_id).await?;
+        let keyring = keyrings
+            .open_or_create(database, &service_key, Arc::new(key_encryption_key))
+            .await?;
+        Ok(self.with(workspace, service, resource_id, keyring))
     }
 }
 
@@ -120,7 +173,8 @@ impl DicomServiceResolver for StaticServices {
         &'a self,
         workspace: &'a str,
         service: &'a str,
-    ) -> Pin<Box<dyn Future<Output = Result<Option<ResolvedService>, DicomWebError>> + Send + 'a>> {
+    ) -> Pin<Box<dyn Future<Output = Result<Option<ResolvedService>, DicomWebError>> + Send + 'a>>
+    {
         let key = (workspace.to_ascii_lowercase(), service.to_ascii_lowercase());
         let found = self.services.get(&key).cloned();
         Box::pin(async move { Ok(found) })
@@ -148,6 +202,8 @@ pub struct DicomWebState {
 pub struct ServiceContext {
     /// The index/blob key of the service.
     pub service_key: String,
+    /// The service's keys.
+    pub keyring: Arc<ServiceKeyring>,
     /// `{scheme}://{host}/dicom/{workspace}/{service}/{version}`, for RetrieveURL.
     pub base_url: String,
 }
@@ -155,7 +211,10 @@ pub struct ServiceContext {
 impl FromRequestParts<DicomWebState> for ServiceContext {
     type Rejection = DicomWebError;
 
-    async fn from_request_parts(parts: &mut Parts, state: &DicomWebState) -> Result<Self, Self::Rejection> {
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &DicomWebState,
+    ) -> Result<Self, Self::Rejection> {
         // Nesting strips the prefix from `parts.uri`; the original URI keeps it.
         let path = parts
             .extensions
@@ -172,6 +231,9 @@ impl FromRequestParts<DicomWebState> for ServiceContext {
             .resolve(workspace, service)
             .await?
             .ok_or(DicomWebError::ServiceNotFound)?;
+        if !resolved.keyring.is_unlocked() {
+            return Err(DicomWebError::key_access_lost());
+        }
         let access = match parts.method {
             axum::http::Method::POST | axum::http::Method::PUT => DataAccess::Write,
             axum::http::Method::DELETE => DataAccess::Delete,
@@ -188,9 +250,15 @@ impl FromRequestParts<DicomWebState> for ServiceContext {
             .and_then(|value| value.to_str().ok())
             .or_else(|| parts.uri.authority().map(|authority| authority.as_str()))
             .unwrap_or("localhost");
-        let base_url =
-            format!("{}://{}/dicom/{}/{}/{}", state.config.scheme, host, workspace, service, version);
-        Ok(ServiceContext { service_key: resolved.service_key, base_url })
+        let base_url = format!(
+            "{}://{}/dicom/{}/{}/{}",
+            state.config.scheme, host, workspace, service, version
+        );
+        Ok(ServiceContext {
+            service_key: resolved.service_key,
+            keyring: resolved.keyring,
+            base_url,
+        })
     }
 }
 

@@ -1,8 +1,10 @@
 //! STOW-RS: `POST studies` and `POST studies/{study}` (PS3.18 10.5).
 //!
-//! Each part streams straight into a new blob under a random name while at most
-//! [`IN_MEMORY_PART_LIMIT`] bytes of it are kept for parsing; a larger part is parsed back from
-//! its blob through ranged reads. So a request's memory stays bounded whatever its size.
+//! Each part streams straight into a new sealed blob under a random name and a fresh blob key
+//! while at most [`IN_MEMORY_PART_LIMIT`] bytes of it are kept for parsing; a larger part is
+//! parsed back from its blob through ranged, decrypting reads. So a request's memory stays
+//! bounded whatever its size. The blob key is kept in memory until parsing tells the study;
+//! then it is wrapped under that study's key and stored with the instance's index row.
 
 use std::io::Cursor;
 
@@ -14,18 +16,22 @@ use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use futures::{Stream, StreamExt, TryStreamExt};
 use hds_blob::BlobName;
+use hds_crypto::keys::BlobKey;
 use hds_dicom::{InstanceError, ParsedInstance, parse_instance};
 use hds_index::{NewInstance, StoreOutcome};
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
+use crate::DicomWebError;
 use crate::media;
 use crate::service::{DicomWebState, ServiceContext};
 use crate::sync_reader::BlobSyncReader;
-use crate::DicomWebError;
 
 /// Parts up to this size are parsed from memory; larger ones from their blob.
 const IN_MEMORY_PART_LIMIT: u64 = 16 * 1024 * 1024;
+
+/// How often storing an instance retries when its study's key changed meanwhile.
+const STUDY_KEY_ATTEMPTS: u32 = 4;
 
 /// Failure reasons of PS3.18 table I.2-1 and the DICOM service's extensions.
 mod failure_reason {
@@ -68,8 +74,17 @@ pub async fn store_in_study(
 
 /// What happened to one part.
 enum PartOutcome {
-    Stored { sop_class_uid: String, sop_instance_uid: String, study_instance_uid: String, series_instance_uid: String },
-    Failed { sop_class_uid: Option<String>, sop_instance_uid: Option<String>, reason: u16 },
+    Stored {
+        sop_class_uid: String,
+        sop_instance_uid: String,
+        study_instance_uid: String,
+        series_instance_uid: String,
+    },
+    Failed {
+        sop_class_uid: Option<String>,
+        sop_instance_uid: Option<String>,
+        reason: u16,
+    },
 }
 
 async fn store_request(
@@ -96,16 +111,18 @@ async fn store_request(
     let mut outcomes = Vec::new();
     match content_type.essence.as_str() {
         "multipart/related" => {
-            if let Some(part_type) = content_type.parameter("type") {
-                if !part_type.eq_ignore_ascii_case("application/dicom") {
-                    return Err(DicomWebError::UnsupportedMediaType(format!(
-                        "multipart/related of type {part_type} is not supported; send type=\"application/dicom\""
-                    )));
-                }
+            if let Some(part_type) = content_type.parameter("type")
+                && !part_type.eq_ignore_ascii_case("application/dicom")
+            {
+                return Err(DicomWebError::UnsupportedMediaType(format!(
+                    "multipart/related of type {part_type} is not supported; send type=\"application/dicom\""
+                )));
             }
             let boundary = content_type
                 .parameter("boundary")
-                .ok_or_else(|| DicomWebError::BadRequest("the multipart Content-Type has no boundary".into()))?
+                .ok_or_else(|| {
+                    DicomWebError::BadRequest("the multipart Content-Type has no boundary".into())
+                })?
                 .to_owned();
             let mut multipart = multer::Multipart::new(stream, boundary);
             loop {
@@ -114,13 +131,16 @@ async fn store_request(
                     Ok(None) => break,
                     Err(error) => return Err(multipart_error(error, limit)),
                 };
-                let part_is_dicom = field
-                    .content_type()
-                    .is_none_or(|mime| mime.essence_str().eq_ignore_ascii_case("application/dicom"));
+                let part_is_dicom = field.content_type().is_none_or(|mime| {
+                    mime.essence_str().eq_ignore_ascii_case("application/dicom")
+                });
                 if !part_is_dicom {
                     // Drain the part so the next one can be read.
                     let mut field = field;
-                    while let Some(_chunk) = field.chunk().await.map_err(|e| multipart_error(e, limit))? {}
+                    while let Some(_chunk) =
+                        field.chunk().await.map_err(|e| multipart_error(e, limit))?
+                    {
+                    }
                     outcomes.push(PartOutcome::Failed {
                         sop_class_uid: None,
                         sop_instance_uid: None,
@@ -129,13 +149,16 @@ async fn store_request(
                     continue;
                 }
                 let chunks = field.map_err(|error| multipart_error(error, limit));
-                outcomes.push(ingest_part(&context, &state, chunks, required_study.as_deref()).await?);
+                outcomes
+                    .push(ingest_part(&context, &state, chunks, required_study.as_deref()).await?);
             }
         }
         "application/dicom" => {
             let chunks = stream.map_err(|error| match error {
                 LimitedError::TooLarge => DicomWebError::PayloadTooLarge(limit),
-                LimitedError::Body(error) => DicomWebError::BadRequest(format!("reading the request body: {error}")),
+                LimitedError::Body(error) => {
+                    DicomWebError::BadRequest(format!("reading the request body: {error}"))
+                }
             });
             outcomes.push(ingest_part(&context, &state, chunks, required_study.as_deref()).await?);
         }
@@ -146,9 +169,15 @@ async fn store_request(
         }
     }
     if outcomes.is_empty() {
-        return Err(DicomWebError::BadRequest("the request holds no DICOM instance".into()));
+        return Err(DicomWebError::BadRequest(
+            "the request holds no DICOM instance".into(),
+        ));
     }
-    Ok(store_response(&context, &outcomes, required_study.as_deref()))
+    Ok(store_response(
+        &context,
+        &outcomes,
+        required_study.as_deref(),
+    ))
 }
 
 /// Reads one part into a new blob, parses it, and records it.
@@ -162,7 +191,11 @@ where
     S: Stream<Item = Result<Bytes, DicomWebError>> + Unpin,
 {
     let blob_name = BlobName::random();
-    let mut writer = state.blobs.create(&blob_name).await?;
+    let blob_key = BlobKey::generate();
+    let mut writer = state
+        .blobs
+        .create_sealed(&blob_name, &context.service_key, &blob_key)
+        .await?;
     let mut kept: Vec<Bytes> = Vec::new();
     let mut size: u64 = 0;
     while let Some(chunk) = chunks.next().await {
@@ -190,14 +223,29 @@ where
         let bytes = kept.concat();
         tokio::task::spawn_blocking(move || parse_instance(Cursor::new(bytes))).await
     } else {
-        let reader = BlobSyncReader::new(state.blobs.clone(), blob_name.clone(), size, tokio::runtime::Handle::current());
+        let ranges = state
+            .blobs
+            .open_sealed_ranges(&blob_name, &context.service_key, &blob_key, size)
+            .await?;
+        let reader = BlobSyncReader::new(ranges, tokio::runtime::Handle::current());
         tokio::task::spawn_blocking(move || parse_instance(reader)).await
     }
     .map_err(|error| DicomWebError::internal("parsing task", error))?;
 
     let outcome = match parsed {
         Err(error) => failed_parse(&error),
-        Ok(parsed) => record(context, state, &parsed, &blob_name, size, required_study).await?,
+        Ok(parsed) => {
+            record(
+                context,
+                state,
+                &parsed,
+                &blob_name,
+                &blob_key,
+                size,
+                required_study,
+            )
+            .await?
+        }
     };
     if !matches!(outcome, PartOutcome::Stored { .. }) {
         state.blobs.delete(&blob_name).await?;
@@ -211,7 +259,11 @@ fn failed_parse(error: &InstanceError) -> PartOutcome {
         _ => failure_reason::VALIDATION_FAILED,
     };
     tracing::info!(reason, error = %error, "instance refused");
-    PartOutcome::Failed { sop_class_uid: None, sop_instance_uid: None, reason }
+    PartOutcome::Failed {
+        sop_class_uid: None,
+        sop_instance_uid: None,
+        reason,
+    }
 }
 
 async fn record(
@@ -219,6 +271,7 @@ async fn record(
     state: &DicomWebState,
     parsed: &ParsedInstance,
     blob_name: &BlobName,
+    blob_key: &BlobKey,
     size: u64,
     required_study: Option<&str>,
 ) -> Result<PartOutcome, DicomWebError> {
@@ -230,15 +283,39 @@ async fn record(
     if required_study.is_some_and(|study| study != parsed.study_instance_uid) {
         return Ok(failed(failure_reason::STUDY_MISMATCH));
     }
-    let stored = state
-        .index
-        .store_instance(NewInstance {
-            service: &context.service_key,
-            parsed,
-            blob_name: blob_name.as_str(),
-            size,
-        })
-        .await?;
+    // The study key can change between getting it and committing (the study deleted, the root
+    // key rotated): then get it again and re-wrap; the blob itself stays as written.
+    let mut attempts = 0;
+    let stored = loop {
+        attempts += 1;
+        let lease = match context.keyring.study_key(&parsed.study_instance_uid).await {
+            Ok(lease) => lease,
+            Err(hds_index::KeyringError::RootKeyChanged) if attempts < STUDY_KEY_ATTEMPTS => {
+                continue;
+            }
+            Err(error) => return Err(error.into()),
+        };
+        let keys = lease.seal_blob_key(blob_name.as_str(), blob_key);
+        let stored = state
+            .index
+            .store_instance(NewInstance {
+                service: &context.service_key,
+                parsed,
+                blob_name: blob_name.as_str(),
+                size,
+                keys: &keys,
+            })
+            .await?;
+        match stored {
+            StoreOutcome::StudyKeyChanged if attempts < STUDY_KEY_ATTEMPTS => continue,
+            StoreOutcome::StudyKeyChanged => {
+                return Err(DicomWebError::Internal(
+                    "the study key kept changing while storing".into(),
+                ));
+            }
+            other => break other,
+        }
+    };
     Ok(match stored {
         StoreOutcome::Stored => PartOutcome::Stored {
             sop_class_uid: parsed.sop_class_uid.clone(),
@@ -247,17 +324,27 @@ async fn record(
             series_instance_uid: parsed.series_instance_uid.clone(),
         },
         StoreOutcome::AlreadyExists => failed(failure_reason::ALREADY_STORED),
+        StoreOutcome::StudyKeyChanged => failed(failure_reason::PROCESSING_FAILURE),
     })
 }
 
 /// The PS3.18 store response: 200 all stored, 202 some, 409 none.
-fn store_response(context: &ServiceContext, outcomes: &[PartOutcome], required_study: Option<&str>) -> Response {
+fn store_response(
+    context: &ServiceContext,
+    outcomes: &[PartOutcome],
+    required_study: Option<&str>,
+) -> Response {
     let mut referenced = Vec::new();
     let mut failed = Vec::new();
     let mut studies: Vec<&str> = Vec::new();
     for outcome in outcomes {
         match outcome {
-            PartOutcome::Stored { sop_class_uid, sop_instance_uid, study_instance_uid, series_instance_uid } => {
+            PartOutcome::Stored {
+                sop_class_uid,
+                sop_instance_uid,
+                study_instance_uid,
+                series_instance_uid,
+            } => {
                 let url = format!(
                     "{}/studies/{study_instance_uid}/series/{series_instance_uid}/instances/{sop_instance_uid}",
                     context.base_url
@@ -271,13 +358,20 @@ fn store_response(context: &ServiceContext, outcomes: &[PartOutcome], required_s
                     studies.push(study_instance_uid);
                 }
             }
-            PartOutcome::Failed { sop_class_uid, sop_instance_uid, reason } => {
+            PartOutcome::Failed {
+                sop_class_uid,
+                sop_instance_uid,
+                reason,
+            } => {
                 let mut item = Map::new();
                 if let Some(class) = sop_class_uid {
                     item.insert("00081150".into(), json!({ "vr": "UI", "Value": [class] }));
                 }
                 if let Some(instance) = sop_instance_uid {
-                    item.insert("00081155".into(), json!({ "vr": "UI", "Value": [instance] }));
+                    item.insert(
+                        "00081155".into(),
+                        json!({ "vr": "UI", "Value": [instance] }),
+                    );
                 }
                 item.insert("00081197".into(), json!({ "vr": "US", "Value": [reason] }));
                 failed.push(Value::Object(item));
@@ -285,7 +379,11 @@ fn store_response(context: &ServiceContext, outcomes: &[PartOutcome], required_s
         }
     }
     let mut body = Map::new();
-    let study_for_url = required_study.or(if studies.len() == 1 { Some(studies[0]) } else { None });
+    let study_for_url = required_study.or(if studies.len() == 1 {
+        Some(studies[0])
+    } else {
+        None
+    });
     if let Some(study) = study_for_url {
         body.insert(
             "00081190".into(),
@@ -293,7 +391,10 @@ fn store_response(context: &ServiceContext, outcomes: &[PartOutcome], required_s
         );
     }
     if !referenced.is_empty() {
-        body.insert("00081199".into(), json!({ "vr": "SQ", "Value": referenced }));
+        body.insert(
+            "00081199".into(),
+            json!({ "vr": "SQ", "Value": referenced }),
+        );
     }
     if !failed.is_empty() {
         body.insert("00081198".into(), json!({ "vr": "SQ", "Value": failed }));
@@ -303,7 +404,12 @@ fn store_response(context: &ServiceContext, outcomes: &[PartOutcome], required_s
         (false, false) => StatusCode::ACCEPTED,
         _ => StatusCode::CONFLICT,
     };
-    (status, [(axum::http::header::CONTENT_TYPE, "application/dicom+json")], Json(Value::Object(body))).into_response()
+    (
+        status,
+        [(axum::http::header::CONTENT_TYPE, "application/dicom+json")],
+        Json(Value::Object(body)),
+    )
+        .into_response()
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -315,7 +421,10 @@ enum LimitedError {
 }
 
 /// Ends the body stream with an error once more than `limit` bytes have passed.
-fn limited<S>(stream: S, limit: u64) -> impl Stream<Item = Result<Bytes, LimitedError>> + Send + Unpin + 'static
+fn limited<S>(
+    stream: S,
+    limit: u64,
+) -> impl Stream<Item = Result<Bytes, LimitedError>> + Send + Unpin + 'static
 where
     S: Stream<Item = Result<Bytes, axum::Error>> + Send + Unpin + 'static,
 {
@@ -323,13 +432,19 @@ where
     stream.map(move |chunk| {
         let chunk = chunk.map_err(LimitedError::Body)?;
         seen += chunk.len() as u64;
-        if seen > limit { Err(LimitedError::TooLarge) } else { Ok(chunk) }
+        if seen > limit {
+            Err(LimitedError::TooLarge)
+        } else {
+            Ok(chunk)
+        }
     })
 }
 
 fn multipart_error(error: multer::Error, limit: u64) -> DicomWebError {
     let too_large = match &error {
-        multer::Error::StreamReadFailed(inner) => inner.downcast_ref::<LimitedError>().is_some_and(|e| matches!(e, LimitedError::TooLarge)),
+        multer::Error::StreamReadFailed(inner) => inner
+            .downcast_ref::<LimitedError>()
+            .is_some_and(|e| matches!(e, LimitedError::TooLarge)),
         _ => false,
     };
     if too_large {

@@ -1,19 +1,19 @@
-//! A blocking `Read + Seek` view of a blob, so the DICOM parser (synchronous) can read a large
-//! stored instance without loading it whole. Used only inside `spawn_blocking`.
+//! A blocking `Read + Seek` view of a sealed blob's plaintext, so the DICOM parser
+//! (synchronous) can read a large stored instance without loading it whole. Each block read
+//! decrypts only the segments holding it. Used only inside `spawn_blocking`.
 
 use std::io::{self, Read, Seek, SeekFrom};
 
 use bytes::Bytes;
-use hds_blob::{BlobName, BlobStore};
+use hds_blob::SealedRanges;
 use tokio::runtime::Handle;
 
 /// How much each read fetches ahead.
 const READ_AHEAD: u64 = 1024 * 1024;
 
-/// Reads a blob through ranged reads with a one-block cache.
+/// Reads a sealed blob through ranged reads with a one-block cache.
 pub struct BlobSyncReader {
-    store: BlobStore,
-    name: BlobName,
+    ranges: SealedRanges,
     length: u64,
     position: u64,
     block_start: u64,
@@ -22,9 +22,17 @@ pub struct BlobSyncReader {
 }
 
 impl BlobSyncReader {
-    /// A reader over `name`, whose length is `length`.
-    pub fn new(store: BlobStore, name: BlobName, length: u64, runtime: Handle) -> BlobSyncReader {
-        BlobSyncReader { store, name, length, position: 0, block_start: 0, block: Bytes::new(), runtime }
+    /// A reader over the plaintext of the sealed blob that `ranges` opened.
+    pub fn new(ranges: SealedRanges, runtime: Handle) -> BlobSyncReader {
+        let length = ranges.plaintext_len();
+        BlobSyncReader {
+            ranges,
+            length,
+            position: 0,
+            block_start: 0,
+            block: Bytes::new(),
+            runtime,
+        }
     }
 }
 
@@ -39,7 +47,7 @@ impl Read for BlobSyncReader {
             let range = self.position..end;
             self.block = self
                 .runtime
-                .block_on(self.store.read_range(&self.name, range))
+                .block_on(self.ranges.read_range(range))
                 .map_err(io::Error::other)?;
             self.block_start = self.position;
             if self.block.is_empty() {
@@ -62,8 +70,8 @@ impl Seek for BlobSyncReader {
             SeekFrom::End(delta) => self.length.checked_add_signed(delta),
             SeekFrom::Current(delta) => self.position.checked_add_signed(delta),
         };
-        self.position =
-            position.ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "seek before start"))?;
+        self.position = position
+            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "seek before start"))?;
         Ok(self.position)
     }
 }

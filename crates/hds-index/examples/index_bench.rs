@@ -1,5 +1,6 @@
 //! A rough throughput measurement of the index (not a test): stores synthetic instances with
-//! eight concurrent writers, then runs searches.
+//! eight concurrent writers, then runs searches. Values are encrypted as a server encrypts them
+//! (a service keyring under a local RSA key-encryption key).
 //!
 //! `cargo run -p hds-index --example index_bench -- [URL] [INSTANCES]`; without a URL, a
 //! SQLite file in a temporary directory.
@@ -8,10 +9,12 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use dicom_core::Tag;
+use hds_crypto::keys::{BlobKey, LocalRsaKek, RsaKeySize};
+use hds_db::Database;
 use hds_dicom::{
     ParsedInstance, QueryLevel, SearchKind, SearchTerm, SearchValue, SearchableAttribute,
 };
-use hds_index::{Filter, Index, Matcher, NewInstance, PlaintextIndexCipher, SearchQuery};
+use hds_index::{Filter, Index, Matcher, NewInstance, SearchQuery, ServiceKeyrings};
 use serde_json::{Map, Value, json};
 
 static PATIENT_NAME: SearchableAttribute = SearchableAttribute {
@@ -78,20 +81,30 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .map(|count| count.parse())
         .transpose()?
         .unwrap_or(2000);
-    let index = Index::connect(&url, Arc::new(PlaintextIndexCipher)).await?;
+    let database = Database::connect(&url).await?;
+    let keyrings = ServiceKeyrings::default();
+    let index = Index::open(database.clone(), Arc::new(keyrings.clone())).await?;
+    let key_encryption_key = LocalRsaKek::generate("bench-kek", RsaKeySize::Rsa2048)?;
+    let keyring = keyrings
+        .open_or_create(&database, "bench/dicom", Arc::new(key_encryption_key))
+        .await?;
 
     let started = Instant::now();
     let mut writers = Vec::new();
     for writer in 0..8 {
         let index = index.clone();
+        let keyring = keyring.clone();
         writers.push(tokio::spawn(async move {
             for number in (writer..count).step_by(8) {
                 let parsed = instance(number);
+                let lease = keyring.study_key(&parsed.study_instance_uid).await?;
+                let keys = lease.seal_blob_key("blob", &BlobKey::generate());
                 let new = NewInstance {
                     service: "bench/dicom",
                     parsed: &parsed,
                     blob_name: "blob",
                     size: 1,
+                    keys: &keys,
                 };
                 index.store_instance(new).await?;
             }

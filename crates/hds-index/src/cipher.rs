@@ -15,35 +15,73 @@ pub struct RowBinding<'a> {
 
 /// Turns values into equality tokens and sealed bytes. Implementations must be deterministic
 /// for `token` (same input, same output) and must authenticate in `open`.
+///
+/// Every method may fail with [`crate::IndexError::KeysUnavailable`] when the service's keys
+/// are not in memory (access to its customer-managed key was lost).
 pub trait IndexCipher: Send + Sync + 'static {
     /// The equality token of a normalized value of a named attribute (`domain` separates
     /// attributes and kinds of token, e.g. `PatientName`, `PatientName/prefix`, `StudyDate/Y`).
-    fn token(&self, service: &str, domain: &str, normalized_value: &str) -> Vec<u8>;
+    fn token(
+        &self,
+        service: &str,
+        domain: &str,
+        normalized_value: &str,
+    ) -> Result<Vec<u8>, crate::IndexError>;
     /// Seals a value for storage.
-    fn seal(&self, binding: RowBinding<'_>, plaintext: &[u8]) -> Vec<u8>;
+    fn seal(&self, binding: RowBinding<'_>, plaintext: &[u8])
+    -> Result<Vec<u8>, crate::IndexError>;
     /// Opens a sealed value; fails if it was altered or moved.
     fn open(&self, binding: RowBinding<'_>, sealed: &[u8]) -> Result<Vec<u8>, crate::IndexError>;
 }
 
 /// Keeps tokens and values readable: the token is `domain \0 value`, sealing is the identity.
-/// Used until the service's keys are available, and in tests.
+/// For tests and tools only: a service's data at rest goes through [`crate::ServiceKeyrings`].
 #[derive(Debug, Clone, Copy, Default)]
 pub struct PlaintextIndexCipher;
 
 impl IndexCipher for PlaintextIndexCipher {
-    fn token(&self, _service: &str, domain: &str, normalized_value: &str) -> Vec<u8> {
+    fn token(
+        &self,
+        _service: &str,
+        domain: &str,
+        normalized_value: &str,
+    ) -> Result<Vec<u8>, crate::IndexError> {
         let mut token = Vec::with_capacity(domain.len() + 1 + normalized_value.len());
         token.extend_from_slice(domain.as_bytes());
         token.push(0);
         token.extend_from_slice(normalized_value.as_bytes());
-        token
+        Ok(token)
     }
 
-    fn seal(&self, _binding: RowBinding<'_>, plaintext: &[u8]) -> Vec<u8> {
-        plaintext.to_vec()
+    fn seal(
+        &self,
+        _binding: RowBinding<'_>,
+        plaintext: &[u8],
+    ) -> Result<Vec<u8>, crate::IndexError> {
+        Ok(plaintext.to_vec())
     }
 
     fn open(&self, _binding: RowBinding<'_>, sealed: &[u8]) -> Result<Vec<u8>, crate::IndexError> {
         Ok(sealed.to_vec())
+    }
+}
+
+impl RowBinding<'_> {
+    /// The associated data of a sealed value: every field length-prefixed, so no two bindings
+    /// encode alike.
+    pub fn encode(&self) -> Vec<u8> {
+        let fields: [&[u8]; 4] = [
+            self.service.as_bytes(),
+            self.table.as_bytes(),
+            self.row_token,
+            self.column.as_bytes(),
+        ];
+        let mut encoded =
+            Vec::with_capacity(32 + fields.iter().map(|field| field.len()).sum::<usize>());
+        for field in fields {
+            encoded.extend_from_slice(&(field.len() as u64).to_be_bytes());
+            encoded.extend_from_slice(field);
+        }
+        encoded
     }
 }

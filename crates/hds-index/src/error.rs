@@ -16,6 +16,13 @@ pub enum IndexError {
     /// The index URL is neither `sqlite:` nor `postgres:`.
     #[error("unsupported index URL (expected sqlite:PATH or postgres://...)")]
     UnsupportedUrl,
+    /// The service's keys are not in memory: access to its customer-managed key was lost (or
+    /// the service was never unlocked). Nothing can be read or written until it is back.
+    #[error("the service's encryption keys are not available")]
+    KeysUnavailable,
+    /// A key operation of the service's keyring failed.
+    #[error(transparent)]
+    Keyring(#[from] crate::keyring::KeyringError),
     /// A stored value could not be decoded.
     #[error("corrupt index value: {0}")]
     Corrupt(String),

@@ -6,20 +6,29 @@ use std::sync::Arc;
 use hds_db::{Database, DbError, Migration, WriteTransaction};
 use hds_dicom::{FrameMap, ParsedInstance, QueryLevel};
 
+use crate::keyring::{InstanceKeys, StoredBlobKey};
 use crate::sql::{Argument, Sql, column};
 use crate::tokens::term_tokens;
 use crate::{IndexCipher, IndexError, RowBinding};
 
 /// The component name of the index's migrations in the shared database.
-const COMPONENT: &str = "dicom-index";
+pub(crate) const COMPONENT: &str = "dicom-index";
 
 /// The index's schema steps. Never edit a released one: add a new one.
-const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    description: "studies, series, instances and their search tokens",
-    sqlite: include_str!("../migrations/sqlite/0001_index.sql"),
-    postgres: include_str!("../migrations/postgres/0001_index.sql"),
-}];
+pub(crate) const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        description: "studies, series, instances and their search tokens",
+        sqlite: include_str!("../migrations/sqlite/0001_index.sql"),
+        postgres: include_str!("../migrations/postgres/0001_index.sql"),
+    },
+    Migration {
+        version: 2,
+        description: "service root keys, study keys, wrapped blob keys, platform KEKs",
+        sqlite: include_str!("../migrations/sqlite/0002_keys.sql"),
+        postgres: include_str!("../migrations/postgres/0002_keys.sql"),
+    },
+];
 
 /// The token domains of the three UIDs; the UID tokens are also the rows' identities.
 pub(crate) const STUDY_UID: &str = "StudyInstanceUID";
@@ -46,8 +55,11 @@ pub struct NewInstance<'a> {
     pub parsed: &'a ParsedInstance,
     /// The opaque name of the blob holding the instance's bytes.
     pub blob_name: &'a str,
-    /// The blob's length in bytes.
+    /// The blob's plaintext length in bytes.
     pub size: u64,
+    /// The blob's key wrapped by its study key, and the wrapped study key it was wrapped
+    /// under (from [`crate::StudyKeyLease::seal_blob_key`]).
+    pub keys: &'a InstanceKeys,
 }
 
 /// What storing an instance did.
@@ -58,6 +70,10 @@ pub enum StoreOutcome {
     /// An instance with this SOPInstanceUID already exists in the service; nothing changed
     /// (the caller deletes the blob it wrote).
     AlreadyExists,
+    /// The study key the blob key was wrapped under is no longer the study's (the study was
+    /// deleted, or the root key rotated, meanwhile); nothing changed. The caller gets the
+    /// study key again, re-wraps the blob key and stores again.
+    StudyKeyChanged,
 }
 
 /// Which instances a retrieve or delete addresses.
@@ -88,6 +104,9 @@ pub struct InstanceRecord {
     pub size: u64,
     /// Where the frames are.
     pub frames: Option<FrameMap>,
+    /// The blob's wrapped key and its study's wrapped key: what
+    /// [`crate::ServiceKeyring::open_blob_key`] needs. `None` only if the row was damaged.
+    pub blob_key: Option<StoredBlobKey>,
 }
 
 /// The three UIDs of an instance, sealed together in its row: retrieval must name them but the
@@ -134,6 +153,15 @@ impl Index {
         &self.database
     }
 
+    /// The blind token a study row is keyed by (what its study key is stored under).
+    pub fn study_token(
+        &self,
+        service: &str,
+        study_instance_uid: &str,
+    ) -> Result<Vec<u8>, IndexError> {
+        self.cipher.token(service, STUDY_UID, study_instance_uid)
+    }
+
     /// Records an instance and its study and series, atomically. Of concurrent stores of the
     /// same SOPInstanceUID exactly one gets [`StoreOutcome::Stored`].
     ///
@@ -146,9 +174,9 @@ impl Index {
         let cipher = self.cipher.as_ref();
         let service = instance.service;
         let parsed = instance.parsed;
-        let study_token = cipher.token(service, STUDY_UID, &parsed.study_instance_uid);
-        let series_token = cipher.token(service, SERIES_UID, &parsed.series_instance_uid);
-        let sop_token = cipher.token(service, SOP_UID, &parsed.sop_instance_uid);
+        let study_token = cipher.token(service, STUDY_UID, &parsed.study_instance_uid)?;
+        let series_token = cipher.token(service, SERIES_UID, &parsed.series_instance_uid)?;
+        let sop_token = cipher.token(service, SOP_UID, &parsed.sop_instance_uid)?;
         let seal =
             |table: &'static str, row_token: &[u8], column: &'static str, plaintext: &[u8]| {
                 cipher.seal(
@@ -166,38 +194,38 @@ impl Index {
             &study_token,
             ATTRIBUTES_COLUMN,
             &to_json(&parsed.study_attributes)?,
-        );
+        )?;
         let series_attributes = seal(
             SERIES_TABLE,
             &series_token,
             ATTRIBUTES_COLUMN,
             &to_json(&parsed.series_attributes)?,
-        );
+        )?;
         let instance_attributes = seal(
             INSTANCE_TABLE,
             &sop_token,
             ATTRIBUTES_COLUMN,
             &to_json(&parsed.instance_attributes)?,
-        );
+        )?;
         let metadata = seal(
             INSTANCE_TABLE,
             &sop_token,
             METADATA_COLUMN,
             &to_json(&parsed.metadata)?,
-        );
+        )?;
         let uids = SealedUids {
             study: parsed.study_instance_uid.clone(),
             series: parsed.series_instance_uid.clone(),
             sop: parsed.sop_instance_uid.clone(),
         };
-        let uids = seal(INSTANCE_TABLE, &sop_token, UIDS_COLUMN, &to_json(&uids)?);
+        let uids = seal(INSTANCE_TABLE, &sop_token, UIDS_COLUMN, &to_json(&uids)?)?;
         let frames = match &parsed.frames {
             Some(frames) => Some(seal(
                 INSTANCE_TABLE,
                 &sop_token,
                 FRAMES_COLUMN,
                 &to_json(frames)?,
-            )),
+            )?),
             None => None,
         };
         let level_tokens = |level: QueryLevel| {
@@ -207,11 +235,14 @@ impl Index {
                     term.attribute.keyword,
                     STUDY_UID | SERIES_UID | SOP_UID | MODALITIES_IN_STUDY
                 ) {
-                    term_tokens(cipher, service, term, &mut tokens);
+                    term_tokens(cipher, service, term, &mut tokens)?;
                 }
             }
-            tokens
+            Ok::<_, IndexError>(tokens)
         };
+        let study_tokens = level_tokens(QueryLevel::Study)?;
+        let series_tokens = level_tokens(QueryLevel::Series)?;
+        let instance_tokens = level_tokens(QueryLevel::Instance)?;
         let size = i64::try_from(instance.size)
             .map_err(|_| IndexError::Corrupt("instance size out of range".into()))?;
 
@@ -226,6 +257,28 @@ impl Index {
                 .await?;
         if existing.is_some() {
             return Ok(StoreOutcome::AlreadyExists);
+        }
+        // The blob key must be wrapped under the study key the study has now: a study deleted
+        // (its key destroyed) or a root key rotated since the caller got the key would leave
+        // an instance nobody can open. On PostgreSQL the row is locked against both until
+        // commit; on SQLite the write lock already is.
+        let lock = match self.database.backend() {
+            hds_db::Backend::Postgres => " FOR SHARE",
+            hds_db::Backend::Sqlite => "",
+        };
+        let current_study_key = sqlx::query(&format!(
+            "SELECT wrapped_key FROM dicom_study_keys WHERE service = $1 AND study_token = $2{lock}"
+        ))
+        .bind(service)
+        .bind(study_token.as_slice())
+        .fetch_optional(&mut *transaction)
+        .await?;
+        let study_key_matches = match &current_study_key {
+            Some(row) => column::<Vec<u8>>(row, 0)? == instance.keys.wrapped_study_key,
+            None => false,
+        };
+        if !study_key_matches {
+            return Ok(StoreOutcome::StudyKeyChanged);
         }
         let study_row = sqlx::query(
             "INSERT INTO dicom_studies (service, uid_token, attributes) VALUES ($1, $2, $3) \
@@ -242,7 +295,7 @@ impl Index {
             "dicom_study_tokens",
             "study_id",
             study_id,
-            &level_tokens(QueryLevel::Study),
+            &study_tokens,
         )
         .await?;
 
@@ -261,14 +314,14 @@ impl Index {
             "dicom_series_tokens",
             "series_id",
             series_id,
-            &level_tokens(QueryLevel::Series),
+            &series_tokens,
         )
         .await?;
 
         let instance_row = sqlx::query(
             "INSERT INTO dicom_instances (service, study_id, series_id, uid_token, blob_name, size, \
-             transfer_syntax_uid, uids, attributes, metadata, frames) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) \
+             transfer_syntax_uid, uids, attributes, metadata, frames, blob_key) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) \
              ON CONFLICT (service, uid_token) DO NOTHING RETURNING id",
         )
         .bind(service)
@@ -282,6 +335,7 @@ impl Index {
         .bind(instance_attributes)
         .bind(metadata)
         .bind(frames)
+        .bind(instance.keys.wrapped_blob_key.as_slice())
         .fetch_optional(&mut *transaction)
         .await?;
         let Some(instance_row) = instance_row else {
@@ -295,7 +349,7 @@ impl Index {
             "dicom_instance_tokens",
             "instance_id",
             instance_id,
-            &level_tokens(QueryLevel::Instance),
+            &instance_tokens,
         )
         .await?;
         transaction.commit().await?;
@@ -309,10 +363,12 @@ impl Index {
         scope: DeleteScope<'_>,
     ) -> Result<Vec<InstanceRecord>, IndexError> {
         let mut sql = Sql::new(
-            "SELECT i.uid_token, i.blob_name, i.size, i.transfer_syntax_uid, i.uids, i.frames \
+            "SELECT i.uid_token, i.blob_name, i.size, i.transfer_syntax_uid, i.uids, i.frames, \
+             st.uid_token, i.blob_key, (SELECT k.wrapped_key FROM dicom_study_keys k \
+             WHERE k.service = i.service AND k.study_token = st.uid_token) \
              FROM dicom_instances i",
         );
-        self.push_scope(&mut sql, service, scope);
+        self.push_scope(&mut sql, service, scope)?;
         sql.push(" ORDER BY i.series_id, i.id");
         let rows = sql.query().fetch_all(self.database.pool()).await?;
         let mut records = Vec::with_capacity(rows.len());
@@ -336,6 +392,17 @@ impl Index {
                 )?)?),
                 None => None,
             };
+            let blob_key = match (
+                column::<Option<Vec<u8>>>(&row, 7)?,
+                column::<Option<Vec<u8>>>(&row, 8)?,
+            ) {
+                (Some(wrapped_blob_key), Some(wrapped_study_key)) => Some(StoredBlobKey {
+                    study_token: column(&row, 6)?,
+                    wrapped_study_key,
+                    wrapped_blob_key,
+                }),
+                _ => None,
+            };
             records.push(InstanceRecord {
                 study_instance_uid: uids.study,
                 series_instance_uid: uids.series,
@@ -345,6 +412,7 @@ impl Index {
                 size: u64::try_from(size)
                     .map_err(|_| IndexError::Corrupt("negative instance size".into()))?,
                 frames,
+                blob_key,
             });
         }
         Ok(records)
@@ -357,7 +425,7 @@ impl Index {
         scope: DeleteScope<'_>,
     ) -> Result<Vec<serde_json::Value>, IndexError> {
         let mut sql = Sql::new("SELECT i.uid_token, i.metadata FROM dicom_instances i");
-        self.push_scope(&mut sql, service, scope);
+        self.push_scope(&mut sql, service, scope)?;
         sql.push(" ORDER BY i.series_id, i.id");
         let rows = sql.query().fetch_all(self.database.pool()).await?;
         let mut documents = Vec::with_capacity(rows.len());
@@ -384,7 +452,7 @@ impl Index {
     ) -> Result<Vec<String>, IndexError> {
         let mut select =
             Sql::new("SELECT i.id, i.blob_name, i.series_id, i.study_id FROM dicom_instances i");
-        self.push_scope(&mut select, service, scope);
+        self.push_scope(&mut select, service, scope)?;
         select.push(" ORDER BY i.series_id, i.id");
         let mut transaction = self.database.begin_write().await?;
         let rows = select.query().fetch_all(&mut *transaction).await?;
@@ -415,14 +483,30 @@ impl Index {
         let mut delete_studies = Sql::new("DELETE FROM dicom_studies WHERE id IN ");
         delete_studies
             .bind_list(study_ids.iter().map(|id| Argument::Integer(*id)))
-            .push(" AND NOT EXISTS (SELECT 1 FROM dicom_series se WHERE se.study_id = dicom_studies.id)");
-        delete_studies.query().execute(&mut *transaction).await?;
+            .push(" AND NOT EXISTS (SELECT 1 FROM dicom_series se WHERE se.study_id = dicom_studies.id)")
+            .push(" RETURNING uid_token");
+        let deleted_studies = delete_studies.query().fetch_all(&mut *transaction).await?;
+        // Crypto-shredding: a study that is gone takes its key with it, in the same commit, so
+        // its blobs (deleted only after the commit, and any copy of them) never open again.
+        for study in &deleted_studies {
+            let study_token: Vec<u8> = column(study, 0)?;
+            sqlx::query("DELETE FROM dicom_study_keys WHERE service = $1 AND study_token = $2")
+                .bind(service)
+                .bind(study_token.as_slice())
+                .execute(&mut *transaction)
+                .await?;
+        }
         transaction.commit().await?;
         Ok(blob_names)
     }
 
     /// Appends the joins and conditions selecting the instances (alias `i`) in scope.
-    fn push_scope(&self, sql: &mut Sql, service: &str, scope: DeleteScope<'_>) {
+    fn push_scope(
+        &self,
+        sql: &mut Sql,
+        service: &str,
+        scope: DeleteScope<'_>,
+    ) -> Result<(), IndexError> {
         let cipher = self.cipher.as_ref();
         let (study, series, sop) = match scope {
             DeleteScope::Study(study) => (study, None, None),
@@ -436,15 +520,16 @@ impl Index {
         sql.push(" WHERE i.service = ")
             .bind(Argument::Text(service.to_owned()))
             .push(" AND st.uid_token = ")
-            .bind(Argument::Bytes(cipher.token(service, STUDY_UID, study)));
+            .bind(Argument::Bytes(cipher.token(service, STUDY_UID, study)?));
         if let Some(series) = series {
             sql.push(" AND se.uid_token = ")
-                .bind(Argument::Bytes(cipher.token(service, SERIES_UID, series)));
+                .bind(Argument::Bytes(cipher.token(service, SERIES_UID, series)?));
         }
         if let Some(sop) = sop {
             sql.push(" AND i.uid_token = ")
-                .bind(Argument::Bytes(cipher.token(service, SOP_UID, sop)));
+                .bind(Argument::Bytes(cipher.token(service, SOP_UID, sop)?));
         }
+        Ok(())
     }
 
     /// Opens a sealed value of a row.

@@ -5,13 +5,18 @@
 //! Architecture invariant: the index never needs plaintext values to match. Every value that
 //! came from an instance goes through an [`IndexCipher`]: UIDs and search values are stored as
 //! tokens (equality only), returned attributes as sealed bytes bound to their row. The
-//! [`PlaintextIndexCipher`] keeps them readable; the encrypting cipher swaps in keyed tokens and
-//! AEAD without touching the queries.
+//! [`PlaintextIndexCipher`] keeps them readable (tests only); [`ServiceKeyrings`] makes tokens
+//! HMACs and values AES-256-GCM under each service's index keys, without touching the queries.
+//!
+//! The index also keeps each service's key hierarchy ([`ServiceKeyring`]): the root key wrapped
+//! by the service's KEK, study keys wrapped by the root key, and each instance's blob key
+//! wrapped by its study key. Deleting a study destroys its key in the same commit.
 #![deny(missing_docs)]
 
 mod cipher;
 mod error;
 mod index;
+mod keyring;
 mod query;
 mod sql;
 mod tokens;
@@ -19,4 +24,8 @@ mod tokens;
 pub use cipher::{IndexCipher, PlaintextIndexCipher, RowBinding};
 pub use error::IndexError;
 pub use index::{DeleteScope, Index, InstanceRecord, NewInstance, StoreOutcome};
+pub use keyring::{
+    InstanceKeys, KeyringError, ServiceKeyring, ServiceKeyrings, StoredBlobKey, StudyKeyLease,
+    platform_kek,
+};
 pub use query::{Filter, Matcher, SearchHit, SearchQuery};

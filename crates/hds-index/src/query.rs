@@ -129,7 +129,7 @@ impl Index {
             .bind(Argument::Text(service.to_owned()));
         if let Some(study) = query.study_instance_uid {
             sql.push(" AND st.uid_token = ")
-                .bind(Argument::Bytes(cipher.token(service, STUDY_UID, study)));
+                .bind(Argument::Bytes(cipher.token(service, STUDY_UID, study)?));
         }
         if let Some(series) = query.series_instance_uid {
             if query.level == QueryLevel::Study {
@@ -137,15 +137,15 @@ impl Index {
                     &mut sql,
                     QueryLevel::Study,
                     QueryLevel::Series,
-                    cipher.token(service, SERIES_UID, series),
+                    cipher.token(service, SERIES_UID, series)?,
                 );
             } else {
                 sql.push(" AND se.uid_token = ")
-                    .bind(Argument::Bytes(cipher.token(service, SERIES_UID, series)));
+                    .bind(Argument::Bytes(cipher.token(service, SERIES_UID, series)?));
             }
         }
         for filter in &query.filters {
-            self.push_filter(&mut sql, query.level, service, filter);
+            self.push_filter(&mut sql, query.level, service, filter)?;
         }
         let order = level_alias(query.level);
         sql.push(&format!(" ORDER BY {order}.id LIMIT "))
@@ -218,7 +218,13 @@ impl Index {
     }
 
     /// Appends the condition of one filter on rows of `level`.
-    fn push_filter(&self, sql: &mut Sql, level: QueryLevel, service: &str, filter: &Filter) {
+    fn push_filter(
+        &self,
+        sql: &mut Sql,
+        level: QueryLevel,
+        service: &str,
+        filter: &Filter,
+    ) -> Result<(), IndexError> {
         let cipher = self.cipher.as_ref();
         let keyword = filter.attribute.keyword;
         // ModalitiesInStudy is the set of the series' Modality values: match series tokens.
@@ -231,27 +237,36 @@ impl Index {
         // Each inner list is one condition: any of its tokens present.
         let token_sets: Vec<Vec<Vec<u8>>> = match &filter.matcher {
             Matcher::Exact(value) if filter.attribute.kind == SearchKind::Date => {
-                vec![vec![exact_date_token(cipher, service, keyword, value)]]
+                vec![vec![exact_date_token(cipher, service, keyword, value)?]]
             }
             Matcher::Exact(value) => {
-                vec![vec![cipher.token(service, &exact_domain(keyword), value)]]
+                vec![vec![cipher.token(
+                    service,
+                    &exact_domain(keyword),
+                    value,
+                )?]]
             }
             Matcher::FuzzyName(words) => {
                 let domain = prefix_domain(keyword);
                 words
                     .iter()
                     .filter(|word| !word.is_empty())
-                    .map(|word| vec![cipher.token(service, &domain, word)])
-                    .collect()
+                    .map(|word| {
+                        cipher
+                            .token(service, &domain, word)
+                            .map(|token| vec![token])
+                    })
+                    .collect::<Result<_, _>>()?
             }
             Matcher::DateRange(from, to) => {
-                vec![date_range_tokens(cipher, service, keyword, *from, *to)]
+                vec![date_range_tokens(cipher, service, keyword, *from, *to)?]
             }
         };
         let target = if is_uid { Target::Uid } else { Target::Tokens };
         for tokens in token_sets {
             push_condition(sql, level, attribute_level, &target, tokens);
         }
+        Ok(())
     }
 
     fn open_attributes(

@@ -14,7 +14,7 @@ use std::collections::BTreeSet;
 
 use hds_dicom::{SearchTerm, SearchValue};
 
-use crate::IndexCipher;
+use crate::{IndexCipher, IndexError};
 
 /// The levels of the date hierarchy: domain suffix and how many leading digits of `YYYYMMDD`.
 const DATE_LEVELS: [(&str, usize); 5] = [("C", 2), ("X", 3), ("Y", 4), ("M", 6), ("D", 8)];
@@ -43,21 +43,21 @@ pub(crate) fn term_tokens(
     service: &str,
     term: &SearchTerm,
     tokens: &mut BTreeSet<Vec<u8>>,
-) {
+) -> Result<(), IndexError> {
     let keyword = term.attribute.keyword;
     match &term.value {
         SearchValue::Exact(value) => {
-            tokens.insert(cipher.token(service, &exact_domain(keyword), value));
+            tokens.insert(cipher.token(service, &exact_domain(keyword), value)?);
         }
         SearchValue::PersonName { exact, words } => {
-            tokens.insert(cipher.token(service, &exact_domain(keyword), exact));
+            tokens.insert(cipher.token(service, &exact_domain(keyword), exact)?);
             let domain = prefix_domain(keyword);
             for word in words {
                 for (end, _) in word.char_indices().skip(1) {
-                    tokens.insert(cipher.token(service, &domain, &word[..end]));
+                    tokens.insert(cipher.token(service, &domain, &word[..end])?);
                 }
                 if !word.is_empty() {
-                    tokens.insert(cipher.token(service, &domain, word));
+                    tokens.insert(cipher.token(service, &domain, word)?);
                 }
             }
         }
@@ -65,11 +65,12 @@ pub(crate) fn term_tokens(
             let digits = format!("{date:08}");
             for (level, length) in DATE_LEVELS {
                 if let Some(prefix) = digits.get(..length) {
-                    tokens.insert(cipher.token(service, &date_domain(keyword, level), prefix));
+                    tokens.insert(cipher.token(service, &date_domain(keyword, level), prefix)?);
                 }
             }
         }
     }
+    Ok(())
 }
 
 /// The token an exact match on a date attribute looks for (`YYYYMMDD` as a whole day).
@@ -78,7 +79,7 @@ pub(crate) fn exact_date_token(
     service: &str,
     keyword: &str,
     value: &str,
-) -> Vec<u8> {
+) -> Result<Vec<u8>, IndexError> {
     if value.len() == 8 && value.bytes().all(|byte| byte.is_ascii_digit()) {
         cipher.token(service, &date_domain(keyword, "D"), value)
     } else {
@@ -94,7 +95,7 @@ pub(crate) fn date_range_tokens(
     keyword: &str,
     from: Option<u32>,
     to: Option<u32>,
-) -> Vec<Vec<u8>> {
+) -> Result<Vec<Vec<u8>>, IndexError> {
     date_range_cover(from.unwrap_or(FIRST_DATE), to.unwrap_or(LAST_DATE))
         .into_iter()
         .map(|(level, prefix)| cipher.token(service, &date_domain(keyword, level), &prefix))

@@ -4,6 +4,8 @@
 use std::sync::Arc;
 
 use dicom_core::Tag;
+use hds_crypto::keys::{LocalRsaKek, RsaKeySize};
+use hds_db::Database;
 use hds_db::testing::PostgresCluster;
 use hds_dicom::normalize::{fuzzy_query_words, name_words, normalize_person_name};
 use hds_dicom::{
@@ -11,12 +13,13 @@ use hds_dicom::{
     SearchableAttribute,
 };
 use hds_index::{
-    DeleteScope, Filter, Index, IndexCipher, IndexError, Matcher, NewInstance,
-    PlaintextIndexCipher, RowBinding, SearchQuery, StoreOutcome,
+    DeleteScope, Filter, Index, IndexError, InstanceKeys, Matcher, NewInstance,
+    PlaintextIndexCipher, SearchQuery, ServiceKeyrings, StoreOutcome,
 };
 use serde_json::{Map, Value, json};
 
 const SERVICE: &str = "default/dicom";
+const OTHER_SERVICE: &str = "other/dicom";
 
 static STUDY_INSTANCE_UID: SearchableAttribute = attribute(
     0x0020,
@@ -184,14 +187,37 @@ fn term(attribute: &'static SearchableAttribute, value: SearchValue) -> SearchTe
     SearchTerm { attribute, value }
 }
 
+/// The wrapped study key the suite stores: the index only compares it, never opens it.
+const SUITE_STUDY_KEY: &[u8] = b"suite-wrapped-study-key";
+
 async fn store(index: &Index, spec: &Spec, blob_name: &str) -> StoreOutcome {
+    store_in(index, SERVICE, spec, blob_name).await
+}
+
+async fn store_in(index: &Index, service: &str, spec: &Spec, blob_name: &str) -> StoreOutcome {
     let parsed = spec.parsed();
+    let study_token = index.study_token(service, &spec.study).expect("token");
+    sqlx::query(
+        "INSERT INTO dicom_study_keys (service, study_token, wrapped_key) VALUES ($1, $2, $3) \
+         ON CONFLICT (service, study_token) DO NOTHING",
+    )
+    .bind(service)
+    .bind(study_token.as_slice())
+    .bind(SUITE_STUDY_KEY)
+    .execute(index.database().pool())
+    .await
+    .expect("study key");
+    let keys = InstanceKeys {
+        wrapped_study_key: SUITE_STUDY_KEY.to_vec(),
+        wrapped_blob_key: b"suite-wrapped-blob-key".to_vec(),
+    };
     index
         .store_instance(NewInstance {
-            service: SERVICE,
+            service,
             parsed: &parsed,
             blob_name,
             size: 4096,
+            keys: &keys,
         })
         .await
         .expect("store")
@@ -356,16 +382,7 @@ async fn duplicates_are_reported_not_stored(index: Index) {
         [spec.study.as_str()]
     );
     // The same SOPInstanceUID in another service is another instance.
-    let parsed = spec.parsed();
-    let outcome = index
-        .store_instance(NewInstance {
-            service: "other/dicom",
-            parsed: &parsed,
-            blob_name: "elsewhere",
-            size: 1,
-        })
-        .await
-        .expect("store");
+    let outcome = store_in(&index, OTHER_SERVICE, &spec, "elsewhere").await;
     assert_eq!(outcome, StoreOutcome::Stored);
 }
 
@@ -908,97 +925,43 @@ async fn index_is_keyed(index: &Index) -> bool {
     !token.starts_with(b"StudyInstanceUID\0")
 }
 
-/// A stand-in for the encrypting cipher: opaque keyed tokens and values sealed with a keystream
-/// and a tag, both derived from the binding. Not cryptography; enough to show that the index
-/// never looks at plaintext and keeps values bound to their rows.
-struct KeyedTestCipher;
-
-fn keyed_hash(seed: u64, parts: &[&[u8]]) -> u64 {
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325 ^ seed;
-    for part in parts {
-        for byte in part.iter().chain(&[0xff]) {
-            hash ^= u64::from(*byte);
-            hash = hash.wrapping_mul(0x0100_0000_01b3);
-        }
+/// The index over `url` with the readable cipher, or with the real one: a keyring for
+/// [`SERVICE`] under a local RSA key-encryption key.
+async fn open_index(url: &str, keyed: bool) -> Index {
+    let database = Database::connect(url).await.expect("database");
+    if !keyed {
+        return Index::open(database, Arc::new(PlaintextIndexCipher))
+            .await
+            .expect("open index");
     }
-    hash
+    let keyrings = ServiceKeyrings::default();
+    let index = Index::open(database.clone(), Arc::new(keyrings.clone()))
+        .await
+        .expect("open index");
+    for service in [SERVICE, OTHER_SERVICE] {
+        keyrings
+            .open_or_create(&database, service, Arc::new(test_kek("kek-1")))
+            .await
+            .expect("keyring");
+    }
+    index
 }
 
-fn binding_parts<'a>(binding: &RowBinding<'a>) -> [&'a [u8]; 4] {
-    [
-        binding.service.as_bytes(),
-        binding.table.as_bytes(),
-        binding.row_token,
-        binding.column.as_bytes(),
-    ]
-}
-
-impl IndexCipher for KeyedTestCipher {
-    fn token(&self, service: &str, domain: &str, normalized_value: &str) -> Vec<u8> {
-        let parts = [
-            service.as_bytes(),
-            domain.as_bytes(),
-            normalized_value.as_bytes(),
-        ];
-        let mut token = keyed_hash(1, &parts).to_be_bytes().to_vec();
-        token.extend_from_slice(&keyed_hash(2, &parts).to_be_bytes());
-        token
-    }
-
-    fn seal(&self, binding: RowBinding<'_>, plaintext: &[u8]) -> Vec<u8> {
-        let parts = binding_parts(&binding);
-        let mut sealed: Vec<u8> = plaintext
-            .iter()
-            .enumerate()
-            .map(|(position, byte)| byte ^ keyed_hash(position as u64, &parts).to_le_bytes()[0])
-            .collect();
-        let mut tagged = parts.to_vec();
-        tagged.push(plaintext);
-        sealed.extend_from_slice(&keyed_hash(3, &tagged).to_be_bytes());
-        sealed
-    }
-
-    fn open(&self, binding: RowBinding<'_>, sealed: &[u8]) -> Result<Vec<u8>, IndexError> {
-        let parts = binding_parts(&binding);
-        let split = sealed.len().checked_sub(8).ok_or(IndexError::Integrity)?;
-        let (body, tag) = sealed.split_at(split);
-        let plaintext: Vec<u8> = body
-            .iter()
-            .enumerate()
-            .map(|(position, byte)| byte ^ keyed_hash(position as u64, &parts).to_le_bytes()[0])
-            .collect();
-        let mut tagged = parts.to_vec();
-        tagged.push(&plaintext);
-        if keyed_hash(3, &tagged).to_be_bytes() != tag {
-            return Err(IndexError::Integrity);
-        }
-        Ok(plaintext)
-    }
-}
-
-fn cipher(keyed: bool) -> Arc<dyn IndexCipher> {
-    if keyed {
-        Arc::new(KeyedTestCipher)
-    } else {
-        Arc::new(PlaintextIndexCipher)
-    }
+fn test_kek(key_id: &str) -> LocalRsaKek {
+    LocalRsaKek::generate(key_id, RsaKeySize::Rsa2048).expect("RSA key")
 }
 
 async fn sqlite_index(keyed: bool) -> (tempfile::TempDir, Index) {
     let dir = tempfile::tempdir().expect("temp dir");
     let url = format!("sqlite:{}", dir.path().join("index.db").display());
-    let index = Index::connect(&url, cipher(keyed))
-        .await
-        .expect("open sqlite index");
+    let index = open_index(&url, keyed).await;
     (dir, index)
 }
 
 async fn postgres_index(keyed: bool) -> Index {
     let cluster = PostgresCluster::shared().expect("test cluster");
     let url = cluster.fresh_database().await.expect("database");
-    Index::connect(&url, cipher(keyed))
-        .await
-        .expect("open postgres index")
+    open_index(&url, keyed).await
 }
 
 macro_rules! suite {
@@ -1092,4 +1055,638 @@ async fn keyed_index_keeps_no_marker_at_rest() {
             "{marker} found at rest"
         );
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The key hierarchy: keyrings, study keys, sealed blobs, rewrapping, rotation, crypto-shredding.
+// ---------------------------------------------------------------------------------------------
+
+mod keys {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+    use bytes::Bytes;
+    use futures::TryStreamExt;
+    use hds_blob::{BlobError, BlobName, BlobStore};
+    use hds_crypto::keys::{
+        BlobKey, KekError, KekFuture, KeyEncryptionKey, LocalRsaKek, WrappedKey,
+    };
+    use hds_db::testing::PostgresCluster;
+    use hds_db::{Backend, Database};
+    use hds_index::{
+        DeleteScope, Index, IndexError, KeyringError, NewInstance, ServiceKeyring, ServiceKeyrings,
+        StoreOutcome,
+    };
+    use sqlx::Row;
+    use zeroize::Zeroizing;
+
+    use super::{SERVICE, Spec, test_kek};
+
+    /// A key-encryption key that counts its vault calls and can be made unreachable.
+    struct CountingKek {
+        inner: LocalRsaKek,
+        wraps: AtomicUsize,
+        unwraps: AtomicUsize,
+        unreachable: AtomicBool,
+    }
+
+    impl CountingKek {
+        fn new(key_id: &str) -> Arc<CountingKek> {
+            Arc::new(CountingKek {
+                inner: test_kek(key_id),
+                wraps: AtomicUsize::new(0),
+                unwraps: AtomicUsize::new(0),
+                unreachable: AtomicBool::new(false),
+            })
+        }
+
+        fn calls(&self) -> (usize, usize) {
+            (
+                self.wraps.load(Ordering::SeqCst),
+                self.unwraps.load(Ordering::SeqCst),
+            )
+        }
+    }
+
+    impl KeyEncryptionKey for CountingKek {
+        fn key_id(&self) -> &str {
+            self.inner.key_id()
+        }
+
+        fn wrap_key<'a>(&'a self, plaintext_key: &'a [u8]) -> KekFuture<'a, WrappedKey> {
+            self.wraps.fetch_add(1, Ordering::SeqCst);
+            if self.unreachable.load(Ordering::SeqCst) {
+                return Box::pin(async { Err(KekError::Unavailable("test".into())) });
+            }
+            self.inner.wrap_key(plaintext_key)
+        }
+
+        fn unwrap_key<'a>(&'a self, wrapped: &'a WrappedKey) -> KekFuture<'a, Zeroizing<Vec<u8>>> {
+            self.unwraps.fetch_add(1, Ordering::SeqCst);
+            if self.unreachable.load(Ordering::SeqCst) {
+                return Box::pin(async { Err(KekError::Unavailable("test".into())) });
+            }
+            self.inner.unwrap_key(wrapped)
+        }
+    }
+
+    /// A fresh database of either backend, and what keeps it alive.
+    async fn fresh_database(backend: Backend) -> (Option<tempfile::TempDir>, Database) {
+        match backend {
+            Backend::Sqlite => {
+                let dir = tempfile::tempdir().expect("temp dir");
+                let url = format!("sqlite:{}", dir.path().join("index.db").display());
+                (Some(dir), Database::connect(&url).await.expect("sqlite"))
+            }
+            _ => {
+                let cluster = PostgresCluster::shared().expect("test cluster");
+                let url = cluster.fresh_database().await.expect("database");
+                (None, Database::connect(&url).await.expect("postgres"))
+            }
+        }
+    }
+
+    /// The index (keyed by `keyrings`) and the keyring of [`SERVICE`] under `kek`.
+    async fn keyed(
+        database: &Database,
+        kek: Arc<CountingKek>,
+    ) -> (Index, ServiceKeyrings, Arc<ServiceKeyring>) {
+        let keyrings = ServiceKeyrings::default();
+        let index = Index::open(database.clone(), Arc::new(keyrings.clone()))
+            .await
+            .expect("index");
+        let keyring = keyrings
+            .open_or_create(database, SERVICE, kek)
+            .await
+            .expect("keyring");
+        (index, keyrings, keyring)
+    }
+
+    /// Stores `spec` as a real instance: a sealed blob under a fresh blob key, wrapped under
+    /// the study's key.
+    async fn store_sealed(
+        index: &Index,
+        keyring: &ServiceKeyring,
+        blobs: &BlobStore,
+        spec: &Spec,
+        contents: &[u8],
+    ) -> BlobName {
+        let name = BlobName::random();
+        let blob_key = BlobKey::generate();
+        let mut writer = blobs
+            .create_sealed(&name, SERVICE, &blob_key)
+            .await
+            .expect("create");
+        writer.write(contents).await.expect("write");
+        writer.finish().await.expect("finish");
+        let lease = keyring.study_key(&spec.study).await.expect("study key");
+        let keys = lease.seal_blob_key(name.as_str(), &blob_key);
+        let parsed = spec.parsed();
+        let outcome = index
+            .store_instance(NewInstance {
+                service: SERVICE,
+                parsed: &parsed,
+                blob_name: name.as_str(),
+                size: contents.len() as u64,
+                keys: &keys,
+            })
+            .await
+            .expect("store");
+        assert_eq!(outcome, StoreOutcome::Stored);
+        name
+    }
+
+    /// Reads back an instance's blob through the index and the keyring.
+    async fn read_back(
+        index: &Index,
+        keyring: &ServiceKeyring,
+        blobs: &BlobStore,
+        spec: &Spec,
+    ) -> Result<Vec<u8>, String> {
+        let records = index
+            .find_instances(
+                SERVICE,
+                DeleteScope::Instance(&spec.study, &spec.series, &spec.sop),
+            )
+            .await
+            .map_err(|error| error.to_string())?;
+        let record = records.first().ok_or("no instance")?;
+        let stored = record.blob_key.as_ref().ok_or("no blob key")?;
+        let key = keyring
+            .open_blob_key(stored, &record.blob_name)
+            .map_err(|error| error.to_string())?;
+        let name = BlobName::parse(&record.blob_name).map_err(|error| error.to_string())?;
+        let chunks: Vec<Bytes> = blobs
+            .read_sealed(&name, SERVICE, &key)
+            .await
+            .map_err(|error| error.to_string())?
+            .try_collect()
+            .await
+            .map_err(|error: BlobError| error.to_string())?;
+        Ok(chunks.concat())
+    }
+
+    fn contents(seed: u8, length: usize) -> Vec<u8> {
+        (0..length)
+            .map(|position| (position as u8).wrapping_mul(31) ^ seed)
+            .collect()
+    }
+
+    async fn keyring_is_created_once_and_reopened_with_one_unwrap(backend: Backend) {
+        let (_dir, database) = fresh_database(backend).await;
+        let kek = CountingKek::new("kek-1");
+        let (index, _keyrings, keyring) = keyed(&database, kek.clone()).await;
+        assert_eq!(kek.calls(), (1, 0), "creating wraps the root key once");
+        let token = keyring.study_token("1.2.3").expect("token");
+        assert_eq!(token, index.study_token(SERVICE, "1.2.3").expect("token"));
+        assert_ne!(token, b"1.2.3".to_vec());
+
+        // Another node (or a restart) unwraps the stored root key: one vault call.
+        let reopened = ServiceKeyring::open_or_create(&database, SERVICE, kek.clone())
+            .await
+            .expect("reopen");
+        assert_eq!(kek.calls(), (1, 1));
+        assert_eq!(reopened.study_token("1.2.3").expect("token"), token);
+
+        // Lost access: forgetting drops the keys; the index refuses; unlocking needs the vault.
+        keyring.forget();
+        assert!(!keyring.is_unlocked());
+        assert!(matches!(
+            keyring.study_token("1.2.3"),
+            Err(KeyringError::KeysUnavailable)
+        ));
+        assert!(matches!(
+            index.study_token(SERVICE, "1.2.3"),
+            Err(IndexError::KeysUnavailable)
+        ));
+        kek.unreachable.store(true, Ordering::SeqCst);
+        let error = keyring.unlock().await.expect_err("vault unreachable");
+        assert!(error.is_key_access_lost());
+        kek.unreachable.store(false, Ordering::SeqCst);
+        keyring.unlock().await.expect("unlock");
+        assert_eq!(kek.calls(), (1, 3));
+        assert_eq!(keyring.study_token("1.2.3").expect("token"), token);
+
+        // Another key cannot unwrap the service's root key.
+        let error = ServiceKeyring::open_or_create(&database, SERVICE, CountingKek::new("other"))
+            .await
+            .expect_err("wrong key");
+        assert!(error.is_key_access_lost());
+    }
+
+    async fn concurrent_study_key_creation_ends_with_one_key(backend: Backend) {
+        let (_dir, database) = fresh_database(backend).await;
+        let kek = CountingKek::new("kek-1");
+        let (_index, _keyrings, first) = keyed(&database, kek.clone()).await;
+        // A second node's keyring of the same service.
+        let second = ServiceKeyring::open_or_create(&database, SERVICE, kek.clone())
+            .await
+            .expect("second node");
+        let mut tasks = Vec::new();
+        for task in 0..16 {
+            let keyring = if task % 2 == 0 {
+                first.clone()
+            } else {
+                second.clone()
+            };
+            tasks.push(tokio::spawn(async move {
+                let lease = keyring.study_key("1.2.840.99.1").await.expect("study key");
+                lease
+                    .seal_blob_key("blob", &BlobKey::generate())
+                    .wrapped_study_key
+            }));
+        }
+        let mut wrapped_keys = Vec::new();
+        for task in tasks {
+            wrapped_keys.push(task.await.expect("task"));
+        }
+        assert!(
+            wrapped_keys.windows(2).all(|pair| pair[0] == pair[1]),
+            "every store must get the same study key"
+        );
+        let rows: i64 = sqlx::query("SELECT COUNT(*) FROM dicom_study_keys")
+            .fetch_one(database.pool())
+            .await
+            .expect("count")
+            .get(0);
+        assert_eq!(rows, 1);
+    }
+
+    async fn sealed_instances_round_trip_and_resist_swapping(backend: Backend) {
+        let (_dir, database) = fresh_database(backend).await;
+        let blob_dir = tempfile::tempdir().expect("blob dir");
+        let blobs = BlobStore::local(blob_dir.path()).expect("blobs");
+        let (index, _keyrings, keyring) = keyed(&database, CountingKek::new("kek-1")).await;
+        let first = Spec::new(1, 1, 1);
+        let second = Spec::new(2, 1, 1);
+        let first_contents = contents(1, 200_000);
+        let second_contents = contents(2, 200_000);
+        let first_name = store_sealed(&index, &keyring, &blobs, &first, &first_contents).await;
+        let second_name = store_sealed(&index, &keyring, &blobs, &second, &second_contents).await;
+        assert_eq!(
+            read_back(&index, &keyring, &blobs, &first).await.as_deref(),
+            Ok(first_contents.as_slice())
+        );
+        // Swapping the blob names of two rows: the blob keys are bound to their names.
+        sqlx::query(
+            "UPDATE dicom_instances SET blob_name = CASE WHEN blob_name = $1 THEN $2 ELSE $1 END",
+        )
+        .bind(first_name.as_str())
+        .bind(second_name.as_str())
+        .execute(database.pool())
+        .await
+        .expect("swap");
+        let swapped = read_back(&index, &keyring, &blobs, &first).await;
+        assert!(swapped.is_err(), "a swapped blob must not open");
+    }
+
+    async fn rewrap_costs_the_same_whatever_the_instance_count(backend: Backend) {
+        let mut costs = Vec::new();
+        for instance_count in [10usize, 10_000] {
+            let (_dir, database) = fresh_database(backend).await;
+            let blob_dir = tempfile::tempdir().expect("blob dir");
+            let blobs = BlobStore::local(blob_dir.path()).expect("blobs");
+            let kek = CountingKek::new("kek-1");
+            let (index, _keyrings, keyring) = keyed(&database, kek.clone()).await;
+            // Ten real instances (sealed blobs) in ten studies...
+            let mut specs = Vec::new();
+            for study in 0..10 {
+                let spec = Spec::new(study, 1, 1);
+                store_sealed(
+                    &index,
+                    &keyring,
+                    &blobs,
+                    &spec,
+                    &contents(study as u8, 70_000),
+                )
+                .await;
+                specs.push(spec);
+            }
+            // ...and the rest as index rows written directly (the rewrap never reads them).
+            insert_bulk_instances(&database, instance_count - 10).await;
+            let instances: i64 = sqlx::query("SELECT COUNT(*) FROM dicom_instances")
+                .fetch_one(database.pool())
+                .await
+                .expect("count")
+                .get(0);
+            assert_eq!(instances as usize, instance_count);
+            let blobs_before = snapshot(blob_dir.path());
+            count_writes(&database).await;
+
+            let calls_before = kek.calls();
+            let new_kek = CountingKek::new("kek-2");
+            keyring.rewrap(new_kek.clone()).await.expect("rewrap");
+            let old_calls = kek.calls();
+            let cost = (
+                old_calls.0 - calls_before.0,
+                old_calls.1 - calls_before.1,
+                new_kek.calls(),
+                writes(&database).await,
+                snapshot(blob_dir.path()) != blobs_before,
+            );
+            // One unwrap with the old key, one wrap with the new, one row, no blob.
+            assert_eq!(cost, (0, 1, (1, 0), 1, false));
+            costs.push(cost);
+            // The data opens through the re-wrapped root key, also after a restart.
+            let reopened = ServiceKeyring::open_or_create(&database, SERVICE, new_kek.clone())
+                .await
+                .expect("reopen under the new key");
+            assert_eq!(new_kek.calls(), (1, 1));
+            assert!(
+                ServiceKeyring::open_or_create(&database, SERVICE, kek.clone())
+                    .await
+                    .is_err(),
+                "the old key no longer opens the service"
+            );
+            for (study, spec) in specs.iter().enumerate() {
+                assert_eq!(
+                    read_back(&index, &reopened, &blobs, spec).await,
+                    Ok(contents(study as u8, 70_000))
+                );
+            }
+        }
+        assert_eq!(costs[0], costs[1]);
+    }
+
+    async fn root_key_rotation_rewraps_study_keys_only(backend: Backend) {
+        let (_dir, database) = fresh_database(backend).await;
+        let blob_dir = tempfile::tempdir().expect("blob dir");
+        let blobs = BlobStore::local(blob_dir.path()).expect("blobs");
+        let kek = CountingKek::new("kek-1");
+        let (index, _keyrings, keyring) = keyed(&database, kek.clone()).await;
+        let mut specs = Vec::new();
+        for study in 0..5 {
+            let spec = Spec::new(study, 1, 1);
+            store_sealed(
+                &index,
+                &keyring,
+                &blobs,
+                &spec,
+                &contents(study as u8, 1000),
+            )
+            .await;
+            specs.push(spec);
+        }
+        let blobs_before = snapshot(blob_dir.path());
+        let token_before = keyring.study_token("1.2.3").expect("token");
+        count_writes(&database).await;
+        let calls_before = kek.calls();
+        let rewrapped = keyring.rotate_root_key().await.expect("rotate");
+        assert_eq!(rewrapped, 5);
+        let calls = kek.calls();
+        assert_eq!((calls.0 - calls_before.0, calls.1 - calls_before.1), (1, 0));
+        // Five study keys and the root-key row; no instance, token or blob.
+        assert_eq!(writes(&database).await, 6);
+        assert_eq!(snapshot(blob_dir.path()), blobs_before);
+        assert_eq!(keyring.study_token("1.2.3").expect("token"), token_before);
+        for (study, spec) in specs.iter().enumerate() {
+            assert_eq!(
+                read_back(&index, &keyring, &blobs, spec).await,
+                Ok(contents(study as u8, 1000))
+            );
+        }
+        // Searches still match: tokens did not change.
+        assert_eq!(super::study_uids(&index, Vec::new()).await.len(), 5);
+    }
+
+    async fn deleting_a_study_shreds_its_key(backend: Backend) {
+        let (_dir, database) = fresh_database(backend).await;
+        let blob_dir = tempfile::tempdir().expect("blob dir");
+        let blobs = BlobStore::local(blob_dir.path()).expect("blobs");
+        let (index, _keyrings, keyring) = keyed(&database, CountingKek::new("kek-1")).await;
+        let spec = Spec::new(7, 1, 1);
+        let original = contents(7, 150_000);
+        let name = store_sealed(&index, &keyring, &blobs, &spec, &original).await;
+        // What an attacker keeps: a copy of the blob, and a database backup of the row.
+        let copied: Vec<Bytes> = blobs
+            .read(&name)
+            .await
+            .expect("raw blob")
+            .try_collect()
+            .await
+            .expect("raw bytes");
+        let copied = copied.concat();
+        let backup = index
+            .find_instances(SERVICE, DeleteScope::Study(&spec.study))
+            .await
+            .expect("find")
+            .remove(0)
+            .blob_key
+            .expect("blob key");
+        let study_token = keyring.study_token(&spec.study).expect("token");
+
+        let deleted = index
+            .delete(SERVICE, DeleteScope::Study(&spec.study))
+            .await
+            .expect("delete");
+        assert_eq!(deleted, [name.as_str().to_owned()]);
+        blobs.delete(&name).await.expect("delete blob");
+        let study_keys: i64 = sqlx::query(
+            "SELECT COUNT(*) FROM dicom_study_keys WHERE service = $1 AND study_token = $2",
+        )
+        .bind(SERVICE)
+        .bind(study_token.as_slice())
+        .fetch_one(database.pool())
+        .await
+        .expect("count")
+        .get(0);
+        assert_eq!(study_keys, 0, "the study key is destroyed with the study");
+
+        // The copy put back: nothing in the live database opens it. A new study of the same
+        // UID gets a new key, under which the old blob key does not unwrap.
+        blobs
+            .put(&name, Bytes::from(copied))
+            .await
+            .expect("restore copy");
+        let new_lease = keyring.study_key(&spec.study).await.expect("new key");
+        assert_ne!(
+            new_lease
+                .seal_blob_key(name.as_str(), &BlobKey::generate())
+                .wrapped_study_key,
+            backup.wrapped_study_key
+        );
+        let mut forged = backup.clone();
+        forged.wrapped_study_key = new_lease
+            .seal_blob_key(name.as_str(), &BlobKey::generate())
+            .wrapped_study_key;
+        assert!(keyring.open_blob_key(&forged, name.as_str()).is_err());
+        // A backup taken before the delete still holds the wrapped study key, which the current
+        // root key opens; rotating the root key closes that.
+        let key = keyring
+            .open_blob_key(&backup, name.as_str())
+            .expect("backup opens before rotation");
+        let reopened: Vec<Bytes> = blobs
+            .read_sealed(&name, SERVICE, &key)
+            .await
+            .expect("open")
+            .try_collect()
+            .await
+            .expect("read");
+        assert_eq!(reopened.concat(), original);
+        keyring.rotate_root_key().await.expect("rotate");
+        assert!(matches!(
+            keyring.open_blob_key(&backup, name.as_str()),
+            Err(KeyringError::Integrity(_))
+        ));
+    }
+
+    /// Rows for `count` more instances in one study and series, with random tokens and bytes.
+    async fn insert_bulk_instances(database: &Database, count: usize) {
+        if count == 0 {
+            return;
+        }
+        let mut transaction = database.begin_write().await.expect("begin");
+        let study_id: i64 = sqlx::query(
+            "INSERT INTO dicom_studies (service, uid_token, attributes) VALUES ($1, $2, $3) RETURNING id",
+        )
+        .bind(SERVICE)
+        .bind(b"bulk-study".as_slice())
+        .bind(b"sealed".as_slice())
+        .fetch_one(&mut *transaction)
+        .await
+        .expect("study")
+        .get(0);
+        let series_id: i64 = sqlx::query(
+            "INSERT INTO dicom_series (study_id, uid_token, attributes) VALUES ($1, $2, $3) RETURNING id",
+        )
+        .bind(study_id)
+        .bind(b"bulk-series".as_slice())
+        .bind(b"sealed".as_slice())
+        .fetch_one(&mut *transaction)
+        .await
+        .expect("series")
+        .get(0);
+        for instance in 0..count {
+            sqlx::query(
+                "INSERT INTO dicom_instances (service, study_id, series_id, uid_token, blob_name, \
+                 size, transfer_syntax_uid, uids, attributes, metadata, blob_key) \
+                 VALUES ($1, $2, $3, $4, $5, 0, '1.2.840.10008.1.2.1', $6, $6, $6, $6)",
+            )
+            .bind(SERVICE)
+            .bind(study_id)
+            .bind(series_id)
+            .bind(format!("bulk-{instance}").into_bytes())
+            .bind(BlobName::random().as_str().to_owned())
+            .bind(b"sealed".as_slice())
+            .execute(&mut *transaction)
+            .await
+            .expect("instance");
+        }
+        transaction.commit().await.expect("commit");
+    }
+
+    const COUNTED_TABLES: [&str; 9] = [
+        "dicom_studies",
+        "dicom_series",
+        "dicom_instances",
+        "dicom_study_tokens",
+        "dicom_series_tokens",
+        "dicom_instance_tokens",
+        "dicom_service_keys",
+        "dicom_study_keys",
+        "dicom_platform_keks",
+    ];
+
+    /// Counts every row written (inserted, updated or deleted) from now on, with triggers.
+    async fn count_writes(database: &Database) {
+        let pool = database.pool();
+        sqlx::query("CREATE TABLE test_write_count (n BIGINT NOT NULL)")
+            .execute(pool)
+            .await
+            .expect("counter");
+        sqlx::query("INSERT INTO test_write_count (n) VALUES (0)")
+            .execute(pool)
+            .await
+            .expect("counter row");
+        if database.backend() == Backend::Postgres {
+            sqlx::query(
+                "CREATE FUNCTION test_count_write() RETURNS trigger AS $$ \
+                 BEGIN UPDATE test_write_count SET n = n + 1; RETURN NULL; END $$ LANGUAGE plpgsql",
+            )
+            .execute(pool)
+            .await
+            .expect("function");
+        }
+        for table in COUNTED_TABLES {
+            match database.backend() {
+                Backend::Postgres => {
+                    sqlx::query(&format!(
+                        "CREATE TRIGGER test_count_{table} AFTER INSERT OR UPDATE OR DELETE ON {table} \
+                         FOR EACH ROW EXECUTE FUNCTION test_count_write()"
+                    ))
+                    .execute(pool)
+                    .await
+                    .expect("trigger");
+                }
+                _ => {
+                    for operation in ["INSERT", "UPDATE", "DELETE"] {
+                        sqlx::query(&format!(
+                            "CREATE TRIGGER test_count_{table}_{operation} AFTER {operation} ON {table} \
+                             BEGIN UPDATE test_write_count SET n = n + 1; END"
+                        ))
+                        .execute(pool)
+                        .await
+                        .expect("trigger");
+                    }
+                }
+            }
+        }
+    }
+
+    async fn writes(database: &Database) -> i64 {
+        sqlx::query("SELECT n FROM test_write_count")
+            .fetch_one(database.pool())
+            .await
+            .expect("count")
+            .get(0)
+    }
+
+    /// Every file under `directory` with its contents.
+    fn snapshot(directory: &std::path::Path) -> Vec<(std::path::PathBuf, Vec<u8>)> {
+        let mut files = Vec::new();
+        let mut pending = vec![directory.to_path_buf()];
+        while let Some(path) = pending.pop() {
+            for entry in std::fs::read_dir(&path).expect("read dir") {
+                let path = entry.expect("entry").path();
+                if path.is_dir() {
+                    pending.push(path);
+                } else {
+                    let contents = std::fs::read(&path).expect("read");
+                    files.push((path, contents));
+                }
+            }
+        }
+        files.sort();
+        files
+    }
+
+    macro_rules! key_suite {
+        ($($name:ident),* $(,)?) => {
+            mod sqlite {
+                $(
+                    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                    async fn $name() {
+                        super::$name(hds_db::Backend::Sqlite).await;
+                    }
+                )*
+            }
+            mod postgres {
+                $(
+                    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                    async fn $name() {
+                        super::$name(hds_db::Backend::Postgres).await;
+                    }
+                )*
+            }
+        };
+    }
+
+    key_suite!(
+        keyring_is_created_once_and_reopened_with_one_unwrap,
+        concurrent_study_key_creation_ends_with_one_key,
+        sealed_instances_round_trip_and_resist_swapping,
+        rewrap_costs_the_same_whatever_the_instance_count,
+        root_key_rotation_rewraps_study_keys_only,
+        deleting_a_study_shreds_its_key,
+    );
 }

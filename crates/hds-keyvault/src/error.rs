@@ -59,6 +59,11 @@ pub enum VaultError {
         /// The refused operation.
         operation: String,
     },
+    /// A purge-protected vault still holds keys (live or deleted) and cannot be deleted.
+    #[error(
+        "vault '{0}' has purge protection and still holds keys: its keys must outlive their retention period. Delete the keys and wait until their scheduledPurgeDate has passed, then delete the vault."
+    )]
+    VaultNotEmpty(String),
     /// RSA-HSM keys never leave the vault.
     #[error(
         "Key '{0}' is an RSA-HSM key and its material is non-extractable: it cannot be backed up. Only RSA (software) keys can be backed up, and their backups restore only into this hds."
@@ -129,7 +134,7 @@ impl VaultError {
             | VaultError::KeyNotFound(_)
             | VaultError::DeletedKeyNotFound(_) => StatusCode::NOT_FOUND,
             VaultError::BadParameter(_) | VaultError::NonExtractable(_) => StatusCode::BAD_REQUEST,
-            VaultError::Conflict(_) => StatusCode::CONFLICT,
+            VaultError::Conflict(_) | VaultError::VaultNotEmpty(_) => StatusCode::CONFLICT,
             VaultError::KeyDisabled { .. }
             | VaultError::KeyNotYetValid { .. }
             | VaultError::KeyExpired { .. }
@@ -151,7 +156,7 @@ impl VaultError {
             VaultError::VaultNotFound(_) => "VaultNotFound",
             VaultError::KeyNotFound(_) | VaultError::DeletedKeyNotFound(_) => "KeyNotFound",
             VaultError::BadParameter(_) | VaultError::NonExtractable(_) => "BadParameter",
-            VaultError::Conflict(_) => "Conflict",
+            VaultError::Conflict(_) | VaultError::VaultNotEmpty(_) => "Conflict",
             VaultError::Unauthorized(_) => "Unauthorized",
             VaultError::KeyDisabled { .. }
             | VaultError::KeyNotYetValid { .. }

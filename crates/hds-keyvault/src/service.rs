@@ -280,11 +280,29 @@ impl KeyVaultService {
         rows.iter().map(|row| self.vault_from_row(row)).collect()
     }
 
-    /// Deletes a vault and every key in it (no soft delete of vaults). Returns whether it
-    /// existed.
+    /// Deletes a vault and every key in it. Vaults themselves are not soft-deleted, so a
+    /// purge-protected vault is refused while it holds any key (live, or deleted and not yet
+    /// past its retention): deleting it would purge keys that purge protection promises to
+    /// keep. Returns whether the vault existed.
     pub async fn delete_vault(&self, name: &str) -> Result<bool, VaultError> {
         let key = name.to_ascii_lowercase();
+        let vault = match self.get_vault(name).await {
+            Ok(vault) => vault,
+            Err(VaultError::VaultNotFound(_)) => return Ok(false),
+            Err(error) => return Err(error),
+        };
         let mut transaction = self.database.begin_write().await?;
+        if vault.properties.enable_purge_protection {
+            self.purge_expired(&mut transaction, &key).await?;
+            let held: i64 = sqlx::query("SELECT COUNT(*) FROM keyvault_keys WHERE vault = $1")
+                .bind(&key)
+                .fetch_one(&mut *transaction)
+                .await?
+                .try_get(0)?;
+            if held > 0 {
+                return Err(VaultError::VaultNotEmpty(vault.name));
+            }
+        }
         sqlx::query("DELETE FROM keyvault_key_versions WHERE vault = $1")
             .bind(&key)
             .execute(&mut *transaction)

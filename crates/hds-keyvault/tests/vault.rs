@@ -1345,8 +1345,18 @@ async fn arm_semantics_of_vaults_and_keys_on(fixture: Fixture) {
         first.key.version
     );
 
+    // Purge protection keeps the vault while it holds keys, even deleted ones.
+    let refused = fixture.service.delete_vault("armvault").await.unwrap_err();
+    assert!(matches!(
+        refused,
+        hds_keyvault::VaultError::VaultNotEmpty(_)
+    ));
+    fixture.service.delete_key(&vault, "cmk").await.unwrap();
+    assert!(fixture.service.delete_vault("armvault").await.is_err());
+    fixture.advance_days(91);
     assert!(fixture.service.delete_vault("armvault").await.unwrap());
     assert!(fixture.service.get_vault("armvault").await.is_err());
+    assert!(!fixture.service.delete_vault("armvault").await.unwrap());
 }
 
 #[tokio::test]

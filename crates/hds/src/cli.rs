@@ -58,6 +58,35 @@ pub struct UpOptions {
     /// The largest STOW-RS request body accepted, in bytes.
     #[arg(long, env = "HDS_MAX_REQUEST_BYTES", default_value_t = 2 * 1024 * 1024 * 1024)]
     pub max_request_bytes: u64,
+
+    /// How often each customer-managed key is probed (get key, wrap and unwrap), e.g. 60s, 5m.
+    #[arg(long, env = "HDS_CMK_PROBE_INTERVAL", default_value = "60s", value_parser = parse_duration)]
+    pub cmk_probe_interval: std::time::Duration,
+
+    /// How long key access may be lost before only an update of the DICOM service brings it
+    /// back, e.g. 30m.
+    #[arg(long, env = "HDS_CMK_LOST_ACCESS_LATCH", default_value = "30m", value_parser = parse_duration)]
+    pub cmk_lost_access_latch: std::time::Duration,
+
+    /// Start empty: skip creating the default vault, key and CMK-encrypted DICOM service.
+    #[arg(long, env = "HDS_NO_BOOTSTRAP")]
+    pub no_bootstrap: bool,
+}
+
+/// `90`, `90s`, `500ms`, `5m`, `2h`.
+pub fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
+    let text = text.trim();
+    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: u64 = number.parse().map_err(|_| format!("'{text}' is not a duration such as 60s, 5m or 500ms"))?;
+    let seconds = |factor: u64| std::time::Duration::from_secs(number.saturating_mul(factor));
+    match unit {
+        "" | "s" => Ok(seconds(1)),
+        "ms" => Ok(std::time::Duration::from_millis(number)),
+        "m" => Ok(seconds(60)),
+        "h" => Ok(seconds(3600)),
+        _ => Err(format!("'{text}': use a unit of ms, s, m or h")),
+    }
 }
 
 /// `$XDG_DATA_HOME/hds`, else `~/.local/share/hds`, else `./hds-data`.

@@ -2,9 +2,12 @@
 //! serves them; the other subcommands are clients. No business logic lives here.
 
 mod access;
+mod adapters;
 mod cli;
+mod dicom_host;
 mod client;
 mod logging;
+mod seed_flow;
 mod up;
 mod vault_access;
 

@@ -9,24 +9,33 @@ use std::time::Duration;
 use anyhow::Context;
 use axum::Router;
 use axum::routing::get;
+use hds_arm::{Arm, ArmConfig, ResourceId, Subscription};
 use hds_blob::BlobStore;
+use hds_cmk::{
+    CachingTokenSource, ClientConfig, KeyAccessMonitor, KeyValidator, KeyVaultClient, MonitorConfig, SystemClock,
+    TokenSource, VaultKeyProbe,
+};
 use hds_crypto::root::RootKey;
-use hds_dicomweb::{DicomWebConfig, DicomWebState, StaticServices};
 use hds_db::Database;
-use hds_identity::{Identity, IdentityConfig};
-use hds_index::{Index, PlaintextIndexCipher};
+use hds_dicomweb::{DicomWebConfig, DicomWebState};
+use hds_identity::{AdminCredentials, Identity, IdentityConfig, MANAGEMENT_AUDIENCE};
+use hds_index::{Index, ServiceKeyrings};
 use hds_keyvault::{
     DataPlaneState, KeyVaultService, ServiceConfig as VaultServiceConfig, VaultAddressing, VaultListeners,
 };
+use hds_providers::ProviderDependencies;
 use hds_tls::LocalCa;
 use tower_http::trace::TraceLayer;
 
 use crate::access::IdentityDicomAccess;
+use crate::adapters::{HostedVaults, ManagedIdentityTokens, VaultListenerEvents};
 use crate::cli::UpOptions;
+use crate::dicom_host::{DicomHost, DicomHostParts};
 use crate::logging;
+use crate::seed_flow::{self, SeedNames};
 use crate::vault_access::IdentityVaultAccess;
 
-/// The workspace and service `hds up` serves until the control plane creates others.
+/// The workspace and service of the seed's flow.
 const DEFAULT_WORKSPACE: &str = "default";
 const DEFAULT_SERVICE: &str = "dicom";
 
@@ -36,11 +45,9 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 pub async fn run(options: UpOptions) -> anyhow::Result<()> {
     let data_dir = &options.data_dir;
     create_private_dir(data_dir)?;
-    let root_key = RootKey::load_or_create(&data_dir.join("root.key")).context("loading the root key")?;
+    let root_key = Arc::new(RootKey::load_or_create(&data_dir.join("root.key")).context("loading the root key")?);
     let certificate_authority =
         LocalCa::load_or_create(&data_dir.join("tls"), &root_key).context("loading the local CA")?;
-
-    let root_key = Arc::new(root_key);
     let scheme = if options.http { "http" } else { "https" };
     let public_url = options
         .public_url
@@ -49,6 +56,7 @@ pub async fn run(options: UpOptions) -> anyhow::Result<()> {
         .trim_end_matches('/')
         .to_owned();
 
+    // One database for everything: identities, vaults, ARM resources, the index, key state.
     let database_url = match options.index.as_str() {
         "sqlite" => format!("sqlite:{}", data_dir.join("index.db").display()),
         url => url.to_owned(),
@@ -58,9 +66,10 @@ pub async fn run(options: UpOptions) -> anyhow::Result<()> {
         .await
         .context("opening the identity service")?;
     let bootstrap = identity.bootstrap(data_dir).await.context("bootstrapping the tenant and admin")?;
-    let index = Index::open(database.clone(), Arc::new(PlaintextIndexCipher))
-        .await
-        .context("opening the index")?;
+
+    // Every DICOM service's index values are tokenized and sealed under its own keys.
+    let keyrings = ServiceKeyrings::default();
+    let index = Index::open(database.clone(), Arc::new(keyrings.clone())).await.context("opening the index")?;
     let blobs = BlobStore::local(&data_dir.join("blobs")).context("opening the blob store")?;
 
     // Key vaults: each on its own HTTPS listener (the Azure SDKs address vaults by host).
@@ -73,7 +82,7 @@ pub async fn run(options: UpOptions) -> anyhow::Result<()> {
         .await
         .context("opening the key vault service")?,
     );
-    let vault_listeners = VaultListeners::new(
+    let vault_listeners = Arc::new(VaultListeners::new(
         DataPlaneState {
             service: vault_service.clone(),
             access: Arc::new(IdentityVaultAccess { identity: identity.clone() }),
@@ -81,26 +90,124 @@ pub async fn run(options: UpOptions) -> anyhow::Result<()> {
         },
         certificate_authority.server_config(&[]).context("issuing the vault certificate")?,
         options.listen.ip(),
-    );
-    let vaults = vault_listeners.start_all().await.context("starting the key vault listeners")?;
+    ));
+    vault_listeners.start_all().await.context("starting the key vault listeners")?;
 
-    let default_service_id = format!(
-        "{}/providers/Microsoft.HealthcareApis/workspaces/{DEFAULT_WORKSPACE}/dicomservices/{DEFAULT_SERVICE}",
-        bootstrap.resource_group_id
+    // The path from a DICOM service to its customer-managed key.
+    let client = KeyVaultClient::new(&ClientConfig {
+        ca_pem_path: Some(certificate_authority.ca_pem_path().to_path_buf()),
+        trust_system_roots: true,
+        ..ClientConfig::default()
+    })
+    .context("creating the key vault client")?;
+    let tokens: Arc<dyn TokenSource> =
+        Arc::new(CachingTokenSource::new(Arc::new(ManagedIdentityTokens { identity: identity.clone() })));
+    let validator =
+        KeyValidator::new(client.clone(), tokens.clone(), Arc::new(HostedVaults { service: vault_service.clone() }));
+    let monitor = Arc::new(
+        KeyAccessMonitor::open(
+            database.clone(),
+            MonitorConfig {
+                probe_interval: options.cmk_probe_interval,
+                lost_access_latch: options.cmk_lost_access_latch,
+                ..MonitorConfig::default()
+            },
+            Arc::new(VaultKeyProbe::new(client.clone(), tokens.clone(), Arc::new(SystemClock))),
+            Arc::new(SystemClock),
+        )
+        .await
+        .context("opening the key-access monitor")?,
     );
-    let services = StaticServices::default().with(DEFAULT_WORKSPACE, DEFAULT_SERVICE, &default_service_id);
+    let host = DicomHost::new(DicomHostParts {
+        database: database.clone(),
+        root_key: root_key.clone(),
+        index: index.clone(),
+        blobs: blobs.clone(),
+        keyrings,
+        client,
+        tokens,
+        validator,
+        monitor: monitor.clone(),
+    });
+
+    // The control plane, with every resource provider.
+    let builder = Arm::builder(
+        database.clone(),
+        ArmConfig {
+            tenant_id: bootstrap.tenant_id.clone(),
+            subscriptions: vec![Subscription {
+                subscription_id: bootstrap.subscription_id.clone(),
+                display_name: "hds".to_owned(),
+            }],
+            public_base_url: Some(public_url.clone()),
+        },
+        hds_providers::access_control(identity.clone()),
+    );
+    let arm = hds_providers::register_all(
+        builder,
+        &ProviderDependencies {
+            identity: identity.clone(),
+            key_vault: vault_service.clone(),
+            dicom_host: host.clone(),
+            public_base_url: public_url.clone(),
+            vault_events: Some(Arc::new(VaultListenerEvents { listeners: vault_listeners.clone() })),
+        },
+    )
+    .build()
+    .await
+    .context("opening the control plane")?;
+
+    // Serve the DICOM services that exist (their keys' state comes from the monitor's store).
+    let subscription = ResourceId::subscription(&bootstrap.subscription_id);
+    for resource in arm.store().list_within(&subscription).await.context("listing resources")? {
+        if let Some(spec) = hds_providers::stored_spec(&resource, &bootstrap.tenant_id, &public_url) {
+            if let Err(error) = host.restore(&spec).await {
+                tracing::error!(error = %error, "a DICOM service could not be restored");
+            }
+        }
+    }
+
     let dicomweb = hds_dicomweb::router(DicomWebState {
         index,
         blobs,
-        services: Arc::new(services),
+        services: host.clone(),
         access: Arc::new(IdentityDicomAccess { identity: identity.clone() }),
         config: Arc::new(DicomWebConfig { max_request_bytes: options.max_request_bytes, scheme }),
     });
+    let arm_router = hds_arm::router(arm.clone());
     let app = Router::new()
         .route("/health", get(|| async { "ok" }))
         .merge(identity.router())
         .merge(dicomweb)
+        .merge(arm_router.clone())
         .layer(TraceLayer::new_for_http().make_span_with(logging::request_span));
+
+    if !options.no_bootstrap {
+        let admin = read_admin(&bootstrap.admin_credentials_path)?;
+        let token = identity
+            .issue_token_for_client_credentials(&admin.client_id, &admin.client_secret, MANAGEMENT_AUDIENCE)
+            .await
+            .context("getting the admin's token")?
+            .context("the admin's credentials in admin.json are not accepted")?;
+        let names = SeedNames {
+            subscription_id: &bootstrap.subscription_id,
+            tenant_id: &bootstrap.tenant_id,
+            resource_group: "default",
+            workspace: DEFAULT_WORKSPACE,
+            service: DEFAULT_SERVICE,
+        };
+        seed_flow::run(&arm_router, &token.access_token, &names).await.context("setting up the default DICOM service")?;
+    }
+
+    let (stop_monitor, monitor_stopped) = tokio::sync::oneshot::channel::<()>();
+    let monitor_task = monitor.clone();
+    tokio::spawn(async move {
+        monitor_task
+            .run(async {
+                let _ = monitor_stopped.await;
+            })
+            .await;
+    });
 
     // Bind only now that everything is ready: a client that connects is served at once.
     let listener = std::net::TcpListener::bind(options.listen)
@@ -108,13 +215,13 @@ pub async fn run(options: UpOptions) -> anyhow::Result<()> {
     listener.set_nonblocking(true)?;
     println!("hds is ready");
     println!("  DICOMweb:  {public_url}/dicom/{DEFAULT_WORKSPACE}/{DEFAULT_SERVICE}/v2/");
+    println!("  ARM:       {public_url}/subscriptions/{}", bootstrap.subscription_id);
     println!("  tokens:    {public_url}/{}/oauth2/v2.0/token", bootstrap.tenant_id);
     println!("  admin:     {}", bootstrap.admin_credentials_path.display());
-    for (name, address) in &vaults {
-        println!("  vault {name}: https://{address}/");
-    }
     println!("  CA:        {}", certificate_authority.ca_pem_path().display());
-    println!("  data dir:  {}", data_dir.display());
+    for vault in vault_service.list_vaults().await.unwrap_or_default() {
+        println!("  vault {}: {}", vault.name, vault.vault_uri);
+    }
 
     let handle = axum_server::Handle::new();
     let shutdown_handle = handle.clone();
@@ -131,9 +238,15 @@ pub async fn run(options: UpOptions) -> anyhow::Result<()> {
         let config = axum_server::tls_rustls::RustlsConfig::from_config(tls);
         axum_server::from_tcp_rustls(listener, config).handle(handle).serve(service).await?;
     }
+    let _ = stop_monitor.send(());
     vault_listeners.shutdown();
     println!("hds stopped");
     Ok(())
+}
+
+fn read_admin(path: &Path) -> anyhow::Result<AdminCredentials> {
+    let bytes = fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    serde_json::from_slice(&bytes).with_context(|| format!("parsing {}", path.display()))
 }
 
 /// Creates `path` if needed and makes it private to this user: it holds the root key.

@@ -389,6 +389,7 @@ fn layout_maps_plaintext_ranges_to_segments() {
         .expect("empty span");
     assert_eq!(empty.segment_count, 0);
 
+    assert_eq!(layout.sealed_len(u64::MAX), u64::MAX);
     assert_eq!(layout.plaintext_len(header + TAG_LEN as u64 - 1), None);
     assert_eq!(layout.plaintext_len(header + ciphertext_segment + 5), None);
     assert_eq!(

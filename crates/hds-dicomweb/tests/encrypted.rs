@@ -1,0 +1,255 @@
+//! The DICOMweb API over encrypted storage: what it stores opens again, damaged blobs fail
+//! with a clear code (before the status line when the first segment is bad, by aborting the body
+//! when a later one is), and lost key access answers `CustomerManagedKeyAccessLost`.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use dicom_core::{DataElement, PrimitiveValue, VR};
+use dicom_dictionary_std::{tags, uids};
+use dicom_object::{FileMetaTableBuilder, InMemDicomObject};
+use hds_blob::BlobStore;
+use hds_crypto::keys::{LocalRsaKek, RsaKeySize};
+use hds_db::Database;
+use hds_dicomweb::{AllowAll, DicomWebConfig, DicomWebState, StaticServices};
+use hds_index::{Index, ServiceKeyring, ServiceKeyrings};
+use http_body_util::BodyExt;
+use tower::ServiceExt;
+
+const BASE: &str = "/dicom/default/dicom/v2";
+const ROWS: u16 = 128;
+const COLUMNS: u16 = 128;
+const FRAMES: usize = 6;
+const FRAME_BYTES: usize = ROWS as usize * COLUMNS as usize * 2;
+/// Where the stream's segments start and how long each is (64 KiB of plaintext and a tag).
+const HEADER_LEN: usize = hds_crypto::stream::HEADER_LEN;
+const SEALED_SEGMENT: usize = hds_crypto::stream::SEGMENT_SIZE as usize + hds_crypto::stream::TAG_LEN;
+
+struct Server {
+    _directory: tempfile::TempDir,
+    blob_directory: PathBuf,
+    router: Router,
+    keyring: Arc<ServiceKeyring>,
+}
+
+async fn server() -> Server {
+    let directory = tempfile::tempdir().expect("temp dir");
+    let url = format!("sqlite:{}", directory.path().join("index.db").display());
+    let database = Database::connect(&url).await.expect("database");
+    let keyrings = ServiceKeyrings::default();
+    let index = Index::open(database.clone(), Arc::new(keyrings.clone())).await.expect("index");
+    let blob_directory = directory.path().join("blobs");
+    let blobs = BlobStore::local(&blob_directory).expect("blobs");
+    let key_encryption_key = LocalRsaKek::generate("test-kek", RsaKeySize::Rsa2048).expect("kek");
+    let keyring = keyrings
+        .open_or_create(&database, &StaticServices::service_key("default", "dicom"), Arc::new(key_encryption_key))
+        .await
+        .expect("keyring");
+    let services = StaticServices::default().with("default", "dicom", "/test/dicom", keyring.clone());
+    let router = hds_dicomweb::router(DicomWebState {
+        index,
+        blobs,
+        services: Arc::new(services),
+        access: Arc::new(AllowAll),
+        config: Arc::new(DicomWebConfig { scheme: "http", ..DicomWebConfig::default() }),
+    });
+    Server { _directory: directory, blob_directory, router, keyring }
+}
+
+struct Instance {
+    study: String,
+    series: String,
+    sop: String,
+    file: Vec<u8>,
+    pixels: Vec<u8>,
+}
+
+fn text(tag: dicom_core::Tag, vr: VR, value: &str) -> DataElement<InMemDicomObject> {
+    let mut value = value.to_owned();
+    if value.len() % 2 == 1 {
+        value.push(if vr == VR::UI { '\0' } else { ' ' });
+    }
+    DataElement::new(tag, vr, PrimitiveValue::from(value))
+}
+
+fn short(tag: dicom_core::Tag, value: u16) -> DataElement<InMemDicomObject> {
+    DataElement::new(tag, VR::US, PrimitiveValue::from(value))
+}
+
+/// A multi-frame instance of about 200 KB: four sealed segments.
+fn instance(number: u32) -> Instance {
+    let study = format!("1.2.826.0.1.3680043.10.9.{number}");
+    let series = format!("{study}.1");
+    let sop = format!("{series}.1");
+    let pixels: Vec<u8> = (0..FRAMES * FRAME_BYTES).map(|position| (position % 241) as u8).collect();
+    let object = InMemDicomObject::from_element_iter([
+        text(tags::SOP_CLASS_UID, VR::UI, uids::MULTI_FRAME_GRAYSCALE_WORD_SECONDARY_CAPTURE_IMAGE_STORAGE),
+        text(tags::SOP_INSTANCE_UID, VR::UI, &sop),
+        text(tags::STUDY_DATE, VR::DA, "20240101"),
+        text(tags::MODALITY, VR::CS, "OT"),
+        text(tags::PATIENT_NAME, VR::PN, "Test^Patient"),
+        text(tags::PATIENT_ID, VR::LO, "PID-1"),
+        text(tags::STUDY_INSTANCE_UID, VR::UI, &study),
+        text(tags::SERIES_INSTANCE_UID, VR::UI, &series),
+        text(tags::NUMBER_OF_FRAMES, VR::IS, &FRAMES.to_string()),
+        short(tags::SAMPLES_PER_PIXEL, 1),
+        text(tags::PHOTOMETRIC_INTERPRETATION, VR::CS, "MONOCHROME2"),
+        short(tags::ROWS, ROWS),
+        short(tags::COLUMNS, COLUMNS),
+        short(tags::BITS_ALLOCATED, 16),
+        short(tags::BITS_STORED, 16),
+        short(tags::HIGH_BIT, 15),
+        short(tags::PIXEL_REPRESENTATION, 0),
+        DataElement::new(tags::PIXEL_DATA, VR::OW, PrimitiveValue::from(pixels.clone())),
+    ]);
+    let file_object = object
+        .with_meta(FileMetaTableBuilder::new().transfer_syntax("1.2.840.10008.1.2.1"))
+        .expect("meta");
+    let mut file = Vec::new();
+    file_object.write_all(&mut file).expect("encode");
+    Instance { study, series, sop, file, pixels }
+}
+
+async fn call(router: &Router, request: Request<Body>) -> (StatusCode, Result<Vec<u8>, String>) {
+    let response = router.clone().oneshot(request).await.expect("infallible router");
+    let status = response.status();
+    let body = response.into_body().collect().await.map(|collected| collected.to_bytes().to_vec());
+    (status, body.map_err(|error| error.to_string()))
+}
+
+fn get(uri: &str, accept: &str) -> Request<Body> {
+    Request::get(uri).header("host", "localhost").header("accept", accept).body(Body::empty()).expect("request")
+}
+
+async fn store(server: &Server, instance: &Instance) {
+    let request = Request::post(format!("{BASE}/studies"))
+        .header("host", "localhost")
+        .header("content-type", "application/dicom")
+        .header("accept", "application/dicom+json")
+        .body(Body::from(instance.file.clone()))
+        .expect("request");
+    let (status, body) = call(&server.router, request).await;
+    assert_eq!(status, StatusCode::OK, "{:?}", body.map(String::from_utf8));
+}
+
+fn instance_url(instance: &Instance) -> String {
+    format!("{BASE}/studies/{}/series/{}/instances/{}", instance.study, instance.series, instance.sop)
+}
+
+fn blob_files(directory: &Path) -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    for shard in std::fs::read_dir(directory).expect("blob dir") {
+        for file in std::fs::read_dir(shard.expect("shard").path()).expect("shard dir") {
+            files.push(file.expect("file").path());
+        }
+    }
+    files
+}
+
+fn error_code(body: &[u8]) -> String {
+    let value: serde_json::Value = serde_json::from_slice(body).expect("JSON error body");
+    value["error"]["code"].as_str().unwrap_or_default().to_owned()
+}
+
+#[tokio::test]
+async fn stored_instances_and_frames_come_back_decrypted() {
+    let server = server().await;
+    let stored = instance(1);
+    store(&server, &stored).await;
+    let files = blob_files(&server.blob_directory);
+    assert_eq!(files.len(), 1);
+    let at_rest = std::fs::read(&files[0]).expect("blob");
+    assert!(!at_rest.windows(64).any(|window| window == &stored.pixels[1000..1064]), "pixels in the clear");
+
+    let (status, body) = call(&server.router, get(&instance_url(&stored), "application/dicom")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body.expect("body"), stored.file);
+    let frame_url = format!("{}/frames/5", instance_url(&stored));
+    let (status, body) = call(&server.router, get(&frame_url, "application/octet-stream")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body.expect("frame"), stored.pixels[4 * FRAME_BYTES..5 * FRAME_BYTES]);
+    let (status, _) = call(&server.router, get(&format!("{BASE}/studies?PatientID=PID-1"), "application/dicom+json")).await;
+    assert_eq!(status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn a_damaged_first_segment_is_a_clean_500_and_a_later_one_aborts_the_body() {
+    let server = server().await;
+    let stored = instance(2);
+    store(&server, &stored).await;
+    let path = blob_files(&server.blob_directory).remove(0);
+    let original = std::fs::read(&path).expect("blob");
+
+    let mut damaged = original.clone();
+    damaged[HEADER_LEN + 10] ^= 1;
+    std::fs::write(&path, &damaged).expect("damage");
+    let (status, body) = call(&server.router, get(&instance_url(&stored), "application/dicom")).await;
+    assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
+    assert_eq!(error_code(&body.expect("error body")), "DataIntegrityCheckFailed");
+
+    let mut damaged = original.clone();
+    damaged[HEADER_LEN + 2 * SEALED_SEGMENT + 10] ^= 1;
+    std::fs::write(&path, &damaged).expect("damage");
+    let (status, body) = call(&server.router, get(&instance_url(&stored), "application/dicom")).await;
+    assert_eq!(status, StatusCode::OK, "the status line went out with the first segment");
+    assert!(body.is_err(), "the body must be aborted, not completed");
+    let study_url = format!("{BASE}/studies/{}", stored.study);
+    let (status, body) = call(&server.router, get(&study_url, "multipart/related; type=\"application/dicom\"")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(body.is_err(), "a multipart body must end without its closing boundary");
+    // A frame in the intact first segment still opens; one in the damaged segment does not.
+    let (status, _) =
+        call(&server.router, get(&format!("{}/frames/1", instance_url(&stored)), "application/octet-stream")).await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, _) =
+        call(&server.router, get(&format!("{}/frames/5", instance_url(&stored)), "application/octet-stream")).await;
+    assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
+}
+
+#[tokio::test]
+async fn lost_key_access_answers_customer_managed_key_access_lost() {
+    let server = server().await;
+    let stored = instance(3);
+    store(&server, &stored).await;
+    server.keyring.forget();
+    for request in [
+        get(&instance_url(&stored), "application/dicom"),
+        get(&format!("{BASE}/studies"), "application/dicom+json"),
+        Request::post(format!("{BASE}/studies"))
+            .header("host", "localhost")
+            .header("content-type", "application/dicom")
+            .body(Body::from(instance(4).file))
+            .expect("request"),
+    ] {
+        let (status, body) = call(&server.router, request).await;
+        assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(error_code(&body.expect("error body")), "CustomerManagedKeyAccessLost");
+    }
+    server.keyring.unlock().await.expect("access is back");
+    let (status, body) = call(&server.router, get(&instance_url(&stored), "application/dicom")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body.expect("body"), stored.file);
+}
+
+#[tokio::test]
+async fn deleting_a_study_removes_its_blobs() {
+    let server = server().await;
+    let stored = instance(5);
+    store(&server, &stored).await;
+    assert_eq!(blob_files(&server.blob_directory).len(), 1);
+    let request = Request::delete(format!("{BASE}/studies/{}", stored.study))
+        .header("host", "localhost")
+        .body(Body::empty())
+        .expect("request");
+    let (status, _) = call(&server.router, request).await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    assert!(blob_files(&server.blob_directory).is_empty());
+    // Storing the same study again works under a new study key.
+    store(&server, &stored).await;
+    let (status, body) = call(&server.router, get(&instance_url(&stored), "application/dicom")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body.expect("body"), stored.file);
+}

@@ -1,0 +1,28 @@
+-- The key hierarchy of each DICOM service. The root key is stored only wrapped by the
+-- service's key-encryption key (kek_id, algorithm); the index root key and the study keys are
+-- stored wrapped by the root key; each instance's blob key is stored wrapped by its study key.
+-- generation counts root-key rotations, so a study key wrapped under a replaced root key is
+-- never written.
+CREATE TABLE dicom_service_keys (
+    service TEXT PRIMARY KEY,
+    kek_id TEXT NOT NULL,
+    algorithm TEXT NOT NULL,
+    wrapped_root_key BYTEA NOT NULL,
+    wrapped_index_key BYTEA NOT NULL,
+    generation BIGINT NOT NULL
+);
+
+CREATE TABLE dicom_study_keys (
+    service TEXT NOT NULL,
+    study_token BYTEA NOT NULL,
+    wrapped_key BYTEA NOT NULL,
+    PRIMARY KEY (service, study_token)
+);
+
+ALTER TABLE dicom_instances ADD COLUMN blob_key BYTEA;
+
+-- Platform-managed key-encryption keys (PKCS#8), sealed under the platform root key.
+CREATE TABLE dicom_platform_keks (
+    name TEXT PRIMARY KEY,
+    sealed_private_key BYTEA NOT NULL
+);

@@ -1,0 +1,343 @@
+//! `Microsoft.Authorization/roleAssignments` and `roleDefinitions`.
+//!
+//! Role assignments live in the identity service (what [`Identity::authorize`] reads), not
+//! in the generic resource store: one copy, so a grant made here is in force at once and a
+//! deleted principal's assignments go with it. Both types are extension resources, valid at a
+//! subscription, a resource group or a resource.
+
+use hds_arm::{
+    ArmError, ArmFuture, ProviderResponse, RequestContext, ResourceId, ResourceProvider,
+};
+use hds_identity::Identity;
+use hds_identity::rbac::{RoleAssignment, RoleAssignmentRequest, ScopeFilter};
+use hds_identity::roles::{RoleDefinition, role_definition};
+use http::StatusCode;
+use serde_json::{Value, json};
+
+use crate::errors::{bad_request, from_identity, not_supported};
+use crate::json::{field, format_unix, optional_string};
+
+/// The role assignment type.
+pub const ROLE_ASSIGNMENTS_TYPE: &str = "Microsoft.Authorization/roleAssignments";
+/// The role definition type.
+pub const ROLE_DEFINITIONS_TYPE: &str = "Microsoft.Authorization/roleDefinitions";
+
+/// The principal types ARM accepts on an assignment.
+const PRINCIPAL_TYPES: &[&str] = &[
+    "User",
+    "Group",
+    "ServicePrincipal",
+    "ForeignGroup",
+    "Device",
+];
+
+/// The role assignment provider.
+#[derive(Debug, Clone)]
+pub struct RoleAssignmentProvider {
+    identity: Identity,
+}
+
+impl RoleAssignmentProvider {
+    /// Assignments kept in `identity`.
+    pub fn new(identity: Identity) -> RoleAssignmentProvider {
+        RoleAssignmentProvider { identity }
+    }
+}
+
+/// The scope an extension resource applies to.
+fn scope_of(id: &ResourceId) -> Result<ResourceId, ArmError> {
+    id.scope()
+        .ok_or_else(|| bad_request("InvalidScope", "The role assignment has no scope."))
+}
+
+/// The assignment as ARM returns it.
+pub(crate) fn assignment_json(assignment: &RoleAssignment) -> Value {
+    let created = format_unix(assignment.created_at);
+    json!({
+        "id": assignment.id,
+        "name": assignment.name,
+        "type": ROLE_ASSIGNMENTS_TYPE,
+        "properties": {
+            "roleDefinitionId": assignment.role_definition_id,
+            "principalId": assignment.principal_id,
+            "principalType": assignment.principal_type,
+            "scope": assignment.scope,
+            "condition": null,
+            "conditionVersion": null,
+            "createdOn": created,
+            "updatedOn": created,
+            "createdBy": null,
+            "updatedBy": null,
+            "delegatedManagedIdentityResourceId": null,
+            "description": null,
+        }
+    })
+}
+
+fn not_found(id: &ResourceId) -> ArmError {
+    ArmError::new(
+        StatusCode::NOT_FOUND,
+        "RoleAssignmentNotFound",
+        format!("The role assignment '{}' is not found.", id.name()),
+    )
+}
+
+impl ResourceProvider for RoleAssignmentProvider {
+    fn resource_types(&self) -> Vec<&'static str> {
+        vec![ROLE_ASSIGNMENTS_TYPE]
+    }
+
+    fn put(
+        &self,
+        _context: RequestContext,
+        id: ResourceId,
+        body: Value,
+    ) -> ArmFuture<'_, ProviderResponse> {
+        Box::pin(async move {
+            if uuid::Uuid::parse_str(id.name()).is_err() {
+                return Err(bad_request(
+                    "InvalidRoleAssignmentId",
+                    format!(
+                        "The role assignment ID '{}' is not valid. The role assignment ID must be a GUID.",
+                        id.name().chars().take(64).collect::<String>()
+                    ),
+                ));
+            }
+            let properties = field(&body, "properties").cloned().unwrap_or(json!({}));
+            let role_definition_id = optional_string(
+                &properties,
+                "roleDefinitionId",
+                "properties.roleDefinitionId",
+            )?
+            .ok_or_else(|| {
+                bad_request(
+                    "InvalidRequestContent",
+                    "'properties.roleDefinitionId' is required.",
+                )
+            })?;
+            let principal_id =
+                optional_string(&properties, "principalId", "properties.principalId")?
+                    .filter(|principal| !principal.is_empty())
+                    .ok_or_else(|| {
+                        bad_request(
+                            "InvalidRequestContent",
+                            "'properties.principalId' is required.",
+                        )
+                    })?;
+            if uuid::Uuid::parse_str(&principal_id).is_err() {
+                return Err(bad_request(
+                    "InvalidPrincipalId",
+                    "'properties.principalId' must be the object id (a GUID) of a user, group or service principal.",
+                ));
+            }
+            let principal_type =
+                match optional_string(&properties, "principalType", "properties.principalType")? {
+                    None => None,
+                    Some(given) => Some(
+                        PRINCIPAL_TYPES
+                            .iter()
+                            .find(|known| known.eq_ignore_ascii_case(&given))
+                            .map(|known| (*known).to_owned())
+                            .ok_or_else(|| {
+                                bad_request(
+                                    "InvalidPrincipalType",
+                                    format!(
+                                        "'properties.principalType' must be one of {}.",
+                                        PRINCIPAL_TYPES.join(", ")
+                                    ),
+                                )
+                            })?,
+                    ),
+                };
+            // A condition narrows what an assignment grants; ignoring one would grant more
+            // than asked, so assignments with conditions are refused.
+            if field(&properties, "condition").is_some() {
+                return Err(bad_request(
+                    "RoleAssignmentConditionNotSupported",
+                    "Conditions on role assignments are not supported; leave 'properties.condition' out.",
+                ));
+            }
+            let scope = scope_of(&id)?;
+            let request = RoleAssignmentRequest {
+                scope: scope.as_str().to_owned(),
+                name: id.name().to_owned(),
+                role_definition_id,
+                principal_id,
+                principal_type,
+            };
+            let assignment = self
+                .identity
+                .assign_role(&request)
+                .await
+                .map_err(from_identity)?;
+            Ok(ProviderResponse::Completed(assignment_json(&assignment)))
+        })
+    }
+
+    fn get(&self, _context: RequestContext, id: ResourceId) -> ArmFuture<'_, Value> {
+        Box::pin(async move {
+            match self
+                .identity
+                .role_assignment(id.as_str())
+                .await
+                .map_err(from_identity)?
+            {
+                Some(assignment) => Ok(assignment_json(&assignment)),
+                None => Err(not_found(&id)),
+            }
+        })
+    }
+
+    /// The assignments at, above and below `parent` (ARM's unfiltered list).
+    fn list(
+        &self,
+        _context: RequestContext,
+        parent: ResourceId,
+        _resource_type: String,
+    ) -> ArmFuture<'_, Vec<Value>> {
+        Box::pin(async move {
+            let assignments = self
+                .identity
+                .list_role_assignments(parent.as_str(), ScopeFilter::AtAboveAndBelow)
+                .await
+                .map_err(from_identity)?;
+            Ok(assignments.iter().map(assignment_json).collect())
+        })
+    }
+
+    /// Patching an assignment is not an ARM operation.
+    fn patch(
+        &self,
+        _context: RequestContext,
+        _id: ResourceId,
+        _body: Value,
+    ) -> ArmFuture<'_, ProviderResponse> {
+        Box::pin(async {
+            Err(not_supported(
+                "Role assignments cannot be patched; delete and create them.",
+            ))
+        })
+    }
+
+    /// Returns the deleted assignment (200), or 204 when there was none.
+    fn delete(&self, _context: RequestContext, id: ResourceId) -> ArmFuture<'_, ProviderResponse> {
+        Box::pin(async move {
+            match self
+                .identity
+                .remove_role_assignment(id.as_str())
+                .await
+                .map_err(from_identity)?
+            {
+                Some(assignment) => Ok(ProviderResponse::Completed(assignment_json(&assignment))),
+                None => Ok(ProviderResponse::NoContent),
+            }
+        })
+    }
+}
+
+/// The role definition provider: the built-in roles, with Azure's GUIDs, at any scope.
+#[derive(Debug, Clone, Default)]
+pub struct RoleDefinitionProvider;
+
+/// A definition as ARM returns it, with its id under `scope`'s subscription (as Azure shows
+/// built-in roles read through a subscription).
+pub(crate) fn definition_json(definition: &RoleDefinition, scope: &ResourceId) -> Value {
+    let id = format!(
+        "/subscriptions/{}/providers/{ROLE_DEFINITIONS_TYPE}/{}",
+        scope.subscription_id(),
+        definition.name
+    );
+    json!({
+        "id": id,
+        "name": definition.name,
+        "type": ROLE_DEFINITIONS_TYPE,
+        "properties": {
+            "roleName": definition.role_name,
+            "type": "BuiltInRole",
+            "description": definition.description,
+            "assignableScopes": ["/"],
+            "permissions": [{
+                "actions": definition.actions,
+                "notActions": definition.not_actions,
+                "dataActions": definition.data_actions,
+                "notDataActions": definition.not_data_actions,
+            }],
+            "createdOn": null,
+            "updatedOn": null,
+            "createdBy": null,
+            "updatedBy": null,
+        }
+    })
+}
+
+impl ResourceProvider for RoleDefinitionProvider {
+    fn resource_types(&self) -> Vec<&'static str> {
+        vec![ROLE_DEFINITIONS_TYPE]
+    }
+
+    fn put(
+        &self,
+        _context: RequestContext,
+        _id: ResourceId,
+        _body: Value,
+    ) -> ArmFuture<'_, ProviderResponse> {
+        Box::pin(async {
+            Err(bad_request(
+                "CustomRoleDefinitionsNotSupported",
+                "Only the built-in role definitions exist; custom roles cannot be created.",
+            ))
+        })
+    }
+
+    fn get(&self, _context: RequestContext, id: ResourceId) -> ArmFuture<'_, Value> {
+        Box::pin(async move {
+            let scope = id.scope().unwrap_or_else(|| id.clone());
+            match role_definition(id.name()) {
+                Some(definition) => Ok(definition_json(definition, &scope)),
+                None => Err(ArmError::new(
+                    StatusCode::NOT_FOUND,
+                    "RoleDefinitionDoesNotExist",
+                    format!(
+                        "The specified role definition with ID '{}' does not exist.",
+                        id.name().chars().take(64).collect::<String>()
+                    ),
+                )),
+            }
+        })
+    }
+
+    fn list(
+        &self,
+        _context: RequestContext,
+        parent: ResourceId,
+        _resource_type: String,
+    ) -> ArmFuture<'_, Vec<Value>> {
+        Box::pin(async move {
+            Ok(hds_identity::roles::role_definitions()
+                .iter()
+                .map(|definition| definition_json(definition, &parent))
+                .collect())
+        })
+    }
+
+    fn patch(
+        &self,
+        _context: RequestContext,
+        _id: ResourceId,
+        _body: Value,
+    ) -> ArmFuture<'_, ProviderResponse> {
+        Box::pin(async {
+            Err(not_supported(
+                "Built-in role definitions cannot be changed.",
+            ))
+        })
+    }
+
+    fn delete(&self, _context: RequestContext, _id: ResourceId) -> ArmFuture<'_, ProviderResponse> {
+        Box::pin(async {
+            Err(not_supported(
+                "Built-in role definitions cannot be deleted.",
+            ))
+        })
+    }
+}

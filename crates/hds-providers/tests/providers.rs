@@ -1,0 +1,1814 @@
+//! The providers through hds-arm's HTTP surface, with real identity and vault services, on
+//! SQLite and on a throwaway PostgreSQL cluster. DICOM services run on a fake host that
+//! records its calls and checks key access the way the real one does: the key must exist and
+//! the chosen identity must be allowed to unwrap with it.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use axum::Router;
+use axum::body::Body;
+use hds_arm::{Arm, ArmConfig, ArmError, ArmFuture, Caller, ResourceId, Subscription};
+use hds_crypto::root::RootKey;
+use hds_db::Database;
+use hds_db::testing::PostgresCluster;
+use hds_identity::roles::{
+    KEY_VAULT_CRYPTO_OFFICER, KEY_VAULT_CRYPTO_SERVICE_ENCRYPTION_USER, READER, actions,
+};
+use hds_identity::{
+    AdminCredentials, BootstrapInfo, DICOM_AUDIENCE, Decision, Identity, IdentityConfig,
+    MANAGEMENT_AUDIENCE, TokenError,
+};
+use hds_keyvault::{KeyVaultService, ServiceConfig, VaultAddressing, VaultError};
+use hds_providers::{
+    DicomServiceHost, DicomServiceSpec, HealthReport, KeyAccessState, KeyIdentityKind,
+    ProviderDependencies, access_control, register_all,
+};
+use http::{Method, Request, StatusCode};
+use http_body_util::BodyExt;
+use serde_json::{Value, json};
+use tower::ServiceExt;
+
+const BASE_URL: &str = "https://hds.test:8443";
+const VAULT_DOMAIN: &str = "hds.test";
+const API_DICOM: &str = "2023-06-01-preview";
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum HostCall {
+    Apply(DicomServiceSpec),
+    Remove(String),
+    Moved(String, String),
+}
+
+/// Records every call; `apply` validates the key like the real host would.
+struct FakeHost {
+    identity: Identity,
+    vaults: Arc<KeyVaultService>,
+    calls: Mutex<Vec<HostCall>>,
+    health: Mutex<HashMap<String, HealthReport>>,
+}
+
+impl FakeHost {
+    fn calls(&self) -> Vec<HostCall> {
+        self.calls.lock().expect("lock").clone()
+    }
+
+    fn applies(&self) -> Vec<DicomServiceSpec> {
+        self.calls()
+            .into_iter()
+            .filter_map(|call| match call {
+                HostCall::Apply(spec) => Some(spec),
+                _ => None,
+            })
+            .collect()
+    }
+
+    async fn validate(&self, spec: &DicomServiceSpec) -> Result<(), ArmError> {
+        let Some(key) = &spec.key else { return Ok(()) };
+        let refuse = |code: &str| ArmError::new(StatusCode::BAD_REQUEST, code, "fake host refused");
+        let rest = key
+            .key_url
+            .strip_prefix("https://")
+            .ok_or_else(|| refuse("InvalidKeyUrl"))?;
+        let (host, path) = rest
+            .split_once('/')
+            .ok_or_else(|| refuse("InvalidKeyUrl"))?;
+        let vault_name = host
+            .strip_suffix(&format!(".vault.{VAULT_DOMAIN}"))
+            .ok_or_else(|| refuse("InvalidKeyUrl"))?;
+        let mut parts = path.split('/');
+        let (Some("keys"), Some(key_name)) = (parts.next(), parts.next()) else {
+            return Err(refuse("InvalidKeyUrl"));
+        };
+        let version = parts.next();
+        let vault = self
+            .vaults
+            .get_vault(vault_name)
+            .await
+            .map_err(|_| refuse("KeyVaultNotFound"))?;
+        match self.vaults.get_key(&vault, key_name, version).await {
+            Ok(_) => {}
+            Err(VaultError::KeyNotFound(_)) => return Err(refuse("KeyNotFound")),
+            Err(error) => return Err(ArmError::internal(&error)),
+        }
+        let scope = format!("{}/keys/{key_name}", vault.resource_id);
+        let decision = self
+            .identity
+            .authorize(&key.principal_id, actions::KEYS_UNWRAP, &scope, true)
+            .await
+            .map_err(|error| ArmError::internal(&error))?;
+        match decision {
+            Decision::Allow => Ok(()),
+            Decision::Deny(_) => Err(refuse("KeyVaultAccessForbidden")),
+        }
+    }
+}
+
+impl DicomServiceHost for FakeHost {
+    fn apply(&self, spec: DicomServiceSpec) -> ArmFuture<'_, ()> {
+        Box::pin(async move {
+            self.calls
+                .lock()
+                .expect("lock")
+                .push(HostCall::Apply(spec.clone()));
+            self.validate(&spec).await
+        })
+    }
+
+    fn remove<'a>(&'a self, resource_id: &'a str) -> ArmFuture<'a, ()> {
+        Box::pin(async move {
+            self.calls
+                .lock()
+                .expect("lock")
+                .push(HostCall::Remove(resource_id.to_owned()));
+            Ok(())
+        })
+    }
+
+    fn health<'a>(&'a self, resource_id: &'a str) -> ArmFuture<'a, HealthReport> {
+        Box::pin(async move {
+            Ok(self
+                .health
+                .lock()
+                .expect("lock")
+                .get(&resource_id.to_lowercase())
+                .cloned()
+                .unwrap_or_else(|| HealthReport::healthy(None)))
+        })
+    }
+
+    fn moved<'a>(&'a self, old_id: &'a str, new_id: &'a str) -> ArmFuture<'a, ()> {
+        Box::pin(async move {
+            self.calls
+                .lock()
+                .expect("lock")
+                .push(HostCall::Moved(old_id.to_owned(), new_id.to_owned()));
+            Ok(())
+        })
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+struct Harness {
+    _directory: tempfile::TempDir,
+    router: Router,
+    arm: Arm,
+    identity: Identity,
+    host: Arc<FakeHost>,
+    info: BootstrapInfo,
+    token: String,
+}
+
+impl Harness {
+    async fn new(backend: Backend) -> Harness {
+        let directory = tempfile::tempdir().expect("temporary directory");
+        let url = match backend {
+            Backend::Sqlite => format!("sqlite:{}", directory.path().join("hds.db").display()),
+            Backend::Postgres => PostgresCluster::shared()
+                .expect("PostgreSQL test cluster")
+                .fresh_database()
+                .await
+                .expect("fresh database"),
+        };
+        let database = Database::connect(&url).await.expect("database");
+        let root_key = Arc::new(RootKey::generate());
+        let identity = Identity::open(
+            database.clone(),
+            Arc::clone(&root_key),
+            IdentityConfig::new(BASE_URL),
+        )
+        .await
+        .expect("identity");
+        let info = identity
+            .bootstrap(directory.path())
+            .await
+            .expect("bootstrap");
+        let vaults = Arc::new(
+            KeyVaultService::open(
+                database.clone(),
+                root_key,
+                ServiceConfig {
+                    addressing: VaultAddressing::Domain {
+                        domain: VAULT_DOMAIN.into(),
+                        port: None,
+                    },
+                },
+            )
+            .await
+            .expect("vault service"),
+        );
+        let host = Arc::new(FakeHost {
+            identity: identity.clone(),
+            vaults: Arc::clone(&vaults),
+            calls: Mutex::new(Vec::new()),
+            health: Mutex::new(HashMap::new()),
+        });
+        let dependencies = ProviderDependencies {
+            identity: identity.clone(),
+            key_vault: vaults,
+            dicom_host: host.clone(),
+            public_base_url: format!("{BASE_URL}/"),
+            vault_events: None,
+        };
+        let config = ArmConfig {
+            tenant_id: info.tenant_id.clone(),
+            subscriptions: vec![Subscription {
+                subscription_id: info.subscription_id.clone(),
+                display_name: "Default".into(),
+            }],
+            public_base_url: Some(BASE_URL.into()),
+        };
+        let builder = Arm::builder(database, config, access_control(identity.clone()));
+        let arm = register_all(builder, &dependencies)
+            .build()
+            .await
+            .expect("control plane");
+        let admin: AdminCredentials = serde_json::from_slice(
+            &std::fs::read(&info.admin_credentials_path).expect("admin.json"),
+        )
+        .expect("admin.json parses");
+        let token = identity
+            .issue_token_for_client_credentials(
+                &admin.client_id,
+                &admin.client_secret,
+                MANAGEMENT_AUDIENCE,
+            )
+            .await
+            .expect("token")
+            .expect("admin credentials are valid")
+            .access_token;
+        let harness = Harness {
+            _directory: directory,
+            router: hds_arm::router(arm.clone()),
+            arm,
+            identity,
+            host,
+            info,
+            token,
+        };
+        for group in ["rg1", "rg2"] {
+            harness
+                .ok(
+                    Method::PUT,
+                    &harness.group(group),
+                    "2022-09-01",
+                    json!({"location": "westus3"}),
+                )
+                .await;
+        }
+        harness
+    }
+
+    fn group(&self, name: &str) -> String {
+        format!(
+            "/subscriptions/{}/resourceGroups/{name}",
+            self.info.subscription_id
+        )
+    }
+
+    fn subscription(&self) -> String {
+        format!("/subscriptions/{}", self.info.subscription_id)
+    }
+
+    fn uai(&self, group: &str, name: &str) -> String {
+        format!(
+            "{}/providers/Microsoft.ManagedIdentity/userAssignedIdentities/{name}",
+            self.group(group)
+        )
+    }
+
+    fn vault(&self, group: &str, name: &str) -> String {
+        format!(
+            "{}/providers/Microsoft.KeyVault/vaults/{name}",
+            self.group(group)
+        )
+    }
+
+    fn workspace(&self, group: &str, name: &str) -> String {
+        format!(
+            "{}/providers/Microsoft.HealthcareApis/workspaces/{name}",
+            self.group(group)
+        )
+    }
+
+    fn service(&self, group: &str, workspace: &str, name: &str) -> String {
+        format!("{}/dicomservices/{name}", self.workspace(group, workspace))
+    }
+
+    fn caller(&self) -> Caller {
+        Caller {
+            principal_id: self.info.admin_principal_id.clone(),
+            tenant_id: self.info.tenant_id.clone(),
+        }
+    }
+
+    async fn call_as(
+        &self,
+        token: Option<&str>,
+        method: Method,
+        path: &str,
+        api_version: &str,
+        body: Option<Value>,
+    ) -> (StatusCode, http::HeaderMap, Value) {
+        let mut request = Request::builder()
+            .method(method)
+            .uri(format!("{path}?api-version={api_version}"))
+            .header("host", "hds.test:8443")
+            .header("content-type", "application/json");
+        if let Some(token) = token {
+            request = request.header("authorization", format!("Bearer {token}"));
+        }
+        let body = body.map_or_else(Body::empty, |body| Body::from(body.to_string()));
+        let response = self
+            .router
+            .clone()
+            .oneshot(request.body(body).expect("request"))
+            .await
+            .expect("infallible router");
+        let status = response.status();
+        let headers = response.headers().clone();
+        let bytes = response
+            .into_body()
+            .collect()
+            .await
+            .expect("body")
+            .to_bytes();
+        let value = if bytes.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&bytes).expect("JSON body")
+        };
+        (status, headers, value)
+    }
+
+    async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        api_version: &str,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
+        let (status, _, value) = self
+            .call_as(Some(&self.token), method, path, api_version, body)
+            .await;
+        (status, value)
+    }
+
+    /// A call that must succeed (2xx); returns the body.
+    async fn ok(&self, method: Method, path: &str, api_version: &str, body: Value) -> Value {
+        let body = if method == Method::GET || method == Method::DELETE {
+            None
+        } else {
+            Some(body)
+        };
+        let (status, value) = self.call(method.clone(), path, api_version, body).await;
+        assert!(status.is_success(), "{method} {path}: {status} {value}");
+        value
+    }
+
+    /// A call that must fail with `status` and `code`; returns the message.
+    async fn fails(
+        &self,
+        method: Method,
+        path: &str,
+        api_version: &str,
+        body: Value,
+        status: StatusCode,
+        code: &str,
+    ) -> String {
+        let (actual, value) = self
+            .call(method.clone(), path, api_version, Some(body))
+            .await;
+        assert_eq!(actual, status, "{method} {path}: {value}");
+        assert_eq!(value["error"]["code"], code, "{value}");
+        value["error"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
+    }
+
+    async fn put_uai(&self, group: &str, name: &str) -> Value {
+        self.ok(
+            Method::PUT,
+            &self.uai(group, name),
+            "2023-01-31",
+            json!({"location": "westus3"}),
+        )
+        .await
+    }
+
+    async fn put_workspace(&self, group: &str, name: &str) {
+        self.ok(
+            Method::PUT,
+            &self.workspace(group, name),
+            "2022-05-15",
+            json!({"location": "westus3"}),
+        )
+        .await;
+    }
+
+    /// A purge-protected RBAC vault with one RSA key; returns the key's versioned URL.
+    async fn put_vault_and_key(&self, group: &str, vault: &str, key: &str) -> String {
+        self.ok(
+            Method::PUT,
+            &self.vault(group, vault),
+            "2022-07-01",
+            json!({"location": "westus3", "properties": {
+                "tenantId": self.info.tenant_id, "sku": {"family": "A", "name": "standard"},
+                "enableSoftDelete": true, "enablePurgeProtection": true,
+                "enableRbacAuthorization": true, "accessPolicies": []
+            }}),
+        )
+        .await;
+        let key = self
+            .ok(
+                Method::PUT,
+                &format!("{}/keys/{key}", self.vault(group, vault)),
+                "2022-07-01",
+                json!({"properties": {"kty": "RSA", "keySize": 2048, "keyOps": ["wrapKey", "unwrapKey"]}}),
+            )
+            .await;
+        key["properties"]["keyUriWithVersion"]
+            .as_str()
+            .expect("keyUriWithVersion")
+            .to_owned()
+    }
+
+    async fn assign(&self, scope: &str, role: &str, principal_id: &str) -> Value {
+        self.ok(
+            Method::PUT,
+            &format!("{scope}/providers/Microsoft.Authorization/roleAssignments/{}", uuid::Uuid::new_v4()),
+            "2022-04-01",
+            json!({"properties": {
+                "roleDefinitionId": format!("{}/providers/Microsoft.Authorization/roleDefinitions/{role}", self.subscription()),
+                "principalId": principal_id, "principalType": "ServicePrincipal"
+            }}),
+        )
+        .await
+    }
+
+    async fn may_unwrap(&self, principal_id: &str, key_scope: &str) -> bool {
+        self.identity
+            .authorize(principal_id, actions::KEYS_UNWRAP, key_scope, true)
+            .await
+            .expect("authorize")
+            .is_allowed()
+    }
+
+    async fn token_validates(&self, token: &str) -> Result<(), TokenError> {
+        self.identity
+            .validate_token(token, DICOM_AUDIENCE)
+            .await
+            .map(|_| ())
+    }
+}
+
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() { super::$name(super::Backend::Sqlite).await; })*
+        }
+        mod postgres {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() { super::$name(super::Backend::Postgres).await; })*
+        }
+    };
+}
+
+on_both_backends!(
+    identity_types_on_a_dicom_service,
+    key_identity_selection,
+    role_assignments_at_three_scopes,
+    access_control_over_identity,
+    vault_rules_and_key_put,
+    seed_templates_deploy_through_the_providers,
+    move_gives_a_new_system_assigned_principal,
+    resource_health_shapes,
+);
+
+async fn identity_types_on_a_dicom_service(backend: Backend) {
+    let harness = Harness::new(backend).await;
+    harness.put_workspace("rg1", "ws1").await;
+    let service = harness.service("rg1", "ws1", "svc1");
+    let uai = harness.put_uai("rg1", "id1").await;
+    let uai_id = harness.uai("rg1", "id1");
+
+    // None.
+    let value = harness
+        .ok(
+            Method::PUT,
+            &service,
+            API_DICOM,
+            json!({"location": "westus3", "identity": {"type": "None"}}),
+        )
+        .await;
+    assert_eq!(value["identity"], json!({"type": "None"}));
+    assert_eq!(value["properties"]["provisioningState"], "Succeeded");
+    assert_eq!(
+        value["properties"]["serviceUrl"],
+        format!("{BASE_URL}/dicom/ws1/svc1")
+    );
+    assert_eq!(
+        value["properties"]["authenticationConfiguration"],
+        json!({"authority": format!("{BASE_URL}/{}", harness.info.tenant_id),
+               "audiences": [DICOM_AUDIENCE, format!("{BASE_URL}/dicom/ws1/svc1")]})
+    );
+    assert_eq!(value["properties"]["publicNetworkAccess"], "Enabled");
+
+    // SystemAssigned: a principal that can get tokens, stable across updates.
+    let value = harness
+        .ok(Method::PUT, &service, API_DICOM, json!({"location": "westus3", "identity": {"type": "SystemAssigned"}, "properties": {"custom": 7}}))
+        .await;
+    assert_eq!(value["identity"]["type"], "SystemAssigned");
+    assert_eq!(
+        value["identity"]["tenantId"],
+        harness.info.tenant_id.as_str()
+    );
+    assert_eq!(
+        value["properties"]["custom"], 7,
+        "unknown properties are kept"
+    );
+    let system_principal = value["identity"]["principalId"]
+        .as_str()
+        .expect("principalId")
+        .to_owned();
+    let token = harness
+        .identity
+        .issue_token_for_managed_identity(&system_principal, DICOM_AUDIENCE)
+        .await
+        .expect("managed identity token")
+        .access_token;
+    harness
+        .token_validates(&token)
+        .await
+        .expect("token validates");
+    let again = harness
+        .ok(
+            Method::PUT,
+            &service,
+            API_DICOM,
+            json!({"location": "westus3", "identity": {"type": "systemassigned"}}),
+        )
+        .await;
+    assert_eq!(again["identity"]["principalId"], system_principal.as_str());
+    let patched = harness
+        .ok(
+            Method::PATCH,
+            &service,
+            API_DICOM,
+            json!({"tags": {"env": "test"}}),
+        )
+        .await;
+    assert_eq!(
+        patched["identity"]["principalId"],
+        system_principal.as_str()
+    );
+    assert_eq!(patched["tags"]["env"], "test");
+
+    // A PUT without `identity` keeps the identities the service has.
+    let kept = harness
+        .ok(
+            Method::PUT,
+            &service,
+            API_DICOM,
+            json!({"location": "westus3"}),
+        )
+        .await;
+    assert_eq!(kept["identity"]["principalId"], system_principal.as_str());
+
+    // Both, in any case and spacing.
+    let both = harness
+        .ok(Method::PUT, &service, API_DICOM, json!({"location": "westus3", "identity": {
+            "type": "systemassigned, userassigned", "userAssignedIdentities": {uai_id.as_str(): {}}}}))
+        .await;
+    assert_eq!(both["identity"]["type"], "SystemAssigned,UserAssigned");
+    assert_eq!(both["identity"]["principalId"], system_principal.as_str());
+    assert_eq!(
+        both["identity"]["userAssignedIdentities"][uai_id.as_str()],
+        json!({"principalId": uai["properties"]["principalId"], "clientId": uai["properties"]["clientId"]})
+    );
+
+    // UserAssigned only: the system-assigned principal is deleted and its token dies.
+    let user = harness
+        .ok(
+            Method::PUT,
+            &service,
+            API_DICOM,
+            json!({"location": "westus3", "identity": {
+            "type": "UserAssigned", "userAssignedIdentities": {uai_id.as_str(): {}}}}),
+        )
+        .await;
+    assert_eq!(user["identity"]["type"], "UserAssigned");
+    assert!(user["identity"].get("principalId").is_none());
+    assert_eq!(
+        harness.token_validates(&token).await,
+        Err(TokenError::PrincipalDeleted)
+    );
+    assert!(
+        harness
+            .identity
+            .principal(&system_principal)
+            .await
+            .expect("lookup")
+            .is_none()
+    );
+
+    // Unknown user-assigned identities are refused clearly.
+    let message = harness
+        .fails(Method::PUT, &service, API_DICOM, json!({"location": "westus3", "identity": {
+            "type": "UserAssigned", "userAssignedIdentities": {harness.uai("rg1", "missing"): {}}}}),
+            StatusCode::BAD_REQUEST, "UserAssignedIdentityNotFound")
+        .await;
+    assert!(message.contains("missing"), "{message}");
+    harness
+        .fails(
+            Method::PUT,
+            &service,
+            API_DICOM,
+            json!({"location": "westus3", "identity": {"type": "UserAssigned"}}),
+            StatusCode::BAD_REQUEST,
+            "UserAssignedIdentitiesRequired",
+        )
+        .await;
+    harness
+        .fails(
+            Method::PUT,
+            &service,
+            "2021-11-01",
+            json!({"location": "westus3"}),
+            StatusCode::BAD_REQUEST,
+            "NoRegisteredProviderFound",
+        )
+        .await;
+
+    // Deleting the user-assigned identity kills its principal.
+    let uai_principal = uai["properties"]["principalId"]
+        .as_str()
+        .expect("principalId")
+        .to_owned();
+    harness
+        .ok(Method::DELETE, &uai_id, "2023-01-31", Value::Null)
+        .await;
+    assert!(
+        harness
+            .identity
+            .principal(&uai_principal)
+            .await
+            .expect("lookup")
+            .is_none()
+    );
+
+    // Deleting the service goes through the host.
+    harness
+        .ok(Method::DELETE, &service, API_DICOM, Value::Null)
+        .await;
+    assert!(
+        harness
+            .host
+            .calls()
+            .contains(&HostCall::Remove(service.clone()))
+    );
+    let (status, _) = harness.call(Method::GET, &service, API_DICOM, None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+}
+
+async fn key_identity_selection(backend: Backend) {
+    let harness = Harness::new(backend).await;
+    harness.put_workspace("rg1", "ws1").await;
+    let key_url = harness.put_vault_and_key("rg1", "vault1", "key1").await;
+    let vault = harness.vault("rg1", "vault1");
+    let a = harness.put_uai("rg1", "a").await;
+    let b = harness.put_uai("rg1", "b").await;
+    let (a_id, b_id) = (harness.uai("rg1", "a"), harness.uai("rg1", "b"));
+    for identity in [&a, &b] {
+        harness
+            .assign(
+                &vault,
+                KEY_VAULT_CRYPTO_SERVICE_ENCRYPTION_USER,
+                identity["properties"]["principalId"]
+                    .as_str()
+                    .expect("principal"),
+            )
+            .await;
+    }
+    let service = harness.service("rg1", "ws1", "svc1");
+    let encryption = |extra: Value| {
+        let mut cmk = json!({"keyEncryptionKeyUrl": key_url});
+        if !extra.is_null() {
+            cmk["keyEncryptionKeyIdentity"] = extra;
+        }
+        json!({"encryption": {"customerManagedKeyEncryption": cmk}})
+    };
+
+    // One user-assigned identity: it is chosen.
+    harness
+        .ok(
+            Method::PUT,
+            &service,
+            API_DICOM,
+            json!({"location": "westus3",
+            "identity": {"type": "UserAssigned", "userAssignedIdentities": {a_id.as_str(): {}}},
+            "properties": encryption(Value::Null)}),
+        )
+        .await;
+    let spec = harness.host.applies().pop().expect("apply called");
+    let binding = spec.key.expect("key binding");
+    assert_eq!(binding.key_url, key_url);
+    assert_eq!(
+        binding.principal_id,
+        a["properties"]["principalId"].as_str().expect("principal")
+    );
+    assert_eq!(
+        binding.identity_kind,
+        KeyIdentityKind::UserAssigned {
+            resource_id: a_id.clone()
+        }
+    );
+    assert_eq!(spec.service_url, format!("{BASE_URL}/dicom/ws1/svc1"));
+    assert_eq!(spec.tenant_id, harness.info.tenant_id);
+
+    // The same PUT again still reaches the host (it re-validates the key).
+    let before = harness.host.applies().len();
+    harness
+        .ok(
+            Method::PUT,
+            &service,
+            API_DICOM,
+            json!({"location": "westus3",
+            "identity": {"type": "UserAssigned", "userAssignedIdentities": {a_id.as_str(): {}}},
+            "properties": encryption(Value::Null)}),
+        )
+        .await;
+    assert_eq!(harness.host.applies().len(), before + 1);
+
+    // System-assigned plus one user-assigned: the user-assigned one.
+    harness
+        .ok(Method::PUT, &service, API_DICOM, json!({"location": "westus3",
+            "identity": {"type": "SystemAssigned,UserAssigned", "userAssignedIdentities": {a_id.as_str(): {}}},
+            "properties": encryption(Value::Null)}))
+        .await;
+    let binding = harness
+        .host
+        .applies()
+        .pop()
+        .and_then(|spec| spec.key)
+        .expect("binding");
+    assert_eq!(
+        binding.identity_kind,
+        KeyIdentityKind::UserAssigned {
+            resource_id: a_id.clone()
+        }
+    );
+
+    // Two user-assigned identities: refused without keyEncryptionKeyIdentity, and the stored
+    // resource keeps its previous state.
+    let two = json!({"type": "UserAssigned", "userAssignedIdentities": {a_id.as_str(): {}, b_id.as_str(): {}}});
+    let message = harness
+        .fails(
+            Method::PUT,
+            &service,
+            API_DICOM,
+            json!({"location": "westus3", "identity": two, "properties": encryption(Value::Null)}),
+            StatusCode::BAD_REQUEST,
+            "KeyEncryptionKeyIdentityRequired",
+        )
+        .await;
+    assert!(message.contains("keyEncryptionKeyIdentity"), "{message}");
+    let stored = harness
+        .ok(Method::GET, &service, API_DICOM, Value::Null)
+        .await;
+    assert_eq!(stored["identity"]["type"], "SystemAssigned,UserAssigned");
+    assert_eq!(
+        stored["identity"]["userAssignedIdentities"]
+            .as_object()
+            .map(|map| map.len()),
+        Some(1)
+    );
+
+    // ...and accepted with it.
+    let chosen = harness
+        .ok(Method::PUT, &service, API_DICOM, json!({"location": "westus3", "identity": two,
+            "properties": encryption(json!({"identityType": "UserAssigned", "userAssignedIdentityResourceId": b_id}))}))
+        .await;
+    let binding = harness
+        .host
+        .applies()
+        .pop()
+        .and_then(|spec| spec.key)
+        .expect("binding");
+    assert_eq!(
+        binding.identity_kind,
+        KeyIdentityKind::UserAssigned {
+            resource_id: b_id.clone()
+        }
+    );
+    assert_eq!(
+        binding.principal_id,
+        b["properties"]["principalId"].as_str().expect("principal")
+    );
+    assert_eq!(
+        chosen["properties"]["encryption"]["customerManagedKeyEncryption"]["keyEncryptionKeyIdentity"]
+            ["identityType"],
+        "UserAssigned"
+    );
+    harness
+        .fails(Method::PUT, &service, API_DICOM, json!({"location": "westus3", "identity": two,
+            "properties": encryption(json!({"identityType": "UserAssigned", "userAssignedIdentityResourceId": harness.uai("rg1", "c")}))}),
+            StatusCode::BAD_REQUEST, "KeyEncryptionKeyIdentityNotAttached")
+        .await;
+
+    // The key cannot be removed once set.
+    harness
+        .fails(
+            Method::PUT,
+            &service,
+            API_DICOM,
+            json!({"location": "westus3", "identity": two}),
+            StatusCode::BAD_REQUEST,
+            "CustomerManagedKeyCannotBeRemoved",
+        )
+        .await;
+
+    // A key without any identity is refused before the host is asked.
+    let other = harness.service("rg1", "ws1", "svc2");
+    let before = harness.host.applies().len();
+    harness
+        .fails(
+            Method::PUT,
+            &other,
+            API_DICOM,
+            json!({"location": "westus3", "properties": encryption(Value::Null)}),
+            StatusCode::BAD_REQUEST,
+            "ManagedIdentityRequired",
+        )
+        .await;
+    assert_eq!(harness.host.applies().len(), before);
+
+    // System-assigned only: the host's refusal (no role yet) fails the PUT and leaves no
+    // principal behind; after the role is granted the same PUT succeeds.
+    harness
+        .fails(Method::PUT, &other, API_DICOM, json!({"location": "westus3", "identity": {"type": "SystemAssigned"}, "properties": encryption(Value::Null)}),
+            StatusCode::BAD_REQUEST, "KeyVaultAccessForbidden")
+        .await;
+    let refused = harness
+        .host
+        .applies()
+        .pop()
+        .and_then(|spec| spec.key)
+        .expect("binding");
+    assert_eq!(refused.identity_kind, KeyIdentityKind::SystemAssigned);
+    assert!(
+        harness
+            .identity
+            .principal(&refused.principal_id)
+            .await
+            .expect("lookup")
+            .is_none()
+    );
+    let (status, _) = harness.call(Method::GET, &other, API_DICOM, None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+}
+
+async fn role_assignments_at_three_scopes(backend: Backend) {
+    let harness = Harness::new(backend).await;
+    harness.put_vault_and_key("rg1", "vault1", "key1").await;
+    let vault = harness.vault("rg1", "vault1");
+    let key_scope = format!("{vault}/keys/key1");
+    let principal = harness.put_uai("rg1", "id1").await["properties"]["principalId"]
+        .as_str()
+        .expect("principal")
+        .to_owned();
+    assert!(!harness.may_unwrap(&principal, &key_scope).await);
+
+    let subscription = harness.subscription();
+    let group = harness.group("rg1");
+    let at_subscription = harness.assign(&subscription, READER, &principal).await;
+    let at_group = harness
+        .assign(&group, KEY_VAULT_CRYPTO_OFFICER, &principal)
+        .await;
+    // The resource-group assignment (the seed's Crypto Officer) reaches keys in the group.
+    assert!(harness.may_unwrap(&principal, &key_scope).await);
+    let at_vault = harness
+        .assign(&vault, KEY_VAULT_CRYPTO_SERVICE_ENCRYPTION_USER, &principal)
+        .await;
+    for (assignment, scope, role) in [
+        (&at_subscription, &subscription, READER),
+        (&at_group, &group, KEY_VAULT_CRYPTO_OFFICER),
+        (&at_vault, &vault, KEY_VAULT_CRYPTO_SERVICE_ENCRYPTION_USER),
+    ] {
+        assert_eq!(
+            assignment["type"],
+            "Microsoft.Authorization/roleAssignments"
+        );
+        assert_eq!(assignment["properties"]["scope"], scope.as_str());
+        assert_eq!(assignment["properties"]["principalId"], principal.as_str());
+        assert_eq!(
+            assignment["properties"]["principalType"],
+            "ServicePrincipal"
+        );
+        assert_eq!(
+            assignment["properties"]["roleDefinitionId"],
+            format!("{subscription}/providers/Microsoft.Authorization/roleDefinitions/{role}")
+        );
+        assert!(
+            assignment["properties"]["createdOn"]
+                .as_str()
+                .is_some_and(|text| text.ends_with('Z'))
+        );
+        let id = assignment["id"].as_str().expect("id");
+        assert!(id.starts_with(scope.as_str()), "{id}");
+        let read = harness.ok(Method::GET, id, "2022-04-01", Value::Null).await;
+        assert_eq!(read, *assignment);
+    }
+
+    // Lists: at the vault, what applies there (above); at the subscription, everything below.
+    let names = |value: &Value| -> Vec<String> {
+        value["value"]
+            .as_array()
+            .expect("list")
+            .iter()
+            .map(|entry| entry["name"].as_str().unwrap_or_default().to_owned())
+            .collect()
+    };
+    let at_vault_list = harness
+        .ok(
+            Method::GET,
+            &format!("{vault}/providers/Microsoft.Authorization/roleAssignments"),
+            "2022-04-01",
+            Value::Null,
+        )
+        .await;
+    let at_sub_list = harness
+        .ok(
+            Method::GET,
+            &format!("{subscription}/providers/Microsoft.Authorization/roleAssignments"),
+            "2022-04-01",
+            Value::Null,
+        )
+        .await;
+    for assignment in [&at_subscription, &at_group, &at_vault] {
+        let name = assignment["name"].as_str().expect("name").to_owned();
+        assert!(names(&at_vault_list).contains(&name));
+        assert!(names(&at_sub_list).contains(&name));
+    }
+
+    // The same grant under another name conflicts; names must be GUIDs.
+    let duplicate = json!({"properties": {
+        "roleDefinitionId": format!("/providers/Microsoft.Authorization/roleDefinitions/{KEY_VAULT_CRYPTO_OFFICER}"),
+        "principalId": principal}});
+    harness
+        .fails(
+            Method::PUT,
+            &format!(
+                "{group}/providers/Microsoft.Authorization/roleAssignments/{}",
+                uuid::Uuid::new_v4()
+            ),
+            "2022-04-01",
+            duplicate.clone(),
+            StatusCode::CONFLICT,
+            "RoleAssignmentExists",
+        )
+        .await;
+    harness
+        .fails(
+            Method::PUT,
+            &format!("{group}/providers/Microsoft.Authorization/roleAssignments/not-a-guid"),
+            "2022-04-01",
+            duplicate,
+            StatusCode::BAD_REQUEST,
+            "InvalidRoleAssignmentId",
+        )
+        .await;
+    harness
+        .fails(Method::PUT, &format!("{group}/providers/Microsoft.Authorization/roleAssignments/{}", uuid::Uuid::new_v4()),
+            "2022-04-01", json!({"properties": {"roleDefinitionId": "/providers/Microsoft.Authorization/roleDefinitions/00000000-0000-0000-0000-000000000000", "principalId": principal}}),
+            StatusCode::BAD_REQUEST, "RoleDefinitionDoesNotExist")
+        .await;
+
+    // Deleting the grants takes the key access away once none is left.
+    let group_assignment = at_group["id"].as_str().expect("id");
+    harness
+        .ok(Method::DELETE, group_assignment, "2022-04-01", Value::Null)
+        .await;
+    assert!(
+        harness.may_unwrap(&principal, &key_scope).await,
+        "the vault-scope grant remains"
+    );
+    harness
+        .ok(
+            Method::DELETE,
+            at_vault["id"].as_str().expect("id"),
+            "2022-04-01",
+            Value::Null,
+        )
+        .await;
+    assert!(!harness.may_unwrap(&principal, &key_scope).await);
+    let (status, value) = harness
+        .call(Method::GET, group_assignment, "2022-04-01", None)
+        .await;
+    assert_eq!(
+        (status, value["error"]["code"].as_str()),
+        (StatusCode::NOT_FOUND, Some("RoleAssignmentNotFound"))
+    );
+    let (status, _) = harness
+        .call(Method::DELETE, group_assignment, "2022-04-01", None)
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+
+    // Role definitions keep Azure's GUIDs at any scope.
+    for scope in [&subscription, &group, &vault] {
+        let definition = harness
+            .ok(Method::GET, &format!("{scope}/providers/Microsoft.Authorization/roleDefinitions/{KEY_VAULT_CRYPTO_SERVICE_ENCRYPTION_USER}"), "2022-04-01", Value::Null)
+            .await;
+        assert_eq!(definition["name"], KEY_VAULT_CRYPTO_SERVICE_ENCRYPTION_USER);
+        assert_eq!(
+            definition["properties"]["roleName"],
+            "Key Vault Crypto Service Encryption User"
+        );
+        assert_eq!(definition["properties"]["type"], "BuiltInRole");
+        assert_eq!(definition["properties"]["assignableScopes"], json!(["/"]));
+        let permissions = &definition["properties"]["permissions"][0];
+        assert!(
+            permissions["dataActions"]
+                .as_array()
+                .is_some_and(|list| !list.is_empty())
+        );
+        assert!(permissions["notDataActions"].is_array() && permissions["notActions"].is_array());
+    }
+    let all = harness
+        .ok(
+            Method::GET,
+            &format!("{subscription}/providers/Microsoft.Authorization/roleDefinitions"),
+            "2022-04-01",
+            Value::Null,
+        )
+        .await;
+    let listed = names(&all);
+    for guid in [
+        KEY_VAULT_CRYPTO_OFFICER,
+        KEY_VAULT_CRYPTO_SERVICE_ENCRYPTION_USER,
+        READER,
+    ] {
+        assert!(listed.iter().any(|name| name == guid), "{guid}");
+    }
+}
+
+async fn access_control_over_identity(backend: Backend) {
+    let harness = Harness::new(backend).await;
+    let vault_body = json!({"location": "westus3", "properties": {"tenantId": harness.info.tenant_id, "sku": {"family": "A", "name": "standard"}}});
+    let vault = harness.vault("rg1", "vault1");
+
+    // No token: 401 with the challenge naming the authority.
+    let (status, headers, value) = harness
+        .call_as(
+            None,
+            Method::PUT,
+            &vault,
+            "2022-07-01",
+            Some(vault_body.clone()),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{value}");
+    let challenge = headers
+        .get("www-authenticate")
+        .and_then(|value| value.to_str().ok())
+        .unwrap_or_default();
+    assert!(
+        challenge.contains(&format!("{BASE_URL}/{}", harness.info.tenant_id)),
+        "{challenge}"
+    );
+
+    // A token for another audience is refused too.
+    let admin: AdminCredentials = serde_json::from_slice(
+        &std::fs::read(&harness.info.admin_credentials_path).expect("admin.json"),
+    )
+    .expect("parses");
+    let dicom_token = harness
+        .identity
+        .issue_token_for_client_credentials(&admin.client_id, &admin.client_secret, DICOM_AUDIENCE)
+        .await
+        .expect("token")
+        .expect("valid credentials")
+        .access_token;
+    let (status, _, _) = harness
+        .call_as(
+            Some(&dicom_token),
+            Method::PUT,
+            &vault,
+            "2022-07-01",
+            Some(vault_body.clone()),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+
+    // A principal without roles: 403 naming the action; a role granted through ARM lets it in.
+    let outsider = harness
+        .identity
+        .create_service_principal("outsider")
+        .await
+        .expect("service principal");
+    let outsider_token = harness
+        .identity
+        .issue_token_for_client_credentials(
+            &outsider.client_id,
+            &outsider.client_secret,
+            MANAGEMENT_AUDIENCE,
+        )
+        .await
+        .expect("token")
+        .expect("valid credentials")
+        .access_token;
+    let (status, _, value) = harness
+        .call_as(
+            Some(&outsider_token),
+            Method::PUT,
+            &vault,
+            "2022-07-01",
+            Some(vault_body.clone()),
+        )
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert_eq!(value["error"]["code"], "AuthorizationFailed");
+    assert!(
+        value["error"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("Microsoft.KeyVault/vaults/write")
+    );
+    harness
+        .assign(
+            &harness.group("rg1"),
+            "b24988ac-6180-42a0-ab88-20f7382dd24c",
+            &outsider.principal_id,
+        )
+        .await;
+    let (status, _, value) = harness
+        .call_as(
+            Some(&outsider_token),
+            Method::PUT,
+            &vault,
+            "2022-07-01",
+            Some(vault_body),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{value}");
+    // Contributor of rg1 only: rg2 stays closed.
+    let (status, _, _) = harness
+        .call_as(
+            Some(&outsider_token),
+            Method::GET,
+            &harness.group("rg2"),
+            "2022-09-01",
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+}
+
+async fn vault_rules_and_key_put(backend: Backend) {
+    let harness = Harness::new(backend).await;
+    let vault = harness.vault("rg1", "vault1");
+    let tenant = harness.info.tenant_id.clone();
+    let body = |properties: Value| {
+        let mut merged = json!({"tenantId": tenant, "sku": {"family": "A", "name": "standard"}});
+        hds_arm::merge_patch(&mut merged, &properties);
+        json!({"location": "westus3", "properties": merged})
+    };
+    harness
+        .fails(
+            Method::PUT,
+            &vault,
+            "2022-07-01",
+            body(json!({"softDeleteRetentionInDays": 5})),
+            StatusCode::BAD_REQUEST,
+            "InvalidSoftDeleteRetentionPeriod",
+        )
+        .await;
+    harness
+        .fails(
+            Method::PUT,
+            &vault,
+            "2022-07-01",
+            body(json!({"softDeleteRetentionInDays": 91})),
+            StatusCode::BAD_REQUEST,
+            "InvalidSoftDeleteRetentionPeriod",
+        )
+        .await;
+    harness
+        .fails(Method::PUT, &vault, "2022-07-01", json!({"location": "westus3", "properties": {"sku": {"family": "A", "name": "standard"}}}), StatusCode::BAD_REQUEST, "TenantIdRequired")
+        .await;
+    harness
+        .fails(
+            Method::PUT,
+            &vault,
+            "2022-07-01",
+            body(json!({"sku": {"family": "A", "name": "gold"}})),
+            StatusCode::BAD_REQUEST,
+            "InvalidSku",
+        )
+        .await;
+    let created = harness
+        .ok(Method::PUT, &vault, "2022-07-01", body(json!({"softDeleteRetentionInDays": 30, "enableRbacAuthorization": true, "enabledForDeployment": false})))
+        .await;
+    let properties = &created["properties"];
+    assert_eq!(properties["softDeleteRetentionInDays"], 30);
+    assert_eq!(properties["enableSoftDelete"], true);
+    assert_eq!(properties["enablePurgeProtection"], false);
+    assert_eq!(properties["enableRbacAuthorization"], true);
+    assert_eq!(
+        properties["enabledForDeployment"], false,
+        "unmodelled properties are kept"
+    );
+    assert_eq!(
+        properties["vaultUri"],
+        format!("https://vault1.vault.{VAULT_DOMAIN}/")
+    );
+    assert_eq!(properties["provisioningState"], "Succeeded");
+
+    // Retention is fixed; leaving it out keeps it.
+    harness
+        .fails(
+            Method::PUT,
+            &vault,
+            "2022-07-01",
+            body(json!({"softDeleteRetentionInDays": 60})),
+            StatusCode::BAD_REQUEST,
+            "SoftDeleteRetentionPeriodImmutable",
+        )
+        .await;
+    let kept = harness
+        .ok(Method::PUT, &vault, "2022-07-01", body(json!({})))
+        .await;
+    assert_eq!(kept["properties"]["softDeleteRetentionInDays"], 30);
+    // Purge protection is one-way.
+    let protected = harness
+        .ok(
+            Method::PUT,
+            &vault,
+            "2022-07-01",
+            body(json!({"enablePurgeProtection": true})),
+        )
+        .await;
+    assert_eq!(protected["properties"]["enablePurgeProtection"], true);
+    harness
+        .fails(
+            Method::PUT,
+            &vault,
+            "2022-07-01",
+            body(json!({"enablePurgeProtection": false})),
+            StatusCode::BAD_REQUEST,
+            "PurgeProtectionCannotBeDisabled",
+        )
+        .await;
+    let patched = harness
+        .ok(
+            Method::PATCH,
+            &vault,
+            "2022-07-01",
+            json!({"tags": {"a": "b"}}),
+        )
+        .await;
+    assert_eq!(patched["properties"]["enablePurgeProtection"], true);
+    harness
+        .fails(
+            Method::PUT,
+            &vault,
+            "2022-07-01",
+            body(json!({"enableSoftDelete": false})),
+            StatusCode::BAD_REQUEST,
+            "SoftDeleteCannotBeDisabled",
+        )
+        .await;
+    // Vault names are global.
+    harness
+        .fails(
+            Method::PUT,
+            &harness.vault("rg2", "vault1"),
+            "2022-07-01",
+            body(json!({})),
+            StatusCode::CONFLICT,
+            "VaultAlreadyExists",
+        )
+        .await;
+
+    // Keys: the first PUT creates version one; later PUTs return it unchanged.
+    let key = format!("{vault}/keys/key1");
+    let (status, first) = harness
+        .call(Method::PUT, &key, "2022-07-01", Some(json!({"properties": {"kty": "RSA", "keySize": 2048, "curveName": "P-256", "keyOps": ["wrapKey", "unwrapKey"], "attributes": {"enabled": true}}})))
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{first}");
+    let properties = &first["properties"];
+    assert_eq!(properties["kty"], "RSA");
+    assert_eq!(properties["keySize"], 2048);
+    assert_eq!(properties["keyOps"], json!(["wrapKey", "unwrapKey"]));
+    assert_eq!(
+        properties["keyUri"],
+        format!("https://vault1.vault.{VAULT_DOMAIN}/keys/key1")
+    );
+    let versioned = properties["keyUriWithVersion"]
+        .as_str()
+        .expect("keyUriWithVersion")
+        .to_owned();
+    assert!(
+        versioned.starts_with(&format!("https://vault1.vault.{VAULT_DOMAIN}/keys/key1/")),
+        "{versioned}"
+    );
+    assert_eq!(properties["attributes"]["enabled"], true);
+    assert!(
+        properties.get("curveName").is_none(),
+        "curveName is ignored for RSA"
+    );
+    let (status, second) = harness
+        .call(
+            Method::PUT,
+            &key,
+            "2022-07-01",
+            Some(json!({"properties": {"kty": "RSA-HSM", "keySize": 4096}})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        second["properties"]["keyUriWithVersion"],
+        versioned.as_str()
+    );
+    assert_eq!(second["properties"]["keySize"], 2048);
+    let read = harness
+        .ok(Method::GET, &key, "2022-07-01", Value::Null)
+        .await;
+    assert_eq!(read["properties"]["keyUriWithVersion"], versioned.as_str());
+    let listed = harness
+        .ok(
+            Method::GET,
+            &format!("{vault}/keys"),
+            "2022-07-01",
+            Value::Null,
+        )
+        .await;
+    assert_eq!(listed["value"].as_array().map(Vec::len), Some(1));
+    harness
+        .fails(
+            Method::PUT,
+            &format!("{vault}/keys/ec"),
+            "2022-07-01",
+            json!({"properties": {"kty": "EC", "curveName": "P-256"}}),
+            StatusCode::BAD_REQUEST,
+            "KeyTypeNotSupported",
+        )
+        .await;
+    harness
+        .fails(
+            Method::PUT,
+            &format!("{vault}/keys/small"),
+            "2022-07-01",
+            json!({"properties": {"kty": "RSA", "keySize": 1024}}),
+            StatusCode::BAD_REQUEST,
+            "InvalidKeySize",
+        )
+        .await;
+
+    // A purge-protected vault holding keys is not deleted.
+    harness
+        .fails(
+            Method::DELETE,
+            &vault,
+            "2022-07-01",
+            Value::Null,
+            StatusCode::CONFLICT,
+            "VaultPurgeProtected",
+        )
+        .await;
+    let unprotected = harness.vault("rg1", "vault2");
+    harness
+        .ok(Method::PUT, &unprotected, "2022-07-01", body(json!({})))
+        .await;
+    harness
+        .ok(
+            Method::PUT,
+            &format!("{unprotected}/keys/k"),
+            "2022-07-01",
+            json!({"properties": {"kty": "RSA"}}),
+        )
+        .await;
+    harness
+        .ok(Method::DELETE, &unprotected, "2022-07-01", Value::Null)
+        .await;
+    let (status, _) = harness
+        .call(Method::GET, &unprotected, "2022-07-01", None)
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+}
+
+/// The seed templates, read from the repository's fixtures.
+fn template(name: &str) -> Value {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../tests/fixtures/arm")
+        .join(name);
+    serde_json::from_slice(&std::fs::read(path).expect("template fixture")).expect("template JSON")
+}
+
+async fn seed_templates_deploy_through_the_providers(backend: Backend) {
+    let harness = Harness::new(backend).await;
+    let group = ResourceId::parse(&harness.group("rg1")).expect("group id");
+    let caller = harness.caller();
+
+    // The user-assigned template: vault, key, identity, role assignment, workspace, service.
+    let deployment = harness
+        .arm
+        .deploy(
+            &caller,
+            &group,
+            "cmk-user",
+            template("arm-template-user-assigned.json"),
+            json!({
+                "workspaceName": {"value": "ws1"},
+                "dicomServiceName": {"value": "svc1"},
+                "keyVaultName": {"value": "seedvault"},
+                "keyName": {"value": "seedkey"},
+                "userAssignedIdentityName": {"value": "seedidentity"},
+                "roleAssignmentName": {"value": "seed-role"},
+                "tenantId": {"value": harness.info.tenant_id},
+            }),
+        )
+        .await
+        .expect("user-assigned template deploys");
+    assert_eq!(deployment["properties"]["provisioningState"], "Succeeded");
+    let identity = harness
+        .ok(
+            Method::GET,
+            &harness.uai("rg1", "seedidentity"),
+            "2023-01-31",
+            Value::Null,
+        )
+        .await;
+    let principal = identity["properties"]["principalId"]
+        .as_str()
+        .expect("principal")
+        .to_owned();
+    let key = harness
+        .ok(
+            Method::GET,
+            &format!("{}/keys/seedkey", harness.vault("rg1", "seedvault")),
+            "2022-07-01",
+            Value::Null,
+        )
+        .await;
+    let spec = harness.host.applies().pop().expect("apply");
+    let binding = spec.key.expect("key binding");
+    assert_eq!(
+        binding.key_url,
+        key["properties"]["keyUriWithVersion"]
+            .as_str()
+            .expect("uri")
+    );
+    assert_eq!(binding.principal_id, principal);
+    assert_eq!(
+        binding.identity_kind,
+        KeyIdentityKind::UserAssigned {
+            resource_id: harness.uai("rg1", "seedidentity")
+        }
+    );
+    let vault = harness
+        .ok(
+            Method::GET,
+            &harness.vault("rg1", "seedvault"),
+            "2022-07-01",
+            Value::Null,
+        )
+        .await;
+    assert_eq!(vault["properties"]["enablePurgeProtection"], true);
+    assert!(
+        harness
+            .may_unwrap(
+                &principal,
+                &format!("{}/keys/seedkey", harness.vault("rg1", "seedvault"))
+            )
+            .await
+    );
+    let service = harness
+        .ok(
+            Method::GET,
+            &harness.service("rg1", "ws1", "svc1"),
+            API_DICOM,
+            Value::Null,
+        )
+        .await;
+    assert_eq!(service["properties"]["provisioningState"], "Succeeded");
+    assert_eq!(service["identity"]["type"], "UserAssigned");
+
+    // Deploying it again re-validates (the seed's "update the DICOM service").
+    let before = harness.host.applies().len();
+    harness
+        .arm
+        .deploy(&caller, &group, "cmk-user", template("arm-template-user-assigned.json"), json!({
+            "workspaceName": {"value": "ws1"}, "dicomServiceName": {"value": "svc1"},
+            "keyVaultName": {"value": "seedvault"}, "keyName": {"value": "seedkey"},
+            "userAssignedIdentityName": {"value": "seedidentity"}, "roleAssignmentName": {"value": "seed-role"},
+            "tenantId": {"value": harness.info.tenant_id},
+        }))
+        .await
+        .expect("redeploys");
+    assert_eq!(harness.host.applies().len(), before + 1);
+
+    // The system-assigned template, as the seed document runs it: before the identity holds a
+    // role on the vault the deployment fails with the host's reason...
+    let key_url = binding.key_url.clone();
+    let parameters = json!({"workspaceName": {"value": "ws1"}, "dicomServiceName": {"value": "svc2"}, "keyEncryptionKeyUrl": {"value": key_url}});
+    let error = harness
+        .arm
+        .deploy(
+            &caller,
+            &group,
+            "cmk-system",
+            template("arm-template-system-assigned.json"),
+            parameters.clone(),
+        )
+        .await
+        .expect_err("no role yet");
+    assert_eq!(error.code(), "DeploymentFailed");
+    assert_eq!(
+        error.details().first().map(ArmError::code),
+        Some("KeyVaultAccessForbidden")
+    );
+    // ...then: enable the identity, grant it the role, update the service with the template.
+    let enabled = harness
+        .ok(
+            Method::PUT,
+            &harness.service("rg1", "ws1", "svc2"),
+            API_DICOM,
+            json!({"location": "West US 3", "identity": {"type": "SystemAssigned"}}),
+        )
+        .await;
+    let system_principal = enabled["identity"]["principalId"]
+        .as_str()
+        .expect("principal")
+        .to_owned();
+    harness
+        .assign(
+            &harness.vault("rg1", "seedvault"),
+            KEY_VAULT_CRYPTO_SERVICE_ENCRYPTION_USER,
+            &system_principal,
+        )
+        .await;
+    harness
+        .arm
+        .deploy(
+            &caller,
+            &group,
+            "cmk-system",
+            template("arm-template-system-assigned.json"),
+            parameters,
+        )
+        .await
+        .expect("system-assigned template deploys once the role is granted");
+    let binding = harness
+        .host
+        .applies()
+        .pop()
+        .and_then(|spec| spec.key)
+        .expect("binding");
+    assert_eq!(binding.identity_kind, KeyIdentityKind::SystemAssigned);
+    assert_eq!(binding.principal_id, system_principal);
+}
+
+async fn move_gives_a_new_system_assigned_principal(backend: Backend) {
+    let harness = Harness::new(backend).await;
+    let key_url = harness.put_vault_and_key("rg1", "vault1", "key1").await;
+    harness.put_workspace("rg1", "ws1").await;
+    let old_id = harness.service("rg1", "ws1", "svc1");
+    let enabled = harness
+        .ok(
+            Method::PUT,
+            &old_id,
+            API_DICOM,
+            json!({"location": "westus3", "identity": {"type": "SystemAssigned"}}),
+        )
+        .await;
+    let old_principal = enabled["identity"]["principalId"]
+        .as_str()
+        .expect("principal")
+        .to_owned();
+    harness
+        .assign(
+            &harness.vault("rg1", "vault1"),
+            KEY_VAULT_CRYPTO_SERVICE_ENCRYPTION_USER,
+            &old_principal,
+        )
+        .await;
+    let with_key = json!({"location": "westus3", "identity": {"type": "SystemAssigned"},
+        "properties": {"encryption": {"customerManagedKeyEncryption": {"keyEncryptionKeyUrl": key_url}}}});
+    harness
+        .ok(Method::PUT, &old_id, API_DICOM, with_key.clone())
+        .await;
+
+    let (status, value) = harness
+        .call(Method::POST, &format!("{}/moveResources", harness.group("rg1")), "2021-04-01",
+            Some(json!({"resources": [harness.workspace("rg1", "ws1")], "targetResourceGroup": harness.group("rg2")})))
+        .await;
+    assert!(status.is_success(), "{status} {value}");
+    let new_id = harness.service("rg2", "ws1", "svc1");
+    let moved = harness
+        .ok(Method::GET, &new_id, API_DICOM, Value::Null)
+        .await;
+    let new_principal = moved["identity"]["principalId"]
+        .as_str()
+        .expect("principal")
+        .to_owned();
+    assert_ne!(new_principal, old_principal);
+    assert!(
+        harness
+            .identity
+            .principal(&old_principal)
+            .await
+            .expect("lookup")
+            .is_none()
+    );
+    assert!(
+        harness
+            .identity
+            .principal(&new_principal)
+            .await
+            .expect("lookup")
+            .is_some()
+    );
+    assert!(harness.host.calls().iter().any(|call| matches!(call,
+        HostCall::Moved(old, new) if old.eq_ignore_ascii_case(&old_id) && new.eq_ignore_ascii_case(&new_id))));
+    assert!(
+        harness
+            .host
+            .applies()
+            .iter()
+            .all(|spec| !spec.resource_id.eq_ignore_ascii_case(&new_id)),
+        "a move does not re-validate"
+    );
+
+    // Key access is lost until the new principal is granted the role and the service updated.
+    harness
+        .fails(
+            Method::PUT,
+            &new_id,
+            API_DICOM,
+            with_key.clone(),
+            StatusCode::BAD_REQUEST,
+            "KeyVaultAccessForbidden",
+        )
+        .await;
+    let after_failure = harness
+        .ok(Method::GET, &new_id, API_DICOM, Value::Null)
+        .await;
+    assert_eq!(
+        after_failure["identity"]["principalId"],
+        new_principal.as_str(),
+        "a refused update keeps the identity"
+    );
+    harness
+        .assign(
+            &harness.vault("rg1", "vault1"),
+            KEY_VAULT_CRYPTO_SERVICE_ENCRYPTION_USER,
+            &new_principal,
+        )
+        .await;
+    harness.ok(Method::PUT, &new_id, API_DICOM, with_key).await;
+}
+
+async fn resource_health_shapes(backend: Backend) {
+    let harness = Harness::new(backend).await;
+    let key_url = harness.put_vault_and_key("rg1", "vault1", "key1").await;
+    harness.put_workspace("rg1", "ws1").await;
+    let service = harness.service("rg1", "ws1", "svc1");
+    let uai = harness.put_uai("rg1", "id1").await;
+    harness
+        .assign(
+            &harness.vault("rg1", "vault1"),
+            KEY_VAULT_CRYPTO_SERVICE_ENCRYPTION_USER,
+            uai["properties"]["principalId"]
+                .as_str()
+                .expect("principal"),
+        )
+        .await;
+    harness
+        .ok(Method::PUT, &service, API_DICOM, json!({"location": "westus3",
+            "identity": {"type": "UserAssigned", "userAssignedIdentities": {harness.uai("rg1", "id1"): {}}},
+            "properties": {"encryption": {"customerManagedKeyEncryption": {"keyEncryptionKeyUrl": key_url}}}}))
+        .await;
+    let status_path =
+        format!("{service}/providers/Microsoft.ResourceHealth/availabilityStatuses/current");
+
+    let healthy = harness
+        .ok(Method::GET, &status_path, "2023-10-01-preview", Value::Null)
+        .await;
+    assert_eq!(healthy["name"], "current");
+    assert_eq!(
+        healthy["type"],
+        "Microsoft.ResourceHealth/availabilityStatuses"
+    );
+    assert_eq!(healthy["id"], status_path.as_str());
+    assert_eq!(healthy["location"], "westus3");
+    assert_eq!(healthy["properties"]["availabilityState"], "Available");
+    for field in [
+        "summary",
+        "occuredTime",
+        "reportedTime",
+        "detailedStatus",
+        "title",
+    ] {
+        assert!(healthy["properties"].get(field).is_some(), "{field}");
+    }
+
+    let since = time::OffsetDateTime::now_utc() - time::Duration::minutes(5);
+    let set = |state: KeyAccessState| {
+        harness.host.health.lock().expect("lock").insert(
+            service.to_lowercase(),
+            HealthReport {
+                state,
+                since: Some(since),
+                last_checked: Some(time::OffsetDateTime::now_utc()),
+                reason: Some("the vault answered 403 Forbidden (ForbiddenByRbac)".into()),
+                latch_after: hds_providers::DEFAULT_LOST_ACCESS_LATCH,
+            },
+        );
+    };
+    set(KeyAccessState::KeyAccessLost);
+    let lost = harness
+        .ok(Method::GET, &status_path, "2023-10-01-preview", Value::Null)
+        .await;
+    let properties = &lost["properties"];
+    assert_eq!(properties["availabilityState"], "Unavailable");
+    assert_eq!(properties["reasonChronicity"], "Transient");
+    assert_eq!(properties["reasonType"], "Unplanned");
+    let since_text = since
+        .format(&time::format_description::well_known::Rfc3339)
+        .expect("format");
+    assert_eq!(properties["occuredTime"], since_text.as_str());
+    let summary = properties["summary"].as_str().unwrap_or_default();
+    assert!(
+        summary.contains(&key_url)
+            && summary.contains("ForbiddenByRbac")
+            && summary.contains("500"),
+        "{summary}"
+    );
+    assert!(summary.contains(&harness.uai("rg1", "id1")), "{summary}");
+    let detail = properties["detailedStatus"].as_str().unwrap_or_default();
+    assert!(
+        detail.contains("30 minutes") && detail.contains("only an update"),
+        "{detail}"
+    );
+    let actions = properties["recommendedActions"]
+        .as_array()
+        .expect("actions");
+    assert!(actions.iter().any(|action| {
+        action["action"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("Key Vault Crypto Service Encryption User")
+    }));
+
+    set(KeyAccessState::RequiresUpdate);
+    let latched = harness
+        .ok(Method::GET, &status_path, "2023-10-01-preview", Value::Null)
+        .await;
+    assert_eq!(latched["properties"]["availabilityState"], "Unavailable");
+    assert_eq!(latched["properties"]["reasonChronicity"], "Persistent");
+    let actions = latched["properties"]["recommendedActions"]
+        .as_array()
+        .expect("actions");
+    assert!(actions.iter().any(|action| {
+        action["action"]
+            .as_str()
+            .unwrap_or_default()
+            .starts_with("Update the DICOM service")
+    }));
+
+    set(KeyAccessState::Unknown);
+    let unknown = harness
+        .ok(Method::GET, &status_path, "2023-10-01-preview", Value::Null)
+        .await;
+    assert_eq!(unknown["properties"]["availabilityState"], "Unknown");
+
+    let listed = harness
+        .ok(
+            Method::GET,
+            &format!(
+                "{}/providers/Microsoft.ResourceHealth/availabilityStatuses",
+                harness.group("rg1")
+            ),
+            "2023-10-01-preview",
+            Value::Null,
+        )
+        .await;
+    assert_eq!(listed["value"].as_array().map(Vec::len), Some(1));
+    let (status, _) = harness
+        .call(
+            Method::GET,
+            &format!("{service}/providers/Microsoft.ResourceHealth/availabilityStatuses/other"),
+            "2023-10-01-preview",
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+}

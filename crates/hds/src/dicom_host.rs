@@ -1,0 +1,376 @@
+//! What runs the DICOM services the control plane configures: their key hierarchies (under a
+//! customer-managed key or a platform-managed one), their registration with the key-access
+//! monitor, and the answer to "which service is this URL, and may it serve data now?".
+//!
+//! The control plane's `dicomservices` provider calls [`DicomServiceHost`]; the DICOMweb API
+//! calls [`DicomServiceResolver`]; both meet in [`DicomHost`].
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, PoisonError, RwLock};
+
+use axum::http::StatusCode;
+use hds_arm::{ArmError, ArmFuture};
+use hds_blob::{BlobName, BlobStore};
+use hds_cmk::{
+    CUSTOMER_MANAGED_KEY_ACCESS_LOST, KeyAccessMonitor, KeyAccessState as MonitorState, KeyBinding as MonitorBinding,
+    KeyUrl, KeyUser, KeyValidator, KeyVaultClient, RemoteKek, TokenSource,
+};
+use hds_crypto::keys::KeyEncryptionKey;
+use hds_crypto::root::RootKey;
+use hds_db::Database;
+use hds_dicom::QueryLevel;
+use hds_dicomweb::{DicomServiceResolver, DicomWebError, ResolvedService};
+use hds_index::{DeleteScope, Index, SearchQuery, ServiceKeyring, ServiceKeyrings, platform_kek};
+use hds_providers::{DicomServiceHost, DicomServiceSpec, HealthReport, KeyAccessState};
+use sqlx::Row;
+
+/// One DICOM service being served.
+struct HostedService {
+    /// Its ARM resource id (changes when the service moves).
+    resource_id: String,
+    /// `{workspace}/{service}`, lowercase: its key in the index, blob store and keyrings.
+    service_key: String,
+    /// Its key hierarchy.
+    keyring: Arc<ServiceKeyring>,
+    /// Whether a customer-managed key protects it (else a platform-managed key does).
+    customer_managed: bool,
+}
+
+/// The DICOM services of this hds.
+pub struct DicomHost {
+    database: Database,
+    root_key: Arc<RootKey>,
+    index: Index,
+    blobs: BlobStore,
+    keyrings: ServiceKeyrings,
+    client: KeyVaultClient,
+    tokens: Arc<dyn TokenSource>,
+    validator: KeyValidator,
+    monitor: Arc<KeyAccessMonitor>,
+    services: RwLock<HashMap<String, HostedService>>,
+}
+
+/// Parts the host is built from.
+pub struct DicomHostParts {
+    pub database: Database,
+    pub root_key: Arc<RootKey>,
+    pub index: Index,
+    pub blobs: BlobStore,
+    pub keyrings: ServiceKeyrings,
+    pub client: KeyVaultClient,
+    pub tokens: Arc<dyn TokenSource>,
+    pub validator: KeyValidator,
+    pub monitor: Arc<KeyAccessMonitor>,
+}
+
+/// `{workspace}/{service}` in lowercase: ARM names compare case-insensitively.
+pub fn service_key(workspace: &str, service: &str) -> String {
+    format!("{}/{}", workspace.to_ascii_lowercase(), service.to_ascii_lowercase())
+}
+
+impl DicomHost {
+    pub fn new(parts: DicomHostParts) -> Arc<DicomHost> {
+        Arc::new(DicomHost {
+            database: parts.database,
+            root_key: parts.root_key,
+            index: parts.index,
+            blobs: parts.blobs,
+            keyrings: parts.keyrings,
+            client: parts.client,
+            tokens: parts.tokens,
+            validator: parts.validator,
+            monitor: parts.monitor,
+            services: RwLock::new(HashMap::new()),
+        })
+    }
+
+    /// Serves a service that already exists (at start-up), without re-validating its key:
+    /// the key-access monitor's persisted state says whether it may serve data.
+    pub async fn restore(&self, spec: &DicomServiceSpec) -> anyhow::Result<()> {
+        let key = service_key(&spec.workspace, &spec.service);
+        let (keyring, customer_managed) = match &spec.key {
+            Some(binding) => {
+                let stored = self.stored_key_id(&key).await?;
+                let kek_url = stored.unwrap_or_else(|| binding.key_url.clone());
+                let kek = self.remote_kek(&binding.principal_id, &kek_url)?;
+                self.monitor
+                    .register(&key, monitor_binding(&binding.key_url, &binding.principal_id, &spec.tenant_id)?)
+                    .await?;
+                // The vault may be unreachable now: the service then starts locked, and the
+                // monitor unlocks it once access is back.
+                let keyring = match ServiceKeyring::open_or_create(&self.database, &key, kek.clone()).await {
+                    Ok(keyring) => keyring,
+                    Err(error) => {
+                        tracing::warn!(service = %key, error = %error, "the service's key could not be opened at start");
+                        ServiceKeyring::locked(&self.database, &key, kek)
+                    }
+                };
+                (keyring, true)
+            }
+            None => (self.platform_keyring(&key).await?, false),
+        };
+        self.keyrings.insert(keyring.clone());
+        self.serve(spec, key, keyring, customer_managed);
+        Ok(())
+    }
+
+    fn serve(&self, spec: &DicomServiceSpec, key: String, keyring: Arc<ServiceKeyring>, customer_managed: bool) {
+        if customer_managed {
+            self.follow_key_access(&key, keyring.clone());
+        }
+        let hosted = HostedService { resource_id: spec.resource_id.clone(), service_key: key.clone(), keyring, customer_managed };
+        self.services.write().unwrap_or_else(PoisonError::into_inner).insert(key, hosted);
+    }
+
+    /// Drops a service's unwrapped keys while its key is not accessible, and unlocks them
+    /// again when the monitor sees access come back.
+    fn follow_key_access(&self, key: &str, keyring: Arc<ServiceKeyring>) {
+        let Some(mut changes) = self.monitor.subscribe(key) else {
+            return;
+        };
+        let service = key.to_owned();
+        tokio::spawn(async move {
+            loop {
+                let healthy = changes.borrow_and_update().is_healthy();
+                if healthy {
+                    if let Err(error) = keyring.unlock().await {
+                        tracing::warn!(service = %service, error = %error, "unlocking the service's keys failed");
+                    }
+                } else {
+                    keyring.forget();
+                    tracing::warn!(service = %service, "key access lost: the service's keys were dropped from memory");
+                }
+                if changes.changed().await.is_err() {
+                    return;
+                }
+            }
+        });
+    }
+
+    async fn platform_keyring(&self, key: &str) -> anyhow::Result<Arc<ServiceKeyring>> {
+        let kek: Arc<dyn KeyEncryptionKey> = Arc::new(platform_kek(&self.database, &self.root_key, key).await?);
+        Ok(ServiceKeyring::open_or_create(&self.database, key, kek).await?)
+    }
+
+    fn remote_kek(&self, principal_id: &str, versioned_key_url: &str) -> anyhow::Result<Arc<dyn KeyEncryptionKey>> {
+        let url = KeyUrl::parse(versioned_key_url)?;
+        Ok(Arc::new(RemoteKek::new(self.client.clone(), self.tokens.clone(), principal_id, url)?))
+    }
+
+    /// The key id the service's root key is wrapped under, if it has one.
+    async fn stored_key_id(&self, key: &str) -> anyhow::Result<Option<String>> {
+        let row = sqlx::query("SELECT kek_id FROM dicom_service_keys WHERE service = $1")
+            .bind(key)
+            .fetch_optional(self.database.pool())
+            .await;
+        match row {
+            Ok(Some(row)) => Ok(Some(row.try_get::<String, _>(0)?).filter(|id| !id.starts_with("platform:"))),
+            Ok(None) => Ok(None),
+            // No keyring table yet: no service has keys.
+            Err(_) => Ok(None),
+        }
+    }
+
+    async fn apply_spec(&self, spec: DicomServiceSpec) -> Result<(), ArmError> {
+        let key = service_key(&spec.workspace, &spec.service);
+        let existing = self.keyrings.get(&key);
+        let Some(binding) = &spec.key else {
+            if existing.is_none() {
+                let keyring = self.platform_keyring(&key).await.map_err(|error| ArmError::internal(&error))?;
+                self.keyrings.insert(keyring.clone());
+                self.serve(&spec, key, keyring, false);
+            } else if let Some(keyring) = existing {
+                let customer_managed = self.is_customer_managed(&key);
+                self.serve(&spec, key, keyring, customer_managed);
+            }
+            return Ok(());
+        };
+        let validated = self
+            .validator
+            .validate(&binding.key_url, KeyUser { principal_id: &binding.principal_id, tenant_id: &spec.tenant_id })
+            .await
+            .map_err(|error| ArmError::new(StatusCode::BAD_REQUEST, error.code.as_str(), error.message.clone()))?;
+        for warning in &validated.warnings {
+            tracing::warn!(service = %key, "{warning}");
+        }
+        let kek = self.remote_kek(&binding.principal_id, &validated.facts.kid.to_string()).map_err(|error| ArmError::internal(&error))?;
+        let keyring = match existing {
+            Some(keyring) => {
+                if keyring.key_encryption_key().key_id() != kek.key_id() {
+                    keyring.rewrap(kek).await.map_err(|error| {
+                        ArmError::new(
+                            StatusCode::BAD_REQUEST,
+                            "KeyRewrapFailed",
+                            format!(
+                                "the service's data keys could not be moved to the new key: the current key must still be accessible while the key changes ({error})"
+                            ),
+                        )
+                    })?;
+                } else {
+                    keyring.unlock().await.map_err(|error| {
+                        ArmError::new(StatusCode::BAD_REQUEST, "KeyAccessDenied", format!("the service's keys could not be unwrapped: {error}"))
+                    })?;
+                }
+                keyring
+            }
+            None => ServiceKeyring::open_or_create(&self.database, &key, kek).await.map_err(|error| {
+                ArmError::new(StatusCode::BAD_REQUEST, "KeyAccessDenied", format!("the service's keys could not be created or unwrapped: {error}"))
+            })?,
+        };
+        self.keyrings.insert(keyring.clone());
+        let monitor_binding = monitor_binding(&binding.key_url, &binding.principal_id, &spec.tenant_id)
+            .map_err(|error| ArmError::internal(&error))?;
+        self.monitor.register(&key, monitor_binding).await.map_err(|error| ArmError::internal(&error))?;
+        self.monitor.revalidate(&key).await.map_err(|error| ArmError::internal(&error))?;
+        self.serve(&spec, key, keyring, true);
+        Ok(())
+    }
+
+    fn is_customer_managed(&self, key: &str) -> bool {
+        self.services
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(key)
+            .is_some_and(|hosted| hosted.customer_managed)
+    }
+
+    fn find_by_resource_id(&self, resource_id: &str) -> Option<(String, Arc<ServiceKeyring>, bool)> {
+        self.services
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .values()
+            .find(|hosted| hosted.resource_id.eq_ignore_ascii_case(resource_id))
+            .map(|hosted| (hosted.service_key.clone(), hosted.keyring.clone(), hosted.customer_managed))
+    }
+
+    /// Deletes every study of a service, one study at a time: each study key is destroyed
+    /// before its blobs (crypto-shredding), so nothing lingers readable.
+    async fn delete_all_data(&self, key: &str) -> anyhow::Result<()> {
+        loop {
+            let query = SearchQuery {
+                service: key,
+                level: QueryLevel::Study,
+                study_instance_uid: None,
+                series_instance_uid: None,
+                filters: Vec::new(),
+                limit: 200,
+                offset: 0,
+            };
+            let studies = self.index.search(&query).await?;
+            if studies.is_empty() {
+                return Ok(());
+            }
+            for study in studies {
+                let Some(uid) = study
+                    .attributes
+                    .get("0020000D")
+                    .and_then(|value| value.get("Value"))
+                    .and_then(|values| values.get(0))
+                    .and_then(|uid| uid.as_str())
+                    .map(str::to_owned)
+                else {
+                    continue;
+                };
+                for name in self.index.delete(key, DeleteScope::Study(&uid)).await? {
+                    self.blobs.delete(&BlobName::parse(&name)?).await?;
+                }
+            }
+        }
+    }
+}
+
+fn monitor_binding(key_url: &str, principal_id: &str, tenant_id: &str) -> anyhow::Result<MonitorBinding> {
+    Ok(MonitorBinding { key_url: KeyUrl::parse(key_url)?, principal_id: principal_id.to_owned(), tenant_id: tenant_id.to_owned() })
+}
+
+impl DicomServiceHost for DicomHost {
+    fn apply(&self, spec: DicomServiceSpec) -> ArmFuture<'_, ()> {
+        Box::pin(self.apply_spec(spec))
+    }
+
+    fn remove<'a>(&'a self, resource_id: &'a str) -> ArmFuture<'a, ()> {
+        Box::pin(async move {
+            let Some((key, _keyring, customer_managed)) = self.find_by_resource_id(resource_id) else {
+                return Ok(());
+            };
+            self.delete_all_data(&key).await.map_err(|error| ArmError::internal(&error))?;
+            if customer_managed {
+                self.monitor.unregister(&key).await.map_err(|error| ArmError::internal(&error))?;
+            }
+            if let Some(keyring) = self.keyrings.remove(&key) {
+                keyring.forget();
+            }
+            self.services.write().unwrap_or_else(PoisonError::into_inner).remove(&key);
+            Ok(())
+        })
+    }
+
+    fn health<'a>(&'a self, resource_id: &'a str) -> ArmFuture<'a, HealthReport> {
+        Box::pin(async move {
+            let latch = self.monitor.config().lost_access_latch;
+            let Some((key, _, customer_managed)) = self.find_by_resource_id(resource_id) else {
+                return Ok(HealthReport { state: KeyAccessState::Unknown, since: None, last_checked: None, reason: None, latch_after: latch });
+            };
+            if !customer_managed {
+                return Ok(HealthReport { latch_after: latch, ..HealthReport::healthy(None) });
+            }
+            let report = match self.monitor.state(&key) {
+                None => HealthReport { state: KeyAccessState::Unknown, since: None, last_checked: None, reason: None, latch_after: latch },
+                Some(MonitorState::Healthy) => HealthReport { latch_after: latch, ..HealthReport::healthy(None) },
+                Some(MonitorState::KeyAccessLost { since, reason }) => HealthReport {
+                    state: KeyAccessState::KeyAccessLost,
+                    since: Some(since),
+                    last_checked: None,
+                    reason: Some(format!("{}: {}", reason.code.as_str(), reason.message)),
+                    latch_after: latch,
+                },
+                Some(MonitorState::RequiresUpdate { since, reason }) => HealthReport {
+                    state: KeyAccessState::RequiresUpdate,
+                    since: Some(since),
+                    last_checked: None,
+                    reason: Some(format!("{}: {}", reason.code.as_str(), reason.message)),
+                    latch_after: latch,
+                },
+            };
+            Ok(report)
+        })
+    }
+
+    fn moved<'a>(&'a self, old_id: &'a str, new_id: &'a str) -> ArmFuture<'a, ()> {
+        Box::pin(async move {
+            let mut services = self.services.write().unwrap_or_else(PoisonError::into_inner);
+            if let Some(hosted) = services.values_mut().find(|hosted| hosted.resource_id.eq_ignore_ascii_case(old_id)) {
+                hosted.resource_id = new_id.to_owned();
+            }
+            Ok(())
+        })
+    }
+}
+
+impl DicomServiceResolver for DicomHost {
+    fn resolve<'a>(
+        &'a self,
+        workspace: &'a str,
+        service: &'a str,
+    ) -> Pin<Box<dyn Future<Output = Result<Option<ResolvedService>, DicomWebError>> + Send + 'a>> {
+        Box::pin(async move {
+            let key = service_key(workspace, service);
+            let found = {
+                let services = self.services.read().unwrap_or_else(PoisonError::into_inner);
+                services.get(&key).map(|hosted| (hosted.resource_id.clone(), hosted.keyring.clone(), hosted.customer_managed))
+            };
+            let Some((resource_id, keyring, customer_managed)) = found else {
+                return Ok(None);
+            };
+            if customer_managed {
+                if let Some(message) = self.monitor.state(&key).and_then(|state| state.data_plane_message()) {
+                    return Err(DicomWebError::Unavailable { code: CUSTOMER_MANAGED_KEY_ACCESS_LOST, message });
+                }
+            }
+            Ok(Some(ResolvedService { service_key: key, resource_id, keyring }))
+        })
+    }
+}
+
