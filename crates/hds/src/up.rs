@@ -43,6 +43,11 @@ const DEFAULT_SERVICE: &str = "dicom";
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 
 pub async fn run(options: UpOptions) -> anyhow::Result<()> {
+    // Catch SIGTERM from the start: a stop that arrives while starting still stops cleanly.
+    let terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("listening for SIGTERM")?;
+    let interrupt = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
+        .context("listening for SIGINT")?;
     let data_dir = &options.data_dir;
     create_private_dir(data_dir)?;
     let root_key = Arc::new(RootKey::load_or_create(&data_dir.join("root.key")).context("loading the root key")?);
@@ -226,7 +231,7 @@ pub async fn run(options: UpOptions) -> anyhow::Result<()> {
     let handle = axum_server::Handle::new();
     let shutdown_handle = handle.clone();
     tokio::spawn(async move {
-        wait_for_shutdown_signal().await;
+        wait_for_shutdown_signal(terminate, interrupt).await;
         tracing::info!("shutting down");
         shutdown_handle.graceful_shutdown(Some(SHUTDOWN_GRACE));
     });
@@ -257,21 +262,9 @@ fn create_private_dir(path: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn wait_for_shutdown_signal() {
-    let interrupt = tokio::signal::ctrl_c();
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(error) => {
-                tracing::warn!(error = %error, "cannot listen for SIGTERM");
-                std::future::pending::<()>().await;
-            }
-        }
-    };
+async fn wait_for_shutdown_signal(mut terminate: tokio::signal::unix::Signal, mut interrupt: tokio::signal::unix::Signal) {
     tokio::select! {
-        _ = interrupt => {}
-        _ = terminate => {}
+        _ = interrupt.recv() => {}
+        _ = terminate.recv() => {}
     }
 }
