@@ -97,11 +97,12 @@ pub(crate) enum Outcome {
         status: StatusCode,
         body: Option<Value>,
     },
-    /// Running on: status, optional body, and the operation to poll.
+    /// Running on: status, optional body, and the operation to poll (boxed: it is much
+    /// larger than the other variant).
     Accepted {
         status: StatusCode,
         body: Option<Value>,
-        operation: Operation,
+        operation: Box<Operation>,
     },
 }
 
@@ -637,7 +638,7 @@ impl Arm {
                 Ok(Outcome::Accepted {
                     status,
                     body,
-                    operation,
+                    operation: Box::new(operation),
                 })
             }
         }

@@ -364,10 +364,10 @@ impl DicomServiceResolver for DicomHost {
             let Some((resource_id, keyring, customer_managed)) = found else {
                 return Ok(None);
             };
-            if customer_managed {
-                if let Some(message) = self.monitor.state(&key).and_then(|state| state.data_plane_message()) {
-                    return Err(DicomWebError::Unavailable { code: CUSTOMER_MANAGED_KEY_ACCESS_LOST, message });
-                }
+            if customer_managed
+                && let Some(message) = self.monitor.state(&key).and_then(|state| state.data_plane_message())
+            {
+                return Err(DicomWebError::Unavailable { code: CUSTOMER_MANAGED_KEY_ACCESS_LOST, message });
             }
             Ok(Some(ResolvedService { service_key: key, resource_id, keyring }))
         })

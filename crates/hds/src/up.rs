@@ -165,10 +165,10 @@ pub async fn run(options: UpOptions) -> anyhow::Result<()> {
     // Serve the DICOM services that exist (their keys' state comes from the monitor's store).
     let subscription = ResourceId::subscription(&bootstrap.subscription_id);
     for resource in arm.store().list_within(&subscription).await.context("listing resources")? {
-        if let Some(spec) = hds_providers::stored_spec(&resource, &bootstrap.tenant_id, &public_url) {
-            if let Err(error) = host.restore(&spec).await {
-                tracing::error!(error = %error, "a DICOM service could not be restored");
-            }
+        if let Some(spec) = hds_providers::stored_spec(&resource, &bootstrap.tenant_id, &public_url)
+            && let Err(error) = host.restore(&spec).await
+        {
+            tracing::error!(error = %error, "a DICOM service could not be restored");
         }
     }
 

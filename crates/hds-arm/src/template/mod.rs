@@ -467,7 +467,7 @@ pub(crate) async fn put_deployment(
     Ok(Outcome::Accepted {
         status: StatusCode::CREATED,
         body: Some(record.to_json()),
-        operation,
+        operation: Box::new(operation),
     })
 }
 
