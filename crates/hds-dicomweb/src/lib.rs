@@ -9,6 +9,12 @@
 //!   and the names of query parameters, never their values.
 //! - An instance is acknowledged only after its blob is complete and its index row committed;
 //!   a failure in between leaves at most an unreferenced blob, never a visible half instance.
+//! - Nothing is stored in plaintext: every blob is sealed under its own blob key, wrapped by its
+//!   study's key in the service's [`hds_index::ServiceKeyring`] (`docs/encryption.md`); the
+//!   index seals and tokenizes through the same keyring. A service whose keys are not in memory
+//!   answers `500 CustomerManagedKeyAccessLost` to every data request.
+//! - Integrity failures are never served as data: a blob whose first segment fails answers
+//!   `500 DataIntegrityCheckFailed` before the status line; one that fails later aborts the body.
 #![deny(missing_docs)]
 
 mod error;

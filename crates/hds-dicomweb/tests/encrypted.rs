@@ -26,7 +26,8 @@ const FRAMES: usize = 6;
 const FRAME_BYTES: usize = ROWS as usize * COLUMNS as usize * 2;
 /// Where the stream's segments start and how long each is (64 KiB of plaintext and a tag).
 const HEADER_LEN: usize = hds_crypto::stream::HEADER_LEN;
-const SEALED_SEGMENT: usize = hds_crypto::stream::SEGMENT_SIZE as usize + hds_crypto::stream::TAG_LEN;
+const SEALED_SEGMENT: usize =
+    hds_crypto::stream::SEGMENT_SIZE as usize + hds_crypto::stream::TAG_LEN;
 
 struct Server {
     _directory: tempfile::TempDir,
@@ -40,23 +41,38 @@ async fn server() -> Server {
     let url = format!("sqlite:{}", directory.path().join("index.db").display());
     let database = Database::connect(&url).await.expect("database");
     let keyrings = ServiceKeyrings::default();
-    let index = Index::open(database.clone(), Arc::new(keyrings.clone())).await.expect("index");
+    let index = Index::open(database.clone(), Arc::new(keyrings.clone()))
+        .await
+        .expect("index");
     let blob_directory = directory.path().join("blobs");
     let blobs = BlobStore::local(&blob_directory).expect("blobs");
     let key_encryption_key = LocalRsaKek::generate("test-kek", RsaKeySize::Rsa2048).expect("kek");
     let keyring = keyrings
-        .open_or_create(&database, &StaticServices::service_key("default", "dicom"), Arc::new(key_encryption_key))
+        .open_or_create(
+            &database,
+            &StaticServices::service_key("default", "dicom"),
+            Arc::new(key_encryption_key),
+        )
         .await
         .expect("keyring");
-    let services = StaticServices::default().with("default", "dicom", "/test/dicom", keyring.clone());
+    let services =
+        StaticServices::default().with("default", "dicom", "/test/dicom", keyring.clone());
     let router = hds_dicomweb::router(DicomWebState {
         index,
         blobs,
         services: Arc::new(services),
         access: Arc::new(AllowAll),
-        config: Arc::new(DicomWebConfig { scheme: "http", ..DicomWebConfig::default() }),
+        config: Arc::new(DicomWebConfig {
+            scheme: "http",
+            ..DicomWebConfig::default()
+        }),
     });
-    Server { _directory: directory, blob_directory, router, keyring }
+    Server {
+        _directory: directory,
+        blob_directory,
+        router,
+        keyring,
+    }
 }
 
 struct Instance {
@@ -84,9 +100,15 @@ fn instance(number: u32) -> Instance {
     let study = format!("1.2.826.0.1.3680043.10.9.{number}");
     let series = format!("{study}.1");
     let sop = format!("{series}.1");
-    let pixels: Vec<u8> = (0..FRAMES * FRAME_BYTES).map(|position| (position % 241) as u8).collect();
+    let pixels: Vec<u8> = (0..FRAMES * FRAME_BYTES)
+        .map(|position| (position % 241) as u8)
+        .collect();
     let object = InMemDicomObject::from_element_iter([
-        text(tags::SOP_CLASS_UID, VR::UI, uids::MULTI_FRAME_GRAYSCALE_WORD_SECONDARY_CAPTURE_IMAGE_STORAGE),
+        text(
+            tags::SOP_CLASS_UID,
+            VR::UI,
+            uids::MULTI_FRAME_GRAYSCALE_WORD_SECONDARY_CAPTURE_IMAGE_STORAGE,
+        ),
         text(tags::SOP_INSTANCE_UID, VR::UI, &sop),
         text(tags::STUDY_DATE, VR::DA, "20240101"),
         text(tags::MODALITY, VR::CS, "OT"),
@@ -103,25 +125,47 @@ fn instance(number: u32) -> Instance {
         short(tags::BITS_STORED, 16),
         short(tags::HIGH_BIT, 15),
         short(tags::PIXEL_REPRESENTATION, 0),
-        DataElement::new(tags::PIXEL_DATA, VR::OW, PrimitiveValue::from(pixels.clone())),
+        DataElement::new(
+            tags::PIXEL_DATA,
+            VR::OW,
+            PrimitiveValue::from(pixels.clone()),
+        ),
     ]);
     let file_object = object
         .with_meta(FileMetaTableBuilder::new().transfer_syntax("1.2.840.10008.1.2.1"))
         .expect("meta");
     let mut file = Vec::new();
     file_object.write_all(&mut file).expect("encode");
-    Instance { study, series, sop, file, pixels }
+    Instance {
+        study,
+        series,
+        sop,
+        file,
+        pixels,
+    }
 }
 
 async fn call(router: &Router, request: Request<Body>) -> (StatusCode, Result<Vec<u8>, String>) {
-    let response = router.clone().oneshot(request).await.expect("infallible router");
+    let response = router
+        .clone()
+        .oneshot(request)
+        .await
+        .expect("infallible router");
     let status = response.status();
-    let body = response.into_body().collect().await.map(|collected| collected.to_bytes().to_vec());
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .map(|collected| collected.to_bytes().to_vec());
     (status, body.map_err(|error| error.to_string()))
 }
 
 fn get(uri: &str, accept: &str) -> Request<Body> {
-    Request::get(uri).header("host", "localhost").header("accept", accept).body(Body::empty()).expect("request")
+    Request::get(uri)
+        .header("host", "localhost")
+        .header("accept", accept)
+        .body(Body::empty())
+        .expect("request")
 }
 
 async fn store(server: &Server, instance: &Instance) {
@@ -136,7 +180,10 @@ async fn store(server: &Server, instance: &Instance) {
 }
 
 fn instance_url(instance: &Instance) -> String {
-    format!("{BASE}/studies/{}/series/{}/instances/{}", instance.study, instance.series, instance.sop)
+    format!(
+        "{BASE}/studies/{}/series/{}/instances/{}",
+        instance.study, instance.series, instance.sop
+    )
 }
 
 fn blob_files(directory: &Path) -> Vec<PathBuf> {
@@ -151,7 +198,10 @@ fn blob_files(directory: &Path) -> Vec<PathBuf> {
 
 fn error_code(body: &[u8]) -> String {
     let value: serde_json::Value = serde_json::from_slice(body).expect("JSON error body");
-    value["error"]["code"].as_str().unwrap_or_default().to_owned()
+    value["error"]["code"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned()
 }
 
 #[tokio::test]
@@ -162,16 +212,35 @@ async fn stored_instances_and_frames_come_back_decrypted() {
     let files = blob_files(&server.blob_directory);
     assert_eq!(files.len(), 1);
     let at_rest = std::fs::read(&files[0]).expect("blob");
-    assert!(!at_rest.windows(64).any(|window| window == &stored.pixels[1000..1064]), "pixels in the clear");
+    assert!(
+        !at_rest
+            .windows(64)
+            .any(|window| window == &stored.pixels[1000..1064]),
+        "pixels in the clear"
+    );
 
-    let (status, body) = call(&server.router, get(&instance_url(&stored), "application/dicom")).await;
+    let (status, body) = call(
+        &server.router,
+        get(&instance_url(&stored), "application/dicom"),
+    )
+    .await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(body.expect("body"), stored.file);
     let frame_url = format!("{}/frames/5", instance_url(&stored));
     let (status, body) = call(&server.router, get(&frame_url, "application/octet-stream")).await;
     assert_eq!(status, StatusCode::OK);
-    assert_eq!(body.expect("frame"), stored.pixels[4 * FRAME_BYTES..5 * FRAME_BYTES]);
-    let (status, _) = call(&server.router, get(&format!("{BASE}/studies?PatientID=PID-1"), "application/dicom+json")).await;
+    assert_eq!(
+        body.expect("frame"),
+        stored.pixels[4 * FRAME_BYTES..5 * FRAME_BYTES]
+    );
+    let (status, _) = call(
+        &server.router,
+        get(
+            &format!("{BASE}/studies?PatientID=PID-1"),
+            "application/dicom+json",
+        ),
+    )
+    .await;
     assert_eq!(status, StatusCode::OK);
 }
 
@@ -186,26 +255,60 @@ async fn a_damaged_first_segment_is_a_clean_500_and_a_later_one_aborts_the_body(
     let mut damaged = original.clone();
     damaged[HEADER_LEN + 10] ^= 1;
     std::fs::write(&path, &damaged).expect("damage");
-    let (status, body) = call(&server.router, get(&instance_url(&stored), "application/dicom")).await;
+    let (status, body) = call(
+        &server.router,
+        get(&instance_url(&stored), "application/dicom"),
+    )
+    .await;
     assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
-    assert_eq!(error_code(&body.expect("error body")), "DataIntegrityCheckFailed");
+    assert_eq!(
+        error_code(&body.expect("error body")),
+        "DataIntegrityCheckFailed"
+    );
 
     let mut damaged = original.clone();
     damaged[HEADER_LEN + 2 * SEALED_SEGMENT + 10] ^= 1;
     std::fs::write(&path, &damaged).expect("damage");
-    let (status, body) = call(&server.router, get(&instance_url(&stored), "application/dicom")).await;
-    assert_eq!(status, StatusCode::OK, "the status line went out with the first segment");
+    let (status, body) = call(
+        &server.router,
+        get(&instance_url(&stored), "application/dicom"),
+    )
+    .await;
+    assert_eq!(
+        status,
+        StatusCode::OK,
+        "the status line went out with the first segment"
+    );
     assert!(body.is_err(), "the body must be aborted, not completed");
     let study_url = format!("{BASE}/studies/{}", stored.study);
-    let (status, body) = call(&server.router, get(&study_url, "multipart/related; type=\"application/dicom\"")).await;
+    let (status, body) = call(
+        &server.router,
+        get(&study_url, "multipart/related; type=\"application/dicom\""),
+    )
+    .await;
     assert_eq!(status, StatusCode::OK);
-    assert!(body.is_err(), "a multipart body must end without its closing boundary");
+    assert!(
+        body.is_err(),
+        "a multipart body must end without its closing boundary"
+    );
     // A frame in the intact first segment still opens; one in the damaged segment does not.
-    let (status, _) =
-        call(&server.router, get(&format!("{}/frames/1", instance_url(&stored)), "application/octet-stream")).await;
+    let (status, _) = call(
+        &server.router,
+        get(
+            &format!("{}/frames/1", instance_url(&stored)),
+            "application/octet-stream",
+        ),
+    )
+    .await;
     assert_eq!(status, StatusCode::OK);
-    let (status, _) =
-        call(&server.router, get(&format!("{}/frames/5", instance_url(&stored)), "application/octet-stream")).await;
+    let (status, _) = call(
+        &server.router,
+        get(
+            &format!("{}/frames/5", instance_url(&stored)),
+            "application/octet-stream",
+        ),
+    )
+    .await;
     assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
 }
 
@@ -226,10 +329,17 @@ async fn lost_key_access_answers_customer_managed_key_access_lost() {
     ] {
         let (status, body) = call(&server.router, request).await;
         assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
-        assert_eq!(error_code(&body.expect("error body")), "CustomerManagedKeyAccessLost");
+        assert_eq!(
+            error_code(&body.expect("error body")),
+            "CustomerManagedKeyAccessLost"
+        );
     }
     server.keyring.unlock().await.expect("access is back");
-    let (status, body) = call(&server.router, get(&instance_url(&stored), "application/dicom")).await;
+    let (status, body) = call(
+        &server.router,
+        get(&instance_url(&stored), "application/dicom"),
+    )
+    .await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(body.expect("body"), stored.file);
 }
@@ -249,7 +359,11 @@ async fn deleting_a_study_removes_its_blobs() {
     assert!(blob_files(&server.blob_directory).is_empty());
     // Storing the same study again works under a new study key.
     store(&server, &stored).await;
-    let (status, body) = call(&server.router, get(&instance_url(&stored), "application/dicom")).await;
+    let (status, body) = call(
+        &server.router,
+        get(&instance_url(&stored), "application/dicom"),
+    )
+    .await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(body.expect("body"), stored.file);
 }

@@ -1530,6 +1530,56 @@ mod keys {
         ));
     }
 
+    async fn a_store_under_a_stale_study_key_is_refused(backend: Backend) {
+        let (_dir, database) = fresh_database(backend).await;
+        let blob_dir = tempfile::tempdir().expect("blob dir");
+        let blobs = BlobStore::local(blob_dir.path()).expect("blobs");
+        let (index, _keyrings, keyring) = keyed(&database, CountingKek::new("kek-1")).await;
+        let attempt = |spec: Spec, lease: hds_index::StudyKeyLease| {
+            let index = index.clone();
+            async move {
+                let keys =
+                    lease.seal_blob_key("0123456789abcdef0123456789abcdef", &BlobKey::generate());
+                let parsed = spec.parsed();
+                index
+                    .store_instance(NewInstance {
+                        service: SERVICE,
+                        parsed: &parsed,
+                        blob_name: "0123456789abcdef0123456789abcdef",
+                        size: 1,
+                        keys: &keys,
+                    })
+                    .await
+                    .expect("store")
+            }
+        };
+        // The study is deleted (its key destroyed) between getting the key and storing.
+        let first = Spec::new(20, 1, 1);
+        store_sealed(&index, &keyring, &blobs, &first, b"first").await;
+        let stale = keyring.study_key(&first.study).await.expect("lease");
+        index
+            .delete(SERVICE, DeleteScope::Study(&first.study))
+            .await
+            .expect("delete");
+        let second = Spec::new(20, 1, 2);
+        assert_eq!(
+            attempt(second.clone(), stale).await,
+            StoreOutcome::StudyKeyChanged
+        );
+        let fresh = keyring.study_key(&second.study).await.expect("new lease");
+        assert_eq!(attempt(second, fresh).await, StoreOutcome::Stored);
+        // The root key is rotated between getting the key and storing.
+        let third = Spec::new(21, 1, 1);
+        let stale = keyring.study_key(&third.study).await.expect("lease");
+        keyring.rotate_root_key().await.expect("rotate");
+        assert_eq!(
+            attempt(third.clone(), stale).await,
+            StoreOutcome::StudyKeyChanged
+        );
+        let fresh = keyring.study_key(&third.study).await.expect("new lease");
+        assert_eq!(attempt(third, fresh).await, StoreOutcome::Stored);
+    }
+
     /// Rows for `count` more instances in one study and series, with random tokens and bytes.
     async fn insert_bulk_instances(database: &Database, count: usize) {
         if count == 0 {
@@ -1688,5 +1738,6 @@ mod keys {
         rewrap_costs_the_same_whatever_the_instance_count,
         root_key_rotation_rewraps_study_keys_only,
         deleting_a_study_shreds_its_key,
+        a_store_under_a_stale_study_key_is_refused,
     );
 }
