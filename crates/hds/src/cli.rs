@@ -68,6 +68,13 @@ pub struct UpOptions {
     #[arg(long, env = "HDS_CMK_LOST_ACCESS_LATCH", default_value = "30m", value_parser = parse_duration)]
     pub cmk_lost_access_latch: std::time::Duration,
 
+    /// Trust tokens of another OpenID issuer, so an organisation signs its users in with its
+    /// own identity provider: `ISSUER=JWKS` where JWKS is the issuer's `jwks_uri` (https://...)
+    /// or a file holding its JWKS document. Repeatable; role assignments name its principals by
+    /// their `oid`.
+    #[arg(long = "trust-issuer", env = "HDS_TRUST_ISSUERS", value_delimiter = ' ', value_name = "ISSUER=JWKS")]
+    pub trusted_issuers: Vec<String>,
+
     /// Start empty: skip creating the default vault, key and CMK-encrypted DICOM service.
     #[arg(long, env = "HDS_NO_BOOTSTRAP")]
     pub no_bootstrap: bool,

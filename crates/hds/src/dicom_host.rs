@@ -117,22 +117,34 @@ impl DicomHost {
     }
 
     fn serve(&self, spec: &DicomServiceSpec, key: String, keyring: Arc<ServiceKeyring>, customer_managed: bool) {
-        if customer_managed {
-            self.follow_key_access(&key, keyring.clone());
+        // Every update serves the service again; one follower per keyring is enough.
+        let followed = self
+            .services
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&key)
+            .is_some_and(|hosted| hosted.customer_managed && Arc::ptr_eq(&hosted.keyring, &keyring));
+        if customer_managed && !followed {
+            self.follow_key_access(&key, &keyring);
         }
         let hosted = HostedService { resource_id: spec.resource_id.clone(), service_key: key.clone(), keyring, customer_managed };
         self.services.write().unwrap_or_else(PoisonError::into_inner).insert(key, hosted);
     }
 
     /// Drops a service's unwrapped keys while its key is not accessible, and unlocks them
-    /// again when the monitor sees access come back.
-    fn follow_key_access(&self, key: &str, keyring: Arc<ServiceKeyring>) {
+    /// again when the monitor sees access come back. The follower holds the keyring weakly:
+    /// an update that replaces the keyring (another identity) ends it.
+    fn follow_key_access(&self, key: &str, keyring: &Arc<ServiceKeyring>) {
         let Some(mut changes) = self.monitor.subscribe(key) else {
             return;
         };
         let service = key.to_owned();
+        let keyring = Arc::downgrade(keyring);
         tokio::spawn(async move {
             loop {
+                let Some(keyring) = keyring.upgrade() else {
+                    return;
+                };
                 let healthy = changes.borrow_and_update().is_healthy();
                 if healthy {
                     if let Err(error) = keyring.unlock().await {
@@ -142,6 +154,7 @@ impl DicomHost {
                     keyring.forget();
                     tracing::warn!(service = %service, "key access lost: the service's keys were dropped from memory");
                 }
+                drop(keyring);
                 if changes.changed().await.is_err() {
                     return;
                 }
@@ -197,24 +210,7 @@ impl DicomHost {
         }
         let kek = self.remote_kek(&binding.principal_id, &validated.facts.kid.to_string()).map_err(|error| ArmError::internal(&error))?;
         let keyring = match existing {
-            Some(keyring) => {
-                if keyring.key_encryption_key().key_id() != kek.key_id() {
-                    keyring.rewrap(kek).await.map_err(|error| {
-                        ArmError::new(
-                            StatusCode::BAD_REQUEST,
-                            "KeyRewrapFailed",
-                            format!(
-                                "the service's data keys could not be moved to the new key: the current key must still be accessible while the key changes ({error})"
-                            ),
-                        )
-                    })?;
-                } else {
-                    keyring.unlock().await.map_err(|error| {
-                        ArmError::new(StatusCode::BAD_REQUEST, "KeyAccessDenied", format!("the service's keys could not be unwrapped: {error}"))
-                    })?;
-                }
-                keyring
-            }
+            Some(existing) => self.reopen(&key, existing, kek, &binding.principal_id).await?,
             None => ServiceKeyring::open_or_create(&self.database, &key, kek).await.map_err(|error| {
                 ArmError::new(StatusCode::BAD_REQUEST, "KeyAccessDenied", format!("the service's keys could not be created or unwrapped: {error}"))
             })?,
@@ -226,6 +222,42 @@ impl DicomHost {
         self.monitor.revalidate(&key).await.map_err(|error| ArmError::internal(&error))?;
         self.serve(&spec, key, keyring, true);
         Ok(())
+    }
+
+    /// The keyring of an existing service after an update: its stored root key opened as the
+    /// update's identity, then re-wrapped if the key (version) changed. The identity may differ
+    /// from the one the current keyring was opened with (a move gives the service a new
+    /// system-assigned principal; a user may switch identities), and the old principal may no
+    /// longer exist, so the current keyring's key-encryption key cannot be reused.
+    async fn reopen(
+        &self,
+        key: &str,
+        existing: Arc<ServiceKeyring>,
+        kek: Arc<dyn KeyEncryptionKey>,
+        principal_id: &str,
+    ) -> Result<Arc<ServiceKeyring>, ArmError> {
+        let keyring = match self.stored_key_id(key).await.map_err(|error| ArmError::internal(&error))? {
+            Some(stored) => {
+                let current = self.remote_kek(principal_id, &stored).map_err(|error| ArmError::internal(&error))?;
+                ServiceKeyring::open_or_create(&self.database, key, current).await.map_err(|error| {
+                    ArmError::new(StatusCode::BAD_REQUEST, "KeyAccessDenied", format!("the service's keys could not be unwrapped: {error}"))
+                })?
+            }
+            // Under the platform-managed key: no identity is involved in opening it.
+            None => existing,
+        };
+        if keyring.key_encryption_key().key_id() != kek.key_id() {
+            keyring.rewrap(kek).await.map_err(|error| {
+                ArmError::new(
+                    StatusCode::BAD_REQUEST,
+                    "KeyRewrapFailed",
+                    format!(
+                        "the service's data keys could not be moved to the new key: the current key must still be accessible while the key changes ({error})"
+                    ),
+                )
+            })?;
+        }
+        Ok(keyring)
     }
 
     fn is_customer_managed(&self, key: &str) -> bool {

@@ -18,7 +18,7 @@ use hds_cmk::{
 use hds_crypto::root::RootKey;
 use hds_db::Database;
 use hds_dicomweb::{DicomWebConfig, DicomWebState};
-use hds_identity::{AdminCredentials, Identity, IdentityConfig, MANAGEMENT_AUDIENCE};
+use hds_identity::{AdminCredentials, ExternalIssuer, Identity, IdentityConfig, MANAGEMENT_AUDIENCE};
 use hds_index::{Index, ServiceKeyrings};
 use hds_keyvault::{
     DataPlaneState, KeyVaultService, ServiceConfig as VaultServiceConfig, VaultAddressing, VaultListeners,
@@ -67,7 +67,11 @@ pub async fn run(options: UpOptions) -> anyhow::Result<()> {
         url => url.to_owned(),
     };
     let database = Database::connect(&database_url).await.context("opening the database")?;
-    let identity = Identity::open(database.clone(), root_key.clone(), IdentityConfig::new(&public_url))
+    let mut identity_config = IdentityConfig::new(&public_url);
+    for trusted in &options.trusted_issuers {
+        identity_config = identity_config.with_external_issuer(external_issuer(trusted)?);
+    }
+    let identity = Identity::open(database.clone(), root_key.clone(), identity_config)
         .await
         .context("opening the identity service")?;
     let bootstrap = identity.bootstrap(data_dir).await.context("bootstrapping the tenant and admin")?;
@@ -247,6 +251,18 @@ pub async fn run(options: UpOptions) -> anyhow::Result<()> {
     vault_listeners.shutdown();
     println!("hds stopped");
     Ok(())
+}
+
+/// `ISSUER=JWKS`: a JWKS URL, or a file holding the JWKS document.
+fn external_issuer(text: &str) -> anyhow::Result<ExternalIssuer> {
+    let (issuer, jwks) = text
+        .split_once('=')
+        .with_context(|| format!("--trust-issuer wants ISSUER=JWKS_URL_OR_FILE, not '{text}'"))?;
+    if jwks.starts_with("https://") || jwks.starts_with("http://") {
+        return Ok(ExternalIssuer::from_jwks_url(issuer, jwks));
+    }
+    let document = fs::read_to_string(jwks).with_context(|| format!("reading the JWKS document {jwks}"))?;
+    ExternalIssuer::from_jwks_json(issuer, &document).with_context(|| format!("{jwks} is not a JWKS document"))
 }
 
 fn read_admin(path: &Path) -> anyhow::Result<AdminCredentials> {
