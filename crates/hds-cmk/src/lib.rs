@@ -27,6 +27,7 @@
 #![deny(missing_docs)]
 
 pub mod client;
+pub mod entra;
 pub mod error;
 pub mod monitor;
 pub mod remote;
@@ -42,6 +43,7 @@ pub use monitor::{
     KeyProbe, MonitorConfig, MonitorError, SystemClock, VaultKeyProbe,
 };
 pub use remote::RemoteKek;
+pub use entra::{EntraApplication, EntraTokenSource, RoutedTokenSource};
 pub use token::{CachingTokenSource, TokenSource};
 pub use url::{KeyUrl, KeyUrlError};
 pub use validate::{

@@ -75,6 +75,24 @@ pub struct UpOptions {
     #[arg(long = "trust-issuer", env = "HDS_TRUST_ISSUERS", value_delimiter = ' ', value_name = "ISSUER=JWKS")]
     pub trusted_issuers: Vec<String>,
 
+    /// For customer keys kept in Azure Key Vault (`https://*.vault.azure.net/keys/...`): the
+    /// Microsoft Entra ID tenant of the application hds signs in as.
+    #[arg(long, env = "HDS_AZURE_TENANT_ID")]
+    pub azure_tenant_id: Option<String>,
+
+    /// The Entra ID application (client) id; grant it Key Vault Crypto Service Encryption User
+    /// on the vault.
+    #[arg(long, env = "HDS_AZURE_CLIENT_ID")]
+    pub azure_client_id: Option<String>,
+
+    /// A 0600 file holding the application's client secret.
+    #[arg(long, env = "HDS_AZURE_CLIENT_SECRET_FILE")]
+    pub azure_client_secret_file: Option<PathBuf>,
+
+    /// The Entra ID authority.
+    #[arg(long, env = "HDS_AZURE_AUTHORITY", default_value = hds_cmk::entra::DEFAULT_AUTHORITY)]
+    pub azure_authority: String,
+
     /// Start empty: skip creating the default vault, key and CMK-encrypted DICOM service.
     #[arg(long, env = "HDS_NO_BOOTSTRAP")]
     pub no_bootstrap: bool,

@@ -14,7 +14,7 @@ use axum::http::StatusCode;
 use hds_arm::{ArmError, ArmFuture};
 use hds_blob::{BlobName, BlobStore};
 use hds_cmk::{
-    CUSTOMER_MANAGED_KEY_ACCESS_LOST, KeyAccessMonitor, KeyAccessState as MonitorState, KeyBinding as MonitorBinding,
+    CUSTOMER_MANAGED_KEY_ACCESS_LOST, EntraApplication, KeyAccessMonitor, KeyAccessState as MonitorState, KeyBinding as MonitorBinding,
     KeyUrl, KeyUser, KeyValidator, KeyVaultClient, RemoteKek, TokenSource,
 };
 use hds_crypto::keys::KeyEncryptionKey;
@@ -49,6 +49,7 @@ pub struct DicomHost {
     tokens: Arc<dyn TokenSource>,
     validator: KeyValidator,
     monitor: Arc<KeyAccessMonitor>,
+    azure_application: Option<EntraApplication>,
     services: RwLock<HashMap<String, HostedService>>,
 }
 
@@ -63,7 +64,13 @@ pub struct DicomHostParts {
     pub tokens: Arc<dyn TokenSource>,
     pub validator: KeyValidator,
     pub monitor: Arc<KeyAccessMonitor>,
+    /// The Entra ID application that reaches keys in Azure Key Vault, if configured.
+    pub azure_application: Option<EntraApplication>,
 }
+
+/// Hosts of Azure Key Vault and Managed HSM: keys there are reached as the configured Entra ID
+/// application, since Azure knows none of hds's managed identities.
+const AZURE_KEY_HOST_SUFFIXES: [&str; 2] = [".vault.azure.net", ".managedhsm.azure.net"];
 
 /// `{workspace}/{service}` in lowercase: ARM names compare case-insensitively.
 pub fn service_key(workspace: &str, service: &str) -> String {
@@ -82,6 +89,7 @@ impl DicomHost {
             tokens: parts.tokens,
             validator: parts.validator,
             monitor: parts.monitor,
+            azure_application: parts.azure_application,
             services: RwLock::new(HashMap::new()),
         })
     }
@@ -92,12 +100,11 @@ impl DicomHost {
         let key = service_key(&spec.workspace, &spec.service);
         let (keyring, customer_managed) = match &spec.key {
             Some(binding) => {
+                let (principal_id, tenant_id) = self.key_user(&binding.key_url, &binding.principal_id, &spec.tenant_id);
                 let stored = self.stored_key_id(&key).await?;
                 let kek_url = stored.unwrap_or_else(|| binding.key_url.clone());
-                let kek = self.remote_kek(&binding.principal_id, &kek_url)?;
-                self.monitor
-                    .register(&key, monitor_binding(&binding.key_url, &binding.principal_id, &spec.tenant_id)?)
-                    .await?;
+                let kek = self.remote_kek(&principal_id, &kek_url)?;
+                self.monitor.register(&key, monitor_binding(&binding.key_url, &principal_id, &tenant_id)?).await?;
                 // The vault may be unreachable now: the service then starts locked, and the
                 // monitor unlocks it once access is back.
                 let keyring = match ServiceKeyring::open_or_create(&self.database, &key, kek.clone()).await {
@@ -162,6 +169,20 @@ impl DicomHost {
         });
     }
 
+    /// Who reaches a key and in which tenant: the service's managed identity for keys in hds's
+    /// vaults, the configured Entra ID application for keys in Azure Key Vault.
+    fn key_user(&self, key_url: &str, principal_id: &str, tenant_id: &str) -> (String, String) {
+        let in_azure = KeyUrl::parse(key_url).is_ok_and(|url| {
+            let base = url.vault_base_url();
+            let host = base.trim_start_matches("https://").split(['/', ':']).next().unwrap_or_default().to_owned();
+            AZURE_KEY_HOST_SUFFIXES.iter().any(|suffix| host.ends_with(suffix))
+        });
+        match (&self.azure_application, in_azure) {
+            (Some(application), true) => (application.principal_id(), application.tenant_id.clone()),
+            _ => (principal_id.to_owned(), tenant_id.to_owned()),
+        }
+    }
+
     async fn platform_keyring(&self, key: &str) -> anyhow::Result<Arc<ServiceKeyring>> {
         let kek: Arc<dyn KeyEncryptionKey> = Arc::new(platform_kek(&self.database, &self.root_key, key).await?);
         Ok(ServiceKeyring::open_or_create(&self.database, key, kek).await?)
@@ -200,15 +221,16 @@ impl DicomHost {
             }
             return Ok(());
         };
+        let (principal_id, tenant_id) = self.key_user(&binding.key_url, &binding.principal_id, &spec.tenant_id);
         let validated = self
             .validator
-            .validate(&binding.key_url, KeyUser { principal_id: &binding.principal_id, tenant_id: &spec.tenant_id })
+            .validate(&binding.key_url, KeyUser { principal_id: &principal_id, tenant_id: &tenant_id })
             .await
             .map_err(|error| ArmError::new(StatusCode::BAD_REQUEST, error.code.as_str(), error.message.clone()))?;
         for warning in &validated.warnings {
             tracing::warn!(service = %key, "{warning}");
         }
-        let kek = self.remote_kek(&binding.principal_id, &validated.facts.kid.to_string()).map_err(|error| ArmError::internal(&error))?;
+        let kek = self.remote_kek(&principal_id, &validated.facts.kid.to_string()).map_err(|error| ArmError::internal(&error))?;
         let keyring = match existing {
             Some(existing) => self.reopen(&key, existing, kek, &binding.principal_id).await?,
             None => ServiceKeyring::open_or_create(&self.database, &key, kek).await.map_err(|error| {
@@ -216,7 +238,7 @@ impl DicomHost {
             })?,
         };
         self.keyrings.insert(keyring.clone());
-        let monitor_binding = monitor_binding(&binding.key_url, &binding.principal_id, &spec.tenant_id)
+        let monitor_binding = monitor_binding(&binding.key_url, &principal_id, &tenant_id)
             .map_err(|error| ArmError::internal(&error))?;
         self.monitor.register(&key, monitor_binding).await.map_err(|error| ArmError::internal(&error))?;
         self.monitor.revalidate(&key).await.map_err(|error| ArmError::internal(&error))?;

@@ -12,8 +12,8 @@ use axum::routing::get;
 use hds_arm::{Arm, ArmConfig, ResourceId, Subscription};
 use hds_blob::BlobStore;
 use hds_cmk::{
-    CachingTokenSource, ClientConfig, KeyAccessMonitor, KeyValidator, KeyVaultClient, MonitorConfig, SystemClock,
-    TokenSource, VaultKeyProbe,
+    CachingTokenSource, ClientConfig, EntraApplication, EntraTokenSource, KeyAccessMonitor, KeyValidator,
+    KeyVaultClient, MonitorConfig, RoutedTokenSource, SystemClock, TokenSource, VaultKeyProbe,
 };
 use hds_crypto::root::RootKey;
 use hds_db::Database;
@@ -109,8 +109,14 @@ pub async fn run(options: UpOptions) -> anyhow::Result<()> {
         ..ClientConfig::default()
     })
     .context("creating the key vault client")?;
-    let tokens: Arc<dyn TokenSource> =
-        Arc::new(CachingTokenSource::new(Arc::new(ManagedIdentityTokens { identity: identity.clone() })));
+    let azure_application = azure_application(&options)?;
+    let entra: Option<Arc<dyn TokenSource>> = azure_application.clone().map(|application| {
+        Arc::new(EntraTokenSource::new(application, reqwest::Client::new())) as Arc<dyn TokenSource>
+    });
+    let tokens: Arc<dyn TokenSource> = Arc::new(CachingTokenSource::new(Arc::new(RoutedTokenSource {
+        managed_identities: Arc::new(ManagedIdentityTokens { identity: identity.clone() }),
+        entra,
+    })));
     let validator =
         KeyValidator::new(client.clone(), tokens.clone(), Arc::new(HostedVaults { service: vault_service.clone() }));
     let monitor = Arc::new(
@@ -137,6 +143,7 @@ pub async fn run(options: UpOptions) -> anyhow::Result<()> {
         tokens,
         validator,
         monitor: monitor.clone(),
+        azure_application,
     });
 
     // The control plane, with every resource provider.
@@ -186,6 +193,8 @@ pub async fn run(options: UpOptions) -> anyhow::Result<()> {
     let arm_router = hds_arm::router(arm.clone());
     let app = Router::new()
         .route("/health", get(|| async { "ok" }))
+        .route("/", get(|| async { axum::response::Redirect::temporary("/portal/") }))
+        .merge(hds_portal::router())
         .merge(identity.router())
         .merge(dicomweb)
         .merge(arm_router.clone())
@@ -251,6 +260,30 @@ pub async fn run(options: UpOptions) -> anyhow::Result<()> {
     vault_listeners.shutdown();
     println!("hds stopped");
     Ok(())
+}
+
+/// The Microsoft Entra ID application hds uses for keys kept in Azure Key Vault, if configured.
+fn azure_application(options: &UpOptions) -> anyhow::Result<Option<EntraApplication>> {
+    let (Some(tenant_id), Some(client_id)) = (&options.azure_tenant_id, &options.azure_client_id) else {
+        return Ok(None);
+    };
+    let secret_file = options
+        .azure_client_secret_file
+        .as_ref()
+        .context("--azure-client-id needs --azure-client-secret-file")?;
+    let metadata = fs::metadata(secret_file).with_context(|| format!("reading {}", secret_file.display()))?;
+    if metadata.permissions().mode() & 0o077 != 0 {
+        anyhow::bail!("{} is readable by other users; run chmod 600 on it", secret_file.display());
+    }
+    let secret = zeroize::Zeroizing::new(
+        fs::read_to_string(secret_file).with_context(|| format!("reading {}", secret_file.display()))?.trim().to_owned(),
+    );
+    Ok(Some(EntraApplication {
+        authority: options.azure_authority.clone(),
+        tenant_id: tenant_id.clone(),
+        client_id: client_id.clone(),
+        client_secret: secret,
+    }))
 }
 
 /// `ISSUER=JWKS`: a JWKS URL, or a file holding the JWKS document.

@@ -1,0 +1,1641 @@
+// The hds portal: a hash-routed single-page app over the ARM control plane of this origin.
+//
+// Rules this file keeps (the crate's tests check the first two):
+// - Data never becomes markup: nodes are built with el(), and text is set as text nodes.
+// - The token is kept in sessionStorage only; the client secret is never stored.
+// - Every request goes to this origin (the Content-Security-Policy allows nothing else).
+
+const API_VERSIONS = {
+  subscriptions: "2022-12-01",
+  resources: "2022-09-01",
+  keyVault: "2022-07-01",
+  managedIdentity: "2023-01-31",
+  authorization: "2022-04-01",
+  healthcare: "2023-06-01-preview",
+  resourceHealth: "2023-07-01",
+};
+
+const TYPES = {
+  vault: "microsoft.keyvault/vaults",
+  key: "microsoft.keyvault/vaults/keys",
+  workspace: "microsoft.healthcareapis/workspaces",
+  dicom: "microsoft.healthcareapis/workspaces/dicomservices",
+  identity: "microsoft.managedidentity/userassignedidentities",
+};
+
+const TYPE_LABELS = {
+  [TYPES.vault]: "Key vault",
+  [TYPES.workspace]: "Health Data Services workspace",
+  [TYPES.dicom]: "DICOM service",
+  [TYPES.identity]: "Managed Identity",
+};
+
+/** Key Vault Crypto Service Encryption User: the role the seed document assigns. */
+const CRYPTO_SERVICE_ENCRYPTION_USER = "e147488a-f6f5-4113-8e2d-b22465e65bf6";
+
+const SESSION_KEY = "hds.portal.session";
+const SCOPE_KEY = "hds.portal.scope";
+
+// ---------------------------------------------------------------------------------------------
+// DOM helpers
+
+/**
+ * Creates an element. `props` sets attributes (`class`, `id`, `for`, `type`, `value`, ...)
+ * and event handlers (`onclick`, ...); `children` are nodes or strings, and strings become
+ * text nodes, never markup.
+ */
+function el(tag, props, ...children) {
+  const node = document.createElement(tag);
+  for (const [name, value] of Object.entries(props || {})) {
+    if (value === undefined || value === null || value === false) continue;
+    if (name.startsWith("on") && typeof value === "function") {
+      node.addEventListener(name.slice(2), value);
+    } else if (name === "value") {
+      node.value = value;
+    } else if (name === "checked" || name === "disabled" || name === "selected") {
+      node[name] = Boolean(value);
+    } else {
+      node.setAttribute(name, value === true ? "" : String(value));
+    }
+  }
+  append(node, children);
+  return node;
+}
+
+function append(node, children) {
+  for (const child of children.flat(Infinity)) {
+    if (child === undefined || child === null || child === false) continue;
+    node.append(child instanceof Node ? child : document.createTextNode(String(child)));
+  }
+  return node;
+}
+
+function clear(node) {
+  node.replaceChildren();
+  return node;
+}
+
+/** A link to a portal view: only `#` links are ever built, so no URL comes from data. */
+function link(params, ...children) {
+  return el("a", { href: hashFor(params) }, ...children);
+}
+
+function field(labelText, control, help) {
+  const id = control.id || `field-${Math.random().toString(36).slice(2)}`;
+  control.id = id;
+  return el(
+    "div",
+    { class: "field" },
+    el("label", { for: id }, labelText),
+    el("div", {}, control, help ? el("div", { class: "muted" }, help) : null),
+  );
+}
+
+function notice(kind, ...children) {
+  return el("div", { class: `notice ${kind}`, role: kind === "error" ? "alert" : "status" }, ...children);
+}
+
+/** Shows an API error as the API said it: the code, then the message, verbatim. */
+function errorNotice(error) {
+  if (error instanceof ApiError) {
+    return notice(
+      "error",
+      el("span", { class: "code", "data-error-code": error.code }, error.code),
+      ": ",
+      el("span", { class: "message" }, error.message),
+    );
+  }
+  return notice("error", String(error && error.message ? error.message : error));
+}
+
+function table(headers, rows, emptyText) {
+  return el(
+    "table",
+    {},
+    el("thead", {}, el("tr", {}, headers.map((header) => el("th", {}, header)))),
+    el(
+      "tbody",
+      {},
+      rows.length ? rows : el("tr", {}, el("td", { colspan: headers.length, class: "muted" }, emptyText || "None")),
+    ),
+  );
+}
+
+function radios(name, options, selected, onchange) {
+  return el(
+    "div",
+    { class: "radios", role: "radiogroup" },
+    options.map(([value, text]) =>
+      el(
+        "label",
+        {},
+        el("input", {
+          type: "radio",
+          name,
+          value,
+          checked: value === selected,
+          onchange: () => onchange(value),
+        }),
+        text,
+      ),
+    ),
+  );
+}
+
+function select(id, options, selected, onchange) {
+  const node = el(
+    "select",
+    { id, onchange: (event) => onchange && onchange(event.target.value) },
+    options.map(([value, text]) => el("option", { value, selected: value === selected }, text)),
+  );
+  return node;
+}
+
+function formatTime(value) {
+  if (value === undefined || value === null || value === "") return "";
+  const date = typeof value === "number" ? new Date(value * 1000) : new Date(value);
+  return Number.isNaN(date.getTime()) ? String(value) : date.toLocaleString();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Session: the token in sessionStorage only
+
+function loadSession() {
+  try {
+    const session = JSON.parse(sessionStorage.getItem(SESSION_KEY) || "null");
+    if (session && session.accessToken && (!session.expiresAt || session.expiresAt > Date.now())) {
+      return session;
+    }
+  } catch {
+    // A damaged entry is the same as none.
+  }
+  sessionStorage.removeItem(SESSION_KEY);
+  return null;
+}
+
+function saveSession(session) {
+  sessionStorage.setItem(SESSION_KEY, JSON.stringify(session));
+}
+
+function signOut() {
+  sessionStorage.removeItem(SESSION_KEY);
+  sessionStorage.removeItem(SCOPE_KEY);
+  navigate({ view: "signin" });
+}
+
+function loadScope() {
+  try {
+    return JSON.parse(sessionStorage.getItem(SCOPE_KEY) || "{}") || {};
+  } catch {
+    return {};
+  }
+}
+
+function saveScope(scope) {
+  sessionStorage.setItem(SCOPE_KEY, JSON.stringify(scope));
+}
+
+/** Reads the claims of a JWT for display (tenant, expiry); the server does the verifying. */
+function tokenClaims(token) {
+  try {
+    const payload = token.split(".")[1].replace(/-/g, "+").replace(/_/g, "/");
+    return JSON.parse(atob(payload.padEnd(Math.ceil(payload.length / 4) * 4, "=")));
+  } catch {
+    return {};
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The control plane
+
+class ApiError extends Error {
+  constructor(status, code, message) {
+    super(message);
+    this.status = status;
+    this.code = code;
+  }
+}
+
+/** A resource id as a request path: each segment percent-encoded. */
+function idPath(id) {
+  return id
+    .split("/")
+    .map((segment) => encodeURIComponent(segment))
+    .join("/");
+}
+
+async function readJson(response) {
+  const text = await response.text();
+  if (!text) return null;
+  try {
+    return JSON.parse(text);
+  } catch {
+    return null;
+  }
+}
+
+function errorFrom(status, body) {
+  const error = body && body.error;
+  if (error && error.code) return new ApiError(status, error.code, error.message || "");
+  return new ApiError(status, `HTTP${status}`, `The request failed with status ${status}.`);
+}
+
+/** One control-plane call; follows Azure-AsyncOperation until the operation ends. */
+async function arm(method, path, apiVersion, body) {
+  const session = loadSession();
+  if (!session) {
+    navigate({ view: "signin" });
+    throw new ApiError(401, "NotSignedIn", "Sign in to continue.");
+  }
+  const url = `${path}${path.includes("?") ? "&" : "?"}api-version=${encodeURIComponent(apiVersion)}`;
+  const headers = { Authorization: `Bearer ${session.accessToken}`, Accept: "application/json" };
+  if (body !== undefined) headers["Content-Type"] = "application/json";
+  const response = await fetch(url, {
+    method,
+    headers,
+    body: body === undefined ? undefined : JSON.stringify(body),
+    cache: "no-store",
+    credentials: "omit",
+  });
+  const result = await readJson(response);
+  if (response.status === 401) {
+    sessionStorage.removeItem(SESSION_KEY);
+    throw errorFrom(401, result);
+  }
+  if (!response.ok) throw errorFrom(response.status, result);
+  const operation = response.headers.get("azure-asyncoperation");
+  if ((response.status === 201 || response.status === 202) && operation) {
+    await waitForOperation(operation, session.accessToken);
+    if (method === "PUT" || method === "PATCH") return arm("GET", path, apiVersion);
+  }
+  return result;
+}
+
+async function waitForOperation(operationUrl, accessToken) {
+  const target = new URL(operationUrl, location.href);
+  if (target.origin !== location.origin) return;
+  for (let attempt = 0; attempt < 120; attempt += 1) {
+    const response = await fetch(target.pathname + target.search, {
+      headers: { Authorization: `Bearer ${accessToken}` },
+      cache: "no-store",
+      credentials: "omit",
+    });
+    const body = await readJson(response);
+    if (!response.ok) throw errorFrom(response.status, body);
+    const status = body && body.status;
+    if (status === "Succeeded") return;
+    if (status === "Failed" || status === "Canceled") {
+      throw body.error ? errorFrom(400, body) : new ApiError(400, status, `The operation ${status.toLowerCase()}.`);
+    }
+    await new Promise((resolve) => setTimeout(resolve, 1000));
+  }
+  throw new ApiError(408, "OperationTimedOut", "The operation did not finish in time.");
+}
+
+async function listValue(path, apiVersion) {
+  const result = await arm("GET", path, apiVersion);
+  return (result && result.value) || [];
+}
+
+function parseId(id) {
+  const parts = id.split("/").filter(Boolean);
+  const lower = parts.map((part) => part.toLowerCase());
+  const info = { subscription: parts[1], resourceGroup: null, type: null, name: parts[parts.length - 1] };
+  const groupIndex = lower.indexOf("resourcegroups");
+  if (groupIndex >= 0) info.resourceGroup = parts[groupIndex + 1];
+  const providerIndex = lower.lastIndexOf("providers");
+  if (providerIndex >= 0) {
+    const rest = parts.slice(providerIndex + 1);
+    const typeParts = [rest[0]];
+    for (let index = 1; index < rest.length; index += 2) typeParts.push(rest[index]);
+    info.type = typeParts.join("/").toLowerCase();
+  }
+  return info;
+}
+
+function groupId(subscription, group) {
+  return `/subscriptions/${subscription}/resourceGroups/${group}`;
+}
+
+async function listGroups(subscription) {
+  return listValue(`/subscriptions/${encodeURIComponent(subscription)}/resourcegroups`, API_VERSIONS.resources);
+}
+
+/** Resources of one type across the subscription's resource groups. */
+async function listAcrossGroups(subscription, providerPath, apiVersion) {
+  const groups = await listGroups(subscription);
+  const lists = await Promise.all(
+    groups.map((group) => listValue(`${idPath(group.id)}/providers/${providerPath}`, apiVersion).catch(() => [])),
+  );
+  return lists.flat();
+}
+
+async function listDicomServices(workspaceId) {
+  return listValue(`${idPath(workspaceId)}/dicomservices`, API_VERSIONS.healthcare);
+}
+
+function newGuid() {
+  const bytes = new Uint8Array(16);
+  crypto.getRandomValues(bytes);
+  bytes[6] = (bytes[6] & 0x0f) | 0x40;
+  bytes[8] = (bytes[8] & 0x3f) | 0x80;
+  const hex = Array.from(bytes, (byte) => byte.toString(16).padStart(2, "0")).join("");
+  return `${hex.slice(0, 8)}-${hex.slice(8, 12)}-${hex.slice(12, 16)}-${hex.slice(16, 20)}-${hex.slice(20)}`;
+}
+
+function guidOf(id) {
+  return (id || "").split("/").pop().toLowerCase();
+}
+
+// ---------------------------------------------------------------------------------------------
+// DICOM service identities and encryption
+
+/** The identities a DICOM service has, from its `identity` block. */
+function identitiesOf(service) {
+  const identity = service.identity || {};
+  const kinds = String(identity.type || "None")
+    .split(",")
+    .map((kind) => kind.trim().toLowerCase());
+  return {
+    systemAssigned: kinds.includes("systemassigned"),
+    principalId: identity.principalId || null,
+    userAssigned: Object.entries(identity.userAssignedIdentities || {}).map(([id, value]) => ({
+      id,
+      principalId: (value && value.principalId) || "",
+      clientId: (value && value.clientId) || "",
+    })),
+  };
+}
+
+function identityType(systemAssigned, userAssignedIds) {
+  if (systemAssigned && userAssignedIds.length) return "SystemAssigned,UserAssigned";
+  if (systemAssigned) return "SystemAssigned";
+  if (userAssignedIds.length) return "UserAssigned";
+  return "None";
+}
+
+/** The PUT body that keeps a service as it is apart from `changes`. */
+function servicePutBody(service, changes) {
+  const current = identitiesOf(service);
+  const systemAssigned = changes.systemAssigned ?? current.systemAssigned;
+  const userAssignedIds = changes.userAssignedIds ?? current.userAssigned.map((identity) => identity.id);
+  const identity = { type: identityType(systemAssigned, userAssignedIds) };
+  if (userAssignedIds.length) {
+    identity.userAssignedIdentities = Object.fromEntries(userAssignedIds.map((id) => [id, {}]));
+  }
+  const properties = JSON.parse(JSON.stringify(service.properties || {}));
+  for (const readOnly of [
+    "provisioningState",
+    "serviceUrl",
+    "authenticationConfiguration",
+    "eventState",
+    "privateEndpointConnections",
+  ]) {
+    delete properties[readOnly];
+  }
+  if (changes.encryption !== undefined) {
+    if (changes.encryption === null) delete properties.encryption;
+    else properties.encryption = changes.encryption;
+  }
+  const body = { location: service.location, identity, properties };
+  if (service.tags) body.tags = service.tags;
+  return body;
+}
+
+function keyUrlOf(service) {
+  const encryption = (service.properties && service.properties.encryption) || {};
+  return (encryption.customerManagedKeyEncryption || {}).keyEncryptionKeyUrl || "";
+}
+
+function keyIdentityOf(service) {
+  const encryption = (service.properties && service.properties.encryption) || {};
+  return (encryption.customerManagedKeyEncryption || {}).keyEncryptionKeyIdentity || null;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Routing
+
+function hashFor(params) {
+  const search = new URLSearchParams();
+  for (const [name, value] of Object.entries(params)) {
+    if (value !== undefined && value !== null && value !== "") search.set(name, value);
+  }
+  return `#${search.toString()}`;
+}
+
+function currentParams() {
+  return Object.fromEntries(new URLSearchParams(location.hash.slice(1)));
+}
+
+function navigate(params) {
+  const hash = hashFor(params);
+  if (location.hash === hash) render();
+  else location.hash = hash;
+}
+
+const MENUS = {
+  [TYPES.vault]: [
+    ["vault-overview", "Overview"],
+    ["vault-iam", "Access control (IAM)"],
+    ["vault-keys", "Keys"],
+  ],
+  [TYPES.dicom]: [
+    ["dicom-overview", "Overview"],
+    ["dicom-identity", "Identity"],
+    ["dicom-encryption", "Encryption"],
+    ["dicom-health", "Resource health"],
+  ],
+  [TYPES.workspace]: [
+    ["workspace-overview", "Overview"],
+    ["create-dicom", "Create DICOM service"],
+  ],
+  [TYPES.identity]: [["identity-overview", "Overview"]],
+};
+
+const VIEWS = {
+  signin: renderSignIn,
+  home: renderHome,
+  "vault-overview": renderOverview,
+  "vault-iam": renderVaultAccessControl,
+  "vault-keys": renderVaultKeys,
+  "dicom-overview": renderOverview,
+  "dicom-identity": renderDicomIdentity,
+  "dicom-encryption": renderDicomEncryption,
+  "dicom-health": renderDicomHealth,
+  "workspace-overview": renderWorkspace,
+  "create-dicom": renderCreateDicom,
+  "identity-overview": renderOverview,
+};
+
+let renderGeneration = 0;
+
+/** Runs the view for the current hash; a later navigation makes earlier renders give up. */
+async function render() {
+  const generation = ++renderGeneration;
+  const params = currentParams();
+  const session = loadSession();
+  let view = params.view || "home";
+  if (!session) view = "signin";
+  if (!VIEWS[view]) view = "home";
+  renderAccount(session);
+  renderMenu(view, params);
+  renderCrumbs(view, params);
+  const main = clear(document.getElementById("main"));
+  const page = el("div", { class: "page", "data-view": view });
+  main.append(page);
+  const context = {
+    params,
+    session,
+    page,
+    stale: () => generation !== renderGeneration,
+  };
+  try {
+    await VIEWS[view](context);
+  } catch (error) {
+    if (context.stale()) return;
+    if (error instanceof ApiError && error.status === 401) {
+      navigate({ view: "signin", reason: "expired" });
+      return;
+    }
+    page.append(errorNotice(error));
+  }
+}
+
+function renderAccount(session) {
+  const account = clear(document.getElementById("account"));
+  if (!session) return;
+  append(account, [
+    el("span", { class: "mono", title: "Signed in" }, session.displayName || session.clientId || "signed in"),
+    el("button", { type: "button", onclick: signOut, id: "sign-out" }, "Sign out"),
+  ]);
+}
+
+function renderMenu(view, params) {
+  const menu = clear(document.getElementById("menu"));
+  if (!params.id || view === "signin") return;
+  const info = parseId(params.id);
+  const items = MENUS[info.type];
+  if (!items) return;
+  append(menu, [
+    el("div", { class: "title" }, info.name),
+    el("div", { class: "kind" }, TYPE_LABELS[info.type] || info.type),
+    items.map(([itemView, text]) =>
+      el(
+        "a",
+        { href: hashFor({ view: itemView, id: params.id }), class: itemView === view ? "active" : null },
+        text,
+      ),
+    ),
+  ]);
+}
+
+function renderCrumbs(view, params) {
+  const crumbs = clear(document.getElementById("crumbs"));
+  if (view === "signin") return;
+  const parts = [link({ view: "home" }, "Home")];
+  if (params.id) {
+    const info = parseId(params.id);
+    if (info.resourceGroup) parts.push(link({ view: "home", group: info.resourceGroup }, info.resourceGroup));
+    const items = MENUS[info.type] || [];
+    parts.push(link({ view: (items[0] || ["home"])[0], id: params.id }, info.name));
+    const current = items.find(([itemView]) => itemView === view);
+    if (current && current !== items[0]) parts.push(el("span", {}, current[1]));
+  }
+  parts.forEach((part, index) => {
+    if (index) crumbs.append(el("span", { class: "sep" }, "›"));
+    crumbs.append(part);
+  });
+}
+
+function heading(page, title, subtitle) {
+  page.append(el("h1", {}, title));
+  if (subtitle) page.append(el("div", { class: "subtitle" }, subtitle));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Sign in
+
+async function renderSignIn({ page, params }) {
+  const scope = loadScope();
+  const status = el("div", {});
+  const tenant = el("input", { type: "text", id: "tenant-id", autocomplete: "off", value: scope.tenant || "" });
+  const clientId = el("input", { type: "text", id: "client-id", autocomplete: "username" });
+  const secret = el("input", { type: "password", id: "client-secret", autocomplete: "current-password" });
+  const pasted = el("textarea", { id: "access-token", placeholder: "eyJ…", spellcheck: "false" });
+  let mode = "secret";
+  const secretForm = el(
+    "div",
+    {},
+    field("Tenant ID", tenant),
+    field("Client ID", clientId),
+    field("Client secret", secret, "Sent once to this server's token service; not stored."),
+  );
+  const tokenForm = el("div", { hidden: true }, field("Access token", pasted, "For https://management.azure.com."));
+
+  const submit = async (event) => {
+    event.preventDefault();
+    clear(status);
+    button.disabled = true;
+    try {
+      const session = mode === "secret" ? await tokenFromSecret(tenant.value.trim(), clientId.value.trim(), secret.value) : sessionFromToken(pasted.value.trim());
+      secret.value = "";
+      saveSession(session);
+      saveScope({ ...loadScope(), tenant: session.tenant });
+      navigate({ view: "home" });
+    } catch (error) {
+      status.append(errorNotice(error));
+    } finally {
+      button.disabled = false;
+    }
+  };
+  const button = el("button", { type: "submit", class: "primary", id: "sign-in" }, "Sign in");
+  const form = el(
+    "form",
+    { class: "card", onsubmit: submit, autocomplete: "off" },
+    el("h1", {}, "Sign in"),
+    el("div", { class: "subtitle" }, "Use a service principal's client credentials, or paste a management token."),
+    params.reason === "expired" ? notice("info", "Your session ended. Sign in again.") : null,
+    radios("signin-mode", [["secret", "Client secret"], ["token", "Access token"]], mode, (value) => {
+      mode = value;
+      secretForm.hidden = value !== "secret";
+      tokenForm.hidden = value !== "token";
+    }),
+    secretForm,
+    tokenForm,
+    el("div", { class: "toolbar" }, button),
+    status,
+  );
+  page.classList.add("signin");
+  page.append(form);
+}
+
+async function tokenFromSecret(tenant, clientId, clientSecret) {
+  if (!/^[A-Za-z0-9.-]+$/.test(tenant)) throw new ApiError(400, "InvalidTenant", "Enter the tenant ID.");
+  if (!clientId || !clientSecret) throw new ApiError(400, "MissingCredentials", "Enter the client ID and secret.");
+  const form = new URLSearchParams({
+    grant_type: "client_credentials",
+    client_id: clientId,
+    client_secret: clientSecret,
+    scope: "https://management.azure.com/.default",
+  });
+  const response = await fetch(`/${encodeURIComponent(tenant)}/oauth2/v2.0/token`, {
+    method: "POST",
+    headers: { "Content-Type": "application/x-www-form-urlencoded" },
+    body: form.toString(),
+    cache: "no-store",
+    credentials: "omit",
+  });
+  const body = await readJson(response);
+  if (!response.ok || !body || !body.access_token) {
+    if (body && body.error) {
+      throw new ApiError(response.status, String(body.error), String(body.error_description || ""));
+    }
+    throw errorFrom(response.status, body);
+  }
+  return {
+    accessToken: body.access_token,
+    expiresAt: Date.now() + (Number(body.expires_in) || 3600) * 1000 - 60000,
+    tenant,
+    clientId,
+    displayName: clientId,
+  };
+}
+
+function sessionFromToken(token) {
+  if (!/^[A-Za-z0-9._-]+$/.test(token)) throw new ApiError(400, "InvalidToken", "Paste a bearer token (a JWT).");
+  const claims = tokenClaims(token);
+  return {
+    accessToken: token,
+    expiresAt: claims.exp ? claims.exp * 1000 : null,
+    tenant: claims.tid || "",
+    clientId: claims.appid || claims.azp || claims.sub || "",
+    displayName: claims.appid || claims.azp || claims.sub || "token",
+  };
+}
+
+// ---------------------------------------------------------------------------------------------
+// Home: the resources of a resource group
+
+async function renderHome(context) {
+  const { page, params } = context;
+  heading(page, "Resources", "Key vaults, DICOM services and managed identities.");
+  const scope = loadScope();
+  const subscriptions = await listValue("/subscriptions", API_VERSIONS.subscriptions);
+  if (context.stale()) return;
+  if (!subscriptions.length) {
+    page.append(notice("info", "No subscription is visible to this identity."));
+    return;
+  }
+  const subscription =
+    subscriptions.find((item) => item.subscriptionId === (params.subscription || scope.subscription)) || subscriptions[0];
+  const groups = await listGroups(subscription.subscriptionId);
+  if (context.stale()) return;
+  const groupName = params.group || scope.group;
+  const group = groups.find((item) => item.name.toLowerCase() === (groupName || "").toLowerCase()) || groups[0];
+  saveScope({ ...scope, subscription: subscription.subscriptionId, group: group && group.name });
+
+  page.append(
+    field(
+      "Subscription",
+      select(
+        "subscription",
+        subscriptions.map((item) => [item.subscriptionId, `${item.displayName} (${item.subscriptionId})`]),
+        subscription.subscriptionId,
+        (value) => navigate({ view: "home", subscription: value }),
+      ),
+    ),
+  );
+  if (!group) {
+    page.append(notice("info", "This subscription has no resource group."));
+    return;
+  }
+  page.append(
+    field(
+      "Resource group",
+      select(
+        "resource-group",
+        groups.map((item) => [item.name, item.name]),
+        group.name,
+        (value) => navigate({ view: "home", subscription: subscription.subscriptionId, group: value }),
+      ),
+    ),
+  );
+
+  const base = idPath(group.id);
+  const [resources, identities] = await Promise.all([
+    listValue(`${base}/resources`, API_VERSIONS.resources),
+    listValue(`${base}/providers/Microsoft.ManagedIdentity/userAssignedIdentities`, API_VERSIONS.managedIdentity),
+  ]);
+  const workspaces = resources.filter((resource) => resource.type.toLowerCase() === TYPES.workspace);
+  const services = (await Promise.all(workspaces.map((workspace) => listDicomServices(workspace.id)))).flat();
+  if (context.stale()) return;
+  const seen = new Set();
+  const all = [...resources, ...services, ...identities].filter((resource) => {
+    const key = resource.id.toLowerCase();
+    if (seen.has(key)) return false;
+    seen.add(key);
+    return true;
+  });
+  all.sort((left, right) => left.type.localeCompare(right.type) || left.name.localeCompare(right.name));
+  const rows = all.map((resource) => {
+    const type = resource.type.toLowerCase();
+    const menu = MENUS[type];
+    const name = menu ? link({ view: menu[0][0], id: resource.id }, resource.name) : resource.name;
+    const parent = type === TYPES.dicom ? parseId(resource.id) : null;
+    return el(
+      "tr",
+      { "data-resource-id": resource.id },
+      el("td", {}, name, parent ? el("span", { class: "muted" }, ` (${resource.id.split("/")[8]})`) : null),
+      el("td", {}, TYPE_LABELS[type] || resource.type),
+      el("td", {}, resource.location || ""),
+      el(
+        "td",
+        {},
+        type === TYPES.workspace ? link({ view: "create-dicom", id: resource.id }, "+ Create DICOM service") : null,
+      ),
+    );
+  });
+  page.append(el("h2", {}, `${all.length} resources`), table(["Name", "Type", "Location", ""], rows, "No resources"));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Overview (any resource)
+
+async function renderOverview(context) {
+  const { page, params } = context;
+  const info = parseId(params.id);
+  const resource = await arm("GET", idPath(params.id), apiVersionFor(info.type));
+  if (context.stale()) return;
+  heading(page, resource.name, TYPE_LABELS[info.type] || resource.type);
+  const rows = [
+    ["Resource group", info.resourceGroup],
+    ["Location", resource.location],
+    ["Subscription ID", info.subscription],
+    ["Resource ID", resource.id],
+  ];
+  const properties = resource.properties || {};
+  if (info.type === TYPES.vault) {
+    rows.push(["Vault URI", properties.vaultUri]);
+    rows.push(["Soft delete", properties.enableSoftDelete === false ? "Disabled" : "Enabled"]);
+    rows.push(["Purge protection", properties.enablePurgeProtection ? "Enabled" : "Disabled"]);
+    rows.push(["Permission model", properties.enableRbacAuthorization ? "Azure role-based access control" : "Vault access policy"]);
+  } else if (info.type === TYPES.dicom) {
+    rows.push(["Service URL", properties.serviceUrl]);
+    rows.push(["Provisioning state", properties.provisioningState]);
+    rows.push(["Encryption", keyUrlOf(resource) ? "Customer-managed key" : "Service-managed key"]);
+    rows.push(["Identity type", (resource.identity && resource.identity.type) || "None"]);
+  } else if (info.type === TYPES.identity) {
+    rows.push(["Principal ID", properties.principalId]);
+    rows.push(["Client ID", properties.clientId]);
+    rows.push(["Tenant ID", properties.tenantId]);
+  }
+  page.append(
+    el(
+      "dl",
+      { class: "kv card" },
+      rows.filter(([, value]) => value !== undefined && value !== null).map(([name, value]) => [el("dt", {}, name), el("dd", { class: name.endsWith("ID") || name.endsWith("URL") || name.endsWith("URI") ? "mono" : null }, value)]),
+    ),
+  );
+}
+
+function apiVersionFor(type) {
+  if (type === TYPES.vault || type === TYPES.key) return API_VERSIONS.keyVault;
+  if (type === TYPES.identity) return API_VERSIONS.managedIdentity;
+  if (type === TYPES.workspace || type === TYPES.dicom) return API_VERSIONS.healthcare;
+  return API_VERSIONS.resources;
+}
+
+async function renderWorkspace(context) {
+  const { page, params } = context;
+  const workspace = await arm("GET", idPath(params.id), API_VERSIONS.healthcare);
+  const services = await listDicomServices(params.id);
+  if (context.stale()) return;
+  heading(page, workspace.name, "Health Data Services workspace");
+  page.append(
+    el("div", { class: "toolbar" }, el("button", { type: "button", class: "primary", onclick: () => navigate({ view: "create-dicom", id: params.id }) }, "+ Create DICOM service")),
+    el("h2", {}, "DICOM services"),
+    table(
+      ["Name", "Encryption", "Service URL"],
+      services.map((service) =>
+        el(
+          "tr",
+          {},
+          el("td", {}, link({ view: "dicom-overview", id: service.id }, service.name)),
+          el("td", {}, keyUrlOf(service) ? "Customer-managed key" : "Service-managed key"),
+          el("td", { class: "mono" }, (service.properties || {}).serviceUrl || ""),
+        ),
+      ),
+      "No DICOM services",
+    ),
+  );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Key vault: Access control (IAM)
+
+/** Names for principals this portal can see: DICOM services' and user-assigned identities. */
+async function principalDirectory(subscription) {
+  const directory = new Map();
+  const groups = await listGroups(subscription);
+  await Promise.all(
+    groups.map(async (group) => {
+      const base = idPath(group.id);
+      const [identities, workspaces] = await Promise.all([
+        listValue(`${base}/providers/Microsoft.ManagedIdentity/userAssignedIdentities`, API_VERSIONS.managedIdentity).catch(() => []),
+        listValue(`${base}/providers/Microsoft.HealthcareApis/workspaces`, API_VERSIONS.healthcare).catch(() => []),
+      ]);
+      for (const identity of identities) {
+        const principalId = (identity.properties || {}).principalId;
+        if (principalId) {
+          directory.set(principalId, { name: identity.name, kind: "User-assigned managed identity", id: identity.id });
+        }
+      }
+      const services = (await Promise.all(workspaces.map((workspace) => listDicomServices(workspace.id).catch(() => [])))).flat();
+      for (const service of services) {
+        const principalId = service.identity && service.identity.principalId;
+        if (principalId) directory.set(principalId, { name: service.name, kind: "DICOM service (system-assigned)", id: service.id });
+      }
+    }),
+  );
+  return directory;
+}
+
+async function renderVaultAccessControl(context) {
+  const { page, params } = context;
+  const info = parseId(params.id);
+  const scopePath = idPath(params.id);
+  const [vault, assignments, definitions, directory] = await Promise.all([
+    arm("GET", scopePath, API_VERSIONS.keyVault),
+    listValue(`${scopePath}/providers/Microsoft.Authorization/roleAssignments`, API_VERSIONS.authorization),
+    listValue(`${scopePath}/providers/Microsoft.Authorization/roleDefinitions`, API_VERSIONS.authorization),
+    principalDirectory(info.subscription),
+  ]);
+  if (context.stale()) return;
+  const roleNames = new Map(definitions.map((definition) => [definition.name.toLowerCase(), definition.properties.roleName]));
+  const signedIn = tokenClaims(context.session.accessToken).oid;
+  if (signedIn && !directory.has(signedIn)) {
+    directory.set(signedIn, { name: `${context.session.displayName || "You"} (you)`, kind: "Service principal" });
+  }
+  heading(page, "Access control (IAM)", vault.name);
+  const wizardHost = el("div", {});
+  const statusHost = el("div", {});
+  page.append(
+    el(
+      "div",
+      { class: "toolbar" },
+      el("button", { type: "button", class: "primary", id: "add-role-assignment", onclick: () => openWizard() }, "+ Add role assignment"),
+      el("button", { type: "button", onclick: () => render() }, "Refresh"),
+    ),
+    statusHost,
+    wizardHost,
+  );
+  if (params.assigned) statusHost.append(notice("success", "Role assignment added."));
+
+  const vaultScope = params.id.toLowerCase();
+  const rows = assignments.map((assignment) => {
+    const properties = assignment.properties || {};
+    const known = directory.get(properties.principalId);
+    const scope = (properties.scope || "").toLowerCase();
+    const scopeText = scope === vaultScope ? "This resource" : vaultScope.startsWith(`${scope}/`) ? "Inherited" : "Child resource";
+    return el(
+      "tr",
+      { "data-principal-id": properties.principalId, "data-role-definition": guidOf(properties.roleDefinitionId) },
+      el("td", {}, known ? known.name : el("span", { class: "mono" }, properties.principalId)),
+      el("td", {}, known ? known.kind : properties.principalType || ""),
+      el("td", { class: "mono" }, properties.principalId),
+      el("td", { class: "role" }, roleNames.get(guidOf(properties.roleDefinitionId)) || guidOf(properties.roleDefinitionId)),
+      el("td", { title: properties.scope || "" }, scopeText),
+    );
+  });
+  page.append(
+    el("h2", {}, "Role assignments"),
+    table(["Name", "Type", "Principal ID", "Role", "Scope"], rows, "No role assignments"),
+  );
+
+  function openWizard() {
+    clear(wizardHost);
+    wizardHost.append(roleAssignmentWizard(params.id, definitions, info.subscription, statusHost));
+  }
+}
+
+function roleAssignmentWizard(scopeId, definitions, subscription, statusHost) {
+  const state = { step: "role", role: null, member: null, memberKind: "dicom", filter: "" };
+  const root = el("div", { class: "card", id: "role-assignment-wizard" });
+  const steps = [
+    ["role", "Role"],
+    ["members", "Members"],
+    ["review", "Review + assign"],
+  ];
+
+  function draw() {
+    clear(root);
+    root.append(
+      el("h2", {}, "Add role assignment"),
+      el("div", { class: "steps" }, steps.map(([step, text]) => el("span", { class: step === state.step ? "active" : null }, text))),
+    );
+    if (state.step === "role") drawRole();
+    else if (state.step === "members") drawMembers();
+    else drawReview();
+  }
+
+  function drawRole() {
+    const search = el("input", { type: "text", id: "role-search", placeholder: "Search by role name", value: state.filter });
+    const body = el("tbody", {});
+    const fill = () => {
+      clear(body);
+      const needle = state.filter.toLowerCase();
+      const shown = definitions
+        .filter((definition) => definition.properties.roleName.toLowerCase().includes(needle))
+        .sort((left, right) => left.properties.roleName.localeCompare(right.properties.roleName));
+      for (const definition of shown) {
+        const selected = state.role && state.role.name === definition.name;
+        body.append(
+          el(
+            "tr",
+            {
+              class: `selectable${selected ? " selected" : ""}`,
+              "data-role-name": definition.properties.roleName,
+              onclick: () => {
+                state.role = definition;
+                fill();
+                next.disabled = false;
+              },
+            },
+            el("td", {}, el("input", { type: "radio", name: "role", checked: selected, "aria-label": definition.properties.roleName })),
+            el("td", {}, definition.properties.roleName),
+            el("td", { class: "muted" }, definition.properties.description || ""),
+          ),
+        );
+      }
+    };
+    search.addEventListener("input", () => {
+      state.filter = search.value;
+      fill();
+    });
+    const next = el("button", { type: "button", class: "primary", id: "wizard-next", disabled: !state.role, onclick: () => { state.step = "members"; draw(); } }, "Next");
+    fill();
+    root.append(
+      search,
+      el("table", {}, el("thead", {}, el("tr", {}, el("th", {}, ""), el("th", {}, "Name"), el("th", {}, "Description"))), body),
+      el("div", { class: "toolbar" }, next),
+    );
+  }
+
+  function drawMembers() {
+    const paneHost = el("div", {});
+    const chosen = state.member
+      ? el("div", { class: "notice info", id: "selected-member" }, `${state.member.name} — ${state.member.kind} — `, el("span", { class: "mono" }, state.member.principalId))
+      : el("div", { class: "muted" }, "No members selected.");
+    root.append(
+      el("div", { class: "field" }, el("span", { class: "label" }, "Selected role"), el("span", {}, state.role.properties.roleName)),
+      el("div", { class: "field" }, el("span", { class: "label" }, "Assign access to"), radios("assign-to", [["managed", "Managed identity"]], "managed", () => {})),
+      el("div", { class: "field" }, el("span", { class: "label" }, "Members"), el("div", {}, el("button", { type: "button", id: "select-members", onclick: () => openPane(paneHost) }, "+ Select members"), chosen)),
+      paneHost,
+      el(
+        "div",
+        { class: "toolbar" },
+        el("button", { type: "button", onclick: () => { state.step = "role"; draw(); } }, "Previous"),
+        el("button", { type: "button", class: "primary", id: "wizard-review", disabled: !state.member, onclick: () => { state.step = "review"; draw(); } }, "Review + assign"),
+      ),
+    );
+  }
+
+  async function openPane(paneHost) {
+    clear(paneHost);
+    const pane = el("div", { class: "pane", id: "select-managed-identities" }, el("h2", {}, "Select managed identities"), el("p", { class: "muted" }, "Loading…"));
+    paneHost.append(pane);
+    try {
+      const candidates = await memberCandidates(subscription);
+      let kind = state.memberKind;
+      let picked = null;
+      const list = el("tbody", {});
+      const fill = () => {
+        clear(list);
+        for (const candidate of candidates.filter((item) => item.group === kind)) {
+          list.append(
+            el(
+              "tr",
+              {
+                class: `selectable${picked === candidate ? " selected" : ""}`,
+                "data-member-name": candidate.name,
+                onclick: () => {
+                  picked = candidate;
+                  fill();
+                  choose.disabled = false;
+                },
+              },
+              el("td", {}, candidate.name),
+              el("td", { class: "mono" }, candidate.principalId),
+            ),
+          );
+        }
+        if (!list.childElementCount) list.append(el("tr", {}, el("td", { colspan: 2, class: "muted" }, "No managed identities of this kind.")));
+      };
+      const choose = el("button", { type: "button", class: "primary", id: "select-member-confirm", disabled: true, onclick: () => { state.member = picked; state.memberKind = kind; draw(); } }, "Select");
+      clear(pane);
+      append(pane, [
+        el("h2", {}, "Select managed identities"),
+        field(
+          "Managed identity",
+          select(
+            "managed-identity-kind",
+            [
+              ["dicom", "DICOM service"],
+              ["user", "User-assigned managed identity"],
+            ],
+            kind,
+            (value) => {
+              kind = value;
+              picked = null;
+              choose.disabled = true;
+              fill();
+            },
+          ),
+        ),
+        el("table", {}, el("thead", {}, el("tr", {}, el("th", {}, "Name"), el("th", {}, "Principal ID"))), list),
+        el("div", { class: "toolbar" }, choose, el("button", { type: "button", onclick: () => clear(paneHost) }, "Close")),
+      ]);
+      fill();
+    } catch (error) {
+      clear(pane).append(errorNotice(error));
+    }
+  }
+
+  function drawReview() {
+    const status = el("div", {});
+    const assign = el("button", { type: "button", class: "primary", id: "review-assign", onclick: submit }, "Review + assign");
+    root.append(
+      el(
+        "dl",
+        { class: "kv" },
+        el("dt", {}, "Role"),
+        el("dd", {}, state.role.properties.roleName),
+        el("dt", {}, "Scope"),
+        el("dd", { class: "mono" }, scopeId),
+        el("dt", {}, "Members"),
+        el("dd", {}, `${state.member.name} (${state.member.kind})`),
+        el("dt", {}, "Object ID"),
+        el("dd", { class: "mono" }, state.member.principalId),
+      ),
+      status,
+      el("div", { class: "toolbar" }, el("button", { type: "button", onclick: () => { state.step = "members"; draw(); } }, "Previous"), assign),
+    );
+
+    async function submit() {
+      assign.disabled = true;
+      clear(status);
+      try {
+        await arm("PUT", `${idPath(scopeId)}/providers/Microsoft.Authorization/roleAssignments/${newGuid()}`, API_VERSIONS.authorization, {
+          properties: {
+            roleDefinitionId: state.role.id,
+            principalId: state.member.principalId,
+            principalType: "ServicePrincipal",
+          },
+        });
+        navigate({ view: "vault-iam", id: scopeId, assigned: Date.now() });
+      } catch (error) {
+        status.append(errorNotice(error));
+        assign.disabled = false;
+      }
+    }
+  }
+
+  draw();
+  return root;
+}
+
+async function memberCandidates(subscription) {
+  const directory = await principalDirectory(subscription);
+  return Array.from(directory.entries())
+    .map(([principalId, entry]) => ({
+      principalId,
+      name: entry.name,
+      kind: entry.kind,
+      group: entry.kind.startsWith("DICOM") ? "dicom" : "user",
+    }))
+    .sort((left, right) => left.name.localeCompare(right.name));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Key vault: Keys
+
+async function renderVaultKeys(context) {
+  const { page, params } = context;
+  const keys = await listValue(`${idPath(params.id)}/keys`, API_VERSIONS.keyVault);
+  if (context.stale()) return;
+  const key = params.key ? keys.find((item) => item.name === params.key) : null;
+  if (!key) {
+    heading(page, "Keys", parseId(params.id).name);
+    page.append(
+      table(
+        ["Name", "Type", "Size", "Status", "Updated"],
+        keys.map((item) => {
+          const properties = item.properties || {};
+          const attributes = properties.attributes || {};
+          return el(
+            "tr",
+            { "data-key-name": item.name },
+            el("td", {}, link({ view: "vault-keys", id: params.id, key: item.name }, item.name)),
+            el("td", {}, properties.kty || ""),
+            el("td", {}, properties.keySize ? String(properties.keySize) : ""),
+            el("td", {}, attributes.enabled === false ? "Disabled" : "Enabled"),
+            el("td", {}, formatTime(attributes.updated)),
+          );
+        }),
+        "No keys",
+      ),
+    );
+    return;
+  }
+  const properties = key.properties || {};
+  const attributes = properties.attributes || {};
+  const versionUrl = properties.keyUriWithVersion || "";
+  const version = versionUrl.split("/").pop();
+  if (!params.version) {
+    heading(page, key.name, "Versions");
+    page.append(
+      el("p", { class: "muted" }, "The control plane shows a key's current version; older versions are listed by the vault's data plane."),
+      table(
+        ["Version", "Status", "Activation date", "Created"],
+        [
+          el(
+            "tr",
+            { "data-key-version": version },
+            el("td", { class: "mono" }, el("span", { class: "muted" }, "CURRENT VERSION "), link({ view: "vault-keys", id: params.id, key: key.name, version }, version)),
+            el("td", {}, attributes.enabled === false ? "Disabled" : "Enabled"),
+            el("td", {}, formatTime(attributes.nbf) || "—"),
+            el("td", {}, formatTime(attributes.created)),
+          ),
+        ],
+      ),
+    );
+    return;
+  }
+  heading(page, `${key.name} / ${params.version}`, "Key version");
+  if (params.version !== version) {
+    page.append(notice("info", "This is not the key's current version; the control plane shows only the current one."));
+    return;
+  }
+  const identifier = el("input", { type: "text", id: "key-identifier", readonly: true, value: versionUrl, class: "mono" });
+  const copied = el("span", { class: "muted", id: "copy-status", role: "status" });
+  const copy = el("button", { type: "button", id: "copy-key-identifier", title: "Copy to clipboard", onclick: () => copyText(identifier, copied) }, "Copy");
+  page.append(
+    el(
+      "div",
+      { class: "card" },
+      el("div", { class: "field" }, el("label", { for: "key-identifier" }, "Key Identifier"), el("div", { class: "copy-row" }, identifier, copy)),
+      el("div", { class: "field" }, el("span", { class: "label" }, ""), copied),
+      el(
+        "dl",
+        { class: "kv" },
+        el("dt", {}, "Key type"),
+        el("dd", {}, properties.kty || ""),
+        el("dt", {}, "Key size"),
+        el("dd", {}, String(properties.keySize || "")),
+        el("dt", {}, "Permitted operations"),
+        el("dd", {}, (properties.keyOps || []).join(", ")),
+        el("dt", {}, "Enabled"),
+        el("dd", {}, attributes.enabled === false ? "No" : "Yes"),
+        el("dt", {}, "Created"),
+        el("dd", {}, formatTime(attributes.created)),
+      ),
+    ),
+  );
+}
+
+async function copyText(input, status) {
+  input.select();
+  try {
+    await navigator.clipboard.writeText(input.value);
+    status.textContent = "Copied to clipboard.";
+  } catch {
+    status.textContent = "Selected: press Ctrl+C to copy.";
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// DICOM service: Identity
+
+async function renderDicomIdentity(context) {
+  const { page, params } = context;
+  const service = await arm("GET", idPath(params.id), API_VERSIONS.healthcare);
+  if (context.stale()) return;
+  const current = identitiesOf(service);
+  const tab = params.tab === "user" ? "user" : "system";
+  heading(page, "Identity", service.name);
+  page.append(
+    el(
+      "div",
+      { class: "tabs", role: "tablist" },
+      el("button", { type: "button", role: "tab", id: "tab-system", class: tab === "system" ? "active" : null, onclick: () => navigate({ view: "dicom-identity", id: params.id }) }, "System assigned"),
+      el("button", { type: "button", role: "tab", id: "tab-user", class: tab === "user" ? "active" : null, onclick: () => navigate({ view: "dicom-identity", id: params.id, tab: "user" }) }, "User assigned"),
+    ),
+  );
+  const status = el("div", {});
+  if (params.saved) status.append(notice("success", "Saved."));
+
+  if (tab === "system") {
+    let on = current.systemAssigned;
+    const save = el("button", { type: "button", class: "primary", id: "save-identity", disabled: true }, "Save");
+    const toggle = el("div", { class: "toggle", role: "group", "aria-label": "Status" });
+    const drawToggle = () => {
+      clear(toggle).append(
+        el("button", { type: "button", id: "status-off", class: on ? null : "active", "aria-pressed": String(!on), onclick: () => { on = false; drawToggle(); } }, "Off"),
+        el("button", { type: "button", id: "status-on", class: on ? "active" : null, "aria-pressed": String(on), onclick: () => { on = true; drawToggle(); } }, "On"),
+      );
+      save.disabled = on === current.systemAssigned;
+    };
+    drawToggle();
+    save.addEventListener("click", async () => {
+      save.disabled = true;
+      clear(status);
+      try {
+        await arm("PUT", idPath(params.id), API_VERSIONS.healthcare, servicePutBody(service, { systemAssigned: on }));
+        navigate({ view: "dicom-identity", id: params.id, saved: Date.now() });
+      } catch (error) {
+        status.append(errorNotice(error));
+        save.disabled = false;
+      }
+    });
+    page.append(
+      el("p", { class: "muted" }, "A system-assigned managed identity is tied to this DICOM service and deleted with it. Grant it a role on the key vault so the service can reach its key."),
+      el("div", { class: "toolbar" }, save, el("button", { type: "button", onclick: () => render() }, "Refresh")),
+      status,
+      el("div", { class: "field" }, el("span", { class: "label" }, "Status"), toggle),
+      current.systemAssigned
+        ? el("div", { class: "field" }, el("span", { class: "label" }, "Object (principal) ID"), el("span", { class: "mono", id: "principal-id" }, current.principalId || ""))
+        : null,
+      current.systemAssigned && current.principalId
+        ? el("div", { class: "field" }, el("span", { class: "label" }, "Permissions"), link({ view: "home" }, "Assign a role on the key vault from its Access control (IAM) page"))
+        : null,
+    );
+    return;
+  }
+
+  const identities = await listAcrossGroups(parseId(params.id).subscription, "Microsoft.ManagedIdentity/userAssignedIdentities", API_VERSIONS.managedIdentity);
+  if (context.stale()) return;
+  const attachedIds = new Set(current.userAssigned.map((identity) => identity.id.toLowerCase()));
+  const available = identities.filter((identity) => !attachedIds.has(identity.id.toLowerCase()));
+  const saveWith = async (userAssignedIds) => {
+    clear(status);
+    try {
+      await arm("PUT", idPath(params.id), API_VERSIONS.healthcare, servicePutBody(service, { userAssignedIds }));
+      navigate({ view: "dicom-identity", id: params.id, tab: "user", saved: Date.now() });
+    } catch (error) {
+      status.append(errorNotice(error));
+    }
+  };
+  const picker = select("add-user-identity", [["", "Select an identity…"], ...available.map((identity) => [identity.id, identity.name])], "", null);
+  page.append(
+    el("p", { class: "muted" }, "User-assigned managed identities are resources of their own that several services can share."),
+    status,
+    el(
+      "div",
+      { class: "toolbar" },
+      picker,
+      el("button", { type: "button", class: "primary", id: "add-user-identity-button", onclick: () => picker.value && saveWith([...current.userAssigned.map((identity) => identity.id), picker.value]) }, "+ Add"),
+    ),
+    table(
+      ["Name", "Resource group", "Principal ID", "Client ID", ""],
+      current.userAssigned.map((identity) =>
+        el(
+          "tr",
+          { "data-identity-id": identity.id },
+          el("td", {}, link({ view: "identity-overview", id: identity.id }, parseId(identity.id).name)),
+          el("td", {}, parseId(identity.id).resourceGroup || ""),
+          el("td", { class: "mono" }, identity.principalId),
+          el("td", { class: "mono" }, identity.clientId),
+          el("td", {}, el("button", { type: "button", onclick: () => saveWith(current.userAssigned.filter((other) => other.id !== identity.id).map((other) => other.id)) }, "Remove")),
+        ),
+      ),
+      "No user-assigned managed identities are attached.",
+    ),
+  );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Key pickers shared by Encryption and Create
+
+/** "Select from key vault": a vault and one of its keys, filling `onpick(keyUriWithVersion)`. */
+function keyVaultPicker(subscription, onpick) {
+  const root = el("div", { class: "pane", id: "key-vault-picker" }, el("p", { class: "muted" }, "Loading key vaults…"));
+  (async () => {
+    try {
+      const vaults = await listAcrossGroups(subscription, "Microsoft.KeyVault/vaults", API_VERSIONS.keyVault);
+      const keySelect = select("picker-key", [["", "Select a key…"]], "", null);
+      let keys = [];
+      const loadKeys = async (vaultId) => {
+        clear(keySelect).append(el("option", { value: "" }, vaultId ? "Loading…" : "Select a key…"));
+        keys = vaultId ? await listValue(`${idPath(vaultId)}/keys`, API_VERSIONS.keyVault) : [];
+        append(clear(keySelect), [el("option", { value: "" }, "Select a key…"), keys.map((key) => el("option", { value: key.name }, key.name))]);
+      };
+      const vaultSelect = select("picker-vault", [["", "Select a key vault…"], ...vaults.map((vault) => [vault.id, vault.name])], "", (value) => loadKeys(value).catch((error) => root.append(errorNotice(error))));
+      keySelect.addEventListener("change", () => {
+        const key = keys.find((item) => item.name === keySelect.value);
+        if (key) onpick((key.properties || {}).keyUriWithVersion || "");
+      });
+      clear(root).append(field("Key vault", vaultSelect), field("Key", keySelect, "The key's current version is used."));
+    } catch (error) {
+      clear(root).append(errorNotice(error));
+    }
+  })();
+  return root;
+}
+
+// ---------------------------------------------------------------------------------------------
+// DICOM service: Encryption
+
+async function renderDicomEncryption(context) {
+  const { page, params } = context;
+  const info = parseId(params.id);
+  const [service, identities] = await Promise.all([
+    arm("GET", idPath(params.id), API_VERSIONS.healthcare),
+    listAcrossGroups(info.subscription, "Microsoft.ManagedIdentity/userAssignedIdentities", API_VERSIONS.managedIdentity),
+  ]);
+  if (context.stale()) return;
+  const current = identitiesOf(service);
+  const keyUrl = keyUrlOf(service);
+  const keyIdentity = keyIdentityOf(service);
+  const state = {
+    type: keyUrl ? "cmk" : "smk",
+    keyUrl,
+    identityType: keyIdentity ? (String(keyIdentity.identityType).toLowerCase() === "userassigned" ? "user" : "system") : current.userAssigned.length === 1 ? "user" : "system",
+    userIdentity: keyIdentity && keyIdentity.userAssignedIdentityResourceId ? keyIdentity.userAssignedIdentityResourceId : (current.userAssigned[0] || {}).id || "",
+  };
+  heading(page, "Encryption", service.name);
+  const status = el("div", { id: "encryption-status" });
+  if (params.saved) status.append(notice("success", "Saved. The DICOM service uses the key."));
+  const save = el("button", { type: "button", class: "primary", id: "save-encryption" }, "Save");
+  const details = el("div", {});
+  const keyInput = el("input", { type: "text", id: "key-uri", class: "mono", value: state.keyUrl, placeholder: "https://{vault}/keys/{name}/{version}" });
+  keyInput.addEventListener("input", () => {
+    state.keyUrl = keyInput.value.trim();
+  });
+  const pickerHost = el("div", {});
+  const userSelect = select(
+    "user-identity",
+    [["", "Select an identity…"], ...identities.map((identity) => [identity.id, `${identity.name} (${parseId(identity.id).resourceGroup})`])],
+    identities.find((identity) => identity.id.toLowerCase() === state.userIdentity.toLowerCase())?.id || "",
+    (value) => {
+      state.userIdentity = value;
+    },
+  );
+  const userRow = field("User-assigned identity", userSelect);
+
+  const drawDetails = () => {
+    clear(details);
+    if (state.type !== "cmk") {
+      details.append(el("p", { class: "muted" }, "Data is encrypted with keys the platform manages."));
+      return;
+    }
+    userRow.hidden = state.identityType !== "user";
+    details.append(
+      el(
+        "div",
+        { class: "field" },
+        el("label", { for: "key-uri" }, "Key URI"),
+        el(
+          "div",
+          {},
+          keyInput,
+          el("div", { class: "toolbar" }, el("button", { type: "button", id: "select-from-vault", onclick: () => clear(pickerHost).append(keyVaultPicker(info.subscription, (url) => { keyInput.value = url; state.keyUrl = url; })) }, "Select a key vault and key")),
+        ),
+      ),
+      pickerHost,
+      el(
+        "div",
+        { class: "field" },
+        el("span", { class: "label" }, "Identity type"),
+        radios("identity-type", [["system", "System-assigned"], ["user", "User-assigned"]], state.identityType, (value) => {
+          state.identityType = value;
+          userRow.hidden = value !== "user";
+        }),
+      ),
+      userRow,
+      current.systemAssigned
+        ? el("div", { class: "field" }, el("span", { class: "label" }, "System-assigned principal"), el("span", { class: "mono" }, current.principalId || ""))
+        : el("div", { class: "field" }, el("span", { class: "label" }, ""), el("span", { class: "muted" }, "The system-assigned identity is off; Save turns it on when chosen.")),
+    );
+  };
+
+  save.addEventListener("click", async () => {
+    clear(status);
+    save.disabled = true;
+    try {
+      const changes = {};
+      if (state.type === "cmk") {
+        const encryption = { customerManagedKeyEncryption: { keyEncryptionKeyUrl: state.keyUrl } };
+        const userIds = current.userAssigned.map((identity) => identity.id);
+        if (state.identityType === "system") {
+          changes.systemAssigned = true;
+          encryption.customerManagedKeyEncryption.keyEncryptionKeyIdentity = { identityType: "SystemAssigned" };
+        } else {
+          if (!state.userIdentity) throw new ApiError(400, "UserAssignedIdentityRequired", "Select a user-assigned identity.");
+          if (!userIds.some((id) => id.toLowerCase() === state.userIdentity.toLowerCase())) userIds.push(state.userIdentity);
+          changes.userAssignedIds = userIds;
+          encryption.customerManagedKeyEncryption.keyEncryptionKeyIdentity = {
+            identityType: "UserAssigned",
+            userAssignedIdentityResourceId: state.userIdentity,
+          };
+        }
+        changes.encryption = encryption;
+      } else {
+        changes.encryption = null;
+      }
+      await arm("PUT", idPath(params.id), API_VERSIONS.healthcare, servicePutBody(service, changes));
+      navigate({ view: "dicom-encryption", id: params.id, saved: Date.now() });
+    } catch (error) {
+      status.append(errorNotice(error));
+      save.disabled = false;
+    }
+  });
+
+  page.append(
+    el("div", { class: "toolbar" }, save, el("button", { type: "button", onclick: () => navigate({ view: "dicom-encryption", id: params.id }) }, "Discard")),
+    status,
+    el(
+      "div",
+      { class: "card" },
+      el(
+        "div",
+        { class: "field" },
+        el("span", { class: "label" }, "Encryption type"),
+        radios("encryption-type", [["smk", "Service-managed key"], ["cmk", "Customer-managed key"]], state.type, (value) => {
+          state.type = value;
+          drawDetails();
+        }),
+      ),
+      details,
+    ),
+  );
+  drawDetails();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Create DICOM service
+
+async function renderCreateDicom(context) {
+  const { page, params } = context;
+  const info = parseId(params.id);
+  const workspace = await arm("GET", idPath(params.id), API_VERSIONS.healthcare);
+  const identities = await listAcrossGroups(info.subscription, "Microsoft.ManagedIdentity/userAssignedIdentities", API_VERSIONS.managedIdentity);
+  if (context.stale()) return;
+  heading(page, "Create DICOM service", `In workspace ${workspace.name}`);
+  const state = { tab: "basics", name: "", encryption: "smk", keyUrl: "", identity: "" };
+  const tabs = [
+    ["basics", "Basics"],
+    ["security", "Security"],
+    ["review", "Review + create"],
+  ];
+  const body = el("div", {});
+  page.append(body);
+  draw();
+
+  function nameProblem() {
+    if (!/^[A-Za-z0-9-]{3,24}$/.test(state.name)) return "The DICOM service name must be 3-24 letters, digits or hyphens.";
+    return null;
+  }
+
+  function securityProblem() {
+    if (state.encryption !== "cmk") return null;
+    if (!state.keyUrl) return "Enter a key URI or select a key.";
+    if (!state.identity) return "Select a user-assigned identity.";
+    return null;
+  }
+
+  function draw() {
+    clear(body).append(
+      el(
+        "div",
+        { class: "tabs", role: "tablist" },
+        tabs.map(([tab, text]) => el("button", { type: "button", role: "tab", id: `create-tab-${tab}`, class: tab === state.tab ? "active" : null, onclick: () => { state.tab = tab; draw(); } }, text)),
+      ),
+    );
+    if (state.tab === "basics") drawBasics();
+    else if (state.tab === "security") drawSecurity();
+    else drawReview();
+  }
+
+  function drawBasics() {
+    const name = el("input", { type: "text", id: "dicom-name", value: state.name, autocomplete: "off" });
+    name.addEventListener("input", () => {
+      state.name = name.value.trim();
+    });
+    append(body, [
+      el("div", { class: "field" }, el("span", { class: "label" }, "Workspace"), el("span", {}, workspace.name)),
+      el("div", { class: "field" }, el("span", { class: "label" }, "Location"), el("span", {}, workspace.location || "")),
+      field("DICOM service name", name),
+      el("div", { class: "toolbar" }, el("button", { type: "button", class: "primary", id: "next-security", onclick: () => { state.tab = "security"; draw(); } }, "Next: Security")),
+    ]);
+  }
+
+  function drawSecurity() {
+    const details = el("div", {});
+    const drawDetails = () => {
+      clear(details);
+      if (state.encryption !== "cmk") return;
+      const keyInput = el("input", { type: "text", id: "create-key-uri", class: "mono", value: state.keyUrl, placeholder: "https://{vault}/keys/{name}/{version}" });
+      keyInput.addEventListener("input", () => {
+        state.keyUrl = keyInput.value.trim();
+      });
+      const pickerHost = el("div", {});
+      append(details, [
+        el(
+          "div",
+          { class: "field" },
+          el("label", { for: "create-key-uri" }, "Key URI"),
+          el("div", {}, keyInput, el("div", { class: "toolbar" }, el("button", { type: "button", id: "create-select-from-vault", onclick: () => clear(pickerHost).append(keyVaultPicker(info.subscription, (url) => { keyInput.value = url; state.keyUrl = url; })) }, "Select from key vault"))),
+        ),
+        pickerHost,
+        field(
+          "User-assigned identity",
+          select("create-identity", [["", "Select an identity…"], ...identities.map((identity) => [identity.id, `${identity.name} (${parseId(identity.id).resourceGroup})`])], state.identity, (value) => {
+            state.identity = value;
+          }),
+          "The identity needs a crypto role on the key's vault (for example Key Vault Crypto Service Encryption User).",
+        ),
+      ]);
+    };
+    append(body, [
+      el("h2", {}, "Encryption"),
+      el(
+        "div",
+        { class: "field" },
+        el("span", { class: "label" }, "Encryption type"),
+        radios("create-encryption", [["smk", "Service-managed key"], ["cmk", "Customer-managed key"]], state.encryption, (value) => {
+          state.encryption = value;
+          drawDetails();
+        }),
+      ),
+      details,
+      el(
+        "div",
+        { class: "toolbar" },
+        el("button", { type: "button", onclick: () => { state.tab = "basics"; draw(); } }, "Previous"),
+        el("button", { type: "button", class: "primary", id: "review-create", onclick: () => { state.tab = "review"; draw(); } }, "Review + create"),
+      ),
+    ]);
+    drawDetails();
+  }
+
+  function drawReview() {
+    const problems = [nameProblem(), securityProblem()].filter(Boolean);
+    const status = el("div", { id: "create-status" });
+    const create = el("button", { type: "button", class: "primary", id: "create-dicom", disabled: problems.length > 0 }, "Create");
+    create.addEventListener("click", async () => {
+      create.disabled = true;
+      clear(status).append(notice("info", "Deploying…"));
+      const serviceId = `${params.id}/dicomservices/${state.name}`;
+      const requestBody = { location: workspace.location, properties: {} };
+      if (state.encryption === "cmk") {
+        requestBody.identity = { type: "UserAssigned", userAssignedIdentities: { [state.identity]: {} } };
+        requestBody.properties.encryption = { customerManagedKeyEncryption: { keyEncryptionKeyUrl: state.keyUrl } };
+      }
+      try {
+        await arm("PUT", idPath(serviceId), API_VERSIONS.healthcare, requestBody);
+        navigate({ view: "dicom-overview", id: serviceId });
+      } catch (error) {
+        clear(status).append(errorNotice(error));
+        create.disabled = false;
+      }
+    });
+    append(body, [
+      problems.length ? notice("error", "Validation failed: ", problems.join(" ")) : notice("success", "Validation passed."),
+      el(
+        "dl",
+        { class: "kv card" },
+        el("dt", {}, "Workspace"),
+        el("dd", {}, workspace.name),
+        el("dt", {}, "DICOM service name"),
+        el("dd", {}, state.name),
+        el("dt", {}, "Location"),
+        el("dd", {}, workspace.location || ""),
+        el("dt", {}, "Encryption"),
+        el("dd", {}, state.encryption === "cmk" ? "Customer-managed key" : "Service-managed key"),
+        state.encryption === "cmk" ? [el("dt", {}, "Key URI"), el("dd", { class: "mono" }, state.keyUrl), el("dt", {}, "Identity"), el("dd", {}, state.identity ? parseId(state.identity).name : "")] : null,
+      ),
+      status,
+      el("div", { class: "toolbar" }, el("button", { type: "button", onclick: () => { state.tab = "security"; draw(); } }, "Previous"), create),
+    ]);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// DICOM service: Resource health
+
+async function renderDicomHealth(context) {
+  const { page, params } = context;
+  const health = await arm("GET", `${idPath(params.id)}/providers/Microsoft.ResourceHealth/availabilityStatuses/current`, API_VERSIONS.resourceHealth);
+  if (context.stale()) return;
+  const properties = (health && health.properties) || {};
+  const state = ["Available", "Unavailable", "Unknown"].includes(properties.availabilityState) ? properties.availabilityState : "Unknown";
+  heading(page, "Resource health", parseId(params.id).name);
+  const actions = (properties.recommendedActions || []).map((action) => el("li", {}, action.action || ""));
+  page.append(
+    el("div", { class: "toolbar" }, el("button", { type: "button", onclick: () => render() }, "Refresh")),
+    el(
+      "div",
+      { class: "card" },
+      el("div", { class: `status ${state}`, id: "availability-state" }, properties.availabilityState || "Unknown"),
+      properties.title && properties.title !== properties.availabilityState ? el("h2", {}, properties.title) : null,
+      el("p", { id: "health-summary" }, properties.summary || ""),
+      properties.detailedStatus ? el("p", { class: "muted", id: "health-detail" }, properties.detailedStatus) : null,
+      el(
+        "dl",
+        { class: "kv" },
+        el("dt", {}, "Since"),
+        el("dd", {}, formatTime(properties.occuredTime) || "—"),
+        el("dt", {}, "Last checked"),
+        el("dd", {}, formatTime(properties.reportedTime) || "—"),
+        properties.reasonChronicity ? [el("dt", {}, "Chronicity"), el("dd", {}, properties.reasonChronicity)] : null,
+      ),
+      el("h2", {}, "What you can do"),
+      actions.length ? el("ul", { class: "actions", id: "health-actions" }, actions) : el("p", { class: "muted" }, "Nothing: the service is working."),
+    ),
+  );
+}
+
+// ---------------------------------------------------------------------------------------------
+
+window.addEventListener("hashchange", () => render());
+render();

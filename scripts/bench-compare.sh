@@ -1,0 +1,80 @@
+#!/usr/bin/env bash
+# Interleaved A/B(/C) DICOMweb load runs: Orthanc and one or more hds binaries,
+# run after run in rotating order, so load from other work on the machine hits
+# every server alike (docs/benchmarks.md, "DICOMweb load").
+#
+# Usage: scripts/bench-compare.sh [--runs N] [--out DIR] [--no-orthanc]
+#            [--hds NAME=BINARY]... [-- HDS-BENCH-ARGUMENTS...]
+#
+# Example:
+#   scripts/bench-compare.sh --runs 3 --out /tmp/cmp-512 \
+#       --hds hds-current=/work/bench-bin/hds-current --hds hds-pre-enc=/work/bench-bin/hds-pre-enc \
+#       -- --studies 40 --instances-per-study 25 --requests 5000 --seed 42
+#
+# Run r starts with server (r-1) mod S, so each server goes first once in S
+# runs. Every run of every server is on a fresh Orthanc / data dir
+# (scripts/bench-orthanc.sh, scripts/bench-hds.sh). Results: NAME-run-R.json
+# in --out; at the end scripts/bench-medians.sh prints medians and ratios to
+# the first server (Orthanc unless --no-orthanc).
+set -euo pipefail
+
+repository_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+runs=3
+out_dir=""
+orthanc=1
+servers=()
+bench_arguments=()
+while [[ $# -gt 0 ]]; do
+    case "$1" in
+        --runs) runs="$2"; shift 2 ;;
+        --out) out_dir="$2"; shift 2 ;;
+        --no-orthanc) orthanc=0; shift ;;
+        --hds) servers+=("$2"); shift 2 ;;
+        --) shift; bench_arguments=("$@"); break ;;
+        -h|--help) sed -n '2,18p' "$0"; exit 0 ;;
+        *) echo "unknown option: $1 (hds-bench options go after --)" >&2; exit 64 ;;
+    esac
+done
+[[ -n "$out_dir" ]] || out_dir="$(mktemp -d -t bench-compare.XXXXXX)"
+mkdir -p "$out_dir"
+[[ "$orthanc" == 1 ]] && servers=("orthanc" "${servers[@]}")
+[[ ${#servers[@]} -gt 0 ]] || { echo "nothing to measure: give --hds NAME=BINARY" >&2; exit 64; }
+
+run_one() {
+    local server="$1" run="$2"
+    local scratch
+    scratch="$(mktemp -d -t bench-one.XXXXXX)"
+    if [[ "$server" == "orthanc" ]]; then
+        "$repository_root/scripts/bench-orthanc.sh" --runs 1 --out "$scratch" -- "${bench_arguments[@]}" \
+            && mv "$scratch/orthanc-run-1.json" "$out_dir/orthanc-run-$run.json"
+    else
+        local name="${server%%=*}" binary="${server#*=}"
+        HDS_BIN="$binary" "$repository_root/scripts/bench-hds.sh" --runs 1 --out "$scratch" --name "$name" \
+            -- "${bench_arguments[@]}" \
+            && mv "$scratch/$name-run-1.json" "$out_dir/$name-run-$run.json"
+    fi
+    local status=$?
+    rm -rf "$scratch"
+    return $status
+}
+
+status=0
+count=${#servers[@]}
+for run in $(seq 1 "$runs"); do
+    for offset in $(seq 0 $((count - 1))); do
+        server="${servers[$(((run - 1 + offset) % count))]}"
+        echo "=== run $run/$runs: ${server%%=*}, load $(cut -d' ' -f1-3 /proc/loadavg)" >&2
+        echo "run $run ${server%%=*} load $(cut -d' ' -f1-3 /proc/loadavg)" >> "$out_dir/load.txt"
+        run_one "$server" "$run" || status=1
+    done
+done
+
+files=()
+for server in "${servers[@]}"; do
+    name="${server%%=*}"
+    for run in $(seq 1 "$runs"); do
+        [[ -f "$out_dir/$name-run-$run.json" ]] && files+=("$out_dir/$name-run-$run.json")
+    done
+done
+"$repository_root/scripts/bench-medians.sh" "${files[@]}" | tee "$out_dir/medians.txt"
+exit "$status"
