@@ -329,8 +329,24 @@ impl KeyVaultClient {
         token: &str,
         plaintext_key: &[u8],
     ) -> Result<WrappedKey, CmkError> {
-        self.wrap_key_with(url, token, self.wrap_algorithm, plaintext_key)
-            .await
+        let result = self
+            .wrap_key_with(url, token, self.wrap_algorithm, plaintext_key)
+            .await;
+        match result {
+            // An HSM that does RSA-OAEP with SHA-1 only (SoftHSM 2.6) refuses RSA-OAEP-256 with
+            // a 400 that names RSA-OAEP: wrap with that instead. The wrapped key records the
+            // algorithm, so unwrapping follows it.
+            Err(CmkError::BadRequest { message })
+                if self.wrap_algorithm == WrapAlgorithm::RsaOaep256
+                    && message.contains("RSA-OAEP")
+                    && !message.contains("RSA-OAEP-256 is supported") =>
+            {
+                tracing::info!("the key's HSM refuses RSA-OAEP-256; wrapping with RSA-OAEP");
+                self.wrap_key_with(url, token, WrapAlgorithm::RsaOaep, plaintext_key)
+                    .await
+            }
+            other => other,
+        }
     }
 
     /// Wraps `plaintext_key` under the key `url` names with `algorithm`. The result names the

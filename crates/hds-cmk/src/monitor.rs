@@ -80,19 +80,38 @@ impl KeyAccessState {
         }
     }
 
-    /// What the data plane says in its 500 [`CUSTOMER_MANAGED_KEY_ACCESS_LOST`] answer.
+    /// What the data plane says in its 500 [`CUSTOMER_MANAGED_KEY_ACCESS_LOST`] answer, with
+    /// the default latch (30 minutes).
     pub fn data_plane_message(&self) -> Option<String> {
+        self.data_plane_message_with_latch(MonitorConfig::default().lost_access_latch)
+    }
+
+    /// What the data plane says in its 500 [`CUSTOMER_MANAGED_KEY_ACCESS_LOST`] answer, naming
+    /// the latch the monitor was configured with.
+    pub fn data_plane_message_with_latch(&self, latch: Duration) -> Option<String> {
+        let latch = duration_words(latch);
         match self {
             KeyAccessState::Healthy => None,
             KeyAccessState::KeyAccessLost { reason, .. } => Some(format!(
-                "The DICOM service cannot access its customer-managed key ({}). Restore access to the key; the service recovers by itself within 30 minutes of losing access.",
+                "The DICOM service cannot access its customer-managed key ({}). Restore access to the key; the service recovers by itself within {latch} of losing access.",
                 reason.code
             )),
             KeyAccessState::RequiresUpdate { reason, .. } => Some(format!(
-                "The DICOM service lost access to its customer-managed key for more than 30 minutes ({}). Restore access to the key, then update the DICOM service to bring it back.",
+                "The DICOM service lost access to its customer-managed key for more than {latch} ({}). Restore access to the key, then update the DICOM service to bring it back.",
                 reason.code
             )),
         }
+    }
+}
+
+/// A latch in words: "30 minutes", "1 minute", or seconds when it is not whole minutes.
+fn duration_words(duration: Duration) -> String {
+    let seconds = duration.as_secs();
+    match (seconds / 60, seconds % 60) {
+        (1, 0) => "1 minute".to_owned(),
+        (minutes, 0) if minutes > 0 => format!("{minutes} minutes"),
+        _ if seconds == 1 => "1 second".to_owned(),
+        _ => format!("{seconds} seconds"),
     }
 }
 
@@ -220,6 +239,8 @@ struct ServiceEntry {
     binding: Mutex<KeyBinding>,
     sender: watch::Sender<KeyAccessState>,
     latest_kid: Mutex<Option<String>>,
+    /// When the last probe (of this process) completed: resource health's `reportedTime`.
+    last_checked: Mutex<Option<OffsetDateTime>>,
     /// Serializes probes of one service (the background loop and `probe_now` may overlap).
     probe_lock: tokio::sync::Mutex<()>,
 }
@@ -231,7 +252,9 @@ pub struct KeyAccessMonitor {
     clock: Arc<dyn Clock>,
     store: StateStore,
     services: Mutex<HashMap<String, Arc<ServiceEntry>>>,
-    new_version_listener: Option<NewVersionListener>,
+    /// Behind a lock so that the listener, which usually needs the monitor itself (through
+    /// whoever owns the keyrings), can be set once the monitor is shared.
+    new_version_listener: Mutex<Option<NewVersionListener>>,
 }
 
 impl std::fmt::Debug for KeyAccessMonitor {
@@ -258,7 +281,7 @@ impl KeyAccessMonitor {
             clock,
             store,
             services: Mutex::new(HashMap::new()),
-            new_version_listener: None,
+            new_version_listener: Mutex::new(None),
         })
     }
 
@@ -266,9 +289,18 @@ impl KeyAccessMonitor {
     /// seen (also at the first probe of a service, when none was seen yet). The listener must
     /// not block; it compares the version with the one its wrapped key names and rewraps if
     /// they differ.
-    pub fn with_new_version_listener(mut self, listener: NewVersionListener) -> KeyAccessMonitor {
-        self.new_version_listener = Some(listener);
+    pub fn with_new_version_listener(self, listener: NewVersionListener) -> KeyAccessMonitor {
+        self.set_new_version_listener(listener);
         self
+    }
+
+    /// As [`KeyAccessMonitor::with_new_version_listener`], on a monitor already shared;
+    /// replaces any listener set before.
+    pub fn set_new_version_listener(&self, listener: NewVersionListener) {
+        *self
+            .new_version_listener
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(listener);
     }
 
     /// The configuration.
@@ -326,6 +358,7 @@ impl KeyAccessMonitor {
             binding: Mutex::new(binding),
             sender: watch::Sender::new(state.clone()),
             latest_kid: Mutex::new(latest_kid),
+            last_checked: Mutex::new(None),
             probe_lock: tokio::sync::Mutex::new(()),
         });
         let mut services = self
@@ -351,6 +384,28 @@ impl KeyAccessMonitor {
         drop(removed);
         self.store.delete(service_key).await?;
         Ok(())
+    }
+
+    /// What `service_key` is registered with (its key URL and the principal that reaches it),
+    /// if it is registered.
+    pub fn binding(&self, service_key: &str) -> Option<KeyBinding> {
+        self.entry(service_key).ok().map(|entry| {
+            entry
+                .binding
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .clone()
+        })
+    }
+
+    /// When `service_key`'s last probe completed, if one did since it was registered.
+    pub fn last_checked(&self, service_key: &str) -> Option<OffsetDateTime> {
+        self.entry(service_key).ok().and_then(|entry| {
+            *entry
+                .last_checked
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+        })
     }
 
     /// The current state, if `service_key` is registered.
@@ -447,6 +502,10 @@ impl KeyAccessMonitor {
             .clone();
         let outcome = self.probe.probe(&binding).await;
         let now = self.clock.now();
+        *entry
+            .last_checked
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(now);
         let current = entry.sender.borrow().clone();
         let next = transition(
             &current,
@@ -484,7 +543,12 @@ impl KeyAccessMonitor {
             };
             self.store.save(service_key, &stored, now).await?;
         }
-        if let (Some(kid), Some(listener)) = (&kid_changed, &self.new_version_listener)
+        let listener = self
+            .new_version_listener
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone();
+        if let (Some(kid), Some(listener)) = (&kid_changed, listener)
             && !binding.key_url.is_versioned()
         {
             listener(service_key, kid);

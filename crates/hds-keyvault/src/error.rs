@@ -112,6 +112,9 @@ pub enum VaultError {
     /// A stored value did not open under the root key (wrong data dir, or tampering).
     #[error("stored key material failed its integrity check")]
     Sealed,
+    /// The PKCS#11 token could not be opened.
+    #[error("{0}")]
+    Pkcs11(#[from] crate::pkcs11::Pkcs11Error),
     /// The database failed.
     #[error("storage: {0}")]
     Storage(#[from] hds_db::DbError),
@@ -144,9 +147,10 @@ impl VaultError {
             | VaultError::ForbiddenByPolicy { .. }
             | VaultError::ForbiddenByFirewall { .. } => StatusCode::FORBIDDEN,
             VaultError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
-            VaultError::Sealed | VaultError::Storage(_) | VaultError::Internal(_) => {
-                StatusCode::INTERNAL_SERVER_ERROR
-            }
+            VaultError::Sealed
+            | VaultError::Pkcs11(_)
+            | VaultError::Storage(_)
+            | VaultError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 
@@ -166,9 +170,10 @@ impl VaultError {
             | VaultError::ForbiddenByRbac { .. }
             | VaultError::ForbiddenByPolicy { .. }
             | VaultError::ForbiddenByFirewall { .. } => "Forbidden",
-            VaultError::Sealed | VaultError::Storage(_) | VaultError::Internal(_) => {
-                "InternalError"
-            }
+            VaultError::Sealed
+            | VaultError::Pkcs11(_)
+            | VaultError::Storage(_)
+            | VaultError::Internal(_) => "InternalError",
         }
     }
 

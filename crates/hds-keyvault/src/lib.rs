@@ -9,6 +9,8 @@
 //!   (component `keyvault` of `hds-db`). The ARM provider calls it directly
 //!   (`create_or_update_vault`, `create_key_if_absent`, `get_key`, ...).
 //! - [`material`]: RSA over aws-lc-rs (OAEP-SHA1/SHA256, PKCS#1 v1.5, RS*/PS* signatures).
+//! - [`pkcs11`]: RSA-HSM keys generated and used inside a PKCS#11 token, when one is
+//!   configured ([`Pkcs11Config`]).
 //! - [`access`]: the [`access::VaultAccessControl`] trait (tokens and RBAC, implemented over
 //!   hds-identity by the composition root), access policies and the firewall.
 //! - [`http`]: the data plane router; [`listeners`]: one HTTPS listener per vault, or Host
@@ -19,7 +21,9 @@
 //!   key at rest (bound to vault, key and version), held in `Zeroizing` buffers while sealed or
 //!   opened, and returned only as public JWK parts. Backups are sealed under the root key too,
 //!   so they restore only into this hds; RSA-HSM keys are never backed up.
-//! - RSA-HSM keys are software keys marked non-extractable until a PKCS#11 token backs them.
+//! - With a PKCS#11 token configured, new RSA-HSM key versions live in the token
+//!   (sensitive, non-extractable): the database holds only their public key and `CKA_ID`.
+//!   Without one, RSA-HSM keys are sealed software keys that are never exported.
 //! - The data plane is HTTPS only and host-addressed: the SDKs require both.
 //! - Every rejection is in Key Vault's error shape and says what to change; 5xx bodies say
 //!   nothing about the cause.
@@ -31,10 +35,12 @@ pub mod http;
 pub mod listeners;
 pub mod material;
 pub mod model;
+pub mod pkcs11;
 pub mod service;
 
 pub use access::{Caller, StaticAccessControl, VaultAccessControl};
 pub use error::VaultError;
 pub use http::{DataPlaneState, VaultSelector, data_plane_router};
 pub use listeners::{VaultListeners, host_routed_router};
+pub use pkcs11::{PinSource, Pkcs11Config};
 pub use service::{KeyVaultService, ServiceConfig, VaultAddressing};

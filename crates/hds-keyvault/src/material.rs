@@ -256,43 +256,7 @@ impl RsaKeyMaterial {
         algorithm: EncryptionAlgorithm,
         plaintext: &[u8],
     ) -> Result<Vec<u8>, VaultError> {
-        let public: PublicEncryptingKey = self.decrypting.public_key();
-        let too_long = || {
-            VaultError::BadParameter(format!(
-                "the value is too long for a {}-bit RSA key with this algorithm; wrap a symmetric key instead of the data itself",
-                self.size_bits()
-            ))
-        };
-        match algorithm.oaep() {
-            Some(oaep) => {
-                let key = OaepPublicEncryptingKey::new(public)
-                    .map_err(|_| VaultError::Internal("OAEP key setup failed".into()))?;
-                if plaintext.len() > key.max_plaintext_size(oaep) {
-                    return Err(too_long());
-                }
-                let mut ciphertext = vec![0u8; key.ciphertext_size()];
-                let written = key
-                    .encrypt(oaep, plaintext, &mut ciphertext, None)
-                    .map_err(|_| too_long())?
-                    .len();
-                ciphertext.truncate(written);
-                Ok(ciphertext)
-            }
-            None => {
-                let key = Pkcs1PublicEncryptingKey::new(public)
-                    .map_err(|_| VaultError::Internal("PKCS#1 key setup failed".into()))?;
-                if plaintext.len() > key.max_plaintext_size() {
-                    return Err(too_long());
-                }
-                let mut ciphertext = vec![0u8; key.ciphertext_size()];
-                let written = key
-                    .encrypt(plaintext, &mut ciphertext)
-                    .map_err(|_| too_long())?
-                    .len();
-                ciphertext.truncate(written);
-                Ok(ciphertext)
-            }
-        }
+        encrypt_with(self.decrypting.public_key(), algorithm, plaintext)
     }
 
     /// Decrypts (or unwraps) `ciphertext` with the private key.
@@ -354,6 +318,15 @@ impl RsaKeyMaterial {
     }
 }
 
+/// Checks that `digest_value` has the length of `algorithm`'s digest (callers sign a hash, not
+/// the data itself).
+pub fn check_digest_length(
+    algorithm: SignatureAlgorithm,
+    digest_value: &[u8],
+) -> Result<(), VaultError> {
+    import_digest(algorithm, digest_value).map(|_| ())
+}
+
 fn import_digest(
     algorithm: SignatureAlgorithm,
     digest_value: &[u8],
@@ -366,6 +339,116 @@ fn import_digest(
             digest_value.len()
         ))
     })
+}
+
+/// An RSA public key alone: what the vault keeps of a key whose private half lives in a
+/// PKCS#11 token. Encrypt, wrap and verify need nothing more.
+pub struct RsaPublicKey {
+    encrypting: PublicEncryptingKey,
+    public_der: Vec<u8>,
+}
+
+impl std::fmt::Debug for RsaPublicKey {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter
+            .debug_struct("RsaPublicKey")
+            .field("bits", &self.encrypting.key_size_bits())
+            .finish()
+    }
+}
+
+impl RsaPublicKey {
+    /// Builds the key from its modulus and public exponent (big-endian).
+    pub fn from_components(
+        modulus: &[u8],
+        public_exponent: &[u8],
+    ) -> Result<RsaPublicKey, VaultError> {
+        let components = rsa::PublicKeyComponents {
+            n: modulus,
+            e: public_exponent,
+        };
+        let public_der = components
+            .as_der()
+            .map_err(|_| VaultError::Internal("stored RSA public key is invalid".into()))?
+            .as_ref()
+            .to_vec();
+        let encrypting: PublicEncryptingKey = components
+            .try_into()
+            .map_err(|_| VaultError::Internal("stored RSA public key is invalid".into()))?;
+        Ok(RsaPublicKey {
+            encrypting,
+            public_der,
+        })
+    }
+
+    /// Modulus size in bits.
+    pub fn size_bits(&self) -> u32 {
+        u32::try_from(self.encrypting.key_size_bits()).unwrap_or(u32::MAX)
+    }
+
+    /// Encrypts (or wraps) `plaintext`.
+    pub fn encrypt(
+        &self,
+        algorithm: EncryptionAlgorithm,
+        plaintext: &[u8],
+    ) -> Result<Vec<u8>, VaultError> {
+        encrypt_with(self.encrypting.clone(), algorithm, plaintext)
+    }
+
+    /// Verifies a signature over a precomputed digest.
+    pub fn verify_digest(
+        &self,
+        algorithm: SignatureAlgorithm,
+        digest_value: &[u8],
+        signature_value: &[u8],
+    ) -> Result<bool, VaultError> {
+        let digest = import_digest(algorithm, digest_value)?;
+        let key = UnparsedPublicKey::new(algorithm.verification(), self.public_der.as_slice());
+        Ok(key.verify_digest(&digest, signature_value).is_ok())
+    }
+}
+
+fn encrypt_with(
+    public: PublicEncryptingKey,
+    algorithm: EncryptionAlgorithm,
+    plaintext: &[u8],
+) -> Result<Vec<u8>, VaultError> {
+    let size_bits = public.key_size_bits();
+    let too_long = || {
+        VaultError::BadParameter(format!(
+            "the value is too long for a {size_bits}-bit RSA key with this algorithm; wrap a symmetric key instead of the data itself"
+        ))
+    };
+    match algorithm.oaep() {
+        Some(oaep) => {
+            let key = OaepPublicEncryptingKey::new(public)
+                .map_err(|_| VaultError::Internal("OAEP key setup failed".into()))?;
+            if plaintext.len() > key.max_plaintext_size(oaep) {
+                return Err(too_long());
+            }
+            let mut ciphertext = vec![0u8; key.ciphertext_size()];
+            let written = key
+                .encrypt(oaep, plaintext, &mut ciphertext, None)
+                .map_err(|_| too_long())?
+                .len();
+            ciphertext.truncate(written);
+            Ok(ciphertext)
+        }
+        None => {
+            let key = Pkcs1PublicEncryptingKey::new(public)
+                .map_err(|_| VaultError::Internal("PKCS#1 key setup failed".into()))?;
+            if plaintext.len() > key.max_plaintext_size() {
+                return Err(too_long());
+            }
+            let mut ciphertext = vec![0u8; key.ciphertext_size()];
+            let written = key
+                .encrypt(plaintext, &mut ciphertext)
+                .map_err(|_| too_long())?
+                .len();
+            ciphertext.truncate(written);
+            Ok(ciphertext)
+        }
+    }
 }
 
 fn strip_leading_zeros(bytes: &[u8]) -> &[u8] {

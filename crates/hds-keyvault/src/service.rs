@@ -17,23 +17,33 @@ use zeroize::{Zeroize, Zeroizing};
 
 use crate::error::VaultError;
 use crate::material::{
-    EncryptionAlgorithm, RsaKeyMaterial, RsaPrivateComponents, SignatureAlgorithm, key_size_for,
+    EncryptionAlgorithm, RsaKeyMaterial, RsaPrivateComponents, RsaPublicKey, SignatureAlgorithm,
+    key_size_for,
 };
 use crate::model::{
     CreateKeyOptions, DeletedKey, KeyAttributesInput, KeyBundle, KeyOperation, KeyType, KeyUpdate,
     KeyVersion, Page, Vault, VaultProperties,
 };
+use crate::pkcs11::{Pkcs11Config, Pkcs11Token, TokenPublicKey, oaep_256_refused};
 
 /// The database component name of the vault's migrations.
 pub const MIGRATION_COMPONENT: &str = "keyvault";
 
 /// The vault's schema steps.
-pub const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    description: "vaults, keys and sealed key versions",
-    sqlite: include_str!("../migrations/sqlite/0001_init.sql"),
-    postgres: include_str!("../migrations/postgres/0001_init.sql"),
-}];
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        description: "vaults, keys and sealed key versions",
+        sqlite: include_str!("../migrations/sqlite/0001_init.sql"),
+        postgres: include_str!("../migrations/postgres/0001_init.sql"),
+    },
+    Migration {
+        version: 2,
+        description: "PKCS#11 object ids of RSA-HSM key versions held in a token",
+        sqlite: include_str!("../migrations/sqlite/0002_pkcs11.sql"),
+        postgres: include_str!("../migrations/postgres/0002_pkcs11.sql"),
+    },
+];
 
 /// Root-key purpose of private key material at rest. DO NOT CHANGE: stored keys depend on it.
 const KEY_MATERIAL_PURPOSE: &str = "keyvault/key-material";
@@ -107,10 +117,35 @@ pub struct KeyVaultService {
     root_key: Arc<RootKey>,
     config: ServiceConfig,
     clock: Arc<dyn Clock>,
-    /// Opened private keys by `vault/name/version`: opening and parsing a key costs more than
-    /// the RSA operation itself. Entries are dropped on purge; attributes are always re-read
-    /// from the store, so disabling a key takes effect at once even on other nodes.
-    opened_keys: Mutex<HashMap<String, Arc<RsaKeyMaterial>>>,
+    /// The PKCS#11 token that holds new RSA-HSM keys, when one is configured.
+    token: Option<Arc<Pkcs11Token>>,
+    /// Opened keys by `vault/name/version`: opening and parsing a key costs more than the RSA
+    /// operation itself. Entries are dropped on purge; attributes are always re-read from the
+    /// store, so disabling a key takes effect at once even on other nodes.
+    opened_keys: Mutex<HashMap<String, Arc<OpenedKey>>>,
+}
+
+/// A key version ready for operations.
+enum OpenedKey {
+    /// The private key, opened from its sealed form.
+    Software(RsaKeyMaterial),
+    /// The public key; the private key stays in the token under `object_id` (`CKA_ID`).
+    Token {
+        public: RsaPublicKey,
+        object_id: Vec<u8>,
+    },
+}
+
+/// The key material of a version being stored.
+enum NewMaterial<'a> {
+    /// A software key, to be sealed under the root key.
+    Software(&'a RsaKeyMaterial),
+    /// A private key already in the token: only its public half and `CKA_ID` are stored.
+    Token {
+        public: TokenPublicKey,
+        bits: u32,
+        object_id: Vec<u8>,
+    },
 }
 
 impl std::fmt::Debug for KeyVaultService {
@@ -118,6 +153,7 @@ impl std::fmt::Debug for KeyVaultService {
         formatter
             .debug_struct("KeyVaultService")
             .field("config", &self.config)
+            .field("token", &self.token)
             .finish_non_exhaustive()
     }
 }
@@ -125,7 +161,10 @@ impl std::fmt::Debug for KeyVaultService {
 /// A key version as stored, with its sealed private key.
 struct StoredVersion {
     key: KeyVersion,
+    /// Empty for a version held in a token.
     sealed_private: Vec<u8>,
+    /// The `CKA_ID` of a version held in a token.
+    token_object: Option<Vec<u8>>,
 }
 
 /// One version inside a backup blob.
@@ -159,20 +198,47 @@ struct BackupContents {
 }
 
 impl KeyVaultService {
-    /// Opens the service on `database` (applying the vault's migrations).
+    /// Opens the service on `database` (applying the vault's migrations), without a PKCS#11
+    /// token: RSA-HSM keys are sealed software keys that are never exported.
     pub async fn open(
         database: Database,
         root_key: Arc<RootKey>,
         config: ServiceConfig,
     ) -> Result<KeyVaultService, VaultError> {
+        KeyVaultService::open_with_pkcs11(database, root_key, config, None).await
+    }
+
+    /// Opens the service with an optional PKCS#11 token: when `pkcs11` is given, the module is
+    /// loaded, the token found and the user logged in before anything else, and new RSA-HSM
+    /// key versions are generated (or imported) inside the token.
+    pub async fn open_with_pkcs11(
+        database: Database,
+        root_key: Arc<RootKey>,
+        config: ServiceConfig,
+        pkcs11: Option<Pkcs11Config>,
+    ) -> Result<KeyVaultService, VaultError> {
+        let token = match pkcs11 {
+            Some(pkcs11) => Some(Arc::new(
+                tokio::task::spawn_blocking(move || Pkcs11Token::open(&pkcs11))
+                    .await
+                    .map_err(|error| VaultError::Internal(error.to_string()))??,
+            )),
+            None => None,
+        };
         database.migrate(MIGRATION_COMPONENT, MIGRATIONS).await?;
         Ok(KeyVaultService {
             database,
             root_key,
             config,
             clock: Arc::new(SystemClock),
+            token,
             opened_keys: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// The label of the PKCS#11 token holding RSA-HSM keys, when one is configured.
+    pub fn pkcs11_token_label(&self) -> Option<&str> {
+        self.token.as_deref().map(Pkcs11Token::label)
     }
 
     /// Replaces the clock (tests of retention and expiry).
@@ -292,8 +358,9 @@ impl KeyVaultService {
             Err(error) => return Err(error),
         };
         let mut transaction = self.database.begin_write().await?;
+        let mut token_objects = Vec::new();
         if vault.properties.enable_purge_protection {
-            self.purge_expired(&mut transaction, &key).await?;
+            token_objects.extend(self.purge_expired(&mut transaction, &key).await?);
             let held: i64 = sqlx::query("SELECT COUNT(*) FROM keyvault_keys WHERE vault = $1")
                 .bind(&key)
                 .fetch_one(&mut *transaction)
@@ -303,6 +370,7 @@ impl KeyVaultService {
                 return Err(VaultError::VaultNotEmpty(vault.name));
             }
         }
+        token_objects.extend(token_objects_of(&mut transaction, &key, None).await?);
         sqlx::query("DELETE FROM keyvault_key_versions WHERE vault = $1")
             .bind(&key)
             .execute(&mut *transaction)
@@ -318,6 +386,7 @@ impl KeyVaultService {
             .rows_affected();
         transaction.commit().await?;
         self.forget_opened(&format!("{key}/"));
+        self.destroy_token_objects(token_objects);
         Ok(deleted > 0)
     }
 
@@ -362,24 +431,107 @@ impl KeyVaultService {
         options: CreateKeyOptions,
     ) -> Result<KeyBundle, VaultError> {
         validate_key_name(name)?;
-        let (size, _) = key_size_for(options.key_size)?;
-        let material = tokio::task::spawn_blocking(move || RsaKeyMaterial::generate(size))
-            .await
-            .map_err(|error| VaultError::Internal(error.to_string()))??;
+        validate_tags(&options.tags)?;
         let key_ops = options
             .key_ops
             .unwrap_or_else(|| KeyOperation::ALL_RSA.to_vec());
-        self.store_new_version(
+        self.generate_and_store(
             vault,
             name,
             options.key_type,
-            &material,
+            options.key_size,
             key_ops,
             &options.attributes,
             options.tags,
             false,
         )
         .await
+    }
+
+    /// Generates a new version's key (in the token for RSA-HSM keys when one is configured,
+    /// otherwise in software) and stores it. A token key whose row cannot be stored is
+    /// destroyed again.
+    #[allow(clippy::too_many_arguments)]
+    async fn generate_and_store(
+        &self,
+        vault: &Vault,
+        name: &str,
+        key_type: KeyType,
+        key_size: Option<u32>,
+        key_ops: Vec<KeyOperation>,
+        attributes: &KeyAttributesInput,
+        tags: BTreeMap<String, String>,
+        must_exist: bool,
+    ) -> Result<KeyBundle, VaultError> {
+        let (size, bits) = key_size_for(key_size)?;
+        let version = new_version();
+        match (key_type, &self.token) {
+            (KeyType::RsaHsm, Some(token)) => {
+                let object_id = token_object_id(&version);
+                let label = token_label(vault, name, &version);
+                let token = Arc::clone(token);
+                let generated_id = object_id.clone();
+                let public = tokio::task::spawn_blocking(move || {
+                    token.generate_rsa(bits, &generated_id, &label)
+                })
+                .await
+                .map_err(|error| VaultError::Internal(error.to_string()))??;
+                let material = NewMaterial::Token {
+                    public,
+                    bits,
+                    object_id: object_id.clone(),
+                };
+                self.store_or_destroy(
+                    vault, name, version, key_type, material, key_ops, attributes, tags,
+                    must_exist, &object_id,
+                )
+                .await
+            }
+            _ => {
+                let material = tokio::task::spawn_blocking(move || RsaKeyMaterial::generate(size))
+                    .await
+                    .map_err(|error| VaultError::Internal(error.to_string()))??;
+                self.store_new_version(
+                    vault,
+                    name,
+                    version,
+                    key_type,
+                    NewMaterial::Software(&material),
+                    key_ops,
+                    attributes,
+                    tags,
+                    must_exist,
+                )
+                .await
+            }
+        }
+    }
+
+    /// Stores a version whose private key is already in the token, destroying the token
+    /// object when the row cannot be stored (a deleted key holding the name, for instance).
+    #[allow(clippy::too_many_arguments)]
+    async fn store_or_destroy(
+        &self,
+        vault: &Vault,
+        name: &str,
+        version: String,
+        key_type: KeyType,
+        material: NewMaterial<'_>,
+        key_ops: Vec<KeyOperation>,
+        attributes: &KeyAttributesInput,
+        tags: BTreeMap<String, String>,
+        must_exist: bool,
+        object_id: &[u8],
+    ) -> Result<KeyBundle, VaultError> {
+        let stored = self
+            .store_new_version(
+                vault, name, version, key_type, material, key_ops, attributes, tags, must_exist,
+            )
+            .await;
+        if stored.is_err() {
+            self.destroy_token_objects(vec![object_id.to_vec()]);
+        }
+        stored
     }
 
     /// ARM PUT on `vaults/keys`: creates the first version when the key is absent, otherwise
@@ -414,35 +566,69 @@ impl KeyVaultService {
                 "imported RSA keys must be 2048 to 4096 bits; this one has {bits}"
             )));
         }
+        validate_tags(&import.tags)?;
         let key_ops = import
             .key_ops
             .unwrap_or_else(|| KeyOperation::ALL_RSA.to_vec());
-        self.store_new_version(
-            vault,
-            name,
-            import.key_type,
-            &material,
-            key_ops,
-            &import.attributes,
-            import.tags,
-            false,
-        )
-        .await
+        let version = new_version();
+        match (import.key_type, &self.token) {
+            (KeyType::RsaHsm, Some(token)) => {
+                let object_id = token_object_id(&version);
+                token.import_rsa(
+                    &import.components,
+                    &object_id,
+                    &token_label(vault, name, &version),
+                )?;
+                let public = TokenPublicKey {
+                    modulus: material.modulus().to_vec(),
+                    public_exponent: material.public_exponent().to_vec(),
+                };
+                drop(material);
+                let material = NewMaterial::Token {
+                    public,
+                    bits,
+                    object_id: object_id.clone(),
+                };
+                self.store_or_destroy(
+                    vault,
+                    name,
+                    version,
+                    import.key_type,
+                    material,
+                    key_ops,
+                    &import.attributes,
+                    import.tags,
+                    false,
+                    &object_id,
+                )
+                .await
+            }
+            _ => {
+                self.store_new_version(
+                    vault,
+                    name,
+                    version,
+                    import.key_type,
+                    NewMaterial::Software(&material),
+                    key_ops,
+                    &import.attributes,
+                    import.tags,
+                    false,
+                )
+                .await
+            }
+        }
     }
 
     /// A new version of an existing key with the latest version's type, size, operations and
     /// tags.
     pub async fn rotate_key(&self, vault: &Vault, name: &str) -> Result<KeyBundle, VaultError> {
         let latest = self.load_version(vault, name, None).await?.key;
-        let (size, _) = key_size_for(Some(latest.key_size))?;
-        let material = tokio::task::spawn_blocking(move || RsaKeyMaterial::generate(size))
-            .await
-            .map_err(|error| VaultError::Internal(error.to_string()))??;
-        self.store_new_version(
+        self.generate_and_store(
             vault,
             name,
             latest.key_type,
-            &material,
+            Some(latest.key_size),
             latest.key_ops,
             &KeyAttributesInput::default(),
             latest.tags,
@@ -456,8 +642,9 @@ impl KeyVaultService {
         &self,
         vault: &Vault,
         name: &str,
+        version: String,
         key_type: KeyType,
-        material: &RsaKeyMaterial,
+        material: NewMaterial<'_>,
         key_ops: Vec<KeyOperation>,
         attributes: &KeyAttributesInput,
         tags: BTreeMap<String, String>,
@@ -466,16 +653,37 @@ impl KeyVaultService {
         validate_tags(&tags)?;
         let vault_key = vault.name.to_ascii_lowercase();
         let key_name = name.to_ascii_lowercase();
-        let version = uuid::Uuid::new_v4().simple().to_string();
         let now = self.now();
-        let pkcs8 = material.to_pkcs8()?;
-        let sealed = self.root_key.seal(
-            KEY_MATERIAL_PURPOSE,
-            sealing_context(&vault_key, &key_name, &version).as_bytes(),
-            &pkcs8,
-        );
+        let (sealed, token_object, key_size, modulus, public_exponent) = match material {
+            NewMaterial::Software(material) => {
+                let pkcs8 = material.to_pkcs8()?;
+                let sealed = self.root_key.seal(
+                    KEY_MATERIAL_PURPOSE,
+                    sealing_context(&vault_key, &key_name, &version).as_bytes(),
+                    &pkcs8,
+                );
+                (
+                    sealed,
+                    None,
+                    material.size_bits(),
+                    material.modulus().to_vec(),
+                    material.public_exponent().to_vec(),
+                )
+            }
+            NewMaterial::Token {
+                public,
+                bits,
+                object_id,
+            } => (
+                Vec::new(),
+                Some(object_id),
+                bits,
+                public.modulus,
+                public.public_exponent,
+            ),
+        };
         let mut transaction = self.database.begin_write().await?;
-        self.purge_expired(&mut transaction, &vault_key).await?;
+        let purged = self.purge_expired(&mut transaction, &vault_key).await?;
         if !must_exist {
             // Two nodes creating the same new key at once must not fail on the primary key.
             sqlx::query(
@@ -522,7 +730,7 @@ impl KeyVaultService {
             name: display_name,
             version,
             key_type,
-            key_size: material.size_bits(),
+            key_size,
             key_ops,
             enabled: attributes.enabled.unwrap_or(true),
             not_before: attributes.not_before,
@@ -530,8 +738,8 @@ impl KeyVaultService {
             created: now,
             updated: now,
             tags,
-            modulus: material.modulus().to_vec(),
-            public_exponent: material.public_exponent().to_vec(),
+            modulus,
+            public_exponent,
         };
         insert_version(
             &mut transaction,
@@ -540,9 +748,11 @@ impl KeyVaultService {
             sequence,
             &key,
             &sealed,
+            token_object.as_deref(),
         )
         .await?;
         transaction.commit().await?;
+        self.destroy_token_objects(purged);
         Ok(self.bundle(vault, key))
     }
 
@@ -667,6 +877,7 @@ impl KeyVaultService {
         let vault_key = vault.name.to_ascii_lowercase();
         let key_name = name.to_ascii_lowercase();
         let retention_days = i64::from(vault.properties.soft_delete_retention_in_days);
+        let mut token_objects = Vec::new();
         let mut transaction = self.database.begin_write().await?;
         let scheduled_purge_date = if vault.properties.enable_soft_delete {
             let scheduled = now + retention_days * 86_400;
@@ -681,12 +892,13 @@ impl KeyVaultService {
             .await?;
             scheduled
         } else {
-            remove_key(&mut transaction, &vault_key, &key_name).await?;
+            token_objects = remove_key(&mut transaction, &vault_key, &key_name).await?;
             now
         };
         transaction.commit().await?;
         if !vault.properties.enable_soft_delete {
             self.forget_opened(&format!("{vault_key}/{key_name}/"));
+            self.destroy_token_objects(token_objects);
         }
         Ok(DeletedKey {
             bundle: self.bundle(vault, latest),
@@ -703,8 +915,9 @@ impl KeyVaultService {
     ) -> Result<DeletedKey, VaultError> {
         let vault_key = vault.name.to_ascii_lowercase();
         let mut transaction = self.database.begin_write().await?;
-        self.purge_expired(&mut transaction, &vault_key).await?;
+        let purged = self.purge_expired(&mut transaction, &vault_key).await?;
         transaction.commit().await?;
+        self.destroy_token_objects(purged);
         let row = sqlx::query(
             "SELECT deleted_date, scheduled_purge_date FROM keyvault_keys WHERE vault = $1 AND name = $2 AND deleted_date IS NOT NULL",
         )
@@ -735,8 +948,9 @@ impl KeyVaultService {
     ) -> Result<Page<DeletedKey>, VaultError> {
         let vault_key = vault.name.to_ascii_lowercase();
         let mut transaction = self.database.begin_write().await?;
-        self.purge_expired(&mut transaction, &vault_key).await?;
+        let purged = self.purge_expired(&mut transaction, &vault_key).await?;
         transaction.commit().await?;
+        self.destroy_token_objects(purged);
         let names = self
             .page_of_names(vault, true, max_results, continuation)
             .await?;
@@ -778,9 +992,10 @@ impl KeyVaultService {
         let vault_key = vault.name.to_ascii_lowercase();
         let key_name = name.to_ascii_lowercase();
         let mut transaction = self.database.begin_write().await?;
-        remove_key(&mut transaction, &vault_key, &key_name).await?;
+        let token_objects = remove_key(&mut transaction, &vault_key, &key_name).await?;
         transaction.commit().await?;
         self.forget_opened(&format!("{vault_key}/{key_name}/"));
+        self.destroy_token_objects(token_objects);
         Ok(())
     }
 
@@ -804,6 +1019,9 @@ impl KeyVaultService {
         for row in &rows {
             let sequence: i64 = row.try_get("sequence")?;
             let stored = version_from_row(row)?;
+            if stored.token_object.is_some() {
+                return Err(VaultError::NonExtractable(stored.key.name));
+            }
             let pkcs8 = self.open_sealed(
                 &vault_key,
                 &key_name,
@@ -862,7 +1080,7 @@ impl KeyVaultService {
         let vault_key = vault.name.to_ascii_lowercase();
         let key_name = contents.name.to_ascii_lowercase();
         let mut transaction = self.database.begin_write().await?;
-        self.purge_expired(&mut transaction, &vault_key).await?;
+        let purged = self.purge_expired(&mut transaction, &vault_key).await?;
         let existing =
             sqlx::query("SELECT deleted_date FROM keyvault_keys WHERE vault = $1 AND name = $2")
                 .bind(&vault_key)
@@ -922,17 +1140,20 @@ impl KeyVaultService {
                 version.sequence,
                 &key,
                 &sealed,
+                None,
             )
             .await?;
         }
         transaction.commit().await?;
+        self.destroy_token_objects(purged);
         self.get_key(vault, &contents.name, None).await
     }
 
     // ----- cryptographic operations -----
 
     /// Encrypts or wraps with the public key of a version. Returns the version's `kid` and
-    /// the result.
+    /// the result. For a version held in a token the algorithm must be one the token can
+    /// decrypt, so RSA-OAEP-256 is refused here too.
     pub async fn encrypt(
         &self,
         vault: &Vault,
@@ -942,14 +1163,21 @@ impl KeyVaultService {
         algorithm: EncryptionAlgorithm,
         value: &[u8],
     ) -> Result<(String, Vec<u8>), VaultError> {
-        let (bundle, material) = self.usable_key(vault, name, version, operation).await?;
-        Ok((
-            bundle.key_uri_with_version(),
-            material.encrypt(algorithm, value)?,
-        ))
+        let (bundle, opened) = self.usable_key(vault, name, version, operation).await?;
+        let result = match opened.as_ref() {
+            OpenedKey::Software(material) => material.encrypt(algorithm, value)?,
+            OpenedKey::Token { public, .. } => {
+                if algorithm == EncryptionAlgorithm::RsaOaep256 {
+                    return Err(oaep_256_refused());
+                }
+                public.encrypt(algorithm, value)?
+            }
+        };
+        Ok((bundle.key_uri_with_version(), result))
     }
 
-    /// Decrypts or unwraps with the private key of a version.
+    /// Decrypts or unwraps with the private key of a version (inside the token for a version
+    /// held in one).
     pub async fn decrypt(
         &self,
         vault: &Vault,
@@ -959,14 +1187,17 @@ impl KeyVaultService {
         algorithm: EncryptionAlgorithm,
         value: &[u8],
     ) -> Result<(String, Zeroizing<Vec<u8>>), VaultError> {
-        let (bundle, material) = self.usable_key(vault, name, version, operation).await?;
-        Ok((
-            bundle.key_uri_with_version(),
-            material.decrypt(algorithm, value)?,
-        ))
+        let (bundle, opened) = self.usable_key(vault, name, version, operation).await?;
+        let result = match opened.as_ref() {
+            OpenedKey::Software(material) => material.decrypt(algorithm, value)?,
+            OpenedKey::Token { object_id, .. } => self
+                .token_for_operation()?
+                .decrypt(object_id, algorithm, value)?,
+        };
+        Ok((bundle.key_uri_with_version(), result))
     }
 
-    /// Signs a digest.
+    /// Signs a digest (inside the token for a version held in one).
     pub async fn sign(
         &self,
         vault: &Vault,
@@ -975,13 +1206,16 @@ impl KeyVaultService {
         algorithm: SignatureAlgorithm,
         digest: &[u8],
     ) -> Result<(String, Vec<u8>), VaultError> {
-        let (bundle, material) = self
+        let (bundle, opened) = self
             .usable_key(vault, name, version, KeyOperation::Sign)
             .await?;
-        Ok((
-            bundle.key_uri_with_version(),
-            material.sign_digest(algorithm, digest)?,
-        ))
+        let signature = match opened.as_ref() {
+            OpenedKey::Software(material) => material.sign_digest(algorithm, digest)?,
+            OpenedKey::Token { object_id, .. } => self
+                .token_for_operation()?
+                .sign_digest(object_id, algorithm, digest)?,
+        };
+        Ok((bundle.key_uri_with_version(), signature))
     }
 
     /// Verifies a signature over a digest.
@@ -994,10 +1228,13 @@ impl KeyVaultService {
         digest: &[u8],
         signature: &[u8],
     ) -> Result<bool, VaultError> {
-        let (_, material) = self
+        let (_, opened) = self
             .usable_key(vault, name, version, KeyOperation::Verify)
             .await?;
-        material.verify_digest(algorithm, digest, signature)
+        match opened.as_ref() {
+            OpenedKey::Software(material) => material.verify_digest(algorithm, digest, signature),
+            OpenedKey::Token { public, .. } => public.verify_digest(algorithm, digest, signature),
+        }
     }
 
     async fn usable_key(
@@ -1006,7 +1243,7 @@ impl KeyVaultService {
         name: &str,
         version: Option<&str>,
         operation: KeyOperation,
-    ) -> Result<(KeyBundle, Arc<RsaKeyMaterial>), VaultError> {
+    ) -> Result<(KeyBundle, Arc<OpenedKey>), VaultError> {
         let stored = self.load_version(vault, name, version).await?;
         stored.key.usability(operation.as_str(), self.now())?;
         if !stored.key.key_ops.contains(&operation) {
@@ -1023,25 +1260,70 @@ impl KeyVaultService {
             .map_err(|_| poisoned())?
             .get(&cache_key)
             .cloned();
-        let material = match cached {
-            Some(material) => material,
+        let opened = match cached {
+            Some(opened) => opened,
             None => {
-                let pkcs8 = self.open_sealed(
-                    &vault_key,
-                    &key_name,
-                    &stored.key.version,
-                    &stored.sealed_private,
-                )?;
-                let material = Arc::new(RsaKeyMaterial::from_pkcs8(&pkcs8)?);
-                let mut opened = self.opened_keys.lock().map_err(|_| poisoned())?;
-                if opened.len() >= KEY_CACHE_LIMIT {
-                    opened.clear();
+                let opened = match &stored.token_object {
+                    Some(object_id) => OpenedKey::Token {
+                        public: RsaPublicKey::from_components(
+                            &stored.key.modulus,
+                            &stored.key.public_exponent,
+                        )?,
+                        object_id: object_id.clone(),
+                    },
+                    None => {
+                        let pkcs8 = self.open_sealed(
+                            &vault_key,
+                            &key_name,
+                            &stored.key.version,
+                            &stored.sealed_private,
+                        )?;
+                        OpenedKey::Software(RsaKeyMaterial::from_pkcs8(&pkcs8)?)
+                    }
+                };
+                let opened = Arc::new(opened);
+                let mut cache = self.opened_keys.lock().map_err(|_| poisoned())?;
+                if cache.len() >= KEY_CACHE_LIMIT {
+                    cache.clear();
                 }
-                opened.insert(cache_key, Arc::clone(&material));
-                material
+                cache.insert(cache_key, Arc::clone(&opened));
+                opened
             }
         };
-        Ok((self.bundle(vault, stored.key), material))
+        Ok((self.bundle(vault, stored.key), opened))
+    }
+
+    /// The token, for an operation on a version held in one.
+    fn token_for_operation(&self) -> Result<&Pkcs11Token, VaultError> {
+        self.token.as_deref().ok_or_else(|| {
+            VaultError::Internal(
+                "this key version's private key is held in a PKCS#11 token, but the vault was started without one (configure pkcs11)".into(),
+            )
+        })
+    }
+
+    /// Destroys the token objects of purged versions. Failures are logged and left behind:
+    /// the rows are gone, so the objects are unreachable through the vault either way.
+    fn destroy_token_objects(&self, object_ids: Vec<Vec<u8>>) {
+        if object_ids.is_empty() {
+            return;
+        }
+        let Some(token) = self.token.as_deref() else {
+            tracing::warn!(
+                objects = object_ids.len(),
+                "purged RSA-HSM key versions left objects in a PKCS#11 token that is not configured"
+            );
+            return;
+        };
+        for object_id in object_ids {
+            if let Err(error) = token.destroy(&object_id) {
+                tracing::warn!(
+                    object_id = %hex::encode(&object_id),
+                    %error,
+                    "a purged RSA-HSM key version's PKCS#11 object could not be destroyed"
+                );
+            }
+        }
     }
 
     // ----- helpers -----
@@ -1167,12 +1449,13 @@ impl KeyVaultService {
         })
     }
 
-    /// Purges deleted keys whose retention has ended.
+    /// Purges deleted keys whose retention has ended. Returns the token objects of the purged
+    /// versions, to destroy once the transaction has committed.
     async fn purge_expired(
         &self,
         transaction: &mut hds_db::WriteTransaction,
         vault_key: &str,
-    ) -> Result<(), VaultError> {
+    ) -> Result<Vec<Vec<u8>>, VaultError> {
         let expired: Vec<String> = sqlx::query(
             "SELECT name FROM keyvault_keys WHERE vault = $1 AND deleted_date IS NOT NULL AND scheduled_purge_date <= $2",
         )
@@ -1183,11 +1466,12 @@ impl KeyVaultService {
         .iter()
         .map(|row| row.try_get::<String, _>(0))
         .collect::<Result<_, _>>()?;
+        let mut token_objects = Vec::new();
         for key_name in expired {
-            remove_key(transaction, vault_key, &key_name).await?;
+            token_objects.extend(remove_key(transaction, vault_key, &key_name).await?);
             self.forget_opened(&format!("{vault_key}/{key_name}/"));
         }
-        Ok(())
+        Ok(token_objects)
     }
 
     /// The backend, for tests that want to name it.
@@ -1197,7 +1481,7 @@ impl KeyVaultService {
 }
 
 const VERSION_SELECT: &str = "SELECT k.display_name, v.version, v.sequence, v.kty, v.key_size, v.key_ops, v.enabled, \
-    v.not_before, v.expires, v.created, v.updated, v.tags, v.public_n, v.public_e, v.sealed_private \
+    v.not_before, v.expires, v.created, v.updated, v.tags, v.public_n, v.public_e, v.sealed_private, v.pkcs11_id \
     FROM keyvault_key_versions v JOIN keyvault_keys k ON k.vault = v.vault AND k.name = v.name";
 
 fn version_from_row(row: &AnyRow) -> Result<StoredVersion, VaultError> {
@@ -1227,6 +1511,7 @@ fn version_from_row(row: &AnyRow) -> Result<StoredVersion, VaultError> {
     Ok(StoredVersion {
         key,
         sealed_private: row.try_get("sealed_private")?,
+        token_object: row.try_get("pkcs11_id")?,
     })
 }
 
@@ -1237,11 +1522,12 @@ async fn insert_version(
     sequence: i64,
     key: &KeyVersion,
     sealed: &[u8],
+    token_object: Option<&[u8]>,
 ) -> Result<(), VaultError> {
     sqlx::query(
         "INSERT INTO keyvault_key_versions (vault, name, version, sequence, kty, key_size, key_ops, enabled, not_before, \
-         expires, created, updated, tags, public_n, public_e, sealed_private) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)",
+         expires, created, updated, tags, public_n, public_e, sealed_private, pkcs11_id) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)",
     )
     .bind(vault_key)
     .bind(key_name)
@@ -1259,16 +1545,19 @@ async fn insert_version(
     .bind(key.modulus.clone())
     .bind(key.public_exponent.clone())
     .bind(sealed.to_vec())
+    .bind(token_object.map(<[u8]>::to_vec))
     .execute(&mut **transaction)
     .await?;
     Ok(())
 }
 
+/// Deletes a key and its versions; returns the token objects of those versions.
 async fn remove_key(
     transaction: &mut hds_db::WriteTransaction,
     vault_key: &str,
     key_name: &str,
-) -> Result<(), VaultError> {
+) -> Result<Vec<Vec<u8>>, VaultError> {
+    let token_objects = token_objects_of(transaction, vault_key, Some(key_name)).await?;
     sqlx::query("DELETE FROM keyvault_key_versions WHERE vault = $1 AND name = $2")
         .bind(vault_key)
         .bind(key_name)
@@ -1279,7 +1568,56 @@ async fn remove_key(
         .bind(key_name)
         .execute(&mut **transaction)
         .await?;
-    Ok(())
+    Ok(token_objects)
+}
+
+/// The `CKA_ID`s of the token-held versions of a vault, or of one key in it.
+async fn token_objects_of(
+    transaction: &mut hds_db::WriteTransaction,
+    vault_key: &str,
+    key_name: Option<&str>,
+) -> Result<Vec<Vec<u8>>, VaultError> {
+    let rows = match key_name {
+        Some(key_name) => {
+            sqlx::query(
+                "SELECT pkcs11_id FROM keyvault_key_versions WHERE vault = $1 AND name = $2 AND pkcs11_id IS NOT NULL",
+            )
+            .bind(vault_key)
+            .bind(key_name)
+            .fetch_all(&mut **transaction)
+            .await?
+        }
+        None => {
+            sqlx::query(
+                "SELECT pkcs11_id FROM keyvault_key_versions WHERE vault = $1 AND pkcs11_id IS NOT NULL",
+            )
+            .bind(vault_key)
+            .fetch_all(&mut **transaction)
+            .await?
+        }
+    };
+    rows.iter()
+        .map(|row| row.try_get::<Vec<u8>, _>(0).map_err(VaultError::from))
+        .collect()
+}
+
+/// A new version id: 32 lowercase hex digits.
+fn new_version() -> String {
+    uuid::Uuid::new_v4().simple().to_string()
+}
+
+/// The `CKA_ID` of a token-held version: the version's 16 random bytes, unique across vaults.
+fn token_object_id(version: &str) -> Vec<u8> {
+    hex::decode(version).unwrap_or_else(|_| version.as_bytes().to_vec())
+}
+
+/// The `CKA_LABEL` of a token-held version, naming what it belongs to for token tools.
+fn token_label(vault: &Vault, name: &str, version: &str) -> String {
+    format!(
+        "hds-keyvault/{}/{}/{version}",
+        vault.name.to_ascii_lowercase(),
+        name.to_ascii_lowercase()
+    )
 }
 
 /// The associated data a version's private key is sealed with: it cannot be moved to another

@@ -75,6 +75,19 @@ pub struct UpOptions {
     #[arg(long = "trust-issuer", env = "HDS_TRUST_ISSUERS", value_delimiter = ' ', value_name = "ISSUER=JWKS")]
     pub trusted_issuers: Vec<String>,
 
+    /// A PKCS#11 module (e.g. /usr/lib/softhsm/libsofthsm2.so): RSA-HSM keys of hds's vaults
+    /// are then generated and used inside its token, never extractable.
+    #[arg(long, env = "HDS_PKCS11_MODULE")]
+    pub pkcs11_module: Option<PathBuf>,
+
+    /// The label of the PKCS#11 token to use.
+    #[arg(long, env = "HDS_PKCS11_TOKEN_LABEL", default_value = "hds")]
+    pub pkcs11_token_label: String,
+
+    /// A 0600 file holding the token's user PIN.
+    #[arg(long, env = "HDS_PKCS11_PIN_FILE")]
+    pub pkcs11_pin_file: Option<PathBuf>,
+
     /// For customer keys kept in Azure Key Vault (`https://*.vault.azure.net/keys/...`): the
     /// Microsoft Entra ID tenant of the application hds signs in as.
     #[arg(long, env = "HDS_AZURE_TENANT_ID")]

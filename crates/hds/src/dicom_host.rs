@@ -79,7 +79,7 @@ pub fn service_key(workspace: &str, service: &str) -> String {
 
 impl DicomHost {
     pub fn new(parts: DicomHostParts) -> Arc<DicomHost> {
-        Arc::new(DicomHost {
+        let host = Arc::new(DicomHost {
             database: parts.database,
             root_key: parts.root_key,
             index: parts.index,
@@ -91,7 +91,44 @@ impl DicomHost {
             monitor: parts.monitor,
             azure_application: parts.azure_application,
             services: RwLock::new(HashMap::new()),
-        })
+        });
+        // A versionless key URL follows the key's latest version: when the monitor sees a new
+        // one, the root key is re-wrapped under it, in the background since the listener runs
+        // inside a probe. The listener holds the host weakly: the monitor is the host's part.
+        let weak = Arc::downgrade(&host);
+        host.monitor.set_new_version_listener(Arc::new(move |service: &str, kid: &KeyUrl| {
+            let Some(host) = weak.upgrade() else {
+                return;
+            };
+            let (service, kid) = (service.to_owned(), kid.to_string());
+            tokio::spawn(async move { host.follow_new_version(&service, &kid).await });
+        }));
+        host
+    }
+
+    /// Re-wraps a service's root key under `kid`, the latest version of its versionless key,
+    /// unless it is wrapped under that version already (one unwrap with the old version, which
+    /// must still be enabled, and one wrap; no data is re-encrypted).
+    async fn follow_new_version(&self, key: &str, kid: &str) {
+        let (Some(keyring), Some(binding)) = (self.keyrings.get(key), self.monitor.binding(key)) else {
+            return;
+        };
+        let kek = match self.remote_kek(&binding.principal_id, kid) {
+            Ok(kek) => kek,
+            Err(error) => {
+                tracing::warn!(service = %key, error = %error, "the key's latest version could not be used");
+                return;
+            }
+        };
+        if keyring.key_encryption_key().key_id() == kek.key_id() {
+            return;
+        }
+        match keyring.rewrap(kek).await {
+            Ok(()) => tracing::info!(service = %key, "the service's root key was re-wrapped under the key's latest version"),
+            Err(error) => {
+                tracing::warn!(service = %key, error = %error, "re-wrapping the service's root key under the key's latest version failed")
+            }
+        }
     }
 
     /// Serves a service that already exists (at start-up), without re-validating its key:
@@ -232,7 +269,7 @@ impl DicomHost {
         }
         let kek = self.remote_kek(&principal_id, &validated.facts.kid.to_string()).map_err(|error| ArmError::internal(&error))?;
         let keyring = match existing {
-            Some(existing) => self.reopen(&key, existing, kek, &binding.principal_id).await?,
+            Some(existing) => self.reopen(&key, existing, kek, &principal_id).await?,
             None => ServiceKeyring::open_or_create(&self.database, &key, kek).await.map_err(|error| {
                 ArmError::new(StatusCode::BAD_REQUEST, "KeyAccessDenied", format!("the service's keys could not be created or unwrapped: {error}"))
             })?,
@@ -370,20 +407,22 @@ impl DicomServiceHost for DicomHost {
             if !customer_managed {
                 return Ok(HealthReport { latch_after: latch, ..HealthReport::healthy(None) });
             }
+            // reportedTime is the last probe's time (none yet after a restart: then "now").
+            let last_checked = self.monitor.last_checked(&key);
             let report = match self.monitor.state(&key) {
                 None => HealthReport { state: KeyAccessState::Unknown, since: None, last_checked: None, reason: None, latch_after: latch },
-                Some(MonitorState::Healthy) => HealthReport { latch_after: latch, ..HealthReport::healthy(None) },
+                Some(MonitorState::Healthy) => HealthReport { latch_after: latch, ..HealthReport::healthy(last_checked) },
                 Some(MonitorState::KeyAccessLost { since, reason }) => HealthReport {
                     state: KeyAccessState::KeyAccessLost,
                     since: Some(since),
-                    last_checked: None,
+                    last_checked,
                     reason: Some(format!("{}: {}", reason.code.as_str(), reason.message)),
                     latch_after: latch,
                 },
                 Some(MonitorState::RequiresUpdate { since, reason }) => HealthReport {
                     state: KeyAccessState::RequiresUpdate,
                     since: Some(since),
-                    last_checked: None,
+                    last_checked,
                     reason: Some(format!("{}: {}", reason.code.as_str(), reason.message)),
                     latch_after: latch,
                 },
@@ -419,7 +458,10 @@ impl DicomServiceResolver for DicomHost {
                 return Ok(None);
             };
             if customer_managed
-                && let Some(message) = self.monitor.state(&key).and_then(|state| state.data_plane_message())
+                && let Some(message) = self
+                    .monitor
+                    .state(&key)
+                    .and_then(|state| state.data_plane_message_with_latch(self.monitor.config().lost_access_latch))
             {
                 return Err(DicomWebError::Unavailable { code: CUSTOMER_MANAGED_KEY_ACCESS_LOST, message });
             }

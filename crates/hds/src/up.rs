@@ -21,7 +21,7 @@ use hds_dicomweb::{DicomWebConfig, DicomWebState};
 use hds_identity::{AdminCredentials, ExternalIssuer, Identity, IdentityConfig, MANAGEMENT_AUDIENCE};
 use hds_index::{Index, ServiceKeyrings};
 use hds_keyvault::{
-    DataPlaneState, KeyVaultService, ServiceConfig as VaultServiceConfig, VaultAddressing, VaultListeners,
+    DataPlaneState, KeyVaultService, PinSource, Pkcs11Config, ServiceConfig as VaultServiceConfig, VaultAddressing, VaultListeners,
 };
 use hds_providers::ProviderDependencies;
 use hds_tls::LocalCa;
@@ -82,11 +82,22 @@ pub async fn run(options: UpOptions) -> anyhow::Result<()> {
     let blobs = BlobStore::local(&data_dir.join("blobs")).context("opening the blob store")?;
 
     // Key vaults: each on its own HTTPS listener (the Azure SDKs address vaults by host).
+    let pkcs11 = match &options.pkcs11_module {
+        Some(module_path) => Some(Pkcs11Config {
+            module_path: module_path.clone(),
+            token_label: options.pkcs11_token_label.clone(),
+            user_pin: PinSource::File(
+                options.pkcs11_pin_file.clone().context("--pkcs11-module needs --pkcs11-pin-file")?,
+            ),
+        }),
+        None => None,
+    };
     let vault_service = Arc::new(
-        KeyVaultService::open(
+        KeyVaultService::open_with_pkcs11(
             database.clone(),
             root_key.clone(),
             VaultServiceConfig { addressing: VaultAddressing::Loopback { address: options.listen.ip() } },
+            pkcs11,
         )
         .await
         .context("opening the key vault service")?,

@@ -434,3 +434,26 @@ async fn state_persists_across_reopen_on_postgres() {
     let url = cluster.fresh_database().await.unwrap();
     persistence_suite(&url).await;
 }
+
+#[test]
+fn data_plane_message_names_the_configured_latch() {
+    let reason = ValidationError::new(ValidationCode::KeyDisabled, "disabled");
+    let lost = KeyAccessState::KeyAccessLost {
+        since: OffsetDateTime::UNIX_EPOCH,
+        reason: reason.clone(),
+    };
+    let latched = KeyAccessState::RequiresUpdate {
+        since: OffsetDateTime::UNIX_EPOCH,
+        reason,
+    };
+    let short = lost
+        .data_plane_message_with_latch(Duration::from_secs(6))
+        .unwrap();
+    assert!(
+        short.contains("within 6 seconds") && short.contains("KeyDisabled"),
+        "{short}"
+    );
+    let default = latched.data_plane_message().unwrap();
+    assert!(default.contains("more than 30 minutes"), "{default}");
+    assert!(KeyAccessState::Healthy.data_plane_message().is_none());
+}
