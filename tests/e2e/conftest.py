@@ -207,3 +207,324 @@ def dicom_file(name: str) -> pathlib.Path:
 
 def read(path) -> pydicom.Dataset:
     return pydicom.dcmread(str(path))
+
+
+# ---- customer-managed key scenarios: control plane, vault data plane, polling -----------------
+
+import io  # noqa: E402
+import re  # noqa: E402
+
+from pydicom.uid import generate_uid  # noqa: E402
+
+CRYPTO_SERVICE_ENCRYPTION_USER = "e147488a-f6f5-4113-8e2d-b22465e65bf6"
+HEALTHCARE_API_VERSION = "2023-06-01-preview"
+FAST_CMK_FLAGS = ("--cmk-probe-interval", "1s", "--cmk-lost-access-latch", "6s")
+
+
+def wait_for(condition, timeout=30.0, interval=0.2, what="the condition"):
+    """Polls `condition` until it returns something truthy; returns that value. Fails the test
+    with `what` and the last value seen when `timeout` seconds pass first."""
+    deadline = time.time() + timeout
+    last = None
+    while True:
+        last = condition()
+        if last:
+            return last
+        if time.time() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}; last: {last!r}")
+        time.sleep(interval)
+
+
+class ArmClient:
+    """The control plane as the bootstrap admin: ARM paths under the admin's subscription."""
+
+    def __init__(self, server: "HdsServer"):
+        self.server = server
+        admin = server.admin()
+        self.subscription_id = admin["subscriptionId"]
+        self.tenant_id = admin["tenantId"]
+        self.subscription = f"/subscriptions/{self.subscription_id}"
+        self.session = requests.Session()
+        self.session.headers["Authorization"] = f"Bearer {server.token('https://management.azure.com')}"
+
+    def group(self, name="default") -> str:
+        return f"{self.subscription}/resourceGroups/{name}"
+
+    def vault_id(self, name="default", group="default") -> str:
+        return f"{self.group(group)}/providers/Microsoft.KeyVault/vaults/{name}"
+
+    def workspace_id(self, name="default", group="default") -> str:
+        return f"{self.group(group)}/providers/Microsoft.HealthcareApis/workspaces/{name}"
+
+    def service_id(self, workspace="default", service="dicom", group="default") -> str:
+        return f"{self.workspace_id(workspace, group)}/dicomservices/{service}"
+
+    def identity_id(self, name, group="default") -> str:
+        return f"{self.group(group)}/providers/Microsoft.ManagedIdentity/userAssignedIdentities/{name}"
+
+    def request(self, method, path, body=None, api_version=HEALTHCARE_API_VERSION) -> requests.Response:
+        separator = "&" if "?" in path else "?"
+        return self.session.request(method, f"{self.server.base}{path}{separator}api-version={api_version}", json=body)
+
+    def ok(self, method, path, body=None, api_version=HEALTHCARE_API_VERSION) -> dict:
+        """The request, which must succeed; its JSON body (or {})."""
+        response = self.request(method, path, body, api_version)
+        assert response.status_code < 300, f"{method} {path}: {response.status_code} {response.text}"
+        return response.json() if response.content else {}
+
+    def get(self, path, api_version=HEALTHCARE_API_VERSION) -> dict:
+        return self.ok("GET", path, api_version=api_version)
+
+    def put_group(self, name):
+        return self.ok("PUT", self.group(name), {"location": "local"}, api_version="2022-09-01")
+
+    def put_vault(self, name, group="default", **properties) -> dict:
+        body = {
+            "location": "local",
+            "properties": {
+                "tenantId": self.tenant_id,
+                "sku": {"family": "A", "name": "standard"},
+                "enableSoftDelete": True,
+                "enablePurgeProtection": True,
+                "enableRbacAuthorization": True,
+                "accessPolicies": [],
+                **properties,
+            },
+        }
+        return self.ok("PUT", self.vault_id(name, group), body, api_version="2022-07-01")
+
+    def put_key(self, vault, name, group="default", kty="RSA", size=2048, ops=("wrapKey", "unwrapKey"), enabled=True):
+        body = {"properties": {"kty": kty, "keySize": size, "keyOps": list(ops), "attributes": {"enabled": enabled}}}
+        return self.ok("PUT", f"{self.vault_id(vault, group)}/keys/{name}", body, api_version="2022-07-01")
+
+    def put_identity(self, name, group="default") -> dict:
+        return self.ok("PUT", self.identity_id(name, group), {"location": "local"}, api_version="2023-01-31")
+
+    def grant(self, principal_id, scope, role=CRYPTO_SERVICE_ENCRYPTION_USER) -> str:
+        """Assigns `role` to `principal_id` at `scope`; returns the assignment's id."""
+        import uuid
+
+        assignment = f"{scope}/providers/Microsoft.Authorization/roleAssignments/{uuid.uuid4()}"
+        body = {
+            "properties": {
+                "roleDefinitionId": f"{self.subscription}/providers/Microsoft.Authorization/roleDefinitions/{role}",
+                "principalId": principal_id,
+                "principalType": "ServicePrincipal",
+            }
+        }
+        self.ok("PUT", assignment, body, api_version="2022-04-01")
+        return assignment
+
+    def assignments_of(self, principal_id, scope) -> list:
+        listed = self.get(f"{scope}/providers/Microsoft.Authorization/roleAssignments", api_version="2022-04-01")
+        return [a for a in listed["value"] if a["properties"]["principalId"] == principal_id]
+
+    def service_body(self, key_url, identity=None) -> dict:
+        return {
+            "location": "local",
+            "identity": identity or {"type": "SystemAssigned"},
+            "properties": {"encryption": {"customerManagedKeyEncryption": {"keyEncryptionKeyUrl": key_url}}},
+        }
+
+    def put_service(self, service_id, key_url, identity=None) -> requests.Response:
+        return self.request("PUT", service_id, self.service_body(key_url, identity))
+
+    def update_service(self, service_id) -> dict:
+        """The seed's "update the DICOM service": the same PUT again, from what GET shows."""
+        current = self.get(service_id)
+        identity = {key: value for key, value in current["identity"].items() if key in ("type", "userAssignedIdentities")}
+        if "userAssignedIdentities" in identity:
+            identity["userAssignedIdentities"] = {key: {} for key in identity["userAssignedIdentities"]}
+        key_url = current["properties"]["encryption"]["customerManagedKeyEncryption"]["keyEncryptionKeyUrl"]
+        return self.ok("PUT", service_id, self.service_body(key_url, identity))
+
+    def health(self, resource_id) -> dict:
+        path = f"{resource_id}/providers/Microsoft.ResourceHealth/availabilityStatuses/current"
+        return self.get(path, api_version="2023-10-01-preview")["properties"]
+
+
+class VaultClient:
+    """A vault's data plane (Azure Key Vault keys API 7.4) as the bootstrap admin."""
+
+    def __init__(self, server: "HdsServer", vault_uri: str):
+        self.uri = vault_uri.rstrip("/")
+        self.session = requests.Session()
+        self.session.headers["Authorization"] = f"Bearer {server.token('https://vault.azure.net')}"
+        self.ca_path = server.ca_path
+
+    def request(self, method, path, body=None) -> requests.Response:
+        # verify= per request: a session's verify loses to REQUESTS_CA_BUNDLE in the environment.
+        return self.session.request(method, f"{self.uri}{path}?api-version=7.4", json=body, verify=self.ca_path)
+
+    def key(self, name) -> dict:
+        response = self.request("GET", f"/keys/{name}")
+        assert response.status_code == 200, response.text
+        return response.json()
+
+    def set_enabled(self, key_id: str, enabled: bool) -> dict:
+        """PATCH of one key version's attributes; `key_id` is its versioned URL."""
+        path = key_id[len(self.uri):]
+        response = self.request("PATCH", path, {"attributes": {"enabled": enabled}})
+        assert response.status_code == 200, response.text
+        assert response.json()["attributes"]["enabled"] is enabled
+        return response.json()
+
+    def rotate(self, name) -> dict:
+        response = self.request("POST", f"/keys/{name}/rotate")
+        assert response.status_code == 200, response.text
+        return response.json()
+
+
+def data_plane_status(server: "HdsServer", service_url: str = None):
+    """(status, error code or None) of a search on a DICOM service's data plane."""
+    response = server.http.get(f"{service_url or server.url}/studies")
+    code = None
+    if response.status_code >= 400 and response.headers.get("Content-Type", "").startswith("application/json"):
+        code = response.json().get("error", {}).get("code")
+    return response.status_code, code
+
+
+@pytest.fixture
+def cmk_hds(tmp_path):
+    """hds after the seed's flow, with a key-access monitor fast enough to test the latch."""
+    server = HdsServer(tmp_path / "data", extra_args=FAST_CMK_FLAGS).start()
+    yield server
+    assert server.stop() == 0, "hds did not stop cleanly on SIGTERM"
+
+
+class StaticTokenCredential:
+    """An azure-core token credential that hands out one token from hds's token service."""
+
+    def __init__(self, token: str):
+        self._token = token
+
+    def get_token(self, *scopes, **kwargs):
+        from azure.core.credentials import AccessToken
+
+        return AccessToken(self._token, int(time.time()) + 3000)
+
+
+def key_client(server: "HdsServer", vault_uri: str):
+    """azure-keyvault-keys' KeyClient against one of hds's vaults, as the bootstrap admin."""
+    from azure.keyvault.keys import KeyClient
+
+    return KeyClient(
+        vault_uri,
+        StaticTokenCredential(server.token("https://vault.azure.net")),
+        verify_challenge_resource=False,
+        connection_verify=server.ca_path,
+    )
+
+
+GUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+
+
+# ---- DICOMweb, key and health helpers for the customer-managed key scenarios ----------------------------------------------------------------------------------
+
+
+def fresh_instance(name="CT_small.dcm") -> pydicom.Dataset:
+    dataset = read(dicom_file(name))
+    dataset.StudyInstanceUID = generate_uid()
+    dataset.SeriesInstanceUID = generate_uid()
+    dataset.SOPInstanceUID = generate_uid()
+    dataset.file_meta.MediaStorageSOPInstanceUID = dataset.SOPInstanceUID
+    return dataset
+
+
+def store(server, dataset, service_url=None) -> None:
+    """STOW-RS of one instance; it must be stored."""
+    buffer = io.BytesIO()
+    dataset.save_as(buffer, enforce_file_format=True)
+    boundary = "hds-e2e-boundary"
+    body = (
+        f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode()
+        + buffer.getvalue()
+        + f"\r\n--{boundary}--\r\n".encode()
+    )
+    response = server.http.post(
+        f"{service_url or server.url}/studies",
+        data=body,
+        headers={"Content-Type": f'multipart/related; type="application/dicom"; boundary={boundary}',
+                 "Accept": "application/dicom+json"},
+    )
+    assert response.status_code == 200, response.text
+    assert "00081199" in response.json(), response.text
+
+
+def retrieve(server, dataset, service_url=None) -> requests.Response:
+    """WADO-RS of one instance as application/dicom."""
+    return server.http.get(
+        f"{service_url or server.url}/studies/{dataset.StudyInstanceUID}/series/{dataset.SeriesInstanceUID}"
+        f"/instances/{dataset.SOPInstanceUID}",
+        headers={"Accept": 'multipart/related; type="application/dicom"; transfer-syntax=*'},
+    )
+
+
+def assert_readable(server, dataset, service_url=None) -> None:
+    """The instance comes back with the same pixel data."""
+    response = retrieve(server, dataset, service_url)
+    assert response.status_code == 200, response.text
+    content_type = response.headers["Content-Type"]
+    boundary = re.search(r'boundary="?([^";]+)"?', content_type).group(1).encode()
+    parts = [part for part in response.content.split(b"--" + boundary) if b"\r\n\r\n" in part]
+    payload = parts[0].split(b"\r\n\r\n", 1)[1].rstrip(b"\r\n")
+    returned = pydicom.dcmread(io.BytesIO(payload))
+    assert returned.SOPInstanceUID == dataset.SOPInstanceUID
+    assert returned.PixelData == dataset.PixelData
+
+
+def blob_files(data_dir: pathlib.Path) -> dict:
+    """Every file under the data dir's blob store, with its mtime in nanoseconds."""
+    return {str(path): path.stat().st_mtime_ns for path in (data_dir / "blobs").rglob("*") if path.is_file()}
+
+
+def key_url_of(service: dict) -> str:
+    return service["properties"]["encryption"]["customerManagedKeyEncryption"]["keyEncryptionKeyUrl"]
+
+
+def vault_of(server, arm) -> "VaultClient":
+    vault = arm.get(arm.vault_id(), api_version="2022-07-01")
+    return VaultClient(server, vault["properties"]["vaultUri"])
+
+
+def wait_health(arm, service_id, state, timeout=20.0, **expected) -> dict:
+    """Polls resource health until availabilityState is `state` (and each expected property has
+    its value); returns the properties."""
+
+    def matches():
+        health = arm.health(service_id)
+        if health["availabilityState"] != state:
+            return None
+        if any(health.get(key) != value for key, value in expected.items()):
+            return None
+        return health
+
+    return wait_for(matches, timeout=timeout, what=f"resource health {state} {expected}")
+
+
+def wait_data_plane(server, expected, service_url=None, timeout=20.0):
+    """Polls a data-plane search until it answers `expected`, a (status, error code) pair."""
+    seen = []
+
+    def answered():
+        seen.append(data_plane_status(server, service_url))
+        return seen[-1] == expected
+
+    try:
+        return wait_for(answered, timeout=timeout, what=f"the data plane to answer {expected}")
+    except AssertionError as error:
+        raise AssertionError(f"{error}; the data plane answered {seen[-1]}") from None
+
+
+def wait_probes(arm, service_id, count=3):
+    """Waits until the monitor reported `count` more probes: resource health's reportedTime is
+    the last probe's time, so each probe shows as a new value that stays put between probes."""
+    seen = {}
+    first = arm.health(service_id)["reportedTime"]
+
+    def probed():
+        reported = arm.health(service_id)["reportedTime"]
+        seen[reported] = seen.get(reported, 0) + 1
+        return sum(1 for value, times in seen.items() if value != first and times >= 2) >= count
+
+    wait_for(probed, timeout=count * 5.0, what=f"{count} more key-access probes")

@@ -107,8 +107,16 @@ fn identity_words(resource: &Resource) -> String {
     }
 }
 
-fn minutes(duration: std::time::Duration) -> u64 {
-    duration.as_secs() / 60
+/// The latch in words: "30 minutes", "1 minute", or seconds when it is not whole minutes
+/// (short latches are configured for tests and demonstrations).
+fn latch_words(duration: std::time::Duration) -> String {
+    let seconds = duration.as_secs();
+    match (seconds / 60, seconds % 60) {
+        (1, 0) => "1 minute".to_owned(),
+        (minutes, 0) if minutes > 0 => format!("{minutes} minutes"),
+        _ if seconds == 1 => "1 second".to_owned(),
+        _ => format!("{seconds} seconds"),
+    }
 }
 
 /// The `properties` of a DICOM service's status.
@@ -117,10 +125,12 @@ fn dicom_status(resource: &Resource, report: &HealthReport, now: OffsetDateTime)
     let reported = report.last_checked.unwrap_or(now);
     let key_url = stored_key_url(&resource.properties).unwrap_or_default();
     let identity = identity_words(resource);
-    let latch = minutes(report.latch_after);
+    let latch = latch_words(report.latch_after);
+    // The reason is a sentence of its own; the texts below add their own full stop.
     let reason = report
         .reason
-        .clone()
+        .as_deref()
+        .map(|reason| reason.trim_end_matches('.').to_owned())
         .unwrap_or_else(|| "the key could not be reached".to_owned());
     let affects = "Requests that read or write data (store, retrieve, search, delete, change feed) fail with 500 and error code CustomerManagedKeyAccessLost; no data is lost.";
     let restore = json!({
@@ -155,7 +165,7 @@ fn dicom_status(resource: &Resource, report: &HealthReport, now: OffsetDateTime)
                     format_time(since)
                 ),
                 "detailedStatus": format!(
-                    "Key access lost: {reason}. If access comes back before {} ({latch} minutes after it was lost) the service recovers by itself; after that, only an update of the DICOM service brings it back, even once access is restored.",
+                    "Key access lost: {reason}. If access comes back before {} ({latch} after it was lost) the service recovers by itself; after that, only an update of the DICOM service brings it back, even once access is restored.",
                     format_time(deadline)
                 ),
                 "reasonType": "Unplanned",
@@ -163,7 +173,7 @@ fn dicom_status(resource: &Resource, report: &HealthReport, now: OffsetDateTime)
                 "occuredTime": format_time(since),
                 "reportedTime": format_time(reported),
                 "recommendedActions": [restore, {
-                    "action": format!("If access was lost for more than {latch} minutes, update the DICOM service once access is restored: send its PUT again (for example redeploy its ARM template)."),
+                    "action": format!("If access was lost for more than {latch}, update the DICOM service once access is restored: send its PUT again (for example redeploy its ARM template)."),
                 }],
             })
         }
@@ -171,11 +181,11 @@ fn dicom_status(resource: &Resource, report: &HealthReport, now: OffsetDateTime)
             "availabilityState": "Unavailable",
             "title": "The DICOM service needs an update to use its customer-managed key again",
             "summary": format!(
-                "Since {}, the DICOM service could not use its customer-managed key '{key_url}' through {identity} for more than {latch} minutes ({reason}), so it stays unavailable until it is updated, even once key access is restored. {affects}",
+                "Since {}, the DICOM service could not use its customer-managed key '{key_url}' through {identity} for more than {latch} ({reason}), so it stays unavailable until it is updated, even once key access is restored. {affects}",
                 format_time(since)
             ),
             "detailedStatus": format!(
-                "Key access was lost for more than {latch} minutes: {reason}. The service no longer retries by itself; an update of the DICOM service re-validates the key."
+                "Key access was lost for more than {latch}: {reason}. The service no longer retries by itself; an update of the DICOM service re-validates the key."
             ),
             "reasonType": "Unplanned",
             "reasonChronicity": "Persistent",
@@ -273,5 +283,20 @@ impl ResourceProvider for AvailabilityStatusProvider {
 
     fn delete(&self, _context: RequestContext, _id: ResourceId) -> ArmFuture<'_, ProviderResponse> {
         Box::pin(async { Err(not_supported("Availability statuses are read-only.")) })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::latch_words;
+    use std::time::Duration;
+
+    #[test]
+    fn latch_in_words_keeps_short_latches_visible() {
+        assert_eq!(latch_words(Duration::from_secs(30 * 60)), "30 minutes");
+        assert_eq!(latch_words(Duration::from_secs(60)), "1 minute");
+        assert_eq!(latch_words(Duration::from_secs(6)), "6 seconds");
+        assert_eq!(latch_words(Duration::from_secs(90)), "90 seconds");
+        assert_eq!(latch_words(Duration::from_secs(1)), "1 second");
     }
 }
