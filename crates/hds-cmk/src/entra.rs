@@ -97,15 +97,19 @@ impl TokenSource for EntraTokenSource {
                 ])
                 .send()
                 .await
-                .map_err(|error| CmkError::TokenUnavailable(format!("the Entra ID token endpoint is unreachable: {error}")))?;
+                .map_err(|error| {
+                    CmkError::TokenUnavailable(format!(
+                        "the Entra ID token endpoint is unreachable: {error}"
+                    ))
+                })?;
             let status = response.status();
-            let body = response
-                .bytes()
-                .await
-                .map_err(|error| CmkError::TokenUnavailable(format!("reading the Entra ID token response: {error}")))?;
+            let body = response.bytes().await.map_err(|error| {
+                CmkError::TokenUnavailable(format!("reading the Entra ID token response: {error}"))
+            })?;
             if status.is_success() {
-                let token: TokenResponse = serde_json::from_slice(&body)
-                    .map_err(|_| CmkError::TokenUnavailable("the Entra ID token response is not a token".into()))?;
+                let token: TokenResponse = serde_json::from_slice(&body).map_err(|_| {
+                    CmkError::TokenUnavailable("the Entra ID token response is not a token".into())
+                })?;
                 return Ok(token.access_token);
             }
             let reason = serde_json::from_slice::<ErrorResponse>(&body)
@@ -130,7 +134,10 @@ pub struct RoutedTokenSource {
 
 impl TokenSource for RoutedTokenSource {
     fn token(&self, principal_id: &str, resource: &str) -> TokenFuture<'_> {
-        match (&self.entra, principal_id.starts_with(ENTRA_APPLICATION_PREFIX)) {
+        match (
+            &self.entra,
+            principal_id.starts_with(ENTRA_APPLICATION_PREFIX),
+        ) {
             (Some(entra), true) => entra.token(principal_id, resource),
             (None, true) => Box::pin(async {
                 Err(CmkError::TokenUnavailable(
@@ -161,10 +168,32 @@ mod tests {
             managed_identities: Arc::new(Fixed("managed")),
             entra: Some(Arc::new(Fixed("entra"))),
         };
-        assert_eq!(routed.token("0000-1111", "https://vault.azure.net").await.ok().as_deref(), Some("managed"));
-        assert_eq!(routed.token("entra-app:abc", "https://vault.azure.net").await.ok().as_deref(), Some("entra"));
-        let unconfigured = RoutedTokenSource { managed_identities: Arc::new(Fixed("managed")), entra: None };
-        assert!(unconfigured.token("entra-app:abc", "https://vault.azure.net").await.is_err());
+        assert_eq!(
+            routed
+                .token("0000-1111", "https://vault.azure.net")
+                .await
+                .ok()
+                .as_deref(),
+            Some("managed")
+        );
+        assert_eq!(
+            routed
+                .token("entra-app:abc", "https://vault.azure.net")
+                .await
+                .ok()
+                .as_deref(),
+            Some("entra")
+        );
+        let unconfigured = RoutedTokenSource {
+            managed_identities: Arc::new(Fixed("managed")),
+            entra: None,
+        };
+        assert!(
+            unconfigured
+                .token("entra-app:abc", "https://vault.azure.net")
+                .await
+                .is_err()
+        );
     }
 
     #[tokio::test]
@@ -187,7 +216,9 @@ mod tests {
                 }
             }),
         );
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
         let address = listener.local_addr().expect("address");
         tokio::spawn(async move { axum::serve(listener, app).await });
         let application = |secret: &str| EntraApplication {
@@ -197,11 +228,29 @@ mod tests {
             client_secret: Zeroizing::new(secret.into()),
         };
         let source = EntraTokenSource::new(application("s3cret"), reqwest::Client::new());
-        assert_eq!(source.token("entra-app:app", "https://vault.azure.net/").await.ok().as_deref(), Some("entra-token"));
+        assert_eq!(
+            source
+                .token("entra-app:app", "https://vault.azure.net/")
+                .await
+                .ok()
+                .as_deref(),
+            Some("entra-token")
+        );
         let refused = EntraTokenSource::new(application("wrong"), reqwest::Client::new());
-        let error = refused.token("entra-app:app", "https://vault.azure.net").await.err().map(|e| e.to_string()).unwrap_or_default();
-        assert!(error.contains("invalid_client") && error.contains("AADSTS7000215"), "{error}");
-        assert!(!error.contains("wrong"), "the secret must not appear in errors");
+        let error = refused
+            .token("entra-app:app", "https://vault.azure.net")
+            .await
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(
+            error.contains("invalid_client") && error.contains("AADSTS7000215"),
+            "{error}"
+        );
+        assert!(
+            !error.contains("wrong"),
+            "the secret must not appear in errors"
+        );
     }
 
     fn url_form(body: &str) -> std::collections::HashMap<String, String> {

@@ -37,13 +37,13 @@ pub mod url;
 pub mod validate;
 
 pub use client::{ClientConfig, KeyFacts, KeyVaultClient, VAULT_RESOURCE, WrapAlgorithm};
+pub use entra::{EntraApplication, EntraTokenSource, RoutedTokenSource};
 pub use error::{CmkError, ForbiddenReason};
 pub use monitor::{
     CUSTOMER_MANAGED_KEY_ACCESS_LOST, Clock, KeyAccessMonitor, KeyAccessState, KeyBinding,
     KeyProbe, MonitorConfig, MonitorError, SystemClock, VaultKeyProbe,
 };
 pub use remote::RemoteKek;
-pub use entra::{EntraApplication, EntraTokenSource, RoutedTokenSource};
 pub use token::{CachingTokenSource, TokenSource};
 pub use url::{KeyUrl, KeyUrlError};
 pub use validate::{

@@ -439,47 +439,76 @@ pub(crate) fn stored_key_url(properties: &Value) -> Option<String> {
 /// What a stored DICOM service resource says it should be, for serving it again at start-up
 /// without re-validating its key: the same identity-selection rule as a PUT, applied to the
 /// identities the resource recorded. `None` for a resource that is not a DICOM service.
-pub fn stored_spec(resource: &hds_arm::Resource, tenant_id: &str, public_base_url: &str) -> Option<DicomServiceSpec> {
+pub fn stored_spec(
+    resource: &hds_arm::Resource,
+    tenant_id: &str,
+    public_base_url: &str,
+) -> Option<DicomServiceSpec> {
     let id = &resource.id;
-    if !id.resource_type().is_some_and(|resource_type| resource_type.eq_ignore_ascii_case(DICOM_SERVICES_TYPE)) {
+    if !id
+        .resource_type()
+        .is_some_and(|resource_type| resource_type.eq_ignore_ascii_case(DICOM_SERVICES_TYPE))
+    {
         return None;
     }
     let identity = resource.identity.as_ref();
     let request = parse_identity(identity).ok()?;
     let (key_url, explicit) = parse_encryption(&resource.properties).ok()?;
     let recorded_user = |user: &ResourceId| -> Option<(String, String)> {
-        let users = identity.and_then(|identity| field(identity, "userAssignedIdentities"))?.as_object()?;
-        let (_, entry) = users.iter().find(|(key, _)| ResourceId::parse(key).is_ok_and(|key| &key == user))?;
+        let users = identity
+            .and_then(|identity| field(identity, "userAssignedIdentities"))?
+            .as_object()?;
+        let (_, entry) = users
+            .iter()
+            .find(|(key, _)| ResourceId::parse(key).is_ok_and(|key| &key == user))?;
         Some((
             entry.get("principalId")?.as_str()?.to_owned(),
-            entry.get("clientId").and_then(Value::as_str).unwrap_or_default().to_owned(),
+            entry
+                .get("clientId")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_owned(),
         ))
     };
     let key = match key_url {
         None => None,
-        Some(key_url) => match choose_key_identity(request.system, &request.user, explicit.as_ref()).ok()? {
-            ChosenIdentity::System => Some(KeyBinding {
-                key_url,
-                principal_id: identity.and_then(|identity| identity.get("principalId"))?.as_str()?.to_owned(),
-                client_id: String::new(),
-                identity_kind: KeyIdentityKind::SystemAssigned,
-            }),
-            ChosenIdentity::User(index) => {
-                let user = request.user.get(index)?;
-                let (principal_id, client_id) = recorded_user(user)?;
-                Some(KeyBinding {
+        Some(key_url) => {
+            match choose_key_identity(request.system, &request.user, explicit.as_ref()).ok()? {
+                ChosenIdentity::System => Some(KeyBinding {
                     key_url,
-                    principal_id,
-                    client_id,
-                    identity_kind: KeyIdentityKind::UserAssigned { resource_id: user.as_str().to_owned() },
-                })
+                    principal_id: identity
+                        .and_then(|identity| identity.get("principalId"))?
+                        .as_str()?
+                        .to_owned(),
+                    client_id: String::new(),
+                    identity_kind: KeyIdentityKind::SystemAssigned,
+                }),
+                ChosenIdentity::User(index) => {
+                    let user = request.user.get(index)?;
+                    let (principal_id, client_id) = recorded_user(user)?;
+                    Some(KeyBinding {
+                        key_url,
+                        principal_id,
+                        client_id,
+                        identity_kind: KeyIdentityKind::UserAssigned {
+                            resource_id: user.as_str().to_owned(),
+                        },
+                    })
+                }
             }
-        },
+        }
     };
-    let workspace = id.parent().map(|parent| parent.name().to_owned()).unwrap_or_default();
+    let workspace = id
+        .parent()
+        .map(|parent| parent.name().to_owned())
+        .unwrap_or_default();
     Some(DicomServiceSpec {
         resource_id: id.as_str().to_owned(),
-        service_url: format!("{}/dicom/{workspace}/{}", public_base_url.trim_end_matches('/'), id.name()),
+        service_url: format!(
+            "{}/dicom/{workspace}/{}",
+            public_base_url.trim_end_matches('/'),
+            id.name()
+        ),
         workspace,
         service: id.name().to_owned(),
         tenant_id: tenant_id.to_owned(),

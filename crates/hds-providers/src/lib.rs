@@ -43,9 +43,8 @@ pub use authorization::{
 };
 pub use health::{AVAILABILITY_STATUSES_TYPE, AvailabilityStatusProvider, CURRENT};
 pub use healthcare::{
-    stored_spec,
     DICOM_SERVICES_TYPE, DicomServiceProvider, NEWEST_API_VERSION, OLDEST_API_VERSION,
-    WORKSPACES_TYPE, WorkspaceProvider,
+    WORKSPACES_TYPE, WorkspaceProvider, stored_spec,
 };
 pub use host::{
     DEFAULT_LOST_ACCESS_LATCH, DicomServiceHost, DicomServiceSpec, HealthReport, KeyAccessState,

@@ -70,14 +70,20 @@ impl LocalCa {
         }
         let ca_pem =
             fs::read_to_string(&ca_pem_path).map_err(|source| io_error(&ca_pem_path, source))?;
-        let sealed = fs::read(&sealed_key_path).map_err(|source| io_error(&sealed_key_path, source))?;
+        let sealed =
+            fs::read(&sealed_key_path).map_err(|source| io_error(&sealed_key_path, source))?;
         let key_der = root_key.open(CA_KEY_PURPOSE, b"", &sealed)?;
         let key_pem = String::from_utf8_lossy(&key_der).into_owned();
         let issuer_key = KeyPair::from_pem(&key_pem)?;
         // The issuer is rebuilt from the same distinguished name and key: leaf certificates it
         // signs name the same subject and key identifier as ca.pem, so they chain to it.
         let issuer = ca_params().self_signed(&issuer_key)?;
-        Ok(LocalCa { ca_pem_path, ca_pem, issuer, issuer_key })
+        Ok(LocalCa {
+            ca_pem_path,
+            ca_pem,
+            issuer,
+            issuer_key,
+        })
     }
 
     /// Where the CA certificate is, for clients to trust.
@@ -93,7 +99,10 @@ impl LocalCa {
     /// A rustls server configuration with a fresh certificate for `127.0.0.1`, `::1`,
     /// `localhost` and `extra_names` (DNS names or IP addresses; `*.domain` wildcards allowed),
     /// offering HTTP/2 and HTTP/1.1.
-    pub fn server_config(&self, extra_names: &[String]) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+    pub fn server_config(
+        &self,
+        extra_names: &[String],
+    ) -> Result<Arc<rustls::ServerConfig>, TlsError> {
         let mut names: Vec<String> = vec!["localhost".into(), "127.0.0.1".into(), "::1".into()];
         names.extend(extra_names.iter().cloned());
         let mut params = CertificateParams::default();
@@ -134,7 +143,9 @@ impl LocalCa {
 fn ca_params() -> CertificateParams {
     let mut params = CertificateParams::default();
     params.distinguished_name = DistinguishedName::new();
-    params.distinguished_name.push(DnType::CommonName, CA_COMMON_NAME);
+    params
+        .distinguished_name
+        .push(DnType::CommonName, CA_COMMON_NAME);
     params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
     params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
     params.not_before = rcgen::date_time_ymd(2025, 1, 1);
@@ -142,7 +153,11 @@ fn ca_params() -> CertificateParams {
     params
 }
 
-fn create_ca(ca_pem_path: &Path, sealed_key_path: &Path, root_key: &RootKey) -> Result<(), TlsError> {
+fn create_ca(
+    ca_pem_path: &Path,
+    sealed_key_path: &Path,
+    root_key: &RootKey,
+) -> Result<(), TlsError> {
     let key = KeyPair::generate()?;
     let certificate = ca_params().self_signed(&key)?;
     let sealed = root_key.seal(CA_KEY_PURPOSE, b"", key.serialize_pem().as_bytes());
@@ -161,11 +176,16 @@ fn write_atomically(path: &Path, contents: &[u8], mode: u32) -> Result<(), TlsEr
         .mode(mode)
         .open(&temporary)
         .map_err(|source| io_error(&temporary, source))?;
-    file.write_all(contents).map_err(|source| io_error(&temporary, source))?;
-    file.sync_all().map_err(|source| io_error(&temporary, source))?;
+    file.write_all(contents)
+        .map_err(|source| io_error(&temporary, source))?;
+    file.sync_all()
+        .map_err(|source| io_error(&temporary, source))?;
     fs::rename(&temporary, path).map_err(|source| io_error(path, source))
 }
 
 fn io_error(path: &Path, source: std::io::Error) -> TlsError {
-    TlsError::Io { path: path.to_path_buf(), source }
+    TlsError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
 }

@@ -23,13 +23,18 @@ impl DicomAccessControl for IdentityDicomAccess {
         access: DataAccess,
     ) -> Pin<Box<dyn Future<Output = Result<(), AccessRefusal>> + Send + 'a>> {
         Box::pin(async move {
-            let principal = authenticate(&self.identity, headers, DICOM_AUDIENCE).await.map_err(refusal)?;
+            let principal = authenticate(&self.identity, headers, DICOM_AUDIENCE)
+                .await
+                .map_err(refusal)?;
             let action = match access {
                 DataAccess::Read => actions::DICOM_READ,
                 DataAccess::Write => actions::DICOM_WRITE,
                 DataAccess::Delete => actions::DICOM_DELETE,
             };
-            self.identity.require(&principal, action, resource_id, true).await.map_err(refusal)
+            self.identity
+                .require(&principal, action, resource_id, true)
+                .await
+                .map_err(refusal)
         })
     }
 }
@@ -39,5 +44,10 @@ fn refusal(error: AuthError) -> AccessRefusal {
         AuthError::Unauthenticated { challenge, .. } => Some(challenge.clone()),
         _ => None,
     };
-    AccessRefusal { status: error.status(), code: error.code(), message: error.to_string(), challenge }
+    AccessRefusal {
+        status: error.status(),
+        code: error.code(),
+        message: error.to_string(),
+        challenge,
+    }
 }

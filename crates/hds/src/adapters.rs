@@ -4,9 +4,9 @@
 
 use std::sync::Arc;
 
-use hds_cmk::{CmkError, TokenSource, VaultDirectory, VaultFacts};
 use hds_cmk::token::TokenFuture;
 use hds_cmk::validate::VaultFactsFuture;
+use hds_cmk::{CmkError, TokenSource, VaultDirectory, VaultFacts};
 use hds_identity::Identity;
 use hds_keyvault::model::{Bypass, DefaultAction, Vault};
 use hds_keyvault::{KeyVaultService, VaultListeners};
@@ -22,11 +22,17 @@ impl TokenSource for ManagedIdentityTokens {
         let principal_id = principal_id.to_owned();
         let resource = resource.to_owned();
         Box::pin(async move {
-            match self.identity.issue_token_for_managed_identity(&principal_id, &resource).await {
+            match self
+                .identity
+                .issue_token_for_managed_identity(&principal_id, &resource)
+                .await
+            {
                 Ok(token) => Ok(token.access_token),
-                Err(hds_identity::IdentityError::PrincipalNotFound) => Err(CmkError::ManagedIdentityNotFound {
-                    principal_id: principal_id.clone(),
-                }),
+                Err(hds_identity::IdentityError::PrincipalNotFound) => {
+                    Err(CmkError::ManagedIdentityNotFound {
+                        principal_id: principal_id.clone(),
+                    })
+                }
                 Err(error) => Err(CmkError::TokenUnavailable(error.to_string())),
             }
         })
@@ -43,7 +49,12 @@ impl VaultDirectory for HostedVaults {
         Box::pin(async move {
             let wanted = vault_base_url.trim_end_matches('/');
             let vaults = self.service.list_vaults().await.ok()?;
-            let vault = vaults.into_iter().find(|vault| vault.vault_uri.trim_end_matches('/').eq_ignore_ascii_case(wanted))?;
+            let vault = vaults.into_iter().find(|vault| {
+                vault
+                    .vault_uri
+                    .trim_end_matches('/')
+                    .eq_ignore_ascii_case(wanted)
+            })?;
             let acls = &vault.properties.network_acls;
             Some(VaultFacts {
                 resource_id: vault.resource_id.clone(),

@@ -72,7 +72,12 @@ pub struct UpOptions {
     /// own identity provider: `ISSUER=JWKS` where JWKS is the issuer's `jwks_uri` (https://...)
     /// or a file holding its JWKS document. Repeatable; role assignments name its principals by
     /// their `oid`.
-    #[arg(long = "trust-issuer", env = "HDS_TRUST_ISSUERS", value_delimiter = ' ', value_name = "ISSUER=JWKS")]
+    #[arg(
+        long = "trust-issuer",
+        env = "HDS_TRUST_ISSUERS",
+        value_delimiter = ' ',
+        value_name = "ISSUER=JWKS"
+    )]
     pub trusted_issuers: Vec<String>,
 
     /// A PKCS#11 module (e.g. /usr/lib/softhsm/libsofthsm2.so): RSA-HSM keys of hds's vaults
@@ -114,9 +119,13 @@ pub struct UpOptions {
 /// `90`, `90s`, `500ms`, `5m`, `2h`.
 pub fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
     let text = text.trim();
-    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
     let (number, unit) = text.split_at(split);
-    let number: u64 = number.parse().map_err(|_| format!("'{text}' is not a duration such as 60s, 5m or 500ms"))?;
+    let number: u64 = number
+        .parse()
+        .map_err(|_| format!("'{text}' is not a duration such as 60s, 5m or 500ms"))?;
     let seconds = |factor: u64| std::time::Duration::from_secs(number.saturating_mul(factor));
     match unit {
         "" | "s" => Ok(seconds(1)),

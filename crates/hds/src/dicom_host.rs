@@ -14,8 +14,9 @@ use axum::http::StatusCode;
 use hds_arm::{ArmError, ArmFuture};
 use hds_blob::{BlobName, BlobStore};
 use hds_cmk::{
-    CUSTOMER_MANAGED_KEY_ACCESS_LOST, EntraApplication, KeyAccessMonitor, KeyAccessState as MonitorState, KeyBinding as MonitorBinding,
-    KeyUrl, KeyUser, KeyValidator, KeyVaultClient, RemoteKek, TokenSource,
+    CUSTOMER_MANAGED_KEY_ACCESS_LOST, EntraApplication, KeyAccessMonitor,
+    KeyAccessState as MonitorState, KeyBinding as MonitorBinding, KeyUrl, KeyUser, KeyValidator,
+    KeyVaultClient, RemoteKek, TokenSource,
 };
 use hds_crypto::keys::KeyEncryptionKey;
 use hds_crypto::root::RootKey;
@@ -74,7 +75,11 @@ const AZURE_KEY_HOST_SUFFIXES: [&str; 2] = [".vault.azure.net", ".managedhsm.azu
 
 /// `{workspace}/{service}` in lowercase: ARM names compare case-insensitively.
 pub fn service_key(workspace: &str, service: &str) -> String {
-    format!("{}/{}", workspace.to_ascii_lowercase(), service.to_ascii_lowercase())
+    format!(
+        "{}/{}",
+        workspace.to_ascii_lowercase(),
+        service.to_ascii_lowercase()
+    )
 }
 
 impl DicomHost {
@@ -96,13 +101,14 @@ impl DicomHost {
         // one, the root key is re-wrapped under it, in the background since the listener runs
         // inside a probe. The listener holds the host weakly: the monitor is the host's part.
         let weak = Arc::downgrade(&host);
-        host.monitor.set_new_version_listener(Arc::new(move |service: &str, kid: &KeyUrl| {
-            let Some(host) = weak.upgrade() else {
-                return;
-            };
-            let (service, kid) = (service.to_owned(), kid.to_string());
-            tokio::spawn(async move { host.follow_new_version(&service, &kid).await });
-        }));
+        host.monitor
+            .set_new_version_listener(Arc::new(move |service: &str, kid: &KeyUrl| {
+                let Some(host) = weak.upgrade() else {
+                    return;
+                };
+                let (service, kid) = (service.to_owned(), kid.to_string());
+                tokio::spawn(async move { host.follow_new_version(&service, &kid).await });
+            }));
         host
     }
 
@@ -110,7 +116,8 @@ impl DicomHost {
     /// unless it is wrapped under that version already (one unwrap with the old version, which
     /// must still be enabled, and one wrap; no data is re-encrypted).
     async fn follow_new_version(&self, key: &str, kid: &str) {
-        let (Some(keyring), Some(binding)) = (self.keyrings.get(key), self.monitor.binding(key)) else {
+        let (Some(keyring), Some(binding)) = (self.keyrings.get(key), self.monitor.binding(key))
+        else {
             return;
         };
         let kek = match self.remote_kek(&binding.principal_id, kid) {
@@ -124,7 +131,9 @@ impl DicomHost {
             return;
         }
         match keyring.rewrap(kek).await {
-            Ok(()) => tracing::info!(service = %key, "the service's root key was re-wrapped under the key's latest version"),
+            Ok(()) => {
+                tracing::info!(service = %key, "the service's root key was re-wrapped under the key's latest version")
+            }
             Err(error) => {
                 tracing::warn!(service = %key, error = %error, "re-wrapping the service's root key under the key's latest version failed")
             }
@@ -137,14 +146,26 @@ impl DicomHost {
         let key = service_key(&spec.workspace, &spec.service);
         let (keyring, customer_managed) = match &spec.key {
             Some(binding) => {
-                let (principal_id, tenant_id) = self.key_user(&binding.key_url, &binding.principal_id, &spec.tenant_id);
+                let (principal_id, tenant_id) =
+                    self.key_user(&binding.key_url, &binding.principal_id, &spec.tenant_id);
                 let stored = self.stored_key_id(&key).await?;
                 let kek_url = stored.unwrap_or_else(|| binding.key_url.clone());
                 let kek = self.remote_kek(&principal_id, &kek_url)?;
-                self.monitor.register(&key, monitor_binding(&binding.key_url, &principal_id, &tenant_id)?).await?;
+                self.monitor
+                    .register(
+                        &key,
+                        monitor_binding(&binding.key_url, &principal_id, &tenant_id)?,
+                    )
+                    .await?;
                 // The vault may be unreachable now: the service then starts locked, and the
                 // monitor unlocks it once access is back.
-                let keyring = match ServiceKeyring::open_or_create(&self.database, &key, kek.clone()).await {
+                let keyring = match ServiceKeyring::open_or_create(
+                    &self.database,
+                    &key,
+                    kek.clone(),
+                )
+                .await
+                {
                     Ok(keyring) => keyring,
                     Err(error) => {
                         tracing::warn!(service = %key, error = %error, "the service's key could not be opened at start");
@@ -160,19 +181,35 @@ impl DicomHost {
         Ok(())
     }
 
-    fn serve(&self, spec: &DicomServiceSpec, key: String, keyring: Arc<ServiceKeyring>, customer_managed: bool) {
+    fn serve(
+        &self,
+        spec: &DicomServiceSpec,
+        key: String,
+        keyring: Arc<ServiceKeyring>,
+        customer_managed: bool,
+    ) {
         // Every update serves the service again; one follower per keyring is enough.
         let followed = self
             .services
             .read()
             .unwrap_or_else(PoisonError::into_inner)
             .get(&key)
-            .is_some_and(|hosted| hosted.customer_managed && Arc::ptr_eq(&hosted.keyring, &keyring));
+            .is_some_and(|hosted| {
+                hosted.customer_managed && Arc::ptr_eq(&hosted.keyring, &keyring)
+            });
         if customer_managed && !followed {
             self.follow_key_access(&key, &keyring);
         }
-        let hosted = HostedService { resource_id: spec.resource_id.clone(), service_key: key.clone(), keyring, customer_managed };
-        self.services.write().unwrap_or_else(PoisonError::into_inner).insert(key, hosted);
+        let hosted = HostedService {
+            resource_id: spec.resource_id.clone(),
+            service_key: key.clone(),
+            keyring,
+            customer_managed,
+        };
+        self.services
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(key, hosted);
     }
 
     /// Drops a service's unwrapped keys while its key is not accessible, and unlocks them
@@ -211,23 +248,42 @@ impl DicomHost {
     fn key_user(&self, key_url: &str, principal_id: &str, tenant_id: &str) -> (String, String) {
         let in_azure = KeyUrl::parse(key_url).is_ok_and(|url| {
             let base = url.vault_base_url();
-            let host = base.trim_start_matches("https://").split(['/', ':']).next().unwrap_or_default().to_owned();
-            AZURE_KEY_HOST_SUFFIXES.iter().any(|suffix| host.ends_with(suffix))
+            let host = base
+                .trim_start_matches("https://")
+                .split(['/', ':'])
+                .next()
+                .unwrap_or_default()
+                .to_owned();
+            AZURE_KEY_HOST_SUFFIXES
+                .iter()
+                .any(|suffix| host.ends_with(suffix))
         });
         match (&self.azure_application, in_azure) {
-            (Some(application), true) => (application.principal_id(), application.tenant_id.clone()),
+            (Some(application), true) => {
+                (application.principal_id(), application.tenant_id.clone())
+            }
             _ => (principal_id.to_owned(), tenant_id.to_owned()),
         }
     }
 
     async fn platform_keyring(&self, key: &str) -> anyhow::Result<Arc<ServiceKeyring>> {
-        let kek: Arc<dyn KeyEncryptionKey> = Arc::new(platform_kek(&self.database, &self.root_key, key).await?);
+        let kek: Arc<dyn KeyEncryptionKey> =
+            Arc::new(platform_kek(&self.database, &self.root_key, key).await?);
         Ok(ServiceKeyring::open_or_create(&self.database, key, kek).await?)
     }
 
-    fn remote_kek(&self, principal_id: &str, versioned_key_url: &str) -> anyhow::Result<Arc<dyn KeyEncryptionKey>> {
+    fn remote_kek(
+        &self,
+        principal_id: &str,
+        versioned_key_url: &str,
+    ) -> anyhow::Result<Arc<dyn KeyEncryptionKey>> {
         let url = KeyUrl::parse(versioned_key_url)?;
-        Ok(Arc::new(RemoteKek::new(self.client.clone(), self.tokens.clone(), principal_id, url)?))
+        Ok(Arc::new(RemoteKek::new(
+            self.client.clone(),
+            self.tokens.clone(),
+            principal_id,
+            url,
+        )?))
     }
 
     /// The key id the service's root key is wrapped under, if it has one.
@@ -237,7 +293,9 @@ impl DicomHost {
             .fetch_optional(self.database.pool())
             .await;
         match row {
-            Ok(Some(row)) => Ok(Some(row.try_get::<String, _>(0)?).filter(|id| !id.starts_with("platform:"))),
+            Ok(Some(row)) => {
+                Ok(Some(row.try_get::<String, _>(0)?).filter(|id| !id.starts_with("platform:")))
+            }
             Ok(None) => Ok(None),
             // No keyring table yet: no service has keys.
             Err(_) => Ok(None),
@@ -249,7 +307,10 @@ impl DicomHost {
         let existing = self.keyrings.get(&key);
         let Some(binding) = &spec.key else {
             if existing.is_none() {
-                let keyring = self.platform_keyring(&key).await.map_err(|error| ArmError::internal(&error))?;
+                let keyring = self
+                    .platform_keyring(&key)
+                    .await
+                    .map_err(|error| ArmError::internal(&error))?;
                 self.keyrings.insert(keyring.clone());
                 self.serve(&spec, key, keyring, false);
             } else if let Some(keyring) = existing {
@@ -258,27 +319,54 @@ impl DicomHost {
             }
             return Ok(());
         };
-        let (principal_id, tenant_id) = self.key_user(&binding.key_url, &binding.principal_id, &spec.tenant_id);
+        let (principal_id, tenant_id) =
+            self.key_user(&binding.key_url, &binding.principal_id, &spec.tenant_id);
         let validated = self
             .validator
-            .validate(&binding.key_url, KeyUser { principal_id: &principal_id, tenant_id: &tenant_id })
+            .validate(
+                &binding.key_url,
+                KeyUser {
+                    principal_id: &principal_id,
+                    tenant_id: &tenant_id,
+                },
+            )
             .await
-            .map_err(|error| ArmError::new(StatusCode::BAD_REQUEST, error.code.as_str(), error.message.clone()))?;
+            .map_err(|error| {
+                ArmError::new(
+                    StatusCode::BAD_REQUEST,
+                    error.code.as_str(),
+                    error.message.clone(),
+                )
+            })?;
         for warning in &validated.warnings {
             tracing::warn!(service = %key, "{warning}");
         }
-        let kek = self.remote_kek(&principal_id, &validated.facts.kid.to_string()).map_err(|error| ArmError::internal(&error))?;
+        let kek = self
+            .remote_kek(&principal_id, &validated.facts.kid.to_string())
+            .map_err(|error| ArmError::internal(&error))?;
         let keyring = match existing {
             Some(existing) => self.reopen(&key, existing, kek, &principal_id).await?,
-            None => ServiceKeyring::open_or_create(&self.database, &key, kek).await.map_err(|error| {
-                ArmError::new(StatusCode::BAD_REQUEST, "KeyAccessDenied", format!("the service's keys could not be created or unwrapped: {error}"))
-            })?,
+            None => ServiceKeyring::open_or_create(&self.database, &key, kek)
+                .await
+                .map_err(|error| {
+                    ArmError::new(
+                        StatusCode::BAD_REQUEST,
+                        "KeyAccessDenied",
+                        format!("the service's keys could not be created or unwrapped: {error}"),
+                    )
+                })?,
         };
         self.keyrings.insert(keyring.clone());
         let monitor_binding = monitor_binding(&binding.key_url, &principal_id, &tenant_id)
             .map_err(|error| ArmError::internal(&error))?;
-        self.monitor.register(&key, monitor_binding).await.map_err(|error| ArmError::internal(&error))?;
-        self.monitor.revalidate(&key).await.map_err(|error| ArmError::internal(&error))?;
+        self.monitor
+            .register(&key, monitor_binding)
+            .await
+            .map_err(|error| ArmError::internal(&error))?;
+        self.monitor
+            .revalidate(&key)
+            .await
+            .map_err(|error| ArmError::internal(&error))?;
         self.serve(&spec, key, keyring, true);
         Ok(())
     }
@@ -295,12 +383,24 @@ impl DicomHost {
         kek: Arc<dyn KeyEncryptionKey>,
         principal_id: &str,
     ) -> Result<Arc<ServiceKeyring>, ArmError> {
-        let keyring = match self.stored_key_id(key).await.map_err(|error| ArmError::internal(&error))? {
+        let keyring = match self
+            .stored_key_id(key)
+            .await
+            .map_err(|error| ArmError::internal(&error))?
+        {
             Some(stored) => {
-                let current = self.remote_kek(principal_id, &stored).map_err(|error| ArmError::internal(&error))?;
-                ServiceKeyring::open_or_create(&self.database, key, current).await.map_err(|error| {
-                    ArmError::new(StatusCode::BAD_REQUEST, "KeyAccessDenied", format!("the service's keys could not be unwrapped: {error}"))
-                })?
+                let current = self
+                    .remote_kek(principal_id, &stored)
+                    .map_err(|error| ArmError::internal(&error))?;
+                ServiceKeyring::open_or_create(&self.database, key, current)
+                    .await
+                    .map_err(|error| {
+                        ArmError::new(
+                            StatusCode::BAD_REQUEST,
+                            "KeyAccessDenied",
+                            format!("the service's keys could not be unwrapped: {error}"),
+                        )
+                    })?
             }
             // Under the platform-managed key: no identity is involved in opening it.
             None => existing,
@@ -327,13 +427,22 @@ impl DicomHost {
             .is_some_and(|hosted| hosted.customer_managed)
     }
 
-    fn find_by_resource_id(&self, resource_id: &str) -> Option<(String, Arc<ServiceKeyring>, bool)> {
+    fn find_by_resource_id(
+        &self,
+        resource_id: &str,
+    ) -> Option<(String, Arc<ServiceKeyring>, bool)> {
         self.services
             .read()
             .unwrap_or_else(PoisonError::into_inner)
             .values()
             .find(|hosted| hosted.resource_id.eq_ignore_ascii_case(resource_id))
-            .map(|hosted| (hosted.service_key.clone(), hosted.keyring.clone(), hosted.customer_managed))
+            .map(|hosted| {
+                (
+                    hosted.service_key.clone(),
+                    hosted.keyring.clone(),
+                    hosted.customer_managed,
+                )
+            })
     }
 
     /// Deletes every study of a service, one study at a time: each study key is destroyed
@@ -372,8 +481,16 @@ impl DicomHost {
     }
 }
 
-fn monitor_binding(key_url: &str, principal_id: &str, tenant_id: &str) -> anyhow::Result<MonitorBinding> {
-    Ok(MonitorBinding { key_url: KeyUrl::parse(key_url)?, principal_id: principal_id.to_owned(), tenant_id: tenant_id.to_owned() })
+fn monitor_binding(
+    key_url: &str,
+    principal_id: &str,
+    tenant_id: &str,
+) -> anyhow::Result<MonitorBinding> {
+    Ok(MonitorBinding {
+        key_url: KeyUrl::parse(key_url)?,
+        principal_id: principal_id.to_owned(),
+        tenant_id: tenant_id.to_owned(),
+    })
 }
 
 impl DicomServiceHost for DicomHost {
@@ -383,17 +500,26 @@ impl DicomServiceHost for DicomHost {
 
     fn remove<'a>(&'a self, resource_id: &'a str) -> ArmFuture<'a, ()> {
         Box::pin(async move {
-            let Some((key, _keyring, customer_managed)) = self.find_by_resource_id(resource_id) else {
+            let Some((key, _keyring, customer_managed)) = self.find_by_resource_id(resource_id)
+            else {
                 return Ok(());
             };
-            self.delete_all_data(&key).await.map_err(|error| ArmError::internal(&error))?;
+            self.delete_all_data(&key)
+                .await
+                .map_err(|error| ArmError::internal(&error))?;
             if customer_managed {
-                self.monitor.unregister(&key).await.map_err(|error| ArmError::internal(&error))?;
+                self.monitor
+                    .unregister(&key)
+                    .await
+                    .map_err(|error| ArmError::internal(&error))?;
             }
             if let Some(keyring) = self.keyrings.remove(&key) {
                 keyring.forget();
             }
-            self.services.write().unwrap_or_else(PoisonError::into_inner).remove(&key);
+            self.services
+                .write()
+                .unwrap_or_else(PoisonError::into_inner)
+                .remove(&key);
             Ok(())
         })
     }
@@ -402,16 +528,34 @@ impl DicomServiceHost for DicomHost {
         Box::pin(async move {
             let latch = self.monitor.config().lost_access_latch;
             let Some((key, _, customer_managed)) = self.find_by_resource_id(resource_id) else {
-                return Ok(HealthReport { state: KeyAccessState::Unknown, since: None, last_checked: None, reason: None, latch_after: latch });
+                return Ok(HealthReport {
+                    state: KeyAccessState::Unknown,
+                    since: None,
+                    last_checked: None,
+                    reason: None,
+                    latch_after: latch,
+                });
             };
             if !customer_managed {
-                return Ok(HealthReport { latch_after: latch, ..HealthReport::healthy(None) });
+                return Ok(HealthReport {
+                    latch_after: latch,
+                    ..HealthReport::healthy(None)
+                });
             }
             // reportedTime is the last probe's time (none yet after a restart: then "now").
             let last_checked = self.monitor.last_checked(&key);
             let report = match self.monitor.state(&key) {
-                None => HealthReport { state: KeyAccessState::Unknown, since: None, last_checked: None, reason: None, latch_after: latch },
-                Some(MonitorState::Healthy) => HealthReport { latch_after: latch, ..HealthReport::healthy(last_checked) },
+                None => HealthReport {
+                    state: KeyAccessState::Unknown,
+                    since: None,
+                    last_checked: None,
+                    reason: None,
+                    latch_after: latch,
+                },
+                Some(MonitorState::Healthy) => HealthReport {
+                    latch_after: latch,
+                    ..HealthReport::healthy(last_checked)
+                },
                 Some(MonitorState::KeyAccessLost { since, reason }) => HealthReport {
                     state: KeyAccessState::KeyAccessLost,
                     since: Some(since),
@@ -433,8 +577,14 @@ impl DicomServiceHost for DicomHost {
 
     fn moved<'a>(&'a self, old_id: &'a str, new_id: &'a str) -> ArmFuture<'a, ()> {
         Box::pin(async move {
-            let mut services = self.services.write().unwrap_or_else(PoisonError::into_inner);
-            if let Some(hosted) = services.values_mut().find(|hosted| hosted.resource_id.eq_ignore_ascii_case(old_id)) {
+            let mut services = self
+                .services
+                .write()
+                .unwrap_or_else(PoisonError::into_inner);
+            if let Some(hosted) = services
+                .values_mut()
+                .find(|hosted| hosted.resource_id.eq_ignore_ascii_case(old_id))
+            {
                 hosted.resource_id = new_id.to_owned();
             }
             Ok(())
@@ -447,26 +597,38 @@ impl DicomServiceResolver for DicomHost {
         &'a self,
         workspace: &'a str,
         service: &'a str,
-    ) -> Pin<Box<dyn Future<Output = Result<Option<ResolvedService>, DicomWebError>> + Send + 'a>> {
+    ) -> Pin<Box<dyn Future<Output = Result<Option<ResolvedService>, DicomWebError>> + Send + 'a>>
+    {
         Box::pin(async move {
             let key = service_key(workspace, service);
             let found = {
                 let services = self.services.read().unwrap_or_else(PoisonError::into_inner);
-                services.get(&key).map(|hosted| (hosted.resource_id.clone(), hosted.keyring.clone(), hosted.customer_managed))
+                services.get(&key).map(|hosted| {
+                    (
+                        hosted.resource_id.clone(),
+                        hosted.keyring.clone(),
+                        hosted.customer_managed,
+                    )
+                })
             };
             let Some((resource_id, keyring, customer_managed)) = found else {
                 return Ok(None);
             };
             if customer_managed
-                && let Some(message) = self
-                    .monitor
-                    .state(&key)
-                    .and_then(|state| state.data_plane_message_with_latch(self.monitor.config().lost_access_latch))
+                && let Some(message) = self.monitor.state(&key).and_then(|state| {
+                    state.data_plane_message_with_latch(self.monitor.config().lost_access_latch)
+                })
             {
-                return Err(DicomWebError::Unavailable { code: CUSTOMER_MANAGED_KEY_ACCESS_LOST, message });
+                return Err(DicomWebError::Unavailable {
+                    code: CUSTOMER_MANAGED_KEY_ACCESS_LOST,
+                    message,
+                });
             }
-            Ok(Some(ResolvedService { service_key: key, resource_id, keyring }))
+            Ok(Some(ResolvedService {
+                service_key: key,
+                resource_id,
+                keyring,
+            }))
         })
     }
 }
-

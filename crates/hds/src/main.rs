@@ -4,8 +4,8 @@
 mod access;
 mod adapters;
 mod cli;
-mod dicom_host;
 mod client;
+mod dicom_host;
 mod logging;
 mod seed_flow;
 mod up;
@@ -18,7 +18,9 @@ fn main() -> anyhow::Result<()> {
     match arguments.command {
         cli::Command::Up(options) => {
             logging::init();
-            let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?;
             runtime.block_on(up::run(options))
         }
         cli::Command::Login(options) => client_runtime()?.block_on(client::account::login(options)),
@@ -34,5 +36,7 @@ fn main() -> anyhow::Result<()> {
 
 /// Client commands do little concurrent work: one thread is enough.
 fn client_runtime() -> std::io::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_current_thread().enable_all().build()
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
 }

@@ -31,8 +31,17 @@ pub struct SeedNames<'a> {
 }
 
 /// One in-process control-plane call.
-async fn call(router: &Router, token: &str, method: Method, path: &str, body: Option<Value>) -> anyhow::Result<(StatusCode, Value)> {
-    let mut request = Request::builder().method(method).uri(path).header("Authorization", format!("Bearer {token}"));
+async fn call(
+    router: &Router,
+    token: &str,
+    method: Method,
+    path: &str,
+    body: Option<Value>,
+) -> anyhow::Result<(StatusCode, Value)> {
+    let mut request = Request::builder()
+        .method(method)
+        .uri(path)
+        .header("Authorization", format!("Bearer {token}"));
     let body = match body {
         Some(body) => {
             request = request.header("Content-Type", "application/json");
@@ -43,11 +52,21 @@ async fn call(router: &Router, token: &str, method: Method, path: &str, body: Op
     let response = router.clone().oneshot(request.body(body)?).await?;
     let status = response.status();
     let bytes = response.into_body().collect().await?.to_bytes();
-    let value = if bytes.is_empty() { Value::Null } else { serde_json::from_slice(&bytes).unwrap_or(Value::Null) };
+    let value = if bytes.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_slice(&bytes).unwrap_or(Value::Null)
+    };
     Ok((status, value))
 }
 
-async fn put(router: &Router, token: &str, step: &str, path: &str, body: Value) -> anyhow::Result<Value> {
+async fn put(
+    router: &Router,
+    token: &str,
+    step: &str,
+    path: &str,
+    body: Value,
+) -> anyhow::Result<Value> {
     let (status, value) = call(router, token, Method::PUT, path, Some(body)).await?;
     if !status.is_success() {
         bail!("{step} failed ({status}): {value}");
@@ -57,12 +76,23 @@ async fn put(router: &Router, token: &str, step: &str, path: &str, body: Value) 
 }
 
 /// Runs the flow unless the DICOM service already has a key URL. Returns whether it ran.
-pub async fn run(router: &Router, management_token: &str, names: &SeedNames<'_>) -> anyhow::Result<bool> {
-    let group = format!("/subscriptions/{}/resourceGroups/{}", names.subscription_id, names.resource_group);
-    let workspace = format!("{group}/providers/Microsoft.HealthcareApis/workspaces/{}", names.workspace);
+pub async fn run(
+    router: &Router,
+    management_token: &str,
+    names: &SeedNames<'_>,
+) -> anyhow::Result<bool> {
+    let group = format!(
+        "/subscriptions/{}/resourceGroups/{}",
+        names.subscription_id, names.resource_group
+    );
+    let workspace = format!(
+        "{group}/providers/Microsoft.HealthcareApis/workspaces/{}",
+        names.workspace
+    );
     let service = format!("{workspace}/dicomservices/{}", names.service);
     let service_url = format!("{service}?api-version=2023-06-01-preview");
-    let (status, existing) = call(router, management_token, Method::GET, &service_url, None).await?;
+    let (status, existing) =
+        call(router, management_token, Method::GET, &service_url, None).await?;
     let configured = existing
         .pointer("/properties/encryption/customerManagedKeyEncryption/keyEncryptionKeyUrl")
         .and_then(Value::as_str)
@@ -123,7 +153,10 @@ pub async fn run(router: &Router, management_token: &str, names: &SeedNames<'_>)
     let created = put(
         router,
         management_token,
-        &format!("DICOM service '{}' with a system-assigned identity", names.service),
+        &format!(
+            "DICOM service '{}' with a system-assigned identity",
+            names.service
+        ),
         &service_url,
         json!({ "location": LOCATION, "identity": { "type": "SystemAssigned" }, "properties": {} }),
     )
@@ -133,7 +166,10 @@ pub async fn run(router: &Router, management_token: &str, names: &SeedNames<'_>)
         .and_then(Value::as_str)
         .context("the DICOM service has no principalId")?
         .to_owned();
-    let assignment = uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_URL, format!("{vault}|{principal_id}|{CRYPTO_SERVICE_ENCRYPTION_USER}").as_bytes());
+    let assignment = uuid::Uuid::new_v5(
+        &uuid::Uuid::NAMESPACE_URL,
+        format!("{vault}|{principal_id}|{CRYPTO_SERVICE_ENCRYPTION_USER}").as_bytes(),
+    );
     put(
         router,
         management_token,

@@ -12,16 +12,20 @@ use axum::routing::get;
 use hds_arm::{Arm, ArmConfig, ResourceId, Subscription};
 use hds_blob::BlobStore;
 use hds_cmk::{
-    CachingTokenSource, ClientConfig, EntraApplication, EntraTokenSource, KeyAccessMonitor, KeyValidator,
-    KeyVaultClient, MonitorConfig, RoutedTokenSource, SystemClock, TokenSource, VaultKeyProbe,
+    CachingTokenSource, ClientConfig, EntraApplication, EntraTokenSource, KeyAccessMonitor,
+    KeyValidator, KeyVaultClient, MonitorConfig, RoutedTokenSource, SystemClock, TokenSource,
+    VaultKeyProbe,
 };
 use hds_crypto::root::RootKey;
 use hds_db::Database;
 use hds_dicomweb::{DicomWebConfig, DicomWebState};
-use hds_identity::{AdminCredentials, ExternalIssuer, Identity, IdentityConfig, MANAGEMENT_AUDIENCE};
+use hds_identity::{
+    AdminCredentials, ExternalIssuer, Identity, IdentityConfig, MANAGEMENT_AUDIENCE,
+};
 use hds_index::{Index, ServiceKeyrings};
 use hds_keyvault::{
-    DataPlaneState, KeyVaultService, PinSource, Pkcs11Config, ServiceConfig as VaultServiceConfig, VaultAddressing, VaultListeners,
+    DataPlaneState, KeyVaultService, PinSource, Pkcs11Config, ServiceConfig as VaultServiceConfig,
+    VaultAddressing, VaultListeners,
 };
 use hds_providers::ProviderDependencies;
 use hds_tls::LocalCa;
@@ -50,9 +54,11 @@ pub async fn run(options: UpOptions) -> anyhow::Result<()> {
         .context("listening for SIGINT")?;
     let data_dir = &options.data_dir;
     create_private_dir(data_dir)?;
-    let root_key = Arc::new(RootKey::load_or_create(&data_dir.join("root.key")).context("loading the root key")?);
-    let certificate_authority =
-        LocalCa::load_or_create(&data_dir.join("tls"), &root_key).context("loading the local CA")?;
+    let root_key = Arc::new(
+        RootKey::load_or_create(&data_dir.join("root.key")).context("loading the root key")?,
+    );
+    let certificate_authority = LocalCa::load_or_create(&data_dir.join("tls"), &root_key)
+        .context("loading the local CA")?;
     let scheme = if options.http { "http" } else { "https" };
     let public_url = options
         .public_url
@@ -66,7 +72,9 @@ pub async fn run(options: UpOptions) -> anyhow::Result<()> {
         "sqlite" => format!("sqlite:{}", data_dir.join("index.db").display()),
         url => url.to_owned(),
     };
-    let database = Database::connect(&database_url).await.context("opening the database")?;
+    let database = Database::connect(&database_url)
+        .await
+        .context("opening the database")?;
     let mut identity_config = IdentityConfig::new(&public_url);
     for trusted in &options.trusted_issuers {
         identity_config = identity_config.with_external_issuer(external_issuer(trusted)?);
@@ -74,11 +82,16 @@ pub async fn run(options: UpOptions) -> anyhow::Result<()> {
     let identity = Identity::open(database.clone(), root_key.clone(), identity_config)
         .await
         .context("opening the identity service")?;
-    let bootstrap = identity.bootstrap(data_dir).await.context("bootstrapping the tenant and admin")?;
+    let bootstrap = identity
+        .bootstrap(data_dir)
+        .await
+        .context("bootstrapping the tenant and admin")?;
 
     // Every DICOM service's index values are tokenized and sealed under its own keys.
     let keyrings = ServiceKeyrings::default();
-    let index = Index::open(database.clone(), Arc::new(keyrings.clone())).await.context("opening the index")?;
+    let index = Index::open(database.clone(), Arc::new(keyrings.clone()))
+        .await
+        .context("opening the index")?;
     let blobs = BlobStore::local(&data_dir.join("blobs")).context("opening the blob store")?;
 
     // Key vaults: each on its own HTTPS listener (the Azure SDKs address vaults by host).
@@ -87,7 +100,10 @@ pub async fn run(options: UpOptions) -> anyhow::Result<()> {
             module_path: module_path.clone(),
             token_label: options.pkcs11_token_label.clone(),
             user_pin: PinSource::File(
-                options.pkcs11_pin_file.clone().context("--pkcs11-module needs --pkcs11-pin-file")?,
+                options
+                    .pkcs11_pin_file
+                    .clone()
+                    .context("--pkcs11-module needs --pkcs11-pin-file")?,
             ),
         }),
         None => None,
@@ -96,7 +112,11 @@ pub async fn run(options: UpOptions) -> anyhow::Result<()> {
         KeyVaultService::open_with_pkcs11(
             database.clone(),
             root_key.clone(),
-            VaultServiceConfig { addressing: VaultAddressing::Loopback { address: options.listen.ip() } },
+            VaultServiceConfig {
+                addressing: VaultAddressing::Loopback {
+                    address: options.listen.ip(),
+                },
+            },
             pkcs11,
         )
         .await
@@ -105,13 +125,20 @@ pub async fn run(options: UpOptions) -> anyhow::Result<()> {
     let vault_listeners = Arc::new(VaultListeners::new(
         DataPlaneState {
             service: vault_service.clone(),
-            access: Arc::new(IdentityVaultAccess { identity: identity.clone() }),
+            access: Arc::new(IdentityVaultAccess {
+                identity: identity.clone(),
+            }),
             token_authority: public_url.clone(),
         },
-        certificate_authority.server_config(&[]).context("issuing the vault certificate")?,
+        certificate_authority
+            .server_config(&[])
+            .context("issuing the vault certificate")?,
         options.listen.ip(),
     ));
-    vault_listeners.start_all().await.context("starting the key vault listeners")?;
+    vault_listeners
+        .start_all()
+        .await
+        .context("starting the key vault listeners")?;
 
     // The path from a DICOM service to its customer-managed key.
     let client = KeyVaultClient::new(&ClientConfig {
@@ -124,12 +151,20 @@ pub async fn run(options: UpOptions) -> anyhow::Result<()> {
     let entra: Option<Arc<dyn TokenSource>> = azure_application.clone().map(|application| {
         Arc::new(EntraTokenSource::new(application, reqwest::Client::new())) as Arc<dyn TokenSource>
     });
-    let tokens: Arc<dyn TokenSource> = Arc::new(CachingTokenSource::new(Arc::new(RoutedTokenSource {
-        managed_identities: Arc::new(ManagedIdentityTokens { identity: identity.clone() }),
-        entra,
-    })));
-    let validator =
-        KeyValidator::new(client.clone(), tokens.clone(), Arc::new(HostedVaults { service: vault_service.clone() }));
+    let tokens: Arc<dyn TokenSource> =
+        Arc::new(CachingTokenSource::new(Arc::new(RoutedTokenSource {
+            managed_identities: Arc::new(ManagedIdentityTokens {
+                identity: identity.clone(),
+            }),
+            entra,
+        })));
+    let validator = KeyValidator::new(
+        client.clone(),
+        tokens.clone(),
+        Arc::new(HostedVaults {
+            service: vault_service.clone(),
+        }),
+    );
     let monitor = Arc::new(
         KeyAccessMonitor::open(
             database.clone(),
@@ -138,7 +173,11 @@ pub async fn run(options: UpOptions) -> anyhow::Result<()> {
                 lost_access_latch: options.cmk_lost_access_latch,
                 ..MonitorConfig::default()
             },
-            Arc::new(VaultKeyProbe::new(client.clone(), tokens.clone(), Arc::new(SystemClock))),
+            Arc::new(VaultKeyProbe::new(
+                client.clone(),
+                tokens.clone(),
+                Arc::new(SystemClock),
+            )),
             Arc::new(SystemClock),
         )
         .await
@@ -177,7 +216,9 @@ pub async fn run(options: UpOptions) -> anyhow::Result<()> {
             key_vault: vault_service.clone(),
             dicom_host: host.clone(),
             public_base_url: public_url.clone(),
-            vault_events: Some(Arc::new(VaultListenerEvents { listeners: vault_listeners.clone() })),
+            vault_events: Some(Arc::new(VaultListenerEvents {
+                listeners: vault_listeners.clone(),
+            })),
         },
     )
     .build()
@@ -186,7 +227,12 @@ pub async fn run(options: UpOptions) -> anyhow::Result<()> {
 
     // Serve the DICOM services that exist (their keys' state comes from the monitor's store).
     let subscription = ResourceId::subscription(&bootstrap.subscription_id);
-    for resource in arm.store().list_within(&subscription).await.context("listing resources")? {
+    for resource in arm
+        .store()
+        .list_within(&subscription)
+        .await
+        .context("listing resources")?
+    {
         if let Some(spec) = hds_providers::stored_spec(&resource, &bootstrap.tenant_id, &public_url)
             && let Err(error) = host.restore(&spec).await
         {
@@ -198,13 +244,21 @@ pub async fn run(options: UpOptions) -> anyhow::Result<()> {
         index,
         blobs,
         services: host.clone(),
-        access: Arc::new(IdentityDicomAccess { identity: identity.clone() }),
-        config: Arc::new(DicomWebConfig { max_request_bytes: options.max_request_bytes, scheme }),
+        access: Arc::new(IdentityDicomAccess {
+            identity: identity.clone(),
+        }),
+        config: Arc::new(DicomWebConfig {
+            max_request_bytes: options.max_request_bytes,
+            scheme,
+        }),
     });
     let arm_router = hds_arm::router(arm.clone());
     let app = Router::new()
         .route("/health", get(|| async { "ok" }))
-        .route("/", get(|| async { axum::response::Redirect::temporary("/portal/") }))
+        .route(
+            "/",
+            get(|| async { axum::response::Redirect::temporary("/portal/") }),
+        )
         .merge(hds_portal::router())
         .merge(identity.router())
         .merge(dicomweb)
@@ -214,7 +268,11 @@ pub async fn run(options: UpOptions) -> anyhow::Result<()> {
     if !options.no_bootstrap {
         let admin = read_admin(&bootstrap.admin_credentials_path)?;
         let token = identity
-            .issue_token_for_client_credentials(&admin.client_id, &admin.client_secret, MANAGEMENT_AUDIENCE)
+            .issue_token_for_client_credentials(
+                &admin.client_id,
+                &admin.client_secret,
+                MANAGEMENT_AUDIENCE,
+            )
             .await
             .context("getting the admin's token")?
             .context("the admin's credentials in admin.json are not accepted")?;
@@ -225,7 +283,9 @@ pub async fn run(options: UpOptions) -> anyhow::Result<()> {
             workspace: DEFAULT_WORKSPACE,
             service: DEFAULT_SERVICE,
         };
-        seed_flow::run(&arm_router, &token.access_token, &names).await.context("setting up the default DICOM service")?;
+        seed_flow::run(&arm_router, &token.access_token, &names)
+            .await
+            .context("setting up the default DICOM service")?;
     }
 
     let (stop_monitor, monitor_stopped) = tokio::sync::oneshot::channel::<()>();
@@ -244,10 +304,22 @@ pub async fn run(options: UpOptions) -> anyhow::Result<()> {
     listener.set_nonblocking(true)?;
     println!("hds is ready");
     println!("  DICOMweb:  {public_url}/dicom/{DEFAULT_WORKSPACE}/{DEFAULT_SERVICE}/v2/");
-    println!("  ARM:       {public_url}/subscriptions/{}", bootstrap.subscription_id);
-    println!("  tokens:    {public_url}/{}/oauth2/v2.0/token", bootstrap.tenant_id);
-    println!("  admin:     {}", bootstrap.admin_credentials_path.display());
-    println!("  CA:        {}", certificate_authority.ca_pem_path().display());
+    println!(
+        "  ARM:       {public_url}/subscriptions/{}",
+        bootstrap.subscription_id
+    );
+    println!(
+        "  tokens:    {public_url}/{}/oauth2/v2.0/token",
+        bootstrap.tenant_id
+    );
+    println!(
+        "  admin:     {}",
+        bootstrap.admin_credentials_path.display()
+    );
+    println!(
+        "  CA:        {}",
+        certificate_authority.ca_pem_path().display()
+    );
     for vault in vault_service.list_vaults().await.unwrap_or_default() {
         println!("  vault {}: {}", vault.name, vault.vault_uri);
     }
@@ -261,11 +333,19 @@ pub async fn run(options: UpOptions) -> anyhow::Result<()> {
     });
     let service = app.into_make_service();
     if options.http {
-        axum_server::from_tcp(listener).handle(handle).serve(service).await?;
+        axum_server::from_tcp(listener)
+            .handle(handle)
+            .serve(service)
+            .await?;
     } else {
-        let tls = certificate_authority.server_config(&[]).context("issuing the server certificate")?;
+        let tls = certificate_authority
+            .server_config(&[])
+            .context("issuing the server certificate")?;
         let config = axum_server::tls_rustls::RustlsConfig::from_config(tls);
-        axum_server::from_tcp_rustls(listener, config).handle(handle).serve(service).await?;
+        axum_server::from_tcp_rustls(listener, config)
+            .handle(handle)
+            .serve(service)
+            .await?;
     }
     let _ = stop_monitor.send(());
     vault_listeners.shutdown();
@@ -275,19 +355,27 @@ pub async fn run(options: UpOptions) -> anyhow::Result<()> {
 
 /// The Microsoft Entra ID application hds uses for keys kept in Azure Key Vault, if configured.
 fn azure_application(options: &UpOptions) -> anyhow::Result<Option<EntraApplication>> {
-    let (Some(tenant_id), Some(client_id)) = (&options.azure_tenant_id, &options.azure_client_id) else {
+    let (Some(tenant_id), Some(client_id)) = (&options.azure_tenant_id, &options.azure_client_id)
+    else {
         return Ok(None);
     };
     let secret_file = options
         .azure_client_secret_file
         .as_ref()
         .context("--azure-client-id needs --azure-client-secret-file")?;
-    let metadata = fs::metadata(secret_file).with_context(|| format!("reading {}", secret_file.display()))?;
+    let metadata =
+        fs::metadata(secret_file).with_context(|| format!("reading {}", secret_file.display()))?;
     if metadata.permissions().mode() & 0o077 != 0 {
-        anyhow::bail!("{} is readable by other users; run chmod 600 on it", secret_file.display());
+        anyhow::bail!(
+            "{} is readable by other users; run chmod 600 on it",
+            secret_file.display()
+        );
     }
     let secret = zeroize::Zeroizing::new(
-        fs::read_to_string(secret_file).with_context(|| format!("reading {}", secret_file.display()))?.trim().to_owned(),
+        fs::read_to_string(secret_file)
+            .with_context(|| format!("reading {}", secret_file.display()))?
+            .trim()
+            .to_owned(),
     );
     Ok(Some(EntraApplication {
         authority: options.azure_authority.clone(),
@@ -305,8 +393,10 @@ fn external_issuer(text: &str) -> anyhow::Result<ExternalIssuer> {
     if jwks.starts_with("https://") || jwks.starts_with("http://") {
         return Ok(ExternalIssuer::from_jwks_url(issuer, jwks));
     }
-    let document = fs::read_to_string(jwks).with_context(|| format!("reading the JWKS document {jwks}"))?;
-    ExternalIssuer::from_jwks_json(issuer, &document).with_context(|| format!("{jwks} is not a JWKS document"))
+    let document =
+        fs::read_to_string(jwks).with_context(|| format!("reading the JWKS document {jwks}"))?;
+    ExternalIssuer::from_jwks_json(issuer, &document)
+        .with_context(|| format!("{jwks} is not a JWKS document"))
 }
 
 fn read_admin(path: &Path) -> anyhow::Result<AdminCredentials> {
@@ -322,7 +412,10 @@ fn create_private_dir(path: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn wait_for_shutdown_signal(mut terminate: tokio::signal::unix::Signal, mut interrupt: tokio::signal::unix::Signal) {
+async fn wait_for_shutdown_signal(
+    mut terminate: tokio::signal::unix::Signal,
+    mut interrupt: tokio::signal::unix::Signal,
+) {
     tokio::select! {
         _ = interrupt.recv() => {}
         _ = terminate.recv() => {}

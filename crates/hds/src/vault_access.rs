@@ -18,7 +18,9 @@ impl VaultAccessControl for IdentityVaultAccess {
         Box::pin(async move {
             let principal = match self.identity.validate_token(bearer, VAULT_AUDIENCE).await {
                 Ok(principal) => principal,
-                Err(TokenError::Internal(message)) => return Err(AccessError::Unavailable(message)),
+                Err(TokenError::Internal(message)) => {
+                    return Err(AccessError::Unavailable(message));
+                }
                 Err(reason) => return Err(AccessError::InvalidToken(reason.to_string())),
             };
             let stored = self
@@ -27,19 +29,35 @@ impl VaultAccessControl for IdentityVaultAccess {
                 .await
                 .map_err(|error| AccessError::Unavailable(error.to_string()))?;
             let is_trusted_service = stored.as_ref().is_some_and(|stored| {
-                matches!(stored.kind, PrincipalKind::SystemAssignedIdentity | PrincipalKind::UserAssignedIdentity)
+                matches!(
+                    stored.kind,
+                    PrincipalKind::SystemAssignedIdentity | PrincipalKind::UserAssignedIdentity
+                )
             });
             let tenant_id = principal
                 .tenant_id
                 .or_else(|| stored.map(|stored| stored.tenant_id))
                 .unwrap_or_default();
-            Ok(Caller { principal_id: principal.principal_id, tenant_id, is_trusted_service })
+            Ok(Caller {
+                principal_id: principal.principal_id,
+                tenant_id,
+                is_trusted_service,
+            })
         })
     }
 
-    fn authorize<'a>(&'a self, caller: &'a Caller, data_action: &'a str, scope: &'a str) -> BoxFuture<'a, Result<(), AccessError>> {
+    fn authorize<'a>(
+        &'a self,
+        caller: &'a Caller,
+        data_action: &'a str,
+        scope: &'a str,
+    ) -> BoxFuture<'a, Result<(), AccessError>> {
         Box::pin(async move {
-            match self.identity.authorize(&caller.principal_id, data_action, scope, true).await {
+            match self
+                .identity
+                .authorize(&caller.principal_id, data_action, scope, true)
+                .await
+            {
                 Ok(Decision::Allow) => Ok(()),
                 Ok(Decision::Deny(_)) => Err(AccessError::Denied),
                 Err(error) => Err(AccessError::Unavailable(error.to_string())),

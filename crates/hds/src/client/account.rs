@@ -40,9 +40,15 @@ struct OAuthError {
 }
 
 /// A fresh token for `resource` with the client-credentials grant.
-pub async fn access_token(profile: &Profile, resource: &str) -> anyhow::Result<(String, u64, String)> {
+pub async fn access_token(
+    profile: &Profile,
+    resource: &str,
+) -> anyhow::Result<(String, u64, String)> {
     let client = http_client(profile)?;
-    let url = format!("{}/{}/oauth2/v2.0/token", profile.endpoint, profile.tenant_id);
+    let url = format!(
+        "{}/{}/oauth2/v2.0/token",
+        profile.endpoint, profile.tenant_id
+    );
     let scope = format!("{}/.default", resource.trim_end_matches('/'));
     let response = client
         .post(&url)
@@ -59,12 +65,23 @@ pub async fn access_token(profile: &Profile, resource: &str) -> anyhow::Result<(
     let body = response.bytes().await?;
     if !status.is_success() {
         let reason = serde_json::from_slice::<OAuthError>(&body)
-            .map(|error| format!("{}: {}", error.error, error.error_description.unwrap_or_default()))
+            .map(|error| {
+                format!(
+                    "{}: {}",
+                    error.error,
+                    error.error_description.unwrap_or_default()
+                )
+            })
             .unwrap_or_else(|_| String::from_utf8_lossy(&body).into_owned());
         bail!("the token service refused ({status}): {reason}");
     }
-    let token: TokenResponse = serde_json::from_slice(&body).context("parsing the token response")?;
-    Ok((token.access_token, token.expires_in, token.token_type.unwrap_or_else(|| "Bearer".into())))
+    let token: TokenResponse =
+        serde_json::from_slice(&body).context("parsing the token response")?;
+    Ok((
+        token.access_token,
+        token.expires_in,
+        token.token_type.unwrap_or_else(|| "Bearer".into()),
+    ))
 }
 
 /// `hds account get-access-token`.
@@ -72,7 +89,8 @@ pub async fn get_access_token(options: GetAccessTokenOptions) -> anyhow::Result<
     let profile = options.connection.resolve()?;
     let (token, expires_in, token_type) = access_token(&profile, &options.resource).await?;
     let expires = time::OffsetDateTime::now_utc() + time::Duration::seconds(expires_in as i64);
-    let format = time::macros::format_description!("[year]-[month]-[day] [hour]:[minute]:[second].000000");
+    let format =
+        time::macros::format_description!("[year]-[month]-[day] [hour]:[minute]:[second].000000");
     let output = json!({
         "accessToken": token,
         "expiresOn": expires.format(&format)?,

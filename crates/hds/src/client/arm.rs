@@ -90,10 +90,19 @@ fn body_argument(body: &str) -> anyhow::Result<Value> {
 }
 
 /// Sends one request and returns the status and the JSON (or text) body.
-async fn send(profile: &Profile, token: &str, method: &str, url: &str, body: Option<&Value>) -> anyhow::Result<(u16, Value, reqwest::header::HeaderMap)> {
+async fn send(
+    profile: &Profile,
+    token: &str,
+    method: &str,
+    url: &str,
+    body: Option<&Value>,
+) -> anyhow::Result<(u16, Value, reqwest::header::HeaderMap)> {
     let client = http_client(profile)?;
-    let method = reqwest::Method::from_bytes(method.to_ascii_uppercase().as_bytes()).context("invalid HTTP method")?;
-    let mut request = client.request(method, absolute(profile, url)).bearer_auth(token);
+    let method = reqwest::Method::from_bytes(method.to_ascii_uppercase().as_bytes())
+        .context("invalid HTTP method")?;
+    let mut request = client
+        .request(method, absolute(profile, url))
+        .bearer_auth(token);
     if let Some(body) = body {
         request = request.json(body);
     }
@@ -104,7 +113,8 @@ async fn send(profile: &Profile, token: &str, method: &str, url: &str, body: Opt
     let value = if bytes.is_empty() {
         Value::Null
     } else {
-        serde_json::from_slice(&bytes).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()))
+        serde_json::from_slice(&bytes)
+            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()))
     };
     Ok((status, value, headers))
 }
@@ -114,7 +124,14 @@ pub async fn rest(options: RestOptions) -> anyhow::Result<()> {
     let profile = options.connection.resolve()?;
     let (token, _, _) = access_token(&profile, &options.resource).await?;
     let body = options.body.as_deref().map(body_argument).transpose()?;
-    let (status, value, _) = send(&profile, &token, &options.method, &options.url, body.as_ref()).await?;
+    let (status, value, _) = send(
+        &profile,
+        &token,
+        &options.method,
+        &options.url,
+        body.as_ref(),
+    )
+    .await?;
     if !value.is_null() {
         println!("{}", serde_json::to_string_pretty(&value)?);
     }
@@ -129,8 +146,10 @@ fn parameters(arguments: &[String]) -> anyhow::Result<Value> {
     let mut parameters = BTreeMap::new();
     for argument in arguments {
         if let Some(path) = argument.strip_prefix('@') {
-            let file: Value = serde_json::from_str(&std::fs::read_to_string(path).with_context(|| format!("reading {path}"))?)
-                .with_context(|| format!("{path} is not JSON"))?;
+            let file: Value = serde_json::from_str(
+                &std::fs::read_to_string(path).with_context(|| format!("reading {path}"))?,
+            )
+            .with_context(|| format!("{path} is not JSON"))?;
             let inner = file.get("parameters").cloned().unwrap_or(file);
             if let Value::Object(map) = inner {
                 parameters.extend(map);
@@ -138,7 +157,12 @@ fn parameters(arguments: &[String]) -> anyhow::Result<Value> {
         } else if let Some((name, value)) = argument.split_once('=') {
             let value = serde_json::from_str::<Value>(value)
                 .ok()
-                .filter(|parsed| parsed.is_object() || parsed.is_array() || parsed.is_boolean() || parsed.is_number())
+                .filter(|parsed| {
+                    parsed.is_object()
+                        || parsed.is_array()
+                        || parsed.is_boolean()
+                        || parsed.is_number()
+                })
                 .unwrap_or_else(|| Value::String(value.to_owned()));
             parameters.insert(name.to_owned(), json!({ "value": value }));
         } else {
@@ -162,7 +186,11 @@ pub async fn deployment_group_create(options: DeploymentCreateOptions) -> anyhow
     )
     .context("the template is not JSON")?;
     let name = options.name.clone().unwrap_or_else(|| {
-        options.template_file.file_stem().map(|stem| stem.to_string_lossy().into_owned()).unwrap_or_else(|| "deployment".into())
+        options
+            .template_file
+            .file_stem()
+            .map(|stem| stem.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "deployment".into())
     });
     let path = format!(
         "/subscriptions/{subscription}/resourcegroups/{}/providers/Microsoft.Resources/deployments/{name}?api-version={DEPLOYMENTS_API_VERSION}",
@@ -178,7 +206,10 @@ pub async fn deployment_group_create(options: DeploymentCreateOptions) -> anyhow
     eprint!("Running ..");
     for _ in 0..600 {
         let (status, value, _) = send(&profile, &token, "GET", &path, None).await?;
-        let state = value.pointer("/properties/provisioningState").and_then(Value::as_str).unwrap_or("");
+        let state = value
+            .pointer("/properties/provisioningState")
+            .and_then(Value::as_str)
+            .unwrap_or("");
         if status >= 400 || matches!(state, "Succeeded" | "Failed" | "Canceled") {
             eprintln!();
             println!("{}", serde_json::to_string_pretty(&value)?);

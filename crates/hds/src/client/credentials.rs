@@ -90,7 +90,9 @@ pub fn config_dir() -> PathBuf {
     if let Some(dir) = std::env::var_os("XDG_CONFIG_HOME").filter(|value| !value.is_empty()) {
         return PathBuf::from(dir).join("hds");
     }
-    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("."));
+    let home = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("."));
     home.join(".config/hds")
 }
 
@@ -102,7 +104,10 @@ fn profile_path() -> PathBuf {
 fn read_private(path: &Path) -> anyhow::Result<Vec<u8>> {
     let metadata = fs::metadata(path).with_context(|| format!("reading {}", path.display()))?;
     if metadata.permissions().mode() & 0o077 != 0 {
-        bail!("{} is readable by other users; run chmod 600 on it", path.display());
+        bail!(
+            "{} is readable by other users; run chmod 600 on it",
+            path.display()
+        );
     }
     fs::read(path).with_context(|| format!("reading {}", path.display()))
 }
@@ -139,7 +144,9 @@ fn load_profile() -> anyhow::Result<Option<Profile>> {
         return Ok(None);
     }
     let bytes = read_private(&path)?;
-    Ok(Some(serde_json::from_slice(&bytes).with_context(|| format!("parsing {}", path.display()))?))
+    Ok(Some(
+        serde_json::from_slice(&bytes).with_context(|| format!("parsing {}", path.display()))?,
+    ))
 }
 
 fn load_admin(data_dir: &Path) -> anyhow::Result<Option<Profile>> {
@@ -151,7 +158,9 @@ fn load_admin(data_dir: &Path) -> anyhow::Result<Option<Profile>> {
         .with_context(|| format!("parsing {}", path.display()))?;
     let ca = data_dir.join("tls/ca.pem");
     Ok(Some(Profile {
-        endpoint: admin.endpoint.unwrap_or_else(|| "https://127.0.0.1:8443".to_owned()),
+        endpoint: admin
+            .endpoint
+            .unwrap_or_else(|| "https://127.0.0.1:8443".to_owned()),
         tenant_id: admin.tenant_id,
         client_id: admin.client_id,
         client_secret: admin.client_secret,
@@ -169,24 +178,31 @@ impl ConnectionOptions {
             None => None,
         };
         let fallbacks: Vec<&Profile> = stored.iter().chain(admin.iter()).collect();
-        let pick = |own: &Option<String>, field: fn(&Profile) -> Option<String>| -> Option<String> {
-            own.clone().or_else(|| fallbacks.iter().find_map(|profile| field(profile)))
-        };
+        let pick =
+            |own: &Option<String>, field: fn(&Profile) -> Option<String>| -> Option<String> {
+                own.clone()
+                    .or_else(|| fallbacks.iter().find_map(|profile| field(profile)))
+            };
         let endpoint = pick(&self.endpoint, |p| Some(p.endpoint.clone()));
         let tenant_id = pick(&self.tenant, |p| Some(p.tenant_id.clone()));
         let client_id = pick(&self.client_id, |p| Some(p.client_id.clone()));
         let client_secret = pick(&self.client_secret, |p| Some(p.client_secret.clone()));
         let subscription_id = fallbacks.iter().find_map(|p| p.subscription_id.clone());
-        let ca_cert = self.ca_cert.clone().or_else(|| fallbacks.iter().find_map(|p| p.ca_cert.clone()));
+        let ca_cert = self
+            .ca_cert
+            .clone()
+            .or_else(|| fallbacks.iter().find_map(|p| p.ca_cert.clone()));
         match (endpoint, tenant_id, client_id, client_secret) {
-            (Some(endpoint), Some(tenant_id), Some(client_id), Some(client_secret)) => Ok(Profile {
-                endpoint: endpoint.trim_end_matches('/').to_owned(),
-                tenant_id,
-                client_id,
-                client_secret,
-                subscription_id,
-                ca_cert,
-            }),
+            (Some(endpoint), Some(tenant_id), Some(client_id), Some(client_secret)) => {
+                Ok(Profile {
+                    endpoint: endpoint.trim_end_matches('/').to_owned(),
+                    tenant_id,
+                    client_id,
+                    client_secret,
+                    subscription_id,
+                    ca_cert,
+                })
+            }
             _ => bail!(
                 "no credentials: run `hds login`, set HDS_ENDPOINT, HDS_TENANT_ID, HDS_CLIENT_ID and \
                  HDS_CLIENT_SECRET, or pass --data-dir on the machine running hds"
