@@ -308,6 +308,7 @@ pub async fn run(options: UpOptions) -> anyhow::Result<()> {
         "  ARM:       {public_url}/subscriptions/{}",
         bootstrap.subscription_id
     );
+    println!("  portal:    {public_url}/portal/");
     println!(
         "  tokens:    {public_url}/{}/oauth2/v2.0/token",
         bootstrap.tenant_id
