@@ -8,7 +8,7 @@
 #
 # Example:
 #   scripts/bench-compare.sh --runs 3 --out /tmp/cmp-512 \
-#       --hds hds-current=/work/bench-bin/hds-current --hds hds-pre-enc=/work/bench-bin/hds-pre-enc \
+#       --hds hds-current=../bench-bin/hds-current --hds hds-pre-enc=../bench-bin/hds-pre-enc \
 #       -- --studies 40 --instances-per-study 25 --requests 5000 --seed 42
 #
 # Run r starts with server (r-1) mod S, so each server goes first once in S

@@ -12,7 +12,9 @@ use bytes::Bytes;
 use futures::StreamExt;
 use futures::stream::BoxStream;
 use hds_crypto::keys::BlobKey;
-use hds_crypto::stream::{HEADER_LEN, OpenError, Opener, RangeOpener, Sealer, StreamBinding};
+use hds_crypto::stream::{
+    HEADER_LEN, OpenError, Opener, RangeOpener, SEGMENT_SIZE, Sealer, StreamBinding, TAG_LEN,
+};
 
 use crate::{BlobError, BlobName, BlobStore, BlobWriter, not_found};
 
@@ -20,17 +22,39 @@ use crate::{BlobError, BlobName, BlobStore, BlobWriter, not_found};
 /// buffer to the store's own part buffers.
 const WRITE_FLUSH_BYTES: usize = 1024 * 1024;
 
+/// Sealed blobs are read in pieces of this size: the header and 16 sealed segments (64 KiB
+/// each, plus a tag), about 1 MiB. Large enough that a typical instance is one read, small
+/// enough that a stream holds about 2 MiB (ciphertext and plaintext) however large the blob.
+const READ_CHUNK_BYTES: usize = HEADER_LEN + 16 * (SEGMENT_SIZE as usize + TAG_LEN);
+
+/// Ciphertext that opens the first segment of a stream in the default layout: the header, the
+/// segment and its tag, and one byte more (which shows the segment is not the last).
+const FIRST_SEGMENT_BYTES: usize = HEADER_LEN + SEGMENT_SIZE as usize + TAG_LEN + 1;
+
+/// Where the stream of a sealed read is.
+enum SealedRead {
+    /// More ciphertext to open.
+    Reading(BoxStream<'static, Result<Bytes, BlobError>>, Opener),
+    /// Verified plaintext was released; this error comes next.
+    Failed(BlobError),
+    /// Ended.
+    Done,
+}
+
 impl BlobStore {
     /// Starts writing a new sealed blob under `blob_key`, bound to `service` and `name`. Memory
     /// stays bounded whatever the blob's size: one segment of plaintext and about 1 MiB of
     /// ciphertext besides the store's part buffers.
+    ///
+    /// Nothing is written until about 1 MiB of ciphertext has accumulated: a blob that stays
+    /// smaller (most instances) is stored by one `put` when finished, rather than a multipart
+    /// upload's create, part and complete round trips.
     pub async fn create_sealed(
         &self,
         name: &BlobName,
         service: &str,
         blob_key: &BlobKey,
     ) -> Result<SealedBlobWriter, BlobError> {
-        let inner = self.create(name).await?;
         let sealer = Sealer::new(
             blob_key,
             StreamBinding {
@@ -39,8 +63,11 @@ impl BlobStore {
             },
         );
         Ok(SealedBlobWriter {
-            inner,
+            store: self.clone(),
+            name: name.clone(),
+            upload: None,
             sealer,
+            // Room for a flush's worth and the segment that crosses it: no reallocation.
             ciphertext: Vec::with_capacity(WRITE_FLUSH_BYTES + 128 * 1024),
         })
     }
@@ -57,7 +84,7 @@ impl BlobStore {
         service: &str,
         blob_key: &BlobKey,
     ) -> Result<BoxStream<'static, Result<Bytes, BlobError>>, BlobError> {
-        let mut chunks = self.read(name).await?;
+        let mut chunks = self.read_chunked(name, READ_CHUNK_BYTES).await?;
         let mut opener = Opener::new(
             blob_key,
             StreamBinding {
@@ -65,45 +92,82 @@ impl BlobStore {
                 blob_name: name.as_str(),
             },
         );
+        // Only the header and the first segment are opened here (a segment opens once a byte
+        // beyond it arrives); the rest of a read goes to the stream, so that a damaged later
+        // segment fails there, after the segments before it, as its position in the blob says.
         let mut first = Vec::new();
-        loop {
-            match chunks.next().await {
-                Some(chunk) => {
-                    opener.push(&chunk?, &mut first)?;
-                    if !first.is_empty() {
-                        break;
-                    }
-                }
-                None => {
-                    opener.finish(&mut first)?;
-                    let whole = Bytes::from(first);
-                    return Ok(futures::stream::once(async move { Ok(whole) }).boxed());
+        let mut consumed = 0usize;
+        let mut leftover = None;
+        while first.is_empty() {
+            let Some(chunk) = chunks.next().await else {
+                opener.finish(&mut first)?;
+                let whole = Bytes::from(first);
+                return Ok(futures::stream::once(async move { Ok(whole) }).boxed());
+            };
+            let chunk = chunk?;
+            let wanted = FIRST_SEGMENT_BYTES.saturating_sub(consumed);
+            // A blob with longer segments than the default takes whole chunks until it opens.
+            let taken = if wanted == 0 {
+                chunk.len()
+            } else {
+                chunk.len().min(wanted)
+            };
+            first.reserve(taken);
+            opener.push(&chunk[..taken], &mut first)?;
+            consumed += taken;
+            if taken < chunk.len() {
+                leftover = Some(chunk.slice(taken..));
+                if first.is_empty() {
+                    // Not opened yet (longer segments): feed the remainder on the next turn.
+                    let remainder = leftover.take().map(Ok);
+                    chunks = futures::stream::iter(remainder).chain(chunks).boxed();
                 }
             }
         }
-        let rest = futures::stream::unfold(Some((chunks, opener)), |state| async move {
-            let (mut chunks, mut opener) = state?;
-            loop {
-                let mut plaintext = Vec::new();
-                match chunks.next().await {
-                    Some(Ok(chunk)) => match opener.push(&chunk, &mut plaintext) {
-                        Ok(()) if plaintext.is_empty() => continue,
-                        Ok(()) => {
-                            return Some((Ok(Bytes::from(plaintext)), Some((chunks, opener))));
+        let chunks = futures::stream::iter(leftover.map(Ok))
+            .chain(chunks)
+            .boxed();
+        let rest =
+            futures::stream::unfold(SealedRead::Reading(chunks, opener), |state| async move {
+                let (mut chunks, mut opener) = match state {
+                    SealedRead::Reading(chunks, opener) => (chunks, opener),
+                    SealedRead::Failed(error) => return Some((Err(error), SealedRead::Done)),
+                    SealedRead::Done => return None,
+                };
+                loop {
+                    let mut plaintext = Vec::new();
+                    match chunks.next().await {
+                        Some(Ok(chunk)) => {
+                            // Opening outputs at most what it was given plus one pending segment.
+                            plaintext.reserve(chunk.len() + SEGMENT_SIZE as usize);
+                            match opener.push(&chunk, &mut plaintext) {
+                                Ok(()) if plaintext.is_empty() => continue,
+                                Ok(()) => {
+                                    let next = SealedRead::Reading(chunks, opener);
+                                    return Some((Ok(Bytes::from(plaintext)), next));
+                                }
+                                // The segments opened before the damaged one are verified:
+                                // release them, then the error.
+                                Err(error) if !plaintext.is_empty() => {
+                                    let next = SealedRead::Failed(BlobError::from(error));
+                                    return Some((Ok(Bytes::from(plaintext)), next));
+                                }
+                                Err(error) => {
+                                    return Some((Err(BlobError::from(error)), SealedRead::Done));
+                                }
+                            }
                         }
-                        Err(error) => return Some((Err(BlobError::from(error)), None)),
-                    },
-                    Some(Err(error)) => return Some((Err(error), None)),
-                    None => {
-                        let last = opener
-                            .finish(&mut plaintext)
-                            .map(|()| Bytes::from(plaintext))
-                            .map_err(BlobError::from);
-                        return Some((last, None));
+                        Some(Err(error)) => return Some((Err(error), SealedRead::Done)),
+                        None => {
+                            let last = opener
+                                .finish(&mut plaintext)
+                                .map(|()| Bytes::from(plaintext))
+                                .map_err(BlobError::from);
+                            return Some((last, SealedRead::Done));
+                        }
                     }
                 }
-            }
-        });
+            });
         let first = Bytes::from(first);
         Ok(futures::stream::once(async move { Ok(first) })
             .chain(rest)
@@ -154,7 +218,10 @@ impl BlobStore {
 /// A sealed blob being written. Dropping it without [`SealedBlobWriter::finish`] abandons the
 /// blob; an unfinished sealed stream would not open anyway (its last segment is missing).
 pub struct SealedBlobWriter {
-    inner: BlobWriter,
+    store: BlobStore,
+    name: BlobName,
+    /// The multipart upload, started when the ciphertext first outgrows one flush.
+    upload: Option<BlobWriter>,
     sealer: Sealer,
     ciphertext: Vec<u8>,
 }
@@ -164,7 +231,11 @@ impl SealedBlobWriter {
     pub async fn write(&mut self, plaintext: &[u8]) -> Result<(), BlobError> {
         self.sealer.push(plaintext, &mut self.ciphertext)?;
         if self.ciphertext.len() >= WRITE_FLUSH_BYTES {
-            self.inner.write(&self.ciphertext).await?;
+            let upload = match &mut self.upload {
+                Some(upload) => upload,
+                None => self.upload.insert(self.store.create(&self.name).await?),
+            };
+            upload.write(&self.ciphertext).await?;
             self.ciphertext.clear();
         }
         Ok(())
@@ -173,18 +244,29 @@ impl SealedBlobWriter {
     /// Seals the last segment and completes the blob, making it visible under its name.
     pub async fn finish(self) -> Result<(), BlobError> {
         let SealedBlobWriter {
-            mut inner,
+            store,
+            name,
+            upload,
             sealer,
             mut ciphertext,
         } = self;
         sealer.finish(&mut ciphertext)?;
-        inner.write(&ciphertext).await?;
-        inner.finish().await
+        match upload {
+            // The whole blob is in memory: one atomic put (staged and renamed on local files).
+            None => store.put(&name, Bytes::from(ciphertext)).await,
+            Some(mut upload) => {
+                upload.write(&ciphertext).await?;
+                upload.finish().await
+            }
+        }
     }
 
     /// Abandons the blob.
     pub async fn abort(self) -> Result<(), BlobError> {
-        self.inner.abort().await
+        match self.upload {
+            Some(upload) => upload.abort().await,
+            None => Ok(()),
+        }
     }
 }
 

@@ -17,6 +17,7 @@
 //!   `500 DataIntegrityCheckFailed` before the status line; one that fails later aborts the body.
 #![deny(missing_docs)]
 
+mod chunk_reader;
 mod error;
 mod media;
 mod multipart;

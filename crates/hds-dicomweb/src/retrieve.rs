@@ -253,15 +253,11 @@ async fn metadata(
             "metadata is available as application/dicom+json".into(),
         ));
     }
-    let documents = state
+    let body = state
         .index
-        .find_metadata(&context.service_key, scope)
-        .await?;
-    if documents.is_empty() {
-        return Err(DicomWebError::NotFound(what));
-    }
-    let body = serde_json::to_vec(&documents)
-        .map_err(|error| DicomWebError::internal("metadata", error))?;
+        .find_metadata_json(&context.service_key, scope)
+        .await?
+        .ok_or(DicomWebError::NotFound(what))?;
     let etag = entity_tag(&body);
     let matches = headers
         .get_all(IF_NONE_MATCH)

@@ -6,8 +6,6 @@
 //! bounded whatever its size. The blob key is kept in memory until parsing tells the study;
 //! then it is wrapped under that study's key and stored with the instance's index row.
 
-use std::io::Cursor;
-
 use axum::Json;
 use axum::body::Body;
 use axum::extract::{Path, State};
@@ -23,12 +21,18 @@ use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
 use crate::DicomWebError;
+use crate::chunk_reader::ChunkReader;
 use crate::media;
 use crate::service::{DicomWebState, ServiceContext};
 use crate::sync_reader::BlobSyncReader;
 
 /// Parts up to this size are parsed from memory; larger ones from their blob.
 const IN_MEMORY_PART_LIMIT: u64 = 16 * 1024 * 1024;
+
+/// Parts up to this size are parsed on the request's task: the parser reads the header
+/// elements only (it stops at the pixel data), a short job next to a hop to the blocking pool
+/// and back. Larger parts can carry large headers and are parsed on the blocking pool.
+const INLINE_PARSE_LIMIT: u64 = 1024 * 1024;
 
 /// How often storing an instance retries when its study's key changed meanwhile.
 const STUDY_KEY_ATTEMPTS: u32 = 4;
@@ -219,9 +223,11 @@ where
     }
     writer.finish().await?;
 
-    let parsed = if size <= IN_MEMORY_PART_LIMIT {
-        let bytes = kept.concat();
-        tokio::task::spawn_blocking(move || parse_instance(Cursor::new(bytes))).await
+    let parsed = if size <= INLINE_PARSE_LIMIT {
+        // Headers only, from memory: as quick as a hop to the blocking pool and back.
+        Ok(parse_instance(ChunkReader::new(kept)))
+    } else if size <= IN_MEMORY_PART_LIMIT {
+        tokio::task::spawn_blocking(move || parse_instance(ChunkReader::new(kept))).await
     } else {
         let ranges = state
             .blobs
@@ -288,7 +294,11 @@ async fn record(
     let mut attempts = 0;
     let stored = loop {
         attempts += 1;
-        let lease = match context.keyring.study_key(&parsed.study_instance_uid).await {
+        let lease = match context
+            .keyring
+            .study_key_for_store(&parsed.study_instance_uid)
+            .await
+        {
             Ok(lease) => lease,
             Err(hds_index::KeyringError::RootKeyChanged) if attempts < STUDY_KEY_ATTEMPTS => {
                 continue;

@@ -128,6 +128,9 @@ pub struct StudyKeyLease {
     service: String,
     study_key: StudyKey,
     wrapped_study_key: Vec<u8>,
+    /// For a key made by [`ServiceKeyring::study_key_for_store`] and not stored yet: the root
+    /// key generation it is wrapped under.
+    unstored_generation: Option<i64>,
 }
 
 impl StudyKeyLease {
@@ -139,6 +142,7 @@ impl StudyKeyLease {
             wrapped_blob_key: self
                 .study_key
                 .wrap_blob_key(&self.service, blob_name, blob_key),
+            new_study_key_generation: self.unstored_generation,
         }
     }
 }
@@ -151,6 +155,11 @@ pub struct InstanceKeys {
     pub wrapped_study_key: Vec<u8>,
     /// The blob key, wrapped by the study key.
     pub wrapped_blob_key: Vec<u8>,
+    /// `Some(generation)` when the study key is new and not stored yet (from
+    /// [`ServiceKeyring::study_key_for_store`]): the index stores it with the instance, in the
+    /// same transaction, if the study still has no key and the root key is still at
+    /// `generation`. `None` for a key read from the database.
+    pub new_study_key_generation: Option<i64>,
 }
 
 /// What retrieval reads from the index to open a blob.
@@ -425,6 +434,36 @@ impl ServiceKeyring {
         self.lease(&keys, &study_token, stored)
     }
 
+    /// The study's key for storing an instance: the stored one, or else a new random key that
+    /// is not written here. [`crate::Index::store_instance`] writes it with the instance, in
+    /// the instance's own transaction, so storing the first instance of a study takes the
+    /// database's write lock once instead of twice. If another store gave the study a key
+    /// first, the store answers [`crate::StoreOutcome::StudyKeyChanged`] and the caller asks
+    /// again, getting that key.
+    pub async fn study_key_for_store(
+        &self,
+        study_instance_uid: &str,
+    ) -> Result<StudyKeyLease, KeyringError> {
+        let keys = self.unlocked_keys()?;
+        let study_token = keys
+            .index
+            .token(STUDY_UID, study_instance_uid.as_bytes())
+            .to_vec();
+        if let Some(wrapped) = self.read_study_key(&study_token).await? {
+            return self.lease(&keys, &study_token, wrapped);
+        }
+        let study_key = StudyKey::generate();
+        let wrapped_study_key = keys
+            .root
+            .wrap_study_key(&self.service, &study_token, &study_key);
+        Ok(StudyKeyLease {
+            service: self.service.clone(),
+            study_key,
+            wrapped_study_key,
+            unstored_generation: Some(keys.generation),
+        })
+    }
+
     /// Unwraps the key of a stored blob named `blob_name`: its study key with the root key,
     /// then the blob key with the study key. Fails once the study key is destroyed.
     pub fn open_blob_key(
@@ -467,6 +506,7 @@ impl ServiceKeyring {
             service: self.service.clone(),
             study_key,
             wrapped_study_key,
+            unstored_generation: None,
         })
     }
 

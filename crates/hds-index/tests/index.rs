@@ -210,6 +210,7 @@ async fn store_in(index: &Index, service: &str, spec: &Spec, blob_name: &str) ->
     let keys = InstanceKeys {
         wrapped_study_key: SUITE_STUDY_KEY.to_vec(),
         wrapped_blob_key: b"suite-wrapped-blob-key".to_vec(),
+        new_study_key_generation: None,
     };
     index
         .store_instance(NewInstance {
@@ -1312,6 +1313,103 @@ mod keys {
         assert_eq!(rows, 1);
     }
 
+    /// Study keys made at store time: of two stores of a new study that each made a key, the
+    /// first commits its key with its instance, the second is told the key changed and, asking
+    /// again, gets the stored key; both instances then open.
+    async fn a_study_key_made_for_a_store_is_stored_with_the_first_instance(backend: Backend) {
+        let (_dir, database) = fresh_database(backend).await;
+        let blob_dir = tempfile::tempdir().expect("blob dir");
+        let blobs = BlobStore::local(blob_dir.path()).expect("blobs");
+        let (index, _keyrings, keyring) = keyed(&database, CountingKek::new("kek-1")).await;
+        let first = Spec::new(1, 1, 1);
+        let second = Spec::new(1, 1, 2);
+        let first_lease = keyring
+            .study_key_for_store(&first.study)
+            .await
+            .expect("first lease");
+        let second_lease = keyring
+            .study_key_for_store(&second.study)
+            .await
+            .expect("second lease");
+        let study_keys = || async {
+            let count: i64 = sqlx::query("SELECT COUNT(*) FROM dicom_study_keys")
+                .fetch_one(database.pool())
+                .await
+                .expect("count")
+                .get(0);
+            count
+        };
+        assert_eq!(study_keys().await, 0, "a lease alone stores nothing");
+
+        let store = |spec: &Spec, lease: &hds_index::StudyKeyLease, contents: Vec<u8>| {
+            let name = BlobName::random();
+            let blob_key = BlobKey::generate();
+            let keys = lease.seal_blob_key(name.as_str(), &blob_key);
+            let parsed = spec.parsed();
+            let index = index.clone();
+            let blobs = blobs.clone();
+            async move {
+                let mut writer = blobs
+                    .create_sealed(&name, SERVICE, &blob_key)
+                    .await
+                    .expect("create");
+                writer.write(&contents).await.expect("write");
+                writer.finish().await.expect("finish");
+                index
+                    .store_instance(NewInstance {
+                        service: SERVICE,
+                        parsed: &parsed,
+                        blob_name: name.as_str(),
+                        size: contents.len() as u64,
+                        keys: &keys,
+                    })
+                    .await
+                    .expect("store")
+            }
+        };
+        assert_eq!(
+            store(&first, &first_lease, contents(1, 70_000)).await,
+            StoreOutcome::Stored
+        );
+        assert_eq!(study_keys().await, 1);
+        assert_eq!(
+            store(&second, &second_lease, contents(2, 70_000)).await,
+            StoreOutcome::StudyKeyChanged,
+            "the second lease's key lost the race"
+        );
+        let again = keyring
+            .study_key_for_store(&second.study)
+            .await
+            .expect("lease again");
+        assert_eq!(
+            store(&second, &again, contents(2, 70_000)).await,
+            StoreOutcome::Stored
+        );
+        assert_eq!(study_keys().await, 1);
+        assert_eq!(
+            read_back(&index, &keyring, &blobs, &first).await.as_deref(),
+            Ok(contents(1, 70_000).as_slice())
+        );
+        assert_eq!(
+            read_back(&index, &keyring, &blobs, &second)
+                .await
+                .as_deref(),
+            Ok(contents(2, 70_000).as_slice())
+        );
+        // A key made before a root key rotation is not stored under the new root key.
+        let third = Spec::new(3, 1, 1);
+        let stale = keyring
+            .study_key_for_store(&third.study)
+            .await
+            .expect("lease");
+        keyring.rotate_root_key().await.expect("rotate");
+        assert_eq!(
+            store(&third, &stale, contents(3, 1_000)).await,
+            StoreOutcome::StudyKeyChanged
+        );
+        assert_eq!(study_keys().await, 1);
+    }
+
     async fn sealed_instances_round_trip_and_resist_swapping(backend: Backend) {
         let (_dir, database) = fresh_database(backend).await;
         let blob_dir = tempfile::tempdir().expect("blob dir");
@@ -1734,6 +1832,7 @@ mod keys {
     key_suite!(
         keyring_is_created_once_and_reopened_with_one_unwrap,
         concurrent_study_key_creation_ends_with_one_key,
+        a_study_key_made_for_a_store_is_stored_with_the_first_instance,
         sealed_instances_round_trip_and_resist_swapping,
         rewrap_costs_the_same_whatever_the_instance_count,
         root_key_rotation_rewraps_study_keys_only,

@@ -333,8 +333,12 @@ pub async fn run(options: UpOptions) -> anyhow::Result<()> {
         shutdown_handle.graceful_shutdown(Some(SHUTDOWN_GRACE));
     });
     let service = app.into_make_service();
+    // TCP_NODELAY: without it a response's last small write can wait for the client's delayed
+    // acknowledgement (tens of milliseconds on WADO-RS tails).
+    let no_delay = axum_server::accept::NoDelayAcceptor::new();
     if options.http {
         axum_server::from_tcp(listener)
+            .acceptor(no_delay)
             .handle(handle)
             .serve(service)
             .await?;
@@ -343,7 +347,9 @@ pub async fn run(options: UpOptions) -> anyhow::Result<()> {
             .server_config(&[])
             .context("issuing the server certificate")?;
         let config = axum_server::tls_rustls::RustlsConfig::from_config(tls);
-        axum_server::from_tcp_rustls(listener, config)
+        let acceptor = axum_server::tls_rustls::RustlsAcceptor::new(config).acceptor(no_delay);
+        axum_server::from_tcp(listener)
+            .acceptor(acceptor)
             .handle(handle)
             .serve(service)
             .await?;
