@@ -409,6 +409,13 @@ fn add_deleted_fields(body: &mut Value, deleted: &DeletedKey) {
     body["scheduledPurgeDate"] = json!(deleted.scheduled_purge_date);
 }
 
+/// A DeletedKeyBundle: the key bundle plus the deletion fields.
+fn deleted_bundle_json(deleted: &DeletedKey) -> Value {
+    let mut body = bundle_json(&deleted.bundle);
+    add_deleted_fields(&mut body, deleted);
+    body
+}
+
 fn page_json<T>(
     context: &RequestContext,
     path: &str,
@@ -783,9 +790,7 @@ async fn delete_key(
     )
     .await?;
     let deleted = state.service.delete_key(&context.vault, &name).await?;
-    let mut body = bundle_json(&deleted.bundle);
-    add_deleted_fields(&mut body, &deleted);
-    Ok(Json(body).into_response())
+    Ok(Json(deleted_bundle_json(&deleted)).into_response())
 }
 
 async fn get_deleted_key(
@@ -801,9 +806,7 @@ async fn get_deleted_key(
     )
     .await?;
     let deleted = state.service.get_deleted_key(&context.vault, &name).await?;
-    let mut body = bundle_json(&deleted.bundle);
-    add_deleted_fields(&mut body, &deleted);
-    Ok(Json(body).into_response())
+    Ok(Json(deleted_bundle_json(&deleted)).into_response())
 }
 
 async fn list_deleted_keys(
