@@ -23,6 +23,10 @@ pub enum IndexError {
     /// A key operation of the service's keyring failed.
     #[error(transparent)]
     Keyring(#[from] crate::keyring::KeyringError),
+    /// The index's writer task is gone (the runtime is shutting down); the store was not
+    /// recorded.
+    #[error("the index writer stopped")]
+    WriterStopped,
     /// A stored value could not be decoded.
     #[error("corrupt index value: {0}")]
     Corrupt(String),

@@ -3,12 +3,12 @@
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
-use hds_db::{Database, DbError, Migration, WriteTransaction};
-use hds_dicom::{FrameMap, ParsedInstance, QueryLevel};
+use hds_db::{Database, DbError, Migration};
+use hds_dicom::{FrameMap, ParsedInstance};
 
 use crate::keyring::{InstanceKeys, StoredBlobKey};
 use crate::sql::{Argument, Sql, column};
-use crate::tokens::term_tokens;
+use crate::store::{GroupWriter, PreparedInstance, store_alone};
 use crate::{IndexCipher, IndexError, RowBinding};
 
 /// The component name of the index's migrations in the shared database.
@@ -28,6 +28,12 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
         sqlite: include_str!("../migrations/sqlite/0002_keys.sql"),
         postgres: include_str!("../migrations/postgres/0002_keys.sql"),
     },
+    Migration {
+        version: 3,
+        description: "keyed digests of study and series rows",
+        sqlite: include_str!("../migrations/sqlite/0003_row_digests.sql"),
+        postgres: include_str!("../migrations/postgres/0003_row_digests.sql"),
+    },
 ];
 
 /// The token domains of the three UIDs; the UID tokens are also the rows' identities.
@@ -38,20 +44,16 @@ pub(crate) const SOP_UID: &str = "SOPInstanceUID";
 pub(crate) const MODALITIES_IN_STUDY: &str = "ModalitiesInStudy";
 
 /// How many tokens one INSERT carries (well under SQLite's parameter limit).
-const TOKENS_PER_INSERT: usize = 400;
+pub(crate) const TOKENS_PER_INSERT: usize = 400;
 
 /// The index of all DICOM services of this hds, over one database. Cheap to clone.
 #[derive(Clone)]
 pub struct Index {
     pub(crate) database: Database,
     pub(crate) cipher: Arc<dyn IndexCipher>,
-    /// Index writes of this process take turns here before asking SQLite for its write lock.
-    /// SQLite has one writer at a time, and a connection that finds the lock taken waits in
-    /// its busy handler, sleeping 1 to 100 ms between tries: under concurrent STOW most of the
-    /// time went to those sleeps (p99 of hundreds of ms with the database idle). An async
-    /// mutex hands the turn over the moment the previous writer commits. Not taken on
-    /// PostgreSQL, where writers do not exclude each other.
-    write_turn: Arc<tokio::sync::Mutex<()>>,
+    /// The group-commit writer of instance stores (SQLite); `None` on PostgreSQL, where each
+    /// store is a transaction of its own.
+    writer: Option<GroupWriter>,
 }
 
 /// An instance to record, after its blob was written.
@@ -119,10 +121,10 @@ pub struct InstanceRecord {
 /// The three UIDs of an instance, sealed together in its row: retrieval must name them but the
 /// row only holds their tokens.
 #[derive(serde::Serialize, serde::Deserialize)]
-struct SealedUids {
-    study: String,
-    series: String,
-    sop: String,
+pub(crate) struct SealedUids {
+    pub(crate) study: String,
+    pub(crate) series: String,
+    pub(crate) sop: String,
 }
 
 /// Names of tables and sealed columns, part of every [`RowBinding`].
@@ -130,9 +132,9 @@ pub(crate) const STUDY_TABLE: &str = "study";
 pub(crate) const SERIES_TABLE: &str = "series";
 pub(crate) const INSTANCE_TABLE: &str = "instance";
 pub(crate) const ATTRIBUTES_COLUMN: &str = "attributes";
-const METADATA_COLUMN: &str = "metadata";
-const UIDS_COLUMN: &str = "uids";
-const FRAMES_COLUMN: &str = "frames";
+pub(crate) const METADATA_COLUMN: &str = "metadata";
+pub(crate) const UIDS_COLUMN: &str = "uids";
+pub(crate) const FRAMES_COLUMN: &str = "frames";
 
 impl Index {
     /// Opens (creating if needed) the index at `url` (`sqlite:PATH` or `postgres://...`) and
@@ -152,30 +154,15 @@ impl Index {
         cipher: Arc<dyn IndexCipher>,
     ) -> Result<Index, IndexError> {
         database.migrate(COMPONENT, MIGRATIONS).await?;
+        let writer = match database.backend() {
+            hds_db::Backend::Sqlite => Some(GroupWriter::start(database.clone())),
+            hds_db::Backend::Postgres => None,
+        };
         Ok(Index {
             database,
             cipher,
-            write_turn: Arc::new(tokio::sync::Mutex::new(())),
+            writer,
         })
-    }
-
-    /// Waits for this process's turn to write (SQLite only; see [`Index::write_turn`]), then
-    /// begins a write transaction. Keep the returned guard until the transaction ends.
-    async fn begin_write(
-        &self,
-    ) -> Result<
-        (
-            Option<tokio::sync::MutexGuard<'_, ()>>,
-            hds_db::WriteTransaction,
-        ),
-        IndexError,
-    > {
-        let turn = match self.database.backend() {
-            hds_db::Backend::Sqlite => Some(self.write_turn.lock().await),
-            hds_db::Backend::Postgres => None,
-        };
-        let transaction = self.database.begin_write().await?;
-        Ok((turn, transaction))
     }
 
     /// The database under the index.
@@ -196,224 +183,17 @@ impl Index {
     /// same SOPInstanceUID exactly one gets [`StoreOutcome::Stored`].
     ///
     /// The study's and series' attributes (and their search tokens) are replaced by those of
-    /// the instance stored last.
+    /// the instance stored last. On SQLite the store joins the group writer's next commit
+    /// (see the `store` module); on PostgreSQL it is a transaction of its own.
     pub async fn store_instance(
         &self,
         instance: NewInstance<'_>,
     ) -> Result<StoreOutcome, IndexError> {
-        let cipher = self.cipher.as_ref();
-        let service = instance.service;
-        let parsed = instance.parsed;
-        let study_token = cipher.token(service, STUDY_UID, &parsed.study_instance_uid)?;
-        let series_token = cipher.token(service, SERIES_UID, &parsed.series_instance_uid)?;
-        let sop_token = cipher.token(service, SOP_UID, &parsed.sop_instance_uid)?;
-        let seal =
-            |table: &'static str, row_token: &[u8], column: &'static str, plaintext: &[u8]| {
-                cipher.seal(
-                    RowBinding {
-                        service,
-                        table,
-                        row_token,
-                        column,
-                    },
-                    plaintext,
-                )
-            };
-        let study_attributes = seal(
-            STUDY_TABLE,
-            &study_token,
-            ATTRIBUTES_COLUMN,
-            &to_json(&parsed.study_attributes)?,
-        )?;
-        let series_attributes = seal(
-            SERIES_TABLE,
-            &series_token,
-            ATTRIBUTES_COLUMN,
-            &to_json(&parsed.series_attributes)?,
-        )?;
-        let instance_attributes = seal(
-            INSTANCE_TABLE,
-            &sop_token,
-            ATTRIBUTES_COLUMN,
-            &to_json(&parsed.instance_attributes)?,
-        )?;
-        let metadata = seal(
-            INSTANCE_TABLE,
-            &sop_token,
-            METADATA_COLUMN,
-            &to_json(&parsed.metadata)?,
-        )?;
-        let uids = SealedUids {
-            study: parsed.study_instance_uid.clone(),
-            series: parsed.series_instance_uid.clone(),
-            sop: parsed.sop_instance_uid.clone(),
-        };
-        let uids = seal(INSTANCE_TABLE, &sop_token, UIDS_COLUMN, &to_json(&uids)?)?;
-        let frames = match &parsed.frames {
-            Some(frames) => Some(seal(
-                INSTANCE_TABLE,
-                &sop_token,
-                FRAMES_COLUMN,
-                &to_json(frames)?,
-            )?),
-            None => None,
-        };
-        let level_tokens = |level: QueryLevel| {
-            let mut tokens = BTreeSet::new();
-            for term in parsed.terms_at(level) {
-                if !matches!(
-                    term.attribute.keyword,
-                    STUDY_UID | SERIES_UID | SOP_UID | MODALITIES_IN_STUDY
-                ) {
-                    term_tokens(cipher, service, term, &mut tokens)?;
-                }
-            }
-            Ok::<_, IndexError>(tokens)
-        };
-        let study_tokens = level_tokens(QueryLevel::Study)?;
-        let series_tokens = level_tokens(QueryLevel::Series)?;
-        let instance_tokens = level_tokens(QueryLevel::Instance)?;
-        let size = i64::try_from(instance.size)
-            .map_err(|_| IndexError::Corrupt("instance size out of range".into()))?;
-
-        let (_turn, mut transaction) = self.begin_write().await?;
-        // On SQLite the write lock is held, so this answer is final; on PostgreSQL a concurrent
-        // store can still win, which the instance insert below notices.
-        let existing =
-            sqlx::query("SELECT id FROM dicom_instances WHERE service = $1 AND uid_token = $2")
-                .bind(service)
-                .bind(sop_token.as_slice())
-                .fetch_optional(&mut *transaction)
-                .await?;
-        if existing.is_some() {
-            return Ok(StoreOutcome::AlreadyExists);
+        let prepared = PreparedInstance::new(self.cipher.as_ref(), &instance)?;
+        match &self.writer {
+            Some(writer) => writer.store(prepared).await,
+            None => store_alone(&self.database, &prepared).await,
         }
-        // The blob key must be wrapped under the study key the study has now: a study deleted
-        // (its key destroyed) or a root key rotated since the caller got the key would leave
-        // an instance nobody can open. On PostgreSQL the row is locked against both until
-        // commit; on SQLite the write lock already is.
-        let lock = match self.database.backend() {
-            hds_db::Backend::Postgres => " FOR SHARE",
-            hds_db::Backend::Sqlite => "",
-        };
-        if let Some(generation) = instance.keys.new_study_key_generation {
-            // A study key made for this store: written here, under the root key generation it
-            // was wrapped with (a rotation since would leave it wrapped by a key that is gone),
-            // unless the study got a key meanwhile, which the check below then notices.
-            let current_generation = sqlx::query(&format!(
-                "SELECT generation FROM dicom_service_keys WHERE service = $1{lock}"
-            ))
-            .bind(service)
-            .fetch_optional(&mut *transaction)
-            .await?;
-            let generation_matches = match &current_generation {
-                Some(row) => column::<i64>(row, 0)? == generation,
-                None => false,
-            };
-            if !generation_matches {
-                return Ok(StoreOutcome::StudyKeyChanged);
-            }
-            sqlx::query(
-                "INSERT INTO dicom_study_keys (service, study_token, wrapped_key) \
-                 VALUES ($1, $2, $3) ON CONFLICT (service, study_token) DO NOTHING",
-            )
-            .bind(service)
-            .bind(study_token.as_slice())
-            .bind(instance.keys.wrapped_study_key.as_slice())
-            .execute(&mut *transaction)
-            .await?;
-        }
-        let current_study_key = sqlx::query(&format!(
-            "SELECT wrapped_key FROM dicom_study_keys WHERE service = $1 AND study_token = $2{lock}"
-        ))
-        .bind(service)
-        .bind(study_token.as_slice())
-        .fetch_optional(&mut *transaction)
-        .await?;
-        let study_key_matches = match &current_study_key {
-            Some(row) => column::<Vec<u8>>(row, 0)? == instance.keys.wrapped_study_key,
-            None => false,
-        };
-        if !study_key_matches {
-            return Ok(StoreOutcome::StudyKeyChanged);
-        }
-        let study_row = sqlx::query(
-            "INSERT INTO dicom_studies (service, uid_token, attributes) VALUES ($1, $2, $3) \
-             ON CONFLICT (service, uid_token) DO UPDATE SET attributes = excluded.attributes RETURNING id",
-        )
-        .bind(service)
-        .bind(study_token.as_slice())
-        .bind(study_attributes)
-        .fetch_one(&mut *transaction)
-        .await?;
-        let study_id: i64 = column(&study_row, 0)?;
-        replace_tokens(
-            &mut transaction,
-            "dicom_study_tokens",
-            "study_id",
-            study_id,
-            &study_tokens,
-            RowTokens::Existing,
-        )
-        .await?;
-
-        let series_row = sqlx::query(
-            "INSERT INTO dicom_series (study_id, uid_token, attributes) VALUES ($1, $2, $3) \
-             ON CONFLICT (study_id, uid_token) DO UPDATE SET attributes = excluded.attributes RETURNING id",
-        )
-        .bind(study_id)
-        .bind(series_token.as_slice())
-        .bind(series_attributes)
-        .fetch_one(&mut *transaction)
-        .await?;
-        let series_id: i64 = column(&series_row, 0)?;
-        replace_tokens(
-            &mut transaction,
-            "dicom_series_tokens",
-            "series_id",
-            series_id,
-            &series_tokens,
-            RowTokens::Existing,
-        )
-        .await?;
-
-        let instance_row = sqlx::query(
-            "INSERT INTO dicom_instances (service, study_id, series_id, uid_token, blob_name, size, \
-             transfer_syntax_uid, uids, attributes, metadata, frames, blob_key) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) \
-             ON CONFLICT (service, uid_token) DO NOTHING RETURNING id",
-        )
-        .bind(service)
-        .bind(study_id)
-        .bind(series_id)
-        .bind(sop_token.as_slice())
-        .bind(instance.blob_name)
-        .bind(size)
-        .bind(parsed.transfer_syntax_uid.as_str())
-        .bind(uids)
-        .bind(instance_attributes)
-        .bind(metadata)
-        .bind(frames)
-        .bind(instance.keys.wrapped_blob_key.as_slice())
-        .fetch_optional(&mut *transaction)
-        .await?;
-        let Some(instance_row) = instance_row else {
-            // A concurrent store of the same SOPInstanceUID committed first; dropping the
-            // transaction rolls back the study and series updates.
-            return Ok(StoreOutcome::AlreadyExists);
-        };
-        let instance_id: i64 = column(&instance_row, 0)?;
-        replace_tokens(
-            &mut transaction,
-            "dicom_instance_tokens",
-            "instance_id",
-            instance_id,
-            &instance_tokens,
-            RowTokens::New,
-        )
-        .await?;
-        transaction.commit().await?;
-        Ok(StoreOutcome::Stored)
     }
 
     /// The instances in scope, ordered by series then instance (store order); empty if none.
@@ -551,7 +331,7 @@ impl Index {
             Sql::new("SELECT i.id, i.blob_name, i.series_id, i.study_id FROM dicom_instances i");
         self.push_scope(&mut select, service, scope)?;
         select.push(" ORDER BY i.series_id, i.id");
-        let (_turn, mut transaction) = self.begin_write().await?;
+        let mut transaction = self.database.begin_write().await?;
         let rows = select.query().fetch_all(&mut *transaction).await?;
         if rows.is_empty() {
             return Ok(Vec::new());
@@ -650,60 +430,7 @@ impl Index {
     }
 }
 
-/// Whether a row whose tokens are being set may already have some.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum RowTokens {
-    /// The row was inserted by this transaction: it has no tokens yet.
-    New,
-    /// The row existed: its tokens are replaced.
-    Existing,
-}
-
-/// Makes the search tokens of one row exactly `tokens`.
-///
-/// A study's and a series' rows are stored again with every instance, nearly always with the
-/// tokens they already have. So only the difference is written: tokens no longer wanted are
-/// deleted and the others inserted if absent, rather than every token deleted and inserted
-/// again (which rewrote the token index pages on every STOW).
-async fn replace_tokens(
-    transaction: &mut WriteTransaction,
-    table: &'static str,
-    row_column: &'static str,
-    row_id: i64,
-    tokens: &BTreeSet<Vec<u8>>,
-    row: RowTokens,
-) -> Result<(), IndexError> {
-    let tokens: Vec<&Vec<u8>> = tokens.iter().collect();
-    if row == RowTokens::Existing {
-        let mut delete = Sql::new(&format!("DELETE FROM {table} WHERE {row_column} = "));
-        delete.bind(Argument::Integer(row_id));
-        // Beyond one statement's worth of parameters, delete them all and insert them all.
-        if !tokens.is_empty() && tokens.len() <= TOKENS_PER_INSERT {
-            delete
-                .push(" AND token NOT IN ")
-                .bind_list(tokens.iter().map(|token| Argument::Bytes((*token).clone())));
-        }
-        delete.query().execute(&mut **transaction).await?;
-    }
-    for chunk in tokens.chunks(TOKENS_PER_INSERT) {
-        let mut insert = Sql::new(&format!(
-            "INSERT INTO {table} ({row_column}, token) VALUES "
-        ));
-        let row_placeholder = insert.argument(Argument::Integer(row_id));
-        for (position, token) in chunk.iter().enumerate() {
-            if position > 0 {
-                insert.push(", ");
-            }
-            insert.push("(").push(&row_placeholder).push(", ");
-            insert.bind(Argument::Bytes((*token).clone())).push(")");
-        }
-        insert.push(" ON CONFLICT DO NOTHING");
-        insert.query().execute(&mut **transaction).await?;
-    }
-    Ok(())
-}
-
-fn to_json<T: serde::Serialize>(value: &T) -> Result<Vec<u8>, IndexError> {
+pub(crate) fn to_json<T: serde::Serialize>(value: &T) -> Result<Vec<u8>, IndexError> {
     serde_json::to_vec(value)
         .map_err(|error| IndexError::Corrupt(format!("cannot encode an index value: {error}")))
 }

@@ -19,6 +19,7 @@ mod index;
 mod keyring;
 mod query;
 mod sql;
+mod store;
 mod tokens;
 
 pub use cipher::{IndexCipher, PlaintextIndexCipher, RowBinding};

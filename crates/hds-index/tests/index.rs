@@ -437,6 +437,98 @@ async fn concurrent_duplicates_store_exactly_once(index: Index) {
     assert_eq!(hits[0].number_of_related_instances, Some(8));
 }
 
+/// A later store with other study and series values replaces the rows and their search tokens;
+/// one with the same values leaves them as they are.
+async fn later_stores_replace_study_and_series_values(index: Index) {
+    let first = Spec::new(5, 1, 1);
+    assert_eq!(store(&index, &first, "blob-a").await, StoreOutcome::Stored);
+    let mut second = Spec::new(5, 1, 2);
+    second.patient_name = "Roe^Richard".to_owned();
+    second.modality = "MR".to_owned();
+    assert_eq!(store(&index, &second, "blob-b").await, StoreOutcome::Stored);
+    let mut third = Spec::new(5, 1, 3);
+    third.patient_name = "Roe^Richard".to_owned();
+    third.modality = "MR".to_owned();
+    assert_eq!(store(&index, &third, "blob-c").await, StoreOutcome::Stored);
+
+    let by_name = |name: &str| filter(&PATIENT_NAME, Matcher::Exact(name.to_owned()));
+    assert!(study_uids(&index, vec![by_name("Doe^Jane")]).await.is_empty());
+    assert_eq!(
+        study_uids(&index, vec![by_name("Roe^Richard")]).await,
+        vec![first.study.clone()]
+    );
+    let series = |modality: &str| {
+        let mut series_query = query(
+            QueryLevel::Series,
+            vec![filter(&MODALITY, Matcher::Exact(modality.to_owned()))],
+        );
+        series_query.study_instance_uid = Some(&first.study);
+        series_query
+    };
+    assert!(index.search(&series("CT")).await.expect("search").is_empty());
+    let hits = index.search(&series("MR")).await.expect("search");
+    assert_eq!(hits.len(), 1);
+    assert_eq!(text(&hits[0].attributes, "00080060"), "MR");
+    assert_eq!(hits[0].number_of_related_instances, Some(3));
+    // Storing the same values again leaves the rows untouched (with the keyed cipher a
+    // rewrite would show as new ciphertext: every seal takes a fresh nonce).
+    let sealed_rows = || async {
+        use sqlx::Row;
+        let mut rows = Vec::new();
+        for table in ["dicom_studies", "dicom_series"] {
+            for row in sqlx::query(&format!("SELECT attributes FROM {table} ORDER BY id"))
+                .fetch_all(index.database().pool())
+                .await
+                .expect("rows")
+            {
+                rows.push(row.get::<Vec<u8>, _>(0));
+            }
+        }
+        rows
+    };
+    let before = sealed_rows().await;
+    let mut fourth = Spec::new(5, 1, 4);
+    fourth.patient_name = "Roe^Richard".to_owned();
+    fourth.modality = "MR".to_owned();
+    assert_eq!(store(&index, &fourth, "blob-d").await, StoreOutcome::Stored);
+    assert_eq!(sealed_rows().await, before);
+}
+
+/// Many concurrent stores over several studies (grouped into shared commits on SQLite), with
+/// duplicates among them: each instance is stored once, each duplicate reported.
+async fn concurrent_stores_across_studies_each_land_once(index: Index) {
+    let mut tasks = Vec::new();
+    for round in 0..2 {
+        for study in 0..4 {
+            for sop in 0..6 {
+                let index = index.clone();
+                let spec = Spec::new(20 + study, sop % 2, sop);
+                tasks.push(tokio::spawn(async move {
+                    store(&index, &spec, &format!("blob-{round}-{study}-{sop}")).await
+                }));
+            }
+        }
+    }
+    let mut stored = 0;
+    let mut duplicates = 0;
+    for task in tasks {
+        match task.await.expect("task") {
+            StoreOutcome::Stored => stored += 1,
+            StoreOutcome::AlreadyExists => duplicates += 1,
+            other => panic!("unexpected outcome {other:?}"),
+        }
+    }
+    assert_eq!((stored, duplicates), (24, 24));
+    for study in 0..4 {
+        let spec = Spec::new(20 + study, 0, 0);
+        let records = index
+            .find_instances(SERVICE, DeleteScope::Study(&spec.study))
+            .await
+            .expect("find");
+        assert_eq!(records.len(), 6);
+    }
+}
+
 async fn exact_and_fuzzy_name_search(index: Index) {
     let names = [
         "García^José María",
@@ -1008,6 +1100,8 @@ suite!(
     store_then_find_and_metadata,
     duplicates_are_reported_not_stored,
     concurrent_duplicates_store_exactly_once,
+    later_stores_replace_study_and_series_values,
+    concurrent_stores_across_studies_each_land_once,
     exact_and_fuzzy_name_search,
     date_ranges_match_brute_force,
     limit_and_offset_page_exactly,

@@ -1,0 +1,623 @@
+//! Recording stored instances: the index's write path for STOW-RS.
+//!
+//! Two things make it fast enough to keep up with the blob store:
+//!
+//! - **Few statements per instance.** One SELECT learns, under the write lock, everything the
+//!   store decides on (is the SOP instance there, the study key, the study and series rows and
+//!   digests). A study's and a series' rows are written again only when their attributes or
+//!   search tokens differ from what the row holds (a keyed digest of both is kept in the row),
+//!   which for the 2nd to Nth instance of a series is never. The common case is three
+//!   statements: that SELECT, the instance row and its tokens.
+//! - **Group commit on SQLite.** SQLite has one writer at a time, and each statement is a round
+//!   trip to sqlx's connection thread. One writer task takes every store queued meanwhile and
+//!   records them in one transaction, answering each caller after the commit. A group that fails
+//!   is rolled back and its stores are retried one transaction each, so one bad store never
+//!   fails its neighbours. PostgreSQL, whose writers do not exclude each other, stores in the
+//!   caller's task, one transaction per instance.
+
+use std::collections::BTreeSet;
+
+use hds_db::{Backend, Database, WriteTransaction};
+use hds_dicom::QueryLevel;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::index::{
+    ATTRIBUTES_COLUMN, FRAMES_COLUMN, INSTANCE_TABLE, METADATA_COLUMN, MODALITIES_IN_STUDY,
+    SERIES_TABLE, SERIES_UID, SOP_UID, STUDY_TABLE, STUDY_UID, SealedUids, TOKENS_PER_INSERT,
+    UIDS_COLUMN, to_json,
+};
+use crate::sql::{Argument, Sql, column};
+use crate::tokens::term_tokens;
+use crate::{IndexCipher, IndexError, NewInstance, RowBinding, StoreOutcome};
+
+/// Token domain of the row digests (never a search token: no query names it).
+const ROW_DIGEST_DOMAIN: &str = "row-digest";
+
+/// The most stores one group transaction records. Bounds how long the write lock is held and
+/// how much a failed group retries.
+const MAX_GROUP: usize = 64;
+
+/// How many stores may wait for the writer before callers wait to enqueue.
+const QUEUE_DEPTH: usize = 1024;
+
+/// An instance ready to be recorded: every token and sealed value computed, nothing borrowed,
+/// so the writer can hold a group of them.
+pub(crate) struct PreparedInstance {
+    service: String,
+    study_token: Vec<u8>,
+    series_token: Vec<u8>,
+    sop_token: Vec<u8>,
+    study: PreparedRow,
+    series: PreparedRow,
+    instance_attributes: Vec<u8>,
+    metadata: Vec<u8>,
+    uids: Vec<u8>,
+    frames: Option<Vec<u8>>,
+    instance_tokens: BTreeSet<Vec<u8>>,
+    blob_name: String,
+    size: i64,
+    transfer_syntax_uid: String,
+    wrapped_study_key: Vec<u8>,
+    wrapped_blob_key: Vec<u8>,
+    new_study_key_generation: Option<i64>,
+}
+
+/// A study or series row as this store would leave it.
+struct PreparedRow {
+    /// Sealed attributes.
+    attributes: Vec<u8>,
+    /// Search tokens.
+    tokens: BTreeSet<Vec<u8>>,
+    /// Keyed digest of the row token, the plaintext attributes and the tokens: equal digests
+    /// mean the stored row already says what this store would write.
+    digest: Vec<u8>,
+}
+
+impl PreparedInstance {
+    /// Computes every token and sealed value of `instance` (in the caller's task: this is the
+    /// CPU work, kept out of the write lock).
+    pub(crate) fn new(
+        cipher: &dyn IndexCipher,
+        instance: &NewInstance<'_>,
+    ) -> Result<PreparedInstance, IndexError> {
+        let service = instance.service;
+        let parsed = instance.parsed;
+        let study_token = cipher.token(service, STUDY_UID, &parsed.study_instance_uid)?;
+        let series_token = cipher.token(service, SERIES_UID, &parsed.series_instance_uid)?;
+        let sop_token = cipher.token(service, SOP_UID, &parsed.sop_instance_uid)?;
+        let seal = |table: &'static str, row_token: &[u8], column: &'static str, plain: &[u8]| {
+            cipher.seal(
+                RowBinding {
+                    service,
+                    table,
+                    row_token,
+                    column,
+                },
+                plain,
+            )
+        };
+        let level_tokens = |level: QueryLevel| {
+            let mut tokens = BTreeSet::new();
+            for term in parsed.terms_at(level) {
+                if !matches!(
+                    term.attribute.keyword,
+                    STUDY_UID | SERIES_UID | SOP_UID | MODALITIES_IN_STUDY
+                ) {
+                    term_tokens(cipher, service, term, &mut tokens)?;
+                }
+            }
+            Ok::<_, IndexError>(tokens)
+        };
+        let row = |table: &'static str,
+                   row_token: &[u8],
+                   attributes: &serde_json::Map<String, serde_json::Value>,
+                   level: QueryLevel| {
+            let plain = to_json(attributes)?;
+            let tokens = level_tokens(level)?;
+            let digest = row_digest(cipher, service, table, row_token, &plain, &tokens)?;
+            Ok::<_, IndexError>(PreparedRow {
+                attributes: seal(table, row_token, ATTRIBUTES_COLUMN, &plain)?,
+                tokens,
+                digest,
+            })
+        };
+        let study = row(
+            STUDY_TABLE,
+            &study_token,
+            &parsed.study_attributes,
+            QueryLevel::Study,
+        )?;
+        let series = row(
+            SERIES_TABLE,
+            &series_token,
+            &parsed.series_attributes,
+            QueryLevel::Series,
+        )?;
+        let instance_attributes = seal(
+            INSTANCE_TABLE,
+            &sop_token,
+            ATTRIBUTES_COLUMN,
+            &to_json(&parsed.instance_attributes)?,
+        )?;
+        let metadata = seal(
+            INSTANCE_TABLE,
+            &sop_token,
+            METADATA_COLUMN,
+            &to_json(&parsed.metadata)?,
+        )?;
+        let uids = SealedUids {
+            study: parsed.study_instance_uid.clone(),
+            series: parsed.series_instance_uid.clone(),
+            sop: parsed.sop_instance_uid.clone(),
+        };
+        let uids = seal(INSTANCE_TABLE, &sop_token, UIDS_COLUMN, &to_json(&uids)?)?;
+        let frames = match &parsed.frames {
+            Some(frames) => Some(seal(
+                INSTANCE_TABLE,
+                &sop_token,
+                FRAMES_COLUMN,
+                &to_json(frames)?,
+            )?),
+            None => None,
+        };
+        let instance_tokens = level_tokens(QueryLevel::Instance)?;
+        let size = i64::try_from(instance.size)
+            .map_err(|_| IndexError::Corrupt("instance size out of range".into()))?;
+        Ok(PreparedInstance {
+            service: service.to_owned(),
+            study_token,
+            series_token,
+            sop_token,
+            study,
+            series,
+            instance_attributes,
+            metadata,
+            uids,
+            frames,
+            instance_tokens,
+            blob_name: instance.blob_name.to_owned(),
+            size,
+            transfer_syntax_uid: parsed.transfer_syntax_uid.clone(),
+            wrapped_study_key: instance.keys.wrapped_study_key.clone(),
+            wrapped_blob_key: instance.keys.wrapped_blob_key.clone(),
+            new_study_key_generation: instance.keys.new_study_key_generation,
+        })
+    }
+}
+
+/// The keyed digest of a study or series row's content. Keyed (an index token) because the
+/// attributes are patient data; bound to the row so equal content in two rows looks unrelated.
+fn row_digest(
+    cipher: &dyn IndexCipher,
+    service: &str,
+    table: &str,
+    row_token: &[u8],
+    attributes_json: &[u8],
+    tokens: &BTreeSet<Vec<u8>>,
+) -> Result<Vec<u8>, IndexError> {
+    use std::fmt::Write as _;
+    let attributes = std::str::from_utf8(attributes_json)
+        .map_err(|_| IndexError::Corrupt("attributes are not UTF-8 JSON".into()))?;
+    let mut content = String::with_capacity(
+        table.len() + attributes.len() + 2 * row_token.len() + 66 * tokens.len() + 4,
+    );
+    content.push_str(table);
+    content.push('\n');
+    for byte in row_token {
+        let _ = write!(content, "{byte:02x}");
+    }
+    content.push('\n');
+    content.push_str(attributes);
+    for token in tokens {
+        content.push('\n');
+        for byte in token {
+            let _ = write!(content, "{byte:02x}");
+        }
+    }
+    cipher.token(service, ROW_DIGEST_DOMAIN, &content)
+}
+
+/// What one store did inside a transaction.
+struct Written {
+    outcome: StoreOutcome,
+    /// Whether it wrote anything. A store that was not [`StoreOutcome::Stored`] but wrote must
+    /// have its transaction rolled back.
+    wrote: bool,
+}
+
+impl Written {
+    fn nothing(outcome: StoreOutcome) -> Written {
+        Written {
+            outcome,
+            wrote: false,
+        }
+    }
+}
+
+/// What the store reads before deciding, in one statement.
+struct Current {
+    instance_exists: bool,
+    root_generation: Option<i64>,
+    study_key: Option<Vec<u8>>,
+    study: Option<(i64, Option<Vec<u8>>)>,
+    series: Option<(i64, Option<Vec<u8>>)>,
+}
+
+/// Reads what [`write_instance`] decides on. On PostgreSQL the service key and study key rows
+/// are locked against a rotation or study deletion until the transaction ends; on SQLite the
+/// write lock already holds everything still.
+async fn read_current(
+    transaction: &mut WriteTransaction,
+    backend: Backend,
+    prepared: &PreparedInstance,
+) -> Result<Current, IndexError> {
+    let lock = match backend {
+        Backend::Postgres => " FOR SHARE",
+        Backend::Sqlite => "",
+    };
+    let row = sqlx::query(&format!(
+        "SELECT \
+           (SELECT id FROM dicom_instances WHERE service = $1 AND uid_token = $2), \
+           (SELECT generation FROM dicom_service_keys WHERE service = $1{lock}), \
+           (SELECT wrapped_key FROM dicom_study_keys WHERE service = $1 AND study_token = $3{lock}), \
+           (SELECT id FROM dicom_studies WHERE service = $1 AND uid_token = $3), \
+           (SELECT digest FROM dicom_studies WHERE service = $1 AND uid_token = $3), \
+           (SELECT se.id FROM dicom_series se JOIN dicom_studies st ON st.id = se.study_id \
+              WHERE st.service = $1 AND st.uid_token = $3 AND se.uid_token = $4), \
+           (SELECT se.digest FROM dicom_series se JOIN dicom_studies st ON st.id = se.study_id \
+              WHERE st.service = $1 AND st.uid_token = $3 AND se.uid_token = $4)"
+    ))
+    .bind(prepared.service.as_str())
+    .bind(prepared.sop_token.as_slice())
+    .bind(prepared.study_token.as_slice())
+    .bind(prepared.series_token.as_slice())
+    .fetch_one(&mut **transaction)
+    .await?;
+    let study = column::<Option<i64>>(&row, 3)?
+        .map(|id| Ok::<_, IndexError>((id, column::<Option<Vec<u8>>>(&row, 4)?)))
+        .transpose()?;
+    let series = column::<Option<i64>>(&row, 5)?
+        .map(|id| Ok::<_, IndexError>((id, column::<Option<Vec<u8>>>(&row, 6)?)))
+        .transpose()?;
+    Ok(Current {
+        instance_exists: column::<Option<i64>>(&row, 0)?.is_some(),
+        root_generation: column(&row, 1)?,
+        study_key: column(&row, 2)?,
+        study,
+        series,
+    })
+}
+
+/// Records one prepared instance in `transaction`. Of concurrent stores of the same
+/// SOPInstanceUID exactly one gets [`StoreOutcome::Stored`].
+async fn write_instance(
+    transaction: &mut WriteTransaction,
+    backend: Backend,
+    prepared: &PreparedInstance,
+) -> Result<Written, IndexError> {
+    let current = read_current(transaction, backend, prepared).await?;
+    if current.instance_exists {
+        return Ok(Written::nothing(StoreOutcome::AlreadyExists));
+    }
+    let mut wrote = false;
+    // The blob key must be wrapped under the study key the study has now: a study deleted (its
+    // key destroyed) or a root key rotated since the caller got the key would leave an
+    // instance nobody can open.
+    let study_key = match (current.study_key, prepared.new_study_key_generation) {
+        (Some(study_key), _) => study_key,
+        // A study key made for this store: written here, under the root key generation it was
+        // wrapped with (a rotation since would leave it wrapped by a key that is gone).
+        (None, Some(generation)) if current.root_generation == Some(generation) => {
+            let inserted = sqlx::query(
+                "INSERT INTO dicom_study_keys (service, study_token, wrapped_key) \
+                 VALUES ($1, $2, $3) ON CONFLICT (service, study_token) DO NOTHING \
+                 RETURNING service",
+            )
+            .bind(prepared.service.as_str())
+            .bind(prepared.study_token.as_slice())
+            .bind(prepared.wrapped_study_key.as_slice())
+            .fetch_optional(&mut **transaction)
+            .await?;
+            if inserted.is_none() {
+                // PostgreSQL: a concurrent store gave the study its key first.
+                return Ok(Written::nothing(StoreOutcome::StudyKeyChanged));
+            }
+            wrote = true;
+            prepared.wrapped_study_key.clone()
+        }
+        (None, _) => return Ok(Written::nothing(StoreOutcome::StudyKeyChanged)),
+    };
+    if study_key != prepared.wrapped_study_key {
+        return Ok(Written {
+            outcome: StoreOutcome::StudyKeyChanged,
+            wrote,
+        });
+    }
+
+    // On SQLite the write lock makes "the row is absent" final, so a new row has no tokens to
+    // replace; on PostgreSQL a concurrent store may have created it meanwhile.
+    let row_state = |existed: bool| match (existed, backend) {
+        (false, Backend::Sqlite) => RowTokens::New,
+        _ => RowTokens::Existing,
+    };
+    let study_id = match current.study {
+        Some((id, Some(digest))) if digest == prepared.study.digest => id,
+        existing => {
+            wrote = true;
+            let row = sqlx::query(
+                "INSERT INTO dicom_studies (service, uid_token, attributes, digest) \
+                 VALUES ($1, $2, $3, $4) ON CONFLICT (service, uid_token) DO UPDATE \
+                 SET attributes = excluded.attributes, digest = excluded.digest RETURNING id",
+            )
+            .bind(prepared.service.as_str())
+            .bind(prepared.study_token.as_slice())
+            .bind(prepared.study.attributes.as_slice())
+            .bind(prepared.study.digest.as_slice())
+            .fetch_one(&mut **transaction)
+            .await?;
+            let id: i64 = column(&row, 0)?;
+            replace_tokens(
+                transaction,
+                "dicom_study_tokens",
+                "study_id",
+                id,
+                &prepared.study.tokens,
+                row_state(existing.is_some()),
+            )
+            .await?;
+            id
+        }
+    };
+    let series_id = match current.series {
+        Some((id, Some(digest))) if digest == prepared.series.digest => id,
+        existing => {
+            wrote = true;
+            let row = sqlx::query(
+                "INSERT INTO dicom_series (study_id, uid_token, attributes, digest) \
+                 VALUES ($1, $2, $3, $4) ON CONFLICT (study_id, uid_token) DO UPDATE \
+                 SET attributes = excluded.attributes, digest = excluded.digest RETURNING id",
+            )
+            .bind(study_id)
+            .bind(prepared.series_token.as_slice())
+            .bind(prepared.series.attributes.as_slice())
+            .bind(prepared.series.digest.as_slice())
+            .fetch_one(&mut **transaction)
+            .await?;
+            let id: i64 = column(&row, 0)?;
+            replace_tokens(
+                transaction,
+                "dicom_series_tokens",
+                "series_id",
+                id,
+                &prepared.series.tokens,
+                row_state(existing.is_some()),
+            )
+            .await?;
+            id
+        }
+    };
+
+    let instance_row = sqlx::query(
+        "INSERT INTO dicom_instances (service, study_id, series_id, uid_token, blob_name, size, \
+         transfer_syntax_uid, uids, attributes, metadata, frames, blob_key) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) \
+         ON CONFLICT (service, uid_token) DO NOTHING RETURNING id",
+    )
+    .bind(prepared.service.as_str())
+    .bind(study_id)
+    .bind(series_id)
+    .bind(prepared.sop_token.as_slice())
+    .bind(prepared.blob_name.as_str())
+    .bind(prepared.size)
+    .bind(prepared.transfer_syntax_uid.as_str())
+    .bind(prepared.uids.as_slice())
+    .bind(prepared.instance_attributes.as_slice())
+    .bind(prepared.metadata.as_slice())
+    .bind(prepared.frames.as_deref())
+    .bind(prepared.wrapped_blob_key.as_slice())
+    .fetch_optional(&mut **transaction)
+    .await?;
+    let Some(instance_row) = instance_row else {
+        // PostgreSQL: a concurrent store of the same SOPInstanceUID committed first; the
+        // study and series updates must be rolled back.
+        return Ok(Written {
+            outcome: StoreOutcome::AlreadyExists,
+            wrote,
+        });
+    };
+    let instance_id: i64 = column(&instance_row, 0)?;
+    replace_tokens(
+        transaction,
+        "dicom_instance_tokens",
+        "instance_id",
+        instance_id,
+        &prepared.instance_tokens,
+        RowTokens::New,
+    )
+    .await?;
+    Ok(Written {
+        outcome: StoreOutcome::Stored,
+        wrote: true,
+    })
+}
+
+/// Records one instance in a transaction of its own.
+pub(crate) async fn store_alone(
+    database: &Database,
+    prepared: &PreparedInstance,
+) -> Result<StoreOutcome, IndexError> {
+    let mut transaction = database.begin_write().await?;
+    let written = write_instance(&mut transaction, database.backend(), prepared).await?;
+    if written.outcome == StoreOutcome::Stored {
+        transaction.commit().await?;
+    } else if written.wrote {
+        transaction.rollback().await?;
+    }
+    Ok(written.outcome)
+}
+
+/// Why a group was not committed: its stores are retried alone.
+enum GroupFailed {
+    /// A store wrote and then turned out not to be stored (cannot happen under SQLite's write
+    /// lock, but the group would otherwise commit its half).
+    PartialWrite,
+    /// The database failed.
+    Error(IndexError),
+}
+
+impl From<IndexError> for GroupFailed {
+    fn from(error: IndexError) -> Self {
+        GroupFailed::Error(error)
+    }
+}
+
+impl From<sqlx::Error> for GroupFailed {
+    fn from(error: sqlx::Error) -> Self {
+        GroupFailed::Error(error.into())
+    }
+}
+
+impl From<hds_db::DbError> for GroupFailed {
+    fn from(error: hds_db::DbError) -> Self {
+        GroupFailed::Error(error.into())
+    }
+}
+
+/// Records a group of instances in one transaction, or none of them.
+async fn store_group(
+    database: &Database,
+    group: &[StoreJob],
+) -> Result<Vec<StoreOutcome>, GroupFailed> {
+    let mut transaction = database.begin_write().await?;
+    let mut outcomes = Vec::with_capacity(group.len());
+    for job in group {
+        let written = write_instance(&mut transaction, database.backend(), &job.prepared).await?;
+        if written.wrote && written.outcome != StoreOutcome::Stored {
+            return Err(GroupFailed::PartialWrite);
+        }
+        outcomes.push(written.outcome);
+    }
+    transaction.commit().await?;
+    Ok(outcomes)
+}
+
+/// One store waiting for the group writer.
+struct StoreJob {
+    prepared: PreparedInstance,
+    reply: oneshot::Sender<Result<StoreOutcome, IndexError>>,
+}
+
+/// The handle on the group writer task (SQLite). The task ends when the last handle is dropped.
+#[derive(Clone)]
+pub(crate) struct GroupWriter {
+    jobs: mpsc::Sender<StoreJob>,
+}
+
+impl GroupWriter {
+    /// Starts the writer task on the current tokio runtime.
+    pub(crate) fn start(database: Database) -> GroupWriter {
+        let (jobs, queue) = mpsc::channel(QUEUE_DEPTH);
+        tokio::spawn(run_group_writer(database, queue));
+        GroupWriter { jobs }
+    }
+
+    /// Queues `prepared` and waits until its group is committed (or it failed alone).
+    pub(crate) async fn store(
+        &self,
+        prepared: PreparedInstance,
+    ) -> Result<StoreOutcome, IndexError> {
+        let (reply, outcome) = oneshot::channel();
+        self.jobs
+            .send(StoreJob { prepared, reply })
+            .await
+            .map_err(|_| IndexError::WriterStopped)?;
+        outcome.await.map_err(|_| IndexError::WriterStopped)?
+    }
+}
+
+/// The writer loop: waits for a store, takes every other store queued meanwhile (up to
+/// [`MAX_GROUP`]), records them together, answers each after the commit.
+async fn run_group_writer(database: Database, mut queue: mpsc::Receiver<StoreJob>) {
+    let mut group = Vec::with_capacity(MAX_GROUP);
+    while queue.recv_many(&mut group, MAX_GROUP).await > 0 {
+        // Stores whose caller gave up are not recorded: nobody would delete their blob.
+        group.retain(|job| !job.reply.is_closed());
+        if group.is_empty() {
+            continue;
+        }
+        let outcomes = if group.len() > 1 {
+            match store_group(&database, &group).await {
+                Ok(outcomes) => Some(outcomes),
+                Err(GroupFailed::PartialWrite) => None,
+                Err(GroupFailed::Error(error)) => {
+                    tracing::warn!(%error, stores = group.len(), "group commit failed; storing one by one");
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        match outcomes {
+            Some(outcomes) => {
+                for (job, outcome) in group.drain(..).zip(outcomes) {
+                    let _ = job.reply.send(Ok(outcome));
+                }
+            }
+            None => {
+                for job in group.drain(..) {
+                    let outcome = store_alone(&database, &job.prepared).await;
+                    let _ = job.reply.send(outcome);
+                }
+            }
+        }
+    }
+}
+
+/// Whether a row whose tokens are being set may already have some.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum RowTokens {
+    /// The row was inserted by this transaction: it has no tokens yet.
+    New,
+    /// The row existed: its tokens are replaced.
+    Existing,
+}
+
+/// Makes the search tokens of one row exactly `tokens`: tokens no longer wanted are deleted
+/// and the others inserted if absent, rather than every token deleted and inserted again.
+async fn replace_tokens(
+    transaction: &mut WriteTransaction,
+    table: &'static str,
+    row_column: &'static str,
+    row_id: i64,
+    tokens: &BTreeSet<Vec<u8>>,
+    row: RowTokens,
+) -> Result<(), IndexError> {
+    let tokens: Vec<&Vec<u8>> = tokens.iter().collect();
+    if row == RowTokens::Existing {
+        let mut delete = Sql::new(&format!("DELETE FROM {table} WHERE {row_column} = "));
+        delete.bind(Argument::Integer(row_id));
+        // Beyond one statement's worth of parameters, delete them all and insert them all.
+        if !tokens.is_empty() && tokens.len() <= TOKENS_PER_INSERT {
+            delete
+                .push(" AND token NOT IN ")
+                .bind_list(tokens.iter().map(|token| Argument::Bytes((*token).clone())));
+        }
+        delete.query().execute(&mut **transaction).await?;
+    }
+    for chunk in tokens.chunks(TOKENS_PER_INSERT) {
+        let mut insert = Sql::new(&format!(
+            "INSERT INTO {table} ({row_column}, token) VALUES "
+        ));
+        let row_placeholder = insert.argument(Argument::Integer(row_id));
+        for (position, token) in chunk.iter().enumerate() {
+            if position > 0 {
+                insert.push(", ");
+            }
+            insert.push("(").push(&row_placeholder).push(", ");
+            insert.bind(Argument::Bytes((*token).clone())).push(")");
+        }
+        insert.push(" ON CONFLICT DO NOTHING");
+        insert.query().execute(&mut **transaction).await?;
+    }
+    Ok(())
+}
