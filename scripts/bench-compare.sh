@@ -39,6 +39,11 @@ done
 mkdir -p "$out_dir"
 [[ "$orthanc" == 1 ]] && servers=("orthanc" "${servers[@]}")
 [[ ${#servers[@]} -gt 0 ]] || { echo "nothing to measure: give --hds NAME=BINARY" >&2; exit 64; }
+# Data dirs of finished runs are set aside and deleted after the last run (see
+# discard_run_dir in scripts/bench-hds.sh).
+BENCH_TRASH_DIR="$(mktemp -d -t bench-trash.XXXXXX)"
+export BENCH_TRASH_DIR
+trap 'rm -rf "$BENCH_TRASH_DIR"' EXIT
 
 run_one() {
     local server="$1" run="$2"

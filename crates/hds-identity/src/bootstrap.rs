@@ -214,6 +214,7 @@ impl Identity {
                 .ok_or(IdentityError::Corrupt("bootstrap record vanished"));
         }
         transaction.commit().await?;
+        self.inner.access_cache.invalidate();
         Ok(id)
     }
 
@@ -255,6 +256,7 @@ impl Identity {
                     .execute(&mut *transaction)
                     .await?;
                 transaction.commit().await?;
+                self.inner.access_cache.invalidate();
                 credentials
             }
         };

@@ -22,6 +22,7 @@
 //!   role assignments and identities as ARM JSON.
 #![deny(missing_docs)]
 
+mod access_cache;
 pub mod auth;
 mod bootstrap;
 mod error;
@@ -104,6 +105,8 @@ struct Inner {
     /// Serializes bootstraps within the process: two at once could each replace the admin's
     /// secret and leave admin.json holding the loser's.
     bootstrap_lock: tokio::sync::Mutex<()>,
+    /// Principals, role assignments and verified token signatures of recent requests.
+    access_cache: access_cache::AccessCache,
 }
 
 impl std::fmt::Debug for Identity {
@@ -142,6 +145,7 @@ impl Identity {
                 default_tenant: tokio::sync::OnceCell::new(),
                 bootstrap_lock: tokio::sync::Mutex::new(()),
                 external_keys: external::ExternalKeyCache::default(),
+                access_cache: access_cache::AccessCache::default(),
             }),
         };
         identity.ensure_signing_key().await?;

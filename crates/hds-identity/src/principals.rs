@@ -4,6 +4,8 @@
 //! derived from the root key: a copy of the database alone does not let anyone test guesses.
 //! Checking a secret compares tags in constant time.
 
+use std::sync::Arc;
+
 use aws_lc_rs::hmac;
 use aws_lc_rs::rand::{SecureRandom, SystemRandom};
 use serde::Serialize;
@@ -11,6 +13,7 @@ use sqlx::Row;
 use sqlx::any::AnyRow;
 use zeroize::Zeroizing;
 
+use crate::access_cache::PrincipalAccess;
 use crate::scope::scope_key;
 use crate::{Identity, IdentityError, jws, new_guid, now_unix};
 
@@ -163,6 +166,7 @@ impl Identity {
             .insert_service_principal(&mut transaction, &tenant_id, display_name)
             .await?;
         transaction.commit().await?;
+        self.inner.access_cache.invalidate();
         Ok(credentials)
     }
 
@@ -270,6 +274,35 @@ impl Identity {
         row.as_ref().map(principal_from_row).transpose()
     }
 
+    /// The principal and its role assignments, from the access cache when fresh (see
+    /// [`crate::access_cache`]): what every authenticated request checks.
+    pub(crate) async fn principal_access(
+        &self,
+        principal_id: &str,
+    ) -> Result<Arc<PrincipalAccess>, IdentityError> {
+        let cache = &self.inner.access_cache;
+        if let Some(access) = cache.principal(principal_id) {
+            return Ok(access);
+        }
+        let generation = cache.generation();
+        let principal = self.principal(principal_id).await?;
+        let assignments = sqlx::query(
+            "SELECT scope_key, role_definition_name FROM identity_role_assignments WHERE principal_id = $1",
+        )
+        .bind(principal_id)
+        .fetch_all(self.database().pool())
+        .await?
+        .iter()
+        .map(|row| Ok::<_, sqlx::Error>((row.try_get(0)?, row.try_get(1)?)))
+        .collect::<Result<Vec<(String, String)>, _>>()?;
+        let access = Arc::new(PrincipalAccess {
+            principal,
+            assignments,
+        });
+        cache.remember_principal(principal_id, access.clone(), generation);
+        Ok(access)
+    }
+
     /// Creates the managed identity of `kind` tied to `resource_id`, or returns the one that
     /// exists: enabling a system-assigned identity again (any update of the resource) keeps
     /// its principal id, and a repeated PUT of a user-assigned identity keeps its ids.
@@ -302,6 +335,7 @@ impl Identity {
         .bind(now_unix())
         .execute(self.database().pool())
         .await?;
+        self.inner.access_cache.invalidate();
         // Whoever won a concurrent insert, the stored row is the identity.
         self.managed_identity_by_key(kind, &resource_key)
             .await?
@@ -367,6 +401,7 @@ impl Identity {
             .execute(&mut *transaction)
             .await?;
         transaction.commit().await?;
+        self.inner.access_cache.invalidate();
         Ok(deleted.rows_affected() > 0)
     }
 }

@@ -235,6 +235,7 @@ impl Identity {
         .execute(&mut *transaction)
         .await?;
         transaction.commit().await?;
+        self.inner.access_cache.invalidate();
         Ok(RoleAssignment {
             id: assignment_id(&scope, &name),
             role_definition_id: role_definition_id_at(&scope, role.name),
@@ -281,6 +282,7 @@ impl Identity {
             .bind(&existing.name)
             .execute(self.database().pool())
             .await?;
+        self.inner.access_cache.invalidate();
         Ok(Some(existing))
     }
 
@@ -350,18 +352,12 @@ impl Identity {
         let Some(target) = scope_key(scope) else {
             return Ok(deny());
         };
-        let rows = sqlx::query("SELECT scope_key, role_definition_name FROM identity_role_assignments WHERE principal_id = $1")
-            .bind(principal_id)
-            .fetch_all(self.database().pool())
-            .await?;
-        for row in rows {
-            let assignment_scope: String = row.try_get(0)?;
-            let role_name: String = row.try_get(1)?;
-            if !covers(&assignment_scope, &target) {
+        let access = self.principal_access(principal_id).await?;
+        for (assignment_scope, role_name) in &access.assignments {
+            if !covers(assignment_scope, &target) {
                 continue;
             }
-            if role_definition(&role_name).is_some_and(|role| role.permits(action, is_data_action))
-            {
+            if role_definition(role_name).is_some_and(|role| role.permits(action, is_data_action)) {
                 return Ok(Decision::Allow);
             }
         }

@@ -199,8 +199,16 @@ impl Identity {
                 .platform_verifying_key(kid)
                 .await?
                 .ok_or(TokenError::UnknownSigningKey)?;
-            if !jws.verify(&key) {
-                return Err(TokenError::InvalidSignature);
+            // The same token comes with every request of a client: its signature is verified
+            // once, then known by the digest of the whole token while its key stays published.
+            let cache = &self.inner.access_cache;
+            let digest = token_digest(token);
+            if cache.verified_by(&digest).as_deref() != Some(kid) {
+                let generation = cache.generation();
+                if !jws.verify(&key) {
+                    return Err(TokenError::InvalidSignature);
+                }
+                cache.remember_verified(digest, kid, generation);
             }
         } else if let Some(external) = external {
             let jwks = self
@@ -248,8 +256,10 @@ impl Identity {
         if let Some(tenant_id) = platform_tenant {
             let principal_id = claims.oid.as_deref().ok_or(TokenError::Malformed)?;
             let principal = self
-                .principal(principal_id)
+                .principal_access(principal_id)
                 .await?
+                .principal
+                .clone()
                 .filter(|principal| principal.tenant_id == tenant_id)
                 .ok_or(TokenError::PrincipalDeleted)?;
             return Ok(AuthenticatedPrincipal {
@@ -273,6 +283,14 @@ impl Identity {
             expires_at,
         })
     }
+}
+
+/// SHA-256 of a whole compact JWS: the identity of a token in the access cache.
+fn token_digest(token: &str) -> [u8; 32] {
+    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, token.as_bytes());
+    let mut bytes = [0u8; 32];
+    bytes.copy_from_slice(digest.as_ref());
+    bytes
 }
 
 #[cfg(test)]

@@ -641,6 +641,24 @@ async fn validator_rejects_what_it_must(store: Store) {
         .validate_token(&service_token, MANAGEMENT_AUDIENCE)
         .await
         .expect("valid before deletion");
+    // Once a token verified, the same claims under another signature still do not.
+    let (signed, signature) = service_token.rsplit_once('.').expect("compact JWS");
+    let mut signature = signature.as_bytes().to_vec();
+    signature[4] = if signature[4] == b'A' { b'B' } else { b'A' };
+    let resigned = format!(
+        "{signed}.{}",
+        String::from_utf8(signature).expect("base64url")
+    );
+    assert_eq!(
+        identity
+            .validate_token(&resigned, MANAGEMENT_AUDIENCE)
+            .await,
+        Err(TokenError::InvalidSignature)
+    );
+    identity
+        .validate_token(&service_token, MANAGEMENT_AUDIENCE)
+        .await
+        .expect("still valid");
     assert!(
         identity
             .delete_principal(&service.principal_id)
