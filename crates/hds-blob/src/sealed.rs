@@ -12,34 +12,29 @@ use bytes::Bytes;
 use futures::StreamExt;
 use futures::stream::BoxStream;
 use hds_crypto::keys::BlobKey;
-use hds_crypto::stream::{
-    HEADER_LEN, OpenError, Opener, RangeOpener, SEGMENT_SIZE, Sealer, StreamBinding, TAG_LEN,
-};
+use std::sync::Arc;
 
-use crate::{BlobError, BlobName, BlobStore, BlobWriter, not_found};
+use hds_crypto::stream::{
+    HEADER_LEN, OpenError, RangeOpener, SEGMENT_SIZE, Sealer, SegmentOpener, StreamBinding, TAG_LEN,
+};
+use object_store::ObjectStore;
+use object_store::path::Path as ObjectPath;
+
+use crate::{BlobError, BlobName, BlobStore, BlobWriter, local_error, not_found};
 
 /// Ciphertext is handed to the store in pieces of about this size, so sealing adds one small
 /// buffer to the store's own part buffers.
 const WRITE_FLUSH_BYTES: usize = 1024 * 1024;
 
-/// Sealed blobs are read in pieces of this size: the header and 16 sealed segments (64 KiB
-/// each, plus a tag), about 1 MiB. Large enough that a typical instance is one read, small
-/// enough that a stream holds about 2 MiB (ciphertext and plaintext) however large the blob.
-const READ_CHUNK_BYTES: usize = HEADER_LEN + 16 * (SEGMENT_SIZE as usize + TAG_LEN);
+/// Sealed segments read at once: 16 segments of 64 KiB (plus tags) is about 1 MiB, large
+/// enough that a typical instance is one read, small enough that a stream holds about 1 MiB
+/// however large the blob.
+const SEGMENTS_PER_READ: u64 = 16;
 
-/// Ciphertext that opens the first segment of a stream in the default layout: the header, the
-/// segment and its tag, and one byte more (which shows the segment is not the last).
-const FIRST_SEGMENT_BYTES: usize = HEADER_LEN + SEGMENT_SIZE as usize + TAG_LEN + 1;
-
-/// Where the stream of a sealed read is.
-enum SealedRead {
-    /// More ciphertext to open.
-    Reading(BoxStream<'static, Result<Bytes, BlobError>>, Opener),
-    /// Verified plaintext was released; this error comes next.
-    Failed(BlobError),
-    /// Ended.
-    Done,
-}
+/// The first read of a sealed blob, before its header tells the segment size: the header and
+/// [`SEGMENTS_PER_READ`] segments of the default size.
+const FIRST_READ_BYTES: usize =
+    HEADER_LEN + SEGMENTS_PER_READ as usize * (SEGMENT_SIZE as usize + TAG_LEN);
 
 impl BlobStore {
     /// Starts writing a new sealed blob under `blob_key`, bound to `service` and `name`. Memory
@@ -78,100 +73,122 @@ impl BlobStore {
     /// altered there, swapped, or opened with the wrong key fails here, before a caller has
     /// sent anything. A later segment that fails ends the stream with an error: a caller that
     /// already sent a status must abort its response rather than complete it.
+    ///
+    /// The ciphertext is read in pieces of whole segments (about 1 MiB: a typical instance is
+    /// one read) and opened in place, and each item of the stream is the plaintext of one
+    /// segment, a slice of the buffer it was read into: no plaintext is copied, and no buffer
+    /// is zeroed before it is filled. A stream holds about one piece however large the blob.
     pub async fn read_sealed(
         &self,
         name: &BlobName,
         service: &str,
         blob_key: &BlobKey,
     ) -> Result<BoxStream<'static, Result<Bytes, BlobError>>, BlobError> {
-        let mut chunks = self.read_chunked(name, READ_CHUNK_BYTES).await?;
-        let mut opener = Opener::new(
+        let (source, sealed_len, first_piece) = self.open_ciphertext(name).await?;
+        let header = &first_piece[..first_piece.len().min(HEADER_LEN)];
+        let opener = SegmentOpener::new(
             blob_key,
             StreamBinding {
                 service,
                 blob_name: name.as_str(),
             },
-        );
-        // Only the header and the first segment are opened here (a segment opens once a byte
-        // beyond it arrives); the rest of a read goes to the stream, so that a damaged later
-        // segment fails there, after the segments before it, as its position in the blob says.
-        let mut first = Vec::new();
-        let mut consumed = 0usize;
-        let mut leftover = None;
-        while first.is_empty() {
-            let Some(chunk) = chunks.next().await else {
-                opener.finish(&mut first)?;
-                let whole = Bytes::from(first);
-                return Ok(futures::stream::once(async move { Ok(whole) }).boxed());
-            };
-            let chunk = chunk?;
-            let wanted = FIRST_SEGMENT_BYTES.saturating_sub(consumed);
-            // A blob with longer segments than the default takes whole chunks until it opens.
-            let taken = if wanted == 0 {
-                chunk.len()
-            } else {
-                chunk.len().min(wanted)
-            };
-            first.reserve(taken);
-            opener.push(&chunk[..taken], &mut first)?;
-            consumed += taken;
-            if taken < chunk.len() {
-                leftover = Some(chunk.slice(taken..));
-                if first.is_empty() {
-                    // Not opened yet (longer segments): feed the remainder on the next turn.
-                    let remainder = leftover.take().map(Ok);
-                    chunks = futures::stream::iter(remainder).chain(chunks).boxed();
-                }
-            }
+            header,
+        )?;
+        // A stream always ends with a sealed last segment, even when its plaintext is empty.
+        if sealed_len <= HEADER_LEN as u64 {
+            return Err(BlobError::Integrity(OpenError::Truncated));
         }
-        let chunks = futures::stream::iter(leftover.map(Ok))
-            .chain(chunks)
-            .boxed();
-        let rest =
-            futures::stream::unfold(SealedRead::Reading(chunks, opener), |state| async move {
-                let (mut chunks, mut opener) = match state {
-                    SealedRead::Reading(chunks, opener) => (chunks, opener),
-                    SealedRead::Failed(error) => return Some((Err(error), SealedRead::Done)),
-                    SealedRead::Done => return None,
-                };
-                loop {
-                    let mut plaintext = Vec::new();
-                    match chunks.next().await {
-                        Some(Ok(chunk)) => {
-                            // Opening outputs at most what it was given plus one pending segment.
-                            plaintext.reserve(chunk.len() + SEGMENT_SIZE as usize);
-                            match opener.push(&chunk, &mut plaintext) {
-                                Ok(()) if plaintext.is_empty() => continue,
-                                Ok(()) => {
-                                    let next = SealedRead::Reading(chunks, opener);
-                                    return Some((Ok(Bytes::from(plaintext)), next));
-                                }
-                                // The segments opened before the damaged one are verified:
-                                // release them, then the error.
-                                Err(error) if !plaintext.is_empty() => {
-                                    let next = SealedRead::Failed(BlobError::from(error));
-                                    return Some((Ok(Bytes::from(plaintext)), next));
-                                }
-                                Err(error) => {
-                                    return Some((Err(BlobError::from(error)), SealedRead::Done));
-                                }
-                            }
-                        }
-                        Some(Err(error)) => return Some((Err(error), SealedRead::Done)),
-                        None => {
-                            let last = opener
-                                .finish(&mut plaintext)
-                                .map(|()| Bytes::from(plaintext))
-                                .map_err(BlobError::from);
-                            return Some((last, SealedRead::Done));
-                        }
-                    }
+        let mut reader = SealedSegmentReader {
+            source,
+            opener,
+            sealed_len,
+            next_segment_offset: HEADER_LEN as u64,
+        };
+        // Open at least the first segment before returning (a segment size larger than the
+        // first read's guess takes more reads). An error here is one no byte was sent for.
+        let mut piece = Some((0u64, first_piece));
+        let first = loop {
+            let (piece_offset, piece_bytes) = match piece.take() {
+                Some(first_read) => first_read,
+                None => reader.read_next_piece().await?,
+            };
+            let opened = reader.open_piece(piece_offset, piece_bytes);
+            if let Some(error) = opened.error {
+                if opened.segments == 0 {
+                    return Err(error);
                 }
-            });
-        let first = Bytes::from(first);
-        Ok(futures::stream::once(async move { Ok(first) })
+                // Segments before the damaged one are verified: release them, then the error.
+                let released = opened.plaintext.into_iter().map(Ok);
+                return Ok(futures::stream::iter(released.chain([Err(error)])).boxed());
+            }
+            // A piece always holds a whole segment except when the header announces segments
+            // longer than the first read's guess.
+            if opened.segments > 0 {
+                break opened.plaintext;
+            }
+        };
+        let rest = futures::stream::unfold(Some(reader), |reader| async move {
+            let mut reader = reader?;
+            if reader.at_end() {
+                return None;
+            }
+            let (piece_offset, piece_bytes) = match reader.read_next_piece().await {
+                Ok(piece) => piece,
+                Err(error) => return Some((vec![Err(error)], None)),
+            };
+            let opened = reader.open_piece(piece_offset, piece_bytes);
+            let mut items: Vec<Result<Bytes, BlobError>> =
+                opened.plaintext.into_iter().map(Ok).collect();
+            match opened.error {
+                Some(error) => {
+                    items.push(Err(error));
+                    Some((items, None))
+                }
+                None => Some((items, Some(reader))),
+            }
+        })
+        .flat_map(futures::stream::iter);
+        Ok(futures::stream::iter(first.into_iter().map(Ok))
             .chain(rest)
             .boxed())
+    }
+
+    /// Opens a blob for reading its ciphertext: where to read the rest, its length, and its
+    /// first [`FIRST_READ_BYTES`] (fewer if it is shorter). On local files, opening and the
+    /// first read are one blocking-pool task.
+    async fn open_ciphertext(
+        &self,
+        name: &BlobName,
+    ) -> Result<(CiphertextSource, u64, Vec<u8>), BlobError> {
+        if let Some(root) = &self.local_root {
+            let path = root.join(name.object_path().as_ref());
+            let opened = tokio::task::spawn_blocking(move || {
+                let mut file = match std::fs::File::open(&path) {
+                    Ok(file) => file,
+                    Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+                        return Err(BlobError::NotFound);
+                    }
+                    Err(error) => return Err(local_error(error)),
+                };
+                let sealed_len = file.metadata().map_err(local_error)?.len();
+                let first = read_exactly(&mut file, sealed_len.min(FIRST_READ_BYTES as u64))?;
+                Ok((file, sealed_len, first))
+            })
+            .await
+            .map_err(|error| local_error(std::io::Error::other(error)))??;
+            let (file, sealed_len, first) = opened;
+            return Ok((CiphertextSource::File(Some(file)), sealed_len, first));
+        }
+        let path = name.object_path();
+        let sealed_len = self.store.head(&path).await.map_err(not_found)?.size;
+        let mut source = CiphertextSource::Store {
+            store: self.store.clone(),
+            path,
+        };
+        let first = source
+            .read(0..sealed_len.min(FIRST_READ_BYTES as u64))
+            .await?;
+        Ok((source, sealed_len, first))
     }
 
     /// Opens a sealed blob for ranged reads of its plaintext: reads and verifies its header,
@@ -212,6 +229,157 @@ impl BlobStore {
             name: name.clone(),
             opener,
         })
+    }
+}
+
+/// Where the ciphertext of a sealed read comes from.
+enum CiphertextSource {
+    /// An open local file, read on the blocking pool. `None` only while a read holds it.
+    File(Option<std::fs::File>),
+    /// Any object store: ranged gets.
+    Store {
+        store: Arc<dyn ObjectStore>,
+        path: ObjectPath,
+    },
+}
+
+impl CiphertextSource {
+    /// Exactly the bytes in `range` (which lies inside the blob): a blob that turns out shorter
+    /// is truncated.
+    async fn read(&mut self, range: Range<u64>) -> Result<Vec<u8>, BlobError> {
+        let wanted = range.end - range.start;
+        if wanted == 0 {
+            // Stores refuse a range that starts at the end (of an empty blob).
+            return Ok(Vec::new());
+        }
+        match self {
+            CiphertextSource::File(slot) => {
+                let mut file = slot
+                    .take()
+                    .ok_or(BlobError::Integrity(OpenError::AlreadyFailed))?;
+                let (file, bytes) = tokio::task::spawn_blocking(move || {
+                    use std::io::{Seek, SeekFrom};
+                    let read = file
+                        .seek(SeekFrom::Start(range.start))
+                        .map_err(local_error)
+                        .and_then(|_| read_exactly(&mut file, wanted));
+                    (file, read)
+                })
+                .await
+                .map_err(|error| local_error(std::io::Error::other(error)))?;
+                *slot = Some(file);
+                bytes
+            }
+            CiphertextSource::Store { store, path } => {
+                let bytes = store.get_range(path, range).await.map_err(not_found)?;
+                if bytes.len() as u64 != wanted {
+                    return Err(BlobError::Integrity(OpenError::Truncated));
+                }
+                // The store's buffer when this is its only owner; a copy otherwise.
+                Ok(Vec::from(bytes))
+            }
+        }
+    }
+}
+
+/// `length` bytes from the file's position, read into a buffer that is not zeroed first.
+fn read_exactly(file: &mut std::fs::File, length: u64) -> Result<Vec<u8>, BlobError> {
+    use std::io::Read;
+    let capacity =
+        usize::try_from(length).map_err(|_| BlobError::Integrity(OpenError::StreamTooLong))?;
+    let mut bytes = Vec::with_capacity(capacity);
+    file.take(length)
+        .read_to_end(&mut bytes)
+        .map_err(local_error)?;
+    if bytes.len() != capacity {
+        return Err(BlobError::Integrity(OpenError::Truncated));
+    }
+    Ok(bytes)
+}
+
+/// The segments opened from one piece of ciphertext.
+struct OpenedPiece {
+    /// The plaintext of each segment opened, in order (empty segments left out).
+    plaintext: Vec<Bytes>,
+    /// Segments opened.
+    segments: usize,
+    /// The segment that failed to open, after the ones in `plaintext`.
+    error: Option<BlobError>,
+}
+
+/// Reads the segments of a sealed blob whose header is verified, a piece at a time.
+struct SealedSegmentReader {
+    source: CiphertextSource,
+    opener: SegmentOpener,
+    sealed_len: u64,
+    /// Offset in the blob of the first segment not opened yet.
+    next_segment_offset: u64,
+}
+
+impl SealedSegmentReader {
+    /// Whether the last segment was opened.
+    fn at_end(&self) -> bool {
+        self.next_segment_offset >= self.sealed_len
+    }
+
+    /// Reads the next [`SEGMENTS_PER_READ`] segments (fewer at the end) and returns where the
+    /// piece starts in the blob, and its bytes.
+    async fn read_next_piece(&mut self) -> Result<(u64, Vec<u8>), BlobError> {
+        let start = self.next_segment_offset;
+        let piece_len = SEGMENTS_PER_READ * self.opener.sealed_segment_len() as u64;
+        let end = start.saturating_add(piece_len).min(self.sealed_len);
+        Ok((start, self.source.read(start..end).await?))
+    }
+
+    /// Opens in place every whole segment of `piece` (the bytes at `piece_offset` in the blob)
+    /// from the next segment on. The segment that ends the blob is opened as the last, so a
+    /// blob cut or extended at a segment boundary fails there.
+    fn open_piece(&mut self, piece_offset: u64, mut piece: Vec<u8>) -> OpenedPiece {
+        let segment_len = self.opener.sealed_segment_len() as u64;
+        let piece_end = piece_offset + piece.len() as u64;
+        let mut plaintext_ranges = Vec::with_capacity(SEGMENTS_PER_READ as usize);
+        let mut segments = 0;
+        let mut error = None;
+        while self.next_segment_offset < self.sealed_len {
+            let segment_start = self.next_segment_offset;
+            let segment_end = segment_start
+                .saturating_add(segment_len)
+                .min(self.sealed_len);
+            if segment_end > piece_end {
+                break;
+            }
+            let is_last = segment_end == self.sealed_len;
+            // Both offsets lie inside the piece, whose length is a usize.
+            let start = (segment_start - piece_offset) as usize;
+            let end = (segment_end - piece_offset) as usize;
+            match self
+                .opener
+                .open_segment_in_place(&mut piece[start..end], is_last)
+            {
+                Ok(plaintext) => {
+                    segments += 1;
+                    if !plaintext.is_empty() {
+                        plaintext_ranges.push(start..start + plaintext.len());
+                    }
+                    self.next_segment_offset = segment_end;
+                }
+                Err(failure) => {
+                    error = Some(BlobError::Integrity(failure));
+                    // Nothing after a failed segment is read.
+                    self.next_segment_offset = self.sealed_len;
+                    break;
+                }
+            }
+        }
+        let piece = Bytes::from(piece);
+        OpenedPiece {
+            plaintext: plaintext_ranges
+                .into_iter()
+                .map(|range| piece.slice(range))
+                .collect(),
+            segments,
+            error,
+        }
     }
 }
 
@@ -545,5 +713,124 @@ mod tests {
                 .err(),
             Some(BlobError::Integrity(OpenError::BindingMismatch))
         ));
+    }
+
+    /// The same blob in a store of local files (read through the file itself) and in an
+    /// in-memory object store (read through ranged gets).
+    async fn both_stores(
+        contents: &[u8],
+    ) -> (
+        tempfile::TempDir,
+        Vec<(BlobStore, &'static str)>,
+        BlobName,
+        BlobKey,
+    ) {
+        let (directory, local, name, key) = store_with(contents).await;
+        let memory = BlobStore::from_object_store(Arc::new(object_store::memory::InMemory::new()));
+        memory
+            .put(&name, Bytes::from(raw(&local, &name).await))
+            .await
+            .expect("copy");
+        (
+            directory,
+            vec![(local, "local"), (memory, "memory")],
+            name,
+            key,
+        )
+    }
+
+    #[tokio::test]
+    async fn blobs_of_several_reads_open_from_files_and_object_stores() {
+        // Several pieces of 16 segments, ending in a short segment and in a full one.
+        for length in [40 * SEGMENT + 123, 32 * SEGMENT, 16 * SEGMENT - 1] {
+            let contents = plaintext(length);
+            let (_directory, stores, name, key) = both_stores(&contents).await;
+            for (store, kind) in stores {
+                let chunks: Vec<Bytes> = store
+                    .read_sealed(&name, SERVICE, &key)
+                    .await
+                    .expect("open")
+                    .try_collect()
+                    .await
+                    .expect("read");
+                assert_eq!(chunks.concat(), contents, "{kind}, {length} bytes");
+                // Each item is the plaintext of one segment.
+                assert!(chunks.iter().all(|chunk| chunk.len() <= SEGMENT), "{kind}");
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn damage_in_a_later_read_releases_only_the_segments_before_it() {
+        let contents = plaintext(40 * SEGMENT);
+        let (_directory, stores, name, key) = both_stores(&contents).await;
+        for (store, kind) in stores {
+            let mut stored = raw(&store, &name).await;
+            stored[sealed_offset(20, 7)] ^= 4;
+            store.put(&name, Bytes::from(stored)).await.expect("put");
+            let mut stream = store
+                .read_sealed(&name, SERVICE, &key)
+                .await
+                .expect("the first segment is fine");
+            let mut released = Vec::new();
+            let error = loop {
+                match stream.try_next().await {
+                    Ok(Some(chunk)) => released.extend_from_slice(&chunk),
+                    Ok(None) => panic!("{kind}: a damaged stream must not end cleanly"),
+                    Err(error) => break error,
+                }
+            };
+            assert!(
+                matches!(
+                    error,
+                    BlobError::Integrity(OpenError::SegmentAuthentication { segment_index: 20 })
+                ),
+                "{kind}: {error}"
+            );
+            assert_eq!(released, contents[..20 * SEGMENT], "{kind}");
+            assert!(stream.try_next().await.expect("ended").is_none(), "{kind}");
+        }
+    }
+
+    #[tokio::test]
+    async fn cut_extended_missing_or_headerless_blobs_do_not_open() {
+        let contents = plaintext(20 * SEGMENT + 5);
+        let (_directory, stores, name, key) = both_stores(&contents).await;
+        for (store, kind) in stores {
+            let stored = raw(&store, &name).await;
+            let extended = [stored.as_slice(), &[0u8; TAG_LEN + 1]].concat();
+            let cut_inside_the_last_segment = stored[..stored.len() - 1].to_vec();
+            let cut_after_a_full_segment = stored[..sealed_offset(17, 0)].to_vec();
+            let header_only = stored[..HEADER_LEN].to_vec();
+            let half_header = stored[..HEADER_LEN / 2].to_vec();
+            for (case, bytes) in [
+                ("extended", extended),
+                ("cut inside the last segment", cut_inside_the_last_segment),
+                ("cut after a full segment", cut_after_a_full_segment),
+                ("header only", header_only),
+                ("half a header", half_header),
+                ("empty", Vec::new()),
+            ] {
+                // Under the blob's own name, so only the damage can be what fails.
+                store.put(&name, Bytes::from(bytes)).await.expect("put");
+                assert!(
+                    matches!(
+                        read_all(&store, &name, SERVICE, &key).await,
+                        Err(BlobError::Integrity(_))
+                    ),
+                    "{kind}: {case}"
+                );
+            }
+            assert!(
+                matches!(
+                    store
+                        .read_sealed(&BlobName::random(), SERVICE, &key)
+                        .await
+                        .err(),
+                    Some(BlobError::NotFound)
+                ),
+                "{kind}: missing"
+            );
+        }
     }
 }
