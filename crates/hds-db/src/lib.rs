@@ -217,6 +217,10 @@ impl Database {
         let options = AnyConnectOptions::from_str(&url)?;
         let pool = AnyPoolOptions::new()
             .max_connections(MAX_CONNECTIONS)
+            // A pooled SQLite connection is a file handle in this process: it cannot go stale
+            // the way a network connection can, so the ping sqlx would send before handing it
+            // out (a round trip to the connection's thread on every query) buys nothing.
+            .test_before_acquire(false)
             .after_connect(|connection, _metadata| {
                 Box::pin(async move {
                     // busy_timeout first: switching to WAL needs a lock another connection
