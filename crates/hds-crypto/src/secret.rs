@@ -21,6 +21,19 @@ impl SecretBytes {
         }
     }
 
+    /// `len` zero bytes, to be overwritten in place. For large lengths the allocator hands
+    /// out fresh pages that the kernel zeroes on first touch, so no separate zeroing pass runs.
+    pub(crate) fn zeroed(len: usize) -> SecretBytes {
+        SecretBytes {
+            bytes: vec![0u8; len],
+        }
+    }
+
+    /// The bytes, writable in place.
+    pub(crate) fn as_mut_slice(&mut self) -> &mut [u8] {
+        &mut self.bytes
+    }
+
     /// The bytes.
     pub fn as_slice(&self) -> &[u8] {
         &self.bytes

@@ -100,10 +100,17 @@ pub enum SealError {
     /// The last segment was already sealed.
     #[error("sealed stream already finished")]
     AlreadyFinished,
+    /// The output slice given to a `*_to_slice` method cannot hold what the call emits.
+    #[error("output buffer too small: {needed} bytes needed")]
+    OutputTooSmall {
+        /// The bytes the call needs room for.
+        needed: usize,
+    },
 }
 
-/// Why opening failed. Every variant means the bytes are not what was sealed under this key
-/// and binding; none carries plaintext or key material.
+/// Why opening failed. Every variant but [`OpenError::OutputTooSmall`],
+/// [`OpenError::RangeOutOfBounds`] and [`OpenError::AlreadyFailed`] means the bytes are not
+/// what was sealed under this key and binding; none carries plaintext or key material.
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum OpenError {
@@ -149,6 +156,13 @@ pub enum OpenError {
     /// The opener already reported an error and accepts no more input.
     #[error("opener already failed")]
     AlreadyFailed,
+    /// The output slice given to a `*_to_slice` method cannot hold what the call may release.
+    /// The only variant that says nothing about the stream: the caller's buffer is short.
+    #[error("output buffer too small: {needed} bytes needed")]
+    OutputTooSmall {
+        /// The bytes the call needs room for.
+        needed: usize,
+    },
 }
 
 /// Sizes of a sealed stream with a given segment size: the mapping between plaintext and
@@ -394,20 +408,20 @@ impl SegmentCipher {
         Nonce::assume_unique_for_key(nonce)
     }
 
-    /// Appends `plaintext` sealed as segment `segment_index` to `out`. Encrypts out of place,
-    /// straight from `plaintext` into `out`, so each byte is read once: a separate copy pass
-    /// would halve throughput once blobs outgrow the CPU cache.
-    fn seal_segment_into(
+    /// Seals `plaintext` as segment `segment_index` into `out`, which holds exactly the
+    /// plaintext's length plus [`TAG_LEN`] bytes. Encrypts out of place, straight from
+    /// `plaintext` into `out`, so each byte is read once and written once: a separate copy or
+    /// zero-fill pass over the output costs about as much as the encryption once blobs
+    /// outgrow the CPU cache.
+    fn seal_segment_to(
         &self,
         segment_index: u64,
         is_last: bool,
         plaintext: &[u8],
-        out: &mut Vec<u8>,
+        out: &mut [u8],
     ) -> Result<(), SealError> {
         let segment_index = u32::try_from(segment_index).map_err(|_| SealError::StreamTooLong)?;
-        let start = out.len();
-        out.resize(start + plaintext.len() + TAG_LEN, 0);
-        let (ciphertext, tag) = out[start..].split_at_mut(plaintext.len());
+        let (ciphertext, tag) = out.split_at_mut(plaintext.len());
         self.key
             .seal_out_of_place_scatter(
                 self.nonce(segment_index, is_last),
@@ -417,20 +431,21 @@ impl SegmentCipher {
                 &[],
                 tag,
             )
-            // Segments are at most 16 MiB, far below AES-GCM's 2^36-byte limit, and the
-            // output slices have exactly the plaintext's and the tag's lengths.
+            // Segments are at most 16 MiB, far below AES-GCM's 2^36-byte limit, and every
+            // caller passes an `out` of exactly the plaintext's length plus the tag's.
             .expect("AES-256-GCM seal of one segment cannot fail");
         Ok(())
     }
 
-    /// Opens `ciphertext` (one segment with its tag) as segment `segment_index`, without
-    /// diagnosing failures. Decrypts out of place into `out`; on failure `out` is unchanged.
-    fn try_open_segment_into(
+    /// Opens `ciphertext` (one segment with its tag) as segment `segment_index` into `out`
+    /// (exactly the plaintext's length), without diagnosing failures. Decrypts out of place;
+    /// on failure `out` is wiped.
+    fn try_open_segment_to(
         &self,
         segment_index: u64,
         is_last: bool,
         ciphertext: &[u8],
-        out: &mut Vec<u8>,
+        out: &mut [u8],
     ) -> bool {
         let Ok(segment_index) = u32::try_from(segment_index) else {
             return false;
@@ -438,32 +453,33 @@ impl SegmentCipher {
         let Some(plaintext_len) = ciphertext.len().checked_sub(TAG_LEN) else {
             return false;
         };
+        if out.len() != plaintext_len {
+            return false;
+        }
         let (encrypted, tag) = ciphertext.split_at(plaintext_len);
-        let start = out.len();
-        out.resize(start + plaintext_len, 0);
         let opened = self.key.open_separate_gather(
             self.nonce(segment_index, is_last),
             Aad::empty(),
             encrypted,
             tag,
-            &mut out[start..],
+            out,
         );
         if opened.is_err() {
             // Whatever was written is unauthenticated: drop it.
-            out[start..].fill(0);
-            out.truncate(start);
+            out.fill(0);
             return false;
         }
         true
     }
 
-    /// Opens segment `segment_index`; on failure, finds out why.
-    fn open_segment_into(
+    /// Opens segment `segment_index` into `out` (exactly the plaintext's length); on
+    /// failure, wipes `out` and finds out why.
+    fn open_segment_to(
         &self,
         segment_index: u64,
         is_last: bool,
         ciphertext: &[u8],
-        out: &mut Vec<u8>,
+        out: &mut [u8],
     ) -> Result<(), OpenError> {
         if segment_index > u64::from(u32::MAX) {
             return Err(OpenError::StreamTooLong);
@@ -471,17 +487,40 @@ impl SegmentCipher {
         if ciphertext.len() < TAG_LEN {
             return Err(OpenError::Truncated);
         }
-        if self.try_open_segment_into(segment_index, is_last, ciphertext, out) {
+        if self.try_open_segment_to(segment_index, is_last, ciphertext, out) {
             return Ok(());
         }
         Err(self.diagnose(segment_index, is_last, ciphertext))
     }
 
+    /// Opens segment `segment_index` and appends its plaintext to `out`; on failure `out` is
+    /// unchanged.
+    fn open_segment_into(
+        &self,
+        segment_index: u64,
+        is_last: bool,
+        ciphertext: &[u8],
+        out: &mut Vec<u8>,
+    ) -> Result<(), OpenError> {
+        let Some(plaintext_len) = ciphertext.len().checked_sub(TAG_LEN) else {
+            return Err(OpenError::Truncated);
+        };
+        let start = out.len();
+        out.resize(start + plaintext_len, 0);
+        let opened = self.open_segment_to(segment_index, is_last, ciphertext, &mut out[start..]);
+        if opened.is_err() {
+            out.truncate(start);
+        }
+        opened
+    }
+
     /// Tells why a segment failed to open, by trying the other last-segment flag and nearby
     /// positions. Nothing decrypted here is returned.
     fn diagnose(&self, segment_index: u64, is_last: bool, ciphertext: &[u8]) -> OpenError {
-        let mut scratch = SecretBytes::with_capacity(ciphertext.len());
-        if self.try_open_segment_into(segment_index, !is_last, ciphertext, scratch.as_mut_vec()) {
+        let plaintext_len = ciphertext.len().saturating_sub(TAG_LEN);
+        let mut scratch = SecretBytes::zeroed(plaintext_len);
+        let scratch = scratch.as_mut_slice();
+        if self.try_open_segment_to(segment_index, !is_last, ciphertext, scratch) {
             return if is_last {
                 OpenError::Truncated
             } else {
@@ -494,13 +533,7 @@ impl SegmentCipher {
                 continue;
             }
             for candidate_is_last in [false, true] {
-                scratch.as_mut_vec().clear();
-                if self.try_open_segment_into(
-                    candidate,
-                    candidate_is_last,
-                    ciphertext,
-                    scratch.as_mut_vec(),
-                ) {
+                if self.try_open_segment_to(candidate, candidate_is_last, ciphertext, scratch) {
                     return OpenError::SegmentOutOfOrder {
                         position: segment_index,
                         sealed_at: candidate,
@@ -596,27 +629,72 @@ impl Sealer {
     /// Seals `plaintext` (the next bytes of the stream) and appends the ciphertext ready so
     /// far to `out`. A segment is emitted only once a byte beyond it arrives, because only
     /// then is it known not to be the last.
+    ///
+    /// `out` grows once per call, by exactly [`Sealer::push_output_len`] bytes, which are
+    /// zero-filled before being overwritten: a caller that reuses an output buffer for large
+    /// pushes saves that pass with [`Sealer::push_to_slice`].
     pub fn push(&mut self, plaintext: &[u8], out: &mut Vec<u8>) -> Result<(), SealError> {
-        self.emit_header(out);
+        let start = out.len();
+        out.resize(start + self.push_output_len(plaintext.len()), 0);
+        match self.push_to_slice(plaintext, &mut out[start..]) {
+            Ok(written) => {
+                out.truncate(start + written);
+                Ok(())
+            }
+            Err(error) => {
+                out.truncate(start);
+                Err(error)
+            }
+        }
+    }
+
+    /// Seals `plaintext` (the next bytes of the stream) into the start of `out`, and returns
+    /// how many ciphertext bytes were written: exactly [`Sealer::push_output_len`]. Writes
+    /// straight into `out` with no zero-fill or copy, for callers that keep an output buffer.
+    ///
+    /// Fails with [`SealError::OutputTooSmall`], before consuming anything, when `out` is
+    /// shorter than that.
+    pub fn push_to_slice(&mut self, plaintext: &[u8], out: &mut [u8]) -> Result<usize, SealError> {
+        let needed = self.push_output_len(plaintext.len());
+        if out.len() < needed {
+            return Err(SealError::OutputTooSmall { needed });
+        }
+        let completed_segments = self.segments_completed_by(plaintext.len()) as u64;
+        // Checked before anything is consumed, so a failed push leaves the sealer unchanged.
+        if self.next_segment + completed_segments > u64::from(u32::MAX) + 1 {
+            return Err(SealError::StreamTooLong);
+        }
         let segment_size = self.cipher.layout.segment_size as usize;
+        let sealed_segment_len = segment_size + TAG_LEN;
+        let mut written = self.emit_header_to(out);
         let mut input = plaintext;
         if !self.pending.is_empty() {
             let taken = input.len().min(segment_size - self.pending.len());
             self.pending.as_mut_vec().extend_from_slice(&input[..taken]);
             input = &input[taken..];
             if input.is_empty() {
-                return Ok(());
+                return Ok(written);
             }
             // The pending segment is full and more follows: it is not the last.
-            self.cipher
-                .seal_segment_into(self.next_segment, false, &self.pending, out)?;
+            self.cipher.seal_segment_to(
+                self.next_segment,
+                false,
+                &self.pending,
+                &mut out[written..written + sealed_segment_len],
+            )?;
+            written += sealed_segment_len;
             self.next_segment += 1;
             self.pending.as_mut_vec().clear();
         }
         // Whole segments straight from the input, without staging.
         while input.len() > segment_size {
-            self.cipher
-                .seal_segment_into(self.next_segment, false, &input[..segment_size], out)?;
+            self.cipher.seal_segment_to(
+                self.next_segment,
+                false,
+                &input[..segment_size],
+                &mut out[written..written + sealed_segment_len],
+            )?;
+            written += sealed_segment_len;
             self.next_segment += 1;
             input = &input[segment_size..];
         }
@@ -624,20 +702,80 @@ impl Sealer {
             self.pending.as_mut_vec().reserve_exact(segment_size);
             self.pending.as_mut_vec().extend_from_slice(input);
         }
-        Ok(())
+        Ok(written)
+    }
+
+    /// Ciphertext bytes that pushing `plaintext_len` more bytes emits: the header on the
+    /// first call, and every segment that those bytes complete and go beyond.
+    pub fn push_output_len(&self, plaintext_len: usize) -> usize {
+        let header_len = if self.header.is_some() { HEADER_LEN } else { 0 };
+        let sealed_segment_len = self.cipher.layout.ciphertext_segment_len() as usize;
+        header_len + self.segments_completed_by(plaintext_len) * sealed_segment_len
+    }
+
+    /// Ciphertext bytes that [`Sealer::finish`] emits: the last segment (and the header, for
+    /// a stream nothing was pushed to).
+    pub fn finish_output_len(&self) -> usize {
+        let header_len = if self.header.is_some() { HEADER_LEN } else { 0 };
+        header_len + self.pending.len() + TAG_LEN
+    }
+
+    /// Segments sealed by a push of `plaintext_len` more bytes: those filled with a byte
+    /// beyond them.
+    fn segments_completed_by(&self, plaintext_len: usize) -> usize {
+        let segment_size = self.cipher.layout.segment_size as usize;
+        self.pending
+            .len()
+            .saturating_add(plaintext_len)
+            .saturating_sub(1)
+            / segment_size
     }
 
     /// Seals what remains as the last segment and appends it (and the header, for an empty
     /// stream) to `out`.
-    pub fn finish(mut self, out: &mut Vec<u8>) -> Result<(), SealError> {
-        self.emit_header(out);
-        self.cipher
-            .seal_segment_into(self.next_segment, true, &self.pending, out)
+    pub fn finish(self, out: &mut Vec<u8>) -> Result<(), SealError> {
+        let start = out.len();
+        out.resize(start + self.finish_output_len(), 0);
+        match self.finish_to_slice(&mut out[start..]) {
+            Ok(written) => {
+                out.truncate(start + written);
+                Ok(())
+            }
+            Err(error) => {
+                out.truncate(start);
+                Err(error)
+            }
+        }
     }
 
-    fn emit_header(&mut self, out: &mut Vec<u8>) {
-        if let Some(header) = self.header.take() {
-            out.extend_from_slice(&header);
+    /// Seals what remains as the last segment into the start of `out` (after the header, for
+    /// an empty stream), and returns how many bytes were written: exactly
+    /// [`Sealer::finish_output_len`]. Fails with [`SealError::OutputTooSmall`] when `out` is
+    /// shorter than that.
+    pub fn finish_to_slice(mut self, out: &mut [u8]) -> Result<usize, SealError> {
+        let needed = self.finish_output_len();
+        if out.len() < needed {
+            return Err(SealError::OutputTooSmall { needed });
+        }
+        let written = self.emit_header_to(out);
+        self.cipher.seal_segment_to(
+            self.next_segment,
+            true,
+            &self.pending,
+            &mut out[written..needed],
+        )?;
+        Ok(needed)
+    }
+
+    /// Writes the header to the start of `out` if it has not been emitted yet; returns its
+    /// length, or 0. `out` has room: every caller checked it against the output length.
+    fn emit_header_to(&mut self, out: &mut [u8]) -> usize {
+        match self.header.take() {
+            Some(header) => {
+                out[..HEADER_LEN].copy_from_slice(&header);
+                HEADER_LEN
+            }
+            None => 0,
         }
     }
 }
@@ -857,9 +995,13 @@ pub fn seal(
     plaintext: &[u8],
 ) -> Result<Vec<u8>, SealError> {
     let mut sealer = Sealer::new(blob_key, binding);
-    let mut sealed = Vec::with_capacity(sealed_len(plaintext.len() as u64) as usize);
-    sealer.push(plaintext, &mut sealed)?;
-    sealer.finish(&mut sealed)?;
+    let total_len = sealed_len(plaintext.len() as u64) as usize;
+    // `vec!` of zeros takes fresh pages from the kernel for large blobs rather than
+    // zero-filling in a pass of its own; the segments are then sealed straight into it.
+    let mut sealed = vec![0u8; total_len];
+    let mut written = sealer.push_to_slice(plaintext, &mut sealed)?;
+    written += sealer.finish_to_slice(&mut sealed[written..])?;
+    sealed.truncate(written);
     Ok(sealed)
 }
 
@@ -870,11 +1012,11 @@ pub fn open(
     sealed: &[u8],
 ) -> Result<SecretBytes, OpenError> {
     let mut opener = Opener::new(blob_key, binding);
-    // Opening appends at most the ciphertext length, so the buffer never reallocates.
-    let plaintext_capacity = sealed.len().saturating_sub(HEADER_LEN);
-    let mut plaintext = SecretBytes::with_capacity(plaintext_capacity);
-    opener.push(sealed, plaintext.as_mut_vec())?;
-    opener.finish(plaintext.as_mut_vec())?;
+    // The plaintext is shorter than the ciphertext after the header, so this never grows.
+    let mut plaintext = SecretBytes::zeroed(opener.max_push_output_len(sealed.len()));
+    let mut written = opener.push_to_slice(sealed, plaintext.as_mut_slice())?;
+    written += opener.finish_to_slice(&mut plaintext.as_mut_slice()[written..])?;
+    plaintext.as_mut_vec().truncate(written);
     Ok(plaintext)
 }
 
@@ -918,18 +1060,96 @@ impl Opener {
     }
 
     /// Opens the segments completed by `ciphertext` and appends their plaintext to `out`.
+    ///
+    /// `out` grows once per call, by exactly the plaintext released, which is zero-filled
+    /// before being overwritten: a caller that reuses an output buffer for large pushes saves
+    /// that pass with [`Opener::push_to_slice`]. When a segment fails, `out` keeps the
+    /// plaintext of the segments before it, which were authenticated.
     pub fn push(&mut self, ciphertext: &[u8], out: &mut Vec<u8>) -> Result<(), OpenError> {
-        let result = self.push_inner(ciphertext, out);
+        let result = self.push_appending(ciphertext, out);
         if result.is_err() {
             self.state = OpenerState::Failed;
         }
         result
     }
 
+    /// Opens the segments completed by `ciphertext` into the start of `out`, and returns how
+    /// many plaintext bytes were written. Writes straight into `out` with no zero-fill or
+    /// copy, for callers that keep an output buffer.
+    ///
+    /// `out` must hold at least [`Opener::max_push_output_len`] bytes; otherwise this fails
+    /// with [`OpenError::OutputTooSmall`] before consuming anything, and the opener stays
+    /// usable. Any other error is final, as with [`Opener::push`]; the plaintext written
+    /// before it (the segments that were authenticated) is not reported.
+    pub fn push_to_slice(&mut self, ciphertext: &[u8], out: &mut [u8]) -> Result<usize, OpenError> {
+        let needed = self.max_push_output_len(ciphertext.len());
+        if out.len() < needed {
+            return Err(OpenError::OutputTooSmall { needed });
+        }
+        let mut written = 0;
+        let result = match self.take_header(ciphertext) {
+            Ok(Some(input)) => self.open_segments(input, out, &mut written),
+            Ok(None) => Ok(()),
+            Err(error) => Err(error),
+        };
+        match result {
+            Ok(()) => Ok(written),
+            Err(error) => {
+                self.state = OpenerState::Failed;
+                Err(error)
+            }
+        }
+    }
+
+    /// At most how many plaintext bytes pushing `ciphertext_len` more bytes releases: what
+    /// [`Opener::push_to_slice`] needs room for. Never more than the ciphertext given plus
+    /// the ciphertext held back from earlier calls (at most one segment).
+    pub fn max_push_output_len(&self, ciphertext_len: usize) -> usize {
+        match &self.state {
+            OpenerState::AwaitingHeader { header, .. } => {
+                ciphertext_len.saturating_sub(HEADER_LEN - header.len())
+            }
+            OpenerState::Segments { .. } => self.pending.len().saturating_add(ciphertext_len),
+            OpenerState::Failed => 0,
+        }
+    }
+
+    /// At most how many plaintext bytes [`Opener::finish`] releases: what
+    /// [`Opener::finish_to_slice`] needs room for.
+    pub fn max_finish_output_len(&self) -> usize {
+        match &self.state {
+            OpenerState::Segments { .. } => self.pending.len().saturating_sub(TAG_LEN),
+            OpenerState::AwaitingHeader { .. } | OpenerState::Failed => 0,
+        }
+    }
+
     /// Opens the last segment, appends its plaintext to `out`, and verifies the stream ends
     /// there.
     pub fn finish(mut self, out: &mut Vec<u8>) -> Result<(), OpenError> {
-        self.push_inner(&[], out)?;
+        self.push_appending(&[], out)?;
+        let (cipher, next_segment) = self.last_segment_cipher()?;
+        cipher.open_segment_into(next_segment, true, &self.pending, out)
+    }
+
+    /// Opens the last segment into the start of `out`, verifies the stream ends there, and
+    /// returns how many plaintext bytes were written. `out` must hold at least
+    /// [`Opener::max_finish_output_len`] bytes, or this fails with
+    /// [`OpenError::OutputTooSmall`].
+    pub fn finish_to_slice(self, out: &mut [u8]) -> Result<usize, OpenError> {
+        let needed = self.max_finish_output_len();
+        if out.len() < needed {
+            return Err(OpenError::OutputTooSmall { needed });
+        }
+        let (cipher, next_segment) = self.last_segment_cipher()?;
+        if self.pending.len() < TAG_LEN {
+            return Err(OpenError::Truncated);
+        }
+        cipher.open_segment_to(next_segment, true, &self.pending, &mut out[..needed])?;
+        Ok(needed)
+    }
+
+    /// The cipher and index of the last segment, or why the stream cannot have one.
+    fn last_segment_cipher(&self) -> Result<(&SegmentCipher, u64), OpenError> {
         match &self.state {
             OpenerState::AwaitingHeader { header, .. } if header.is_empty() => {
                 Err(OpenError::NotSealedStream)
@@ -939,36 +1159,81 @@ impl Opener {
             OpenerState::Segments {
                 cipher,
                 next_segment,
-            } => cipher.open_segment_into(*next_segment, true, &self.pending, out),
+            } => Ok((cipher, *next_segment)),
         }
     }
 
-    fn push_inner(&mut self, ciphertext: &[u8], out: &mut Vec<u8>) -> Result<(), OpenError> {
-        let mut input = ciphertext;
-        if let OpenerState::AwaitingHeader {
+    /// [`Opener::push`] without marking the opener failed: grows `out` once, by exactly the
+    /// plaintext the completed segments hold, and opens into it.
+    fn push_appending(&mut self, ciphertext: &[u8], out: &mut Vec<u8>) -> Result<(), OpenError> {
+        let Some(input) = self.take_header(ciphertext)? else {
+            return Ok(());
+        };
+        let released = match &self.state {
+            OpenerState::Segments { cipher, .. } => {
+                let layout = cipher.layout;
+                let completed = self
+                    .pending
+                    .len()
+                    .saturating_add(input.len())
+                    .saturating_sub(1)
+                    / layout.ciphertext_segment_len() as usize;
+                completed * layout.plaintext_segment_len() as usize
+            }
+            OpenerState::AwaitingHeader { .. } | OpenerState::Failed => 0,
+        };
+        let start = out.len();
+        out.resize(start + released, 0);
+        let mut written = 0;
+        let result = self.open_segments(input, &mut out[start..], &mut written);
+        out.truncate(start + written);
+        result
+    }
+
+    /// Takes header bytes from the front of `ciphertext` and, once the header is complete,
+    /// verifies it. Returns the ciphertext after the header, or `None` while the header is
+    /// still incomplete.
+    fn take_header<'input>(
+        &mut self,
+        ciphertext: &'input [u8],
+    ) -> Result<Option<&'input [u8]>, OpenError> {
+        let OpenerState::AwaitingHeader {
             blob_key,
             binding_names,
             header,
         } = &mut self.state
-        {
-            let taken = input.len().min(HEADER_LEN - header.len());
-            header.extend_from_slice(&input[..taken]);
-            input = &input[taken..];
-            if header.len() < HEADER_LEN {
-                return Ok(());
-            }
-            let parsed = Header::parse(header)?;
-            let binding = StreamBinding {
-                service: &binding_names.0,
-                blob_name: &binding_names.1,
-            };
-            let cipher = parsed.verify(blob_key, &binding)?;
-            self.pending = Vec::with_capacity(cipher.layout.ciphertext_segment_len() as usize);
-            self.state = OpenerState::Segments {
-                cipher,
-                next_segment: 0,
-            };
+        else {
+            return Ok(Some(ciphertext));
+        };
+        let taken = ciphertext.len().min(HEADER_LEN - header.len());
+        header.extend_from_slice(&ciphertext[..taken]);
+        if header.len() < HEADER_LEN {
+            return Ok(None);
         }
+        let parsed = Header::parse(header)?;
+        let binding = StreamBinding {
+            service: &binding_names.0,
+            blob_name: &binding_names.1,
+        };
+        let cipher = parsed.verify(blob_key, &binding)?;
+        self.pending = Vec::with_capacity(cipher.layout.ciphertext_segment_len() as usize);
+        self.state = OpenerState::Segments {
+            cipher,
+            next_segment: 0,
+        };
+        Ok(Some(&ciphertext[taken..]))
+    }
+
+    /// Opens every segment that `input` completes (each one followed by more ciphertext, so
+    /// not the last) into `out` from offset `*written`, advancing `*written` past each
+    /// authenticated segment, and holds back the rest. `out` has room for them: callers size
+    /// it by the same count or by an upper bound.
+    fn open_segments(
+        &mut self,
+        input: &[u8],
+        out: &mut [u8],
+        written: &mut usize,
+    ) -> Result<(), OpenError> {
         let OpenerState::Segments {
             cipher,
             next_segment,
@@ -977,6 +1242,8 @@ impl Opener {
             return Err(OpenError::AlreadyFailed);
         };
         let segment_len = cipher.layout.ciphertext_segment_len() as usize;
+        let plaintext_segment_len = cipher.layout.plaintext_segment_len() as usize;
+        let mut input = input;
         if !self.pending.is_empty() {
             let taken = input.len().min(segment_len - self.pending.len());
             self.pending.extend_from_slice(&input[..taken]);
@@ -984,12 +1251,21 @@ impl Opener {
             if input.is_empty() {
                 return Ok(());
             }
-            cipher.open_segment_into(*next_segment, false, &self.pending, out)?;
+            let end = *written + plaintext_segment_len;
+            cipher.open_segment_to(*next_segment, false, &self.pending, &mut out[*written..end])?;
+            *written = end;
             *next_segment += 1;
             self.pending.clear();
         }
         while input.len() > segment_len {
-            cipher.open_segment_into(*next_segment, false, &input[..segment_len], out)?;
+            let end = *written + plaintext_segment_len;
+            cipher.open_segment_to(
+                *next_segment,
+                false,
+                &input[..segment_len],
+                &mut out[*written..end],
+            )?;
+            *written = end;
             *next_segment += 1;
             input = &input[segment_len..];
         }

@@ -765,3 +765,196 @@ fn segment_opener_opens_in_place_and_rejects_damage() {
         Err(OpenError::BindingMismatch)
     ));
 }
+
+/// Seals through the slice methods with the parameters of [`seal_with_layout`], checking that
+/// each call writes exactly what the sealer predicted.
+fn seal_to_slices_with_layout(
+    blob_key: &BlobKey,
+    segment_size: u32,
+    plaintext: &[u8],
+    chunk_size: usize,
+) -> Vec<u8> {
+    let layout = StreamLayout::new(segment_size).expect("valid segment size");
+    let mut sealer = Sealer::with_parameters(
+        blob_key.expose(),
+        BINDING,
+        layout,
+        &[7; SALT_LEN],
+        &[9; NONCE_PREFIX_LEN],
+    );
+    let mut sealed = vec![0u8; layout.sealed_len(plaintext.len() as u64) as usize];
+    let mut written = 0;
+    for chunk in plaintext.chunks(chunk_size.max(1)) {
+        let predicted = sealer.push_output_len(chunk.len());
+        let pushed = sealer
+            .push_to_slice(chunk, &mut sealed[written..])
+            .expect("push");
+        assert_eq!(pushed, predicted, "chunk size {chunk_size}");
+        written += pushed;
+    }
+    let predicted = sealer.finish_output_len();
+    let finished = sealer
+        .finish_to_slice(&mut sealed[written..])
+        .expect("finish");
+    assert_eq!(finished, predicted, "chunk size {chunk_size}");
+    assert_eq!(written + finished, sealed.len(), "chunk size {chunk_size}");
+    sealed
+}
+
+/// Opens through the slice methods, in chunks, into one buffer sized by the bounds.
+fn open_to_slices_in_chunks(
+    blob_key: &BlobKey,
+    sealed: &[u8],
+    chunk_size: usize,
+) -> Result<Vec<u8>, OpenError> {
+    let mut opener = Opener::new(blob_key, BINDING);
+    let mut plaintext = vec![0u8; sealed.len()];
+    let mut written = 0;
+    for chunk in sealed.chunks(chunk_size.max(1)) {
+        let bound = opener.max_push_output_len(chunk.len());
+        let pushed = opener.push_to_slice(chunk, &mut plaintext[written..])?;
+        assert!(pushed <= bound, "pushed {pushed} over the bound {bound}");
+        written += pushed;
+    }
+    let bound = opener.max_finish_output_len();
+    let finished = opener.finish_to_slice(&mut plaintext[written..])?;
+    assert!(
+        finished <= bound,
+        "finished {finished} over the bound {bound}"
+    );
+    plaintext.truncate(written + finished);
+    Ok(plaintext)
+}
+
+#[test]
+fn slice_methods_write_the_same_stream_as_vector_methods() {
+    let blob_key = BlobKey::generate();
+    for length in [0, 1, 63, 64, 65, 128, 129, 1000] {
+        let plaintext = patterned_plaintext(length);
+        let reference = seal_with_layout(&blob_key, 64, &plaintext, plaintext.len());
+        for chunk_size in [1, 7, 63, 64, 65, 128, 999, 4096] {
+            assert_eq!(
+                seal_to_slices_with_layout(&blob_key, 64, &plaintext, chunk_size),
+                reference,
+                "length {length}, chunk size {chunk_size}"
+            );
+            let opened = open_to_slices_in_chunks(&blob_key, &reference, chunk_size).expect("open");
+            assert_eq!(
+                opened, plaintext,
+                "length {length}, chunk size {chunk_size}"
+            );
+        }
+    }
+}
+
+#[test]
+fn slice_methods_refuse_short_buffers_without_consuming_input() {
+    let blob_key = BlobKey::generate();
+    let plaintext = patterned_plaintext(3 * SEGMENT_SIZE as usize + 10);
+    let reference = seal(&blob_key, BINDING, &plaintext).expect("seal");
+
+    let mut sealer = Sealer::new(&blob_key, BINDING);
+    let needed = sealer.push_output_len(plaintext.len());
+    assert_eq!(needed, HEADER_LEN + 3 * (SEGMENT_SIZE as usize + TAG_LEN));
+    let mut sealed = vec![0u8; reference.len()];
+    assert_eq!(
+        sealer.push_to_slice(&plaintext, &mut sealed[..needed - 1]),
+        Err(SealError::OutputTooSmall { needed })
+    );
+    let written = sealer.push_to_slice(&plaintext, &mut sealed).expect("push");
+    assert_eq!(written, needed);
+    let finished = sealer
+        .finish_to_slice(&mut sealed[written..])
+        .expect("finish");
+    assert_eq!(written + finished, reference.len());
+    assert_eq!(
+        open(&blob_key, BINDING, &sealed).expect("open").as_slice(),
+        plaintext.as_slice()
+    );
+
+    let mut opener = Opener::new(&blob_key, BINDING);
+    let needed = opener.max_push_output_len(reference.len());
+    assert_eq!(needed, reference.len() - HEADER_LEN);
+    let mut opened = vec![0u8; needed];
+    assert_eq!(
+        opener.push_to_slice(&reference, &mut opened[..needed - 1]),
+        Err(OpenError::OutputTooSmall { needed })
+    );
+    let written = opener.push_to_slice(&reference, &mut opened).expect("push");
+    assert_eq!(written, 3 * SEGMENT_SIZE as usize);
+    let finished = opener
+        .finish_to_slice(&mut opened[written..])
+        .expect("finish");
+    assert_eq!(&opened[..written + finished], plaintext.as_slice());
+}
+
+#[test]
+fn slice_opener_reports_the_same_errors_and_then_refuses_input() {
+    let blob_key = BlobKey::generate();
+    let plaintext = patterned_plaintext(1000);
+    let sealed = seal_with_layout(&blob_key, 64, &plaintext, plaintext.len());
+    let segment_len = 64 + TAG_LEN;
+
+    let mut damaged = sealed.clone();
+    damaged[HEADER_LEN + 2 * segment_len + 3] ^= 1;
+    let mut swapped = sealed.clone();
+    let (first, second) = (HEADER_LEN + segment_len, HEADER_LEN + 2 * segment_len);
+    let second_segment = sealed[second..second + segment_len].to_vec();
+    swapped.copy_within(first..first + segment_len, second);
+    swapped[first..first + segment_len].copy_from_slice(&second_segment);
+    let truncated = sealed[..HEADER_LEN + 3 * segment_len].to_vec();
+    let mut extended = sealed.clone();
+    extended.extend_from_slice(&[0; 20]);
+
+    for (name, stream) in [
+        ("damaged", damaged),
+        ("swapped", swapped),
+        ("truncated", truncated),
+        ("extended", extended),
+    ] {
+        for chunk_size in [1, 80, 500, 4096] {
+            assert_eq!(
+                open_to_slices_in_chunks(&blob_key, &stream, chunk_size),
+                open_in_chunks(&blob_key, BINDING, &stream, chunk_size),
+                "{name}, chunk size {chunk_size}"
+            );
+            assert!(
+                open_to_slices_in_chunks(&blob_key, &stream, chunk_size).is_err(),
+                "{name}, chunk size {chunk_size}"
+            );
+        }
+    }
+
+    let mut damaged = sealed.clone();
+    damaged[HEADER_LEN + 3] ^= 1;
+    let mut opener = Opener::new(&blob_key, BINDING);
+    let mut out = vec![0u8; damaged.len()];
+    assert_eq!(
+        opener.push_to_slice(&damaged, &mut out),
+        Err(OpenError::SegmentAuthentication { segment_index: 0 })
+    );
+    assert!(
+        out.iter().all(|&byte| byte == 0),
+        "unauthenticated bytes left"
+    );
+    assert_eq!(
+        opener.push_to_slice(&[], &mut out),
+        Err(OpenError::AlreadyFailed)
+    );
+}
+
+#[test]
+fn vector_opener_keeps_the_segments_authenticated_before_a_failure() {
+    let blob_key = BlobKey::generate();
+    let plaintext = patterned_plaintext(1000);
+    let mut sealed = seal_with_layout(&blob_key, 64, &plaintext, plaintext.len());
+    sealed[HEADER_LEN + 2 * (64 + TAG_LEN) + 3] ^= 1;
+    let mut opener = Opener::new(&blob_key, BINDING);
+    let mut opened = b"earlier".to_vec();
+    assert_eq!(
+        opener.push(&sealed, &mut opened),
+        Err(OpenError::SegmentAuthentication { segment_index: 2 })
+    );
+    assert_eq!(&opened[..7], b"earlier");
+    assert_eq!(&opened[7..], &plaintext[..128]);
+}
