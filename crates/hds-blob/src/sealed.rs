@@ -563,7 +563,15 @@ mod tests {
 
     #[tokio::test]
     async fn sealed_blobs_round_trip_and_hold_no_plaintext() {
-        for length in [0, 1, SEGMENT, 3 * SEGMENT, 3 * SEGMENT + 17, 1_000_000] {
+        for length in [
+            0,
+            1,
+            SEGMENT,
+            3 * SEGMENT,
+            3 * SEGMENT + 17,
+            1_000_000,
+            3_500_000,
+        ] {
             let contents = plaintext(length);
             let (_directory, store, name, key) = store_with(&contents).await;
             assert_eq!(
@@ -596,6 +604,31 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// One write of several flushes' worth, after a small one, round trips.
+    #[tokio::test]
+    async fn one_large_write_round_trips() {
+        let contents = plaintext(2 * WRITE_FLUSH_BYTES + 12_345);
+        let directory = tempfile::tempdir().expect("temp dir");
+        let store = BlobStore::local(directory.path()).expect("store");
+        let name = BlobName::random();
+        let key = BlobKey::generate();
+        let mut writer = store
+            .create_sealed(&name, SERVICE, &key)
+            .await
+            .expect("create");
+        writer.write(&contents[..7]).await.expect("write");
+        writer.write(&contents[7..]).await.expect("write");
+        writer.finish().await.expect("finish");
+        assert_eq!(
+            raw(&store, &name).await.len() as u64,
+            hds_crypto::stream::sealed_len(contents.len() as u64)
+        );
+        assert_eq!(
+            read_all(&store, &name, SERVICE, &key).await.expect("open"),
+            contents
+        );
     }
 
     #[tokio::test]
