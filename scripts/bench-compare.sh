@@ -48,6 +48,9 @@ trap 'rm -rf "$BENCH_TRASH_DIR"' EXIT
 run_one() {
     local server="$1" run="$2"
     local scratch
+    # Every run starts with no dirty pages: otherwise the page cache's writeback of the
+    # previous runs' data (hundreds of MB each) throttles whichever server comes next.
+    sync
     scratch="$(mktemp -d -t bench-one.XXXXXX)"
     if [[ "$server" == "orthanc" ]]; then
         "$repository_root/scripts/bench-orthanc.sh" --runs 1 --out "$scratch" -- "${bench_arguments[@]}" \

@@ -109,6 +109,12 @@ impl BlobStore {
         let store = LocalFileSystem::new_with_prefix(directory)?;
         // The same directory the store resolves names under (it canonicalizes it too).
         let root = std::fs::canonicalize(directory).map_err(local_error)?;
+        // Every blob lives under the directory named by its name's first two hex digits
+        // (`BlobName::object_path`). Made here once, rather than by the first store into each
+        // of them: a STOW then creates one file and no directory.
+        for prefix in 0..=255u8 {
+            std::fs::create_dir_all(root.join(format!("{prefix:02x}"))).map_err(local_error)?;
+        }
         Ok(BlobStore {
             store: Arc::new(store),
             local_root: Some(Arc::new(root)),
