@@ -452,7 +452,11 @@ async fn later_stores_replace_study_and_series_values(index: Index) {
     assert_eq!(store(&index, &third, "blob-c").await, StoreOutcome::Stored);
 
     let by_name = |name: &str| filter(&PATIENT_NAME, Matcher::Exact(name.to_owned()));
-    assert!(study_uids(&index, vec![by_name("Doe^Jane")]).await.is_empty());
+    assert!(
+        study_uids(&index, vec![by_name("Doe^Jane")])
+            .await
+            .is_empty()
+    );
     assert_eq!(
         study_uids(&index, vec![by_name("Roe^Richard")]).await,
         vec![first.study.clone()]
@@ -465,7 +469,13 @@ async fn later_stores_replace_study_and_series_values(index: Index) {
         series_query.study_instance_uid = Some(&first.study);
         series_query
     };
-    assert!(index.search(&series("CT")).await.expect("search").is_empty());
+    assert!(
+        index
+            .search(&series("CT"))
+            .await
+            .expect("search")
+            .is_empty()
+    );
     let hits = index.search(&series("MR")).await.expect("search");
     assert_eq!(hits.len(), 1);
     assert_eq!(text(&hits[0].attributes, "00080060"), "MR");
