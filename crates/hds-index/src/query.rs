@@ -342,10 +342,15 @@ fn push_condition(
                     .bind_list(arguments);
             }
             Target::Tokens => {
+                // Driven by the tokens (the token table's primary key starts with the token):
+                // the matching rows are found by one index probe per token, whatever the
+                // number of rows in the service, rather than each row's tokens being searched.
                 let (table, row_column) = token_table(attribute_level);
-                sql.push(&format!(" AND EXISTS (SELECT 1 FROM {table} t WHERE t.{row_column} = {alias}.id AND t.token IN "))
-                    .bind_list(arguments)
-                    .push(")");
+                sql.push(&format!(
+                    " AND {alias}.id IN (SELECT t.{row_column} FROM {table} t WHERE t.token IN "
+                ))
+                .bind_list(arguments)
+                .push(")");
             }
         }
         return;
@@ -371,8 +376,8 @@ fn push_condition(
         Target::Tokens => {
             let (table, row_column) = token_table(attribute_level);
             sql.push(&format!(
-                " AND EXISTS (SELECT 1 FROM {child_table} c JOIN {table} t ON t.{row_column} = c.id \
-                 WHERE c.{parent_column} = {alias}.id AND t.token IN "
+                " AND {alias}.id IN (SELECT c.{parent_column} FROM {table} t \
+                 JOIN {child_table} c ON c.id = t.{row_column} WHERE t.token IN "
             ))
             .bind_list(arguments)
             .push(")");
