@@ -207,6 +207,29 @@ def test_stow_status_codes_and_failure_reasons(hds):
     assert hds.http.get(f"{hds.base}/dicom/default/nothere/v2/studies").status_code == 404
 
 
+def test_a_deleted_study_can_be_stored_again(hds):
+    """Storing into a study that was deleted after some of its instances were stored gets the
+    study a new key (the old one was destroyed with it) and stores the instance."""
+    study = generate_uid()
+
+    def instance_of_study():
+        dataset = unique_copy("CT_small.dcm")
+        dataset.StudyInstanceUID = study
+        return dataset
+
+    first, second, third = instance_of_study(), instance_of_study(), instance_of_study()
+    assert stow(hds, [to_bytes(first)]).status_code == 200
+    assert stow(hds, [to_bytes(second)]).status_code == 200
+    assert hds.http.delete(f"{hds.url}/studies/{study}").status_code == 204
+    assert stow(hds, [to_bytes(third)]).status_code == 200
+    url = f"{hds.url}/studies/{study}/series/{third.SeriesInstanceUID}/instances/{third.SOPInstanceUID}"
+    got = hds.http.get(url, headers={"Accept": "application/dicom; transfer-syntax=*"})
+    assert got.status_code == 200
+    assert pydicom.dcmread(io.BytesIO(got.content)).SOPInstanceUID == third.SOPInstanceUID
+    gone = f"{hds.url}/studies/{study}/series/{first.SeriesInstanceUID}/instances/{first.SOPInstanceUID}"
+    assert hds.http.get(gone, headers={"Accept": "application/dicom; transfer-syntax=*"}).status_code == 404
+
+
 def test_transfer_syntax_negotiation(hds):
     jpeg = unique_copy("SC_rgb_jpeg_dcmtk.dcm")
     ct = unique_copy("CT_small.dcm")

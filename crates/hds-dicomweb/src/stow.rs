@@ -317,7 +317,10 @@ async fn record(
             })
             .await?;
         match stored {
-            StoreOutcome::StudyKeyChanged if attempts < STUDY_KEY_ATTEMPTS => continue,
+            StoreOutcome::StudyKeyChanged if attempts < STUDY_KEY_ATTEMPTS => {
+                context.keyring.forget_study_key(&parsed.study_instance_uid);
+                continue;
+            }
             StoreOutcome::StudyKeyChanged => {
                 return Err(DicomWebError::Internal(
                     "the study key kept changing while storing".into(),

@@ -15,7 +15,7 @@
 //! index: tokens are HMACs under the service's token key, values AES-256-GCM bound to their row.
 
 use std::collections::HashMap;
-use std::sync::{Arc, PoisonError, RwLock};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
 use hds_crypto::index_root::IndexRootKey;
 use hds_crypto::keys::{
@@ -92,7 +92,18 @@ struct UnlockedKeys {
     /// Which root key this is (counts rotations): a study key is written only under the
     /// current one.
     generation: i64,
+    /// Study keys as stored (wrapped by this root key), by study token, for
+    /// [`ServiceKeyring::study_key_for_store`]: every instance of a study after the first reads
+    /// its key here rather than from the database. Wrapped keys only, so nothing secret is
+    /// kept beyond the root key itself, and gone with these keys (lock, rotation). An entry
+    /// gone stale (its study deleted meanwhile) is caught by the store, which answers
+    /// [`crate::StoreOutcome::StudyKeyChanged`]; the caller then calls
+    /// [`ServiceKeyring::forget_study_key`].
+    wrapped_study_keys: Mutex<HashMap<Vec<u8>, Vec<u8>>>,
 }
+
+/// Past this many studies the wrapped study-key cache is emptied rather than grown.
+const MAX_CACHED_STUDY_KEYS: usize = 4096;
 
 /// The stored row of a service's root key.
 struct ServiceKeyRow {
@@ -449,7 +460,25 @@ impl ServiceKeyring {
             .index
             .token(STUDY_UID, study_instance_uid.as_bytes())
             .to_vec();
+        let cached = keys
+            .wrapped_study_keys
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&study_token)
+            .cloned();
+        if let Some(wrapped) = cached {
+            return self.lease(&keys, &study_token, wrapped);
+        }
         if let Some(wrapped) = self.read_study_key(&study_token).await? {
+            let mut cache = keys
+                .wrapped_study_keys
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            if cache.len() >= MAX_CACHED_STUDY_KEYS {
+                cache.clear();
+            }
+            cache.insert(study_token.clone(), wrapped.clone());
+            drop(cache);
             return self.lease(&keys, &study_token, wrapped);
         }
         let study_key = StudyKey::generate();
@@ -462,6 +491,18 @@ impl ServiceKeyring {
             wrapped_study_key,
             unstored_generation: Some(keys.generation),
         })
+    }
+
+    /// Drops what [`ServiceKeyring::study_key_for_store`] remembered of a study's key: called
+    /// when a store found that key no longer the study's (the study was deleted meanwhile).
+    pub fn forget_study_key(&self, study_instance_uid: &str) {
+        if let Ok(keys) = self.unlocked_keys() {
+            let study_token = keys.index.token(STUDY_UID, study_instance_uid.as_bytes());
+            keys.wrapped_study_keys
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .remove(study_token.as_slice());
+        }
     }
 
     /// Unwraps the key of a stored blob named `blob_name`: its study key with the root key,
@@ -565,6 +606,7 @@ impl ServiceKeyring {
             index_root,
             index,
             generation,
+            wrapped_study_keys: Mutex::new(HashMap::new()),
         }));
     }
 }

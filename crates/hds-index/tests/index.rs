@@ -1780,6 +1780,44 @@ mod keys {
         );
         let fresh = keyring.study_key(&third.study).await.expect("new lease");
         assert_eq!(attempt(third, fresh).await, StoreOutcome::Stored);
+
+        // The key remembered for stores goes stale when its study is deleted: the store is
+        // refused, and after `forget_study_key` the study gets a new key.
+        let fourth = Spec::new(22, 1, 1);
+        let new_key = keyring
+            .study_key_for_store(&fourth.study)
+            .await
+            .expect("lease");
+        assert_eq!(attempt(fourth.clone(), new_key).await, StoreOutcome::Stored);
+        let remembered = keyring
+            .study_key_for_store(&fourth.study)
+            .await
+            .expect("lease");
+        assert_eq!(
+            attempt(Spec::new(22, 1, 2), remembered).await,
+            StoreOutcome::Stored
+        );
+        index
+            .delete(SERVICE, DeleteScope::Study(&fourth.study))
+            .await
+            .expect("delete");
+        let stale = keyring
+            .study_key_for_store(&fourth.study)
+            .await
+            .expect("lease");
+        assert_eq!(
+            attempt(Spec::new(22, 1, 3), stale).await,
+            StoreOutcome::StudyKeyChanged
+        );
+        keyring.forget_study_key(&fourth.study);
+        let fresh = keyring
+            .study_key_for_store(&fourth.study)
+            .await
+            .expect("lease");
+        assert_eq!(
+            attempt(Spec::new(22, 1, 3), fresh).await,
+            StoreOutcome::Stored
+        );
     }
 
     /// Rows for `count` more instances in one study and series, with random tokens and bytes.
