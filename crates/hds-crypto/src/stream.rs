@@ -634,18 +634,8 @@ impl Sealer {
     /// zero-filled before being overwritten: a caller that reuses an output buffer for large
     /// pushes saves that pass with [`Sealer::push_to_slice`].
     pub fn push(&mut self, plaintext: &[u8], out: &mut Vec<u8>) -> Result<(), SealError> {
-        let start = out.len();
-        out.resize(start + self.push_output_len(plaintext.len()), 0);
-        match self.push_to_slice(plaintext, &mut out[start..]) {
-            Ok(written) => {
-                out.truncate(start + written);
-                Ok(())
-            }
-            Err(error) => {
-                out.truncate(start);
-                Err(error)
-            }
-        }
+        let room = self.push_output_len(plaintext.len());
+        append_to(out, room, |slice| self.push_to_slice(plaintext, slice))
     }
 
     /// Seals `plaintext` (the next bytes of the stream) into the start of `out`, and returns
@@ -734,18 +724,8 @@ impl Sealer {
     /// Seals what remains as the last segment and appends it (and the header, for an empty
     /// stream) to `out`.
     pub fn finish(self, out: &mut Vec<u8>) -> Result<(), SealError> {
-        let start = out.len();
-        out.resize(start + self.finish_output_len(), 0);
-        match self.finish_to_slice(&mut out[start..]) {
-            Ok(written) => {
-                out.truncate(start + written);
-                Ok(())
-            }
-            Err(error) => {
-                out.truncate(start);
-                Err(error)
-            }
-        }
+        let room = self.finish_output_len();
+        append_to(out, room, |slice| self.finish_to_slice(slice))
     }
 
     /// Seals what remains as the last segment into the start of `out` (after the header, for
@@ -1435,6 +1415,28 @@ pub fn open_range<R: CiphertextRangeReader>(
         .map_err(RangeOpenError::Read)?;
     let range_opener = RangeOpener::new(blob_key, binding, &header, sealed_len)?;
     range_opener.open_range(reader, plaintext_range)
+}
+
+/// Appends what `write` puts into `room` zeroed bytes at the end of `out`, keeping only the
+/// bytes it reports written (none when it fails). The zeroing is the price of a `Vec` without
+/// unsafe code; callers with their own buffer use the `*_to_slice` methods.
+fn append_to<E>(
+    out: &mut Vec<u8>,
+    room: usize,
+    write: impl FnOnce(&mut [u8]) -> Result<usize, E>,
+) -> Result<(), E> {
+    let start = out.len();
+    out.resize(start + room, 0);
+    match write(&mut out[start..]) {
+        Ok(written) => {
+            out.truncate(start + written);
+            Ok(())
+        }
+        Err(error) => {
+            out.truncate(start);
+            Err(error)
+        }
+    }
 }
 
 #[cfg(test)]

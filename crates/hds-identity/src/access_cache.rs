@@ -17,9 +17,8 @@
 //!   request.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
-use std::sync::PoisonError;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use crate::principals::Principal;
@@ -40,19 +39,50 @@ pub(crate) struct PrincipalAccess {
     pub(crate) assignments: Vec<(String, String)>,
 }
 
-struct Entry<T> {
-    value: T,
-    generation: u64,
-    loaded_at: Instant,
+/// Values read at some generation, usable while the generation holds and for [`ENTRY_TTL`].
+struct FreshMap<K, V> {
+    entries: Mutex<HashMap<K, (V, u64, Instant)>>,
+}
+
+impl<K: std::hash::Hash + Eq, V: Clone> Default for FreshMap<K, V> {
+    fn default() -> Self {
+        FreshMap {
+            entries: Mutex::new(HashMap::new()),
+        }
+    }
+}
+
+impl<K: std::hash::Hash + Eq, V: Clone> FreshMap<K, V> {
+    fn get<Q>(&self, key: &Q, generation: u64) -> Option<V>
+    where
+        K: std::borrow::Borrow<Q>,
+        Q: std::hash::Hash + Eq + ?Sized,
+    {
+        let entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
+        entries
+            .get(key)
+            .filter(|(_, read_at, loaded_at)| {
+                *read_at == generation && loaded_at.elapsed() < ENTRY_TTL
+            })
+            .map(|(value, _, _)| value.clone())
+    }
+
+    fn insert(&self, key: K, value: V, generation: u64) {
+        let mut entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
+        if entries.len() >= MAX_ENTRIES {
+            entries.clear();
+        }
+        entries.insert(key, (value, generation, Instant::now()));
+    }
 }
 
 /// See the module documentation.
 #[derive(Default)]
 pub(crate) struct AccessCache {
     generation: AtomicU64,
-    principals: Mutex<HashMap<String, Entry<std::sync::Arc<PrincipalAccess>>>>,
+    principals: FreshMap<String, Arc<PrincipalAccess>>,
     /// SHA-256 of a token → the `kid` whose key verified its signature.
-    verified_tokens: Mutex<HashMap<[u8; 32], Entry<String>>>,
+    verified_tokens: FreshMap<[u8; 32], String>,
 }
 
 impl AccessCache {
@@ -67,74 +97,62 @@ impl AccessCache {
         self.generation.load(Ordering::Acquire)
     }
 
-    fn fresh<T>(&self, entry: &Entry<T>) -> bool {
-        entry.generation == self.generation() && entry.loaded_at.elapsed() < ENTRY_TTL
-    }
-
     /// The cached access of `principal_id`, if fresh.
-    pub(crate) fn principal(&self, principal_id: &str) -> Option<std::sync::Arc<PrincipalAccess>> {
-        let principals = self
-            .principals
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        principals
-            .get(principal_id)
-            .filter(|entry| self.fresh(entry))
-            .map(|entry| entry.value.clone())
+    pub(crate) fn principal(&self, principal_id: &str) -> Option<Arc<PrincipalAccess>> {
+        self.principals.get(principal_id, self.generation())
     }
 
     /// Remembers `access` of `principal_id`, read from the database at `generation`.
     pub(crate) fn remember_principal(
         &self,
         principal_id: &str,
-        access: std::sync::Arc<PrincipalAccess>,
+        access: Arc<PrincipalAccess>,
         generation: u64,
     ) {
-        let mut principals = self
-            .principals
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        if principals.len() >= MAX_ENTRIES {
-            principals.clear();
-        }
-        principals.insert(
-            principal_id.to_owned(),
-            Entry {
-                value: access,
-                generation,
-                loaded_at: Instant::now(),
-            },
-        );
+        self.principals
+            .insert(principal_id.to_owned(), access, generation);
     }
 
     /// The `kid` that verified the token with this digest, if remembered and fresh.
     pub(crate) fn verified_by(&self, token_digest: &[u8; 32]) -> Option<String> {
-        let verified = self
-            .verified_tokens
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        verified
-            .get(token_digest)
-            .filter(|entry| self.fresh(entry))
-            .map(|entry| entry.value.clone())
+        self.verified_tokens.get(token_digest, self.generation())
     }
 
     /// Remembers that the key `kid` verified the token with this digest.
     pub(crate) fn remember_verified(&self, token_digest: [u8; 32], kid: &str, generation: u64) {
-        let mut verified = self
-            .verified_tokens
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        if verified.len() >= MAX_ENTRIES {
-            verified.clear();
-        }
-        verified.insert(
-            token_digest,
-            Entry {
-                value: kid.to_owned(),
-                generation,
-                loaded_at: Instant::now(),
-            },
-        );
+        self.verified_tokens
+            .insert(token_digest, kid.to_owned(), generation);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn access() -> Arc<PrincipalAccess> {
+        Arc::new(PrincipalAccess {
+            principal: None,
+            assignments: vec![("/subscriptions/s".into(), "Reader".into())],
+        })
+    }
+
+    #[test]
+    fn invalidation_makes_every_entry_stale_including_reads_in_flight() {
+        let cache = AccessCache::default();
+        let before = cache.generation();
+        cache.remember_principal("p", access(), before);
+        cache.remember_verified([7; 32], "kid-1", before);
+        assert!(cache.principal("p").is_some());
+        assert_eq!(cache.verified_by(&[7; 32]).as_deref(), Some("kid-1"));
+
+        cache.invalidate();
+        assert!(cache.principal("p").is_none());
+        assert!(cache.verified_by(&[7; 32]).is_none());
+        // A value read before the change but stored after it is not served either.
+        cache.remember_principal("p", access(), before);
+        assert!(cache.principal("p").is_none());
+        cache.remember_principal("p", access(), cache.generation());
+        assert!(cache.principal("p").is_some());
+        assert!(cache.principal("other").is_none());
     }
 }

@@ -344,56 +344,32 @@ async fn write_instance(
         Some((id, Some(digest))) if digest == prepared.study.digest => id,
         existing => {
             wrote = true;
-            let row = sqlx::query(
-                "INSERT INTO dicom_studies (service, uid_token, attributes, digest) \
-                 VALUES ($1, $2, $3, $4) ON CONFLICT (service, uid_token) DO UPDATE \
-                 SET attributes = excluded.attributes, digest = excluded.digest RETURNING id",
-            )
-            .bind(prepared.service.as_str())
-            .bind(prepared.study_token.as_slice())
-            .bind(prepared.study.attributes.as_slice())
-            .bind(prepared.study.digest.as_slice())
-            .fetch_one(&mut **transaction)
-            .await?;
-            let id: i64 = column(&row, 0)?;
-            replace_tokens(
+            let parent = ParentOf::Study(&prepared.service);
+            let tokens = row_state(existing.is_some());
+            write_row(
                 transaction,
-                "dicom_study_tokens",
-                "study_id",
-                id,
-                &prepared.study.tokens,
-                row_state(existing.is_some()),
+                parent,
+                &prepared.study_token,
+                &prepared.study,
+                tokens,
             )
-            .await?;
-            id
+            .await?
         }
     };
     let series_id = match current.series {
         Some((id, Some(digest))) if digest == prepared.series.digest => id,
         existing => {
             wrote = true;
-            let row = sqlx::query(
-                "INSERT INTO dicom_series (study_id, uid_token, attributes, digest) \
-                 VALUES ($1, $2, $3, $4) ON CONFLICT (study_id, uid_token) DO UPDATE \
-                 SET attributes = excluded.attributes, digest = excluded.digest RETURNING id",
-            )
-            .bind(study_id)
-            .bind(prepared.series_token.as_slice())
-            .bind(prepared.series.attributes.as_slice())
-            .bind(prepared.series.digest.as_slice())
-            .fetch_one(&mut **transaction)
-            .await?;
-            let id: i64 = column(&row, 0)?;
-            replace_tokens(
+            let parent = ParentOf::Series(study_id);
+            let tokens = row_state(existing.is_some());
+            write_row(
                 transaction,
-                "dicom_series_tokens",
-                "series_id",
-                id,
-                &prepared.series.tokens,
-                row_state(existing.is_some()),
+                parent,
+                &prepared.series_token,
+                &prepared.series,
+                tokens,
             )
-            .await?;
-            id
+            .await?
         }
     };
 
@@ -439,6 +415,59 @@ async fn write_instance(
         outcome: StoreOutcome::Stored,
         wrote: true,
     })
+}
+
+/// What a study or series row hangs off: its service, or its study's row.
+#[derive(Clone, Copy)]
+enum ParentOf<'a> {
+    Study(&'a str),
+    Series(i64),
+}
+
+/// Inserts a study or series row, or replaces its attributes and digest, then makes its search
+/// tokens `row.tokens`. Returns the row's id.
+async fn write_row(
+    transaction: &mut WriteTransaction,
+    parent: ParentOf<'_>,
+    uid_token: &[u8],
+    row: &PreparedRow,
+    tokens: RowTokens,
+) -> Result<i64, IndexError> {
+    let (table, parent_column, token_table, token_column) = match parent {
+        ParentOf::Study(_) => ("dicom_studies", "service", "dicom_study_tokens", "study_id"),
+        ParentOf::Series(_) => (
+            "dicom_series",
+            "study_id",
+            "dicom_series_tokens",
+            "series_id",
+        ),
+    };
+    let sql = format!(
+        "INSERT INTO {table} ({parent_column}, uid_token, attributes, digest) \
+         VALUES ($1, $2, $3, $4) ON CONFLICT ({parent_column}, uid_token) DO UPDATE \
+         SET attributes = excluded.attributes, digest = excluded.digest RETURNING id"
+    );
+    let query = match parent {
+        ParentOf::Study(service) => sqlx::query(&sql).bind(service),
+        ParentOf::Series(study_id) => sqlx::query(&sql).bind(study_id),
+    };
+    let inserted = query
+        .bind(uid_token)
+        .bind(row.attributes.as_slice())
+        .bind(row.digest.as_slice())
+        .fetch_one(&mut **transaction)
+        .await?;
+    let id: i64 = column(&inserted, 0)?;
+    replace_tokens(
+        transaction,
+        token_table,
+        token_column,
+        id,
+        &row.tokens,
+        tokens,
+    )
+    .await?;
+    Ok(id)
 }
 
 /// Records one instance in a transaction of its own.
