@@ -556,6 +556,20 @@ mod tests {
         Ok(chunks.concat())
     }
 
+    /// Reads a damaged stream to its error: the plaintext released before it, and the error.
+    async fn read_until_error(
+        stream: &mut BoxStream<'static, Result<Bytes, BlobError>>,
+    ) -> (Vec<u8>, BlobError) {
+        let mut released = Vec::new();
+        loop {
+            match stream.try_next().await {
+                Ok(Some(chunk)) => released.extend_from_slice(&chunk),
+                Ok(None) => panic!("a damaged stream must not end cleanly"),
+                Err(error) => return (released, error),
+            }
+        }
+    }
+
     /// Offset in the sealed blob of byte `offset` of segment `segment`'s ciphertext.
     fn sealed_offset(segment: usize, offset: usize) -> usize {
         HEADER_LEN + segment * (SEGMENT + TAG_LEN) + offset
@@ -657,14 +671,7 @@ mod tests {
             .read_sealed(&name, SERVICE, &key)
             .await
             .expect("first segment is fine");
-        let mut released = Vec::new();
-        let error = loop {
-            match stream.try_next().await {
-                Ok(Some(chunk)) => released.extend_from_slice(&chunk),
-                Ok(None) => panic!("a damaged stream must not end cleanly"),
-                Err(error) => break error,
-            }
-        };
+        let (released, error) = read_until_error(&mut stream).await;
         assert!(matches!(
             error,
             BlobError::Integrity(OpenError::SegmentAuthentication { segment_index: 3 })
@@ -805,14 +812,7 @@ mod tests {
                 .read_sealed(&name, SERVICE, &key)
                 .await
                 .expect("the first segment is fine");
-            let mut released = Vec::new();
-            let error = loop {
-                match stream.try_next().await {
-                    Ok(Some(chunk)) => released.extend_from_slice(&chunk),
-                    Ok(None) => panic!("{kind}: a damaged stream must not end cleanly"),
-                    Err(error) => break error,
-                }
-            };
+            let (released, error) = read_until_error(&mut stream).await;
             assert!(
                 matches!(
                     error,
