@@ -185,8 +185,9 @@ impl PreparedInstance {
     }
 }
 
-/// The keyed digest of a study or series row's content. Keyed (an index token) because the
-/// attributes are patient data; bound to the row so equal content in two rows looks unrelated.
+/// The keyed digest of a study or series row's content. Keyed (an index token over a SHA-256
+/// of the content) because the attributes are patient data; bound to the row so equal content
+/// in two rows looks unrelated. Every piece is length-prefixed, so no two contents encode alike.
 fn row_digest(
     cipher: &dyn IndexCipher,
     service: &str,
@@ -195,26 +196,16 @@ fn row_digest(
     attributes_json: &[u8],
     tokens: &BTreeSet<Vec<u8>>,
 ) -> Result<Vec<u8>, IndexError> {
-    use std::fmt::Write as _;
-    let attributes = std::str::from_utf8(attributes_json)
-        .map_err(|_| IndexError::Corrupt("attributes are not UTF-8 JSON".into()))?;
-    let mut content = String::with_capacity(
-        table.len() + attributes.len() + 2 * row_token.len() + 66 * tokens.len() + 4,
-    );
-    content.push_str(table);
-    content.push('\n');
-    for byte in row_token {
-        let _ = write!(content, "{byte:02x}");
+    let mut content = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
+    let pieces = [table.as_bytes(), row_token, attributes_json]
+        .into_iter()
+        .chain(tokens.iter().map(Vec::as_slice));
+    for piece in pieces {
+        content.update(&(piece.len() as u64).to_be_bytes());
+        content.update(piece);
     }
-    content.push('\n');
-    content.push_str(attributes);
-    for token in tokens {
-        content.push('\n');
-        for byte in token {
-            let _ = write!(content, "{byte:02x}");
-        }
-    }
-    cipher.token(service, ROW_DIGEST_DOMAIN, &content)
+    let content = content.finish();
+    cipher.token(service, ROW_DIGEST_DOMAIN, &hex::encode(content.as_ref()))
 }
 
 /// What one store did inside a transaction.
