@@ -21,11 +21,13 @@ use crate::media::{self, EXPLICIT_VR_LITTLE_ENDIAN, Packaging};
 use crate::multipart;
 use crate::service::{DicomWebState, ServiceContext};
 
-/// Transfer syntaxes whose pixel data is native (not encapsulated).
-const NATIVE_SYNTAXES: [&str; 4] = [
+/// Transfer syntaxes whose native (not encapsulated) pixel data is in little-endian byte order:
+/// their frames are what an `application/octet-stream` part without a transfer-syntax means.
+/// Frames stored big endian are sent only to a client that accepts the stored syntax
+/// (`transfer-syntax=*`), labelled with it: hds does not transcode.
+const LITTLE_ENDIAN_NATIVE_SYNTAXES: [&str; 3] = [
     "1.2.840.10008.1.2",
     "1.2.840.10008.1.2.1",
-    "1.2.840.10008.1.2.2",
     "1.2.840.10008.1.2.1.99",
 ];
 
@@ -323,7 +325,7 @@ pub async fn frames(
         &headers,
         "application/octet-stream",
         &[syntax],
-        |syntax| NATIVE_SYNTAXES.contains(&syntax),
+        |syntax| LITTLE_ENDIAN_NATIVE_SYNTAXES.contains(&syntax),
         requested.len() == 1,
     )?;
     let name = BlobName::parse(&record.blob_name)?;
@@ -342,7 +344,7 @@ pub async fn frames(
         let pieces = sealed.read(&ranges).await?;
         frame_bodies.push(Bytes::from(pieces.concat()));
     }
-    let part_type = if frame_map.encapsulated {
+    let part_type = if frame_map.encapsulated || !LITTLE_ENDIAN_NATIVE_SYNTAXES.contains(&syntax) {
         format!("application/octet-stream; transfer-syntax={syntax}")
     } else {
         "application/octet-stream".to_owned()
