@@ -386,6 +386,21 @@ impl Arm {
         self.inner.registry.find(&resource_type)
     }
 
+    /// Checks the subscription and that `caller` may do `{type}/{operation}` on `id`; returns
+    /// the resource type. The first step of every operation on a provider's resource.
+    async fn authorize_operation(
+        &self,
+        caller: &Caller,
+        id: &ResourceId,
+        operation: &str,
+    ) -> Result<String, ArmError> {
+        self.subscription(id.subscription_id())?;
+        let resource_type = id.resource_type().unwrap_or_default();
+        self.authorize(caller, &format!("{resource_type}/{operation}"), id)
+            .await?;
+        Ok(resource_type)
+    }
+
     /// Reads a resource through its provider (authorizing `{type}/read`).
     pub async fn get_resource(
         &self,
@@ -393,10 +408,7 @@ impl Arm {
         api_version: &str,
         id: &ResourceId,
     ) -> Result<Value, ArmError> {
-        self.subscription(id.subscription_id())?;
-        let resource_type = id.resource_type().unwrap_or_default();
-        self.authorize(caller, &format!("{resource_type}/read"), id)
-            .await?;
+        let resource_type = self.authorize_operation(caller, id, "read").await?;
         if is_deployment_type(&resource_type) {
             return crate::template::get_deployment_resource(self, id).await;
         }
@@ -415,10 +427,7 @@ impl Arm {
         id: &ResourceId,
         body: Value,
     ) -> Result<(bool, ProviderResponse), ArmError> {
-        self.subscription(id.subscription_id())?;
-        let resource_type = id.resource_type().unwrap_or_default();
-        self.authorize(caller, &format!("{resource_type}/write"), id)
-            .await?;
+        self.authorize_operation(caller, id, "write").await?;
         let provider = self.provider_for(id)?;
         self.ensure_container(id).await?;
         if !body.is_object() {
@@ -502,10 +511,7 @@ impl Arm {
         id: &ResourceId,
         body: Value,
     ) -> Result<Outcome, ArmError> {
-        self.subscription(id.subscription_id())?;
-        let resource_type = id.resource_type().unwrap_or_default();
-        self.authorize(caller, &format!("{resource_type}/write"), id)
-            .await?;
+        let resource_type = self.authorize_operation(caller, id, "write").await?;
         if is_deployment_type(&resource_type) {
             return Err(ArmError::method_not_allowed());
         }
@@ -523,10 +529,7 @@ impl Arm {
         api_version: &str,
         id: &ResourceId,
     ) -> Result<Outcome, ArmError> {
-        self.subscription(id.subscription_id())?;
-        let resource_type = id.resource_type().unwrap_or_default();
-        self.authorize(caller, &format!("{resource_type}/delete"), id)
-            .await?;
+        let resource_type = self.authorize_operation(caller, id, "delete").await?;
         if is_deployment_type(&resource_type) {
             let existed = self.inner.store.delete(id).await?;
             return Ok(Outcome::Done {
@@ -584,9 +587,8 @@ impl Arm {
         action: &str,
         body: Value,
     ) -> Result<Outcome, ArmError> {
-        self.subscription(id.subscription_id())?;
-        let resource_type = id.resource_type().unwrap_or_default();
-        self.authorize(caller, &format!("{resource_type}/{action}/action"), id)
+        let resource_type = self
+            .authorize_operation(caller, id, &format!("{action}/action"))
             .await?;
         if is_deployment_type(&resource_type) {
             return crate::template::deployment_action(self, caller, id, action, body).await;
