@@ -156,13 +156,7 @@ impl Index {
 
         let mut hits = Vec::with_capacity(rows.len());
         for row in &rows {
-            let study_token: Vec<u8> = column(row, 1)?;
-            let mut attributes = self.open_attributes(
-                service,
-                STUDY_TABLE,
-                &study_token,
-                &column::<Vec<u8>>(row, 2)?,
-            )?;
+            let mut attributes = self.row_attributes(service, STUDY_TABLE, row, 1)?;
             let mut hit = SearchHit {
                 attributes: Map::new(),
                 number_of_related_series: None,
@@ -175,30 +169,12 @@ impl Index {
                     hit.number_of_related_instances = Some(count(column(row, 4)?)?);
                 }
                 QueryLevel::Series => {
-                    let series_token: Vec<u8> = column(row, 3)?;
-                    attributes.extend(self.open_attributes(
-                        service,
-                        SERIES_TABLE,
-                        &series_token,
-                        &column::<Vec<u8>>(row, 4)?,
-                    )?);
+                    attributes.extend(self.row_attributes(service, SERIES_TABLE, row, 3)?);
                     hit.number_of_related_instances = Some(count(column(row, 5)?)?);
                 }
                 QueryLevel::Instance => {
-                    let series_token: Vec<u8> = column(row, 3)?;
-                    attributes.extend(self.open_attributes(
-                        service,
-                        SERIES_TABLE,
-                        &series_token,
-                        &column::<Vec<u8>>(row, 4)?,
-                    )?);
-                    let sop_token: Vec<u8> = column(row, 5)?;
-                    attributes.extend(self.open_attributes(
-                        service,
-                        INSTANCE_TABLE,
-                        &sop_token,
-                        &column::<Vec<u8>>(row, 6)?,
-                    )?);
+                    attributes.extend(self.row_attributes(service, SERIES_TABLE, row, 3)?);
+                    attributes.extend(self.row_attributes(service, INSTANCE_TABLE, row, 5)?);
                 }
             }
             hit.attributes = attributes;
@@ -269,14 +245,18 @@ impl Index {
         Ok(())
     }
 
-    fn open_attributes(
+    /// The attributes of the row whose token is column `token_at` of `row` and whose sealed
+    /// attributes are the column after it.
+    fn row_attributes(
         &self,
         service: &str,
         table: &'static str,
-        row_token: &[u8],
-        sealed: &[u8],
+        row: &sqlx::any::AnyRow,
+        token_at: usize,
     ) -> Result<Map<String, Value>, IndexError> {
-        from_json(&self.open_sealed(service, table, row_token, ATTRIBUTES_COLUMN, sealed)?)
+        let row_token: Vec<u8> = column(row, token_at)?;
+        let sealed: Vec<u8> = column(row, token_at + 1)?;
+        from_json(&self.open_sealed(service, table, &row_token, ATTRIBUTES_COLUMN, &sealed)?)
     }
 
     /// The distinct modalities of each study's series, in series order.
@@ -294,13 +274,7 @@ impl Index {
         let mut modalities: BTreeMap<i64, Vec<String>> = BTreeMap::new();
         for row in rows {
             let study_id: i64 = column(&row, 0)?;
-            let series_token: Vec<u8> = column(&row, 1)?;
-            let attributes = self.open_attributes(
-                service,
-                SERIES_TABLE,
-                &series_token,
-                &column::<Vec<u8>>(&row, 2)?,
-            )?;
+            let attributes = self.row_attributes(service, SERIES_TABLE, &row, 1)?;
             let values = attributes
                 .get(MODALITY_TAG)
                 .and_then(|element| element.get("Value"))
