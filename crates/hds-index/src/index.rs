@@ -264,23 +264,11 @@ impl Index {
         service: &str,
         scope: DeleteScope<'_>,
     ) -> Result<Vec<serde_json::Value>, IndexError> {
-        let mut sql = Sql::new("SELECT i.uid_token, i.metadata FROM dicom_instances i");
-        self.push_scope(&mut sql, service, scope)?;
-        sql.push(" ORDER BY i.series_id, i.id");
-        let rows = sql.query().fetch_all(self.database.pool()).await?;
-        let mut documents = Vec::with_capacity(rows.len());
-        for row in rows {
-            let sop_token: Vec<u8> = column(&row, 0)?;
-            let metadata = self.open_sealed(
-                service,
-                INSTANCE_TABLE,
-                &sop_token,
-                METADATA_COLUMN,
-                &column::<Vec<u8>>(&row, 1)?,
-            )?;
-            documents.push(from_json(&metadata)?);
-        }
-        Ok(documents)
+        self.metadata_documents(service, scope)
+            .await?
+            .iter()
+            .map(|document| from_json(document))
+            .collect()
     }
 
     /// The metadata of the instances in scope as one DICOM JSON array (same order as
@@ -293,31 +281,47 @@ impl Index {
         service: &str,
         scope: DeleteScope<'_>,
     ) -> Result<Option<Vec<u8>>, IndexError> {
+        let documents = self.metadata_documents(service, scope).await?;
+        if documents.is_empty() {
+            return Ok(None);
+        }
+        let length = documents.iter().map(Vec::len).sum::<usize>() + documents.len() + 1;
+        let mut array = Vec::with_capacity(length);
+        array.push(b'[');
+        for (position, document) in documents.iter().enumerate() {
+            if position > 0 {
+                array.push(b',');
+            }
+            array.extend_from_slice(document);
+        }
+        array.push(b']');
+        Ok(Some(array))
+    }
+
+    /// The opened metadata documents (JSON bytes) of the instances in scope, in series then
+    /// store order.
+    async fn metadata_documents(
+        &self,
+        service: &str,
+        scope: DeleteScope<'_>,
+    ) -> Result<Vec<Vec<u8>>, IndexError> {
         let mut sql = Sql::new("SELECT i.uid_token, i.metadata FROM dicom_instances i");
         self.push_scope(&mut sql, service, scope)?;
         sql.push(" ORDER BY i.series_id, i.id");
         let rows = sql.query().fetch_all(self.database.pool()).await?;
-        if rows.is_empty() {
-            return Ok(None);
-        }
-        let mut array = Vec::new();
-        array.push(b'[');
-        for (position, row) in rows.iter().enumerate() {
-            let sop_token: Vec<u8> = column(row, 0)?;
-            let metadata = self.open_sealed(
-                service,
-                INSTANCE_TABLE,
-                &sop_token,
-                METADATA_COLUMN,
-                &column::<Vec<u8>>(row, 1)?,
-            )?;
-            if position > 0 {
-                array.push(b',');
-            }
-            array.extend_from_slice(&metadata);
-        }
-        array.push(b']');
-        Ok(Some(array))
+        rows.iter()
+            .map(|row| {
+                let sop_token: Vec<u8> = column(row, 0)?;
+                let sealed: Vec<u8> = column(row, 1)?;
+                self.open_sealed(
+                    service,
+                    INSTANCE_TABLE,
+                    &sop_token,
+                    METADATA_COLUMN,
+                    &sealed,
+                )
+            })
+            .collect()
     }
 
     /// Removes the instances in scope (and studies/series left empty) atomically, returning the
