@@ -257,36 +257,26 @@ fn parse_vault_properties(
             ),
         ));
     }
-    let soft_delete = optional_bool(
+    let soft_delete = one_way_flag(
         properties,
         "enableSoftDelete",
-        "properties.enableSoftDelete",
-    )?
-    .unwrap_or_else(|| current.is_none_or(|current| current.enable_soft_delete));
-    if let Some(current) = current
-        && current.enable_soft_delete
-        && !soft_delete
-    {
-        return Err(bad_request(
+        current.map(|current| current.enable_soft_delete),
+        true,
+        (
             "SoftDeleteCannotBeDisabled",
             "'properties.enableSoftDelete' cannot be turned off once it is on. Send true or leave it out.",
-        ));
-    }
-    let purge_protection = optional_bool(
+        ),
+    )?;
+    let purge_protection = one_way_flag(
         properties,
         "enablePurgeProtection",
-        "properties.enablePurgeProtection",
-    )?
-    .unwrap_or_else(|| current.is_some_and(|current| current.enable_purge_protection));
-    if let Some(current) = current
-        && current.enable_purge_protection
-        && !purge_protection
-    {
-        return Err(bad_request(
+        current.map(|current| current.enable_purge_protection),
+        false,
+        (
             "PurgeProtectionCannotBeDisabled",
             "'properties.enablePurgeProtection' cannot be set to false: enabling purge protection is irreversible. Send true or leave it out.",
-        ));
-    }
+        ),
+    )?;
     if purge_protection && !soft_delete {
         return Err(bad_request(
             "PurgeProtectionRequiresSoftDelete",
@@ -791,4 +781,22 @@ impl ResourceProvider for KeyProvider {
             }
         })
     }
+}
+
+/// A vault flag that can be turned on but never off again: its value in `properties`, else the
+/// current one (`current`, `None` for a new vault), else `new_default`. Turning it off once on
+/// is refused with `refusal` (code, message).
+fn one_way_flag(
+    properties: &Value,
+    name: &str,
+    current: Option<bool>,
+    new_default: bool,
+    refusal: (&'static str, &'static str),
+) -> Result<bool, ArmError> {
+    let value = optional_bool(properties, name, &format!("properties.{name}"))?
+        .unwrap_or(current.unwrap_or(new_default));
+    if current == Some(true) && !value {
+        return Err(bad_request(refusal.0, refusal.1));
+    }
+    Ok(value)
 }
