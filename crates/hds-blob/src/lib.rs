@@ -23,7 +23,7 @@ use futures::stream::BoxStream;
 use futures::{StreamExt, TryStreamExt};
 use object_store::local::LocalFileSystem;
 use object_store::path::Path as ObjectPath;
-use object_store::{GetResultPayload, ObjectStore, WriteMultipart};
+use object_store::{ObjectStore, WriteMultipart};
 
 /// Why a blob operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -156,45 +156,10 @@ impl BlobStore {
         Ok(result.into_stream().map_err(BlobError::from).boxed())
     }
 
-    /// The blob's bytes as a stream of chunks of up to `chunk_size` bytes.
-    ///
-    /// On local files this reads `chunk_size` bytes per blocking-pool task, where
-    /// [`BlobStore::read`] gets the object store's fixed 8 KiB: a 512 KiB instance is then one
-    /// read instead of 64 thread-pool round trips. Other stores stream as they deliver.
-    pub async fn read_chunked(
-        &self,
-        name: &BlobName,
-        chunk_size: usize,
-    ) -> Result<BoxStream<'static, Result<Bytes, BlobError>>, BlobError> {
-        let result = self
-            .store
-            .get(&name.object_path())
-            .await
-            .map_err(not_found)?;
-        match result.payload {
-            GetResultPayload::File(file, _path) => {
-                Ok(file_chunks(file, result.range, chunk_size.max(1)))
-            }
-            GetResultPayload::Stream(stream) => Ok(stream.map_err(BlobError::from).boxed()),
-        }
-    }
-
     /// The bytes in `range` of the blob.
     pub async fn read_range(&self, name: &BlobName, range: Range<u64>) -> Result<Bytes, BlobError> {
         self.store
             .get_range(&name.object_path(), range)
-            .await
-            .map_err(not_found)
-    }
-
-    /// Several ranges of one blob, in order (coalesced into fewer reads by the store).
-    pub async fn read_ranges(
-        &self,
-        name: &BlobName,
-        ranges: &[Range<u64>],
-    ) -> Result<Vec<Bytes>, BlobError> {
-        self.store
-            .get_ranges(&name.object_path(), ranges)
             .await
             .map_err(not_found)
     }
@@ -206,41 +171,6 @@ impl BlobStore {
             Err(error) => Err(error.into()),
         }
     }
-}
-
-/// `range` of an open local file, `chunk_size` bytes per blocking read.
-fn file_chunks(
-    file: std::fs::File,
-    range: Range<u64>,
-    chunk_size: usize,
-) -> BoxStream<'static, Result<Bytes, BlobError>> {
-    let state = (file, range.start, range.end, true);
-    futures::stream::try_unfold(state, move |(file, position, end, first)| async move {
-        if position >= end {
-            return Ok(None);
-        }
-        // Bounded by `chunk_size`, a usize, so the cast cannot truncate.
-        let length = (end - position).min(chunk_size as u64) as usize;
-        let (file, chunk) = tokio::task::spawn_blocking(move || {
-            use std::io::{Read, Seek, SeekFrom};
-            let mut file = file;
-            if first && position > 0 {
-                file.seek(SeekFrom::Start(position))?;
-            }
-            // Read into capacity that is not zeroed first.
-            let mut buffer = Vec::with_capacity(length);
-            (&mut file).take(length as u64).read_to_end(&mut buffer)?;
-            if buffer.len() != length {
-                return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof));
-            }
-            Ok::<_, std::io::Error>((file, Bytes::from(buffer)))
-        })
-        .await
-        .map_err(|error| local_error(std::io::Error::other(error)))?
-        .map_err(local_error)?;
-        Ok(Some((chunk, (file, position + length as u64, end, false))))
-    })
-    .boxed()
 }
 
 fn local_error(source: std::io::Error) -> BlobError {
