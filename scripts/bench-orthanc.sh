@@ -20,6 +20,8 @@
 set -euo pipefail
 
 repository_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+# shellcheck source=scripts/bench-common.sh
+source "$repository_root/scripts/bench-common.sh"
 hds_bench="${HDS_BENCH:-$repository_root/target/release/hds-bench}"
 orthanc="${ORTHANC:-$(command -v Orthanc || true)}"
 plugin="${ORTHANC_DICOMWEB_PLUGIN:-/usr/share/orthanc/plugins/libOrthancDicomWeb.so}"
@@ -61,28 +63,9 @@ stop_orthanc() {
 }
 cleanup() {
     stop_orthanc
-    for leftover in "$work_dir"/run-*; do
-        if [[ -e "$leftover" ]]; then discard_run_dir "$leftover"; fi
-    done
+    discard_run_dirs_under "$work_dir"
 }
 trap cleanup EXIT
-
-# Removes a finished run's data dir, or with BENCH_TRASH_DIR set moves it there (one rename)
-# for the caller to delete after all runs: on a file system without a journal, ext4 allocates
-# new inodes by skipping over those freed in the last ~35 s, so deleting thousands of files
-# right before the next run made that run's STOW pay for the cleanup (up to ~0.5 ms per new
-# file on the benchmark VM, whichever server it was).
-discard_run_dir() {
-    if [[ -n "${BENCH_TRASH_DIR:-}" ]]; then
-        mv "$1" "$BENCH_TRASH_DIR/$(basename "$(dirname "$1")")-$(basename "$1")"
-    else
-        rm -rf "$1"
-    fi
-}
-
-free_port() {
-    python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()'
-}
 
 start_orthanc() {
     local run_dir="$1" port="$2"
