@@ -14,7 +14,7 @@ use hds_identity::roles::{RoleDefinition, role_definition};
 use http::StatusCode;
 use serde_json::{Value, json};
 
-use crate::errors::{bad_request, from_identity, not_supported};
+use crate::errors::{bad_request, from_identity, refused};
 use crate::json::{field, format_unix, optional_string};
 
 /// The role assignment type.
@@ -212,11 +212,7 @@ impl ResourceProvider for RoleAssignmentProvider {
         _id: ResourceId,
         _body: Value,
     ) -> ArmFuture<'_, ProviderResponse> {
-        Box::pin(async {
-            Err(not_supported(
-                "Role assignments cannot be patched; delete and create them.",
-            ))
-        })
+        refused("Role assignments cannot be patched; delete and create them.")
     }
 
     /// Returns the deleted assignment (200), or 204 when there was none.
@@ -326,18 +322,10 @@ impl ResourceProvider for RoleDefinitionProvider {
         _id: ResourceId,
         _body: Value,
     ) -> ArmFuture<'_, ProviderResponse> {
-        Box::pin(async {
-            Err(not_supported(
-                "Built-in role definitions cannot be changed.",
-            ))
-        })
+        refused("Built-in role definitions cannot be changed.")
     }
 
     fn delete(&self, _context: RequestContext, _id: ResourceId) -> ArmFuture<'_, ProviderResponse> {
-        Box::pin(async {
-            Err(not_supported(
-                "Built-in role definitions cannot be deleted.",
-            ))
-        })
+        refused("Built-in role definitions cannot be deleted.")
     }
 }

@@ -18,6 +18,13 @@ pub(crate) fn not_supported(message: impl Into<String>) -> ArmError {
     ArmError::new(StatusCode::METHOD_NOT_ALLOWED, "MethodNotAllowed", message)
 }
 
+/// An operation a provider does not offer: a future that answers [`not_supported`].
+pub(crate) fn refused(
+    message: &'static str,
+) -> hds_arm::ArmFuture<'static, hds_arm::ProviderResponse> {
+    Box::pin(async move { Err(not_supported(message)) })
+}
+
 /// 400 `LocationRequired`.
 pub(crate) fn location_required() -> ArmError {
     bad_request(

@@ -11,7 +11,7 @@ use http::StatusCode;
 use serde_json::{Value, json};
 use time::OffsetDateTime;
 
-use crate::errors::not_supported;
+use crate::errors::refused;
 use crate::healthcare::{DICOM_SERVICES_TYPE, stored_key_url};
 use crate::host::{DicomServiceHost, HealthReport, KeyAccessState};
 use crate::json::{field, format_time};
@@ -217,7 +217,7 @@ impl ResourceProvider for AvailabilityStatusProvider {
         _id: ResourceId,
         _body: Value,
     ) -> ArmFuture<'_, ProviderResponse> {
-        Box::pin(async { Err(not_supported("Availability statuses are read-only.")) })
+        refused("Availability statuses are read-only.")
     }
 
     fn get(&self, context: RequestContext, id: ResourceId) -> ArmFuture<'_, Value> {
@@ -278,11 +278,11 @@ impl ResourceProvider for AvailabilityStatusProvider {
         _id: ResourceId,
         _body: Value,
     ) -> ArmFuture<'_, ProviderResponse> {
-        Box::pin(async { Err(not_supported("Availability statuses are read-only.")) })
+        refused("Availability statuses are read-only.")
     }
 
     fn delete(&self, _context: RequestContext, _id: ResourceId) -> ArmFuture<'_, ProviderResponse> {
-        Box::pin(async { Err(not_supported("Availability statuses are read-only.")) })
+        refused("Availability statuses are read-only.")
     }
 }
 
