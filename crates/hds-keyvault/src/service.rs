@@ -136,6 +136,19 @@ enum OpenedKey {
     },
 }
 
+/// A key version about to be stored: what [`KeyVaultService::store_new_version`] writes.
+struct NewVersion<'a> {
+    name: &'a str,
+    version: String,
+    key_type: KeyType,
+    material: NewMaterial<'a>,
+    key_ops: Vec<KeyOperation>,
+    attributes: &'a KeyAttributesInput,
+    tags: BTreeMap<String, String>,
+    /// The key must already exist (a rotation), rather than may (a create or import).
+    must_exist: bool,
+}
+
 /// The key material of a version being stored.
 enum NewMaterial<'a> {
     /// A software key, to be sealed under the root key.
@@ -481,53 +494,46 @@ impl KeyVaultService {
                     bits,
                     object_id: object_id.clone(),
                 };
-                self.store_or_destroy(
-                    vault, name, version, key_type, material, key_ops, attributes, tags,
-                    must_exist, &object_id,
-                )
-                .await
+                let new = NewVersion {
+                    name,
+                    version,
+                    key_type,
+                    material,
+                    key_ops,
+                    attributes,
+                    tags,
+                    must_exist,
+                };
+                self.store_or_destroy(vault, new, &object_id).await
             }
             _ => {
                 let material = tokio::task::spawn_blocking(move || RsaKeyMaterial::generate(size))
                     .await
                     .map_err(|error| VaultError::Internal(error.to_string()))??;
-                self.store_new_version(
-                    vault,
+                let new = NewVersion {
                     name,
                     version,
                     key_type,
-                    NewMaterial::Software(&material),
+                    material: NewMaterial::Software(&material),
                     key_ops,
                     attributes,
                     tags,
                     must_exist,
-                )
-                .await
+                };
+                self.store_new_version(vault, new).await
             }
         }
     }
 
     /// Stores a version whose private key is already in the token, destroying the token
     /// object when the row cannot be stored (a deleted key holding the name, for instance).
-    #[allow(clippy::too_many_arguments)]
     async fn store_or_destroy(
         &self,
         vault: &Vault,
-        name: &str,
-        version: String,
-        key_type: KeyType,
-        material: NewMaterial<'_>,
-        key_ops: Vec<KeyOperation>,
-        attributes: &KeyAttributesInput,
-        tags: BTreeMap<String, String>,
-        must_exist: bool,
+        new: NewVersion<'_>,
         object_id: &[u8],
     ) -> Result<KeyBundle, VaultError> {
-        let stored = self
-            .store_new_version(
-                vault, name, version, key_type, material, key_ops, attributes, tags, must_exist,
-            )
-            .await;
+        let stored = self.store_new_version(vault, new).await;
         if stored.is_err() {
             self.destroy_token_objects(vec![object_id.to_vec()]);
         }
@@ -589,33 +595,30 @@ impl KeyVaultService {
                     bits,
                     object_id: object_id.clone(),
                 };
-                self.store_or_destroy(
-                    vault,
+                let new = NewVersion {
                     name,
                     version,
-                    import.key_type,
+                    key_type: import.key_type,
                     material,
                     key_ops,
-                    &import.attributes,
-                    import.tags,
-                    false,
-                    &object_id,
-                )
-                .await
+                    attributes: &import.attributes,
+                    tags: import.tags,
+                    must_exist: false,
+                };
+                self.store_or_destroy(vault, new, &object_id).await
             }
             _ => {
-                self.store_new_version(
-                    vault,
+                let new = NewVersion {
                     name,
                     version,
-                    import.key_type,
-                    NewMaterial::Software(&material),
+                    key_type: import.key_type,
+                    material: NewMaterial::Software(&material),
                     key_ops,
-                    &import.attributes,
-                    import.tags,
-                    false,
-                )
-                .await
+                    attributes: &import.attributes,
+                    tags: import.tags,
+                    must_exist: false,
+                };
+                self.store_new_version(vault, new).await
             }
         }
     }
@@ -637,19 +640,21 @@ impl KeyVaultService {
         .await
     }
 
-    #[allow(clippy::too_many_arguments)]
     async fn store_new_version(
         &self,
         vault: &Vault,
-        name: &str,
-        version: String,
-        key_type: KeyType,
-        material: NewMaterial<'_>,
-        key_ops: Vec<KeyOperation>,
-        attributes: &KeyAttributesInput,
-        tags: BTreeMap<String, String>,
-        must_exist: bool,
+        new: NewVersion<'_>,
     ) -> Result<KeyBundle, VaultError> {
+        let NewVersion {
+            name,
+            version,
+            key_type,
+            material,
+            key_ops,
+            attributes,
+            tags,
+            must_exist,
+        } = new;
         validate_tags(&tags)?;
         let vault_key = vault.name.to_ascii_lowercase();
         let key_name = name.to_ascii_lowercase();
