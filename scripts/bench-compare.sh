@@ -3,7 +3,7 @@
 # run after run in rotating order, so load from other work on the machine hits
 # every server alike (docs/benchmarks.md, "DICOMweb load").
 #
-# Usage: scripts/bench-compare.sh [--runs N] [--out DIR] [--no-orthanc]
+# Usage: scripts/bench-compare.sh [--runs N] [--out DIR] [--no-orthanc] [--keep-caches]
 #            [--hds NAME=BINARY]... [-- HDS-BENCH-ARGUMENTS...]
 #
 # Example:
@@ -15,13 +15,16 @@
 # runs. Every run of every server is on a fresh Orthanc / data dir
 # (scripts/bench-orthanc.sh, scripts/bench-hds.sh). Results: NAME-run-R.json
 # in --out; at the end scripts/bench-medians.sh prints medians and ratios to
-# the first server (Orthanc unless --no-orthanc).
+# the first server (Orthanc unless --no-orthanc). Before each run the page
+# cache is written back and emptied (`sync`, then drop_caches, which needs
+# root); --keep-caches only writes it back.
 set -euo pipefail
 
 repository_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 runs=3
 out_dir=""
 orthanc=1
+drop_caches=1
 servers=()
 bench_arguments=()
 while [[ $# -gt 0 ]]; do
@@ -29,12 +32,17 @@ while [[ $# -gt 0 ]]; do
         --runs) runs="$2"; shift 2 ;;
         --out) out_dir="$2"; shift 2 ;;
         --no-orthanc) orthanc=0; shift ;;
+        --keep-caches) drop_caches=0; shift ;;
         --hds) servers+=("$2"); shift 2 ;;
         --) shift; bench_arguments=("$@"); break ;;
-        -h|--help) sed -n '2,18p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,21p' "$0"; exit 0 ;;
         *) echo "unknown option: $1 (hds-bench options go after --)" >&2; exit 64 ;;
     esac
 done
+if [[ "$drop_caches" == 1 && ! -w /proc/sys/vm/drop_caches ]]; then
+    echo "not allowed to drop the page cache between runs (run as root, or pass --keep-caches)" >&2
+    exit 77
+fi
 [[ -n "$out_dir" ]] || out_dir="$(mktemp -d -t bench-compare.XXXXXX)"
 mkdir -p "$out_dir"
 [[ "$orthanc" == 1 ]] && servers=("orthanc" "${servers[@]}")
@@ -51,6 +59,11 @@ run_one() {
     # Every run starts with no dirty pages: otherwise the page cache's writeback of the
     # previous runs' data (hundreds of MB each) throttles whichever server comes next.
     sync
+    # And, where allowed (root), with the page cache emptied: on a VM whose memory the host
+    # backs lazily, a STOW that grows the cache into memory untouched since boot pays the
+    # host's first-touch cost on every page it writes (docs/benchmarks.md, "Two things about
+    # this VM"), and which server met that depended on what ran before it.
+    if [[ "$drop_caches" == 1 ]]; then echo 3 > /proc/sys/vm/drop_caches; fi
     scratch="$(mktemp -d -t bench-one.XXXXXX)"
     if [[ "$server" == "orthanc" ]]; then
         "$repository_root/scripts/bench-orthanc.sh" --runs 1 --out "$scratch" -- "${bench_arguments[@]}" \
