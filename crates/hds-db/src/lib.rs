@@ -11,10 +11,12 @@
 //!   `secure_delete` and `synchronous=NORMAL` on every pooled connection;
 //! - write transactions ([`Database::begin_write`]) that take SQLite's write lock up front, the
 //!   writers of this process taking turns before asking for it;
+//! - on SQLite, WAL checkpoints in a background task rather than inside commits (`checkpoint`);
 //! - per-component migrations on the shared database ([`Database::migrate`], see [`migrate`]);
 //! - with the `testing` feature, a throwaway PostgreSQL cluster ([`testing::PostgresCluster`]).
 #![deny(missing_docs)]
 
+mod checkpoint;
 pub mod migrate;
 #[cfg(feature = "testing")]
 pub mod testing;
@@ -37,12 +39,18 @@ pub struct WriteTransaction {
     // Declared first so that it is dropped (rolled back) before the turn passes on.
     transaction: sqlx::Transaction<'static, Any>,
     _turn: Option<tokio::sync::OwnedMutexGuard<()>>,
+    /// Wakes the background checkpointer once committed (SQLite).
+    checkpoint_due: Option<Arc<tokio::sync::Notify>>,
 }
 
 impl WriteTransaction {
     /// Commits, then hands the write turn to the next writer.
     pub async fn commit(self) -> Result<(), sqlx::Error> {
-        self.transaction.commit().await
+        self.transaction.commit().await?;
+        if let Some(due) = &self.checkpoint_due {
+            due.notify_one();
+        }
+        Ok(())
     }
 
     /// Rolls back, then hands the write turn to the next writer.
@@ -162,6 +170,8 @@ pub struct Database {
     /// this database, so index, vault, identity and ARM writes queue in one line. Not taken on
     /// PostgreSQL, where writers do not exclude each other.
     write_turn: Arc<tokio::sync::Mutex<()>>,
+    /// SQLite's background WAL checkpointer, shared by the clones (see `checkpoint`).
+    checkpointer: Option<Arc<checkpoint::Checkpointer>>,
 }
 
 impl Database {
@@ -229,6 +239,12 @@ impl Database {
                     connection.execute(busy.as_str()).await?;
                     connection.execute("PRAGMA journal_mode = WAL").await?;
                     connection.execute("PRAGMA synchronous = NORMAL").await?;
+                    // Checkpoints run in the background (`checkpoint`); this one is a backstop.
+                    let backstop = format!(
+                        "PRAGMA wal_autocheckpoint = {}",
+                        checkpoint::AUTOCHECKPOINT_BACKSTOP_PAGES
+                    );
+                    connection.execute(backstop.as_str()).await?;
                     connection.execute("PRAGMA foreign_keys = ON").await?;
                     connection.execute("PRAGMA secure_delete = ON").await?;
                     Ok(())
@@ -236,7 +252,10 @@ impl Database {
             })
             .connect_with(options)
             .await?;
-        Ok(Database::new(pool, Backend::Sqlite))
+        let checkpointer = checkpoint::Checkpointer::start(pool.clone());
+        let mut database = Database::new(pool, Backend::Sqlite);
+        database.checkpointer = Some(Arc::new(checkpointer));
+        Ok(database)
     }
 
     fn new(pool: AnyPool, backend: Backend) -> Database {
@@ -244,6 +263,7 @@ impl Database {
             pool,
             backend,
             write_turn: Arc::new(tokio::sync::Mutex::new(())),
+            checkpointer: None,
         }
     }
 
@@ -279,11 +299,16 @@ impl Database {
                 Ok(WriteTransaction {
                     transaction,
                     _turn: Some(turn),
+                    checkpoint_due: self
+                        .checkpointer
+                        .as_ref()
+                        .map(|checkpointer| checkpointer.due()),
                 })
             }
             Backend::Postgres => Ok(WriteTransaction {
                 transaction: self.pool.begin().await?,
                 _turn: None,
+                checkpoint_due: None,
             }),
         }
     }
@@ -297,6 +322,13 @@ impl Database {
     /// Applies `component`'s migrations that are not applied yet. See [`migrate`].
     pub async fn migrate(&self, component: &str, migrations: &[Migration]) -> Result<(), DbError> {
         migrate::run(self, component, migrations).await
+    }
+
+    /// How many background WAL checkpoints have completed (SQLite; always 0 on PostgreSQL).
+    pub fn background_checkpoints(&self) -> u64 {
+        self.checkpointer
+            .as_ref()
+            .map_or(0, |checkpointer| checkpointer.completed())
     }
 
     /// Closes every connection of the pool (waiting for those in use to come back).

@@ -244,7 +244,50 @@ async fn sqlite_pragmas_are_set_on_every_connection() {
             .expect("busy")
             .get(0);
         assert_eq!(busy, 5000);
+        let autocheckpoint: i64 = pragma("PRAGMA wal_autocheckpoint")
+            .fetch_one(&mut **connection)
+            .await
+            .expect("autocheckpoint")
+            .get(0);
+        assert_eq!(
+            autocheckpoint, 16_384,
+            "commits leave checkpoints to the background"
+        );
     }
+}
+
+#[tokio::test]
+async fn sqlite_commits_are_checkpointed_in_the_background() {
+    let (dir, database) = sqlite_database().await;
+    database.migrate("test", &[FIRST]).await.expect("migrate");
+    // About 6 MiB in one commit: past SQLite's default checkpoint threshold (4 MiB), short of
+    // the backstop (64 MiB), so only the background task copies it into the database file.
+    let mut transaction = database.begin_write().await.expect("begin");
+    for index in 0..1500 {
+        let name = format!("{index:04}{}", "x".repeat(4096));
+        sqlx::query("INSERT INTO items (name) VALUES ($1)")
+            .bind(name)
+            .execute(&mut *transaction)
+            .await
+            .expect("insert");
+    }
+    transaction.commit().await.expect("commit");
+
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while database.background_checkpoints() == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no background checkpoint after a commit"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let file_size = std::fs::metadata(dir.path().join("nested/dir/hds.db"))
+        .expect("database file")
+        .len();
+    assert!(
+        file_size > 6_000_000,
+        "the checkpoint copied the log into the database file ({file_size} bytes)"
+    );
 }
 
 #[tokio::test]
