@@ -12,6 +12,8 @@ use crate::IndexError;
 pub(crate) enum Argument {
     Text(String),
     Bytes(Vec<u8>),
+    /// Bytes or SQL NULL.
+    NullableBytes(Option<Vec<u8>>),
     Integer(i64),
 }
 
@@ -73,6 +75,7 @@ impl Sql {
             query = match argument {
                 Argument::Text(text) => query.bind(text.as_str()),
                 Argument::Bytes(bytes) => query.bind(bytes.as_slice()),
+                Argument::NullableBytes(bytes) => query.bind(bytes.as_deref()),
                 Argument::Integer(integer) => query.bind(*integer),
             };
         }

@@ -7,7 +7,9 @@
 //!   digests). A study's and a series' rows are written again only when their attributes or
 //!   search tokens differ from what the row holds (a keyed digest of both is kept in the row),
 //!   which for the 2nd to Nth instance of a series is never. The common case is three
-//!   statements: that SELECT, the instance row and its tokens.
+//!   statements: that SELECT, the instance row and its tokens; in a group (below) the instance
+//!   rows and tokens of all its stores are two statements, so a group of N stores takes N + 4
+//!   round trips (with BEGIN and COMMIT) instead of 3N + 2.
 //! - **Group commit on SQLite.** SQLite has one writer at a time, and each statement is a round
 //!   trip to sqlx's connection thread. One writer task takes every store queued meanwhile and
 //!   records them in one transaction, answering each caller after the commit. A group that fails
@@ -15,7 +17,7 @@
 //!   fails its neighbours. PostgreSQL, whose writers do not exclude each other, stores in the
 //!   caller's task, one transaction per instance.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap, HashSet};
 
 use hds_db::{Backend, Database, WriteTransaction};
 use hds_dicom::QueryLevel;
@@ -36,6 +38,9 @@ const ROW_DIGEST_DOMAIN: &str = "row-digest";
 /// The most stores one group transaction records. Bounds how long the write lock is held and
 /// how much a failed group retries.
 const MAX_GROUP: usize = 64;
+
+/// How many instance rows one INSERT carries (12 parameters each, well under SQLite's limit).
+const INSTANCES_PER_INSERT: usize = 32;
 
 /// How many stores may wait for the writer before callers wait to enqueue.
 const QUEUE_DEPTH: usize = 1024;
@@ -286,9 +291,60 @@ async fn write_instance(
     backend: Backend,
     prepared: &PreparedInstance,
 ) -> Result<Written, IndexError> {
+    let (study_id, series_id, wrote) = match write_parents(transaction, backend, prepared).await? {
+        Decided::Finished(written) => return Ok(written),
+        Decided::Ready {
+            study_id,
+            series_id,
+            wrote,
+        } => (study_id, series_id, wrote),
+    };
+    let pending = PendingInstance {
+        prepared,
+        study_id,
+        series_id,
+    };
+    let inserted = insert_instances(transaction, &[pending]).await?;
+    Ok(if inserted.first() == Some(&true) {
+        Written {
+            outcome: StoreOutcome::Stored,
+            wrote: true,
+        }
+    } else {
+        // PostgreSQL: a concurrent store of the same SOPInstanceUID committed first; the study
+        // and series updates must be rolled back.
+        Written {
+            outcome: StoreOutcome::AlreadyExists,
+            wrote,
+        }
+    })
+}
+
+/// Where a store stands once its study and series rows are in place.
+enum Decided {
+    /// The store ends here (the instance is there already, or the study key changed).
+    Finished(Written),
+    /// The study and series rows are written; the instance row remains to be inserted.
+    Ready {
+        study_id: i64,
+        series_id: i64,
+        /// Whether the study or series rows or the study key were written.
+        wrote: bool,
+    },
+}
+
+/// Decides a store (one SELECT) and writes what it needs besides its instance row: the study
+/// key of a new study, the study and series rows when their content changed.
+async fn write_parents(
+    transaction: &mut WriteTransaction,
+    backend: Backend,
+    prepared: &PreparedInstance,
+) -> Result<Decided, IndexError> {
     let current = read_current(transaction, backend, prepared).await?;
     if current.instance_exists {
-        return Ok(Written::nothing(StoreOutcome::AlreadyExists));
+        return Ok(Decided::Finished(Written::nothing(
+            StoreOutcome::AlreadyExists,
+        )));
     }
     let mut wrote = false;
     // The blob key must be wrapped under the study key the study has now: a study deleted (its
@@ -311,18 +367,24 @@ async fn write_instance(
             .await?;
             if inserted.is_none() {
                 // PostgreSQL: a concurrent store gave the study its key first.
-                return Ok(Written::nothing(StoreOutcome::StudyKeyChanged));
+                return Ok(Decided::Finished(Written::nothing(
+                    StoreOutcome::StudyKeyChanged,
+                )));
             }
             wrote = true;
             prepared.wrapped_study_key.clone()
         }
-        (None, _) => return Ok(Written::nothing(StoreOutcome::StudyKeyChanged)),
+        (None, _) => {
+            return Ok(Decided::Finished(Written::nothing(
+                StoreOutcome::StudyKeyChanged,
+            )));
+        }
     };
     if study_key != prepared.wrapped_study_key {
-        return Ok(Written {
+        return Ok(Decided::Finished(Written {
             outcome: StoreOutcome::StudyKeyChanged,
             wrote,
-        });
+        }));
     }
 
     // On SQLite the write lock makes "the row is absent" final, so a new row has no tokens to
@@ -364,48 +426,85 @@ async fn write_instance(
         }
     };
 
-    let instance_row = sqlx::query(
-        "INSERT INTO dicom_instances (service, study_id, series_id, uid_token, blob_name, size, \
-         transfer_syntax_uid, uids, attributes, metadata, frames, blob_key) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) \
-         ON CONFLICT (service, uid_token) DO NOTHING RETURNING id",
-    )
-    .bind(prepared.service.as_str())
-    .bind(study_id)
-    .bind(series_id)
-    .bind(prepared.sop_token.as_slice())
-    .bind(prepared.blob_name.as_str())
-    .bind(prepared.size)
-    .bind(prepared.transfer_syntax_uid.as_str())
-    .bind(prepared.uids.as_slice())
-    .bind(prepared.instance_attributes.as_slice())
-    .bind(prepared.metadata.as_slice())
-    .bind(prepared.frames.as_deref())
-    .bind(prepared.wrapped_blob_key.as_slice())
-    .fetch_optional(&mut **transaction)
-    .await?;
-    let Some(instance_row) = instance_row else {
-        // PostgreSQL: a concurrent store of the same SOPInstanceUID committed first; the
-        // study and series updates must be rolled back.
-        return Ok(Written {
-            outcome: StoreOutcome::AlreadyExists,
-            wrote,
-        });
-    };
-    let instance_id: i64 = column(&instance_row, 0)?;
-    replace_tokens(
-        transaction,
-        "dicom_instance_tokens",
-        "instance_id",
-        instance_id,
-        &prepared.instance_tokens,
-        RowTokens::New,
-    )
-    .await?;
-    Ok(Written {
-        outcome: StoreOutcome::Stored,
-        wrote: true,
+    Ok(Decided::Ready {
+        study_id,
+        series_id,
+        wrote,
     })
+}
+
+/// A store whose study and series rows are in place and whose instance row is not yet.
+struct PendingInstance<'a> {
+    prepared: &'a PreparedInstance,
+    study_id: i64,
+    series_id: i64,
+}
+
+/// Inserts the instance rows of `pending` and their search tokens, a few statements for all of
+/// them (each statement is a round trip to the database). Returns, for each, whether its row
+/// was inserted: `false` when the SOP instance is there already (on PostgreSQL, a concurrent
+/// store committed it first).
+async fn insert_instances(
+    transaction: &mut WriteTransaction,
+    pending: &[PendingInstance<'_>],
+) -> Result<Vec<bool>, IndexError> {
+    let mut inserted: HashMap<(String, Vec<u8>), i64> = HashMap::with_capacity(pending.len());
+    for chunk in pending.chunks(INSTANCES_PER_INSERT) {
+        let mut insert = Sql::new(
+            "INSERT INTO dicom_instances (service, study_id, series_id, uid_token, blob_name, \
+             size, transfer_syntax_uid, uids, attributes, metadata, frames, blob_key) VALUES ",
+        );
+        for (position, instance) in chunk.iter().enumerate() {
+            if position > 0 {
+                insert.push(", ");
+            }
+            let prepared = instance.prepared;
+            insert.bind_list([
+                Argument::Text(prepared.service.clone()),
+                Argument::Integer(instance.study_id),
+                Argument::Integer(instance.series_id),
+                Argument::Bytes(prepared.sop_token.clone()),
+                Argument::Text(prepared.blob_name.clone()),
+                Argument::Integer(prepared.size),
+                Argument::Text(prepared.transfer_syntax_uid.clone()),
+                Argument::Bytes(prepared.uids.clone()),
+                Argument::Bytes(prepared.instance_attributes.clone()),
+                Argument::Bytes(prepared.metadata.clone()),
+                Argument::NullableBytes(prepared.frames.clone()),
+                Argument::Bytes(prepared.wrapped_blob_key.clone()),
+            ]);
+        }
+        insert
+            .push(" ON CONFLICT (service, uid_token) DO NOTHING RETURNING id, service, uid_token");
+        for row in insert.query().fetch_all(&mut **transaction).await? {
+            inserted.insert((column(&row, 1)?, column(&row, 2)?), column(&row, 0)?);
+        }
+    }
+
+    // The new rows have no tokens yet: every token is inserted, all rows' in few statements.
+    let mut token_rows = Vec::new();
+    let mut stored = Vec::with_capacity(pending.len());
+    for instance in pending {
+        let prepared = instance.prepared;
+        let key = (prepared.service.clone(), prepared.sop_token.clone());
+        let id = inserted.remove(&key);
+        stored.push(id.is_some());
+        if let Some(id) = id {
+            token_rows.extend(prepared.instance_tokens.iter().map(|token| (id, token)));
+        }
+    }
+    for chunk in token_rows.chunks(TOKENS_PER_INSERT) {
+        let mut insert = Sql::new("INSERT INTO dicom_instance_tokens (instance_id, token) VALUES ");
+        for (position, (id, token)) in chunk.iter().enumerate() {
+            if position > 0 {
+                insert.push(", ");
+            }
+            insert.bind_list([Argument::Integer(*id), Argument::Bytes((*token).clone())]);
+        }
+        insert.push(" ON CONFLICT DO NOTHING");
+        insert.query().execute(&mut **transaction).await?;
+    }
+    Ok(stored)
 }
 
 /// What a study or series row hangs off: its service, or its study's row.
@@ -503,22 +602,58 @@ impl From<hds_db::DbError> for GroupFailed {
     }
 }
 
-/// Records a group of instances in one transaction, or none of them.
+/// Records a group of instances in one transaction, or none of them. Each store is decided and
+/// its study and series rows written in turn; the instance rows of all of them are inserted
+/// together at the end (see [`insert_instances`]).
 async fn store_group(
     database: &Database,
     group: &[StoreJob],
 ) -> Result<Vec<StoreOutcome>, GroupFailed> {
     let mut transaction = database.begin_write().await?;
-    let mut outcomes = Vec::with_capacity(group.len());
+    // `None` until the instance row is inserted.
+    let mut outcomes: Vec<Option<StoreOutcome>> = Vec::with_capacity(group.len());
+    let mut pending = Vec::with_capacity(group.len());
+    let mut pending_instances = HashSet::with_capacity(group.len());
     for job in group {
-        let written = write_instance(&mut transaction, database.backend(), &job.prepared).await?;
-        if written.wrote && written.outcome != StoreOutcome::Stored {
-            return Err(GroupFailed::PartialWrite);
+        let prepared = &job.prepared;
+        // Instance rows are inserted only at the end, so a second store of a SOP instance
+        // in the same group would not see the first: it is a duplicate of it.
+        let instance = (prepared.service.as_str(), prepared.sop_token.as_slice());
+        if pending_instances.contains(&instance) {
+            outcomes.push(Some(StoreOutcome::AlreadyExists));
+            continue;
         }
-        outcomes.push(written.outcome);
+        match write_parents(&mut transaction, database.backend(), prepared).await? {
+            Decided::Finished(written) => {
+                if written.wrote {
+                    return Err(GroupFailed::PartialWrite);
+                }
+                outcomes.push(Some(written.outcome));
+            }
+            Decided::Ready {
+                study_id,
+                series_id,
+                ..
+            } => {
+                pending_instances.insert(instance);
+                pending.push(PendingInstance {
+                    prepared,
+                    study_id,
+                    series_id,
+                });
+                outcomes.push(None);
+            }
+        }
+    }
+    let inserted = insert_instances(&mut transaction, &pending).await?;
+    if inserted.contains(&false) {
+        return Err(GroupFailed::PartialWrite);
     }
     transaction.commit().await?;
-    Ok(outcomes)
+    Ok(outcomes
+        .into_iter()
+        .map(|outcome| outcome.unwrap_or(StoreOutcome::Stored))
+        .collect())
 }
 
 /// One store waiting for the group writer.
