@@ -8,8 +8,9 @@
 //!   search tokens differ from what the row holds (a keyed digest of both is kept in the row),
 //!   which for the 2nd to Nth instance of a series is never. The common case is three
 //!   statements: that SELECT, the instance row and its tokens; in a group (below) the instance
-//!   rows and tokens of all its stores are two statements, so a group of N stores takes N + 4
-//!   round trips (with BEGIN and COMMIT) instead of 3N + 2.
+//!   SELECTs of all its stores are one statement, and so are their instance rows and their
+//!   tokens: a group takes five round trips (with BEGIN and COMMIT) however many stores it
+//!   holds, where one transaction per store would take 3N + 2N.
 //! - **Group commit on SQLite.** SQLite has one writer at a time, and each statement is a round
 //!   trip to sqlx's connection thread. One writer task takes every store queued meanwhile and
 //!   records them in one transaction, answering each caller after the commit. A group that fails
@@ -269,19 +270,81 @@ async fn read_current(
     .bind(prepared.series_token.as_slice())
     .fetch_one(&mut **transaction)
     .await?;
-    let study = column::<Option<i64>>(&row, 3)?
-        .map(|id| Ok::<_, IndexError>((id, column::<Option<Vec<u8>>>(&row, 4)?)))
-        .transpose()?;
-    let series = column::<Option<i64>>(&row, 5)?
-        .map(|id| Ok::<_, IndexError>((id, column::<Option<Vec<u8>>>(&row, 6)?)))
-        .transpose()?;
-    Ok(Current {
-        instance_exists: column::<Option<i64>>(&row, 0)?.is_some(),
-        root_generation: column(&row, 1)?,
-        study_key: column(&row, 2)?,
-        study,
-        series,
-    })
+    Current::from_row(&row, 0)
+}
+
+/// [`read_current`] for every store of a group, in one statement. Only under SQLite's write
+/// lock, which holds everything still (no row locks are taken).
+async fn read_current_group(
+    transaction: &mut WriteTransaction,
+    group: &[StoreJob],
+) -> Result<Vec<Current>, IndexError> {
+    let mut currents = Vec::with_capacity(group.len());
+    for chunk in group.chunks(INSTANCES_PER_INSERT) {
+        let mut select = Sql::new("WITH job (position, service, sop, study, series) AS (VALUES ");
+        for (position, job) in chunk.iter().enumerate() {
+            if position > 0 {
+                select.push(", ");
+            }
+            let prepared = &job.prepared;
+            select.bind_list([
+                Argument::Integer(position as i64),
+                Argument::Text(prepared.service.clone()),
+                Argument::Bytes(prepared.sop_token.clone()),
+                Argument::Bytes(prepared.study_token.clone()),
+                Argument::Bytes(prepared.series_token.clone()),
+            ]);
+        }
+        select.push(
+            ") SELECT job.position, \
+               (SELECT id FROM dicom_instances WHERE service = job.service \
+                  AND uid_token = job.sop), \
+               (SELECT generation FROM dicom_service_keys WHERE service = job.service), \
+               (SELECT wrapped_key FROM dicom_study_keys WHERE service = job.service \
+                  AND study_token = job.study), \
+               (SELECT id FROM dicom_studies WHERE service = job.service \
+                  AND uid_token = job.study), \
+               (SELECT digest FROM dicom_studies WHERE service = job.service \
+                  AND uid_token = job.study), \
+               (SELECT se.id FROM dicom_series se JOIN dicom_studies st ON st.id = se.study_id \
+                  WHERE st.service = job.service AND st.uid_token = job.study \
+                  AND se.uid_token = job.series), \
+               (SELECT se.digest FROM dicom_series se \
+                  JOIN dicom_studies st ON st.id = se.study_id \
+                  WHERE st.service = job.service AND st.uid_token = job.study \
+                  AND se.uid_token = job.series) \
+             FROM job ORDER BY job.position",
+        );
+        let rows = select.query().fetch_all(&mut **transaction).await?;
+        if rows.len() != chunk.len() {
+            return Err(IndexError::Corrupt(
+                "the group's read returned a row count other than the group's".into(),
+            ));
+        }
+        for row in &rows {
+            currents.push(Current::from_row(row, 1)?);
+        }
+    }
+    Ok(currents)
+}
+
+impl Current {
+    /// Reads the seven columns of [`read_current`]'s SELECT, starting at column `first`.
+    fn from_row(row: &sqlx::any::AnyRow, first: usize) -> Result<Current, IndexError> {
+        let study = column::<Option<i64>>(row, first + 3)?
+            .map(|id| Ok::<_, IndexError>((id, column::<Option<Vec<u8>>>(row, first + 4)?)))
+            .transpose()?;
+        let series = column::<Option<i64>>(row, first + 5)?
+            .map(|id| Ok::<_, IndexError>((id, column::<Option<Vec<u8>>>(row, first + 6)?)))
+            .transpose()?;
+        Ok(Current {
+            instance_exists: column::<Option<i64>>(row, first)?.is_some(),
+            root_generation: column(row, first + 1)?,
+            study_key: column(row, first + 2)?,
+            study,
+            series,
+        })
+    }
 }
 
 /// Records one prepared instance in `transaction`. Of concurrent stores of the same
@@ -291,7 +354,9 @@ async fn write_instance(
     backend: Backend,
     prepared: &PreparedInstance,
 ) -> Result<Written, IndexError> {
-    let (study_id, series_id, wrote) = match write_parents(transaction, backend, prepared).await? {
+    let current = read_current(transaction, backend, prepared).await?;
+    let decided = write_parents(transaction, backend, prepared, current).await?;
+    let (study_id, series_id, wrote) = match decided {
         Decided::Finished(written) => return Ok(written),
         Decided::Ready {
             study_id,
@@ -333,14 +398,14 @@ enum Decided {
     },
 }
 
-/// Decides a store (one SELECT) and writes what it needs besides its instance row: the study
-/// key of a new study, the study and series rows when their content changed.
+/// Decides a store on what `current` says and writes what it needs besides its instance row:
+/// the study key of a new study, the study and series rows when their content changed.
 async fn write_parents(
     transaction: &mut WriteTransaction,
     backend: Backend,
     prepared: &PreparedInstance,
+    current: Current,
 ) -> Result<Decided, IndexError> {
-    let current = read_current(transaction, backend, prepared).await?;
     if current.instance_exists {
         return Ok(Decided::Finished(Written::nothing(
             StoreOutcome::AlreadyExists,
@@ -610,11 +675,13 @@ async fn store_group(
     group: &[StoreJob],
 ) -> Result<Vec<StoreOutcome>, GroupFailed> {
     let mut transaction = database.begin_write().await?;
+    let currents = read_current_group(&mut transaction, group).await?;
     // `None` until the instance row is inserted.
     let mut outcomes: Vec<Option<StoreOutcome>> = Vec::with_capacity(group.len());
     let mut pending = Vec::with_capacity(group.len());
     let mut pending_instances = HashSet::with_capacity(group.len());
-    for job in group {
+    let mut written = GroupWrites::default();
+    for (job, mut current) in group.iter().zip(currents) {
         let prepared = &job.prepared;
         // Instance rows are inserted only at the end, so a second store of a SOP instance
         // in the same group would not see the first: it is a duplicate of it.
@@ -623,7 +690,8 @@ async fn store_group(
             outcomes.push(Some(StoreOutcome::AlreadyExists));
             continue;
         }
-        match write_parents(&mut transaction, database.backend(), prepared).await? {
+        written.show(prepared, &mut current);
+        match write_parents(&mut transaction, database.backend(), prepared, current).await? {
             Decided::Finished(written) => {
                 if written.wrote {
                     return Err(GroupFailed::PartialWrite);
@@ -635,6 +703,7 @@ async fn store_group(
                 series_id,
                 ..
             } => {
+                written.record(prepared, study_id, series_id);
                 pending_instances.insert(instance);
                 pending.push(PendingInstance {
                     prepared,
@@ -654,6 +723,69 @@ async fn store_group(
         .into_iter()
         .map(|outcome| outcome.unwrap_or(StoreOutcome::Stored))
         .collect())
+}
+
+/// What the stores of a group wrote so far that the group's read, made before any of them, does
+/// not show: after a store is ready for its instance row, its study key, study row and series
+/// row say exactly what its own would.
+#[derive(Default)]
+struct GroupWrites<'a> {
+    /// By (service, study token): the study key, the study row's id and digest.
+    studies: HashMap<(&'a str, &'a [u8]), WrittenStudy<'a>>,
+    /// By (service, study token, series token): the series row's id and digest.
+    series: HashMap<SeriesKey<'a>, (i64, &'a [u8])>,
+}
+
+/// (service, study token, series token).
+type SeriesKey<'a> = (&'a str, &'a [u8], &'a [u8]);
+
+/// A study as a store of the group left it.
+#[derive(Clone, Copy)]
+struct WrittenStudy<'a> {
+    wrapped_key: &'a [u8],
+    id: i64,
+    digest: &'a [u8],
+}
+
+impl<'a> GroupWrites<'a> {
+    /// Brings `current`, read at the start of the group, up to date for `prepared`.
+    fn show(&self, prepared: &PreparedInstance, current: &mut Current) {
+        let service = prepared.service.as_str();
+        let study = (service, prepared.study_token.as_slice());
+        if let Some(written) = self.studies.get(&study) {
+            current.study_key = Some(written.wrapped_key.to_vec());
+            current.study = Some((written.id, Some(written.digest.to_vec())));
+        }
+        let series = (
+            service,
+            prepared.study_token.as_slice(),
+            prepared.series_token.as_slice(),
+        );
+        if let Some(&(series_id, digest)) = self.series.get(&series) {
+            current.series = Some((series_id, Some(digest.to_vec())));
+        }
+    }
+
+    /// Records that `prepared` left its study and series rows (and study key) in place.
+    fn record(&mut self, prepared: &'a PreparedInstance, study_id: i64, series_id: i64) {
+        let service = prepared.service.as_str();
+        self.studies.insert(
+            (service, prepared.study_token.as_slice()),
+            WrittenStudy {
+                wrapped_key: prepared.wrapped_study_key.as_slice(),
+                id: study_id,
+                digest: prepared.study.digest.as_slice(),
+            },
+        );
+        self.series.insert(
+            (
+                service,
+                prepared.study_token.as_slice(),
+                prepared.series_token.as_slice(),
+            ),
+            (series_id, prepared.series.digest.as_slice()),
+        );
+    }
 }
 
 /// One store waiting for the group writer.

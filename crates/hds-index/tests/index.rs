@@ -195,7 +195,12 @@ async fn store(index: &Index, spec: &Spec, blob_name: &str) -> StoreOutcome {
 }
 
 async fn store_in(index: &Index, service: &str, spec: &Spec, blob_name: &str) -> StoreOutcome {
-    let parsed = spec.parsed();
+    give_study_its_key(index, service, spec).await;
+    store_under_existing_key(index, service, spec, blob_name).await
+}
+
+/// Gives the spec's study the suite's study key, unless it has one.
+async fn give_study_its_key(index: &Index, service: &str, spec: &Spec) {
     let study_token = index.study_token(service, &spec.study).expect("token");
     sqlx::query(
         "INSERT INTO dicom_study_keys (service, study_token, wrapped_key) VALUES ($1, $2, $3) \
@@ -207,6 +212,17 @@ async fn store_in(index: &Index, service: &str, spec: &Spec, blob_name: &str) ->
     .execute(index.database().pool())
     .await
     .expect("study key");
+}
+
+/// Stores with the suite's study key, which the study must have already: no other await
+/// comes before the store is queued.
+async fn store_under_existing_key(
+    index: &Index,
+    service: &str,
+    spec: &Spec,
+    blob_name: &str,
+) -> StoreOutcome {
+    let parsed = spec.parsed();
     let keys = InstanceKeys {
         wrapped_study_key: SUITE_STUDY_KEY.to_vec(),
         wrapped_blob_key: b"suite-wrapped-blob-key".to_vec(),
@@ -536,6 +552,72 @@ async fn concurrent_stores_across_studies_each_land_once(index: Index) {
             .await
             .expect("find");
         assert_eq!(records.len(), 6);
+    }
+}
+
+/// Concurrent stores of one new study and series, each with other study and series values
+/// (on SQLite, queued together, they share one commit, where later stores must see the rows
+/// that earlier ones wrote): the rows end as one of the stores left them, and their search
+/// tokens say the same.
+async fn concurrent_stores_with_changing_values_leave_consistent_rows(index: Index) {
+    let names: Vec<String> = (0..12)
+        .map(|number| format!("Name{number}^Given"))
+        .collect();
+    let modalities = ["CT", "MR", "US"];
+    give_study_its_key(&index, SERVICE, &Spec::new(30, 1, 0)).await;
+    let mut tasks = Vec::new();
+    for (sop, name) in names.iter().enumerate() {
+        let index = index.clone();
+        let mut spec = Spec::new(30, 1, sop);
+        spec.patient_name = name.clone();
+        spec.modality = modalities[sop % modalities.len()].to_owned();
+        tasks.push(tokio::spawn(async move {
+            store_under_existing_key(&index, SERVICE, &spec, &format!("blob-{sop}")).await
+        }));
+    }
+    for task in tasks {
+        assert_eq!(task.await.expect("task"), StoreOutcome::Stored);
+    }
+    let spec = Spec::new(30, 1, 0);
+    let hits = index
+        .search(&query(
+            QueryLevel::Study,
+            vec![filter(&PATIENT_ID, Matcher::Exact(spec.patient_id.clone()))],
+        ))
+        .await
+        .expect("search");
+    assert_eq!(hits.len(), 1);
+    assert_eq!(hits[0].number_of_related_instances, Some(12));
+    let stored_name = text(&hits[0].attributes, "00100010");
+    for name in &names {
+        let found = study_uids(
+            &index,
+            vec![filter(&PATIENT_NAME, Matcher::Exact(name.clone()))],
+        )
+        .await;
+        if *name == stored_name {
+            assert_eq!(found, [spec.study.as_str()], "{name}");
+        } else {
+            assert!(found.is_empty(), "a stale token of {name} is left");
+        }
+    }
+    let mut series_query = query(QueryLevel::Series, Vec::new());
+    series_query.study_instance_uid = Some(&spec.study);
+    let series = index.search(&series_query).await.expect("search");
+    assert_eq!(series.len(), 1);
+    let stored_modality = text(&series[0].attributes, "00080060");
+    for modality in modalities {
+        let mut by_modality = query(
+            QueryLevel::Series,
+            vec![filter(&MODALITY, Matcher::Exact(modality.to_owned()))],
+        );
+        by_modality.study_instance_uid = Some(&spec.study);
+        let found = index.search(&by_modality).await.expect("search").len();
+        assert_eq!(
+            found,
+            usize::from(modality == stored_modality),
+            "{modality}"
+        );
     }
 }
 
@@ -1112,6 +1194,7 @@ suite!(
     concurrent_duplicates_store_exactly_once,
     later_stores_replace_study_and_series_values,
     concurrent_stores_across_studies_each_land_once,
+    concurrent_stores_with_changing_values_leave_consistent_rows,
     exact_and_fuzzy_name_search,
     date_ranges_match_brute_force,
     limit_and_offset_page_exactly,
