@@ -60,9 +60,9 @@ run_one() {
     # previous runs' data (hundreds of MB each) throttles whichever server comes next.
     sync
     # And, where allowed (root), with the page cache emptied: on a VM whose memory the host
-    # backs lazily, a STOW that grows the cache into memory untouched since boot pays the
-    # host's first-touch cost on every page it writes (docs/benchmarks.md, "Two things about
-    # this VM"), and which server met that depended on what ran before it.
+    # backs lazily and takes back once free, a STOW that grows the cache into such memory pays
+    # the host's first-touch cost on every page it writes (docs/benchmarks.md, "Three things
+    # about this VM"), and which server met that depended on what ran before it.
     if [[ "$drop_caches" == 1 ]]; then echo 3 > /proc/sys/vm/drop_caches; fi
     scratch="$(mktemp -d -t bench-one.XXXXXX)"
     if [[ "$server" == "orthanc" ]]; then

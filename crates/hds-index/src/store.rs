@@ -7,10 +7,9 @@
 //!   digests). A study's and a series' rows are written again only when their attributes or
 //!   search tokens differ from what the row holds (a keyed digest of both is kept in the row),
 //!   which for the 2nd to Nth instance of a series is never. The common case is three
-//!   statements: that SELECT, the instance row and its tokens; in a group (below) the instance
-//!   SELECTs of all its stores are one statement, and so are their instance rows and their
-//!   tokens: a group takes five round trips (with BEGIN and COMMIT) however many stores it
-//!   holds, where one transaction per store would take 3N + 2N.
+//!   statements: that SELECT, the instance row and its tokens. In a group (below) the SELECTs
+//!   of all its stores are one statement, and so are their instance rows and their tokens: a
+//!   group of N stores takes five round trips with BEGIN and COMMIT, not 3N + 2.
 //! - **Group commit on SQLite.** SQLite has one writer at a time, and each statement is a round
 //!   trip to sqlx's connection thread. One writer task takes every store queued meanwhile and
 //!   records them in one transaction, answering each caller after the commit. A group that fails
