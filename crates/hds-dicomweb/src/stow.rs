@@ -326,6 +326,10 @@ async fn record(
                     "the study key kept changing while storing".into(),
                 ));
             }
+            StoreOutcome::Stored if keys.new_study_key_generation.is_some() => {
+                context.keyring.study_key_stored(&parsed.study_instance_uid);
+                break StoreOutcome::Stored;
+            }
             other => break other,
         }
     };

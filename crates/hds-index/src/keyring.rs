@@ -92,14 +92,35 @@ struct UnlockedKeys {
     /// Which root key this is (counts rotations): a study key is written only under the
     /// current one.
     generation: i64,
-    /// Study keys as stored (wrapped by this root key), by study token, for
+    /// Study keys (wrapped by this root key), by study token, for
     /// [`ServiceKeyring::study_key_for_store`]: every instance of a study after the first reads
-    /// its key here rather than from the database. Wrapped keys only, so nothing secret is
-    /// kept beyond the root key itself, and gone with these keys (lock, rotation). An entry
-    /// gone stale (its study deleted meanwhile) is caught by the store, which answers
+    /// its key here rather than from the database, and the stores of a new study that arrive
+    /// together all get the one new key the first of them made, instead of each making its own
+    /// and all but one being refused. Wrapped keys only, so nothing secret is kept beyond the
+    /// root key itself, and gone with these keys (lock, rotation). An entry gone stale (its
+    /// study deleted meanwhile) is caught by the store, which answers
     /// [`crate::StoreOutcome::StudyKeyChanged`]; the caller then calls
     /// [`ServiceKeyring::forget_study_key`].
-    wrapped_study_keys: Mutex<HashMap<Vec<u8>, Vec<u8>>>,
+    wrapped_study_keys: Mutex<HashMap<Vec<u8>, RememberedStudyKey>>,
+}
+
+/// A study key as [`UnlockedKeys::wrapped_study_keys`] remembers it.
+#[derive(Clone)]
+struct RememberedStudyKey {
+    wrapped: Vec<u8>,
+    /// Set while the key is new and maybe not stored yet: the root key generation it was
+    /// wrapped under, which a store then writes it with. Cleared by
+    /// [`ServiceKeyring::study_key_stored`].
+    unstored_generation: Option<i64>,
+}
+
+impl RememberedStudyKey {
+    fn stored(wrapped: Vec<u8>) -> RememberedStudyKey {
+        RememberedStudyKey {
+            wrapped,
+            unstored_generation: None,
+        }
+    }
 }
 
 /// Past this many studies the wrapped study-key cache is emptied rather than grown.
@@ -408,7 +429,7 @@ impl ServiceKeyring {
             .token(STUDY_UID, study_instance_uid.as_bytes())
             .to_vec();
         if let Some(wrapped) = self.read_study_key(&study_token).await? {
-            return self.lease(&keys, &study_token, wrapped);
+            return self.lease(&keys, &study_token, RememberedStudyKey::stored(wrapped));
         }
         let study_key = StudyKey::generate();
         let wrapped = keys
@@ -442,15 +463,17 @@ impl ServiceKeyring {
             .read_study_key(&study_token)
             .await?
             .ok_or(KeyringError::RootKeyChanged)?;
-        self.lease(&keys, &study_token, stored)
+        self.lease(&keys, &study_token, RememberedStudyKey::stored(stored))
     }
 
     /// The study's key for storing an instance: the stored one, or else a new random key that
     /// is not written here. [`crate::Index::store_instance`] writes it with the instance, in
     /// the instance's own transaction, so storing the first instance of a study takes the
-    /// database's write lock once instead of twice. If another store gave the study a key
-    /// first, the store answers [`crate::StoreOutcome::StudyKeyChanged`] and the caller asks
-    /// again, getting that key.
+    /// database's write lock once instead of twice. Until [`ServiceKeyring::study_key_stored`]
+    /// says it is stored, the new key is handed to every store of the study (each may be the
+    /// one that writes it). If another store gave the study another key first (another node),
+    /// the store answers [`crate::StoreOutcome::StudyKeyChanged`] and the caller forgets this
+    /// one and asks again, getting that key.
     pub async fn study_key_for_store(
         &self,
         study_instance_uid: &str,
@@ -466,31 +489,53 @@ impl ServiceKeyring {
             .unwrap_or_else(PoisonError::into_inner)
             .get(&study_token)
             .cloned();
-        if let Some(wrapped) = cached {
-            return self.lease(&keys, &study_token, wrapped);
+        if let Some(remembered) = cached {
+            return self.lease(&keys, &study_token, remembered);
         }
-        if let Some(wrapped) = self.read_study_key(&study_token).await? {
-            let mut cache = keys
+        let remembered = match self.read_study_key(&study_token).await? {
+            Some(wrapped) => RememberedStudyKey::stored(wrapped),
+            None => {
+                let study_key = StudyKey::generate();
+                RememberedStudyKey {
+                    wrapped: keys
+                        .root
+                        .wrap_study_key(&self.service, &study_token, &study_key),
+                    unstored_generation: Some(keys.generation),
+                }
+            }
+        };
+        let mut cache = keys
+            .wrapped_study_keys
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if cache.len() >= MAX_CACHED_STUDY_KEYS {
+            cache.clear();
+        }
+        // A store of the same study that read the database at the same time may have put its
+        // key here first: all of them use that one.
+        let remembered = cache
+            .entry(study_token.clone())
+            .or_insert(remembered)
+            .clone();
+        drop(cache);
+        self.lease(&keys, &study_token, remembered)
+    }
+
+    /// Records that the new study key a store was given is now stored: later stores of the
+    /// study no longer offer to write it (after the study is deleted, a store must fail and
+    /// ask again rather than bring the deleted study's key back).
+    pub fn study_key_stored(&self, study_instance_uid: &str) {
+        if let Ok(keys) = self.unlocked_keys() {
+            let study_token = keys.index.token(STUDY_UID, study_instance_uid.as_bytes());
+            if let Some(remembered) = keys
                 .wrapped_study_keys
                 .lock()
-                .unwrap_or_else(PoisonError::into_inner);
-            if cache.len() >= MAX_CACHED_STUDY_KEYS {
-                cache.clear();
+                .unwrap_or_else(PoisonError::into_inner)
+                .get_mut(study_token.as_slice())
+            {
+                remembered.unstored_generation = None;
             }
-            cache.insert(study_token.clone(), wrapped.clone());
-            drop(cache);
-            return self.lease(&keys, &study_token, wrapped);
         }
-        let study_key = StudyKey::generate();
-        let wrapped_study_key = keys
-            .root
-            .wrap_study_key(&self.service, &study_token, &study_key);
-        Ok(StudyKeyLease {
-            service: self.service.clone(),
-            study_key,
-            wrapped_study_key,
-            unstored_generation: Some(keys.generation),
-        })
     }
 
     /// Drops what [`ServiceKeyring::study_key_for_store`] remembered of a study's key: called
@@ -538,16 +583,16 @@ impl ServiceKeyring {
         &self,
         keys: &UnlockedKeys,
         study_token: &[u8],
-        wrapped_study_key: Vec<u8>,
+        remembered: RememberedStudyKey,
     ) -> Result<StudyKeyLease, KeyringError> {
         let study_key =
             keys.root
-                .unwrap_study_key(&self.service, study_token, &wrapped_study_key)?;
+                .unwrap_study_key(&self.service, study_token, &remembered.wrapped)?;
         Ok(StudyKeyLease {
             service: self.service.clone(),
             study_key,
-            wrapped_study_key,
-            unstored_generation: None,
+            wrapped_study_key: remembered.wrapped,
+            unstored_generation: remembered.unstored_generation,
         })
     }
 

@@ -1500,9 +1500,11 @@ mod keys {
         assert_eq!(rows, 1);
     }
 
-    /// Study keys made at store time: of two stores of a new study that each made a key, the
-    /// first commits its key with its instance, the second is told the key changed and, asking
-    /// again, gets the stored key; both instances then open.
+    /// Study keys made at store time: of two stores of a new study that each made a key (as
+    /// two nodes would; one keyring hands the stores of a study the same new key, so here it
+    /// forgets the first in between), the first commits its key with its instance, the second
+    /// is told the key changed and, asking again, gets the stored key; both instances then
+    /// open.
     async fn a_study_key_made_for_a_store_is_stored_with_the_first_instance(backend: Backend) {
         let (_dir, database) = fresh_database(backend).await;
         let blob_dir = tempfile::tempdir().expect("blob dir");
@@ -1514,6 +1516,7 @@ mod keys {
             .study_key_for_store(&first.study)
             .await
             .expect("first lease");
+        keyring.forget_study_key(&first.study);
         let second_lease = keyring
             .study_key_for_store(&second.study)
             .await
@@ -1564,6 +1567,8 @@ mod keys {
             StoreOutcome::StudyKeyChanged,
             "the second lease's key lost the race"
         );
+        // As STOW does on StudyKeyChanged: forget the key, ask again.
+        keyring.forget_study_key(&second.study);
         let again = keyring
             .study_key_for_store(&second.study)
             .await
@@ -1872,6 +1877,7 @@ mod keys {
             .await
             .expect("lease");
         assert_eq!(attempt(fourth.clone(), new_key).await, StoreOutcome::Stored);
+        keyring.study_key_stored(&fourth.study);
         let remembered = keyring
             .study_key_for_store(&fourth.study)
             .await
@@ -1899,6 +1905,30 @@ mod keys {
             .expect("lease");
         assert_eq!(
             attempt(Spec::new(22, 1, 3), fresh).await,
+            StoreOutcome::Stored
+        );
+
+        // Stores of a new study that ask at the same time get the same new key, and each can
+        // be the one that writes it: none is refused.
+        let fifth = Spec::new(23, 1, 1);
+        let (first_lease, second_lease) = tokio::join!(
+            keyring.study_key_for_store(&fifth.study),
+            keyring.study_key_for_store(&fifth.study)
+        );
+        let (first_lease, second_lease) =
+            (first_lease.expect("lease"), second_lease.expect("lease"));
+        let wrapped = |lease: &hds_index::StudyKeyLease| {
+            lease
+                .seal_blob_key("blob", &BlobKey::generate())
+                .wrapped_study_key
+        };
+        assert_eq!(wrapped(&first_lease), wrapped(&second_lease));
+        assert_eq!(
+            attempt(fifth.clone(), second_lease).await,
+            StoreOutcome::Stored
+        );
+        assert_eq!(
+            attempt(Spec::new(23, 1, 2), first_lease).await,
             StoreOutcome::Stored
         );
     }
