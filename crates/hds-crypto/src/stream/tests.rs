@@ -14,6 +14,18 @@ fn blob_key_from(bytes: [u8; 32]) -> BlobKey {
     BlobKey::from_data_key(DataKey::from_bytes(Zeroizing::new(bytes)))
 }
 
+/// A sealer with a fixed salt and nonce prefix, so that two ways of sealing can be compared byte
+/// for byte.
+fn fixed_sealer(blob_key: &BlobKey, layout: StreamLayout) -> Sealer {
+    Sealer::with_parameters(
+        blob_key.expose(),
+        BINDING,
+        layout,
+        &[7; SALT_LEN],
+        &[9; NONCE_PREFIX_LEN],
+    )
+}
+
 /// Seals with a small segment size so that tests can afford to visit every byte.
 fn seal_with_layout(
     blob_key: &BlobKey,
@@ -22,13 +34,7 @@ fn seal_with_layout(
     chunk_size: usize,
 ) -> Vec<u8> {
     let layout = StreamLayout::new(segment_size).expect("valid segment size");
-    let mut sealer = Sealer::with_parameters(
-        blob_key.expose(),
-        BINDING,
-        layout,
-        &[7; SALT_LEN],
-        &[9; NONCE_PREFIX_LEN],
-    );
+    let mut sealer = fixed_sealer(blob_key, layout);
     let mut sealed = Vec::new();
     for chunk in plaintext.chunks(chunk_size.max(1)) {
         sealer.push(chunk, &mut sealed).expect("push");
@@ -775,13 +781,7 @@ fn seal_to_slices_with_layout(
     chunk_size: usize,
 ) -> Vec<u8> {
     let layout = StreamLayout::new(segment_size).expect("valid segment size");
-    let mut sealer = Sealer::with_parameters(
-        blob_key.expose(),
-        BINDING,
-        layout,
-        &[7; SALT_LEN],
-        &[9; NONCE_PREFIX_LEN],
-    );
+    let mut sealer = fixed_sealer(blob_key, layout);
     let mut sealed = vec![0u8; layout.sealed_len(plaintext.len() as u64) as usize];
     let mut written = 0;
     for chunk in plaintext.chunks(chunk_size.max(1)) {
