@@ -514,11 +514,15 @@ mod tests {
             .collect()
     }
 
-    async fn store_with(contents: &[u8]) -> (tempfile::TempDir, BlobStore, BlobName, BlobKey) {
+    /// A local store in a new directory, and a name and key for a blob in it.
+    fn new_store() -> (tempfile::TempDir, BlobStore, BlobName, BlobKey) {
         let directory = tempfile::tempdir().expect("temp dir");
         let store = BlobStore::local(directory.path()).expect("store");
-        let name = BlobName::random();
-        let key = BlobKey::generate();
+        (directory, store, BlobName::random(), BlobKey::generate())
+    }
+
+    async fn store_with(contents: &[u8]) -> (tempfile::TempDir, BlobStore, BlobName, BlobKey) {
+        let (directory, store, name, key) = new_store();
         let mut writer = store
             .create_sealed(&name, SERVICE, &key)
             .await
@@ -624,10 +628,7 @@ mod tests {
     #[tokio::test]
     async fn one_large_write_round_trips() {
         let contents = plaintext(2 * WRITE_FLUSH_BYTES + 12_345);
-        let directory = tempfile::tempdir().expect("temp dir");
-        let store = BlobStore::local(directory.path()).expect("store");
-        let name = BlobName::random();
-        let key = BlobKey::generate();
+        let (_directory, store, name, key) = new_store();
         let mut writer = store
             .create_sealed(&name, SERVICE, &key)
             .await
