@@ -382,10 +382,10 @@ impl Index {
     }
 
     /// Appends the joins and conditions selecting the instances (alias `i`) in scope.
-    fn push_scope(
+    fn push_scope<'a>(
         &self,
-        sql: &mut Sql,
-        service: &str,
+        sql: &mut Sql<'a>,
+        service: &'a str,
         scope: DeleteScope<'_>,
     ) -> Result<(), IndexError> {
         let cipher = self.cipher.as_ref();
@@ -399,16 +399,19 @@ impl Index {
             sql.push(" JOIN dicom_series se ON se.id = i.series_id");
         }
         sql.push(" WHERE i.service = ")
-            .bind(Argument::Text(service.to_owned()))
+            .bind(Argument::Text(service.into()))
             .push(" AND st.uid_token = ")
-            .bind(Argument::Bytes(cipher.token(service, STUDY_UID, study)?));
+            .bind(Argument::Bytes(
+                cipher.token(service, STUDY_UID, study)?.into(),
+            ));
         if let Some(series) = series {
-            sql.push(" AND se.uid_token = ")
-                .bind(Argument::Bytes(cipher.token(service, SERIES_UID, series)?));
+            sql.push(" AND se.uid_token = ").bind(Argument::Bytes(
+                cipher.token(service, SERIES_UID, series)?.into(),
+            ));
         }
         if let Some(sop) = sop {
             sql.push(" AND i.uid_token = ")
-                .bind(Argument::Bytes(cipher.token(service, SOP_UID, sop)?));
+                .bind(Argument::Bytes(cipher.token(service, SOP_UID, sop)?.into()));
         }
         Ok(())
     }

@@ -126,10 +126,11 @@ impl Index {
             }
         });
         sql.push(" WHERE st.service = ")
-            .bind(Argument::Text(service.to_owned()));
+            .bind(Argument::Text(service.into()));
         if let Some(study) = query.study_instance_uid {
-            sql.push(" AND st.uid_token = ")
-                .bind(Argument::Bytes(cipher.token(service, STUDY_UID, study)?));
+            sql.push(" AND st.uid_token = ").bind(Argument::Bytes(
+                cipher.token(service, STUDY_UID, study)?.into(),
+            ));
         }
         if let Some(series) = query.series_instance_uid {
             if query.level == QueryLevel::Study {
@@ -140,8 +141,9 @@ impl Index {
                     cipher.token(service, SERIES_UID, series)?,
                 );
             } else {
-                sql.push(" AND se.uid_token = ")
-                    .bind(Argument::Bytes(cipher.token(service, SERIES_UID, series)?));
+                sql.push(" AND se.uid_token = ").bind(Argument::Bytes(
+                    cipher.token(service, SERIES_UID, series)?.into(),
+                ));
             }
         }
         for filter in &query.filters {
@@ -306,7 +308,9 @@ fn push_condition(
         sql.push(" AND 1 = 0");
         return;
     }
-    let arguments = tokens.into_iter().map(Argument::Bytes);
+    let arguments = tokens
+        .into_iter()
+        .map(|token| Argument::Bytes(token.into()));
     if level_rank(attribute_level) <= level_rank(level) {
         // The row itself or a parent, which the query joins.
         let alias = level_alias(attribute_level);

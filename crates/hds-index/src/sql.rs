@@ -1,58 +1,64 @@
 //! A small builder for SQL with numbered `$N` parameters, which SQLite and PostgreSQL both
 //! accept (sqlx's `QueryBuilder` would write `?` for `Any`, which PostgreSQL refuses).
 
+use std::borrow::Cow;
+
 use sqlx::any::AnyArguments;
 use sqlx::query::Query;
 use sqlx::{Any, Row};
 
 use crate::IndexError;
 
-/// A bound value.
+/// A bound value, borrowed where the caller keeps it (a stored instance's sealed metadata is
+/// bound as it is, not copied).
 #[derive(Debug, Clone)]
-pub(crate) enum Argument {
-    Text(String),
-    Bytes(Vec<u8>),
+pub(crate) enum Argument<'a> {
+    Text(Cow<'a, str>),
+    Bytes(Cow<'a, [u8]>),
     /// Bytes or SQL NULL.
-    NullableBytes(Option<Vec<u8>>),
+    NullableBytes(Option<Cow<'a, [u8]>>),
     Integer(i64),
 }
 
 /// SQL text and the values of its parameters, in order.
 #[derive(Debug, Default)]
-pub(crate) struct Sql {
+pub(crate) struct Sql<'a> {
     text: String,
-    arguments: Vec<Argument>,
+    arguments: Vec<Argument<'a>>,
 }
 
-impl Sql {
-    pub(crate) fn new(text: &str) -> Sql {
+impl<'a> Sql<'a> {
+    pub(crate) fn new(text: &str) -> Sql<'a> {
         Sql {
             text: text.to_owned(),
             arguments: Vec::new(),
         }
     }
 
-    pub(crate) fn push(&mut self, text: &str) -> &mut Sql {
+    pub(crate) fn push(&mut self, text: &str) -> &mut Sql<'a> {
         self.text.push_str(text);
         self
     }
 
     /// Appends a parameter placeholder bound to `argument`.
-    pub(crate) fn bind(&mut self, argument: Argument) -> &mut Sql {
+    pub(crate) fn bind(&mut self, argument: Argument<'a>) -> &mut Sql<'a> {
         let placeholder = self.argument(argument);
         self.text.push_str(&placeholder);
         self
     }
 
     /// Adds a parameter without writing it, returning its placeholder (to use it several times).
-    pub(crate) fn argument(&mut self, argument: Argument) -> String {
+    pub(crate) fn argument(&mut self, argument: Argument<'a>) -> String {
         self.arguments.push(argument);
         format!("${}", self.arguments.len())
     }
 
     /// Appends `(p1, p2, ...)` bound to the values; `(NULL)` when empty (`x IN (NULL)` is
     /// never true).
-    pub(crate) fn bind_list(&mut self, arguments: impl IntoIterator<Item = Argument>) -> &mut Sql {
+    pub(crate) fn bind_list(
+        &mut self,
+        arguments: impl IntoIterator<Item = Argument<'a>>,
+    ) -> &mut Sql<'a> {
         self.text.push('(');
         let mut first = true;
         for argument in arguments {
@@ -73,8 +79,8 @@ impl Sql {
         let mut query = sqlx::query(&self.text);
         for argument in &self.arguments {
             query = match argument {
-                Argument::Text(text) => query.bind(text.as_str()),
-                Argument::Bytes(bytes) => query.bind(bytes.as_slice()),
+                Argument::Text(text) => query.bind(text.as_ref()),
+                Argument::Bytes(bytes) => query.bind(bytes.as_ref()),
                 Argument::NullableBytes(bytes) => query.bind(bytes.as_deref()),
                 Argument::Integer(integer) => query.bind(*integer),
             };

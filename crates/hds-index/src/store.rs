@@ -288,10 +288,10 @@ async fn read_current_group(
             let prepared = &job.prepared;
             select.bind_list([
                 Argument::Integer(position as i64),
-                Argument::Text(prepared.service.clone()),
-                Argument::Bytes(prepared.sop_token.clone()),
-                Argument::Bytes(prepared.study_token.clone()),
-                Argument::Bytes(prepared.series_token.clone()),
+                Argument::Text(prepared.service.as_str().into()),
+                Argument::Bytes(prepared.sop_token.as_slice().into()),
+                Argument::Bytes(prepared.study_token.as_slice().into()),
+                Argument::Bytes(prepared.series_token.as_slice().into()),
             ]);
         }
         select.push(
@@ -524,18 +524,18 @@ async fn insert_instances(
             }
             let prepared = instance.prepared;
             insert.bind_list([
-                Argument::Text(prepared.service.clone()),
+                Argument::Text(prepared.service.as_str().into()),
                 Argument::Integer(instance.study_id),
                 Argument::Integer(instance.series_id),
-                Argument::Bytes(prepared.sop_token.clone()),
-                Argument::Text(prepared.blob_name.clone()),
+                Argument::Bytes(prepared.sop_token.as_slice().into()),
+                Argument::Text(prepared.blob_name.as_str().into()),
                 Argument::Integer(prepared.size),
-                Argument::Text(prepared.transfer_syntax_uid.clone()),
-                Argument::Bytes(prepared.uids.clone()),
-                Argument::Bytes(prepared.instance_attributes.clone()),
-                Argument::Bytes(prepared.metadata.clone()),
-                Argument::NullableBytes(prepared.frames.clone()),
-                Argument::Bytes(prepared.wrapped_blob_key.clone()),
+                Argument::Text(prepared.transfer_syntax_uid.as_str().into()),
+                Argument::Bytes(prepared.uids.as_slice().into()),
+                Argument::Bytes(prepared.instance_attributes.as_slice().into()),
+                Argument::Bytes(prepared.metadata.as_slice().into()),
+                Argument::NullableBytes(prepared.frames.as_deref().map(Into::into)),
+                Argument::Bytes(prepared.wrapped_blob_key.as_slice().into()),
             ]);
         }
         insert
@@ -563,7 +563,10 @@ async fn insert_instances(
             if position > 0 {
                 insert.push(", ");
             }
-            insert.bind_list([Argument::Integer(*id), Argument::Bytes((*token).clone())]);
+            insert.bind_list([
+                Argument::Integer(*id),
+                Argument::Bytes(token.as_slice().into()),
+            ]);
         }
         insert.push(" ON CONFLICT DO NOTHING");
         insert.query().execute(&mut **transaction).await?;
@@ -884,9 +887,11 @@ async fn replace_tokens(
         delete.bind(Argument::Integer(row_id));
         // Beyond one statement's worth of parameters, delete them all and insert them all.
         if !tokens.is_empty() && tokens.len() <= TOKENS_PER_INSERT {
-            delete
-                .push(" AND token NOT IN ")
-                .bind_list(tokens.iter().map(|token| Argument::Bytes((*token).clone())));
+            delete.push(" AND token NOT IN ").bind_list(
+                tokens
+                    .iter()
+                    .map(|token| Argument::Bytes(token.as_slice().into())),
+            );
         }
         delete.query().execute(&mut **transaction).await?;
     }
@@ -900,7 +905,9 @@ async fn replace_tokens(
                 insert.push(", ");
             }
             insert.push("(").push(&row_placeholder).push(", ");
-            insert.bind(Argument::Bytes((*token).clone())).push(")");
+            insert
+                .bind(Argument::Bytes(token.as_slice().into()))
+                .push(")");
         }
         insert.push(" ON CONFLICT DO NOTHING");
         insert.query().execute(&mut **transaction).await?;
