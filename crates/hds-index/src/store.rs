@@ -239,53 +239,26 @@ struct Current {
     series: Option<(i64, Option<Vec<u8>>)>,
 }
 
-/// Reads what [`write_instance`] decides on. On PostgreSQL the service key and study key rows
-/// are locked against a rotation or study deletion until the transaction ends; on SQLite the
-/// write lock already holds everything still.
+/// Reads what [`write_parents`] decides on, for each of `stores` in one statement (a group
+/// commit reads all its stores at once). On PostgreSQL the service key and study key rows are
+/// locked against a rotation or study deletion until the transaction ends; on SQLite the write
+/// lock already holds everything still.
 async fn read_current(
     transaction: &mut WriteTransaction,
     backend: Backend,
-    prepared: &PreparedInstance,
-) -> Result<Current, IndexError> {
+    stores: &[&PreparedInstance],
+) -> Result<Vec<Current>, IndexError> {
     let lock = match backend {
         Backend::Postgres => " FOR SHARE",
         Backend::Sqlite => "",
     };
-    let row = sqlx::query(&format!(
-        "SELECT \
-           (SELECT id FROM dicom_instances WHERE service = $1 AND uid_token = $2), \
-           (SELECT generation FROM dicom_service_keys WHERE service = $1{lock}), \
-           (SELECT wrapped_key FROM dicom_study_keys WHERE service = $1 AND study_token = $3{lock}), \
-           (SELECT id FROM dicom_studies WHERE service = $1 AND uid_token = $3), \
-           (SELECT digest FROM dicom_studies WHERE service = $1 AND uid_token = $3), \
-           (SELECT se.id FROM dicom_series se JOIN dicom_studies st ON st.id = se.study_id \
-              WHERE st.service = $1 AND st.uid_token = $3 AND se.uid_token = $4), \
-           (SELECT se.digest FROM dicom_series se JOIN dicom_studies st ON st.id = se.study_id \
-              WHERE st.service = $1 AND st.uid_token = $3 AND se.uid_token = $4)"
-    ))
-    .bind(prepared.service.as_str())
-    .bind(prepared.sop_token.as_slice())
-    .bind(prepared.study_token.as_slice())
-    .bind(prepared.series_token.as_slice())
-    .fetch_one(&mut **transaction)
-    .await?;
-    Current::from_row(&row, 0)
-}
-
-/// [`read_current`] for every store of a group, in one statement. Only under SQLite's write
-/// lock, which holds everything still (no row locks are taken).
-async fn read_current_group(
-    transaction: &mut WriteTransaction,
-    group: &[StoreJob],
-) -> Result<Vec<Current>, IndexError> {
-    let mut currents = Vec::with_capacity(group.len());
-    for chunk in group.chunks(INSTANCES_PER_INSERT) {
+    let mut currents = Vec::with_capacity(stores.len());
+    for chunk in stores.chunks(INSTANCES_PER_INSERT) {
         let mut select = Sql::new("WITH job (position, service, sop, study, series) AS (VALUES ");
-        for (position, job) in chunk.iter().enumerate() {
+        for (position, prepared) in chunk.iter().enumerate() {
             if position > 0 {
                 select.push(", ");
             }
-            let prepared = &job.prepared;
             select.bind_list([
                 Argument::Integer(position as i64),
                 Argument::Text(prepared.service.as_str().into()),
@@ -294,13 +267,13 @@ async fn read_current_group(
                 Argument::Bytes(prepared.series_token.as_slice().into()),
             ]);
         }
-        select.push(
+        select.push(&format!(
             ") SELECT job.position, \
                (SELECT id FROM dicom_instances WHERE service = job.service \
                   AND uid_token = job.sop), \
-               (SELECT generation FROM dicom_service_keys WHERE service = job.service), \
+               (SELECT generation FROM dicom_service_keys WHERE service = job.service{lock}), \
                (SELECT wrapped_key FROM dicom_study_keys WHERE service = job.service \
-                  AND study_token = job.study), \
+                  AND study_token = job.study{lock}), \
                (SELECT id FROM dicom_studies WHERE service = job.service \
                   AND uid_token = job.study), \
                (SELECT digest FROM dicom_studies WHERE service = job.service \
@@ -312,34 +285,34 @@ async fn read_current_group(
                   JOIN dicom_studies st ON st.id = se.study_id \
                   WHERE st.service = job.service AND st.uid_token = job.study \
                   AND se.uid_token = job.series) \
-             FROM job ORDER BY job.position",
-        );
+             FROM job ORDER BY job.position"
+        ));
         let rows = select.query().fetch_all(&mut **transaction).await?;
         if rows.len() != chunk.len() {
             return Err(IndexError::Corrupt(
-                "the group's read returned a row count other than the group's".into(),
+                "the stores' read returned a row count other than the stores'".into(),
             ));
         }
         for row in &rows {
-            currents.push(Current::from_row(row, 1)?);
+            currents.push(Current::from_row(row)?);
         }
     }
     Ok(currents)
 }
 
 impl Current {
-    /// Reads the seven columns of [`read_current`]'s SELECT, starting at column `first`.
-    fn from_row(row: &sqlx::any::AnyRow, first: usize) -> Result<Current, IndexError> {
-        let study = column::<Option<i64>>(row, first + 3)?
-            .map(|id| Ok::<_, IndexError>((id, column::<Option<Vec<u8>>>(row, first + 4)?)))
+    /// Reads one row of [`read_current`]'s SELECT (its first column is the store's position).
+    fn from_row(row: &sqlx::any::AnyRow) -> Result<Current, IndexError> {
+        let study = column::<Option<i64>>(row, 4)?
+            .map(|id| Ok::<_, IndexError>((id, column::<Option<Vec<u8>>>(row, 5)?)))
             .transpose()?;
-        let series = column::<Option<i64>>(row, first + 5)?
-            .map(|id| Ok::<_, IndexError>((id, column::<Option<Vec<u8>>>(row, first + 6)?)))
+        let series = column::<Option<i64>>(row, 6)?
+            .map(|id| Ok::<_, IndexError>((id, column::<Option<Vec<u8>>>(row, 7)?)))
             .transpose()?;
         Ok(Current {
-            instance_exists: column::<Option<i64>>(row, first)?.is_some(),
-            root_generation: column(row, first + 1)?,
-            study_key: column(row, first + 2)?,
+            instance_exists: column::<Option<i64>>(row, 1)?.is_some(),
+            root_generation: column(row, 2)?,
+            study_key: column(row, 3)?,
             study,
             series,
         })
@@ -353,7 +326,10 @@ async fn write_instance(
     backend: Backend,
     prepared: &PreparedInstance,
 ) -> Result<Written, IndexError> {
-    let current = read_current(transaction, backend, prepared).await?;
+    let current = read_current(transaction, backend, &[prepared])
+        .await?
+        .pop()
+        .ok_or_else(|| IndexError::Corrupt("the store's read returned no row".into()))?;
     let decided = write_parents(transaction, backend, prepared, current).await?;
     let (study_id, series_id, wrote) = match decided {
         Decided::Finished(written) => return Ok(written),
@@ -677,7 +653,8 @@ async fn store_group(
     group: &[StoreJob],
 ) -> Result<Vec<StoreOutcome>, GroupFailed> {
     let mut transaction = database.begin_write().await?;
-    let currents = read_current_group(&mut transaction, group).await?;
+    let stores: Vec<&PreparedInstance> = group.iter().map(|job| &job.prepared).collect();
+    let currents = read_current(&mut transaction, database.backend(), &stores).await?;
     // `None` until the instance row is inserted.
     let mut outcomes: Vec<Option<StoreOutcome>> = Vec::with_capacity(group.len());
     let mut pending = Vec::with_capacity(group.len());
