@@ -218,7 +218,12 @@ from pydicom.uid import generate_uid  # noqa: E402
 
 CRYPTO_SERVICE_ENCRYPTION_USER = "e147488a-f6f5-4113-8e2d-b22465e65bf6"
 HEALTHCARE_API_VERSION = "2023-06-01-preview"
-FAST_CMK_FLAGS = ("--cmk-probe-interval", "1s", "--cmk-lost-access-latch", "6s")
+# A probe every second, and a latch long enough that every "lost, then back within the latch"
+# step finishes inside it however slow the machine: such tests must not race the latch.
+FAST_CMK_FLAGS = ("--cmk-probe-interval", "1s", "--cmk-lost-access-latch", "10m")
+# A latch short enough to pass while a test waits: only for tests whose point is the latch. Each
+# such test waits for the latched state itself, so a slow machine only makes it wait longer.
+LATCHING_CMK_FLAGS = ("--cmk-probe-interval", "1s", "--cmk-lost-access-latch", "3s")
 
 
 def wait_for(condition, timeout=30.0, interval=0.2, what="the condition"):
@@ -386,8 +391,17 @@ def data_plane_status(server: "HdsServer", service_url: str = None):
 
 @pytest.fixture
 def cmk_hds(tmp_path):
-    """hds after the seed's flow, with a key-access monitor fast enough to test the latch."""
+    """hds after the seed's flow, with a key-access monitor that probes every second and a latch
+    (10 minutes) that no test step outlasts: lost access comes back by itself."""
     server = HdsServer(tmp_path / "data", extra_args=FAST_CMK_FLAGS).start()
+    yield server
+    assert server.stop() == 0, "hds did not stop cleanly on SIGTERM"
+
+
+@pytest.fixture
+def latching_hds(tmp_path):
+    """hds after the seed's flow, with a 3-second latch: lost access latches while a test waits."""
+    server = HdsServer(tmp_path / "data", extra_args=LATCHING_CMK_FLAGS).start()
     yield server
     assert server.stop() == 0, "hds did not stop cleanly on SIGTERM"
 
