@@ -141,6 +141,49 @@ static SEARCHABLE_ATTRIBUTES: [SearchableAttribute; 14] = [
     ),
 ];
 
+/// How many times its value representation's maximum length a searchable value may be. Some
+/// modalities overrun the maximum a little (a 70-character StudyDescription); a value far past
+/// it is not a real value but an attack on the index, whose search tokens it would multiply.
+pub const LENGTH_TOLERANCE: usize = 4;
+
+/// The most values (value multiplicity) a searchable attribute may carry in one instance.
+pub const MAX_SEARCH_VALUES: usize = 16;
+
+/// The most component groups of a person name (alphabetic, ideographic, phonetic; PS3.5 6.2.1).
+const MAX_NAME_GROUPS: usize = 3;
+
+/// The maximum length in characters of one value of `attribute`'s value representation
+/// (PS3.5 table 6.2-1): UI 64, LO 64, SH 16, CS 16, DA 8, and PN 64 per component group.
+pub fn value_representation_max_chars(attribute: &SearchableAttribute) -> usize {
+    match attribute.tag {
+        tags::ACCESSION_NUMBER | tags::MODALITY | tags::MODALITIES_IN_STUDY => 16,
+        tags::PATIENT_BIRTH_DATE | tags::STUDY_DATE | tags::PERFORMED_PROCEDURE_STEP_START_DATE => {
+            8
+        }
+        // UI, LO, and PN per component group.
+        _ => 64,
+    }
+}
+
+/// Whether `value` (one value of `attribute`, as stored or as queried) is short enough to be
+/// indexed or searched: at most [`LENGTH_TOLERANCE`] times its value representation's maximum,
+/// per component group for a person name (of which there are at most three). Counting stops at
+/// the limit, so the check costs no more than the limit whatever the value's length.
+pub fn within_length_limit(attribute: &SearchableAttribute, value: &str) -> bool {
+    let limit = value_representation_max_chars(attribute) * LENGTH_TOLERANCE;
+    let short = |text: &str| text.chars().take(limit + 1).count() <= limit;
+    match attribute.kind {
+        SearchKind::PersonName => {
+            let mut groups = 0;
+            value.split('=').all(|group| {
+                groups += 1;
+                groups <= MAX_NAME_GROUPS && short(group)
+            })
+        }
+        SearchKind::Exact | SearchKind::Date => short(value),
+    }
+}
+
 /// Every searchable attribute (StudyInstanceUID, PatientName, PatientID, PatientBirthDate,
 /// AccessionNumber, ReferringPhysicianName, StudyDate, StudyDescription, ModalitiesInStudy,
 /// SeriesInstanceUID, Modality, PerformedProcedureStepStartDate, ManufacturerModelName,
@@ -384,6 +427,28 @@ mod tests {
         assert_eq!(resolve_tag("00091001"), Some(Tag(0x0009, 0x1001)));
         assert_eq!(resolve_tag("NotAKeyword"), None);
         assert_eq!(resolve_tag("0010001G"), None);
+    }
+
+    #[test]
+    fn length_limits_follow_the_value_representation() {
+        let name = find_searchable("PatientName").expect("PatientName");
+        let accession = find_searchable("AccessionNumber").expect("AccessionNumber");
+        assert!(within_length_limit(name, &"a".repeat(256)));
+        assert!(!within_length_limit(name, &"a".repeat(257)));
+        // Per component group, three groups at most.
+        let group = "b".repeat(256);
+        assert!(within_length_limit(
+            name,
+            &format!("{group}={group}={group}")
+        ));
+        assert!(!within_length_limit(
+            name,
+            &format!("{group}={group}={group}=x")
+        ));
+        assert!(within_length_limit(accession, &"1".repeat(64)));
+        assert!(!within_length_limit(accession, &"1".repeat(65)));
+        // Characters, not bytes: a 64-character name in a three-byte script is fine.
+        assert!(within_length_limit(name, &"\u{5c71}".repeat(256)));
     }
 
     #[test]

@@ -14,7 +14,8 @@ use dicom_transfer_syntax_registry::TransferSyntaxRegistry;
 use serde_json::{Map, Value as JsonValue};
 
 use crate::attributes::{
-    QueryLevel, SearchKind, SearchableAttribute, level_tags, searchable_attributes,
+    MAX_SEARCH_VALUES, QueryLevel, SearchKind, SearchableAttribute, level_tags,
+    searchable_attributes, within_length_limit,
 };
 use crate::frames::{
     DataSetEncoding, FrameError, FrameMap, ImageGeometry, build_frame_map, scan_layout,
@@ -44,6 +45,13 @@ pub enum InstanceError {
     /// SamplesPerPixel, BitsAllocated) is missing or not a number.
     #[error("attribute {0} is missing or invalid")]
     InvalidAttribute(&'static str),
+    /// A searchable attribute's value is longer than its value representation allows, past
+    /// the tolerance of [`crate::attributes::within_length_limit`].
+    #[error("attribute {0} is longer than its value representation allows")]
+    ValueTooLong(&'static str),
+    /// A searchable attribute has more than [`crate::attributes::MAX_SEARCH_VALUES`] values.
+    #[error("attribute {0} has more values than the limit")]
+    TooManyValues(&'static str),
     /// The pixel data is structurally broken (see [`FrameError`]).
     #[error("invalid pixel data: {0}")]
     PixelData(#[from] FrameError),
@@ -170,6 +178,9 @@ pub fn parse_instance<R: Read + Seek>(mut reader: R) -> Result<ParsedInstance, I
         FrameError::ImageAttribute(keyword) => InstanceError::InvalidAttribute(keyword),
         other => InstanceError::PixelData(other),
     })?;
+    // Checked before anything else is derived from the values: a hostile value costs only
+    // the scan that refuses it.
+    let search_terms = search_terms(&object)?;
     let metadata = data_set_to_json(&object);
     let mut instance_attributes = select_level(&metadata, QueryLevel::Instance);
     instance_attributes.insert(
@@ -181,7 +192,7 @@ pub fn parse_instance<R: Read + Seek>(mut reader: R) -> Result<ParsedInstance, I
         study_attributes: select_level(&metadata, QueryLevel::Study),
         series_attributes: select_level(&metadata, QueryLevel::Series),
         instance_attributes,
-        search_terms: search_terms(&object),
+        search_terms,
         metadata: JsonValue::Object(metadata),
         frames,
         study_instance_uid,
@@ -333,7 +344,12 @@ fn select_level(metadata: &Map<String, JsonValue>, level: QueryLevel) -> Map<Str
 
 /// The search terms of a data set: one per value of each searchable attribute present, and a
 /// study-level ModalitiesInStudy term per Modality value.
-pub fn search_terms(object: &InMemDicomObject) -> Vec<SearchTerm> {
+///
+/// A value longer than its value representation allows (see
+/// [`crate::attributes::within_length_limit`]) or an attribute with more than
+/// [`MAX_SEARCH_VALUES`] values refuses the instance: the work of indexing stays bounded per
+/// instance, whatever an instance holds.
+pub fn search_terms(object: &InMemDicomObject) -> Result<Vec<SearchTerm>, InstanceError> {
     let mut terms = Vec::new();
     for attribute in searchable_attributes() {
         let source_tag = if attribute.tag == tags::MODALITIES_IN_STUDY {
@@ -347,7 +363,13 @@ pub fn search_terms(object: &InMemDicomObject) -> Vec<SearchTerm> {
         let Ok(values) = element.to_multi_str() else {
             continue;
         };
+        if values.len() > MAX_SEARCH_VALUES {
+            return Err(InstanceError::TooManyValues(attribute.keyword));
+        }
         for raw in values.iter() {
+            if !within_length_limit(attribute, raw.trim_matches([' ', '\0'])) {
+                return Err(InstanceError::ValueTooLong(attribute.keyword));
+            }
             let value = match attribute.kind {
                 SearchKind::Exact => {
                     let exact = normalize_exact(raw);
@@ -377,5 +399,5 @@ pub fn search_terms(object: &InMemDicomObject) -> Vec<SearchTerm> {
             }
         }
     }
-    terms
+    Ok(terms)
 }

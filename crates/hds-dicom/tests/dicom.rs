@@ -715,3 +715,76 @@ fn encapsulated_fragments_are_assigned_to_frames() {
     let bytes = encapsulated_instance(vec![], vec![vec![1, 2]; 2]);
     assert_eq!(frames_of(&bytes), None);
 }
+
+/// Hostile values of searchable attributes are refused while the values are read, before
+/// anything is derived from them: the names that once cost seconds to minutes of token
+/// building (a 200,000-letter name; 20,000 characters that each decompose into 18) are refused
+/// in a linear scan, and one value per attribute beyond the multiplicity limit too.
+#[test]
+fn over_long_and_over_many_search_values_are_refused() {
+    let implicit = "1.2.840.10008.1.2";
+    let cases: [(dicom_core::Tag, VR, String, &str); 4] = [
+        (
+            tags::PATIENT_NAME,
+            VR::PN,
+            "a".repeat(200_000),
+            "PatientName",
+        ),
+        (
+            tags::REFERRING_PHYSICIAN_NAME,
+            VR::PN,
+            "\u{fdfa}".repeat(20_000),
+            "ReferringPhysicianName",
+        ),
+        // Four groups, each short.
+        (tags::PATIENT_NAME, VR::PN, "a=b=c=d".into(), "PatientName"),
+        (
+            tags::ACCESSION_NUMBER,
+            VR::SH,
+            "7".repeat(65),
+            "AccessionNumber",
+        ),
+    ];
+    for (tag, vr, value, keyword) in cases {
+        let mut data_set = synthetic_data_set();
+        data_set.put(DataElement::new(tag, vr, value.as_str()));
+        let bytes = write_instance(data_set, implicit);
+        let started = std::time::Instant::now();
+        let error = parse_instance(Cursor::new(&bytes)).expect_err("refused");
+        assert!(
+            matches!(error, InstanceError::ValueTooLong(name) if name == keyword),
+            "{keyword}: {error:?}"
+        );
+        assert!(!error_message_contains_value(&bytes, keyword));
+        // Generous for a debug build on a busy machine; the quadratic path took seconds.
+        assert!(started.elapsed() < std::time::Duration::from_secs(2));
+    }
+    let mut data_set = synthetic_data_set();
+    let modalities = vec!["OT"; 17].join("\\");
+    data_set.put(DataElement::new(
+        tags::MODALITY,
+        VR::CS,
+        modalities.as_str(),
+    ));
+    let error = parse_instance(Cursor::new(write_instance(data_set, ELE))).expect_err("17 values");
+    assert!(
+        matches!(
+            error,
+            InstanceError::TooManyValues("Modality" | "ModalitiesInStudy")
+        ),
+        "{error:?}"
+    );
+    // Within the tolerance: a description a little past LO's 64 characters, three name groups.
+    let mut data_set = synthetic_data_set();
+    data_set.put(DataElement::new(
+        tags::STUDY_DESCRIPTION,
+        VR::LO,
+        "d".repeat(70).as_str(),
+    ));
+    data_set.put(DataElement::new(
+        tags::PATIENT_NAME,
+        VR::PN,
+        format!("{}=b=c", "a".repeat(256)).as_str(),
+    ));
+    parse_instance(Cursor::new(write_instance(data_set, ELE))).expect("within the tolerance");
+}
