@@ -6,16 +6,25 @@
 //!   are random 128-bit identifiers, sharded into directories by their first byte.
 //! - This is the one seam where stored bytes are written and read, so the envelope encryption
 //!   of a blob happens here and nowhere else.
-//! - A blob becomes visible under its name only when complete (object_store writes to a temporary
-//!   file and renames it), so a crash never leaves half a blob under a real name.
+//! - A blob becomes visible under its name only when complete (it is written to a temporary
+//!   file and renamed), so a crash never leaves half a blob under a real name.
+//! - On local files, a write that returned is on stable storage: the blob's data and its
+//!   directory are synced first (`local`), unless the store was opened with
+//!   [`LocalOptions::sync_writes`] off. A caller records a blob in the index only after its
+//!   write returned, so after a power cut every recorded blob is there; a blob written but not
+//!   recorded is an orphan that [`BlobStore::sweep_orphans`] removes.
 #![deny(missing_docs)]
 
+mod local;
 mod sealed;
+mod sweep;
 
+pub use local::LocalOptions;
 pub use sealed::{SealedBlobWriter, SealedRanges};
+pub use sweep::{SHARD_COUNT, ShardListing};
 
 use std::ops::Range;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -92,14 +101,21 @@ impl std::fmt::Display for BlobName {
 #[derive(Clone)]
 pub struct BlobStore {
     pub(crate) store: Arc<dyn ObjectStore>,
-    /// The directory of a store of local files: sealed reads open the files themselves, so
-    /// that opening a blob and reading it is one blocking-pool task instead of two.
-    pub(crate) local_root: Option<Arc<PathBuf>>,
+    /// The files of a local store: written here rather than through `store` (which does not
+    /// sync), and read directly by sealed reads, so that opening a blob and reading it is one
+    /// blocking-pool task instead of two.
+    pub(crate) local: Option<Arc<local::LocalFiles>>,
 }
 
 impl BlobStore {
-    /// Blobs as files under `directory` (created if missing).
+    /// Blobs as files under `directory` (created if missing), every write synced before it
+    /// returns.
     pub fn local(directory: &Path) -> Result<BlobStore, BlobError> {
+        Self::local_with(directory, LocalOptions::default())
+    }
+
+    /// Blobs as files under `directory` (created if missing), written as `options` says.
+    pub fn local_with(directory: &Path, options: LocalOptions) -> Result<BlobStore, BlobError> {
         std::fs::create_dir_all(directory).map_err(|source| {
             BlobError::Store(object_store::Error::Generic {
                 store: "local",
@@ -109,36 +125,38 @@ impl BlobStore {
         let store = LocalFileSystem::new_with_prefix(directory)?;
         // The same directory the store resolves names under (it canonicalizes it too).
         let root = std::fs::canonicalize(directory).map_err(local_error)?;
-        // Every blob lives under the directory named by its name's first two hex digits
-        // (`BlobName::object_path`). Made here once, rather than by the first store into each
-        // of them: a STOW then creates one file and no directory.
-        for prefix in 0..=255u8 {
-            std::fs::create_dir_all(root.join(format!("{prefix:02x}"))).map_err(local_error)?;
-        }
         Ok(BlobStore {
             store: Arc::new(store),
-            local_root: Some(Arc::new(root)),
+            local: Some(Arc::new(local::LocalFiles::open(root, options)?)),
         })
     }
 
     /// Blobs in any object store (Azure Blob, S3, memory).
     pub fn from_object_store(store: Arc<dyn ObjectStore>) -> BlobStore {
-        BlobStore {
-            store,
-            local_root: None,
-        }
+        BlobStore { store, local: None }
     }
 
     /// Starts writing a new blob; it is visible only after [`BlobWriter::finish`].
     pub async fn create(&self, name: &BlobName) -> Result<BlobWriter, BlobError> {
+        if let Some(local) = &self.local {
+            return Ok(BlobWriter {
+                inner: WriterKind::Local {
+                    writer: local.create(name).await?,
+                    files: Arc::clone(local),
+                },
+            });
+        }
         let upload = self.store.put_multipart(&name.object_path()).await?;
         Ok(BlobWriter {
-            inner: WriteMultipart::new_with_chunk_size(upload, 8 * 1024 * 1024),
+            inner: WriterKind::Store(WriteMultipart::new_with_chunk_size(upload, 8 * 1024 * 1024)),
         })
     }
 
     /// Writes a whole blob at once.
     pub async fn put(&self, name: &BlobName, contents: Bytes) -> Result<(), BlobError> {
+        if let Some(local) = &self.local {
+            return local.put(name, &contents).await;
+        }
         self.store.put(&name.object_path(), contents.into()).await?;
         Ok(())
     }
@@ -189,27 +207,52 @@ fn not_found(error: object_store::Error) -> BlobError {
 
 /// A blob being written. Dropping it without [`BlobWriter::finish`] abandons the blob.
 pub struct BlobWriter {
-    inner: WriteMultipart,
+    inner: WriterKind,
+}
+
+enum WriterKind {
+    /// A local file, synced when finished.
+    Local {
+        writer: local::LocalWriter,
+        files: Arc<local::LocalFiles>,
+    },
+    /// A multipart upload to an object store.
+    Store(WriteMultipart),
 }
 
 impl BlobWriter {
     /// Appends bytes. Waits when too many parts are in flight, so memory stays bounded.
     pub async fn write(&mut self, bytes: &[u8]) -> Result<(), BlobError> {
-        self.inner.wait_for_capacity(4).await?;
-        self.inner.write(bytes);
-        Ok(())
+        match &mut self.inner {
+            WriterKind::Local { writer, .. } => writer.write(bytes.to_vec()).await,
+            WriterKind::Store(upload) => {
+                upload.wait_for_capacity(4).await?;
+                upload.write(bytes);
+                Ok(())
+            }
+        }
     }
 
-    /// Completes the blob, making it visible under its name.
+    /// Completes the blob, making it visible under its name (and, on local files, durable).
     pub async fn finish(self) -> Result<(), BlobError> {
-        self.inner.finish().await?;
-        Ok(())
+        match self.inner {
+            WriterKind::Local { writer, files } => files.finish(writer).await,
+            WriterKind::Store(upload) => {
+                upload.finish().await?;
+                Ok(())
+            }
+        }
     }
 
     /// Abandons the blob.
     pub async fn abort(self) -> Result<(), BlobError> {
-        self.inner.abort().await?;
-        Ok(())
+        match self.inner {
+            WriterKind::Local { writer, .. } => writer.abort().await,
+            WriterKind::Store(upload) => {
+                upload.abort().await?;
+                Ok(())
+            }
+        }
     }
 }
 
@@ -241,6 +284,128 @@ mod tests {
         assert!(matches!(store.read(&name).await, Err(BlobError::NotFound)));
         store.delete(&name).await?;
         Ok(())
+    }
+
+    /// The names of the files in a local store's shard directories.
+    fn files_in(root: &Path) -> Vec<String> {
+        let mut files = Vec::new();
+        for shard in std::fs::read_dir(root).expect("root") {
+            let shard = shard.expect("shard");
+            for file in std::fs::read_dir(shard.path()).expect("shard dir") {
+                files.push(
+                    file.expect("file")
+                        .file_name()
+                        .to_string_lossy()
+                        .into_owned(),
+                );
+            }
+        }
+        files.sort();
+        files
+    }
+
+    #[tokio::test]
+    async fn local_writes_leave_only_whole_blobs_and_aborts_leave_nothing() {
+        let directory = tempfile::tempdir().expect("temp dir");
+        let store = BlobStore::local(directory.path()).expect("store");
+        let small = BlobName::random();
+        store
+            .put(&small, Bytes::from_static(b"small"))
+            .await
+            .expect("put");
+        let large = BlobName::random();
+        let mut writer = store.create(&large).await.expect("create");
+        writer.write(&[1u8; 3_000_000]).await.expect("write");
+        assert_eq!(
+            files_in(directory.path()).len(),
+            2,
+            "an unfinished blob is a temporary file"
+        );
+        writer.finish().await.expect("finish");
+        let abandoned = BlobName::random();
+        let mut writer = store.create(&abandoned).await.expect("create");
+        writer.write(b"partial").await.expect("write");
+        writer.abort().await.expect("abort");
+        let dropped = BlobName::random();
+        let mut writer = store.create(&dropped).await.expect("create");
+        writer.write(b"partial").await.expect("write");
+        drop(writer);
+
+        let mut expected = vec![small.to_string(), large.to_string()];
+        expected.sort();
+        assert_eq!(files_in(directory.path()), expected);
+        let read: Vec<Bytes> = store
+            .read(&large)
+            .await
+            .expect("read")
+            .try_collect()
+            .await
+            .expect("bytes");
+        assert_eq!(read.concat(), vec![1u8; 3_000_000]);
+        assert!(matches!(
+            store.read(&abandoned).await,
+            Err(BlobError::NotFound)
+        ));
+    }
+
+    #[tokio::test]
+    async fn concurrent_durable_writes_all_land() {
+        let directory = tempfile::tempdir().expect("temp dir");
+        let store = BlobStore::local(directory.path()).expect("store");
+        let mut tasks = Vec::new();
+        for index in 0..64u8 {
+            let store = store.clone();
+            tasks.push(tokio::spawn(async move {
+                let name = BlobName::random();
+                store
+                    .put(&name, Bytes::from(vec![index; 100]))
+                    .await
+                    .map(|()| (name, index))
+            }));
+        }
+        for task in tasks {
+            let (name, index) = task.await.expect("join").expect("put");
+            let read: Vec<Bytes> = store
+                .read(&name)
+                .await
+                .expect("read")
+                .try_collect()
+                .await
+                .expect("bytes");
+            assert_eq!(read.concat(), vec![index; 100]);
+        }
+    }
+
+    #[tokio::test]
+    async fn settled_listings_name_old_blobs_and_remove_old_temporaries() {
+        let directory = tempfile::tempdir().expect("temp dir");
+        let store = BlobStore::local(directory.path()).expect("store");
+        let name = BlobName::random();
+        store
+            .put(&name, Bytes::from_static(b"x"))
+            .await
+            .expect("put");
+        let shard = u8::from_str_radix(&name.as_str()[..2], 16).expect("hex");
+        let crash_leftover = directory
+            .path()
+            .join(&name.as_str()[..2])
+            .join(format!("{}.tmp-00000000000000ff", BlobName::random()));
+        std::fs::write(&crash_leftover, b"half").expect("leftover");
+        let stranger = directory.path().join(&name.as_str()[..2]).join("README");
+        std::fs::write(&stranger, b"not ours").expect("stranger");
+
+        let before = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
+        let listing = store.list_settled(shard, before).await.expect("list");
+        assert!(listing.settled_blobs.is_empty(), "nothing is an hour old");
+        assert_eq!(listing.temporaries_removed, 0);
+        assert!(crash_leftover.exists());
+
+        let after = std::time::SystemTime::now() + std::time::Duration::from_secs(1);
+        let listing = store.list_settled(shard, after).await.expect("list");
+        assert_eq!(listing.settled_blobs, vec![name]);
+        assert_eq!(listing.temporaries_removed, 1);
+        assert!(!crash_leftover.exists());
+        assert!(stranger.exists(), "files that are not ours are left alone");
     }
 
     #[test]

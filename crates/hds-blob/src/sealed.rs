@@ -160,8 +160,8 @@ impl BlobStore {
         &self,
         name: &BlobName,
     ) -> Result<(CiphertextSource, u64, Vec<u8>), BlobError> {
-        if let Some(root) = &self.local_root {
-            let path = root.join(name.object_path().as_ref());
+        if let Some(local) = &self.local {
+            let path = local.path_of(name);
             let opened = tokio::task::spawn_blocking(move || {
                 let mut file = match std::fs::File::open(&path) {
                     Ok(file) => file,

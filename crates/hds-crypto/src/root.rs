@@ -14,6 +14,23 @@
 //! never be opened as another. The associated data is `version byte || associated_data`, which
 //! binds the format version too. Nonces are random: each purpose is expected to seal far fewer
 //! than 2^32 values under one root key, which keeps the collision probability negligible.
+//!
+//! # The root key under a passphrase
+//!
+//! A backup carries the root key, and an operator may keep it off the disk in plaintext; both
+//! hold it sealed under a passphrase ([`RootKey::seal_with_passphrase`]), never raw:
+//!
+//! ```text
+//! +-----------------+-----------+-----------+-----------+-----------+------------+--------------------+
+//! | "hds-root-key\x01" | m (u32 LE) | t (u32 LE) | p (u32 LE) | salt (16 B) | nonce (12 B) | AES-256-GCM(key)+tag |
+//! +-----------------+-----------+-----------+-----------+-----------+------------+--------------------+
+//! ```
+//!
+//! The AES key is Argon2id(passphrase, salt) with memory `m` KiB, `t` passes and `p` lanes; the
+//! associated data is everything before the nonce, so the parameters cannot be lowered in the
+//! file without the open failing. Opening refuses parameters beyond [`PASSPHRASE_MAX_MEMORY_KIB`]
+//! and [`PASSPHRASE_MAX_PASSES`], so a hostile file cannot make a start take unbounded memory or
+//! time.
 
 use std::fs::File;
 use std::io::{Read, Write};
@@ -38,6 +55,28 @@ const DERIVE_INFO: &[u8] = b"hds/root-key/derive/v1";
 /// Authentication tag length of AES-256-GCM.
 const TAG_LEN: usize = 16;
 
+/// The first bytes of a root key sealed under a passphrase (with the format version).
+const PASSPHRASE_MAGIC: &[u8; 13] = b"hds-root-key\x01";
+/// Argon2id memory cost, in KiB (64 MiB): what OWASP suggests for interactive use, paid once
+/// per start or backup.
+const PASSPHRASE_MEMORY_KIB: u32 = 64 * 1024;
+/// Argon2id passes.
+const PASSPHRASE_PASSES: u32 = 3;
+/// Argon2id lanes.
+const PASSPHRASE_LANES: u32 = 1;
+/// The largest memory cost an opened file may ask for (1 GiB).
+pub const PASSPHRASE_MAX_MEMORY_KIB: u32 = 1024 * 1024;
+/// The most passes an opened file may ask for.
+pub const PASSPHRASE_MAX_PASSES: u32 = 16;
+/// The most lanes an opened file may ask for.
+const PASSPHRASE_MAX_LANES: u32 = 16;
+/// Salt length of a passphrase-sealed root key.
+const PASSPHRASE_SALT_LEN: usize = 16;
+/// The shortest passphrase accepted for sealing.
+pub const PASSPHRASE_MIN_LEN: usize = 12;
+/// The longest passphrase accepted (sealing or opening).
+pub const PASSPHRASE_MAX_LEN: usize = 1024;
+
 /// Why a root-key operation failed.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -51,6 +90,18 @@ pub enum RootKeyError {
     /// A sealed value failed authentication (altered, or sealed for another purpose or key).
     #[error("sealed value failed its integrity check")]
     Integrity,
+    /// A passphrase-sealed root key did not open: the passphrase is wrong or the file was
+    /// altered (the two cannot be told apart).
+    #[error("the root key did not open: wrong passphrase, or the sealed key file was altered")]
+    WrongPassphrase,
+    /// The passphrase is shorter than [`PASSPHRASE_MIN_LEN`] or longer than
+    /// [`PASSPHRASE_MAX_LEN`] bytes.
+    #[error("the passphrase must be {PASSPHRASE_MIN_LEN} to {PASSPHRASE_MAX_LEN} bytes long")]
+    PassphraseLength,
+    /// The file is not a passphrase-sealed root key, or asks for key-derivation costs beyond
+    /// the limits.
+    #[error("not a passphrase-sealed root key, or its parameters are out of bounds")]
+    MalformedSealedKey,
 }
 
 /// The platform root key. Zeroized on drop; never logged.
@@ -73,6 +124,22 @@ impl RootKey {
             Err(error) if error.kind() == std::io::ErrorKind::NotFound => Self::create_at(path),
             Err(error) => Err(RootKeyError::Io(error)),
         }
+    }
+
+    /// Loads the key from `path`, which must exist (see [`RootKey::load_or_create`]).
+    pub fn load(path: &Path) -> Result<RootKey, RootKeyError> {
+        Self::load_from_file(File::open(path)?, path)
+    }
+
+    /// Writes this key as a new plaintext key file at `path` (0600, synced with its
+    /// directory), the form [`RootKey::load_or_create`] reads: what a restore leaves in a new
+    /// data dir. An existing file is never replaced.
+    pub fn write_plaintext(&self, path: &Path) -> Result<(), RootKeyError> {
+        let mut file = create_owner_only(path)?;
+        file.write_all(self.key_bytes.as_slice())?;
+        file.sync_all()?;
+        sync_parent_directory(path)?;
+        Ok(())
     }
 
     /// A fresh random root key held only in memory: for tests and for callers that keep the
@@ -144,6 +211,111 @@ impl RootKey {
         self.expand(DERIVE_INFO, purpose)
     }
 
+    /// This key sealed under `passphrase` (format in the module doc): what a backup carries
+    /// and what an operator may keep on disk instead of the plaintext key.
+    pub fn seal_with_passphrase(&self, passphrase: &[u8]) -> Result<Vec<u8>, RootKeyError> {
+        if passphrase.len() < PASSPHRASE_MIN_LEN || passphrase.len() > PASSPHRASE_MAX_LEN {
+            return Err(RootKeyError::PassphraseLength);
+        }
+        let mut sealed = Vec::with_capacity(PASSPHRASE_HEADER_LEN + NONCE_LEN + 48);
+        sealed.extend_from_slice(PASSPHRASE_MAGIC);
+        for parameter in [PASSPHRASE_MEMORY_KIB, PASSPHRASE_PASSES, PASSPHRASE_LANES] {
+            sealed.extend_from_slice(&parameter.to_le_bytes());
+        }
+        let mut salt = [0u8; PASSPHRASE_SALT_LEN];
+        fill_random(&mut salt);
+        sealed.extend_from_slice(&salt);
+        let aead_key = passphrase_key(
+            passphrase,
+            &salt,
+            PASSPHRASE_MEMORY_KIB,
+            PASSPHRASE_PASSES,
+            PASSPHRASE_LANES,
+        )?;
+        let header = sealed.clone();
+        let mut nonce_bytes = [0u8; NONCE_LEN];
+        fill_random(&mut nonce_bytes);
+        sealed.extend_from_slice(&nonce_bytes);
+        let start = sealed.len();
+        sealed.extend_from_slice(self.key_bytes.as_slice());
+        let tag = aead_key
+            .seal_in_place_separate_tag(
+                Nonce::assume_unique_for_key(nonce_bytes),
+                Aad::from(header),
+                &mut sealed[start..],
+            )
+            // 32 bytes are far below AES-GCM's limit.
+            .expect("AES-256-GCM seal of 32 bytes cannot fail");
+        sealed.extend_from_slice(tag.as_ref());
+        Ok(sealed)
+    }
+
+    /// Opens what [`RootKey::seal_with_passphrase`] produced.
+    pub fn open_with_passphrase(sealed: &[u8], passphrase: &[u8]) -> Result<RootKey, RootKeyError> {
+        if passphrase.is_empty() || passphrase.len() > PASSPHRASE_MAX_LEN {
+            return Err(RootKeyError::PassphraseLength);
+        }
+        if sealed.len() != PASSPHRASE_HEADER_LEN + NONCE_LEN + ROOT_KEY_LEN + TAG_LEN
+            || !sealed.starts_with(PASSPHRASE_MAGIC)
+        {
+            return Err(RootKeyError::MalformedSealedKey);
+        }
+        let parameter = |index: usize| {
+            let offset = PASSPHRASE_MAGIC.len() + 4 * index;
+            let mut bytes = [0u8; 4];
+            bytes.copy_from_slice(&sealed[offset..offset + 4]);
+            u32::from_le_bytes(bytes)
+        };
+        let (memory_kib, passes, lanes) = (parameter(0), parameter(1), parameter(2));
+        if memory_kib > PASSPHRASE_MAX_MEMORY_KIB
+            || passes > PASSPHRASE_MAX_PASSES
+            || lanes > PASSPHRASE_MAX_LANES
+        {
+            return Err(RootKeyError::MalformedSealedKey);
+        }
+        let salt = &sealed[PASSPHRASE_HEADER_LEN - PASSPHRASE_SALT_LEN..PASSPHRASE_HEADER_LEN];
+        let aead_key = passphrase_key(passphrase, salt, memory_kib, passes, lanes)?;
+        let mut nonce_bytes = [0u8; NONCE_LEN];
+        nonce_bytes
+            .copy_from_slice(&sealed[PASSPHRASE_HEADER_LEN..PASSPHRASE_HEADER_LEN + NONCE_LEN]);
+        let mut in_out = Zeroizing::new(sealed[PASSPHRASE_HEADER_LEN + NONCE_LEN..].to_vec());
+        let opened = aead_key
+            .open_in_place(
+                Nonce::assume_unique_for_key(nonce_bytes),
+                Aad::from(&sealed[..PASSPHRASE_HEADER_LEN]),
+                in_out.as_mut_slice(),
+            )
+            .map_err(|_| RootKeyError::WrongPassphrase)?;
+        let mut key_bytes = Zeroizing::new([0u8; ROOT_KEY_LEN]);
+        key_bytes.copy_from_slice(opened);
+        Ok(RootKey { key_bytes })
+    }
+
+    /// Loads a passphrase-sealed key from `path` (a 0600 file). Never creates one: a missing
+    /// file is an error, so a wrong path cannot start hds on a new, empty key.
+    pub fn load_sealed(path: &Path, passphrase: &[u8]) -> Result<RootKey, RootKeyError> {
+        let mut file = File::open(path)?;
+        let metadata = file.metadata()?;
+        check_owner_only(&metadata, path)?;
+        if metadata.len() > 1024 {
+            return Err(RootKeyError::MalformedSealedKey);
+        }
+        let mut sealed = Vec::new();
+        file.read_to_end(&mut sealed)?;
+        Self::open_with_passphrase(&sealed, passphrase)
+    }
+
+    /// Writes this key, sealed under `passphrase`, to a new 0600 file at `path` (synced, with
+    /// its directory); an existing file is never replaced.
+    pub fn write_sealed(&self, path: &Path, passphrase: &[u8]) -> Result<(), RootKeyError> {
+        let sealed = self.seal_with_passphrase(passphrase)?;
+        let mut file = create_owner_only(path)?;
+        file.write_all(&sealed)?;
+        file.sync_all()?;
+        sync_parent_directory(path)?;
+        Ok(())
+    }
+
     fn sealing_key(&self, purpose: &str) -> LessSafeKey {
         let key_bytes = self.expand(SEAL_INFO, purpose);
         let unbound = UnboundKey::new(&AES_256_GCM, key_bytes.as_slice())
@@ -207,7 +379,10 @@ impl RootKey {
             let mut file = create_owner_only(&temporary_path)?;
             file.write_all(root_key.key_bytes.as_slice())?;
             file.sync_all()?;
-            std::fs::hard_link(&temporary_path, path)
+            std::fs::hard_link(&temporary_path, path)?;
+            // The new name must survive a power cut too, or a restart would make a new key and
+            // lose every secret sealed under this one.
+            sync_parent_directory(path)
         })();
         let _ = std::fs::remove_file(&temporary_path);
         match result {
@@ -219,6 +394,43 @@ impl RootKey {
             Err(error) => Err(RootKeyError::Io(error)),
         }
     }
+}
+
+/// Length of a passphrase-sealed key's header: magic, three parameters, salt.
+const PASSPHRASE_HEADER_LEN: usize = PASSPHRASE_MAGIC.len() + 12 + PASSPHRASE_SALT_LEN;
+
+/// The AES-256-GCM key Argon2id derives from a passphrase.
+fn passphrase_key(
+    passphrase: &[u8],
+    salt: &[u8],
+    memory_kib: u32,
+    passes: u32,
+    lanes: u32,
+) -> Result<LessSafeKey, RootKeyError> {
+    let parameters = argon2::Params::new(memory_kib, passes, lanes, Some(32))
+        .map_err(|_| RootKeyError::MalformedSealedKey)?;
+    let argon = argon2::Argon2::new(
+        argon2::Algorithm::Argon2id,
+        argon2::Version::V0x13,
+        parameters,
+    );
+    let mut key_bytes = Zeroizing::new([0u8; 32]);
+    argon
+        .hash_password_into(passphrase, salt, key_bytes.as_mut_slice())
+        .map_err(|_| RootKeyError::MalformedSealedKey)?;
+    let unbound = UnboundKey::new(&AES_256_GCM, key_bytes.as_slice())
+        // A 32-byte slice is always a valid AES-256 key.
+        .expect("32 bytes is a valid AES-256-GCM key");
+    Ok(LessSafeKey::new(unbound))
+}
+
+/// Syncs the directory holding `path`, so a name just created there survives a power cut.
+fn sync_parent_directory(path: &Path) -> std::io::Result<()> {
+    let parent = match path.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => parent,
+        _ => Path::new("."),
+    };
+    File::open(parent)?.sync_all()
 }
 
 /// Prefixes the caller's associated data with the format version.
@@ -290,6 +502,69 @@ mod tests {
             .open("test/purpose", b"row-1", &sealed)
             .expect("open");
         assert_eq!(opened.as_slice(), b"secret value");
+    }
+
+    #[test]
+    fn passphrase_sealed_keys_open_only_with_their_passphrase() {
+        let root_key = RootKey::generate();
+        let sealed = root_key
+            .seal_with_passphrase(b"correct horse battery")
+            .expect("seal");
+        assert!(
+            !sealed
+                .windows(ROOT_KEY_LEN)
+                .any(|window| window == root_key.key_bytes.as_slice()),
+            "the raw key is not in the sealed file"
+        );
+        let opened =
+            RootKey::open_with_passphrase(&sealed, b"correct horse battery").expect("open");
+        assert_eq!(opened.key_bytes.as_slice(), root_key.key_bytes.as_slice());
+        assert!(matches!(
+            RootKey::open_with_passphrase(&sealed, b"wrong horse battery"),
+            Err(RootKeyError::WrongPassphrase)
+        ));
+        // Lowering the cost in the file breaks its authentication.
+        let mut cheaper = sealed.clone();
+        cheaper[PASSPHRASE_MAGIC.len() + 4] = 1;
+        assert!(RootKey::open_with_passphrase(&cheaper, b"correct horse battery").is_err());
+        // A hostile file asking for unbounded memory is refused before any work.
+        let mut hostile = sealed.clone();
+        hostile[PASSPHRASE_MAGIC.len()..PASSPHRASE_MAGIC.len() + 4]
+            .copy_from_slice(&u32::MAX.to_le_bytes());
+        assert!(matches!(
+            RootKey::open_with_passphrase(&hostile, b"correct horse battery"),
+            Err(RootKeyError::MalformedSealedKey)
+        ));
+        assert!(matches!(
+            RootKey::open_with_passphrase(&sealed[1..], b"correct horse battery"),
+            Err(RootKeyError::MalformedSealedKey)
+        ));
+        assert!(matches!(
+            root_key.seal_with_passphrase(b"short"),
+            Err(RootKeyError::PassphraseLength)
+        ));
+    }
+
+    #[test]
+    fn sealed_key_files_round_trip_and_are_never_created_by_loading() {
+        let directory = temporary_directory();
+        let path = directory.path().join("root.key.sealed");
+        assert!(matches!(
+            RootKey::load_sealed(&path, b"correct horse battery"),
+            Err(RootKeyError::Io(_))
+        ));
+        assert!(!path.exists());
+        let root_key = RootKey::generate();
+        root_key
+            .write_sealed(&path, b"correct horse battery")
+            .expect("write");
+        let loaded = RootKey::load_sealed(&path, b"correct horse battery").expect("load");
+        assert_eq!(loaded.key_bytes.as_slice(), root_key.key_bytes.as_slice());
+        assert!(
+            root_key
+                .write_sealed(&path, b"correct horse battery")
+                .is_err()
+        );
     }
 
     #[test]

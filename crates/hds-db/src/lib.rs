@@ -8,7 +8,9 @@
 //!
 //! What this crate settles once for everyone:
 //! - connection setup ([`Database::connect`]): on SQLite, WAL, a busy timeout, foreign keys,
-//!   `secure_delete` and `synchronous=NORMAL` on every pooled connection;
+//!   `secure_delete` and `synchronous=FULL` on every pooled connection, so a commit that
+//!   returned survives a power cut (PostgreSQL: `synchronous_commit=on`), unless the caller
+//!   asks for [`ConnectOptions::durable_commits`] off;
 //! - write transactions ([`Database::begin_write`]) that take SQLite's write lock up front, the
 //!   writers of this process taking turns before asking for it;
 //! - on SQLite, WAL checkpoints in a background task rather than inside commits (`checkpoint`);
@@ -79,6 +81,33 @@ impl std::fmt::Debug for WriteTransaction {
             .debug_struct("WriteTransaction")
             .field("holds_turn", &self._turn.is_some())
             .finish()
+    }
+}
+
+/// How [`Database::connect_with`] opens the database.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ConnectOptions {
+    /// A commit returns only once it is on stable storage (the default). Off, the last
+    /// commits before a power cut or an operating-system crash may be lost (never those
+    /// before a mere process crash): for benchmarks and throwaway data only.
+    pub durable_commits: bool,
+}
+
+impl Default for ConnectOptions {
+    fn default() -> ConnectOptions {
+        ConnectOptions {
+            durable_commits: true,
+        }
+    }
+}
+
+impl ConnectOptions {
+    /// Commits that may be lost on power loss (see [`ConnectOptions::durable_commits`]).
+    pub fn relaxed() -> ConnectOptions {
+        ConnectOptions {
+            durable_commits: false,
+        }
     }
 }
 
@@ -179,31 +208,52 @@ impl Database {
     /// - `sqlite:PATH` (or `sqlite://PATH`): the file and its directory are created if missing;
     /// - `postgres://...` (or `postgresql://...`): the database must exist.
     ///
+    /// Commits are durable: see [`Database::connect_with`].
+    pub async fn connect(url: &str) -> Result<Database, DbError> {
+        Self::connect_with(url, ConnectOptions::default()).await
+    }
+
+    /// Opens the database at `url` as `connect` does, with `options`.
+    ///
     /// SQLite connections run with `journal_mode=WAL` (readers do not block the writer),
     /// `busy_timeout` 5 s, `foreign_keys=ON`, `secure_delete=ON` (deleted values are
-    /// overwritten, not left in free pages) and `synchronous=NORMAL`: in WAL mode a commit is
-    /// durable against a killed process (the WAL is written before the commit returns) and the
-    /// database is never corrupted, but the last commits may be lost on power loss. `FULL` would
-    /// add one fsync per commit, capping a single writer at a few hundred commits per second on
-    /// ordinary disks, while the blob files (object_store's local store) are not fsynced either;
-    /// deployments that need power-loss durability use PostgreSQL with synchronous commit.
-    pub async fn connect(url: &str) -> Result<Database, DbError> {
+    /// overwritten, not left in free pages) and `synchronous=FULL`: in WAL mode the log is
+    /// synced at every commit, so a commit that returned survives a power cut, not only a
+    /// killed process. That is one `fsync` per commit; hds amortizes it by committing the
+    /// stores that arrive together as one transaction (the index's group commit), so the
+    /// cost is per group, not per instance. With `durable_commits` off it is `NORMAL`: the
+    /// database is never corrupted, but the last commits before a power cut may be lost.
+    ///
+    /// PostgreSQL connections set `synchronous_commit` to `on` (or `off`): the server
+    /// flushes its log before a commit returns.
+    pub async fn connect_with(url: &str, options: ConnectOptions) -> Result<Database, DbError> {
         install_drivers();
         let backend = backend_of(url)?;
         match backend {
-            Backend::Sqlite => Self::connect_sqlite(url).await,
+            Backend::Sqlite => Self::connect_sqlite(url, options).await,
             Backend::Postgres => {
-                let options = AnyConnectOptions::from_str(url)?;
+                let connect_options = AnyConnectOptions::from_str(url)?;
+                let synchronous_commit = if options.durable_commits {
+                    "SET synchronous_commit = on"
+                } else {
+                    "SET synchronous_commit = off"
+                };
                 let pool = AnyPoolOptions::new()
                     .max_connections(MAX_CONNECTIONS)
-                    .connect_with(options)
+                    .after_connect(move |connection, _metadata| {
+                        Box::pin(async move {
+                            connection.execute(synchronous_commit).await?;
+                            Ok(())
+                        })
+                    })
+                    .connect_with(connect_options)
                     .await?;
                 Ok(Database::new(pool, backend))
             }
         }
     }
 
-    async fn connect_sqlite(url: &str) -> Result<Database, DbError> {
+    async fn connect_sqlite(url: &str, options: ConnectOptions) -> Result<Database, DbError> {
         let rest = url.strip_prefix("sqlite:").ok_or(DbError::UnsupportedUrl)?;
         let rest = rest.strip_prefix("//").unwrap_or(rest);
         let (path, query) = match rest.split_once('?') {
@@ -224,21 +274,26 @@ impl Database {
             Some(query) => format!("sqlite://{path}?{query}&mode=rwc"),
             None => format!("sqlite://{path}?mode=rwc"),
         };
-        let options = AnyConnectOptions::from_str(&url)?;
+        let connect_options = AnyConnectOptions::from_str(&url)?;
+        let synchronous = if options.durable_commits {
+            "PRAGMA synchronous = FULL"
+        } else {
+            "PRAGMA synchronous = NORMAL"
+        };
         let pool = AnyPoolOptions::new()
             .max_connections(MAX_CONNECTIONS)
             // A pooled SQLite connection is a file handle in this process: it cannot go stale
             // the way a network connection can, so the ping sqlx would send before handing it
             // out (a round trip to the connection's thread on every query) buys nothing.
             .test_before_acquire(false)
-            .after_connect(|connection, _metadata| {
+            .after_connect(move |connection, _metadata| {
                 Box::pin(async move {
                     // busy_timeout first: switching to WAL needs a lock another connection
                     // may hold for a moment.
                     let busy = format!("PRAGMA busy_timeout = {}", SQLITE_BUSY_TIMEOUT.as_millis());
                     connection.execute(busy.as_str()).await?;
                     connection.execute("PRAGMA journal_mode = WAL").await?;
-                    connection.execute("PRAGMA synchronous = NORMAL").await?;
+                    connection.execute(synchronous).await?;
                     // Checkpoints run in the background (`checkpoint`); this one is a backstop.
                     let backstop = format!(
                         "PRAGMA wal_autocheckpoint = {}",
@@ -250,7 +305,7 @@ impl Database {
                     Ok(())
                 })
             })
-            .connect_with(options)
+            .connect_with(connect_options)
             .await?;
         let checkpointer = checkpoint::Checkpointer::start(pool.clone());
         let mut database = Database::new(pool, Backend::Sqlite);

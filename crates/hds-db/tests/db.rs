@@ -225,7 +225,7 @@ async fn sqlite_pragmas_are_set_on_every_connection() {
             .await
             .expect("sync")
             .get(0);
-        assert_eq!(synchronous, 1, "NORMAL");
+        assert_eq!(synchronous, 2, "FULL: commits are synced");
         let foreign_keys: i64 = pragma("PRAGMA foreign_keys")
             .fetch_one(&mut **connection)
             .await

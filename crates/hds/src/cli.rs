@@ -29,6 +29,10 @@ pub enum Command {
     /// ARM template deployments.
     #[command(subcommand)]
     Deployment(crate::client::arm::DeploymentCommand),
+    /// Take an online backup of a data dir (while `hds up` runs) into a new directory.
+    Backup(crate::recovery::BackupOptions),
+    /// Rebuild a data dir from a backup.
+    Restore(crate::recovery::RestoreOptions),
 }
 
 /// Options of `hds up`.
@@ -114,6 +118,29 @@ pub struct UpOptions {
     /// Start empty: skip creating the default vault, key and CMK-encrypted DICOM service.
     #[arg(long, env = "HDS_NO_BOOTSTRAP")]
     pub no_bootstrap: bool,
+
+    /// `full`: a write is acknowledged only once it is on stable storage (blob and directory
+    /// synced, index commit synced). `relaxed`: nothing is synced, so a power cut loses
+    /// acknowledged writes: UNSAFE, for benchmarks only.
+    #[arg(long, env = "HDS_DURABILITY", value_enum, default_value_t = Durability::Full)]
+    pub durability: Durability,
+
+    /// Blobs no index row references are removed once older than this (e.g. 1h).
+    #[arg(long, env = "HDS_ORPHAN_GRACE", default_value = "1h", value_parser = parse_duration)]
+    pub orphan_grace: std::time::Duration,
+
+    /// How often the orphan sweeper runs (e.g. 1h).
+    #[arg(long, env = "HDS_SWEEP_INTERVAL", default_value = "1h", value_parser = parse_duration)]
+    pub sweep_interval: std::time::Duration,
+}
+
+/// When an acknowledged write is on stable storage.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Durability {
+    /// Before it is acknowledged (the default).
+    Full,
+    /// Whenever the operating system writes it back: a power cut loses acknowledged writes.
+    Relaxed,
 }
 
 /// `90`, `90s`, `500ms`, `5m`, `2h`.

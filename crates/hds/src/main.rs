@@ -7,6 +7,7 @@ mod cli;
 mod client;
 mod dicom_host;
 mod logging;
+mod recovery;
 mod seed_flow;
 mod up;
 mod vault_access;
@@ -31,6 +32,14 @@ fn main() -> anyhow::Result<()> {
         cli::Command::Deployment(client::arm::DeploymentCommand::Group(
             client::arm::GroupDeploymentCommand::Create(options),
         )) => client_runtime()?.block_on(client::arm::deployment_group_create(options)),
+        cli::Command::Backup(options) => {
+            logging::init();
+            client_runtime()?.block_on(recovery::backup(options))
+        }
+        cli::Command::Restore(options) => {
+            logging::init();
+            client_runtime()?.block_on(recovery::restore(options))
+        }
     }
 }
 

@@ -72,7 +72,16 @@ pub async fn run(options: UpOptions) -> anyhow::Result<()> {
         "sqlite" => format!("sqlite:{}", data_dir.join("index.db").display()),
         url => url.to_owned(),
     };
-    let database = Database::connect(&database_url)
+    let durable = options.durability == crate::cli::Durability::Full;
+    if !durable {
+        tracing::warn!("--durability relaxed: acknowledged writes are lost on power loss");
+    }
+    let connect_options = if durable {
+        hds_db::ConnectOptions::default()
+    } else {
+        hds_db::ConnectOptions::relaxed()
+    };
+    let database = Database::connect_with(&database_url, connect_options)
         .await
         .context("opening the database")?;
     let mut identity_config = IdentityConfig::new(&public_url);
@@ -92,7 +101,13 @@ pub async fn run(options: UpOptions) -> anyhow::Result<()> {
     let index = Index::open(database.clone(), Arc::new(keyrings.clone()))
         .await
         .context("opening the index")?;
-    let blobs = BlobStore::local(&data_dir.join("blobs")).context("opening the blob store")?;
+    let mut blob_options = hds_blob::LocalOptions::default();
+    blob_options.sync_writes = durable;
+    let blobs = BlobStore::local_with(&data_dir.join("blobs"), blob_options)
+        .context("opening the blob store")?;
+    // Blobs of stores a crash interrupted, and study keys without studies.
+    let sweeper = hds_backup::Sweeper::new(database.clone(), blobs.clone(), options.orphan_grace)
+        .spawn(options.sweep_interval);
 
     // Key vaults: each on its own HTTPS listener (the Azure SDKs address vaults by host).
     let pkcs11 = match &options.pkcs11_module {
@@ -354,6 +369,7 @@ pub async fn run(options: UpOptions) -> anyhow::Result<()> {
             .serve(service)
             .await?;
     }
+    sweeper.abort();
     let _ = stop_monitor.send(());
     vault_listeners.shutdown();
     println!("hds stopped");

@@ -1,0 +1,144 @@
+//! `hds backup` and `hds restore`: argument handling around `hds-backup`.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+use clap::Args;
+use hds_blob::BlobStore;
+use hds_crypto::root::RootKey;
+use hds_db::Database;
+
+/// The environment variable a passphrase may come from instead of a file.
+const PASSPHRASE_ENV: &str = "HDS_BACKUP_PASSPHRASE";
+/// The largest passphrase file read.
+const PASSPHRASE_FILE_LIMIT: u64 = 4096;
+
+/// Options of `hds backup`.
+#[derive(Debug, Args)]
+pub struct BackupOptions {
+    /// The data dir of the hds to back up (it may be running).
+    #[arg(long, env = "HDS_DATA_DIR")]
+    pub data_dir: PathBuf,
+
+    /// Where to write the backup: a new or empty directory.
+    #[arg(long)]
+    pub to: PathBuf,
+
+    /// A 0600 file holding the passphrase that seals the root key in the backup (else the
+    /// HDS_BACKUP_PASSPHRASE variable). Never on the command line.
+    #[arg(long)]
+    pub passphrase_file: Option<PathBuf>,
+}
+
+/// Options of `hds restore`.
+#[derive(Debug, Args)]
+pub struct RestoreOptions {
+    /// The backup to restore.
+    #[arg(long)]
+    pub from: PathBuf,
+
+    /// The new data dir: absent or empty.
+    #[arg(long)]
+    pub data_dir: PathBuf,
+
+    /// A 0600 file holding the backup's passphrase (else the HDS_BACKUP_PASSPHRASE variable).
+    #[arg(long)]
+    pub passphrase_file: Option<PathBuf>,
+}
+
+pub async fn backup(options: BackupOptions) -> anyhow::Result<()> {
+    let passphrase = passphrase(options.passphrase_file.as_deref())?;
+    let root_key_path = options.data_dir.join("root.key");
+    let root_key = RootKey::load(&root_key_path)
+        .with_context(|| format!("loading the root key {}", root_key_path.display()))?;
+    let database_path = options.data_dir.join("index.db");
+    if !database_path.is_file() {
+        bail!(
+            "{} holds no SQLite index; for PostgreSQL see docs/durability.md",
+            options.data_dir.display()
+        );
+    }
+    let database = Database::connect(&format!("sqlite:{}", database_path.display()))
+        .await
+        .context("opening the database")?;
+    let blobs =
+        BlobStore::local(&options.data_dir.join("blobs")).context("opening the blob store")?;
+    let started = std::time::Instant::now();
+    let report = hds_backup::backup(
+        hds_backup::BackupSource {
+            data_dir: &options.data_dir,
+            database: &database,
+            blobs: &blobs,
+            root_key: &root_key,
+        },
+        &options.to,
+        &passphrase,
+    )
+    .await
+    .context("backing up")?;
+    database.close().await;
+    tracing::info!(
+        instances = report.instances,
+        blobs = report.blobs,
+        blob_bytes = report.blob_bytes,
+        deleted_during_backup = report.deleted_during_backup,
+        seconds = started.elapsed().as_secs_f64(),
+        "backup complete"
+    );
+    Ok(())
+}
+
+pub async fn restore(options: RestoreOptions) -> anyhow::Result<()> {
+    let passphrase = passphrase(options.passphrase_file.as_deref())?;
+    let report = hds_backup::restore(&options.from, &options.data_dir, &passphrase)
+        .await
+        .context("restoring")?;
+    tracing::info!(
+        instances = report.instances,
+        blobs = report.blobs,
+        "restore complete; start it with hds up --data-dir {}",
+        options.data_dir.display()
+    );
+    Ok(())
+}
+
+/// The passphrase from its file (owner-only, trailing newline dropped) or the environment.
+fn passphrase(file: Option<&Path>) -> anyhow::Result<zeroize::Zeroizing<Vec<u8>>> {
+    let mut bytes = match file {
+        Some(path) => {
+            use std::io::Read;
+            use std::os::unix::fs::PermissionsExt;
+            let opened =
+                std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+            let metadata = opened.metadata()?;
+            if metadata.permissions().mode() & 0o077 != 0 {
+                bail!(
+                    "{} must not be readable by group or others (chmod 600)",
+                    path.display()
+                );
+            }
+            let mut bytes = zeroize::Zeroizing::new(Vec::new());
+            opened
+                .take(PASSPHRASE_FILE_LIMIT + 1)
+                .read_to_end(&mut bytes)?;
+            if bytes.len() as u64 > PASSPHRASE_FILE_LIMIT {
+                bail!(
+                    "{} is larger than {PASSPHRASE_FILE_LIMIT} bytes",
+                    path.display()
+                );
+            }
+            bytes
+        }
+        None => match std::env::var_os(PASSPHRASE_ENV) {
+            Some(value) => zeroize::Zeroizing::new(value.into_encoded_bytes()),
+            None => bail!("give the passphrase with --passphrase-file or {PASSPHRASE_ENV}"),
+        },
+    };
+    while bytes
+        .last()
+        .is_some_and(|byte| *byte == b'\n' || *byte == b'\r')
+    {
+        bytes.pop();
+    }
+    Ok(bytes)
+}
