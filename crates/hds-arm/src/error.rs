@@ -251,9 +251,9 @@ impl ArmError {
     }
 }
 
-/// Keeps echoed client input short.
+/// Keeps echoed client input short and printable.
 fn truncate(text: &str) -> String {
-    text.chars().take(64).collect()
+    crate::names::printable(text)
 }
 
 impl IntoResponse for ArmError {

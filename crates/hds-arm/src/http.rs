@@ -18,10 +18,11 @@
 //! 2022-05-15 and 2023-06-01-preview.
 
 use axum::Router;
-use axum::body::{Body, to_bytes};
+use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::any;
+use futures::StreamExt;
 use http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use serde_json::Value;
 
@@ -29,8 +30,14 @@ use crate::error::ArmError;
 use crate::id::ResourceId;
 use crate::service::{Arm, Outcome};
 
-/// The largest request body accepted (templates with their parameters fit easily).
-const MAX_BODY_BYTES: usize = 4 * 1024 * 1024;
+/// The largest request body accepted: Azure's limit on a deployment request (template and
+/// parameters), which no other ARM body comes near.
+pub(crate) const MAX_BODY_BYTES: usize = 4 * 1024 * 1024;
+
+/// The deepest JSON body accepted. ARM bodies nest a few levels (a template's resources
+/// about ten); the limit keeps every stored document readable back (the JSON reader refuses
+/// nesting past 128) and recursive walks over it shallow.
+pub(crate) const MAX_JSON_DEPTH: usize = 64;
 
 /// The ARM routes: `/subscriptions...` and `/tenants`.
 pub fn router(arm: Arm) -> Router {
@@ -78,6 +85,7 @@ enum Route {
     MoveResources(ResourceId),
     OperationStatus {
         subscription: String,
+        namespace: String,
         operation: String,
     },
     Resource(ResourceId),
@@ -103,7 +111,7 @@ async fn serve(
     let segment_refs: Vec<&str> = segments.iter().map(String::as_str).collect();
     let route = parse_route(&segment_refs, method)?;
     let caller = arm.authenticate(headers).await?;
-    let body = read_json_body(body, method).await?;
+    let body = read_json_body(body, headers, method).await?;
     let base_url = base_url(arm, headers);
     let outcome = match (route, method.clone()) {
         (Route::Tenants, Method::GET) => {
@@ -166,13 +174,15 @@ async fn serve(
         (
             Route::OperationStatus {
                 subscription,
+                namespace,
                 operation,
             },
             Method::GET,
         ) => {
             return Ok(json_response(
                 StatusCode::OK,
-                arm.operation_status(&subscription, &operation).await?,
+                arm.operation_status(&caller, &subscription, &namespace, &operation)
+                    .await?,
             ));
         }
         (Route::Resource(id), Method::GET) => {
@@ -251,6 +261,7 @@ fn parse_route(segments: &[&str], method: &Method) -> Result<Route, ArmError> {
             _,
         ] => Route::OperationStatus {
             subscription: segments[1].to_owned(),
+            namespace: segments[3].to_owned(),
             operation: segments[7].to_owned(),
         },
         _ if lower.contains(&"providers") => match ResourceId::from_segments(segments) {
@@ -277,7 +288,7 @@ fn api_version(query: &str) -> Result<String, ArmError> {
         .split('&')
         .filter_map(|pair| pair.split_once('='))
         .find(|(name, _)| name.eq_ignore_ascii_case("api-version"))
-        .map(|(_, value)| percent_decode(value).unwrap_or_default());
+        .map(|(_, value)| percent_decode(value).unwrap_or_else(|| value.to_owned()));
     let Some(value) = value.filter(|value| !value.is_empty()) else {
         return Err(ArmError::missing_api_version());
     };
@@ -309,18 +320,22 @@ pub(crate) fn is_well_formed_api_version(value: &str) -> bool {
     )
 }
 
+/// Splits and decodes the path; every decoded segment is checked
+/// ([`check_path_segment`](crate::names::check_path_segment)) before anything routes on it.
 fn decode_segments(path: &str) -> Result<Vec<String>, ArmError> {
     path.trim_matches('/')
         .split('/')
         .filter(|segment| !segment.is_empty())
         .map(|segment| {
-            percent_decode(segment).ok_or_else(|| {
+            let decoded = percent_decode(segment).ok_or_else(|| {
                 ArmError::new(
                     StatusCode::BAD_REQUEST,
                     "InvalidRequestUri",
                     "The request path is not valid UTF-8.",
                 )
-            })
+            })?;
+            crate::names::check_path_segment(&decoded)?;
+            Ok(decoded)
         })
         .collect()
 }
@@ -346,10 +361,60 @@ fn percent_decode(text: &str) -> Option<String> {
     String::from_utf8(decoded).ok()
 }
 
-async fn read_json_body(body: Body, method: &Method) -> Result<Value, ArmError> {
-    let bytes = to_bytes(body, MAX_BODY_BYTES).await.map_err(|_| {
-        ArmError::invalid_request_content("The request body is too large or could not be read.")
-    })?;
+/// 413 `RequestContentTooLarge`, before or while reading a body past [`MAX_BODY_BYTES`].
+fn body_too_large() -> ArmError {
+    ArmError::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "RequestContentTooLarge",
+        format!("The request content exceeds the maximum size of {MAX_BODY_BYTES} bytes."),
+    )
+}
+
+/// Reads at most [`MAX_BODY_BYTES`]: a declared larger length is refused unread, a longer
+/// stream is refused at the first chunk past the limit.
+async fn read_body_bytes(body: Body, headers: &HeaderMap) -> Result<Vec<u8>, ArmError> {
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.parse::<u64>().ok());
+    if declared.is_some_and(|length| length > MAX_BODY_BYTES as u64) {
+        return Err(body_too_large());
+    }
+    let mut stream = body.into_data_stream();
+    let mut bytes = Vec::new();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|_| {
+            ArmError::invalid_request_content("The request body could not be read.")
+        })?;
+        if bytes.len() + chunk.len() > MAX_BODY_BYTES {
+            return Err(body_too_large());
+        }
+        bytes.extend_from_slice(&chunk);
+    }
+    Ok(bytes)
+}
+
+/// How deeply `value` nests (a scalar is 1), without recursion.
+pub(crate) fn json_depth(value: &Value) -> usize {
+    let mut deepest = 0;
+    let mut pending = vec![(value, 1_usize)];
+    while let Some((value, depth)) = pending.pop() {
+        deepest = deepest.max(depth);
+        match value {
+            Value::Array(items) => pending.extend(items.iter().map(|item| (item, depth + 1))),
+            Value::Object(object) => pending.extend(object.values().map(|item| (item, depth + 1))),
+            _ => {}
+        }
+    }
+    deepest
+}
+
+async fn read_json_body(
+    body: Body,
+    headers: &HeaderMap,
+    method: &Method,
+) -> Result<Value, ArmError> {
+    let bytes = read_body_bytes(body, headers).await?;
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Ok(if matches!(*method, Method::PUT | Method::PATCH) {
             Value::Null
@@ -357,13 +422,19 @@ async fn read_json_body(body: Body, method: &Method) -> Result<Value, ArmError> 
             Value::Object(serde_json::Map::new())
         });
     }
-    serde_json::from_slice(&bytes).map_err(|error| {
+    let value: Value = serde_json::from_slice(&bytes).map_err(|error| {
         ArmError::invalid_request_content(format!(
             "The request content was invalid and could not be deserialized: line {}, column {}.",
             error.line(),
             error.column()
         ))
-    })
+    })?;
+    if json_depth(&value) > MAX_JSON_DEPTH {
+        return Err(ArmError::invalid_request_content(format!(
+            "The request content nests deeper than {MAX_JSON_DEPTH} levels."
+        )));
+    }
+    Ok(value)
 }
 
 fn base_url(arm: &Arm, headers: &HeaderMap) -> String {

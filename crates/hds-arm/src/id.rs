@@ -242,6 +242,28 @@ impl ResourceId {
         ))
     }
 
+    /// Every name in the id with the full type it names: the resource group's name under
+    /// `Microsoft.Resources/resourceGroups`, then each provider segment's names under their
+    /// types (`NS/t` for the first, `NS/t/child` for the next...), outermost first.
+    pub fn typed_names(&self) -> Vec<(String, &str)> {
+        let mut names = Vec::new();
+        if let Some(group) = &self.resource_group {
+            names.push((
+                "Microsoft.Resources/resourceGroups".to_owned(),
+                group.as_str(),
+            ));
+        }
+        for provider in &self.providers {
+            let mut resource_type = provider.namespace.clone();
+            for (type_segment, name) in &provider.types {
+                resource_type.push('/');
+                resource_type.push_str(type_segment);
+                names.push((resource_type.clone(), name.as_str()));
+            }
+        }
+        names
+    }
+
     /// The id as given (keywords normalized to `subscriptions`, `resourceGroups`, `providers`).
     pub fn as_str(&self) -> &str {
         &self.text

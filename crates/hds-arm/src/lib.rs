@@ -24,6 +24,7 @@ mod access;
 mod error;
 mod http;
 mod id;
+mod names;
 mod provider;
 mod service;
 mod store;

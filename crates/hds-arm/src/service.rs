@@ -246,6 +246,7 @@ impl Arm {
     ) -> Result<Outcome, ArmError> {
         self.subscription(id.subscription_id())?;
         self.authorize(caller, RESOURCE_GROUP_WRITE, id).await?;
+        crate::names::check_resource_id(id)?;
         let request = PutRequest::parse(body)?;
         let Some(location) = request.location.clone() else {
             return Err(ArmError::new(
@@ -429,6 +430,7 @@ impl Arm {
     ) -> Result<(bool, ProviderResponse), ArmError> {
         self.authorize_operation(caller, id, "write").await?;
         let provider = self.provider_for(id)?;
+        crate::names::check_resource_id(id)?;
         self.ensure_container(id).await?;
         if !body.is_object() {
             return Err(ArmError::invalid_request_content(
@@ -694,24 +696,48 @@ impl Arm {
     }
 
     /// `GET /subscriptions/{sub}/providers/{ns}/locations/{loc}/operationStatuses/{id}`.
+    ///
+    /// An operation is shown only to a caller who may read the resource it acts on
+    /// (`{type}/read` at that resource's id); to anyone else it answers exactly as an
+    /// operation that does not exist, so its id reveals nothing.
     pub(crate) async fn operation_status(
         &self,
+        caller: &Caller,
         subscription_id: &str,
+        namespace: &str,
         operation_id: &str,
     ) -> Result<Value, ArmError> {
         self.subscription(subscription_id)?;
-        match self.inner.store.get_operation(operation_id).await? {
-            Some(operation) if operation.subscription.eq_ignore_ascii_case(subscription_id) => {
-                Ok(operation.to_json())
-            }
-            _ => Err(ArmError::new(
+        let not_found = || {
+            ArmError::new(
                 StatusCode::NOT_FOUND,
                 "OperationNotFound",
                 format!(
                     "The operation '{}' could not be found.",
-                    operation_id.chars().take(64).collect::<String>()
+                    crate::names::printable(operation_id)
                 ),
-            )),
+            )
+        };
+        let Some(operation) = self.inner.store.get_operation(operation_id).await? else {
+            return Err(not_found());
+        };
+        if !operation.subscription.eq_ignore_ascii_case(subscription_id)
+            || !operation.namespace.eq_ignore_ascii_case(namespace)
+        {
+            return Err(not_found());
+        }
+        let Ok(resource) = ResourceId::parse(&operation.resource_id) else {
+            tracing::warn!("an operation names a resource id that does not parse; not shown");
+            return Err(not_found());
+        };
+        let resource_type = resource.resource_type().unwrap_or_default();
+        match self
+            .authorize(caller, &format!("{resource_type}/read"), &resource)
+            .await
+        {
+            Ok(()) => Ok(operation.to_json()),
+            Err(error) if error.status() == StatusCode::FORBIDDEN => Err(not_found()),
+            Err(error) => Err(error),
         }
     }
 

@@ -483,7 +483,7 @@ impl ResourceStore {
         .bind(resource_type.to_lowercase())
         .fetch_all(self.database.pool())
         .await?;
-        rows.iter().map(read_resource).collect()
+        read_listed(&rows)
     }
 
     /// Everything stored beneath `ancestor` (not `ancestor` itself), in id order: parents come
@@ -498,7 +498,7 @@ impl ResourceStore {
         .bind(prefix)
         .fetch_all(self.database.pool())
         .await?;
-        rows.iter().map(read_resource).collect()
+        read_listed(&rows)
     }
 
     /// Moves a resource and everything beneath it from `old` to `new`, in one transaction.
@@ -639,6 +639,28 @@ async fn insert_row(
     .execute(&mut **transaction)
     .await?;
     Ok(())
+}
+
+/// The rows of a listing that read back; a corrupt row is logged (which column, never its
+/// values) and left out, so one bad row cannot fail every listing, or startup, for everyone.
+fn read_listed(rows: &[AnyRow]) -> Result<Vec<Resource>, StoreError> {
+    let mut resources = Vec::with_capacity(rows.len());
+    for row in rows {
+        match read_resource(row) {
+            Ok(resource) => resources.push(resource),
+            Err(StoreError::Corrupt(column)) => {
+                tracing::warn!(column, "a stored resource row is corrupt; it is left out");
+            }
+            Err(StoreError::Query(sqlx::Error::ColumnDecode { index, .. })) => {
+                tracing::warn!(
+                    column = %index,
+                    "a stored resource row has a value of the wrong type; it is left out"
+                );
+            }
+            Err(error) => return Err(error),
+        }
+    }
+    Ok(resources)
 }
 
 fn read_resource(row: &AnyRow) -> Result<Resource, StoreError> {

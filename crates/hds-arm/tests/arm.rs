@@ -566,7 +566,7 @@ async fn widgets_suite(backend: Backend) {
         (status, body["value"][0]["id"].clone()),
         (StatusCode::OK, json!(assignment))
     );
-    let (status, _, body) = call(&router, Method::PUT, &format!("{}/providers/Microsoft.Test/widgets/absent/providers/Microsoft.Authorization/roleAssignments/x?api-version=2022-04-01", group_path("rg1")), Some(json!({}))).await;
+    let (status, _, body) = call(&router, Method::PUT, &format!("{}/providers/Microsoft.Test/widgets/absent/providers/Microsoft.Authorization/roleAssignments/0b1f3c2e-7a4d-4e8f-9c6b-5d2a1e0f9b8c?api-version=2022-04-01", group_path("rg1")), Some(json!({}))).await;
     assert_eq!(
         (status, body["error"]["code"].clone()),
         (StatusCode::NOT_FOUND, json!("ParentResourceNotFound"))

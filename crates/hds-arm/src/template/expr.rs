@@ -10,7 +10,7 @@
 //! gives the implicit dependencies; then, once those resources are deployed and read, in
 //! *resolved* mode with their JSON at hand.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 
 use serde_json::{Map, Number, Value};
@@ -18,6 +18,10 @@ use serde_json::{Map, Number, Value};
 use crate::error::ArmError;
 use crate::id::ResourceId;
 use crate::template::functions;
+use crate::template::limits::{
+    Budget, MAX_EVALUATION_DEPTH, MAX_EXPRESSION_CHARS, MAX_EXPRESSION_DEPTH, MAX_RANGE_COUNT,
+    exceeded,
+};
 
 /// A parsed expression.
 #[derive(Debug, Clone, PartialEq)]
@@ -33,26 +37,47 @@ fn invalid(message: impl Into<String>) -> ArmError {
     ArmError::invalid_template(message)
 }
 
-/// Parses the inside of `[...]`.
+/// Parses the inside of `[...]`: at most [`MAX_EXPRESSION_CHARS`] characters, nesting at most
+/// [`MAX_EXPRESSION_DEPTH`] deep (checked as the parser descends, so a hostile expression
+/// costs no more stack than a legal one).
 pub(crate) fn parse(text: &str) -> Result<Expr, ArmError> {
+    if text.len() > MAX_EXPRESSION_CHARS && text.chars().count() > MAX_EXPRESSION_CHARS {
+        return Err(exceeded(
+            "the length of an expression in characters",
+            MAX_EXPRESSION_CHARS,
+        ));
+    }
     let mut parser = Parser {
         characters: text.chars().collect(),
         position: 0,
+        depth: 0,
     };
     let expression = parser.expression()?;
     parser.skip_whitespace();
     if parser.position != parser.characters.len() {
         return Err(invalid(format!(
-            "The template language expression '{text}' is not valid: unexpected text at position {}.",
+            "The template language expression '{}' is not valid: unexpected text at position {}.",
+            echo(text),
             parser.position
         )));
     }
     Ok(expression)
 }
 
+/// An expression as error messages may quote it: its first 64 characters, printable.
+fn echo(text: &str) -> String {
+    let mut shown = crate::names::printable(text);
+    if text.chars().count() > 64 {
+        shown.push_str("...");
+    }
+    shown
+}
+
 struct Parser {
     characters: Vec<char>,
     position: usize,
+    /// How many expressions enclose the one being parsed, postfix chains included.
+    depth: usize,
 }
 
 impl Parser {
@@ -67,11 +92,24 @@ impl Parser {
     }
 
     fn error(&self, what: &str) -> ArmError {
-        let text: String = self.characters.iter().collect();
+        let text: String = self.characters.iter().take(65).collect();
         invalid(format!(
-            "The template language expression '{text}' is not valid: {what} at position {}.",
+            "The template language expression '{}' is not valid: {what} at position {}.",
+            echo(&text),
             self.position
         ))
+    }
+
+    /// Enters one more level of nesting, refusing to pass [`MAX_EXPRESSION_DEPTH`].
+    fn descend(&mut self) -> Result<(), ArmError> {
+        self.depth += 1;
+        if self.depth > MAX_EXPRESSION_DEPTH {
+            return Err(exceeded(
+                "the nesting depth of an expression",
+                MAX_EXPRESSION_DEPTH,
+            ));
+        }
+        Ok(())
     }
 
     fn expect(&mut self, expected: char) -> Result<(), ArmError> {
@@ -85,6 +123,14 @@ impl Parser {
     }
 
     fn expression(&mut self) -> Result<Expr, ArmError> {
+        let outer_depth = self.depth;
+        self.descend()?;
+        let result = self.expression_at_depth();
+        self.depth = outer_depth;
+        result
+    }
+
+    fn expression_at_depth(&mut self) -> Result<Expr, ArmError> {
         self.skip_whitespace();
         let mut expression = match self.peek() {
             Some('\'') => Expr::String(self.string_literal()?),
@@ -116,6 +162,9 @@ impl Parser {
         };
         loop {
             self.skip_whitespace();
+            if matches!(self.peek(), Some('.' | '[')) {
+                self.descend()?;
+            }
             match self.peek() {
                 Some('.') => {
                     self.position += 1;
@@ -223,8 +272,23 @@ pub(crate) struct Evaluator<'a> {
     /// Declared names (lowercase, as `reference('name')` may use them) to resource ids.
     pub resource_names: &'a HashMap<String, ResourceId>,
     pub references: References<'a>,
+    /// What the deployment may still spend; every step and produced value is paid from it.
+    budget: &'a Budget,
+    /// Nested evaluation frames now open (at most [`MAX_EVALUATION_DEPTH`]).
+    depth: Cell<usize>,
     variable_cache: RefCell<HashMap<String, Value>>,
     variable_stack: RefCell<Vec<String>>,
+}
+
+/// Closes an evaluation frame opened by [`Evaluator::enter`].
+struct Frame<'e> {
+    depth: &'e Cell<usize>,
+}
+
+impl Drop for Frame<'_> {
+    fn drop(&mut self) {
+        self.depth.set(self.depth.get().saturating_sub(1));
+    }
 }
 
 impl<'a> Evaluator<'a> {
@@ -234,6 +298,7 @@ impl<'a> Evaluator<'a> {
         variables: &'a Map<String, Value>,
         resource_names: &'a HashMap<String, ResourceId>,
         references: References<'a>,
+        budget: &'a Budget,
     ) -> Evaluator<'a> {
         Evaluator {
             scope,
@@ -241,9 +306,23 @@ impl<'a> Evaluator<'a> {
             variables,
             resource_names,
             references,
+            budget,
+            depth: Cell::new(0),
             variable_cache: RefCell::new(HashMap::new()),
             variable_stack: RefCell::new(Vec::new()),
         }
+    }
+
+    /// Opens one evaluation frame: spends a step and refuses to nest past
+    /// [`MAX_EVALUATION_DEPTH`]. The frame closes when the returned guard drops.
+    fn enter(&self) -> Result<Frame<'_>, ArmError> {
+        self.budget.step()?;
+        let depth = self.depth.get() + 1;
+        if depth > MAX_EVALUATION_DEPTH {
+            return Err(exceeded("the evaluation depth", MAX_EVALUATION_DEPTH));
+        }
+        self.depth.set(depth);
+        Ok(Frame { depth: &self.depth })
     }
 
     fn collecting(&self) -> bool {
@@ -260,6 +339,7 @@ impl<'a> Evaluator<'a> {
 
     /// Evaluates every expression in a JSON document (object keys included).
     pub(crate) fn evaluate_json(&self, value: &Value) -> Result<Value, ArmError> {
+        let _frame = self.enter()?;
         match value {
             Value::String(text) => self.evaluate_string(text),
             Value::Array(items) => items
@@ -285,19 +365,25 @@ impl<'a> Evaluator<'a> {
 
     /// Evaluates one JSON string: an expression, an escaped literal, or a plain literal.
     pub(crate) fn evaluate_string(&self, text: &str) -> Result<Value, ArmError> {
+        self.budget.charge(text.len() as u64)?;
         if let Some(rest) = text.strip_prefix("[[") {
             return Ok(Value::String(format!("[{rest}")));
         }
-        match text
-            .strip_prefix('[')
-            .and_then(|rest| rest.strip_suffix(']'))
-        {
+        match expression_text(text) {
             Some(inner) => self.evaluate(&parse(inner)?),
             None => Ok(Value::String(text.to_owned())),
         }
     }
 
+    /// Evaluates a parsed expression; whatever it produces is paid for from the budget.
     pub(crate) fn evaluate(&self, expression: &Expr) -> Result<Value, ArmError> {
+        let _frame = self.enter()?;
+        let value = self.evaluate_unpaid(expression)?;
+        self.budget.charge_value(&value)?;
+        Ok(value)
+    }
+
+    fn evaluate_unpaid(&self, expression: &Expr) -> Result<Value, ArmError> {
         match expression {
             Expr::String(text) => Ok(Value::String(text.clone())),
             Expr::Integer(number) => Ok(Value::Number((*number).into())),
@@ -339,7 +425,7 @@ impl<'a> Evaluator<'a> {
                 .ok_or_else(|| {
                     invalid(format!(
                         "The language expression property '{name}' doesn't exist, available properties are '{}'.",
-                        object.keys().cloned().collect::<Vec<_>>().join(", ")
+                        object.keys().take(20).map(|key| crate::names::printable(key)).collect::<Vec<_>>().join(", ")
                     ))
                 }),
             Value::Null if self.collecting() => Ok(Value::Null),
@@ -371,7 +457,18 @@ impl<'a> Evaluator<'a> {
             .iter()
             .map(|argument| self.evaluate(argument))
             .collect::<Result<Vec<_>, _>>()?;
-        let is_lookup = matches!(lower.as_str(), "parameters" | "variables" | "reference");
+        // `variables` recurses into the variable's own evaluation: it is answered here, not in
+        // `apply`, whose large frame would otherwise sit on the stack once per variable level.
+        if lower == "variables" {
+            return match values.as_slice() {
+                [Value::String(wanted)] => self.variable(wanted),
+                [_] => Err(invalid(format!(
+                    "Unable to evaluate template language function '{name}': argument 1 must be a string."
+                ))),
+                _ => Err(arity(name, "1")),
+            };
+        }
+        let is_lookup = matches!(lower.as_str(), "parameters" | "reference");
         match self.apply(&lower, name, &values) {
             Err(_) if self.collecting() && !is_lookup && values.iter().any(Value::is_null) => {
                 Ok(Value::Null)
@@ -404,10 +501,6 @@ impl<'a> Evaluator<'a> {
                 lookup(self.parameters, wanted).cloned().ok_or_else(|| {
                     invalid(format!("The template parameter '{wanted}' is not found."))
                 })
-            }
-            "variables" => {
-                exactly(1)?;
-                self.variable(text(0)?)
             }
             "concat" => {
                 if !values.is_empty() && values.iter().all(Value::is_array) {
@@ -522,7 +615,19 @@ impl<'a> Evaluator<'a> {
             }
             "replace" => {
                 exactly(3)?;
-                Ok(Value::String(text(0)?.replace(text(1)?, text(2)?)))
+                let (original, old, new) = (text(0)?, text(1)?, text(2)?);
+                if old.is_empty() {
+                    return Err(invalid(
+                        "Unable to evaluate template language function 'replace': the text to replace is empty.",
+                    ));
+                }
+                // The result can be far larger than the arguments: size it before building it.
+                let matches = original.matches(old).count() as u64;
+                let grown = (new.len() as u64).saturating_sub(old.len() as u64);
+                self.budget.ensure_room(
+                    (original.len() as u64).saturating_add(matches.saturating_mul(grown)),
+                )?;
+                Ok(Value::String(original.replace(old, new)))
             }
             "startswith" => {
                 exactly(2)?;
@@ -545,7 +650,7 @@ impl<'a> Evaluator<'a> {
                 let template = template
                     .as_str()
                     .ok_or_else(|| invalid("The format string must be a string."))?;
-                format_composite(template, rest).map(Value::String)
+                format_composite(template, rest, self.budget).map(Value::String)
             }
             "equals" => {
                 exactly(2)?;
@@ -654,6 +759,29 @@ impl<'a> Evaluator<'a> {
                     .map_err(|_| invalid("The argument of 'json' is not valid JSON."))
             }
             "createarray" => Ok(Value::Array(values.to_vec())),
+            "range" => {
+                exactly(2)?;
+                let integer = |index: usize| {
+                    values[index].as_i64().ok_or_else(|| {
+                        invalid(format!(
+                            "Unable to evaluate template language function 'range': argument {} must be an integer.",
+                            index + 1
+                        ))
+                    })
+                };
+                let (start, count) = (integer(0)?, integer(1)?);
+                if !(0..=MAX_RANGE_COUNT).contains(&count) {
+                    return Err(exceeded("the count of 'range'", MAX_RANGE_COUNT));
+                }
+                let end = start.checked_add(count).ok_or_else(|| {
+                    invalid("Unable to evaluate template language function 'range': the end is out of range.")
+                })?;
+                Ok(Value::Array(
+                    (start..end)
+                        .map(|number| Value::Number(number.into()))
+                        .collect(),
+                ))
+            }
             "createobject" => {
                 if !values.len().is_multiple_of(2) {
                     return Err(arity(name, "an even number of"));
@@ -735,6 +863,43 @@ impl<'a> Evaluator<'a> {
     }
 }
 
+/// The inside of `[...]` when `text` is an expression (not a `[[` escape).
+pub(crate) fn expression_text(text: &str) -> Option<&str> {
+    if text.starts_with("[[") {
+        return None;
+    }
+    text.strip_prefix('[')
+        .and_then(|rest| rest.strip_suffix(']'))
+}
+
+/// Parses every expression in `value` (strings and object keys, at any depth) without
+/// evaluating it: a template with an expression that is too long, too deep or malformed is
+/// refused before anything deploys, wherever the expression sits (an output is otherwise
+/// evaluated only at the very end).
+pub(crate) fn check_expressions(value: &Value) -> Result<(), ArmError> {
+    let mut pending = vec![value];
+    let check = |text: &str| -> Result<(), ArmError> {
+        match expression_text(text) {
+            Some(inner) => parse(inner).map(|_| ()),
+            None => Ok(()),
+        }
+    };
+    while let Some(value) = pending.pop() {
+        match value {
+            Value::String(text) => check(text)?,
+            Value::Array(items) => pending.extend(items),
+            Value::Object(object) => {
+                for (key, item) in object {
+                    check(key)?;
+                    pending.push(item);
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
 fn build_id(scope: &ResourceId, type_and_names: &[&str]) -> Result<Value, ArmError> {
     let Some((resource_type, names)) = type_and_names.split_first() else {
         return Err(invalid("A resource type is required."));
@@ -789,7 +954,13 @@ fn values_equal(left: &Value, right: &Value) -> bool {
 
 /// .NET composite formatting: `{0}`, `{1}`, `{{` and `}}`. A format specifier after `:`
 /// (`{0:N2}`) is accepted and ignored: values are written as [`to_text`] writes them.
-fn format_composite(template: &str, arguments: &[Value]) -> Result<String, ArmError> {
+/// The output is sized against `budget` as it grows, since one placeholder may repeat a
+/// large argument many times.
+fn format_composite(
+    template: &str,
+    arguments: &[Value],
+    budget: &Budget,
+) -> Result<String, ArmError> {
     let mut output = String::new();
     let mut characters = template.chars().peekable();
     while let Some(character) = characters.next() {
@@ -825,7 +996,9 @@ fn format_composite(template: &str, arguments: &[Value]) -> Result<String, ArmEr
                     .ok()
                     .and_then(|index| arguments.get(index))
                     .ok_or_else(|| invalid("The format string refers to a missing argument."))?;
-                output.push_str(&to_text(value));
+                let text = to_text(value);
+                budget.ensure_room((output.len() + text.len()) as u64)?;
+                output.push_str(&text);
             }
             '}' => return Err(invalid("The format string has an unmatched '}'.")),
             other => output.push(other),
@@ -852,6 +1025,7 @@ mod tests {
 
     fn evaluate_with(text: &str, parameters: Value, variables: Value) -> Result<Value, ArmError> {
         let scope = scope();
+        let budget = Budget::default();
         let parameters = parameters.as_object().cloned().unwrap_or_default();
         let variables = variables.as_object().cloned().unwrap_or_default();
         let names = HashMap::new();
@@ -862,6 +1036,7 @@ mod tests {
             &variables,
             &names,
             References::Resolved(&resolved),
+            &budget,
         );
         evaluator.evaluate_string(text)
     }
@@ -1018,6 +1193,7 @@ mod tests {
     #[test]
     fn references_collect_then_resolve() {
         let scope = scope();
+        let budget = Budget::default();
         let parameters = Map::new();
         let variables = Map::new();
         let mut names = HashMap::new();
@@ -1030,6 +1206,7 @@ mod tests {
             &variables,
             &names,
             References::Collect(RefCell::new(Vec::new())),
+            &budget,
         );
         assert_eq!(
             collector.evaluate_string(expression).ok(),
@@ -1056,6 +1233,7 @@ mod tests {
             &variables,
             &names,
             References::Resolved(&resolved),
+            &budget,
         );
         assert_eq!(
             resolver.evaluate_string(expression).ok(),
@@ -1076,6 +1254,7 @@ mod tests {
     #[test]
     fn evaluates_keys_and_rejects_bad_syntax() {
         let scope = scope();
+        let budget = Budget::default();
         let parameters = json!({"n": "id1"}).as_object().cloned().unwrap_or_default();
         let variables = Map::new();
         let names = HashMap::new();
@@ -1086,6 +1265,7 @@ mod tests {
             &variables,
             &names,
             References::Resolved(&resolved),
+            &budget,
         );
         let value = evaluator
             .evaluate_json(&json!({"[parameters('n')]": {}, "list": ["[parameters('n')]", 1]}))
@@ -1099,5 +1279,213 @@ mod tests {
         ] {
             assert!(evaluator.evaluate_string(bad).is_err(), "{bad} should fail");
         }
+    }
+
+    fn limit_error(result: Result<Value, ArmError>, limit: &str) {
+        match result {
+            Err(error) => {
+                assert_eq!(error.code(), "InvalidTemplate");
+                assert!(
+                    error.message().contains(limit),
+                    "expected the limit '{limit}' in: {error}"
+                );
+            }
+            Ok(value) => panic!(
+                "expected the limit '{limit}', got a value of {} bytes",
+                value.to_string().len()
+            ),
+        }
+    }
+
+    #[test]
+    fn concat_nested_100000_deep_is_refused_without_overflowing_the_stack() {
+        let deep = format!("[{}'x'{}]", "concat(".repeat(100_000), ")".repeat(100_000));
+        limit_error(
+            evaluate_with(&deep, json!({}), json!({})),
+            "length of an expression",
+        );
+        // Short enough to pass the length limit, too deep to parse.
+        let depth = MAX_EXPRESSION_CHARS / "concat()".len() - 10;
+        let deep = format!("[{}'x'{}]", "concat(".repeat(depth), ")".repeat(depth));
+        limit_error(
+            evaluate_with(&deep, json!({}), json!({})),
+            "nesting depth of an expression",
+        );
+    }
+
+    #[test]
+    fn expression_nesting_is_allowed_up_to_the_limit() {
+        let nested =
+            |depth: usize| format!("[{}'x'{}]", "concat(".repeat(depth), ")".repeat(depth));
+        // The string literal is one level, each `concat(` another.
+        assert_eq!(
+            evaluate_with(&nested(MAX_EXPRESSION_DEPTH - 1), json!({}), json!({})).ok(),
+            Some(json!("x"))
+        );
+        limit_error(
+            evaluate_with(&nested(MAX_EXPRESSION_DEPTH), json!({}), json!({})),
+            "nesting depth of an expression",
+        );
+        // A chain of property accesses nests as deeply as calls do.
+        let chain = format!("[createObject(){}]", ".a".repeat(MAX_EXPRESSION_DEPTH + 1));
+        limit_error(
+            evaluate_with(&chain, json!({}), json!({})),
+            "nesting depth of an expression",
+        );
+        let long = format!("['{}']", "a".repeat(MAX_EXPRESSION_CHARS));
+        limit_error(
+            evaluate_with(&long, json!({}), json!({})),
+            "length of an expression",
+        );
+        let longest = format!("['{}']", "a".repeat(MAX_EXPRESSION_CHARS - 2));
+        assert!(evaluate_with(&longest, json!({}), json!({})).is_ok());
+    }
+
+    #[test]
+    fn variables_that_use_variables_stop_at_the_evaluation_depth() {
+        // v0 uses v1 uses v2 ...: each link nests evaluation once more, through the evaluator's
+        // deepest frames. The chain longer than the limit is refused; running it is also the
+        // proof that the deepest allowed evaluation fits this test thread's 2 MiB stack.
+        let mut variables = serde_json::Map::new();
+        for index in 0..MAX_EVALUATION_DEPTH {
+            variables.insert(
+                format!("v{index}"),
+                json!(format!(
+                    "[concat(createArray(variables('v{}')))]",
+                    index + 1
+                )),
+            );
+        }
+        variables.insert(format!("v{MAX_EVALUATION_DEPTH}"), json!(["end"]));
+        limit_error(
+            evaluate_with(
+                "[variables('v0')]",
+                json!({}),
+                Value::Object(variables.clone()),
+            ),
+            "evaluation depth",
+        );
+        let shallow = MAX_EVALUATION_DEPTH / 8;
+        assert!(
+            evaluate_with(
+                &format!("[variables('v{}')]", MAX_EVALUATION_DEPTH - shallow),
+                json!({}),
+                Value::Object(variables)
+            )
+            .is_ok()
+        );
+    }
+
+    /// Variables `d1..=levels`, each `concat` of `copies` of the one before; `d0` is 16 bytes.
+    fn doubling(levels: usize, copies: usize) -> Value {
+        let mut variables = serde_json::Map::new();
+        variables.insert("d0".to_owned(), json!("0123456789abcdef"));
+        for index in 1..=levels {
+            let previous = format!("variables('d{}')", index - 1);
+            variables.insert(
+                format!("d{index}"),
+                json!(format!("[concat({})]", vec![previous; copies].join(", "))),
+            );
+        }
+        Value::Object(variables)
+    }
+
+    #[test]
+    fn doubling_a_string_64_times_is_refused_quickly() {
+        let started = std::time::Instant::now();
+        // Doubling 64 times, one variable per doubling: the chain is deeper than evaluation
+        // may nest.
+        limit_error(
+            evaluate_with("[length(variables('d64'))]", json!({}), doubling(64, 2)),
+            "evaluation depth",
+        );
+        // The same 2^64 growth in 16 levels of 16 copies: the evaluated size runs out.
+        limit_error(
+            evaluate_with("[length(variables('d16'))]", json!({}), doubling(16, 16)),
+            "evaluated size",
+        );
+        assert!(started.elapsed() < std::time::Duration::from_secs(20));
+        assert_eq!(
+            evaluate_with("[length(variables('d10'))]", json!({}), doubling(10, 2)).ok(),
+            Some(json!(16 * 1024))
+        );
+    }
+
+    #[test]
+    fn functions_that_multiply_sizes_are_sized_before_they_build() {
+        let big = "a".repeat(20_000);
+        let parameters = json!({ "big": big });
+        // 20,000 matches each replaced by 20,000 characters: 400 MB, refused before building.
+        limit_error(
+            evaluate_with(
+                "[replace(parameters('big'), 'a', parameters('big'))]",
+                parameters.clone(),
+                json!({}),
+            ),
+            "evaluated size",
+        );
+        let placeholders = "{0}".repeat(8_000);
+        limit_error(
+            evaluate_with(
+                &format!("[format('{placeholders}', parameters('big'))]"),
+                parameters.clone(),
+                json!({}),
+            ),
+            "evaluated size",
+        );
+        assert_eq!(
+            evaluate_with("[replace('a.b.c', '.', '--')]", json!({}), json!({})).ok(),
+            Some(json!("a--b--c"))
+        );
+        assert!(evaluate_with("[replace('abc', '', 'x')]", json!({}), json!({})).is_err());
+    }
+
+    #[test]
+    fn range_is_capped() {
+        assert_eq!(evaluate("[range(2, 3)]"), json!([2, 3, 4]));
+        assert_eq!(evaluate("[length(range(0, 10000))]"), json!(10000));
+        limit_error(
+            evaluate_with("[range(0, 10001)]", json!({}), json!({})),
+            "count of 'range'",
+        );
+        limit_error(
+            evaluate_with("[range(0, 2147483647)]", json!({}), json!({})),
+            "count of 'range'",
+        );
+        assert!(evaluate_with("[range(9223372036854775807, 2)]", json!({}), json!({})).is_err());
+        assert!(evaluate_with("[range(0, -1)]", json!({}), json!({})).is_err());
+    }
+
+    #[test]
+    fn steps_are_bounded() {
+        let scope = scope();
+        let budget = Budget::new(50, 1 << 20);
+        let parameters = Map::new();
+        let variables = Map::new();
+        let names = HashMap::new();
+        let resolved = HashMap::new();
+        let evaluator = Evaluator::new(
+            &scope,
+            &parameters,
+            &variables,
+            &names,
+            References::Resolved(&resolved),
+            &budget,
+        );
+        let many = format!("[createArray({})]", vec!["1"; 100].join(", "));
+        limit_error(evaluator.evaluate_string(&many), "evaluation steps");
+    }
+
+    #[test]
+    fn every_expression_of_a_template_is_checked_before_evaluation() {
+        let deep = format!("[{}'x'{}]", "concat(".repeat(40), ")".repeat(40));
+        let template = json!({"outputs": {"o": {"type": "string", "value": deep}}});
+        let error = check_expressions(&template).expect_err("too deep");
+        assert!(error.message().contains("nesting depth"), "{error}");
+        let as_key = json!({"resources": [{"properties": {"[concat('a']": 1}}]});
+        assert!(check_expressions(&as_key).is_err());
+        let fine =
+            json!({"a": ["[concat('a', 'b')]", "[[literal", "plain", {"[parameters('x')]": 1}]});
+        assert!(check_expressions(&fine).is_ok());
     }
 }

@@ -17,9 +17,11 @@
 
 pub(crate) mod expr;
 mod functions;
+pub(crate) mod limits;
 
 use std::cell::RefCell;
 use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
 
 use http::StatusCode;
 use serde_json::{Map, Value, json};
@@ -31,6 +33,7 @@ use crate::id::ResourceId;
 use crate::service::{Arm, DEPLOYMENT_OPERATIONS_TYPE, DEPLOYMENTS_TYPE, Outcome};
 use crate::store::{Resource, format_time};
 use expr::{DeploymentScope, Evaluator, References, lookup};
+use limits::{Budget, MAX_OUTPUTS, MAX_PARAMETERS, MAX_RESOURCES, MAX_VARIABLES, exceeded};
 
 /// A validated deployment, ready to run.
 #[derive(Debug, Clone)]
@@ -47,6 +50,8 @@ struct Plan {
     resource_names: HashMap<String, ResourceId>,
     outputs: Map<String, Value>,
     mode: String,
+    /// What evaluating this deployment may still cost, validation included.
+    budget: Arc<Budget>,
 }
 
 #[derive(Debug, Clone)]
@@ -60,6 +65,14 @@ struct PlannedResource {
 
 fn invalid(message: impl Into<String>) -> ArmError {
     ArmError::invalid_template(message)
+}
+
+/// Plans a deployment on a blocking thread: validation evaluates expressions, which is CPU
+/// work bounded by the template's [`Budget`], and must not hold an async worker meanwhile.
+async fn prepare_blocking(scope: DeploymentScope, body: Value) -> Result<Plan, ArmError> {
+    tokio::task::spawn_blocking(move || prepare(scope, &body))
+        .await
+        .map_err(|error| ArmError::internal(&error))?
 }
 
 /// Checks a deployment request and plans it.
@@ -124,7 +137,22 @@ fn prepare(scope: DeploymentScope, body: &Value) -> Result<Plan, ArmError> {
         Some(Value::Array(resources)) => resources.clone(),
         Some(_) => return Err(invalid("The template 'resources' must be an array.")),
     };
-    let (parameters, reported_parameters) = resolve_parameters(&scope, &declared, &supplied)?;
+    for (section, count, maximum) in [
+        ("parameters", declared.len(), MAX_PARAMETERS),
+        ("variables", variables.len(), MAX_VARIABLES),
+        ("outputs", outputs.len(), MAX_OUTPUTS),
+        ("resources", raw_resources.len(), MAX_RESOURCES),
+    ] {
+        if count > maximum {
+            return Err(exceeded(&format!("the number of {section}"), maximum));
+        }
+    }
+    for section in template.values() {
+        expr::check_expressions(section)?;
+    }
+    let budget = Arc::new(Budget::default());
+    let (parameters, reported_parameters) =
+        resolve_parameters(&scope, &declared, &supplied, &budget)?;
 
     let no_names = HashMap::new();
     let no_resources = HashMap::new();
@@ -134,6 +162,7 @@ fn prepare(scope: DeploymentScope, body: &Value) -> Result<Plan, ArmError> {
         &variables,
         &no_names,
         References::Resolved(&no_resources),
+        &budget,
     );
     let mut resources = Vec::new();
     let mut declared_names = Vec::new();
@@ -252,6 +281,7 @@ fn prepare(scope: DeploymentScope, body: &Value) -> Result<Plan, ArmError> {
             &variables,
             &resource_names,
             References::Collect(RefCell::new(Vec::new())),
+            &budget,
         );
         collector.evaluate_json(&resources[index].raw)?;
         for target in collector.collected() {
@@ -263,6 +293,18 @@ fn prepare(scope: DeploymentScope, body: &Value) -> Result<Plan, ArmError> {
         resources[index].depends_on = depends_on;
     }
     let order = dependency_order(&resources)?;
+    // The outputs are evaluated for real only after every resource deployed; evaluating them
+    // here too (with `reference()` yielding null) refuses a template whose outputs break a
+    // limit before anything deploys, and checks what they refer to.
+    Evaluator::new(
+        &scope,
+        &parameters,
+        &variables,
+        &resource_names,
+        References::Collect(RefCell::new(Vec::new())),
+        &budget,
+    )
+    .evaluate_json(&Value::Object(outputs.clone()))?;
     Ok(Plan {
         scope,
         parameters,
@@ -273,6 +315,7 @@ fn prepare(scope: DeploymentScope, body: &Value) -> Result<Plan, ArmError> {
         resource_names,
         outputs,
         mode: "Incremental".to_owned(),
+        budget,
     })
 }
 
@@ -310,6 +353,7 @@ fn resolve_parameters(
     scope: &DeploymentScope,
     declared: &Map<String, Value>,
     supplied: &Map<String, Value>,
+    budget: &Budget,
 ) -> Result<Parameters, ArmError> {
     let unknown: Vec<&str> = supplied
         .keys()
@@ -355,6 +399,7 @@ fn resolve_parameters(
                         &no_variables,
                         &no_names,
                         References::Resolved(&no_resources),
+                        budget,
                     );
                     evaluator.evaluate_json(default)?
                 }
@@ -451,9 +496,10 @@ pub(crate) async fn put_deployment(
     arm.subscription(id.subscription_id())?;
     arm.authorize(caller, "Microsoft.Resources/deployments/write", id)
         .await?;
+    crate::names::check_resource_id(id)?;
     let group = deployment_group(id)?;
     let scope = deployment_scope(arm, &group, id.name()).await?;
-    let plan = prepare(scope, &body)?;
+    let plan = prepare_blocking(scope, body).await?;
     let record = start_record(arm, id, &plan).await?;
     let task_arm = arm.clone();
     let task_caller = caller.clone();
@@ -492,9 +538,10 @@ impl Arm {
         self.subscription(id.subscription_id())?;
         self.authorize(caller, "Microsoft.Resources/deployments/write", &id)
             .await?;
+        crate::names::check_resource_id(&id)?;
         let scope = deployment_scope(self, resource_group, name).await?;
         let body = json!({ "properties": { "mode": "Incremental", "template": template, "parameters": parameters } });
-        let plan = prepare(scope, &body)?;
+        let plan = prepare_blocking(scope, body).await?;
         start_record(self, &id, &plan).await?;
         run(self, caller, &id, plan).await?;
         get_deployment_resource(self, &id).await
@@ -563,6 +610,7 @@ fn dependencies_json(plan: &Plan) -> Value {
 
 /// Runs a planned deployment to its end, recording everything on the deployment record.
 async fn run(arm: &Arm, caller: &Caller, id: &ResourceId, plan: Plan) -> Result<Value, ArmError> {
+    let plan = Arc::new(plan);
     arm.store().set_provisioning_state(id, "Running").await?;
     let started = OffsetDateTime::now_utc();
     let result = run_resources(arm, caller, id, &plan).await;
@@ -616,7 +664,7 @@ async fn run_resources(
     arm: &Arm,
     caller: &Caller,
     deployment_id: &ResourceId,
-    plan: &Plan,
+    plan: &Arc<Plan>,
 ) -> Result<Value, ArmError> {
     for index in &plan.order {
         let resource = &plan.resources[*index];
@@ -633,7 +681,7 @@ async fn run_resources(
             None,
         )
         .await?;
-        let result = deploy_one(arm, caller, plan, resource).await;
+        let result = deploy_one(arm, caller, plan, *index).await;
         match result {
             Ok(created) => {
                 let status = if created { "Created" } else { "OK" };
@@ -678,24 +726,62 @@ async fn run_resources(
     evaluate_outputs(arm, caller, plan).await
 }
 
-/// Reads every resource a value refers to through `reference()`, keyed by id.
-async fn resolve_references(
-    arm: &Arm,
-    caller: &Caller,
-    plan: &Plan,
-    value: &Value,
-) -> Result<HashMap<String, Value>, ArmError> {
-    let targets = {
-        let collector = Evaluator::new(
+/// What a run-time evaluation works on: one planned resource, or the outputs.
+#[derive(Debug, Clone, Copy)]
+enum Evaluated {
+    Resource(usize),
+    Outputs,
+}
+
+impl Evaluated {
+    fn value(self, plan: &Plan) -> Value {
+        match self {
+            Evaluated::Resource(index) => plan.resources[index].raw.clone(),
+            Evaluated::Outputs => Value::Object(plan.outputs.clone()),
+        }
+    }
+}
+
+/// Runs `work` with an evaluator over `plan` on a blocking thread, answering `reference()`
+/// from `resolved` (or collecting its targets when `None`): expression evaluation is CPU
+/// work, bounded by the plan's budget, and never holds an async worker.
+async fn evaluate_blocking<T: Send + 'static>(
+    plan: &Arc<Plan>,
+    resolved: Option<HashMap<String, Value>>,
+    work: impl FnOnce(&Plan, &Evaluator<'_>) -> Result<T, ArmError> + Send + 'static,
+) -> Result<T, ArmError> {
+    let plan = Arc::clone(plan);
+    tokio::task::spawn_blocking(move || {
+        let references = match &resolved {
+            Some(resolved) => References::Resolved(resolved),
+            None => References::Collect(RefCell::new(Vec::new())),
+        };
+        let evaluator = Evaluator::new(
             &plan.scope,
             &plan.parameters,
             &plan.variables,
             &plan.resource_names,
-            References::Collect(RefCell::new(Vec::new())),
+            references,
+            &plan.budget,
         );
-        collector.evaluate_json(value)?;
-        collector.collected()
-    };
+        work(&plan, &evaluator)
+    })
+    .await
+    .map_err(|error| ArmError::internal(&error))?
+}
+
+/// Reads every resource a value refers to through `reference()`, keyed by id.
+async fn resolve_references(
+    arm: &Arm,
+    caller: &Caller,
+    plan: &Arc<Plan>,
+    what: Evaluated,
+) -> Result<HashMap<String, Value>, ArmError> {
+    let targets = evaluate_blocking(plan, None, move |plan, collector| {
+        collector.evaluate_json(&what.value(plan))?;
+        Ok(collector.collected())
+    })
+    .await?;
     let mut resolved = HashMap::new();
     for target in targets {
         if resolved.contains_key(target.key()) {
@@ -716,20 +802,15 @@ async fn resolve_references(
 async fn deploy_one(
     arm: &Arm,
     caller: &Caller,
-    plan: &Plan,
-    resource: &PlannedResource,
+    plan: &Arc<Plan>,
+    index: usize,
 ) -> Result<bool, ArmError> {
-    let resolved = resolve_references(arm, caller, plan, &resource.raw).await?;
-    let evaluated = {
-        let evaluator = Evaluator::new(
-            &plan.scope,
-            &plan.parameters,
-            &plan.variables,
-            &plan.resource_names,
-            References::Resolved(&resolved),
-        );
-        evaluator.evaluate_json(&resource.raw)?
-    };
+    let resource = &plan.resources[index];
+    let resolved = resolve_references(arm, caller, plan, Evaluated::Resource(index)).await?;
+    let evaluated = evaluate_blocking(plan, Some(resolved), move |plan, evaluator| {
+        evaluator.evaluate_json(&plan.resources[index].raw)
+    })
+    .await?;
     let mut body = Map::new();
     for field in [
         "location",
@@ -756,34 +837,29 @@ async fn deploy_one(
     Ok(created)
 }
 
-async fn evaluate_outputs(arm: &Arm, caller: &Caller, plan: &Plan) -> Result<Value, ArmError> {
-    let outputs = Value::Object(plan.outputs.clone());
-    let resolved = resolve_references(arm, caller, plan, &outputs).await?;
-    let evaluator = Evaluator::new(
-        &plan.scope,
-        &plan.parameters,
-        &plan.variables,
-        &plan.resource_names,
-        References::Resolved(&resolved),
-    );
-    let mut result = Map::new();
-    for (name, output) in &plan.outputs {
-        if let Some(condition) = output.get("condition")
-            && evaluator.evaluate_json(condition)? == Value::Bool(false)
-        {
-            continue;
+async fn evaluate_outputs(arm: &Arm, caller: &Caller, plan: &Arc<Plan>) -> Result<Value, ArmError> {
+    let resolved = resolve_references(arm, caller, plan, Evaluated::Outputs).await?;
+    evaluate_blocking(plan, Some(resolved), |plan, evaluator| {
+        let mut result = Map::new();
+        for (name, output) in &plan.outputs {
+            if let Some(condition) = output.get("condition")
+                && evaluator.evaluate_json(condition)? == Value::Bool(false)
+            {
+                continue;
+            }
+            let value = output
+                .get("value")
+                .map(|value| evaluator.evaluate_json(value))
+                .transpose()?
+                .unwrap_or(Value::Null);
+            result.insert(
+                name.clone(),
+                json!({ "type": output.get("type").cloned().unwrap_or(Value::Null), "value": value }),
+            );
         }
-        let value = output
-            .get("value")
-            .map(|value| evaluator.evaluate_json(value))
-            .transpose()?
-            .unwrap_or(Value::Null);
-        result.insert(
-            name.clone(),
-            json!({ "type": output.get("type").cloned().unwrap_or(Value::Null), "value": value }),
-        );
-    }
-    Ok(Value::Object(result))
+        Ok(Value::Object(result))
+    })
+    .await
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -912,7 +988,7 @@ pub(crate) async fn deployment_action(
     }
     let group = deployment_group(id)?;
     let scope = deployment_scope(arm, &group, id.name()).await?;
-    let plan = prepare(scope, &body)?;
+    let plan = prepare_blocking(scope, body).await?;
     let validated: Vec<Value> = plan
         .order
         .iter()
