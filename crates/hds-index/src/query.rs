@@ -10,7 +10,9 @@ use crate::index::{
     STUDY_TABLE, STUDY_UID, from_json,
 };
 use crate::sql::{Argument, Sql, column};
-use crate::tokens::{date_range_tokens, exact_date_token, exact_domain, prefix_domain};
+use crate::tokens::{
+    date_range_tokens, exact_date_token, exact_domain, prefix_domain, prefix_query_value,
+};
 use crate::{Index, IndexError};
 
 /// How one filter matches.
@@ -18,7 +20,9 @@ use crate::{Index, IndexError};
 pub enum Matcher {
     /// The normalized value equals this.
     Exact(String),
-    /// Person name: some name-part word starts with each of these normalized prefixes.
+    /// Person name: some name-part word starts with each of these normalized prefixes (of which
+    /// the first 64 characters count). An empty list matches
+    /// nothing: a query of wildcards alone is not a search.
     FuzzyName(Vec<String>),
     /// A date (`YYYYMMDD`) within the inclusive bounds; either may be open.
     DateRange(Option<u32>, Option<u32>),
@@ -226,15 +230,22 @@ impl Index {
             }
             Matcher::FuzzyName(words) => {
                 let domain = prefix_domain(keyword);
-                words
+                let sets: Vec<Vec<Vec<u8>>> = words
                     .iter()
                     .filter(|word| !word.is_empty())
                     .map(|word| {
                         cipher
-                            .token(service, &domain, word)
+                            .token(service, &domain, prefix_query_value(word))
                             .map(|token| vec![token])
                     })
-                    .collect::<Result<_, _>>()?
+                    .collect::<Result<_, _>>()?;
+                if sets.is_empty() {
+                    // No word to look for (`*` alone): one empty condition, which matches
+                    // nothing, rather than no condition, which would match every row.
+                    vec![Vec::new()]
+                } else {
+                    sets
+                }
             }
             Matcher::DateRange(from, to) => {
                 vec![date_range_tokens(cipher, service, keyword, *from, *to)?]

@@ -3,8 +3,11 @@
 //! Matching is token equality only, so every kind of match is turned into "is one of these
 //! tokens present":
 //! - exact: one token of the normalized value, domain = the attribute's keyword;
-//! - fuzzy person name: a token for every prefix of every name word (domain
-//!   `{keyword}/prefix`); a query word matches when its own token is present;
+//! - fuzzy person name: a token for every prefix of every name word, up to
+//!   [`MAX_PREFIX_CHARS`] characters (domain `{keyword}/prefix`); a query word matches when its
+//!   own token (of at most as many characters) is present. The cap keeps the tokens of a word
+//!   linear in its length: one token per prefix of an unbounded word would hash a quadratic
+//!   number of bytes;
 //! - dates: one token per level of a hierarchy (domains `{keyword}/C` century `19`, `/X` decade
 //!   `199`, `/Y` year `1998`, `/M` month `199803`, `/D` day `19980315`); a range becomes the
 //!   smallest set of whole centuries, decades, years, months and days that covers it exactly,
@@ -18,6 +21,18 @@ use crate::{IndexCipher, IndexError};
 
 /// The levels of the date hierarchy: domain suffix and how many leading digits of `YYYYMMDD`.
 const DATE_LEVELS: [(&str, usize); 5] = [("C", 2), ("X", 3), ("Y", 4), ("M", 6), ("D", 8)];
+
+/// The longest name-word prefix that gets a token. A query word longer than this matches on
+/// its first this-many characters, which no real name shares with another by accident.
+pub(crate) const MAX_PREFIX_CHARS: usize = 64;
+
+/// The part of a fuzzy query word that is looked up: its first [`MAX_PREFIX_CHARS`] characters.
+pub(crate) fn prefix_query_value(word: &str) -> &str {
+    match word.char_indices().nth(MAX_PREFIX_CHARS) {
+        Some((end, _)) => &word[..end],
+        None => word,
+    }
+}
 
 /// The lowest and highest dates a range can mean (open bounds become these).
 const FIRST_DATE: u32 = 101;
@@ -53,6 +68,7 @@ pub(crate) fn term_tokens(
             tokens.insert(cipher.token(service, &exact_domain(keyword), exact)?);
             let domain = prefix_domain(keyword);
             for word in words {
+                let word = prefix_query_value(word);
                 for (end, _) in word.char_indices().skip(1) {
                     tokens.insert(cipher.token(service, &domain, &word[..end])?);
                 }
@@ -210,6 +226,17 @@ mod tests {
             .into_iter()
             .map(|(level, prefix)| format!("{level}:{prefix}"))
             .collect()
+    }
+
+    #[test]
+    fn prefixes_stop_at_the_cap() {
+        assert_eq!(prefix_query_value("smith"), "smith");
+        let long: String = "\u{e9}".repeat(MAX_PREFIX_CHARS + 10);
+        let capped = prefix_query_value(&long);
+        assert_eq!(capped.chars().count(), MAX_PREFIX_CHARS);
+        assert!(long.starts_with(capped));
+        let exact: String = "x".repeat(MAX_PREFIX_CHARS);
+        assert_eq!(prefix_query_value(&exact), exact);
     }
 
     #[test]
