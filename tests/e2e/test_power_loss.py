@@ -1,0 +1,303 @@
+"""Durability beyond a killed process, on a real `hds up`:
+
+1. acknowledged means on stable storage: a system-call trace (strace) of a STOW shows, before
+   the 200 leaves on the socket, the blob's data synced, the rename into its name, its
+   directory synced after that, and the index's write-ahead log synced after its last write.
+   The same check run on `--durability relaxed` finds the syncs missing, so it can fail;
+2. the orphan sweeper removes blobs nothing references (and crash leftovers) and keeps every
+   referenced one;
+3. `hds backup` while STOWs go on, `hds restore` into a new data dir: every instance
+   acknowledged before the backup comes back byte-identical, and without access to the
+   customer's key the restored service answers 500 CustomerManagedKeyAccessLost."""
+
+import os
+import pathlib
+import re
+import signal
+import subprocess
+import threading
+import time
+
+import requests
+
+from conftest import (
+    FAST_CMK_FLAGS,
+    HDS_BIN,
+    ArmClient,
+    HdsServer,
+    key_url_of,
+    retrieve,
+    store,
+    vault_of,
+    wait_data_plane,
+    wait_for,
+)
+from test_dicomweb import unique_copy
+
+# strace is a test dependency (`.ci/run` installs it): without it the trace tests fail, they
+# do not skip.
+TRACED_CALLS = "fsync,fdatasync,rename,renameat,renameat2,openat,write,writev,pwrite64,sendto,sendmsg"
+
+
+class TracedHdsServer(HdsServer):
+    """`hds up` under `strace -f`, every traced call with its file descriptors' paths."""
+
+    def __init__(self, data_dir, trace_path, extra_args=()):
+        super().__init__(data_dir, extra_args=extra_args)
+        self.trace_path = trace_path
+        self.args = ["strace", "-f", "-qq", "-yy", "-s", "48", "-e", f"trace={TRACED_CALLS}", "-o", str(trace_path),
+                     *self.args]
+
+    def stop(self, sig=signal.SIGTERM):
+        # strace does not pass a SIGTERM on: stop hds itself (strace's child, by its id), and
+        # strace ends with it, with its exit status.
+        if self.process is None:
+            return 0
+        children = pathlib.Path(f"/proc/{self.process.pid}/task/{self.process.pid}/children").read_text().split()
+        for child in children:
+            os.kill(int(child), sig)
+        try:
+            code = self.process.wait(timeout=30)
+        finally:
+            self.log.close()
+            self.process = None
+        return code
+
+
+def parse_trace(path):
+    """Completed calls in completion order: (line, start line, name, text of the call)."""
+    calls = []
+    pending = {}
+    start_pattern = re.compile(r"^(\d+)\s+(\w+)\((.*)$")
+    resumed_pattern = re.compile(r"^(\d+)\s+<\.\.\. (\w+) resumed>(.*)$")
+    with open(path, errors="replace") as trace:
+        for number, line in enumerate(trace):
+            line = line.rstrip("\n")
+            resumed = resumed_pattern.match(line)
+            if resumed:
+                pid, name, rest = resumed.groups()
+                start_number, start_text = pending.pop((pid, name), (number, ""))
+                calls.append((number, start_number, name, start_text + rest))
+                continue
+            started = start_pattern.match(line)
+            if not started:
+                continue
+            pid, name, rest = started.groups()
+            if rest.endswith("<unfinished ...>"):
+                pending[(pid, name)] = (number, rest[: -len("<unfinished ...>")])
+            else:
+                calls.append((number, number, name, rest))
+    return calls
+
+
+def durability_violations(calls, blob_name, data_dir):
+    """What is missing between the STOW of `blob_name` and its 200, or [] if nothing."""
+    blobs = str((data_dir / "blobs").resolve())
+    shard = f"{blobs}/{blob_name[:2]}"
+    final = f"{shard}/{blob_name}"
+    wal = str((data_dir / "index.db-wal").resolve())
+    problems = []
+
+    def first(predicate, after=-1):
+        for call in calls:
+            if call[1] > after and predicate(call):
+                return call
+        return None
+
+    rename = first(lambda call: call[2].startswith("rename") and f'"{final}"' in call[3] and ".tmp-" in call[3])
+    if rename is None:
+        return [f"no rename of a temporary into {final}"]
+    response = first(lambda call: call[2] in ("write", "writev", "sendto", "sendmsg")
+                     and "TCP" in call[3] and "HTTP/1.1 200" in call[3], after=rename[0])
+    if response is None:
+        return ["no 200 response after the blob's rename"]
+    sent = response[1]
+    if first(lambda call: call[2] in ("fsync", "fdatasync") and f"{final}.tmp-" in call[3]
+             and call[0] < rename[1]) is None:
+        problems.append("the blob's data was not synced before its rename")
+    if first(lambda call: call[2] in ("fsync", "fdatasync") and f"<{shard}>" in call[3] and call[0] < sent,
+             after=rename[0]) is None:
+        problems.append("the blob's directory was not synced after the rename, before the 200")
+    wal_writes = [call for call in calls if call[2] == "pwrite64" and f"<{wal}>" in call[3] and rename[0] < call[1] < sent]
+    if not wal_writes:
+        problems.append("no index commit (write-ahead log write) between the rename and the 200")
+    elif first(lambda call: call[2] in ("fsync", "fdatasync") and f"<{wal}>" in call[3] and call[0] < sent,
+               after=wal_writes[-1][0]) is None:
+        problems.append("the index's write-ahead log was not synced after its last write, before the 200")
+    return problems
+
+
+def traced_stow(tmp_path, durability):
+    data_dir = tmp_path / f"data-{durability}"
+    trace_path = tmp_path / f"trace-{durability}.txt"
+    server = TracedHdsServer(data_dir, trace_path, extra_args=("--durability", durability)).start()
+    try:
+        before = {path.name for path in (data_dir / "blobs").rglob("*") if path.is_file()}
+        dataset = unique_copy("CT_small.dcm")
+        store(server, dataset)
+        after = {path.name for path in (data_dir / "blobs").rglob("*") if path.is_file()}
+        new = sorted(after - before)
+        assert len(new) == 1, new
+    finally:
+        assert server.stop() == 0
+    return durability_violations(parse_trace(trace_path), new[0], data_dir)
+
+
+def test_a_stow_is_acknowledged_only_after_its_blob_directory_and_index_are_synced(tmp_path):
+    assert traced_stow(tmp_path, "full") == []
+
+
+def test_the_trace_check_finds_the_syncs_missing_when_durability_is_relaxed(tmp_path):
+    problems = traced_stow(tmp_path, "relaxed")
+    assert "the blob's data was not synced before its rename" in problems
+    assert "the blob's directory was not synced after the rename, before the 200" in problems
+    assert "the index's write-ahead log was not synced after its last write, before the 200" in problems
+
+
+# ---- the orphan sweeper -------------------------------------------------------------------------
+
+
+def test_the_sweeper_removes_orphans_and_keeps_every_referenced_blob(tmp_path):
+    data_dir = tmp_path / "data"
+    server = HdsServer(data_dir).start()
+    stored = []
+    for _ in range(3):
+        dataset = unique_copy("CT_small.dcm")
+        store(server, dataset)
+        stored.append(dataset)
+    assert server.stop() == 0
+    referenced = {path for path in (data_dir / "blobs").rglob("*") if path.is_file()}
+    assert len(referenced) == 3
+
+    # What a crash leaves: a whole blob never recorded, and a half-written temporary.
+    orphan = data_dir / "blobs" / "ab" / ("ab" + "0" * 30)
+    orphan.write_bytes(os.urandom(4096))
+    leftover = data_dir / "blobs" / "cd" / ("cd" + "1" * 30 + ".tmp-00000000000000aa")
+    leftover.write_bytes(os.urandom(100))
+    stranger = data_dir / "blobs" / "ef" / "notes.txt"
+    stranger.write_bytes(b"not a blob")
+    # Old enough for the grace period, as are the stored blobs.
+    old = time.time() - 7200
+    for path in [orphan, leftover, stranger, *referenced]:
+        os.utime(path, (old, old))
+
+    restarted = HdsServer(data_dir, extra_args=("--orphan-grace", "1h", "--sweep-interval", "1s")).start()
+    try:
+        wait_for(lambda: not orphan.exists() and not leftover.exists(), what="the sweeper to remove the orphans")
+        log = wait_for(lambda: re.search(r"orphan sweep.*orphan_blobs_removed=1 temporaries_removed=1", restarted.logs()),
+                       what="the sweep's counts in the log")
+        assert log
+        assert stranger.exists(), "files that are not the store's are left alone"
+        assert all(path.exists() for path in referenced)
+        for dataset in stored:
+            response = retrieve(restarted, dataset)
+            assert response.status_code == 200
+    finally:
+        assert restarted.stop() == 0
+
+
+# ---- backup and restore -------------------------------------------------------------------------
+
+
+def run_hds(*args, passphrase="correct horse battery staple"):
+    environment = dict(os.environ, HDS_BACKUP_PASSPHRASE=passphrase)
+    return subprocess.run([HDS_BIN, *args], capture_output=True, text=True, env=environment, timeout=300)
+
+
+def instance_bytes(server, dataset):
+    response = server.http.get(
+        f"{server.url}/studies/{dataset.StudyInstanceUID}/series/{dataset.SeriesInstanceUID}"
+        f"/instances/{dataset.SOPInstanceUID}",
+        headers={"Accept": "application/dicom; transfer-syntax=*"},
+    )
+    return response.status_code, response.content
+
+
+def test_an_online_backup_restores_every_instance_and_still_needs_the_key(tmp_path):
+    data_dir = tmp_path / "data"
+    server = HdsServer(data_dir, extra_args=FAST_CMK_FLAGS).start()
+    acknowledged = []
+    for _ in range(20):
+        dataset = unique_copy("CT_small.dcm")
+        store(server, dataset)
+        acknowledged.append(dataset)
+    originals = {dataset.SOPInstanceUID: instance_bytes(server, dataset) for dataset in acknowledged}
+    assert all(status == 200 for status, _ in originals.values())
+
+    # STOWs go on while the backup runs.
+    stop = threading.Event()
+    during = []
+
+    def load():
+        while not stop.is_set():
+            dataset = unique_copy("CT_small.dcm")
+            try:
+                store(server, dataset)
+            except (AssertionError, requests.RequestException):
+                return
+            during.append(dataset)
+
+    loader = threading.Thread(target=load)
+    loader.start()
+    try:
+        wait_for(lambda: len(during) >= 2, what="STOWs under way")
+        backup_dir = tmp_path / "backup"
+        result = run_hds("backup", "--data-dir", str(data_dir), "--to", str(backup_dir))
+        assert result.returncode == 0, result.stderr
+    finally:
+        stop.set()
+        loader.join()
+    assert server.stop() == 0
+
+    # The backup holds the root key only sealed.
+    root_key = (data_dir / "root.key").read_bytes()
+    for path in backup_dir.rglob("*"):
+        if path.is_file():
+            assert root_key not in path.read_bytes(), f"{path} holds the raw root key"
+    assert not (backup_dir / "files" / "admin.json").exists()
+
+    # A wrong passphrase restores nothing.
+    restored_dir = tmp_path / "restored"
+    wrong = run_hds("restore", "--from", str(backup_dir), "--data-dir", str(restored_dir), passphrase="not the passphrase")
+    assert wrong.returncode != 0
+    assert "wrong passphrase" in wrong.stderr
+    assert not restored_dir.exists() or not any(restored_dir.iterdir())
+
+    result = run_hds("restore", "--from", str(backup_dir), "--data-dir", str(restored_dir))
+    assert result.returncode == 0, result.stderr
+    restored = HdsServer(restored_dir, extra_args=FAST_CMK_FLAGS).start()
+    try:
+        for dataset in acknowledged:
+            assert instance_bytes(restored, dataset) == originals[dataset.SOPInstanceUID]
+        # Those stored during the backup are there whole or not at all.
+        for dataset in during:
+            status, _ = instance_bytes(restored, dataset)
+            assert status in (200, 404)
+
+        # Still sealed under the customer's key: without access to it, nothing is served.
+        arm = ArmClient(restored)
+        service = arm.get(arm.service_id())
+        vault = vault_of(restored, arm)
+        vault.set_enabled(key_url_of(service), False)
+        wait_data_plane(restored, (500, "CustomerManagedKeyAccessLost"))
+        lost = retrieve(restored, acknowledged[0])
+        assert lost.status_code == 500
+        assert lost.json()["error"]["code"] == "CustomerManagedKeyAccessLost"
+    finally:
+        assert restored.stop() == 0
+
+
+def test_backup_refuses_a_short_passphrase_and_a_non_empty_target(tmp_path):
+    data_dir = tmp_path / "data"
+    server = HdsServer(data_dir).start()
+    assert server.stop() == 0
+    short = run_hds("backup", "--data-dir", str(data_dir), "--to", str(tmp_path / "b1"), passphrase="short")
+    assert short.returncode != 0 and "passphrase" in short.stderr
+    assert not (tmp_path / "b1").exists()
+    occupied = tmp_path / "b2"
+    occupied.mkdir()
+    (occupied / "something").write_text("x")
+    result = run_hds("backup", "--data-dir", str(data_dir), "--to", str(occupied))
+    assert result.returncode != 0 and "not empty" in result.stderr
+    missing = run_hds("restore", "--from", str(tmp_path / "nothing"), "--data-dir", str(tmp_path / "r"))
+    assert missing.returncode != 0 and "not a complete hds backup" in missing.stderr
