@@ -23,6 +23,9 @@ pub enum DicomWebError {
     /// No acceptable representation can be produced; the message says what to ask for.
     #[error("{0}")]
     NotAcceptable(String),
+    /// The client stopped sending its request (body idle timeout).
+    #[error("{0}")]
+    RequestTimeout(String),
     /// The request body is larger than the configured limit.
     #[error("request body exceeds the limit of {0} bytes")]
     PayloadTooLarge(u64),
@@ -74,6 +77,7 @@ impl DicomWebError {
             }
             DicomWebError::NotAcceptable(_) => (StatusCode::NOT_ACCEPTABLE, "NotAcceptable"),
             DicomWebError::PayloadTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "PayloadTooLarge"),
+            DicomWebError::RequestTimeout(_) => (StatusCode::REQUEST_TIMEOUT, "RequestTimeout"),
             DicomWebError::Unavailable { code, .. } => (StatusCode::INTERNAL_SERVER_ERROR, code),
             DicomWebError::Refused(refusal) => (refusal.status, refusal.code),
             DicomWebError::DataIntegrity(_) => (

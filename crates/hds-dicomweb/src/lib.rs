@@ -22,6 +22,7 @@ mod error;
 mod media;
 mod multipart;
 mod qido;
+mod request_body;
 mod retrieve;
 mod service;
 mod stow;
@@ -31,9 +32,10 @@ use axum::Router;
 use axum::routing::{get, post};
 
 pub use error::DicomWebError;
+pub use request_body::{MAX_BOUNDARY_LEN, MultipartLimits};
 pub use service::{
-    AccessRefusal, AllowAll, DataAccess, DicomAccessControl, DicomServiceResolver, DicomWebConfig,
-    DicomWebState, ResolvedService, StaticServices,
+    AccessRefusal, AllowAll, Caller, DataAccess, DicomAccessControl, DicomServiceResolver,
+    DicomWebConfig, DicomWebState, ResolvedService, StaticServices,
 };
 
 /// The routes of the DICOMweb API, relative to the main listener's root.

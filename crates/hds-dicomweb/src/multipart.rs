@@ -37,10 +37,15 @@ pub type Part<E> = (String, Option<String>, BoxStream<'static, Result<Bytes, E>>
 /// Joins part streams into one body stream with headers and the closing boundary. An error in
 /// a part ends the stream with that error, without the closing boundary, so a client can tell a
 /// cut response from a complete one.
-pub fn body<E: Send + 'static>(
-    boundary: String,
-    parts: Vec<Part<E>>,
-) -> BoxStream<'static, Result<Bytes, E>> {
+///
+/// `parts` is consumed lazily: a part is taken from it only when the previous one is finished,
+/// so a response of many parts opens (and holds) one part's resources at a time.
+pub fn body<E, I>(boundary: String, parts: I) -> BoxStream<'static, Result<Bytes, E>>
+where
+    E: Send + 'static,
+    I: IntoIterator<Item = Part<E>>,
+    I::IntoIter: Send + 'static,
+{
     let closing_bytes = closing(&boundary);
     let opened = parts
         .into_iter()

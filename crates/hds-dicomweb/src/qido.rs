@@ -5,7 +5,9 @@ use axum::extract::{Path, Query, State};
 use axum::http::header::CONTENT_TYPE;
 use axum::response::{IntoResponse, Response};
 use dicom_core::Tag;
-use hds_dicom::attributes::{default_return_tags, find_searchable, resolve_tag};
+use hds_dicom::attributes::{
+    default_return_tags, find_searchable, resolve_tag, within_length_limit,
+};
 use hds_dicom::normalize;
 use hds_dicom::{QueryLevel, SearchKind};
 use hds_index::{Filter, Matcher, SearchHit, SearchQuery};
@@ -15,8 +17,15 @@ use serde_json::{Map, Value, json};
 use crate::DicomWebError;
 use crate::service::{DicomWebState, ServiceContext};
 
+/// Results per page when the request names no `limit`, and the most it may name (as Azure's
+/// DICOM service: 1 to 200, default 100).
 const DEFAULT_LIMIT: u32 = 100;
 const MAX_LIMIT: u32 = 200;
+/// The deepest page a search may ask for. A database skips an offset's rows one by one, so an
+/// unbounded offset is unbounded work per request; narrowing the search reaches the rest.
+pub const MAX_OFFSET: u32 = 100_000;
+/// The most query parameters one search may carry: each filter is a condition of the query.
+const MAX_PARAMETERS: usize = 64;
 
 const STUDY_INSTANCE_UID: &str = "0020000D";
 const SERIES_INSTANCE_UID: &str = "0020000E";
@@ -165,6 +174,11 @@ fn parse_search(
     level: QueryLevel,
     parameters: &[(String, String)],
 ) -> Result<ParsedSearch, DicomWebError> {
+    if parameters.len() > MAX_PARAMETERS {
+        return Err(DicomWebError::BadRequest(format!(
+            "a search may have at most {MAX_PARAMETERS} query parameters"
+        )));
+    }
     let fuzzy = parameters
         .iter()
         .filter(|(name, _)| name.eq_ignore_ascii_case("fuzzymatching"))
@@ -196,9 +210,15 @@ fn parse_search(
                     })?;
             }
             "offset" => {
-                offset = value.parse::<u32>().map_err(|_| {
-                    DicomWebError::BadRequest("offset must be a non-negative integer".into())
-                })?;
+                offset = value
+                    .parse::<u32>()
+                    .ok()
+                    .filter(|offset| *offset <= MAX_OFFSET)
+                    .ok_or_else(|| {
+                        DicomWebError::BadRequest(format!(
+                            "offset must be an integer between 0 and {MAX_OFFSET}"
+                        ))
+                    })?;
             }
             "includefield" => {
                 for field in value
@@ -237,6 +257,12 @@ fn parse_search(
                 if value.is_empty() {
                     continue;
                 }
+                if !within_length_limit(attribute, value) {
+                    return Err(DicomWebError::BadRequest(format!(
+                        "the value of {} is longer than its value representation allows",
+                        attribute.keyword
+                    )));
+                }
                 let matcher = match attribute.kind {
                     SearchKind::Date => {
                         let (from, to) = normalize::parse_date_range(value).map_err(|_| {
@@ -248,7 +274,15 @@ fn parse_search(
                         Matcher::DateRange(from, to)
                     }
                     SearchKind::PersonName if fuzzy => {
-                        Matcher::FuzzyName(normalize::fuzzy_query_words(value))
+                        let words = normalize::fuzzy_query_words(value);
+                        if words.is_empty() {
+                            // Wildcards alone would match every name: not a search.
+                            return Err(DicomWebError::BadRequest(format!(
+                                "a fuzzy {} query needs at least one letter or digit",
+                                attribute.keyword
+                            )));
+                        }
+                        Matcher::FuzzyName(words)
                     }
                     SearchKind::PersonName => {
                         Matcher::Exact(normalize::normalize_person_name(value))
@@ -409,4 +443,64 @@ fn shape_result(
         );
     }
     Value::Object(result)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(query: &[(&str, &str)]) -> Result<ParsedSearch, DicomWebError> {
+        let parameters: Vec<(String, String)> = query
+            .iter()
+            .map(|(name, value)| ((*name).to_owned(), (*value).to_owned()))
+            .collect();
+        parse_search(QueryLevel::Study, &parameters)
+    }
+
+    fn refused(query: &[(&str, &str)]) -> bool {
+        matches!(parse(query), Err(DicomWebError::BadRequest(_)))
+    }
+
+    #[test]
+    fn limit_and_offset_are_bounded() {
+        let parsed = parse(&[]).expect("defaults");
+        assert_eq!((parsed.limit, parsed.offset), (DEFAULT_LIMIT, 0));
+        let parsed = parse(&[("limit", "200"), ("offset", "100000")]).expect("maxima");
+        assert_eq!((parsed.limit, parsed.offset), (200, MAX_OFFSET));
+        for bad in ["0", "201", "-1", "ten", "4294967296", ""] {
+            assert!(refused(&[("limit", bad)]), "limit={bad}");
+        }
+        for bad in ["100001", "-1", "1e3", "4294967296"] {
+            assert!(refused(&[("offset", bad)]), "offset={bad}");
+        }
+    }
+
+    #[test]
+    fn a_fuzzy_name_of_wildcards_alone_is_refused() {
+        for wildcard in ["*", "**", "?", "*^*", " * "] {
+            assert!(
+                refused(&[("PatientName", wildcard), ("fuzzymatching", "true")]),
+                "{wildcard}"
+            );
+        }
+        let parsed =
+            parse(&[("PatientName", "smi*"), ("fuzzymatching", "true")]).expect("a prefix");
+        assert!(matches!(
+            &parsed.filters[0].matcher,
+            Matcher::FuzzyName(words) if words == &["smi".to_owned()]
+        ));
+    }
+
+    #[test]
+    fn over_long_values_and_too_many_parameters_are_refused() {
+        assert!(refused(&[("PatientName", &"a".repeat(100_000))]));
+        assert!(refused(&[
+            ("PatientName", &"\u{fdfa}".repeat(20_000)),
+            ("fuzzymatching", "true")
+        ]));
+        assert!(refused(&[("AccessionNumber", &"1".repeat(65))]));
+        parse(&[("AccessionNumber", &"1".repeat(64))]).expect("within the tolerance");
+        let many: Vec<(&str, &str)> = vec![("PatientID", "x"); MAX_PARAMETERS + 1];
+        assert!(refused(&many));
+    }
 }

@@ -9,8 +9,8 @@ use axum::http::header::{CONTENT_TYPE, ETAG, IF_NONE_MATCH};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
-use futures::StreamExt;
 use futures::stream::BoxStream;
+use futures::{StreamExt, TryStreamExt};
 use hds_blob::BlobName;
 use hds_crypto::keys::BlobKey;
 use hds_index::{DeleteScope, InstanceRecord};
@@ -144,25 +144,50 @@ async fn retrieve_instances(
         }
         Packaging::Multipart => {
             let boundary = multipart::new_boundary();
-            let mut parts = Vec::with_capacity(records.len());
-            // Open every blob (and verify its first segment) before the status line is sent, so
-            // a missing or damaged blob is a clean 500 rather than a cut body.
-            for record in &records {
-                let content_type = format!(
-                    "application/dicom; transfer-syntax={}",
-                    record.transfer_syntax_uid
-                );
-                parts.push((
-                    content_type,
-                    None,
-                    blob_stream(context, state, record).await?,
-                ));
-            }
-            let body = multipart::body(boundary.clone(), parts);
+            // The first blob is opened (and its first segment verified) before the status
+            // line, so a missing or damaged blob is a clean 500 rather than a cut body. The
+            // others are opened one at a time as the response reaches them: a study of
+            // thousands of instances holds one open blob and about one segment in memory.
+            let mut records = records.into_iter();
+            let Some(first) = records.next() else {
+                return Err(DicomWebError::NotFound(what));
+            };
+            let first_part = (
+                instance_part_type(&first),
+                None,
+                blob_stream(context, state, &first).await?,
+            );
+            let context = context.clone();
+            let state = state.clone();
+            let rest = records.map(move |record| {
+                let content_type = instance_part_type(&record);
+                let context = context.clone();
+                let state = state.clone();
+                let part = futures::stream::once(async move {
+                    blob_stream(&context, &state, &record)
+                        .await
+                        .map_err(|error| {
+                            tracing::error!(error = %error, "opening a blob failed mid-response");
+                            std::io::Error::other("blob open failed")
+                        })
+                })
+                .try_flatten()
+                .boxed();
+                (content_type, None, part)
+            });
+            let body = multipart::body(boundary.clone(), std::iter::once(first_part).chain(rest));
             let content_type = multipart::content_type(&boundary, "application/dicom");
             Ok(([(CONTENT_TYPE, content_type)], Body::from_stream(body)).into_response())
         }
     }
+}
+
+/// The content type of one stored instance in a multipart response.
+fn instance_part_type(record: &InstanceRecord) -> String {
+    format!(
+        "application/dicom; transfer-syntax={}",
+        record.transfer_syntax_uid
+    )
 }
 
 /// The blob key of a stored instance, unwrapped through its study key.
@@ -331,39 +356,54 @@ pub async fn frames(
     let name = BlobName::parse(&record.blob_name)?;
     let key = blob_key(&context, &record)?;
     // Only the segments holding the requested frames are read and decrypted.
-    let sealed = state
-        .blobs
-        .open_sealed_ranges(&name, &context.service_key, &key, record.size)
-        .await?;
-    let mut frame_bodies = Vec::with_capacity(requested.len());
-    for number in &requested {
-        let ranges: Vec<std::ops::Range<u64>> = frame_map.frames[number - 1]
-            .iter()
-            .map(|range| range.offset..range.offset + range.length)
-            .collect();
-        let pieces = sealed.read(&ranges).await?;
-        frame_bodies.push(Bytes::from(pieces.concat()));
-    }
+    let sealed = std::sync::Arc::new(
+        state
+            .blobs
+            .open_sealed_ranges(&name, &context.service_key, &key, record.size)
+            .await?,
+    );
+    let frame_ranges: Vec<Vec<std::ops::Range<u64>>> = requested
+        .iter()
+        .map(|number| {
+            frame_map.frames[number - 1]
+                .iter()
+                .map(|range| range.offset..range.offset + range.length)
+                .collect()
+        })
+        .collect();
     let part_type = if frame_map.encapsulated || !LITTLE_ENDIAN_NATIVE_SYNTAXES.contains(&syntax) {
         format!("application/octet-stream; transfer-syntax={syntax}")
     } else {
         "application/octet-stream".to_owned()
     };
+    let mut frames = frame_ranges.into_iter();
+    // The first frame is read before the status line, so a damaged blob is a clean 500; the
+    // others are read one at a time as the client takes them, so a response holds about one
+    // frame in memory however many it names.
+    let first = match frames.next() {
+        Some(ranges) => read_frame(&sealed, ranges).await?,
+        None => return Err(DicomWebError::NotFound("frame")),
+    };
     match negotiated.packaging {
-        Packaging::Single => {
-            let body = frame_bodies.pop().unwrap_or_default();
-            Ok(([(CONTENT_TYPE, part_type)], body).into_response())
-        }
+        Packaging::Single => Ok(([(CONTENT_TYPE, part_type)], first).into_response()),
         Packaging::Multipart => {
             let boundary = multipart::new_boundary();
-            let parts = frame_bodies
-                .into_iter()
-                .map(|frame| {
-                    let stream: BoxStream<'static, Result<Bytes, std::io::Error>> =
-                        futures::stream::once(async move { Ok(frame) }).boxed();
-                    (part_type.clone(), None, stream)
-                })
-                .collect();
+            let first_part: BoxStream<'static, Result<Bytes, std::io::Error>> =
+                futures::stream::once(async move { Ok(first) }).boxed();
+            let parts = std::iter::once((part_type.clone(), None, first_part)).chain(frames.map(
+                move |ranges| {
+                    let sealed = sealed.clone();
+                    let part: BoxStream<'static, Result<Bytes, std::io::Error>> =
+                        futures::stream::once(async move {
+                            read_frame(&sealed, ranges).await.map_err(|error| {
+                            tracing::error!(error = %error, "reading a frame failed mid-response");
+                            std::io::Error::other("frame read failed")
+                        })
+                        })
+                        .boxed();
+                    (part_type.clone(), None, part)
+                },
+            ));
             let body = multipart::body(boundary.clone(), parts);
             let content_type = multipart::content_type(&boundary, "application/octet-stream");
             Ok(([(CONTENT_TYPE, content_type)], Body::from_stream(body)).into_response())
@@ -371,20 +411,54 @@ pub async fn frames(
     }
 }
 
-/// Parses `1,3,5` into frame numbers (from 1).
-fn parse_frame_list(text: &str) -> Result<Vec<usize>, DicomWebError> {
-    let numbers: Result<Vec<usize>, _> = text
-        .split(',')
-        .map(|piece| piece.trim().parse::<usize>())
-        .collect();
-    match numbers {
-        Ok(numbers) if !numbers.is_empty() && numbers.iter().all(|&number| number >= 1) => {
-            Ok(numbers)
-        }
-        _ => Err(DicomWebError::BadRequest(
-            "frames must be a comma-separated list of frame numbers starting at 1".into(),
-        )),
+/// The bytes of one frame: its ranges (one for native pixel data, one per fragment for
+/// encapsulated), decrypted and joined.
+async fn read_frame(
+    sealed: &hds_blob::SealedRanges,
+    ranges: Vec<std::ops::Range<u64>>,
+) -> Result<Bytes, DicomWebError> {
+    let mut pieces = sealed.read(&ranges).await?;
+    if pieces.len() == 1 {
+        return Ok(pieces.pop().unwrap_or_default());
     }
+    Ok(Bytes::from(pieces.concat()))
+}
+
+/// The most frame numbers one frames request may name. Each number is distinct and names a
+/// frame of the instance, so a response is never larger than the instance's pixel data; this
+/// bounds the work of parsing and checking the list itself.
+pub const MAX_FRAMES_PER_REQUEST: usize = 4096;
+
+/// Parses `1,3,5` into frame numbers (from 1). A number named twice, or more than
+/// [`MAX_FRAMES_PER_REQUEST`] numbers, is a 400: repeating a frame would let a short URL ask
+/// for an unbounded response.
+fn parse_frame_list(text: &str) -> Result<Vec<usize>, DicomWebError> {
+    let malformed = || {
+        DicomWebError::BadRequest(
+            "frames must be a comma-separated list of frame numbers starting at 1".into(),
+        )
+    };
+    let mut numbers = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    for piece in text.split(',') {
+        if numbers.len() == MAX_FRAMES_PER_REQUEST {
+            return Err(DicomWebError::BadRequest(format!(
+                "a request may name at most {MAX_FRAMES_PER_REQUEST} frames; retrieve the \
+                 instance for more"
+            )));
+        }
+        let number = piece.trim().parse::<usize>().map_err(|_| malformed())?;
+        if number == 0 {
+            return Err(malformed());
+        }
+        if !seen.insert(number) {
+            return Err(DicomWebError::BadRequest(
+                "each frame may be named once per request".into(),
+            ));
+        }
+        numbers.push(number);
+    }
+    Ok(numbers)
 }
 
 /// `DELETE studies/{study}`.
@@ -436,4 +510,39 @@ async fn delete(
         state.blobs.delete(&BlobName::parse(&name)?).await?;
     }
     Ok(StatusCode::NO_CONTENT)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frame_lists_refuse_repeats_zero_and_too_many() {
+        assert_eq!(parse_frame_list("1").expect("one"), vec![1]);
+        assert_eq!(parse_frame_list("3, 1,2").expect("three"), vec![3, 1, 2]);
+        for bad in ["", "0", "1,,2", "a", "-1", "1,1", "2,1,2"] {
+            assert!(
+                matches!(parse_frame_list(bad), Err(DicomWebError::BadRequest(_))),
+                "{bad}"
+            );
+        }
+        let most: Vec<String> = (1..=MAX_FRAMES_PER_REQUEST)
+            .map(|n| n.to_string())
+            .collect();
+        assert_eq!(
+            parse_frame_list(&most.join(",")).expect("at the cap").len(),
+            MAX_FRAMES_PER_REQUEST
+        );
+        let too_many = format!("{},{}", most.join(","), MAX_FRAMES_PER_REQUEST + 1);
+        assert!(matches!(
+            parse_frame_list(&too_many),
+            Err(DicomWebError::BadRequest(_))
+        ));
+        // The 3 KB URL that once asked for one frame a thousand times.
+        let repeated = vec!["1"; 1500].join(",");
+        assert!(matches!(
+            parse_frame_list(&repeated),
+            Err(DicomWebError::BadRequest(_))
+        ));
+    }
 }

@@ -19,15 +19,23 @@ use crate::DicomWebError;
 pub struct DicomWebConfig {
     /// The largest request body STOW-RS accepts, in bytes.
     pub max_request_bytes: u64,
-    /// `https` or `http`: how clients reach the main listener (for RetrieveURL).
-    pub scheme: &'static str,
+    /// How clients reach the main listener, e.g. `https://dicom.example.org` (no trailing
+    /// slash): the base of every URL in a response (RetrieveURL). Never taken from the
+    /// request's `Host` header, which the client chooses.
+    pub public_base_url: String,
+    /// The limits on a multipart request body.
+    pub multipart: crate::request_body::MultipartLimits,
+    /// How long a request body may send nothing before the request is refused (408).
+    pub body_idle_timeout: std::time::Duration,
 }
 
 impl Default for DicomWebConfig {
     fn default() -> Self {
         DicomWebConfig {
             max_request_bytes: 2 * 1024 * 1024 * 1024,
-            scheme: "https",
+            public_base_url: "https://localhost".to_owned(),
+            multipart: crate::request_body::MultipartLimits::default(),
+            body_idle_timeout: std::time::Duration::from_secs(60),
         }
     }
 }
@@ -69,13 +77,45 @@ pub struct AccessRefusal {
     pub challenge: Option<String>,
 }
 
+/// An authenticated caller, as [`DicomAccessControl::authenticate`] found it. Opaque here: only
+/// the access control that made it reads it back.
+pub struct Caller(Box<dyn std::any::Any + Send + Sync>);
+
+impl Caller {
+    /// Wraps what an access control knows about a caller.
+    pub fn new<T: std::any::Any + Send + Sync>(caller: T) -> Caller {
+        Caller(Box::new(caller))
+    }
+
+    /// What [`Caller::new`] wrapped, if it is a `T`.
+    pub fn downcast_ref<T: std::any::Any>(&self) -> Option<&T> {
+        self.0.downcast_ref()
+    }
+}
+
+impl std::fmt::Debug for Caller {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter.write_str("Caller")
+    }
+}
+
 /// Who may do what to a service's data. Deny by default: implementations answer `Ok` only for
 /// an authenticated caller holding a role that grants the access at the service's scope.
+///
+/// Two steps, because the first runs before the service is looked up: a caller without valid
+/// credentials is refused alike whether the service exists or not, and so learns nothing of
+/// which services exist.
 pub trait DicomAccessControl: Send + Sync + 'static {
-    /// Checks the request's credentials for `access` to the service `resource_id`.
-    fn check<'a>(
+    /// Checks the request's credentials: who is calling (401 when nobody valid).
+    fn authenticate<'a>(
         &'a self,
         headers: &'a axum::http::HeaderMap,
+    ) -> Pin<Box<dyn Future<Output = Result<Caller, AccessRefusal>> + Send + 'a>>;
+
+    /// Checks that `caller` may have `access` to the service `resource_id` (403 when not).
+    fn authorize<'a>(
+        &'a self,
+        caller: &'a Caller,
         resource_id: &'a str,
         access: DataAccess,
     ) -> Pin<Box<dyn Future<Output = Result<(), AccessRefusal>> + Send + 'a>>;
@@ -86,9 +126,16 @@ pub trait DicomAccessControl: Send + Sync + 'static {
 pub struct AllowAll;
 
 impl DicomAccessControl for AllowAll {
-    fn check<'a>(
+    fn authenticate<'a>(
         &'a self,
         _headers: &'a axum::http::HeaderMap,
+    ) -> Pin<Box<dyn Future<Output = Result<Caller, AccessRefusal>> + Send + 'a>> {
+        Box::pin(async { Ok(Caller::new(())) })
+    }
+
+    fn authorize<'a>(
+        &'a self,
+        _caller: &'a Caller,
         _resource_id: &'a str,
         _access: DataAccess,
     ) -> Pin<Box<dyn Future<Output = Result<(), AccessRefusal>> + Send + 'a>> {
@@ -204,7 +251,7 @@ pub struct ServiceContext {
     pub service_key: String,
     /// The service's keys.
     pub keyring: Arc<ServiceKeyring>,
-    /// `{scheme}://{host}/dicom/{workspace}/{service}/{version}`, for RetrieveURL.
+    /// `{public base URL}/dicom/{workspace}/{service}/{version}`, for RetrieveURL.
     pub base_url: String,
 }
 
@@ -221,6 +268,13 @@ impl FromRequestParts<DicomWebState> for ServiceContext {
             .get::<axum::extract::OriginalUri>()
             .map(|original| original.0.path().to_owned())
             .unwrap_or_else(|| parts.uri.path().to_owned());
+        // Who is calling comes first: until then nothing about the address is revealed, not
+        // even whether a service lives there.
+        let caller = state
+            .access
+            .authenticate(&parts.headers)
+            .await
+            .map_err(DicomWebError::Refused)?;
         let prefix = service_prefix(&path).ok_or(DicomWebError::ServiceNotFound)?;
         let [workspace, service, version] = prefix;
         if version != "v1" && version != "v2" {
@@ -231,9 +285,6 @@ impl FromRequestParts<DicomWebState> for ServiceContext {
             .resolve(workspace, service)
             .await?
             .ok_or(DicomWebError::ServiceNotFound)?;
-        if !resolved.keyring.is_unlocked() {
-            return Err(DicomWebError::key_access_lost());
-        }
         let access = match parts.method {
             axum::http::Method::POST | axum::http::Method::PUT => DataAccess::Write,
             axum::http::Method::DELETE => DataAccess::Delete,
@@ -241,18 +292,18 @@ impl FromRequestParts<DicomWebState> for ServiceContext {
         };
         state
             .access
-            .check(&parts.headers, &resolved.resource_id, access)
+            .authorize(&caller, &resolved.resource_id, access)
             .await
             .map_err(DicomWebError::Refused)?;
-        let host = parts
-            .headers
-            .get(axum::http::header::HOST)
-            .and_then(|value| value.to_str().ok())
-            .or_else(|| parts.uri.authority().map(|authority| authority.as_str()))
-            .unwrap_or("localhost");
+        // Only a caller allowed to use the service learns the state of its key.
+        if !resolved.keyring.is_unlocked() {
+            return Err(DicomWebError::key_access_lost());
+        }
+        // The configured public URL, never the Host header: a response's URLs must not point
+        // wherever the client's headers say.
         let base_url = format!(
-            "{}://{}/dicom/{}/{}/{}",
-            state.config.scheme, host, workspace, service, version
+            "{}/dicom/{}/{}/{}",
+            state.config.public_base_url, workspace, service, version
         );
         Ok(ServiceContext {
             service_key: resolved.service_key,

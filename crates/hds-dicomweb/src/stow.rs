@@ -23,6 +23,7 @@ use serde_json::{Map, Value, json};
 use crate::DicomWebError;
 use crate::chunk_reader::ChunkReader;
 use crate::media;
+use crate::request_body::{self, BodyError, MAX_BOUNDARY_LEN, MultipartScanner};
 use crate::service::{DicomWebState, ServiceContext};
 use crate::sync_reader::BlobSyncReader;
 
@@ -111,7 +112,7 @@ async fn store_request(
             "send multipart/related; type=\"application/dicom\" or application/dicom".into(),
         )
     })?;
-    let stream = limited(body.into_data_stream(), limit);
+    let idle_timeout = state.config.body_idle_timeout;
     let mut outcomes = Vec::new();
     match content_type.essence.as_str() {
         "multipart/related" => {
@@ -128,6 +129,18 @@ async fn store_request(
                     DicomWebError::BadRequest("the multipart Content-Type has no boundary".into())
                 })?
                 .to_owned();
+            let scanner = MultipartScanner::new(&boundary).ok_or_else(|| {
+                DicomWebError::BadRequest(format!(
+                    "the multipart boundary must be 1 to {MAX_BOUNDARY_LEN} characters"
+                ))
+            })?;
+            let limits = state.config.multipart;
+            let stream = request_body::guard(
+                body.into_data_stream(),
+                limit,
+                idle_timeout,
+                Some((scanner, limits)),
+            );
             let mut multipart = multer::Multipart::new(stream, boundary);
             loop {
                 let field = match multipart.next_field().await {
@@ -158,12 +171,8 @@ async fn store_request(
             }
         }
         "application/dicom" => {
-            let chunks = stream.map_err(|error| match error {
-                LimitedError::TooLarge => DicomWebError::PayloadTooLarge(limit),
-                LimitedError::Body(error) => {
-                    DicomWebError::BadRequest(format!("reading the request body: {error}"))
-                }
-            });
+            let stream = request_body::guard(body.into_data_stream(), limit, idle_timeout, None);
+            let chunks = stream.map_err(|error| body_error(error, limit));
             outcomes.push(ingest_part(&context, &state, chunks, required_study.as_deref()).await?);
         }
         other => {
@@ -194,6 +203,22 @@ async fn ingest_part<S>(
 where
     S: Stream<Item = Result<Bytes, DicomWebError>> + Unpin,
 {
+    // A part without a byte is no instance: refused before it costs a blob.
+    let first_chunk = loop {
+        match chunks.next().await {
+            None => {
+                return Ok(PartOutcome::Failed {
+                    sop_class_uid: None,
+                    sop_instance_uid: None,
+                    reason: failure_reason::PROCESSING_FAILURE,
+                });
+            }
+            Some(Err(error)) => return Err(error),
+            Some(Ok(chunk)) if chunk.is_empty() => continue,
+            Some(Ok(chunk)) => break chunk,
+        }
+    };
+    let mut chunks = futures::stream::iter([Ok(first_chunk)]).chain(chunks);
     let blob_name = BlobName::random();
     let blob_key = BlobKey::generate();
     let mut writer = state
@@ -429,44 +454,28 @@ fn store_response(
         .into_response()
 }
 
-#[derive(Debug, thiserror::Error)]
-enum LimitedError {
-    #[error("request body too large")]
-    TooLarge,
-    #[error("{0}")]
-    Body(axum::Error),
-}
-
-/// Ends the body stream with an error once more than `limit` bytes have passed.
-fn limited<S>(
-    stream: S,
-    limit: u64,
-) -> impl Stream<Item = Result<Bytes, LimitedError>> + Send + Unpin + 'static
-where
-    S: Stream<Item = Result<Bytes, axum::Error>> + Send + Unpin + 'static,
-{
-    let mut seen: u64 = 0;
-    stream.map(move |chunk| {
-        let chunk = chunk.map_err(LimitedError::Body)?;
-        seen += chunk.len() as u64;
-        if seen > limit {
-            Err(LimitedError::TooLarge)
-        } else {
-            Ok(chunk)
+/// The answer to a body cut off by [`request_body::guard`].
+fn body_error(error: BodyError, limit: u64) -> DicomWebError {
+    match error {
+        BodyError::TooLarge => DicomWebError::PayloadTooLarge(limit),
+        BodyError::Stalled => DicomWebError::RequestTimeout(
+            "the request body sent nothing for longer than the server waits".into(),
+        ),
+        BodyError::PartHeaderTooLarge(_) | BodyError::TooManyParts(_) => {
+            DicomWebError::BadRequest(error.to_string())
         }
-    })
+        BodyError::Body(error) => {
+            DicomWebError::BadRequest(format!("reading the request body: {error}"))
+        }
+    }
 }
 
 fn multipart_error(error: multer::Error, limit: u64) -> DicomWebError {
-    let too_large = match &error {
-        multer::Error::StreamReadFailed(inner) => inner
-            .downcast_ref::<LimitedError>()
-            .is_some_and(|e| matches!(e, LimitedError::TooLarge)),
-        _ => false,
-    };
-    if too_large {
-        DicomWebError::PayloadTooLarge(limit)
-    } else {
-        DicomWebError::BadRequest(format!("malformed multipart body: {error}"))
+    if let multer::Error::StreamReadFailed(inner) = error {
+        return match inner.downcast::<BodyError>() {
+            Ok(body) => body_error(*body, limit),
+            Err(other) => DicomWebError::BadRequest(format!("malformed multipart body: {other}")),
+        };
     }
+    DicomWebError::BadRequest(format!("malformed multipart body: {error}"))
 }

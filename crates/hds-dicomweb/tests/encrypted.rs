@@ -63,7 +63,7 @@ async fn server() -> Server {
         services: Arc::new(services),
         access: Arc::new(AllowAll),
         config: Arc::new(DicomWebConfig {
-            scheme: "http",
+            public_base_url: "http://dicom.test".to_owned(),
             ..DicomWebConfig::default()
         }),
     });
@@ -366,4 +366,110 @@ async fn deleting_a_study_removes_its_blobs() {
     .await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(body.expect("body"), stored.file);
+}
+
+fn post(uri: &str, content_type: &str, body: Vec<u8>) -> Request<Body> {
+    Request::post(uri)
+        .header("host", "evil.example")
+        .header("content-type", content_type)
+        .header("accept", "application/dicom+json")
+        .body(Body::from(body))
+        .expect("request")
+}
+
+#[tokio::test]
+async fn response_urls_come_from_the_public_base_url_not_the_host_header() {
+    let server = server().await;
+    let stored = instance(6);
+    let request = post(
+        &format!("{BASE}/studies"),
+        "application/dicom",
+        stored.file.clone(),
+    );
+    let (status, body) = call(&server.router, request).await;
+    assert_eq!(status, StatusCode::OK);
+    let body = String::from_utf8(body.expect("body")).expect("JSON");
+    assert!(!body.contains("evil.example"), "{body}");
+    assert!(body.contains(&format!(
+        "http://dicom.test{BASE}/studies/{}/series/{}/instances/{}",
+        stored.study, stored.series, stored.sop
+    )));
+}
+
+#[tokio::test]
+async fn hostile_multipart_bodies_and_frame_lists_are_refused() {
+    let server = server().await;
+    let multipart = |boundary: &str| {
+        format!("multipart/related; type=\"application/dicom\"; boundary={boundary}")
+    };
+    // A part header that never ends.
+    let mut endless = b"--b\r\nX-Endless: ".to_vec();
+    endless.extend(std::iter::repeat_n(b'a', 1024 * 1024));
+    // One part more than the default limit, each empty.
+    let parts = hds_dicomweb::MultipartLimits::default().max_parts + 1;
+    let mut many = b"--b\r\n\r\n\r\n".repeat(parts);
+    many.extend_from_slice(b"--b--\r\n");
+    let long_boundary = "b".repeat(hds_dicomweb::MAX_BOUNDARY_LEN + 1);
+    let mut long = format!("--{long_boundary}\r\n\r\n").into_bytes();
+    long.extend_from_slice(&instance(7).file);
+    long.extend_from_slice(format!("\r\n--{long_boundary}--\r\n").as_bytes());
+    for (body, boundary, expected) in [
+        (endless, "b".to_owned(), "part header"),
+        (many, "b".to_owned(), "parts"),
+        (long, long_boundary, "boundary"),
+    ] {
+        let request = post(&format!("{BASE}/studies"), &multipart(&boundary), body);
+        let (status, body) = call(&server.router, request).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{expected}");
+        let body = body.expect("error body");
+        assert_eq!(error_code(&body), "BadRequest");
+        assert!(
+            String::from_utf8_lossy(&body).contains(expected),
+            "{expected}"
+        );
+    }
+    let stored = instance(8);
+    store(&server, &stored).await;
+    let accept = "multipart/related; type=\"application/octet-stream\"";
+    for (frames, expected) in [
+        ("1,1", StatusCode::BAD_REQUEST),
+        ("2,1,2", StatusCode::BAD_REQUEST),
+        ("0", StatusCode::BAD_REQUEST),
+        ("7", StatusCode::NOT_FOUND),
+    ] {
+        let url = format!("{}/frames/{frames}", instance_url(&stored));
+        let (status, _) = call(&server.router, get(&url, accept)).await;
+        assert_eq!(status, expected, "{frames}");
+    }
+    // Every frame once, in the order asked, read one at a time.
+    let url = format!("{}/frames/6,1,3", instance_url(&stored));
+    let (status, body) = call(&server.router, get(&url, accept)).await;
+    assert_eq!(status, StatusCode::OK);
+    let body = body.expect("body");
+    let delimiter = b"\r\n--hds-";
+    let mut starts: Vec<usize> = body
+        .windows(delimiter.len())
+        .enumerate()
+        .filter(|(_, window)| window == delimiter)
+        .map(|(at, _)| at)
+        .collect();
+    assert_eq!(starts.len(), 4, "three parts and the closing delimiter");
+    let closing = starts.pop().expect("closing");
+    starts.push(closing);
+    let parts: Vec<&[u8]> = starts
+        .windows(2)
+        .map(|pair| {
+            let part = &body[pair[0]..pair[1]];
+            let content = part
+                .windows(4)
+                .position(|window| window == b"\r\n\r\n")
+                .expect("part header end");
+            &part[content + 4..]
+        })
+        .collect();
+    let expected: Vec<&[u8]> = [6usize, 1, 3]
+        .iter()
+        .map(|number| &stored.pixels[(number - 1) * FRAME_BYTES..number * FRAME_BYTES])
+        .collect();
+    assert_eq!(parts, expected);
 }

@@ -5,8 +5,8 @@ use std::future::Future;
 use std::pin::Pin;
 
 use axum::http::HeaderMap;
-use hds_dicomweb::{AccessRefusal, DataAccess, DicomAccessControl};
-use hds_identity::auth::authenticate;
+use hds_dicomweb::{AccessRefusal, Caller, DataAccess, DicomAccessControl};
+use hds_identity::auth::{AuthenticatedPrincipal, authenticate};
 use hds_identity::roles::actions;
 use hds_identity::{AuthError, DICOM_AUDIENCE, Identity};
 
@@ -16,23 +16,41 @@ pub struct IdentityDicomAccess {
 }
 
 impl DicomAccessControl for IdentityDicomAccess {
-    fn check<'a>(
+    fn authenticate<'a>(
         &'a self,
         headers: &'a HeaderMap,
-        resource_id: &'a str,
-        access: DataAccess,
-    ) -> Pin<Box<dyn Future<Output = Result<(), AccessRefusal>> + Send + 'a>> {
+    ) -> Pin<Box<dyn Future<Output = Result<Caller, AccessRefusal>> + Send + 'a>> {
         Box::pin(async move {
             let principal = authenticate(&self.identity, headers, DICOM_AUDIENCE)
                 .await
                 .map_err(refusal)?;
+            Ok(Caller::new(principal))
+        })
+    }
+
+    fn authorize<'a>(
+        &'a self,
+        caller: &'a Caller,
+        resource_id: &'a str,
+        access: DataAccess,
+    ) -> Pin<Box<dyn Future<Output = Result<(), AccessRefusal>> + Send + 'a>> {
+        Box::pin(async move {
+            // Deny by default: a caller this access control did not authenticate has no rights.
+            let principal = caller
+                .downcast_ref::<AuthenticatedPrincipal>()
+                .ok_or_else(|| AccessRefusal {
+                    status: axum::http::StatusCode::FORBIDDEN,
+                    code: "AuthorizationFailed",
+                    message: "the caller was not authenticated by the identity service".into(),
+                    challenge: None,
+                })?;
             let action = match access {
                 DataAccess::Read => actions::DICOM_READ,
                 DataAccess::Write => actions::DICOM_WRITE,
                 DataAccess::Delete => actions::DICOM_DELETE,
             };
             self.identity
-                .require(&principal, action, resource_id, true)
+                .require(principal, action, resource_id, true)
                 .await
                 .map_err(refusal)
         })

@@ -63,6 +63,37 @@ pub struct UpOptions {
     #[arg(long, env = "HDS_MAX_REQUEST_BYTES", default_value_t = 2 * 1024 * 1024 * 1024)]
     pub max_request_bytes: u64,
 
+    /// The most `multipart/related` parts one STOW-RS request may hold (400 past it).
+    #[arg(long, env = "HDS_MAX_STOW_PARTS", default_value_t = 10_000)]
+    pub max_stow_parts: usize,
+
+    /// The most bytes of one multipart part's header (400 past it).
+    #[arg(long, env = "HDS_MAX_PART_HEADER_BYTES", default_value_t = 16 * 1024)]
+    pub max_part_header_bytes: usize,
+
+    /// How long a request body may send nothing before the request is answered 408.
+    #[arg(long, env = "HDS_BODY_IDLE_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
+    pub body_idle_timeout: std::time::Duration,
+
+    /// How long a client may take to send a whole request head on the main listener.
+    #[arg(long, env = "HDS_HEADER_READ_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub header_read_timeout: std::time::Duration,
+
+    /// How long a main-listener connection may go without a byte either way while waiting for
+    /// its client (between requests, or a client that stopped sending or reading).
+    #[arg(long, env = "HDS_IDLE_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
+    pub idle_timeout: std::time::Duration,
+
+    /// The most connections the main listener holds at once; more are closed at once. Keep it
+    /// well under the process's open-file limit (`ulimit -n`).
+    #[arg(long, env = "HDS_MAX_CONNECTIONS", default_value_t = 512)]
+    pub max_connections: usize,
+
+    /// The most requests the main listener handles at once; more are answered 503 with
+    /// Retry-After.
+    #[arg(long, env = "HDS_MAX_IN_FLIGHT_REQUESTS", default_value_t = 256)]
+    pub max_in_flight_requests: usize,
+
     /// How often each customer-managed key is probed (get key, wrap and unwrap), e.g. 60s, 5m.
     #[arg(long, env = "HDS_CMK_PROBE_INTERVAL", default_value = "60s", value_parser = parse_duration)]
     pub cmk_probe_interval: std::time::Duration,

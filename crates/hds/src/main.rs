@@ -6,6 +6,7 @@ mod adapters;
 mod cli;
 mod client;
 mod dicom_host;
+mod listener_limits;
 mod logging;
 mod recovery;
 mod seed_flow;

@@ -18,7 +18,7 @@ use hds_cmk::{
 };
 use hds_crypto::root::RootKey;
 use hds_db::Database;
-use hds_dicomweb::{DicomWebConfig, DicomWebState};
+use hds_dicomweb::{DicomWebConfig, DicomWebState, MultipartLimits};
 use hds_identity::{
     AdminCredentials, ExternalIssuer, Identity, IdentityConfig, MANAGEMENT_AUDIENCE,
 };
@@ -35,6 +35,7 @@ use crate::access::IdentityDicomAccess;
 use crate::adapters::{HostedVaults, ManagedIdentityTokens, VaultListenerEvents};
 use crate::cli::UpOptions;
 use crate::dicom_host::{DicomHost, DicomHostParts};
+use crate::listener_limits::{self, InFlightRequests, LimitedAcceptor, ListenerLimits};
 use crate::logging;
 use crate::seed_flow::{self, SeedNames};
 use crate::vault_access::IdentityVaultAccess;
@@ -255,6 +256,7 @@ pub async fn run(options: UpOptions) -> anyhow::Result<()> {
         }
     }
 
+    let limits = listener_limits(&options)?;
     let dicomweb = hds_dicomweb::router(DicomWebState {
         index,
         blobs,
@@ -264,7 +266,12 @@ pub async fn run(options: UpOptions) -> anyhow::Result<()> {
         }),
         config: Arc::new(DicomWebConfig {
             max_request_bytes: options.max_request_bytes,
-            scheme,
+            public_base_url: public_url.clone(),
+            multipart: MultipartLimits {
+                max_parts: options.max_stow_parts,
+                max_header_bytes: options.max_part_header_bytes,
+            },
+            body_idle_timeout: options.body_idle_timeout,
         }),
     });
     let arm_router = hds_arm::router(arm.clone());
@@ -278,6 +285,10 @@ pub async fn run(options: UpOptions) -> anyhow::Result<()> {
         .merge(identity.router())
         .merge(dicomweb)
         .merge(arm_router.clone())
+        .layer(axum::middleware::from_fn_with_state(
+            InFlightRequests::new(limits.max_in_flight_requests),
+            listener_limits::limit_in_flight,
+        ))
         .layer(TraceLayer::new_for_http().make_span_with(logging::request_span));
 
     if !options.no_bootstrap {
@@ -350,30 +361,51 @@ pub async fn run(options: UpOptions) -> anyhow::Result<()> {
     let service = app.into_make_service();
     // TCP_NODELAY: without it a response's last small write can wait for the client's delayed
     // acknowledgement (tens of milliseconds on WADO-RS tails).
-    let no_delay = axum_server::accept::NoDelayAcceptor::new();
+    let no_delay = LimitedAcceptor::new(axum_server::accept::NoDelayAcceptor::new(), &limits);
     if options.http {
-        axum_server::from_tcp(listener)
-            .acceptor(no_delay)
-            .handle(handle)
-            .serve(service)
-            .await?;
+        let mut server = axum_server::from_tcp(listener).acceptor(no_delay);
+        listener_limits::configure_http(&mut server, &limits);
+        server.handle(handle).serve(service).await?;
     } else {
         let tls = certificate_authority
             .server_config(&[])
             .context("issuing the server certificate")?;
         let config = axum_server::tls_rustls::RustlsConfig::from_config(tls);
         let acceptor = axum_server::tls_rustls::RustlsAcceptor::new(config).acceptor(no_delay);
-        axum_server::from_tcp(listener)
-            .acceptor(acceptor)
-            .handle(handle)
-            .serve(service)
-            .await?;
+        let mut server = axum_server::from_tcp(listener).acceptor(acceptor);
+        listener_limits::configure_http(&mut server, &limits);
+        server.handle(handle).serve(service).await?;
     }
     sweeper.abort();
     let _ = stop_monitor.send(());
     vault_listeners.shutdown();
     println!("hds stopped");
     Ok(())
+}
+
+/// The main listener's limits from the flags; a zero would refuse everything.
+fn listener_limits(options: &UpOptions) -> anyhow::Result<ListenerLimits> {
+    let limits = ListenerLimits {
+        max_connections: options.max_connections,
+        max_in_flight_requests: options.max_in_flight_requests,
+        header_read_timeout: options.header_read_timeout,
+        idle_timeout: options.idle_timeout,
+    };
+    anyhow::ensure!(
+        limits.max_connections > 0 && limits.max_in_flight_requests > 0,
+        "--max-connections and --max-in-flight-requests must be at least 1"
+    );
+    anyhow::ensure!(
+        !limits.header_read_timeout.is_zero()
+            && !limits.idle_timeout.is_zero()
+            && !options.body_idle_timeout.is_zero(),
+        "--header-read-timeout, --idle-timeout and --body-idle-timeout must be longer than 0"
+    );
+    anyhow::ensure!(
+        options.max_stow_parts > 0 && options.max_part_header_bytes > 0,
+        "--max-stow-parts and --max-part-header-bytes must be at least 1"
+    );
+    Ok(limits)
 }
 
 /// The Microsoft Entra ID application hds uses for keys kept in Azure Key Vault, if configured.
