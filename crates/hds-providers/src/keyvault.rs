@@ -3,6 +3,12 @@
 //! The vault service is the truth for a vault's settings and keys; the generic store keeps
 //! the ARM envelope (location, tags, `sku`, properties this platform does not model) so a
 //! GET shows what was PUT, with the modelled properties read back from the service.
+//!
+//! A vault's permission model (`enableRbacAuthorization`) and its access policies decide who
+//! may use its keys, so changing them is a grant of data access: as in Azure, it needs the
+//! right to assign roles (`Microsoft.Authorization/roleAssignments/write` at the vault's scope:
+//! Owner, User Access Administrator), not only `Microsoft.KeyVault/vaults/write`. Otherwise a
+//! Contributor could switch a vault to access policies and grant itself unwrapKey.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -10,6 +16,7 @@ use std::sync::Arc;
 use hds_arm::{
     ArmError, ArmFuture, ProviderResponse, PutRequest, RequestContext, ResourceId, ResourceProvider,
 };
+use hds_identity::{Decision, Identity};
 use hds_keyvault::KeyVaultService;
 use hds_keyvault::VaultError;
 use hds_keyvault::model::{
@@ -51,9 +58,13 @@ const MODELLED_VAULT_PROPERTIES: &[&str] = &[
     "provisioningState",
 ];
 
+/// The action that changing who may use a vault's keys needs, besides writing the vault.
+pub const ASSIGN_ROLES_ACTION: &str = "Microsoft.Authorization/roleAssignments/write";
+
 /// The vault provider.
 pub struct VaultProvider {
     service: Arc<KeyVaultService>,
+    identity: Identity,
     events: Option<Arc<dyn VaultEvents>>,
 }
 
@@ -66,12 +77,49 @@ impl std::fmt::Debug for VaultProvider {
 }
 
 impl VaultProvider {
-    /// Vaults kept by `service`; `events` hears of every change.
+    /// Vaults kept by `service`, with permission-model changes authorized by `identity`;
+    /// `events` hears of every change.
     pub fn new(
         service: Arc<KeyVaultService>,
+        identity: Identity,
         events: Option<Arc<dyn VaultEvents>>,
     ) -> VaultProvider {
-        VaultProvider { service, events }
+        VaultProvider {
+            service,
+            identity,
+            events,
+        }
+    }
+
+    /// Refuses a PUT that changes who may use the vault's keys (see the module docs) unless
+    /// the caller may assign roles at the vault's scope.
+    async fn authorize_permission_change(
+        &self,
+        context: &RequestContext,
+        id: &ResourceId,
+        current: Option<&VaultProperties>,
+        wanted: &VaultProperties,
+    ) -> Result<(), ArmError> {
+        let Some(change) = permission_change(current, wanted) else {
+            return Ok(());
+        };
+        let principal_id = &context.caller.principal_id;
+        match self
+            .identity
+            .authorize(principal_id, ASSIGN_ROLES_ACTION, id.as_str(), false)
+            .await
+        {
+            Ok(Decision::Allow) => Ok(()),
+            Ok(Decision::Deny(_)) => Err(ArmError::new(
+                StatusCode::FORBIDDEN,
+                "AuthorizationFailed",
+                format!(
+                    "The client '{principal_id}' with object id '{principal_id}' does not have authorization to perform action '{ASSIGN_ROLES_ACTION}' over scope '{}'. Changing a key vault's {change} grants access to its keys, so it needs the right to assign roles at the vault's scope (Owner or User Access Administrator), not only to write the vault.",
+                    id.as_str()
+                ),
+            )),
+            Err(error) => Err(ArmError::internal(&error)),
+        }
     }
 
     async fn existing_vault(&self, name: &str) -> Result<Option<Vault>, ArmError> {
@@ -308,6 +356,27 @@ fn parse_vault_properties(
     })
 }
 
+/// What a PUT changes in who may use the vault's keys, if anything: the permission model, or
+/// the access policies. A new vault's permission model grants nothing by itself (RBAC grants
+/// through role assignments, which need the same right; access policies grant only what they
+/// list), so for a new vault only a non-empty list of access policies counts.
+fn permission_change(
+    current: Option<&VaultProperties>,
+    wanted: &VaultProperties,
+) -> Option<&'static str> {
+    match current {
+        None if !wanted.access_policies.is_empty() => Some("access policies"),
+        None => None,
+        Some(current) if current.enable_rbac_authorization != wanted.enable_rbac_authorization => {
+            Some("permission model (enableRbacAuthorization)")
+        }
+        Some(current) if current.access_policies != wanted.access_policies => {
+            Some("access policies")
+        }
+        Some(_) => None,
+    }
+}
+
 /// The modelled properties as ARM shows them.
 fn render_vault_properties(vault: &Vault, target: &mut Map<String, Value>) {
     let properties = &vault.properties;
@@ -408,6 +477,13 @@ impl ResourceProvider for VaultProvider {
                 &request.properties,
                 existing.as_ref().map(|vault| &vault.properties),
             )?;
+            self.authorize_permission_change(
+                &context,
+                &id,
+                existing.as_ref().map(|vault| &vault.properties),
+                &properties,
+            )
+            .await?;
             let (vault, _) = self
                 .service
                 .create_or_update_vault(id.as_str(), &name, properties)

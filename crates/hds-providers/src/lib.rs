@@ -94,6 +94,7 @@ pub fn register_all(builder: ArmBuilder, dependencies: &ProviderDependencies) ->
         .provider(Arc::new(RoleDefinitionProvider))
         .provider(Arc::new(VaultProvider::new(
             Arc::clone(&dependencies.key_vault),
+            identity.clone(),
             dependencies.vault_events.clone(),
         )))
         .provider(Arc::new(KeyProvider::new(Arc::clone(

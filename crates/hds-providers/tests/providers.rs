@@ -490,6 +490,7 @@ on_both_backends!(
     seed_templates_deploy_through_the_providers,
     move_gives_a_new_system_assigned_principal,
     resource_health_shapes,
+    vault_permission_model_needs_the_right_to_assign_roles,
 );
 
 async fn identity_types_on_a_dicom_service(backend: Backend) {
@@ -1811,4 +1812,127 @@ async fn resource_health_shapes(backend: Backend) {
         )
         .await;
     assert_eq!(status, StatusCode::NOT_FOUND);
+}
+
+/// Who may use a vault's keys (its permission model and access policies) changes only with the
+/// right to assign roles at the vault's scope: a Contributor may write the vault, not grant
+/// itself unwrapKey by switching it to access policies.
+async fn vault_permission_model_needs_the_right_to_assign_roles(backend: Backend) {
+    const CONTRIBUTOR: &str = "b24988ac-6180-42a0-ab88-20f7382dd24c";
+    const OWNER: &str = "8e3af657-a8ff-443c-a75c-2fe8c4bcb635";
+    let harness = Harness::new(backend).await;
+    harness.put_vault_and_key("rg1", "guarded", "cmk").await;
+    let vault = harness.vault("rg1", "guarded");
+    let tenant = harness.info.tenant_id.clone();
+
+    let principal_with = |name: &'static str, role: &'static str| {
+        let harness = &harness;
+        async move {
+            let principal = harness
+                .identity
+                .create_service_principal(name)
+                .await
+                .expect("service principal");
+            harness
+                .assign(&harness.group("rg1"), role, &principal.principal_id)
+                .await;
+            let token = harness
+                .identity
+                .issue_token_for_client_credentials(
+                    &principal.client_id,
+                    &principal.client_secret,
+                    MANAGEMENT_AUDIENCE,
+                )
+                .await
+                .expect("token")
+                .expect("valid credentials")
+                .access_token;
+            (principal.principal_id, token)
+        }
+    };
+    let (contributor, contributor_token) = principal_with("contributor", CONTRIBUTOR).await;
+    let body = |rbac: bool, policies: Value| {
+        json!({"location": "westus3", "tags": {"team": "imaging"}, "properties": {
+            "tenantId": tenant, "sku": {"family": "A", "name": "standard"},
+            "enableSoftDelete": true, "enablePurgeProtection": true,
+            "enableRbacAuthorization": rbac, "accessPolicies": policies
+        }})
+    };
+    let self_grant = json!([{"tenantId": tenant, "objectId": contributor,
+        "permissions": {"keys": ["get", "wrapKey", "unwrapKey"]}}]);
+    let as_contributor = |method: Method, path: String, body: Value| {
+        let harness = &harness;
+        let token = contributor_token.clone();
+        async move {
+            let (status, _, value) = harness
+                .call_as(Some(&token), method, &path, "2022-07-01", Some(body))
+                .await;
+            (status, value)
+        }
+    };
+    let refused = |status: StatusCode, value: &Value| {
+        assert_eq!(status, StatusCode::FORBIDDEN, "{value}");
+        assert_eq!(value["error"]["code"], "AuthorizationFailed", "{value}");
+        let message = value["error"]["message"].as_str().unwrap_or_default();
+        assert!(
+            message.contains("Microsoft.Authorization/roleAssignments/write"),
+            "{message}"
+        );
+    };
+
+    // Switching to access policies and granting itself unwrapKey, in one PUT or in steps.
+    let (status, value) =
+        as_contributor(Method::PUT, vault.clone(), body(false, self_grant.clone())).await;
+    refused(status, &value);
+    let (status, value) = as_contributor(Method::PUT, vault.clone(), body(false, json!([]))).await;
+    refused(status, &value);
+    let (status, value) = as_contributor(
+        Method::PATCH,
+        vault.clone(),
+        json!({"properties": {"enableRbacAuthorization": false}}),
+    )
+    .await;
+    refused(status, &value);
+    let (status, value) =
+        as_contributor(Method::PUT, vault.clone(), body(true, self_grant.clone())).await;
+    refused(status, &value);
+    let current = harness
+        .ok(Method::GET, &vault, "2022-07-01", json!({}))
+        .await;
+    assert_eq!(current["properties"]["enableRbacAuthorization"], true);
+    assert_eq!(current["properties"]["accessPolicies"], json!([]));
+
+    // The control: the Contributor may still write the vault when who may use it stays.
+    let (status, value) = as_contributor(Method::PUT, vault.clone(), body(true, json!([]))).await;
+    assert_eq!(status, StatusCode::OK, "{value}");
+    assert_eq!(value["tags"]["team"], "imaging");
+
+    // A new vault: the permission model alone grants nothing, access policies do.
+    let fresh = harness.vault("rg1", "fresh");
+    let (status, value) =
+        as_contributor(Method::PUT, fresh.clone(), body(false, self_grant.clone())).await;
+    refused(status, &value);
+    let (status, value) = as_contributor(Method::PUT, fresh.clone(), body(false, json!([]))).await;
+    assert_eq!(status, StatusCode::CREATED, "{value}");
+    let (status, value) =
+        as_contributor(Method::PUT, fresh.clone(), body(false, self_grant.clone())).await;
+    refused(status, &value);
+
+    // An Owner of the group may change both.
+    let (_, owner_token) = principal_with("owner", OWNER).await;
+    let (status, _, value) = harness
+        .call_as(
+            Some(&owner_token),
+            Method::PUT,
+            &vault,
+            "2022-07-01",
+            Some(body(false, self_grant.clone())),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{value}");
+    assert_eq!(value["properties"]["enableRbacAuthorization"], false);
+    assert_eq!(
+        value["properties"]["accessPolicies"][0]["objectId"],
+        json!(contributor)
+    );
 }
