@@ -11,6 +11,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
 from conftest import HdsServer
+from test_adversarial_identity import external_principal_id
 from test_dicomweb import stow, to_bytes, unique_copy
 
 DICOM_DATA_READER = "e89c7a3c-2f64-4fa1-a847-3e4c9ba4283a"
@@ -65,7 +66,7 @@ def test_external_issuer_and_reader_role(tmp_path):
             headers={"Authorization": f"Bearer {server.token('https://management.azure.com')}"},
             json={"properties": {
                 "roleDefinitionId": f"/subscriptions/{admin['subscriptionId']}/providers/Microsoft.Authorization/roleDefinitions/{DICOM_DATA_READER}",
-                "principalId": user, "principalType": "User"}},
+                "principalId": external_principal_id(ISSUER, "", user), "principalType": "User"}},
         )
         assert assignment.status_code in (200, 201), assignment.text
 

@@ -301,3 +301,46 @@ def test_backup_refuses_a_short_passphrase_and_a_non_empty_target(tmp_path):
     assert result.returncode != 0 and "not empty" in result.stderr
     missing = run_hds("restore", "--from", str(tmp_path / "nothing"), "--data-dir", str(tmp_path / "r"))
     assert missing.returncode != 0 and "not a complete hds backup" in missing.stderr
+
+
+# ---- the root key at rest under a passphrase ----------------------------------------------------
+
+
+def snapshot(directory):
+    return {str(path): (path.stat().st_size, path.stat().st_mtime_ns) for path in directory.rglob("*") if path.is_file()}
+
+
+def test_a_passphrase_sealed_root_key_starts_only_with_its_passphrase(tmp_path):
+    passphrase_file = tmp_path / "root-passphrase"
+    passphrase_file.write_text("a long enough passphrase\n")
+    passphrase_file.chmod(0o600)
+    data_dir = tmp_path / "data"
+    flags = ("--root-key-passphrase-file", str(passphrase_file))
+    server = HdsServer(data_dir, extra_args=flags).start()
+    dataset = unique_copy("CT_small.dcm")
+    store(server, dataset)
+    assert server.stop() == 0
+    assert (data_dir / "root.key.sealed").exists()
+    assert not (data_dir / "root.key").exists(), "no plaintext key is written"
+
+    before = snapshot(data_dir)
+    wrong = tmp_path / "wrong-passphrase"
+    wrong.write_text("not the passphrase at all\n")
+    wrong.chmod(0o600)
+    for args, message in [
+        (("--root-key-passphrase-file", str(wrong)), "wrong passphrase"),
+        ((), "sealed under a passphrase"),
+    ]:
+        failed = subprocess.run(
+            [HDS_BIN, "up", "--data-dir", str(data_dir), "--listen", "127.0.0.1:0", "--http", *args],
+            capture_output=True, text=True, timeout=120,
+        )
+        assert failed.returncode != 0
+        assert message in failed.stderr, failed.stderr
+        assert snapshot(data_dir) == before, "a refused start touches nothing"
+
+    restarted = HdsServer(data_dir, extra_args=flags).start()
+    try:
+        assert retrieve(restarted, dataset).status_code == 200
+    finally:
+        assert restarted.stop() == 0

@@ -1,6 +1,7 @@
 //! A client for the part of Key Vault's keys REST API a customer-managed key needs: get a key,
 //! wrap, unwrap. It speaks to hds's own vault and to Azure Key Vault alike (same API, same
-//! error shape), over HTTPS only, trusting hds's local CA and the system roots.
+//! error shape), over HTTPS only, trusting hds's local CA and the system roots, and only to
+//! the hosts its [`TokenDestinations`] allow: every request is checked before it is sent.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -14,6 +15,7 @@ use reqwest::header::{AUTHORIZATION, HeaderMap, WWW_AUTHENTICATE};
 use serde::Deserialize;
 use zeroize::Zeroizing;
 
+use crate::destination::TokenDestinations;
 use crate::error::{CmkError, ForbiddenReason, bounded};
 use crate::url::KeyUrl;
 
@@ -161,6 +163,7 @@ impl BearerChallenge {
 pub struct KeyVaultClient {
     http: reqwest::Client,
     wrap_algorithm: WrapAlgorithm,
+    destinations: TokenDestinations,
 }
 
 #[derive(Deserialize)]
@@ -215,8 +218,11 @@ struct InnerErrorBody {
 }
 
 impl KeyVaultClient {
-    /// A client per `config`.
-    pub fn new(config: &ClientConfig) -> Result<KeyVaultClient, CmkError> {
+    /// A client per `config` that calls only the vaults `destinations` allows.
+    pub fn new(
+        config: &ClientConfig,
+        destinations: TokenDestinations,
+    ) -> Result<KeyVaultClient, CmkError> {
         let mut roots = rustls::RootCertStore::empty();
         if config.trust_system_roots {
             let native = rustls_native_certs::load_native_certs();
@@ -267,6 +273,7 @@ impl KeyVaultClient {
         Ok(KeyVaultClient {
             http,
             wrap_algorithm: config.wrap_algorithm,
+            destinations,
         })
     }
 
@@ -277,6 +284,7 @@ impl KeyVaultClient {
 
     /// The key version `url` names (its latest version when `url` has none).
     pub async fn get_key(&self, url: &KeyUrl, token: &str) -> Result<KeyFacts, CmkError> {
+        self.destinations.check(url).await?;
         let request_url = format!(
             "{}keys/{}{}?api-version={API_VERSION}",
             url.vault_base_url(),
@@ -411,16 +419,11 @@ impl KeyVaultClient {
         Ok(Zeroizing::new(plaintext))
     }
 
-    /// Asks the vault at `vault_base_url` for its bearer challenge (an unauthenticated
-    /// request), which names the vault's tenant. `None` when the vault sends none.
-    pub async fn challenge(
-        &self,
-        vault_base_url: &str,
-    ) -> Result<Option<BearerChallenge>, CmkError> {
-        let request_url = format!(
-            "{}/keys?api-version={API_VERSION}",
-            vault_base_url.trim_end_matches('/')
-        );
+    /// Asks the vault of `url` for its bearer challenge (an unauthenticated request), which
+    /// names the vault's tenant. `None` when the vault sends none.
+    pub async fn challenge(&self, url: &KeyUrl) -> Result<Option<BearerChallenge>, CmkError> {
+        self.destinations.check(url).await?;
+        let request_url = format!("{}keys?api-version={API_VERSION}", url.vault_base_url());
         let response = self
             .http
             .get(request_url)
@@ -446,6 +449,7 @@ impl KeyVaultClient {
         algorithm: WrapAlgorithm,
         value: &str,
     ) -> Result<OperationResultBody, CmkError> {
+        self.destinations.check(url).await?;
         // A versionless key id makes the SDKs send an empty version segment; vaults accept it.
         let request_url = format!(
             "{}keys/{}/{}/{operation}?api-version={API_VERSION}",

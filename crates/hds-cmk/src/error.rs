@@ -96,6 +96,16 @@ pub enum CmkError {
     /// The vault's answer did not have the expected shape.
     #[error("the key vault's response is not valid: {0}")]
     InvalidResponse(String),
+    /// The key URL names a host a managed identity's token may not be sent to; refused before
+    /// any connection (see [`crate::destination`]).
+    #[error(
+        "the key vault host {host} is not allowed: {rule}",
+        rule = crate::destination::TOKEN_DESTINATION_RULE
+    )]
+    DestinationNotAllowed {
+        /// The refused `host[:port]`.
+        host: String,
+    },
     /// The client could not be set up (an unreadable CA file, say).
     #[error("key vault client configuration: {0}")]
     Configuration(String),

@@ -5,6 +5,9 @@
 //! vault as its managed identity. This crate holds everything on that path:
 //!
 //! - [`url`]: key URLs (`https://host[:port]/keys/{name}[/{version}]`).
+//! - [`destination`]: where a managed identity's token may go ([`TokenDestinations`]): vaults
+//!   this hds serves, hosts named by the composition, and Azure's vault hosts when an Azure
+//!   tenant is configured; checked before every request, before any connection.
 //! - [`client`]: a Key Vault REST client (get key, wrapKey, unwrapKey) for hds's own vault
 //!   and Azure Key Vault alike, with the vault's errors typed ([`error::CmkError`]).
 //! - [`token`]: the [`token::TokenSource`] seam for managed-identity tokens, and a cache.
@@ -15,7 +18,8 @@
 //!   database (component `cmk`, [`store`]).
 //!
 //! Design choices:
-//! - The client only ever sends a token over HTTPS, to the host the key URL names.
+//! - The client only ever sends a token over HTTPS, to the host the key URL names, and only
+//!   when [`TokenDestinations`] allows that host; it follows no redirects.
 //! - Tokens, wrapped and unwrapped key bytes never appear in errors or logs; error messages
 //!   carry the vault's own explanation (principal ids, scopes), which names no secret.
 //! - Vault-level settings (tenant, soft delete, purge protection, firewall) are not visible on
@@ -27,6 +31,7 @@
 #![deny(missing_docs)]
 
 pub mod client;
+pub mod destination;
 pub mod entra;
 pub mod error;
 pub mod monitor;
@@ -37,6 +42,7 @@ pub mod url;
 pub mod validate;
 
 pub use client::{ClientConfig, KeyFacts, KeyVaultClient, VAULT_RESOURCE, WrapAlgorithm};
+pub use destination::{AZURE_VAULT_DNS_SUFFIXES, TokenDestinations};
 pub use entra::{EntraApplication, EntraTokenSource, RoutedTokenSource};
 pub use error::{CmkError, ForbiddenReason};
 pub use monitor::{

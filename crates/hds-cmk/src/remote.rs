@@ -140,6 +140,7 @@ pub(crate) fn kek_error(error: CmkError) -> KekError {
         }
         CmkError::TokenUnavailable(message) => KekError::Unavailable(message),
         CmkError::ManagedIdentityNotFound { .. }
+        | CmkError::DestinationNotAllowed { .. }
         | CmkError::Unauthorized { .. }
         | CmkError::Forbidden {
             reason:

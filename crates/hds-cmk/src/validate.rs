@@ -61,6 +61,8 @@ pub enum ValidationCode {
     ManagedIdentityTokenUnavailable,
     /// The identity may not use the key (missing role or access policy).
     KeyAccessDenied,
+    /// The key URL names a host hds does not send a managed identity's token to.
+    KeyVaultHostNotAllowed,
     /// The vault could not be reached, or failed.
     KeyVaultUnreachable,
     /// The vault answered in an unexpected way, or the wrap/unwrap probe did not round-trip.
@@ -69,7 +71,7 @@ pub enum ValidationCode {
 
 impl ValidationCode {
     /// Every code, for parsing and documentation.
-    pub const ALL: [ValidationCode; 17] = [
+    pub const ALL: [ValidationCode; 18] = [
         ValidationCode::InvalidKeyEncryptionKeyUrl,
         ValidationCode::KeyVaultKeyNotFound,
         ValidationCode::KeyDisabled,
@@ -85,6 +87,7 @@ impl ValidationCode {
         ValidationCode::ManagedIdentityNotFound,
         ValidationCode::ManagedIdentityTokenUnavailable,
         ValidationCode::KeyAccessDenied,
+        ValidationCode::KeyVaultHostNotAllowed,
         ValidationCode::KeyVaultUnreachable,
         ValidationCode::KeyVaultProbeFailed,
     ];
@@ -109,6 +112,7 @@ impl ValidationCode {
             ValidationCode::ManagedIdentityNotFound => "ManagedIdentityNotFound",
             ValidationCode::ManagedIdentityTokenUnavailable => "ManagedIdentityTokenUnavailable",
             ValidationCode::KeyAccessDenied => "KeyAccessDenied",
+            ValidationCode::KeyVaultHostNotAllowed => "KeyVaultHostNotAllowed",
             ValidationCode::KeyVaultUnreachable => "KeyVaultUnreachable",
             ValidationCode::KeyVaultProbeFailed => "KeyVaultProbeFailed",
         }
@@ -248,13 +252,15 @@ impl KeyValidator {
         match self.directory.vault_facts(&vault_base_url).await {
             Some(facts) => check_vault_facts(&facts, &vault_base_url, user.tenant_id)?,
             None => {
+                // The first request to the vault: a host tokens may not go to is refused here,
+                // before any connection.
+                self.check_tenant_by_challenge(&key_url, user.tenant_id)
+                    .await?;
                 let warning = format!(
                     "the settings of vault {vault_base_url} are not known to hds: check yourself that soft delete and purge protection are on, and that a firewall lets trusted services through"
                 );
                 tracing::warn!(vault = %vault_base_url, "vault settings unknown; soft delete, purge protection and firewall not checked");
                 warnings.push(warning);
-                self.check_tenant_by_challenge(&vault_base_url, user.tenant_id)
-                    .await?;
             }
         }
         let now = time::OffsetDateTime::now_utc().unix_timestamp();
@@ -277,12 +283,13 @@ impl KeyValidator {
     /// The tenant named in the vault's bearer challenge, compared with the service's.
     async fn check_tenant_by_challenge(
         &self,
-        vault_base_url: &str,
+        key_url: &KeyUrl,
         tenant_id: &str,
     ) -> Result<(), ValidationError> {
+        let vault_base_url = &key_url.vault_base_url();
         let challenge = self
             .client
-            .challenge(vault_base_url)
+            .challenge(key_url)
             .await
             .map_err(|error| vault_error(error, &Context::vault(vault_base_url)))?;
         if let Some(vault_tenant) = challenge
@@ -497,6 +504,12 @@ fn vault_error(error: CmkError, context: &Context<'_>) -> ValidationError {
             ValidationCode::KeyExpired,
             format!(
                 "Key {key} has expired. Extend its expiration date (exp), or rotate the key and use the new version."
+            ),
+        ),
+        error @ CmkError::DestinationNotAllowed { .. } => ValidationError::new(
+            ValidationCode::KeyVaultHostNotAllowed,
+            format!(
+                "{error}. Use a key in a key vault of this hds (copy the key identifier from the vault), or configure an Azure tenant to use Azure Key Vault."
             ),
         ),
         CmkError::Network(message) => ValidationError::new(

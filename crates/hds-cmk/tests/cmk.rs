@@ -22,8 +22,8 @@ use hds_cmk::token::TokenFuture;
 use hds_cmk::validate::VaultFactsFuture;
 use hds_cmk::{
     ClientConfig, CmkError, ForbiddenReason, KeyAccessMonitor, KeyBinding, KeyUrl, KeyUser,
-    KeyValidator, KeyVaultClient, MonitorConfig, NoVaultDirectory, RemoteKek, TokenSource,
-    ValidationCode, VaultDirectory, VaultFacts, VaultKeyProbe, WrapAlgorithm,
+    KeyValidator, KeyVaultClient, MonitorConfig, NoVaultDirectory, RemoteKek, TokenDestinations,
+    TokenSource, ValidationCode, VaultDirectory, VaultFacts, VaultKeyProbe, WrapAlgorithm,
 };
 use hds_crypto::keys::{
     KekError, KeyEncryptionKey, LocalRsaKek, RSA_OAEP, RsaKeySize, ServiceRootKey, WrappedKey,
@@ -418,13 +418,35 @@ impl StubServer {
     }
 
     fn client_with(&self, algorithm: WrapAlgorithm) -> KeyVaultClient {
-        KeyVaultClient::new(&ClientConfig {
-            ca_pem_path: Some(self.ca_pem.clone()),
-            trust_system_roots: false,
-            wrap_algorithm: algorithm,
-            ..ClientConfig::default()
-        })
+        self.client_allowing(algorithm, self.destinations())
+    }
+
+    fn client_allowing(
+        &self,
+        algorithm: WrapAlgorithm,
+        destinations: TokenDestinations,
+    ) -> KeyVaultClient {
+        KeyVaultClient::new(
+            &ClientConfig {
+                ca_pem_path: Some(self.ca_pem.clone()),
+                trust_system_roots: false,
+                wrap_algorithm: algorithm,
+                ..ClientConfig::default()
+            },
+            destinations,
+        )
         .unwrap()
+    }
+
+    /// Tokens may go to this stub, and nowhere else.
+    fn destinations(&self) -> TokenDestinations {
+        TokenDestinations::none().with_host(self.authority())
+    }
+
+    fn authority(&self) -> &str {
+        self.base_url
+            .trim_start_matches("https://")
+            .trim_end_matches('/')
     }
 }
 
@@ -611,13 +633,17 @@ async fn client_types_the_vaults_errors() {
 
     // The challenge names the vault's tenant.
     server.edit(|state| state.server_error = false);
-    let challenge: BearerChallenge = client.challenge(&server.base_url).await.unwrap().unwrap();
+    let challenge: BearerChallenge = client.challenge(&url).await.unwrap().unwrap();
     assert_eq!(challenge.tenant_id(), Some(TENANT));
 
-    // Nothing listens on the port: a network error.
+    // Nothing listens on the port (an allowed one): a network error.
     let closed = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = closed.local_addr().unwrap().port();
     drop(closed);
+    let client = server.client_allowing(
+        WrapAlgorithm::RsaOaep256,
+        TokenDestinations::none().with_host(&format!("127.0.0.1:{port}")),
+    );
     let gone = KeyUrl::parse(&format!("https://127.0.0.1:{port}/keys/cmk/{V1}")).unwrap();
     let error = client.get_key(&gone, "token-1").await.unwrap_err();
     assert!(matches!(error, CmkError::Network(_)), "{error:?}");
@@ -627,11 +653,14 @@ async fn client_types_the_vaults_errors() {
 #[tokio::test]
 async fn client_refuses_an_untrusted_certificate() {
     let server = StubServer::start().await;
-    let client = KeyVaultClient::new(&ClientConfig {
-        ca_pem_path: None,
-        trust_system_roots: true,
-        ..ClientConfig::default()
-    })
+    let client = KeyVaultClient::new(
+        &ClientConfig {
+            ca_pem_path: None,
+            trust_system_roots: true,
+            ..ClientConfig::default()
+        },
+        server.destinations(),
+    )
     .unwrap();
     let url = KeyUrl::parse(&server.key_url("cmk", None)).unwrap();
     assert!(matches!(
@@ -641,10 +670,13 @@ async fn client_refuses_an_untrusted_certificate() {
     let bad_ca = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(bad_ca.path(), "not a certificate").unwrap();
     assert!(matches!(
-        KeyVaultClient::new(&ClientConfig {
-            ca_pem_path: Some(bad_ca.path().to_owned()),
-            ..ClientConfig::default()
-        }),
+        KeyVaultClient::new(
+            &ClientConfig {
+                ca_pem_path: Some(bad_ca.path().to_owned()),
+                ..ClientConfig::default()
+            },
+            server.destinations(),
+        ),
         Err(CmkError::Configuration(_))
     ));
 }
@@ -898,11 +930,20 @@ async fn validation_names_each_vault_and_identity_problem() {
     });
     let error = refusal(&checked, &url, PRINCIPAL).await;
     assert_eq!(error.code, ValidationCode::KeyVaultUnreachable);
+    // An allowed host where nothing listens: unreachable.
     let closed = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = closed.local_addr().unwrap().port();
     drop(closed);
+    let open = KeyValidator::new(
+        server.client_allowing(
+            WrapAlgorithm::RsaOaep256,
+            TokenDestinations::none().with_host(&format!("127.0.0.1:{port}")),
+        ),
+        StaticTokens::stub(),
+        Arc::new(FixedDirectory(None)),
+    );
     let error = refusal(
-        &checked,
+        &open,
         &format!("https://127.0.0.1:{port}/keys/cmk"),
         PRINCIPAL,
     )
@@ -1079,6 +1120,140 @@ async fn monitor_probes_the_vault() {
     );
 }
 
+// ----- where tokens go -----
+
+/// A plain TCP listener that records whether anyone connected: a host that is not a vault.
+struct PlainListener {
+    listener: TcpListener,
+}
+
+impl PlainListener {
+    fn bind() -> PlainListener {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        PlainListener { listener }
+    }
+
+    fn key_url(&self, version: Option<&str>) -> String {
+        let port = self.listener.local_addr().unwrap().port();
+        match version {
+            Some(version) => format!("https://127.0.0.1:{port}/keys/cmk/{version}"),
+            None => format!("https://127.0.0.1:{port}/keys/cmk"),
+        }
+    }
+
+    /// Whether a connection is waiting. A refused request returns before it would connect, so
+    /// once the call under test has returned, any connection it made is already queued here.
+    fn saw_a_connection(&self) -> bool {
+        match self.listener.accept() {
+            Ok(_) => true,
+            Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => false,
+            Err(error) => panic!("accept failed: {error}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn tokens_go_nowhere_but_allowed_vaults() {
+    let server = StubServer::start().await;
+    let elsewhere = PlainListener::bind();
+    let client = server.client();
+    let url = KeyUrl::parse(&elsewhere.key_url(Some(V1))).unwrap();
+
+    // Every request the client makes is refused before it connects.
+    let refused = |result: Result<(), CmkError>| match result {
+        Err(CmkError::DestinationNotAllowed { host }) => {
+            assert_eq!(host, url.authority());
+        }
+        other => panic!("expected a refused destination, got {other:?}"),
+    };
+    refused(client.get_key(&url, "token-1").await.map(drop));
+    refused(client.challenge(&url).await.map(drop));
+    refused(client.wrap_key(&url, "token-1", b"k").await.map(drop));
+    let wrapped = WrappedKey {
+        kid: url.to_string(),
+        algorithm: "RSA-OAEP-256".into(),
+        ciphertext: vec![0; 256],
+    };
+    refused(client.unwrap_key("token-1", &wrapped).await.map(drop));
+    assert!(!elsewhere.saw_a_connection());
+
+    // Validation names the rule, whatever the directory knows (here: nothing) ...
+    for facts in [None, Some(good_facts())] {
+        let error = refusal(
+            &validator(&server, facts),
+            &elsewhere.key_url(None),
+            PRINCIPAL,
+        )
+        .await;
+        assert_eq!(error.code, ValidationCode::KeyVaultHostNotAllowed);
+        assert!(error.message.contains("serves"), "{}", error.message);
+        assert!(error.message.contains(url.authority()), "{}", error.message);
+    }
+    assert!(!elsewhere.saw_a_connection());
+
+    // ... and so do the remote key and the monitor's probe.
+    let kek = RemoteKek::new(client.clone(), StaticTokens::stub(), PRINCIPAL, url.clone()).unwrap();
+    assert_eq!(
+        kek.wrap_key(b"thirty-two bytes of key material")
+            .await
+            .unwrap_err(),
+        KekError::AccessDenied
+    );
+    let directory = tempfile::tempdir().unwrap();
+    let database = hds_db::Database::connect(&format!(
+        "sqlite:{}",
+        directory.path().join("hds.db").display()
+    ))
+    .await
+    .unwrap();
+    let probe = Arc::new(VaultKeyProbe::new(
+        client.clone(),
+        StaticTokens::stub(),
+        Arc::new(SystemClock),
+    ));
+    let monitor = KeyAccessMonitor::open(
+        database,
+        MonitorConfig::default(),
+        probe,
+        Arc::new(SystemClock),
+    )
+    .await
+    .unwrap();
+    let binding = KeyBinding {
+        key_url: url.clone(),
+        principal_id: PRINCIPAL.into(),
+        tenant_id: TENANT.into(),
+    };
+    monitor.register("svc", binding).await.unwrap();
+    let state = monitor.probe_now("svc").await.unwrap();
+    assert_eq!(state.name(), "KeyAccessLost");
+    assert_eq!(
+        state.reason().unwrap().code,
+        ValidationCode::KeyVaultHostNotAllowed
+    );
+    assert!(!elsewhere.saw_a_connection());
+
+    // The control: the same client reaches the stub it allows, and a client allowing the
+    // listener's host does connect to it (so the checks above could have failed).
+    assert!(
+        client
+            .get_key(
+                &KeyUrl::parse(&server.key_url("cmk", None)).unwrap(),
+                "token-1"
+            )
+            .await
+            .is_ok()
+    );
+    let open = server.client_allowing(
+        WrapAlgorithm::RsaOaep256,
+        TokenDestinations::none().with_host(url.authority()),
+    );
+    let error = open.get_key(&url, "token-1").await.unwrap_err();
+    assert!(matches!(error, CmkError::Network(_)), "{error:?}");
+    assert!(elsewhere.saw_a_connection());
+}
+
 // ----- against hds's own key vault -----
 
 mod real_vault {
@@ -1179,17 +1354,18 @@ mod real_vault {
         let listeners = VaultListeners::new(state, ca.server_config(&[]).unwrap(), loopback);
         listeners.start_all().await.unwrap();
 
-        let client = KeyVaultClient::new(&ClientConfig {
-            ca_pem_path: Some(ca.ca_pem_path().to_owned()),
-            trust_system_roots: false,
-            ..ClientConfig::default()
-        })
+        // Tokens go to the vaults the service serves, found as validation finds them.
+        let served: Arc<dyn VaultDirectory> = Arc::new(ServiceDirectory(Arc::clone(&service)));
+        let client = KeyVaultClient::new(
+            &ClientConfig {
+                ca_pem_path: Some(ca.ca_pem_path().to_owned()),
+                trust_system_roots: false,
+                ..ClientConfig::default()
+            },
+            TokenDestinations::none().with_served_vaults(served.clone()),
+        )
         .unwrap();
-        let checked = KeyValidator::new(
-            client.clone(),
-            StaticTokens::stub(),
-            Arc::new(ServiceDirectory(Arc::clone(&service))),
-        );
+        let checked = KeyValidator::new(client.clone(), StaticTokens::stub(), served);
         let key_url = bundle.key_uri_with_version();
         let valid = checked.validate(&key_url, user(PRINCIPAL)).await.unwrap();
         assert_eq!(valid.facts.kid.to_string(), key_url);

@@ -74,6 +74,29 @@ pub enum TokenError {
     /// The header's algorithm is not the key's, or the signature does not verify.
     #[error("the token's signature is invalid")]
     InvalidSignature,
+    /// The token is longer than [`crate::tokens::MAX_TOKEN_BYTES`].
+    #[error("the token is longer than {limit} bytes")]
+    TooLarge {
+        /// The limit.
+        limit: usize,
+    },
+    /// A required claim is missing.
+    #[error("the token has no '{0}' claim")]
+    MissingClaim(&'static str),
+    /// An identity claim is longer than [`crate::tokens::MAX_CLAIM_BYTES`].
+    #[error("the token's '{claim}' claim is longer than {limit} bytes")]
+    ClaimTooLarge {
+        /// The claim.
+        claim: &'static str,
+        /// The limit.
+        limit: usize,
+    },
+    /// The token is valid for longer than [`crate::tokens::MAX_TOKEN_LIFETIME_SECONDS`].
+    #[error("the token is valid for longer than {limit_seconds} seconds")]
+    LifetimeTooLong {
+        /// The limit.
+        limit_seconds: i64,
+    },
     /// `exp` is in the past.
     #[error("the token has expired")]
     Expired,

@@ -1,11 +1,15 @@
 //! External token issuers, trusted by configuration: an `iss` value and its keys, given as a
-//! JWKS document or as the URL of one.
+//! JWKS document or as the `https://` URL of one. Keys fetched over plain HTTP could be
+//! replaced by anyone on the path, who could then sign tokens as any of the issuer's users, so
+//! a plain-HTTP URL is refused when the issuer is configured, and fetches follow no redirect
+//! off HTTPS.
 //!
 //! Keys behind a URL are fetched on first use and again when a token names a `kid` the cached
 //! document lacks (the issuer rotated), at most once per [`REFETCH_AFTER_UNKNOWN_KID`], and in
 //! any case after [`MAX_AGE`]. A failed fetch keeps the last good document.
 
 use std::collections::HashMap;
+use std::path::Path;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
@@ -21,17 +25,48 @@ const FETCH_TIMEOUT: Duration = Duration::from_secs(10);
 /// The largest JWKS document accepted.
 const MAX_DOCUMENT_BYTES: usize = 256 * 1024;
 
+/// The longest issuer (`iss`) or JWKS URL accepted in the configuration.
+const MAX_CONFIGURED_TEXT: usize = 2048;
+
+/// Why an external issuer's configuration was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ExternalIssuerError {
+    /// The JWKS URL is not `https://`.
+    #[error(
+        "the JWKS URL must start with https:// (keys fetched over plain HTTP could be replaced on the way); give a file holding the JWKS document instead if the issuer has no HTTPS endpoint"
+    )]
+    JwksNotHttps,
+    /// The issuer or the URL is empty, too long, or holds whitespace or control characters.
+    #[error("the {0} is empty, longer than 2048 characters, or holds whitespace")]
+    Invalid(&'static str),
+}
+
+fn check_text(text: &str, what: &'static str) -> Result<(), ExternalIssuerError> {
+    let valid = !text.is_empty()
+        && text.len() <= MAX_CONFIGURED_TEXT
+        && !text
+            .chars()
+            .any(|character| character.is_whitespace() || character.is_control());
+    if valid {
+        Ok(())
+    } else {
+        Err(ExternalIssuerError::Invalid(what))
+    }
+}
+
 /// Where an external issuer's signing keys come from.
 #[derive(Debug, Clone)]
 pub enum JwksSource {
     /// A JWKS document given in the configuration.
     Document(JwkSet),
-    /// The URL of a JWKS document (an issuer's `jwks_uri`).
+    /// The `https://` URL of a JWKS document (an issuer's `jwks_uri`).
     Url(String),
 }
 
 /// An issuer outside the platform whose tokens are accepted; its principals are identified by
-/// the token's `oid` (or `sub` when it has no `oid`), and role assignments can name them.
+/// [`crate::external_principal_id`] of the issuer, the token's `tid` and its `oid` (or `sub`
+/// when it has no `oid`), and role assignments name them by that id.
 #[derive(Debug, Clone)]
 pub struct ExternalIssuer {
     /// The exact `iss` value of its tokens.
@@ -52,12 +87,25 @@ impl ExternalIssuer {
         })
     }
 
-    /// An issuer from its `iss` value and the URL of its JWKS document.
-    pub fn from_jwks_url(issuer: impl Into<String>, jwks_url: impl Into<String>) -> ExternalIssuer {
-        ExternalIssuer {
-            issuer: issuer.into(),
-            jwks: JwksSource::Url(jwks_url.into()),
+    /// An issuer from its `iss` value and the `https://` URL of its JWKS document.
+    pub fn from_jwks_url(
+        issuer: impl Into<String>,
+        jwks_url: impl Into<String>,
+    ) -> Result<ExternalIssuer, ExternalIssuerError> {
+        let issuer = issuer.into();
+        let jwks_url = jwks_url.into();
+        check_text(&issuer, "issuer")?;
+        check_text(&jwks_url, "JWKS URL")?;
+        let is_https = jwks_url
+            .get(..8)
+            .is_some_and(|scheme| scheme.eq_ignore_ascii_case("https://"));
+        if !is_https || reqwest::Url::parse(&jwks_url).is_err() {
+            return Err(ExternalIssuerError::JwksNotHttps);
         }
+        Ok(ExternalIssuer {
+            issuer,
+            jwks: JwksSource::Url(jwks_url),
+        })
     }
 }
 
@@ -98,14 +146,15 @@ impl ExternalKeyCache {
         );
     }
 
-    async fn fetch(&self, url: &str) -> Result<JwkSet, String> {
-        let client = self.client.get_or_init(|| {
-            reqwest::Client::builder()
-                .timeout(FETCH_TIMEOUT)
-                .build()
-                .unwrap_or_default()
-        });
-        let response = client
+    async fn fetch(&self, url: &str, extra_ca: Option<&Path>) -> Result<JwkSet, String> {
+        let client = match self.client.get() {
+            Some(client) => client,
+            None => {
+                let built = https_client(extra_ca)?;
+                self.client.get_or_init(|| built)
+            }
+        };
+        let mut response = client
             .get(url)
             .send()
             .await
@@ -113,12 +162,46 @@ impl ExternalKeyCache {
         if !response.status().is_success() {
             return Err(format!("status {}", response.status()));
         }
-        let body = response.bytes().await.map_err(|error| error.to_string())?;
-        if body.len() > MAX_DOCUMENT_BYTES {
+        if response
+            .content_length()
+            .is_some_and(|length| length > MAX_DOCUMENT_BYTES as u64)
+        {
             return Err("document too large".to_owned());
+        }
+        // Read in chunks and stop at the limit: a hostile endpoint may send without end.
+        let mut body = Vec::new();
+        while let Some(chunk) = response.chunk().await.map_err(|error| error.to_string())? {
+            if body.len() + chunk.len() > MAX_DOCUMENT_BYTES {
+                return Err("document too large".to_owned());
+            }
+            body.extend_from_slice(&chunk);
         }
         serde_json::from_slice(&body).map_err(|error| error.to_string())
     }
+}
+
+/// An HTTPS-only client trusting the system's roots and `extra_ca` (a PEM file), following
+/// redirects only to HTTPS.
+fn https_client(extra_ca: Option<&Path>) -> Result<reqwest::Client, String> {
+    let mut builder = reqwest::Client::builder()
+        .timeout(FETCH_TIMEOUT)
+        .https_only(true)
+        .redirect(reqwest::redirect::Policy::limited(3));
+    for certificate in rustls_native_certs::load_native_certs().certs {
+        if let Ok(certificate) = reqwest::Certificate::from_der(certificate.as_ref()) {
+            builder = builder.add_root_certificate(certificate);
+        }
+    }
+    if let Some(path) = extra_ca {
+        let pem = std::fs::read(path)
+            .map_err(|error| format!("reading the CA file {}: {error}", path.display()))?;
+        for certificate in reqwest::Certificate::from_pem_bundle(&pem)
+            .map_err(|error| format!("the CA file {}: {error}", path.display()))?
+        {
+            builder = builder.add_root_certificate(certificate);
+        }
+    }
+    builder.build().map_err(|error| error.to_string())
 }
 
 impl Identity {
@@ -142,7 +225,10 @@ impl Identity {
                 return Ok(keys.clone());
             }
         }
-        match cache.fetch(url).await {
+        match cache
+            .fetch(url, self.inner.config.jwks_ca_pem_path.as_deref())
+            .await
+        {
             Ok(keys) => {
                 let keys = Arc::new(keys);
                 cache.store(url, keys.clone());

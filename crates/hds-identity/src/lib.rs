@@ -7,13 +7,18 @@
 //! - **Tokens** ([`tokens`]): ES256 JWTs signed with keys sealed under the root key, issued by
 //!   the OAuth2 client-credentials endpoint ([`Identity::router`]) or in-process to managed
 //!   identities, and validated with the algorithm fixed by the key, never by the token.
-//!   Tokens from configured external issuers validate too.
+//!   Tokens from configured external issuers validate too; their principals get ids in a
+//!   namespace of their own ([`external_principal_id`]), so they can never be a local
+//!   principal or a managed identity.
 //! - **Authorization** ([`rbac`]): Azure's built-in role definitions ([`roles`]), role
 //!   assignments inherited down the scope tree, and [`Identity::authorize`].
 //! - **Enforcement** ([`auth`]): [`auth::authenticate`] and axum extractors that answer 401 with
 //!   the `WWW-Authenticate` challenge Azure SDKs expect.
 //!
 //! Invariants:
+//! - A token is bounded before it is read: its length, its lifetime (24 hours at most, `exp`
+//!   required, `nbf` honoured) and its identity claims; an external issuer's keys come only
+//!   from its configuration or over HTTPS.
 //! - No secret is stored in the clear: client secrets are HMACed, signing keys sealed.
 //! - A token of a deleted principal stops working at once: validation looks the principal up
 //!   on every call (one primary-key read), rather than caching, because on several nodes a
@@ -45,11 +50,14 @@ use hds_db::Database;
 pub use auth::{AuthError, AuthenticatedPrincipal};
 pub use bootstrap::{AdminCredentials, BootstrapInfo};
 pub use error::{IdentityError, TokenError};
-pub use external::{ExternalIssuer, JwksSource};
+pub use external::{ExternalIssuer, ExternalIssuerError, JwksSource};
 pub use jws::{Jwk, JwkSet};
 pub use rbac::{Decision, DenyReason, RoleAssignment, RoleAssignmentRequest, ScopeFilter};
 pub use roles::RoleDefinition;
-pub use tokens::AccessToken;
+pub use tokens::{
+    AccessToken, MAX_CLAIM_BYTES, MAX_TOKEN_BYTES, MAX_TOKEN_LIFETIME_SECONDS,
+    external_principal_id,
+};
 
 /// The audience of the control plane (ARM).
 pub const MANAGEMENT_AUDIENCE: &str = "https://management.azure.com";
@@ -66,6 +74,9 @@ pub struct IdentityConfig {
     pub base_url: String,
     /// Issuers outside the platform whose tokens are accepted too.
     pub external_issuers: Vec<ExternalIssuer>,
+    /// A PEM file of CA certificates trusted for fetching external issuers' JWKS documents,
+    /// besides the system's roots.
+    pub jwks_ca_pem_path: Option<std::path::PathBuf>,
 }
 
 impl IdentityConfig {
@@ -75,7 +86,14 @@ impl IdentityConfig {
         IdentityConfig {
             base_url: base_url.trim_end_matches('/').to_owned(),
             external_issuers: Vec::new(),
+            jwks_ca_pem_path: None,
         }
+    }
+
+    /// Trusts the CA certificates in `path` (PEM) for fetching JWKS documents too.
+    pub fn with_jwks_ca(mut self, path: impl Into<std::path::PathBuf>) -> IdentityConfig {
+        self.jwks_ca_pem_path = Some(path.into());
+        self
     }
 
     /// Adds an external issuer whose tokens are accepted.

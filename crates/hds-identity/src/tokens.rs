@@ -1,11 +1,18 @@
 //! Access tokens: issuing them to principals and validating them at every endpoint.
 //!
-//! Validation, in order: parse the compact JWS; pick the trusted issuer named by `iss` (the
-//! platform's own `{base}/{tenant}/v2.0`, or a configured external one) and, among its keys,
-//! the one named by `kid`; check that the header's `alg` is that key's algorithm and that the
-//! signature verifies; then `exp`/`nbf` (five minutes of clock skew, as Microsoft's libraries
-//! allow), `aud` (ignoring one trailing slash), and, for platform tokens, that the principal
-//! still exists in the tenant the token names.
+//! Validation, in order: refuse a token longer than [`MAX_TOKEN_BYTES`]; parse the compact
+//! JWS; pick the trusted issuer named by `iss` (the platform's own `{base}/{tenant}/v2.0`, or a
+//! configured external one) and, among its keys, the one named by `kid`; check that the
+//! header's `alg` is that key's algorithm and that the signature verifies; then `exp`
+//! (required), `nbf` (five minutes of clock skew, as Microsoft's libraries allow), a lifetime of
+//! at most [`MAX_TOKEN_LIFETIME_SECONDS`], identity claims of at most [`MAX_CLAIM_BYTES`], `aud`
+//! (ignoring one trailing slash), and, for platform tokens, that the principal still exists in
+//! the tenant the token names.
+//!
+//! An external issuer's principals live in a namespace of their own: their principal id is
+//! [`external_principal_id`] of (issuer, tenant, subject), a name-based (version 5) GUID, so
+//! no claim an external issuer signs can name a local principal or managed identity (whose ids
+//! are random, version 4 GUIDs).
 
 use serde::{Deserialize, Serialize};
 
@@ -19,6 +26,40 @@ pub const TOKEN_LIFETIME_SECONDS: i64 = 3600;
 
 /// Clock skew tolerated on `exp` and `nbf`.
 pub(crate) const CLOCK_SKEW_SECONDS: i64 = 300;
+
+/// The longest bearer token accepted, in bytes. Entra ID's tokens stay well below (past about
+/// 200 groups it sends a link instead of the list); anything longer is refused before it is
+/// decoded.
+pub const MAX_TOKEN_BYTES: usize = 16 * 1024;
+
+/// The longest lifetime accepted (`exp` minus `nbf`, else `iat`, else now): 24 hours. A token
+/// valid for longer is a credential that cannot be taken back, whoever signed it.
+pub const MAX_TOKEN_LIFETIME_SECONDS: i64 = 24 * 60 * 60;
+
+/// The longest identity claim (`oid`, `sub`, `tid`, `appid`, `azp`) accepted, in bytes.
+pub const MAX_CLAIM_BYTES: usize = 256;
+
+/// The namespace of external principals' ids (a fixed GUID; changing it renames every
+/// external principal, so DO NOT CHANGE).
+const EXTERNAL_PRINCIPAL_NAMESPACE: uuid::Uuid =
+    uuid::Uuid::from_u128(0x6f1c_2a9e_8d4b_4e07_9a35_c1f0_7b2d_e864);
+
+/// The principal id hds gives the subject `subject` (the token's `oid`, else its `sub`) of
+/// tenant `tenant_id` (its `tid`, empty when absent) at the external issuer `issuer`: the
+/// version-5 GUID of the name `{len}:{issuer}{len}:{tenant}{len}:{subject}` (lengths in bytes,
+/// so no two triples share a name) in a namespace of hds's own. Role assignments and access
+/// policies name external principals by this id; a 403 shows it too.
+pub fn external_principal_id(issuer: &str, tenant_id: &str, subject: &str) -> String {
+    let name = format!(
+        "{}:{issuer}{}:{tenant_id}{}:{subject}",
+        issuer.len(),
+        tenant_id.len(),
+        subject.len()
+    );
+    uuid::Uuid::new_v5(&EXTERNAL_PRINCIPAL_NAMESPACE, name.as_bytes())
+        .hyphenated()
+        .to_string()
+}
 
 /// An issued access token and what the token endpoint says about it.
 #[derive(Clone)]
@@ -67,9 +108,12 @@ struct ReceivedClaims {
     iss: String,
     #[serde(default)]
     aud: Option<serde_json::Value>,
-    exp: f64,
+    #[serde(default)]
+    exp: Option<f64>,
     #[serde(default)]
     nbf: Option<f64>,
+    #[serde(default)]
+    iat: Option<f64>,
     #[serde(default)]
     tid: Option<String>,
     #[serde(default)]
@@ -175,6 +219,11 @@ impl Identity {
         token: &str,
         expected_audience: &str,
     ) -> Result<AuthenticatedPrincipal, TokenError> {
+        if token.len() > MAX_TOKEN_BYTES {
+            return Err(TokenError::TooLarge {
+                limit: MAX_TOKEN_BYTES,
+            });
+        }
         let jws = UnverifiedJws::parse(token).map_err(|_| TokenError::Malformed)?;
         let claims: ReceivedClaims =
             serde_json::from_slice(&jws.payload).map_err(|_| TokenError::Malformed)?;
@@ -236,14 +285,39 @@ impl Identity {
 
         let now = now_unix() as f64;
         let skew = CLOCK_SKEW_SECONDS as f64;
-        if claims.exp + skew <= now {
+        let expires = claims.exp.ok_or(TokenError::MissingClaim("exp"))?;
+        if expires + skew <= now {
             return Err(TokenError::Expired);
         }
         if platform_tenant.is_some() && claims.nbf.is_none() {
-            return Err(TokenError::Malformed);
+            return Err(TokenError::MissingClaim("nbf"));
         }
         if claims.nbf.is_some_and(|not_before| not_before - skew > now) {
             return Err(TokenError::NotYetValid);
+        }
+        let valid_from = claims.nbf.or(claims.iat).unwrap_or(now);
+        let lifetime_limit = MAX_TOKEN_LIFETIME_SECONDS as f64;
+        if expires - valid_from > lifetime_limit || expires - now > lifetime_limit + skew {
+            return Err(TokenError::LifetimeTooLong {
+                limit_seconds: MAX_TOKEN_LIFETIME_SECONDS,
+            });
+        }
+        for (name, value) in [
+            ("oid", &claims.oid),
+            ("sub", &claims.sub),
+            ("tid", &claims.tid),
+            ("appid", &claims.appid),
+            ("azp", &claims.azp),
+        ] {
+            if value
+                .as_ref()
+                .is_some_and(|value| value.len() > MAX_CLAIM_BYTES)
+            {
+                return Err(TokenError::ClaimTooLarge {
+                    claim: name,
+                    limit: MAX_CLAIM_BYTES,
+                });
+            }
         }
         if !audience_matches(claims.aud.as_ref(), expected_audience) {
             return Err(TokenError::WrongAudience {
@@ -252,7 +326,7 @@ impl Identity {
         }
 
         let audience = expected_audience.trim_end_matches('/').to_owned();
-        let expires_at = claims.exp as i64;
+        let expires_at = expires as i64;
         if let Some(tenant_id) = platform_tenant {
             let principal_id = claims.oid.as_deref().ok_or(TokenError::Malformed)?;
             let principal = self
@@ -272,7 +346,13 @@ impl Identity {
                 expires_at,
             });
         }
-        let principal_id = claims.oid.or(claims.sub).ok_or(TokenError::Malformed)?;
+        let subject = claims
+            .oid
+            .or(claims.sub)
+            .filter(|subject| !subject.is_empty())
+            .ok_or(TokenError::MissingClaim("oid or sub"))?;
+        let principal_id =
+            external_principal_id(&claims.iss, claims.tid.as_deref().unwrap_or(""), &subject);
         Ok(AuthenticatedPrincipal {
             principal_id,
             tenant_id: claims.tid,

@@ -19,9 +19,9 @@ use hds_db::testing::PostgresCluster;
 use hds_identity::principals::ManagedIdentityKind;
 use hds_identity::roles::{self, actions};
 use hds_identity::{
-    AdminCredentials, BootstrapInfo, DICOM_AUDIENCE, Decision, ExternalIssuer, Identity,
-    IdentityConfig, IdentityError, MANAGEMENT_AUDIENCE, RoleAssignmentRequest, ScopeFilter,
-    TokenError, VAULT_AUDIENCE,
+    AdminCredentials, BootstrapInfo, DICOM_AUDIENCE, Decision, ExternalIssuer, ExternalIssuerError,
+    Identity, IdentityConfig, IdentityError, MANAGEMENT_AUDIENCE, MAX_TOKEN_BYTES,
+    RoleAssignmentRequest, ScopeFilter, TokenError, VAULT_AUDIENCE, external_principal_id,
 };
 use http::{Request, StatusCode};
 use http_body_util::BodyExt;
@@ -559,7 +559,10 @@ async fn validator_rejects_what_it_must(store: Store) {
         .await
         .expect("external token");
     assert!(principal.external);
-    assert_eq!(principal.principal_id, external_oid);
+    assert_eq!(
+        principal.principal_id,
+        external_principal_id(EXTERNAL_ISSUER, "tenant-x", &external_oid)
+    );
     assert_eq!(principal.issuer, EXTERNAL_ISSUER);
     let expired = harness.issuer.sign_es256(
         ec_header.clone(),
@@ -597,7 +600,7 @@ async fn validator_rejects_what_it_must(store: Store) {
             .await
             .expect("rs256")
             .principal_id,
-        "app-1"
+        external_principal_id(EXTERNAL_RSA_ISSUER, "", "app-1")
     );
     let components: RsaPublicKeyComponents<Vec<u8>> = harness.issuer.rsa_key.public_key().into();
     for secret in [
@@ -1206,7 +1209,7 @@ async fn scope_inheritance_and_assignment_lifecycle(store: Store) {
             scope: dicom.clone(),
             name: uuid::Uuid::new_v4().to_string(),
             role_definition_id: roles::DICOM_DATA_READER.to_owned(),
-            principal_id: external_oid.clone(),
+            principal_id: caller.principal_id.clone(),
             principal_type: Some("User".to_owned()),
         })
         .await
@@ -1536,27 +1539,37 @@ async fn external_issuer_keys_by_url(store: Store) {
             }),
         )
     };
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
+    // Served over HTTPS under a CA of the test's own, which the identity service is told to
+    // trust for JWKS fetches.
+    let ca_dir = tempfile::tempdir().expect("CA directory");
+    let ca = hds_tls::LocalCa::load_or_create(ca_dir.path(), &harness.root_key).expect("CA");
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    listener.set_nonblocking(true).expect("non-blocking");
     let address = listener.local_addr().expect("address");
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async move {
-                let _ = stopped.await;
-            })
-            .await
-    });
+    let tls = axum_server::tls_rustls::RustlsConfig::from_config(
+        ca.server_config(&[]).expect("server certificate"),
+    );
+    let handle = axum_server::Handle::new();
+    let server = {
+        let handle = handle.clone();
+        tokio::spawn(async move {
+            axum_server::from_tcp_rustls(listener, tls)
+                .handle(handle)
+                .serve(app.into_make_service())
+                .await
+        })
+    };
 
     let database = Database::connect(&harness.database_url)
         .await
         .expect("database");
     let issuer_url = "https://idp.example.net";
-    let config = IdentityConfig::new(BASE_URL).with_external_issuer(ExternalIssuer::from_jwks_url(
-        issuer_url,
-        format!("http://{address}/keys"),
-    ));
+    let config = IdentityConfig::new(BASE_URL)
+        .with_jwks_ca(ca.ca_pem_path())
+        .with_external_issuer(
+            ExternalIssuer::from_jwks_url(issuer_url, format!("https://{address}/keys"))
+                .expect("an https JWKS URL"),
+        );
     let identity = Identity::open(database, harness.root_key.clone(), config)
         .await
         .expect("open");
@@ -1571,7 +1584,10 @@ async fn external_issuer_keys_by_url(store: Store) {
             .validate_token(&token, MANAGEMENT_AUDIENCE)
             .await
             .expect("validated with fetched keys");
-        assert_eq!(caller.principal_id, "user-1");
+        assert_eq!(
+            caller.principal_id,
+            external_principal_id(issuer_url, "", "user-1")
+        );
     }
     assert_eq!(fetches.load(Ordering::SeqCst), 1, "the document is cached");
     // An unknown kid right after a fetch does not fetch again (rate limit).
@@ -1585,8 +1601,166 @@ async fn external_issuer_keys_by_url(store: Store) {
     );
     assert_eq!(fetches.load(Ordering::SeqCst), 1);
 
-    let _ = stop.send(());
+    handle.shutdown();
     server.await.expect("server task").expect("server");
+
+    // Plain HTTP is refused when the issuer is configured, before anything is fetched.
+    for refused in [
+        format!("http://{address}/keys"),
+        "HTTP://idp.example.net/keys".to_owned(),
+        "file:///etc/passwd".to_owned(),
+        "https://".to_owned(),
+    ] {
+        assert_eq!(
+            ExternalIssuer::from_jwks_url(issuer_url, refused.clone()).unwrap_err(),
+            ExternalIssuerError::JwksNotHttps,
+            "{refused}"
+        );
+    }
+    assert!(matches!(
+        ExternalIssuer::from_jwks_url("", "https://idp.example.net/keys"),
+        Err(ExternalIssuerError::Invalid(_))
+    ));
+}
+
+/// External issuers' principals live in their own namespace, and their tokens are bounded:
+/// length, lifetime, `exp`, `nbf` and claim sizes.
+async fn external_principals_are_namespaced_and_bounded(store: Store) {
+    let harness = Harness::new(store).await;
+    let identity = &harness.identity;
+    let admin = harness.info.admin_principal_id.clone();
+    let header = serde_json::json!({"alg": "ES256", "kid": "ext-ec", "typ": "JWT"});
+    let t = now();
+    let sign = |claims: serde_json::Value| harness.issuer.sign_es256(header.clone(), claims);
+
+    // A token of a trusted external issuer whose oid and sub are the bootstrap admin's
+    // principal id is some other principal: it gets none of the admin's rights.
+    let impostor = sign(serde_json::json!({
+        "iss": EXTERNAL_ISSUER, "aud": MANAGEMENT_AUDIENCE, "nbf": t, "exp": t + 600,
+        "oid": admin, "sub": admin, "tid": harness.info.tenant_id,
+    }));
+    let caller = identity
+        .validate_token(&impostor, MANAGEMENT_AUDIENCE)
+        .await
+        .expect("a valid external token");
+    assert!(caller.external);
+    assert_ne!(caller.principal_id, admin);
+    assert_eq!(
+        uuid::Uuid::parse_str(&caller.principal_id)
+            .expect("a GUID")
+            .get_version_num(),
+        5
+    );
+    assert!(
+        identity
+            .authorize(
+                &admin,
+                "Microsoft.Resources/subscriptions/resourceGroups/read",
+                &harness.subscription(),
+                false
+            )
+            .await
+            .expect("authorize")
+            .is_allowed(),
+        "the control: the admin may"
+    );
+    assert!(
+        !identity
+            .authorize(
+                &caller.principal_id,
+                "Microsoft.Resources/subscriptions/resourceGroups/read",
+                &harness.subscription(),
+                false
+            )
+            .await
+            .expect("authorize")
+            .is_allowed()
+    );
+    // Issuer, tenant and subject each change the id, and no triple shares another's name.
+    let id =
+        |issuer: &str, tenant: &str, subject: &str| external_principal_id(issuer, tenant, subject);
+    assert_ne!(
+        id(EXTERNAL_ISSUER, "t", "u"),
+        id(EXTERNAL_RSA_ISSUER, "t", "u")
+    );
+    assert_ne!(
+        id(EXTERNAL_ISSUER, "t", "u"),
+        id(EXTERNAL_ISSUER, "t2", "u")
+    );
+    assert_ne!(
+        id(EXTERNAL_ISSUER, "ab", "c"),
+        id(EXTERNAL_ISSUER, "a", "bc")
+    );
+    assert_eq!(id(EXTERNAL_ISSUER, "t", "u"), id(EXTERNAL_ISSUER, "t", "u"));
+
+    let validate =
+        |token: String| async move { identity.validate_token(&token, MANAGEMENT_AUDIENCE).await };
+    let claims = |extra: serde_json::Value| {
+        let mut claims = serde_json::json!({"iss": EXTERNAL_ISSUER, "aud": MANAGEMENT_AUDIENCE, "oid": "user-1"});
+        for (name, value) in extra.as_object().expect("an object") {
+            claims[name] = value.clone();
+        }
+        claims
+    };
+    // exp is required.
+    assert_eq!(
+        validate(sign(claims(serde_json::json!({"nbf": t})))).await,
+        Err(TokenError::MissingClaim("exp"))
+    );
+    // nbf is honoured (beyond the five minutes of clock skew).
+    assert_eq!(
+        validate(sign(claims(
+            serde_json::json!({"nbf": t + 600, "exp": t + 1200})
+        )))
+        .await,
+        Err(TokenError::NotYetValid)
+    );
+    // At most 24 hours of lifetime, counted from nbf, else iat, else now.
+    let day = 24 * 3600;
+    assert!(
+        validate(sign(claims(
+            serde_json::json!({"nbf": t, "exp": t + day - 60})
+        )))
+        .await
+        .is_ok()
+    );
+    for too_long in [
+        serde_json::json!({"nbf": t, "exp": t + day + 60}),
+        serde_json::json!({"iat": t - 3600, "exp": t + day - 600}),
+        serde_json::json!({"exp": t + day + 3600}),
+        serde_json::json!({"nbf": t - 3 * day, "exp": t + 600}),
+    ] {
+        assert_eq!(
+            validate(sign(claims(too_long.clone()))).await,
+            Err(TokenError::LifetimeTooLong { limit_seconds: day }),
+            "{too_long}"
+        );
+    }
+    // Identity claims are bounded.
+    let long = "x".repeat(300);
+    assert_eq!(
+        validate(sign(claims(
+            serde_json::json!({"nbf": t, "exp": t + 600, "oid": long})
+        )))
+        .await,
+        Err(TokenError::ClaimTooLarge {
+            claim: "oid",
+            limit: 256
+        })
+    );
+    // A subject is required.
+    assert_eq!(
+        validate(sign(serde_json::json!({"iss": EXTERNAL_ISSUER, "aud": MANAGEMENT_AUDIENCE, "nbf": t, "exp": t + 600}))).await,
+        Err(TokenError::MissingClaim("oid or sub"))
+    );
+    // A megabyte of token is refused by its length, before anything is decoded.
+    let huge = format!("{}.e30.AA", "A".repeat(1024 * 1024));
+    assert_eq!(
+        validate(huge).await,
+        Err(TokenError::TooLarge {
+            limit: MAX_TOKEN_BYTES
+        })
+    );
 }
 
 macro_rules! on_both_backends {
@@ -1620,4 +1794,5 @@ on_both_backends!(
     bootstrap_is_idempotent,
     authenticate_answers_with_challenges,
     external_issuer_keys_by_url,
+    external_principals_are_namespaced_and_bounded,
 );

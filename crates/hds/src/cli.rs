@@ -18,7 +18,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Start hds: DICOMweb on one main listener, with its state in the data dir.
-    Up(UpOptions),
+    Up(Box<UpOptions>),
     /// Check credentials and save them as the profile later commands use.
     Login(crate::client::account::LoginOptions),
     /// Tokens for the signed-in principal.
@@ -163,6 +163,12 @@ pub struct UpOptions {
     /// How often the orphan sweeper runs (e.g. 1h).
     #[arg(long, env = "HDS_SWEEP_INTERVAL", default_value = "1h", value_parser = parse_duration)]
     pub sweep_interval: std::time::Duration,
+
+    /// A 0600 file holding a passphrase: the root key is then kept only sealed under it
+    /// (`root.key.sealed`, Argon2id + AES-256-GCM) instead of in the plaintext `root.key`. A
+    /// wrong passphrase stops the start before anything is written.
+    #[arg(long, env = "HDS_ROOT_KEY_PASSPHRASE_FILE")]
+    pub root_key_passphrase_file: Option<PathBuf>,
 }
 
 /// When an acknowledged write is on stable storage.

@@ -23,7 +23,7 @@ fn main() -> anyhow::Result<()> {
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()?;
-            runtime.block_on(up::run(options))
+            runtime.block_on(up::run(*options))
         }
         cli::Command::Login(options) => client_runtime()?.block_on(client::account::login(options)),
         cli::Command::Account(client::account::AccountCommand::GetAccessToken(options)) => {

@@ -28,6 +28,11 @@ pub struct BackupOptions {
     /// HDS_BACKUP_PASSPHRASE variable). Never on the command line.
     #[arg(long)]
     pub passphrase_file: Option<PathBuf>,
+
+    /// When the data dir keeps its root key sealed (`hds up --root-key-passphrase-file`): the
+    /// file with that passphrase.
+    #[arg(long, env = "HDS_ROOT_KEY_PASSPHRASE_FILE")]
+    pub root_key_passphrase_file: Option<PathBuf>,
 }
 
 /// Options of `hds restore`.
@@ -47,10 +52,19 @@ pub struct RestoreOptions {
 }
 
 pub async fn backup(options: BackupOptions) -> anyhow::Result<()> {
-    let passphrase = passphrase(options.passphrase_file.as_deref())?;
-    let root_key_path = options.data_dir.join("root.key");
-    let root_key = RootKey::load(&root_key_path)
-        .with_context(|| format!("loading the root key {}", root_key_path.display()))?;
+    let backup_passphrase = passphrase(options.passphrase_file.as_deref())?;
+    let root_key = match &options.root_key_passphrase_file {
+        Some(file) => {
+            let sealed_path = options.data_dir.join("root.key.sealed");
+            RootKey::load_sealed(&sealed_path, &passphrase(Some(file))?)
+                .with_context(|| format!("opening the root key {}", sealed_path.display()))?
+        }
+        None => {
+            let root_key_path = options.data_dir.join("root.key");
+            RootKey::load(&root_key_path)
+                .with_context(|| format!("loading the root key {}", root_key_path.display()))?
+        }
+    };
     let database_path = options.data_dir.join("index.db");
     if !database_path.is_file() {
         bail!(
@@ -72,7 +86,7 @@ pub async fn backup(options: BackupOptions) -> anyhow::Result<()> {
             root_key: &root_key,
         },
         &options.to,
-        &passphrase,
+        &backup_passphrase,
     )
     .await
     .context("backing up")?;
@@ -141,4 +155,50 @@ fn passphrase(file: Option<&Path>) -> anyhow::Result<zeroize::Zeroizing<Vec<u8>>
         bytes.pop();
     }
     Ok(bytes)
+}
+
+/// The root key of `hds up`: the plaintext `root.key` (the default, created when absent), or,
+/// with `passphrase_file`, `root.key.sealed` opened with that passphrase (created sealed when
+/// the data dir has no key yet; sealed from `root.key` when only that exists). A wrong
+/// passphrase fails here, before anything in the data dir is written.
+pub fn load_root_key(data_dir: &Path, passphrase_file: Option<&Path>) -> anyhow::Result<RootKey> {
+    let plaintext_path = data_dir.join("root.key");
+    let sealed_path = data_dir.join("root.key.sealed");
+    let Some(passphrase_file) = passphrase_file else {
+        if sealed_path.exists() && !plaintext_path.exists() {
+            bail!(
+                "the root key of {} is sealed under a passphrase ({}): start with --root-key-passphrase-file",
+                data_dir.display(),
+                sealed_path.display()
+            );
+        }
+        return RootKey::load_or_create(&plaintext_path).context("loading the root key");
+    };
+    let passphrase = passphrase(Some(passphrase_file))?;
+    if sealed_path.exists() {
+        let root_key = RootKey::load_sealed(&sealed_path, &passphrase)
+            .with_context(|| format!("opening the root key {}", sealed_path.display()))?;
+        if plaintext_path.exists() {
+            tracing::warn!(
+                path = %plaintext_path.display(),
+                "the root key is also in plaintext: delete that file (shred it) once a backup holds the sealed key"
+            );
+        }
+        return Ok(root_key);
+    }
+    let root_key = if plaintext_path.exists() {
+        RootKey::load(&plaintext_path).context("loading the root key to seal it")?
+    } else {
+        RootKey::generate()
+    };
+    root_key
+        .write_sealed(&sealed_path, &passphrase)
+        .with_context(|| format!("writing the sealed root key {}", sealed_path.display()))?;
+    if plaintext_path.exists() {
+        tracing::warn!(
+            path = %plaintext_path.display(),
+            "the root key is now sealed; delete the plaintext file (shred it)"
+        );
+    }
+    Ok(root_key)
 }

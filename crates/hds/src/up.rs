@@ -16,7 +16,6 @@ use hds_cmk::{
     KeyValidator, KeyVaultClient, MonitorConfig, RoutedTokenSource, SystemClock, TokenSource,
     VaultKeyProbe,
 };
-use hds_crypto::root::RootKey;
 use hds_db::Database;
 use hds_dicomweb::{DicomWebConfig, DicomWebState, MultipartLimits};
 use hds_identity::{
@@ -55,9 +54,10 @@ pub async fn run(options: UpOptions) -> anyhow::Result<()> {
         .context("listening for SIGINT")?;
     let data_dir = &options.data_dir;
     create_private_dir(data_dir)?;
-    let root_key = Arc::new(
-        RootKey::load_or_create(&data_dir.join("root.key")).context("loading the root key")?,
-    );
+    let root_key = Arc::new(crate::recovery::load_root_key(
+        data_dir,
+        options.root_key_passphrase_file.as_deref(),
+    )?);
     let certificate_authority = LocalCa::load_or_create(&data_dir.join("tls"), &root_key)
         .context("loading the local CA")?;
     let scheme = if options.http { "http" } else { "https" };
