@@ -362,8 +362,20 @@ async fn oversized_and_overdeep_bodies_are_refused_with_an_arm_error() {
 }
 
 #[tokio::test]
-async fn a_corrupt_stored_row_is_skipped_by_listings() {
+async fn a_corrupt_stored_row_is_skipped_by_listings_on_sqlite() {
     let (_directory, database) = sqlite().await;
+    corrupt_rows_suite(database).await;
+}
+
+#[tokio::test]
+async fn a_corrupt_stored_row_is_skipped_by_listings_on_postgres() {
+    let cluster = hds_db::testing::PostgresCluster::shared().expect("PostgreSQL test cluster");
+    let url = cluster.fresh_database().await.expect("fresh database");
+    let database = Database::connect(&url).await.expect("open PostgreSQL");
+    corrupt_rows_suite(database).await;
+}
+
+async fn corrupt_rows_suite(database: Database) {
     let arm = control_plane(database.clone(), Arc::new(AllowAll::new(caller(OWNER)))).await;
     let router = hds_arm::router(arm.clone());
     put_group(&router, "good").await;
