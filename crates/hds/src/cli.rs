@@ -104,9 +104,9 @@ pub struct UpOptions {
     pub cmk_lost_access_latch: std::time::Duration,
 
     /// Trust tokens of another OpenID issuer, so an organisation signs its users in with its
-    /// own identity provider: `ISSUER=JWKS` where JWKS is the issuer's `jwks_uri` (https://...)
-    /// or a file holding its JWKS document. Repeatable; role assignments name its principals by
-    /// their `oid`.
+    /// own identity provider: `ISSUER=JWKS` where JWKS is the issuer's `jwks_uri` (https://
+    /// only) or a file holding its JWKS document. Repeatable; its principals get ids of their
+    /// own (a GUID derived from issuer, `tid` and `oid`, shown in a 403), never a local one.
     #[arg(
         long = "trust-issuer",
         env = "HDS_TRUST_ISSUERS",

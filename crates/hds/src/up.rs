@@ -13,8 +13,8 @@ use hds_arm::{Arm, ArmConfig, ResourceId, Subscription};
 use hds_blob::BlobStore;
 use hds_cmk::{
     CachingTokenSource, ClientConfig, EntraApplication, EntraTokenSource, KeyAccessMonitor,
-    KeyValidator, KeyVaultClient, MonitorConfig, RoutedTokenSource, SystemClock, TokenSource,
-    VaultKeyProbe,
+    KeyValidator, KeyVaultClient, MonitorConfig, RoutedTokenSource, SystemClock,
+    TokenDestinations, TokenSource, VaultDirectory, VaultKeyProbe,
 };
 use hds_db::Database;
 use hds_dicomweb::{DicomWebConfig, DicomWebState, MultipartLimits};
@@ -156,14 +156,25 @@ pub async fn run(options: UpOptions) -> anyhow::Result<()> {
         .await
         .context("starting the key vault listeners")?;
 
-    // The path from a DICOM service to its customer-managed key.
-    let client = KeyVaultClient::new(&ClientConfig {
-        ca_pem_path: Some(certificate_authority.ca_pem_path().to_path_buf()),
-        trust_system_roots: true,
-        ..ClientConfig::default()
-    })
-    .context("creating the key vault client")?;
+    // The path from a DICOM service to its customer-managed key. Managed identities' tokens go
+    // only to the vaults served here, and to Azure's vault hosts when hds signs in to Azure.
     let azure_application = azure_application(&options)?;
+    let hosted_vaults: Arc<dyn VaultDirectory> = Arc::new(HostedVaults {
+        service: vault_service.clone(),
+    });
+    let mut destinations = TokenDestinations::none().with_served_vaults(hosted_vaults.clone());
+    if azure_application.is_some() {
+        destinations = destinations.with_azure_key_vault();
+    }
+    let client = KeyVaultClient::new(
+        &ClientConfig {
+            ca_pem_path: Some(certificate_authority.ca_pem_path().to_path_buf()),
+            trust_system_roots: true,
+            ..ClientConfig::default()
+        },
+        destinations,
+    )
+    .context("creating the key vault client")?;
     let entra: Option<Arc<dyn TokenSource>> = azure_application.clone().map(|application| {
         Arc::new(EntraTokenSource::new(application, reqwest::Client::new())) as Arc<dyn TokenSource>
     });
@@ -174,13 +185,7 @@ pub async fn run(options: UpOptions) -> anyhow::Result<()> {
             }),
             entra,
         })));
-    let validator = KeyValidator::new(
-        client.clone(),
-        tokens.clone(),
-        Arc::new(HostedVaults {
-            service: vault_service.clone(),
-        }),
-    );
+    let validator = KeyValidator::new(client.clone(), tokens.clone(), hosted_vaults);
     let monitor = Arc::new(
         KeyAccessMonitor::open(
             database.clone(),
@@ -445,8 +450,9 @@ fn external_issuer(text: &str) -> anyhow::Result<ExternalIssuer> {
     let (issuer, jwks) = text
         .split_once('=')
         .with_context(|| format!("--trust-issuer wants ISSUER=JWKS_URL_OR_FILE, not '{text}'"))?;
-    if jwks.starts_with("https://") || jwks.starts_with("http://") {
-        return Ok(ExternalIssuer::from_jwks_url(issuer, jwks));
+    if jwks.contains("://") {
+        return ExternalIssuer::from_jwks_url(issuer, jwks)
+            .with_context(|| format!("--trust-issuer {issuer}: the JWKS URL is refused"));
     }
     let document =
         fs::read_to_string(jwks).with_context(|| format!("reading the JWKS document {jwks}"))?;
