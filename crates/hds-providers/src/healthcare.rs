@@ -11,6 +11,7 @@ use std::sync::Arc;
 use hds_arm::{
     ArmError, ArmFuture, ProviderResponse, PutRequest, RequestContext, ResourceId, ResourceProvider,
 };
+use hds_db::Database;
 use hds_identity::principals::{ManagedIdentity, ManagedIdentityKind};
 use hds_identity::{DICOM_AUDIENCE, Identity};
 use http::StatusCode;
@@ -20,6 +21,7 @@ use crate::errors::{bad_request, from_identity, location_required};
 use crate::host::{DicomServiceHost, DicomServiceSpec, KeyBinding, KeyIdentityKind};
 use crate::json::{field, optional_string, remove_field};
 use crate::managed_identity::USER_ASSIGNED_IDENTITIES_TYPE;
+use crate::workspace_names::{Claim, WorkspaceNames};
 
 /// The workspace type.
 pub const WORKSPACES_TYPE: &str = "Microsoft.HealthcareApis/workspaces";
@@ -111,9 +113,21 @@ fn normalize_public_network_access(properties: &mut Map<String, Value>) -> Resul
     Ok(())
 }
 
-/// The workspace provider.
-#[derive(Debug, Clone, Default)]
-pub struct WorkspaceProvider;
+/// The workspace provider. A workspace's name is unique across the whole hds (see
+/// [`WorkspaceNames`]): a PUT of a name another workspace holds answers 409.
+#[derive(Debug)]
+pub struct WorkspaceProvider {
+    names: WorkspaceNames,
+}
+
+impl WorkspaceProvider {
+    /// Workspaces whose names are claimed in `database`.
+    pub fn new(database: Database) -> WorkspaceProvider {
+        WorkspaceProvider {
+            names: WorkspaceNames::new(database),
+        }
+    }
+}
 
 impl ResourceProvider for WorkspaceProvider {
     fn resource_types(&self) -> Vec<&'static str> {
@@ -142,8 +156,16 @@ impl ResourceProvider for WorkspaceProvider {
                 properties: Value::Object(properties),
                 ..request
             };
-            let resource = context.store.put_succeeded(&id, &request).await?;
-            Ok(ProviderResponse::Completed(resource.to_json()))
+            let claim = self.names.claim(&id).await?;
+            match context.store.put_succeeded(&id, &request).await {
+                Ok(resource) => Ok(ProviderResponse::Completed(resource.to_json())),
+                Err(error) => {
+                    if claim == Claim::Taken {
+                        self.names.release(&id).await?;
+                    }
+                    Err(error.into())
+                }
+            }
         })
     }
 
@@ -166,12 +188,24 @@ impl ResourceProvider for WorkspaceProvider {
                     ),
                 ));
             }
-            if context.store.delete(&id).await? {
+            let existed = context.store.delete(&id).await?;
+            self.names.release(&id).await?;
+            if existed {
                 Ok(ProviderResponse::Completed(Value::Null))
             } else {
                 Ok(ProviderResponse::NoContent)
             }
         })
+    }
+
+    /// The name's claim follows the workspace to its new group or subscription.
+    fn on_moved(
+        &self,
+        _context: RequestContext,
+        old_id: ResourceId,
+        new_id: ResourceId,
+    ) -> ArmFuture<'_, ()> {
+        Box::pin(async move { self.names.moved(&old_id, &new_id).await })
     }
 }
 

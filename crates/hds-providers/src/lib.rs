@@ -30,10 +30,12 @@ mod host;
 mod json;
 mod keyvault;
 mod managed_identity;
+mod workspace_names;
 
 use std::sync::Arc;
 
 use hds_arm::ArmBuilder;
+use hds_db::Database;
 use hds_identity::Identity;
 use hds_keyvault::KeyVaultService;
 
@@ -56,6 +58,9 @@ pub use managed_identity::{USER_ASSIGNED_IDENTITIES_TYPE, UserAssignedIdentityPr
 /// What the providers are built over.
 #[derive(Clone)]
 pub struct ProviderDependencies {
+    /// The shared database (for what providers keep beside the ARM store, e.g. the claims
+    /// of workspace names).
+    pub database: Database,
     /// Principals, managed identities and role assignments.
     pub identity: Identity,
     /// Vaults and keys.
@@ -100,7 +105,9 @@ pub fn register_all(builder: ArmBuilder, dependencies: &ProviderDependencies) ->
         .provider(Arc::new(KeyProvider::new(Arc::clone(
             &dependencies.key_vault,
         ))))
-        .provider(Arc::new(WorkspaceProvider))
+        .provider(Arc::new(WorkspaceProvider::new(
+            dependencies.database.clone(),
+        )))
         .provider(Arc::new(DicomServiceProvider::new(
             identity.clone(),
             Arc::clone(&dependencies.dicom_host),

@@ -209,6 +209,7 @@ impl Harness {
             health: Mutex::new(HashMap::new()),
         });
         let dependencies = ProviderDependencies {
+            database: database.clone(),
             identity: identity.clone(),
             key_vault: vaults,
             dicom_host: host.clone(),
@@ -491,6 +492,7 @@ on_both_backends!(
     move_gives_a_new_system_assigned_principal,
     resource_health_shapes,
     vault_permission_model_needs_the_right_to_assign_roles,
+    workspace_names_are_unique_across_groups,
 );
 
 async fn identity_types_on_a_dicom_service(backend: Backend) {
@@ -1935,4 +1937,122 @@ async fn vault_permission_model_needs_the_right_to_assign_roles(backend: Backend
         value["properties"]["accessPolicies"][0]["objectId"],
         json!(contributor)
     );
+}
+
+/// A workspace name is the first segment of the data-plane URL, so it is unique across the
+/// whole hds: of two concurrent PUTs of one name in two groups exactly one wins, the other
+/// (and any later one, in any case) answers 409; the claim follows a move and ends with a
+/// delete; workspaces stored before names were claimed keep theirs.
+async fn workspace_names_are_unique_across_groups(backend: Backend) {
+    let harness = Harness::new(backend).await;
+    let body = json!({"location": "westus3"});
+    let (legacy_id, legacy_request) = (
+        ResourceId::parse(&harness.workspace("rg1", "legacy")).expect("id"),
+        hds_arm::PutRequest::parse(&body).expect("request"),
+    );
+    harness
+        .arm
+        .store()
+        .upsert(&hds_arm::Resource::from_request(
+            legacy_id,
+            &legacy_request,
+            "Succeeded",
+        ))
+        .await
+        .expect("a workspace stored before names were claimed");
+    harness
+        .fails(
+            Method::PUT,
+            &harness.workspace("rg2", "legacy"),
+            "2022-05-15",
+            body.clone(),
+            StatusCode::CONFLICT,
+            "WorkspaceNameNotAvailable",
+        )
+        .await;
+
+    for round in 0..8 {
+        let name = format!("race{round}");
+        let (in_first, in_second) = (
+            harness.workspace("rg1", &name),
+            harness.workspace("rg2", &name),
+        );
+        let (first, second) = tokio::join!(
+            harness.call(Method::PUT, &in_first, "2022-05-15", Some(body.clone())),
+            harness.call(Method::PUT, &in_second, "2022-05-15", Some(body.clone())),
+        );
+        let outcomes = [&first, &second];
+        let winners = outcomes
+            .iter()
+            .filter(|(status, _)| status.is_success())
+            .count();
+        assert_eq!(winners, 1, "exactly one wins: {first:?} {second:?}");
+        let loser = outcomes
+            .iter()
+            .find(|(status, _)| !status.is_success())
+            .expect("one loses");
+        assert_eq!(loser.0, StatusCode::CONFLICT, "{loser:?}");
+        assert_eq!(loser.1["error"]["code"], "WorkspaceNameNotAvailable");
+        assert_eq!(loser.1["error"]["details"][0]["code"], "AlreadyExists");
+        let winner_group = if first.0.is_success() { "rg1" } else { "rg2" };
+        let loser_group = if first.0.is_success() { "rg2" } else { "rg1" };
+        let (status, _) = harness
+            .call(
+                Method::GET,
+                &harness.workspace(loser_group, &name),
+                "2022-05-15",
+                None,
+            )
+            .await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "the loser stored nothing");
+        harness
+            .ok(
+                Method::PUT,
+                &harness.workspace(winner_group, &name),
+                "2022-05-15",
+                body.clone(),
+            )
+            .await;
+    }
+
+    harness.put_workspace("rg1", "owned").await;
+    harness
+        .fails(
+            Method::PUT,
+            &harness.workspace("rg2", "OWNED"),
+            "2022-05-15",
+            body.clone(),
+            StatusCode::CONFLICT,
+            "WorkspaceNameNotAvailable",
+        )
+        .await;
+    let (status, value) = harness
+        .call(
+            Method::POST,
+            &format!("{}/moveResources", harness.group("rg1")),
+            "2021-04-01",
+            Some(json!({"resources": [harness.workspace("rg1", "owned")], "targetResourceGroup": harness.group("rg2")})),
+        )
+        .await;
+    assert!(status.is_success(), "{status} {value}");
+    harness
+        .fails(
+            Method::PUT,
+            &harness.workspace("rg1", "owned"),
+            "2022-05-15",
+            body.clone(),
+            StatusCode::CONFLICT,
+            "WorkspaceNameNotAvailable",
+        )
+        .await;
+    harness.put_workspace("rg2", "owned").await;
+    harness
+        .ok(
+            Method::DELETE,
+            &harness.workspace("rg2", "owned"),
+            "2022-05-15",
+            Value::Null,
+        )
+        .await;
+    harness.put_workspace("rg1", "owned").await;
 }

@@ -20,6 +20,7 @@ use hds_cmk::{
 };
 use hds_crypto::keys::KeyEncryptionKey;
 use hds_crypto::root::RootKey;
+use hds_dicom_service::ServiceIds;
 use hds_db::Database;
 use hds_dicom::QueryLevel;
 use hds_dicomweb::{DicomServiceResolver, DicomWebError, ResolvedService};
@@ -31,7 +32,10 @@ use sqlx::Row;
 struct HostedService {
     /// Its ARM resource id (changes when the service moves).
     resource_id: String,
-    /// `{workspace}/{service}`, lowercase: its key in the index, blob store and keyrings.
+    /// `{workspace}/{service}`, lowercase: where the data plane finds it.
+    route: String,
+    /// Its internal id ([`ServiceIds`]): its key in the index, blob store, keyrings and the
+    /// key-access monitor. Never derived from its names.
     service_key: String,
     /// Its key hierarchy.
     keyring: Arc<ServiceKeyring>,
@@ -51,7 +55,15 @@ pub struct DicomHost {
     validator: KeyValidator,
     monitor: Arc<KeyAccessMonitor>,
     azure_application: Option<EntraApplication>,
-    services: RwLock<HashMap<String, HostedService>>,
+    ids: ServiceIds,
+    services: RwLock<Served>,
+}
+
+/// The services served, by internal id, and the routes (`{workspace}/{service}`) to them.
+#[derive(Default)]
+struct Served {
+    by_id: HashMap<String, HostedService>,
+    routes: HashMap<String, String>,
 }
 
 /// Parts the host is built from.
@@ -67,14 +79,18 @@ pub struct DicomHostParts {
     pub monitor: Arc<KeyAccessMonitor>,
     /// The Entra ID application that reaches keys in Azure Key Vault, if configured.
     pub azure_application: Option<EntraApplication>,
+    /// The internal ids of the services.
+    pub ids: ServiceIds,
 }
 
 /// Hosts of Azure Key Vault and Managed HSM: keys there are reached as the configured Entra ID
 /// application, since Azure knows none of hds's managed identities.
 const AZURE_KEY_HOST_SUFFIXES: [&str; 2] = [".vault.azure.net", ".managedhsm.azure.net"];
 
-/// `{workspace}/{service}` in lowercase: ARM names compare case-insensitively.
-pub fn service_key(workspace: &str, service: &str) -> String {
+/// `{workspace}/{service}` in lowercase (ARM names compare case-insensitively): the data
+/// plane's route to a service (unambiguous, workspace names being unique), and the key the
+/// data of services created before internal ids existed is stored under.
+pub fn service_route(workspace: &str, service: &str) -> String {
     format!(
         "{}/{}",
         workspace.to_ascii_lowercase(),
@@ -95,7 +111,8 @@ impl DicomHost {
             validator: parts.validator,
             monitor: parts.monitor,
             azure_application: parts.azure_application,
-            services: RwLock::new(HashMap::new()),
+            ids: parts.ids,
+            services: RwLock::new(Served::default()),
         });
         // A versionless key URL follows the key's latest version: when the monitor sees a new
         // one, the root key is re-wrapped under it, in the background since the listener runs
@@ -143,7 +160,13 @@ impl DicomHost {
     /// Serves a service that already exists (at start-up), without re-validating its key:
     /// the key-access monitor's persisted state says whether it may serve data.
     pub async fn restore(&self, spec: &DicomServiceSpec) -> anyhow::Result<()> {
-        let key = service_key(&spec.workspace, &spec.service);
+        // A service stored before internal ids existed keeps the key its data is under.
+        let legacy_key = service_route(&spec.workspace, &spec.service);
+        let key = self
+            .ids
+            .claim_preferring(&spec.resource_id, Some(&legacy_key))
+            .await?
+            .service_id;
         let (keyring, customer_managed) = match &spec.key {
             Some(binding) => {
                 let (principal_id, tenant_id) =
@@ -193,6 +216,7 @@ impl DicomHost {
             .services
             .read()
             .unwrap_or_else(PoisonError::into_inner)
+            .by_id
             .get(&key)
             .is_some_and(|hosted| {
                 hosted.customer_managed && Arc::ptr_eq(&hosted.keyring, &keyring)
@@ -200,16 +224,29 @@ impl DicomHost {
         if customer_managed && !followed {
             self.follow_key_access(&key, &keyring);
         }
+        let route = service_route(&spec.workspace, &spec.service);
         let hosted = HostedService {
             resource_id: spec.resource_id.clone(),
+            route: route.clone(),
             service_key: key.clone(),
             keyring,
             customer_managed,
         };
-        self.services
-            .write()
-            .unwrap_or_else(PoisonError::into_inner)
-            .insert(key, hosted);
+        let mut served = self.services.write().unwrap_or_else(PoisonError::into_inner);
+        // Workspace names are unique, so a route has one service; only a data dir from before
+        // that rule can hold two services under one route, and the first one keeps it.
+        match served.routes.get(&route) {
+            Some(holder) if *holder != key => {
+                tracing::error!(
+                    resource_id = %spec.resource_id,
+                    "another DICOM service holds this service's URL; it is not served"
+                );
+            }
+            _ => {
+                served.routes.insert(route, key.clone());
+            }
+        }
+        served.by_id.insert(key, hosted);
     }
 
     /// Drops a service's unwrapped keys while its key is not accessible, and unlocks them
@@ -303,7 +340,24 @@ impl DicomHost {
     }
 
     async fn apply_spec(&self, spec: DicomServiceSpec) -> Result<(), ArmError> {
-        let key = service_key(&spec.workspace, &spec.service);
+        let claimed = self
+            .ids
+            .claim(&spec.resource_id)
+            .await
+            .map_err(|error| ArmError::internal(&error))?;
+        let resource_id = spec.resource_id.clone();
+        let result = self.apply_to(spec, claimed.service_id).await;
+        if result.is_err() && claimed.assigned {
+            // A refused creation leaves no id behind.
+            self.ids
+                .release(&resource_id)
+                .await
+                .map_err(|error| ArmError::internal(&error))?;
+        }
+        result
+    }
+
+    async fn apply_to(&self, spec: DicomServiceSpec, key: String) -> Result<(), ArmError> {
         let existing = self.keyrings.get(&key);
         let Some(binding) = &spec.key else {
             if existing.is_none() {
@@ -423,6 +477,7 @@ impl DicomHost {
         self.services
             .read()
             .unwrap_or_else(PoisonError::into_inner)
+            .by_id
             .get(key)
             .is_some_and(|hosted| hosted.customer_managed)
     }
@@ -434,6 +489,7 @@ impl DicomHost {
         self.services
             .read()
             .unwrap_or_else(PoisonError::into_inner)
+            .by_id
             .values()
             .find(|hosted| hosted.resource_id.eq_ignore_ascii_case(resource_id))
             .map(|hosted| {
@@ -502,6 +558,10 @@ impl DicomServiceHost for DicomHost {
         Box::pin(async move {
             let Some((key, _keyring, customer_managed)) = self.find_by_resource_id(resource_id)
             else {
+                self.ids
+                    .release(resource_id)
+                    .await
+                    .map_err(|error| ArmError::internal(&error))?;
                 return Ok(());
             };
             self.delete_all_data(&key)
@@ -516,10 +576,18 @@ impl DicomServiceHost for DicomHost {
             if let Some(keyring) = self.keyrings.remove(&key) {
                 keyring.forget();
             }
-            self.services
-                .write()
-                .unwrap_or_else(PoisonError::into_inner)
-                .remove(&key);
+            {
+                let mut served = self.services.write().unwrap_or_else(PoisonError::into_inner);
+                if let Some(hosted) = served.by_id.remove(&key)
+                    && served.routes.get(&hosted.route) == Some(&key)
+                {
+                    served.routes.remove(&hosted.route);
+                }
+            }
+            self.ids
+                .release(resource_id)
+                .await
+                .map_err(|error| ArmError::internal(&error))?;
             Ok(())
         })
     }
@@ -577,11 +645,16 @@ impl DicomServiceHost for DicomHost {
 
     fn moved<'a>(&'a self, old_id: &'a str, new_id: &'a str) -> ArmFuture<'a, ()> {
         Box::pin(async move {
+            self.ids
+                .moved(old_id, new_id)
+                .await
+                .map_err(|error| ArmError::internal(&error))?;
             let mut services = self
                 .services
                 .write()
                 .unwrap_or_else(PoisonError::into_inner);
             if let Some(hosted) = services
+                .by_id
                 .values_mut()
                 .find(|hosted| hosted.resource_id.eq_ignore_ascii_case(old_id))
             {
@@ -600,18 +673,23 @@ impl DicomServiceResolver for DicomHost {
     ) -> Pin<Box<dyn Future<Output = Result<Option<ResolvedService>, DicomWebError>> + Send + 'a>>
     {
         Box::pin(async move {
-            let key = service_key(workspace, service);
+            let route = service_route(workspace, service);
             let found = {
                 let services = self.services.read().unwrap_or_else(PoisonError::into_inner);
-                services.get(&key).map(|hosted| {
+                services
+                    .routes
+                    .get(&route)
+                    .and_then(|key| services.by_id.get(key))
+                    .map(|hosted| {
                     (
+                        hosted.service_key.clone(),
                         hosted.resource_id.clone(),
                         hosted.keyring.clone(),
                         hosted.customer_managed,
                     )
                 })
             };
-            let Some((resource_id, keyring, customer_managed)) = found else {
+            let Some((key, resource_id, keyring, customer_managed)) = found else {
                 return Ok(None);
             };
             if customer_managed

@@ -17,6 +17,7 @@ use hds_cmk::{
     TokenDestinations, TokenSource, VaultDirectory, VaultKeyProbe,
 };
 use hds_db::Database;
+use hds_dicom_service::ServiceIds;
 use hds_dicomweb::{DicomWebConfig, DicomWebState, MultipartLimits};
 use hds_identity::{
     AdminCredentials, ExternalIssuer, Identity, IdentityConfig, MANAGEMENT_AUDIENCE,
@@ -215,6 +216,9 @@ pub async fn run(options: UpOptions) -> anyhow::Result<()> {
         validator,
         monitor: monitor.clone(),
         azure_application,
+        ids: ServiceIds::open(database.clone())
+            .await
+            .context("opening the DICOM service ids")?,
     });
 
     // The control plane, with every resource provider.
@@ -233,6 +237,7 @@ pub async fn run(options: UpOptions) -> anyhow::Result<()> {
     let arm = hds_providers::register_all(
         builder,
         &ProviderDependencies {
+            database: database.clone(),
             identity: identity.clone(),
             key_vault: vault_service.clone(),
             dicom_host: host.clone(),
