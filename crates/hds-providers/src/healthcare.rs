@@ -32,6 +32,10 @@ pub const OLDEST_API_VERSION: &str = "2022-05-15";
 /// The newest api-version modelled.
 pub const NEWEST_API_VERSION: &str = "2024-03-31";
 
+/// The action that attaching a user-assigned identity to a resource needs on the identity.
+pub const ASSIGN_USER_ASSIGNED_IDENTITY: &str =
+    "Microsoft.ManagedIdentity/userAssignedIdentities/assign/action";
+
 /// Properties computed by the provider; whatever a client sends for them is replaced.
 const READ_ONLY_PROPERTIES: &[&str] = &[
     "provisioningState",
@@ -589,6 +593,41 @@ impl DicomServiceProvider {
         format!("{}/dicom/{workspace}/{}", self.public_base_url, id.name())
     }
 
+    /// Attaching a user-assigned identity lets the service act as it (its tokens reach the
+    /// identity's keys), so, as in Azure, the caller needs
+    /// [`ASSIGN_USER_ASSIGNED_IDENTITY`] on each identity it attaches, beyond write on the
+    /// service: 403 `LinkedAuthorizationFailed` otherwise. Identities the service has already
+    /// were checked when they were attached. Checked before the identities are looked up, so a
+    /// caller learns nothing of identities it has no rights on.
+    async fn authorize_attaching(
+        &self,
+        context: &RequestContext,
+        requested: &[ResourceId],
+        attached: &[ResourceId],
+    ) -> Result<(), ArmError> {
+        let principal_id = &context.caller.principal_id;
+        for id in requested.iter().filter(|id| !attached.contains(id)) {
+            let decision = self
+                .identity
+                .authorize(
+                    principal_id,
+                    ASSIGN_USER_ASSIGNED_IDENTITY,
+                    id.as_str(),
+                    false,
+                )
+                .await
+                .map_err(from_identity)?;
+            if !decision.is_allowed() {
+                return Err(ArmError::linked_authorization_failed(
+                    principal_id,
+                    ASSIGN_USER_ASSIGNED_IDENTITY,
+                    id.as_str(),
+                ));
+            }
+        }
+        Ok(())
+    }
+
     /// Each attached user-assigned identity's principal; a missing one is a 400.
     async fn resolve_user_identities(
         &self,
@@ -640,6 +679,13 @@ impl DicomServiceProvider {
                 .and_then(|previous| previous.identity.clone())
         });
         let identity_request = parse_identity(identity_block.as_ref())?;
+        let attached = previous
+            .as_ref()
+            .and_then(|previous| parse_identity(previous.identity.as_ref()).ok())
+            .map(|previous| previous.user)
+            .unwrap_or_default();
+        self.authorize_attaching(&context, &identity_request.user, &attached)
+            .await?;
         let users = self
             .resolve_user_identities(&context, &identity_request.user)
             .await?;

@@ -493,6 +493,7 @@ on_both_backends!(
     resource_health_shapes,
     vault_permission_model_needs_the_right_to_assign_roles,
     workspace_names_are_unique_across_groups,
+    attaching_an_identity_needs_assign_on_it,
 );
 
 async fn identity_types_on_a_dicom_service(backend: Backend) {
@@ -686,9 +687,9 @@ async fn key_identity_selection(backend: Backend) {
     harness.put_workspace("rg1", "ws1").await;
     let key_url = harness.put_vault_and_key("rg1", "vault1", "key1").await;
     let vault = harness.vault("rg1", "vault1");
-    let a = harness.put_uai("rg1", "a").await;
-    let b = harness.put_uai("rg1", "b").await;
-    let (a_id, b_id) = (harness.uai("rg1", "a"), harness.uai("rg1", "b"));
+    let a = harness.put_uai("rg1", "ida").await;
+    let b = harness.put_uai("rg1", "idb").await;
+    let (a_id, b_id) = (harness.uai("rg1", "ida"), harness.uai("rg1", "idb"));
     for identity in [&a, &b] {
         harness
             .assign(
@@ -822,7 +823,7 @@ async fn key_identity_selection(backend: Backend) {
     );
     harness
         .fails(Method::PUT, &service, API_DICOM, json!({"location": "westus3", "identity": two,
-            "properties": encryption(json!({"identityType": "UserAssigned", "userAssignedIdentityResourceId": harness.uai("rg1", "c")}))}),
+            "properties": encryption(json!({"identityType": "UserAssigned", "userAssignedIdentityResourceId": harness.uai("rg1", "idc")}))}),
             StatusCode::BAD_REQUEST, "KeyEncryptionKeyIdentityNotAttached")
         .await;
 
@@ -2055,4 +2056,123 @@ async fn workspace_names_are_unique_across_groups(backend: Backend) {
         )
         .await;
     harness.put_workspace("rg1", "owned").await;
+}
+
+/// Attaching a user-assigned identity needs `assign/action` on it: Contributor on the
+/// service's group alone gets 403 `LinkedAuthorizationFailed` for an identity in another
+/// group (and learns nothing of it); Contributor on the identity too lets the same PUT through.
+async fn attaching_an_identity_needs_assign_on_it(backend: Backend) {
+    let harness = Harness::new(backend).await;
+    harness.put_workspace("rg2", "ws2").await;
+    let foreign = harness.put_uai("rg1", "foreign").await;
+    let foreign_id = harness.uai("rg1", "foreign");
+    let outsider = harness
+        .identity
+        .create_service_principal("contributor-on-rg2")
+        .await
+        .expect("service principal");
+    let token = harness
+        .identity
+        .issue_token_for_client_credentials(
+            &outsider.client_id,
+            &outsider.client_secret,
+            MANAGEMENT_AUDIENCE,
+        )
+        .await
+        .expect("token")
+        .expect("valid credentials")
+        .access_token;
+    harness
+        .assign(
+            &harness.group("rg2"),
+            hds_identity::roles::CONTRIBUTOR,
+            &outsider.principal_id,
+        )
+        .await;
+    let service = harness.service("rg2", "ws2", "svc2");
+    let body = |identity: &str| {
+        json!({"location": "westus3", "identity": {
+            "type": "UserAssigned", "userAssignedIdentities": { identity: {} }
+        }})
+    };
+    let (status, _, value) = harness
+        .call_as(
+            Some(&token),
+            Method::PUT,
+            &service,
+            API_DICOM,
+            Some(body(&foreign_id)),
+        )
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{value}");
+    assert_eq!(value["error"]["code"], "LinkedAuthorizationFailed");
+    let message = value["error"]["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("Microsoft.ManagedIdentity/userAssignedIdentities/assign/action"),
+        "{message}"
+    );
+    // A missing identity in a group the caller has no rights on: the same 403, not a 400
+    // telling it the identity does not exist.
+    let (status, _, value) = harness
+        .call_as(
+            Some(&token),
+            Method::PUT,
+            &service,
+            API_DICOM,
+            Some(body(&harness.uai("rg1", "absent"))),
+        )
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{value}");
+    assert_eq!(value["error"]["code"], "LinkedAuthorizationFailed");
+    let (status, _, _) = harness
+        .call_as(Some(&token), Method::GET, &service, API_DICOM, None)
+        .await;
+    assert_eq!(
+        status,
+        StatusCode::NOT_FOUND,
+        "a refused PUT stores nothing"
+    );
+    assert!(
+        harness
+            .host
+            .applies()
+            .iter()
+            .all(|spec| !spec.resource_id.eq_ignore_ascii_case(&service)),
+        "a refused attach never reaches the host"
+    );
+
+    // Its own identity (in its group) it may attach; with Contributor on the foreign one too,
+    // that one as well.
+    harness.put_uai("rg2", "own").await;
+    let (status, _, value) = harness
+        .call_as(
+            Some(&token),
+            Method::PUT,
+            &service,
+            API_DICOM,
+            Some(body(&harness.uai("rg2", "own"))),
+        )
+        .await;
+    assert!(status.is_success(), "{status} {value}");
+    harness
+        .assign(
+            &foreign_id,
+            hds_identity::roles::CONTRIBUTOR,
+            &outsider.principal_id,
+        )
+        .await;
+    let (status, _, value) = harness
+        .call_as(
+            Some(&token),
+            Method::PUT,
+            &service,
+            API_DICOM,
+            Some(body(&foreign_id)),
+        )
+        .await;
+    assert!(status.is_success(), "{status} {value}");
+    assert_eq!(
+        value["identity"]["userAssignedIdentities"][&foreign_id]["principalId"],
+        foreign["properties"]["principalId"]
+    );
 }

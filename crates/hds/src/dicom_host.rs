@@ -20,9 +20,9 @@ use hds_cmk::{
 };
 use hds_crypto::keys::KeyEncryptionKey;
 use hds_crypto::root::RootKey;
-use hds_dicom_service::ServiceIds;
 use hds_db::Database;
 use hds_dicom::QueryLevel;
+use hds_dicom_service::ServiceIds;
 use hds_dicomweb::{DicomServiceResolver, DicomWebError, ResolvedService};
 use hds_index::{DeleteScope, Index, SearchQuery, ServiceKeyring, ServiceKeyrings, platform_kek};
 use hds_providers::{DicomServiceHost, DicomServiceSpec, HealthReport, KeyAccessState};
@@ -232,7 +232,10 @@ impl DicomHost {
             keyring,
             customer_managed,
         };
-        let mut served = self.services.write().unwrap_or_else(PoisonError::into_inner);
+        let mut served = self
+            .services
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
         // Workspace names are unique, so a route has one service; only a data dir from before
         // that rule can hold two services under one route, and the first one keeps it.
         match served.routes.get(&route) {
@@ -577,7 +580,10 @@ impl DicomServiceHost for DicomHost {
                 keyring.forget();
             }
             {
-                let mut served = self.services.write().unwrap_or_else(PoisonError::into_inner);
+                let mut served = self
+                    .services
+                    .write()
+                    .unwrap_or_else(PoisonError::into_inner);
                 if let Some(hosted) = served.by_id.remove(&key)
                     && served.routes.get(&hosted.route) == Some(&key)
                 {
@@ -681,13 +687,13 @@ impl DicomServiceResolver for DicomHost {
                     .get(&route)
                     .and_then(|key| services.by_id.get(key))
                     .map(|hosted| {
-                    (
-                        hosted.service_key.clone(),
-                        hosted.resource_id.clone(),
-                        hosted.keyring.clone(),
-                        hosted.customer_managed,
-                    )
-                })
+                        (
+                            hosted.service_key.clone(),
+                            hosted.resource_id.clone(),
+                            hosted.keyring.clone(),
+                            hosted.customer_managed,
+                        )
+                    })
             };
             let Some((key, resource_id, keyring, customer_managed)) = found else {
                 return Ok(None);
