@@ -16,7 +16,7 @@ use futures::{Stream, StreamExt, TryStreamExt};
 use hds_blob::BlobName;
 use hds_crypto::keys::BlobKey;
 use hds_dicom::{InstanceError, ParsedInstance, parse_instance};
-use hds_index::{NewInstance, StoreOutcome};
+use hds_index::{SealedInstance, StoreOutcome};
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
@@ -34,9 +34,6 @@ const IN_MEMORY_PART_LIMIT: u64 = 16 * 1024 * 1024;
 /// elements only (it stops at the pixel data), a short job next to a hop to the blocking pool
 /// and back. Larger parts can carry large headers and are parsed on the blocking pool.
 const INLINE_PARSE_LIMIT: u64 = 1024 * 1024;
-
-/// How often storing an instance retries when its study's key changed meanwhile.
-const STUDY_KEY_ATTEMPTS: u32 = 4;
 
 /// Failure reasons of PS3.18 table I.2-1 and the DICOM service's extensions.
 mod failure_reason {
@@ -314,50 +311,23 @@ async fn record(
     if required_study.is_some_and(|study| study != parsed.study_instance_uid) {
         return Ok(failed(failure_reason::STUDY_MISMATCH));
     }
-    // The study key can change between getting it and committing (the study deleted, the root
-    // key rotated): then get it again and re-wrap; the blob itself stays as written.
-    let mut attempts = 0;
-    let stored = loop {
-        attempts += 1;
-        let lease = match context
-            .keyring
-            .study_key_for_store(&parsed.study_instance_uid)
-            .await
-        {
-            Ok(lease) => lease,
-            Err(hds_index::KeyringError::RootKeyChanged) if attempts < STUDY_KEY_ATTEMPTS => {
-                continue;
-            }
-            Err(error) => return Err(error.into()),
-        };
-        let keys = lease.seal_blob_key(blob_name.as_str(), blob_key);
-        let stored = state
-            .index
-            .store_instance(NewInstance {
-                service: &context.service_key,
+    let stored = state
+        .index
+        .store_sealed_instance(
+            &context.keyring,
+            SealedInstance {
                 parsed,
                 blob_name: blob_name.as_str(),
+                blob_key,
                 size,
-                keys: &keys,
-            })
-            .await?;
-        match stored {
-            StoreOutcome::StudyKeyChanged if attempts < STUDY_KEY_ATTEMPTS => {
-                context.keyring.forget_study_key(&parsed.study_instance_uid);
-                continue;
-            }
-            StoreOutcome::StudyKeyChanged => {
-                return Err(DicomWebError::Internal(
-                    "the study key kept changing while storing".into(),
-                ));
-            }
-            StoreOutcome::Stored if keys.new_study_key_generation.is_some() => {
-                context.keyring.study_key_stored(&parsed.study_instance_uid);
-                break StoreOutcome::Stored;
-            }
-            other => break other,
-        }
-    };
+            },
+        )
+        .await?;
+    if stored == StoreOutcome::StudyKeyChanged {
+        return Err(DicomWebError::Internal(
+            "the study key kept changing while storing".into(),
+        ));
+    }
     Ok(match stored {
         StoreOutcome::Stored => PartOutcome::Stored {
             sop_class_uid: parsed.sop_class_uid.clone(),

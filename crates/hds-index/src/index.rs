@@ -3,10 +3,11 @@
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
+use hds_crypto::keys::BlobKey;
 use hds_db::{Database, DbError, Migration};
 use hds_dicom::{FrameMap, ParsedInstance};
 
-use crate::keyring::{InstanceKeys, StoredBlobKey};
+use crate::keyring::{InstanceKeys, KeyringError, ServiceKeyring, StoredBlobKey};
 use crate::sql::{Argument, Sql, column};
 use crate::store::{GroupWriter, PreparedInstance, store_alone};
 use crate::{IndexCipher, IndexError, RowBinding};
@@ -70,6 +71,22 @@ pub struct NewInstance<'a> {
     /// under (from [`crate::StudyKeyLease::seal_blob_key`]).
     pub keys: &'a InstanceKeys,
 }
+
+/// An instance to record whose blob is written and sealed under `blob_key`: its blob key is
+/// not wrapped yet (see [`Index::store_sealed_instance`]).
+pub struct SealedInstance<'a> {
+    /// What parsing found.
+    pub parsed: &'a ParsedInstance,
+    /// The opaque name of the blob holding the instance's bytes.
+    pub blob_name: &'a str,
+    /// The key the blob is sealed under.
+    pub blob_key: &'a BlobKey,
+    /// The blob's plaintext length in bytes.
+    pub size: u64,
+}
+
+/// How often [`Index::store_sealed_instance`] tries when the study's key changes meanwhile.
+const STUDY_KEY_ATTEMPTS: u32 = 4;
 
 /// What storing an instance did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -193,6 +210,50 @@ impl Index {
         match &self.writer {
             Some(writer) => writer.store(prepared).await,
             None => store_alone(&self.database, &prepared).await,
+        }
+    }
+
+    /// Records an instance whose blob is written, in `keyring`'s service: wraps its blob key
+    /// under its study's key (the first instance of a study brings the study's new key, stored
+    /// in the same commit) and stores the row. The study key can change between reading it and
+    /// the commit (the study deleted, the root key rotated): then it is read again and the blob
+    /// key wrapped again (the blob stays as written), up to a few times, and
+    /// [`StoreOutcome::StudyKeyChanged`] means it kept changing. Callers need no key protocol
+    /// of their own.
+    pub async fn store_sealed_instance(
+        &self,
+        keyring: &ServiceKeyring,
+        instance: SealedInstance<'_>,
+    ) -> Result<StoreOutcome, IndexError> {
+        let study = instance.parsed.study_instance_uid.as_str();
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            let lease = match keyring.study_key_for_store(study).await {
+                Ok(lease) => lease,
+                Err(KeyringError::RootKeyChanged) if attempts < STUDY_KEY_ATTEMPTS => continue,
+                Err(error) => return Err(error.into()),
+            };
+            let keys = lease.seal_blob_key(instance.blob_name, instance.blob_key);
+            let stored = self
+                .store_instance(NewInstance {
+                    service: keyring.service(),
+                    parsed: instance.parsed,
+                    blob_name: instance.blob_name,
+                    size: instance.size,
+                    keys: &keys,
+                })
+                .await?;
+            match stored {
+                StoreOutcome::StudyKeyChanged if attempts < STUDY_KEY_ATTEMPTS => {
+                    keyring.forget_study_key(study);
+                }
+                StoreOutcome::Stored if keys.new_study_key_generation.is_some() => {
+                    keyring.study_key_stored(study);
+                    return Ok(StoreOutcome::Stored);
+                }
+                other => return Ok(other),
+            }
         }
     }
 

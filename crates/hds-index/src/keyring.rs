@@ -760,6 +760,24 @@ async fn read_platform_kek(
     })
 }
 
+/// The id of the key-encryption key the root key of `service` is wrapped under (a key URL, or
+/// `platform:{name}` for a platform-managed key), if the service has keys: where a service
+/// whose vault is unreachable at start-up must reopen its keys from.
+pub async fn stored_key_id(
+    database: &Database,
+    service: &str,
+) -> Result<Option<String>, KeyringError> {
+    database.migrate(COMPONENT, MIGRATIONS).await?;
+    let row = sqlx::query("SELECT kek_id FROM dicom_service_keys WHERE service = $1")
+        .bind(service)
+        .fetch_optional(database.pool())
+        .await?;
+    Ok(match row {
+        Some(row) => Some(column::<String>(&row, 0)?),
+        None => None,
+    })
+}
+
 /// The purpose under which platform-managed KEKs are sealed with the platform root key.
 const PLATFORM_KEK_PURPOSE: &str = "dicom/platform-kek";
 

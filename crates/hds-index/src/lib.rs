@@ -24,9 +24,9 @@ mod tokens;
 
 pub use cipher::{IndexCipher, PlaintextIndexCipher, RowBinding};
 pub use error::IndexError;
-pub use index::{DeleteScope, Index, InstanceRecord, NewInstance, StoreOutcome};
+pub use index::{DeleteScope, Index, InstanceRecord, NewInstance, SealedInstance, StoreOutcome};
 pub use keyring::{
     InstanceKeys, KeyringError, ServiceKeyring, ServiceKeyrings, StoredBlobKey, StudyKeyLease,
-    platform_kek,
+    platform_kek, stored_key_id,
 };
 pub use query::{Filter, Matcher, SearchHit, SearchQuery};

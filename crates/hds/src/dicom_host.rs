@@ -24,9 +24,10 @@ use hds_db::Database;
 use hds_dicom::QueryLevel;
 use hds_dicom_service::ServiceIds;
 use hds_dicomweb::{DicomServiceResolver, DicomWebError, ResolvedService};
-use hds_index::{DeleteScope, Index, SearchQuery, ServiceKeyring, ServiceKeyrings, platform_kek};
+use hds_index::{
+    DeleteScope, Index, SearchQuery, ServiceKeyring, ServiceKeyrings, platform_kek, stored_key_id,
+};
 use hds_providers::{DicomServiceHost, DicomServiceSpec, HealthReport, KeyAccessState};
-use sqlx::Row;
 
 /// One DICOM service being served.
 struct HostedService {
@@ -326,20 +327,11 @@ impl DicomHost {
         )?))
     }
 
-    /// The key id the service's root key is wrapped under, if it has one.
+    /// The customer-managed key id the service's root key is wrapped under, if it has one.
     async fn stored_key_id(&self, key: &str) -> anyhow::Result<Option<String>> {
-        let row = sqlx::query("SELECT kek_id FROM dicom_service_keys WHERE service = $1")
-            .bind(key)
-            .fetch_optional(self.database.pool())
-            .await;
-        match row {
-            Ok(Some(row)) => {
-                Ok(Some(row.try_get::<String, _>(0)?).filter(|id| !id.starts_with("platform:")))
-            }
-            Ok(None) => Ok(None),
-            // No keyring table yet: no service has keys.
-            Err(_) => Ok(None),
-        }
+        Ok(stored_key_id(&self.database, key)
+            .await?
+            .filter(|id| !id.starts_with("platform:")))
     }
 
     async fn apply_spec(&self, spec: DicomServiceSpec) -> Result<(), ArmError> {
