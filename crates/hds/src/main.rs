@@ -5,7 +5,6 @@ mod access;
 mod adapters;
 mod cli;
 mod client;
-mod dicom_host;
 mod listener_limits;
 mod logging;
 mod recovery;

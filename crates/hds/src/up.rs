@@ -13,11 +13,11 @@ use hds_arm::{Arm, ArmConfig, ResourceId, Subscription};
 use hds_blob::BlobStore;
 use hds_cmk::{
     CachingTokenSource, ClientConfig, EntraApplication, EntraTokenSource, KeyAccessMonitor,
-    KeyValidator, KeyVaultClient, MonitorConfig, RoutedTokenSource, SystemClock,
-    TokenDestinations, TokenSource, VaultDirectory, VaultKeyProbe,
+    KeyValidator, KeyVaultClient, MonitorConfig, RoutedTokenSource, SystemClock, TokenDestinations,
+    TokenSource, VaultDirectory, VaultKeyProbe,
 };
 use hds_db::Database;
-use hds_dicom_service::ServiceIds;
+use hds_dicom_service::{DicomHost, DicomHostParts, ServiceIds};
 use hds_dicomweb::{DicomWebConfig, DicomWebState, MultipartLimits};
 use hds_identity::{
     AdminCredentials, ExternalIssuer, Identity, IdentityConfig, MANAGEMENT_AUDIENCE,
@@ -34,7 +34,6 @@ use tower_http::trace::TraceLayer;
 use crate::access::IdentityDicomAccess;
 use crate::adapters::{HostedVaults, ManagedIdentityTokens, VaultListenerEvents};
 use crate::cli::UpOptions;
-use crate::dicom_host::{DicomHost, DicomHostParts};
 use crate::listener_limits::{self, InFlightRequests, LimitedAcceptor, ListenerLimits};
 use crate::logging;
 use crate::seed_flow::{self, SeedNames};

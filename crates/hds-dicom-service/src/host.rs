@@ -1,33 +1,62 @@
 //! What runs the DICOM services the control plane configures: their key hierarchies (under a
 //! customer-managed key or a platform-managed one), their registration with the key-access
-//! monitor, and the answer to "which service is this URL, and may it serve data now?".
+//! monitor, following a versionless key's latest version, crypto-shredding a deleted service,
+//! and the answer to "which service is this URL, and may it serve data now?".
 //!
 //! The control plane's `dicomservices` provider calls [`DicomServiceHost`]; the DICOMweb API
-//! calls [`DicomServiceResolver`]; both meet in [`DicomHost`].
+//! calls [`DicomServiceResolver`]; both meet in [`DicomHost`]. A service's data is keyed by
+//! its internal id ([`ServiceIds`]); `{workspace}/{service}` is only the data plane's route.
 
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, PoisonError, RwLock};
 
-use axum::http::StatusCode;
 use hds_arm::{ArmError, ArmFuture};
-use hds_blob::{BlobName, BlobStore};
+use hds_blob::{BlobError, BlobName, BlobStore};
 use hds_cmk::{
     CUSTOMER_MANAGED_KEY_ACCESS_LOST, EntraApplication, KeyAccessMonitor,
-    KeyAccessState as MonitorState, KeyBinding as MonitorBinding, KeyUrl, KeyUser, KeyValidator,
-    KeyVaultClient, RemoteKek, TokenSource,
+    KeyAccessState as MonitorState, KeyBinding as MonitorBinding, KeyUrl, KeyUrlError, KeyUser,
+    KeyValidator, KeyVaultClient, MonitorError, RemoteKek, TokenSource,
 };
 use hds_crypto::keys::KeyEncryptionKey;
 use hds_crypto::root::RootKey;
 use hds_db::Database;
 use hds_dicom::QueryLevel;
-use hds_dicom_service::ServiceIds;
 use hds_dicomweb::{DicomServiceResolver, DicomWebError, ResolvedService};
 use hds_index::{
-    DeleteScope, Index, SearchQuery, ServiceKeyring, ServiceKeyrings, platform_kek, stored_key_id,
+    DeleteScope, Index, IndexError, KeyringError, SearchQuery, ServiceKeyring, ServiceKeyrings,
+    platform_kek, stored_key_id,
 };
 use hds_providers::{DicomServiceHost, DicomServiceSpec, HealthReport, KeyAccessState};
+use http::StatusCode;
+
+use crate::service_ids::{ServiceIdError, ServiceIds};
+
+/// Why the host could not serve a service or delete its data. Messages carry no key material
+/// and no PHI.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum HostError {
+    /// The mapping of resource ids to service ids failed.
+    #[error(transparent)]
+    ServiceIds(#[from] ServiceIdError),
+    /// The service's key hierarchy could not be opened or created.
+    #[error("the service's keys: {0}")]
+    Keyring(#[from] KeyringError),
+    /// The service's key URL is not usable.
+    #[error("the service's key URL: {0}")]
+    KeyUrl(#[from] KeyUrlError),
+    /// The key-access monitor failed.
+    #[error("the key-access monitor: {0}")]
+    Monitor(#[from] MonitorError),
+    /// The index failed.
+    #[error("the index: {0}")]
+    Index(#[from] IndexError),
+    /// The blob store failed.
+    #[error("the blob store: {0}")]
+    Blob(#[from] BlobError),
+}
 
 /// One DICOM service being served.
 struct HostedService {
@@ -69,14 +98,23 @@ struct Served {
 
 /// Parts the host is built from.
 pub struct DicomHostParts {
+    /// The shared database (keyrings and platform-managed keys live there).
     pub database: Database,
+    /// The platform root key, which seals platform-managed key-encryption keys.
     pub root_key: Arc<RootKey>,
+    /// The index the services' data is recorded in.
     pub index: Index,
+    /// The blob store the services' instances are sealed in.
     pub blobs: BlobStore,
+    /// The keyrings the index tokenizes and seals with; the host registers each service's.
     pub keyrings: ServiceKeyrings,
+    /// The Key Vault client that reaches customer-managed keys.
     pub client: KeyVaultClient,
+    /// Tokens of the identities that reach keys.
     pub tokens: Arc<dyn TokenSource>,
+    /// Validates a key before a service uses it.
     pub validator: KeyValidator,
+    /// Probes each customer-managed key and says whether its service may serve data.
     pub monitor: Arc<KeyAccessMonitor>,
     /// The Entra ID application that reaches keys in Azure Key Vault, if configured.
     pub azure_application: Option<EntraApplication>,
@@ -100,6 +138,7 @@ pub fn service_route(workspace: &str, service: &str) -> String {
 }
 
 impl DicomHost {
+    /// The host, following each versionless key's latest version through the monitor.
     pub fn new(parts: DicomHostParts) -> Arc<DicomHost> {
         let host = Arc::new(DicomHost {
             database: parts.database,
@@ -160,7 +199,7 @@ impl DicomHost {
 
     /// Serves a service that already exists (at start-up), without re-validating its key:
     /// the key-access monitor's persisted state says whether it may serve data.
-    pub async fn restore(&self, spec: &DicomServiceSpec) -> anyhow::Result<()> {
+    pub async fn restore(&self, spec: &DicomServiceSpec) -> Result<(), HostError> {
         // A service stored before internal ids existed keeps the key its data is under.
         let legacy_key = service_route(&spec.workspace, &spec.service);
         let key = self
@@ -307,7 +346,7 @@ impl DicomHost {
         }
     }
 
-    async fn platform_keyring(&self, key: &str) -> anyhow::Result<Arc<ServiceKeyring>> {
+    async fn platform_keyring(&self, key: &str) -> Result<Arc<ServiceKeyring>, HostError> {
         let kek: Arc<dyn KeyEncryptionKey> =
             Arc::new(platform_kek(&self.database, &self.root_key, key).await?);
         Ok(ServiceKeyring::open_or_create(&self.database, key, kek).await?)
@@ -317,7 +356,7 @@ impl DicomHost {
         &self,
         principal_id: &str,
         versioned_key_url: &str,
-    ) -> anyhow::Result<Arc<dyn KeyEncryptionKey>> {
+    ) -> Result<Arc<dyn KeyEncryptionKey>, HostError> {
         let url = KeyUrl::parse(versioned_key_url)?;
         Ok(Arc::new(RemoteKek::new(
             self.client.clone(),
@@ -328,7 +367,7 @@ impl DicomHost {
     }
 
     /// The customer-managed key id the service's root key is wrapped under, if it has one.
-    async fn stored_key_id(&self, key: &str) -> anyhow::Result<Option<String>> {
+    async fn stored_key_id(&self, key: &str) -> Result<Option<String>, HostError> {
         Ok(stored_key_id(&self.database, key)
             .await?
             .filter(|id| !id.starts_with("platform:")))
@@ -498,7 +537,7 @@ impl DicomHost {
 
     /// Deletes every study of a service, one study at a time: each study key is destroyed
     /// before its blobs (crypto-shredding), so nothing lingers readable.
-    async fn delete_all_data(&self, key: &str) -> anyhow::Result<()> {
+    async fn delete_all_data(&self, key: &str) -> Result<(), HostError> {
         loop {
             let query = SearchQuery {
                 service: key,
@@ -536,7 +575,7 @@ fn monitor_binding(
     key_url: &str,
     principal_id: &str,
     tenant_id: &str,
-) -> anyhow::Result<MonitorBinding> {
+) -> Result<MonitorBinding, HostError> {
     Ok(MonitorBinding {
         key_url: KeyUrl::parse(key_url)?,
         principal_id: principal_id.to_owned(),
