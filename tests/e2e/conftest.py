@@ -1,5 +1,6 @@
 """Fixtures that run a real `hds up` (and, where asked, a throwaway PostgreSQL cluster)."""
 
+import base64
 import os
 import json
 import pathlib
@@ -9,13 +10,66 @@ import socket
 import subprocess
 import tempfile
 import time
+import uuid
 
 import pydicom
 import pytest
 import requests
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
 HDS_BIN = os.environ.get("HDS_BIN", str(pathlib.Path(__file__).resolve().parents[2] / "target" / "debug" / "hds"))
 DEFAULT_SERVICE_PATH = "/dicom/default/dicom/v2"
+
+# hds's namespace for external principals' ids (crates/hds-identity/src/tokens.rs).
+EXTERNAL_PRINCIPAL_NAMESPACE = uuid.UUID("6f1c2a9e-8d4b-4e07-9a35-c1f07b2de864")
+
+
+def external_principal_id(issuer: str, tenant: str, subject: str) -> str:
+    """The principal id hds gives an external issuer's subject (docs/security.md)."""
+    name = "".join(f"{len(part.encode())}:{part}" for part in (issuer, tenant, subject))
+    return str(uuid.uuid5(EXTERNAL_PRINCIPAL_NAMESPACE, name))
+
+
+def b64url(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+class ExternalIssuer:
+    """An OpenID issuer that hds trusts by configuration (`--trust-issuer ISSUER=FILE`): an RSA key
+    of its own, published as a JWKS file in `directory`, signing RS256 tokens."""
+
+    def __init__(self, directory, issuer: str, kid: str = "org-1"):
+        self.issuer = issuer
+        self.kid = kid
+        self.key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        public = self.key.public_key().public_numbers()
+
+        def number(value: int) -> str:
+            return b64url(value.to_bytes((value.bit_length() + 7) // 8, "big"))
+
+        self.jwks = pathlib.Path(directory) / f"{kid}-jwks.json"
+        self.jwks.write_text(json.dumps({"keys": [{"kty": "RSA", "kid": kid, "use": "sig", "alg": "RS256",
+                                                   "n": number(public.n), "e": number(public.e)}]}))
+
+    def flag(self):
+        return ["--trust-issuer", f"{self.issuer}={self.jwks}"]
+
+    def token(self, claims: dict, key=None) -> str:
+        """`claims` signed under this issuer's key id, by its key or by `key` (a forgery)."""
+        header = b64url(json.dumps({"alg": "RS256", "typ": "JWT", "kid": self.kid}).encode())
+        payload = b64url(json.dumps(claims).encode())
+        signature = (key or self.key).sign(f"{header}.{payload}".encode(), padding.PKCS1v15(), hashes.SHA256())
+        return f"{header}.{payload}.{b64url(signature)}"
+
+    def user_claims(self, audience: str, subject: str) -> dict:
+        """The claims of a valid ten-minute token for `subject`."""
+        now = int(time.time())
+        return {"iss": self.issuer, "aud": audience, "oid": subject, "sub": subject,
+                "iat": now, "nbf": now - 5, "exp": now + 600}
+
+    def principal_id(self, subject: str, tenant: str = "") -> str:
+        return external_principal_id(self.issuer, tenant, subject)
 
 
 def free_port() -> int:

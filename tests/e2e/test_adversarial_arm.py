@@ -4,35 +4,16 @@ built to exhaust the evaluator, a corrupt stored row, and an operation status re
 without rights on the operation's resource. Every case asserts the refusal, that the process is
 still alive, and that the seed's resources still list and the DICOM service still serves."""
 
-import base64
 import http.client
 import json
 import sqlite3
 import time
 import uuid
 
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import padding, rsa
-
-from conftest import ArmClient, HdsServer, data_plane_status
+from conftest import ArmClient, ExternalIssuer, HdsServer, data_plane_status
 
 RESOURCES_API = "2021-04-01"
 ISSUER = "https://login.example.org/adversary/v2.0"
-
-
-def b64url(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
-
-
-def number(value: int) -> str:
-    return b64url(value.to_bytes((value.bit_length() + 7) // 8, "big"))
-
-
-def sign(key, claims: dict, kid: str) -> str:
-    header = b64url(json.dumps({"alg": "RS256", "typ": "JWT", "kid": kid}).encode())
-    payload = b64url(json.dumps(claims).encode())
-    signature = key.sign(f"{header}.{payload}".encode(), padding.PKCS1v15(), hashes.SHA256())
-    return f"{header}.{payload}.{b64url(signature)}"
 
 
 def raw(server, method, path, body=None, headers=None, expect_continue=False):
@@ -283,12 +264,8 @@ def test_a_corrupt_stored_row_is_skipped_by_listings_and_startup(hds):
 
 
 def test_an_operation_status_is_shown_only_to_who_may_read_its_resource(tmp_path):
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    public = key.public_key().public_numbers()
-    jwks = tmp_path / "jwks.json"
-    jwks.write_text(json.dumps({"keys": [{"kty": "RSA", "kid": "org-1", "use": "sig", "alg": "RS256",
-                                          "n": number(public.n), "e": number(public.e)}]}))
-    server = HdsServer(tmp_path / "data", extra_args=["--trust-issuer", f"{ISSUER}={jwks}"]).start()
+    issuer = ExternalIssuer(tmp_path, ISSUER)
+    server = HdsServer(tmp_path / "data", extra_args=issuer.flag()).start()
     try:
         arm = ArmClient(server)
         response = deploy(arm, "watched", {"resources": []})
@@ -298,9 +275,7 @@ def test_an_operation_status_is_shown_only_to_who_may_read_its_resource(tmp_path
         assert arm.session.get(f"{server.base}{path}").status_code == 200
 
         stranger = str(uuid.uuid4())
-        now = int(time.time())
-        token = sign(key, {"iss": ISSUER, "aud": "https://management.azure.com", "oid": stranger, "sub": stranger,
-                           "iat": now, "nbf": now - 5, "exp": now + 600}, "org-1")
+        token = issuer.token(issuer.user_claims("https://management.azure.com", stranger))
         import requests
 
         denied = requests.get(f"{server.base}{path}", headers={"Authorization": f"Bearer {token}"})

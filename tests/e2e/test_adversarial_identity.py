@@ -9,61 +9,17 @@
 - a Contributor may write a vault but not switch it to access policies and grant itself
   unwrapKey (403 with an ARM error body); an Owner may."""
 
-import base64
-import json
 import socket
 import time
-import uuid
 
 import pytest
 import requests
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import padding, rsa
-
-from conftest import ArmClient, HdsServer, assert_readable, fresh_instance, store
+from conftest import ArmClient, ExternalIssuer, HdsServer, assert_readable, external_principal_id, fresh_instance, store
 
 ISSUER = "https://login.example.org/organisation/v2.0"
 MANAGEMENT = "https://management.azure.com"
 CONTRIBUTOR = "b24988ac-6180-42a0-ab88-20f7382dd24c"
 OWNER = "8e3af657-a8ff-443c-a75c-2fe8c4bcb635"
-# hds's namespace for external principals' ids (crates/hds-identity/src/tokens.rs).
-EXTERNAL_PRINCIPAL_NAMESPACE = uuid.UUID("6f1c2a9e-8d4b-4e07-9a35-c1f07b2de864")
-
-
-def external_principal_id(issuer: str, tenant: str, subject: str) -> str:
-    """The principal id hds gives an external issuer's subject (docs/security.md)."""
-    name = "".join(f"{len(part.encode())}:{part}" for part in (issuer, tenant, subject))
-    return str(uuid.uuid5(EXTERNAL_PRINCIPAL_NAMESPACE, name))
-
-
-def b64url(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
-
-
-def number(value: int) -> str:
-    return b64url(value.to_bytes((value.bit_length() + 7) // 8, "big"))
-
-
-class ExternalIssuer:
-    """An OpenID issuer hds trusts by configuration, through a JWKS file."""
-
-    def __init__(self, directory):
-        self.key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-        public = self.key.public_key().public_numbers()
-        self.jwks = directory / "jwks.json"
-        self.jwks.write_text(json.dumps({"keys": [{"kty": "RSA", "kid": "org-1", "use": "sig", "alg": "RS256",
-                                                   "n": number(public.n), "e": number(public.e)}]}))
-
-    def flag(self):
-        return ["--trust-issuer", f"{ISSUER}={self.jwks}"]
-
-    def token(self, claims: dict) -> str:
-        header = b64url(json.dumps({"alg": "RS256", "typ": "JWT", "kid": "org-1"}).encode())
-        payload = b64url(json.dumps(claims).encode())
-        signature = self.key.sign(f"{header}.{payload}".encode(), padding.PKCS1v15(), hashes.SHA256())
-        return f"{header}.{payload}.{b64url(signature)}"
-
-
 def list_groups(server, token):
     return requests.get(f"{server.base}/subscriptions/{server.admin()['subscriptionId']}/resourcegroups",
                         params={"api-version": "2022-09-01"}, headers={"Authorization": f"Bearer {token}"})
@@ -108,7 +64,7 @@ def test_key_url_on_a_foreign_host_is_refused_before_any_connection(hds):
 
 
 def test_external_tokens_are_namespaced_and_bounded(tmp_path):
-    issuer = ExternalIssuer(tmp_path)
+    issuer = ExternalIssuer(tmp_path, ISSUER)
     server = HdsServer(tmp_path / "data", extra_args=issuer.flag()).start()
     try:
         arm = ArmClient(server)
@@ -155,7 +111,7 @@ def test_jwks_over_plain_http_stops_startup(tmp_path):
 
 
 def test_contributor_cannot_switch_a_vault_to_access_policies(tmp_path):
-    issuer = ExternalIssuer(tmp_path)
+    issuer = ExternalIssuer(tmp_path, ISSUER)
     server = HdsServer(tmp_path / "data", extra_args=issuer.flag()).start()
     try:
         arm = ArmClient(server)

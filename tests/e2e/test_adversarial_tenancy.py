@@ -4,18 +4,12 @@ cannot create a look-alike `default/dicom` whose deletion would crypto-shred the
 move keeps a service's data (also across a restart); deleting one service leaves another of the
 same service name in another workspace intact. A real `hds up` throughout."""
 
-import base64
-import json
 import re
-import time
 import uuid
 
 import requests
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
-from conftest import ArmClient, HdsServer, fresh_instance
-from test_adversarial_identity import external_principal_id
+from conftest import ArmClient, ExternalIssuer, HdsServer, fresh_instance
 
 CONTRIBUTOR = "b24988ac-6180-42a0-ab88-20f7382dd24c"
 ISSUER = "https://login.example.org/attacker/v2.0"
@@ -23,39 +17,21 @@ MANAGEMENT = "https://management.azure.com"
 DICOM = "https://dicom.healthcareapis.azure.com"
 
 
-def b64url(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
-
-
-def number(value: int) -> str:
-    return b64url(value.to_bytes((value.bit_length() + 7) // 8, "big"))
-
-
 class ExternalPrincipal:
     """A user of an external OpenID issuer that hds trusts by configuration: a principal that
     holds only the roles the test assigns it."""
 
     def __init__(self, directory):
-        self.key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-        public = self.key.public_key().public_numbers()
-        self.jwks = directory / "attacker-jwks.json"
-        self.jwks.write_text(json.dumps({"keys": [{"kty": "RSA", "kid": "attacker-1", "use": "sig", "alg": "RS256",
-                                                   "n": number(public.n), "e": number(public.e)}]}))
+        self.issuer = ExternalIssuer(directory, ISSUER, kid="attacker-1")
         self.oid = str(uuid.uuid4())
         # The id hds gives this external subject (its own namespace, never a local principal's).
-        self.principal_id = external_principal_id(ISSUER, "", self.oid)
+        self.principal_id = self.issuer.principal_id(self.oid)
 
     def flag(self):
-        return ["--trust-issuer", f"{ISSUER}={self.jwks}"]
+        return self.issuer.flag()
 
     def token(self, audience: str) -> str:
-        now = int(time.time())
-        claims = {"iss": ISSUER, "aud": audience, "oid": self.oid, "sub": self.oid,
-                  "iat": now, "nbf": now - 5, "exp": now + 600}
-        header = b64url(json.dumps({"alg": "RS256", "typ": "JWT", "kid": "attacker-1"}).encode())
-        payload = b64url(json.dumps(claims).encode())
-        signature = self.key.sign(f"{header}.{payload}".encode(), padding.PKCS1v15(), hashes.SHA256())
-        return f"{header}.{payload}.{b64url(signature)}"
+        return self.issuer.token(self.issuer.user_claims(audience, self.oid))
 
 
 def stow_bytes(server, service_url, dataset) -> bytes:

@@ -1,54 +1,29 @@
 """Identity end to end: an external OpenID issuer trusted by configuration, and data-plane RBAC
 (DICOM Data Reader may read, not write) granted through the control plane."""
 
-import base64
-import json
-import time
 import uuid
 
 import requests
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import padding, rsa
+from cryptography.hazmat.primitives.asymmetric import rsa
 
-from conftest import HdsServer
-from test_adversarial_identity import external_principal_id
+from conftest import ExternalIssuer, HdsServer
 from test_dicomweb import stow, to_bytes, unique_copy
 
 DICOM_DATA_READER = "e89c7a3c-2f64-4fa1-a847-3e4c9ba4283a"
 ISSUER = "https://login.example.org/organisation/v2.0"
 
 
-def b64url(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
-
-
-def number(value: int) -> str:
-    return b64url(value.to_bytes((value.bit_length() + 7) // 8, "big"))
-
-
-def sign(key, claims: dict, kid: str) -> str:
-    header = b64url(json.dumps({"alg": "RS256", "typ": "JWT", "kid": kid}).encode())
-    payload = b64url(json.dumps(claims).encode())
-    signature = key.sign(f"{header}.{payload}".encode(), padding.PKCS1v15(), hashes.SHA256())
-    return f"{header}.{payload}.{b64url(signature)}"
-
-
 def test_external_issuer_and_reader_role(tmp_path):
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    public = key.public_key().public_numbers()
-    jwks = tmp_path / "jwks.json"
-    jwks.write_text(json.dumps({"keys": [{"kty": "RSA", "kid": "org-1", "use": "sig", "alg": "RS256",
-                                          "n": number(public.n), "e": number(public.e)}]}))
-    server = HdsServer(tmp_path / "data", extra_args=["--trust-issuer", f"{ISSUER}={jwks}"]).start()
+    issuer = ExternalIssuer(tmp_path, ISSUER)
+    server = HdsServer(tmp_path / "data", extra_args=issuer.flag()).start()
     try:
         stored = unique_copy("CT_small.dcm")
         assert stow(server, [to_bytes(stored)]).status_code == 200
 
         user = str(uuid.uuid4())
-        now = int(time.time())
-        claims = {"iss": ISSUER, "aud": "https://dicom.healthcareapis.azure.com", "oid": user, "sub": user,
-                  "iat": now, "nbf": now - 5, "exp": now + 600}
-        token = sign(key, claims, "org-1")
+        claims = issuer.user_claims("https://dicom.healthcareapis.azure.com", user)
+        now = claims["iat"]
+        token = issuer.token(claims)
         headers = {"Authorization": f"Bearer {token}"}
 
         # Authenticated, but no role yet: 403 naming the missing permission.
@@ -66,7 +41,7 @@ def test_external_issuer_and_reader_role(tmp_path):
             headers={"Authorization": f"Bearer {server.token('https://management.azure.com')}"},
             json={"properties": {
                 "roleDefinitionId": f"/subscriptions/{admin['subscriptionId']}/providers/Microsoft.Authorization/roleDefinitions/{DICOM_DATA_READER}",
-                "principalId": external_principal_id(ISSUER, "", user), "principalType": "User"}},
+                "principalId": issuer.principal_id(user), "principalType": "User"}},
         )
         assert assignment.status_code in (200, 201), assignment.text
 
@@ -81,11 +56,11 @@ def test_external_issuer_and_reader_role(tmp_path):
         assert requests.delete(f"{server.url}/studies/{stored.StudyInstanceUID}", headers=headers).status_code == 403
 
         # A token from the same issuer signed by another key, or for another audience, is refused.
-        forged = sign(rsa.generate_private_key(public_exponent=65537, key_size=2048), claims, "org-1")
+        forged = issuer.token(claims, key=rsa.generate_private_key(public_exponent=65537, key_size=2048))
         assert requests.get(f"{server.url}/studies", headers={"Authorization": f"Bearer {forged}"}).status_code == 401
-        other_audience = sign(key, {**claims, "aud": "https://management.azure.com"}, "org-1")
+        other_audience = issuer.token({**claims, "aud": "https://management.azure.com"})
         assert requests.get(f"{server.url}/studies", headers={"Authorization": f"Bearer {other_audience}"}).status_code == 401
-        expired = sign(key, {**claims, "exp": now - 3600, "nbf": now - 7200, "iat": now - 7200}, "org-1")  # beyond the clock-skew allowance
+        expired = issuer.token({**claims, "exp": now - 3600, "nbf": now - 7200, "iat": now - 7200})  # beyond the clock-skew allowance
         assert requests.get(f"{server.url}/studies", headers={"Authorization": f"Bearer {expired}"}).status_code == 401
     finally:
         assert server.stop() == 0
