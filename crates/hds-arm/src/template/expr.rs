@@ -1023,9 +1023,15 @@ mod tests {
         }
     }
 
-    fn evaluate_with(text: &str, parameters: Value, variables: Value) -> Result<Value, ArmError> {
+    /// Runs `run` with an evaluator over these parameters and variables, no resources, and
+    /// `budget`.
+    fn with_evaluator<T>(
+        parameters: Value,
+        variables: Value,
+        budget: Budget,
+        run: impl FnOnce(&Evaluator<'_>) -> T,
+    ) -> T {
         let scope = scope();
-        let budget = Budget::default();
         let parameters = parameters.as_object().cloned().unwrap_or_default();
         let variables = variables.as_object().cloned().unwrap_or_default();
         let names = HashMap::new();
@@ -1038,7 +1044,13 @@ mod tests {
             References::Resolved(&resolved),
             &budget,
         );
-        evaluator.evaluate_string(text)
+        run(&evaluator)
+    }
+
+    fn evaluate_with(text: &str, parameters: Value, variables: Value) -> Result<Value, ArmError> {
+        with_evaluator(parameters, variables, Budget::default(), |evaluator| {
+            evaluator.evaluate_string(text)
+        })
     }
 
     fn evaluate(text: &str) -> Value {
@@ -1253,32 +1265,27 @@ mod tests {
 
     #[test]
     fn evaluates_keys_and_rejects_bad_syntax() {
-        let scope = scope();
-        let budget = Budget::default();
-        let parameters = json!({"n": "id1"}).as_object().cloned().unwrap_or_default();
-        let variables = Map::new();
-        let names = HashMap::new();
-        let resolved = HashMap::new();
-        let evaluator = Evaluator::new(
-            &scope,
-            &parameters,
-            &variables,
-            &names,
-            References::Resolved(&resolved),
-            &budget,
+        with_evaluator(
+            json!({"n": "id1"}),
+            json!({}),
+            Budget::default(),
+            |evaluator| {
+                let value = evaluator
+                    .evaluate_json(
+                        &json!({"[parameters('n')]": {}, "list": ["[parameters('n')]", 1]}),
+                    )
+                    .expect("evaluates");
+                assert_eq!(value, json!({"id1": {}, "list": ["id1", 1]}));
+                for bad in [
+                    "[concat('a']",
+                    "[unknownFunction()]",
+                    "['unterminated]",
+                    "[parameters]",
+                ] {
+                    assert!(evaluator.evaluate_string(bad).is_err(), "{bad} should fail");
+                }
+            },
         );
-        let value = evaluator
-            .evaluate_json(&json!({"[parameters('n')]": {}, "list": ["[parameters('n')]", 1]}))
-            .expect("evaluates");
-        assert_eq!(value, json!({"id1": {}, "list": ["id1", 1]}));
-        for bad in [
-            "[concat('a']",
-            "[unknownFunction()]",
-            "['unterminated]",
-            "[parameters]",
-        ] {
-            assert!(evaluator.evaluate_string(bad).is_err(), "{bad} should fail");
-        }
     }
 
     fn limit_error(result: Result<Value, ArmError>, limit: &str) {
@@ -1458,22 +1465,14 @@ mod tests {
 
     #[test]
     fn steps_are_bounded() {
-        let scope = scope();
-        let budget = Budget::new(50, 1 << 20);
-        let parameters = Map::new();
-        let variables = Map::new();
-        let names = HashMap::new();
-        let resolved = HashMap::new();
-        let evaluator = Evaluator::new(
-            &scope,
-            &parameters,
-            &variables,
-            &names,
-            References::Resolved(&resolved),
-            &budget,
-        );
         let many = format!("[createArray({})]", vec!["1"; 100].join(", "));
-        limit_error(evaluator.evaluate_string(&many), "evaluation steps");
+        let result = with_evaluator(
+            json!({}),
+            json!({}),
+            Budget::new(50, 1 << 20),
+            |evaluator| evaluator.evaluate_string(&many),
+        );
+        limit_error(result, "evaluation steps");
     }
 
     #[test]
