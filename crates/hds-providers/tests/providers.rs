@@ -308,6 +308,28 @@ impl Harness {
         }
     }
 
+    /// A new service principal and its management token: a caller with no role until the test
+    /// assigns one.
+    async fn management_principal(&self, name: &str) -> (String, String) {
+        let principal = self
+            .identity
+            .create_service_principal(name)
+            .await
+            .expect("service principal");
+        let token = self
+            .identity
+            .issue_token_for_client_credentials(
+                &principal.client_id,
+                &principal.client_secret,
+                MANAGEMENT_AUDIENCE,
+            )
+            .await
+            .expect("token")
+            .expect("valid credentials")
+            .access_token;
+        (principal.principal_id, token)
+    }
+
     async fn call_as(
         &self,
         token: Option<&str>,
@@ -1112,22 +1134,7 @@ async fn access_control_over_identity(backend: Backend) {
     assert_eq!(status, StatusCode::UNAUTHORIZED);
 
     // A principal without roles: 403 naming the action; a role granted through ARM lets it in.
-    let outsider = harness
-        .identity
-        .create_service_principal("outsider")
-        .await
-        .expect("service principal");
-    let outsider_token = harness
-        .identity
-        .issue_token_for_client_credentials(
-            &outsider.client_id,
-            &outsider.client_secret,
-            MANAGEMENT_AUDIENCE,
-        )
-        .await
-        .expect("token")
-        .expect("valid credentials")
-        .access_token;
+    let (outsider, outsider_token) = harness.management_principal("outsider").await;
     let (status, _, value) = harness
         .call_as(
             Some(&outsider_token),
@@ -1149,7 +1156,7 @@ async fn access_control_over_identity(backend: Backend) {
         .assign(
             &harness.group("rg1"),
             "b24988ac-6180-42a0-ab88-20f7382dd24c",
-            &outsider.principal_id,
+            &outsider,
         )
         .await;
     let (status, _, value) = harness
@@ -1831,26 +1838,11 @@ async fn vault_permission_model_needs_the_right_to_assign_roles(backend: Backend
     let principal_with = |name: &'static str, role: &'static str| {
         let harness = &harness;
         async move {
-            let principal = harness
-                .identity
-                .create_service_principal(name)
-                .await
-                .expect("service principal");
+            let (principal_id, token) = harness.management_principal(name).await;
             harness
-                .assign(&harness.group("rg1"), role, &principal.principal_id)
+                .assign(&harness.group("rg1"), role, &principal_id)
                 .await;
-            let token = harness
-                .identity
-                .issue_token_for_client_credentials(
-                    &principal.client_id,
-                    &principal.client_secret,
-                    MANAGEMENT_AUDIENCE,
-                )
-                .await
-                .expect("token")
-                .expect("valid credentials")
-                .access_token;
-            (principal.principal_id, token)
+            (principal_id, token)
         }
     };
     let (contributor, contributor_token) = principal_with("contributor", CONTRIBUTOR).await;
@@ -2066,27 +2058,12 @@ async fn attaching_an_identity_needs_assign_on_it(backend: Backend) {
     harness.put_workspace("rg2", "ws2").await;
     let foreign = harness.put_uai("rg1", "foreign").await;
     let foreign_id = harness.uai("rg1", "foreign");
-    let outsider = harness
-        .identity
-        .create_service_principal("contributor-on-rg2")
-        .await
-        .expect("service principal");
-    let token = harness
-        .identity
-        .issue_token_for_client_credentials(
-            &outsider.client_id,
-            &outsider.client_secret,
-            MANAGEMENT_AUDIENCE,
-        )
-        .await
-        .expect("token")
-        .expect("valid credentials")
-        .access_token;
+    let (outsider, token) = harness.management_principal("contributor-on-rg2").await;
     harness
         .assign(
             &harness.group("rg2"),
             hds_identity::roles::CONTRIBUTOR,
-            &outsider.principal_id,
+            &outsider,
         )
         .await;
     let service = harness.service("rg2", "ws2", "svc2");
@@ -2155,11 +2132,7 @@ async fn attaching_an_identity_needs_assign_on_it(backend: Backend) {
         .await;
     assert!(status.is_success(), "{status} {value}");
     harness
-        .assign(
-            &foreign_id,
-            hds_identity::roles::CONTRIBUTOR,
-            &outsider.principal_id,
-        )
+        .assign(&foreign_id, hds_identity::roles::CONTRIBUTOR, &outsider)
         .await;
     let (status, _, value) = harness
         .call_as(
