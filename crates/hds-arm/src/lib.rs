@@ -42,3 +42,6 @@ pub use store::{
     COMPONENT, MIGRATIONS, Operation, OperationStatus, PutRequest, Resource, ResourceStore,
     StoreError,
 };
+/// Entry points for the fuzz targets in `fuzz/`; not an API.
+#[doc(hidden)]
+pub use template::fuzzing;

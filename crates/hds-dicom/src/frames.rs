@@ -6,7 +6,7 @@
 //! Native pixel data is returned in the byte order of the file: in the retired explicit VR big
 //! endian transfer syntax, words of 16 bits or more are big endian.
 
-use std::io::{self, BufRead, BufReader, Read, Seek, SeekFrom};
+use std::io::{self, BufReader, Read, Seek, SeekFrom};
 
 use dicom_core::dictionary::{DataDictionary, DataDictionaryEntry, VirtualVr};
 use dicom_core::{Tag, VR};
@@ -100,6 +100,8 @@ pub(crate) enum DataSetEncoding {
     ExplicitBig,
 }
 
+/// (0002,0000) File Meta Information Group Length.
+const META_GROUP_LENGTH: Tag = Tag(0x0002, 0x0000);
 /// Item, item delimitation and sequence delimitation tags: their group is `FFFE`.
 const ITEM: Tag = Tag(0xFFFE, 0xE000);
 const ITEM_DELIMITATION: Tag = Tag(0xFFFE, 0xE00D);
@@ -117,23 +119,34 @@ struct ElementHeader {
     length: u32,
 }
 
-/// VRs whose explicit-VR header has two reserved bytes and a 32-bit length.
-fn has_long_length(vr: [u8; 2]) -> bool {
+/// Whether an explicit-VR header with these VR bytes has a 16-bit length (PS3.5 7.1.2, table
+/// 7.1-2). Every other VR, an unknown one included, has two reserved bytes and a 32-bit length:
+/// the parser reads an unknown VR as UN, so the scan must too, or the two would read different
+/// lengths from the same header (the parser then allocating what four bytes of a value say).
+fn has_short_length(vr: [u8; 2]) -> bool {
     matches!(
         &vr,
-        b"OB"
-            | b"OD"
-            | b"OF"
-            | b"OL"
-            | b"OV"
-            | b"OW"
-            | b"SQ"
-            | b"SV"
-            | b"UC"
-            | b"UN"
-            | b"UR"
-            | b"UT"
-            | b"UV"
+        b"AE"
+            | b"AS"
+            | b"AT"
+            | b"CS"
+            | b"DA"
+            | b"DS"
+            | b"DT"
+            | b"FL"
+            | b"FD"
+            | b"IS"
+            | b"LO"
+            | b"LT"
+            | b"PN"
+            | b"SH"
+            | b"SL"
+            | b"SS"
+            | b"ST"
+            | b"TM"
+            | b"UI"
+            | b"UL"
+            | b"US"
     )
 }
 
@@ -231,11 +244,17 @@ impl<R: Read + Seek> Scanner<R> {
         if !vr.iter().all(u8::is_ascii_uppercase) {
             return Err(FrameError::Malformed("an explicit VR is not two letters"));
         }
-        let length = if has_long_length(vr) {
+        // The parser reads a VR it does not know as UN; so does the scan.
+        let vr = if VR::from_binary(vr).is_some() {
+            vr
+        } else {
+            *b"UN"
+        };
+        let length = if has_short_length(vr) {
+            u32::from(u16_of(self.read_array()?))
+        } else {
             let _reserved: [u8; 2] = self.read_array()?;
             u32_of(self.read_array()?)
-        } else {
-            u32::from(u16_of(self.read_array()?))
         };
         Ok(Some(ElementHeader {
             tag,
@@ -424,16 +443,31 @@ fn read_file_meta<R: Read + Seek>(scanner: &mut Scanner<R>) -> Result<String, Fr
             return Err(FrameError::Malformed("no DICM prefix"));
         }
     }
-    // The meta group is always explicit VR little endian; it ends at the first other group.
+    // The meta group is always explicit VR little endian. It opens with its group length
+    // (0002,0000), and the parser reads elements until that many bytes are consumed, whatever
+    // their group, then starts the data set there. The scan follows the same rule: ending the
+    // group at the first element of another group instead would check a data set that starts
+    // elsewhere than the one the parser reads, whose lengths it would then trust.
+    let group_length_header = scanner
+        .read_header(DataSetEncoding::ExplicitLittle)?
+        .ok_or(FrameError::Malformed("truncated file meta group"))?;
+    if group_length_header.tag != META_GROUP_LENGTH || group_length_header.length != 4 {
+        return Err(FrameError::Malformed(
+            "the file meta group does not open with its group length",
+        ));
+    }
+    let group_length = u64::from(u32::from_le_bytes(scanner.read_array()?));
+    let group_start = scanner.position;
     let mut transfer_syntax_uid = None;
-    loop {
-        let group_bytes = scanner.inner.fill_buf()?;
-        if group_bytes.len() < 2 || u16::from_le_bytes([group_bytes[0], group_bytes[1]]) != 0x0002 {
-            break;
-        }
+    while scanner.position - group_start < group_length {
         let header = scanner
             .read_header(DataSetEncoding::ExplicitLittle)?
             .ok_or(FrameError::Malformed("truncated file meta group"))?;
+        if header.length == UNDEFINED_LENGTH {
+            return Err(FrameError::Malformed(
+                "a file meta element of undefined length",
+            ));
+        }
         if header.tag == tags::TRANSFER_SYNTAX_UID && header.length <= 256 {
             let mut value = vec![0u8; header.length as usize];
             scanner.inner.read_exact(&mut value)?;
@@ -441,8 +475,7 @@ fn read_file_meta<R: Read + Seek>(scanner: &mut Scanner<R>) -> Result<String, Fr
             let text = String::from_utf8_lossy(&value);
             transfer_syntax_uid = Some(text.trim_end_matches(['\0', ' ']).trim().to_string());
         } else {
-            let bound = scanner.end;
-            scanner.walk_value(header, DataSetEncoding::ExplicitLittle, bound, 0)?;
+            scanner.skip(u64::from(header.length))?;
         }
     }
     transfer_syntax_uid.ok_or(FrameError::Malformed(

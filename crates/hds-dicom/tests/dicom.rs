@@ -636,6 +636,27 @@ fn hostile_lengths_and_truncation_are_refused_before_parsing() {
     assert!(parse_instance(Cursor::new(&bytes[..at + 4])).is_err());
 }
 
+#[test]
+fn an_unknown_vr_is_scanned_with_the_length_the_parser_reads() {
+    // The parser reads an explicit VR it does not know as UN: two reserved bytes and a 32-bit
+    // length. PatientID (0010,0020) LO "MARKER-ID " relabelled "ZZ" then claims a length of
+    // "MARK" read as a number (1.26 GB), which the parser would allocate before reading; the
+    // scan must read the same length and refuse it first.
+    let bytes = write_instance(synthetic_data_set(), ELE);
+    let header = [0x10, 0x00, 0x20, 0x00, b'L', b'O', 10, 0];
+    let at = bytes
+        .windows(header.len())
+        .position(|window| window == header)
+        .expect("PatientID header");
+    let mut hostile = bytes.clone();
+    hostile[at + 4..at + 6].copy_from_slice(b"ZZ");
+    let error = parse_instance(Cursor::new(&hostile)).expect_err("refused");
+    assert!(
+        error.to_string().contains("runs past the end"),
+        "refused by the scan, not the parser: {error}"
+    );
+}
+
 /// A 3-frame JPEG-baseline instance whose fragments are written as given, with an optional
 /// basic offset table.
 fn encapsulated_instance(offset_table: Vec<u32>, fragments: Vec<Vec<u8>>) -> Vec<u8> {

@@ -37,6 +37,9 @@ pub use service::{
     AccessRefusal, AllowAll, Caller, DataAccess, DicomAccessControl, DicomServiceResolver,
     DicomWebConfig, DicomWebState, ResolvedService, StaticServices,
 };
+/// Entry points for the fuzz targets in `fuzz/`; not an API.
+#[doc(hidden)]
+pub use stow::fuzzing;
 
 /// The routes of the DICOMweb API, relative to the main listener's root.
 pub fn router(state: DicomWebState) -> Router {

@@ -6,6 +6,8 @@
 //! bounded whatever its size. The blob key is kept in memory until parsing tells the study;
 //! then it is wrapped under that study's key and stored with the instance's index row.
 
+use std::time::Duration;
+
 use axum::Json;
 use axum::body::Body;
 use axum::extract::{Path, State};
@@ -23,7 +25,7 @@ use serde_json::{Map, Value, json};
 use crate::DicomWebError;
 use crate::chunk_reader::ChunkReader;
 use crate::media;
-use crate::request_body::{self, BodyError, MAX_BOUNDARY_LEN, MultipartScanner};
+use crate::request_body::{self, BodyError, MAX_BOUNDARY_LEN, MultipartLimits, MultipartScanner};
 use crate::service::{DicomWebState, ServiceContext};
 use crate::sync_reader::BlobSyncReader;
 
@@ -113,48 +115,17 @@ async fn store_request(
     let mut outcomes = Vec::new();
     match content_type.essence.as_str() {
         "multipart/related" => {
-            if let Some(part_type) = content_type.parameter("type")
-                && !part_type.eq_ignore_ascii_case("application/dicom")
-            {
-                return Err(DicomWebError::UnsupportedMediaType(format!(
-                    "multipart/related of type {part_type} is not supported; send type=\"application/dicom\""
-                )));
-            }
-            let boundary = content_type
-                .parameter("boundary")
-                .ok_or_else(|| {
-                    DicomWebError::BadRequest("the multipart Content-Type has no boundary".into())
-                })?
-                .to_owned();
-            let scanner = MultipartScanner::new(&boundary).ok_or_else(|| {
-                DicomWebError::BadRequest(format!(
-                    "the multipart boundary must be 1 to {MAX_BOUNDARY_LEN} characters"
-                ))
-            })?;
-            let limits = state.config.multipart;
-            let stream = request_body::guard(
+            let mut multipart = open_multipart(
+                &content_type,
                 body.into_data_stream(),
                 limit,
                 idle_timeout,
-                Some((scanner, limits)),
-            );
-            let mut multipart = multer::Multipart::new(stream, boundary);
-            loop {
-                let field = match multipart.next_field().await {
-                    Ok(Some(field)) => field,
-                    Ok(None) => break,
-                    Err(error) => return Err(multipart_error(error, limit)),
-                };
-                let part_is_dicom = field.content_type().is_none_or(|mime| {
-                    mime.essence_str().eq_ignore_ascii_case("application/dicom")
-                });
+                state.config.multipart,
+            )?;
+            while let Some((field, part_is_dicom)) = next_part(&mut multipart, limit).await? {
                 if !part_is_dicom {
                     // Drain the part so the next one can be read.
-                    let mut field = field;
-                    while let Some(_chunk) =
-                        field.chunk().await.map_err(|e| multipart_error(e, limit))?
-                    {
-                    }
+                    drain_part(field, limit).await?;
                     outcomes.push(PartOutcome::Failed {
                         sop_class_uid: None,
                         sop_instance_uid: None,
@@ -188,6 +159,116 @@ async fn store_request(
         &outcomes,
         required_study.as_deref(),
     ))
+}
+
+/// Opens a `multipart/related` STOW body: checks the Content-Type's `type` and `boundary`, and
+/// puts the scanner that enforces the request's limits on the raw bytes in front of the
+/// multipart parser.
+fn open_multipart<S>(
+    content_type: &media::MediaRange,
+    body: S,
+    limit: u64,
+    idle_timeout: Duration,
+    limits: MultipartLimits,
+) -> Result<multer::Multipart<'static>, DicomWebError>
+where
+    S: Stream<Item = Result<Bytes, axum::Error>> + Send + Unpin + 'static,
+{
+    if let Some(part_type) = content_type.parameter("type")
+        && !part_type.eq_ignore_ascii_case("application/dicom")
+    {
+        return Err(DicomWebError::UnsupportedMediaType(format!(
+            "multipart/related of type {part_type} is not supported; send type=\"application/dicom\""
+        )));
+    }
+    let boundary = content_type
+        .parameter("boundary")
+        .ok_or_else(|| {
+            DicomWebError::BadRequest("the multipart Content-Type has no boundary".into())
+        })?
+        .to_owned();
+    let scanner = MultipartScanner::new(&boundary).ok_or_else(|| {
+        DicomWebError::BadRequest(format!(
+            "the multipart boundary must be 1 to {MAX_BOUNDARY_LEN} characters"
+        ))
+    })?;
+    let stream = request_body::guard(body, limit, idle_timeout, Some((scanner, limits)));
+    Ok(multer::Multipart::new(stream, boundary))
+}
+
+/// The next part of a STOW body, and whether it is DICOM (`application/dicom`, or no
+/// Content-Type); `None` after the last.
+async fn next_part(
+    multipart: &mut multer::Multipart<'static>,
+    limit: u64,
+) -> Result<Option<(multer::Field<'static>, bool)>, DicomWebError> {
+    let Some(field) = multipart
+        .next_field()
+        .await
+        .map_err(|error| multipart_error(error, limit))?
+    else {
+        return Ok(None);
+    };
+    let part_is_dicom = field
+        .content_type()
+        .is_none_or(|mime| mime.essence_str().eq_ignore_ascii_case("application/dicom"));
+    Ok(Some((field, part_is_dicom)))
+}
+
+/// Reads a part to its end without keeping it, so the next part can be read.
+async fn drain_part(mut field: multer::Field<'static>, limit: u64) -> Result<u64, DicomWebError> {
+    let mut size = 0;
+    while let Some(chunk) = field
+        .chunk()
+        .await
+        .map_err(|error| multipart_error(error, limit))?
+    {
+        size += chunk.len() as u64;
+    }
+    Ok(size)
+}
+
+/// Entry points for the fuzz targets in `fuzz/`; not an API.
+pub mod fuzzing {
+    use super::*;
+
+    /// Splits `body`, arriving in chunks of `chunk_size` bytes, the way STOW splits a request
+    /// whose Content-Type is `content_type`, under `limits` and a size limit of `max_bytes`:
+    /// the Content-Type checks, the limit scanner and the multipart parser. Returns each
+    /// part's length and whether it is DICOM, or the error STOW would answer.
+    pub fn split_stow_body(
+        content_type: &str,
+        body: &[u8],
+        chunk_size: usize,
+        limits: MultipartLimits,
+        max_bytes: u64,
+    ) -> Result<Vec<(u64, bool)>, DicomWebError> {
+        let content_type = media::MediaRange::parse(content_type)
+            .filter(|media| media.essence == "multipart/related")
+            .ok_or_else(|| DicomWebError::UnsupportedMediaType("not multipart/related".into()))?;
+        let chunks: Vec<Result<Bytes, axum::Error>> = body
+            .chunks(chunk_size.max(1))
+            .map(|chunk| Ok(Bytes::copy_from_slice(chunk)))
+            .collect();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .map_err(|error| DicomWebError::Internal(error.to_string()))?;
+        runtime.block_on(async {
+            let mut multipart = open_multipart(
+                &content_type,
+                futures::stream::iter(chunks),
+                max_bytes,
+                Duration::from_secs(60),
+                limits,
+            )?;
+            let mut parts = Vec::new();
+            while let Some((field, part_is_dicom)) = next_part(&mut multipart, max_bytes).await? {
+                parts.push((drain_part(field, max_bytes).await?, part_is_dicom));
+            }
+            Ok(parts)
+        })
+    }
 }
 
 /// Reads one part into a new blob, parses it, and records it.

@@ -54,6 +54,9 @@ pub use external::{ExternalIssuer, ExternalIssuerError, JwksSource};
 pub use jws::{Jwk, JwkSet};
 pub use rbac::{Decision, DenyReason, RoleAssignment, RoleAssignmentRequest, ScopeFilter};
 pub use roles::RoleDefinition;
+/// Entry points for the fuzz targets in `fuzz/`; not an API.
+#[doc(hidden)]
+pub use tokens::fuzzing;
 pub use tokens::{
     AccessToken, MAX_CLAIM_BYTES, MAX_TOKEN_BYTES, MAX_TOKEN_LIFETIME_SECONDS,
     external_principal_id,

@@ -17,7 +17,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::auth::AuthenticatedPrincipal;
-use crate::jws::{UnverifiedJws, VerifyingKey};
+use crate::jws::{JwkSet, UnverifiedJws, VerifyingKey};
 use crate::principals::{Principal, PrincipalKind};
 use crate::{Identity, IdentityError, TokenError, new_guid, now_unix};
 
@@ -219,14 +219,7 @@ impl Identity {
         token: &str,
         expected_audience: &str,
     ) -> Result<AuthenticatedPrincipal, TokenError> {
-        if token.len() > MAX_TOKEN_BYTES {
-            return Err(TokenError::TooLarge {
-                limit: MAX_TOKEN_BYTES,
-            });
-        }
-        let jws = UnverifiedJws::parse(token).map_err(|_| TokenError::Malformed)?;
-        let claims: ReceivedClaims =
-            serde_json::from_slice(&jws.payload).map_err(|_| TokenError::Malformed)?;
+        let (jws, claims) = parse_token(token)?;
 
         let platform_tenant = claims
             .tid
@@ -263,67 +256,17 @@ impl Identity {
             let jwks = self
                 .external_keys(external, jws.header.kid.as_deref())
                 .await?;
-            let candidates: Vec<VerifyingKey> = jwks
-                .keys
-                .iter()
-                .filter(|jwk| match (&jws.header.kid, &jwk.kid) {
-                    (Some(wanted), Some(kid)) => wanted == kid,
-                    (Some(_), None) => false,
-                    (None, _) => true,
-                })
-                .filter_map(VerifyingKey::from_jwk)
-                .collect();
-            if candidates.is_empty() {
-                return Err(TokenError::UnknownSigningKey);
-            }
-            if !candidates.iter().any(|key| jws.verify(key)) {
-                return Err(TokenError::InvalidSignature);
-            }
+            verify_with_jwks(&jws, &jwks)?;
         } else {
             return Err(TokenError::UntrustedIssuer);
         }
 
-        let now = now_unix() as f64;
-        let skew = CLOCK_SKEW_SECONDS as f64;
-        let expires = claims.exp.ok_or(TokenError::MissingClaim("exp"))?;
-        if expires + skew <= now {
-            return Err(TokenError::Expired);
-        }
-        if platform_tenant.is_some() && claims.nbf.is_none() {
-            return Err(TokenError::MissingClaim("nbf"));
-        }
-        if claims.nbf.is_some_and(|not_before| not_before - skew > now) {
-            return Err(TokenError::NotYetValid);
-        }
-        let valid_from = claims.nbf.or(claims.iat).unwrap_or(now);
-        let lifetime_limit = MAX_TOKEN_LIFETIME_SECONDS as f64;
-        if expires - valid_from > lifetime_limit || expires - now > lifetime_limit + skew {
-            return Err(TokenError::LifetimeTooLong {
-                limit_seconds: MAX_TOKEN_LIFETIME_SECONDS,
-            });
-        }
-        for (name, value) in [
-            ("oid", &claims.oid),
-            ("sub", &claims.sub),
-            ("tid", &claims.tid),
-            ("appid", &claims.appid),
-            ("azp", &claims.azp),
-        ] {
-            if value
-                .as_ref()
-                .is_some_and(|value| value.len() > MAX_CLAIM_BYTES)
-            {
-                return Err(TokenError::ClaimTooLarge {
-                    claim: name,
-                    limit: MAX_CLAIM_BYTES,
-                });
-            }
-        }
-        if !audience_matches(claims.aud.as_ref(), expected_audience) {
-            return Err(TokenError::WrongAudience {
-                expected: expected_audience.to_owned(),
-            });
-        }
+        let expires = check_claims(
+            &claims,
+            platform_tenant.is_some(),
+            expected_audience,
+            now_unix(),
+        )?;
 
         let audience = expected_audience.trim_end_matches('/').to_owned();
         let expires_at = expires as i64;
@@ -362,6 +305,121 @@ impl Identity {
             audience,
             expires_at,
         })
+    }
+}
+
+/// The first steps of validation, which read the token but trust nothing in it: its length,
+/// then the compact JWS and its claims as JSON.
+fn parse_token(token: &str) -> Result<(UnverifiedJws<'_>, ReceivedClaims), TokenError> {
+    if token.len() > MAX_TOKEN_BYTES {
+        return Err(TokenError::TooLarge {
+            limit: MAX_TOKEN_BYTES,
+        });
+    }
+    let jws = UnverifiedJws::parse(token).map_err(|_| TokenError::Malformed)?;
+    let claims: ReceivedClaims =
+        serde_json::from_slice(&jws.payload).map_err(|_| TokenError::Malformed)?;
+    Ok((jws, claims))
+}
+
+/// Verifies an external issuer's token against its published keys: those named by the
+/// token's `kid` (every key when it names none) that hds can use, each with its one algorithm.
+fn verify_with_jwks(jws: &UnverifiedJws<'_>, jwks: &JwkSet) -> Result<(), TokenError> {
+    let candidates: Vec<VerifyingKey> = jwks
+        .keys
+        .iter()
+        .filter(|jwk| match (&jws.header.kid, &jwk.kid) {
+            (Some(wanted), Some(kid)) => wanted == kid,
+            (Some(_), None) => false,
+            (None, _) => true,
+        })
+        .filter_map(VerifyingKey::from_jwk)
+        .collect();
+    if candidates.is_empty() {
+        return Err(TokenError::UnknownSigningKey);
+    }
+    if !candidates.iter().any(|key| jws.verify(key)) {
+        return Err(TokenError::InvalidSignature);
+    }
+    Ok(())
+}
+
+/// The checks on a verified token's claims at time `now` (Unix seconds): `exp` required and
+/// not past, `nbf` (required of the platform's own tokens) not ahead, the lifetime, the size of
+/// identity claims and the audience. Returns `exp`.
+fn check_claims(
+    claims: &ReceivedClaims,
+    platform: bool,
+    expected_audience: &str,
+    now: i64,
+) -> Result<f64, TokenError> {
+    let now = now as f64;
+    let skew = CLOCK_SKEW_SECONDS as f64;
+    let expires = claims.exp.ok_or(TokenError::MissingClaim("exp"))?;
+    if expires + skew <= now {
+        return Err(TokenError::Expired);
+    }
+    if platform && claims.nbf.is_none() {
+        return Err(TokenError::MissingClaim("nbf"));
+    }
+    if claims.nbf.is_some_and(|not_before| not_before - skew > now) {
+        return Err(TokenError::NotYetValid);
+    }
+    let valid_from = claims.nbf.or(claims.iat).unwrap_or(now);
+    let lifetime_limit = MAX_TOKEN_LIFETIME_SECONDS as f64;
+    if expires - valid_from > lifetime_limit || expires - now > lifetime_limit + skew {
+        return Err(TokenError::LifetimeTooLong {
+            limit_seconds: MAX_TOKEN_LIFETIME_SECONDS,
+        });
+    }
+    for (name, value) in [
+        ("oid", &claims.oid),
+        ("sub", &claims.sub),
+        ("tid", &claims.tid),
+        ("appid", &claims.appid),
+        ("azp", &claims.azp),
+    ] {
+        if value
+            .as_ref()
+            .is_some_and(|value| value.len() > MAX_CLAIM_BYTES)
+        {
+            return Err(TokenError::ClaimTooLarge {
+                claim: name,
+                limit: MAX_CLAIM_BYTES,
+            });
+        }
+    }
+    if !audience_matches(claims.aud.as_ref(), expected_audience) {
+        return Err(TokenError::WrongAudience {
+            expected: expected_audience.to_owned(),
+        });
+    }
+    Ok(expires)
+}
+
+/// Entry points for the fuzz targets in `fuzz/`; not an API.
+#[doc(hidden)]
+pub mod fuzzing {
+    use super::*;
+
+    /// Validation of a bearer token up to its signature, as for an external issuer that
+    /// publishes `jwks`: the length limit, the compact JWS, the claims' JSON, the choice of
+    /// key and the signature check.
+    pub fn verify_token(token: &str, jwks: &JwkSet) -> Result<(), TokenError> {
+        let (jws, _claims) = parse_token(token)?;
+        verify_with_jwks(&jws, jwks)
+    }
+
+    /// The claim checks validation runs once the signature verified, at `now` (Unix
+    /// seconds), on a token that is only parsed here.
+    pub fn check_token_claims(
+        token: &str,
+        platform: bool,
+        expected_audience: &str,
+        now: i64,
+    ) -> Result<(), TokenError> {
+        let (_jws, claims) = parse_token(token)?;
+        check_claims(&claims, platform, expected_audience, now).map(|_| ())
     }
 }
 

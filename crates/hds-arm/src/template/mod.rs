@@ -1013,3 +1013,72 @@ pub(crate) async fn deployment_action(
         })),
     })
 }
+
+/// Entry points for the fuzz targets in `fuzz/`: template evaluation without a store, in a
+/// fixed resource group, with the limits and budget of a real deployment. Any input either
+/// evaluates or is an error.
+pub mod fuzzing {
+    use super::*;
+
+    fn scope() -> DeploymentScope {
+        DeploymentScope {
+            subscription_id: "00000000-0000-0000-0000-000000000001".to_owned(),
+            subscription_display_name: "fuzz".to_owned(),
+            tenant_id: "00000000-0000-0000-0000-000000000002".to_owned(),
+            resource_group: "rg".to_owned(),
+            resource_group_location: "westus3".to_owned(),
+            deployment_name: "fuzz".to_owned(),
+        }
+    }
+
+    /// Plans a deployment whose PUT body is `body`: everything a PUT checks and evaluates
+    /// before anything deploys (limits, parameters, variables, conditions, names, scopes,
+    /// dependencies, outputs).
+    pub fn plan_deployment(body: &Value) -> Result<(), ArmError> {
+        prepare(scope(), body).map(|_| ())
+    }
+
+    /// Evaluates one template string (an `[expression]`, a `[[` escape or a literal) as a
+    /// resource field is evaluated, against fixed parameters and variables (some using
+    /// others, one using itself), with a fresh deployment budget.
+    pub fn evaluate_template_string(text: &str) -> Result<Value, ArmError> {
+        let scope = scope();
+        let parameters = match json!({
+            "name": "kv1",
+            "count": 3,
+            "flag": true,
+            "tags": {"env": "test", "list": [1, 2, 3]},
+            "names": ["a", "b", "c"],
+        }) {
+            Value::Object(parameters) => parameters,
+            _ => Map::new(),
+        };
+        let variables = match json!({
+            "prefix": "[concat('p-', parameters('name'))]",
+            "doubled": "[concat(variables('prefix'), variables('prefix'))]",
+            "object": {"key": "[variables('prefix')]", "array": "[parameters('names')]"},
+            "loop": "[variables('loop')]",
+        }) {
+            Value::Object(variables) => variables,
+            _ => Map::new(),
+        };
+        let mut names = HashMap::new();
+        names.insert(
+            "vault".to_owned(),
+            scope
+                .resource_group_id()
+                .with_resource("Microsoft.KeyVault/vaults", &["vault"])
+                .ok_or_else(|| ArmError::internal(&"a fuzzing resource id"))?,
+        );
+        let budget = Budget::default();
+        let evaluator = Evaluator::new(
+            &scope,
+            &parameters,
+            &variables,
+            &names,
+            References::Collect(RefCell::new(Vec::new())),
+            &budget,
+        );
+        evaluator.evaluate_string(text)
+    }
+}
