@@ -23,7 +23,7 @@ use hds_crypto::keys::KeyEncryptionKey;
 use hds_crypto::root::RootKey;
 use hds_db::Database;
 use hds_dicom::QueryLevel;
-use hds_dicomweb::{DicomServiceResolver, DicomWebError, ResolvedService};
+use hds_dicomweb::{DicomServiceResolver, DicomWebError, ResolvedService, ServiceUnavailable};
 use hds_index::{
     DeleteScope, Index, IndexError, KeyringError, SearchQuery, ServiceKeyring, ServiceKeyrings,
     platform_kek, stored_key_id,
@@ -729,20 +729,26 @@ impl DicomServiceResolver for DicomHost {
             let Some((key, resource_id, keyring, customer_managed)) = found else {
                 return Ok(None);
             };
-            if customer_managed
-                && let Some(message) = self.monitor.state(&key).and_then(|state| {
-                    state.data_plane_message_with_latch(self.monitor.config().lost_access_latch)
-                })
-            {
-                return Err(DicomWebError::Unavailable {
-                    code: CUSTOMER_MANAGED_KEY_ACCESS_LOST,
-                    message,
-                });
-            }
+            // Lost key access is reported with the service, not instead of it: the API tells
+            // it only to a caller who passed authorization for this service.
+            let unavailable = if customer_managed {
+                self.monitor
+                    .state(&key)
+                    .and_then(|state| {
+                        state.data_plane_message_with_latch(self.monitor.config().lost_access_latch)
+                    })
+                    .map(|message| ServiceUnavailable {
+                        code: CUSTOMER_MANAGED_KEY_ACCESS_LOST,
+                        message,
+                    })
+            } else {
+                None
+            };
             Ok(Some(ResolvedService {
                 service_key: key,
                 resource_id,
                 keyring,
+                unavailable,
             }))
         })
     }

@@ -35,7 +35,7 @@ pub use error::DicomWebError;
 pub use request_body::{MAX_BOUNDARY_LEN, MultipartLimits};
 pub use service::{
     AccessRefusal, AllowAll, Caller, DataAccess, DicomAccessControl, DicomServiceResolver,
-    DicomWebConfig, DicomWebState, ResolvedService, StaticServices,
+    DicomWebConfig, DicomWebState, ResolvedService, ServiceUnavailable, StaticServices,
 };
 /// Entry points for the fuzz targets in `fuzz/`; not an API.
 #[doc(hidden)]
@@ -83,8 +83,35 @@ pub fn router(state: DicomWebState) -> Router {
             "/studies/{study}/series/{series}/instances/{instance}/frames/{frames}",
             get(retrieve::frames),
         )
-        .layer(axum::extract::DefaultBodyLimit::disable());
+        .layer(axum::extract::DefaultBodyLimit::disable())
+        .layer(axum::middleware::from_fn(close_after_failed_upload));
     Router::new()
         .nest("/dicom/{workspace}/{service}/{version}", api)
         .with_state(state)
+}
+
+/// Adds `Connection: close` to an error answering a request that carried a body. Such a request
+/// is often refused before its body is read (401, 403, lost key access, a bad multipart header);
+/// the server then cannot reuse the connection and closes it after the response, at a moment
+/// the client cannot see coming: a client that sends its next request on it gets a reset
+/// instead of an answer. Saying so in the response lets every client open a new connection.
+async fn close_after_failed_upload(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::http::header;
+    let headers = request.headers();
+    let has_body = headers.contains_key(header::TRANSFER_ENCODING)
+        || headers
+            .get(header::CONTENT_LENGTH)
+            .is_some_and(|length| length.as_bytes() != b"0");
+    let mut response = next.run(request).await;
+    let status = response.status();
+    if has_body && (status.is_client_error() || status.is_server_error()) {
+        response.headers_mut().insert(
+            header::CONNECTION,
+            axum::http::HeaderValue::from_static("close"),
+        );
+    }
+    response
 }

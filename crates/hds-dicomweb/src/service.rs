@@ -47,10 +47,22 @@ pub struct ResolvedService {
     pub service_key: String,
     /// The service's ARM resource id: the scope role assignments are checked against.
     pub resource_id: String,
-    /// The service's key hierarchy. A resolver that knows the service's key is not accessible
-    /// answers [`DicomWebError::Unavailable`] instead; a keyring whose keys were forgotten is
-    /// refused by the handlers all the same.
+    /// The service's key hierarchy. A keyring whose keys were forgotten is refused by the
+    /// handlers all the same.
     pub keyring: Arc<ServiceKeyring>,
+    /// Why the service cannot serve data now (such as lost access to its customer-managed key),
+    /// or `None`. Carried rather than returned as an error so that the API tells it only to a
+    /// caller who is allowed to use the service: authorization comes first.
+    pub unavailable: Option<ServiceUnavailable>,
+}
+
+/// Why a service that exists cannot serve data: answered as `500` with this code and message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceUnavailable {
+    /// A stable error code, e.g. `CustomerManagedKeyAccessLost`.
+    pub code: &'static str,
+    /// What happened and what to do.
+    pub message: String,
 }
 
 /// What a request does to a service's data, for authorization.
@@ -146,8 +158,9 @@ impl DicomAccessControl for AllowAll {
 /// Decides which `{workspace}/{service}` pairs exist and whether they may serve data now.
 /// The control plane implements it; [`StaticServices`] serves a fixed list.
 pub trait DicomServiceResolver: Send + Sync + 'static {
-    /// The service, `Ok(None)` if there is none, or an error saying why it cannot serve data
-    /// (such as lost access to its customer-managed key).
+    /// The service, or `Ok(None)` if there is none. A service that cannot serve data now is
+    /// still returned, with [`ResolvedService::unavailable`] saying why: whether the caller may
+    /// learn that is decided after authorization. An error is the resolver's own failure.
     fn resolve<'a>(
         &'a self,
         workspace: &'a str,
@@ -189,6 +202,7 @@ impl StaticServices {
                 service_key,
                 resource_id: resource_id.to_owned(),
                 keyring,
+                unavailable: None,
             },
         );
         self
@@ -296,6 +310,12 @@ impl FromRequestParts<DicomWebState> for ServiceContext {
             .await
             .map_err(DicomWebError::Refused)?;
         // Only a caller allowed to use the service learns the state of its key.
+        if let Some(unavailable) = resolved.unavailable {
+            return Err(DicomWebError::Unavailable {
+                code: unavailable.code,
+                message: unavailable.message,
+            });
+        }
         if !resolved.keyring.is_unlocked() {
             return Err(DicomWebError::key_access_lost());
         }
