@@ -344,3 +344,20 @@ def test_a_passphrase_sealed_root_key_starts_only_with_its_passphrase(tmp_path):
         assert retrieve(restarted, dataset).status_code == 200
     finally:
         assert restarted.stop() == 0
+
+
+def test_backup_of_a_postgresql_index_is_refused_with_the_documented_procedure(tmp_path, postgres):
+    index = postgres.create_database("hds_e2e_backup_refused")
+    data_dir = tmp_path / "data"
+    server = HdsServer(data_dir, index=index).start()
+    try:
+        store(server, unique_copy("CT_small.dcm"))
+    finally:
+        assert server.stop() == 0
+    target = tmp_path / "backup"
+    for args in (["--index", index], []):
+        refused = run_hds("backup", "--data-dir", str(data_dir), "--to", str(target), *args)
+        assert refused.returncode != 0
+        assert "docs/durability.md" in refused.stderr and "PostgreSQL" in refused.stderr, refused.stderr
+        assert not target.exists(), "a refused backup writes nothing"
+    assert "pg_dump" in run_hds("backup", "--data-dir", str(data_dir), "--to", str(target), "--index", index).stderr

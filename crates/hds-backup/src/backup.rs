@@ -37,6 +37,8 @@ const ROOT_KEY: &str = "root.key";
 const HANDLED_ENTRIES: &[&str] = &[
     ROOT_KEY,
     "root.key.sealed",
+    // Useless without the token that wrapped it; the backup holds the key sealed instead.
+    "root.key.wrapped",
     "admin.json",
     DATABASE_FILE,
     "index.db-wal",

@@ -102,6 +102,24 @@ pub enum RootKeyError {
     /// the limits.
     #[error("not a passphrase-sealed root key, or its parameters are out of bounds")]
     MalformedSealedKey,
+    /// A token-wrapped root key did not open: the wrapping key is another one than the key
+    /// was wrapped with, or the file was altered.
+    #[error("the root key did not open under {0}: wrong key, or the wrapped key file was altered")]
+    WrongWrappingKey(String),
+    /// The wrapper (a PKCS#11 token) could not be used.
+    #[error("the root key's token is unavailable: {0}")]
+    WrapperUnavailable(String),
+    /// The data dir holds the root key in another form than the one asked for.
+    #[error("the root key of {} is {held}", data_dir.display())]
+    HeldInAnotherForm {
+        /// The data dir.
+        data_dir: std::path::PathBuf,
+        /// The form it holds.
+        held: &'static str,
+    },
+    /// A migration whose source and target are the same form.
+    #[error("the root key is already {0}")]
+    SameForm(&'static str),
 }
 
 /// The platform root key. Zeroized on drop; never logged.
@@ -153,6 +171,20 @@ impl RootKey {
     /// Builds a root key from raw bytes (e.g. unwrapped from a hardware token).
     pub fn from_bytes(key_bytes: Zeroizing<[u8; ROOT_KEY_LEN]>) -> RootKey {
         RootKey { key_bytes }
+    }
+
+    /// The raw key, for a [`crate::root_at_rest::RootKeyWrapper`] only.
+    pub(crate) fn key_bytes(&self) -> &[u8] {
+        self.key_bytes.as_slice()
+    }
+
+    /// Whether `other` is the same key, compared in constant time.
+    pub fn same_key_as(&self, other: &RootKey) -> bool {
+        aws_lc_rs::constant_time::verify_slices_are_equal(
+            self.key_bytes.as_slice(),
+            other.key_bytes.as_slice(),
+        )
+        .is_ok()
     }
 
     /// Seals `plaintext` with AES-256-GCM under a subkey derived for `purpose`
@@ -425,7 +457,7 @@ fn passphrase_key(
 }
 
 /// Syncs the directory holding `path`, so a name just created there survives a power cut.
-fn sync_parent_directory(path: &Path) -> std::io::Result<()> {
+pub(crate) fn sync_parent_directory(path: &Path) -> std::io::Result<()> {
     let parent = match path.parent() {
         Some(parent) if !parent.as_os_str().is_empty() => parent,
         _ => Path::new("."),
@@ -449,7 +481,10 @@ pub(crate) fn fill_random(out: &mut [u8]) {
 }
 
 #[cfg(unix)]
-fn check_owner_only(metadata: &std::fs::Metadata, path: &Path) -> Result<(), RootKeyError> {
+pub(crate) fn check_owner_only(
+    metadata: &std::fs::Metadata,
+    path: &Path,
+) -> Result<(), RootKeyError> {
     use std::os::unix::fs::PermissionsExt;
     let mode = metadata.permissions().mode();
     if mode & 0o077 != 0 {
@@ -468,7 +503,7 @@ fn check_owner_only(_metadata: &std::fs::Metadata, _path: &Path) -> Result<(), R
 }
 
 #[cfg(unix)]
-fn create_owner_only(path: &Path) -> std::io::Result<File> {
+pub(crate) fn create_owner_only(path: &Path) -> std::io::Result<File> {
     use std::os::unix::fs::OpenOptionsExt;
     std::fs::OpenOptions::new()
         .write(true)
@@ -478,7 +513,7 @@ fn create_owner_only(path: &Path) -> std::io::Result<File> {
 }
 
 #[cfg(not(unix))]
-fn create_owner_only(path: &Path) -> std::io::Result<File> {
+pub(crate) fn create_owner_only(path: &Path) -> std::io::Result<File> {
     std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)

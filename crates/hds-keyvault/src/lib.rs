@@ -10,7 +10,8 @@
 //!   (`create_or_update_vault`, `create_key_if_absent`, `get_key`, ...).
 //! - [`material`]: RSA over aws-lc-rs (OAEP-SHA1/SHA256, PKCS#1 v1.5, RS*/PS* signatures).
 //! - [`pkcs11`]: RSA-HSM keys generated and used inside a PKCS#11 token, when one is
-//!   configured ([`Pkcs11Config`]).
+//!   configured ([`Pkcs11Config`]); [`pkcs11_root_key`]: the platform root key wrapped by an
+//!   AES key in a token (`hds up --root-key-pkcs11-*`).
 //! - [`access`]: the [`access::VaultAccessControl`] trait (tokens and RBAC, implemented over
 //!   hds-identity by the composition root), access policies and the firewall.
 //! - [`http`]: the data plane router; [`listeners`]: one HTTPS listener per vault, or Host
@@ -36,11 +37,13 @@ pub mod listeners;
 pub mod material;
 pub mod model;
 pub mod pkcs11;
+pub mod pkcs11_root_key;
 pub mod service;
 
 pub use access::{Caller, StaticAccessControl, VaultAccessControl};
 pub use error::VaultError;
 pub use http::{DataPlaneState, VaultSelector, data_plane_router};
 pub use listeners::{VaultListeners, host_routed_router};
-pub use pkcs11::{PinSource, Pkcs11Config};
+pub use pkcs11::{PinSource, Pkcs11Config, Pkcs11Error};
+pub use pkcs11_root_key::{Pkcs11RootKeyWrapper, WrappingKeyCreation};
 pub use service::{KeyVaultService, ServiceConfig, VaultAddressing};

@@ -82,6 +82,36 @@ pub enum Pkcs11Error {
     /// The PIN could not be read from its source.
     #[error("the PKCS#11 user PIN could not be read: {0}")]
     Pin(String),
+    /// The token holds no AES key with the label asked for.
+    #[error(
+        "PKCS#11 token '{token}' holds no AES key labelled '{key}'; check --root-key-pkcs11-key (a key is generated only for a data dir that has no root key yet)"
+    )]
+    KeyNotFound {
+        /// The token label.
+        token: String,
+        /// The key label asked for.
+        key: String,
+    },
+    /// The token holds more than one AES key with that label, so which one wraps is unclear.
+    #[error(
+        "PKCS#11 token '{token}' holds more than one AES key labelled '{key}'; give each its own label"
+    )]
+    AmbiguousKey {
+        /// The token label.
+        token: String,
+        /// The key label.
+        key: String,
+    },
+    /// The token could not find or generate the key.
+    #[error("PKCS#11 token '{token}' failed to {step} ({reason})")]
+    Key {
+        /// The token label.
+        token: String,
+        /// What failed.
+        step: &'static str,
+        /// The module's return value.
+        reason: String,
+    },
     /// The token refused the session or the login.
     #[error("PKCS#11 token '{label}' refused {step} ({reason}); check the user PIN and the token")]
     Session {
@@ -199,6 +229,55 @@ fn refuse_shared_pin_file(_path: &Path) -> Result<(), Pkcs11Error> {
     Ok(())
 }
 
+/// Loads the module, finds the token by label, opens a read-write session and logs the user in.
+pub(crate) fn open_logged_in_session(config: &Pkcs11Config) -> Result<Session, Pkcs11Error> {
+    let context = loaded_module(&config.module_path)?;
+    let module_error = |error: CryptokiError| Pkcs11Error::Module {
+        path: config.module_path.display().to_string(),
+        reason: error.to_string(),
+    };
+    let mut found = Vec::new();
+    let mut chosen = None;
+    for slot in context
+        .get_slots_with_initialized_token()
+        .map_err(module_error)?
+    {
+        let info = context.get_token_info(slot).map_err(module_error)?;
+        let label = info.label().trim_end().to_owned();
+        if label == config.token_label && chosen.is_none() {
+            chosen = Some(slot);
+        }
+        found.push(label);
+    }
+    let slot = chosen.ok_or_else(|| Pkcs11Error::TokenNotFound {
+        label: config.token_label.clone(),
+        found: if found.is_empty() {
+            "none".to_owned()
+        } else {
+            found.join(", ")
+        },
+    })?;
+    let session_error = |step: &'static str| {
+        let label = config.token_label.clone();
+        move |error: CryptokiError| Pkcs11Error::Session {
+            label,
+            step,
+            reason: error.to_string(),
+        }
+    };
+    let session = context
+        .open_rw_session(slot)
+        .map_err(session_error("a read-write session"))?;
+    let pin = read_pin(&config.user_pin)?;
+    match session.login(UserType::User, Some(&pin)) {
+        // Login state is per application and token: another service in this process may
+        // have logged in already.
+        Ok(()) | Err(CryptokiError::Pkcs11(RvError::UserAlreadyLoggedIn, _)) => {}
+        Err(error) => return Err(session_error("the user login")(error)),
+    }
+    Ok(session)
+}
+
 /// The `DigestInfo` prefix (RFC 8017 section 9.2, note 1) of a PKCS#1 v1.5 signature over a
 /// digest of this length: `CKM_RSA_PKCS` signs the DigestInfo as given.
 fn digest_info_prefix(algorithm: SignatureAlgorithm) -> Option<&'static [u8]> {
@@ -246,53 +325,9 @@ impl Pkcs11Token {
     /// Loads the module, finds the token by label, opens a read-write session and logs the
     /// user in.
     pub fn open(config: &Pkcs11Config) -> Result<Pkcs11Token, Pkcs11Error> {
-        let context = loaded_module(&config.module_path)?;
-        let module_error = |error: CryptokiError| Pkcs11Error::Module {
-            path: config.module_path.display().to_string(),
-            reason: error.to_string(),
-        };
-        let mut found = Vec::new();
-        let mut chosen = None;
-        for slot in context
-            .get_slots_with_initialized_token()
-            .map_err(module_error)?
-        {
-            let info = context.get_token_info(slot).map_err(module_error)?;
-            let label = info.label().trim_end().to_owned();
-            if label == config.token_label && chosen.is_none() {
-                chosen = Some(slot);
-            }
-            found.push(label);
-        }
-        let slot = chosen.ok_or_else(|| Pkcs11Error::TokenNotFound {
-            label: config.token_label.clone(),
-            found: if found.is_empty() {
-                "none".to_owned()
-            } else {
-                found.join(", ")
-            },
-        })?;
-        let session_error = |step: &'static str| {
-            let label = config.token_label.clone();
-            move |error: CryptokiError| Pkcs11Error::Session {
-                label,
-                step,
-                reason: error.to_string(),
-            }
-        };
-        let session = context
-            .open_rw_session(slot)
-            .map_err(session_error("a read-write session"))?;
-        let pin = read_pin(&config.user_pin)?;
-        match session.login(UserType::User, Some(&pin)) {
-            // Login state is per application and token: another service in this process may
-            // have logged in already.
-            Ok(()) | Err(CryptokiError::Pkcs11(RvError::UserAlreadyLoggedIn, _)) => {}
-            Err(error) => return Err(session_error("the user login")(error)),
-        }
         Ok(Pkcs11Token {
             label: config.token_label.clone(),
-            session: Mutex::new(session),
+            session: Mutex::new(open_logged_in_session(config)?),
             handles: Mutex::new(HashMap::new()),
         })
     }

@@ -33,6 +33,9 @@ pub enum Command {
     Backup(crate::recovery::BackupOptions),
     /// Rebuild a data dir from a backup.
     Restore(crate::recovery::RestoreOptions),
+    /// The root key at rest: move it under a passphrase or into a PKCS#11 token.
+    #[command(subcommand)]
+    RootKey(crate::root_key::RootKeyCommand),
 }
 
 /// Options of `hds up`.
@@ -164,11 +167,9 @@ pub struct UpOptions {
     #[arg(long, env = "HDS_SWEEP_INTERVAL", default_value = "1h", value_parser = parse_duration)]
     pub sweep_interval: std::time::Duration,
 
-    /// A 0600 file holding a passphrase: the root key is then kept only sealed under it
-    /// (`root.key.sealed`, Argon2id + AES-256-GCM) instead of in the plaintext `root.key`. A
-    /// wrong passphrase stops the start before anything is written.
-    #[arg(long, env = "HDS_ROOT_KEY_PASSPHRASE_FILE")]
-    pub root_key_passphrase_file: Option<PathBuf>,
+    /// How the root key is kept at rest (plaintext `root.key` without these flags).
+    #[command(flatten)]
+    pub root_key: crate::root_key::RootKeyOptions,
 }
 
 /// When an acknowledged write is on stable storage.

@@ -8,6 +8,7 @@ mod client;
 mod listener_limits;
 mod logging;
 mod recovery;
+mod root_key;
 mod seed_flow;
 mod up;
 mod vault_access;
@@ -39,6 +40,10 @@ fn main() -> anyhow::Result<()> {
         cli::Command::Restore(options) => {
             logging::init();
             client_runtime()?.block_on(recovery::restore(options))
+        }
+        cli::Command::RootKey(root_key::RootKeyCommand::Protect(options)) => {
+            logging::init();
+            root_key::protect(options)
         }
     }
 }

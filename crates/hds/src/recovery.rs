@@ -5,7 +5,6 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, bail};
 use clap::Args;
 use hds_blob::BlobStore;
-use hds_crypto::root::RootKey;
 use hds_db::Database;
 
 /// The environment variable a passphrase may come from instead of a file.
@@ -29,10 +28,14 @@ pub struct BackupOptions {
     #[arg(long)]
     pub passphrase_file: Option<PathBuf>,
 
-    /// When the data dir keeps its root key sealed (`hds up --root-key-passphrase-file`): the
-    /// file with that passphrase.
-    #[arg(long, env = "HDS_ROOT_KEY_PASSPHRASE_FILE")]
-    pub root_key_passphrase_file: Option<PathBuf>,
+    /// The index: `sqlite` (the data dir's `index.db`). A PostgreSQL URL is refused: back
+    /// such an index up with `pg_dump` (docs/durability.md, "PostgreSQL").
+    #[arg(long, env = "HDS_INDEX", default_value = "sqlite")]
+    pub index: String,
+
+    /// How the data dir keeps its root key: the flags `hds up` runs with.
+    #[command(flatten)]
+    pub root_key: crate::root_key::RootKeyOptions,
 }
 
 /// Options of `hds restore`.
@@ -52,23 +55,17 @@ pub struct RestoreOptions {
 }
 
 pub async fn backup(options: BackupOptions) -> anyhow::Result<()> {
+    if options.index != "sqlite" {
+        bail!(
+            "hds backup copies a SQLite index only; this hds keeps its index in PostgreSQL: back up the database with pg_dump, then the blob store and the sealed root key, as docs/durability.md (section \"PostgreSQL\") describes"
+        );
+    }
     let backup_passphrase = passphrase(options.passphrase_file.as_deref())?;
-    let root_key = match &options.root_key_passphrase_file {
-        Some(file) => {
-            let sealed_path = options.data_dir.join("root.key.sealed");
-            RootKey::load_sealed(&sealed_path, &passphrase(Some(file))?)
-                .with_context(|| format!("opening the root key {}", sealed_path.display()))?
-        }
-        None => {
-            let root_key_path = options.data_dir.join("root.key");
-            RootKey::load(&root_key_path)
-                .with_context(|| format!("loading the root key {}", root_key_path.display()))?
-        }
-    };
+    let root_key = crate::root_key::open_existing(&options.data_dir, &options.root_key)?;
     let database_path = options.data_dir.join("index.db");
     if !database_path.is_file() {
         bail!(
-            "{} holds no SQLite index; for PostgreSQL see docs/durability.md",
+            "{} holds no SQLite index (index.db); for an index in PostgreSQL follow docs/durability.md (section \"PostgreSQL\")",
             options.data_dir.display()
         );
     }
@@ -117,7 +114,7 @@ pub async fn restore(options: RestoreOptions) -> anyhow::Result<()> {
 }
 
 /// The passphrase from its file (owner-only, trailing newline dropped) or the environment.
-fn passphrase(file: Option<&Path>) -> anyhow::Result<zeroize::Zeroizing<Vec<u8>>> {
+pub(crate) fn passphrase(file: Option<&Path>) -> anyhow::Result<zeroize::Zeroizing<Vec<u8>>> {
     let mut bytes = match file {
         Some(path) => {
             use std::io::Read;
@@ -155,50 +152,4 @@ fn passphrase(file: Option<&Path>) -> anyhow::Result<zeroize::Zeroizing<Vec<u8>>
         bytes.pop();
     }
     Ok(bytes)
-}
-
-/// The root key of `hds up`: the plaintext `root.key` (the default, created when absent), or,
-/// with `passphrase_file`, `root.key.sealed` opened with that passphrase (created sealed when
-/// the data dir has no key yet; sealed from `root.key` when only that exists). A wrong
-/// passphrase fails here, before anything in the data dir is written.
-pub fn load_root_key(data_dir: &Path, passphrase_file: Option<&Path>) -> anyhow::Result<RootKey> {
-    let plaintext_path = data_dir.join("root.key");
-    let sealed_path = data_dir.join("root.key.sealed");
-    let Some(passphrase_file) = passphrase_file else {
-        if sealed_path.exists() && !plaintext_path.exists() {
-            bail!(
-                "the root key of {} is sealed under a passphrase ({}): start with --root-key-passphrase-file",
-                data_dir.display(),
-                sealed_path.display()
-            );
-        }
-        return RootKey::load_or_create(&plaintext_path).context("loading the root key");
-    };
-    let passphrase = passphrase(Some(passphrase_file))?;
-    if sealed_path.exists() {
-        let root_key = RootKey::load_sealed(&sealed_path, &passphrase)
-            .with_context(|| format!("opening the root key {}", sealed_path.display()))?;
-        if plaintext_path.exists() {
-            tracing::warn!(
-                path = %plaintext_path.display(),
-                "the root key is also in plaintext: delete that file (shred it) once a backup holds the sealed key"
-            );
-        }
-        return Ok(root_key);
-    }
-    let root_key = if plaintext_path.exists() {
-        RootKey::load(&plaintext_path).context("loading the root key to seal it")?
-    } else {
-        RootKey::generate()
-    };
-    root_key
-        .write_sealed(&sealed_path, &passphrase)
-        .with_context(|| format!("writing the sealed root key {}", sealed_path.display()))?;
-    if plaintext_path.exists() {
-        tracing::warn!(
-            path = %plaintext_path.display(),
-            "the root key is now sealed; delete the plaintext file (shred it)"
-        );
-    }
-    Ok(root_key)
 }

@@ -53,11 +53,12 @@ pub async fn run(options: UpOptions) -> anyhow::Result<()> {
     let interrupt = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
         .context("listening for SIGINT")?;
     let data_dir = &options.data_dir;
+    // The protector first: a wrong flag, passphrase, PIN or token stops the start before the
+    // data dir is created or written.
+    let root_key_protector = crate::root_key::protector_for_up(data_dir, &options.root_key)?;
     create_private_dir(data_dir)?;
-    let root_key = Arc::new(crate::recovery::load_root_key(
-        data_dir,
-        options.root_key_passphrase_file.as_deref(),
-    )?);
+    let root_key = Arc::new(root_key_protector.open_or_create(data_dir)?);
+    drop(root_key_protector);
     let certificate_authority = LocalCa::load_or_create(&data_dir.join("tls"), &root_key)
         .context("loading the local CA")?;
     let scheme = if options.http { "http" } else { "https" };
