@@ -112,6 +112,9 @@ enum ScanState {
     Content,
     /// Just after a delimiter: `--` (this many of its dashes seen) closes the body.
     AfterDelimiter(usize),
+    /// On the rest of a delimiter's line (transport padding, then its CRLF), this many bytes
+    /// into the part's header, the line's `\r` seen or not.
+    DelimiterLine { bytes: usize, cr: bool },
     /// In a part's header, this many bytes in, with this many bytes of `\r\n\r\n` matched.
     Header { bytes: usize, matched: usize },
     /// After the closing delimiter: the epilogue, ignored.
@@ -119,14 +122,22 @@ enum ScanState {
 }
 
 /// Follows the structure of a multipart body chunk by chunk: counts parts and measures their
-/// headers. It does not parse; the multipart parser does, after it.
+/// headers. It does not parse; the multipart parser does, after it, so the scanner reads the
+/// structure exactly as that parser does (multer 3), or a limit would hold for a reading the
+/// parser does not make:
+/// - the first delimiter is `--{boundary}` anywhere in the preamble (no line end before it);
+///   later ones are `\r\n--{boundary}` in a part's content;
+/// - after a delimiter, spaces and tabs and then the line's CRLF; the header is what follows,
+///   up to the first `\r\n\r\n` after that CRLF (a part without header fields sends a bare
+///   CRLF there).
 #[derive(Debug, Clone)]
 pub struct MultipartScanner {
-    /// `\r\n--{boundary}`.
+    /// `\r\n--{boundary}`; before the first delimiter only its `--{boundary}` is looked for.
     delimiter: Vec<u8>,
+    /// Whether the first delimiter has been seen.
+    opened: bool,
     /// The last bytes of content seen, fewer than the delimiter's length: a delimiter may be
-    /// split across chunks. Starts as `\r\n`, so a body that opens with `--{boundary}` is seen
-    /// to open with a delimiter.
+    /// split across chunks.
     carry: Vec<u8>,
     state: ScanState,
     parts: usize,
@@ -143,7 +154,8 @@ impl MultipartScanner {
         delimiter.extend_from_slice(boundary.as_bytes());
         Some(MultipartScanner {
             delimiter,
-            carry: b"\r\n".to_vec(),
+            opened: false,
+            carry: Vec::new(),
             state: ScanState::Content,
             parts: 0,
         })
@@ -158,6 +170,7 @@ impl MultipartScanner {
                 ScanState::Content => match self.find_delimiter(&chunk[at..]) {
                     Some(end) => {
                         at += end;
+                        self.opened = true;
                         self.carry.clear();
                         self.state = ScanState::AfterDelimiter(0);
                     }
@@ -177,11 +190,34 @@ impl MultipartScanner {
                         if self.parts > limits.max_parts {
                             return Err(BodyError::TooManyParts(limits.max_parts));
                         }
-                        self.state = ScanState::Header {
+                        self.state = ScanState::DelimiterLine {
                             bytes: dashes,
-                            matched: 0,
+                            cr: false,
                         };
                     }
+                }
+                ScanState::DelimiterLine { mut bytes, mut cr } => {
+                    let mut header_starts = false;
+                    while at < chunk.len() && !header_starts {
+                        let byte = chunk[at];
+                        at += 1;
+                        bytes += 1;
+                        if bytes > limits.max_header_bytes {
+                            return Err(BodyError::PartHeaderTooLarge(limits.max_header_bytes));
+                        }
+                        match (cr, byte) {
+                            (false, b' ' | b'\t') => {}
+                            (false, b'\r') => cr = true,
+                            // The parser refuses anything else here; counting it as header is
+                            // only stricter.
+                            _ => header_starts = true,
+                        }
+                    }
+                    self.state = if header_starts {
+                        ScanState::Header { bytes, matched: 0 }
+                    } else {
+                        ScanState::DelimiterLine { bytes, cr }
+                    };
                 }
                 ScanState::Header {
                     mut bytes,
@@ -195,8 +231,6 @@ impl MultipartScanner {
                         if bytes > limits.max_header_bytes {
                             return Err(BodyError::PartHeaderTooLarge(limits.max_header_bytes));
                         }
-                        // The blank line may follow the delimiter's line end at once (a part
-                        // without header fields): `\r\n` then `\r\n`.
                         matched = if byte == END[matched] {
                             matched + 1
                         } else if byte == b'\r' {
@@ -222,19 +256,24 @@ impl MultipartScanner {
     /// The end of the first delimiter in `carry ++ content`, as an offset into `content`; when
     /// there is none, keeps the last bytes of `content` as the new carry.
     fn find_delimiter(&mut self, content: &[u8]) -> Option<usize> {
-        let length = self.delimiter.len();
+        let needle = if self.opened {
+            &self.delimiter[..]
+        } else {
+            &self.delimiter[2..]
+        };
+        let length = needle.len();
         // A delimiter that starts in the carry and ends in this content.
         if !self.carry.is_empty() {
             let head = &content[..content.len().min(length - 1)];
             let mut window = self.carry.clone();
             window.extend_from_slice(head);
-            if let Some(start) = find(&window, &self.delimiter)
+            if let Some(start) = find(&window, needle)
                 && start < self.carry.len()
             {
                 return Some(start + length - self.carry.len());
             }
         }
-        if let Some(start) = find(content, &self.delimiter) {
+        if let Some(start) = find(content, needle) {
             return Some(start + length);
         }
         let keep = length - 1;
@@ -257,8 +296,8 @@ impl MultipartScanner {
     }
 }
 
-/// The first position of `needle` (which starts with `\r`) in `haystack`: candidates are the
-/// positions of `\r`, each compared whole.
+/// The first position of `needle` in `haystack`: candidates are the positions of its first
+/// byte (`\r` or `-`, rare in DICOM headers), each compared whole.
 fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
     if needle.is_empty() || haystack.len() < needle.len() {
         return None;
@@ -318,7 +357,7 @@ mod tests {
     fn counts_parts_whatever_the_chunking() {
         let bytes = body(&[
             ("Content-Type: application/dicom\r\n", b"DICM\r\n--b0un"),
-            ("", b"\r\r\n\r\n"),
+            ("X: y\r\n", b"\r\r\n\r\n"),
             ("Content-Type: application/dicom\r\n", b""),
         ]);
         for result in scan_all(&bytes, &LIMITS) {
@@ -334,7 +373,13 @@ mod tests {
 
     #[test]
     fn refuses_too_many_parts() {
-        let bytes = body(&[("", b"a"), ("", b"b"), ("", b"c"), ("", b"d")]);
+        let header = "Content-Type: application/dicom\r\n";
+        let bytes = body(&[
+            (header, b"a"),
+            (header, b"b"),
+            (header, b"c"),
+            (header, b"d"),
+        ]);
         for result in scan_all(&bytes, &LIMITS) {
             assert_eq!(result, Err("the request has more than 3 parts".to_string()));
         }
@@ -355,6 +400,40 @@ mod tests {
         }
         let header = format!("X: {}\r\n", "a".repeat(56));
         for result in scan_all(&body(&[(&header, b"x")]), &LIMITS) {
+            assert_eq!(result, Err("a part header exceeds 64 bytes".to_string()));
+        }
+    }
+
+    #[test]
+    fn a_delimiter_in_the_preamble_needs_no_line_end_before_it() {
+        // The parser takes the first `--b0und` anywhere as the first delimiter; so must the
+        // scanner, or that part's header and count would escape the limits.
+        let mut bytes = b"preamble\r\x0e--b0und\r\nX-Long: ".to_vec();
+        bytes.extend(std::iter::repeat_n(b'a', 1000));
+        for result in scan_all(&bytes, &LIMITS) {
+            assert_eq!(result, Err("a part header exceeds 64 bytes".to_string()));
+        }
+        let header = "Content-Type: application/dicom\r\n";
+        let mut bytes = b"x--b0und\r\nX: y\r\n\r\n\r\n".to_vec();
+        bytes.extend_from_slice(&body(&[(header, b"a"), (header, b"b"), (header, b"c")]));
+        for result in scan_all(&bytes, &LIMITS) {
+            assert_eq!(result, Err("the request has more than 3 parts".to_string()));
+        }
+    }
+
+    #[test]
+    fn a_header_ends_at_the_first_blank_line_after_the_delimiter_line() {
+        // Transport padding on the delimiter line, then header fields.
+        let bytes = b"--b0und \t\r\nX: y\r\n\r\ncontent\r\n--b0und--";
+        for result in scan_all(bytes, &LIMITS) {
+            assert_eq!(result, Ok(1));
+        }
+        // No header fields: the parser still looks for a blank line after the delimiter's
+        // line end, so content without one is measured as header.
+        let mut bytes = b"--b0und\r\n\r\n".to_vec();
+        bytes.extend(std::iter::repeat_n(b'a', 1000));
+        bytes.extend_from_slice(b"\r\n--b0und--");
+        for result in scan_all(&bytes, &LIMITS) {
             assert_eq!(result, Err("a part header exceeds 64 bytes".to_string()));
         }
     }

@@ -530,3 +530,62 @@ fn multipart_error(error: multer::Error, limit: u64) -> DicomWebError {
     }
     DicomWebError::BadRequest(format!("malformed multipart body: {error}"))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::fuzzing::split_stow_body;
+    use super::*;
+
+    const CONTENT_TYPE: &str = "multipart/related; type=\"application/dicom\"; boundary=b0und";
+    const LIMITS: MultipartLimits = MultipartLimits {
+        max_parts: 2,
+        max_header_bytes: 64,
+    };
+
+    fn split(body: &[u8]) -> Vec<Result<Vec<(u64, bool)>, String>> {
+        [1, 3, 7, 64, 4096]
+            .into_iter()
+            .map(|chunk_size| {
+                split_stow_body(CONTENT_TYPE, body, chunk_size, LIMITS, 1 << 20)
+                    .map_err(|error| error.to_string())
+            })
+            .collect()
+    }
+
+    #[test]
+    fn parts_are_split_whatever_the_chunking() {
+        let body = b"--b0und\r\nContent-Type: application/dicom\r\n\r\nDICM\r\n--b0und\r\nContent-Type: application/json\r\n\r\n{}\r\n--b0und--\r\n";
+        for result in split(body) {
+            assert_eq!(result, Ok(vec![(4, true), (2, false)]));
+        }
+    }
+
+    #[test]
+    fn the_parts_the_parser_sees_are_the_parts_the_limits_count() {
+        // A first delimiter without a line end before it: the parser opens a part there, so
+        // the limits count it (a fuzzed body once had one part more than the limit).
+        let part = "--b0und\r\nContent-Type: application/dicom\r\n\r\nDICM\r\n";
+        let body = format!("preamble{part}{part}{part}--b0und--");
+        for result in split(body.as_bytes()) {
+            let error = result.expect_err("three parts");
+            assert!(error.contains("more than 2 parts"), "{error}");
+        }
+        let body = format!("preamble{part}{part}--b0und--");
+        for result in split(body.as_bytes()) {
+            assert_eq!(result, Ok(vec![(4, true), (4, true)]));
+        }
+        // Without header fields, the parser reads up to the first blank line after the
+        // delimiter's line as header: the limit measures the same bytes.
+        for result in split(b"--b0und\r\n\r\nab\r\n\r\ncd\r\n--b0und--") {
+            assert_eq!(result, Ok(vec![(2, true)]));
+        }
+        // A part whose content has no blank line is all header to the parser.
+        let mut body = b"x--b0und\r\n\r\n".to_vec();
+        body.extend(std::iter::repeat_n(b'a', 100));
+        body.extend_from_slice(b"\r\n--b0und--");
+        for result in split(&body) {
+            let error = result.expect_err("header too long");
+            assert!(error.contains("exceeds 64 bytes"), "{error}");
+        }
+    }
+}
