@@ -407,7 +407,7 @@ async fn hostile_multipart_bodies_and_frame_lists_are_refused() {
     endless.extend(std::iter::repeat_n(b'a', 1024 * 1024));
     // One part more than the default limit, each empty.
     let parts = hds_dicomweb::MultipartLimits::default().max_parts + 1;
-    let mut many = b"--b\r\n\r\n\r\n".repeat(parts);
+    let mut many = b"--b\r\nContent-Type: application/dicom\r\n\r\n\r\n".repeat(parts);
     many.extend_from_slice(b"--b--\r\n");
     let long_boundary = "b".repeat(hds_dicomweb::MAX_BOUNDARY_LEN + 1);
     let mut long = format!("--{long_boundary}\r\n\r\n").into_bytes();
