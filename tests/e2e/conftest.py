@@ -72,24 +72,28 @@ class ExternalIssuer:
         return external_principal_id(self.issuer, tenant, subject)
 
 
-def free_port() -> int:
+def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
+        sock.bind((host, 0))
         return sock.getsockname()[1]
 
 
 class HdsServer:
-    """A running `hds up` with its own data dir and log file."""
+    """A running `hds up` with its own data dir and log file, listening on `host` (any loopback
+    address works on Linux). `ca_path` is what clients trust; by default the local CA's ca.pem."""
 
-    def __init__(self, data_dir: pathlib.Path, http: bool = True, index: str = "sqlite", extra_args=()):
+    def __init__(self, data_dir: pathlib.Path, http: bool = True, index: str = "sqlite", extra_args=(),
+                 host: str = "127.0.0.1", ca_path=None):
         self.data_dir = data_dir
-        self.port = free_port()
+        self.host = host
+        self.port = free_port(host)
         self.scheme = "http" if http else "https"
-        self.base = f"{self.scheme}://127.0.0.1:{self.port}"
+        self._ca_path = ca_path
+        self.base = f"{self.scheme}://{host}:{self.port}"
         self.url = self.base + DEFAULT_SERVICE_PATH
         self.log_path = data_dir.parent / f"hds-{self.port}.log"
         self.index = index
-        self.args = [HDS_BIN, "up", "--data-dir", str(data_dir), "--listen", f"127.0.0.1:{self.port}", "--index", index]
+        self.args = [HDS_BIN, "up", "--data-dir", str(data_dir), "--listen", f"{host}:{self.port}", "--index", index]
         if http:
             self.args.append("--http")
         self.args.extend(extra_args)
@@ -98,7 +102,7 @@ class HdsServer:
 
     @property
     def ca_path(self) -> str:
-        return str(self.data_dir / "tls" / "ca.pem")
+        return str(self._ca_path or self.data_dir / "tls" / "ca.pem")
 
     def admin(self) -> dict:
         return json.loads((self.data_dir / "admin.json").read_text())

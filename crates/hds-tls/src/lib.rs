@@ -1,14 +1,25 @@
-//! The local certificate authority behind hds's HTTPS listeners.
+//! The certificates behind hds's HTTPS listeners: a local certificate authority, or the
+//! operator's own certificate.
 //!
 //! On first start hds creates a CA (ECDSA P-256) and writes its certificate to
 //! `{data-dir}/tls/ca.pem`, which clients trust (`--ca-cert`, `REQUESTS_CA_BUNDLE`, ...). The
 //! CA's private key never sits in plaintext at rest: it is sealed under the platform root key in
-//! `{data-dir}/tls/ca-key.sealed`. Server certificates are issued in memory at each start, for the
-//! loopback addresses and any configured host names, so they never need renewing on disk.
+//! `{data-dir}/tls/ca-key.sealed`. Server certificates are issued in memory at each start, for
+//! the loopback names and the hosts hds is reached by at that start (the listen address, the
+//! public URL's host), so they follow a changed address and never need renewing on disk; the CA
+//! stays. They carry the Subject and Authority Key Identifier extensions that strict X.509
+//! verification requires (`openssl verify -x509_strict`, Python 3.13's `ssl`).
+//!
+//! An operator may bring a certificate and key instead ([`ServerCertificate::from_pem_files`]);
+//! hds checks them before it listens ([`ServerCertificate::verify_for_hosts`]).
 //!
 //! Key vaults are always HTTPS (the Azure SDKs refuse bearer tokens over plain HTTP), which is why
 //! the CA exists even when the main listener runs with `--http`.
 #![deny(missing_docs)]
+
+mod certificate;
+
+pub use certificate::{ServerCertificate, trusted_roots};
 
 use std::fs;
 use std::io::Write;
@@ -22,6 +33,7 @@ use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
     KeyPair, KeyUsagePurpose, SanType,
 };
+use zeroize::Zeroizing;
 
 /// The purpose string the CA key is sealed under.
 const CA_KEY_PURPOSE: &str = "tls/ca-key";
@@ -49,6 +61,78 @@ pub enum TlsError {
     /// rustls refused the configuration.
     #[error("TLS configuration: {0}")]
     Rustls(#[from] rustls::Error),
+    /// A PEM file holds no certificate.
+    #[error("{0}: no PEM certificate in the file")]
+    NoCertificate(PathBuf),
+    /// A PEM file holds no private key.
+    #[error("{0}: no PEM private key in the file (PKCS#8, PKCS#1 or SEC1)")]
+    NoPrivateKey(PathBuf),
+    /// Users other than the owner and the file's group may access the private key.
+    #[error(
+        "{}: the private key is accessible to other users (mode {mode:03o}); run chmod 600 on it \
+         (or 640 to share it with a group)",
+        key.display()
+    )]
+    KeyFileExposed {
+        /// The key file.
+        key: PathBuf,
+        /// Its permission bits.
+        mode: u32,
+    },
+    /// The private key is not the certificate's.
+    #[error(
+        "the private key in {} does not belong to the certificate in {}",
+        key.display(),
+        certificate.display()
+    )]
+    KeyMismatch {
+        /// The certificate file.
+        certificate: PathBuf,
+        /// The key file.
+        key: PathBuf,
+    },
+    /// The private key could not be used (an unsupported algorithm, for one).
+    #[error("{}: the private key cannot be used: {reason}", key.display())]
+    UnusableKey {
+        /// The key file.
+        key: PathBuf,
+        /// What rustls said.
+        reason: rustls::Error,
+    },
+    /// Nothing to verify a certificate against.
+    #[error("no CA certificates to trust: {0}")]
+    NoTrustAnchors(String),
+    /// A host name or address that cannot be put in or checked against a certificate.
+    #[error("'{0}' is not a valid DNS name or IP address")]
+    InvalidName(String),
+    /// Clients would refuse the certificate for a host it must serve.
+    #[error("{certificate} cannot serve {host}: {reason}")]
+    CertificateRefused {
+        /// Where the certificate came from.
+        certificate: String,
+        /// The host.
+        host: String,
+        /// What kind of refusal.
+        refusal: Refusal,
+        /// Why, in the operator's terms.
+        reason: String,
+    },
+}
+
+/// Why clients would refuse a certificate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Refusal {
+    /// Past its `notAfter`.
+    Expired,
+    /// Before its `notBefore`.
+    NotYetValid,
+    /// It names other hosts than the one asked for.
+    OtherNames,
+    /// Its chain leads to no trusted CA.
+    UntrustedIssuer,
+    /// Anything else (a bad signature, a CA certificate used as a server's, ...).
+    Other,
 }
 
 /// The local CA: its certificate (public) and its key (in memory only).
@@ -73,7 +157,7 @@ impl LocalCa {
         let sealed =
             fs::read(&sealed_key_path).map_err(|source| io_error(&sealed_key_path, source))?;
         let key_der = root_key.open(CA_KEY_PURPOSE, b"", &sealed)?;
-        let key_pem = String::from_utf8_lossy(&key_der).into_owned();
+        let key_pem = Zeroizing::new(String::from_utf8_lossy(&key_der).into_owned());
         let issuer_key = KeyPair::from_pem(&key_pem)?;
         // The issuer is rebuilt from the same distinguished name and key: leaf certificates it
         // signs name the same subject and key identifier as ca.pem, so they chain to it.
@@ -96,25 +180,41 @@ impl LocalCa {
         &self.ca_pem
     }
 
-    /// A rustls server configuration with a fresh certificate for `127.0.0.1`, `::1`,
-    /// `localhost` and `extra_names` (DNS names or IP addresses; `*.domain` wildcards allowed),
-    /// offering HTTP/2 and HTTP/1.1.
-    pub fn server_config(
-        &self,
-        extra_names: &[String],
-    ) -> Result<Arc<rustls::ServerConfig>, TlsError> {
-        let mut names: Vec<String> = vec!["localhost".into(), "127.0.0.1".into(), "::1".into()];
-        names.extend(extra_names.iter().cloned());
+    /// A fresh server certificate for `localhost`, `127.0.0.1`, `::1` and `names` (DNS names
+    /// or IP addresses; `*.domain` wildcards allowed), signed by this CA.
+    ///
+    /// The leaf carries a Subject Key Identifier, an Authority Key Identifier naming the CA's
+    /// key (strict verifiers refuse a leaf without one) and `basicConstraints CA:FALSE`.
+    pub fn issue(&self, names: &[String]) -> Result<ServerCertificate, TlsError> {
+        let loopback = ["localhost", "127.0.0.1", "::1"].map(str::to_owned);
+        let mut subject_alt_names: Vec<SanType> = Vec::new();
+        for name in loopback.iter().chain(names) {
+            let name = name.trim().to_ascii_lowercase();
+            let san = match name.parse::<IpAddr>() {
+                Ok(ip) => SanType::IpAddress(ip),
+                Err(_) => {
+                    // A wildcard's name is checked without its `*.` label.
+                    let checked = name.strip_prefix("*.").unwrap_or(&name);
+                    if rustls::pki_types::DnsName::try_from(checked).is_err() {
+                        return Err(TlsError::InvalidName(name));
+                    }
+                    SanType::DnsName(
+                        name.clone()
+                            .try_into()
+                            .map_err(|_| TlsError::InvalidName(name.clone()))?,
+                    )
+                }
+            };
+            if !subject_alt_names.contains(&san) {
+                subject_alt_names.push(san);
+            }
+        }
         let mut params = CertificateParams::default();
         params.distinguished_name = DistinguishedName::new();
         params.distinguished_name.push(DnType::CommonName, "hds");
-        params.subject_alt_names = names
-            .iter()
-            .map(|name| match name.parse::<IpAddr>() {
-                Ok(ip) => Ok(SanType::IpAddress(ip)),
-                Err(_) => name.clone().try_into().map(SanType::DnsName),
-            })
-            .collect::<Result<_, _>>()?;
+        params.subject_alt_names = subject_alt_names;
+        params.is_ca = IsCa::ExplicitNoCa;
+        params.use_authority_key_identifier_extension = true;
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         let now = time::OffsetDateTime::now_utc();
@@ -127,15 +227,16 @@ impl LocalCa {
         // it would make strict verifiers see an untrusted self-signed certificate in the chain.
         let chain = vec![leaf.der().clone()];
         let key = rustls::pki_types::PrivateKeyDer::Pkcs8(leaf_key.serialize_der().into());
-        // The provider is named, not taken from process state: other crates in the same
-        // process may compile in a second rustls provider.
-        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-        let mut config = rustls::ServerConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()?
-            .with_no_client_auth()
-            .with_single_cert(chain, key)?;
-        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-        Ok(Arc::new(config))
+        Ok(ServerCertificate::issued(chain, key))
+    }
+
+    /// A rustls server configuration with a fresh certificate from [`LocalCa::issue`], offering
+    /// HTTP/2 and HTTP/1.1.
+    pub fn server_config(
+        &self,
+        extra_names: &[String],
+    ) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+        self.issue(extra_names)?.server_config()
     }
 }
 
@@ -183,7 +284,7 @@ fn write_atomically(path: &Path, contents: &[u8], mode: u32) -> Result<(), TlsEr
     fs::rename(&temporary, path).map_err(|source| io_error(path, source))
 }
 
-fn io_error(path: &Path, source: std::io::Error) -> TlsError {
+pub(crate) fn io_error(path: &Path, source: std::io::Error) -> TlsError {
     TlsError::Io {
         path: path.to_path_buf(),
         source,

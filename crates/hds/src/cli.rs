@@ -58,6 +58,20 @@ pub struct UpOptions {
     #[arg(long, env = "HDS_HTTP")]
     pub http: bool,
 
+    /// The operator's own server certificate (PEM, leaf first, then intermediates) for the
+    /// main listener and the vaults, instead of one from the local CA. Needs --tls-key.
+    #[arg(long, env = "HDS_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// The private key of --tls-cert (PEM; no access for other users: chmod 600 or 640).
+    #[arg(long, env = "HDS_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+
+    /// CA certificates (PEM) hds trusts, beside the system's, for its own calls to its vaults
+    /// when --tls-cert is given: the CA that issued it, when that is not a public one.
+    #[arg(long, env = "HDS_TLS_CA", requires = "tls_cert")]
+    pub tls_ca: Option<PathBuf>,
+
     /// The index database: `sqlite` (a file in the data dir) or a `postgres://` URL.
     #[arg(long, env = "HDS_INDEX", default_value = "sqlite")]
     pub index: String,

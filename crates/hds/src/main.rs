@@ -10,6 +10,7 @@ mod logging;
 mod recovery;
 mod root_key;
 mod seed_flow;
+mod tls;
 mod up;
 mod vault_access;
 

@@ -68,6 +68,12 @@ pub async fn run(options: UpOptions) -> anyhow::Result<()> {
         .unwrap_or_else(|| format!("{scheme}://{}", options.listen))
         .trim_end_matches('/')
         .to_owned();
+    // One certificate for the main listener and every vault, covering the hosts of this start.
+    let served = crate::tls::served_certificate(&options, &certificate_authority, &public_url)?;
+    let tls = served
+        .certificate
+        .server_config()
+        .context("configuring TLS")?;
 
     // One database for everything: identities, vaults, ARM resources, the index, key state.
     let database_url = match options.index.as_str() {
@@ -147,9 +153,7 @@ pub async fn run(options: UpOptions) -> anyhow::Result<()> {
             }),
             token_authority: public_url.clone(),
         },
-        certificate_authority
-            .server_config(&[])
-            .context("issuing the vault certificate")?,
+        tls.clone(),
         options.listen.ip(),
     ));
     vault_listeners
@@ -169,7 +173,7 @@ pub async fn run(options: UpOptions) -> anyhow::Result<()> {
     }
     let client = KeyVaultClient::new(
         &ClientConfig {
-            ca_pem_path: Some(certificate_authority.ca_pem_path().to_path_buf()),
+            ca_pem_path: served.trusted_ca.clone(),
             trust_system_roots: true,
             ..ClientConfig::default()
         },
@@ -353,10 +357,7 @@ pub async fn run(options: UpOptions) -> anyhow::Result<()> {
         "  admin:     {}",
         bootstrap.admin_credentials_path.display()
     );
-    println!(
-        "  CA:        {}",
-        certificate_authority.ca_pem_path().display()
-    );
+    println!("{}", served.banner);
     for vault in vault_service.list_vaults().await.unwrap_or_default() {
         println!("  vault {}: {}", vault.name, vault.vault_uri);
     }
@@ -377,9 +378,6 @@ pub async fn run(options: UpOptions) -> anyhow::Result<()> {
         listener_limits::configure_http(&mut server, &limits);
         server.handle(handle).serve(service).await?;
     } else {
-        let tls = certificate_authority
-            .server_config(&[])
-            .context("issuing the server certificate")?;
         let config = axum_server::tls_rustls::RustlsConfig::from_config(tls);
         let acceptor = axum_server::tls_rustls::RustlsAcceptor::new(config).acceptor(no_delay);
         let mut server = axum_server::from_tcp(listener).acceptor(acceptor);
