@@ -1,7 +1,8 @@
 //! RSA-HSM keys in a real PKCS#11 token: Debian's SoftHSM 2 (`apt-get install -y softhsm2`;
 //! CI installs it). A throwaway token is initialized in a temporary directory, the vault is
 //! opened on it, and a key is generated, used, refused for backup, looked for in the database
-//! and in the token, reopened and purged.
+//! and in the token, reopened and purged; then the platform root key is wrapped by an AES key
+//! of the token.
 //!
 //! This is its own test binary with a single test: SoftHSM reads `SOFTHSM2_CONF` from the
 //! process environment, which is set before anything else runs.
@@ -25,14 +26,16 @@ use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
 use cryptoki::object::{Attribute, AttributeType, ObjectClass};
 use cryptoki::session::{Session, UserType};
 use cryptoki::types::AuthPin;
-use hds_crypto::root::RootKey;
+use hds_crypto::root::{RootKey, RootKeyError};
+use hds_crypto::root_at_rest::{self, Protector};
 use hds_db::Database;
 use hds_keyvault::access::Caller;
 use hds_keyvault::material::{EncryptionAlgorithm, RsaKeyMaterial};
 use hds_keyvault::model::{Vault, VaultProperties};
 use hds_keyvault::{
-    DataPlaneState, KeyVaultService, PinSource, Pkcs11Config, ServiceConfig, StaticAccessControl,
-    VaultAddressing, VaultSelector, data_plane_router,
+    DataPlaneState, KeyVaultService, PinSource, Pkcs11Config, Pkcs11Error, Pkcs11RootKeyWrapper,
+    ServiceConfig, StaticAccessControl, VaultAddressing, VaultSelector, WrappingKeyCreation,
+    data_plane_router,
 };
 use http_body_util::BodyExt;
 use serde_json::{Value, json};
@@ -283,6 +286,71 @@ fn rsa_hsm_keys_live_in_a_softhsm_token() {
         .build()
         .unwrap()
         .block_on(exercise_token(&database_url, &database_path, &pin_file));
+    exercise_root_key_wrapping(directory.path(), &pin_file);
+}
+
+/// The platform root key wrapped by an AES key of the token: generated only when allowed,
+/// sensitive and non-extractable, opening the same key again, and another key of the token
+/// refused.
+fn exercise_root_key_wrapping(directory: &Path, pin_file: &Path) {
+    let config = Pkcs11Config {
+        module_path: PathBuf::from(SOFTHSM_MODULE),
+        token_label: TOKEN_LABEL.into(),
+        user_pin: PinSource::File(pin_file.to_owned()),
+    };
+    let missing = Pkcs11RootKeyWrapper::open(&config, "root-wrap", WrappingKeyCreation::MustExist)
+        .unwrap_err();
+    assert!(
+        matches!(missing, Pkcs11Error::KeyNotFound { .. }),
+        "{missing}"
+    );
+    let wrapper =
+        Pkcs11RootKeyWrapper::open(&config, "root-wrap", WrappingKeyCreation::GenerateIfMissing)
+            .unwrap();
+    let session = inspection_session();
+    let keys = session
+        .find_objects(&[
+            Attribute::Class(ObjectClass::SECRET_KEY),
+            Attribute::Label(b"root-wrap".to_vec()),
+        ])
+        .unwrap();
+    assert_eq!(keys.len(), 1);
+    let attributes = session
+        .get_attributes(
+            keys[0],
+            &[
+                AttributeType::Sensitive,
+                AttributeType::Extractable,
+                AttributeType::Token,
+            ],
+        )
+        .unwrap();
+    for attribute in attributes {
+        match attribute {
+            Attribute::Sensitive(value) | Attribute::Token(value) => assert!(value),
+            Attribute::Extractable(value) => assert!(!value),
+            other => panic!("unexpected attribute {other:?}"),
+        }
+    }
+    let data_dir = directory.join("root-key-data-dir");
+    std::fs::create_dir(&data_dir).unwrap();
+    let created = root_at_rest::open_or_create(&data_dir, Protector::Wrapper(&wrapper)).unwrap();
+    drop(wrapper);
+    let reopened_wrapper =
+        Pkcs11RootKeyWrapper::open(&config, "root-wrap", WrappingKeyCreation::MustExist).unwrap();
+    let reopened =
+        root_at_rest::open_or_create(&data_dir, Protector::Wrapper(&reopened_wrapper)).unwrap();
+    assert!(reopened.same_key_as(&created));
+    let other_key = Pkcs11RootKeyWrapper::open(
+        &config,
+        "other-wrap",
+        WrappingKeyCreation::GenerateIfMissing,
+    )
+    .unwrap();
+    assert!(matches!(
+        root_at_rest::open_or_create(&data_dir, Protector::Wrapper(&other_key)),
+        Err(RootKeyError::WrongWrappingKey(_))
+    ));
 }
 
 async fn exercise_token(database_url: &str, database_path: &Path, pin_file: &Path) {
