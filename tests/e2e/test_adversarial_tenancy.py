@@ -2,14 +2,16 @@
 Contributor on another resource group cannot take a workspace name that is in use (409), and so
 cannot create a look-alike `default/dicom` whose deletion would crypto-shred the original; a
 move keeps a service's data (also across a restart); deleting one service leaves another of the
-same service name in another workspace intact. A real `hds up` throughout."""
+same service name in another workspace intact; an index row given another instance's blob is
+refused, never served. A real `hds up` throughout."""
 
 import re
+import sqlite3
 import uuid
 
 import requests
 
-from conftest import ArmClient, ExternalIssuer, HdsServer, fresh_instance
+from conftest import ArmClient, ExternalIssuer, HdsServer, assert_readable, fresh_instance, retrieve, store
 
 CONTRIBUTOR = "b24988ac-6180-42a0-ab88-20f7382dd24c"
 ISSUER = "https://login.example.org/attacker/v2.0"
@@ -186,3 +188,44 @@ def test_deleting_a_service_leaves_another_of_the_same_name(tmp_path):
         assert_served(server, second_url, second, second_sent)
     finally:
         assert server.stop() == 0
+
+
+def test_a_row_given_another_instances_blob_is_refused_not_served(hds):
+    """Rule 8: a blob key is bound to its instance. Two instances of one series whose rows swap
+    their blob references (name and wrapped key, as someone with write access to the index could)
+    answer 500 DataIntegrityCheckFailed and never each other's bytes; the log names the check,
+    not the instance."""
+    first = fresh_instance()
+    second = fresh_instance()
+    second.StudyInstanceUID = first.StudyInstanceUID
+    second.SeriesInstanceUID = first.SeriesInstanceUID
+    second.PatientName = "Swapped^Second"
+    store(hds, first)
+    store(hds, second)
+    assert_readable(hds, first)
+    assert hds.stop() == 0
+    database = sqlite3.connect(hds.data_dir / "index.db")
+    try:
+        rows = database.execute("SELECT id, blob_name, blob_key FROM dicom_instances ORDER BY id").fetchall()
+        assert len(rows) == 2, rows
+        (first_id, first_name, first_key), (second_id, second_name, second_key) = rows
+        database.execute("UPDATE dicom_instances SET blob_name = ?, blob_key = ? WHERE id = ?",
+                         (second_name, second_key, first_id))
+        database.execute("UPDATE dicom_instances SET blob_name = ?, blob_key = ? WHERE id = ?",
+                         (first_name, first_key, second_id))
+        database.commit()
+    finally:
+        database.close()
+    hds.start()
+    for dataset in (first, second):
+        response = retrieve(hds, dataset)
+        assert response.status_code == 500, response.status_code
+        assert response.json()["error"]["code"] == "DataIntegrityCheckFailed", response.text
+        assert b"Swapped" not in response.content
+    study = hds.http.get(f"{hds.url}/studies/{first.StudyInstanceUID}",
+                         headers={"Accept": 'multipart/related; type="application/dicom"; transfer-syntax=*'})
+    assert study.status_code == 500, study.status_code
+    assert b"Swapped" not in study.content
+    log = hds.logs()
+    assert "DataIntegrity" in log or "integrity" in log, log[-2000:]
+    assert "Swapped" not in log and first.SOPInstanceUID not in log

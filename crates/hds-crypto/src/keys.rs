@@ -124,6 +124,10 @@ pub enum KeyError {
 
 /// Format version of keys wrapped inside the hierarchy and of sealed index values.
 const WRAP_VERSION_1: u8 = 1;
+/// Format version of blob keys bound to the instance they belong to ([`InstanceBinding`]).
+/// Same layout as version 1; the version byte tells which binding a wrapped blob key was made
+/// with, and is itself part of that binding, so a version-2 key cannot pass for a version-1 one.
+const WRAP_VERSION_2: u8 = 2;
 /// HKDF salt for every key derived from a service root key.
 const HIERARCHY_SALT: &[u8] = b"hds/key-hierarchy/v1";
 const STUDY_WRAPPING_INFO: &[u8] = b"hds/key-hierarchy/v1/wrap-study-key";
@@ -150,8 +154,12 @@ fn aes_gcm_key(key_bytes: &[u8]) -> LessSafeKey {
 
 /// The associated data of a wrapped key: what it is, and whose.
 fn wrapping_binding(kind: &[u8], service: &str, owner: &[u8]) -> Vec<u8> {
+    versioned_wrapping_binding(WRAP_VERSION_1, kind, service, owner)
+}
+
+fn versioned_wrapping_binding(version: u8, kind: &[u8], service: &str, owner: &[u8]) -> Vec<u8> {
     let mut binding = Vec::with_capacity(24 + kind.len() + service.len() + owner.len());
-    binding.push(WRAP_VERSION_1);
+    binding.push(version);
     push_length_prefixed(&mut binding, kind);
     push_length_prefixed(&mut binding, service.as_bytes());
     push_length_prefixed(&mut binding, owner);
@@ -160,10 +168,19 @@ fn wrapping_binding(kind: &[u8], service: &str, owner: &[u8]) -> Vec<u8> {
 
 /// `version || nonce || AES-256-GCM(key, nonce, data key, binding) || tag`, with a random nonce.
 fn wrap_data_key(wrapping_key: &LessSafeKey, binding: &[u8], data_key: &DataKey) -> Vec<u8> {
+    wrap_versioned_data_key(WRAP_VERSION_1, wrapping_key, binding, data_key)
+}
+
+fn wrap_versioned_data_key(
+    version: u8,
+    wrapping_key: &LessSafeKey,
+    binding: &[u8],
+    data_key: &DataKey,
+) -> Vec<u8> {
     let mut nonce = [0u8; NONCE_LEN];
     fill_random(&mut nonce);
     let mut wrapped = Vec::with_capacity(WRAPPED_DATA_KEY_LEN);
-    wrapped.push(WRAP_VERSION_1);
+    wrapped.push(version);
     wrapped.extend_from_slice(&nonce);
     wrapped.extend_from_slice(data_key.expose());
     let tag = wrapping_key
@@ -188,6 +205,16 @@ fn unwrap_data_key(
         Some(&version) => return Err(KeyError::UnsupportedVersion(version)),
         None => return Err(KeyError::Integrity),
     }
+    open_wrapped_data_key(wrapping_key, binding, wrapped)
+}
+
+/// Opens a wrapped key whose version byte the caller has already checked (it is part of
+/// `binding`, so a changed byte fails the integrity check).
+fn open_wrapped_data_key(
+    wrapping_key: &LessSafeKey,
+    binding: &[u8],
+    wrapped: &[u8],
+) -> Result<DataKey, KeyError> {
     if wrapped.len() != WRAPPED_DATA_KEY_LEN {
         return Err(KeyError::Integrity);
     }
@@ -265,28 +292,91 @@ impl ServiceRootKey {
     }
 }
 
+/// The instance a blob holds, as its wrapped blob key is bound to it: the blob's name and the
+/// instance's three UIDs. A row of the index whose blob columns were swapped with another row's,
+/// or replayed from another instance, names a different owner than its blob key was wrapped for,
+/// so the key does not unwrap and the blob is never served as the wrong instance.
+#[derive(Debug, Clone, Copy)]
+pub struct InstanceBinding<'a> {
+    /// The blob's opaque name (the sealed stream is bound to it as well).
+    pub blob_name: &'a str,
+    /// StudyInstanceUID.
+    pub study_instance_uid: &'a str,
+    /// SeriesInstanceUID.
+    pub series_instance_uid: &'a str,
+    /// SOPInstanceUID.
+    pub sop_instance_uid: &'a str,
+}
+
+impl InstanceBinding<'_> {
+    /// Each part length-prefixed, so no two different owners encode alike.
+    fn encode(&self) -> Vec<u8> {
+        let mut owner = Vec::with_capacity(
+            32 + self.blob_name.len()
+                + self.study_instance_uid.len()
+                + self.series_instance_uid.len()
+                + self.sop_instance_uid.len(),
+        );
+        for part in [
+            self.blob_name,
+            self.study_instance_uid,
+            self.series_instance_uid,
+            self.sop_instance_uid,
+        ] {
+            push_length_prefixed(&mut owner, part.as_bytes());
+        }
+        owner
+    }
+}
+
 impl StudyKey {
-    /// Wraps `blob_key` for storage, bound to `service` and the blob's name. A blob key may be
-    /// wrapped before its study is known and re-wrapped once it is.
+    /// Wraps `blob_key` for storage, bound to `service` and to the instance the blob holds
+    /// (its name and UIDs), so the wrapped key unwraps only for that instance of that service.
     ///
     /// Nonces are random under one derived wrapping key per study: the collision probability
     /// stays below 2^-32 up to 2^32 blobs in a study.
-    pub fn wrap_blob_key(&self, service: &str, blob_name: &str, blob_key: &BlobKey) -> Vec<u8> {
+    pub fn wrap_blob_key(
+        &self,
+        service: &str,
+        owner: &InstanceBinding<'_>,
+        blob_key: &BlobKey,
+    ) -> Vec<u8> {
         let wrapping_key = aes_gcm_key(derive_key(self.expose(), BLOB_WRAPPING_INFO).as_slice());
-        let binding = wrapping_binding(b"blob-key", service, blob_name.as_bytes());
-        wrap_data_key(&wrapping_key, &binding, &blob_key.data_key)
+        let binding = versioned_wrapping_binding(
+            WRAP_VERSION_2,
+            b"instance-blob-key",
+            service,
+            &owner.encode(),
+        );
+        wrap_versioned_data_key(WRAP_VERSION_2, &wrapping_key, &binding, &blob_key.data_key)
     }
 
-    /// Unwraps what [`StudyKey::wrap_blob_key`] produced for the same service and blob name.
+    /// Unwraps what [`StudyKey::wrap_blob_key`] produced for the same service and instance.
+    ///
+    /// Blob keys wrapped by earlier builds (format version 1) are bound to the service and blob
+    /// name only; they still open, with that weaker binding, so existing data stays readable.
+    /// A version-2 key never opens as version 1: the version byte is part of each binding.
     pub fn unwrap_blob_key(
         &self,
         service: &str,
-        blob_name: &str,
+        owner: &InstanceBinding<'_>,
         wrapped: &[u8],
     ) -> Result<BlobKey, KeyError> {
         let wrapping_key = aes_gcm_key(derive_key(self.expose(), BLOB_WRAPPING_INFO).as_slice());
-        let binding = wrapping_binding(b"blob-key", service, blob_name.as_bytes());
-        unwrap_data_key(&wrapping_key, &binding, wrapped).map(BlobKey::from_data_key)
+        let binding = match wrapped.first() {
+            Some(&WRAP_VERSION_2) => versioned_wrapping_binding(
+                WRAP_VERSION_2,
+                b"instance-blob-key",
+                service,
+                &owner.encode(),
+            ),
+            Some(&WRAP_VERSION_1) => {
+                wrapping_binding(b"blob-key", service, owner.blob_name.as_bytes())
+            }
+            Some(&version) => return Err(KeyError::UnsupportedVersion(version)),
+            None => return Err(KeyError::Integrity),
+        };
+        open_wrapped_data_key(&wrapping_key, &binding, wrapped).map(BlobKey::from_data_key)
     }
 }
 

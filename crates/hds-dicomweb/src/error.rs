@@ -95,6 +95,9 @@ impl From<hds_index::IndexError> for DicomWebError {
             hds_index::IndexError::KeysUnavailable => DicomWebError::key_access_lost(),
             hds_index::IndexError::Keyring(error) => error.into(),
             hds_index::IndexError::Integrity => DicomWebError::DataIntegrity("index value".into()),
+            hds_index::IndexError::Corrupt(detail) => {
+                DicomWebError::DataIntegrity(format!("index row: {detail}"))
+            }
             other => DicomWebError::internal("index", other),
         }
     }

@@ -196,7 +196,7 @@ fn blob_key(context: &ServiceContext, record: &InstanceRecord) -> Result<BlobKey
         .blob_key
         .as_ref()
         .ok_or_else(|| DicomWebError::DataIntegrity("instance row without a blob key".into()))?;
-    Ok(context.keyring.open_blob_key(stored, &record.blob_name)?)
+    Ok(context.keyring.open_blob_key(stored, &record.binding())?)
 }
 
 /// The decrypted instance as a stream. A segment that fails after the first ends the stream

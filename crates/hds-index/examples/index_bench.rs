@@ -98,7 +98,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             for number in (writer..count).step_by(8) {
                 let parsed = instance(number);
                 let lease = keyring.study_key(&parsed.study_instance_uid).await?;
-                let keys = lease.seal_blob_key("blob", &BlobKey::generate());
+                let owner = hds_index::InstanceBinding {
+                    blob_name: "blob",
+                    study_instance_uid: &parsed.study_instance_uid,
+                    series_instance_uid: &parsed.series_instance_uid,
+                    sop_instance_uid: &parsed.sop_instance_uid,
+                };
+                let keys = lease.seal_blob_key(&owner, &BlobKey::generate());
                 let new = NewInstance {
                     service: "bench/dicom",
                     parsed: &parsed,

@@ -3,7 +3,7 @@
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
-use hds_crypto::keys::BlobKey;
+use hds_crypto::keys::{BlobKey, InstanceBinding};
 use hds_db::{Database, DbError, Migration};
 use hds_dicom::{FrameMap, ParsedInstance};
 
@@ -113,6 +113,20 @@ pub enum DeleteScope<'a> {
     Instance(&'a str, &'a str, &'a str),
 }
 
+impl DeleteScope<'_> {
+    /// Whether an instance of `study` and `series` lies in this scope (the SOP instance is
+    /// matched by the row's own token).
+    fn contains(&self, study: &str, series: &str) -> bool {
+        match *self {
+            DeleteScope::Study(scope_study) => scope_study == study,
+            DeleteScope::Series(scope_study, scope_series)
+            | DeleteScope::Instance(scope_study, scope_series, _) => {
+                scope_study == study && scope_series == series
+            }
+        }
+    }
+}
+
 /// What retrieval needs of one stored instance.
 #[derive(Debug, Clone)]
 pub struct InstanceRecord {
@@ -133,6 +147,19 @@ pub struct InstanceRecord {
     /// The blob's wrapped key and its study's wrapped key: what
     /// [`crate::ServiceKeyring::open_blob_key`] needs. `None` only if the row was damaged.
     pub blob_key: Option<StoredBlobKey>,
+}
+
+impl InstanceRecord {
+    /// The instance its blob key must have been wrapped for
+    /// ([`crate::ServiceKeyring::open_blob_key`]).
+    pub fn binding(&self) -> InstanceBinding<'_> {
+        InstanceBinding {
+            blob_name: &self.blob_name,
+            study_instance_uid: &self.study_instance_uid,
+            series_instance_uid: &self.series_instance_uid,
+            sop_instance_uid: &self.sop_instance_uid,
+        }
+    }
 }
 
 /// The three UIDs of an instance, sealed together in its row: retrieval must name them but the
@@ -234,7 +261,13 @@ impl Index {
                 Err(KeyringError::RootKeyChanged) if attempts < STUDY_KEY_ATTEMPTS => continue,
                 Err(error) => return Err(error.into()),
             };
-            let keys = lease.seal_blob_key(instance.blob_name, instance.blob_key);
+            let owner = InstanceBinding {
+                blob_name: instance.blob_name,
+                study_instance_uid: &instance.parsed.study_instance_uid,
+                series_instance_uid: &instance.parsed.series_instance_uid,
+                sop_instance_uid: &instance.parsed.sop_instance_uid,
+            };
+            let keys = lease.seal_blob_key(&owner, instance.blob_key);
             let stored = self
                 .store_instance(NewInstance {
                     service: keyring.service(),
@@ -304,6 +337,14 @@ impl Index {
                 }),
                 _ => None,
             };
+            // The sealed UIDs are bound to the row's own token; a row moved under another study
+            // or series (its foreign keys rewritten) still names its own, and is refused here
+            // rather than served as part of a study or series it never belonged to.
+            if !scope.contains(&uids.study, &uids.series) {
+                return Err(IndexError::Corrupt(
+                    "an instance row is filed under a study or series it does not belong to".into(),
+                ));
+            }
             records.push(InstanceRecord {
                 study_instance_uid: uids.study,
                 series_instance_uid: uids.series,

@@ -19,8 +19,8 @@ use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
 use hds_crypto::index_root::IndexRootKey;
 use hds_crypto::keys::{
-    BlobKey, IndexKeys, KekError, KeyEncryptionKey, KeyError, LocalRsaKek, RsaKeySize,
-    ServiceRootKey, StudyKey, WrappedKey,
+    BlobKey, IndexKeys, InstanceBinding, KekError, KeyEncryptionKey, KeyError, LocalRsaKek,
+    RsaKeySize, ServiceRootKey, StudyKey, WrappedKey,
 };
 use hds_crypto::root::RootKey;
 use hds_db::{Backend, Database, DbError};
@@ -166,14 +166,12 @@ pub struct StudyKeyLease {
 }
 
 impl StudyKeyLease {
-    /// Wraps `blob_key` (of the blob named `blob_name`) under this study key, for
+    /// Wraps `blob_key` under this study key, bound to the instance its blob holds, for
     /// [`crate::NewInstance::keys`].
-    pub fn seal_blob_key(&self, blob_name: &str, blob_key: &BlobKey) -> InstanceKeys {
+    pub fn seal_blob_key(&self, owner: &InstanceBinding<'_>, blob_key: &BlobKey) -> InstanceKeys {
         InstanceKeys {
             wrapped_study_key: self.wrapped_study_key.clone(),
-            wrapped_blob_key: self
-                .study_key
-                .wrap_blob_key(&self.service, blob_name, blob_key),
+            wrapped_blob_key: self.study_key.wrap_blob_key(&self.service, owner, blob_key),
             new_study_key_generation: self.unstored_generation,
         }
     }
@@ -550,12 +548,13 @@ impl ServiceKeyring {
         }
     }
 
-    /// Unwraps the key of a stored blob named `blob_name`: its study key with the root key,
-    /// then the blob key with the study key. Fails once the study key is destroyed.
+    /// Unwraps the key of the blob holding the instance `owner`: its study key with the root
+    /// key, then the blob key with the study key. Fails once the study key is destroyed, and
+    /// when the row's blob key was wrapped for another instance (a swapped or replayed row).
     pub fn open_blob_key(
         &self,
         stored: &StoredBlobKey,
-        blob_name: &str,
+        owner: &InstanceBinding<'_>,
     ) -> Result<BlobKey, KeyringError> {
         let keys = self.unlocked_keys()?;
         let study_key = keys.root.unwrap_study_key(
@@ -563,7 +562,7 @@ impl ServiceKeyring {
             &stored.study_token,
             &stored.wrapped_study_key,
         )?;
-        Ok(study_key.unwrap_blob_key(&self.service, blob_name, &stored.wrapped_blob_key)?)
+        Ok(study_key.unwrap_blob_key(&self.service, owner, &stored.wrapped_blob_key)?)
     }
 
     /// The index keys, for the cipher.

@@ -24,6 +24,7 @@ mod tokens;
 
 pub use cipher::{IndexCipher, PlaintextIndexCipher, RowBinding};
 pub use error::IndexError;
+pub use hds_crypto::keys::InstanceBinding;
 pub use index::{DeleteScope, Index, InstanceRecord, NewInstance, SealedInstance, StoreOutcome};
 pub use keyring::{
     InstanceKeys, KeyringError, ServiceKeyring, ServiceKeyrings, StoredBlobKey, StudyKeyLease,

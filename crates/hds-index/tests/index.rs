@@ -106,6 +106,16 @@ struct Spec {
 }
 
 impl Spec {
+    /// The instance a blob of this spec holds, for wrapping and opening its blob key.
+    fn binding<'a>(&'a self, blob_name: &'a str) -> hds_index::InstanceBinding<'a> {
+        hds_index::InstanceBinding {
+            blob_name,
+            study_instance_uid: &self.study,
+            series_instance_uid: &self.series,
+            sop_instance_uid: &self.sop,
+        }
+    }
+
     fn new(study: usize, series: usize, sop: usize) -> Spec {
         Spec {
             study: format!("1.2.826.0.1.3680043.10.1.{study}"),
@@ -1368,7 +1378,7 @@ mod keys {
         writer.write(contents).await.expect("write");
         writer.finish().await.expect("finish");
         let lease = keyring.study_key(&spec.study).await.expect("study key");
-        let keys = lease.seal_blob_key(name.as_str(), &blob_key);
+        let keys = lease.seal_blob_key(&spec.binding(name.as_str()), &blob_key);
         let parsed = spec.parsed();
         let outcome = index
             .store_instance(NewInstance {
@@ -1401,7 +1411,7 @@ mod keys {
         let record = records.first().ok_or("no instance")?;
         let stored = record.blob_key.as_ref().ok_or("no blob key")?;
         let key = keyring
-            .open_blob_key(stored, &record.blob_name)
+            .open_blob_key(stored, &record.binding())
             .map_err(|error| error.to_string())?;
         let name = BlobName::parse(&record.blob_name).map_err(|error| error.to_string())?;
         let chunks: Vec<Bytes> = blobs
@@ -1480,7 +1490,7 @@ mod keys {
             tasks.push(tokio::spawn(async move {
                 let lease = keyring.study_key("1.2.840.99.1").await.expect("study key");
                 lease
-                    .seal_blob_key("blob", &BlobKey::generate())
+                    .seal_blob_key(&Spec::new(0, 0, 0).binding("blob"), &BlobKey::generate())
                     .wrapped_study_key
             }));
         }
@@ -1534,7 +1544,7 @@ mod keys {
         let store = |spec: &Spec, lease: &hds_index::StudyKeyLease, contents: Vec<u8>| {
             let name = BlobName::random();
             let blob_key = BlobKey::generate();
-            let keys = lease.seal_blob_key(name.as_str(), &blob_key);
+            let keys = lease.seal_blob_key(&spec.binding(name.as_str()), &blob_key);
             let parsed = spec.parsed();
             let index = index.clone();
             let blobs = blobs.clone();
@@ -1628,6 +1638,101 @@ mod keys {
         .expect("swap");
         let swapped = read_back(&index, &keyring, &blobs, &first).await;
         assert!(swapped.is_err(), "a swapped blob must not open");
+    }
+
+    /// Swaps the values of `columns` between the instance rows named by the SOP specs.
+    async fn swap_instance_columns(
+        database: &Database,
+        first: &Spec,
+        second: &Spec,
+        columns: &str,
+    ) {
+        let ids: Vec<i64> = sqlx::query("SELECT id FROM dicom_instances ORDER BY id")
+            .fetch_all(database.pool())
+            .await
+            .expect("ids")
+            .iter()
+            .map(|row| row.get(0))
+            .collect();
+        assert_eq!(ids.len(), 2, "{} and {}", first.sop, second.sop);
+        // Row-at-a-time engines (SQLite) see their own earlier updates within one statement:
+        // copy the values aside first, in one transaction (temporary tables are per connection).
+        let mut transaction = database.pool().begin().await.expect("begin");
+        for column in columns.split(',') {
+            for statement in [
+                format!(
+                    "CREATE TEMPORARY TABLE swapped AS SELECT id, {column} AS value \
+                     FROM dicom_instances WHERE id IN ({}, {})",
+                    ids[0], ids[1]
+                ),
+                format!(
+                    "UPDATE dicom_instances SET {column} = (SELECT value FROM swapped \
+                     WHERE swapped.id = CASE dicom_instances.id WHEN {0} THEN {1} ELSE {0} END) \
+                     WHERE id IN ({0}, {1})",
+                    ids[0], ids[1]
+                ),
+                "DROP TABLE swapped".to_owned(),
+            ] {
+                sqlx::query(&statement)
+                    .execute(&mut *transaction)
+                    .await
+                    .expect("swap");
+            }
+        }
+        transaction.commit().await.expect("commit");
+    }
+
+    async fn rows_swapped_within_a_series_are_refused(backend: Backend) {
+        let (_dir, database) = fresh_database(backend).await;
+        let blob_dir = tempfile::tempdir().expect("blob dir");
+        let blobs = BlobStore::local(blob_dir.path()).expect("blobs");
+        let (index, _keyrings, keyring) = keyed(&database, CountingKek::new("kek-1")).await;
+        // Two instances of one series: one study key wraps both blob keys.
+        let first = Spec::new(1, 1, 1);
+        let second = Spec::new(1, 1, 2);
+        let first_contents = contents(1, 50_000);
+        let second_contents = contents(2, 50_000);
+        store_sealed(&index, &keyring, &blobs, &first, &first_contents).await;
+        store_sealed(&index, &keyring, &blobs, &second, &second_contents).await;
+        assert_eq!(
+            read_back(&index, &keyring, &blobs, &second)
+                .await
+                .as_deref(),
+            Ok(second_contents.as_slice())
+        );
+        // The whole blob reference (name and wrapped key) moved from one row to the other:
+        // each key is bound to its instance's UIDs, so neither row serves the other's bytes.
+        swap_instance_columns(&database, &first, &second, "blob_name,blob_key").await;
+        for spec in [&first, &second] {
+            let read = read_back(&index, &keyring, &blobs, spec).await;
+            assert!(read.is_err(), "{} served a swapped blob", spec.sop);
+        }
+        // Swapped back, both open again: the refusal came from the binding, not damage.
+        swap_instance_columns(&database, &first, &second, "blob_name,blob_key").await;
+        assert_eq!(
+            read_back(&index, &keyring, &blobs, &first).await.as_deref(),
+            Ok(first_contents.as_slice())
+        );
+    }
+
+    async fn a_row_moved_to_another_series_is_refused(backend: Backend) {
+        let (_dir, database) = fresh_database(backend).await;
+        let blob_dir = tempfile::tempdir().expect("blob dir");
+        let blobs = BlobStore::local(blob_dir.path()).expect("blobs");
+        let (index, _keyrings, keyring) = keyed(&database, CountingKek::new("kek-1")).await;
+        let first = Spec::new(1, 1, 1);
+        let second = Spec::new(1, 2, 1);
+        store_sealed(&index, &keyring, &blobs, &first, b"first").await;
+        store_sealed(&index, &keyring, &blobs, &second, b"second").await;
+        // File the second instance under the first one's series.
+        swap_instance_columns(&database, &first, &second, "series_id").await;
+        let moved = index
+            .find_instances(SERVICE, DeleteScope::Series(&first.study, &first.series))
+            .await;
+        assert!(
+            matches!(moved, Err(IndexError::Corrupt(_))),
+            "a row filed under another series was returned: {moved:?}"
+        );
     }
 
     async fn rewrap_costs_the_same_whatever_the_instance_count(backend: Backend) {
@@ -1791,19 +1896,23 @@ mod keys {
         let new_lease = keyring.study_key(&spec.study).await.expect("new key");
         assert_ne!(
             new_lease
-                .seal_blob_key(name.as_str(), &BlobKey::generate())
+                .seal_blob_key(&spec.binding(name.as_str()), &BlobKey::generate())
                 .wrapped_study_key,
             backup.wrapped_study_key
         );
         let mut forged = backup.clone();
         forged.wrapped_study_key = new_lease
-            .seal_blob_key(name.as_str(), &BlobKey::generate())
+            .seal_blob_key(&spec.binding(name.as_str()), &BlobKey::generate())
             .wrapped_study_key;
-        assert!(keyring.open_blob_key(&forged, name.as_str()).is_err());
+        assert!(
+            keyring
+                .open_blob_key(&forged, &spec.binding(name.as_str()))
+                .is_err()
+        );
         // A backup taken before the delete still holds the wrapped study key, which the current
         // root key opens; rotating the root key closes that.
         let key = keyring
-            .open_blob_key(&backup, name.as_str())
+            .open_blob_key(&backup, &spec.binding(name.as_str()))
             .expect("backup opens before rotation");
         let reopened: Vec<Bytes> = blobs
             .read_sealed(&name, SERVICE, &key)
@@ -1815,7 +1924,7 @@ mod keys {
         assert_eq!(reopened.concat(), original);
         keyring.rotate_root_key().await.expect("rotate");
         assert!(matches!(
-            keyring.open_blob_key(&backup, name.as_str()),
+            keyring.open_blob_key(&backup, &spec.binding(name.as_str())),
             Err(KeyringError::Integrity(_))
         ));
     }
@@ -1828,8 +1937,10 @@ mod keys {
         let attempt = |spec: Spec, lease: hds_index::StudyKeyLease| {
             let index = index.clone();
             async move {
-                let keys =
-                    lease.seal_blob_key("0123456789abcdef0123456789abcdef", &BlobKey::generate());
+                let keys = lease.seal_blob_key(
+                    &spec.binding("0123456789abcdef0123456789abcdef"),
+                    &BlobKey::generate(),
+                );
                 let parsed = spec.parsed();
                 index
                     .store_instance(NewInstance {
@@ -1919,7 +2030,7 @@ mod keys {
             (first_lease.expect("lease"), second_lease.expect("lease"));
         let wrapped = |lease: &hds_index::StudyKeyLease| {
             lease
-                .seal_blob_key("blob", &BlobKey::generate())
+                .seal_blob_key(&Spec::new(0, 0, 0).binding("blob"), &BlobKey::generate())
                 .wrapped_study_key
         };
         assert_eq!(wrapped(&first_lease), wrapped(&second_lease));
@@ -2089,6 +2200,8 @@ mod keys {
         concurrent_study_key_creation_ends_with_one_key,
         a_study_key_made_for_a_store_is_stored_with_the_first_instance,
         sealed_instances_round_trip_and_resist_swapping,
+        rows_swapped_within_a_series_are_refused,
+        a_row_moved_to_another_series_is_refused,
         rewrap_costs_the_same_whatever_the_instance_count,
         root_key_rotation_rewraps_study_keys_only,
         deleting_a_study_shreds_its_key,

@@ -77,27 +77,95 @@ fn study_key_wrap_round_trips_and_is_bound_to_service_and_study() {
     );
 }
 
+fn instance<'a>(blob_name: &'a str, series: &'a str, sop: &'a str) -> InstanceBinding<'a> {
+    InstanceBinding {
+        blob_name,
+        study_instance_uid: "1.2.3",
+        series_instance_uid: series,
+        sop_instance_uid: sop,
+    }
+}
+
 #[test]
-fn blob_key_wrap_round_trips_and_is_bound_to_blob_name() {
+fn blob_key_wrap_round_trips_and_is_bound_to_its_instance() {
     let study_key = StudyKey::generate();
     let blob_key = BlobKey::generate();
-    let wrapped = study_key.wrap_blob_key(SERVICE, "blob-1", &blob_key);
+    let owner = instance("blob-1", "1.2.3.4", "1.2.3.4.5");
+    let wrapped = study_key.wrap_blob_key(SERVICE, &owner, &blob_key);
     let unwrapped = study_key
-        .unwrap_blob_key(SERVICE, "blob-1", &wrapped)
+        .unwrap_blob_key(SERVICE, &owner, &wrapped)
         .expect("unwrap");
     assert!(same_key_material(&unwrapped.data_key, &blob_key.data_key));
+    // Any other blob name, study, series, SOP instance or service: refused.
+    let others = [
+        instance("blob-2", "1.2.3.4", "1.2.3.4.5"),
+        instance("blob-1", "1.2.3.4", "1.2.3.4.6"),
+        instance("blob-1", "1.2.3.5", "1.2.3.4.5"),
+        InstanceBinding {
+            study_instance_uid: "1.2.4",
+            ..owner
+        },
+        // Length prefixes keep the parts apart: moving a character across a boundary differs.
+        instance("blob-1", "1.2.3.41", ".2.3.4.5"),
+    ];
+    for other in &others {
+        assert_eq!(
+            study_key
+                .unwrap_blob_key(SERVICE, other, &wrapped)
+                .map(|_| ()),
+            Err(KeyError::Integrity),
+            "{other:?}"
+        );
+    }
     assert_eq!(
         study_key
-            .unwrap_blob_key(SERVICE, "blob-2", &wrapped)
+            .unwrap_blob_key("other/service", &owner, &wrapped)
             .map(|_| ()),
         Err(KeyError::Integrity)
     );
     // A study key's wrapping cannot be confused with a root key's wrapping of the same bytes.
     let root_key =
         ServiceRootKey::from_data_key(DataKey::from_bytes(Zeroizing::new(*study_key.expose())));
-    assert_eq!(
+    assert!(
         root_key
             .unwrap_study_key(SERVICE, b"blob-1", &wrapped)
+            .is_err()
+    );
+}
+
+/// What builds before instance binding wrote: version 1, bound to the service and blob name.
+fn legacy_wrap_blob_key(study_key: &StudyKey, blob_name: &str, blob_key: &BlobKey) -> Vec<u8> {
+    let wrapping_key = aes_gcm_key(derive_key(study_key.expose(), BLOB_WRAPPING_INFO).as_slice());
+    let binding = wrapping_binding(b"blob-key", SERVICE, blob_name.as_bytes());
+    wrap_data_key(&wrapping_key, &binding, &blob_key.data_key)
+}
+
+#[test]
+fn blob_keys_of_earlier_builds_still_open_and_new_ones_never_open_as_them() {
+    let study_key = StudyKey::generate();
+    let blob_key = BlobKey::generate();
+    let owner = instance("blob-1", "1.2.3.4", "1.2.3.4.5");
+    let legacy = legacy_wrap_blob_key(&study_key, "blob-1", &blob_key);
+    let unwrapped = study_key
+        .unwrap_blob_key(SERVICE, &owner, &legacy)
+        .expect("a version-1 blob key opens");
+    assert!(same_key_material(&unwrapped.data_key, &blob_key.data_key));
+    assert_eq!(
+        study_key
+            .unwrap_blob_key(
+                SERVICE,
+                &instance("blob-2", "1.2.3.4", "1.2.3.4.5"),
+                &legacy
+            )
+            .map(|_| ()),
+        Err(KeyError::Integrity)
+    );
+    // Relabelling a version-2 key as version 1 (to escape the instance binding) fails.
+    let mut downgraded = study_key.wrap_blob_key(SERVICE, &owner, &blob_key);
+    downgraded[0] = 1;
+    assert_eq!(
+        study_key
+            .unwrap_blob_key(SERVICE, &owner, &downgraded)
             .map(|_| ()),
         Err(KeyError::Integrity)
     );
@@ -106,36 +174,35 @@ fn blob_key_wrap_round_trips_and_is_bound_to_blob_name() {
 #[test]
 fn altered_wrapped_keys_fail() {
     let study_key = StudyKey::generate();
-    let wrapped = study_key.wrap_blob_key(SERVICE, "blob-1", &BlobKey::generate());
+    let owner = instance("blob-1", "1.2.3.4", "1.2.3.4.5");
+    let wrapped = study_key.wrap_blob_key(SERVICE, &owner, &BlobKey::generate());
     for index in 1..wrapped.len() {
         let mut altered = wrapped.clone();
         altered[index] ^= 0x04;
         assert_eq!(
             study_key
-                .unwrap_blob_key(SERVICE, "blob-1", &altered)
+                .unwrap_blob_key(SERVICE, &owner, &altered)
                 .map(|_| ()),
             Err(KeyError::Integrity),
             "byte {index}"
         );
     }
     let mut other_version = wrapped.clone();
-    other_version[0] = 2;
+    other_version[0] = 3;
     assert_eq!(
         study_key
-            .unwrap_blob_key(SERVICE, "blob-1", &other_version)
+            .unwrap_blob_key(SERVICE, &owner, &other_version)
             .map(|_| ()),
-        Err(KeyError::UnsupportedVersion(2))
+        Err(KeyError::UnsupportedVersion(3))
     );
     assert_eq!(
         study_key
-            .unwrap_blob_key(SERVICE, "blob-1", &wrapped[..wrapped.len() - 1])
+            .unwrap_blob_key(SERVICE, &owner, &wrapped[..wrapped.len() - 1])
             .map(|_| ()),
         Err(KeyError::Integrity)
     );
     assert_eq!(
-        study_key
-            .unwrap_blob_key(SERVICE, "blob-1", &[])
-            .map(|_| ()),
+        study_key.unwrap_blob_key(SERVICE, &owner, &[]).map(|_| ()),
         Err(KeyError::Integrity)
     );
 }
