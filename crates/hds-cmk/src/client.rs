@@ -223,36 +223,11 @@ impl KeyVaultClient {
         config: &ClientConfig,
         destinations: TokenDestinations,
     ) -> Result<KeyVaultClient, CmkError> {
-        let mut roots = rustls::RootCertStore::empty();
-        if config.trust_system_roots {
-            let native = rustls_native_certs::load_native_certs();
-            let (added, _ignored) = roots.add_parsable_certificates(native.certs);
-            if added == 0 {
-                tracing::warn!(
-                    "no system CA certificates found; only the configured CA is trusted"
-                );
-            }
-        }
-        if let Some(path) = &config.ca_pem_path {
-            let pem = std::fs::read(path).map_err(|error| {
-                CmkError::Configuration(format!("cannot read CA file {}: {error}", path.display()))
-            })?;
-            let mut found = 0;
-            for certificate in rustls_pemfile::certs(&mut pem.as_slice()) {
-                let certificate = certificate.map_err(|error| {
-                    CmkError::Configuration(format!("CA file {}: {error}", path.display()))
-                })?;
-                roots.add(certificate).map_err(|error| {
-                    CmkError::Configuration(format!("CA file {}: {error}", path.display()))
-                })?;
-                found += 1;
-            }
-            if found == 0 {
-                return Err(CmkError::Configuration(format!(
-                    "CA file {} holds no PEM certificate",
-                    path.display()
-                )));
-            }
+        let roots =
+            hds_tls::trusted_roots(config.trust_system_roots, config.ca_pem_path.as_deref())
+                .map_err(|error| CmkError::Configuration(format!("trusted CAs: {error}")))?;
+        if roots.is_empty() {
+            tracing::warn!("no CA certificates to trust: every vault call will fail");
         }
         // The provider is named rather than taken from process state, which another crate in
         // the process may have set to something else.

@@ -158,12 +158,18 @@ impl ServerCertificate {
     }
 }
 
-/// The CAs hds trusts for its own HTTPS calls when the operator brings the certificate: the
-/// system's store and, when given, every certificate in `extra_ca_path` (PEM).
-pub fn trusted_roots(extra_ca_path: Option<&Path>) -> Result<RootCertStore, TlsError> {
+/// The CAs hds trusts for its own HTTPS calls: the system's store when `system_roots`, and
+/// every certificate in `extra_ca_path` (PEM) when given. The one definition of that trust, so
+/// the start-up check of an operator's certificate and the vault client agree.
+pub fn trusted_roots(
+    system_roots: bool,
+    extra_ca_path: Option<&Path>,
+) -> Result<RootCertStore, TlsError> {
     let mut roots = RootCertStore::empty();
-    let native = rustls_native_certs::load_native_certs();
-    roots.add_parsable_certificates(native.certs);
+    if system_roots {
+        let native = rustls_native_certs::load_native_certs();
+        roots.add_parsable_certificates(native.certs);
+    }
     if let Some(path) = extra_ca_path {
         let pem = fs::read(path).map_err(|source| io_error(path, source))?;
         let mut found = 0;

@@ -237,7 +237,7 @@ impl OperatorFiles {
 fn an_operator_certificate_is_served_when_it_is_trusted_current_and_names_the_hosts() {
     let files = OperatorFiles::valid(&["127.0.0.2", "hds.example.org"]);
     let certificate = files.load().expect("the operator's files load");
-    let roots = trusted_roots(Some(&files.ca)).expect("roots");
+    let roots = trusted_roots(true, Some(&files.ca)).expect("roots");
     certificate
         .verify_for_hosts(
             roots.clone(),
@@ -255,7 +255,7 @@ fn an_operator_certificate_is_served_when_it_is_trusted_current_and_names_the_ho
     // Without --tls-ca the throwaway CA is not among the system's.
     let refused = certificate
         .verify_for_hosts(
-            trusted_roots(None).expect("system roots"),
+            trusted_roots(true, None).expect("system roots"),
             &names(&["127.0.0.2"]),
             UnixTime::now(),
         )
@@ -279,7 +279,7 @@ fn an_expired_operator_certificate_is_refused_with_its_date() {
     let certificate = files.load().expect("an expired certificate still loads");
     let refused = certificate
         .verify_for_hosts(
-            trusted_roots(Some(&files.ca)).expect("roots"),
+            trusted_roots(true, Some(&files.ca)).expect("roots"),
             &names(&["127.0.0.2"]),
             UnixTime::now(),
         )

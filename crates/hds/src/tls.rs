@@ -43,7 +43,7 @@ pub fn served_certificate(
     };
     let certificate = ServerCertificate::from_pem_files(certificate_path, key_path)
         .context("--tls-cert/--tls-key")?;
-    let roots = hds_tls::trusted_roots(options.tls_ca.as_deref()).context("--tls-ca")?;
+    let roots = hds_tls::trusted_roots(true, options.tls_ca.as_deref()).context("--tls-ca")?;
     let check = |host: &String, role: String| {
         certificate
             .verify_for_hosts(roots.clone(), std::slice::from_ref(host), UnixTime::now())
