@@ -5,8 +5,9 @@ data plane and the control plane's routes, each called by a principal holding on
 - Scopes that cover the target: the DICOM service (service A) or its resource group for
   DICOMweb, the vault (vault A) or its group for keys, the resource group (group A) for ARM.
   There the table's status applies.
-- Their siblings: the same role on service B, vault B, group B. Every cell there is refused
-  with 403: a role reaches only what is under its scope.
+- Their siblings: the same role on service B, vault B, group B (and, for ARM, on service B).
+  Every cell there is refused with 403: a role reaches only what is under its scope. Each
+  sibling's name is a prefix of its target's, so a scope compared as a string would show.
 - Deny is the default: a principal with no role gets 403, a request with no token 401.
 
 Each (route, role, scope) cell is one test id, e.g. `wado-instance-DicomDataReader-service` or
@@ -123,7 +124,7 @@ FAMILIES = {"dicom": DICOM_ROUTES, "vault": VAULT_ROUTES, "arm": ARM_ROUTES}
 SCOPES = {
     "dicom": {"service": True, "group": True, "otherservice": False, "othergroup": False},
     "vault": {"vault": True, "group": True, "othervault": False, "othergroup": False},
-    "arm": {"group": True, "othergroup": False},
+    "arm": {"group": True, "othergroup": False, "otherservice": False},
 }
 
 
@@ -168,8 +169,10 @@ class Principal:
 
 
 class World:
-    """What the cells act on. Group A is the seed's `default` group (service A, its vault);
-    group B holds the siblings (service B, vault B)."""
+    """What the cells act on: group A is the seed's `default` group, with service A (the seed's
+    `default/dicom`) and vault A. Each sibling's name is a prefix of its target's (group
+    `defaul`, service `default/dic`, vault `matrixvault`), so a scope compared as a string
+    rather than by path segments would let a sibling's role through."""
 
     def __init__(self, server: HdsServer, issuer: ExternalIssuer):
         self.server = server
@@ -177,22 +180,21 @@ class World:
         self.arm = ArmClient(server)
         arm = self.arm
         self.counter = 0
-        self.group_a, self.group_b = arm.group("default"), arm.group("matrixb")
-        arm.put_group("matrixb")
+        self.group_a, self.group_b = arm.group("default"), arm.group("defaul")
+        arm.put_group("defaul")
 
-        # DICOM: service A is the seed's; service B another in group B (platform-managed key).
+        # DICOM: service A is the seed's; service B another in its workspace (platform key).
         self.service_a = arm.service_id()
         self.url_a = server.url
-        arm.ok("PUT", arm.workspace_id("matrixwsb", "matrixb"), {"location": "local"})
-        self.service_b = arm.service_id("matrixwsb", "dicom", "matrixb")
+        self.service_b = arm.service_id(service="dic")
         arm.ok("PUT", self.service_b, {"location": "local"})
         self.stored = fresh_instance()
         store(server, self.stored, self.url_a)
 
-        # Vaults: A in group A without purge protection (so a purge can succeed), B in group B.
+        # Vaults: A without purge protection (so a purge can succeed), and B.
         arm.put_vault("matrixvaulta", "default", enablePurgeProtection=False)
-        arm.put_vault("matrixvaultb", "matrixb")
-        self.vault_a, self.vault_b = arm.vault_id("matrixvaulta"), arm.vault_id("matrixvaultb", "matrixb")
+        arm.put_vault("matrixvault", "default")
+        self.vault_a, self.vault_b = arm.vault_id("matrixvaulta"), arm.vault_id("matrixvault")
         self.vault_uri = arm.get(self.vault_a, api_version="2022-07-01")["properties"]["vaultUri"].rstrip("/")
         self.vault_admin = requests.Session()
         self.vault_admin.headers["Authorization"] = f"Bearer {server.token(VAULT)}"
@@ -211,7 +213,7 @@ class World:
         scope_ids = {
             "dicom": {"service": self.service_a, "otherservice": self.service_b},
             "vault": {"vault": self.vault_a, "othervault": self.vault_b},
-            "arm": {},
+            "arm": {"otherservice": self.service_b},
         }
         for family, scopes in SCOPES.items():
             ids = {"group": self.group_a, "othergroup": self.group_b, **scope_ids[family]}

@@ -1,8 +1,11 @@
 //! The DICOMweb API over encrypted storage: what it stores opens again, damaged blobs fail
 //! with a clear code (before the status line when the first segment is bad, by aborting the body
-//! when a later one is), and lost key access answers `CustomerManagedKeyAccessLost`.
+//! when a later one is), and lost key access answers `CustomerManagedKeyAccessLost`, to an
+//! authorized caller only.
 
+use std::future::Future;
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
 use std::sync::Arc;
 
 use axum::Router;
@@ -14,7 +17,11 @@ use dicom_object::{FileMetaTableBuilder, InMemDicomObject};
 use hds_blob::BlobStore;
 use hds_crypto::keys::{LocalRsaKek, RsaKeySize};
 use hds_db::Database;
-use hds_dicomweb::{AllowAll, DicomWebConfig, DicomWebState, StaticServices};
+use hds_dicomweb::{
+    AccessRefusal, AllowAll, Caller, DataAccess, DicomAccessControl, DicomServiceResolver,
+    DicomWebConfig, DicomWebError, DicomWebState, ResolvedService, ServiceUnavailable,
+    StaticServices,
+};
 use hds_index::{Index, ServiceKeyring, ServiceKeyrings};
 use http_body_util::BodyExt;
 use tower::ServiceExt;
@@ -37,6 +44,14 @@ struct Server {
 }
 
 async fn server() -> Server {
+    server_with(|services| Arc::new(services), Arc::new(AllowAll)).await
+}
+
+/// A server whose resolver is `resolver` over the one static service, checked by `access`.
+async fn server_with(
+    resolver: impl FnOnce(StaticServices) -> Arc<dyn DicomServiceResolver>,
+    access: Arc<dyn DicomAccessControl>,
+) -> Server {
     let directory = tempfile::tempdir().expect("temp dir");
     let url = format!("sqlite:{}", directory.path().join("index.db").display());
     let database = Database::connect(&url).await.expect("database");
@@ -60,8 +75,8 @@ async fn server() -> Server {
     let router = hds_dicomweb::router(DicomWebState {
         index,
         blobs,
-        services: Arc::new(services),
-        access: Arc::new(AllowAll),
+        services: resolver(services),
+        access,
         config: Arc::new(DicomWebConfig {
             public_base_url: "http://dicom.test".to_owned(),
             ..DicomWebConfig::default()
@@ -342,6 +357,136 @@ async fn lost_key_access_answers_customer_managed_key_access_lost() {
     .await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(body.expect("body"), stored.file);
+}
+
+/// Resolves like [`StaticServices`], then reports the service unavailable, as the DICOM host
+/// does while the service's key access is lost.
+struct LostKeyServices(StaticServices);
+
+impl DicomServiceResolver for LostKeyServices {
+    fn resolve<'a>(
+        &'a self,
+        workspace: &'a str,
+        service: &'a str,
+    ) -> Pin<Box<dyn Future<Output = Result<Option<ResolvedService>, DicomWebError>> + Send + 'a>>
+    {
+        Box::pin(async move {
+            let resolved = self.0.resolve(workspace, service).await?;
+            Ok(resolved.map(|service| ResolvedService {
+                unavailable: Some(ServiceUnavailable {
+                    code: "CustomerManagedKeyAccessLost",
+                    message: "the key is not accessible".to_owned(),
+                }),
+                ..service
+            }))
+        })
+    }
+}
+
+/// Callers named by their bearer token: `reader` may read, anyone else nothing; no token is
+/// 401.
+struct ReaderOnly;
+
+fn refused(status: StatusCode) -> AccessRefusal {
+    AccessRefusal {
+        status,
+        code: "AuthorizationFailed",
+        message: "refused".to_owned(),
+        challenge: None,
+    }
+}
+
+impl DicomAccessControl for ReaderOnly {
+    fn authenticate<'a>(
+        &'a self,
+        headers: &'a axum::http::HeaderMap,
+    ) -> Pin<Box<dyn Future<Output = Result<Caller, AccessRefusal>> + Send + 'a>> {
+        let token = headers
+            .get(axum::http::header::AUTHORIZATION)
+            .and_then(|value| value.to_str().ok())
+            .and_then(|value| value.strip_prefix("Bearer "))
+            .map(str::to_owned);
+        Box::pin(async move {
+            token
+                .map(Caller::new)
+                .ok_or_else(|| refused(StatusCode::UNAUTHORIZED))
+        })
+    }
+
+    fn authorize<'a>(
+        &'a self,
+        caller: &'a Caller,
+        _resource_id: &'a str,
+        access: DataAccess,
+    ) -> Pin<Box<dyn Future<Output = Result<(), AccessRefusal>> + Send + 'a>> {
+        let allowed = caller.downcast_ref::<String>().map(String::as_str) == Some("reader")
+            && access == DataAccess::Read;
+        Box::pin(async move {
+            if allowed {
+                Ok(())
+            } else {
+                Err(refused(StatusCode::FORBIDDEN))
+            }
+        })
+    }
+}
+
+#[tokio::test]
+async fn lost_key_access_is_told_only_after_authorization() {
+    let server = server_with(
+        |services| Arc::new(LostKeyServices(services)),
+        Arc::new(ReaderOnly),
+    )
+    .await;
+    let request = |method: &str, token: Option<&str>| {
+        let mut builder = Request::builder()
+            .method(method)
+            .uri(format!("{BASE}/studies"))
+            .header("host", "localhost")
+            .header("content-type", "application/dicom")
+            .header("accept", "application/dicom+json");
+        if let Some(token) = token {
+            builder = builder.header("authorization", format!("Bearer {token}"));
+        }
+        if method == "POST" {
+            let file = instance(6).file;
+            builder = builder.header("content-length", file.len());
+            return builder.body(Body::from(file)).expect("request");
+        }
+        builder.body(Body::empty()).expect("request")
+    };
+    for (method, token, expected) in [
+        ("GET", None, StatusCode::UNAUTHORIZED),
+        ("GET", Some("nobody"), StatusCode::FORBIDDEN),
+        ("POST", Some("reader"), StatusCode::FORBIDDEN),
+        ("GET", Some("reader"), StatusCode::INTERNAL_SERVER_ERROR),
+    ] {
+        let response = server
+            .router
+            .clone()
+            .oneshot(request(method, token))
+            .await
+            .expect("infallible router");
+        assert_eq!(response.status(), expected, "{method} as {token:?}");
+        // A refused upload leaves its body unread: the client is told to close the connection.
+        let closes = response
+            .headers()
+            .get("connection")
+            .is_some_and(|value| value == "close");
+        assert_eq!(closes, method == "POST", "{method} as {token:?}");
+        let body = response
+            .into_body()
+            .collect()
+            .await
+            .expect("body")
+            .to_bytes();
+        let code = error_code(&body);
+        assert_eq!(
+            code == "CustomerManagedKeyAccessLost",
+            expected == StatusCode::INTERNAL_SERVER_ERROR,
+            "{method} as {token:?}: {code}"
+        );
+    }
 }
 
 #[tokio::test]
