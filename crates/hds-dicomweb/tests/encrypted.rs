@@ -550,7 +550,8 @@ async fn hostile_multipart_bodies_and_frame_lists_are_refused() {
     // A part header that never ends.
     let mut endless = b"--b\r\nX-Endless: ".to_vec();
     endless.extend(std::iter::repeat_n(b'a', 1024 * 1024));
-    // One part more than the default limit, each empty.
+    // One part more than the default limit, each empty (with a header field: the parser reads
+    // a part without one up to the next blank line, which would merge the parts).
     let parts = hds_dicomweb::MultipartLimits::default().max_parts + 1;
     let mut many = b"--b\r\nContent-Type: application/dicom\r\n\r\n\r\n".repeat(parts);
     many.extend_from_slice(b"--b--\r\n");
