@@ -21,7 +21,6 @@ request; a caller without a token gets 401 and one without the DICOM role there 
 
 import base64
 import io
-import json
 import os
 import uuid
 
@@ -38,6 +37,7 @@ from conftest import (
     key_url_of,
     store,
     wait_data_plane,
+    wait_for,
 )
 
 ISSUER = "https://login.example.org/matrix/v2.0"
@@ -115,6 +115,10 @@ ARM_ROUTES = [
     ("deployment-get",      403, 200,   403, 403, 200,  200,  403, 200),
     ("deployment-put",      403, 403,   403, 403, 201,  201,  403, 201),
     ("deployment-delete",   403, 403,   403, 403, 200,  200,  403, 200),
+    # A deployment creating a user-assigned identity; the status is the identity's afterwards
+    # (GET as the admin once the deployment ended): each resource is written as the caller, so
+    # a role that may deploy but not write identities (Crypto Officer) creates nothing.
+    ("deployment-put-identity", 403, 403, 403, 403, 200,  200,  403, 404),
 ]
 
 FAMILIES = {"dicom": DICOM_ROUTES, "vault": VAULT_ROUTES, "arm": ARM_ROUTES}
@@ -241,9 +245,9 @@ class World:
             self.key_version = created.json()["key"]["kid"].rsplit("/", 1)[1]
         return created.json()
 
-    def deploy(self, session, name) -> requests.Response:
+    def deploy(self, session, name, resources=()) -> requests.Response:
         template = {"$schema": "https://schema.management.azure.com/schemas/2019-04-01/deploymentTemplate.json#",
-                    "contentVersion": "1.0.0.0", "resources": []}
+                    "contentVersion": "1.0.0.0", "resources": list(resources)}
         return session.put(f"{self.server.base}{self.arm.group()}/providers/Microsoft.Resources/deployments/{name}",
                            params={"api-version": "2022-09-01"},
                            json={"properties": {"mode": "Incremental", "template": template}})
@@ -358,7 +362,7 @@ def arm_call(world, route, session, principal):
             assert arm.request("GET", path, api_version=api_version).status_code == 200, f"a refused delete removed {path}"
         return response
 
-    kind, verb = route.rsplit("-", 1)
+    kind, verb = route.split("-", 1)
     if kind == "group":
         if verb == "get":
             return call("GET", w.group_a, api_version="2022-09-01")
@@ -428,6 +432,20 @@ def arm_call(world, route, session, principal):
     name = w.unique("matrixdeploy")
     if verb == "put":
         return w.deploy(session, name)
+    if verb == "put-identity":
+        identity = w.unique("matrixdeployid")
+        resource = {"type": "Microsoft.ManagedIdentity/userAssignedIdentities", "apiVersion": "2023-01-31",
+                    "name": identity, "location": "local"}
+        response = w.deploy(session, name, [resource])
+        if response.status_code >= 300:
+            return response
+
+        def ended():
+            state = arm.get(f"{deployments}/{name}", api_version="2022-09-01")["properties"]["provisioningState"]
+            return state if state in ("Succeeded", "Failed", "Canceled") else None
+
+        wait_for(ended, timeout=60, what=f"deployment {name} to end")
+        return arm.request("GET", arm.identity_id(identity), api_version="2023-01-31")
     assert w.deploy(arm.session, name).status_code in (200, 201)
     return refused_left(f"{deployments}/{name}", "2022-09-01",
                         call("DELETE", f"{deployments}/{name}", api_version="2022-09-01"))
