@@ -6,8 +6,10 @@
 //! - [`model`]: vaults (tenant, soft delete, purge protection, RBAC or access policies,
 //!   firewall) and versioned RSA keys, without wire formats.
 //! - [`service`]: [`service::KeyVaultService`], the domain over the shared database
-//!   (component `keyvault` of `hds-db`). The ARM provider calls it directly
-//!   (`create_or_update_vault`, `create_key_if_absent`, `get_key`, ...).
+//!   (component `keyvault` of `hds-db`), one module per concern (vaults, key lifecycle,
+//!   deletion and purge protection, backups, cryptographic operations, PKCS#11 objects,
+//!   sealing, rows). The ARM provider calls it directly (`create_or_update_vault`,
+//!   `create_key_if_absent`, `get_key`, ...).
 //! - [`material`]: RSA over aws-lc-rs (OAEP-SHA1/SHA256, PKCS#1 v1.5, RS*/PS* signatures).
 //! - [`pkcs11`]: RSA-HSM keys generated and used inside a PKCS#11 token, when one is
 //!   configured ([`Pkcs11Config`]); [`pkcs11_root_key`]: the platform root key wrapped by an
