@@ -16,7 +16,7 @@
 //!   AES key in a token (`hds up --root-key-pkcs11-*`).
 //! - [`access`]: the [`access::VaultAccessControl`] trait (tokens and RBAC, implemented over
 //!   hds-identity by the composition root), access policies and the firewall.
-//! - [`http`]: the data plane router; [`listeners`]: one HTTPS listener per vault, or Host
+//! - [`http`]: the data plane router (a gate, then routes by resource); [`listeners`]: one HTTPS listener per vault, or Host
 //!   routing under a DNS domain.
 //!
 //! # Invariants
