@@ -338,6 +338,11 @@ impl<R: Read + Seek> Scanner<R> {
                 "a value runs past the end of its container",
             ));
         }
+        if !is_sequence && !header.length.is_multiple_of(value_size(parsed_vr(&header))) {
+            return Err(FrameError::Malformed(
+                "a binary value's length is not a multiple of its value size",
+            ));
+        }
         if is_sequence {
             self.walk_items(encoding, Some(end), depth + 1)?;
             if self.position != end {
@@ -406,6 +411,35 @@ impl<R: Read + Seek> Scanner<R> {
                 }
             }
         }
+    }
+}
+
+/// The VR the parser reads an element with: the explicit VR (an unknown one already read as
+/// UN), or in implicit VR what the standard dictionary says (the first of its choices; OW for
+/// pixel and overlay data; UN for an attribute it does not know), as dicom-rs decides it.
+fn parsed_vr(header: &ElementHeader) -> VR {
+    if let Some(vr) = header.vr {
+        return VR::from_binary(vr).unwrap_or(VR::UN);
+    }
+    let tag = header.tag;
+    if tag == tags::PIXEL_DATA || (tag.group() >> 8 == 0x60 && tag.element() == 0x3000) {
+        return VR::OW;
+    }
+    StandardDataDictionary
+        .by_tag(tag)
+        .map_or(VR::UN, |entry| entry.vr().relaxed())
+}
+
+/// The size of one value of a binary VR (1 for text and bytes). The parser reads such a value
+/// as `length / size` numbers and moves on by only that many bytes, so a length that is not a
+/// multiple would leave it reading its next header inside this value, where the scan never
+/// looked: such a value is refused.
+fn value_size(vr: VR) -> u32 {
+    match vr {
+        VR::US | VR::SS | VR::OW => 2,
+        VR::UL | VR::SL | VR::FL | VR::OF | VR::OL | VR::AT => 4,
+        VR::FD | VR::OD | VR::SV | VR::UV | VR::OV => 8,
+        _ => 1,
     }
 }
 

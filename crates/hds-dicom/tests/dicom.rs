@@ -657,6 +657,42 @@ fn an_unknown_vr_is_scanned_with_the_length_the_parser_reads() {
     );
 }
 
+#[test]
+fn a_binary_value_the_parser_cannot_read_whole_is_refused() {
+    // The parser reads a 3-byte US value as one number and moves on by 2 bytes, so its next
+    // header would start inside the value, where the scan never looked (a fuzzed part made it
+    // allocate 1.8 GB that way). Rows (0028,0010) is given 3 bytes, in explicit and implicit VR.
+    for (transfer_syntax, header, hostile_header) in [
+        (
+            ELE,
+            vec![0x28, 0x00, 0x10, 0x00, b'U', b'S', 2, 0],
+            vec![0x28, 0x00, 0x10, 0x00, b'U', b'S', 3, 0],
+        ),
+        (
+            ILE,
+            vec![0x28, 0x00, 0x10, 0x00, 2, 0, 0, 0],
+            vec![0x28, 0x00, 0x10, 0x00, 3, 0, 0, 0],
+        ),
+    ] {
+        let bytes = write_instance(synthetic_data_set(), transfer_syntax);
+        let at = bytes
+            .windows(header.len())
+            .position(|window| window == header)
+            .expect("Rows header");
+        let mut hostile = bytes[..at].to_vec();
+        hostile.extend_from_slice(&hostile_header);
+        hostile.extend_from_slice(&[4, 0, 0]);
+        hostile.extend_from_slice(&bytes[at + header.len() + 2..]);
+        let error = parse_instance(Cursor::new(&hostile)).expect_err("refused");
+        assert!(
+            error
+                .to_string()
+                .contains("not a multiple of its value size"),
+            "{transfer_syntax}: {error}"
+        );
+    }
+}
+
 /// A 3-frame JPEG-baseline instance whose fragments are written as given, with an optional
 /// basic offset table.
 fn encapsulated_instance(offset_table: Vec<u32>, fragments: Vec<Vec<u8>>) -> Vec<u8> {
