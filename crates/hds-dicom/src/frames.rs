@@ -290,6 +290,14 @@ impl<R: Read + Seek> Scanner<R> {
             if depth > 0 && header.tag == ITEM_DELIMITATION {
                 return Ok(None);
             }
+            // Items and delimiters belong in sequences. The parser steps over a stray one at the
+            // top level and reads on, while the scan would stop there (its tag is past the pixel
+            // data's), leaving whatever follows unchecked.
+            if depth == 0 && header.tag.group() == 0xFFFE {
+                return Err(FrameError::Malformed(
+                    "an item or delimiter outside any sequence",
+                ));
+            }
             if depth == 0 && header.tag == tags::PIXEL_DATA {
                 return Ok(Some(PixelDataLocation {
                     value_offset: self.position,

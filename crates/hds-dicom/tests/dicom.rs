@@ -693,6 +693,26 @@ fn a_binary_value_the_parser_cannot_read_whole_is_refused() {
     }
 }
 
+#[test]
+fn a_delimiter_outside_any_sequence_is_refused() {
+    // An item delimitation item at the top level: the parser steps over it and reads on, so
+    // the scan may not stop there as it does at an attribute past the pixel data.
+    let bytes = write_instance(synthetic_data_set(), ELE);
+    let header = [0x10, 0x00, 0x20, 0x00, b'L', b'O', 10, 0];
+    let at = bytes
+        .windows(header.len())
+        .position(|window| window == header)
+        .expect("PatientID header");
+    let mut hostile = bytes[..at].to_vec();
+    hostile.extend_from_slice(&[0xFE, 0xFF, 0x0D, 0xE0, 0, 0, 0, 0]);
+    hostile.extend_from_slice(&bytes[at..]);
+    let error = parse_instance(Cursor::new(&hostile)).expect_err("refused");
+    assert!(
+        error.to_string().contains("outside any sequence"),
+        "{error}"
+    );
+}
+
 /// A 3-frame JPEG-baseline instance whose fragments are written as given, with an optional
 /// basic offset table.
 fn encapsulated_instance(offset_table: Vec<u32>, fragments: Vec<Vec<u8>>) -> Vec<u8> {
