@@ -324,9 +324,9 @@ impl<R: Read + Seek> Scanner<R> {
             None => is_dictionary_sequence(header.tag),
         };
         if header.length == UNDEFINED_LENGTH {
-            if header.tag == tags::PIXEL_DATA
-                || header.vr.is_some_and(|vr| vr != *b"SQ" && vr != *b"UN")
-            {
+            // Only pixel data holds fragments: the parser reads any other value of undefined
+            // length as a sequence of data set items, whatever its VR, so the scan walks it so.
+            if header.tag == tags::PIXEL_DATA {
                 return self.skip_fragments(encoding);
             }
             // An UN value of undefined length holds a sequence in implicit VR little endian

@@ -713,6 +713,29 @@ fn a_delimiter_outside_any_sequence_is_refused() {
     );
 }
 
+#[test]
+fn a_value_of_undefined_length_is_walked_as_the_parser_reads_it() {
+    // An OB value of undefined length that is not pixel data: the parser reads it as a
+    // sequence of data set items, so the header inside its item (a UN of 0xF000_0000 bytes)
+    // must be checked like any other, not skipped over as a pixel fragment.
+    let bytes = write_instance(synthetic_data_set(), ELE);
+    let header = [0x10, 0x00, 0x20, 0x00, b'L', b'O', 10, 0];
+    let at = bytes
+        .windows(header.len())
+        .position(|window| window == header)
+        .expect("PatientID header");
+    let mut hostile = bytes[..at].to_vec();
+    hostile.extend_from_slice(&[
+        0x09, 0x00, 0x10, 0x10, b'O', b'B', 0, 0, 0xFF, 0xFF, 0xFF, 0xFF,
+    ]);
+    hostile.extend_from_slice(&[0xFE, 0xFF, 0x00, 0xE0, 12, 0, 0, 0]);
+    hostile.extend_from_slice(&[0x09, 0x00, 0x11, 0x10, b'U', b'N', 0, 0, 0, 0, 0, 0xF0]);
+    hostile.extend_from_slice(&[0xFE, 0xFF, 0xDD, 0xE0, 0, 0, 0, 0]);
+    hostile.extend_from_slice(&bytes[at..]);
+    let error = parse_instance(Cursor::new(&hostile)).expect_err("refused");
+    assert!(error.to_string().contains("runs past the end"), "{error}");
+}
+
 /// A 3-frame JPEG-baseline instance whose fragments are written as given, with an optional
 /// basic offset table.
 fn encapsulated_instance(offset_table: Vec<u32>, fragments: Vec<Vec<u8>>) -> Vec<u8> {
