@@ -6,6 +6,9 @@
 # Usage: scripts/bench-compare.sh [--runs N] [--out DIR] [--no-orthanc] [--keep-caches]
 #            [--hds NAME=BINARY]... [-- HDS-BENCH-ARGUMENTS...]
 #
+# NAME=BINARY may carry `hds up` options after the binary, e.g.
+#   --hds 'hds-relaxed=target/release/hds --durability relaxed'
+#
 # Example:
 #   scripts/bench-compare.sh --runs 3 --out /tmp/cmp-512 \
 #       --hds hds-current=../bench-bin/hds-current --hds hds-pre-enc=../bench-bin/hds-pre-enc \
@@ -69,8 +72,10 @@ run_one() {
         "$repository_root/scripts/bench-orthanc.sh" --runs 1 --out "$scratch" -- "${bench_arguments[@]}" \
             && mv "$scratch/orthanc-run-1.json" "$out_dir/orthanc-run-$run.json"
     else
-        local name="${server%%=*}" binary="${server#*=}"
-        HDS_BIN="$binary" "$repository_root/scripts/bench-hds.sh" --runs 1 --out "$scratch" --name "$name" \
+        local name="${server%%=*}" binary options
+        read -r binary options <<< "${server#*=}"
+        HDS_BIN="$binary" HDS_EXTRA_ARGS="${HDS_EXTRA_ARGS:-} $options" \
+            "$repository_root/scripts/bench-hds.sh" --runs 1 --out "$scratch" --name "$name" \
             -- "${bench_arguments[@]}" \
             && mv "$scratch/$name-run-1.json" "$out_dir/$name-run-$run.json"
     fi
