@@ -39,12 +39,14 @@ pub(crate) const MAX_BODY_BYTES: usize = 4 * 1024 * 1024;
 /// nesting past 128) and recursive walks over it shallow.
 pub(crate) const MAX_JSON_DEPTH: usize = 64;
 
-/// The ARM routes: `/subscriptions...` and `/tenants`.
+/// The ARM routes: `/subscriptions...`, `/tenants` and `/providers...`.
 pub fn router(arm: Arm) -> Router {
     Router::new()
         .route("/subscriptions", any(handle))
         .route("/subscriptions/{*rest}", any(handle))
         .route("/tenants", any(handle))
+        .route("/providers", any(handle))
+        .route("/providers/{*rest}", any(handle))
         .with_state(arm)
 }
 
@@ -55,7 +57,9 @@ pub fn is_arm_path(path: &str) -> bool {
         .split('/')
         .next()
         .unwrap_or_default();
-    first.eq_ignore_ascii_case("subscriptions") || first.eq_ignore_ascii_case("tenants")
+    first.eq_ignore_ascii_case("subscriptions")
+        || first.eq_ignore_ascii_case("tenants")
+        || first.eq_ignore_ascii_case("providers")
 }
 
 /// Serves one control-plane request.
@@ -82,6 +86,14 @@ enum Route {
     ResourceGroups(String),
     ResourceGroup(ResourceId),
     GroupResources(ResourceId),
+    SubscriptionResources(String),
+    /// `/subscriptions/{sub}/providers` or `/providers`.
+    Providers(Option<String>),
+    /// `/subscriptions/{sub}/providers/{ns}` or `/providers/{ns}`.
+    Provider {
+        subscription: Option<String>,
+        namespace: String,
+    },
     MoveResources(ResourceId),
     OperationStatus {
         subscription: String,
@@ -106,7 +118,10 @@ async fn serve(
     headers: &HeaderMap,
     body: Body,
 ) -> Result<Response, ArmError> {
-    let api_version = api_version(uri.query().unwrap_or_default())?;
+    let query = query_pairs(uri.query().unwrap_or_default())?;
+    let api_version = api_version(&query)?;
+    let filter = query_value(&query, "$filter");
+    let top = top(query_value(&query, "$top"))?;
     let segments = decode_segments(uri.path())?;
     let segment_refs: Vec<&str> = segments.iter().map(String::as_str).collect();
     let route = parse_route(&segment_refs, method)?;
@@ -164,7 +179,32 @@ async fn serve(
         (Route::GroupResources(id), Method::GET) => {
             return Ok(json_response(
                 StatusCode::OK,
-                arm.list_group_resources(&caller, &id).await?,
+                arm.list_group_resources(&caller, &id, filter, top).await?,
+            ));
+        }
+        (Route::SubscriptionResources(subscription), Method::GET) => {
+            return Ok(json_response(
+                StatusCode::OK,
+                arm.list_subscription_resources(&caller, &subscription, filter, top)
+                    .await?,
+            ));
+        }
+        (Route::Providers(subscription), Method::GET) => {
+            return Ok(json_response(
+                StatusCode::OK,
+                arm.list_providers(subscription.as_deref())?,
+            ));
+        }
+        (
+            Route::Provider {
+                subscription,
+                namespace,
+            },
+            Method::GET,
+        ) => {
+            return Ok(json_response(
+                StatusCode::OK,
+                arm.get_provider(subscription.as_deref(), &namespace)?,
             ));
         }
         (Route::MoveResources(id), Method::POST) => {
@@ -217,7 +257,7 @@ async fn serve(
         ) => {
             return Ok(json_response(
                 StatusCode::OK,
-                arm.list_resources(&caller, &api_version, &parent, &resource_type)
+                arm.list_resources(&caller, &api_version, &parent, &resource_type, filter)
                     .await?,
             ));
         }
@@ -240,6 +280,17 @@ fn parse_route(segments: &[&str], method: &Method) -> Result<Route, ArmError> {
         ["tenants"] => Route::Tenants,
         ["subscriptions"] => Route::Subscriptions,
         ["subscriptions", _] => Route::Subscription(segments[1].to_owned()),
+        ["providers"] => Route::Providers(None),
+        ["providers", _] => Route::Provider {
+            subscription: None,
+            namespace: segments[1].to_owned(),
+        },
+        ["subscriptions", _, "resources"] => Route::SubscriptionResources(segments[1].to_owned()),
+        ["subscriptions", _, "providers"] => Route::Providers(Some(segments[1].to_owned())),
+        ["subscriptions", _, "providers", _] => Route::Provider {
+            subscription: Some(segments[1].to_owned()),
+            namespace: segments[3].to_owned(),
+        },
         ["subscriptions", _, "resourcegroups"] => Route::ResourceGroups(segments[1].to_owned()),
         ["subscriptions", _, "resourcegroups", _] => {
             Route::ResourceGroup(ResourceId::resource_group(segments[1], segments[3]))
@@ -282,20 +333,71 @@ fn parse_route(segments: &[&str], method: &Method) -> Result<Route, ArmError> {
     Ok(route)
 }
 
+/// The most query parameters one request may carry.
+const MAX_QUERY_PARAMETERS: usize = 32;
+/// The largest `$top` accepted (ARM's own page size).
+const MAX_TOP: usize = 1000;
+
+/// The query's parameters with names and values percent-decoded (`+` is a space), so that a
+/// client writing `api%2Dversion` is understood as one writing `api-version`.
+pub(crate) fn query_pairs(query: &str) -> Result<Vec<(String, String)>, ArmError> {
+    let invalid = || {
+        ArmError::new(
+            StatusCode::BAD_REQUEST,
+            "InvalidRequestUri",
+            "The request query is not valid.",
+        )
+    };
+    let mut pairs = Vec::new();
+    for pair in query.split('&').filter(|pair| !pair.is_empty()) {
+        if pairs.len() == MAX_QUERY_PARAMETERS {
+            return Err(ArmError::new(
+                StatusCode::BAD_REQUEST,
+                "InvalidRequestUri",
+                format!("The request query has more than {MAX_QUERY_PARAMETERS} parameters."),
+            ));
+        }
+        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+        let name = percent_decode(&name.replace('+', " ")).ok_or_else(invalid)?;
+        let value = percent_decode(&value.replace('+', " ")).ok_or_else(invalid)?;
+        pairs.push((name, value));
+    }
+    Ok(pairs)
+}
+
+/// The first value of the parameter `name` (compared case-insensitively).
+pub(crate) fn query_value<'a>(pairs: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    pairs
+        .iter()
+        .find(|(candidate, _)| candidate.eq_ignore_ascii_case(name))
+        .map(|(_, value)| value.as_str())
+}
+
+/// `$top`: a count from 1 to [`MAX_TOP`].
+fn top(value: Option<&str>) -> Result<Option<usize>, ArmError> {
+    let Some(value) = value else {
+        return Ok(None);
+    };
+    match value.trim().parse::<usize>() {
+        Ok(count) if (1..=MAX_TOP).contains(&count) => Ok(Some(count)),
+        _ => Err(ArmError::new(
+            StatusCode::BAD_REQUEST,
+            "InvalidTopInQueryString",
+            format!("The $top must be a whole number from 1 to {MAX_TOP}."),
+        )),
+    }
+}
+
 /// The `api-version` query parameter, checked for shape.
-fn api_version(query: &str) -> Result<String, ArmError> {
-    let value = query
-        .split('&')
-        .filter_map(|pair| pair.split_once('='))
-        .find(|(name, _)| name.eq_ignore_ascii_case("api-version"))
-        .map(|(_, value)| percent_decode(value).unwrap_or_else(|| value.to_owned()));
+fn api_version(pairs: &[(String, String)]) -> Result<String, ArmError> {
+    let value = query_value(pairs, "api-version");
     let Some(value) = value.filter(|value| !value.is_empty()) else {
         return Err(ArmError::missing_api_version());
     };
-    if is_well_formed_api_version(&value) {
-        Ok(value)
+    if is_well_formed_api_version(value) {
+        Ok(value.to_owned())
     } else {
-        Err(ArmError::invalid_api_version(&value))
+        Err(ArmError::invalid_api_version(value))
     }
 }
 
@@ -422,19 +524,39 @@ async fn read_json_body(
             Value::Object(serde_json::Map::new())
         });
     }
-    let value: Value = serde_json::from_slice(&bytes).map_err(|error| {
-        ArmError::invalid_request_content(format!(
-            "The request content was invalid and could not be deserialized: line {}, column {}.",
-            error.line(),
-            error.column()
-        ))
-    })?;
+    let value = parse_lenient_json(&bytes)?;
     if json_depth(&value) > MAX_JSON_DEPTH {
         return Err(ArmError::invalid_request_content(format!(
             "The request content nests deeper than {MAX_JSON_DEPTH} levels."
         )));
     }
     Ok(value)
+}
+
+/// Parses a body as ARM does: strict JSON, or else ARM's lenient JSON (comments, trailing
+/// commas, bare keys, single quotes; see [`crate::lenient`]), which `az deployment` relies on.
+pub(crate) fn parse_lenient_json(bytes: &[u8]) -> Result<Value, ArmError> {
+    let invalid = |error: serde_json::Error| {
+        ArmError::invalid_request_content(format!(
+            "The request content was invalid and could not be deserialized: line {}, column {}.",
+            error.line(),
+            error.column()
+        ))
+    };
+    match serde_json::from_slice(bytes) {
+        Ok(value) => Ok(value),
+        Err(strict_error) => {
+            let Ok(text) = std::str::from_utf8(bytes) else {
+                return Err(invalid(strict_error));
+            };
+            let rewritten = crate::lenient::to_strict(text).map_err(|problem| {
+                ArmError::invalid_request_content(format!(
+                    "The request content was invalid and could not be deserialized: {problem}."
+                ))
+            })?;
+            serde_json::from_str(&rewritten).map_err(invalid)
+        }
+    }
 }
 
 fn base_url(arm: &Arm, headers: &HeaderMap) -> String {
@@ -495,16 +617,35 @@ mod tests {
         assert!(!is_well_formed_api_version("2023-06-01-beta"));
         assert!(!is_well_formed_api_version("20230601"));
         assert!(!is_well_formed_api_version("2023-6-1"));
+        let version = |query: &str| api_version(&query_pairs(query).expect("valid query"));
         assert!(
-            matches!(api_version("x=1"), Err(error) if error.code() == "MissingApiVersionParameter")
+            matches!(version("x=1"), Err(error) if error.code() == "MissingApiVersionParameter")
         );
         assert!(
-            matches!(api_version("api-version=latest"), Err(error) if error.code() == "InvalidApiVersionParameter")
+            matches!(version("api-version=latest"), Err(error) if error.code() == "InvalidApiVersionParameter")
         );
         assert_eq!(
-            api_version("a=b&API-VERSION=2021-04-01").ok().as_deref(),
+            version("a=b&API-VERSION=2021-04-01").ok().as_deref(),
             Some("2021-04-01")
         );
+        // The JavaScript SDKs percent-encode the parameter's name.
+        assert_eq!(
+            version("api%2Dversion=2021-04-01").ok().as_deref(),
+            Some("2021-04-01")
+        );
+    }
+
+    #[test]
+    fn query_names_and_values_are_decoded_and_bounded() {
+        let pairs = query_pairs("%24filter=name%20eq%20%27a+b%27&%24top=5").expect("valid");
+        assert_eq!(query_value(&pairs, "$filter"), Some("name eq 'a b'"));
+        assert_eq!(top(query_value(&pairs, "$top")).ok(), Some(Some(5)));
+        for bad in ["0", "-1", "1001", "x", ""] {
+            assert!(top(Some(bad)).is_err(), "{bad}");
+        }
+        assert!(query_pairs("a=%ff").is_err());
+        let many = ["a=1"; MAX_QUERY_PARAMETERS + 1].join("&");
+        assert!(query_pairs(&many).is_err());
     }
 
     #[test]

@@ -22,8 +22,10 @@
 
 mod access;
 mod error;
+mod filter;
 mod http;
 mod id;
+mod lenient;
 mod names;
 mod provider;
 mod service;
@@ -32,6 +34,9 @@ mod template;
 
 pub use access::{AllowAll, ArmAccessControl, Caller, MANAGEMENT_AUDIENCE};
 pub use error::ArmError;
+pub use filter::{
+    FilterClause, MAX_FILTER_BYTES, MAX_FILTER_CLAUSES, invalid_filter, parse_filter,
+};
 pub use http::{handle, is_arm_path, router};
 pub use id::{ResourceId, ResourceIdError};
 pub use provider::{

@@ -29,6 +29,9 @@ pub struct RequestContext {
     pub api_version: String,
     /// The generic resource store.
     pub store: ResourceStore,
+    /// The list call's `$filter`, percent-decoded, for a provider whose list takes one
+    /// (parse it with [`crate::parse_filter`]); `None` elsewhere.
+    pub filter: Option<String>,
 }
 
 /// How a provider answered a PUT, PATCH, DELETE or POST.
@@ -72,6 +75,13 @@ impl std::fmt::Debug for ProviderResponse {
 pub trait ResourceProvider: Send + Sync + 'static {
     /// The full types served, e.g. `Microsoft.KeyVault/vaults`, `Microsoft.KeyVault/vaults/keys`.
     fn resource_types(&self) -> Vec<&'static str>;
+
+    /// The API versions the types take, newest first, for the provider lookup
+    /// (`GET /providers/{namespace}`). Default: none named, which the lookup shows as the
+    /// control plane's own version.
+    fn api_versions(&self) -> Vec<&'static str> {
+        Vec::new()
+    }
 
     /// Creates or replaces `id` from the request body.
     fn put(
@@ -258,6 +268,47 @@ impl ProviderRegistry {
             .get(&resource_type.to_lowercase())
             .cloned()
             .ok_or_else(|| ArmError::no_registered_provider(resource_type, &self.registered()))
+    }
+
+    /// The namespaces served (each once, in the case first registered), with
+    /// `Microsoft.Resources`.
+    pub(crate) fn namespaces(&self) -> Vec<String> {
+        let mut namespaces: Vec<String> = Vec::new();
+        for name in self.registered() {
+            let namespace = name.split('/').next().unwrap_or_default().to_owned();
+            if !namespaces
+                .iter()
+                .any(|known| known.eq_ignore_ascii_case(&namespace))
+            {
+                namespaces.push(namespace);
+            }
+        }
+        namespaces
+    }
+
+    /// The types of `namespace` (without the namespace) with their API versions.
+    pub(crate) fn types_of(&self, namespace: &str) -> Vec<(String, Vec<String>)> {
+        let prefix = format!("{}/", namespace.to_lowercase());
+        self.registered()
+            .into_iter()
+            .filter_map(|name| {
+                let lower = name.to_lowercase();
+                let rest = lower.strip_prefix(&prefix)?;
+                let rest = name[name.len() - rest.len()..].to_owned();
+                let versions: Vec<String> = match self.by_type.get(&lower) {
+                    Some(provider) if !provider.api_versions().is_empty() => provider
+                        .api_versions()
+                        .into_iter()
+                        .map(str::to_owned)
+                        .collect(),
+                    _ => crate::service::RESOURCES_API_VERSIONS
+                        .iter()
+                        .map(|version| (*version).to_owned())
+                        .collect(),
+                };
+                Some((rest, versions))
+            })
+            .collect()
     }
 
     pub(crate) fn registered(&self) -> Vec<String> {

@@ -15,6 +15,10 @@ use crate::id::ResourceId;
 use crate::provider::{ProviderRegistry, ProviderResponse, RequestContext, ResourceProvider};
 use crate::store::{Operation, OperationStatus, PutRequest, Resource, ResourceStore, StoreError};
 
+/// The API versions of `Microsoft.Resources` modelled here, newest first; also what the
+/// provider lookup shows for a type whose provider names none.
+pub(crate) const RESOURCES_API_VERSIONS: &[&str] = &["2022-09-01", "2021-04-01"];
+
 /// The built-in deployments type.
 pub const DEPLOYMENTS_TYPE: &str = "Microsoft.Resources/deployments";
 /// The operations recorded under a deployment.
@@ -149,6 +153,7 @@ impl Arm {
             caller: caller.clone(),
             api_version: api_version.to_owned(),
             store: self.inner.store.clone(),
+            filter: None,
         }
     }
 
@@ -315,31 +320,153 @@ impl Arm {
         Ok(json!({ "value": groups.iter().map(resource_group_json).collect::<Vec<_>>() }))
     }
 
-    /// `GET .../resourceGroups/{rg}/resources`: every top-level resource in the group.
+    /// `GET .../resourceGroups/{rg}/resources`: the group's top-level and tracked resources
+    /// the caller may read, narrowed by `$filter` and `$top`.
     pub(crate) async fn list_group_resources(
         &self,
         caller: &Caller,
         group: &ResourceId,
+        filter: Option<&str>,
+        top: Option<usize>,
     ) -> Result<Value, ArmError> {
+        let filter = ResourceFilter::parse(filter)?;
         self.get_resource_group(caller, group).await?;
-        let resources = self.inner.store.list_within(group).await?;
-        let values: Vec<Value> = resources
+        self.list_top_level(caller, group, &filter, top).await
+    }
+
+    /// `GET /subscriptions/{sub}/resources`: the subscription's top-level and tracked
+    /// resources the caller may read (each authorized on its own `{type}/read`, so a caller holding a role on
+    /// one vault sees that vault and nothing else), narrowed by `$filter` and `$top`.
+    pub(crate) async fn list_subscription_resources(
+        &self,
+        caller: &Caller,
+        subscription_id: &str,
+        filter: Option<&str>,
+        top: Option<usize>,
+    ) -> Result<Value, ArmError> {
+        let filter = ResourceFilter::parse(filter)?;
+        let subscription = self.subscription(subscription_id)?;
+        let scope = ResourceId::subscription(&subscription.subscription_id);
+        self.list_top_level(caller, &scope, &filter, top).await
+    }
+
+    async fn list_top_level(
+        &self,
+        caller: &Caller,
+        scope: &ResourceId,
+        filter: &ResourceFilter,
+        top: Option<usize>,
+    ) -> Result<Value, ArmError> {
+        let limit = top.unwrap_or(usize::MAX);
+        let mut values = Vec::new();
+        for resource in self.inner.store.list_within(scope).await? {
+            if values.len() >= limit {
+                break;
+            }
+            let Some(resource_type) = resource.id.resource_type() else {
+                continue;
+            };
+            // What ARM lists: top-level resources and tracked (located) child resources such
+            // as DICOM services, not proxy resources such as a vault's keys.
+            let listed = resource.location.is_some()
+                || resource
+                    .id
+                    .parent()
+                    .is_some_and(|parent| parent.is_resource_group());
+            if !listed
+                || !resource.id.is_resource()
+                || resource_type.eq_ignore_ascii_case(DEPLOYMENTS_TYPE)
+                || !filter.matches(&resource, &resource_type)
+            {
+                continue;
+            }
+            match self
+                .authorize(caller, &format!("{resource_type}/read"), &resource.id)
+                .await
+            {
+                Ok(()) => {}
+                Err(error) if error.status() == StatusCode::FORBIDDEN => continue,
+                Err(error) => return Err(error),
+            }
+            let mut value = resource.to_json();
+            if let Some(object) = value.as_object_mut() {
+                object.remove("properties");
+            }
+            values.push(value);
+        }
+        Ok(json!({ "value": values }))
+    }
+
+    /// `GET [/subscriptions/{sub}]/providers`: every namespace served.
+    pub(crate) fn list_providers(&self, subscription_id: Option<&str>) -> Result<Value, ArmError> {
+        if let Some(subscription_id) = subscription_id {
+            self.subscription(subscription_id)?;
+        }
+        let values: Vec<Value> = self
+            .inner
+            .registry
+            .namespaces()
             .iter()
-            .filter(|resource| {
-                resource.id.parent().as_ref() == Some(group)
-                    && !resource.id.resource_type().is_some_and(|resource_type| {
-                        resource_type.eq_ignore_ascii_case(DEPLOYMENTS_TYPE)
-                    })
-            })
-            .map(|resource| {
-                let mut value = resource.to_json();
-                if let Some(object) = value.as_object_mut() {
-                    object.remove("properties");
-                }
-                value
-            })
+            .map(|namespace| self.provider_json(subscription_id, namespace))
             .collect();
         Ok(json!({ "value": values }))
+    }
+
+    /// `GET [/subscriptions/{sub}]/providers/{namespace}`: the namespace's resource types
+    /// with the API versions each takes (what `az resource show --ids` picks a version from).
+    pub(crate) fn get_provider(
+        &self,
+        subscription_id: Option<&str>,
+        namespace: &str,
+    ) -> Result<Value, ArmError> {
+        if let Some(subscription_id) = subscription_id {
+            self.subscription(subscription_id)?;
+        }
+        let known = self
+            .inner
+            .registry
+            .namespaces()
+            .into_iter()
+            .find(|candidate| candidate.eq_ignore_ascii_case(namespace))
+            .ok_or_else(|| {
+                ArmError::new(
+                    StatusCode::NOT_FOUND,
+                    "InvalidResourceNamespace",
+                    format!(
+                        "The resource namespace '{}' is invalid.",
+                        namespace.chars().take(128).collect::<String>()
+                    ),
+                )
+            })?;
+        Ok(self.provider_json(subscription_id, &known))
+    }
+
+    fn provider_json(&self, subscription_id: Option<&str>, namespace: &str) -> Value {
+        let prefix = subscription_id
+            .map(|subscription| format!("/subscriptions/{subscription}"))
+            .unwrap_or_default();
+        let types: Vec<Value> = self
+            .inner
+            .registry
+            .types_of(namespace)
+            .into_iter()
+            .map(|(resource_type, versions)| {
+                json!({
+                    "resourceType": resource_type,
+                    "locations": [],
+                    "apiVersions": versions,
+                    "defaultApiVersion": versions.first(),
+                    "capabilities": "None",
+                })
+            })
+            .collect();
+        json!({
+            "id": format!("{prefix}/providers/{namespace}"),
+            "namespace": namespace,
+            "registrationState": "Registered",
+            "registrationPolicy": "RegistrationRequired",
+            "resourceTypes": types,
+        })
     }
 
     pub(crate) async fn delete_resource_group(
@@ -557,6 +684,7 @@ impl Arm {
         api_version: &str,
         parent: &ResourceId,
         resource_type: &str,
+        filter: Option<&str>,
     ) -> Result<Value, ArmError> {
         self.subscription(parent.subscription_id())?;
         self.authorize(caller, &format!("{resource_type}/read"), parent)
@@ -571,12 +699,10 @@ impl Arm {
             return crate::template::list_deployment_resources(self, parent, resource_type).await;
         }
         let provider = self.inner.registry.find(resource_type)?;
+        let mut context = self.context(caller, api_version);
+        context.filter = filter.map(str::to_owned);
         let values = provider
-            .list(
-                self.context(caller, api_version),
-                parent.clone(),
-                resource_type.to_owned(),
-            )
+            .list(context, parent.clone(), resource_type.to_owned())
             .await?;
         Ok(json!({ "value": values }))
     }
@@ -862,4 +988,90 @@ pub fn normalize_location(location: &str) -> String {
         .filter(|character| !character.is_whitespace())
         .flat_map(char::to_lowercase)
         .collect()
+}
+
+/// The `$filter` of a resource list: `resourceType`, `name`, `resourceGroup`, `location`,
+/// `tagName` and `tagValue`, each `eq`, joined by `and`; values compare case-insensitively
+/// as ARM's do. Any other clause is a 400.
+#[derive(Debug, Default)]
+struct ResourceFilter {
+    resource_type: Option<String>,
+    name: Option<String>,
+    resource_group: Option<String>,
+    location: Option<String>,
+    tag_name: Option<String>,
+    tag_value: Option<String>,
+}
+
+impl ResourceFilter {
+    fn parse(text: Option<&str>) -> Result<ResourceFilter, ArmError> {
+        let mut filter = ResourceFilter::default();
+        let Some(text) = text else {
+            return Ok(filter);
+        };
+        for clause in crate::filter::parse_filter(text)? {
+            let crate::filter::FilterClause::Equals { field, value } = &clause else {
+                return Err(unsupported_clause(&clause));
+            };
+            let slot = match field.to_ascii_lowercase().as_str() {
+                "resourcetype" => &mut filter.resource_type,
+                "name" => &mut filter.name,
+                "resourcegroup" => &mut filter.resource_group,
+                "location" => &mut filter.location,
+                "tagname" => &mut filter.tag_name,
+                "tagvalue" => &mut filter.tag_value,
+                _ => return Err(unsupported_clause(&clause)),
+            };
+            *slot = Some(value.clone());
+        }
+        if filter.tag_value.is_some() && filter.tag_name.is_none() {
+            return Err(crate::filter::invalid_filter(
+                "The $filter names a tagValue without a tagName.",
+            ));
+        }
+        Ok(filter)
+    }
+
+    fn matches(&self, resource: &Resource, resource_type: &str) -> bool {
+        let same = |wanted: &Option<String>, actual: Option<&str>| {
+            wanted.as_deref().is_none_or(|wanted| {
+                actual.is_some_and(|actual| actual.eq_ignore_ascii_case(wanted))
+            })
+        };
+        let tag = self.tag_name.as_deref().is_none_or(|tag_name| {
+            let value = resource
+                .tags
+                .as_ref()
+                .and_then(Value::as_object)
+                .and_then(|tags| {
+                    tags.iter()
+                        .find(|(name, _)| name.eq_ignore_ascii_case(tag_name))
+                        .map(|(_, value)| value.as_str().unwrap_or_default())
+                });
+            value.is_some_and(|value| {
+                self.tag_value
+                    .as_deref()
+                    .is_none_or(|wanted| value == wanted)
+            })
+        });
+        same(&self.resource_type, Some(resource_type))
+            && same(&self.name, Some(resource.id.name()))
+            && same(&self.resource_group, resource.id.resource_group_name())
+            && same(
+                &self.location.as_deref().map(normalize_location),
+                resource
+                    .location
+                    .as_deref()
+                    .map(normalize_location)
+                    .as_deref(),
+            )
+            && tag
+    }
+}
+
+fn unsupported_clause(clause: &crate::filter::FilterClause) -> ArmError {
+    crate::filter::invalid_filter(format!(
+        "The $filter clause '{}' is not supported on resource lists; use resourceType, name, resourceGroup, location, tagName or tagValue with 'eq'.",
+        clause.describe()
+    ))
 }

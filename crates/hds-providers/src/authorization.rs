@@ -6,7 +6,8 @@
 //! subscription, a resource group or a resource.
 
 use hds_arm::{
-    ArmError, ArmFuture, ProviderResponse, RequestContext, ResourceId, ResourceProvider,
+    ArmError, ArmFuture, FilterClause, ProviderResponse, RequestContext, ResourceId,
+    ResourceProvider, invalid_filter, parse_filter,
 };
 use hds_identity::Identity;
 use hds_identity::rbac::{RoleAssignment, RoleAssignmentRequest, ScopeFilter};
@@ -85,6 +86,10 @@ fn not_found(id: &ResourceId) -> ArmError {
 impl ResourceProvider for RoleAssignmentProvider {
     fn resource_types(&self) -> Vec<&'static str> {
         vec![ROLE_ASSIGNMENTS_TYPE]
+    }
+
+    fn api_versions(&self) -> Vec<&'static str> {
+        vec!["2022-04-01", "2021-04-01-preview"]
     }
 
     fn put(
@@ -188,20 +193,38 @@ impl ResourceProvider for RoleAssignmentProvider {
         })
     }
 
-    /// The assignments at, above and below `parent` (ARM's unfiltered list).
+    /// The assignments at, above and below `parent` (ARM's unfiltered list), narrowed by
+    /// the `$filter`s ARM takes here: `atScope()` (only those at or above `parent`),
+    /// `principalId eq '{id}'` and `assignedTo('{id}')` (the principal's own; there are no
+    /// groups to expand).
     fn list(
         &self,
-        _context: RequestContext,
+        context: RequestContext,
         parent: ResourceId,
         _resource_type: String,
     ) -> ArmFuture<'_, Vec<Value>> {
         Box::pin(async move {
+            let filter = AssignmentFilter::parse(context.filter.as_deref())?;
+            let scope_filter = if filter.at_scope {
+                ScopeFilter::AtAndAbove
+            } else {
+                ScopeFilter::AtAboveAndBelow
+            };
             let assignments = self
                 .identity
-                .list_role_assignments(parent.as_str(), ScopeFilter::AtAboveAndBelow)
+                .list_role_assignments(parent.as_str(), scope_filter)
                 .await
                 .map_err(from_identity)?;
-            Ok(assignments.iter().map(assignment_json).collect())
+            Ok(assignments
+                .iter()
+                .filter(|assignment| {
+                    filter
+                        .principal_id
+                        .as_deref()
+                        .is_none_or(|wanted| assignment.principal_id.eq_ignore_ascii_case(wanted))
+                })
+                .map(assignment_json)
+                .collect())
         })
     }
 
@@ -228,6 +251,48 @@ impl ResourceProvider for RoleAssignmentProvider {
                 None => Ok(ProviderResponse::NoContent),
             }
         })
+    }
+}
+
+/// The `$filter` of a role assignment list.
+#[derive(Debug, Default)]
+struct AssignmentFilter {
+    at_scope: bool,
+    principal_id: Option<String>,
+}
+
+impl AssignmentFilter {
+    fn parse(text: Option<&str>) -> Result<AssignmentFilter, ArmError> {
+        let mut filter = AssignmentFilter::default();
+        let Some(text) = text else {
+            return Ok(filter);
+        };
+        for clause in parse_filter(text)? {
+            match &clause {
+                FilterClause::Call { name, argument } if name.eq_ignore_ascii_case("atScope") => {
+                    if argument.is_some() {
+                        return Err(invalid_filter("atScope() takes no argument."));
+                    }
+                    filter.at_scope = true;
+                }
+                FilterClause::Call {
+                    name,
+                    argument: Some(principal),
+                } if name.eq_ignore_ascii_case("assignedTo") => {
+                    filter.principal_id = Some(principal.clone());
+                }
+                _ => match clause.equals("principalId") {
+                    Some(principal) => filter.principal_id = Some(principal.to_owned()),
+                    None => {
+                        return Err(invalid_filter(format!(
+                            "The $filter clause '{}' is not supported on role assignments; use atScope(), principalId eq or assignedTo().",
+                            clause.describe()
+                        )));
+                    }
+                },
+            }
+        }
+        Ok(filter)
     }
 }
 
@@ -271,6 +336,10 @@ impl ResourceProvider for RoleDefinitionProvider {
         vec![ROLE_DEFINITIONS_TYPE]
     }
 
+    fn api_versions(&self) -> Vec<&'static str> {
+        vec!["2022-04-01"]
+    }
+
     fn put(
         &self,
         _context: RequestContext,
@@ -302,15 +371,45 @@ impl ResourceProvider for RoleDefinitionProvider {
         })
     }
 
+    /// Every built-in role, or with `$filter=roleName eq '{name}'` the one so named (what
+    /// `az role assignment create --role NAME` resolves a name with), or with
+    /// `type eq 'BuiltInRole'|'CustomRole'` those of that type.
     fn list(
         &self,
-        _context: RequestContext,
+        context: RequestContext,
         parent: ResourceId,
         _resource_type: String,
     ) -> ArmFuture<'_, Vec<Value>> {
         Box::pin(async move {
+            let mut role_name = None;
+            let mut role_type = None;
+            if let Some(text) = context.filter.as_deref() {
+                for clause in parse_filter(text)? {
+                    if let Some(value) = clause.equals("roleName") {
+                        role_name = Some(value.to_owned());
+                    } else if let Some(value) = clause.equals("type") {
+                        role_type = Some(value.to_owned());
+                    } else {
+                        return Err(invalid_filter(format!(
+                            "The $filter clause '{}' is not supported on role definitions; use roleName eq or type eq.",
+                            clause.describe()
+                        )));
+                    }
+                }
+            }
+            if role_type
+                .as_deref()
+                .is_some_and(|wanted| !wanted.eq_ignore_ascii_case("BuiltInRole"))
+            {
+                return Ok(Vec::new());
+            }
             Ok(hds_identity::roles::role_definitions()
                 .iter()
+                .filter(|definition| {
+                    role_name
+                        .as_deref()
+                        .is_none_or(|wanted| definition.role_name.eq_ignore_ascii_case(wanted))
+                })
                 .map(|definition| definition_json(definition, &parent))
                 .collect())
         })
@@ -327,5 +426,33 @@ impl ResourceProvider for RoleDefinitionProvider {
 
     fn delete(&self, _context: RequestContext, _id: ResourceId) -> ArmFuture<'_, ProviderResponse> {
         refused("Built-in role definitions cannot be deleted.")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn assignment_filters_are_read_or_refused() {
+        let filter = AssignmentFilter::parse(Some("atScope() and assignedTo('abc')"))
+            .expect("az's filter for --scope with --assignee");
+        assert!(filter.at_scope);
+        assert_eq!(filter.principal_id.as_deref(), Some("abc"));
+        let filter = AssignmentFilter::parse(Some("principalId eq 'def'")).expect("parses");
+        assert!(!filter.at_scope);
+        assert_eq!(filter.principal_id.as_deref(), Some("def"));
+        let filter = AssignmentFilter::parse(None).expect("no filter");
+        assert!(!filter.at_scope && filter.principal_id.is_none());
+        for hostile in [
+            "atScope('x')",
+            "roleName eq 'Owner'",
+            "assignedTo()",
+            "principalId ne 'x'",
+            "atScope() or atScope()",
+        ] {
+            let error = AssignmentFilter::parse(Some(hostile)).expect_err(hostile);
+            assert_eq!(error.status(), StatusCode::BAD_REQUEST, "{hostile}");
+        }
     }
 }

@@ -138,6 +138,10 @@ impl ResourceProvider for WorkspaceProvider {
         vec![WORKSPACES_TYPE]
     }
 
+    fn api_versions(&self) -> Vec<&'static str> {
+        vec![NEWEST_API_VERSION, OLDEST_API_VERSION]
+    }
+
     fn put(
         &self,
         context: RequestContext,
@@ -812,6 +816,10 @@ impl DicomServiceProvider {
 impl ResourceProvider for DicomServiceProvider {
     fn resource_types(&self) -> Vec<&'static str> {
         vec![DICOM_SERVICES_TYPE]
+    }
+
+    fn api_versions(&self) -> Vec<&'static str> {
+        vec![NEWEST_API_VERSION, OLDEST_API_VERSION]
     }
 
     fn put(

@@ -431,6 +431,10 @@ impl ResourceProvider for VaultProvider {
         vec![VAULTS_TYPE]
     }
 
+    fn api_versions(&self) -> Vec<&'static str> {
+        vec!["2022-07-01"]
+    }
+
     fn put(
         &self,
         context: RequestContext,
@@ -738,6 +742,10 @@ fn key_json(id: &ResourceId, bundle: &KeyBundle) -> Value {
 impl ResourceProvider for KeyProvider {
     fn resource_types(&self) -> Vec<&'static str> {
         vec![KEYS_TYPE]
+    }
+
+    fn api_versions(&self) -> Vec<&'static str> {
+        vec!["2022-07-01"]
     }
 
     /// Creates the key's first version when the key is absent; otherwise returns the

@@ -56,6 +56,10 @@ impl ResourceProvider for UserAssignedIdentityProvider {
         vec![USER_ASSIGNED_IDENTITIES_TYPE]
     }
 
+    fn api_versions(&self) -> Vec<&'static str> {
+        vec!["2023-01-31"]
+    }
+
     /// Creates the identity's principal on first PUT; later PUTs keep its ids (tags and
     /// location may change).
     fn put(

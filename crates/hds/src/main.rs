@@ -3,6 +3,7 @@
 
 mod access;
 mod adapters;
+mod az_metadata;
 mod cli;
 mod client;
 mod listener_limits;

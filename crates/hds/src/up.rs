@@ -297,8 +297,14 @@ pub async fn run(options: UpOptions) -> anyhow::Result<()> {
         )
         .merge(hds_portal::router())
         .merge(identity.router())
+        .merge(identity.graph_router())
+        .merge(crate::az_metadata::router(
+            &public_url,
+            &bootstrap.tenant_id,
+        ))
         .merge(dicomweb)
         .merge(arm_router.clone())
+        .fallback(crate::az_metadata::not_found)
         .layer(axum::middleware::from_fn_with_state(
             InFlightRequests::new(limits.max_in_flight_requests),
             listener_limits::limit_in_flight,
