@@ -339,14 +339,12 @@ const MAX_QUERY_PARAMETERS: usize = 32;
 const MAX_TOP: usize = 1000;
 
 /// The query's parameters with names and values percent-decoded (`+` is a space), so that a
-/// client writing `api%2Dversion` is understood as one writing `api-version`.
+/// client writing `api%2Dversion` is understood as one writing `api-version`. Text whose
+/// escapes are not UTF-8 stays as sent, for the parameter's own check to refuse by name.
 pub(crate) fn query_pairs(query: &str) -> Result<Vec<(String, String)>, ArmError> {
-    let invalid = || {
-        ArmError::new(
-            StatusCode::BAD_REQUEST,
-            "InvalidRequestUri",
-            "The request query is not valid.",
-        )
+    let decode = |text: &str| {
+        let text = text.replace('+', " ");
+        percent_decode(&text).unwrap_or(text)
     };
     let mut pairs = Vec::new();
     for pair in query.split('&').filter(|pair| !pair.is_empty()) {
@@ -358,9 +356,7 @@ pub(crate) fn query_pairs(query: &str) -> Result<Vec<(String, String)>, ArmError
             ));
         }
         let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
-        let name = percent_decode(&name.replace('+', " ")).ok_or_else(invalid)?;
-        let value = percent_decode(&value.replace('+', " ")).ok_or_else(invalid)?;
-        pairs.push((name, value));
+        pairs.push((decode(name), decode(value)));
     }
     Ok(pairs)
 }
@@ -643,7 +639,10 @@ mod tests {
         for bad in ["0", "-1", "1001", "x", ""] {
             assert!(top(Some(bad)).is_err(), "{bad}");
         }
-        assert!(query_pairs("a=%ff").is_err());
+        let raw = query_pairs("api-version=%ff").expect("kept as sent");
+        assert!(
+            matches!(api_version(&raw), Err(error) if error.code() == "InvalidApiVersionParameter")
+        );
         let many = ["a=1"; MAX_QUERY_PARAMETERS + 1].join("&");
         assert!(query_pairs(&many).is_err());
     }
