@@ -154,6 +154,9 @@ def test_the_seed_flow_with_az_only(https_hds, tmp_path):
                        "Microsoft.HealthcareApis/workspaces/default/dicomservices/dicom")
     before = az.json("rest", "--method", "get", "--url", f"{default_service}?api-version=2023-06-01-preview")
     key_url = before["properties"]["encryption"]["customerManagedKeyEncryption"]["keyEncryptionKeyUrl"]
+    # The bootstrap resources are in an Azure region (the templates' default), not "local".
+    assert before["location"] == "westus3"
+    assert az.json("group", "show", "--name", "default")["location"] == "westus3"
     deployed = az.json(
         "deployment", "group", "create", "--resource-group", "default", "--name", "systemas",
         "--template-file", str(TEMPLATES / "arm-template-system-assigned.json"), "--parameters",

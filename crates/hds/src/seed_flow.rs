@@ -19,7 +19,9 @@ use tower::ServiceExt;
 const CRYPTO_SERVICE_ENCRYPTION_USER: &str = "e147488a-f6f5-4113-8e2d-b22465e65bf6";
 const VAULT_NAME: &str = "default";
 const KEY_NAME: &str = "dicom-cmk";
-const LOCATION: &str = "local";
+/// Where the bootstrap resources are, when their group does not exist yet: the region the
+/// seed's templates default to, so that what hds creates reads as an Azure region.
+const DEFAULT_LOCATION: &str = "westus3";
 
 /// Names the flow creates.
 pub struct SeedNames<'a> {
@@ -100,13 +102,28 @@ pub async fn run(
     if status.is_success() && configured {
         return Ok(false);
     }
+    // A group kept from an earlier start keeps its location (ARM refuses to move a group).
+    let (group_status, existing_group) = call(
+        router,
+        management_token,
+        Method::GET,
+        &format!("{group}?api-version=2022-09-01"),
+        None,
+    )
+    .await?;
+    let location = existing_group
+        .get("location")
+        .and_then(Value::as_str)
+        .filter(|_| group_status.is_success())
+        .unwrap_or(DEFAULT_LOCATION)
+        .to_owned();
     println!("Setting up a DICOM service encrypted under a customer-managed key:");
     put(
         router,
         management_token,
         &format!("resource group '{}'", names.resource_group),
         &format!("{group}?api-version=2022-09-01"),
-        json!({ "location": LOCATION }),
+        json!({ "location": location }),
     )
     .await?;
     let vault = format!("{group}/providers/Microsoft.KeyVault/vaults/{VAULT_NAME}");
@@ -116,7 +133,7 @@ pub async fn run(
         &format!("key vault '{VAULT_NAME}' (soft delete, purge protection, RBAC)"),
         &format!("{vault}?api-version=2022-07-01"),
         json!({
-            "location": LOCATION,
+            "location": location,
             "properties": {
                 "tenantId": names.tenant_id,
                 "sku": { "family": "A", "name": "standard" },
@@ -147,7 +164,7 @@ pub async fn run(
         management_token,
         &format!("workspace '{}'", names.workspace),
         &format!("{workspace}?api-version=2023-06-01-preview"),
-        json!({ "location": LOCATION }),
+        json!({ "location": location }),
     )
     .await?;
     let created = put(
@@ -158,7 +175,7 @@ pub async fn run(
             names.service
         ),
         &service_url,
-        json!({ "location": LOCATION, "identity": { "type": "SystemAssigned" }, "properties": {} }),
+        json!({ "location": location, "identity": { "type": "SystemAssigned" }, "properties": {} }),
     )
     .await?;
     let principal_id = created
@@ -190,7 +207,7 @@ pub async fn run(
         &format!("key URL set on the DICOM service: {key_url}"),
         &service_url,
         json!({
-            "location": LOCATION,
+            "location": location,
             "identity": { "type": "SystemAssigned" },
             "properties": { "encryption": { "customerManagedKeyEncryption": { "keyEncryptionKeyUrl": key_url } } }
         }),
