@@ -338,3 +338,21 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+mod form_tests {
+    use super::*;
+
+    /// Form parameter names are percent-decoded like their values, so a client that escapes
+    /// `grant_type` as `grant%5Ftype` is understood.
+    #[test]
+    fn form_names_are_percent_decoded() {
+        let request: TokenRequest = serde_urlencoded::from_str(
+            "grant%5Ftype=client_credentials&client%5Fid=a&scope=https%3A%2F%2Fx%2F.default",
+        )
+        .expect("a form");
+        assert_eq!(request.grant_type.as_deref(), Some("client_credentials"));
+        assert_eq!(request.client_id.as_deref(), Some("a"));
+        assert_eq!(request.scope.as_deref(), Some("https://x/.default"));
+    }
+}
