@@ -217,6 +217,27 @@ pub async fn restore(
     data_dir: &Path,
     passphrase: &[u8],
 ) -> Result<RestoreReport, BackupError> {
+    restore_with(source, data_dir, passphrase, None).await
+}
+
+/// [`restore`], with the blobs written into `blobs` (an object store the restored hds runs
+/// with) instead of the new data dir. Blobs already there under the same names are rewritten
+/// with the backup's bytes: a blob's name and contents never change once written.
+pub async fn restore_into(
+    source: &Path,
+    data_dir: &Path,
+    passphrase: &[u8],
+    blobs: &BlobStore,
+) -> Result<RestoreReport, BackupError> {
+    restore_with(source, data_dir, passphrase, Some(blobs)).await
+}
+
+async fn restore_with(
+    source: &Path,
+    data_dir: &Path,
+    passphrase: &[u8],
+    target_blobs: Option<&BlobStore>,
+) -> Result<RestoreReport, BackupError> {
     let manifest_path = source.join(MANIFEST);
     let manifest: Manifest = std::fs::read(&manifest_path)
         .ok()
@@ -242,7 +263,10 @@ pub async fn restore(
     let instances = count_instances(&database).await?;
     database.close().await;
     let backup_blobs = BlobStore::local(&source.join("blobs"))?;
-    let restored_blobs = BlobStore::local(&data_dir.join("blobs"))?;
+    let restored_blobs = match target_blobs {
+        Some(blobs) => blobs.clone(),
+        None => BlobStore::local(&data_dir.join("blobs"))?,
+    };
     let copied: Vec<Result<u64, BlobError>> = futures::stream::iter(names.iter())
         .map(|name| copy_blob(&backup_blobs, &restored_blobs, name))
         .buffered(COPY_CONCURRENCY)

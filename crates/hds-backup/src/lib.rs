@@ -18,5 +18,7 @@
 pub mod backup;
 pub mod sweep;
 
-pub use backup::{BackupError, BackupReport, BackupSource, RestoreReport, backup, restore};
+pub use backup::{
+    BackupError, BackupReport, BackupSource, RestoreReport, backup, restore, restore_into,
+};
 pub use sweep::{SweepError, SweepReport, Sweeper};

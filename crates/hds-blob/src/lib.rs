@@ -6,8 +6,12 @@
 //!   are random 128-bit identifiers, sharded into directories by their first byte.
 //! - This is the one seam where stored bytes are written and read, so the envelope encryption
 //!   of a blob happens here and nowhere else.
-//! - A blob becomes visible under its name only when complete (it is written to a temporary
-//!   file and renamed), so a crash never leaves half a blob under a real name.
+//! - A blob becomes visible under its name only when complete (on local files it is written to
+//!   a temporary file and renamed; in an object store it is one PUT or a multipart upload that
+//!   appears when completed), so a crash never leaves half a blob under a real name.
+//! - Blobs live in the data dir or in Azure Blob Storage or S3 (`remote`, `--blob-store`);
+//!   either way the store sees only sealed ciphertext under random names. In an object store a
+//!   write is durable when the store acknowledged its completing request.
 //! - On local files, a write that returned is on stable storage: the blob's data and its
 //!   directory are synced first (`local`), unless the store was opened with
 //!   [`LocalOptions::sync_writes`] off. A caller records a blob in the index only after its
@@ -16,10 +20,12 @@
 #![deny(missing_docs)]
 
 mod local;
+mod remote;
 mod sealed;
 mod sweep;
 
 pub use local::LocalOptions;
+pub use remote::{BlobConfigError, RemoteKind, RemoteLocation};
 pub use sealed::{SealedBlobWriter, SealedRanges};
 pub use sweep::{SHARD_COUNT, ShardListing};
 
@@ -41,9 +47,13 @@ pub enum BlobError {
     /// The blob does not exist.
     #[error("blob not found")]
     NotFound,
-    /// The object store failed.
-    #[error("blob store: {0}")]
+    /// The object store failed. The message is redacted: an object store's error can quote a
+    /// request URL, and a SAS token's signature must not reach a log.
+    #[error("blob store: {}", remote::redact(&.0.to_string()))]
     Store(#[from] object_store::Error),
+    /// The object store did not answer the startup check in time.
+    #[error("blob store: no answer within the startup check's deadline")]
+    Unreachable,
     /// The blob name is not one this store issued.
     #[error("invalid blob name")]
     InvalidName,

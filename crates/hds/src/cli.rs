@@ -76,6 +76,13 @@ pub struct UpOptions {
     #[arg(long, env = "HDS_INDEX", default_value = "sqlite")]
     pub index: String,
 
+    /// Where blobs live: unset for the data dir's `blobs/`; Azure Blob Storage as
+    /// `az://CONTAINER[/PREFIX]` or `https://ACCOUNT.blob.core.windows.net/CONTAINER[/PREFIX]`;
+    /// S3 as `s3://BUCKET[/PREFIX]`. Credentials and endpoints come from the object store's own
+    /// variables (AZURE_STORAGE_*, AWS_*), never from the URL (docs/deploy.md).
+    #[arg(long, env = "HDS_BLOB_STORE", value_name = "URL")]
+    pub blob_store: Option<String>,
+
     /// The largest STOW-RS request body accepted, in bytes.
     #[arg(long, env = "HDS_MAX_REQUEST_BYTES", default_value_t = 2 * 1024 * 1024 * 1024)]
     pub max_request_bytes: u64,

@@ -4,6 +4,7 @@
 mod access;
 mod adapters;
 mod az_metadata;
+mod blob_store;
 mod cli;
 mod client;
 mod listener_limits;

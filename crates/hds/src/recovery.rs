@@ -4,7 +4,6 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
 use clap::Args;
-use hds_blob::BlobStore;
 use hds_db::Database;
 
 /// The environment variable a passphrase may come from instead of a file.
@@ -33,6 +32,11 @@ pub struct BackupOptions {
     #[arg(long, env = "HDS_INDEX", default_value = "sqlite")]
     pub index: String,
 
+    /// The blob store `hds up` runs with (`--blob-store`): the blobs are read through it and
+    /// copied into the backup. Unset for the data dir's `blobs/`.
+    #[arg(long, env = "HDS_BLOB_STORE", value_name = "URL")]
+    pub blob_store: Option<String>,
+
     /// How the data dir keeps its root key: the flags `hds up` runs with.
     #[command(flatten)]
     pub root_key: crate::root_key::RootKeyOptions,
@@ -52,6 +56,12 @@ pub struct RestoreOptions {
     /// A 0600 file holding the backup's passphrase (else the HDS_BACKUP_PASSPHRASE variable).
     #[arg(long)]
     pub passphrase_file: Option<PathBuf>,
+
+    /// Write the blobs into this object store (the `--blob-store` the restored hds will run
+    /// with) instead of the new data dir's `blobs/`. A flag only, never read from
+    /// HDS_BLOB_STORE: a restore writes into a store only when told to.
+    #[arg(long, value_name = "URL")]
+    pub blob_store: Option<String>,
 }
 
 pub async fn backup(options: BackupOptions) -> anyhow::Result<()> {
@@ -72,8 +82,7 @@ pub async fn backup(options: BackupOptions) -> anyhow::Result<()> {
     let database = Database::connect(&format!("sqlite:{}", database_path.display()))
         .await
         .context("opening the database")?;
-    let blobs =
-        BlobStore::local(&options.data_dir.join("blobs")).context("opening the blob store")?;
+    let blobs = crate::blob_store::open(&options.data_dir, options.blob_store.as_deref()).await?;
     let started = std::time::Instant::now();
     let report = hds_backup::backup(
         hds_backup::BackupSource {
@@ -101,9 +110,14 @@ pub async fn backup(options: BackupOptions) -> anyhow::Result<()> {
 
 pub async fn restore(options: RestoreOptions) -> anyhow::Result<()> {
     let passphrase = passphrase(options.passphrase_file.as_deref())?;
-    let report = hds_backup::restore(&options.from, &options.data_dir, &passphrase)
-        .await
-        .context("restoring")?;
+    let report = match crate::blob_store::open_remote(options.blob_store.as_deref())? {
+        Some(remote) => {
+            let blobs = remote.checked().await?;
+            hds_backup::restore_into(&options.from, &options.data_dir, &passphrase, &blobs).await
+        }
+        None => hds_backup::restore(&options.from, &options.data_dir, &passphrase).await,
+    }
+    .context("restoring")?;
     tracing::info!(
         instances = report.instances,
         blobs = report.blobs,

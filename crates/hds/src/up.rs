@@ -53,6 +53,9 @@ pub async fn run(options: UpOptions) -> anyhow::Result<()> {
     let interrupt = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
         .context("listening for SIGINT")?;
     let data_dir = &options.data_dir;
+    // The blob store's URL and credential sources next: like the protector, a wrong value
+    // stops the start before anything is created.
+    let remote_blobs = crate::blob_store::open_remote(options.blob_store.as_deref())?;
     // The protector first: a wrong flag, passphrase, PIN or token stops the start before the
     // data dir is created or written.
     let root_key_protector = crate::root_key::protector_for_up(data_dir, &options.root_key)?;
@@ -109,10 +112,15 @@ pub async fn run(options: UpOptions) -> anyhow::Result<()> {
     let index = Index::open(database.clone(), Arc::new(keyrings.clone()))
         .await
         .context("opening the index")?;
-    let mut blob_options = hds_blob::LocalOptions::default();
-    blob_options.sync_writes = durable;
-    let blobs = BlobStore::local_with(&data_dir.join("blobs"), blob_options)
-        .context("opening the blob store")?;
+    let blobs = match remote_blobs {
+        Some(remote) => remote.checked().await?,
+        None => {
+            let mut blob_options = hds_blob::LocalOptions::default();
+            blob_options.sync_writes = durable;
+            BlobStore::local_with(&data_dir.join("blobs"), blob_options)
+                .context("opening the blob store")?
+        }
+    };
     // Blobs of stores a crash interrupted, and study keys without studies.
     let sweeper = hds_backup::Sweeper::new(database.clone(), blobs.clone(), options.orphan_grace)
         .spawn(options.sweep_interval);
