@@ -24,7 +24,7 @@ import requests
 
 ACCOUNT = "devstoreaccount1"
 # The emulator's public development key (documented by Microsoft; not a secret).
-ACCOUNT_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEhQ/1bOHtIJLtM2bLwJCYUxFRZtIYgVmWUo0Hd7nzJm/vAfwAiZ8KEH+kyeHnaiNs4ow=="
+ACCOUNT_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
 API_VERSION = "2021-08-06"
 
 
@@ -49,7 +49,7 @@ class Azurite:
         self.log = open(pathlib.Path(self.directory.name) / "azurite.log", "wb")
         self.process = subprocess.Popen(
             [str(binary()), "--blobHost", "127.0.0.1", "--blobPort", str(self.port), "--inMemoryPersistence",
-             "--skipApiVersionCheck", "--location", self.directory.name],
+             "--skipApiVersionCheck", "--disableTelemetry"],
             stdout=self.log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
         )
         deadline = time.time() + 120

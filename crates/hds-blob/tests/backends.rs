@@ -18,7 +18,8 @@ use hds_crypto::keys::BlobKey;
 
 /// Azurite's well-known development account and key (public, documented by Microsoft).
 const AZURITE_ACCOUNT: &str = "devstoreaccount1";
-const AZURITE_KEY: &str = "Eby8vdM02xNOcqFlqUwJPLlmEhQ/1bOHtIJLtM2bLwJCYUxFRZtIYgVmWUo0Hd7nzJm/vAfwAiZ8KEH+kyeHnaiNs4ow==";
+const AZURITE_KEY: &str =
+    "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==";
 const S3_ACCESS_KEY: &str = "hds-test";
 const S3_SECRET_KEY: &str = "hds-test-secret";
 const SERVICE: &str = "default/dicom";
@@ -368,9 +369,12 @@ impl Server {
                 command
                     .args(["--blobHost", "127.0.0.1", "--blobPort"])
                     .arg(port.to_string())
-                    .args(["--inMemoryPersistence", "--silent", "--skipApiVersionCheck"])
-                    .arg("--location")
-                    .arg(directory.path());
+                    .args([
+                        "--inMemoryPersistence",
+                        "--silent",
+                        "--skipApiVersionCheck",
+                        "--disableTelemetry",
+                    ]);
             }
             Backend::S3 => {
                 // Buckets are directories of the server's root.
