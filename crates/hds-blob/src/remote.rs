@@ -268,6 +268,38 @@ fn valid_prefix_segment(segment: &str) -> bool {
             .all(|byte| byte.is_ascii_alphanumeric() || matches!(byte, b'.' | b'-' | b'_'))
 }
 
+/// Azurite's well-known development account and key (public, documented by Microsoft).
+const EMULATOR_ACCOUNT: &str = "devstoreaccount1";
+const EMULATOR_KEY: &str =
+    "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==";
+
+/// The emulator as an explicit endpoint (`AZURITE_BLOB_STORAGE_URL`, default
+/// `http://127.0.0.1:10000`, then the account), so that the endpoint comes from the environment
+/// this store was given rather than from the process's.
+fn emulator(builder: MicrosoftAzureBuilder, url: Option<String>) -> MicrosoftAzureBuilder {
+    let account = builder
+        .get_config_value(&AzureConfigKey::AccountName)
+        .filter(|account| !account.is_empty())
+        .unwrap_or_else(|| EMULATOR_ACCOUNT.to_owned());
+    let has_credential = [
+        AzureConfigKey::AccessKey,
+        AzureConfigKey::SasKey,
+        AzureConfigKey::Token,
+    ]
+    .iter()
+    .any(|key| is_set(builder.get_config_value(key)));
+    let base = url.unwrap_or_else(|| "http://127.0.0.1:10000".to_owned());
+    let mut builder = builder
+        .with_use_emulator(false)
+        .with_endpoint(format!("{}/{account}", base.trim_end_matches('/')))
+        .with_account(&account)
+        .with_allow_http(true);
+    if !has_credential {
+        builder = builder.with_access_key(EMULATOR_KEY);
+    }
+    builder
+}
+
 /// Whether a configuration value turns a switch on.
 fn is_on(value: Option<String>) -> bool {
     value.is_some_and(|value| {
@@ -302,8 +334,11 @@ impl BlobStore {
         let store: Arc<dyn ObjectStore> = match location.kind {
             RemoteKind::AzureBlob => {
                 let mut builder = MicrosoftAzureBuilder::new();
+                let mut azurite_url = None;
                 for (name, value) in environment {
-                    if name == "IDENTITY_ENDPOINT" {
+                    if name == "AZURITE_BLOB_STORAGE_URL" {
+                        azurite_url = Some(value);
+                    } else if name == "IDENTITY_ENDPOINT" {
                         builder = builder.with_msi_endpoint(value);
                     } else if name.starts_with("AZURE_")
                         && let Ok(key) = name.to_ascii_lowercase().parse::<AzureConfigKey>()
@@ -314,6 +349,9 @@ impl BlobStore {
                 builder = builder.with_container_name(&location.container);
                 if let Some(account) = &location.account {
                     builder = builder.with_account(account);
+                }
+                if is_on(builder.get_config_value(&AzureConfigKey::UseEmulator)) {
+                    builder = emulator(builder, azurite_url);
                 }
                 let credentials = [
                     AzureConfigKey::AccessKey,
