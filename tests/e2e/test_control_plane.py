@@ -263,6 +263,57 @@ def test_versionless_url_follows_the_latest_version(tmp_path):
             assert server.stop() == 0
 
 
+def test_versionless_url_follows_an_automatic_rotation(tmp_path):
+    """A rotation policy rotates the key by itself (docs/keyvault.md), and a DICOM service on
+    the versionless URL follows: its root key is re-wrapped under the version the policy made,
+    so the old version can be disabled. The policy's Rotate action is due at once (the key
+    expires in 10 days, the action fires 30 days before expiry); the vault's rotation pass runs
+    every second here."""
+    server = HdsServer(
+        tmp_path / "data", extra_args=FAST_CMK_FLAGS + ("--key-rotation-interval", "1s")
+    ).start()
+    try:
+        arm = ArmClient(server)
+        service_id = arm.service_id()
+        versioned = key_url_of(arm.get(service_id))
+        versionless = versioned.rsplit("/", 1)[0]
+        response = arm.put_service(service_id, versionless)
+        assert response.status_code == 200, response.text
+        dataset = fresh_instance()
+        store(server, dataset)
+        rewraps = server.logs().count("re-wrapped under the key's latest version")
+
+        vault = VaultClient(server, versioned.split("/keys/")[0])
+        expires = int((datetime.now(timezone.utc) + timedelta(days=10)).timestamp())
+        patched = vault.request("PATCH", versioned[len(vault.uri):], {"attributes": {"exp": expires}})
+        assert patched.status_code == 200, patched.text
+        policy = {
+            "lifetimeActions": [{"trigger": {"timeBeforeExpiry": "P30D"}, "action": {"type": "Rotate"}}],
+            "attributes": {"expiryTime": "P90D"},
+        }
+        response = vault.request("PUT", "/keys/dicom-cmk/rotationpolicy", policy)
+        assert response.status_code == 200, response.text
+
+        wait_for(lambda: vault.key("dicom-cmk")["key"]["kid"] != versioned, timeout=30,
+                 what="the rotation policy to make a new version")
+        latest = vault.key("dicom-cmk")
+        assert latest["attributes"]["exp"] > expires
+        wait_for(lambda: server.logs().count("re-wrapped under the key's latest version") > rewraps,
+                 timeout=30, what="the root key to be re-wrapped under the rotated version")
+        # The new version is not due (it expires in 90 days): one rotation, not one a second.
+        versions = vault.request("GET", "/keys/dicom-cmk/versions").json()["value"]
+        assert len(versions) == 2, versions
+        vault.set_enabled(versioned, False)
+        assert server.stop() == 0
+        server.start()
+        arm = ArmClient(server)
+        wait_health(arm, service_id, "Available")
+        assert_readable(server, dataset)
+    finally:
+        if server.process is not None:
+            assert server.stop() == 0
+
+
 def test_missing_key_and_missing_version(key_cases):
     base = key_cases.default_key.rsplit("/", 2)[0]
     version = key_cases.default_key.rsplit("/", 1)[1]

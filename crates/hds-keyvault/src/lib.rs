@@ -10,6 +10,8 @@
 //!   deletion and purge protection, backups, cryptographic operations, PKCS#11 objects,
 //!   sealing, rows). The ARM provider calls it directly (`create_or_update_vault`,
 //!   `create_key_if_absent`, `get_key`, ...).
+//! - [`rotation`]: key rotation policies (lifetime actions, expiry) and when a rotation is
+//!   due; the service stores them and rotates due keys (`spawn_rotation_task`).
 //! - [`material`]: RSA over aws-lc-rs (OAEP-SHA1/SHA256, PKCS#1 v1.5, RS*/PS* signatures).
 //! - [`pkcs11`]: RSA-HSM keys generated and used inside a PKCS#11 token, when one is
 //!   configured ([`Pkcs11Config`]); [`pkcs11_root_key`]: the platform root key wrapped by an
@@ -40,6 +42,7 @@ pub mod material;
 pub mod model;
 pub mod pkcs11;
 pub mod pkcs11_root_key;
+pub mod rotation;
 pub mod service;
 
 pub use access::{Caller, StaticAccessControl, VaultAccessControl};
@@ -48,4 +51,4 @@ pub use http::{DataPlaneState, VaultSelector, data_plane_router};
 pub use listeners::{VaultListeners, host_routed_router};
 pub use pkcs11::{PinSource, Pkcs11Config, Pkcs11Error};
 pub use pkcs11_root_key::{Pkcs11RootKeyWrapper, WrappingKeyCreation};
-pub use service::{KeyVaultService, ServiceConfig, VaultAddressing};
+pub use service::{KeyVaultService, ServiceConfig, VaultAddressing, spawn_rotation_task};

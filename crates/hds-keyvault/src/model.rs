@@ -161,13 +161,17 @@ pub enum KeyPermission {
     Verify,
     /// Rotate a key (new version).
     Rotate,
+    /// Read a key's rotation policy.
+    GetRotationPolicy,
+    /// Set a key's rotation policy.
+    SetRotationPolicy,
     /// Every key permission.
     All,
 }
 
 impl KeyPermission {
     /// Every concrete permission (what `All` stands for).
-    pub const CONCRETE: [KeyPermission; 17] = [
+    pub const CONCRETE: [KeyPermission; 19] = [
         KeyPermission::Get,
         KeyPermission::List,
         KeyPermission::Create,
@@ -185,6 +189,8 @@ impl KeyPermission {
         KeyPermission::Sign,
         KeyPermission::Verify,
         KeyPermission::Rotate,
+        KeyPermission::GetRotationPolicy,
+        KeyPermission::SetRotationPolicy,
     ];
 
     /// The access-policy name of the permission, as Azure spells it.
@@ -207,6 +213,8 @@ impl KeyPermission {
             KeyPermission::Sign => "sign",
             KeyPermission::Verify => "verify",
             KeyPermission::Rotate => "rotate",
+            KeyPermission::GetRotationPolicy => "getrotationpolicy",
+            KeyPermission::SetRotationPolicy => "setrotationpolicy",
             KeyPermission::All => "all",
         }
     }
@@ -230,6 +238,12 @@ impl KeyPermission {
             KeyPermission::Sign => "Microsoft.KeyVault/vaults/keys/sign/action",
             KeyPermission::Verify => "Microsoft.KeyVault/vaults/keys/verify/action",
             KeyPermission::Rotate => "Microsoft.KeyVault/vaults/keys/rotate/action",
+            KeyPermission::GetRotationPolicy => {
+                "Microsoft.KeyVault/vaults/keyrotationpolicies/read"
+            }
+            KeyPermission::SetRotationPolicy => {
+                "Microsoft.KeyVault/vaults/keyrotationpolicies/write"
+            }
             KeyPermission::All => "Microsoft.KeyVault/vaults/keys/*",
         }
     }

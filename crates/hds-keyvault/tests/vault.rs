@@ -291,6 +291,26 @@ async fn api_version_is_required_and_dated_versions_are_accepted() {
     )
     .await;
     assert_eq!(wrong.status, StatusCode::BAD_REQUEST);
+    // Query names are percent-decoded like values: the JavaScript SDK sends `api%2Dversion`.
+    let encoded = call(
+        &router,
+        Method::GET,
+        "/keys?api%2Dversion=7%2E5&maxresults=5",
+        Some("officer"),
+        None,
+    )
+    .await;
+    assert_eq!(encoded.status, StatusCode::OK, "{:?}", encoded.body);
+    let encoded_wrong = call(
+        &router,
+        Method::GET,
+        "/keys?api%2Dversion=1.0",
+        Some("officer"),
+        None,
+    )
+    .await;
+    assert_eq!(encoded_wrong.status, StatusCode::BAD_REQUEST);
+    assert!(encoded_wrong.message().contains("not recognized"));
     for version in ["7.4", "7.6-preview.2", "2016-10-01"] {
         let listed = call(
             &router,
@@ -1509,4 +1529,470 @@ async fn scenarios_on_postgres() {
     private_keys_are_sealed_at_rest_and_survive_a_restart_on(Fixture::postgres().await).await;
     arm_semantics_of_vaults_and_keys_on(Fixture::postgres().await).await;
     access_policies_grant_per_permission_when_rbac_is_off_on(Fixture::postgres().await).await;
+    rotation_policies_rotate_keys_when_due_on(Fixture::postgres().await).await;
+}
+
+fn policy_uri(name: &str) -> String {
+    format!("/keys/{name}/rotationpolicy?{VERSION}")
+}
+
+async fn versions_of(router: &Router, name: &str) -> Vec<Value> {
+    let listed = call(
+        router,
+        Method::GET,
+        &format!("/keys/{name}/versions?{VERSION}"),
+        Some("officer"),
+        None,
+    )
+    .await;
+    assert_eq!(listed.status, StatusCode::OK, "{:?}", listed.body);
+    listed.body["value"].as_array().unwrap().clone()
+}
+
+#[tokio::test]
+async fn rotation_policies_rotate_keys_when_due() {
+    rotation_policies_rotate_keys_when_due_on(Fixture::new().await).await;
+}
+
+async fn rotation_policies_rotate_keys_when_due_on(fixture: Fixture) {
+    let vault = fixture.vault("rotating", |_| {}).await;
+    let router = fixture.router(&vault, loopback());
+    assert_eq!(
+        create(&router, "Cmk", json!({"kty": "RSA"})).await.status,
+        StatusCode::OK
+    );
+
+    // A key that never had a policy has Key Vault's default: notify 30 days before expiry.
+    let default = call(
+        &router,
+        Method::GET,
+        &policy_uri("Cmk"),
+        Some("officer"),
+        None,
+    )
+    .await;
+    assert_eq!(default.status, StatusCode::OK, "{:?}", default.body);
+    assert_eq!(
+        default.body["id"],
+        format!("{}keys/Cmk/rotationpolicy", vault.vault_uri)
+    );
+    assert_eq!(
+        default.body["lifetimeActions"],
+        json!([{"trigger": {"timeBeforeExpiry": "P30D"}, "action": {"type": "Notify"}}])
+    );
+    assert!(default.body["attributes"].get("created").is_none());
+
+    let policy = json!({
+        "lifetimeActions": [
+            {"trigger": {"timeAfterCreate": "P30D"}, "action": {"type": "rotate"}},
+            {"trigger": {"timeBeforeExpiry": "P7D"}, "action": {"type": "Notify"}},
+        ],
+        "attributes": {"expiryTime": "P90D"},
+    });
+    let set = call(
+        &router,
+        Method::PUT,
+        &policy_uri("Cmk"),
+        Some("officer"),
+        Some(policy),
+    )
+    .await;
+    assert_eq!(set.status, StatusCode::OK, "{:?}", set.body);
+    assert_eq!(set.body["lifetimeActions"][0]["action"]["type"], "Rotate");
+    assert_eq!(
+        set.body["lifetimeActions"][0]["trigger"]["timeAfterCreate"],
+        "P30D"
+    );
+    assert_eq!(set.body["attributes"]["expiryTime"], "P90D");
+    assert_eq!(
+        set.body["attributes"]["created"],
+        json!(fixture.service.now())
+    );
+    let read = call(
+        &router,
+        Method::GET,
+        &policy_uri("Cmk"),
+        Some("officer"),
+        None,
+    )
+    .await;
+    assert_eq!(read.body, set.body);
+
+    // Not due yet: the pass does nothing, however often it runs.
+    fixture.advance_days(29);
+    assert!(fixture.service.rotate_due_keys().await.unwrap().is_empty());
+    assert_eq!(versions_of(&router, "Cmk").await.len(), 1);
+    // Due: exactly one new version, expiring as the policy says, and not due again at once.
+    fixture.advance_days(2);
+    let rotated = fixture.service.rotate_due_keys().await.unwrap();
+    assert_eq!(rotated.len(), 1);
+    assert!(fixture.service.rotate_due_keys().await.unwrap().is_empty());
+    let latest = call(
+        &router,
+        Method::GET,
+        &format!("/keys/Cmk?{VERSION}"),
+        Some("officer"),
+        None,
+    )
+    .await;
+    assert_eq!(latest.body["key"]["kid"], rotated[0]);
+    assert_eq!(
+        latest.body["attributes"]["exp"],
+        json!(fixture.service.now() + 90 * 86_400)
+    );
+    assert_eq!(versions_of(&router, "Cmk").await.len(), 2);
+
+    // The policy is persisted: a service opened afresh on the same database rotates the key
+    // again when its next time comes.
+    let reopened = Arc::new(
+        open_service(
+            &fixture.database_url,
+            &fixture.root_key,
+            Arc::clone(&fixture.clock),
+        )
+        .await,
+    );
+    fixture.advance_days(31);
+    assert_eq!(reopened.rotate_due_keys().await.unwrap().len(), 1);
+    assert_eq!(versions_of(&router, "Cmk").await.len(), 3);
+
+    // A manual rotation also takes the policy's expiry.
+    let manual = call(
+        &router,
+        Method::POST,
+        &format!("/keys/Cmk/rotate?{VERSION}"),
+        Some("officer"),
+        None,
+    )
+    .await;
+    assert_eq!(manual.status, StatusCode::OK, "{:?}", manual.body);
+    assert_eq!(
+        manual.body["attributes"]["exp"],
+        json!(fixture.service.now() + 90 * 86_400)
+    );
+
+    // A before-expiry trigger fires on a key whose expiry is near, and never on one without.
+    let expiring = fixture.service.now() + 10 * 86_400;
+    assert_eq!(
+        create(
+            &router,
+            "Expiring",
+            json!({"kty": "RSA", "attributes": {"exp": expiring}})
+        )
+        .await
+        .status,
+        StatusCode::OK
+    );
+    assert_eq!(
+        create(&router, "Forever", json!({"kty": "RSA"}))
+            .await
+            .status,
+        StatusCode::OK
+    );
+    let before_expiry = json!({"lifetimeActions": [{"trigger": {"timeBeforeExpiry": "P30D"}, "action": {"type": "Rotate"}}]});
+    for name in ["Expiring", "Forever"] {
+        let set = call(
+            &router,
+            Method::PUT,
+            &policy_uri(name),
+            Some("officer"),
+            Some(before_expiry.clone()),
+        )
+        .await;
+        assert_eq!(set.status, StatusCode::OK, "{:?}", set.body);
+    }
+    let rotated = fixture.service.rotate_due_keys().await.unwrap();
+    assert_eq!(rotated.len(), 1, "{rotated:?}");
+    assert!(rotated[0].contains("/keys/Expiring/"));
+    assert_eq!(versions_of(&router, "Forever").await.len(), 1);
+
+    // Purging a key removes its policy: a new key of the same name starts with the default.
+    let deleted = call(
+        &router,
+        Method::DELETE,
+        &format!("/keys/Expiring?{VERSION}"),
+        Some("officer"),
+        None,
+    )
+    .await;
+    assert_eq!(deleted.status, StatusCode::OK);
+    // A deleted key is not rotated, and its policy is not served.
+    assert!(fixture.service.rotate_due_keys().await.unwrap().is_empty());
+    let gone = call(
+        &router,
+        Method::GET,
+        &policy_uri("Expiring"),
+        Some("officer"),
+        None,
+    )
+    .await;
+    assert_eq!(gone.status, StatusCode::NOT_FOUND);
+    let purged = call(
+        &router,
+        Method::DELETE,
+        &format!("/deletedkeys/Expiring?{VERSION}"),
+        Some("officer"),
+        None,
+    )
+    .await;
+    assert_eq!(purged.status, StatusCode::NO_CONTENT, "{:?}", purged.body);
+    assert_eq!(
+        create(&router, "Expiring", json!({"kty": "RSA"}))
+            .await
+            .status,
+        StatusCode::OK
+    );
+    let fresh = call(
+        &router,
+        Method::GET,
+        &policy_uri("Expiring"),
+        Some("officer"),
+        None,
+    )
+    .await;
+    assert!(
+        fresh.body["attributes"].get("created").is_none(),
+        "{:?}",
+        fresh.body
+    );
+}
+
+#[tokio::test]
+async fn rotation_policy_input_and_access_are_checked() {
+    let fixture = Fixture::new().await;
+    let vault = fixture.vault("policing", |_| {}).await;
+    let router = fixture.router(&vault, loopback());
+    assert_eq!(
+        create(&router, "k", json!({"kty": "RSA"})).await.status,
+        StatusCode::OK
+    );
+    let rotate = |trigger: Value| json!({"trigger": trigger, "action": {"type": "Rotate"}});
+    let hostile = [
+        (
+            json!({"lifetimeActions": [rotate(json!({"timeAfterCreate": "P-1D"}))]}),
+            "ISO 8601",
+        ),
+        (
+            json!({"lifetimeActions": [rotate(json!({"timeAfterCreate": "P99999999999D"}))]}),
+            "ISO 8601",
+        ),
+        (
+            json!({"lifetimeActions": [rotate(json!({"timeAfterCreate": "P1D".repeat(5000)}))]}),
+            "ISO 8601",
+        ),
+        (
+            json!({"lifetimeActions": [rotate(json!({"timeAfterCreate": "P1D"}))]}),
+            "at least 7 days",
+        ),
+        (
+            json!({"lifetimeActions": [rotate(json!({"timeAfterCreate": "P30D", "timeBeforeExpiry": "P30D"}))]}),
+            "exactly one",
+        ),
+        (
+            json!({"lifetimeActions": [rotate(json!({}))]}),
+            "exactly one",
+        ),
+        (
+            json!({"lifetimeActions": [{"trigger": {"timeAfterCreate": "P30D"}}]}),
+            "action.type",
+        ),
+        (
+            json!({"lifetimeActions": [{"trigger": {"timeAfterCreate": "P30D"}, "action": {"type": "Explode"}}]}),
+            "Rotate or Notify",
+        ),
+        (
+            json!({"lifetimeActions": vec![rotate(json!({"timeAfterCreate": "P30D"})); 1000]}),
+            "at most 2",
+        ),
+        (
+            json!({"lifetimeActions": [rotate(json!({"timeAfterCreate": "P30D"}))], "attributes": {"expiryTime": "P7D"}}),
+            "at least 28 days",
+        ),
+        (json!({"lifetimeActions": "many"}), "not valid"),
+    ];
+    for (body, fragment) in hostile {
+        let refused = call(
+            &router,
+            Method::PUT,
+            &policy_uri("k"),
+            Some("officer"),
+            Some(body),
+        )
+        .await;
+        assert_eq!(
+            refused.status,
+            StatusCode::BAD_REQUEST,
+            "{fragment}: {:?}",
+            refused.body
+        );
+        assert!(
+            refused.message().contains(fragment),
+            "{fragment}: {}",
+            refused.message()
+        );
+    }
+
+    // The policy routes are not key versions: a missing key is named without the path's tail.
+    for method in [Method::GET, Method::PUT] {
+        let missing = call(
+            &router,
+            method,
+            &policy_uri("absent"),
+            Some("officer"),
+            Some(json!({"lifetimeActions": []})),
+        )
+        .await;
+        assert_eq!(missing.status, StatusCode::NOT_FOUND, "{:?}", missing.body);
+        assert!(missing.message().contains("absent"));
+        assert!(
+            !missing.message().contains("rotationpolicy"),
+            "{}",
+            missing.message()
+        );
+    }
+
+    // RBAC: reading a key is not reading its policy; each policy action is its own grant.
+    let denied = call(&router, Method::GET, &policy_uri("k"), Some("reader"), None).await;
+    assert_eq!(denied.status, StatusCode::FORBIDDEN);
+    assert!(
+        denied
+            .message()
+            .contains("Microsoft.KeyVault/vaults/keyrotationpolicies/read")
+    );
+    fixture
+        .access
+        .grant(READER, "Microsoft.KeyVault/vaults/keyrotationpolicies/read");
+    assert_eq!(
+        call(&router, Method::GET, &policy_uri("k"), Some("reader"), None)
+            .await
+            .status,
+        StatusCode::OK
+    );
+    let write = call(
+        &router,
+        Method::PUT,
+        &policy_uri("k"),
+        Some("reader"),
+        Some(json!({"lifetimeActions": []})),
+    )
+    .await;
+    assert_eq!(write.status, StatusCode::FORBIDDEN);
+    assert!(
+        write
+            .message()
+            .contains("Microsoft.KeyVault/vaults/keyrotationpolicies/write")
+    );
+    let rotate_denied = call(
+        &router,
+        Method::POST,
+        &format!("/keys/k/rotate?{VERSION}"),
+        Some("reader"),
+        None,
+    )
+    .await;
+    assert_eq!(rotate_denied.status, StatusCode::FORBIDDEN);
+    assert!(
+        rotate_denied
+            .message()
+            .contains("Microsoft.KeyVault/vaults/keys/rotate/action")
+    );
+
+    // Access policies: getrotationpolicy and setrotationpolicy, as Key Vault names them.
+    let policed = fixture
+        .vault("policed", |properties| {
+            properties.enable_rbac_authorization = false;
+            properties.access_policies = vec![
+                AccessPolicy {
+                    tenant_id: TENANT.into(),
+                    object_id: OFFICER.into(),
+                    key_permissions: vec![KeyPermission::All],
+                },
+                AccessPolicy {
+                    tenant_id: TENANT.into(),
+                    object_id: READER.into(),
+                    key_permissions: vec![KeyPermission::Get, KeyPermission::GetRotationPolicy],
+                },
+            ];
+        })
+        .await;
+    let router = fixture.router(&policed, loopback());
+    assert_eq!(
+        create(&router, "k", json!({"kty": "RSA"})).await.status,
+        StatusCode::OK
+    );
+    assert_eq!(
+        call(&router, Method::GET, &policy_uri("k"), Some("reader"), None)
+            .await
+            .status,
+        StatusCode::OK
+    );
+    let set = call(
+        &router,
+        Method::PUT,
+        &policy_uri("k"),
+        Some("reader"),
+        Some(json!({"lifetimeActions": []})),
+    )
+    .await;
+    assert_eq!(set.status, StatusCode::FORBIDDEN);
+    assert!(
+        set.message().contains("setrotationpolicy"),
+        "{}",
+        set.message()
+    );
+}
+
+#[tokio::test]
+async fn random_bytes_are_fresh_and_bounded() {
+    let fixture = Fixture::new().await;
+    let vault = fixture.vault("random", |_| {}).await;
+    let router = fixture.router(&vault, loopback());
+    let uri = format!("/rng?{VERSION}");
+    let first = call(
+        &router,
+        Method::POST,
+        &uri,
+        Some("reader"),
+        Some(json!({"count": 128})),
+    )
+    .await;
+    assert_eq!(first.status, StatusCode::OK, "{:?}", first.body);
+    let second = call(
+        &router,
+        Method::POST,
+        &uri,
+        Some("reader"),
+        Some(json!({"count": 128})),
+    )
+    .await;
+    assert_eq!(unb64(&first.body["value"]).len(), 128);
+    assert_ne!(first.body["value"], second.body["value"]);
+    let one = call(
+        &router,
+        Method::POST,
+        &uri,
+        Some("reader"),
+        Some(json!({"count": 1})),
+    )
+    .await;
+    assert_eq!(unb64(&one.body["value"]).len(), 1);
+    for body in [
+        json!({"count": 0}),
+        json!({"count": 129}),
+        json!({"count": u64::MAX}),
+        json!({"count": -1}),
+        json!({}),
+    ] {
+        let refused = call(
+            &router,
+            Method::POST,
+            &uri,
+            Some("reader"),
+            Some(body.clone()),
+        )
+        .await;
+        assert_eq!(refused.status, StatusCode::BAD_REQUEST, "{body}");
+    }
+    let unauthenticated = call(&router, Method::POST, &uri, None, Some(json!({"count": 8}))).await;
+    assert_eq!(unauthenticated.status, StatusCode::UNAUTHORIZED);
 }

@@ -122,6 +122,11 @@ pub struct UpOptions {
     #[arg(long, env = "HDS_CMK_PROBE_INTERVAL", default_value = "60s", value_parser = parse_duration)]
     pub cmk_probe_interval: std::time::Duration,
 
+    /// How often the key vault rotates keys whose rotation policy's Rotate action is due
+    /// (e.g. 1m, 1h). A due rotation happens at the first pass after its time.
+    #[arg(long, env = "HDS_KEY_ROTATION_INTERVAL", default_value = "1m", value_parser = parse_duration)]
+    pub key_rotation_interval: std::time::Duration,
+
     /// How long key access may be lost before only an update of the DICOM service brings it
     /// back, e.g. 30m.
     #[arg(long, env = "HDS_CMK_LOST_ACCESS_LATCH", default_value = "30m", value_parser = parse_duration)]

@@ -168,6 +168,9 @@ pub async fn run(options: UpOptions) -> anyhow::Result<()> {
         .start_all()
         .await
         .context("starting the key vault listeners")?;
+    // Keys whose rotation policy says so get a new version when due.
+    let key_rotation =
+        hds_keyvault::spawn_rotation_task(vault_service.clone(), options.key_rotation_interval);
 
     // The path from a DICOM service to its customer-managed key. Managed identities' tokens go
     // only to the vaults served here, and to Azure's vault hosts when hds signs in to Azure.
@@ -399,6 +402,7 @@ pub async fn run(options: UpOptions) -> anyhow::Result<()> {
         server.handle(handle).serve(service).await?;
     }
     sweeper.abort();
+    key_rotation.abort();
     let _ = stop_monitor.send(());
     vault_listeners.shutdown();
     println!("hds stopped");

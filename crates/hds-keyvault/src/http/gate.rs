@@ -7,8 +7,8 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use axum::RequestExt;
-use axum::extract::{ConnectInfo, Request, State};
-use axum::http::{HeaderValue, header};
+use axum::extract::{ConnectInfo, Query, Request, State};
+use axum::http::{HeaderValue, Uri, header};
 use axum::middleware::Next;
 use axum::response::Response;
 
@@ -57,7 +57,7 @@ pub(super) async fn gate(
             "Request is missing a Bearer or PoP token. Send Authorization: Bearer <token> for the resource https://vault.azure.net.",
         );
     };
-    let api_version = match api_version_of(request.uri().query()) {
+    let api_version = match api_version_of(request.uri()) {
         Ok(version) => version,
         Err(error) => return error_response(&error),
     };
@@ -117,14 +117,21 @@ fn vault_from_host(request: &Request, domain: &str) -> Option<String> {
     (!name.is_empty() && !name.contains('.')).then(|| name.to_owned())
 }
 
-/// Accepts `7.x` (with previews) and the dated versions the older SDKs send.
-fn api_version_of(query: Option<&str>) -> Result<String, VaultError> {
-    let version = query
-        .unwrap_or("")
-        .split('&')
-        .filter_map(|pair| pair.split_once('='))
-        .find(|(name, _)| *name == "api-version")
-        .map(|(_, value)| value.to_owned());
+/// Accepts `7.x` (with previews) and the dated versions the older SDKs send. Names and values
+/// are percent-decoded first, as every query parameter is: the JavaScript SDK sends the name
+/// as `api%2Dversion`.
+fn api_version_of(uri: &Uri) -> Result<String, VaultError> {
+    let parameters: Vec<(String, String)> = Query::try_from_uri(uri)
+        .map(|Query(parameters)| parameters)
+        .map_err(|_| {
+            VaultError::BadParameter(
+                "the query string is not valid percent-encoded form data".into(),
+            )
+        })?;
+    let version = parameters
+        .into_iter()
+        .find(|(name, _)| name == "api-version")
+        .map(|(_, value)| value);
     let Some(version) = version.filter(|value| !value.is_empty()) else {
         return Err(VaultError::BadParameter(
             "The api-version query parameter is missing; add ?api-version=7.5 (or another 7.x version).".into(),

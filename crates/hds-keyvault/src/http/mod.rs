@@ -6,7 +6,7 @@
 //!
 //! One module per concern: `gate.rs` (vault, challenge, api-version, authentication,
 //! firewall), `keys.rs` (the key lifecycle routes), `deleted.rs` (deletion and the
-//! `/deletedkeys` routes), `operations.rs` (wrap/unwrap, encrypt/decrypt, sign/verify) and
+//! `/deletedkeys` routes), `policy.rs` (rotation policies and `/rng`), `operations.rs` (wrap/unwrap, encrypt/decrypt, sign/verify) and
 //! `wire.rs` (errors, bodies and JSON as Key Vault writes them).
 
 use std::sync::Arc;
@@ -25,6 +25,7 @@ mod deleted;
 mod gate;
 mod keys;
 mod operations;
+mod policy;
 mod wire;
 
 use deleted::{
@@ -36,6 +37,7 @@ use keys::{
     list_keys, restore_key, rotate_key, update_key_version, update_latest_key,
 };
 use operations::{key_operation, key_operation_latest};
+use policy::{get_rotation_policy, random_bytes, set_rotation_policy};
 use wire::ApiError;
 
 /// What the data plane needs.
@@ -108,6 +110,10 @@ pub fn data_plane_router(state: DataPlaneState, selector: VaultSelector) -> Rout
         .route("/keys/{name}/create", post(create_key))
         .route("/keys/{name}/versions", get(list_key_versions))
         .route("/keys/{name}/rotate", post(rotate_key))
+        .route(
+            "/keys/{name}/rotationpolicy",
+            get(get_rotation_policy).put(set_rotation_policy),
+        )
         .route("/keys/{name}/backup", post(backup_key))
         .route(
             "/keys/{name}/{version}",
@@ -122,6 +128,7 @@ pub fn data_plane_router(state: DataPlaneState, selector: VaultSelector) -> Rout
             get(get_deleted_key).delete(purge_deleted_key),
         )
         .route("/deletedkeys/{name}/recover", post(recover_deleted_key))
+        .route("/rng", post(random_bytes))
         .fallback(unknown_route)
         .layer(middleware::from_fn_with_state(gate_state, gate))
         .with_state(state)
@@ -130,7 +137,7 @@ pub fn data_plane_router(state: DataPlaneState, selector: VaultSelector) -> Rout
 /// Anything outside the keys API: a clear 400 rather than a bare 404.
 async fn unknown_route() -> ApiError {
     ApiError(VaultError::BadParameter(
-        "unknown operation: this vault serves the keys API (/keys, /deletedkeys); secrets and certificates are not supported".into(),
+        "unknown operation: this vault serves the keys API (/keys, /deletedkeys, /rng); secrets and certificates are not supported".into(),
     ))
 }
 

@@ -182,6 +182,11 @@ async fn remove_key(
     key_name: &str,
 ) -> Result<Vec<Vec<u8>>, VaultError> {
     let token_objects = token_objects_of(transaction, vault_key, Some(key_name)).await?;
+    sqlx::query("DELETE FROM keyvault_rotation_policies WHERE vault = $1 AND name = $2")
+        .bind(vault_key)
+        .bind(key_name)
+        .execute(&mut **transaction)
+        .await?;
     sqlx::query("DELETE FROM keyvault_key_versions WHERE vault = $1 AND name = $2")
         .bind(vault_key)
         .bind(key_name)

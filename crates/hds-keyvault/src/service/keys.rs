@@ -46,8 +46,18 @@ struct NewVersion<'a> {
     key_ops: Vec<KeyOperation>,
     attributes: &'a KeyAttributesInput,
     tags: BTreeMap<String, String>,
-    /// The key must already exist (a rotation), rather than may (a create or import).
-    must_exist: bool,
+    /// Where the version comes from: a create or import, or a rotation.
+    lineage: Lineage,
+}
+
+/// Whether a new version may start a key, and which version it must succeed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Lineage {
+    /// A create or import: the key may or may not exist yet.
+    CreateOrAdd,
+    /// A rotation: the key must exist; with a version, that version must still be the latest
+    /// (so two nodes running due rotations at once make one new version, not two).
+    Rotation(Option<String>),
 }
 
 /// The key material of a version being stored.
@@ -83,7 +93,7 @@ impl KeyVaultService {
             key_ops,
             &options.attributes,
             options.tags,
-            false,
+            Lineage::CreateOrAdd,
         )
         .await
     }
@@ -101,7 +111,7 @@ impl KeyVaultService {
         key_ops: Vec<KeyOperation>,
         attributes: &KeyAttributesInput,
         tags: BTreeMap<String, String>,
-        must_exist: bool,
+        lineage: Lineage,
     ) -> Result<KeyBundle, VaultError> {
         let (size, bits) = key_size_for(key_size)?;
         let version = new_version();
@@ -136,7 +146,7 @@ impl KeyVaultService {
             key_ops,
             attributes,
             tags,
-            must_exist,
+            lineage,
         };
         self.store_new_version(vault, new).await
     }
@@ -207,24 +217,40 @@ impl KeyVaultService {
             key_ops,
             attributes: &import.attributes,
             tags: import.tags,
-            must_exist: false,
+            lineage: Lineage::CreateOrAdd,
         };
         self.store_new_version(vault, new).await
     }
 
     /// A new version of an existing key with the latest version's type, size, operations and
-    /// tags.
+    /// tags, expiring as the key's rotation policy says (`expiryTime`), if it says.
     pub async fn rotate_key(&self, vault: &Vault, name: &str) -> Result<KeyBundle, VaultError> {
+        self.rotate_key_from(vault, name, None).await
+    }
+
+    /// [`KeyVaultService::rotate_key`], refused with a conflict when `replaces` is given and is
+    /// no longer the latest version.
+    pub(super) async fn rotate_key_from(
+        &self,
+        vault: &Vault,
+        name: &str,
+        replaces: Option<String>,
+    ) -> Result<KeyBundle, VaultError> {
         let latest = self.load_version(vault, name, None).await?.key;
+        let policy = self.rotation_policy_of(vault, name).await?;
+        let attributes = KeyAttributesInput {
+            expires: policy.and_then(|policy| policy.expiry_for(self.now())),
+            ..KeyAttributesInput::default()
+        };
         self.generate_and_store(
             vault,
             name,
             latest.key_type,
             Some(latest.key_size),
             latest.key_ops,
-            &KeyAttributesInput::default(),
+            &attributes,
             latest.tags,
-            true,
+            Lineage::Rotation(replaces),
         )
         .await
     }
@@ -263,7 +289,7 @@ impl KeyVaultService {
             key_ops,
             attributes,
             tags,
-            must_exist,
+            lineage,
         } = new;
         validate_tags(&tags)?;
         let vault_key = vault.name.to_ascii_lowercase();
@@ -295,7 +321,7 @@ impl KeyVaultService {
         };
         let mut transaction = self.database.begin_write().await?;
         let purged = self.purge_expired(&mut transaction, &vault_key).await?;
-        if !must_exist {
+        if lineage == Lineage::CreateOrAdd {
             // Two nodes creating the same new key at once must not fail on the primary key.
             sqlx::query(
                 "INSERT INTO keyvault_keys (vault, name, display_name) VALUES ($1, $2, $3) \
@@ -329,6 +355,22 @@ impl KeyVaultService {
             }
             None => return Err(VaultError::KeyNotFound(name.to_owned())),
         };
+        if let Lineage::Rotation(Some(replaces)) = &lineage {
+            let latest: Option<String> = sqlx::query(
+                "SELECT version FROM keyvault_key_versions WHERE vault = $1 AND name = $2 ORDER BY sequence DESC LIMIT 1",
+            )
+            .bind(&vault_key)
+            .bind(&key_name)
+            .fetch_optional(&mut *transaction)
+            .await?
+            .map(|row| row.try_get(0))
+            .transpose()?;
+            if latest.as_deref() != Some(replaces.as_str()) {
+                return Err(VaultError::Conflict(format!(
+                    "key {name} was rotated meanwhile: its latest version is no longer {replaces}"
+                )));
+            }
+        }
         let sequence: i64 = sqlx::query(
             "SELECT COALESCE(MAX(sequence), 0) + 1 FROM keyvault_key_versions WHERE vault = $1 AND name = $2",
         )

@@ -8,6 +8,7 @@
 //! - `deletion.rs`: soft delete, recovery, purge, purge protection and retention;
 //! - `backup.rs`: sealed backups and their restore;
 //! - `operations.rs`: encrypt/wrap, decrypt/unwrap, sign, verify, and the opened-key cache;
+//! - `rotation.rs`: rotation policies and the pass (and task) that rotates keys when due;
 //! - `token.rs`: the PKCS#11 token's objects (their ids, labels and destruction);
 //! - `sealing.rs`: private key material sealed under the root key;
 //! - `store.rs`: the schema, and the rows and queries the others share.
@@ -25,12 +26,14 @@ mod backup;
 mod deletion;
 mod keys;
 mod operations;
+mod rotation;
 mod sealing;
 mod store;
 mod token;
 mod vaults;
 
 pub use keys::{ImportKeyOptions, validate_key_name};
+pub use rotation::spawn_rotation_task;
 pub use store::{MIGRATION_COMPONENT, MIGRATIONS};
 pub use vaults::{VaultAddressing, validate_vault_name};
 

@@ -30,7 +30,14 @@ pub const MIGRATIONS: &[Migration] = &[
         sqlite: include_str!("../../migrations/sqlite/0002_pkcs11.sql"),
         postgres: include_str!("../../migrations/postgres/0002_pkcs11.sql"),
     },
+    Migration {
+        version: 3,
+        description: "key rotation policies",
+        sqlite: include_str!("../../migrations/sqlite/0003_rotation_policies.sql"),
+        postgres: include_str!("../../migrations/postgres/0003_rotation_policies.sql"),
+    },
 ];
+
 /// A key version as stored, with its sealed private key.
 pub(super) struct StoredVersion {
     pub(super) key: KeyVersion,

@@ -167,6 +167,10 @@ impl KeyVaultService {
             }
         }
         token_objects.extend(token_objects_of(&mut transaction, &key, None).await?);
+        sqlx::query("DELETE FROM keyvault_rotation_policies WHERE vault = $1")
+            .bind(&key)
+            .execute(&mut *transaction)
+            .await?;
         sqlx::query("DELETE FROM keyvault_key_versions WHERE vault = $1")
             .bind(&key)
             .execute(&mut *transaction)

@@ -23,7 +23,14 @@ import pytest
 import requests
 from azure.core.credentials import AccessToken
 from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
-from azure.keyvault.keys import JsonWebKey, KeyClient, KeyType
+from azure.keyvault.keys import (
+    JsonWebKey,
+    KeyClient,
+    KeyRotationLifetimeAction,
+    KeyRotationPolicy,
+    KeyRotationPolicyAction,
+    KeyType,
+)
 from azure.keyvault.keys.crypto import (
     CryptographyClient,
     EncryptionAlgorithm,
@@ -331,3 +338,60 @@ def test_firewall_refuses_loopback_client(server):
         client.create_rsa_key(unique("walled"), size=2048)
     assert refused.value.status_code == 403
     assert "Client address is not authorized" in refused.value.message
+
+
+def test_rotation_policy_round_trip_and_expiry_of_rotated_versions(server):
+    client = key_client(server)
+    name = unique("policy")
+    client.create_rsa_key(name, size=2048)
+    default = client.get_key_rotation_policy(name)
+    assert [(a.action, a.time_before_expiry) for a in default.lifetime_actions] == [
+        (KeyRotationPolicyAction.notify, "P30D")
+    ]
+    assert default.created_on is None
+
+    policy = KeyRotationPolicy()
+    actions = [
+        KeyRotationLifetimeAction(KeyRotationPolicyAction.rotate, time_after_create="P30D"),
+        KeyRotationLifetimeAction(KeyRotationPolicyAction.notify, time_before_expiry="P7D"),
+    ]
+    updated = client.update_key_rotation_policy(
+        name, policy, lifetime_actions=actions, expires_in="P90D"
+    )
+    assert updated.id == server["vaults"]["protected"] + f"keys/{name}/rotationpolicy"
+    assert updated.expires_in == "P90D"
+    assert [(a.action, a.time_after_create, a.time_before_expiry) for a in updated.lifetime_actions] == [
+        (KeyRotationPolicyAction.rotate, "P30D", None),
+        (KeyRotationPolicyAction.notify, None, "P7D"),
+    ]
+    assert updated.created_on is not None
+    assert client.get_key_rotation_policy(name).expires_in == "P90D"
+
+    # A rotation takes the policy's expiry.
+    rotated = client.rotate_key(name)
+    lifetime = rotated.properties.expires_on - rotated.properties.created_on
+    assert lifetime.days == 90
+
+    with pytest.raises(HttpResponseError) as refused:
+        client.update_key_rotation_policy(
+            name,
+            policy,
+            lifetime_actions=[KeyRotationLifetimeAction("Rotate", time_after_create="P1D")],
+        )
+    assert refused.value.status_code == 400
+    assert "at least 7 days" in refused.value.message
+
+    # Reading a key is not reading its policy.
+    with pytest.raises(HttpResponseError) as denied:
+        key_client(server, token="reader").get_key_rotation_policy(name)
+    assert denied.value.status_code == 403
+    assert "keyrotationpolicies/read" in denied.value.message
+
+
+def test_get_random_bytes(server):
+    client = key_client(server)
+    first = client.get_random_bytes(64)
+    assert len(first) == 64 and first != client.get_random_bytes(64)
+    with pytest.raises(HttpResponseError) as refused:
+        client.get_random_bytes(129)
+    assert refused.value.status_code == 400
