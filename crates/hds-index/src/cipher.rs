@@ -14,7 +14,9 @@ pub struct RowBinding<'a> {
 }
 
 /// Turns values into equality tokens and sealed bytes. Implementations must be deterministic
-/// for `token` (same input, same output) and must authenticate in `open`.
+/// for `token` (same input, same output), must give different services different tokens
+/// (searches find rows by their tokens alone and check the service only on the page they
+/// return), and must authenticate in `open`.
 ///
 /// Every method may fail with [`crate::IndexError::KeysUnavailable`] when the service's keys
 /// are not in memory (access to its customer-managed key was lost).
@@ -34,7 +36,8 @@ pub trait IndexCipher: Send + Sync + 'static {
     fn open(&self, binding: RowBinding<'_>, sealed: &[u8]) -> Result<Vec<u8>, crate::IndexError>;
 }
 
-/// Keeps tokens and values readable: the token is `domain \0 value`, sealing is the identity.
+/// Keeps tokens and values readable: the token is `domain \0 value \0 service`, sealing is the
+/// identity.
 /// For tests and tools only: a service's data at rest goes through [`crate::ServiceKeyrings`].
 #[derive(Debug, Clone, Copy, Default)]
 pub struct PlaintextIndexCipher;
@@ -42,14 +45,17 @@ pub struct PlaintextIndexCipher;
 impl IndexCipher for PlaintextIndexCipher {
     fn token(
         &self,
-        _service: &str,
+        service: &str,
         domain: &str,
         normalized_value: &str,
     ) -> Result<Vec<u8>, crate::IndexError> {
-        let mut token = Vec::with_capacity(domain.len() + 1 + normalized_value.len());
+        let mut token =
+            Vec::with_capacity(domain.len() + normalized_value.len() + service.len() + 2);
         token.extend_from_slice(domain.as_bytes());
         token.push(0);
         token.extend_from_slice(normalized_value.as_bytes());
+        token.push(0);
+        token.extend_from_slice(service.as_bytes());
         Ok(token)
     }
 

@@ -35,6 +35,12 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
         sqlite: include_str!("../migrations/sqlite/0003_row_digests.sql"),
         postgres: include_str!("../migrations/postgres/0003_row_digests.sql"),
     },
+    Migration {
+        version: 4,
+        description: "studies of a service in store order",
+        sqlite: include_str!("../migrations/sqlite/0004_search_paths.sql"),
+        postgres: include_str!("../migrations/postgres/0004_search_paths.sql"),
+    },
 ];
 
 /// The token domains of the three UIDs; the UID tokens are also the rows' identities.

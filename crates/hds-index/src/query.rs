@@ -1,6 +1,9 @@
 //! QIDO-RS searches.
 
+use std::cmp::Ordering;
 use std::collections::BTreeMap;
+
+use hds_db::Backend;
 
 use hds_dicom::{QueryLevel, SearchKind, SearchableAttribute};
 use serde_json::{Map, Value};
@@ -100,16 +103,45 @@ fn token_table(level: QueryLevel) -> (&'static str, &'static str) {
 }
 
 /// What one condition compares: the row's UID token, or its search tokens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Target {
     Uid,
     Tokens,
 }
 
+/// One condition of a search: the row of the searched level (or its parent, or some child, at
+/// `attribute_level`) has one of `tokens`.
+struct Condition {
+    attribute_level: QueryLevel,
+    target: Target,
+    tokens: Vec<Vec<u8>>,
+    /// How well this condition drives the search (lower is better), or None when it cannot:
+    /// its rows are not found by an index probe on the tokens.
+    drive_rank: Option<u8>,
+}
+
 impl Index {
     /// Runs a search; results in store order.
+    ///
+    /// Two statements. The first finds the page's row ids from the search tokens alone: its
+    /// only scanned table is the token index of one condition (the driver), probed once per
+    /// token, and each candidate is then checked by token-index probes from its id. The
+    /// planner is given no path that walks the service's rows, so the cost grows with the
+    /// candidates of the driver, not with the archive. The second reads the page's rows by
+    /// primary key (and checks their service).
     pub async fn search(&self, query: &SearchQuery<'_>) -> Result<Vec<SearchHit>, IndexError> {
+        let Some(page_sql) = self.page_sql(query)? else {
+            return Ok(Vec::new());
+        };
+        let page_rows = page_sql.query().fetch_all(self.database.pool()).await?;
+        let ids = page_rows
+            .iter()
+            .map(|row| column::<i64>(row, 0))
+            .collect::<Result<Vec<_>, _>>()?;
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
         let service = query.service;
-        let cipher = self.cipher.as_ref();
         let mut sql = Sql::new("SELECT ");
         sql.push(match query.level {
             QueryLevel::Study => {
@@ -129,35 +161,12 @@ impl Index {
                  JOIN dicom_studies st ON st.id = i.study_id"
             }
         });
-        sql.push(" WHERE st.service = ")
-            .bind(Argument::Text(service.into()));
-        if let Some(study) = query.study_instance_uid {
-            sql.push(" AND st.uid_token = ").bind(Argument::Bytes(
-                cipher.token(service, STUDY_UID, study)?.into(),
-            ));
-        }
-        if let Some(series) = query.series_instance_uid {
-            if query.level == QueryLevel::Study {
-                push_child_uid_condition(
-                    &mut sql,
-                    QueryLevel::Study,
-                    QueryLevel::Series,
-                    cipher.token(service, SERIES_UID, series)?,
-                );
-            } else {
-                sql.push(" AND se.uid_token = ").bind(Argument::Bytes(
-                    cipher.token(service, SERIES_UID, series)?.into(),
-                ));
-            }
-        }
-        for filter in &query.filters {
-            self.push_filter(&mut sql, query.level, service, filter)?;
-        }
-        let order = level_alias(query.level);
-        sql.push(&format!(" ORDER BY {order}.id LIMIT "))
-            .bind(Argument::Integer(i64::from(query.limit)))
-            .push(" OFFSET ")
-            .bind(Argument::Integer(i64::from(query.offset)));
+        let alias = level_alias(query.level);
+        sql.push(&format!(" WHERE {alias}.id IN "))
+            .bind_list(ids.iter().map(|id| Argument::Integer(*id)))
+            .push(" AND st.service = ")
+            .bind(Argument::Text(service.into()))
+            .push(&format!(" ORDER BY {alias}.id"));
         let rows = sql.query().fetch_all(self.database.pool()).await?;
 
         let mut hits = Vec::with_capacity(rows.len());
@@ -199,10 +208,138 @@ impl Index {
         Ok(hits)
     }
 
-    /// Appends the condition of one filter on rows of `level`.
-    fn push_filter(
+    /// The database's plan for the statement that finds a search's page of row ids: SQLite's
+    /// `EXPLAIN QUERY PLAN` (one line per step), or PostgreSQL's `EXPLAIN (ANALYZE)`, which
+    /// runs it and counts the rows each step visited. For diagnostics and for the
+    /// tests that keep searches from visiting every row of a service. None when the search
+    /// cannot match (a condition without tokens).
+    pub async fn explain_search(
         &self,
-        sql: &mut Sql,
+        query: &SearchQuery<'_>,
+    ) -> Result<Option<String>, IndexError> {
+        let Some(page_sql) = self.page_sql(query)? else {
+            return Ok(None);
+        };
+        let pool = self.database.pool();
+        match self.database.backend() {
+            Backend::Sqlite => {
+                let explained = page_sql.prefixed("EXPLAIN QUERY PLAN ");
+                let rows = explained.query().fetch_all(pool).await?;
+                let mut plan = String::new();
+                for row in &rows {
+                    let detail: String = column(row, 3)?;
+                    plan.push_str(&detail);
+                    plan.push('\n');
+                }
+                Ok(Some(plan))
+            }
+            Backend::Postgres => {
+                let explained = page_sql.prefixed("EXPLAIN (ANALYZE) ");
+                let rows = explained.query().fetch_all(pool).await?;
+                let mut plan = String::new();
+                for row in &rows {
+                    let line: String = column(row, 0)?;
+                    plan.push_str(&line);
+                    plan.push('\n');
+                }
+                Ok(Some(plan))
+            }
+        }
+    }
+
+    /// The statement that finds the ids of a search's page, in store order; None when a
+    /// condition has no tokens, so nothing can match.
+    fn page_sql(&self, query: &SearchQuery<'_>) -> Result<Option<Sql<'static>>, IndexError> {
+        let service = query.service;
+        let cipher = self.cipher.as_ref();
+        let level = query.level;
+        let mut conditions = Vec::new();
+        if let Some(study) = query.study_instance_uid {
+            conditions.push(Condition {
+                attribute_level: QueryLevel::Study,
+                target: Target::Uid,
+                tokens: vec![cipher.token(service, STUDY_UID, study)?],
+                drive_rank: Some(0),
+            });
+        }
+        if let Some(series) = query.series_instance_uid {
+            conditions.push(Condition {
+                attribute_level: QueryLevel::Series,
+                target: Target::Uid,
+                tokens: vec![cipher.token(service, SERIES_UID, series)?],
+                // Series UID tokens are indexed under their study only.
+                drive_rank: None,
+            });
+        }
+        for filter in &query.filters {
+            self.filter_conditions(&mut conditions, level, service, filter)?;
+        }
+        if conditions
+            .iter()
+            .any(|condition| condition.tokens.is_empty())
+        {
+            return Ok(None);
+        }
+        let driver = conditions
+            .iter()
+            .enumerate()
+            .filter_map(|(at, condition)| {
+                condition
+                    .drive_rank
+                    .map(|rank| ((rank, condition.tokens.len(), at), at))
+            })
+            .min()
+            .map(|(_, at)| at);
+
+        let mut sql = Sql::new("");
+        let service_argument = Argument::Text(service.to_owned().into());
+        match driver {
+            Some(at) => {
+                // Every row the driver finds is the service's: its UIDs are looked up with the
+                // service, and tokens of different services differ (see `IndexCipher`). The
+                // second statement checks the service again.
+                sql.push("SELECT DISTINCT d.id FROM (");
+                push_driver(&mut sql, level, &conditions[at], &service_argument);
+                sql.push(") d WHERE 1 = 1");
+                for (index, condition) in conditions.iter().enumerate() {
+                    if index != at {
+                        push_check(&mut sql, level, condition);
+                    }
+                }
+            }
+            None => {
+                // Nothing to drive by: every row of the service, walked in id order by
+                // (service, id) for studies and instances, so a page reads about a page.
+                match level {
+                    QueryLevel::Study => {
+                        sql.push("SELECT d.id FROM dicom_studies d WHERE d.service = ")
+                            .bind(service_argument);
+                    }
+                    QueryLevel::Series => {
+                        sql.push("SELECT d.id FROM dicom_series d WHERE ");
+                        push_service_check(&mut sql, level, service_argument);
+                    }
+                    QueryLevel::Instance => {
+                        sql.push("SELECT d.id FROM dicom_instances d WHERE d.service = ")
+                            .bind(service_argument);
+                    }
+                }
+                for condition in &conditions {
+                    push_check(&mut sql, level, condition);
+                }
+            }
+        }
+        sql.push(" ORDER BY d.id LIMIT ")
+            .bind(Argument::Integer(i64::from(query.limit)))
+            .push(" OFFSET ")
+            .bind(Argument::Integer(i64::from(query.offset)));
+        Ok(Some(sql))
+    }
+
+    /// Adds the conditions of one filter on rows of `level`.
+    fn filter_conditions(
+        &self,
+        conditions: &mut Vec<Condition>,
         level: QueryLevel,
         service: &str,
         filter: &Filter,
@@ -216,18 +353,22 @@ impl Index {
             (filter.attribute.level, keyword)
         };
         let is_uid = matches!(keyword, STUDY_UID | SERIES_UID | SOP_UID);
-        // Each inner list is one condition: any of its tokens present.
-        let token_sets: Vec<Vec<Vec<u8>>> = match &filter.matcher {
-            Matcher::Exact(value) if filter.attribute.kind == SearchKind::Date => {
-                vec![vec![exact_date_token(cipher, service, keyword, value)?]]
-            }
-            Matcher::Exact(value) => {
+        // Each inner list is one condition: any of its tokens present. The rank says how few
+        // rows its tokens are expected to find: an exact value few, a name prefix or a day
+        // more, a range of dates most.
+        let (rank, token_sets): (u8, Vec<Vec<Vec<u8>>>) = match &filter.matcher {
+            Matcher::Exact(value) if filter.attribute.kind == SearchKind::Date => (
+                2,
+                vec![vec![exact_date_token(cipher, service, keyword, value)?]],
+            ),
+            Matcher::Exact(value) => (
+                1,
                 vec![vec![cipher.token(
                     service,
                     &exact_domain(keyword),
                     value,
-                )?]]
-            }
+                )?]],
+            ),
             Matcher::FuzzyName(words) => {
                 let domain = prefix_domain(keyword);
                 let sets: Vec<Vec<Vec<u8>>> = words
@@ -242,18 +383,35 @@ impl Index {
                 if sets.is_empty() {
                     // No word to look for (`*` alone): one empty condition, which matches
                     // nothing, rather than no condition, which would match every row.
-                    vec![Vec::new()]
+                    (2, vec![Vec::new()])
                 } else {
-                    sets
+                    (2, sets)
                 }
             }
-            Matcher::DateRange(from, to) => {
-                vec![date_range_tokens(cipher, service, keyword, *from, *to)?]
-            }
+            Matcher::DateRange(from, to) => (
+                3,
+                vec![date_range_tokens(cipher, service, keyword, *from, *to)?],
+            ),
         };
         let target = if is_uid { Target::Uid } else { Target::Tokens };
         for tokens in token_sets {
-            push_condition(sql, level, attribute_level, &target, tokens);
+            let drive_rank = match target {
+                Target::Tokens if level_rank(attribute_level) > level_rank(level) => {
+                    // A child's value (a modality of some series) is shared by many rows.
+                    Some(rank + 2)
+                }
+                Target::Tokens => Some(rank),
+                // Study and instance UIDs are indexed with their service; series UIDs under
+                // their study only.
+                Target::Uid if attribute_level == QueryLevel::Series => None,
+                Target::Uid => Some(0),
+            };
+            conditions.push(Condition {
+                attribute_level,
+                target,
+                tokens,
+                drive_rank,
+            });
         }
         Ok(())
     }
@@ -306,81 +464,165 @@ impl Index {
     }
 }
 
-/// Appends ` AND <condition>`: the row of `level` (or its parent or some child at
-/// `attribute_level`) has one of `tokens`.
-fn push_condition(
-    sql: &mut Sql,
-    level: QueryLevel,
-    attribute_level: QueryLevel,
-    target: &Target,
-    tokens: Vec<Vec<u8>>,
-) {
-    if tokens.is_empty() {
-        sql.push(" AND 1 = 0");
-        return;
-    }
-    let arguments = tokens
-        .into_iter()
-        .map(|token| Argument::Bytes(token.into()));
-    if level_rank(attribute_level) <= level_rank(level) {
-        // The row itself or a parent, which the query joins.
-        let alias = level_alias(attribute_level);
-        match target {
-            Target::Uid => {
-                sql.push(&format!(" AND {alias}.uid_token IN "))
-                    .bind_list(arguments);
-            }
-            Target::Tokens => {
-                // Driven by the tokens (the token table's primary key starts with the token):
-                // the matching rows are found by one index probe per token, whatever the
-                // number of rows in the service, rather than each row's tokens being searched.
-                let (table, row_column) = token_table(attribute_level);
-                sql.push(&format!(
-                    " AND {alias}.id IN (SELECT t.{row_column} FROM {table} t WHERE t.token IN "
-                ))
-                .bind_list(arguments)
-                .push(")");
-            }
-        }
-        return;
-    }
-    // A child level: some child row matches.
-    let alias = level_alias(level);
-    let parent_column = match level {
-        QueryLevel::Study => "study_id",
-        _ => "series_id",
-    };
-    let child_table = match attribute_level {
+/// The table of a level's rows.
+fn row_table(level: QueryLevel) -> &'static str {
+    match level {
+        QueryLevel::Study => "dicom_studies",
         QueryLevel::Series => "dicom_series",
-        _ => "dicom_instances",
-    };
-    match target {
-        Target::Uid => {
-            sql.push(&format!(
-                " AND EXISTS (SELECT 1 FROM {child_table} c WHERE c.{parent_column} = {alias}.id AND c.uid_token IN "
-            ))
-            .bind_list(arguments)
-            .push(")");
-        }
-        Target::Tokens => {
-            let (table, row_column) = token_table(attribute_level);
-            sql.push(&format!(
-                " AND {alias}.id IN (SELECT c.{parent_column} FROM {table} t \
-                 JOIN {child_table} c ON c.id = t.{row_column} WHERE t.token IN "
-            ))
-            .bind_list(arguments)
-            .push(")");
-        }
+        QueryLevel::Instance => "dicom_instances",
     }
 }
 
-fn push_child_uid_condition(
-    sql: &mut Sql,
+/// The column of `level`'s rows that holds the id of their parent at `parent_level`.
+fn parent_column(parent_level: QueryLevel) -> &'static str {
+    match parent_level {
+        QueryLevel::Study => "study_id",
+        _ => "series_id",
+    }
+}
+
+fn bind_tokens(sql: &mut Sql<'_>, tokens: &[Vec<u8>]) {
+    sql.bind_list(
+        tokens
+            .iter()
+            .map(|token| Argument::Bytes(token.clone().into())),
+    );
+}
+
+/// Appends `SELECT <id of a row of level> AS id FROM ...`: the rows of `level` that meet
+/// `condition` (possibly repeated), found by probing the index of its tokens or UIDs.
+fn push_driver<'a>(
+    sql: &mut Sql<'a>,
     level: QueryLevel,
-    child_level: QueryLevel,
-    token: Vec<u8>,
+    condition: &Condition,
+    service: &Argument<'a>,
 ) {
-    push_condition(sql, level, child_level, &Target::Uid, vec![token]);
+    let attribute_level = condition.attribute_level;
+    let (token_table, token_row) = token_table(attribute_level);
+    let rows = row_table(level);
+    let attribute_rows = row_table(attribute_level);
+    let relation = level_rank(attribute_level).cmp(&level_rank(level));
+    match (condition.target, relation) {
+        (Target::Tokens, Ordering::Equal) => {
+            sql.push(&format!(
+                "SELECT t.{token_row} AS id FROM {token_table} t WHERE t.token IN "
+            ));
+        }
+        (Target::Tokens, Ordering::Less) => {
+            // A parent's tokens, then its rows of this level by their parent index.
+            let parent = parent_column(attribute_level);
+            sql.push(&format!(
+                "SELECT r.id AS id FROM {token_table} t JOIN {rows} r ON r.{parent} = t.{token_row} \
+                 WHERE t.token IN "
+            ));
+        }
+        (Target::Tokens, Ordering::Greater) => {
+            let parent = parent_column(level);
+            sql.push(&format!(
+                "SELECT c.{parent} AS id FROM {token_table} t JOIN {attribute_rows} c \
+                 ON c.id = t.{token_row} WHERE t.token IN "
+            ));
+        }
+        (Target::Uid, Ordering::Equal) => {
+            sql.push(&format!(
+                "SELECT r.id AS id FROM {rows} r WHERE r.service = "
+            ))
+            .bind(service.clone())
+            .push(" AND r.uid_token IN ");
+        }
+        (Target::Uid, Ordering::Less) => {
+            let parent = parent_column(attribute_level);
+            sql.push(&format!(
+                "SELECT r.id AS id FROM {attribute_rows} a JOIN {rows} r ON r.{parent} = a.id \
+                 WHERE a.service = "
+            ))
+            .bind(service.clone())
+            .push(" AND a.uid_token IN ");
+        }
+        (Target::Uid, Ordering::Greater) => {
+            let parent = parent_column(level);
+            sql.push(&format!(
+                "SELECT c.{parent} AS id FROM {attribute_rows} c WHERE c.service = "
+            ))
+            .bind(service.clone())
+            .push(" AND c.uid_token IN ");
+        }
+    }
+    bind_tokens(sql, &condition.tokens);
+}
+
+/// Appends the check that candidate `d` belongs to the service, for candidates that were not
+/// found by token: a primary-key probe in an expression (never a join, which a planner could
+/// turn into a walk of the service's rows).
+fn push_service_check<'a>(sql: &mut Sql<'a>, level: QueryLevel, service: Argument<'a>) {
+    match level {
+        QueryLevel::Study => {
+            sql.push("(SELECT s.service FROM dicom_studies s WHERE s.id = d.id) = ");
+        }
+        QueryLevel::Series => {
+            sql.push(
+                "(SELECT s.service FROM dicom_series x JOIN dicom_studies s ON s.id = x.study_id \
+                 WHERE x.id = d.id) = ",
+            );
+        }
+        QueryLevel::Instance => {
+            sql.push("(SELECT s.service FROM dicom_instances s WHERE s.id = d.id) = ");
+        }
+    }
+    sql.bind(service);
+}
+
+/// Appends ` AND <condition>` on candidate `d` (a row of `level`): index probes from the
+/// candidate's id.
+fn push_check(sql: &mut Sql<'_>, level: QueryLevel, condition: &Condition) {
+    let attribute_level = condition.attribute_level;
+    let (token_table, token_row) = token_table(attribute_level);
+    let rows = row_table(level);
+    let attribute_rows = row_table(attribute_level);
+    let relation = level_rank(attribute_level).cmp(&level_rank(level));
+    match (condition.target, relation) {
+        (Target::Tokens, Ordering::Equal) => {
+            sql.push(&format!(
+                " AND EXISTS (SELECT 1 FROM {token_table} t WHERE t.{token_row} = d.id \
+                 AND t.token IN "
+            ));
+        }
+        (Target::Tokens, Ordering::Less) => {
+            let parent = parent_column(attribute_level);
+            sql.push(&format!(
+                " AND EXISTS (SELECT 1 FROM {rows} r JOIN {token_table} t \
+                 ON t.{token_row} = r.{parent} WHERE r.id = d.id AND t.token IN "
+            ));
+        }
+        (Target::Tokens, Ordering::Greater) => {
+            let parent = parent_column(level);
+            sql.push(&format!(
+                " AND EXISTS (SELECT 1 FROM {attribute_rows} c JOIN {token_table} t \
+                 ON t.{token_row} = c.id WHERE c.{parent} = d.id AND t.token IN "
+            ));
+        }
+        (Target::Uid, Ordering::Equal) => {
+            sql.push(&format!(
+                " AND EXISTS (SELECT 1 FROM {rows} r WHERE r.id = d.id AND r.uid_token IN "
+            ));
+        }
+        (Target::Uid, Ordering::Less) => {
+            let parent = parent_column(attribute_level);
+            sql.push(&format!(
+                " AND EXISTS (SELECT 1 FROM {rows} r JOIN {attribute_rows} a ON a.id = r.{parent} \
+                 WHERE r.id = d.id AND a.uid_token IN "
+            ));
+        }
+        (Target::Uid, Ordering::Greater) => {
+            let parent = parent_column(level);
+            sql.push(&format!(
+                " AND EXISTS (SELECT 1 FROM {attribute_rows} c WHERE c.{parent} = d.id \
+                 AND c.uid_token IN "
+            ));
+        }
+    }
+    bind_tokens(sql, &condition.tokens);
+    sql.push(")");
 }
 
 fn count(value: i64) -> Result<u64, IndexError> {

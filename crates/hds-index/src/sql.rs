@@ -35,6 +35,14 @@ impl<'a> Sql<'a> {
         }
     }
 
+    /// The same statement with `prefix` before it (e.g. `EXPLAIN `), same parameters.
+    pub(crate) fn prefixed(&self, prefix: &str) -> Sql<'a> {
+        Sql {
+            text: format!("{prefix}{}", self.text),
+            arguments: self.arguments.clone(),
+        }
+    }
+
     pub(crate) fn push(&mut self, text: &str) -> &mut Sql<'a> {
         self.text.push_str(text);
         self

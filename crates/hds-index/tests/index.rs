@@ -1109,6 +1109,132 @@ async fn moved_sealed_values_do_not_open(index: Index) {
     }
 }
 
+/// The rows of the index's tables that the database visited for a search, from PostgreSQL's
+/// `EXPLAIN (ANALYZE)`: for each step on a `dicom_` table or index, the rows it returned plus
+/// those it read and filtered out, times its loops.
+fn postgres_rows_visited(plan: &str) -> u64 {
+    let mut visited = 0;
+    // (rows per loop, loops) of the step being read.
+    let mut step: Option<(u64, u64)> = None;
+    let number_after = |line: &str, key: &str| -> Option<u64> {
+        let start = line.find(key)? + key.len();
+        let digits: String = line[start..]
+            .chars()
+            .take_while(char::is_ascii_digit)
+            .collect();
+        digits.parse().ok()
+    };
+    for line in plan.lines() {
+        if line.contains("(actual time=") {
+            if let Some((rows, loops)) = step.take() {
+                visited += rows * loops;
+            }
+            if line.contains(" on dicom_") {
+                // After the estimate: `(actual time=A..B rows=R loops=L)`.
+                let actual = &line[line.find("(actual time=").unwrap_or(0)..];
+                let rows = number_after(actual, " rows=").expect("rows");
+                let loops = number_after(actual, " loops=").expect("loops");
+                step = Some((rows, loops.max(1)));
+            }
+        } else if let Some((rows, _)) = step.as_mut() {
+            for key in [
+                "Rows Removed by Filter: ",
+                "Rows Removed by Index Recheck: ",
+            ] {
+                if let Some(removed) = number_after(line, key) {
+                    *rows += removed;
+                }
+            }
+        }
+    }
+    if let Some((rows, loops)) = step {
+        visited += rows * loops;
+    }
+    visited
+}
+
+/// Searches are driven by their tokens: a search by PatientID or by a short StudyDate range
+/// reads about as many rows as it finds, however many studies the service holds. On SQLite the
+/// plan has no full scan and no walk of the service's rows (`service=?`); on PostgreSQL (with
+/// statistics, as autovacuum keeps them) the rows the plan visited are counted.
+async fn searches_are_driven_by_their_tokens(index: Index) {
+    const STUDIES: usize = 150;
+    let mut specs = Vec::new();
+    for number in 0..STUDIES {
+        let mut spec = Spec::new(500 + number, 1, 1);
+        // Twelve months, about twelve days each.
+        let month = u32::try_from(number % 12).expect("small") + 1;
+        let day = u32::try_from(number / 12).expect("small") + 1;
+        spec.study_date = 2020_0000 + month * 100 + day;
+        store(&index, &spec, "blob").await;
+        specs.push(spec);
+    }
+    // The same studies in another service: never found, never walked.
+    for spec in specs.iter().take(40) {
+        store_in(&index, OTHER_SERVICE, spec, "blob").await;
+    }
+    let postgres = index.database().backend() == hds_db::Backend::Postgres;
+    if postgres {
+        sqlx::query("ANALYZE")
+            .execute(index.database().pool())
+            .await
+            .expect("analyze");
+    }
+    let target = &specs[77];
+    let by_patient = filter(&PATIENT_ID, Matcher::Exact(target.patient_id.clone()));
+    // 2020-06-06 .. 2020-06-07: the studies 65 and 77.
+    let by_dates = filter(
+        &STUDY_DATE,
+        Matcher::DateRange(Some(2020_0606), Some(2020_0607)),
+    );
+    let cases = [
+        (QueryLevel::Study, vec![by_patient.clone()], 1),
+        (QueryLevel::Study, vec![by_dates.clone()], 2),
+        (
+            QueryLevel::Study,
+            vec![by_dates.clone(), by_patient.clone()],
+            1,
+        ),
+        (QueryLevel::Series, vec![by_patient.clone()], 1),
+        (QueryLevel::Instance, vec![by_dates.clone()], 2),
+    ];
+    for (level, filters, matches) in cases {
+        let search = query(level, filters);
+        let hits = index.search(&search).await.expect("search");
+        assert_eq!(hits.len(), matches, "{level:?} {:?}", search.filters);
+        let plan = index
+            .explain_search(&search)
+            .await
+            .expect("explain")
+            .expect("a plan");
+        if postgres {
+            let visited = postgres_rows_visited(&plan);
+            // A few probes per match (token, row, service), never the 150 studies.
+            assert!(
+                visited <= 8 * matches as u64 + 8,
+                "{level:?}: {visited} rows visited for {matches} matches:\n{plan}"
+            );
+        } else {
+            for line in plan.lines() {
+                assert!(
+                    !line.starts_with("SCAN") && !line.contains("service=?"),
+                    "{level:?}: the plan walks rows: {line}\n{plan}"
+                );
+            }
+        }
+    }
+    // Found ones are the right ones.
+    let hits = index
+        .search(&query(QueryLevel::Study, vec![by_dates]))
+        .await
+        .expect("search");
+    let found: Vec<String> = hits
+        .iter()
+        .map(|hit| text(&hit.attributes, "0020000D"))
+        .collect();
+    assert_eq!(found, [specs[65].study.clone(), specs[77].study.clone()]);
+}
+
 /// Whether the index runs with the keyed cipher: its tokens are not the readable ones.
 async fn index_is_keyed(index: &Index) -> bool {
     use sqlx::Row;
@@ -1211,6 +1337,7 @@ suite!(
     counts_levels_and_parent_filters,
     delete_cascades_to_empty_parents,
     moved_sealed_values_do_not_open,
+    searches_are_driven_by_their_tokens,
 );
 
 /// With the keyed cipher, no value of an instance appears in the database files.
