@@ -89,6 +89,17 @@ impl DicomWebError {
     }
 }
 
+impl From<hds_archive::ArchiveError> for DicomWebError {
+    fn from(error: hds_archive::ArchiveError) -> Self {
+        match error {
+            hds_archive::ArchiveError::NotFound(what) => DicomWebError::NotFound(what),
+            hds_archive::ArchiveError::KeyAccessLost => DicomWebError::key_access_lost(),
+            hds_archive::ArchiveError::Integrity(detail) => DicomWebError::DataIntegrity(detail),
+            other => DicomWebError::Internal(other.to_string()),
+        }
+    }
+}
+
 impl From<hds_index::IndexError> for DicomWebError {
     fn from(error: hds_index::IndexError) -> Self {
         match error {

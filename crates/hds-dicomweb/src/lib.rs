@@ -17,7 +17,6 @@
 //!   `500 DataIntegrityCheckFailed` before the status line; one that fails later aborts the body.
 #![deny(missing_docs)]
 
-mod chunk_reader;
 mod error;
 mod media;
 mod multipart;
@@ -26,7 +25,6 @@ mod request_body;
 mod retrieve;
 mod service;
 mod stow;
-mod sync_reader;
 
 use axum::Router;
 use axum::routing::{get, post};

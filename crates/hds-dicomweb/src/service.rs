@@ -261,6 +261,8 @@ pub struct DicomWebState {
 /// answers 404 for an unknown service or API version.
 #[derive(Debug, Clone)]
 pub struct ServiceContext {
+    /// The service's data.
+    pub archive: hds_archive::ServiceArchive,
     /// The index/blob key of the service.
     pub service_key: String,
     /// The service's keys.
@@ -325,7 +327,10 @@ impl FromRequestParts<DicomWebState> for ServiceContext {
             "{}/dicom/{}/{}/{}",
             state.config.public_base_url, workspace, service, version
         );
+        let archive = hds_archive::Archive::new(state.index.clone(), state.blobs.clone())
+            .service(&resolved.service_key, resolved.keyring.clone());
         Ok(ServiceContext {
+            archive,
             service_key: resolved.service_key,
             keyring: resolved.keyring,
             base_url,

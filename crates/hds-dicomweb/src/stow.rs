@@ -1,10 +1,9 @@
 //! STOW-RS: `POST studies` and `POST studies/{study}` (PS3.18 10.5).
 //!
-//! Each part streams straight into a new sealed blob under a random name and a fresh blob key
-//! while at most [`IN_MEMORY_PART_LIMIT`] bytes of it are kept for parsing; a larger part is
-//! parsed back from its blob through ranged, decrypting reads. So a request's memory stays
-//! bounded whatever its size. The blob key is kept in memory until parsing tells the study;
-//! then it is wrapped under that study's key and stored with the instance's index row.
+//! The body is split into parts under the request's limits, and each DICOM part streams into
+//! [`hds_archive::ServiceArchive::store_instance`], which writes, parses and records it (and
+//! cleans up after a failure) with bounded memory whatever its size. This module answers with
+//! the PS3.18 store response.
 
 use std::time::Duration;
 
@@ -15,27 +14,14 @@ use axum::http::{HeaderMap, StatusCode, header::CONTENT_LENGTH};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use futures::{Stream, StreamExt, TryStreamExt};
-use hds_blob::BlobName;
-use hds_crypto::keys::BlobKey;
-use hds_dicom::{InstanceError, ParsedInstance, parse_instance};
-use hds_index::{SealedInstance, StoreOutcome};
+use hds_archive::StoreOutcome;
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
 use crate::DicomWebError;
-use crate::chunk_reader::ChunkReader;
 use crate::media;
 use crate::request_body::{self, BodyError, MAX_BOUNDARY_LEN, MultipartLimits, MultipartScanner};
 use crate::service::{DicomWebState, ServiceContext};
-use crate::sync_reader::BlobSyncReader;
-
-/// Parts up to this size are parsed from memory; larger ones from their blob.
-const IN_MEMORY_PART_LIMIT: u64 = 16 * 1024 * 1024;
-
-/// Parts up to this size are parsed on the request's task: the parser reads the header
-/// elements only (it stops at the pixel data), a short job next to a hop to the blocking pool
-/// and back. Larger parts can carry large headers and are parsed on the blocking pool.
-const INLINE_PARSE_LIMIT: u64 = 1024 * 1024;
 
 /// Failure reasons of PS3.18 table I.2-1 and the DICOM service's extensions.
 mod failure_reason {
@@ -47,6 +33,17 @@ mod failure_reason {
     pub const STUDY_MISMATCH: u16 = 43265;
     /// The SOP instance is already stored.
     pub const ALREADY_STORED: u16 = 45070;
+
+    /// The failure reason that tells why the archive refused an instance.
+    pub fn of(reason: hds_archive::RefusalReason) -> u16 {
+        use hds_archive::RefusalReason;
+        match reason {
+            RefusalReason::Empty | RefusalReason::Unreadable => PROCESSING_FAILURE,
+            RefusalReason::Invalid => VALIDATION_FAILED,
+            RefusalReason::StudyMismatch => STUDY_MISMATCH,
+            RefusalReason::AlreadyStored => ALREADY_STORED,
+        }
+    }
 }
 
 /// The `{study}` of `studies/{study}`.
@@ -135,13 +132,13 @@ async fn store_request(
                 }
                 let chunks = field.map_err(|error| multipart_error(error, limit));
                 outcomes
-                    .push(ingest_part(&context, &state, chunks, required_study.as_deref()).await?);
+                    .push(ingest_part(&context, chunks, required_study.as_deref()).await?);
             }
         }
         "application/dicom" => {
             let stream = request_body::guard(body.into_data_stream(), limit, idle_timeout, None);
             let chunks = stream.map_err(|error| body_error(error, limit));
-            outcomes.push(ingest_part(&context, &state, chunks, required_study.as_deref()).await?);
+            outcomes.push(ingest_part(&context, chunks, required_study.as_deref()).await?);
         }
         other => {
             return Err(DicomWebError::UnsupportedMediaType(format!(
@@ -271,153 +268,31 @@ pub mod fuzzing {
     }
 }
 
-/// Reads one part into a new blob, parses it, and records it.
+/// Stores one part through the service's archive.
 async fn ingest_part<S>(
     context: &ServiceContext,
-    state: &DicomWebState,
-    mut chunks: S,
+    chunks: S,
     required_study: Option<&str>,
 ) -> Result<PartOutcome, DicomWebError>
 where
     S: Stream<Item = Result<Bytes, DicomWebError>> + Unpin,
 {
-    // A part without a byte is no instance: refused before it costs a blob.
-    let first_chunk = loop {
-        match chunks.next().await {
-            None => {
-                return Ok(PartOutcome::Failed {
-                    sop_class_uid: None,
-                    sop_instance_uid: None,
-                    reason: failure_reason::PROCESSING_FAILURE,
-                });
-            }
-            Some(Err(error)) => return Err(error),
-            Some(Ok(chunk)) if chunk.is_empty() => continue,
-            Some(Ok(chunk)) => break chunk,
-        }
-    };
-    let mut chunks = futures::stream::iter([Ok(first_chunk)]).chain(chunks);
-    let blob_name = BlobName::random();
-    let blob_key = BlobKey::generate();
-    let mut writer = state
-        .blobs
-        .create_sealed(&blob_name, &context.service_key, &blob_key)
+    let outcome = context
+        .archive
+        .store_instance(chunks, required_study)
         .await?;
-    let mut kept: Vec<Bytes> = Vec::new();
-    let mut size: u64 = 0;
-    while let Some(chunk) = chunks.next().await {
-        let chunk = match chunk {
-            Ok(chunk) => chunk,
-            Err(error) => {
-                let _ = writer.abort().await;
-                return Err(error);
-            }
-        };
-        size += chunk.len() as u64;
-        if size <= IN_MEMORY_PART_LIMIT {
-            kept.push(chunk.clone());
-        } else {
-            kept.clear();
-        }
-        if let Err(error) = writer.write(&chunk).await {
-            let _ = writer.abort().await;
-            return Err(error.into());
-        }
-    }
-    writer.finish().await?;
-
-    let parsed = if size <= INLINE_PARSE_LIMIT {
-        // Headers only, from memory: as quick as a hop to the blocking pool and back.
-        Ok(parse_instance(ChunkReader::new(kept)))
-    } else if size <= IN_MEMORY_PART_LIMIT {
-        tokio::task::spawn_blocking(move || parse_instance(ChunkReader::new(kept))).await
-    } else {
-        let ranges = state
-            .blobs
-            .open_sealed_ranges(&blob_name, &context.service_key, &blob_key, size)
-            .await?;
-        let reader = BlobSyncReader::new(ranges, tokio::runtime::Handle::current());
-        tokio::task::spawn_blocking(move || parse_instance(reader)).await
-    }
-    .map_err(|error| DicomWebError::internal("parsing task", error))?;
-
-    let outcome = match parsed {
-        Err(error) => failed_parse(&error),
-        Ok(parsed) => {
-            record(
-                context,
-                state,
-                &parsed,
-                &blob_name,
-                &blob_key,
-                size,
-                required_study,
-            )
-            .await?
-        }
-    };
-    if !matches!(outcome, PartOutcome::Stored { .. }) {
-        state.blobs.delete(&blob_name).await?;
-    }
-    Ok(outcome)
-}
-
-fn failed_parse(error: &InstanceError) -> PartOutcome {
-    let reason = match error {
-        InstanceError::Unreadable(_) => failure_reason::PROCESSING_FAILURE,
-        _ => failure_reason::VALIDATION_FAILED,
-    };
-    tracing::info!(reason, error = %error, "instance refused");
-    PartOutcome::Failed {
-        sop_class_uid: None,
-        sop_instance_uid: None,
-        reason,
-    }
-}
-
-async fn record(
-    context: &ServiceContext,
-    state: &DicomWebState,
-    parsed: &ParsedInstance,
-    blob_name: &BlobName,
-    blob_key: &BlobKey,
-    size: u64,
-    required_study: Option<&str>,
-) -> Result<PartOutcome, DicomWebError> {
-    let failed = |reason| PartOutcome::Failed {
-        sop_class_uid: Some(parsed.sop_class_uid.clone()),
-        sop_instance_uid: Some(parsed.sop_instance_uid.clone()),
-        reason,
-    };
-    if required_study.is_some_and(|study| study != parsed.study_instance_uid) {
-        return Ok(failed(failure_reason::STUDY_MISMATCH));
-    }
-    let stored = state
-        .index
-        .store_sealed_instance(
-            &context.keyring,
-            SealedInstance {
-                parsed,
-                blob_name: blob_name.as_str(),
-                blob_key,
-                size,
-            },
-        )
-        .await?;
-    if stored == StoreOutcome::StudyKeyChanged {
-        return Err(DicomWebError::Internal(
-            "the study key kept changing while storing".into(),
-        ));
-    }
-    Ok(match stored {
-        StoreOutcome::Stored => PartOutcome::Stored {
-            sop_class_uid: parsed.sop_class_uid.clone(),
-            sop_instance_uid: parsed.sop_instance_uid.clone(),
-            study_instance_uid: parsed.study_instance_uid.clone(),
-            series_instance_uid: parsed.series_instance_uid.clone(),
+    Ok(match outcome {
+        StoreOutcome::Stored(stored) => PartOutcome::Stored {
+            sop_class_uid: stored.sop_class_uid,
+            sop_instance_uid: stored.sop_instance_uid,
+            study_instance_uid: stored.study_instance_uid,
+            series_instance_uid: stored.series_instance_uid,
         },
-        StoreOutcome::AlreadyExists => failed(failure_reason::ALREADY_STORED),
-        StoreOutcome::StudyKeyChanged => failed(failure_reason::PROCESSING_FAILURE),
+        StoreOutcome::Refused(refusal) => PartOutcome::Failed {
+            sop_class_uid: refusal.sop_class_uid,
+            sop_instance_uid: refusal.sop_instance_uid,
+            reason: failure_reason::of(refusal.reason),
+        },
     })
 }
 
