@@ -93,7 +93,7 @@ impl ServiceArchive {
                     .map(|range| range.offset..range.offset + range.length)
                     .collect())
             })
-            .collect::<Result<Vec<_>, ArchiveError>>()?;
+            .collect::<Result<Vec<Vec<Range<u64>>>, ArchiveError>>()?;
         if frames.is_empty() {
             return Err(ArchiveError::NotFound("frame"));
         }

@@ -250,14 +250,12 @@ impl ServiceArchive {
 
 /// Writes `body` into `writer`, keeping the chunks while the total stays within
 /// [`IN_MEMORY_PART_LIMIT`]; returns the kept chunks (empty past the limit) and the size.
-async fn write_blob<S, E>(
-    writer: &mut SealedBlobWriter,
-    mut body: S,
-) -> Result<(Vec<Bytes>, u64), E>
+async fn write_blob<S, E>(writer: &mut SealedBlobWriter, body: S) -> Result<(Vec<Bytes>, u64), E>
 where
-    S: Stream<Item = Result<Bytes, E>> + Unpin,
+    S: Stream<Item = Result<Bytes, E>>,
     E: From<ArchiveError>,
 {
+    let mut body = std::pin::pin!(body);
     let mut kept: Vec<Bytes> = Vec::new();
     let mut size: u64 = 0;
     while let Some(chunk) = body.next().await {

@@ -149,10 +149,11 @@ async fn store(
     bytes: &[u8],
     required_study: Option<&str>,
 ) -> StoreOutcome {
-    archive
-        .store_instance(body(bytes), required_study)
-        .await
-        .expect("store")
+    match archive.store_instance(body(bytes), required_study).await {
+        Ok(outcome) => outcome,
+        Err(CallerError::Archive(error)) => panic!("store failed: {error}"),
+        Err(CallerError::Body) => panic!("the body failed"),
+    }
 }
 
 fn refusal(outcome: StoreOutcome) -> RefusalReason {
@@ -279,7 +280,10 @@ async fn stores_that_record_nothing_leave_no_blob() {
         refusal(store(archive, b"not a DICOM file at all", None).await),
         RefusalReason::Unreadable
     );
-    assert_eq!(refusal(store(archive, b"", None).await), RefusalReason::Empty);
+    assert_eq!(
+        refusal(store(archive, b"", None).await),
+        RefusalReason::Empty
+    );
 
     // A body that fails midway: its error comes back as it is, and the blob goes.
     let other = instance(4, 1);

@@ -100,46 +100,6 @@ impl From<hds_archive::ArchiveError> for DicomWebError {
     }
 }
 
-impl From<hds_index::IndexError> for DicomWebError {
-    fn from(error: hds_index::IndexError) -> Self {
-        match error {
-            hds_index::IndexError::KeysUnavailable => DicomWebError::key_access_lost(),
-            hds_index::IndexError::Keyring(error) => error.into(),
-            hds_index::IndexError::Integrity => DicomWebError::DataIntegrity("index value".into()),
-            hds_index::IndexError::Corrupt(detail) => {
-                DicomWebError::DataIntegrity(format!("index row: {detail}"))
-            }
-            other => DicomWebError::internal("index", other),
-        }
-    }
-}
-
-impl From<hds_index::KeyringError> for DicomWebError {
-    fn from(error: hds_index::KeyringError) -> Self {
-        if error.is_key_access_lost() {
-            tracing::warn!(error = %error, "customer-managed key not accessible");
-            return DicomWebError::key_access_lost();
-        }
-        match error {
-            hds_index::KeyringError::Integrity(_) => {
-                DicomWebError::DataIntegrity(format!("keyring: {error}"))
-            }
-            other => DicomWebError::internal("keyring", other),
-        }
-    }
-}
-
-impl From<hds_blob::BlobError> for DicomWebError {
-    fn from(error: hds_blob::BlobError) -> Self {
-        match error {
-            hds_blob::BlobError::Integrity(_) => {
-                DicomWebError::DataIntegrity(format!("blob: {error}"))
-            }
-            other => DicomWebError::internal("blob store", other),
-        }
-    }
-}
-
 impl IntoResponse for DicomWebError {
     fn into_response(self) -> Response {
         let (status, code) = self.status_and_code();

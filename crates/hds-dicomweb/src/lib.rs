@@ -1,8 +1,10 @@
 //! The DICOMweb HTTP API of hds: STOW-RS, WADO-RS, QIDO-RS and delete (PS3.18), for every DICOM
 //! service at `{base}/dicom/{workspace}/{service}/v2/` (`/v1/` is an alias).
 //!
-//! Handlers are thin: they negotiate media types, call [`hds_dicom`] to parse, [`hds_index`] to
-//! record and search, and [`hds_blob`] to store bytes, and shape PS3.18 responses.
+//! Handlers are thin: they extract a request (media types, multipart parts, query parameters,
+//! frame lists, each under its limit), make one call to the service's
+//! [`hds_archive::ServiceArchive`] (which owns keys, blobs, index rows, retries and cleanup), and
+//! render the PS3.18 response.
 //!
 //! Architecture invariants:
 //! - Nothing from an instance is logged: spans record the matched route (`{study}`, not the UID)

@@ -1,21 +1,23 @@
-//! QIDO-RS (PS3.18 10.6): searches for studies, series and instances.
+//! QIDO-RS (PS3.18 10.6): searches for studies, series and instances. The query parameters are
+//! parsed and checked here, the search runs in the archive ([`hds_archive::ServiceArchive`]),
+//! and its results are shaped here.
 
 use axum::Json;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, Query};
 use axum::http::header::CONTENT_TYPE;
 use axum::response::{IntoResponse, Response};
 use dicom_core::Tag;
+use hds_archive::{Filter, Matcher, Search, SearchHit};
 use hds_dicom::attributes::{
     default_return_tags, find_searchable, resolve_tag, within_length_limit,
 };
 use hds_dicom::normalize;
 use hds_dicom::{QueryLevel, SearchKind};
-use hds_index::{Filter, Matcher, SearchHit, SearchQuery};
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
 use crate::DicomWebError;
-use crate::service::{DicomWebState, ServiceContext};
+use crate::service::ServiceContext;
 
 /// Results per page when the request names no `limit`, and the most it may name (as Azure's
 /// DICOM service: 1 to 200, default 100).
@@ -54,56 +56,35 @@ type Parameters = Query<Vec<(String, String)>>;
 /// `GET studies`.
 pub async fn search_studies(
     context: ServiceContext,
-    State(state): State<DicomWebState>,
     Query(parameters): Parameters,
 ) -> Result<Response, DicomWebError> {
-    search(&context, &state, QueryLevel::Study, None, None, &parameters).await
+    search(&context, QueryLevel::Study, None, None, &parameters).await
 }
 
 /// `GET series`.
 pub async fn search_series(
     context: ServiceContext,
-    State(state): State<DicomWebState>,
     Query(parameters): Parameters,
 ) -> Result<Response, DicomWebError> {
-    search(
-        &context,
-        &state,
-        QueryLevel::Series,
-        None,
-        None,
-        &parameters,
-    )
-    .await
+    search(&context, QueryLevel::Series, None, None, &parameters).await
 }
 
 /// `GET instances`.
 pub async fn search_instances(
     context: ServiceContext,
-    State(state): State<DicomWebState>,
     Query(parameters): Parameters,
 ) -> Result<Response, DicomWebError> {
-    search(
-        &context,
-        &state,
-        QueryLevel::Instance,
-        None,
-        None,
-        &parameters,
-    )
-    .await
+    search(&context, QueryLevel::Instance, None, None, &parameters).await
 }
 
 /// `GET studies/{study}/series`.
 pub async fn search_series_in_study(
     context: ServiceContext,
-    State(state): State<DicomWebState>,
     Path(path): Path<StudyPath>,
     Query(parameters): Parameters,
 ) -> Result<Response, DicomWebError> {
     search(
         &context,
-        &state,
         QueryLevel::Series,
         Some(&path.study),
         None,
@@ -115,13 +96,11 @@ pub async fn search_series_in_study(
 /// `GET studies/{study}/instances`.
 pub async fn search_instances_in_study(
     context: ServiceContext,
-    State(state): State<DicomWebState>,
     Path(path): Path<StudyPath>,
     Query(parameters): Parameters,
 ) -> Result<Response, DicomWebError> {
     search(
         &context,
-        &state,
         QueryLevel::Instance,
         Some(&path.study),
         None,
@@ -133,13 +112,11 @@ pub async fn search_instances_in_study(
 /// `GET studies/{study}/series/{series}/instances`.
 pub async fn search_instances_in_series(
     context: ServiceContext,
-    State(state): State<DicomWebState>,
     Path(path): Path<SeriesPath>,
     Query(parameters): Parameters,
 ) -> Result<Response, DicomWebError> {
     search(
         &context,
-        &state,
         QueryLevel::Instance,
         Some(&path.study),
         Some(&path.series),
@@ -322,15 +299,13 @@ fn level_name(level: QueryLevel) -> &'static str {
 
 async fn search(
     context: &ServiceContext,
-    state: &DicomWebState,
     level: QueryLevel,
     study: Option<&str>,
     series: Option<&str>,
     parameters: &[(String, String)],
 ) -> Result<Response, DicomWebError> {
     let parsed = parse_search(level, parameters)?;
-    let query = SearchQuery {
-        service: &context.service_key,
+    let search = Search {
         level,
         study_instance_uid: study,
         series_instance_uid: series,
@@ -338,7 +313,7 @@ async fn search(
         limit: parsed.limit,
         offset: parsed.offset,
     };
-    let hits = state.index.search(&query).await?;
+    let hits = context.archive.search(search).await?;
     let results: Vec<Value> = hits
         .iter()
         .map(|hit| shape_result(context, level, &parsed, hit))

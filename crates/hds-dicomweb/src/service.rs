@@ -7,10 +7,10 @@ use std::sync::Arc;
 
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
-use hds_blob::BlobStore;
+use hds_archive::{Archive, ServiceArchive};
 use hds_crypto::root::RootKey;
 use hds_db::Database;
-use hds_index::{Index, KeyringError, ServiceKeyring, ServiceKeyrings};
+use hds_index::{KeyringError, ServiceKeyring, ServiceKeyrings};
 
 use crate::DicomWebError;
 
@@ -245,10 +245,8 @@ impl DicomServiceResolver for StaticServices {
 /// Everything a DICOMweb handler needs. Cheap to clone.
 #[derive(Clone)]
 pub struct DicomWebState {
-    /// The index.
-    pub index: Index,
-    /// The blob store.
-    pub blobs: BlobStore,
+    /// The data of every service: what the handlers store, read, search and delete through.
+    pub archive: Archive,
     /// Which services exist.
     pub services: Arc<dyn DicomServiceResolver>,
     /// Who may use them.
@@ -257,16 +255,12 @@ pub struct DicomWebState {
     pub config: Arc<DicomWebConfig>,
 }
 
-/// The service a request addresses, its key and the base of its URLs; an extractor that
+/// The service a request addresses (its archive) and the base of its URLs; an extractor that
 /// answers 404 for an unknown service or API version.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct ServiceContext {
     /// The service's data.
-    pub archive: hds_archive::ServiceArchive,
-    /// The index/blob key of the service.
-    pub service_key: String,
-    /// The service's keys.
-    pub keyring: Arc<ServiceKeyring>,
+    pub archive: ServiceArchive,
     /// `{public base URL}/dicom/{workspace}/{service}/{version}`, for RetrieveURL.
     pub base_url: String,
 }
@@ -318,7 +312,10 @@ impl FromRequestParts<DicomWebState> for ServiceContext {
                 message: unavailable.message,
             });
         }
-        if !resolved.keyring.is_unlocked() {
+        let archive = state
+            .archive
+            .service(&resolved.service_key, resolved.keyring);
+        if !archive.is_unlocked() {
             return Err(DicomWebError::key_access_lost());
         }
         // The configured public URL, never the Host header: a response's URLs must not point
@@ -327,14 +324,7 @@ impl FromRequestParts<DicomWebState> for ServiceContext {
             "{}/dicom/{}/{}/{}",
             state.config.public_base_url, workspace, service, version
         );
-        let archive = hds_archive::Archive::new(state.index.clone(), state.blobs.clone())
-            .service(&resolved.service_key, resolved.keyring.clone());
-        Ok(ServiceContext {
-            archive,
-            service_key: resolved.service_key,
-            keyring: resolved.keyring,
-            base_url,
-        })
+        Ok(ServiceContext { archive, base_url })
     }
 }
 

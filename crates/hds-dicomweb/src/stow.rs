@@ -13,7 +13,7 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode, header::CONTENT_LENGTH};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
-use futures::{Stream, StreamExt, TryStreamExt};
+use futures::{Stream, TryStreamExt};
 use hds_archive::StoreOutcome;
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
@@ -131,8 +131,7 @@ async fn store_request(
                     continue;
                 }
                 let chunks = field.map_err(|error| multipart_error(error, limit));
-                outcomes
-                    .push(ingest_part(&context, chunks, required_study.as_deref()).await?);
+                outcomes.push(ingest_part(&context, chunks, required_study.as_deref()).await?);
             }
         }
         "application/dicom" => {

@@ -73,8 +73,7 @@ async fn server_with(
     let services =
         StaticServices::default().with("default", "dicom", "/test/dicom", keyring.clone());
     let router = hds_dicomweb::router(DicomWebState {
-        index,
-        blobs,
+        archive: hds_archive::Archive::new(index, blobs),
         services: resolver(services),
         access,
         config: Arc::new(DicomWebConfig {

@@ -283,8 +283,7 @@ pub async fn run(options: UpOptions) -> anyhow::Result<()> {
 
     let limits = listener_limits(&options)?;
     let dicomweb = hds_dicomweb::router(DicomWebState {
-        index,
-        blobs,
+        archive: hds_archive::Archive::new(index, blobs),
         services: host.clone(),
         access: Arc::new(IdentityDicomAccess {
             identity: identity.clone(),
