@@ -367,7 +367,8 @@ def arm_call(world, route, session, principal):
         if verb == "get":
             return call("GET", w.group_a, api_version="2022-09-01")
         if verb == "put":
-            return call("PUT", w.group_a, {"location": "local"}, api_version="2022-09-01")
+            # An update keeps the group's location (the bootstrap group is in westus3).
+            return call("PUT", w.group_a, {"location": "westus3"}, api_version="2022-09-01")
         # A group of the cell's own, on which this principal holds what it holds on group A.
         name = w.unique("matrixdel")
         arm.put_group(name)
