@@ -220,31 +220,20 @@ impl Index {
         let Some(page_sql) = self.page_sql(query)? else {
             return Ok(None);
         };
-        let pool = self.database.pool();
-        match self.database.backend() {
-            Backend::Sqlite => {
-                let explained = page_sql.prefixed("EXPLAIN QUERY PLAN ");
-                let rows = explained.query().fetch_all(pool).await?;
-                let mut plan = String::new();
-                for row in &rows {
-                    let detail: String = column(row, 3)?;
-                    plan.push_str(&detail);
-                    plan.push('\n');
-                }
-                Ok(Some(plan))
-            }
-            Backend::Postgres => {
-                let explained = page_sql.prefixed("EXPLAIN (ANALYZE) ");
-                let rows = explained.query().fetch_all(pool).await?;
-                let mut plan = String::new();
-                for row in &rows {
-                    let line: String = column(row, 0)?;
-                    plan.push_str(&line);
-                    plan.push('\n');
-                }
-                Ok(Some(plan))
-            }
+        // Each backend's plan statement, and the column of its rows that holds a plan line.
+        let (prefix, detail_column) = match self.database.backend() {
+            Backend::Sqlite => ("EXPLAIN QUERY PLAN ", 3),
+            Backend::Postgres => ("EXPLAIN (ANALYZE) ", 0),
+        };
+        let explained = page_sql.prefixed(prefix);
+        let rows = explained.query().fetch_all(self.database.pool()).await?;
+        let mut plan = String::new();
+        for row in &rows {
+            let line: String = column(row, detail_column)?;
+            plan.push_str(&line);
+            plan.push('\n');
         }
+        Ok(Some(plan))
     }
 
     /// The statement that finds the ids of a search's page, in store order; None when a
