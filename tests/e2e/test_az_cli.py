@@ -91,7 +91,7 @@ def test_the_seed_flow_with_az_only(https_hds, tmp_path):
     assert cloud["endpoints"]["activeDirectory"].rstrip("/") == server.base
     assert cloud["endpoints"]["microsoftGraphResourceId"].rstrip("/") == server.base
     az.run("login", "--service-principal", "--username", admin["clientId"],
-           "--password", admin["clientSecret"], "--tenant", admin["tenantId"])
+           f"--password={admin['clientSecret']}", "--tenant", admin["tenantId"])
     assert az.json("account", "show")["id"] == admin["subscriptionId"]
 
     # Group, vault (listed and shown without its group: the subscription's resource list with
