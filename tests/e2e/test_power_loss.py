@@ -1,8 +1,9 @@
 """Durability beyond a killed process, on a real `hds up`:
 
 1. acknowledged means on stable storage: a system-call trace (strace) of a STOW shows, before
-   the 200 leaves on the socket, the blob's data synced, the rename into its name, its
-   directory synced after that, and the index's write-ahead log synced after its last write.
+   the index commit that names the blob, the blob's data synced after its last write and its
+   directory synced after its creation; before the 200 leaves on the socket, the index's
+   write-ahead log synced after its last write.
    The same check run on `--durability relaxed` finds the syncs missing, so it can fail;
 2. the orphan sweeper removes blobs nothing references (and crash leftovers) and keeps every
    referenced one;
@@ -65,7 +66,7 @@ class TracedHdsServer(HdsServer):
 
 
 def parse_trace(path):
-    """Completed calls in completion order: (line, start line, name, text of the call)."""
+    """Completed calls in completion order: (line, start line, name, text of the call, thread)."""
     calls = []
     pending = {}
     start_pattern = re.compile(r"^(\d+)\s+(\w+)\((.*)$")
@@ -77,7 +78,7 @@ def parse_trace(path):
             if resumed:
                 pid, name, rest = resumed.groups()
                 start_number, start_text = pending.pop((pid, name), (number, ""))
-                calls.append((number, start_number, name, start_text + rest))
+                calls.append((number, start_number, name, start_text + rest, pid))
                 continue
             started = start_pattern.match(line)
             if not started:
@@ -86,12 +87,17 @@ def parse_trace(path):
             if rest.endswith("<unfinished ...>"):
                 pending[(pid, name)] = (number, rest[: -len("<unfinished ...>")])
             else:
-                calls.append((number, number, name, rest))
+                calls.append((number, number, name, rest, pid))
     return calls
 
 
 def durability_violations(calls, blob_name, data_dir):
-    """What is missing between the STOW of `blob_name` and its 200, or [] if nothing."""
+    """What is missing between the STOW of `blob_name` and its 200, or [] if nothing.
+
+    The blob is written under its name; its data must be synced after its last write and its
+    shard directory after its creation, both before the index commit that names it (the last
+    write-ahead-log write before the 200), and the log synced after that write, before the 200.
+    """
     blobs = str((data_dir / "blobs").resolve())
     shard = f"{blobs}/{blob_name[:2]}"
     final = f"{shard}/{blob_name}"
@@ -104,25 +110,34 @@ def durability_violations(calls, blob_name, data_dir):
                 return call
         return None
 
-    rename = first(lambda call: call[2].startswith("rename") and f'"{final}"' in call[3] and ".tmp-" in call[3])
-    if rename is None:
-        return [f"no rename of a temporary into {final}"]
+    created = first(lambda call: call[2] == "openat" and f'"{final}"' in call[3] and "O_CREAT" in call[3])
+    if created is None:
+        return [f"no creation of {final}"]
     response = first(lambda call: call[2] in ("write", "writev", "sendto", "sendmsg")
-                     and "TCP" in call[3] and "HTTP/1.1 200" in call[3], after=rename[0])
+                     and "TCP" in call[3] and "HTTP/1.1 200" in call[3], after=created[0])
     if response is None:
-        return ["no 200 response after the blob's rename"]
+        return ["no 200 response after the blob's creation"]
     sent = response[1]
-    if first(lambda call: call[2] in ("fsync", "fdatasync") and f"{final}.tmp-" in call[3]
-             and call[0] < rename[1]) is None:
-        problems.append("the blob's data was not synced before its rename")
-    if first(lambda call: call[2] in ("fsync", "fdatasync") and f"<{shard}>" in call[3] and call[0] < sent,
-             after=rename[0]) is None:
-        problems.append("the blob's directory was not synced after the rename, before the 200")
-    wal_writes = [call for call in calls if call[2] == "pwrite64" and f"<{wal}>" in call[3] and rename[0] < call[1] < sent]
+    blob_writes = [call for call in calls if call[2] in ("write", "writev", "pwrite64")
+                   and f"<{final}>" in call[3] and call[1] < sent]
+    if not blob_writes:
+        return ["no write of the blob before the 200"]
+    wal_writes = [call for call in calls if call[2] == "pwrite64" and f"<{wal}>" in call[3]
+                  and blob_writes[-1][0] < call[1] < sent]
     if not wal_writes:
-        problems.append("no index commit (write-ahead log write) between the rename and the 200")
-    elif first(lambda call: call[2] in ("fsync", "fdatasync") and f"<{wal}>" in call[3] and call[0] < sent,
-               after=wal_writes[-1][0]) is None:
+        return ["no index commit (write-ahead log write) between the blob's last write and the 200"]
+    commit = wal_writes[-1][1]
+    if first(lambda call: call[2] in ("fsync", "fdatasync") and f"<{final}>" in call[3] and call[0] < commit,
+             after=blob_writes[-1][0]) is None:
+        problems.append("the blob's data was not synced after its last write, before the index commit")
+    if first(lambda call: call[2] in ("fsync", "fdatasync") and f"<{shard}>" in call[3] and call[0] < commit,
+             after=created[0]) is None:
+        problems.append("the blob's directory was not synced after the blob's creation, before the index commit")
+    # The committing connection's own sync (its thread): a checkpoint that happens to sync the
+    # log meanwhile on another connection is not the commit's.
+    committer = wal_writes[-1][4]
+    if first(lambda call: call[2] in ("fsync", "fdatasync") and f"<{wal}>" in call[3] and call[0] < sent
+             and call[4] == committer, after=wal_writes[-1][0]) is None:
         problems.append("the index's write-ahead log was not synced after its last write, before the 200")
     return problems
 
@@ -149,8 +164,8 @@ def test_a_stow_is_acknowledged_only_after_its_blob_directory_and_index_are_sync
 
 def test_the_trace_check_finds_the_syncs_missing_when_durability_is_relaxed(tmp_path):
     problems = traced_stow(tmp_path, "relaxed")
-    assert "the blob's data was not synced before its rename" in problems
-    assert "the blob's directory was not synced after the rename, before the 200" in problems
+    assert "the blob's data was not synced after its last write, before the index commit" in problems
+    assert "the blob's directory was not synced after the blob's creation, before the index commit" in problems
     assert "the index's write-ahead log was not synced after its last write, before the 200" in problems
 
 

@@ -14,7 +14,7 @@ use futures::{Stream, StreamExt};
 use hds_blob::{BlobName, SealedBlobWriter};
 use hds_crypto::keys::BlobKey;
 use hds_dicom::{InstanceError, ParsedInstance, parse_instance};
-use hds_index::{IndexError, SealedInstance};
+use hds_index::{CommitGate, IndexError, SealedInstance};
 
 use crate::chunk_reader::ChunkReader;
 use crate::sync_reader::BlobSyncReader;
@@ -77,6 +77,16 @@ pub enum RefusalReason {
     AlreadyStored,
 }
 
+/// A blob written for an instance, with the gate its row's commit waits for.
+struct WrittenBlob<'a> {
+    name: &'a BlobName,
+    key: &'a BlobKey,
+    /// The plaintext length in bytes.
+    size: u64,
+    /// Passes once the blob is on stable storage.
+    durable: CommitGate,
+}
+
 /// Why recording a written blob failed, and so whether the blob may be removed.
 enum RecordError {
     /// Nothing references the blob: remove it.
@@ -134,14 +144,25 @@ impl ServiceArchive {
                 return Err(error);
             }
         };
-        if let Err(error) = writer.finish().await {
-            self.discard(&blob_name).await;
-            return Err(ArchiveError::from(error).into());
-        }
-        match self
-            .parse_and_record(&blob_name, &blob_key, kept, size, required_study)
-            .await
-        {
+        // The blob's syncs run while it is parsed and while its row waits for its group
+        // commit, which begins only after they are done (the row's `durable` gate).
+        let durable =
+            match writer.finish_pending().await {
+                Ok(pending) => CommitGate::new(async move {
+                    pending.synced().await.map_err(|error| error.to_string())
+                }),
+                Err(error) => {
+                    self.discard(&blob_name).await;
+                    return Err(ArchiveError::from(error).into());
+                }
+            };
+        let blob = WrittenBlob {
+            name: &blob_name,
+            key: &blob_key,
+            size,
+            durable,
+        };
+        match self.parse_and_record(&blob, kept, required_study).await {
             Ok(outcome @ StoreOutcome::Stored(_)) => Ok(outcome),
             Ok(refusal) => {
                 self.blobs
@@ -162,12 +183,11 @@ impl ServiceArchive {
     /// records it.
     async fn parse_and_record(
         &self,
-        blob_name: &BlobName,
-        blob_key: &BlobKey,
+        blob: &WrittenBlob<'_>,
         kept: Vec<Bytes>,
-        size: u64,
         required_study: Option<&str>,
     ) -> Result<StoreOutcome, RecordError> {
+        let size = blob.size;
         let parsed = if size <= INLINE_PARSE_LIMIT {
             // Headers only, from memory: as quick as a hop to the blocking pool and back.
             Ok(parse_instance(ChunkReader::new(kept)))
@@ -176,7 +196,7 @@ impl ServiceArchive {
         } else {
             let ranges = self
                 .blobs
-                .open_sealed_ranges(blob_name, &self.service, blob_key, size)
+                .open_sealed_ranges(blob.name, &self.service, blob.key, size)
                 .await
                 .map_err(ArchiveError::from)?;
             let reader = BlobSyncReader::new(ranges, tokio::runtime::Handle::current());
@@ -185,19 +205,14 @@ impl ServiceArchive {
         .map_err(|error| ArchiveError::internal("parsing task", error))?;
         match parsed {
             Err(error) => Ok(failed_parse(&error)),
-            Ok(parsed) => {
-                self.record(&parsed, blob_name, blob_key, size, required_study)
-                    .await
-            }
+            Ok(parsed) => self.record(&parsed, blob, required_study).await,
         }
     }
 
     async fn record(
         &self,
         parsed: &ParsedInstance,
-        blob_name: &BlobName,
-        blob_key: &BlobKey,
-        size: u64,
+        blob: &WrittenBlob<'_>,
         required_study: Option<&str>,
     ) -> Result<StoreOutcome, RecordError> {
         if required_study.is_some_and(|study| study != parsed.study_instance_uid) {
@@ -209,9 +224,10 @@ impl ServiceArchive {
                 &self.keyring,
                 SealedInstance {
                     parsed,
-                    blob_name: blob_name.as_str(),
-                    blob_key,
-                    size,
+                    blob_name: blob.name.as_str(),
+                    blob_key: blob.key,
+                    size: blob.size,
+                    durable: blob.durable.clone(),
                 },
             )
             .await
@@ -219,6 +235,7 @@ impl ServiceArchive {
                 // Refused before anything was written.
                 IndexError::KeysUnavailable
                 | IndexError::Keyring(_)
+                | IndexError::NotDurable(_)
                 | IndexError::WriterStopped => RecordError::Unreferenced(error.into()),
                 other => RecordError::Uncertain(other.into()),
             })?;

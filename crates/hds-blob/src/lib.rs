@@ -6,17 +6,20 @@
 //!   are random 128-bit identifiers, sharded into directories by their first byte.
 //! - This is the one seam where stored bytes are written and read, so the envelope encryption
 //!   of a blob happens here and nowhere else.
-//! - A blob becomes visible under its name only when complete (on local files it is written to
-//!   a temporary file and renamed; in an object store it is one PUT or a multipart upload that
-//!   appears when completed), so a crash never leaves half a blob under a real name.
+//! - A blob is read only through an index row that names it, and a row is committed only
+//!   after its blob is complete and durable. On local files a blob is written under its name
+//!   (`local`); in an object store it is one PUT or a multipart upload that appears when
+//!   completed. A crash mid-write leaves at most an unreferenced blob, never half of one that
+//!   a row names.
 //! - Blobs live in the data dir or in Azure Blob Storage or S3 (`remote`, `--blob-store`);
 //!   either way the store sees only sealed ciphertext under random names. In an object store a
 //!   write is durable when the store acknowledged its completing request.
-//! - On local files, a write that returned is on stable storage: the blob's data and its
-//!   directory are synced first (`local`), unless the store was opened with
-//!   [`LocalOptions::sync_writes`] off. A caller records a blob in the index only after its
-//!   write returned, so after a power cut every recorded blob is there; a blob written but not
-//!   recorded is an orphan that [`BlobStore::sweep_orphans`] removes.
+//! - On local files, a blob is on stable storage once its data and its directory are synced
+//!   (`local`), unless the store was opened with [`LocalOptions::sync_writes`] off. Writes
+//!   return a [`PendingSync`] with those syncs running, and a caller records a blob in the
+//!   index only after [`PendingSync::synced`] returned, so after a power cut every recorded
+//!   blob is there; a blob written but not recorded is an orphan that
+//!   [`BlobStore::sweep_orphans`] removes.
 #![deny(missing_docs)]
 
 mod local;
@@ -34,8 +37,9 @@ use std::path::Path;
 use std::sync::Arc;
 
 use bytes::Bytes;
+use futures::future::{BoxFuture, Shared};
 use futures::stream::BoxStream;
-use futures::{StreamExt, TryStreamExt};
+use futures::{FutureExt, StreamExt, TryStreamExt};
 use object_store::local::LocalFileSystem;
 use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStore, WriteMultipart};
@@ -162,13 +166,23 @@ impl BlobStore {
         })
     }
 
-    /// Writes a whole blob at once.
+    /// Writes a whole blob at once; it is durable when this returns.
     pub async fn put(&self, name: &BlobName, contents: Bytes) -> Result<(), BlobError> {
+        self.put_pending(name, contents).await?.synced().await
+    }
+
+    /// Writes a whole blob at once and returns with the syncs that make it durable still
+    /// running: wait for them ([`PendingSync::synced`]) before recording the blob anywhere.
+    pub async fn put_pending(
+        &self,
+        name: &BlobName,
+        contents: Bytes,
+    ) -> Result<PendingSync, BlobError> {
         if let Some(local) = &self.local {
-            return local.put(name, &contents).await;
+            return local.put(name, contents).await;
         }
         self.store.put(&name.object_path(), contents.into()).await?;
-        Ok(())
+        Ok(PendingSync::done())
     }
 
     /// The blob's bytes as a stream of chunks.
@@ -215,6 +229,48 @@ fn not_found(error: object_store::Error) -> BlobError {
     }
 }
 
+/// The syncs that make a written blob durable, running on their own: a blob may be recorded
+/// (referenced by an index row) only once [`PendingSync::synced`] returned `Ok`. Cheap to
+/// clone; every clone reports the same outcome, and waiting again after it completed returns
+/// at once.
+#[derive(Clone)]
+pub struct PendingSync(Shared<BoxFuture<'static, Result<(), Arc<str>>>>);
+
+impl PendingSync {
+    /// Nothing left to sync.
+    pub fn done() -> PendingSync {
+        PendingSync(futures::future::ready(Ok(())).boxed().shared())
+    }
+
+    /// Syncs that `syncs` waits for; they must already be running (spawned), since nobody
+    /// may poll this until it is waited for.
+    pub(crate) fn running(
+        syncs: impl std::future::Future<Output = Result<(), BlobError>> + Send + 'static,
+    ) -> PendingSync {
+        PendingSync(
+            syncs
+                .map(|synced| synced.map_err(|error| Arc::from(error.to_string())))
+                .boxed()
+                .shared(),
+        )
+    }
+
+    /// Waits until the blob is on stable storage.
+    pub async fn synced(&self) -> Result<(), BlobError> {
+        self.0.clone().await.map_err(|error| {
+            local_error(std::io::Error::other(format!(
+                "syncing a blob failed: {error}"
+            )))
+        })
+    }
+}
+
+impl std::fmt::Debug for PendingSync {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter.write_str("PendingSync")
+    }
+}
+
 /// A blob being written. Dropping it without [`BlobWriter::finish`] abandons the blob.
 pub struct BlobWriter {
     inner: WriterKind,
@@ -243,13 +299,19 @@ impl BlobWriter {
         }
     }
 
-    /// Completes the blob, making it visible under its name (and, on local files, durable).
+    /// Completes the blob; it is durable when this returns.
     pub async fn finish(self) -> Result<(), BlobError> {
+        self.finish_pending().await?.synced().await
+    }
+
+    /// Completes the blob and returns with the syncs that make it durable still running (on
+    /// local files; an object store's upload is durable once completed).
+    pub async fn finish_pending(self) -> Result<PendingSync, BlobError> {
         match self.inner {
-            WriterKind::Local { writer, files } => files.finish(writer).await,
+            WriterKind::Local { writer, files } => files.finish(writer),
             WriterKind::Store(upload) => {
                 upload.finish().await?;
-                Ok(())
+                Ok(PendingSync::done())
             }
         }
     }
@@ -329,7 +391,7 @@ mod tests {
         assert_eq!(
             files_in(directory.path()).len(),
             2,
-            "an unfinished blob is a temporary file"
+            "an unfinished blob is a file under its name"
         );
         writer.finish().await.expect("finish");
         let abandoned = BlobName::random();

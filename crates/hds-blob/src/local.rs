@@ -1,17 +1,30 @@
-//! Blobs as local files, written so that a blob whose write returned survives a power cut.
+//! Blobs as local files, written so that a blob whose syncs completed survives a power cut.
 //!
-//! A blob is written to a temporary file in its shard directory, its data synced
-//! (`fdatasync`), renamed to its name, and then the shard directory is synced, so the rename
-//! itself is on disk. Only then does the write return, and only then may the caller record
-//! the blob in the index: an index row never names a blob a power cut can take away.
+//! A blob is created under its own (random) name in its shard directory, its bytes written,
+//! then its data synced (`fdatasync`); the shard directory is synced after the file's creation,
+//! so its name is on disk too. Both syncs must complete before the caller records the blob in
+//! the index: an index row never names a blob a power cut can take away.
+//!
+//! The syncs run while the caller goes on ([`PendingSync`]): the directory's as soon as the file
+//! exists (while the rest of the blob is still arriving), the data's once the last byte is
+//! written. The caller waits for them only when it is about to commit the row that references
+//! the blob, so the syncs overlap with parsing and with the wait for the index's group commit
+//! instead of adding to them.
+//!
+//! A blob being written is a file under its final name; until a committed row names it, nothing
+//! reads it (names are random and only index rows lead to them). One left half-written by a
+//! crash, or whose row never committed, is an orphan that the sweeper removes after its grace
+//! period. No rename: a rename is another change to the directory, and so another journal
+//! commit to wait for, per blob.
 //!
 //! The data sync is one per blob (its data is its own). The directory syncs are shared: writers
-//! that finish while a round of directory syncs is running join the next round, which syncs each
-//! directory named in it once. Under concurrent stores one round covers many blobs, the way the
-//! index's group commit covers many rows with one commit.
+//! that create files while a round of directory syncs is running join the next round, which
+//! syncs each directory named in it once. Under concurrent stores one round covers many blobs,
+//! the way the index's group commit covers many rows with one commit.
 //!
-//! Temporary files carry a `.tmp-` suffix after the blob's name; one left behind by a crash
-//! is not a blob and is removed by the sweeper (`crate::sweep`).
+//! Files with a `.tmp-` suffix after a blob's name were written by earlier versions (which
+//! renamed a temporary into place); one left behind by a crash is removed by the sweeper
+//! (`crate::sweep`).
 
 use std::collections::BTreeSet;
 use std::io::Write;
@@ -19,19 +32,21 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::watch;
+use tokio::task::JoinHandle;
 
-use crate::{BlobError, BlobName, local_error};
+use crate::{BlobError, BlobName, PendingSync, local_error};
 
-/// The suffix that marks a blob still being written (or abandoned by a crash).
+/// The suffix that marks a temporary file of an earlier version's writes (or one abandoned by
+/// a crash).
 pub(crate) const TEMPORARY_MARKER: &str = ".tmp-";
 
 /// How local blob files are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct LocalOptions {
-    /// Sync each blob's data and its directory before a write returns (the default). Turning
-    /// it off leaves acknowledged blobs in the page cache, where a power cut or a kernel crash
-    /// loses them: for benchmarks and throwaway data only.
+    /// Sync each blob's data and its directory before a write is reported durable (the
+    /// default). Turning it off leaves acknowledged blobs in the page cache, where a power cut
+    /// or a kernel crash loses them: for benchmarks and throwaway data only.
     pub sync_writes: bool,
 }
 
@@ -81,73 +96,111 @@ impl LocalFiles {
         self.root.join(name.object_path().as_ref())
     }
 
-    /// Starts a blob: a new temporary file in its shard directory.
+    /// Starts a blob: its new file, whose directory's sync starts now.
     pub(crate) async fn create(&self, name: &BlobName) -> Result<LocalWriter, BlobError> {
-        let final_path = self.path_of(name);
-        let suffix: u64 = rand::random();
-        let temporary_path = PathBuf::from(format!(
-            "{}{TEMPORARY_MARKER}{suffix:016x}",
-            final_path.display()
-        ));
-        let opened = temporary_path.clone();
-        let file = tokio::task::spawn_blocking(move || {
-            std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .open(&opened)
-        })
-        .await
-        .map_err(|error| local_error(std::io::Error::other(error)))?
-        .map_err(local_error)?;
+        let path = self.path_of(name);
+        let opened = path.clone();
+        let file = tokio::task::spawn_blocking(move || create_new(&opened))
+            .await
+            .map_err(join_error)?
+            .map_err(local_error)?;
         Ok(LocalWriter {
             file: Some(file),
-            temporary_path,
-            final_path,
+            directory_synced: self.sync_directory_of(&path),
+            path,
         })
     }
 
-    /// Writes a whole blob durably (see the module doc).
-    pub(crate) async fn put(&self, name: &BlobName, contents: &[u8]) -> Result<(), BlobError> {
-        let mut writer = self.create(name).await?;
-        writer.write(contents.to_vec()).await?;
-        self.finish(writer).await
-    }
-
-    /// Syncs the blob's data, renames it into place and syncs its directory.
-    pub(crate) async fn finish(&self, mut writer: LocalWriter) -> Result<(), BlobError> {
-        let file = writer.file.take();
-        let temporary_path = writer.temporary_path.clone();
-        let final_path = writer.final_path.clone();
-        let sync_writes = self.options.sync_writes;
-        let renamed = tokio::task::spawn_blocking(move || -> std::io::Result<()> {
-            if let Some(file) = file {
-                if sync_writes {
-                    file.sync_data()?;
-                }
+    /// Writes a whole blob; the returned syncs are running (see the module doc).
+    pub(crate) async fn put(
+        &self,
+        name: &BlobName,
+        contents: bytes::Bytes,
+    ) -> Result<PendingSync, BlobError> {
+        let path = self.path_of(name);
+        let written = path.clone();
+        let file = tokio::task::spawn_blocking(move || -> std::io::Result<std::fs::File> {
+            let mut file = create_new(&written)?;
+            if let Err(error) = file.write_all(&contents) {
                 drop(file);
+                let _ = std::fs::remove_file(&written);
+                return Err(error);
             }
-            std::fs::rename(&temporary_path, &final_path)
+            Ok(file)
         })
         .await
-        .map_err(|error| local_error(std::io::Error::other(error)))?;
-        if let Err(error) = renamed {
-            writer.remove_temporary().await;
-            return Err(local_error(error));
+        .map_err(join_error)?
+        .map_err(local_error)?;
+        let directory_synced = self.sync_directory_of(&path);
+        Ok(self.sync_data(file, directory_synced))
+    }
+
+    /// Ends a blob's writes and starts its data sync.
+    pub(crate) fn finish(&self, mut writer: LocalWriter) -> Result<PendingSync, BlobError> {
+        let file = writer
+            .file
+            .take()
+            .ok_or_else(|| local_error(std::io::Error::other("blob writer already failed")))?;
+        // Finished: the file is the blob's now, not the writer's to remove.
+        writer.path = PathBuf::new();
+        Ok(self.sync_data(file, writer.directory_synced.take()))
+    }
+
+    /// The directory sync of a new file's shard, running as a task of its own so it proceeds
+    /// whether or not anyone waits for it yet; `None` when writes are not synced.
+    fn sync_directory_of(&self, path: &Path) -> Option<JoinHandle<Result<(), BlobError>>> {
+        if !self.options.sync_writes {
+            return None;
         }
-        // Renamed: nothing left to remove.
-        writer.temporary_path = PathBuf::new();
-        if sync_writes && let Some(directory) = writer.final_path.parent() {
-            self.directory_sync.sync(directory.to_path_buf()).await?;
+        let directory = path.parent()?.to_path_buf();
+        let directory_sync = self.directory_sync.clone();
+        Some(tokio::spawn(
+            async move { directory_sync.sync(directory).await },
+        ))
+    }
+
+    /// Starts the data sync of a written file; the blob is durable when it and its directory's
+    /// sync have completed.
+    fn sync_data(
+        &self,
+        file: std::fs::File,
+        directory_synced: Option<JoinHandle<Result<(), BlobError>>>,
+    ) -> PendingSync {
+        if !self.options.sync_writes {
+            return PendingSync::done();
         }
-        Ok(())
+        let data_synced = tokio::task::spawn_blocking(move || file.sync_data());
+        PendingSync::running(async move {
+            data_synced
+                .await
+                .map_err(join_error)?
+                .map_err(local_error)?;
+            if let Some(directory_synced) = directory_synced {
+                directory_synced.await.map_err(join_error)??;
+            }
+            Ok(())
+        })
     }
 }
 
-/// A local blob being written: the open temporary file and where it goes.
+/// Opens a new file; an existing one is an error (names are random: a clash is a bug).
+fn create_new(path: &Path) -> std::io::Result<std::fs::File> {
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(path)
+}
+
+fn join_error(error: tokio::task::JoinError) -> BlobError {
+    local_error(std::io::Error::other(error))
+}
+
+/// A local blob being written: its open file, and its directory's sync (started at creation).
 pub(crate) struct LocalWriter {
     file: Option<std::fs::File>,
-    temporary_path: PathBuf,
-    final_path: PathBuf,
+    /// The file's path while it is the writer's to remove (unfinished); empty once finished.
+    path: PathBuf,
+    directory_synced: Option<JoinHandle<Result<(), BlobError>>>,
 }
 
 impl LocalWriter {
@@ -162,35 +215,30 @@ impl LocalWriter {
             (file, written)
         })
         .await
-        .map_err(|error| local_error(std::io::Error::other(error)))?;
+        .map_err(join_error)?;
         written.map_err(local_error)?;
         self.file = Some(file);
         Ok(())
     }
 
-    /// Abandons the blob: its temporary file is removed.
+    /// Abandons the blob: its file is removed.
     pub(crate) async fn abort(mut self) -> Result<(), BlobError> {
         self.file = None;
-        self.remove_temporary().await;
-        Ok(())
-    }
-
-    async fn remove_temporary(&mut self) {
-        let path = std::mem::take(&mut self.temporary_path);
-        if path.as_os_str().is_empty() {
-            return;
+        let path = std::mem::take(&mut self.path);
+        if !path.as_os_str().is_empty() {
+            // A file left behind (the removal failed) is an orphan the sweeper removes later.
+            let _ = tokio::task::spawn_blocking(move || std::fs::remove_file(path)).await;
         }
-        // A file left behind (the removal failed) is a temporary the sweeper removes later.
-        let _ = tokio::task::spawn_blocking(move || std::fs::remove_file(path)).await;
+        Ok(())
     }
 }
 
 impl Drop for LocalWriter {
     fn drop(&mut self) {
-        // Dropped unfinished (a request cancelled mid-body): remove the temporary file now
-        // rather than leave it to the sweeper. A small blocking unlink.
-        if !self.temporary_path.as_os_str().is_empty() {
-            let _ = std::fs::remove_file(&self.temporary_path);
+        // Dropped unfinished (a request cancelled mid-body): remove the file now rather than
+        // leave it to the sweeper. A small blocking unlink.
+        if !self.path.as_os_str().is_empty() {
+            let _ = std::fs::remove_file(&self.path);
         }
     }
 }
@@ -200,8 +248,9 @@ pub(crate) fn sync_directory(directory: &Path) -> std::io::Result<()> {
     std::fs::File::open(directory)?.sync_all()
 }
 
-/// Directory syncs shared between concurrent writers, in rounds (see the module doc).
-#[derive(Default)]
+/// Directory syncs shared between concurrent writers, in rounds (see the module doc). Cheap to
+/// clone; clones share the rounds.
+#[derive(Default, Clone)]
 struct DirectorySync {
     state: Arc<Mutex<SyncState>>,
     completed: Arc<SyncProgress>,
@@ -240,7 +289,7 @@ struct SyncState {
 
 impl DirectorySync {
     /// Returns once `directory` has been synced by a round that began after this call.
-    async fn sync(&self, directory: PathBuf) -> Result<(), BlobError> {
+    async fn sync(self, directory: PathBuf) -> Result<(), BlobError> {
         let round = {
             let mut state = self
                 .state
@@ -288,13 +337,13 @@ async fn run_rounds(state: Arc<Mutex<SyncState>>, progress: Arc<SyncProgress>) {
             state.next_round += 1;
             (std::mem::take(&mut state.pending), round)
         };
-        let synced = tokio::task::spawn_blocking(move || {
-            directories
-                .iter()
-                .try_for_each(|directory| sync_directory(directory))
-        })
-        .await;
-        let failed = !matches!(synced, Ok(Ok(())));
+        // The round's directories at once, each on a blocking thread: the file system commits
+        // concurrent syncs together, where one after another would each wait for the last.
+        let syncs = directories
+            .into_iter()
+            .map(|directory| tokio::task::spawn_blocking(move || sync_directory(&directory)));
+        let synced = futures::future::join_all(syncs).await;
+        let failed = !synced.iter().all(|synced| matches!(synced, Ok(Ok(()))));
         if failed {
             tracing::error!("syncing blob directories failed; the stores waiting on it fail");
         }

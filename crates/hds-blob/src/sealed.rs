@@ -20,7 +20,7 @@ use hds_crypto::stream::{
 use object_store::ObjectStore;
 use object_store::path::Path as ObjectPath;
 
-use crate::{BlobError, BlobName, BlobStore, BlobWriter, local_error, not_found};
+use crate::{BlobError, BlobName, BlobStore, BlobWriter, PendingSync, local_error, not_found};
 
 /// Ciphertext is handed to the store in pieces of about this size, so sealing adds one small
 /// buffer to the store's own part buffers.
@@ -409,8 +409,14 @@ impl SealedBlobWriter {
         Ok(())
     }
 
-    /// Seals the last segment and completes the blob, making it visible under its name.
+    /// Seals the last segment and completes the blob; it is durable when this returns.
     pub async fn finish(self) -> Result<(), BlobError> {
+        self.finish_pending().await?.synced().await
+    }
+
+    /// Seals the last segment and completes the blob, returning with the syncs that make it
+    /// durable still running (see [`PendingSync`]).
+    pub async fn finish_pending(self) -> Result<PendingSync, BlobError> {
         let SealedBlobWriter {
             store,
             name,
@@ -420,11 +426,11 @@ impl SealedBlobWriter {
         } = self;
         sealer.finish(&mut ciphertext)?;
         match upload {
-            // The whole blob is in memory: one atomic put (staged and renamed on local files).
-            None => store.put(&name, Bytes::from(ciphertext)).await,
+            // The whole blob is in memory: one put.
+            None => store.put_pending(&name, Bytes::from(ciphertext)).await,
             Some(mut upload) => {
                 upload.write(&ciphertext).await?;
-                upload.finish().await
+                upload.finish_pending().await
             }
         }
     }
@@ -533,6 +539,12 @@ mod tests {
         }
         writer.finish().await.expect("finish");
         (directory, store, name, key)
+    }
+
+    /// Puts `bytes` in place of a stored blob (a blob is never overwritten by a put).
+    async fn replace(store: &BlobStore, name: &BlobName, bytes: Vec<u8>) {
+        store.delete(name).await.expect("delete");
+        store.put(name, Bytes::from(bytes)).await.expect("put");
     }
 
     async fn raw(store: &BlobStore, name: &BlobName) -> Vec<u8> {
@@ -652,7 +664,7 @@ mod tests {
         let (_directory, store, name, key) = store_with(&contents).await;
         let mut stored = raw(&store, &name).await;
         stored[sealed_offset(0, 100)] ^= 1;
-        store.put(&name, Bytes::from(stored)).await.expect("put");
+        replace(&store, &name, stored).await;
         assert!(matches!(
             store.read_sealed(&name, SERVICE, &key).await.err(),
             Some(BlobError::Integrity(OpenError::SegmentAuthentication {
@@ -667,7 +679,7 @@ mod tests {
         let (_directory, store, name, key) = store_with(&contents).await;
         let mut stored = raw(&store, &name).await;
         stored[sealed_offset(3, 5)] ^= 0x80;
-        store.put(&name, Bytes::from(stored)).await.expect("put");
+        replace(&store, &name, stored).await;
         let mut stream = store
             .read_sealed(&name, SERVICE, &key)
             .await
@@ -704,13 +716,7 @@ mod tests {
         let (_directory, store, name, key) = store_with(&contents).await;
         let stored = raw(&store, &name).await;
         // Cut at a segment boundary: every segment left is valid, but the last is missing.
-        store
-            .put(
-                &name,
-                Bytes::copy_from_slice(&stored[..sealed_offset(3, 0)]),
-            )
-            .await
-            .expect("put");
+        replace(&store, &name, stored[..sealed_offset(3, 0)].to_vec()).await;
         assert!(matches!(
             read_all(&store, &name, SERVICE, &key).await,
             Err(BlobError::Integrity(_))
@@ -808,7 +814,7 @@ mod tests {
         for (store, kind) in stores {
             let mut stored = raw(&store, &name).await;
             stored[sealed_offset(20, 7)] ^= 4;
-            store.put(&name, Bytes::from(stored)).await.expect("put");
+            replace(&store, &name, stored).await;
             let mut stream = store
                 .read_sealed(&name, SERVICE, &key)
                 .await
@@ -846,7 +852,7 @@ mod tests {
                 ("empty", Vec::new()),
             ] {
                 // Under the blob's own name, so only the damage can be what fails.
-                store.put(&name, Bytes::from(bytes)).await.expect("put");
+                replace(&store, &name, bytes).await;
                 assert!(
                     matches!(
                         read_all(&store, &name, SERVICE, &key).await,

@@ -27,6 +27,10 @@ pub enum IndexError {
     /// recorded.
     #[error("the index writer stopped")]
     WriterStopped,
+    /// What the row depends on did not become durable (its blob's sync failed): the row was
+    /// not recorded.
+    #[error("the instance's data did not reach stable storage: {0}")]
+    NotDurable(String),
     /// A stored value could not be decoded.
     #[error("corrupt index value: {0}")]
     Corrupt(String),

@@ -9,7 +9,7 @@ use hds_dicom::{FrameMap, ParsedInstance};
 
 use crate::keyring::{InstanceKeys, KeyringError, ServiceKeyring, StoredBlobKey};
 use crate::sql::{Argument, Sql, column};
-use crate::store::{GroupWriter, PreparedInstance, store_alone};
+use crate::store::{CommitGate, GroupWriter, PreparedInstance, store_alone};
 use crate::{IndexCipher, IndexError, RowBinding};
 
 /// The component name of the index's migrations in the shared database.
@@ -89,6 +89,8 @@ pub struct SealedInstance<'a> {
     pub blob_key: &'a BlobKey,
     /// The blob's plaintext length in bytes.
     pub size: u64,
+    /// Passes once the blob is on stable storage; the row commits only after it did.
+    pub durable: CommitGate,
 }
 
 /// How often [`Index::store_sealed_instance`] tries when the study's key changes meanwhile.
@@ -239,10 +241,22 @@ impl Index {
         &self,
         instance: NewInstance<'_>,
     ) -> Result<StoreOutcome, IndexError> {
+        self.store_gated(instance, &CommitGate::open()).await
+    }
+
+    /// Records an instance once `gate` passed (see [`Index::store_instance`]).
+    async fn store_gated(
+        &self,
+        instance: NewInstance<'_>,
+        gate: &CommitGate,
+    ) -> Result<StoreOutcome, IndexError> {
         let prepared = PreparedInstance::new(self.cipher.as_ref(), &instance)?;
         match &self.writer {
-            Some(writer) => writer.store(prepared).await,
-            None => store_alone(&self.database, &prepared).await,
+            Some(writer) => writer.store(prepared, gate.clone()).await,
+            None => {
+                gate.passed().await?;
+                store_alone(&self.database, &prepared).await
+            }
         }
     }
 
@@ -275,13 +289,16 @@ impl Index {
             };
             let keys = lease.seal_blob_key(&owner, instance.blob_key);
             let stored = self
-                .store_instance(NewInstance {
-                    service: keyring.service(),
-                    parsed: instance.parsed,
-                    blob_name: instance.blob_name,
-                    size: instance.size,
-                    keys: &keys,
-                })
+                .store_gated(
+                    NewInstance {
+                        service: keyring.service(),
+                        parsed: instance.parsed,
+                        blob_name: instance.blob_name,
+                        size: instance.size,
+                        keys: &keys,
+                    },
+                    &instance.durable,
+                )
                 .await?;
             match stored {
                 StoreOutcome::StudyKeyChanged if attempts < STUDY_KEY_ATTEMPTS => {

@@ -31,3 +31,4 @@ pub use keyring::{
     platform_kek, stored_key_id,
 };
 pub use query::{Filter, Matcher, SearchHit, SearchQuery};
+pub use store::CommitGate;

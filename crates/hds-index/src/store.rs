@@ -18,7 +18,10 @@
 //!   caller's task, one transaction per instance.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
+use std::sync::Arc;
 
+use futures::FutureExt;
+use futures::future::{BoxFuture, Shared};
 use hds_db::{Backend, Database, WriteTransaction};
 use hds_dicom::QueryLevel;
 use tokio::sync::{mpsc, oneshot};
@@ -767,9 +770,49 @@ impl<'a> GroupWrites<'a> {
     }
 }
 
+/// What must hold before a store's row may commit: for an instance, that its blob is on stable
+/// storage. The blob's syncs run meanwhile (while the instance is parsed and waits for its
+/// group), so a store waits for them only if they are not done when its group is about to
+/// commit. Cheap to clone; every clone reports the same outcome.
+#[derive(Clone)]
+pub struct CommitGate(Shared<BoxFuture<'static, Result<(), Arc<str>>>>);
+
+impl CommitGate {
+    /// A gate that has passed.
+    pub fn open() -> CommitGate {
+        CommitGate::new(async { Ok(()) })
+    }
+
+    /// A gate that passes when `condition` returns `Ok`. Nothing polls `condition` before the
+    /// store's group is about to commit: work it waits for must already be running.
+    pub fn new(condition: impl Future<Output = Result<(), String>> + Send + 'static) -> CommitGate {
+        CommitGate(
+            condition
+                .map(|passed| passed.map_err(Arc::from))
+                .boxed()
+                .shared(),
+        )
+    }
+
+    /// Waits for the gate; an error means the row must not be recorded.
+    pub(crate) async fn passed(&self) -> Result<(), IndexError> {
+        self.0
+            .clone()
+            .await
+            .map_err(|reason| IndexError::NotDurable(reason.to_string()))
+    }
+}
+
+impl std::fmt::Debug for CommitGate {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter.write_str("CommitGate")
+    }
+}
+
 /// One store waiting for the group writer.
 struct StoreJob {
     prepared: PreparedInstance,
+    gate: CommitGate,
     reply: oneshot::Sender<Result<StoreOutcome, IndexError>>,
 }
 
@@ -787,14 +830,20 @@ impl GroupWriter {
         GroupWriter { jobs }
     }
 
-    /// Queues `prepared` and waits until its group is committed (or it failed alone).
+    /// Queues `prepared` and waits until its group is committed (or it failed alone). Its
+    /// group commits only once `gate` passed.
     pub(crate) async fn store(
         &self,
         prepared: PreparedInstance,
+        gate: CommitGate,
     ) -> Result<StoreOutcome, IndexError> {
         let (reply, outcome) = oneshot::channel();
         self.jobs
-            .send(StoreJob { prepared, reply })
+            .send(StoreJob {
+                prepared,
+                gate,
+                reply,
+            })
             .await
             .map_err(|_| IndexError::WriterStopped)?;
         outcome.await.map_err(|_| IndexError::WriterStopped)?
@@ -808,6 +857,20 @@ async fn run_group_writer(database: Database, mut queue: mpsc::Receiver<StoreJob
     while queue.recv_many(&mut group, MAX_GROUP).await > 0 {
         // Stores whose caller gave up are not recorded: nobody would delete their blob.
         group.retain(|job| !job.reply.is_closed());
+        // Each store's gate (its blob's syncs, which ran while it waited in the queue) before
+        // the transaction begins, so the write lock is never held while waiting on a disk. A
+        // store whose gate fails is answered now and left out of the group.
+        let gates = futures::future::join_all(group.iter().map(|job| job.gate.passed())).await;
+        let mut passed = Vec::with_capacity(group.len());
+        for (job, gate) in group.drain(..).zip(gates) {
+            match gate {
+                Ok(()) => passed.push(job),
+                Err(error) => {
+                    let _ = job.reply.send(Err(error));
+                }
+            }
+        }
+        group = passed;
         if group.is_empty() {
             continue;
         }

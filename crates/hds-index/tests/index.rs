@@ -1399,8 +1399,8 @@ mod keys {
     use hds_db::testing::PostgresCluster;
     use hds_db::{Backend, Database};
     use hds_index::{
-        DeleteScope, Index, IndexError, KeyringError, NewInstance, ServiceKeyring, ServiceKeyrings,
-        StoreOutcome,
+        CommitGate, DeleteScope, Index, IndexError, KeyringError, NewInstance, SealedInstance,
+        ServiceKeyring, ServiceKeyrings, StoreOutcome,
     };
     use sqlx::Row;
     use zeroize::Zeroizing;
@@ -1549,6 +1549,79 @@ mod keys {
             .await
             .map_err(|error: BlobError| error.to_string())?;
         Ok(chunks.concat())
+    }
+
+    /// A gate the test opens (or fails) by hand.
+    fn manual_gate() -> (CommitGate, tokio::sync::oneshot::Sender<Result<(), String>>) {
+        let (open, opened) = tokio::sync::oneshot::channel();
+        let gate = CommitGate::new(async move {
+            opened
+                .await
+                .map_err(|_| "the gate's sender was dropped".to_string())?
+        });
+        (gate, open)
+    }
+
+    async fn instance_count(index: &Index) -> i64 {
+        sqlx::query("SELECT COUNT(*) FROM dicom_instances")
+            .fetch_one(index.database().pool())
+            .await
+            .expect("count")
+            .get(0)
+    }
+
+    async fn an_instance_commits_only_after_its_gate_and_never_when_it_fails(backend: Backend) {
+        let (_dir, database) = fresh_database(backend).await;
+        let (index, _keyrings, keyring) = keyed(&database, CountingKek::new("kek-1")).await;
+        let blob_key = BlobKey::generate();
+
+        // The gate stays closed for a while: the store must not commit meanwhile.
+        let spec = Spec::new(1, 1, 1);
+        let parsed = spec.parsed();
+        let (gate, open) = manual_gate();
+        let store = index.store_sealed_instance(
+            &keyring,
+            SealedInstance {
+                parsed: &parsed,
+                blob_name: "0123456789abcdef0123456789abcdef",
+                blob_key: &blob_key,
+                size: 10,
+                durable: gate,
+            },
+        );
+        let watch_then_open = async {
+            for _ in 0..20 {
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                assert_eq!(instance_count(&index).await, 0, "committed before its gate");
+            }
+            open.send(Ok(())).expect("the store waits on its gate");
+        };
+        let (stored, ()) = tokio::join!(store, watch_then_open);
+        assert_eq!(stored.expect("store"), StoreOutcome::Stored);
+        assert_eq!(instance_count(&index).await, 1);
+
+        // A failing gate (the blob's sync failed): refused, nothing recorded.
+        let spec = Spec::new(1, 1, 2);
+        let parsed = spec.parsed();
+        let (gate, open) = manual_gate();
+        open.send(Err("the disk said EIO".into())).expect("send");
+        let refused = index
+            .store_sealed_instance(
+                &keyring,
+                SealedInstance {
+                    parsed: &parsed,
+                    blob_name: "1123456789abcdef0123456789abcdef",
+                    blob_key: &blob_key,
+                    size: 10,
+                    durable: gate,
+                },
+            )
+            .await;
+        assert!(
+            matches!(&refused, Err(IndexError::NotDurable(reason)) if reason.contains("EIO")),
+            "{refused:?}"
+        );
+        assert_eq!(instance_count(&index).await, 1);
     }
 
     fn contents(seed: u8, length: usize) -> Vec<u8> {
@@ -2333,5 +2406,6 @@ mod keys {
         root_key_rotation_rewraps_study_keys_only,
         deleting_a_study_shreds_its_key,
         a_store_under_a_stale_study_key_is_refused,
+        an_instance_commits_only_after_its_gate_and_never_when_it_fails,
     );
 }
