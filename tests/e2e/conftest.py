@@ -83,8 +83,9 @@ class HdsServer:
     address works on Linux). `ca_path` is what clients trust; by default the local CA's ca.pem."""
 
     def __init__(self, data_dir: pathlib.Path, http: bool = True, index: str = "sqlite", extra_args=(),
-                 host: str = "127.0.0.1", ca_path=None):
+                 host: str = "127.0.0.1", ca_path=None, env=None):
         self.data_dir = data_dir
+        self.env = dict(env or {})
         self.host = host
         self.port = free_port(host)
         self.scheme = "http" if http else "https"
@@ -135,7 +136,7 @@ class HdsServer:
     def start(self):
         self._session = None
         self.log = open(self.log_path, "ab")
-        env = dict(os.environ, HDS_LOG="debug")
+        env = dict(os.environ, HDS_LOG="debug", **self.env)
         self.process = subprocess.Popen(self.args, stdout=subprocess.PIPE, stderr=self.log, env=env)
         deadline = time.time() + 60
         banner = []

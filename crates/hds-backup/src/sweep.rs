@@ -21,6 +21,7 @@ use std::time::{Duration, SystemTime};
 use futures::TryStreamExt;
 use hds_blob::{BlobName, BlobStore, SHARD_COUNT};
 use hds_db::Database;
+use hds_metrics::{OrphanSweepMetrics, SweepRemovals};
 use sqlx::Row;
 
 /// The default grace period: blobs younger than this are never swept.
@@ -57,6 +58,7 @@ pub struct Sweeper {
     database: Database,
     blobs: BlobStore,
     grace: Duration,
+    metrics: OrphanSweepMetrics,
 }
 
 impl Sweeper {
@@ -66,7 +68,14 @@ impl Sweeper {
             database,
             blobs,
             grace,
+            metrics: OrphanSweepMetrics::default(),
         }
+    }
+
+    /// The same sweeper, counting its sweeps and what they removed in `metrics`.
+    pub fn with_metrics(mut self, metrics: OrphanSweepMetrics) -> Sweeper {
+        self.metrics = metrics;
+        self
     }
 
     /// Sweeps once.
@@ -112,14 +121,24 @@ impl Sweeper {
             loop {
                 ticker.tick().await;
                 match self.sweep_once().await {
-                    Ok(report) => tracing::info!(
-                        orphan_blobs_removed = report.orphan_blobs_removed,
-                        temporaries_removed = report.temporaries_removed,
-                        study_keys_removed = report.study_keys_removed,
-                        referenced_blobs = report.referenced_blobs,
-                        "orphan sweep"
-                    ),
-                    Err(error) => tracing::warn!(%error, "orphan sweep failed; retrying later"),
+                    Ok(report) => {
+                        self.metrics.record_success(SweepRemovals {
+                            blobs: report.orphan_blobs_removed,
+                            temporaries: report.temporaries_removed,
+                            study_keys: report.study_keys_removed,
+                        });
+                        tracing::info!(
+                            orphan_blobs_removed = report.orphan_blobs_removed,
+                            temporaries_removed = report.temporaries_removed,
+                            study_keys_removed = report.study_keys_removed,
+                            referenced_blobs = report.referenced_blobs,
+                            "orphan sweep"
+                        )
+                    }
+                    Err(error) => {
+                        self.metrics.record_failure();
+                        tracing::warn!(%error, "orphan sweep failed; retrying later")
+                    }
                 }
             }
         })

@@ -5,11 +5,12 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use hds_crypto::keys::{RSA_OAEP, RSA_OAEP_256, WrappedKey};
+use hds_metrics::{KeyVaultCallMetrics, KeyVaultOperation};
 use reqwest::StatusCode;
 use reqwest::header::{AUTHORIZATION, HeaderMap, WWW_AUTHENTICATE};
 use serde::Deserialize;
@@ -164,6 +165,7 @@ pub struct KeyVaultClient {
     http: reqwest::Client,
     wrap_algorithm: WrapAlgorithm,
     destinations: TokenDestinations,
+    metrics: KeyVaultCallMetrics,
 }
 
 #[derive(Deserialize)]
@@ -249,7 +251,30 @@ impl KeyVaultClient {
             http,
             wrap_algorithm: config.wrap_algorithm,
             destinations,
+            metrics: KeyVaultCallMetrics::default(),
         })
+    }
+
+    /// The same client, counting and timing its calls in `metrics`.
+    pub fn with_metrics(mut self, metrics: KeyVaultCallMetrics) -> KeyVaultClient {
+        self.metrics = metrics;
+        self
+    }
+
+    /// Runs one call of `operation`, recording its outcome and duration.
+    async fn metered<T>(
+        &self,
+        operation: KeyVaultOperation,
+        call: impl Future<Output = Result<T, CmkError>>,
+    ) -> Result<T, CmkError> {
+        let started = Instant::now();
+        let result = call.await;
+        let outcome = match &result {
+            Ok(_) => "ok",
+            Err(error) => error.outcome_label(),
+        };
+        self.metrics.record(operation, outcome, started.elapsed());
+        result
     }
 
     /// The algorithm [`KeyVaultClient::wrap_key`] uses.
@@ -259,6 +284,11 @@ impl KeyVaultClient {
 
     /// The key version `url` names (its latest version when `url` has none).
     pub async fn get_key(&self, url: &KeyUrl, token: &str) -> Result<KeyFacts, CmkError> {
+        self.metered(KeyVaultOperation::Get, self.get_key_once(url, token))
+            .await
+    }
+
+    async fn get_key_once(&self, url: &KeyUrl, token: &str) -> Result<KeyFacts, CmkError> {
         self.destinations.check(url).await?;
         let request_url = format!(
             "{}keys/{}{}?api-version={API_VERSION}",
@@ -343,7 +373,10 @@ impl KeyVaultClient {
     ) -> Result<WrappedKey, CmkError> {
         let value = Zeroizing::new(URL_SAFE_NO_PAD.encode(plaintext_key));
         let result = self
-            .key_operation(url, token, "wrapkey", algorithm, &value)
+            .metered(
+                KeyVaultOperation::Wrap,
+                self.key_operation(url, token, "wrapkey", algorithm, &value),
+            )
             .await?;
         let kid = match result.kid.as_deref().map(KeyUrl::parse) {
             Some(Ok(kid)) if kid.is_versioned() && kid.same_key(url) => kid,
@@ -385,7 +418,10 @@ impl KeyVaultClient {
             })?;
         let value = URL_SAFE_NO_PAD.encode(&wrapped.ciphertext);
         let result = self
-            .key_operation(&url, token, "unwrapkey", algorithm, &value)
+            .metered(
+                KeyVaultOperation::Unwrap,
+                self.key_operation(&url, token, "unwrapkey", algorithm, &value),
+            )
             .await?;
         let encoded = Zeroizing::new(result.value);
         let plaintext = URL_SAFE_NO_PAD

@@ -117,6 +117,28 @@ impl CmkError {
     pub fn is_unreachable(&self) -> bool {
         matches!(self, CmkError::Network(_) | CmkError::Server { .. })
     }
+
+    /// A fixed word for the failure, for metrics: never a message (which may name a key).
+    pub fn outcome_label(&self) -> &'static str {
+        match self {
+            CmkError::InvalidKeyUrl(_) => "invalid_key_url",
+            CmkError::ManagedIdentityNotFound { .. } | CmkError::TokenUnavailable(_) => {
+                "token_unavailable"
+            }
+            CmkError::Unauthorized { .. } => "unauthorized",
+            CmkError::Forbidden { .. } => "forbidden",
+            CmkError::KeyNotFound { .. } => "key_not_found",
+            CmkError::KeyDisabled { .. }
+            | CmkError::KeyNotYetValid { .. }
+            | CmkError::KeyExpired { .. } => "key_unusable",
+            CmkError::BadRequest { .. } => "bad_request",
+            CmkError::Network(_) => "network",
+            CmkError::Server { .. } => "server_error",
+            CmkError::InvalidResponse(_) => "invalid_response",
+            CmkError::DestinationNotAllowed { .. } => "destination_not_allowed",
+            CmkError::Configuration(_) => "configuration",
+        }
+    }
 }
 
 /// Keeps at most this many characters of a message that came from elsewhere.

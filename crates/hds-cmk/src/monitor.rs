@@ -266,6 +266,21 @@ impl std::fmt::Debug for KeyAccessMonitor {
     }
 }
 
+/// Metrics read each registered service's state at each scrape, by its key (the internal
+/// service id: no name, no PHI).
+impl hds_metrics::KeyAccessStates for KeyAccessMonitor {
+    fn key_access_states(&self) -> Vec<(String, &'static str)> {
+        let services = self
+            .services
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        services
+            .iter()
+            .map(|(service_key, entry)| (service_key.clone(), entry.sender.borrow().name()))
+            .collect()
+    }
+}
+
 impl KeyAccessMonitor {
     /// A monitor keeping its states in `database` (applying the `cmk` migrations).
     pub async fn open(

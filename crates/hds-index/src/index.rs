@@ -6,6 +6,7 @@ use std::sync::Arc;
 use hds_crypto::keys::{BlobKey, InstanceBinding};
 use hds_db::{Database, DbError, Migration};
 use hds_dicom::{FrameMap, ParsedInstance};
+use hds_metrics::GroupCommitMetrics;
 
 use crate::keyring::{InstanceKeys, KeyringError, ServiceKeyring, StoredBlobKey};
 use crate::sql::{Argument, Sql, column};
@@ -61,6 +62,8 @@ pub struct Index {
     /// The group-commit writer of instance stores (SQLite); `None` on PostgreSQL, where each
     /// store is a transaction of its own.
     writer: Option<GroupWriter>,
+    /// Commit sizes of instance stores.
+    commits: GroupCommitMetrics,
 }
 
 /// An instance to record, after its blob was written.
@@ -205,15 +208,26 @@ impl Index {
         database: Database,
         cipher: Arc<dyn IndexCipher>,
     ) -> Result<Index, IndexError> {
+        Index::open_with_metrics(database, cipher, GroupCommitMetrics::default()).await
+    }
+
+    /// [`Index::open`], recording the size of each commit of instance stores in `commits`
+    /// (on PostgreSQL every store is a commit of its own).
+    pub async fn open_with_metrics(
+        database: Database,
+        cipher: Arc<dyn IndexCipher>,
+        commits: GroupCommitMetrics,
+    ) -> Result<Index, IndexError> {
         database.migrate(COMPONENT, MIGRATIONS).await?;
         let writer = match database.backend() {
-            hds_db::Backend::Sqlite => Some(GroupWriter::start(database.clone())),
+            hds_db::Backend::Sqlite => Some(GroupWriter::start(database.clone(), commits.clone())),
             hds_db::Backend::Postgres => None,
         };
         Ok(Index {
             database,
             cipher,
             writer,
+            commits,
         })
     }
 
@@ -255,7 +269,9 @@ impl Index {
             Some(writer) => writer.store(prepared, gate.clone()).await,
             None => {
                 gate.passed().await?;
-                store_alone(&self.database, &prepared).await
+                let outcome = store_alone(&self.database, &prepared).await;
+                self.commits.record(1);
+                outcome
             }
         }
     }

@@ -24,6 +24,7 @@ use futures::FutureExt;
 use futures::future::{BoxFuture, Shared};
 use hds_db::{Backend, Database, WriteTransaction};
 use hds_dicom::QueryLevel;
+use hds_metrics::GroupCommitMetrics;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::index::{
@@ -824,9 +825,9 @@ pub(crate) struct GroupWriter {
 
 impl GroupWriter {
     /// Starts the writer task on the current tokio runtime.
-    pub(crate) fn start(database: Database) -> GroupWriter {
+    pub(crate) fn start(database: Database, commits: GroupCommitMetrics) -> GroupWriter {
         let (jobs, queue) = mpsc::channel(QUEUE_DEPTH);
-        tokio::spawn(run_group_writer(database, queue));
+        tokio::spawn(run_group_writer(database, queue, commits));
         GroupWriter { jobs }
     }
 
@@ -852,7 +853,11 @@ impl GroupWriter {
 
 /// The writer loop: waits for a store, takes every other store queued meanwhile (up to
 /// [`MAX_GROUP`]), records them together, answers each after the commit.
-async fn run_group_writer(database: Database, mut queue: mpsc::Receiver<StoreJob>) {
+async fn run_group_writer(
+    database: Database,
+    mut queue: mpsc::Receiver<StoreJob>,
+    commits: GroupCommitMetrics,
+) {
     let mut group = Vec::with_capacity(MAX_GROUP);
     while queue.recv_many(&mut group, MAX_GROUP).await > 0 {
         // Stores whose caller gave up are not recorded: nobody would delete their blob.
@@ -888,6 +893,7 @@ async fn run_group_writer(database: Database, mut queue: mpsc::Receiver<StoreJob
         };
         match outcomes {
             Some(outcomes) => {
+                commits.record(group.len());
                 for (job, outcome) in group.drain(..).zip(outcomes) {
                     let _ = job.reply.send(Ok(outcome));
                 }
@@ -895,6 +901,7 @@ async fn run_group_writer(database: Database, mut queue: mpsc::Receiver<StoreJob
             None => {
                 for job in group.drain(..) {
                     let outcome = store_alone(&database, &job.prepared).await;
+                    commits.record(1);
                     let _ = job.reply.send(outcome);
                 }
             }

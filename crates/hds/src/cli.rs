@@ -193,6 +193,11 @@ pub struct UpOptions {
     #[arg(long, env = "HDS_SWEEP_INTERVAL", default_value = "1h", value_parser = parse_duration)]
     pub sweep_interval: std::time::Duration,
 
+    /// Serve Prometheus metrics at `http://ADDR/metrics` (plain HTTP, no authentication: keep
+    /// it on loopback or a network only the scraper reaches). Off unless given.
+    #[arg(long, env = "HDS_METRICS_LISTEN", value_name = "ADDR")]
+    pub metrics_listen: Option<std::net::SocketAddr>,
+
     /// How the root key is kept at rest (plaintext `root.key` without these flags).
     #[command(flatten)]
     pub root_key: crate::root_key::RootKeyOptions,

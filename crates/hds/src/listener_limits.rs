@@ -18,6 +18,7 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum_server::accept::Accept;
+use hds_metrics::{HttpMetrics, OpenConnection};
 use http_body_util::BodyExt;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
@@ -54,15 +55,18 @@ pub struct LimitedAcceptor<A> {
     inner: A,
     connections: Arc<Semaphore>,
     idle_timeout: Duration,
+    metrics: HttpMetrics,
 }
 
 impl<A> LimitedAcceptor<A> {
-    /// Wraps `inner` with the connection limits of `limits`.
-    pub fn new(inner: A, limits: &ListenerLimits) -> LimitedAcceptor<A> {
+    /// Wraps `inner` with the connection limits of `limits`, counting the open connections in
+    /// `metrics`.
+    pub fn new(inner: A, limits: &ListenerLimits, metrics: HttpMetrics) -> LimitedAcceptor<A> {
         LimitedAcceptor {
             inner,
             connections: Arc::new(Semaphore::new(limits.max_connections)),
             idle_timeout: limits.idle_timeout,
+            metrics,
         }
     }
 }
@@ -83,14 +87,19 @@ where
         let permit = self.connections.clone().try_acquire_owned();
         let inner = self.inner.clone();
         let idle_timeout = self.idle_timeout;
+        let metrics = self.metrics.clone();
         Box::pin(async move {
             // Past the cap the connection is dropped (closed) at once: it holds nothing.
             let Ok(permit) = permit else {
                 tracing::warn!("connection refused: the listener holds its maximum");
                 return Err(io::Error::other("connection limit reached"));
             };
+            let counted = metrics.connection_opened();
             let (stream, service) = inner.accept(stream, service).await?;
-            Ok((IdleStream::new(stream, idle_timeout, permit), service))
+            Ok((
+                IdleStream::new(stream, idle_timeout, (permit, counted)),
+                service,
+            ))
         })
     }
 }
@@ -101,16 +110,21 @@ pub struct IdleStream<S> {
     inner: S,
     idle_timeout: Duration,
     deadline: Pin<Box<tokio::time::Sleep>>,
-    _permit: OwnedSemaphorePermit,
+    /// Its place under the cap, and its count in the open-connections gauge.
+    _held: (OwnedSemaphorePermit, OpenConnection),
 }
 
 impl<S> IdleStream<S> {
-    fn new(inner: S, idle_timeout: Duration, permit: OwnedSemaphorePermit) -> IdleStream<S> {
+    fn new(
+        inner: S,
+        idle_timeout: Duration,
+        held: (OwnedSemaphorePermit, OpenConnection),
+    ) -> IdleStream<S> {
         IdleStream {
             inner,
             idle_timeout,
             deadline: Box::pin(tokio::time::sleep(idle_timeout)),
-            _permit: permit,
+            _held: held,
         }
     }
 

@@ -6,15 +6,47 @@ use axum::http::Request;
 use tracing::Span;
 use tracing_subscriber::EnvFilter;
 
-/// Logs to stderr, filtered by `HDS_LOG` (default `info`).
-pub fn init() {
+/// How log lines are written, from `HDS_LOG_FORMAT`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum LogFormat {
+    /// For people: one line per event, colored on a terminal (`text`, the default).
+    Text,
+    /// For log pipelines: one JSON object per line with the event's fields and those of the
+    /// spans it happened in (`json`).
+    Json,
+}
+
+impl LogFormat {
+    fn from_env() -> anyhow::Result<LogFormat> {
+        match std::env::var("HDS_LOG_FORMAT") {
+            Err(std::env::VarError::NotPresent) => Ok(LogFormat::Text),
+            Ok(value) if value.eq_ignore_ascii_case("text") => Ok(LogFormat::Text),
+            Ok(value) if value.eq_ignore_ascii_case("json") => Ok(LogFormat::Json),
+            _ => anyhow::bail!("HDS_LOG_FORMAT must be text or json"),
+        }
+    }
+}
+
+/// Logs to stderr, filtered by `HDS_LOG` (default `info`), as text or as JSON lines
+/// (`HDS_LOG_FORMAT`). Either way the same fields: what is kept out of spans and events (PHI,
+/// tokens, key material) is kept out of both formats.
+pub fn init() -> anyhow::Result<()> {
+    let format = LogFormat::from_env()?;
     let filter = EnvFilter::try_from_env("HDS_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
     use std::io::IsTerminal;
-    tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr)
-        .init();
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.with_ansi(std::io::stderr().is_terminal()).init(),
+        LogFormat::Json => builder
+            .with_ansi(false)
+            .json()
+            .with_current_span(true)
+            .with_span_list(true)
+            .init(),
+    }
+    Ok(())
 }
 
 /// The span of one request: method, route template and the names (not values) of the query

@@ -9,6 +9,7 @@ mod cli;
 mod client;
 mod listener_limits;
 mod logging;
+mod metrics;
 mod recovery;
 mod root_key;
 mod seed_flow;
@@ -22,7 +23,7 @@ fn main() -> anyhow::Result<()> {
     let arguments = cli::Cli::parse();
     match arguments.command {
         cli::Command::Up(options) => {
-            logging::init();
+            logging::init()?;
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()?;
@@ -37,15 +38,15 @@ fn main() -> anyhow::Result<()> {
             client::arm::GroupDeploymentCommand::Create(options),
         )) => client_runtime()?.block_on(client::arm::deployment_group_create(options)),
         cli::Command::Backup(options) => {
-            logging::init();
+            logging::init()?;
             client_runtime()?.block_on(recovery::backup(options))
         }
         cli::Command::Restore(options) => {
-            logging::init();
+            logging::init()?;
             client_runtime()?.block_on(recovery::restore(options))
         }
         cli::Command::RootKey(root_key::RootKeyCommand::Protect(options)) => {
-            logging::init();
+            logging::init()?;
             root_key::protect(options)
         }
     }

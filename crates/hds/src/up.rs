@@ -78,6 +78,9 @@ pub async fn run(options: UpOptions) -> anyhow::Result<()> {
         .server_config()
         .context("configuring TLS")?;
 
+    // Recorded whether or not anything scrapes them: the cost is a few atomic additions.
+    let metrics = hds_metrics::Metrics::new();
+
     // One database for everything: identities, vaults, ARM resources, the index, key state.
     let database_url = match options.index.as_str() {
         "sqlite" => format!("sqlite:{}", data_dir.join("index.db").display()),
@@ -109,9 +112,13 @@ pub async fn run(options: UpOptions) -> anyhow::Result<()> {
 
     // Every DICOM service's index values are tokenized and sealed under its own keys.
     let keyrings = ServiceKeyrings::default();
-    let index = Index::open(database.clone(), Arc::new(keyrings.clone()))
-        .await
-        .context("opening the index")?;
+    let index = Index::open_with_metrics(
+        database.clone(),
+        Arc::new(keyrings.clone()),
+        metrics.group_commits.clone(),
+    )
+    .await
+    .context("opening the index")?;
     let blobs = match remote_blobs {
         Some(remote) => remote.checked().await?,
         None => {
@@ -123,6 +130,7 @@ pub async fn run(options: UpOptions) -> anyhow::Result<()> {
     };
     // Blobs of stores a crash interrupted, and study keys without studies.
     let sweeper = hds_backup::Sweeper::new(database.clone(), blobs.clone(), options.orphan_grace)
+        .with_metrics(metrics.orphan_sweeps.clone())
         .spawn(options.sweep_interval);
 
     // Key vaults: each on its own HTTPS listener (the Azure SDKs address vaults by host).
@@ -190,7 +198,8 @@ pub async fn run(options: UpOptions) -> anyhow::Result<()> {
         },
         destinations,
     )
-    .context("creating the key vault client")?;
+    .context("creating the key vault client")?
+    .with_metrics(metrics.key_vault_calls.clone());
     let entra: Option<Arc<dyn TokenSource>> = azure_application.clone().map(|application| {
         Arc::new(EntraTokenSource::new(application, reqwest::Client::new())) as Arc<dyn TokenSource>
     });
@@ -220,6 +229,7 @@ pub async fn run(options: UpOptions) -> anyhow::Result<()> {
         .await
         .context("opening the key-access monitor")?,
     );
+    metrics.set_key_access_source(monitor.clone());
     let host = DicomHost::new(DicomHostParts {
         database: database.clone(),
         root_key: root_key.clone(),
@@ -319,6 +329,10 @@ pub async fn run(options: UpOptions) -> anyhow::Result<()> {
             InFlightRequests::new(limits.max_in_flight_requests),
             listener_limits::limit_in_flight,
         ))
+        .layer(axum::middleware::from_fn_with_state(
+            metrics.http.clone(),
+            crate::metrics::record_request,
+        ))
         .layer(TraceLayer::new_for_http().make_span_with(logging::request_span));
 
     if !options.no_bootstrap {
@@ -354,6 +368,11 @@ pub async fn run(options: UpOptions) -> anyhow::Result<()> {
             .await;
     });
 
+    let metrics_listener = match options.metrics_listen {
+        Some(address) => Some(crate::metrics::serve(address, metrics.clone()).await?),
+        None => None,
+    };
+
     // Bind only now that everything is ready: a client that connects is served at once.
     let listener = std::net::TcpListener::bind(options.listen)
         .with_context(|| format!("binding {}", options.listen))?;
@@ -374,6 +393,9 @@ pub async fn run(options: UpOptions) -> anyhow::Result<()> {
         bootstrap.admin_credentials_path.display()
     );
     println!("{}", served.banner);
+    if let Some(address) = options.metrics_listen {
+        println!("  metrics:   http://{address}/metrics");
+    }
     for vault in vault_service.list_vaults().await.unwrap_or_default() {
         println!("  vault {}: {}", vault.name, vault.vault_uri);
     }
@@ -388,7 +410,11 @@ pub async fn run(options: UpOptions) -> anyhow::Result<()> {
     let service = app.into_make_service();
     // TCP_NODELAY: without it a response's last small write can wait for the client's delayed
     // acknowledgement (tens of milliseconds on WADO-RS tails).
-    let no_delay = LimitedAcceptor::new(axum_server::accept::NoDelayAcceptor::new(), &limits);
+    let no_delay = LimitedAcceptor::new(
+        axum_server::accept::NoDelayAcceptor::new(),
+        &limits,
+        metrics.http.clone(),
+    );
     if options.http {
         let mut server = axum_server::from_tcp(listener).acceptor(no_delay);
         listener_limits::configure_http(&mut server, &limits);
@@ -402,6 +428,9 @@ pub async fn run(options: UpOptions) -> anyhow::Result<()> {
     }
     sweeper.abort();
     key_rotation.abort();
+    if let Some(metrics_listener) = metrics_listener {
+        metrics_listener.abort();
+    }
     let _ = stop_monitor.send(());
     vault_listeners.shutdown();
     println!("hds stopped");
