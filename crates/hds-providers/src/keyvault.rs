@@ -590,9 +590,11 @@ impl ResourceProvider for VaultProvider {
     }
 }
 
-/// The key provider (ARM's create-if-absent semantics).
+/// The key provider (ARM's create-if-absent semantics), plus the `rotate` action that adds a
+/// version (see [`crate::key_versions`]).
 pub struct KeyProvider {
     service: Arc<KeyVaultService>,
+    identity: Identity,
 }
 
 impl std::fmt::Debug for KeyProvider {
@@ -604,20 +606,28 @@ impl std::fmt::Debug for KeyProvider {
 }
 
 impl KeyProvider {
-    /// Keys kept by `service`.
-    pub fn new(service: Arc<KeyVaultService>) -> KeyProvider {
-        KeyProvider { service }
+    /// Keys kept by `service`; `identity` decides the data-plane permission `rotate` needs.
+    pub fn new(service: Arc<KeyVaultService>, identity: Identity) -> KeyProvider {
+        KeyProvider { service, identity }
     }
 
     async fn vault_of(&self, id: &ResourceId) -> Result<Vault, ArmError> {
-        let parent = id
-            .parent()
-            .ok_or_else(|| ArmError::resource_not_found(id))?;
-        match self.service.get_vault(parent.name()).await {
-            Ok(vault) => Ok(vault),
-            Err(VaultError::VaultNotFound(_)) => Err(ArmError::parent_not_found(&parent)),
-            Err(error) => Err(from_vault(error)),
-        }
+        vault_of_key(&self.service, id).await
+    }
+}
+
+/// The vault of key `id` (`.../vaults/{vault}/keys/{name}`).
+pub(crate) async fn vault_of_key(
+    service: &KeyVaultService,
+    id: &ResourceId,
+) -> Result<Vault, ArmError> {
+    let parent = id
+        .parent()
+        .ok_or_else(|| ArmError::resource_not_found(id))?;
+    match service.get_vault(parent.name()).await {
+        Ok(vault) => Ok(vault),
+        Err(VaultError::VaultNotFound(_)) => Err(ArmError::parent_not_found(&parent)),
+        Err(error) => Err(from_vault(error)),
     }
 }
 
@@ -703,8 +713,8 @@ fn parse_key_options(
     })
 }
 
-/// A key as ARM returns it.
-fn key_json(id: &ResourceId, bundle: &KeyBundle) -> Value {
+/// A key (or, under `id` `.../keys/{name}/versions/{version}`, one version) as ARM returns it.
+pub(crate) fn key_json(id: &ResourceId, bundle: &KeyBundle) -> Value {
     let key = &bundle.key;
     let mut attributes = json!({
         "enabled": key.enabled,
@@ -722,7 +732,7 @@ fn key_json(id: &ResourceId, bundle: &KeyBundle) -> Value {
     let mut value = json!({
         "id": id.as_str(),
         "name": id.name(),
-        "type": KEYS_TYPE,
+        "type": id.resource_type().unwrap_or_else(|| KEYS_TYPE.to_owned()),
         "properties": {
             "attributes": attributes,
             "kty": key.key_type.as_str(),
@@ -844,6 +854,43 @@ impl ResourceProvider for KeyProvider {
             let mut merged = current;
             hds_arm::merge_patch(&mut merged, &body);
             self.put(context, id, merged).await
+        })
+    }
+
+    /// `rotate`: a new version of the key, as the data plane's `POST /keys/{name}/rotate`.
+    fn post_action(
+        &self,
+        context: RequestContext,
+        id: ResourceId,
+        action: String,
+        _body: Value,
+    ) -> ArmFuture<'_, ProviderResponse> {
+        Box::pin(async move {
+            if !action.eq_ignore_ascii_case("rotate") {
+                return Err(ArmError::new(
+                    StatusCode::NOT_FOUND,
+                    "InvalidAction",
+                    format!("The action '{action}' is not supported on keys; 'rotate' is."),
+                ));
+            }
+            let vault = self.vault_of(&id).await?;
+            crate::key_versions::authorize_key_action(
+                &self.identity,
+                &vault,
+                &context,
+                KeyPermission::Rotate,
+                id.name(),
+            )
+            .await?;
+            let bundle = self
+                .service
+                .rotate_key(&vault, id.name())
+                .await
+                .map_err(|error| match error {
+                    VaultError::KeyNotFound(_) => ArmError::resource_not_found(&id),
+                    other => from_vault(other),
+                })?;
+            Ok(ProviderResponse::Completed(key_json(&id, &bundle)))
         })
     }
 

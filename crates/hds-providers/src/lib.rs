@@ -8,7 +8,7 @@
 //! |---|---|
 //! | `Microsoft.ManagedIdentity/userAssignedIdentities` | [`hds_identity`] managed identities |
 //! | `Microsoft.Authorization/roleAssignments`, `roleDefinitions` | [`hds_identity`] RBAC |
-//! | `Microsoft.KeyVault/vaults`, `vaults/keys` | [`hds_keyvault::KeyVaultService`] |
+//! | `Microsoft.KeyVault/vaults`, `vaults/keys`, `vaults/keys/versions` | [`hds_keyvault::KeyVaultService`] |
 //! | `Microsoft.HealthcareApis/workspaces`, `workspaces/dicomservices` | the store, and a [`DicomServiceHost`] |
 //! | `Microsoft.ResourceHealth/availabilityStatuses` | [`DicomServiceHost::health`] |
 //!
@@ -28,6 +28,7 @@ mod health;
 mod healthcare;
 mod host;
 mod json;
+mod key_versions;
 mod keyvault;
 mod managed_identity;
 mod workspace_names;
@@ -52,6 +53,7 @@ pub use host::{
     DEFAULT_LOST_ACCESS_LATCH, DicomServiceHost, DicomServiceSpec, HealthReport, KeyAccessState,
     KeyBinding, KeyIdentityKind,
 };
+pub use key_versions::{KEY_VERSIONS_TYPE, KeyVersionProvider};
 pub use keyvault::{KEYS_TYPE, KeyProvider, VAULTS_TYPE, VaultEvents, VaultProvider};
 pub use managed_identity::{USER_ASSIGNED_IDENTITIES_TYPE, UserAssignedIdentityProvider};
 
@@ -102,9 +104,14 @@ pub fn register_all(builder: ArmBuilder, dependencies: &ProviderDependencies) ->
             identity.clone(),
             dependencies.vault_events.clone(),
         )))
-        .provider(Arc::new(KeyProvider::new(Arc::clone(
-            &dependencies.key_vault,
-        ))))
+        .provider(Arc::new(KeyProvider::new(
+            Arc::clone(&dependencies.key_vault),
+            identity.clone(),
+        )))
+        .provider(Arc::new(KeyVersionProvider::new(
+            Arc::clone(&dependencies.key_vault),
+            identity.clone(),
+        )))
         .provider(Arc::new(WorkspaceProvider::new(
             dependencies.database.clone(),
         )))

@@ -516,6 +516,7 @@ on_both_backends!(
     vault_permission_model_needs_the_right_to_assign_roles,
     workspace_names_are_unique_across_groups,
     attaching_an_identity_needs_assign_on_it,
+    key_versions_through_the_control_plane,
 );
 
 async fn identity_types_on_a_dicom_service(backend: Backend) {
@@ -2147,5 +2148,187 @@ async fn attaching_an_identity_needs_assign_on_it(backend: Backend) {
     assert_eq!(
         value["identity"]["userAssignedIdentities"][&foreign_id]["principalId"],
         foreign["properties"]["principalId"]
+    );
+}
+
+/// A key's versions through ARM: list, read, rotate, disable and enable one; the writes need the
+/// vault's data-plane permission, not only the ARM one.
+async fn key_versions_through_the_control_plane(backend: Backend) {
+    const CONTRIBUTOR: &str = "b24988ac-6180-42a0-ab88-20f7382dd24c";
+    let harness = Harness::new(backend).await;
+    let first_url = harness.put_vault_and_key("rg1", "versioned", "cmk").await;
+    let key = format!("{}/keys/cmk", harness.vault("rg1", "versioned"));
+    let first = first_url.rsplit('/').next().expect("version").to_owned();
+    let versions = harness
+        .ok(
+            Method::GET,
+            &format!("{key}/versions"),
+            "2022-07-01",
+            Value::Null,
+        )
+        .await;
+    assert_eq!(
+        versions["value"].as_array().map(Vec::len),
+        Some(1),
+        "{versions}"
+    );
+    assert_eq!(versions["value"][0]["name"], first.as_str());
+    assert_eq!(
+        versions["value"][0]["type"],
+        "Microsoft.KeyVault/vaults/keys/versions"
+    );
+
+    let rotated = harness
+        .ok(
+            Method::POST,
+            &format!("{key}/rotate"),
+            "2022-07-01",
+            json!({}),
+        )
+        .await;
+    let second_url = rotated["properties"]["keyUriWithVersion"]
+        .as_str()
+        .expect("keyUriWithVersion")
+        .to_owned();
+    assert_ne!(second_url, first_url);
+    assert_eq!(rotated["properties"]["keySize"], 2048);
+    let current = harness
+        .ok(Method::GET, &key, "2022-07-01", Value::Null)
+        .await;
+    assert_eq!(
+        current["properties"]["keyUriWithVersion"],
+        second_url.as_str()
+    );
+
+    let first_id = format!("{key}/versions/{first}");
+    let disabled = harness
+        .ok(
+            Method::PATCH,
+            &first_id,
+            "2022-07-01",
+            json!({"properties": {"attributes": {"enabled": false}}}),
+        )
+        .await;
+    assert_eq!(disabled["properties"]["attributes"]["enabled"], false);
+    let read = harness
+        .ok(Method::GET, &first_id, "2022-07-01", Value::Null)
+        .await;
+    assert_eq!(read["properties"]["attributes"]["enabled"], false);
+    assert_eq!(read["properties"]["keyUriWithVersion"], first_url.as_str());
+    let versions = harness
+        .ok(
+            Method::GET,
+            &format!("{key}/versions"),
+            "2022-07-01",
+            Value::Null,
+        )
+        .await;
+    let enabled: Vec<&Value> = versions["value"]
+        .as_array()
+        .expect("value")
+        .iter()
+        .map(|version| &version["properties"]["attributes"]["enabled"])
+        .collect();
+    assert_eq!(enabled, [&json!(false), &json!(true)], "oldest first");
+    harness
+        .ok(
+            Method::PATCH,
+            &first_id,
+            "2022-07-01",
+            json!({"properties": {"attributes": {"enabled": true}}}),
+        )
+        .await;
+
+    // Hostile or unsupported requests: clear 4xx.
+    for body in [
+        json!({"properties": {"attributes": {"enabled": "no"}}}),
+        json!({"properties": {"attributes": {"keySize": 4096}}}),
+        json!({"properties": {}}),
+        json!({"tags": {"a": "b"}, "properties": {"attributes": {"enabled": true}}}),
+        json!([1, 2]),
+    ] {
+        harness
+            .fails(
+                Method::PATCH,
+                &first_id,
+                "2022-07-01",
+                body,
+                StatusCode::BAD_REQUEST,
+                "InvalidRequestContent",
+            )
+            .await;
+    }
+    let missing = format!("{key}/versions/{}", "0".repeat(32));
+    harness
+        .fails(
+            Method::PATCH,
+            &missing,
+            "2022-07-01",
+            json!({"properties": {"attributes": {"enabled": false}}}),
+            StatusCode::NOT_FOUND,
+            "ResourceNotFound",
+        )
+        .await;
+    let (status, _) = harness
+        .call(
+            Method::GET,
+            &format!("{key}/versions/..%2F{}", "x".repeat(300)),
+            "2022-07-01",
+            None,
+        )
+        .await;
+    assert!(status.is_client_error(), "{status}");
+    harness
+        .fails(
+            Method::PUT,
+            &missing,
+            "2022-07-01",
+            json!({"properties": {}}),
+            StatusCode::METHOD_NOT_ALLOWED,
+            "MethodNotAllowed",
+        )
+        .await;
+    harness
+        .fails(
+            Method::POST,
+            &format!("{key}/explode"),
+            "2022-07-01",
+            json!({}),
+            StatusCode::NOT_FOUND,
+            "InvalidAction",
+        )
+        .await;
+
+    // A Contributor may write ARM resources but holds no data action on the vault's keys.
+    let (principal, token) = harness.management_principal("contributor").await;
+    harness
+        .assign(&harness.group("rg1"), CONTRIBUTOR, &principal)
+        .await;
+    let (status, _, value) = harness
+        .call_as(
+            Some(&token),
+            Method::PATCH,
+            &first_id,
+            "2022-07-01",
+            Some(json!({"properties": {"attributes": {"enabled": false}}})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{value}");
+    let (status, _, value) = harness
+        .call_as(
+            Some(&token),
+            Method::POST,
+            &format!("{key}/rotate"),
+            "2022-07-01",
+            Some(json!({})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{value}");
+    let read = harness
+        .ok(Method::GET, &first_id, "2022-07-01", Value::Null)
+        .await;
+    assert_eq!(
+        read["properties"]["attributes"]["enabled"], true,
+        "the refused PATCH changed nothing"
     );
 }

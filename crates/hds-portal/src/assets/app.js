@@ -121,10 +121,11 @@ function table(headers, rows, emptyText) {
   );
 }
 
-function radios(name, options, selected, onchange) {
+/** A radio group; `labelledBy` is the id of the element that names it. */
+function radios(name, options, selected, onchange, labelledBy) {
   return el(
     "div",
-    { class: "radios", role: "radiogroup" },
+    { class: "radios", role: "radiogroup", "aria-labelledby": labelledBy },
     options.map(([value, text]) =>
       el(
         "label",
@@ -149,6 +150,40 @@ function select(id, options, selected, onchange) {
     options.map(([value, text]) => el("option", { value, selected: value === selected }, text)),
   );
   return node;
+}
+
+/**
+ * Tabs as ARIA describes them: a tablist of tabs with aria-selected, one in the tab order, the
+ * arrow keys moving between them. `onselect(value)` runs when one is chosen.
+ */
+function tabs(label, idPrefix, items, active, onselect) {
+  const buttons = items.map(([value, text]) =>
+    el(
+      "button",
+      {
+        type: "button",
+        role: "tab",
+        id: `${idPrefix}-${value}`,
+        class: value === active ? "active" : null,
+        "aria-selected": String(value === active),
+        tabindex: value === active ? "0" : "-1",
+        onclick: () => onselect(value),
+      },
+      text,
+    ),
+  );
+  const list = el("div", { class: "tabs", role: "tablist", "aria-label": label }, buttons);
+  list.addEventListener("keydown", (event) => {
+    const index = buttons.indexOf(document.activeElement);
+    if (index < 0) return;
+    const step = { ArrowRight: 1, ArrowLeft: -1 }[event.key];
+    if (!step) return;
+    event.preventDefault();
+    const next = buttons[(index + step + buttons.length) % buttons.length];
+    next.focus();
+    next.click();
+  });
+  return list;
 }
 
 function formatTime(value) {
@@ -465,6 +500,7 @@ const VIEWS = {
   "workspace-overview": renderWorkspace,
   "create-dicom": renderCreateDicom,
   "identity-overview": renderOverview,
+  identities: renderIdentities,
 };
 
 let renderGeneration = 0;
@@ -535,11 +571,16 @@ function renderCrumbs(view, params) {
   const parts = [link({ view: "home" }, "Home")];
   if (params.id) {
     const info = parseId(params.id);
-    if (info.resourceGroup) parts.push(link({ view: "home", group: info.resourceGroup }, info.resourceGroup));
+    if (info.resourceGroup) {
+      parts.push(link({ view: "home", group: info.resourceGroup }, info.resourceGroup, el("span", { class: "crumb-kind" }, " (resource group)")));
+    }
     const items = MENUS[info.type] || [];
-    parts.push(link({ view: (items[0] || ["home"])[0], id: params.id }, info.name));
+    const kind = TYPE_LABELS[info.type] ? TYPE_LABELS[info.type].toLowerCase() : null;
+    parts.push(link({ view: (items[0] || ["home"])[0], id: params.id }, info.name, kind ? el("span", { class: "crumb-kind" }, ` (${kind})`) : null));
     const current = items.find(([itemView]) => itemView === view);
     if (current && current !== items[0]) parts.push(el("span", {}, current[1]));
+  } else if (view === "identities") {
+    parts.push(el("span", {}, "Managed identities"));
   }
   parts.forEach((part, index) => {
     if (index) crumbs.append(el("span", { class: "sep" }, "›"));
@@ -595,11 +636,12 @@ async function renderSignIn({ page, params }) {
     el("h1", {}, "Sign in"),
     el("div", { class: "subtitle" }, "Use a service principal's client credentials, or paste a management token."),
     params.reason === "expired" ? notice("info", "Your session ended. Sign in again.") : null,
+    el("span", { id: "signin-mode-label", class: "muted" }, "Sign in with"),
     radios("signin-mode", [["secret", "Client secret"], ["token", "Access token"]], mode, (value) => {
       mode = value;
       secretForm.hidden = value !== "secret";
       tokenForm.hidden = value !== "token";
-    }),
+    }, "signin-mode-label"),
     secretForm,
     tokenForm,
     el("div", { class: "toolbar" }, button),
@@ -659,6 +701,7 @@ function sessionFromToken(token) {
 async function renderHome(context) {
   const { page, params } = context;
   heading(page, "Resources", "Key vaults, DICOM services and managed identities.");
+  page.append(el("div", { class: "toolbar" }, link({ view: "identities" }, "Managed identities: create, list, delete")));
   const scope = loadScope();
   const subscriptions = await listValue("/subscriptions", API_VERSIONS.subscriptions);
   if (context.stale()) return;
@@ -765,15 +808,15 @@ async function renderOverview(context) {
     rows.push(["Encryption", keyUrlOf(resource) ? "Customer-managed key" : "Service-managed key"]);
     rows.push(["Identity type", (resource.identity && resource.identity.type) || "None"]);
   } else if (info.type === TYPES.identity) {
-    rows.push(["Principal ID", properties.principalId]);
-    rows.push(["Client ID", properties.clientId]);
+    rows.push(["Principal ID", properties.principalId, copyButton(properties.principalId, "principal ID")]);
+    rows.push(["Client ID", properties.clientId, copyButton(properties.clientId, "client ID")]);
     rows.push(["Tenant ID", properties.tenantId]);
   }
   page.append(
     el(
       "dl",
       { class: "kv card" },
-      rows.filter(([, value]) => value !== undefined && value !== null).map(([name, value]) => [el("dt", {}, name), el("dd", { class: name.endsWith("ID") || name.endsWith("URL") || name.endsWith("URI") ? "mono" : null }, value)]),
+      rows.filter(([, value]) => value !== undefined && value !== null).map(([name, value, action]) => [el("dt", {}, name), el("dd", { class: name.endsWith("ID") || name.endsWith("URL") || name.endsWith("URI") ? "mono" : null, "data-field": name }, value, action ? [" ", action] : null)]),
     ),
   );
 }
@@ -870,32 +913,73 @@ async function renderVaultAccessControl(context) {
     wizardHost,
   );
   if (params.assigned) statusHost.append(notice("success", "Role assignment added."));
+  if (params.removed) statusHost.append(notice("success", "Role assignment removed."));
 
   const vaultScope = params.id.toLowerCase();
   const rows = assignments.map((assignment) => {
     const properties = assignment.properties || {};
     const known = directory.get(properties.principalId);
     const scope = (properties.scope || "").toLowerCase();
-    const scopeText = scope === vaultScope ? "This resource" : vaultScope.startsWith(`${scope}/`) ? "Inherited" : "Child resource";
+    const here = scope === vaultScope;
+    const roleName = roleNames.get(guidOf(properties.roleDefinitionId)) || guidOf(properties.roleDefinitionId);
+    const name = known ? known.name : "Unknown principal";
     return el(
       "tr",
       { "data-principal-id": properties.principalId, "data-role-definition": guidOf(properties.roleDefinitionId) },
-      el("td", {}, known ? known.name : el("span", { class: "mono" }, properties.principalId)),
+      el("td", { class: "principal-name" }, name),
       el("td", {}, known ? known.kind : properties.principalType || ""),
       el("td", { class: "mono" }, properties.principalId),
-      el("td", { class: "role" }, roleNames.get(guidOf(properties.roleDefinitionId)) || guidOf(properties.roleDefinitionId)),
-      el("td", { title: properties.scope || "" }, scopeText),
+      el("td", { class: "role" }, roleName),
+      el("td", { class: "scope", title: properties.scope || "" }, scopeLabel(scope, vaultScope)),
+      el("td", {}, here ? removeAssignmentButton(assignment, `${roleName} for ${name}`, params.id, statusHost) : el("span", { class: "muted" }, "Managed at its scope")),
     );
   });
   page.append(
     el("h2", {}, "Role assignments"),
-    table(["Name", "Type", "Principal ID", "Role", "Scope"], rows, "No role assignments"),
+    table(["Name", "Type", "Principal ID", "Role", "Scope", ""], rows, "No role assignments"),
   );
 
   function openWizard() {
     clear(wizardHost);
     wizardHost.append(roleAssignmentWizard(params.id, definitions, info.subscription, statusHost));
   }
+}
+
+/** A role assignment's scope as Azure shows it from `resourceScope`: "Subscription (Inherited)"... */
+function scopeLabel(scope, resourceScope) {
+  if (scope === resourceScope) return "This resource";
+  if (resourceScope.startsWith(`${scope}/`) || scope === "/") {
+    const parts = scope.split("/").filter(Boolean);
+    if (!parts.length) return "Root (Inherited)";
+    if (parts.length === 2 && parts[0] === "subscriptions") return "Subscription (Inherited)";
+    if (parts.length === 4 && parts[2] === "resourcegroups") return `Resource group (Inherited)`;
+    return "Parent resource (Inherited)";
+  }
+  return "Child resource";
+}
+
+/** Remove, asked twice (Remove, then Confirm / Cancel): deletes the assignment. */
+function removeAssignmentButton(assignment, what, resourceId, status) {
+  const host = el("span", {});
+  const draw = () => clear(host).append(el("button", { type: "button", class: "remove-assignment", "aria-label": `Remove ${what}`, onclick: ask }, "Remove"));
+  function ask() {
+    const yes = el("button", { type: "button", class: "primary confirm-remove", "aria-label": `Confirm removing ${what}` }, "Confirm remove");
+    yes.addEventListener("click", async () => {
+      yes.disabled = true;
+      clear(status);
+      try {
+        await arm("DELETE", idPath(assignment.id), API_VERSIONS.authorization);
+        navigate({ view: "vault-iam", id: resourceId, removed: Date.now() });
+      } catch (error) {
+        status.append(errorNotice(error));
+        draw();
+      }
+    });
+    clear(host).append(yes, " ", el("button", { type: "button", onclick: draw }, "Cancel"));
+    yes.focus();
+  }
+  draw();
+  return host;
 }
 
 function roleAssignmentWizard(scopeId, definitions, subscription, statusHost) {
@@ -919,7 +1003,7 @@ function roleAssignmentWizard(scopeId, definitions, subscription, statusHost) {
   }
 
   function drawRole() {
-    const search = el("input", { type: "text", id: "role-search", placeholder: "Search by role name", value: state.filter });
+    const search = el("input", { type: "search", id: "role-search", placeholder: "Search by role name", value: state.filter });
     const body = el("tbody", {});
     const fill = () => {
       clear(body);
@@ -927,26 +1011,24 @@ function roleAssignmentWizard(scopeId, definitions, subscription, statusHost) {
       const shown = definitions
         .filter((definition) => definition.properties.roleName.toLowerCase().includes(needle))
         .sort((left, right) => left.properties.roleName.localeCompare(right.properties.roleName));
-      for (const definition of shown) {
-        const selected = state.role && state.role.name === definition.name;
+      shown.forEach((definition, index) => {
+        const selected = Boolean(state.role && state.role.name === definition.name);
+        const radio = el("input", { type: "radio", name: "role", id: `role-option-${index}`, value: definition.name, checked: selected });
+        radio.addEventListener("change", () => {
+          state.role = definition;
+          markSelected(body, radio);
+          next.disabled = false;
+        });
         body.append(
           el(
             "tr",
-            {
-              class: `selectable${selected ? " selected" : ""}`,
-              "data-role-name": definition.properties.roleName,
-              onclick: () => {
-                state.role = definition;
-                fill();
-                next.disabled = false;
-              },
-            },
-            el("td", {}, el("input", { type: "radio", name: "role", checked: selected, "aria-label": definition.properties.roleName })),
-            el("td", {}, definition.properties.roleName),
+            { class: `selectable${selected ? " selected" : ""}`, "data-role-name": definition.properties.roleName, onclick: (event) => event.target !== radio && radio.click() },
+            el("td", {}, radio),
+            el("td", {}, el("label", { for: radio.id }, definition.properties.roleName)),
             el("td", { class: "muted" }, definition.properties.description || ""),
           ),
         );
-      }
+      });
     };
     search.addEventListener("input", () => {
       state.filter = search.value;
@@ -955,8 +1037,8 @@ function roleAssignmentWizard(scopeId, definitions, subscription, statusHost) {
     const next = el("button", { type: "button", class: "primary", id: "wizard-next", disabled: !state.role, onclick: () => { state.step = "members"; draw(); } }, "Next");
     fill();
     root.append(
-      search,
-      el("table", {}, el("thead", {}, el("tr", {}, el("th", {}, ""), el("th", {}, "Name"), el("th", {}, "Description"))), body),
+      field("Search roles", search),
+      el("table", { "aria-label": "Roles" }, el("thead", {}, el("tr", {}, el("th", {}, "Select"), el("th", {}, "Name"), el("th", {}, "Description"))), body),
       el("div", { class: "toolbar" }, next),
     );
   }
@@ -968,7 +1050,7 @@ function roleAssignmentWizard(scopeId, definitions, subscription, statusHost) {
       : el("div", { class: "muted" }, "No members selected.");
     root.append(
       el("div", { class: "field" }, el("span", { class: "label" }, "Selected role"), el("span", {}, state.role.properties.roleName)),
-      el("div", { class: "field" }, el("span", { class: "label" }, "Assign access to"), radios("assign-to", [["managed", "Managed identity"]], "managed", () => {})),
+      el("div", { class: "field" }, el("span", { class: "label", id: "assign-to-label" }, "Assign access to"), radios("assign-to", [["managed", "Managed identity"]], "managed", () => {}, "assign-to-label")),
       el("div", { class: "field" }, el("span", { class: "label" }, "Members"), el("div", {}, el("button", { type: "button", id: "select-members", onclick: () => openPane(paneHost) }, "+ Select members"), chosen)),
       paneHost,
       el(
@@ -989,27 +1071,30 @@ function roleAssignmentWizard(scopeId, definitions, subscription, statusHost) {
       let kind = state.memberKind;
       let picked = null;
       const list = el("tbody", {});
+      // Each identity is a radio button (Tab reaches the group, the arrow keys choose), its
+      // name the radio's label; a click anywhere on the row chooses it too.
       const fill = () => {
         clear(list);
-        for (const candidate of candidates.filter((item) => item.group === kind)) {
-          list.append(
-            el(
-              "tr",
-              {
-                class: `selectable${picked === candidate ? " selected" : ""}`,
-                "data-member-name": candidate.name,
-                onclick: () => {
-                  picked = candidate;
-                  fill();
-                  choose.disabled = false;
-                },
-              },
-              el("td", {}, candidate.name),
-              el("td", { class: "mono" }, candidate.principalId),
-            ),
-          );
-        }
-        if (!list.childElementCount) list.append(el("tr", {}, el("td", { colspan: 2, class: "muted" }, "No managed identities of this kind.")));
+        candidates
+          .filter((item) => item.group === kind)
+          .forEach((candidate, index) => {
+            const radio = el("input", { type: "radio", name: "member", id: `member-option-${index}`, value: candidate.principalId, checked: picked === candidate });
+            radio.addEventListener("change", () => {
+              picked = candidate;
+              markSelected(list, radio);
+              choose.disabled = false;
+            });
+            list.append(
+              el(
+                "tr",
+                { class: `selectable${picked === candidate ? " selected" : ""}`, "data-member-name": candidate.name, onclick: (event) => event.target !== radio && radio.click() },
+                el("td", {}, radio),
+                el("td", {}, el("label", { for: radio.id }, candidate.name)),
+                el("td", { class: "mono" }, candidate.principalId),
+              ),
+            );
+          });
+        if (!list.childElementCount) list.append(el("tr", {}, el("td", { colspan: 3, class: "muted" }, "No managed identities of this kind.")));
       };
       const choose = el("button", { type: "button", class: "primary", id: "select-member-confirm", disabled: true, onclick: () => { state.member = picked; state.memberKind = kind; draw(); } }, "Select");
       clear(pane);
@@ -1032,7 +1117,7 @@ function roleAssignmentWizard(scopeId, definitions, subscription, statusHost) {
             },
           ),
         ),
-        el("table", {}, el("thead", {}, el("tr", {}, el("th", {}, "Name"), el("th", {}, "Principal ID"))), list),
+        el("table", { "aria-label": "Managed identities" }, el("thead", {}, el("tr", {}, el("th", {}, "Select"), el("th", {}, "Name"), el("th", {}, "Principal ID"))), list),
         el("div", { class: "toolbar" }, choose, el("button", { type: "button", onclick: () => clear(paneHost) }, "Close")),
       ]);
       fill();
@@ -1084,6 +1169,11 @@ function roleAssignmentWizard(scopeId, definitions, subscription, statusHost) {
   return root;
 }
 
+/** Marks the row of the checked radio as selected, and only that row. */
+function markSelected(body, radio) {
+  for (const row of body.querySelectorAll("tr")) row.classList.toggle("selected", row.contains(radio));
+}
+
 async function memberCandidates(subscription) {
   const directory = await principalDirectory(subscription);
   return Array.from(directory.entries())
@@ -1097,74 +1187,228 @@ async function memberCandidates(subscription) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Key vault: Keys
+// Key vault: Keys (through the control plane's key and key-version endpoints, this origin)
+
+/** What a DICOM service accepts as its key (the control plane refuses anything else). */
+const CMK_KEY_TYPES = ["RSA", "RSA-HSM"];
+const CMK_KEY_SIZES = [2048, 3072];
+const CMK_KEY_OPS = ["wrapKey", "unwrapKey"];
+
+/** Why a key (version) cannot be a DICOM service's key, as the service would say; or null. */
+function cmkKeyProblem(properties) {
+  const props = properties || {};
+  const size = Number(props.keySize);
+  if (props.kty && !CMK_KEY_TYPES.includes(props.kty)) {
+    return ["KeyTypeNotSupported", `The key is ${props.kty}; a DICOM service needs an RSA or RSA-HSM key.`];
+  }
+  if (size && !CMK_KEY_SIZES.includes(size)) {
+    return ["KeySizeNotSupported", `The key is ${size} bits; a DICOM service needs a 2048-bit or 3072-bit RSA key.`];
+  }
+  const ops = props.keyOps || [];
+  if (props.keyOps && !CMK_KEY_OPS.every((operation) => ops.includes(operation))) {
+    return ["KeyOperationsNotAllowed", "The key must permit wrapKey and unwrapKey."];
+  }
+  if (props.attributes && props.attributes.enabled === false) {
+    return ["KeyDisabled", "The key version is disabled; enable it or choose another."];
+  }
+  return null;
+}
+
+function keyPath(vaultId, name) {
+  return `${idPath(vaultId)}/keys/${encodeURIComponent(name)}`;
+}
+
+function versionOf(properties) {
+  return ((properties || {}).keyUriWithVersion || "").split("/").pop();
+}
+
+/** The versions of a key, newest first (the control plane lists them oldest first). */
+async function listKeyVersions(vaultId, name) {
+  return (await listValue(`${keyPath(vaultId, name)}/versions`, API_VERSIONS.keyVault)).reverse();
+}
+
+function enabledText(properties) {
+  return ((properties || {}).attributes || {}).enabled === false ? "Disabled" : "Enabled";
+}
 
 async function renderVaultKeys(context) {
   const { page, params } = context;
+  if (!params.key) return renderKeyList(context);
+  if (!params.version) return renderKeyVersions(context);
+  return renderKeyVersion(context);
+}
+
+async function renderKeyList(context) {
+  const { page, params } = context;
   const keys = await listValue(`${idPath(params.id)}/keys`, API_VERSIONS.keyVault);
   if (context.stale()) return;
-  const key = params.key ? keys.find((item) => item.name === params.key) : null;
-  if (!key) {
-    heading(page, "Keys", parseId(params.id).name);
-    page.append(
-      table(
-        ["Name", "Type", "Size", "Status", "Updated"],
-        keys.map((item) => {
-          const properties = item.properties || {};
-          const attributes = properties.attributes || {};
-          return el(
-            "tr",
-            { "data-key-name": item.name },
-            el("td", {}, link({ view: "vault-keys", id: params.id, key: item.name }, item.name)),
-            el("td", {}, properties.kty || ""),
-            el("td", {}, properties.keySize ? String(properties.keySize) : ""),
-            el("td", {}, attributes.enabled === false ? "Disabled" : "Enabled"),
-            el("td", {}, formatTime(attributes.updated)),
-          );
-        }),
-        "No keys",
-      ),
-    );
-    return;
-  }
-  const properties = key.properties || {};
-  const attributes = properties.attributes || {};
-  const versionUrl = properties.keyUriWithVersion || "";
-  const version = versionUrl.split("/").pop();
-  if (!params.version) {
-    heading(page, key.name, "Versions");
-    page.append(
-      el("p", { class: "muted" }, "The control plane shows a key's current version; older versions are listed by the vault's data plane."),
-      table(
-        ["Version", "Status", "Activation date", "Created"],
-        [
-          el(
-            "tr",
-            { "data-key-version": version },
-            el("td", { class: "mono" }, el("span", { class: "muted" }, "CURRENT VERSION "), link({ view: "vault-keys", id: params.id, key: key.name, version }, version)),
-            el("td", {}, attributes.enabled === false ? "Disabled" : "Enabled"),
-            el("td", {}, formatTime(attributes.nbf) || "—"),
-            el("td", {}, formatTime(attributes.created)),
-          ),
-        ],
-      ),
-    );
-    return;
-  }
-  heading(page, `${key.name} / ${params.version}`, "Key version");
-  if (params.version !== version) {
-    page.append(notice("info", "This is not the key's current version; the control plane shows only the current one."));
-    return;
-  }
-  const identifier = el("input", { type: "text", id: "key-identifier", readonly: true, value: versionUrl, class: "mono" });
-  const copied = el("span", { class: "muted", id: "copy-status", role: "status" });
-  const copy = el("button", { type: "button", id: "copy-key-identifier", title: "Copy to clipboard", onclick: () => copyText(identifier, copied) }, "Copy");
+  heading(page, "Keys", parseId(params.id).name);
+  const formHost = el("div", {});
   page.append(
     el(
       "div",
+      { class: "toolbar" },
+      el("button", { type: "button", class: "primary", id: "generate-key", onclick: () => clear(formHost).append(generateKeyForm(params.id, keys)) }, "+ Generate"),
+      el("button", { type: "button", onclick: () => render() }, "Refresh"),
+    ),
+    formHost,
+    table(
+      ["Name", "Type", "Size", "Status", "Updated"],
+      keys.map((item) => {
+        const properties = item.properties || {};
+        return el(
+          "tr",
+          { "data-key-name": item.name },
+          el("td", {}, link({ view: "vault-keys", id: params.id, key: item.name }, item.name)),
+          el("td", {}, properties.kty || ""),
+          el("td", {}, properties.keySize ? String(properties.keySize) : ""),
+          el("td", {}, enabledText(properties)),
+          el("td", {}, formatTime((properties.attributes || {}).updated)),
+        );
+      }),
+      "No keys",
+    ),
+  );
+}
+
+/** Generate: RSA or RSA-HSM, 2048 or 3072 bits, wrapKey and unwrapKey (a DICOM service's key). */
+function generateKeyForm(vaultId, existing) {
+  const status = el("div", { id: "generate-status" });
+  const name = el("input", { type: "text", id: "new-key-name", autocomplete: "off", required: true });
+  const type = select("new-key-type", CMK_KEY_TYPES.map((kty) => [kty, kty === "RSA-HSM" ? "RSA-HSM (in the vault's HSM token)" : "RSA"]), "RSA");
+  let size = "3072";
+  const create = el("button", { type: "button", class: "primary", id: "create-key" }, "Create");
+  const form = el(
+    "div",
+    { class: "card", id: "generate-key-form", role: "group", "aria-labelledby": "generate-key-title" },
+    el("h2", { id: "generate-key-title" }, "Create a key"),
+    field("Name", name, "1-127 letters, digits and hyphens."),
+    field("Key type", type),
+    el(
+      "div",
+      { class: "field" },
+      el("span", { class: "label", id: "new-key-size-label" }, "RSA key size"),
+      el(
+        "div",
+        {},
+        radios("new-key-size", CMK_KEY_SIZES.map((bits) => [String(bits), String(bits)]), size, (value) => { size = value; }, "new-key-size-label"),
+        el("div", { class: "muted", id: "key-size-note" }, "Only 2048 and 3072 bits are offered: they are the sizes a DICOM service accepts for its customer-managed key (4096-bit keys are refused with KeySizeNotSupported)."),
+      ),
+    ),
+    el("div", { class: "field" }, el("span", { class: "label" }, "Permitted operations"), el("span", {}, CMK_KEY_OPS.join(", "))),
+    status,
+    el("div", { class: "toolbar" }, create),
+  );
+  create.addEventListener("click", async () => {
+    clear(status);
+    const keyName = name.value.trim();
+    if (!/^[A-Za-z0-9-]{1,127}$/.test(keyName)) {
+      status.append(errorNotice(new ApiError(400, "KeyNameNotValid", "A key name is 1-127 letters, digits and hyphens.")));
+      return;
+    }
+    if (existing.some((key) => key.name.toLowerCase() === keyName.toLowerCase())) {
+      status.append(errorNotice(new ApiError(409, "KeyAlreadyExists", `The vault already has a key named ${keyName}: open it and add a new version instead.`)));
+      return;
+    }
+    create.disabled = true;
+    try {
+      await arm("PUT", keyPath(vaultId, keyName), API_VERSIONS.keyVault, {
+        properties: { kty: type.value, keySize: Number(size), keyOps: CMK_KEY_OPS, attributes: { enabled: true } },
+      });
+      navigate({ view: "vault-keys", id: vaultId, key: keyName });
+    } catch (error) {
+      status.append(errorNotice(error));
+      create.disabled = false;
+    }
+  });
+  return form;
+}
+
+/** Enables or disables one version; refreshes the page when done. */
+function enableButton(vaultId, keyName, properties, id, status) {
+  const version = versionOf(properties);
+  const enabled = enabledText(properties) === "Enabled";
+  const button = el("button", { type: "button", id, "aria-label": `${enabled ? "Disable" : "Enable"} version ${version}` }, enabled ? "Disable" : "Enable");
+  button.addEventListener("click", async () => {
+    button.disabled = true;
+    clear(status);
+    try {
+      await arm("PATCH", `${keyPath(vaultId, keyName)}/versions/${encodeURIComponent(version)}`, API_VERSIONS.keyVault, {
+        properties: { attributes: { enabled: !enabled } },
+      });
+      render();
+    } catch (error) {
+      status.append(errorNotice(error));
+      button.disabled = false;
+    }
+  });
+  return button;
+}
+
+async function renderKeyVersions(context) {
+  const { page, params } = context;
+  const versions = await listKeyVersions(params.id, params.key);
+  if (context.stale()) return;
+  heading(page, params.key, "Versions");
+  const status = el("div", { id: "key-status" });
+  const newVersion = el("button", { type: "button", class: "primary", id: "new-key-version" }, "+ New version");
+  newVersion.addEventListener("click", async () => {
+    newVersion.disabled = true;
+    clear(status);
+    try {
+      await arm("POST", `${keyPath(params.id, params.key)}/rotate`, API_VERSIONS.keyVault, {});
+      navigate({ view: "vault-keys", id: params.id, key: params.key, rotated: Date.now() });
+    } catch (error) {
+      status.append(errorNotice(error));
+      newVersion.disabled = false;
+    }
+  });
+  if (params.rotated) status.append(notice("success", "New version created. Services that use the key without a version move to it."));
+  const latest = versions[0];
+  page.append(
+    el("div", { class: "toolbar" }, newVersion, el("button", { type: "button", onclick: () => render() }, "Refresh")),
+    status,
+    el("p", { class: "muted" }, "Disabling the version a DICOM service uses makes the service's data unavailable (its requests fail with 500) until the version is enabled again."),
+    table(
+      ["Version", "Key identifier", "Status", "Created", ""],
+      versions.map((item) => {
+        const properties = item.properties || {};
+        const version = versionOf(properties);
+        return el(
+          "tr",
+          { "data-key-version": version, "data-enabled": String(enabledText(properties) === "Enabled") },
+          el(
+            "td",
+            { class: "mono" },
+            item === latest ? el("span", { class: "muted" }, "CURRENT VERSION ") : null,
+            link({ view: "vault-keys", id: params.id, key: params.key, version }, version),
+          ),
+          el("td", { class: "mono" }, properties.keyUriWithVersion || ""),
+          el("td", { class: "enabled" }, enabledText(properties)),
+          el("td", {}, formatTime((properties.attributes || {}).created)),
+          el("td", {}, enableButton(params.id, params.key, properties, `toggle-${version}`, status)),
+        );
+      }),
+      "No versions",
+    ),
+  );
+}
+
+async function renderKeyVersion(context) {
+  const { page, params } = context;
+  const item = await arm("GET", `${keyPath(params.id, params.key)}/versions/${encodeURIComponent(params.version)}`, API_VERSIONS.keyVault);
+  if (context.stale()) return;
+  const properties = item.properties || {};
+  const attributes = properties.attributes || {};
+  heading(page, `${params.key} / ${params.version}`, "Key version");
+  const status = el("div", { id: "key-status" });
+  page.append(
+    el("div", { class: "toolbar" }, enableButton(params.id, params.key, properties, "toggle-key-version", status)),
+    status,
+    el(
+      "div",
       { class: "card" },
-      el("div", { class: "field" }, el("label", { for: "key-identifier" }, "Key Identifier"), el("div", { class: "copy-row" }, identifier, copy)),
-      el("div", { class: "field" }, el("span", { class: "label" }, ""), copied),
+      copyField("Key Identifier", properties.keyUriWithVersion || "", "key-identifier"),
       el(
         "dl",
         { class: "kv" },
@@ -1175,12 +1419,20 @@ async function renderVaultKeys(context) {
         el("dt", {}, "Permitted operations"),
         el("dd", {}, (properties.keyOps || []).join(", ")),
         el("dt", {}, "Enabled"),
-        el("dd", {}, attributes.enabled === false ? "No" : "Yes"),
+        el("dd", { id: "key-enabled" }, attributes.enabled === false ? "No" : "Yes"),
         el("dt", {}, "Created"),
         el("dd", {}, formatTime(attributes.created)),
       ),
     ),
   );
+}
+
+/** A read-only value with a Copy button; the button says where the value went. */
+function copyField(labelText, value, id) {
+  const input = el("input", { type: "text", id, readonly: true, value, class: "mono" });
+  const copied = el("span", { class: "muted", id: `copy-status-${id}`, role: "status" });
+  const copy = el("button", { type: "button", id: `copy-${id}`, "aria-label": `Copy ${labelText}`, onclick: () => copyText(input, copied) }, "Copy");
+  return el("div", { class: "field" }, el("label", { for: id }, labelText), el("div", {}, el("div", { class: "copy-row" }, input, copy), copied));
 }
 
 async function copyText(input, status) {
@@ -1194,6 +1446,143 @@ async function copyText(input, status) {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Managed identities: the user-assigned identities of the subscription
+
+async function renderIdentities(context) {
+  const { page, params } = context;
+  const scope = loadScope();
+  const subscriptions = await listValue("/subscriptions", API_VERSIONS.subscriptions);
+  if (context.stale()) return;
+  const subscription = subscriptions.find((item) => item.subscriptionId === scope.subscription) || subscriptions[0];
+  heading(page, "Managed identities", "User-assigned managed identities: resources of their own that services use to reach a key vault.");
+  if (!subscription) {
+    page.append(notice("info", "No subscription is visible to this identity."));
+    return;
+  }
+  const groups = await listGroups(subscription.subscriptionId);
+  const identities = await listAcrossGroups(subscription.subscriptionId, "Microsoft.ManagedIdentity/userAssignedIdentities", API_VERSIONS.managedIdentity);
+  if (context.stale()) return;
+  identities.sort((left, right) => left.name.localeCompare(right.name));
+  const status = el("div", { id: "identities-status" });
+  if (params.created) status.append(notice("success", `Created ${params.created}.`));
+  if (params.deleted) status.append(notice("success", `Deleted ${params.deleted}.`));
+  const formHost = el("div", {});
+  page.append(
+    el(
+      "div",
+      { class: "toolbar" },
+      el("button", { type: "button", class: "primary", id: "create-identity-open", onclick: () => clear(formHost).append(createIdentityForm(groups, scope.group, status)) }, "+ Create"),
+      el("button", { type: "button", onclick: () => render() }, "Refresh"),
+    ),
+    status,
+    formHost,
+    table(
+      ["Name", "Resource group", "Location", "Principal ID", "Client ID", ""],
+      identities.map((identity) => {
+        const properties = identity.properties || {};
+        const info = parseId(identity.id);
+        return el(
+          "tr",
+          { "data-identity-id": identity.id, "data-identity-name": identity.name },
+          el("td", {}, link({ view: "identity-overview", id: identity.id }, identity.name)),
+          el("td", {}, info.resourceGroup || ""),
+          el("td", {}, identity.location || ""),
+          el("td", { class: "mono principal-id" }, properties.principalId || "", " ", copyButton(properties.principalId, `principal ID of ${identity.name}`)),
+          el("td", { class: "mono client-id" }, properties.clientId || "", " ", copyButton(properties.clientId, `client ID of ${identity.name}`)),
+          el("td", {}, deleteButton(identity, status)),
+        );
+      }),
+      "No user-assigned managed identities",
+    ),
+  );
+}
+
+/** A small Copy button for a value shown beside it, and where it says that it copied. */
+function copyButton(value, what) {
+  const said = el("span", { class: "muted copy-status", role: "status" });
+  const button = el("button", { type: "button", class: "copy", "aria-label": `Copy ${what}`, title: `Copy ${what}` }, "Copy");
+  button.addEventListener("click", async () => {
+    try {
+      await navigator.clipboard.writeText(value || "");
+      said.textContent = " Copied";
+    } catch {
+      said.textContent = " Copy failed: select the value and press Ctrl+C";
+    }
+  });
+  return el("span", {}, button, said);
+}
+
+/** Delete, asked twice: the first press turns into Confirm / Cancel (no browser dialogs). */
+function deleteButton(identity, status) {
+  const host = el("span", { class: "confirm-host" });
+  const draw = () => {
+    clear(host).append(
+      el("button", { type: "button", class: "delete", "aria-label": `Delete ${identity.name}`, onclick: () => confirm() }, "Delete"),
+    );
+  };
+  const confirm = () => {
+    const yes = el("button", { type: "button", class: "primary confirm-delete", "aria-label": `Confirm deleting ${identity.name}` }, "Confirm delete");
+    yes.addEventListener("click", async () => {
+      yes.disabled = true;
+      clear(status);
+      try {
+        await arm("DELETE", idPath(identity.id), API_VERSIONS.managedIdentity);
+        navigate({ view: "identities", deleted: identity.name });
+      } catch (error) {
+        status.append(errorNotice(error));
+        draw();
+      }
+    });
+    clear(host).append(yes, " ", el("button", { type: "button", onclick: draw }, "Cancel"));
+    yes.focus();
+  };
+  draw();
+  return host;
+}
+
+function createIdentityForm(groups, preferredGroup, status) {
+  const group = groups.find((item) => item.name === preferredGroup) || groups[0];
+  const groupSelect = select("new-identity-group", groups.map((item) => [item.id, item.name]), group && group.id);
+  const name = el("input", { type: "text", id: "new-identity-name", autocomplete: "off", required: true });
+  const location = el("input", { type: "text", id: "new-identity-location", autocomplete: "off", value: (group && group.location) || "local" });
+  groupSelect.addEventListener("change", () => {
+    const chosen = groups.find((item) => item.id === groupSelect.value);
+    if (chosen && chosen.location) location.value = chosen.location;
+  });
+  const formStatus = el("div", {});
+  const create = el("button", { type: "button", class: "primary", id: "create-identity" }, "Create");
+  create.addEventListener("click", async () => {
+    clear(formStatus);
+    const identityName = name.value.trim();
+    if (!/^[A-Za-z0-9][A-Za-z0-9_-]{2,127}$/.test(identityName)) {
+      formStatus.append(errorNotice(new ApiError(400, "InvalidResourceName", "A name is 3-128 letters, digits, hyphens and underscores, starting with a letter or digit.")));
+      return;
+    }
+    create.disabled = true;
+    try {
+      await arm("PUT", `${idPath(groupSelect.value)}/providers/Microsoft.ManagedIdentity/userAssignedIdentities/${encodeURIComponent(identityName)}`, API_VERSIONS.managedIdentity, {
+        location: location.value.trim(),
+      });
+      clear(status);
+      navigate({ view: "identities", created: identityName });
+    } catch (error) {
+      formStatus.append(errorNotice(error));
+      create.disabled = false;
+    }
+  });
+  return el(
+    "div",
+    { class: "card", id: "create-identity-form", role: "group", "aria-labelledby": "create-identity-title" },
+    el("h2", { id: "create-identity-title" }, "Create a user-assigned managed identity"),
+    field("Resource group", groupSelect),
+    field("Region", location),
+    field("Name", name),
+    formStatus,
+    el("div", { class: "toolbar" }, create),
+  );
+}
+
+// ---------------------------------------------------------------------------------------------
 // DICOM service: Identity
 
 async function renderDicomIdentity(context) {
@@ -1204,12 +1593,8 @@ async function renderDicomIdentity(context) {
   const tab = params.tab === "user" ? "user" : "system";
   heading(page, "Identity", service.name);
   page.append(
-    el(
-      "div",
-      { class: "tabs", role: "tablist" },
-      el("button", { type: "button", role: "tab", id: "tab-system", class: tab === "system" ? "active" : null, onclick: () => navigate({ view: "dicom-identity", id: params.id }) }, "System assigned"),
-      el("button", { type: "button", role: "tab", id: "tab-user", class: tab === "user" ? "active" : null, onclick: () => navigate({ view: "dicom-identity", id: params.id, tab: "user" }) }, "User assigned"),
-    ),
+    tabs("Identity kinds", "tab", [["system", "System assigned"], ["user", "User assigned"]], tab, (value) =>
+      navigate({ view: "dicom-identity", id: params.id, tab: value === "user" ? "user" : undefined })),
   );
   const status = el("div", {});
   if (params.saved) status.append(notice("success", "Saved."));
@@ -1246,7 +1631,7 @@ async function renderDicomIdentity(context) {
         ? el("div", { class: "field" }, el("span", { class: "label" }, "Object (principal) ID"), el("span", { class: "mono", id: "principal-id" }, current.principalId || ""))
         : null,
       current.systemAssigned && current.principalId
-        ? el("div", { class: "field" }, el("span", { class: "label" }, "Permissions"), link({ view: "home" }, "Assign a role on the key vault from its Access control (IAM) page"))
+        ? el("div", { class: "field" }, el("span", { class: "label" }, "Permissions"), keyVaultIamLink(service))
         : null,
     );
     return;
@@ -1266,6 +1651,7 @@ async function renderDicomIdentity(context) {
     }
   };
   const picker = select("add-user-identity", [["", "Select an identity…"], ...available.map((identity) => [identity.id, identity.name])], "", null);
+  picker.setAttribute("aria-label", "User-assigned identity to add");
   page.append(
     el("p", { class: "muted" }, "User-assigned managed identities are resources of their own that several services can share."),
     status,
@@ -1293,33 +1679,222 @@ async function renderDicomIdentity(context) {
   );
 }
 
+/**
+ * Links to the Access control (IAM) page of the vault that holds the service's key; without a
+ * key, to each vault of the subscription.
+ */
+function keyVaultIamLink(service) {
+  const host = el("span", { id: "vault-iam-links" }, el("span", { class: "muted" }, "Finding the key vault…"));
+  const subscription = parseId(service.id).subscription;
+  (async () => {
+    const vaults = await listAcrossGroups(subscription, "Microsoft.KeyVault/vaults", API_VERSIONS.keyVault);
+    const holding = await vaultForKeyUrl(subscription, keyUrlOf(service), vaults);
+    const shown = holding ? [holding] : vaults;
+    append(clear(host), [
+      shown.length
+        ? shown.map((vault, index) => [index ? " · " : null, link({ view: "vault-iam", id: vault.id }, `Assign a role on key vault ${vault.name} from its Access control (IAM) page`)])
+        : el("span", { class: "muted" }, "This subscription has no key vault."),
+    ]);
+  })().catch((error) => clear(host).append(errorNotice(error)));
+  return host;
+}
+
 // ---------------------------------------------------------------------------------------------
 // Key pickers shared by Encryption and Create
 
-/** "Select from key vault": a vault and one of its keys, filling `onpick(keyUriWithVersion)`. */
-function keyVaultPicker(subscription, onpick) {
-  const root = el("div", { class: "pane", id: "key-vault-picker" }, el("p", { class: "muted" }, "Loading key vaults…"));
-  (async () => {
+/** A key URL's parts: the vault's base URL, the key name, and the version ("" = versionless). */
+function parseKeyUrl(url) {
+  const match = /^(https:\/\/[^/?#\s]+\/)keys\/([A-Za-z0-9-]{1,127})(?:\/([0-9a-fA-F]{32})?)?\/?$/.exec((url || "").trim());
+  return match ? { vaultUri: match[1].toLowerCase(), name: match[2], version: (match[3] || "").toLowerCase() } : null;
+}
+
+/** What a key URL makes the service use, in words. */
+function describeKeyUrl(url) {
+  const parsed = parseKeyUrl(url);
+  if (!parsed) return "";
+  return parsed.version
+    ? `Version ${parsed.version} of key ${parsed.name}, pinned: a new version of the key is not used until the URL changes.`
+    : `The current version of key ${parsed.name}, following rotation: a new version of the key is used without changing the service.`;
+}
+
+function sameVaultUri(left, right) {
+  return (left || "").toLowerCase().replace(/\/+$/, "") === (right || "").toLowerCase().replace(/\/+$/, "");
+}
+
+/** The vault of this subscription that `url` names, if any. */
+async function vaultForKeyUrl(subscription, url, vaults) {
+  const parsed = parseKeyUrl(url);
+  if (!parsed) return null;
+  const candidates = vaults || (await listAcrossGroups(subscription, "Microsoft.KeyVault/vaults", API_VERSIONS.keyVault));
+  return candidates.find((vault) => sameVaultUri((vault.properties || {}).vaultUri, parsed.vaultUri)) || null;
+}
+
+/**
+ * Why the key `url` names cannot be a DICOM service's key, as an ApiError; null when it can or
+ * when this portal cannot tell (a vault it does not see: the control plane validates anyway).
+ */
+async function keyUrlProblem(subscription, url) {
+  const parsed = parseKeyUrl(url);
+  if (!parsed) return null;
+  const vault = await vaultForKeyUrl(subscription, url);
+  if (!vault) return null;
+  const path = parsed.version ? `${keyPath(vault.id, parsed.name)}/versions/${parsed.version}` : keyPath(vault.id, parsed.name);
+  let key;
+  try {
+    key = await arm("GET", path, API_VERSIONS.keyVault);
+  } catch (error) {
+    if (error instanceof ApiError && error.status === 404) return null;
+    throw error;
+  }
+  const problem = cmkKeyProblem(key.properties);
+  return problem ? new ApiError(400, problem[0], `${problem[1]} Nothing was saved.`) : null;
+}
+
+/**
+ * "Select from key vault": a vault, one of its keys (keys a DICOM service refuses are shown but
+ * cannot be chosen), and which version: the current one, following rotation (a versionless
+ * URL), or a specific one. Calls `onpick(url)`; `follow(url)` moves the choice to a URL typed
+ * by hand.
+ */
+function keyVaultPicker(subscription, initialUrl, onpick) {
+  const root = el("div", { class: "pane", id: "key-vault-picker", role: "group", "aria-label": "Select a key from a key vault" }, el("p", { class: "muted" }, "Loading key vaults…"));
+  const vaultSelect = select("picker-vault", [["", "Select a key vault…"]], "");
+  const keySelect = select("picker-key", [["", "Select a key…"]], "");
+  const versionSelect = select("picker-version", [["", "Select a version…"]], "");
+  const status = el("div", { id: "picker-status", role: "status" });
+  let vaults = [];
+  let keys = [];
+  let versions = [];
+  let mode = "current";
+  let generation = 0;
+  const modeRadios = radios(
+    "picker-version-mode",
+    [
+      ["current", "Current version (follows rotation)"],
+      ["pinned", "A specific version"],
+    ],
+    mode,
+    (value) => {
+      mode = value;
+      versionRow.hidden = mode !== "pinned";
+      pick();
+    },
+    "picker-version-mode-label",
+  );
+  const versionRow = field("Key version", versionSelect);
+  versionRow.hidden = true;
+
+  const setMode = (value) => {
+    mode = value;
+    for (const input of modeRadios.querySelectorAll("input")) input.checked = input.value === value;
+    versionRow.hidden = mode !== "pinned";
+  };
+
+  const loadKeys = async (vaultId) => {
+    keys = vaultId ? await listValue(`${idPath(vaultId)}/keys`, API_VERSIONS.keyVault) : [];
+    append(clear(keySelect), [
+      el("option", { value: "" }, "Select a key…"),
+      keys.map((key) => {
+        const problem = cmkKeyProblem({ ...key.properties, attributes: undefined });
+        return el("option", { value: key.name, disabled: Boolean(problem) }, problem ? `${key.name} (${key.properties.keySize}-bit ${key.properties.kty}: not supported)` : key.name);
+      }),
+    ]);
+  };
+
+  const loadVersions = async (vaultId, name) => {
+    versions = vaultId && name ? await listKeyVersions(vaultId, name) : [];
+    append(clear(versionSelect), [
+      el("option", { value: "" }, "Select a version…"),
+      versions.map((item, index) => {
+        const version = versionOf(item.properties);
+        const disabled = enabledText(item.properties) === "Disabled";
+        return el("option", { value: version }, `${version}${index === 0 ? " (current)" : ""}${disabled ? " (disabled)" : ""}`);
+      }),
+    ]);
+  };
+
+  /** The URL of the choice, given to onpick; or the reason there is none. */
+  const pick = () => {
+    clear(status);
+    const key = keys.find((item) => item.name === keySelect.value);
+    if (!key) return;
+    if (mode === "current") {
+      onpick(key.properties.keyUri);
+      status.append(el("span", { class: "muted" }, describeKeyUrl(key.properties.keyUri)));
+      return;
+    }
+    const version = versions.find((item) => versionOf(item.properties) === versionSelect.value);
+    if (!version) return;
+    const problem = cmkKeyProblem(version.properties);
+    if (problem) status.append(errorNotice(new ApiError(400, problem[0], problem[1])));
+    onpick(version.properties.keyUriWithVersion);
+    status.append(el("span", { class: "muted" }, describeKeyUrl(version.properties.keyUriWithVersion)));
+  };
+
+  vaultSelect.addEventListener("change", () => {
+    generation += 1;
+    clear(status);
+    Promise.all([loadKeys(vaultSelect.value), loadVersions(null, null)]).catch((error) => status.append(errorNotice(error)));
+  });
+  keySelect.addEventListener("change", async () => {
+    generation += 1;
     try {
-      const vaults = await listAcrossGroups(subscription, "Microsoft.KeyVault/vaults", API_VERSIONS.keyVault);
-      const keySelect = select("picker-key", [["", "Select a key…"]], "", null);
-      let keys = [];
-      const loadKeys = async (vaultId) => {
-        clear(keySelect).append(el("option", { value: "" }, vaultId ? "Loading…" : "Select a key…"));
-        keys = vaultId ? await listValue(`${idPath(vaultId)}/keys`, API_VERSIONS.keyVault) : [];
-        append(clear(keySelect), [el("option", { value: "" }, "Select a key…"), keys.map((key) => el("option", { value: key.name }, key.name))]);
-      };
-      const vaultSelect = select("picker-vault", [["", "Select a key vault…"], ...vaults.map((vault) => [vault.id, vault.name])], "", (value) => loadKeys(value).catch((error) => root.append(errorNotice(error))));
-      keySelect.addEventListener("change", () => {
-        const key = keys.find((item) => item.name === keySelect.value);
-        if (key) onpick((key.properties || {}).keyUriWithVersion || "");
-      });
-      clear(root).append(field("Key vault", vaultSelect), field("Key", keySelect, "The key's current version is used."));
+      await loadVersions(vaultSelect.value, keySelect.value);
+      pick();
+    } catch (error) {
+      status.append(errorNotice(error));
+    }
+  });
+  versionSelect.addEventListener("change", pick);
+
+  /** Moves the choice to the key `url` names, without calling onpick (the URL is the truth). */
+  const follow = async (url) => {
+    const mine = ++generation;
+    const parsed = parseKeyUrl(url);
+    const vault = parsed ? await vaultForKeyUrl(subscription, url, vaults) : null;
+    if (mine !== generation) return;
+    clear(status);
+    if (!vault) {
+      vaultSelect.value = "";
+      await loadKeys(null);
+      await loadVersions(null, null);
+      if ((url || "").trim()) status.append(el("span", { class: "muted" }, parsed ? "The URL names a vault this portal does not list." : "Not a key URL: https://{vault}/keys/{name}[/{version}]."));
+      return;
+    }
+    if (vaultSelect.value !== vault.id) {
+      vaultSelect.value = vault.id;
+      await loadKeys(vault.id);
+    }
+    if (mine !== generation) return;
+    const key = keys.find((item) => item.name.toLowerCase() === parsed.name.toLowerCase());
+    const problem = key ? cmkKeyProblem({ ...key.properties, attributes: undefined }) : null;
+    const usable = key && !problem;
+    keySelect.value = usable ? key.name : "";
+    await loadVersions(vault.id, usable ? key.name : null);
+    if (mine !== generation) return;
+    setMode(parsed.version ? "pinned" : "current");
+    versionSelect.value = parsed.version && versions.some((item) => versionOf(item.properties) === parsed.version) ? parsed.version : "";
+    if (problem) status.append(errorNotice(new ApiError(400, problem[0], problem[1])));
+    else status.append(el("span", { class: "muted" }, key ? describeKeyUrl(url) : `Vault ${vault.name} has no key named ${parsed.name}.`));
+  };
+
+  const ready = (async () => {
+    try {
+      vaults = await listAcrossGroups(subscription, "Microsoft.KeyVault/vaults", API_VERSIONS.keyVault);
+      append(clear(vaultSelect), [el("option", { value: "" }, "Select a key vault…"), vaults.map((vault) => el("option", { value: vault.id }, vault.name))]);
+      clear(root).append(
+        field("Key vault", vaultSelect),
+        field("Key", keySelect, "Keys a DICOM service cannot use (not RSA, or not 2048 or 3072 bits) are listed but cannot be chosen."),
+        el("div", { class: "field" }, el("span", { class: "label", id: "picker-version-mode-label" }, "Version"), modeRadios),
+        versionRow,
+        status,
+      );
+      if (initialUrl) await follow(initialUrl);
     } catch (error) {
       clear(root).append(errorNotice(error));
     }
   })();
-  return root;
+  return { root, follow: (url) => ready.then(() => follow(url)).catch((error) => status.append(errorNotice(error))) };
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1342,14 +1917,25 @@ async function renderDicomEncryption(context) {
     identityType: keyIdentity ? (String(keyIdentity.identityType).toLowerCase() === "userassigned" ? "user" : "system") : current.userAssigned.length === 1 ? "user" : "system",
     userIdentity: keyIdentity && keyIdentity.userAssignedIdentityResourceId ? keyIdentity.userAssignedIdentityResourceId : (current.userAssigned[0] || {}).id || "",
   };
+  const initial = { ...state };
   heading(page, "Encryption", service.name);
   const status = el("div", { id: "encryption-status" });
   if (params.saved) status.append(notice("success", "Saved. The DICOM service uses the key."));
-  const save = el("button", { type: "button", class: "primary", id: "save-encryption" }, "Save");
+  const save = el("button", { type: "button", class: "primary", id: "save-encryption", disabled: true }, "Save");
+  const revalidate = el("button", { type: "button", id: "revalidate-key", hidden: !keyUrl, title: "Sends the service's settings again: the key is checked and, if it can be used, the service uses it at once." }, "Re-check key");
+  const changed = () => ["type", "keyUrl", "identityType", "userIdentity"].some((name) => state[name] !== initial[name]);
+  const refreshSave = () => {
+    save.disabled = !changed();
+  };
   const details = el("div", {});
-  const keyInput = el("input", { type: "text", id: "key-uri", class: "mono", value: state.keyUrl, placeholder: "https://{vault}/keys/{name}/{version}" });
+  const keyInput = el("input", { type: "text", id: "key-uri", class: "mono", value: state.keyUrl, placeholder: "https://{vault}/keys/{name}[/{version}]", "aria-describedby": "key-uri-meaning" });
+  const meaning = el("div", { class: "muted", id: "key-uri-meaning" }, describeKeyUrl(state.keyUrl));
+  let picker = null;
   keyInput.addEventListener("input", () => {
     state.keyUrl = keyInput.value.trim();
+    meaning.textContent = describeKeyUrl(state.keyUrl);
+    if (picker) picker.follow(state.keyUrl);
+    refreshSave();
   });
   const pickerHost = el("div", {});
   const userSelect = select(
@@ -1358,6 +1944,7 @@ async function renderDicomEncryption(context) {
     identities.find((identity) => identity.id.toLowerCase() === state.userIdentity.toLowerCase())?.id || "",
     (value) => {
       state.userIdentity = value;
+      refreshSave();
     },
   );
   const userRow = field("User-assigned identity", userSelect);
@@ -1369,27 +1956,35 @@ async function renderDicomEncryption(context) {
       return;
     }
     userRow.hidden = state.identityType !== "user";
+    const openPicker = () => {
+      picker = keyVaultPicker(info.subscription, state.keyUrl, (url) => {
+        keyInput.value = url;
+        state.keyUrl = url;
+        meaning.textContent = describeKeyUrl(url);
+        refreshSave();
+      });
+      clear(pickerHost).append(picker.root);
+    };
     details.append(
+      keyUrl
+        ? el("div", { class: "field" }, el("span", { class: "label" }, "In use by the service"), el("span", { id: "key-in-use" }, describeKeyUrl(keyUrl) || keyUrl))
+        : null,
       el(
         "div",
         { class: "field" },
         el("label", { for: "key-uri" }, "Key URI"),
-        el(
-          "div",
-          {},
-          keyInput,
-          el("div", { class: "toolbar" }, el("button", { type: "button", id: "select-from-vault", onclick: () => clear(pickerHost).append(keyVaultPicker(info.subscription, (url) => { keyInput.value = url; state.keyUrl = url; })) }, "Select a key vault and key")),
-        ),
+        el("div", {}, keyInput, meaning, el("div", { class: "toolbar" }, el("button", { type: "button", id: "select-from-vault", onclick: openPicker }, "Select a key vault and key"))),
       ),
       pickerHost,
       el(
         "div",
         { class: "field" },
-        el("span", { class: "label" }, "Identity type"),
+        el("span", { class: "label", id: "identity-type-label" }, "Identity type"),
         radios("identity-type", [["system", "System-assigned"], ["user", "User-assigned"]], state.identityType, (value) => {
           state.identityType = value;
           userRow.hidden = value !== "user";
-        }),
+          refreshSave();
+        }, "identity-type-label"),
       ),
       userRow,
       current.systemAssigned
@@ -1398,12 +1993,14 @@ async function renderDicomEncryption(context) {
     );
   };
 
-  save.addEventListener("click", async () => {
+  const submit = async (button) => {
     clear(status);
-    save.disabled = true;
+    button.disabled = true;
     try {
       const changes = {};
       if (state.type === "cmk") {
+        const problem = await keyUrlProblem(info.subscription, state.keyUrl);
+        if (problem) throw problem;
         const encryption = { customerManagedKeyEncryption: { keyEncryptionKeyUrl: state.keyUrl } };
         const userIds = current.userAssigned.map((identity) => identity.id);
         if (state.identityType === "system") {
@@ -1426,12 +2023,14 @@ async function renderDicomEncryption(context) {
       navigate({ view: "dicom-encryption", id: params.id, saved: Date.now() });
     } catch (error) {
       status.append(errorNotice(error));
-      save.disabled = false;
+      button.disabled = button === save ? !changed() : false;
     }
-  });
+  };
+  save.addEventListener("click", () => submit(save));
+  revalidate.addEventListener("click", () => submit(revalidate));
 
   page.append(
-    el("div", { class: "toolbar" }, save, el("button", { type: "button", onclick: () => navigate({ view: "dicom-encryption", id: params.id }) }, "Discard")),
+    el("div", { class: "toolbar" }, save, el("button", { type: "button", onclick: () => navigate({ view: "dicom-encryption", id: params.id }) }, "Discard"), revalidate),
     status,
     el(
       "div",
@@ -1439,11 +2038,12 @@ async function renderDicomEncryption(context) {
       el(
         "div",
         { class: "field" },
-        el("span", { class: "label" }, "Encryption type"),
+        el("span", { class: "label", id: "encryption-type-label" }, "Encryption type"),
         radios("encryption-type", [["smk", "Service-managed key"], ["cmk", "Customer-managed key"]], state.type, (value) => {
           state.type = value;
           drawDetails();
-        }),
+          refreshSave();
+        }, "encryption-type-label"),
       ),
       details,
     ),
@@ -1462,7 +2062,7 @@ async function renderCreateDicom(context) {
   if (context.stale()) return;
   heading(page, "Create DICOM service", `In workspace ${workspace.name}`);
   const state = { tab: "basics", name: "", encryption: "smk", keyUrl: "", identity: "" };
-  const tabs = [
+  const steps = [
     ["basics", "Basics"],
     ["security", "Security"],
     ["review", "Review + create"],
@@ -1485,11 +2085,10 @@ async function renderCreateDicom(context) {
 
   function draw() {
     clear(body).append(
-      el(
-        "div",
-        { class: "tabs", role: "tablist" },
-        tabs.map(([tab, text]) => el("button", { type: "button", role: "tab", id: `create-tab-${tab}`, class: tab === state.tab ? "active" : null, onclick: () => { state.tab = tab; draw(); } }, text)),
-      ),
+      tabs("Create steps", "create-tab", steps, state.tab, (tab) => {
+        state.tab = tab;
+        draw();
+      }),
     );
     if (state.tab === "basics") drawBasics();
     else if (state.tab === "security") drawSecurity();
@@ -1514,17 +2113,29 @@ async function renderCreateDicom(context) {
     const drawDetails = () => {
       clear(details);
       if (state.encryption !== "cmk") return;
-      const keyInput = el("input", { type: "text", id: "create-key-uri", class: "mono", value: state.keyUrl, placeholder: "https://{vault}/keys/{name}/{version}" });
+      const keyInput = el("input", { type: "text", id: "create-key-uri", class: "mono", value: state.keyUrl, placeholder: "https://{vault}/keys/{name}[/{version}]", "aria-describedby": "create-key-uri-meaning" });
+      const meaning = el("div", { class: "muted", id: "create-key-uri-meaning" }, describeKeyUrl(state.keyUrl));
+      let picker = null;
       keyInput.addEventListener("input", () => {
         state.keyUrl = keyInput.value.trim();
+        meaning.textContent = describeKeyUrl(state.keyUrl);
+        if (picker) picker.follow(state.keyUrl);
       });
       const pickerHost = el("div", {});
+      const openPicker = () => {
+        picker = keyVaultPicker(info.subscription, state.keyUrl, (url) => {
+          keyInput.value = url;
+          state.keyUrl = url;
+          meaning.textContent = describeKeyUrl(url);
+        });
+        clear(pickerHost).append(picker.root);
+      };
       append(details, [
         el(
           "div",
           { class: "field" },
           el("label", { for: "create-key-uri" }, "Key URI"),
-          el("div", {}, keyInput, el("div", { class: "toolbar" }, el("button", { type: "button", id: "create-select-from-vault", onclick: () => clear(pickerHost).append(keyVaultPicker(info.subscription, (url) => { keyInput.value = url; state.keyUrl = url; })) }, "Select from key vault"))),
+          el("div", {}, keyInput, meaning, el("div", { class: "toolbar" }, el("button", { type: "button", id: "create-select-from-vault", onclick: openPicker }, "Select from key vault"))),
         ),
         pickerHost,
         field(
@@ -1541,11 +2152,11 @@ async function renderCreateDicom(context) {
       el(
         "div",
         { class: "field" },
-        el("span", { class: "label" }, "Encryption type"),
+        el("span", { class: "label", id: "create-encryption-label" }, "Encryption type"),
         radios("create-encryption", [["smk", "Service-managed key"], ["cmk", "Customer-managed key"]], state.encryption, (value) => {
           state.encryption = value;
           drawDetails();
-        }),
+        }, "create-encryption-label"),
       ),
       details,
       el(
@@ -1572,6 +2183,10 @@ async function renderCreateDicom(context) {
         requestBody.properties.encryption = { customerManagedKeyEncryption: { keyEncryptionKeyUrl: state.keyUrl } };
       }
       try {
+        if (state.encryption === "cmk") {
+          const problem = await keyUrlProblem(info.subscription, state.keyUrl);
+          if (problem) throw problem;
+        }
         await arm("PUT", idPath(serviceId), API_VERSIONS.healthcare, requestBody);
         navigate({ view: "dicom-overview", id: serviceId });
       } catch (error) {
