@@ -23,6 +23,7 @@ mod error;
 mod media;
 mod multipart;
 mod qido;
+mod rendered;
 mod request_body;
 mod retrieve;
 mod service;
@@ -83,6 +84,23 @@ pub fn router(state: DicomWebState) -> Router {
             "/studies/{study}/series/{series}/instances/{instance}/frames/{frames}",
             get(retrieve::frames),
         )
+        .route(
+            "/studies/{study}/series/{series}/instances/{instance}/frames/{frames}/rendered",
+            get(rendered::frame),
+        )
+        .route(
+            "/studies/{study}/series/{series}/instances/{instance}/rendered",
+            get(rendered::instance),
+        )
+        .route(
+            "/studies/{study}/series/{series}/instances/{instance}/thumbnail",
+            get(rendered::instance_thumbnail),
+        )
+        .route(
+            "/studies/{study}/series/{series}/thumbnail",
+            get(rendered::series_thumbnail),
+        )
+        .route("/studies/{study}/thumbnail", get(rendered::study_thumbnail))
         .layer(axum::extract::DefaultBodyLimit::disable())
         .layer(axum::middleware::from_fn(close_after_failed_upload));
     Router::new()

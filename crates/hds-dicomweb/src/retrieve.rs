@@ -31,31 +31,31 @@ const LITTLE_ENDIAN_NATIVE_SYNTAXES: [&str; 3] = [
 /// `{study}`.
 #[derive(Debug, Deserialize)]
 pub struct StudyPath {
-    study: String,
+    pub(crate) study: String,
 }
 
 /// `{study}/series/{series}`.
 #[derive(Debug, Deserialize)]
 pub struct SeriesPath {
-    study: String,
-    series: String,
+    pub(crate) study: String,
+    pub(crate) series: String,
 }
 
 /// `{study}/series/{series}/instances/{instance}`.
 #[derive(Debug, Deserialize)]
 pub struct InstancePath {
-    study: String,
-    series: String,
-    instance: String,
+    pub(crate) study: String,
+    pub(crate) series: String,
+    pub(crate) instance: String,
 }
 
 /// `{study}/series/{series}/instances/{instance}/frames/{frames}`.
 #[derive(Debug, Deserialize)]
 pub struct FramesPath {
-    study: String,
-    series: String,
-    instance: String,
-    frames: String,
+    pub(crate) study: String,
+    pub(crate) series: String,
+    pub(crate) instance: String,
+    pub(crate) frames: String,
 }
 
 /// `GET studies/{study}`.

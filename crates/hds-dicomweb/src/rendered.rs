@@ -1,0 +1,316 @@
+//! Rendered resources (PS3.18 §9.5, 10.4.1.1.3): an instance or one of its frames as a JPEG or
+//! PNG image with the instance's own window, and thumbnails of studies, series and instances.
+//! The image is made by `hds-pixels`; this module negotiates the format, reads the parameters
+//! and bounds the work.
+
+use std::sync::LazyLock;
+
+use axum::extract::{Path, Query};
+use axum::http::HeaderMap;
+use axum::http::header::CONTENT_TYPE;
+use axum::response::{IntoResponse, Response};
+use futures::StreamExt;
+use hds_archive::Scope;
+use hds_pixels::{DEFAULT_QUALITY, ImageFormat, PixelError, RenderOptions, Viewport};
+use tokio::sync::Semaphore;
+
+use crate::DicomWebError;
+use crate::media;
+use crate::retrieve::{FramesPath, InstancePath, SeriesPath, StudyPath};
+use crate::service::ServiceContext;
+
+/// The largest stored instance that is rendered: it is read into memory whole (decrypted, never
+/// written anywhere) to be decoded.
+pub const MAX_RENDERED_INSTANCE_BYTES: usize = 512 * 1024 * 1024;
+
+/// Renders running at once: decoding is CPU-bound, so at most one per core runs and the others
+/// wait their turn rather than starve the async workers' requests.
+static RENDERS: LazyLock<Semaphore> = LazyLock::new(|| {
+    Semaphore::new(std::thread::available_parallelism().map_or(2, |cores| cores.get()))
+});
+
+/// `quality` and `viewport` (PS3.18 §8.3.5.1); other rendering parameters are refused.
+type Parameters = Query<Vec<(String, String)>>;
+
+/// `GET .../instances/{instance}/rendered`: the first frame.
+pub async fn instance(
+    context: ServiceContext,
+    Path(path): Path<InstancePath>,
+    Query(parameters): Parameters,
+    headers: HeaderMap,
+) -> Result<Response, DicomWebError> {
+    let scope = Scope::Instance(&path.study, &path.series, &path.instance);
+    render(&context, scope, 1, &parameters, &headers, false).await
+}
+
+/// `GET .../instances/{instance}/frames/{frame}/rendered`: one frame.
+pub async fn frame(
+    context: ServiceContext,
+    Path(path): Path<FramesPath>,
+    Query(parameters): Parameters,
+    headers: HeaderMap,
+) -> Result<Response, DicomWebError> {
+    let frame = path
+        .frames
+        .parse::<u32>()
+        .ok()
+        .filter(|frame| *frame >= 1)
+        .ok_or_else(|| {
+            DicomWebError::BadRequest("a rendered frame is one frame number, starting at 1".into())
+        })?;
+    let scope = Scope::Instance(&path.study, &path.series, &path.instance);
+    render(&context, scope, frame, &parameters, &headers, false).await
+}
+
+/// `GET studies/{study}/thumbnail`: the first instance of the study.
+pub async fn study_thumbnail(
+    context: ServiceContext,
+    Path(path): Path<StudyPath>,
+    Query(parameters): Parameters,
+    headers: HeaderMap,
+) -> Result<Response, DicomWebError> {
+    let scope = Scope::Study(&path.study);
+    render(&context, scope, 1, &parameters, &headers, true).await
+}
+
+/// `GET studies/{study}/series/{series}/thumbnail`: the first instance of the series.
+pub async fn series_thumbnail(
+    context: ServiceContext,
+    Path(path): Path<SeriesPath>,
+    Query(parameters): Parameters,
+    headers: HeaderMap,
+) -> Result<Response, DicomWebError> {
+    let scope = Scope::Series(&path.study, &path.series);
+    render(&context, scope, 1, &parameters, &headers, true).await
+}
+
+/// `GET .../instances/{instance}/thumbnail`.
+pub async fn instance_thumbnail(
+    context: ServiceContext,
+    Path(path): Path<InstancePath>,
+    Query(parameters): Parameters,
+    headers: HeaderMap,
+) -> Result<Response, DicomWebError> {
+    let scope = Scope::Instance(&path.study, &path.series, &path.instance);
+    render(&context, scope, 1, &parameters, &headers, true).await
+}
+
+async fn render(
+    context: &ServiceContext,
+    scope: Scope<'_>,
+    frame: u32,
+    parameters: &[(String, String)],
+    headers: &HeaderMap,
+    thumbnail: bool,
+) -> Result<Response, DicomWebError> {
+    // The request is checked before any data is read.
+    let format = negotiate_image(headers)?;
+    let mut options = render_options(parameters, format)?;
+    if thumbnail && options.viewport.is_none() {
+        options.viewport = Some(Viewport {
+            width: hds_pixels::THUMBNAIL_SIDE,
+            height: hds_pixels::THUMBNAIL_SIDE,
+        });
+    }
+    let found = context.archive.find_instances(scope).await?;
+    let instance = found
+        .open()
+        .await?
+        .next()
+        .ok_or_else(|| DicomWebError::Internal("no instance opened".into()))?;
+    let bytes = read_whole(instance.bytes).await?;
+    let _turn = RENDERS
+        .acquire()
+        .await
+        .map_err(|_| DicomWebError::Internal("the render limit was closed".into()))?;
+    let image = tokio::task::spawn_blocking(move || hds_pixels::render(&bytes, frame, &options))
+        .await
+        .map_err(|error| DicomWebError::Internal(format!("rendering task: {error}")))?
+        .map_err(rendering_error)?;
+    Ok(([(CONTENT_TYPE, format.media_type())], image).into_response())
+}
+
+/// The image format the client accepts: JPEG unless it prefers PNG (PS3.18 §8.7.3.4: JPEG is
+/// the default of single-frame rendered media).
+fn negotiate_image(headers: &HeaderMap) -> Result<ImageFormat, DicomWebError> {
+    for range in media::accepted(headers) {
+        match range.essence.as_str() {
+            "image/jpeg" | "image/*" | "*/*" => return Ok(ImageFormat::Jpeg),
+            "image/png" => return Ok(ImageFormat::Png),
+            _ => {}
+        }
+    }
+    Err(DicomWebError::NotAcceptable(
+        "rendered images are available as image/jpeg or image/png".into(),
+    ))
+}
+
+/// Reads `quality` (1 to 100) and `viewport` (`width,height`); any other parameter is a 400,
+/// as is a parameter given twice.
+fn render_options(
+    parameters: &[(String, String)],
+    format: ImageFormat,
+) -> Result<RenderOptions, DicomWebError> {
+    let mut options = RenderOptions {
+        format,
+        quality: DEFAULT_QUALITY,
+        viewport: None,
+    };
+    let mut seen = Vec::new();
+    for (name, value) in parameters {
+        if seen.contains(&name.as_str()) {
+            return Err(DicomWebError::BadRequest(format!(
+                "{name} may be given once"
+            )));
+        }
+        seen.push(name.as_str());
+        match name.as_str() {
+            "quality" => {
+                options.quality = value
+                    .parse::<u8>()
+                    .ok()
+                    .filter(|quality| (1..=100).contains(quality))
+                    .ok_or_else(|| {
+                        DicomWebError::BadRequest("quality must be an integer from 1 to 100".into())
+                    })?;
+            }
+            "viewport" => options.viewport = Some(parse_viewport(value)?),
+            _ => {
+                return Err(DicomWebError::BadRequest(format!(
+                    "{name} is not a supported rendering parameter (supported: quality, viewport)"
+                )));
+            }
+        }
+    }
+    Ok(options)
+}
+
+/// `width,height`, each 1 to [`hds_pixels::MAX_VIEWPORT_SIDE`]. The source-region form
+/// (`vw,vh,sx,sy,sw,sh`) is not supported.
+fn parse_viewport(text: &str) -> Result<Viewport, DicomWebError> {
+    let malformed = || {
+        DicomWebError::BadRequest(format!(
+            "viewport must be width,height in pixels, each from 1 to {}",
+            hds_pixels::MAX_VIEWPORT_SIDE
+        ))
+    };
+    let (width, height) = text.split_once(',').ok_or_else(malformed)?;
+    let side = |text: &str| {
+        text.trim()
+            .parse::<u32>()
+            .ok()
+            .filter(|side| (1..=hds_pixels::MAX_VIEWPORT_SIDE).contains(side))
+            .ok_or_else(malformed)
+    };
+    Ok(Viewport {
+        width: side(width)?,
+        height: side(height)?,
+    })
+}
+
+/// The decrypted instance, whole, up to [`MAX_RENDERED_INSTANCE_BYTES`].
+async fn read_whole(mut stream: hds_archive::ByteStream) -> Result<Vec<u8>, DicomWebError> {
+    let mut bytes = Vec::new();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|error| DicomWebError::Internal(error.to_string()))?;
+        if bytes.len() + chunk.len() > MAX_RENDERED_INSTANCE_BYTES {
+            return Err(DicomWebError::NotAcceptable(format!(
+                "instances over {MAX_RENDERED_INSTANCE_BYTES} bytes are not rendered; retrieve the instance or its frames instead"
+            )));
+        }
+        bytes.extend_from_slice(&chunk);
+    }
+    Ok(bytes)
+}
+
+fn rendering_error(error: PixelError) -> DicomWebError {
+    match error {
+        PixelError::NoSuchFrame { .. } => DicomWebError::NotFound("frame"),
+        PixelError::InvalidOptions(reason) => DicomWebError::BadRequest(reason.into()),
+        PixelError::NoPixelData | PixelError::TooLarge { .. } | PixelError::Undecodable(_) => {
+            DicomWebError::NotAcceptable(format!("the instance cannot be rendered: {error}"))
+        }
+        other => DicomWebError::Internal(other.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::HeaderValue;
+
+    fn accept(value: &str) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            axum::http::header::ACCEPT,
+            HeaderValue::from_str(value).expect("header"),
+        );
+        headers
+    }
+
+    fn pairs(list: &[(&str, &str)]) -> Vec<(String, String)> {
+        list.iter()
+            .map(|(name, value)| (name.to_string(), value.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn jpeg_by_default_png_when_preferred_nothing_else() {
+        assert_eq!(
+            negotiate_image(&HeaderMap::new()).ok(),
+            Some(ImageFormat::Jpeg)
+        );
+        assert_eq!(
+            negotiate_image(&accept("image/png")).ok(),
+            Some(ImageFormat::Png)
+        );
+        assert_eq!(
+            negotiate_image(&accept("image/png;q=0.5, image/jpeg")).ok(),
+            Some(ImageFormat::Jpeg)
+        );
+        assert!(matches!(
+            negotiate_image(&accept("image/gif")),
+            Err(DicomWebError::NotAcceptable(_))
+        ));
+        assert!(matches!(
+            negotiate_image(&accept("application/dicom")),
+            Err(DicomWebError::NotAcceptable(_))
+        ));
+    }
+
+    #[test]
+    fn parameters_out_of_range_repeated_or_unknown_are_refused() {
+        let format = ImageFormat::Jpeg;
+        let good = render_options(&pairs(&[("quality", "40"), ("viewport", "64,32")]), format)
+            .expect("valid");
+        assert_eq!(good.quality, 40);
+        assert_eq!(
+            good.viewport,
+            Some(Viewport {
+                width: 64,
+                height: 32
+            })
+        );
+        for hostile in [
+            vec![("quality", "0")],
+            vec![("quality", "101")],
+            vec![("quality", "-1")],
+            vec![("quality", "99999999999999999999")],
+            vec![("quality", "50"), ("quality", "60")],
+            vec![("viewport", "0,10")],
+            vec![("viewport", "10")],
+            vec![("viewport", "100000,100000")],
+            vec![("viewport", "10,10,0,0,5,5")],
+            vec![("window", "40,400,LINEAR")],
+            vec![("annotation", "patient")],
+        ] {
+            assert!(
+                matches!(
+                    render_options(&pairs(&hostile), format),
+                    Err(DicomWebError::BadRequest(_))
+                ),
+                "{hostile:?}"
+            );
+        }
+    }
+}

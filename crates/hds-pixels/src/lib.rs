@@ -1,0 +1,348 @@
+//! Pixel data services: one frame of a stored instance rendered as a JPEG or PNG image, for
+//! DICOMweb's rendered and thumbnail resources (PS3.18 §8.3.5 and §9.5).
+//!
+//! Rendering follows the instance's own display pipeline, as a viewer would show it: the
+//! modality LUT (RescaleSlope/RescaleIntercept), then the first window the instance stores
+//! (WindowCenter/WindowWidth, linear; min-max normalization when it stores none; a VOI LUT
+//! table is not applied), MONOCHROME1 inverted, colour (RGB, YBR, palette) converted to RGB. Decoding is dicom-rs's
+//! (`dicom-pixeldata`: native, RLE, JPEG baseline/extended/lossless, JPEG 2000), encoding the
+//! `image` crate's. Nothing here writes to disk: the decrypted instance and its pixels stay in
+//! memory, bounded by [`MAX_DECODED_BYTES`].
+//!
+//! The work is CPU-bound and synchronous: callers run it off their async workers, with a limit
+//! on how many run at once.
+#![deny(missing_docs)]
+
+use std::io::Cursor;
+
+use dicom_dictionary_std::tags;
+use dicom_object::{DefaultDicomObject, OpenFileOptions};
+use dicom_pixeldata::{
+    ConvertOptions, DecodedPixelData, PhotometricInterpretation, PixelDecoder, VoiLutOption,
+};
+use image::imageops::FilterType;
+use image::{DynamicImage, GrayImage};
+
+/// The most bytes one render may decode pixel data into: a frame, or every frame of an
+/// instance whose codec cannot decode one frame alone. A hostile or huge instance is refused
+/// before anything is decoded.
+pub const MAX_DECODED_BYTES: u64 = 512 * 1024 * 1024;
+
+/// The largest viewport side, in pixels.
+pub const MAX_VIEWPORT_SIDE: u32 = 8192;
+
+/// The largest image side the renderer produces without a viewport, in pixels: what a decoded
+/// frame can have within [`MAX_DECODED_BYTES`] anyway, stated for encoders.
+const MAX_IMAGE_SIDE: u32 = 65_535;
+
+/// The side of a thumbnail's square viewport when the caller names none.
+pub const THUMBNAIL_SIDE: u32 = 200;
+
+/// The image format of a rendered frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ImageFormat {
+    /// `image/jpeg` (baseline, 8 bits per sample).
+    Jpeg,
+    /// `image/png` (lossless).
+    Png,
+}
+
+impl ImageFormat {
+    /// The media type of images in this format.
+    pub fn media_type(self) -> &'static str {
+        match self {
+            ImageFormat::Jpeg => "image/jpeg",
+            ImageFormat::Png => "image/png",
+        }
+    }
+}
+
+/// The size a rendered image must fit in, keeping its aspect ratio (PS3.18 `viewport`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Viewport {
+    /// Width in pixels, 1 to [`MAX_VIEWPORT_SIDE`].
+    pub width: u32,
+    /// Height in pixels, 1 to [`MAX_VIEWPORT_SIDE`].
+    pub height: u32,
+}
+
+/// How to render a frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RenderOptions {
+    /// The image format.
+    pub format: ImageFormat,
+    /// JPEG quality, 1 to 100 (PNG ignores it).
+    pub quality: u8,
+    /// Scale the image down (or up) to fit this size.
+    pub viewport: Option<Viewport>,
+}
+
+impl Default for RenderOptions {
+    fn default() -> RenderOptions {
+        RenderOptions {
+            format: ImageFormat::Jpeg,
+            quality: DEFAULT_QUALITY,
+            viewport: None,
+        }
+    }
+}
+
+/// The JPEG quality of a rendered image when the caller names none.
+pub const DEFAULT_QUALITY: u8 = 90;
+
+/// Why a frame could not be rendered.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum PixelError {
+    /// The stored instance did not parse (it parsed when it was stored: a damaged blob or a bug).
+    #[error("the instance could not be read: {0}")]
+    Unreadable(String),
+    /// The instance holds no image (a structured report, a presentation state...).
+    #[error("the instance has no pixel data")]
+    NoPixelData,
+    /// Frames are numbered from 1 to the instance's number of frames.
+    #[error("frame {frame} does not exist: the instance has {frames}")]
+    NoSuchFrame {
+        /// The frame asked for.
+        frame: u32,
+        /// How many frames the instance has.
+        frames: u32,
+    },
+    /// Decoding would take more memory than [`MAX_DECODED_BYTES`].
+    #[error("decoding would take {bytes} bytes, more than the limit of {limit}")]
+    TooLarge {
+        /// What decoding would take.
+        bytes: u64,
+        /// The limit.
+        limit: u64,
+    },
+    /// The pixel data's encoding or layout is one the decoder does not support, or it is
+    /// damaged.
+    #[error("the pixel data cannot be decoded: {0}")]
+    Undecodable(String),
+    /// The options are out of range.
+    #[error("{0}")]
+    InvalidOptions(&'static str),
+    /// Encoding the image failed.
+    #[error("encoding the image failed: {0}")]
+    Encode(String),
+}
+
+/// Renders frame `frame` (numbered from 1) of the Part-10 instance `instance` as `options` say.
+pub fn render(instance: &[u8], frame: u32, options: &RenderOptions) -> Result<Vec<u8>, PixelError> {
+    check_options(options)?;
+    let object = open(instance)?;
+    let frames = frame_count(&object)?;
+    if frame == 0 || frame > frames {
+        return Err(PixelError::NoSuchFrame { frame, frames });
+    }
+    let decoded = object.decode_pixel_data_frame(frame - 1).map_err(|error| {
+        PixelError::Undecodable(format!(
+            "{error} (transfer syntax {})",
+            object.meta().transfer_syntax().trim_end_matches('\0')
+        ))
+    })?;
+    let image = if decoded.samples_per_pixel() == 1
+        && matches!(
+            decoded.photometric_interpretation(),
+            PhotometricInterpretation::Monochrome1 | PhotometricInterpretation::Monochrome2
+        ) {
+        grey_image(&object, &decoded)?
+    } else {
+        // Colour (RGB, YBR, palette): dicom-rs converts it to RGB.
+        decoded
+            .to_dynamic_image_with_options(0, &ConvertOptions::new().force_8bit())
+            .map_err(|error| PixelError::Undecodable(error.to_string()))?
+    };
+    let image = match options.viewport {
+        Some(viewport) => image.resize(viewport.width, viewport.height, FilterType::Triangle),
+        None => image,
+    };
+    encode(image, options)
+}
+
+/// Renders the first frame of `instance` scaled to fit `viewport` (a square of
+/// [`THUMBNAIL_SIDE`] when `None`), as a thumbnail.
+pub fn thumbnail(
+    instance: &[u8],
+    format: ImageFormat,
+    quality: u8,
+    viewport: Option<Viewport>,
+) -> Result<Vec<u8>, PixelError> {
+    let viewport = viewport.unwrap_or(Viewport {
+        width: THUMBNAIL_SIDE,
+        height: THUMBNAIL_SIDE,
+    });
+    render(
+        instance,
+        1,
+        &RenderOptions {
+            format,
+            quality,
+            viewport: Some(viewport),
+        },
+    )
+}
+
+fn check_options(options: &RenderOptions) -> Result<(), PixelError> {
+    if !(1..=100).contains(&options.quality) {
+        return Err(PixelError::InvalidOptions("quality must be from 1 to 100"));
+    }
+    if let Some(viewport) = options.viewport {
+        let sides = 1..=MAX_VIEWPORT_SIDE;
+        if !sides.contains(&viewport.width) || !sides.contains(&viewport.height) {
+            return Err(PixelError::InvalidOptions(
+                "viewport sides must be from 1 to 8192 pixels",
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Parses the whole instance, pixel data included (as stored: fragments stay encoded).
+fn open(instance: &[u8]) -> Result<DefaultDicomObject, PixelError> {
+    OpenFileOptions::new()
+        .from_reader(Cursor::new(instance))
+        .map_err(|error| PixelError::Unreadable(error.to_string()))
+}
+
+/// The number of frames, once the decoded size is known to be within the limit.
+fn frame_count(object: &DefaultDicomObject) -> Result<u32, PixelError> {
+    if object
+        .element_opt(tags::PIXEL_DATA)
+        .ok()
+        .flatten()
+        .is_none()
+    {
+        return Err(PixelError::NoPixelData);
+    }
+    let number = |tag| -> Result<u64, PixelError> {
+        let element = object
+            .element_opt(tag)
+            .map_err(|error| PixelError::Undecodable(error.to_string()))?
+            .ok_or(PixelError::Undecodable(format!("{tag} is missing")))?;
+        element
+            .to_int::<u64>()
+            .map_err(|error| PixelError::Undecodable(format!("{tag}: {error}")))
+    };
+    let rows = number(tags::ROWS)?;
+    let columns = number(tags::COLUMNS)?;
+    let samples = number(tags::SAMPLES_PER_PIXEL)?;
+    let bits = number(tags::BITS_ALLOCATED)?;
+    let frames = match object.element_opt(tags::NUMBER_OF_FRAMES).ok().flatten() {
+        Some(element) => element
+            .to_int::<u64>()
+            .map_err(|error| PixelError::Undecodable(format!("NumberOfFrames: {error}")))?,
+        None => 1,
+    }
+    .max(1);
+    if rows > u64::from(MAX_IMAGE_SIDE) || columns > u64::from(MAX_IMAGE_SIDE) {
+        return Err(PixelError::Undecodable(format!(
+            "{columns}x{rows} pixels: sides over {MAX_IMAGE_SIDE} are not rendered"
+        )));
+    }
+    // One frame decoded into native samples, then converted to 8-bit samples (RGB at most).
+    let frame_bytes =
+        rows * columns * samples.max(1) * bits.div_ceil(8).max(1) + rows * columns * samples.max(3);
+    if frame_bytes > MAX_DECODED_BYTES {
+        return Err(PixelError::TooLarge {
+            bytes: frame_bytes,
+            limit: MAX_DECODED_BYTES,
+        });
+    }
+    u32::try_from(frames).map_err(|_| PixelError::Undecodable("NumberOfFrames is too large".into()))
+}
+
+/// A grey frame through the display pipeline: modality LUT (rescale), then the first stored
+/// window with the linear VOI function of PS3.3 C.11.2.1.2.1, or a min-max normalization when
+/// no usable window is stored; MONOCHROME1 inverted. Done here on the rescaled values rather
+/// than by dicom-rs's image conversion, which renders signed samples without a window black.
+fn grey_image(
+    object: &DefaultDicomObject,
+    decoded: &DecodedPixelData<'_>,
+) -> Result<DynamicImage, PixelError> {
+    let values: Vec<f64> = decoded
+        .to_vec_frame_with_options(
+            0,
+            &ConvertOptions::new().with_voi_lut(VoiLutOption::Identity),
+        )
+        .map_err(|error| PixelError::Undecodable(error.to_string()))?;
+    let to_grey: Box<dyn Fn(f64) -> f64> = match stored_window(object) {
+        Some((center, width)) => {
+            let low = center - 0.5 - (width - 1.0) / 2.0;
+            let high = center - 0.5 + (width - 1.0) / 2.0;
+            Box::new(move |value| {
+                if value <= low {
+                    0.0
+                } else if value > high {
+                    255.0
+                } else {
+                    ((value - (center - 0.5)) / (width - 1.0) + 0.5) * 255.0
+                }
+            })
+        }
+        None => {
+            let (lowest, highest) = values
+                .iter()
+                .fold((f64::INFINITY, f64::NEG_INFINITY), |(low, high), value| {
+                    (low.min(*value), high.max(*value))
+                });
+            let range = (highest - lowest).max(f64::EPSILON);
+            Box::new(move |value| (value - lowest) / range * 255.0)
+        }
+    };
+    let invert = *decoded.photometric_interpretation() == PhotometricInterpretation::Monochrome1;
+    let grey: Vec<u8> = values
+        .iter()
+        .map(|value| {
+            let level = to_grey(*value).clamp(0.0, 255.0);
+            let level = if invert { 255.0 - level } else { level };
+            level.round() as u8
+        })
+        .collect();
+    GrayImage::from_raw(decoded.columns(), decoded.rows(), grey)
+        .map(DynamicImage::ImageLuma8)
+        .ok_or_else(|| {
+            PixelError::Undecodable("the frame's size does not match its samples".into())
+        })
+}
+
+/// The first WindowCenter and WindowWidth, when both are stored and the width is at least 1.
+fn stored_window(object: &DefaultDicomObject) -> Option<(f64, f64)> {
+    let first = |tag| {
+        object
+            .element_opt(tag)
+            .ok()
+            .flatten()?
+            .to_multi_float64()
+            .ok()?
+            .first()
+            .copied()
+    };
+    let center = first(tags::WINDOW_CENTER)?;
+    let width = first(tags::WINDOW_WIDTH)?;
+    (width >= 1.0 && center.is_finite() && width.is_finite()).then_some((center, width))
+}
+
+fn encode(image: DynamicImage, options: &RenderOptions) -> Result<Vec<u8>, PixelError> {
+    // JPEG and PNG both take 8-bit grey or RGB; anything else (grey with alpha...) becomes RGB.
+    let image = match image {
+        DynamicImage::ImageLuma8(_) | DynamicImage::ImageRgb8(_) => image,
+        DynamicImage::ImageLuma16(_) => DynamicImage::ImageLuma8(image.to_luma8()),
+        other => DynamicImage::ImageRgb8(other.to_rgb8()),
+    };
+    let mut out = Vec::new();
+    let written = match options.format {
+        ImageFormat::Jpeg => {
+            let encoder =
+                image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, options.quality);
+            image.write_with_encoder(encoder)
+        }
+        ImageFormat::Png => {
+            let encoder = image::codecs::png::PngEncoder::new(&mut out);
+            image.write_with_encoder(encoder)
+        }
+    };
+    written.map_err(|error| PixelError::Encode(error.to_string()))?;
+    Ok(out)
+}

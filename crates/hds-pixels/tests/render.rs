@@ -1,0 +1,149 @@
+//! Rendering real files (pydicom's test data, `HDS_PYDICOM_TESTDATA`) and refusing hostile ones.
+
+use std::path::PathBuf;
+
+use dicom_core::{DataElement, PrimitiveValue, VR};
+use dicom_object::open_file;
+use hds_pixels::{ImageFormat, PixelError, RenderOptions, Viewport, render, thumbnail};
+
+fn test_file(name: &str) -> Vec<u8> {
+    let directory = std::env::var("HDS_PYDICOM_TESTDATA")
+        .expect("HDS_PYDICOM_TESTDATA names pydicom's test_files directory (scripts/test sets it)");
+    std::fs::read(PathBuf::from(directory).join(name)).expect("test file")
+}
+
+/// The file with one element replaced, written back as Part 10 bytes.
+fn with_element(name: &str, element: DataElement<dicom_object::InMemDicomObject>) -> Vec<u8> {
+    let directory = std::env::var("HDS_PYDICOM_TESTDATA").expect("HDS_PYDICOM_TESTDATA");
+    let mut object = open_file(PathBuf::from(directory).join(name)).expect("open");
+    object.put(element);
+    let mut bytes = Vec::new();
+    object.write_all(&mut bytes).expect("write");
+    bytes
+}
+
+fn png() -> RenderOptions {
+    RenderOptions {
+        format: ImageFormat::Png,
+        ..RenderOptions::default()
+    }
+}
+
+#[test]
+fn a_ct_renders_at_its_size_with_grey_levels() {
+    let image = render(&test_file("CT_small.dcm"), 1, &png()).expect("render");
+    let decoded = image::load_from_memory(&image).expect("a PNG").to_luma8();
+    assert_eq!(decoded.dimensions(), (128, 128));
+    let levels: std::collections::BTreeSet<u8> = decoded.pixels().map(|pixel| pixel.0[0]).collect();
+    assert!(levels.len() > 50, "only {} grey levels", levels.len());
+}
+
+#[test]
+fn viewports_fit_and_thumbnails_default_to_their_square() {
+    let bytes = test_file("MR_small.dcm");
+    let fitted = render(
+        &bytes,
+        1,
+        &RenderOptions {
+            viewport: Some(Viewport {
+                width: 16,
+                height: 32,
+            }),
+            ..png()
+        },
+    )
+    .expect("render");
+    assert_eq!(image::load_from_memory(&fitted).expect("PNG").width(), 16);
+    let small = thumbnail(&bytes, ImageFormat::Jpeg, 80, None).expect("thumbnail");
+    let small = image::load_from_memory(&small).expect("JPEG");
+    assert_eq!((small.width(), small.height()), (200, 200));
+}
+
+#[test]
+fn frames_outside_the_instance_and_bad_options_are_refused() {
+    let bytes = test_file("SC_rgb_rle_2frame.dcm");
+    assert!(render(&bytes, 2, &png()).is_ok());
+    for frame in [0, 3, u32::MAX] {
+        assert!(matches!(
+            render(&bytes, frame, &png()),
+            Err(PixelError::NoSuchFrame { frames: 2, .. })
+        ));
+    }
+    for options in [
+        RenderOptions {
+            quality: 0,
+            ..png()
+        },
+        RenderOptions {
+            quality: 101,
+            ..png()
+        },
+        RenderOptions {
+            viewport: Some(Viewport {
+                width: 0,
+                height: 5,
+            }),
+            ..png()
+        },
+        RenderOptions {
+            viewport: Some(Viewport {
+                width: 5,
+                height: hds_pixels::MAX_VIEWPORT_SIDE + 1,
+            }),
+            ..png()
+        },
+    ] {
+        assert!(matches!(
+            render(&bytes, 1, &options),
+            Err(PixelError::InvalidOptions(_))
+        ));
+    }
+}
+
+#[test]
+fn hostile_instances_are_refused_before_decoding() {
+    // Not DICOM, and cut short.
+    assert!(matches!(
+        render(b"not dicom", 1, &png()),
+        Err(PixelError::Unreadable(_))
+    ));
+    let bytes = test_file("CT_small.dcm");
+    assert!(render(&bytes[..bytes.len() / 2], 1, &png()).is_err());
+    // Claimed sizes far beyond the pixel data: refused from the header, nothing allocated.
+    let wide = with_element(
+        "CT_small.dcm",
+        DataElement::new(
+            dicom_core::Tag(0x0028, 0x0011),
+            VR::US,
+            PrimitiveValue::from(65_535u16),
+        ),
+    );
+    let tall = {
+        let directory = std::env::var("HDS_PYDICOM_TESTDATA").expect("HDS_PYDICOM_TESTDATA");
+        let mut object =
+            open_file(PathBuf::from(directory).join("SC_rgb_rle_2frame.dcm")).expect("open");
+        object.put(DataElement::new(
+            dicom_core::Tag(0x0028, 0x0010),
+            VR::US,
+            PrimitiveValue::from(65_535u16),
+        ));
+        object.put(DataElement::new(
+            dicom_core::Tag(0x0028, 0x0011),
+            VR::US,
+            PrimitiveValue::from(65_535u16),
+        ));
+        let mut out = Vec::new();
+        object.write_all(&mut out).expect("write");
+        out
+    };
+    assert!(render(&wide, 1, &png()).is_err());
+    assert!(matches!(
+        render(&tall, 1, &png()),
+        Err(PixelError::TooLarge { .. })
+    ));
+    // No pixel data at all.
+    assert!(matches!(
+        render(&test_file("rtplan.dcm"), 1, &png()),
+        Err(PixelError::NoPixelData)
+    ));
+}
