@@ -245,9 +245,19 @@ def test_transfer_syntax_negotiation(hds):
     ct = unique_copy("CT_small.dcm")
     assert stow(hds, [to_bytes(jpeg), to_bytes(ct)]).status_code == 200
     jpeg_url = f"{hds.url}/studies/{jpeg.StudyInstanceUID}/series/{jpeg.SeriesInstanceUID}/instances/{jpeg.SOPInstanceUID}"
-    refused = hds.http.get(jpeg_url, headers={"Accept": 'multipart/related; type="application/dicom"'})
+    # Without a parameter, JPEG baseline comes back transcoded to Explicit VR Little Endian.
+    transcoded = hds.http.get(jpeg_url, headers={"Accept": 'multipart/related; type="application/dicom"'})
+    assert transcoded.status_code == 200, transcoded.text
+    assert pydicom.dcmread(io.BytesIO(multipart_parts(transcoded)[0])).file_meta.TransferSyntaxUID == EXPLICIT_LE
+    # A syntax hds cannot decode (JPEG Extended, 12-bit) is refused, naming it.
+    twelve_bit = unique_copy("JPEG-lossy.dcm")
+    assert stow(hds, [to_bytes(twelve_bit)]).status_code == 200
+    refused = hds.http.get(
+        f"{hds.url}/studies/{twelve_bit.StudyInstanceUID}/series/{twelve_bit.SeriesInstanceUID}"
+        f"/instances/{twelve_bit.SOPInstanceUID}",
+        headers={"Accept": 'multipart/related; type="application/dicom"'})
     assert refused.status_code == 406
-    assert "transfer-syntax=*" in refused.text
+    assert "transfer-syntax=*" in refused.text and "1.2.840.10008.1.2.4.51" in refused.text
     as_stored = hds.http.get(jpeg_url, headers={"Accept": "application/dicom; transfer-syntax=*"})
     assert as_stored.status_code == 200
     assert as_stored.content == to_bytes(jpeg)

@@ -115,12 +115,14 @@ pub enum Packaging {
 pub struct Negotiated {
     /// Multipart or single part.
     pub packaging: Packaging,
+    /// Items stored in another syntax are transcoded to Explicit VR Little Endian.
+    pub transcode: bool,
 }
 
 /// Chooses how to return items of `part_type` (`application/dicom` or
-/// `application/octet-stream`) stored in `stored_syntaxes`, given the Accept header. Without a
-/// transfer-syntax parameter only `acceptable_without_parameter` syntaxes can be returned as
-/// they are (hds does not transcode), so anything else asks the client for `transfer-syntax=*`.
+/// `application/octet-stream`) stored in `stored_syntaxes`, given the Accept header, without
+/// transcoding: without a transfer-syntax parameter only `acceptable_without_parameter`
+/// syntaxes can be returned, so anything else asks the client for `transfer-syntax=*`.
 pub fn negotiate(
     headers: &HeaderMap,
     part_type: &'static str,
@@ -128,6 +130,49 @@ pub fn negotiate(
     acceptable_without_parameter: impl Fn(&str) -> bool,
     single_allowed: bool,
 ) -> Result<Negotiated, DicomWebError> {
+    negotiate_with_transcoding(
+        headers,
+        part_type,
+        stored_syntaxes,
+        acceptable_without_parameter,
+        |_| false,
+        single_allowed,
+    )
+}
+
+/// As [`negotiate`], where items stored in a `transcodable` syntax can also be returned in
+/// Explicit VR Little Endian: when the client names that syntax, or none.
+pub fn negotiate_with_transcoding(
+    headers: &HeaderMap,
+    part_type: &'static str,
+    stored_syntaxes: &[&str],
+    acceptable_without_parameter: impl Fn(&str) -> bool,
+    transcodable: impl Fn(&str) -> bool,
+    single_allowed: bool,
+) -> Result<Negotiated, DicomWebError> {
+    let as_stored = |packaging| Negotiated {
+        packaging,
+        transcode: false,
+    };
+    let transcoded = |packaging| Negotiated {
+        packaging,
+        transcode: true,
+    };
+    let all_transcodable = || {
+        stored_syntaxes
+            .iter()
+            .all(|stored| *stored == EXPLICIT_VR_LITTLE_ENDIAN || transcodable(stored))
+    };
+    let untranscodable = || {
+        let mut syntaxes: Vec<&str> = stored_syntaxes
+            .iter()
+            .copied()
+            .filter(|stored| *stored != EXPLICIT_VR_LITTLE_ENDIAN && !transcodable(stored))
+            .collect();
+        syntaxes.sort_unstable();
+        syntaxes.dedup();
+        syntaxes.join(", ")
+    };
     let mut transfer_syntax_problem = None;
     for range in accepted(headers) {
         let packaging = match range.essence.as_str() {
@@ -143,30 +188,45 @@ pub fn negotiate(
             _ => continue,
         };
         match range.parameter("transfer-syntax") {
-            Some("*") => return Ok(Negotiated { packaging }),
+            Some("*") => return Ok(as_stored(packaging)),
             Some(wanted) => {
                 if stored_syntaxes.iter().all(|stored| *stored == wanted) {
-                    return Ok(Negotiated { packaging });
+                    return Ok(as_stored(packaging));
                 }
-                transfer_syntax_problem = Some(format!(
-                    "the data is not stored in transfer syntax {wanted} and hds does not transcode; \
-                     ask for transfer-syntax=* to receive it as stored"
-                ));
+                if wanted == EXPLICIT_VR_LITTLE_ENDIAN && all_transcodable() {
+                    return Ok(transcoded(packaging));
+                }
+                transfer_syntax_problem = Some(if wanted == EXPLICIT_VR_LITTLE_ENDIAN {
+                    format!(
+                        "the data is stored in transfer syntax {}, which hds cannot transcode; \
+                         ask for transfer-syntax=* to receive it as stored",
+                        untranscodable()
+                    )
+                } else {
+                    format!(
+                        "the data is not stored in transfer syntax {wanted} and hds transcodes \
+                         only to Explicit VR Little Endian ({EXPLICIT_VR_LITTLE_ENDIAN}); ask for \
+                         that, or for transfer-syntax=* to receive it as stored"
+                    )
+                });
             }
             None => {
                 if stored_syntaxes
                     .iter()
                     .all(|stored| acceptable_without_parameter(stored))
                 {
-                    return Ok(Negotiated { packaging });
+                    return Ok(as_stored(packaging));
                 }
-                transfer_syntax_problem = Some(
-                    "the data is stored in a transfer syntax other than Explicit VR Little Endian and \
-                     hds does not transcode; ask for transfer-syntax=* (for example Accept: \
-                     multipart/related; type=\"application/dicom\"; transfer-syntax=*) to receive it \
-                     as stored"
-                        .to_owned(),
-                );
+                if all_transcodable() {
+                    return Ok(transcoded(packaging));
+                }
+                transfer_syntax_problem = Some(format!(
+                    "the data is stored in transfer syntax {}, which hds cannot transcode to \
+                     Explicit VR Little Endian; ask for transfer-syntax=* (for example Accept: \
+                     multipart/related; type=\"application/dicom\"; transfer-syntax=*) to receive \
+                     it as stored",
+                    untranscodable()
+                ));
             }
         }
     }

@@ -1,7 +1,8 @@
 //! Rendered resources (PS3.18 §9.5, 10.4.1.1.3): an instance or one of its frames as a JPEG or
-//! PNG image with the instance's own window, and thumbnails of studies, series and instances.
-//! The image is made by `hds-pixels`; this module negotiates the format, reads the parameters
-//! and bounds the work.
+//! PNG image with the instance's own window, and thumbnails of studies, series and instances;
+//! and the transcoding of retrieved instances to Explicit VR Little Endian. The pixel work is
+//! `hds-pixels`'s; this module negotiates the format, reads the parameters and bounds the work
+//! (whole instances in memory up to a limit, at most one decode per core at a time).
 
 use std::sync::LazyLock;
 
@@ -9,8 +10,9 @@ use axum::extract::{Path, Query};
 use axum::http::HeaderMap;
 use axum::http::header::CONTENT_TYPE;
 use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
 use futures::StreamExt;
-use hds_archive::Scope;
+use hds_archive::{ByteStream, InstanceContent, Scope};
 use hds_pixels::{DEFAULT_QUALITY, ImageFormat, PixelError, RenderOptions, Viewport};
 use tokio::sync::Semaphore;
 
@@ -208,8 +210,51 @@ fn parse_viewport(text: &str) -> Result<Viewport, DicomWebError> {
     })
 }
 
+/// The stored instance `bytes` transcoded to Explicit VR Little Endian (read whole, decoded
+/// off the async workers under the same per-core limit as renders).
+pub(crate) async fn transcode(bytes: ByteStream) -> Result<Vec<u8>, DicomWebError> {
+    let whole = read_whole(bytes).await?;
+    let _turn = RENDERS
+        .acquire()
+        .await
+        .map_err(|_| DicomWebError::Internal("the render limit was closed".into()))?;
+    tokio::task::spawn_blocking(move || hds_pixels::transcode_to_explicit_little_endian(&whole))
+        .await
+        .map_err(|error| DicomWebError::Internal(format!("transcoding task: {error}")))?
+        .map_err(|error| match error {
+            PixelError::TooLarge { .. } | PixelError::Undecodable(_) => {
+                DicomWebError::NotAcceptable(format!(
+                    "the instance cannot be transcoded to Explicit VR Little Endian: {error}; \
+                     ask for transfer-syntax=* to receive it as stored"
+                ))
+            }
+            other => DicomWebError::Internal(other.to_string()),
+        })
+}
+
+/// An instance as a multipart response sends it in Explicit VR Little Endian: one stored so
+/// passes through; any other is transcoded when the response reaches it (a failure then ends
+/// the body, as a damaged blob does).
+pub(crate) fn transcoded(instance: InstanceContent) -> InstanceContent {
+    if instance.transfer_syntax_uid == hds_pixels::EXPLICIT_VR_LITTLE_ENDIAN {
+        return instance;
+    }
+    let stored = instance.bytes;
+    let bytes = futures::stream::once(async move {
+        transcode(stored).await.map(Bytes::from).map_err(|error| {
+            tracing::warn!(error = %error, "transcoding an instance failed mid-response");
+            std::io::Error::other("transcoding failed")
+        })
+    })
+    .boxed();
+    InstanceContent {
+        transfer_syntax_uid: hds_pixels::EXPLICIT_VR_LITTLE_ENDIAN.to_owned(),
+        bytes,
+    }
+}
+
 /// The decrypted instance, whole, up to [`MAX_RENDERED_INSTANCE_BYTES`].
-async fn read_whole(mut stream: hds_archive::ByteStream) -> Result<Vec<u8>, DicomWebError> {
+async fn read_whole(mut stream: ByteStream) -> Result<Vec<u8>, DicomWebError> {
     let mut bytes = Vec::new();
     while let Some(chunk) = stream.next().await {
         let chunk = chunk.map_err(|error| DicomWebError::Internal(error.to_string()))?;

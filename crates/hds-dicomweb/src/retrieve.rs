@@ -16,12 +16,13 @@ use serde::Deserialize;
 use crate::DicomWebError;
 use crate::media::{self, EXPLICIT_VR_LITTLE_ENDIAN, Packaging};
 use crate::multipart;
+use crate::rendered;
 use crate::service::ServiceContext;
 
 /// Transfer syntaxes whose native (not encapsulated) pixel data is in little-endian byte order:
 /// their frames are what an `application/octet-stream` part without a transfer-syntax means.
 /// Frames stored big endian are sent only to a client that accepts the stored syntax
-/// (`transfer-syntax=*`), labelled with it: hds does not transcode.
+/// (`transfer-syntax=*`), labelled with it: frames are not transcoded.
 const LITTLE_ENDIAN_NATIVE_SYNTAXES: [&str; 3] = [
     "1.2.840.10008.1.2",
     "1.2.840.10008.1.2.1",
@@ -93,11 +94,12 @@ async fn retrieve_instances(
 ) -> Result<Response, DicomWebError> {
     let found = context.archive.find_instances(scope).await?;
     let single_allowed = matches!(scope, Scope::Instance(..));
-    let negotiated = media::negotiate(
+    let negotiated = media::negotiate_with_transcoding(
         headers,
         "application/dicom",
         &found.transfer_syntaxes(),
         |syntax| syntax == EXPLICIT_VR_LITTLE_ENDIAN,
+        |syntax| hds_pixels::TRANSCODABLE_TO_EXPLICIT_LITTLE_ENDIAN.contains(&syntax),
         single_allowed,
     )?;
     // The first instance is opened (and its first segment verified) before the status line,
@@ -109,6 +111,13 @@ async fn retrieve_instances(
             let instance = instances
                 .next()
                 .ok_or_else(|| DicomWebError::Internal("no instance opened".into()))?;
+            if negotiated.transcode && instance.transfer_syntax_uid != EXPLICIT_VR_LITTLE_ENDIAN {
+                // One instance: transcoded before the status line, so that what cannot be
+                // transcoded is a clean error.
+                let bytes = rendered::transcode(instance.bytes).await?;
+                let content_type = instance_part_type(EXPLICIT_VR_LITTLE_ENDIAN);
+                return Ok(([(CONTENT_TYPE, content_type)], bytes).into_response());
+            }
             let content_type = instance_part_type(&instance.transfer_syntax_uid);
             Ok((
                 [(CONTENT_TYPE, content_type)],
@@ -118,7 +127,13 @@ async fn retrieve_instances(
         }
         Packaging::Multipart => {
             let boundary = multipart::new_boundary();
-            let parts = instances.map(|instance| {
+            let transcode = negotiated.transcode;
+            let parts = instances.map(move |instance| {
+                let instance = if transcode {
+                    rendered::transcoded(instance)
+                } else {
+                    instance
+                };
                 (
                     instance_part_type(&instance.transfer_syntax_uid),
                     None,

@@ -1,5 +1,7 @@
 //! Pixel data services: one frame of a stored instance rendered as a JPEG or PNG image, for
-//! DICOMweb's rendered and thumbnail resources (PS3.18 §8.3.5 and §9.5).
+//! DICOMweb's rendered and thumbnail resources (PS3.18 §8.3.5 and §9.5), and an instance
+//! transcoded to Explicit VR Little Endian for a WADO-RS client that cannot read its stored
+//! transfer syntax.
 //!
 //! Rendering follows the instance's own display pipeline, as a viewer would show it: the
 //! modality LUT (RescaleSlope/RescaleIntercept), then the first window the instance stores
@@ -18,7 +20,8 @@ use std::io::Cursor;
 use dicom_dictionary_std::tags;
 use dicom_object::{DefaultDicomObject, OpenFileOptions};
 use dicom_pixeldata::{
-    ConvertOptions, DecodedPixelData, PhotometricInterpretation, PixelDecoder, VoiLutOption,
+    ConvertOptions, DecodedPixelData, PhotometricInterpretation, PixelDecoder, Transcode,
+    VoiLutOption,
 };
 use image::imageops::FilterType;
 use image::{DynamicImage, GrayImage};
@@ -206,8 +209,28 @@ fn open(instance: &[u8]) -> Result<DefaultDicomObject, PixelError> {
         .map_err(|error| PixelError::Unreadable(error.to_string()))
 }
 
-/// The number of frames, once the decoded size is known to be within the limit.
+/// The number of frames, once one frame's decoded size is known to be within the limit.
 fn frame_count(object: &DefaultDicomObject) -> Result<u32, PixelError> {
+    let layout = pixel_layout(object)?;
+    if layout.frame_bytes > MAX_DECODED_BYTES {
+        return Err(PixelError::TooLarge {
+            bytes: layout.frame_bytes,
+            limit: MAX_DECODED_BYTES,
+        });
+    }
+    Ok(layout.frames)
+}
+
+/// What decoding an instance's pixel data takes, from its header.
+struct PixelLayout {
+    frames: u32,
+    /// One frame decoded into native samples and converted to 8-bit samples (RGB at most).
+    frame_bytes: u64,
+    /// Every frame in native samples.
+    native_bytes: u64,
+}
+
+fn pixel_layout(object: &DefaultDicomObject) -> Result<PixelLayout, PixelError> {
     if object
         .element_opt(tags::PIXEL_DATA)
         .ok()
@@ -241,16 +264,62 @@ fn frame_count(object: &DefaultDicomObject) -> Result<u32, PixelError> {
             "{columns}x{rows} pixels: sides over {MAX_IMAGE_SIDE} are not rendered"
         )));
     }
-    // One frame decoded into native samples, then converted to 8-bit samples (RGB at most).
-    let frame_bytes =
-        rows * columns * samples.max(1) * bits.div_ceil(8).max(1) + rows * columns * samples.max(3);
-    if frame_bytes > MAX_DECODED_BYTES {
-        return Err(PixelError::TooLarge {
-            bytes: frame_bytes,
-            limit: MAX_DECODED_BYTES,
-        });
+    let native_frame = rows * columns * samples.max(1) * bits.div_ceil(8).max(1);
+    Ok(PixelLayout {
+        frames: u32::try_from(frames)
+            .map_err(|_| PixelError::Undecodable("NumberOfFrames is too large".into()))?,
+        frame_bytes: native_frame + rows * columns * samples.max(3),
+        native_bytes: native_frame.saturating_mul(frames),
+    })
+}
+
+/// Explicit VR Little Endian, the transfer syntax DICOMweb returns when none is asked for.
+pub const EXPLICIT_VR_LITTLE_ENDIAN: &str = "1.2.840.10008.1.2.1";
+
+/// The stored transfer syntaxes [`transcode_to_explicit_little_endian`] takes: the other native
+/// ones, RLE, JPEG baseline and lossless, JPEG 2000. JPEG Extended (4.51, mostly 12-bit
+/// samples) and JPEG-LS are not among them: the decoders here do not read them.
+pub const TRANSCODABLE_TO_EXPLICIT_LITTLE_ENDIAN: [&str; 8] = [
+    "1.2.840.10008.1.2",
+    "1.2.840.10008.1.2.2",
+    "1.2.840.10008.1.2.5",
+    "1.2.840.10008.1.2.4.50",
+    "1.2.840.10008.1.2.4.57",
+    "1.2.840.10008.1.2.4.70",
+    "1.2.840.10008.1.2.4.90",
+    "1.2.840.10008.1.2.4.91",
+];
+
+/// The Part-10 instance `instance` re-encoded in Explicit VR Little Endian, its pixel data
+/// decoded to native samples (every frame: the whole decoded size must be within
+/// [`MAX_DECODED_BYTES`]). Attributes other than the transfer syntax and those describing the
+/// pixel data's encoding are kept as they are.
+pub fn transcode_to_explicit_little_endian(instance: &[u8]) -> Result<Vec<u8>, PixelError> {
+    let mut object = open(instance)?;
+    match pixel_layout(&object) {
+        Ok(layout) if layout.native_bytes > MAX_DECODED_BYTES => {
+            return Err(PixelError::TooLarge {
+                bytes: layout.native_bytes,
+                limit: MAX_DECODED_BYTES,
+            });
+        }
+        // Without pixel data only the data set's encoding changes.
+        Ok(_) | Err(PixelError::NoPixelData) => {}
+        Err(other) => return Err(other),
     }
-    u32::try_from(frames).map_err(|_| PixelError::Undecodable("NumberOfFrames is too large".into()))
+    let source = object
+        .meta()
+        .transfer_syntax()
+        .trim_end_matches('\0')
+        .to_owned();
+    object
+        .transcode(&dicom_transfer_syntax_registry::entries::EXPLICIT_VR_LITTLE_ENDIAN.erased())
+        .map_err(|error| PixelError::Undecodable(format!("{error} (transfer syntax {source})")))?;
+    let mut out = Vec::with_capacity(instance.len());
+    object
+        .write_all(&mut out)
+        .map_err(|error| PixelError::Encode(error.to_string()))?;
+    Ok(out)
 }
 
 /// A grey frame through the display pipeline: modality LUT (rescale), then the first stored

@@ -147,3 +147,45 @@ fn hostile_instances_are_refused_before_decoding() {
         Err(PixelError::NoPixelData)
     ));
 }
+
+#[test]
+fn transcoding_keeps_the_data_set_and_refuses_what_would_decode_too_large() {
+    let rle = test_file("SC_rgb_rle_2frame.dcm");
+    let out = hds_pixels::transcode_to_explicit_little_endian(&rle).expect("transcode");
+    let object = dicom_object::OpenFileOptions::new()
+        .from_reader(std::io::Cursor::new(&out))
+        .expect("parse");
+    assert_eq!(
+        object.meta().transfer_syntax().trim_end_matches('\0'),
+        hds_pixels::EXPLICIT_VR_LITTLE_ENDIAN
+    );
+    let pixels = object
+        .element(dicom_core::Tag(0x7FE0, 0x0010))
+        .expect("pixel data")
+        .to_bytes()
+        .expect("native bytes");
+    assert_eq!(pixels.len(), 100 * 100 * 3 * 2);
+    // Two frames declared 65535 x 65535: refused from the header.
+    let huge = {
+        let directory = std::env::var("HDS_PYDICOM_TESTDATA").expect("HDS_PYDICOM_TESTDATA");
+        let mut object =
+            open_file(PathBuf::from(directory).join("SC_rgb_rle_2frame.dcm")).expect("open");
+        for tag in [
+            dicom_core::Tag(0x0028, 0x0010),
+            dicom_core::Tag(0x0028, 0x0011),
+        ] {
+            object.put(DataElement::new(
+                tag,
+                VR::US,
+                PrimitiveValue::from(65_535u16),
+            ));
+        }
+        let mut out = Vec::new();
+        object.write_all(&mut out).expect("write");
+        out
+    };
+    assert!(matches!(
+        hds_pixels::transcode_to_explicit_little_endian(&huge),
+        Err(PixelError::TooLarge { .. })
+    ));
+}
