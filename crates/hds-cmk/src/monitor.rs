@@ -11,6 +11,12 @@
 //!
 //! A success seen only after the latch has run out does not recover the service: access was,
 //! as far as hds could tell, lost for longer than the latch, and the rule asks for an update.
+//!
+//! Several nodes on one database share one state per service: each node probes on its own
+//! interval, and each probe's transition starts from the stored state and stores its result in
+//! one transaction. A key disabled is seen by every node's next probe; a latch, a `since` or a
+//! revalidation made by one node reaches the others at their next probe (within
+//! `probe_interval`).
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -401,6 +407,18 @@ impl KeyAccessMonitor {
         Ok(())
     }
 
+    /// Stops monitoring `service_key` in this process only, keeping its persisted state
+    /// (another node deleted the service and owns its cleanup). Subscribers see their channel
+    /// close.
+    pub fn forget(&self, service_key: &str) {
+        let removed = self
+            .services
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .remove(service_key);
+        drop(removed);
+    }
+
     /// What `service_key` is registered with (its key URL and the principal that reaches it),
     /// if it is registered.
     pub fn binding(&self, service_key: &str) -> Option<KeyBinding> {
@@ -428,6 +446,24 @@ impl KeyAccessMonitor {
         self.entry(service_key)
             .ok()
             .map(|entry| entry.sender.borrow().clone())
+    }
+
+    /// The state every node shares, as last stored by any node's probe (this process's copy,
+    /// [`KeyAccessMonitor::state`], follows it at each of its own probes). `None` when
+    /// `service_key` is not registered here.
+    pub async fn shared_state(
+        &self,
+        service_key: &str,
+    ) -> Result<Option<KeyAccessState>, MonitorError> {
+        let Some(local) = self.state(service_key) else {
+            return Ok(None);
+        };
+        Ok(Some(
+            self.store
+                .load(service_key)
+                .await?
+                .map_or(local, |stored| stored.state),
+        ))
     }
 
     /// A receiver that sees every change of `service_key`'s state (the data plane drops its
@@ -516,19 +552,12 @@ impl KeyAccessMonitor {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
             .clone();
         let outcome = self.probe.probe(&binding).await;
-        let now = self.clock.now();
+        // Stored to the millisecond: the state every node reads back is the one applied here.
+        let now = truncate_to_millis(self.clock.now());
         *entry
             .last_checked
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(now);
-        let current = entry.sender.borrow().clone();
-        let next = transition(
-            &current,
-            outcome.as_ref().map(|_| ()).map_err(Clone::clone),
-            now,
-            self.config.lost_access_latch,
-            revalidating,
-        );
         let mut kid_changed = None;
         if let Ok(kid) = &outcome {
             let mut latest = entry
@@ -541,22 +570,34 @@ impl KeyAccessMonitor {
                 kid_changed = Some(kid.clone());
             }
         }
-        let state_changed = next != current;
-        if state_changed {
+        let latest_kid = entry
+            .latest_kid
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone();
+        // The transition starts from the state all nodes share, not from this process's
+        // copy: another node's probe, latch or revalidation counts here too.
+        let latch = self.config.lost_access_latch;
+        let probed = outcome.as_ref().map(|_| ()).map_err(Clone::clone);
+        let (_, stored) = self
+            .store
+            .update(service_key, now, |shared| StoredState {
+                state: transition(
+                    &shared.map_or(KeyAccessState::Healthy, |shared| shared.state.clone()),
+                    probed,
+                    now,
+                    latch,
+                    revalidating,
+                ),
+                latest_kid: latest_kid
+                    .or_else(|| shared.and_then(|shared| shared.latest_kid.clone())),
+            })
+            .await?;
+        let next = stored.state;
+        let current = entry.sender.borrow().clone();
+        if next != current {
             log_transition(service_key, &current, &next);
             entry.sender.send_replace(next.clone());
-        }
-        if state_changed || kid_changed.is_some() {
-            let latest_kid = entry
-                .latest_kid
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner())
-                .clone();
-            let stored = StoredState {
-                state: next.clone(),
-                latest_kid,
-            };
-            self.store.save(service_key, &stored, now).await?;
         }
         let listener = self
             .new_version_listener
@@ -570,6 +611,12 @@ impl KeyAccessMonitor {
         }
         Ok((next, outcome.err()))
     }
+}
+
+/// `moment` without its sub-millisecond part, as the state store keeps it.
+fn truncate_to_millis(moment: OffsetDateTime) -> OffsetDateTime {
+    let nanos = moment.unix_timestamp_nanos();
+    OffsetDateTime::from_unix_timestamp_nanos(nanos - nanos.rem_euclid(1_000_000)).unwrap_or(moment)
 }
 
 /// The 30-minute rule as a pure function of the current state and a probe's outcome.

@@ -1,5 +1,6 @@
 //! The key-access states, kept in the shared database (component `cmk`) so that a restart
-//! neither clears a latched `RequiresUpdate` nor restarts the 30-minute clock.
+//! neither clears a latched `RequiresUpdate` nor restarts the 30-minute clock, and so that
+//! every node on one database applies its probes to one state (one latch, one `since`).
 
 use hds_db::{Database, DbError, Migration};
 use sqlx::Row;
@@ -56,64 +57,38 @@ impl StateStore {
         .bind(service_key)
         .fetch_optional(self.database.pool())
         .await?;
-        let Some(row) = row else {
-            return Ok(None);
-        };
-        let state_name: String = row.try_get("state")?;
-        let since: Option<i64> = row.try_get("since_ms")?;
-        let reason_code: Option<String> = row.try_get("reason_code")?;
-        let reason_message: Option<String> = row.try_get("reason_message")?;
-        let latest_kid: Option<String> = row.try_get("latest_kid")?;
-        let reason = ValidationError::new(
-            reason_code
-                .as_deref()
-                .and_then(ValidationCode::parse)
-                .unwrap_or(ValidationCode::KeyVaultProbeFailed),
-            reason_message.unwrap_or_default(),
-        );
-        let since = from_millis(since.unwrap_or_default());
-        let state = match state_name.as_str() {
-            "KeyAccessLost" => KeyAccessState::KeyAccessLost { since, reason },
-            "RequiresUpdate" => KeyAccessState::RequiresUpdate { since, reason },
-            _ => KeyAccessState::Healthy,
-        };
-        Ok(Some(StoredState { state, latest_kid }))
+        Ok(row.map(|row| stored_from_row(&row)).transpose()?)
     }
 
-    pub(crate) async fn save(
+    /// Reads the state every node shares, lets `next` compute the new one from it and
+    /// stores that, in one write transaction (the row locked on PostgreSQL), so that two nodes
+    /// probing at once apply their outcomes one after the other. Returns what was stored before
+    /// (`None`: no row yet) and after.
+    pub(crate) async fn update(
         &self,
         service_key: &str,
-        stored: &StoredState,
         now: OffsetDateTime,
-    ) -> Result<(), DbError> {
-        let (since, reason) = match &stored.state {
-            KeyAccessState::Healthy => (None, None),
-            KeyAccessState::KeyAccessLost { since, reason }
-            | KeyAccessState::RequiresUpdate { since, reason } => {
-                (Some(to_millis(*since)), Some(reason))
-            }
-        };
+        next: impl FnOnce(Option<&StoredState>) -> StoredState,
+    ) -> Result<(Option<StoredState>, StoredState), DbError> {
         let mut transaction = self.database.begin_write().await?;
-        sqlx::query(
-            "INSERT INTO cmk_key_access \
-               (service_key, state, since_ms, reason_code, reason_message, latest_kid, updated_ms) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7) \
-             ON CONFLICT (service_key) DO UPDATE SET \
-               state = excluded.state, since_ms = excluded.since_ms, \
-               reason_code = excluded.reason_code, reason_message = excluded.reason_message, \
-               latest_kid = excluded.latest_kid, updated_ms = excluded.updated_ms",
-        )
+        let lock = match self.database.backend() {
+            hds_db::Backend::Postgres => " FOR UPDATE",
+            hds_db::Backend::Sqlite => "",
+        };
+        let row = sqlx::query(&format!(
+            "SELECT state, since_ms, reason_code, reason_message, latest_kid \
+             FROM cmk_key_access WHERE service_key = $1{lock}"
+        ))
         .bind(service_key)
-        .bind(stored.state.name())
-        .bind(since)
-        .bind(reason.map(|reason| reason.code.as_str().to_owned()))
-        .bind(reason.map(|reason| reason.message.clone()))
-        .bind(stored.latest_kid.clone())
-        .bind(to_millis(now))
-        .execute(&mut *transaction)
+        .fetch_optional(&mut *transaction)
         .await?;
+        let before = row.map(|row| stored_from_row(&row)).transpose()?;
+        let after = next(before.as_ref());
+        if before.as_ref() != Some(&after) {
+            upsert(&mut transaction, service_key, &after, now).await?;
+        }
         transaction.commit().await?;
-        Ok(())
+        Ok((before, after))
     }
 
     pub(crate) async fn delete(&self, service_key: &str) -> Result<(), DbError> {
@@ -125,4 +100,60 @@ impl StateStore {
         transaction.commit().await?;
         Ok(())
     }
+}
+
+fn stored_from_row(row: &sqlx::any::AnyRow) -> Result<StoredState, sqlx::Error> {
+    let state_name: String = row.try_get("state")?;
+    let since: Option<i64> = row.try_get("since_ms")?;
+    let reason_code: Option<String> = row.try_get("reason_code")?;
+    let reason_message: Option<String> = row.try_get("reason_message")?;
+    let latest_kid: Option<String> = row.try_get("latest_kid")?;
+    let reason = ValidationError::new(
+        reason_code
+            .as_deref()
+            .and_then(ValidationCode::parse)
+            .unwrap_or(ValidationCode::KeyVaultProbeFailed),
+        reason_message.unwrap_or_default(),
+    );
+    let since = from_millis(since.unwrap_or_default());
+    let state = match state_name.as_str() {
+        "KeyAccessLost" => KeyAccessState::KeyAccessLost { since, reason },
+        "RequiresUpdate" => KeyAccessState::RequiresUpdate { since, reason },
+        _ => KeyAccessState::Healthy,
+    };
+    Ok(StoredState { state, latest_kid })
+}
+
+async fn upsert(
+    connection: &mut sqlx::AnyConnection,
+    service_key: &str,
+    stored: &StoredState,
+    now: OffsetDateTime,
+) -> Result<(), sqlx::Error> {
+    let (since, reason) = match &stored.state {
+        KeyAccessState::Healthy => (None, None),
+        KeyAccessState::KeyAccessLost { since, reason }
+        | KeyAccessState::RequiresUpdate { since, reason } => {
+            (Some(to_millis(*since)), Some(reason))
+        }
+    };
+    sqlx::query(
+        "INSERT INTO cmk_key_access \
+           (service_key, state, since_ms, reason_code, reason_message, latest_kid, updated_ms) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7) \
+         ON CONFLICT (service_key) DO UPDATE SET \
+           state = excluded.state, since_ms = excluded.since_ms, \
+           reason_code = excluded.reason_code, reason_message = excluded.reason_message, \
+           latest_kid = excluded.latest_kid, updated_ms = excluded.updated_ms",
+    )
+    .bind(service_key)
+    .bind(stored.state.name())
+    .bind(since)
+    .bind(reason.map(|reason| reason.code.as_str().to_owned()))
+    .bind(reason.map(|reason| reason.message.clone()))
+    .bind(stored.latest_kid.clone())
+    .bind(to_millis(now))
+    .execute(connection)
+    .await?;
+    Ok(())
 }

@@ -15,10 +15,12 @@
 //!   writers of this process taking turns before asking for it;
 //! - on SQLite, WAL checkpoints in a background task rather than inside commits (`checkpoint`);
 //! - per-component migrations on the shared database ([`Database::migrate`], see [`migrate`]);
+//! - locks across every node on the database ([`Database::cluster_lock`]);
 //! - with the `testing` feature, a throwaway PostgreSQL cluster ([`testing::PostgresCluster`]).
 #![deny(missing_docs)]
 
 mod checkpoint;
+mod cluster_lock;
 pub mod migrate;
 #[cfg(feature = "testing")]
 pub mod testing;
@@ -31,6 +33,7 @@ use std::time::Duration;
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::{Any, AnyPool, Executor};
 
+pub use cluster_lock::{ClusterLock, ClusterLockGuard};
 pub use migrate::Migration;
 
 /// A transaction holding the database's write lock (SQLite) or an ordinary one (PostgreSQL).
@@ -201,6 +204,8 @@ pub struct Database {
     write_turn: Arc<tokio::sync::Mutex<()>>,
     /// SQLite's background WAL checkpointer, shared by the clones (see `checkpoint`).
     checkpointer: Option<Arc<checkpoint::Checkpointer>>,
+    /// What [`Database::cluster_lock`] takes on SQLite (one process owns the file).
+    local_locks: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl Database {
@@ -319,6 +324,7 @@ impl Database {
             backend,
             write_turn: Arc::new(tokio::sync::Mutex::new(())),
             checkpointer: None,
+            local_locks: Arc::new(tokio::sync::Mutex::new(())),
         }
     }
 

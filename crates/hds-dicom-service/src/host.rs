@@ -71,6 +71,9 @@ struct HostedService {
     keyring: Arc<ServiceKeyring>,
     /// Whether a customer-managed key protects it (else a platform-managed key does).
     customer_managed: bool,
+    /// What it was last served as: [`DicomHost::reconcile`] serves it again when the
+    /// database holds something else.
+    spec: DicomServiceSpec,
 }
 
 /// The DICOM services of this hds.
@@ -94,7 +97,14 @@ pub struct DicomHost {
 struct Served {
     by_id: HashMap<String, HostedService>,
     routes: HashMap<String, String>,
+    /// When this node last created, changed or removed a service, by lowercase resource id:
+    /// [`DicomHost::reconcile`] leaves such a service alone for [`RECENT_CHANGE`], since the
+    /// control plane records the change in the database only after the host applied it.
+    changed_here: HashMap<String, std::time::Instant>,
 }
+
+/// How long [`DicomHost::reconcile`] leaves alone a service this node just changed.
+const RECENT_CHANGE: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Parts the host is built from.
 pub struct DicomHostParts {
@@ -244,6 +254,96 @@ impl DicomHost {
         Ok(())
     }
 
+    /// Serves what the database holds when several nodes share it: `specs` are the DICOM
+    /// services it records now. A service another node created (or changed) is restored here,
+    /// one it deleted is no longer served (its data is that node's to delete). Services this
+    /// node changed in the last [`RECENT_CHANGE`] are left as they are.
+    pub async fn reconcile(&self, specs: &[DicomServiceSpec]) {
+        let (stale, gone): (Vec<DicomServiceSpec>, Vec<String>) = {
+            let mut served = self
+                .services
+                .write()
+                .unwrap_or_else(PoisonError::into_inner);
+            served
+                .changed_here
+                .retain(|_, at| at.elapsed() < RECENT_CHANGE);
+            let recent = |resource_id: &str| {
+                served
+                    .changed_here
+                    .contains_key(&resource_id.to_ascii_lowercase())
+            };
+            let stale = specs
+                .iter()
+                .filter(|spec| !recent(&spec.resource_id))
+                .filter(|spec| {
+                    !served
+                        .by_id
+                        .values()
+                        .any(|hosted| same_service(&hosted.spec, spec))
+                })
+                .cloned()
+                .collect();
+            let gone = served
+                .by_id
+                .values()
+                .filter(|hosted| !recent(&hosted.resource_id))
+                .filter(|hosted| {
+                    !specs
+                        .iter()
+                        .any(|spec| spec.resource_id.eq_ignore_ascii_case(&hosted.resource_id))
+                })
+                .map(|hosted| hosted.resource_id.clone())
+                .collect();
+            (stale, gone)
+        };
+        for spec in stale {
+            match self.restore(&spec).await {
+                Ok(()) => tracing::info!(
+                    resource_id = %spec.resource_id,
+                    "serving a DICOM service as another node created or changed it"
+                ),
+                Err(error) => {
+                    tracing::warn!(resource_id = %spec.resource_id, error = %error, "a DICOM service another node created or changed could not be served");
+                }
+            }
+        }
+        for resource_id in gone {
+            self.stop_serving(&resource_id);
+            tracing::info!(resource_id = %resource_id, "no longer serving a DICOM service another node deleted");
+        }
+    }
+
+    /// Forgets a service in this process only: its unwrapped keys, its route, its monitor
+    /// registration. Its data and its shared key-access state stay.
+    fn stop_serving(&self, resource_id: &str) {
+        let Some((key, _, customer_managed)) = self.find_by_resource_id(resource_id) else {
+            return;
+        };
+        if customer_managed {
+            self.monitor.forget(&key);
+        }
+        if let Some(keyring) = self.keyrings.remove(&key) {
+            keyring.forget();
+        }
+        let mut served = self
+            .services
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(hosted) = served.by_id.remove(&key)
+            && served.routes.get(&hosted.route) == Some(&key)
+        {
+            served.routes.remove(&hosted.route);
+        }
+    }
+
+    fn changed_here(&self, resource_id: &str) {
+        self.services
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .changed_here
+            .insert(resource_id.to_ascii_lowercase(), std::time::Instant::now());
+    }
+
     fn serve(
         &self,
         spec: &DicomServiceSpec,
@@ -271,6 +371,7 @@ impl DicomHost {
             service_key: key.clone(),
             keyring,
             customer_managed,
+            spec: spec.clone(),
         };
         let mut served = self
             .services
@@ -374,6 +475,7 @@ impl DicomHost {
     }
 
     async fn apply_spec(&self, spec: DicomServiceSpec) -> Result<(), ArmError> {
+        self.changed_here(&spec.resource_id);
         let claimed = self
             .ids
             .claim(&spec.resource_id)
@@ -571,6 +673,20 @@ impl DicomHost {
     }
 }
 
+/// Whether two specs serve the same: the stored one does not record a system-assigned
+/// identity's client id, which serving does not use.
+fn same_service(served: &DicomServiceSpec, stored: &DicomServiceSpec) -> bool {
+    let without_client_id = |spec: &DicomServiceSpec| {
+        let mut spec = spec.clone();
+        spec.resource_id = spec.resource_id.to_ascii_lowercase();
+        if let Some(key) = &mut spec.key {
+            key.client_id.clear();
+        }
+        spec
+    };
+    without_client_id(served) == without_client_id(stored)
+}
+
 fn monitor_binding(
     key_url: &str,
     principal_id: &str,
@@ -590,6 +706,7 @@ impl DicomServiceHost for DicomHost {
 
     fn remove<'a>(&'a self, resource_id: &'a str) -> ArmFuture<'a, ()> {
         Box::pin(async move {
+            self.changed_here(resource_id);
             let Some((key, _keyring, customer_managed)) = self.find_by_resource_id(resource_id)
             else {
                 self.ids
@@ -649,7 +766,13 @@ impl DicomServiceHost for DicomHost {
             }
             // reportedTime is the last probe's time (none yet after a restart: then "now").
             let last_checked = self.monitor.last_checked(&key);
-            let report = match self.monitor.state(&key) {
+            // The state all nodes share, whichever node probed last.
+            let state = self
+                .monitor
+                .shared_state(&key)
+                .await
+                .map_err(|error| ArmError::internal(&error))?;
+            let report = match state {
                 None => HealthReport {
                     state: KeyAccessState::Unknown,
                     since: None,
@@ -696,6 +819,11 @@ impl DicomServiceHost for DicomHost {
                 .find(|hosted| hosted.resource_id.eq_ignore_ascii_case(old_id))
             {
                 hosted.resource_id = new_id.to_owned();
+                hosted.spec.resource_id = new_id.to_owned();
+            }
+            let now = std::time::Instant::now();
+            for id in [old_id, new_id] {
+                services.changed_here.insert(id.to_ascii_lowercase(), now);
             }
             Ok(())
         })

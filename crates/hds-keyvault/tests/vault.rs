@@ -1996,3 +1996,68 @@ async fn random_bytes_are_fresh_and_bounded() {
     let unauthenticated = call(&router, Method::POST, &uri, None, Some(json!({"count": 8}))).await;
     assert_eq!(unauthenticated.status, StatusCode::UNAUTHORIZED);
 }
+
+/// Two nodes behind a balancer on one PostgreSQL database: a vault created through either gets
+/// the first free port of the range, a second vault the next one, and both nodes name every
+/// vault at the balancer's address.
+#[tokio::test]
+async fn balanced_vaults_are_named_at_the_balancer_on_every_node() {
+    let cluster = hds_db::testing::PostgresCluster::shared().unwrap();
+    let url = cluster.fresh_database().await.unwrap();
+    let root_key = Arc::new(RootKey::generate());
+    let low = {
+        // Eight ports free on both node addresses, so the test does not depend on luck.
+        let probe = std::net::TcpListener::bind(("127.0.0.2", 0)).unwrap();
+        let low = probe
+            .local_addr()
+            .unwrap()
+            .port()
+            .saturating_sub(8)
+            .max(1024);
+        drop(probe);
+        low
+    };
+    let node = |bind: [u8; 4]| {
+        let url = url.clone();
+        let root_key = root_key.clone();
+        async move {
+            let database = Database::connect(&url).await.unwrap();
+            KeyVaultService::open(
+                database,
+                root_key,
+                ServiceConfig {
+                    addressing: VaultAddressing::Balanced {
+                        bind: IpAddr::V4(Ipv4Addr::from(bind)),
+                        advertised: IpAddr::V4(Ipv4Addr::LOCALHOST),
+                        ports: (low, low + 7),
+                    },
+                },
+            )
+            .await
+            .unwrap()
+        }
+    };
+    let first = node([127, 0, 0, 2]).await;
+    let second = node([127, 0, 0, 3]).await;
+    let (created, _) = first
+        .create_or_update_vault("/vaults/one", "one", VaultProperties::new(TENANT))
+        .await
+        .unwrap();
+    let (other, _) = second
+        .create_or_update_vault("/vaults/two", "two", VaultProperties::new(TENANT))
+        .await
+        .unwrap();
+    let (one, two) = (created.port.unwrap(), other.port.unwrap());
+    assert!((low..=low + 7).contains(&one) && (low..=low + 7).contains(&two));
+    assert_ne!(one, two);
+    for service in [&first, &second] {
+        assert_eq!(
+            service.get_vault("one").await.unwrap().vault_uri,
+            format!("https://127.0.0.1:{one}/")
+        );
+        assert_eq!(
+            service.get_vault("two").await.unwrap().vault_uri,
+            format!("https://127.0.0.1:{two}/")
+        );
+    }
+}

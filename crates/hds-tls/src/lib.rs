@@ -150,7 +150,21 @@ impl LocalCa {
         let ca_pem_path = tls_dir.join("ca.pem");
         let sealed_key_path = tls_dir.join("ca-key.sealed");
         if !(ca_pem_path.exists() && sealed_key_path.exists()) {
-            create_ca(&ca_pem_path, &sealed_key_path, root_key)?;
+            // Nodes sharing one data dir may start at once: one creates the CA, the others
+            // wait for the lock and then read it (the key and certificate must be one pair).
+            let lock_path = tls_dir.join("ca.lock");
+            let lock = fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .mode(0o600)
+                .open(&lock_path)
+                .map_err(|source| io_error(&lock_path, source))?;
+            lock.lock().map_err(|source| io_error(&lock_path, source))?;
+            if !(ca_pem_path.exists() && sealed_key_path.exists()) {
+                create_ca(&ca_pem_path, &sealed_key_path, root_key)?;
+            }
+            drop(lock);
         }
         let ca_pem =
             fs::read_to_string(&ca_pem_path).map_err(|source| io_error(&ca_pem_path, source))?;

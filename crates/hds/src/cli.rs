@@ -72,6 +72,17 @@ pub struct UpOptions {
     #[arg(long, env = "HDS_TLS_CA", requires = "tls_cert")]
     pub tls_ca: Option<PathBuf>,
 
+    /// Several nodes behind a load balancer: the address vault URIs name
+    /// (`https://ADDRESS:PORT/`), the balancer's, which forwards each port of --vault-ports to
+    /// every node's listen address. Unset: the listen address (one node).
+    #[arg(long, env = "HDS_VAULT_ADDRESS", requires = "vault_ports")]
+    pub vault_address: Option<std::net::IpAddr>,
+
+    /// With --vault-address: the ports vaults are given (`LOW-HIGH`, the same on every node
+    /// and forwarded by the balancer).
+    #[arg(long, env = "HDS_VAULT_PORTS", requires = "vault_address", value_parser = parse_port_range)]
+    pub vault_ports: Option<(u16, u16)>,
+
     /// The index database: `sqlite` (a file in the data dir) or a `postgres://` URL.
     #[arg(long, env = "HDS_INDEX", default_value = "sqlite")]
     pub index: String,
@@ -241,4 +252,23 @@ fn default_data_dir() -> PathBuf {
         return PathBuf::from(home).join(".local/share/hds");
     }
     PathBuf::from("hds-data")
+}
+
+/// `LOW-HIGH`, both ports, LOW <= HIGH.
+fn parse_port_range(text: &str) -> Result<(u16, u16), String> {
+    let (low, high) = text
+        .split_once('-')
+        .ok_or_else(|| format!("'{text}' is not LOW-HIGH"))?;
+    let port = |part: &str| {
+        part.trim()
+            .parse::<u16>()
+            .ok()
+            .filter(|port| *port > 0)
+            .ok_or_else(|| format!("'{part}' is not a port"))
+    };
+    let (low, high) = (port(low)?, port(high)?);
+    if low > high {
+        return Err(format!("{low} is above {high}"));
+    }
+    Ok((low, high))
 }

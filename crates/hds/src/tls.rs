@@ -28,9 +28,12 @@ pub fn served_certificate(
     public_url: &str,
 ) -> anyhow::Result<ServedCertificate> {
     let public_host = host_of(public_url)?;
-    // Vaults are addressed as https://{listen address}:{port}/, so hds (and every vault client)
-    // reaches them by the listen address.
-    let vault_host = options.listen.ip().to_string();
+    // Vaults are addressed as https://{listen address}:{port}/ (or the --vault-address behind
+    // a balancer), so hds (and every vault client) reaches them by that address.
+    let vault_host = options
+        .vault_address
+        .unwrap_or_else(|| options.listen.ip())
+        .to_string();
     let (Some(certificate_path), Some(key_path)) = (&options.tls_cert, &options.tls_key) else {
         let certificate = local_ca
             .issue(&[vault_host, public_host])
@@ -58,8 +61,13 @@ pub fn served_certificate(
     check(
         &vault_host,
         format!(
-            "the listen address {vault_host}: the key vaults are served at \
-             https://{vault_host}:PORT/ and hds calls them there"
+            "the {} {vault_host}: the key vaults are served at \
+             https://{vault_host}:PORT/ and hds calls them there",
+            if options.vault_address.is_some() {
+                "--vault-address"
+            } else {
+                "listen address"
+            }
         ),
     )?;
     if !options.http {

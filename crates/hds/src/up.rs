@@ -43,6 +43,10 @@ use crate::vault_access::IdentityVaultAccess;
 const DEFAULT_WORKSPACE: &str = "default";
 const DEFAULT_SERVICE: &str = "dicom";
 
+/// How often a node on PostgreSQL reads the DICOM services from the database, to serve those
+/// other nodes created, changed or deleted (docs/deploy.md, "N nodes").
+const SERVICE_REFRESH: Duration = Duration::from_secs(5);
+
 /// How long in-flight requests may take to finish after a shutdown signal.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 
@@ -98,6 +102,13 @@ pub async fn run(options: UpOptions) -> anyhow::Result<()> {
     let database = Database::connect_with(&database_url, connect_options)
         .await
         .context("opening the database")?;
+    // Nodes starting together on one PostgreSQL take turns from here to the end of the seed's
+    // flow: one creates the tenant, the admin and the seed's resources; the others find them
+    // (and serve them, since they list the DICOM services only after the holder is done).
+    let bootstrap_lock = database
+        .cluster_lock(hds_db::ClusterLock::Bootstrap)
+        .await
+        .context("waiting for other nodes' start-up")?;
     let mut identity_config = IdentityConfig::new(&public_url);
     for trusted in &options.trusted_issuers {
         identity_config = identity_config.with_external_issuer(external_issuer(trusted)?);
@@ -152,8 +163,15 @@ pub async fn run(options: UpOptions) -> anyhow::Result<()> {
             database.clone(),
             root_key.clone(),
             VaultServiceConfig {
-                addressing: VaultAddressing::Loopback {
-                    address: options.listen.ip(),
+                addressing: match (options.vault_address, options.vault_ports) {
+                    (Some(advertised), Some(ports)) => VaultAddressing::Balanced {
+                        bind: options.listen.ip(),
+                        advertised,
+                        ports,
+                    },
+                    _ => VaultAddressing::Loopback {
+                        address: options.listen.ip(),
+                    },
                 },
             },
             pkcs11,
@@ -291,6 +309,37 @@ pub async fn run(options: UpOptions) -> anyhow::Result<()> {
         }
     }
 
+    // Several nodes: serve the DICOM services other nodes create, change or delete.
+    let service_refresh = (database.backend() == hds_db::Backend::Postgres).then(|| {
+        let (arm, host, tenant_id, public_url) = (
+            arm.clone(),
+            host.clone(),
+            bootstrap.tenant_id.clone(),
+            public_url.clone(),
+        );
+        tokio::spawn(async move {
+            let mut ticker = tokio::time::interval(SERVICE_REFRESH);
+            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                ticker.tick().await;
+                match arm.store().list_within(&subscription).await {
+                    Ok(resources) => {
+                        let specs: Vec<_> = resources
+                            .iter()
+                            .filter_map(|resource| {
+                                hds_providers::stored_spec(resource, &tenant_id, &public_url)
+                            })
+                            .collect();
+                        host.reconcile(&specs).await;
+                    }
+                    Err(error) => {
+                        tracing::warn!(error = %error, "listing the DICOM services failed");
+                    }
+                }
+            }
+        })
+    });
+
     let limits = listener_limits(&options)?;
     let dicomweb = hds_dicomweb::router(DicomWebState {
         archive: hds_archive::Archive::new(index, blobs),
@@ -357,6 +406,10 @@ pub async fn run(options: UpOptions) -> anyhow::Result<()> {
             .await
             .context("setting up the default DICOM service")?;
     }
+    bootstrap_lock
+        .release()
+        .await
+        .context("letting other nodes start")?;
 
     let (stop_monitor, monitor_stopped) = tokio::sync::oneshot::channel::<()>();
     let monitor_task = monitor.clone();
@@ -430,6 +483,9 @@ pub async fn run(options: UpOptions) -> anyhow::Result<()> {
     key_rotation.abort();
     if let Some(metrics_listener) = metrics_listener {
         metrics_listener.abort();
+    }
+    if let Some(task) = service_refresh {
+        task.abort();
     }
     let _ = stop_monitor.send(());
     vault_listeners.shutdown();

@@ -435,6 +435,97 @@ async fn state_persists_across_reopen_on_postgres() {
     persistence_suite(&url).await;
 }
 
+/// Two nodes (two monitors, each with its own probe and pool) on one database share one
+/// state: the first failure's `since`, the latch reached by either, and a revalidation made by
+/// one, which the other follows at its next probe.
+async fn nodes_share_one_state_suite(database_url: &str) {
+    let clock = ManualClock::new();
+    let (probe_a, probe_b) = (FakeProbe::new(), FakeProbe::new());
+    let node_a = monitor_on(
+        Database::connect(database_url).await.unwrap(),
+        probe_a.clone(),
+        clock.clone(),
+    )
+    .await;
+    let node_b = monitor_on(
+        Database::connect(database_url).await.unwrap(),
+        probe_b.clone(),
+        clock.clone(),
+    )
+    .await;
+    node_a.register(SERVICE, binding(true)).await.unwrap();
+    node_b.register(SERVICE, binding(true)).await.unwrap();
+    let mut node_b_changes = node_b.subscribe(SERVICE).unwrap();
+
+    probe_a.fail(ValidationCode::KeyDisabled);
+    let lost_at = clock.now();
+    assert_eq!(
+        node_a.probe_now(SERVICE).await.unwrap().name(),
+        "KeyAccessLost"
+    );
+    // B has not probed yet, but what it reports (resource health) is the shared state.
+    assert_eq!(
+        node_b
+            .shared_state(SERVICE)
+            .await
+            .unwrap()
+            .map(|state| state.name()),
+        Some("KeyAccessLost")
+    );
+    clock.advance(10 * 60);
+    probe_b.fail(ValidationCode::KeyDisabled);
+    match node_b.probe_now(SERVICE).await.unwrap() {
+        KeyAccessState::KeyAccessLost { since, .. } => assert_eq!(since, lost_at),
+        other => panic!("expected KeyAccessLost since A's first failure, got {other:?}"),
+    }
+    assert_eq!(node_b_changes.borrow_and_update().name(), "KeyAccessLost");
+
+    // Past the latch counted from A's failure: B latches; A's next success does not undo it.
+    clock.advance(21 * 60);
+    assert_eq!(
+        node_b.probe_now(SERVICE).await.unwrap().name(),
+        "RequiresUpdate"
+    );
+    probe_a.succeed_with(VERSION_1);
+    assert_eq!(
+        node_a.probe_now(SERVICE).await.unwrap().name(),
+        "RequiresUpdate"
+    );
+
+    // An update handled by A revalidates; B follows at its next probe.
+    node_a.revalidate(SERVICE).await.unwrap();
+    assert_eq!(
+        node_b.shared_state(SERVICE).await.unwrap(),
+        Some(KeyAccessState::Healthy)
+    );
+    assert_eq!(
+        node_b.state(SERVICE).map(|state| state.name()),
+        Some("RequiresUpdate")
+    );
+    probe_b.succeed_with(VERSION_1);
+    clock.advance(60);
+    assert_eq!(
+        node_b.probe_now(SERVICE).await.unwrap(),
+        KeyAccessState::Healthy
+    );
+    assert!(node_b_changes.has_changed().unwrap());
+    assert_eq!(*node_b_changes.borrow_and_update(), KeyAccessState::Healthy);
+}
+
+#[tokio::test]
+async fn nodes_share_one_state_on_sqlite() {
+    let directory = tempfile::tempdir().unwrap();
+    let url = format!("sqlite:{}", directory.path().join("hds.db").display());
+    nodes_share_one_state_suite(&url).await;
+}
+
+#[tokio::test]
+async fn nodes_share_one_state_on_postgres() {
+    let cluster = hds_db::testing::PostgresCluster::shared().unwrap();
+    let url = cluster.fresh_database().await.unwrap();
+    nodes_share_one_state_suite(&url).await;
+}
+
 #[test]
 fn data_plane_message_names_the_configured_latch() {
     let reason = ValidationError::new(ValidationCode::KeyDisabled, "disabled");

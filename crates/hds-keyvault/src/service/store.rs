@@ -36,6 +36,12 @@ pub const MIGRATIONS: &[Migration] = &[
         sqlite: include_str!("../../migrations/sqlite/0003_rotation_policies.sql"),
         postgres: include_str!("../../migrations/postgres/0003_rotation_policies.sql"),
     },
+    Migration {
+        version: 4,
+        description: "one vault per listener port",
+        sqlite: include_str!("../../migrations/sqlite/0004_unique_ports.sql"),
+        postgres: include_str!("../../migrations/postgres/0004_unique_ports.sql"),
+    },
 ];
 
 /// A key version as stored, with its sealed private key.

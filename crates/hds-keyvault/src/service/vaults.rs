@@ -27,6 +27,18 @@ pub enum VaultAddressing {
         /// The address listeners bind.
         address: IpAddr,
     },
+    /// Several nodes behind a load balancer: each vault has a port from `ports`, chosen at
+    /// creation, free on `bind` and kept; every node listens on it at its own `bind` address,
+    /// and the vault's URI names `advertised` (the balancer, which forwards each port of the
+    /// range to the nodes): `https://{advertised}:{port}/` whichever node answers.
+    Balanced {
+        /// The address this node's vault listeners bind.
+        bind: IpAddr,
+        /// The address vault URIs name.
+        advertised: IpAddr,
+        /// The ports vaults are given (inclusive).
+        ports: (u16, u16),
+    },
     /// One listener routes by Host: `https://{vault}.vault.{domain}[:{port}]/`.
     Domain {
         /// The DNS domain (e.g. `hds.example.org`).
@@ -40,7 +52,11 @@ impl VaultAddressing {
     /// The data plane URI of vault `name`, listening on `port` when addressed by port.
     fn vault_uri(&self, name: &str, port: Option<u16>) -> String {
         match self {
-            VaultAddressing::Loopback { address } => {
+            VaultAddressing::Loopback { address }
+            | VaultAddressing::Balanced {
+                advertised: address,
+                ..
+            } => {
                 let port = port.unwrap_or(443);
                 match address {
                     IpAddr::V4(v4) => format!("https://{v4}:{port}/"),
@@ -92,16 +108,21 @@ impl KeyVaultService {
                 false
             }
             None => {
+                let used: Vec<i64> = match &self.config.addressing {
+                    VaultAddressing::Domain { .. } => Vec::new(),
+                    _ => sqlx::query("SELECT port FROM keyvault_vaults WHERE port IS NOT NULL")
+                        .fetch_all(&mut *transaction)
+                        .await?
+                        .iter()
+                        .map(|row| row.try_get::<i64, _>(0))
+                        .collect::<Result<_, _>>()?,
+                };
                 let port = match &self.config.addressing {
                     VaultAddressing::Loopback { address } => {
-                        let used: Vec<i64> =
-                            sqlx::query("SELECT port FROM keyvault_vaults WHERE port IS NOT NULL")
-                                .fetch_all(&mut *transaction)
-                                .await?
-                                .iter()
-                                .map(|row| row.try_get::<i64, _>(0))
-                                .collect::<Result<_, _>>()?;
                         Some(i64::from(allocate_port(*address, &used)?))
+                    }
+                    VaultAddressing::Balanced { bind, ports, .. } => {
+                        Some(i64::from(allocate_port_in(*bind, *ports, &used)?))
                     }
                     VaultAddressing::Domain { .. } => None,
                 };
@@ -232,6 +253,22 @@ pub fn validate_vault_name(name: &str) -> Result<(), VaultError> {
             "vault name '{name}' is invalid: use 3-24 letters, digits and single hyphens, starting with a letter and ending with a letter or digit"
         )))
     }
+}
+
+/// The first port of `range` free on `address` that no vault holds. Nodes creating vaults at
+/// once may pick the same one: the unique index on the port lets one of them commit (the other
+/// creation fails and can be retried).
+fn allocate_port_in(address: IpAddr, range: (u16, u16), used: &[i64]) -> Result<u16, VaultError> {
+    (range.0..=range.1)
+        .find(|port| {
+            !used.contains(&i64::from(*port)) && TcpListener::bind((address, *port)).is_ok()
+        })
+        .ok_or_else(|| {
+            VaultError::Internal(format!(
+                "no free vault port left in {}-{}",
+                range.0, range.1
+            ))
+        })
 }
 
 /// A free port on `address` that no other vault holds. The port is free now; the listener
