@@ -36,6 +36,9 @@ pub enum Command {
     /// The root key at rest: move it under a passphrase or into a PKCS#11 token.
     #[command(subcommand)]
     RootKey(crate::root_key::RootKeyCommand),
+    /// The audit log: list records, verify the chain.
+    #[command(subcommand)]
+    Audit(crate::audit::AuditCommand),
 }
 
 /// Options of `hds up`.
@@ -244,7 +247,7 @@ pub fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
 }
 
 /// `$XDG_DATA_HOME/hds`, else `~/.local/share/hds`, else `./hds-data`.
-fn default_data_dir() -> PathBuf {
+pub fn default_data_dir() -> PathBuf {
     if let Some(data_home) = std::env::var_os("XDG_DATA_HOME").filter(|value| !value.is_empty()) {
         return PathBuf::from(data_home).join("hds");
     }

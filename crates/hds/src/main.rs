@@ -3,6 +3,7 @@
 
 mod access;
 mod adapters;
+mod audit;
 mod az_metadata;
 mod blob_store;
 mod cli;
@@ -44,6 +45,12 @@ fn main() -> anyhow::Result<()> {
         cli::Command::Restore(options) => {
             logging::init()?;
             client_runtime()?.block_on(recovery::restore(options))
+        }
+        cli::Command::Audit(audit::AuditCommand::List(options)) => {
+            client_runtime()?.block_on(audit::list(options))
+        }
+        cli::Command::Audit(audit::AuditCommand::Verify(options)) => {
+            client_runtime()?.block_on(audit::verify(options))
         }
         cli::Command::RootKey(root_key::RootKeyCommand::Protect(options)) => {
             logging::init()?;

@@ -109,6 +109,10 @@ pub async fn run(options: UpOptions) -> anyhow::Result<()> {
         .cluster_lock(hds_db::ClusterLock::Bootstrap)
         .await
         .context("waiting for other nodes' start-up")?;
+    // Key operations and role changes are recorded, chained under a key from the root key.
+    let audit = hds_audit::AuditLog::open(database.clone(), &root_key)
+        .await
+        .context("opening the audit log")?;
     let mut identity_config = IdentityConfig::new(&public_url);
     for trusted in &options.trusted_issuers {
         identity_config = identity_config.with_external_issuer(external_issuer(trusted)?);
@@ -182,8 +186,11 @@ pub async fn run(options: UpOptions) -> anyhow::Result<()> {
     let vault_listeners = Arc::new(VaultListeners::new(
         DataPlaneState {
             service: vault_service.clone(),
-            access: Arc::new(IdentityVaultAccess {
-                identity: identity.clone(),
+            access: Arc::new(crate::audit::AuditedVaultAccess {
+                inner: IdentityVaultAccess {
+                    identity: identity.clone(),
+                },
+                audit: audit.clone(),
             }),
             token_authority: public_url.clone(),
         },
@@ -275,7 +282,10 @@ pub async fn run(options: UpOptions) -> anyhow::Result<()> {
             }],
             public_base_url: Some(public_url.clone()),
         },
-        hds_providers::access_control(identity.clone()),
+        Arc::new(crate::audit::AuditedArmAccess {
+            inner: hds_providers::access_control(identity.clone()),
+            audit: audit.clone(),
+        }),
     );
     let arm = hds_providers::register_all(
         builder,
