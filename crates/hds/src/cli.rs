@@ -26,6 +26,18 @@ pub enum Command {
     Account(crate::client::account::AccountCommand),
     /// Send a request to the control plane (or any hds URL) with a token.
     Rest(crate::client::arm::RestOptions),
+    /// A DICOM service's data plane: store, search, retrieve, delete.
+    #[command(subcommand)]
+    Dicom(crate::client::dicom::DicomCommand),
+    /// DICOM services on the control plane.
+    #[command(subcommand, name = "dicom-service")]
+    DicomService(crate::client::control::DicomServiceCommand),
+    /// Key vaults' keys.
+    #[command(subcommand)]
+    Keyvault(crate::client::control::KeyVaultCommand),
+    /// Role assignments.
+    #[command(subcommand)]
+    Role(crate::client::control::RoleCommand),
     /// ARM template deployments.
     #[command(subcommand)]
     Deployment(crate::client::arm::DeploymentCommand),

@@ -34,6 +34,24 @@ fn main() -> anyhow::Result<()> {
         cli::Command::Account(client::account::AccountCommand::GetAccessToken(options)) => {
             client_runtime()?.block_on(client::account::get_access_token(options))
         }
+        cli::Command::Dicom(command) => client_runtime()?.block_on(client::dicom::run(command)),
+        cli::Command::DicomService(client::control::DicomServiceCommand::Update(options)) => {
+            client_runtime()?.block_on(client::control::dicom_service_update(options))
+        }
+        cli::Command::Keyvault(client::control::KeyVaultCommand::Key(command)) => client_runtime()?
+            .block_on(async move {
+                match command {
+                    client::control::KeyCommand::Create(options) => {
+                        client::control::key_create(options).await
+                    }
+                    client::control::KeyCommand::Rotate(options) => {
+                        client::control::key_rotate(options).await
+                    }
+                }
+            }),
+        cli::Command::Role(client::control::RoleCommand::Assignment(
+            client::control::AssignmentCommand::Create(options),
+        )) => client_runtime()?.block_on(client::control::assignment_create(options)),
         cli::Command::Rest(options) => client_runtime()?.block_on(client::arm::rest(options)),
         cli::Command::Deployment(client::arm::DeploymentCommand::Group(
             client::arm::GroupDeploymentCommand::Create(options),

@@ -6,6 +6,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use crate::client::credentials::{ConnectionOptions, Profile, http_client, save_profile};
+use crate::client::output::OutputOptions;
 
 /// `hds account ...`.
 #[derive(Debug, Subcommand)]
@@ -22,6 +23,8 @@ pub struct GetAccessTokenOptions {
     pub resource: String,
     #[command(flatten)]
     pub connection: ConnectionOptions,
+    #[command(flatten)]
+    pub output: OutputOptions,
 }
 
 #[derive(Deserialize)]
@@ -86,6 +89,7 @@ pub async fn access_token(
 
 /// `hds account get-access-token`.
 pub async fn get_access_token(options: GetAccessTokenOptions) -> anyhow::Result<()> {
+    options.output.validate()?;
     let profile = options.connection.resolve()?;
     let (token, expires_in, token_type) = access_token(&profile, &options.resource).await?;
     let expires = time::OffsetDateTime::now_utc() + time::Duration::seconds(expires_in as i64);
@@ -99,8 +103,7 @@ pub async fn get_access_token(options: GetAccessTokenOptions) -> anyhow::Result<
         "tenant": profile.tenant_id,
         "tokenType": token_type,
     });
-    println!("{}", serde_json::to_string_pretty(&output)?);
-    Ok(())
+    options.output.print(&output)
 }
 
 /// Options of `hds login`.
@@ -108,10 +111,13 @@ pub async fn get_access_token(options: GetAccessTokenOptions) -> anyhow::Result<
 pub struct LoginOptions {
     #[command(flatten)]
     pub connection: ConnectionOptions,
+    #[command(flatten)]
+    pub output: OutputOptions,
 }
 
 /// `hds login`: checks the credentials by getting a token, then saves them as the profile.
 pub async fn login(options: LoginOptions) -> anyhow::Result<()> {
+    options.output.validate()?;
     let profile = options.connection.resolve()?;
     access_token(&profile, "https://management.azure.com").await?;
     let path = save_profile(&profile)?;
@@ -121,6 +127,5 @@ pub async fn login(options: LoginOptions) -> anyhow::Result<()> {
         "user": { "name": profile.client_id, "type": "servicePrincipal" },
         "profile": path,
     });
-    println!("{}", serde_json::to_string_pretty(&summary)?);
-    Ok(())
+    options.output.print(&summary)
 }

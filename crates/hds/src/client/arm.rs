@@ -11,9 +11,10 @@ use serde_json::{Value, json};
 
 use crate::client::account::access_token;
 use crate::client::credentials::{ConnectionOptions, Profile, http_client};
+use crate::client::output::OutputOptions;
 
 /// The audience of the control plane.
-const MANAGEMENT: &str = "https://management.azure.com";
+pub const MANAGEMENT: &str = "https://management.azure.com";
 /// The api-version used for deployments.
 const DEPLOYMENTS_API_VERSION: &str = "2022-09-01";
 
@@ -34,6 +35,8 @@ pub struct RestOptions {
     pub resource: String,
     #[command(flatten)]
     pub connection: ConnectionOptions,
+    #[command(flatten)]
+    pub output: OutputOptions,
 }
 
 /// `hds deployment ...`.
@@ -71,6 +74,8 @@ pub struct DeploymentCreateOptions {
     pub subscription: Option<String>,
     #[command(flatten)]
     pub connection: ConnectionOptions,
+    #[command(flatten)]
+    pub output: OutputOptions,
 }
 
 fn absolute(profile: &Profile, url: &str) -> String {
@@ -90,7 +95,7 @@ fn body_argument(body: &str) -> anyhow::Result<Value> {
 }
 
 /// Sends one request and returns the status and the JSON (or text) body.
-async fn send(
+pub async fn send(
     profile: &Profile,
     token: &str,
     method: &str,
@@ -121,6 +126,7 @@ async fn send(
 
 /// `hds rest`.
 pub async fn rest(options: RestOptions) -> anyhow::Result<()> {
+    options.output.validate()?;
     let profile = options.connection.resolve()?;
     let (token, _, _) = access_token(&profile, &options.resource).await?;
     let body = options.body.as_deref().map(body_argument).transpose()?;
@@ -133,7 +139,7 @@ pub async fn rest(options: RestOptions) -> anyhow::Result<()> {
     )
     .await?;
     if !value.is_null() {
-        println!("{}", serde_json::to_string_pretty(&value)?);
+        options.output.print(&value)?;
     }
     if status >= 400 {
         bail!("the request failed with status {status}");
@@ -174,6 +180,7 @@ fn parameters(arguments: &[String]) -> anyhow::Result<Value> {
 
 /// `hds deployment group create`: PUT the deployment, then poll until it ends.
 pub async fn deployment_group_create(options: DeploymentCreateOptions) -> anyhow::Result<()> {
+    options.output.validate()?;
     let profile = options.connection.resolve()?;
     let subscription = options
         .subscription
@@ -212,7 +219,7 @@ pub async fn deployment_group_create(options: DeploymentCreateOptions) -> anyhow
             .unwrap_or("");
         if status >= 400 || matches!(state, "Succeeded" | "Failed" | "Canceled") {
             eprintln!();
-            println!("{}", serde_json::to_string_pretty(&value)?);
+            options.output.print(&value)?;
             if state != "Succeeded" {
                 bail!("the deployment ended {state}");
             }

@@ -2,4 +2,7 @@
 
 pub mod account;
 pub mod arm;
+pub mod control;
 pub mod credentials;
+pub mod dicom;
+pub mod output;
