@@ -27,12 +27,17 @@ impl LogFormat {
     }
 }
 
-/// Logs to stderr, filtered by `HDS_LOG` (default `info`), as text or as JSON lines
+/// What is logged without `HDS_LOG`: hds at `info`; the JPEG 2000 decoder only when it warns
+/// (at `info` it narrates every image it decodes, a few lines per frame rendered or transcoded).
+const DEFAULT_FILTER: &str = "info,jpeg2k=warn";
+
+/// Logs to stderr, filtered by `HDS_LOG` (default [`DEFAULT_FILTER`]), as text or as JSON lines
 /// (`HDS_LOG_FORMAT`). Either way the same fields: what is kept out of spans and events (PHI,
 /// tokens, key material) is kept out of both formats.
 pub fn init() -> anyhow::Result<()> {
     let format = LogFormat::from_env()?;
-    let filter = EnvFilter::try_from_env("HDS_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter =
+        EnvFilter::try_from_env("HDS_LOG").unwrap_or_else(|_| EnvFilter::new(DEFAULT_FILTER));
     use std::io::IsTerminal;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
