@@ -37,7 +37,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use futures::future::{BoxFuture, Shared};
+use futures::future::BoxFuture;
 use futures::stream::BoxStream;
 use futures::{FutureExt, StreamExt, TryStreamExt};
 use object_store::local::LocalFileSystem;
@@ -230,16 +230,14 @@ fn not_found(error: object_store::Error) -> BlobError {
 }
 
 /// The syncs that make a written blob durable, running on their own: a blob may be recorded
-/// (referenced by an index row) only once [`PendingSync::synced`] returned `Ok`. Cheap to
-/// clone; every clone reports the same outcome, and waiting again after it completed returns
-/// at once.
-#[derive(Clone)]
-pub struct PendingSync(Shared<BoxFuture<'static, Result<(), Arc<str>>>>);
+/// (referenced by an index row) only once [`PendingSync::synced`] returned `Ok`. Waited for
+/// once, by whoever records the blob (the index's `CommitGate` shares the outcome further).
+pub struct PendingSync(BoxFuture<'static, Result<(), BlobError>>);
 
 impl PendingSync {
     /// Nothing left to sync.
     pub fn done() -> PendingSync {
-        PendingSync(futures::future::ready(Ok(())).boxed().shared())
+        PendingSync(futures::future::ready(Ok(())).boxed())
     }
 
     /// Syncs that `syncs` waits for; they must already be running (spawned), since nobody
@@ -247,21 +245,12 @@ impl PendingSync {
     pub(crate) fn running(
         syncs: impl std::future::Future<Output = Result<(), BlobError>> + Send + 'static,
     ) -> PendingSync {
-        PendingSync(
-            syncs
-                .map(|synced| synced.map_err(|error| Arc::from(error.to_string())))
-                .boxed()
-                .shared(),
-        )
+        PendingSync(syncs.boxed())
     }
 
     /// Waits until the blob is on stable storage.
-    pub async fn synced(&self) -> Result<(), BlobError> {
-        self.0.clone().await.map_err(|error| {
-            local_error(std::io::Error::other(format!(
-                "syncing a blob failed: {error}"
-            )))
-        })
+    pub async fn synced(self) -> Result<(), BlobError> {
+        self.0.await
     }
 }
 

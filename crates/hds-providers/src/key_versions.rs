@@ -37,6 +37,25 @@ pub const KEY_VERSIONS_TYPE: &str = "Microsoft.KeyVault/vaults/keys/versions";
 /// The most versions one list returns; a key rotated more often than this lists its newest.
 const MAX_LISTED_VERSIONS: usize = 1000;
 
+/// Whether the identity service grants `principal_id` the vault data action `data_action` at
+/// `scope`, as a vault's access control answers it: the rule both the vaults' data plane and
+/// the control plane's key-version writes apply.
+pub async fn authorize_data_action(
+    identity: &Identity,
+    principal_id: &str,
+    data_action: &str,
+    scope: &str,
+) -> Result<(), AccessError> {
+    match identity
+        .authorize(principal_id, data_action, scope, true)
+        .await
+    {
+        Ok(Decision::Allow) => Ok(()),
+        Ok(Decision::Deny(_)) => Err(AccessError::Denied),
+        Err(error) => Err(AccessError::Unavailable(error.to_string())),
+    }
+}
+
 /// The vault's data-plane rule, asked for an ARM caller (already authenticated by ARM).
 struct DataPlaneRule {
     identity: Identity,
@@ -60,17 +79,12 @@ impl VaultAccessControl for DataPlaneRule {
         data_action: &'a str,
         scope: &'a str,
     ) -> BoxFuture<'a, Result<(), AccessError>> {
-        Box::pin(async move {
-            match self
-                .identity
-                .authorize(&caller.principal_id, data_action, scope, true)
-                .await
-            {
-                Ok(Decision::Allow) => Ok(()),
-                Ok(Decision::Deny(_)) => Err(AccessError::Denied),
-                Err(error) => Err(AccessError::Unavailable(error.to_string())),
-            }
-        })
+        Box::pin(authorize_data_action(
+            &self.identity,
+            &caller.principal_id,
+            data_action,
+            scope,
+        ))
     }
 }
 

@@ -53,7 +53,7 @@ pub use host::{
     DEFAULT_LOST_ACCESS_LATCH, DicomServiceHost, DicomServiceSpec, HealthReport, KeyAccessState,
     KeyBinding, KeyIdentityKind,
 };
-pub use key_versions::{KEY_VERSIONS_TYPE, KeyVersionProvider};
+pub use key_versions::{KEY_VERSIONS_TYPE, KeyVersionProvider, authorize_data_action};
 pub use keyvault::{KEYS_TYPE, KeyProvider, VAULTS_TYPE, VaultEvents, VaultProvider};
 pub use managed_identity::{USER_ASSIGNED_IDENTITIES_TYPE, UserAssignedIdentityProvider};
 

@@ -5,7 +5,7 @@
 //! are only issued in-process, to the services hds hosts; no HTTP endpoint hands them out.
 
 use hds_identity::principals::PrincipalKind;
-use hds_identity::{Decision, Identity, TokenError, VAULT_AUDIENCE};
+use hds_identity::{Identity, TokenError, VAULT_AUDIENCE};
 use hds_keyvault::access::{AccessError, BoxFuture, Caller, VaultAccessControl};
 
 /// [`VaultAccessControl`] over [`Identity`].
@@ -52,16 +52,11 @@ impl VaultAccessControl for IdentityVaultAccess {
         data_action: &'a str,
         scope: &'a str,
     ) -> BoxFuture<'a, Result<(), AccessError>> {
-        Box::pin(async move {
-            match self
-                .identity
-                .authorize(&caller.principal_id, data_action, scope, true)
-                .await
-            {
-                Ok(Decision::Allow) => Ok(()),
-                Ok(Decision::Deny(_)) => Err(AccessError::Denied),
-                Err(error) => Err(AccessError::Unavailable(error.to_string())),
-            }
-        })
+        Box::pin(hds_providers::authorize_data_action(
+            &self.identity,
+            &caller.principal_id,
+            data_action,
+            scope,
+        ))
     }
 }
