@@ -240,15 +240,20 @@ _database_counter = [0]
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
-def hds_any_index(request, tmp_path):
-    """hds on each index backend."""
+def any_index(request) -> str:
+    """Each index backend in turn, as `hds up --index` takes it: `sqlite`, then a fresh database
+    of the session's throwaway PostgreSQL cluster."""
     if request.param == "sqlite":
-        index = "sqlite"
-    else:
-        cluster = request.getfixturevalue("postgres")
-        _database_counter[0] += 1
-        index = cluster.create_database(f"hds_e2e_{_database_counter[0]}")
-    server = HdsServer(tmp_path / "data", index=index).start()
+        return "sqlite"
+    cluster = request.getfixturevalue("postgres")
+    _database_counter[0] += 1
+    return cluster.create_database(f"hds_e2e_{_database_counter[0]}")
+
+
+@pytest.fixture
+def hds_any_index(any_index, tmp_path):
+    """hds on each index backend."""
+    server = HdsServer(tmp_path / "data", index=any_index).start()
     yield server
     assert server.stop() == 0
 
@@ -449,18 +454,20 @@ def data_plane_status(server: "HdsServer", service_url: str = None):
 
 
 @pytest.fixture
-def cmk_hds(tmp_path):
+def cmk_hds(any_index, tmp_path):
     """hds after the seed's flow, with a key-access monitor that probes every second and a latch
-    (10 minutes) that no test step outlasts: lost access comes back by itself."""
-    server = HdsServer(tmp_path / "data", extra_args=FAST_CMK_FLAGS).start()
+    (10 minutes) that no test step outlasts: lost access comes back by itself. On each index
+    backend: the key lifecycle holds on SQLite and on PostgreSQL alike."""
+    server = HdsServer(tmp_path / "data", index=any_index, extra_args=FAST_CMK_FLAGS).start()
     yield server
     assert server.stop() == 0, "hds did not stop cleanly on SIGTERM"
 
 
 @pytest.fixture
-def latching_hds(tmp_path):
-    """hds after the seed's flow, with a 3-second latch: lost access latches while a test waits."""
-    server = HdsServer(tmp_path / "data", extra_args=LATCHING_CMK_FLAGS).start()
+def latching_hds(any_index, tmp_path):
+    """hds after the seed's flow, with a 3-second latch: lost access latches while a test waits.
+    On each index backend (the latch is kept in the database, across restarts)."""
+    server = HdsServer(tmp_path / "data", index=any_index, extra_args=LATCHING_CMK_FLAGS).start()
     yield server
     assert server.stop() == 0, "hds did not stop cleanly on SIGTERM"
 

@@ -70,6 +70,15 @@ class Az:
     def json(self, *args):
         return json.loads(self.run(*args, "--output", "json").stdout or "null")
 
+    def sign_in(self, server: HdsServer, client_id=None, secret=None, *extra):
+        """The cloud from hds's /metadata/endpoints, then a service-principal login: the bootstrap
+        admin's unless another client id and secret are given."""
+        admin = server.admin()
+        self.run("cloud", "register", "--name", "hds", "--endpoint-resource-manager", server.base + "/")
+        self.run("cloud", "set", "--name", "hds")
+        self.run("login", "--service-principal", "--username", client_id or admin["clientId"],
+                 f"--password={secret or admin['clientSecret']}", "--tenant", admin["tenantId"], *extra)
+
 
 @pytest.fixture
 def https_hds(tmp_path):
@@ -165,6 +174,69 @@ def test_the_seed_flow_with_az_only(https_hds, tmp_path):
     assert deployed["properties"]["provisioningState"] == "Succeeded"
     after = az.json("rest", "--method", "get", "--url", f"{default_service}?api-version=2023-06-01-preview")
     assert after["identity"]["principalId"] == before["identity"]["principalId"]
+
+
+def test_az_ad_apps_and_service_principals(https_hds, tmp_path):
+    """`az ad app` and `az ad sp` against hds's Graph: registrations, service principals,
+    secrets shown once, create-for-rbac with and without a role, and deletion."""
+    server = https_hds
+    admin = server.admin()
+    az = Az(server, tmp_path / "az")
+    az.sign_in(server)
+
+    app = az.json("ad", "app", "create", "--display-name", "azapp")
+    assert GUID.match(app["appId"]) and app["displayName"] == "azapp"
+    assert [item["id"] for item in az.json("ad", "app", "list", "--display-name", "azapp")] == [app["id"]]
+    assert az.json("ad", "app", "show", "--id", app["appId"])["id"] == app["id"]
+    # Creating it again by name patches the one that exists, as in Azure.
+    assert az.json("ad", "app", "create", "--display-name", "azapp")["id"] == app["id"]
+    sp = az.json("ad", "sp", "create", "--id", app["appId"])
+    assert sp["appId"] == app["appId"]
+    assert az.json("ad", "sp", "show", "--id", app["appId"])["id"] == sp["id"]
+    assert sp["id"] in [item["id"] for item in az.json("ad", "sp", "list", "--display-name", "azapp")]
+    reset = az.json("ad", "sp", "credential", "reset", "--id", app["appId"])
+    assert reset["appId"] == app["appId"] and reset["tenant"] == admin["tenantId"]
+    assert server.token(client_id=app["appId"], client_secret=reset["password"])
+    shown = az.json("ad", "sp", "show", "--id", app["appId"])
+    assert len(shown["passwordCredentials"]) == 1 and shown["passwordCredentials"][0]["secretText"] is None
+    assert reset["password"] not in json.dumps(shown)
+    # A second reset replaces the secret: the first stops signing in.
+    second = az.json("ad", "sp", "credential", "reset", "--id", app["appId"])
+    refused = requests.post(f"{server.base}/{admin['tenantId']}/oauth2/v2.0/token", verify=server.ca_path, data={
+        "grant_type": "client_credentials", "client_id": app["appId"], "client_secret": reset["password"],
+        "scope": "https://dicom.healthcareapis.azure.com/.default"})
+    assert refused.status_code == 401
+    assert server.token(client_id=app["appId"], client_secret=second["password"])
+
+    # create-for-rbac with a role on the bootstrap DICOM service, and without one.
+    service_id = (f"/subscriptions/{admin['subscriptionId']}/resourceGroups/default/providers/"
+                  "Microsoft.HealthcareApis/workspaces/default/dicomservices/dicom")
+    viewer = az.json("ad", "sp", "create-for-rbac", "--name", "azviewer", "--role", "DICOM Data Reader",
+                     "--scopes", service_id)
+    assert viewer["tenant"] == admin["tenantId"] and viewer["password"]
+    granted = az.json("role", "assignment", "list", "--assignee", viewer["appId"], "--scope", service_id)
+    assert [item["roleDefinitionName"] for item in granted] == ["DICOM Data Reader"]
+    bare = az.json("ad", "sp", "create-for-rbac", "--name", "azbare")
+    assert bare["password"] and az.json("role", "assignment", "list", "--all", "--assignee", bare["appId"]) == []
+
+    # The viewer signs in with az and reads the DICOM service; it may not register applications.
+    viewer_az = Az(server, tmp_path / "viewer-az")
+    viewer_az.sign_in(server, viewer["appId"], viewer["password"], "--allow-no-subscriptions")
+    service = az.json("rest", "--method", "get", "--url", f"{service_id}?api-version=2023-06-01-preview")
+    studies = viewer_az.run("rest", "--method", "get", "--url", f"{service['properties']['serviceUrl']}/v2/studies",
+                            "--resource", "https://dicom.healthcareapis.azure.com")
+    assert studies.returncode == 0
+    denied = viewer_az.run("ad", "app", "create", "--display-name", "escalate", check=False)
+    assert denied.returncode != 0 and "insufficient privileges" in denied.stderr.lower(), denied.stderr
+
+    # Deletion: the service principal, then the applications.
+    az.run("ad", "sp", "delete", "--id", bare["appId"])
+    assert az.json("ad", "sp", "list", "--spn", bare["appId"]) == []
+    az.run("ad", "app", "delete", "--id", bare["appId"])
+    az.run("ad", "app", "delete", "--id", viewer["appId"])
+    az.run("ad", "app", "delete", "--id", app["appId"])
+    assert az.json("ad", "app", "list", "--all") == []
+    assert az.json("ad", "sp", "list", "--spn", viewer["appId"]) == []
 
 
 def test_graph_and_filters_refuse_hostile_input(https_hds):

@@ -387,6 +387,35 @@ def test_identity_without_the_role_names_principal_and_role(key_cases):
     assert "e147488a-f6f5-4113-8e2d-b22465e65bf6" in error["message"]
 
 
+def test_new_system_assigned_identity_with_the_key_in_one_request_says_what_to_do(key_cases):
+    # The principal would be created by this very request, so nobody can have granted it the
+    # role: the refusal says the seed's order instead of naming a principal it deletes again.
+    arm = key_cases.arm
+    service_id = arm.service_id(service="sysatonce")
+    response = arm.request("PUT", service_id, {
+        "location": "local", "identity": {"type": "SystemAssigned"},
+        "properties": {"encryption": {"customerManagedKeyEncryption": {"keyEncryptionKeyUrl": key_cases.default_key}}},
+    })
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert error["code"] == "KeyAccessDenied"
+    assert "created with this request" in error["message"]
+    assert "Create the DICOM service first" in error["message"]
+    assert "e147488a-f6f5-4113-8e2d-b22465e65bf6" in error["message"]
+    assert arm.request("GET", service_id).status_code == 404
+
+    # The same on an existing service that turns the identity on and sets the key at once.
+    existing_id = arm.service_id(service="sysenable")
+    arm.ok("PUT", existing_id, {"location": "local", "identity": {"type": "None"}, "properties": {}})
+    response = arm.request("PUT", existing_id, {
+        "location": "local", "identity": {"type": "SystemAssigned"},
+        "properties": {"encryption": {"customerManagedKeyEncryption": {"keyEncryptionKeyUrl": key_cases.default_key}}},
+    })
+    assert response.status_code == 400, response.text
+    assert "enable its system-assigned identity" in response.json()["error"]["message"]
+    assert arm.get(existing_id)["identity"]["type"] == "None"
+
+
 def test_key_url_without_a_managed_identity(key_cases):
     arm = key_cases.arm
     response = arm.request("PUT", arm.service_id(service="noidentity"), {

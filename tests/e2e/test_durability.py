@@ -15,9 +15,9 @@ from conftest import HdsServer
 from test_dicomweb import multipart_parts, stow, to_bytes, unique_copy
 
 
-def test_kill_9_keeps_every_acknowledged_instance(tmp_path):
+def test_kill_9_keeps_every_acknowledged_instance(tmp_path, any_index):
     data_dir = tmp_path / "data"
-    server = HdsServer(data_dir).start()
+    server = HdsServer(data_dir, index=any_index).start()
     acknowledged = {}
     stop = threading.Event()
     template = unique_copy("CT_small.dcm")
@@ -56,7 +56,7 @@ def test_kill_9_keeps_every_acknowledged_instance(tmp_path):
         thread.join()
     assert len(acknowledged) >= 40
 
-    restarted = HdsServer(data_dir).start()
+    restarted = HdsServer(data_dir, index=any_index).start()
     try:
         study = template.StudyInstanceUID
         for sop, (series, body) in acknowledged.items():

@@ -324,6 +324,35 @@ def test_a_disabled_key_stops_every_node_within_the_probe_interval(deployment):
         assert got.status_code == 200
 
 
+def test_the_key_vault_sdk_reaches_a_vault_through_the_balancer(deployment):
+    from azure.keyvault.keys.crypto import CryptographyClient, KeyWrapAlgorithm
+
+    from conftest import StaticTokenCredential, key_client
+
+    nodes = deployment["nodes"]
+    arm = ArmClient(nodes[0])
+    service = arm.get(arm.service_id())
+    key_url = service["properties"]["encryption"]["customerManagedKeyEncryption"]["keyEncryptionKeyUrl"]
+    vault_uri = key_url.split("/keys/")[0] + "/"
+    # The vault's URI names the balancer: each call may land on any node.
+    client = key_client(nodes[1], vault_uri)
+    created = client.create_rsa_key("through-balancer", size=3072)
+    assert created.id.startswith(f"{vault_uri}keys/through-balancer/")
+    versions = set()
+    for _ in range(6):
+        versions |= {version.id for version in client.list_properties_of_key_versions("through-balancer")}
+    assert versions == {created.id}
+    rotated = client.rotate_key("through-balancer")
+    assert client.get_key("through-balancer").id == rotated.id
+    crypto = CryptographyClient(rotated, StaticTokenCredential(nodes[2].token("https://vault.azure.net")),
+                                verify_challenge_resource=False, connection_verify=nodes[2].ca_path)
+    for _ in range(4):
+        wrapped = crypto.wrap_key(KeyWrapAlgorithm.rsa_oaep_256, b"m" * 32)
+        assert crypto.unwrap_key(KeyWrapAlgorithm.rsa_oaep_256, wrapped.encrypted_key).key == b"m" * 32
+    client.begin_delete_key("through-balancer").wait()
+    assert [key.name for key in client.list_deleted_keys()] == ["through-balancer"]
+
+
 def test_a_node_killed_under_stow_load_loses_nothing_acknowledged(deployment):
     nodes, balancer = deployment["nodes"], deployment["balancer"]
     # The first node: it may well be the one that ran the seed's flow; nothing depends on it.

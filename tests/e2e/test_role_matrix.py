@@ -63,6 +63,8 @@ DICOM_ROUTES = [
     # route                 none Reader DDR  DDO  Contr Owner CSEU Officer
     ("stow",                403, 403,   403, 200, 403,  403,  403, 403),
     ("stow-in-study",       403, 403,   403, 200, 403,  403,  403, 403),
+    ("upsert",              403, 403,   403, 200, 403,  403,  403, 403),
+    ("upsert-in-study",     403, 403,   403, 200, 403,  403,  403, 403),
     ("wado-study",          403, 403,   200, 200, 403,  403,  403, 403),
     ("wado-series",         403, 403,   200, 200, 403,  403,  403, 403),
     ("wado-instance",       403, 403,   200, 200, 403,  403,  403, 403),
@@ -79,6 +81,8 @@ DICOM_ROUTES = [
     ("qido-study-series",   403, 403,   200, 200, 403,  403,  403, 403),
     ("qido-study-instances", 403, 403,  200, 200, 403,  403,  403, 403),
     ("qido-series-instances", 403, 403, 200, 200, 403,  403,  403, 403),
+    ("changefeed",          403, 403,   200, 200, 403,  403,  403, 403),
+    ("changefeed-latest",   403, 403,   200, 200, 403,  403,  403, 403),
     ("delete-study",        403, 403,   403, 204, 403,  403,  403, 403),
     ("delete-series",       403, 403,   403, 204, 403,  403,  403, 403),
     ("delete-instance",     403, 403,   403, 204, 403,  403,  403, 403),
@@ -296,6 +300,12 @@ def dicom_call(route, session, url, dataset, own):
         body, headers = stow_body(fresh)
         target = f"{url}/studies" if route == "stow" else f"{url}/studies/{fresh.StudyInstanceUID}"
         return session.post(target, data=body, headers=headers)
+    if route in ("upsert", "upsert-in-study"):
+        # Replaces an instance of the cell's own when the cell may write: the stored one stays.
+        mine = own()
+        body, headers = stow_body(mine)
+        target = f"{url}/studies" if route == "upsert" else f"{url}/studies/{mine.StudyInstanceUID}"
+        return session.put(target, data=body, headers=headers)
     if route.startswith("delete-"):
         mine = own()
         mine_series = f"{url}/studies/{mine.StudyInstanceUID}/series/{mine.SeriesInstanceUID}"
@@ -320,6 +330,8 @@ def dicom_call(route, session, url, dataset, own):
         "qido-study-series": (f"{study_url}/series", "application/dicom+json"),
         "qido-study-instances": (f"{study_url}/instances", "application/dicom+json"),
         "qido-series-instances": (f"{series_url}/instances", "application/dicom+json"),
+        "changefeed": (f"{url}/changefeed?limit=5", "application/json"),
+        "changefeed-latest": (f"{url}/changefeed/latest", "application/json"),
     }
     target, accept = gets[route]
     return session.get(target, headers={"Accept": accept})
@@ -486,15 +498,16 @@ def test_role_matrix(world, family, route, column, scope, expected):
         error = response.json()["error"]
         assert error["code"] != "CustomerManagedKeyAccessLost", error
         assert error["message"], error
-        if family == "dicom" and route.startswith("stow"):
+        if family == "dicom" and route.startswith(("stow", "upsert")):
             # Refused unread, the body is left on the connection: the client is told to close it.
             assert response.headers.get("Connection") == "close", response.headers
 
 
 # ---- lost key access is told only to callers allowed to make the request ------------------------
 
-READS = [route for route, *_ in DICOM_ROUTES if not route.startswith(("stow", "delete-"))]
-WRITES = [route for route, *_ in DICOM_ROUTES if route.startswith(("stow", "delete-"))]
+WRITE_PREFIXES = ("stow", "upsert", "delete-")
+READS = [route for route, *_ in DICOM_ROUTES if not route.startswith(WRITE_PREFIXES)]
+WRITES = [route for route, *_ in DICOM_ROUTES if route.startswith(WRITE_PREFIXES)]
 
 
 class LostKey:

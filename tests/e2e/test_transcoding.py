@@ -116,3 +116,44 @@ def test_what_cannot_be_transcoded_is_a_406_that_says_what_to_ask(hds):
                          headers={"Accept": "application/dicom; transfer-syntax=1.2.840.10008.1.2.4.50"})
     assert other.status_code == 406
     assert EXPLICIT_LE in other.text
+
+
+@pytest.mark.parametrize("stored, twin", [
+    ("MR_small_RLE.dcm", "MR_small.dcm"),
+    ("MR_small_jp2klossless.dcm", "MR_small.dcm"),
+    ("MR_small_bigendian.dcm", "MR_small.dcm"),
+    ("SC_rgb_rle_2frame.dcm", "SC_rgb_2frame.dcm"),
+])
+def test_frames_of_compressed_instances_come_back_as_native_samples(hds, stored, twin):
+    dataset = unique_copy(stored)
+    store(hds, dataset)
+    expected = unique_copy(twin)
+    frames = int(getattr(expected, "NumberOfFrames", 1) or 1)
+    frame_len = len(expected.PixelData) // frames
+    url = f"{instance_url(hds, dataset)}/frames/{','.join(str(n) for n in range(1, frames + 1))}"
+    for accept in ('multipart/related; type="application/octet-stream"',
+                   f'multipart/related; type="application/octet-stream"; transfer-syntax={EXPLICIT_LE}'):
+        response = hds.http.get(url, headers={"Accept": accept})
+        assert response.status_code == 200, (stored, response.text)
+        parts = multipart_parts(response)
+        assert len(parts) == frames
+        for number, part in enumerate(parts):
+            # Native little-endian samples, exactly those of the uncompressed twin.
+            assert part == expected.PixelData[number * frame_len:(number + 1) * frame_len], (stored, number)
+    # As stored on request; and a single frame as a single part.
+    as_stored = hds.http.get(url, headers={"Accept": 'multipart/related; type="application/octet-stream"; transfer-syntax=*'})
+    assert as_stored.status_code == 200
+    single = hds.http.get(f"{instance_url(hds, dataset)}/frames/1", headers={"Accept": "application/octet-stream"})
+    assert single.status_code == 200
+    assert single.content == expected.PixelData[:frame_len]
+    missing = hds.http.get(f"{instance_url(hds, dataset)}/frames/{frames + 1}", headers={"Accept": "application/octet-stream"})
+    assert missing.status_code == 404
+
+
+def test_frames_that_cannot_be_transcoded_are_a_406_naming_the_syntax(hds):
+    twelve_bit = unique_copy("JPEG-lossy.dcm")
+    store(hds, twelve_bit)
+    response = hds.http.get(f"{instance_url(hds, twelve_bit)}/frames/1",
+                            headers={"Accept": 'multipart/related; type="application/octet-stream"'})
+    assert response.status_code == 406
+    assert "1.2.840.10008.1.2.4.51" in response.text

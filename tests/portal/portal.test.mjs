@@ -15,15 +15,14 @@
 
 import { after, before, test } from "node:test";
 import assert from "node:assert/strict";
-import { spawn } from "node:child_process";
 import { existsSync } from "node:fs";
 import { mkdir, mkdtemp, readFile, rm } from "node:fs/promises";
 import { createRequire } from "node:module";
-import net from "node:net";
 import os from "node:os";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
 import { chromium } from "playwright-core";
+import { freePort, startHds } from "../browser/hds-server.mjs";
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 const repository = path.resolve(here, "../..");
@@ -52,40 +51,9 @@ const pageProblems = [];
 // ---------------------------------------------------------------------------------------------
 // The server
 
-function freePort() {
-  return new Promise((resolve, reject) => {
-    const probe = net.createServer();
-    probe.once("error", reject);
-    probe.listen(0, "127.0.0.1", () => {
-      const { port } = probe.address();
-      probe.close(() => resolve(port));
-    });
-  });
-}
-
-function startHds(dataDir, port) {
-  // The key-access monitor probes every second (and lost access does not latch within the
-  // test), so health follows the key within seconds.
-  const args = ["up", "--http", "--data-dir", dataDir, "--listen", `127.0.0.1:${port}`];
-  args.push("--cmk-probe-interval", "1s", "--cmk-lost-access-latch", "10m");
-  const child = spawn(hdsBinary, args, {
-    stdio: ["ignore", "pipe", "pipe"],
-    env: { ...process.env, RUST_LOG: process.env.RUST_LOG || "warn" },
-  });
-  let output = "";
-  const ready = new Promise((resolve, reject) => {
-    const onData = (chunk) => {
-      output += chunk;
-      if (output.includes("hds is ready")) resolve();
-    };
-    child.stdout.on("data", onData);
-    child.stderr.on("data", (chunk) => {
-      output += chunk;
-    });
-    child.once("exit", (code) => reject(new Error(`hds exited (${code}) before it was ready:\n${output}`)));
-  });
-  return { child, ready, output: () => output };
-}
+// The key-access monitor probes every second (and lost access does not latch within the test),
+// so health follows the key within seconds.
+const CMK_FLAGS = ["--cmk-probe-interval", "1s", "--cmk-lost-access-latch", "10m"];
 
 async function stopHds() {
   if (!server || server.child.exitCode !== null) return;
@@ -230,7 +198,7 @@ before(async () => {
   temporary = await mkdtemp(path.join(os.tmpdir(), "hds-portal-test-"));
   const port = await freePort();
   base = `http://127.0.0.1:${port}`;
-  server = startHds(path.join(temporary, "data"), port);
+  server = startHds(hdsBinary, path.join(temporary, "data"), port, CMK_FLAGS);
   await server.ready;
   admin = JSON.parse(await readFile(path.join(temporary, "data", "admin.json"), "utf8"));
   adminToken = await adminTokenFor(admin);
@@ -368,6 +336,62 @@ test("Keys: New version, and the versions with their identifiers and enabled sta
   await page.locator("#toggle-key-version", { hasText: "Enable" }).click();
   await waitForText("#key-enabled", "Yes");
   assert.equal((await api("GET", `${ids.key}/versions/${older}`, KEYVAULT)).body.properties.attributes.enabled, true);
+});
+
+test("Keys: the rotation policy is shown, refused when out of bounds, saved, and Rotate now adds a version", async () => {
+  await page.goto(portalUrl({ view: "vault-keys", id: ids.vault, key: "portal-key" }));
+  const card = page.locator("#rotation-policy");
+  await card.waitFor();
+  assert.match(await page.locator("#policy-summary").textContent(), /No automatic rotation\. Notifies P30D before expiry/, "the vault's default policy");
+  const save = page.locator("#save-rotation-policy");
+  assert.equal(await save.isDisabled(), true, "Save waits for a change");
+  await audit("keys: rotation policy");
+
+  // By keyboard: the Enabled radio of auto rotation, then the fields it shows.
+  await page.locator('input[name="policy-rotate"][value="off"]').focus();
+  await page.keyboard.press("ArrowLeft");
+  assert.equal(await page.locator('input[name="policy-rotate"][value="on"]').isChecked(), true);
+  await page.locator("#policy-rotate-time").fill("90 days");
+  assert.equal(await save.isDisabled(), false);
+  // Not a duration: refused in the page, nothing sent.
+  const sent = [];
+  const watch = (request) => request.method() === "PATCH" && sent.push(request.url());
+  page.on("request", watch);
+  await save.click();
+  await page.locator('#policy-status [data-error-code="InvalidRotationPolicy"]').waitFor();
+  assert.match(await page.locator("#policy-status .message").textContent(), /ISO 8601/);
+  assert.deepEqual(sent, [], "the page refused it before sending");
+  page.off("request", watch);
+  // A duration under the vault's minimum: the API's own refusal, shown verbatim.
+  await page.locator("#policy-rotate-time").fill("P1D");
+  await save.click();
+  await page.locator('#policy-status [data-error-code="InvalidRotationPolicy"]').waitFor();
+  await page.waitForFunction(() => /at least 7 days/.test(document.querySelector("#policy-status .message")?.textContent || ""));
+  await audit("keys: rotation policy refused");
+  await shot("key-rotation-policy-refused");
+  assert.equal((await api("GET", ids.key, KEYVAULT)).body.properties.rotationPolicy.lifetimeActions[0].action.type, "notify", "nothing changed");
+
+  await page.locator("#policy-rotate-time").fill("P90D");
+  await page.locator("#policy-expiry").fill("P1Y");
+  await save.click();
+  await page.locator("#policy-status .notice.success", { hasText: "Rotation policy saved" }).waitFor();
+  assert.match(await page.locator("#policy-summary").textContent(), /Rotates automatically P90D after each version's creation\. Notifies P30D before expiry\. New versions expire P1Y after creation\./);
+  const saved = (await api("GET", ids.key, KEYVAULT)).body.properties.rotationPolicy;
+  assert.deepEqual(
+    saved.lifetimeActions.map((action) => [action.action.type, action.trigger]),
+    [["rotate", { timeAfterCreate: "P90D" }], ["notify", { timeBeforeExpiry: "P30D" }]],
+  );
+  assert.equal(saved.attributes.expiryTime, "P1Y");
+  await audit("keys: rotation policy saved");
+  await shot("key-rotation-policy");
+
+  // Rotate now: a new version, which gets the policy's expiry.
+  const before = (await api("GET", `${ids.key}/versions`, KEYVAULT)).body.value.length;
+  await page.locator("#rotate-now").click();
+  await page.waitForFunction((count) => document.querySelectorAll("tr[data-key-version]").length === count, before + 1);
+  const newest = (await api("GET", ids.key, KEYVAULT)).body.properties.attributes;
+  // The expiry is set when the rotation starts, the creation time once the key is generated.
+  assert.ok(Math.abs(newest.exp - newest.created - 365 * 86400) <= 300, "the new version expires P1Y after its creation");
 });
 
 test("Managed identities: create, copy the principal and client ids, delete", async () => {
@@ -584,6 +608,63 @@ test("Add role assignment by keyboard: the user-assigned identity gets the crypt
       assignment.properties.scope.toLowerCase() === ids.vault.toLowerCase(),
   );
   assert.equal(granted.length, 1, "one assignment at the vault's scope");
+});
+
+test("Access control (IAM): Check access finds a principal by name or id and shows where each role comes from", async () => {
+  const identity = await api("GET", ids.identity, MANAGED_IDENTITY);
+  const principalId = identity.body.properties.principalId;
+  // A role at the resource group too, so the identity holds one here and one inherited.
+  const groupAssignment = `${ids.group}/providers/Microsoft.Authorization/roleAssignments/8b0f2f4e-3c55-4d3a-a0f1-6e7d9c2b1a53`;
+  const assigned = await api("PUT", groupAssignment, AUTHORIZATION, {
+    properties: {
+      roleDefinitionId: `/subscriptions/${admin.subscriptionId}/providers/Microsoft.Authorization/roleDefinitions/${KEY_VAULT_READER}`,
+      principalId,
+      principalType: "ServicePrincipal",
+    },
+  });
+  assert.ok(assigned.status === 200 || assigned.status === 201, JSON.stringify(assigned.body));
+
+  await page.goto(portalUrl({ view: "vault-iam", id: ids.vault }));
+  // The tabs by keyboard: the arrow key moves to Check access, which keeps the focus.
+  await page.getByRole("tab", { name: "Role assignments" }).focus();
+  await page.keyboard.press("ArrowLeft");
+  await page.locator("#check-access-search").waitFor();
+  assert.equal(await page.getByRole("tab", { name: "Check access" }).getAttribute("aria-selected"), "true");
+  await page.waitForFunction(() => document.activeElement?.id === "iam-tab-check");
+  await audit("access control: check access");
+
+  // By name, then Tab to the principal's radio button and Space.
+  await page.locator("#check-access-search").fill("portal-u");
+  await page.keyboard.press("Tab");
+  await page.keyboard.press("Space");
+  const heading = page.locator("#check-access-heading");
+  await heading.waitFor();
+  assert.equal(await heading.textContent(), "Current role assignments of portal-uami");
+  const rows = page.locator("#check-access-result tbody tr");
+  await page.waitForFunction(() => document.querySelectorAll("#check-access-result tbody tr").length === 2);
+  const found = await rows.evaluateAll((rows) => rows.map((row) => [row.querySelector(".role").textContent, row.querySelector(".scope").textContent]).sort());
+  assert.deepEqual(found, [
+    ["Key Vault Crypto Service Encryption User", "This resource"],
+    ["Key Vault Reader", "Resource group (Inherited)"],
+  ]);
+  await audit("access control: check access result");
+  await shot("iam-check-access");
+
+  // By object id: the signed-in admin, whose roles come from the subscription.
+  const adminPrincipal = JSON.parse(Buffer.from(adminToken.split(".")[1], "base64url").toString()).oid;
+  await page.locator("#check-access-search").fill(adminPrincipal);
+  await page.locator(`#check-access-candidates tr[data-principal-id="${adminPrincipal}"] input`).check();
+  await page.waitForFunction(() => /\(you\)$/.test(document.querySelector("#check-access-heading")?.textContent || ""));
+  const scopes = await page.locator("#check-access-result td.scope").allTextContents();
+  assert.ok(scopes.length > 0 && scopes.every((scope) => scope === "Subscription (Inherited)"), scopes.join(", "));
+
+  // An object id hds has no name for, with no role here.
+  const stranger = "0b8e8f3a-1c2d-4e5f-8a9b-0c1d2e3f4a5b";
+  await page.locator("#check-access-search").fill(stranger);
+  await page.locator(`#check-access-candidates tr[data-principal-id="${stranger}"] input`).check();
+  await page.locator("#check-access-result .notice.info", { hasText: "no role assignments" }).waitFor();
+
+  assert.equal((await api("DELETE", groupAssignment, AUTHORIZATION)).status, 200);
 });
 
 test("Access control (IAM): remove a role assignment", async () => {

@@ -1,8 +1,9 @@
 //! The DICOM archive of hds: what one DICOM service's data operations are, over the index (rows,
 //! tokens, sealed values), the service's keyring (root, study and blob keys) and the blob store
-//! (sealed instance bytes). One call per operation: store an instance, open instances or frames
-//! for retrieval, read metadata, search, delete. Each call owns its key protocol, its retries
-//! and its cleanup, so a caller (the DICOMweb API) only extracts a request, calls and renders.
+//! (sealed instance bytes). One call per operation: store or replace an instance, open instances
+//! or frames for retrieval, read metadata, search, delete, read the change feed. Each call owns
+//! its key protocol, its retries and its cleanup, so a caller (the DICOMweb API) only extracts a
+//! request, calls and renders.
 //!
 //! Architecture invariants:
 //! - An instance is stored only after its blob is complete and its index row committed; a
@@ -29,7 +30,10 @@ pub use error::ArchiveError;
 pub use hds_dicom::QueryLevel;
 /// Which instances a retrieve or delete addresses: a study, a series of it, or one instance.
 pub use hds_index::DeleteScope as Scope;
-pub use hds_index::{Filter, Matcher, SearchHit};
+pub use hds_index::{
+    ChangeAction, ChangeFeedEntry, ChangeFeedWindow, ChangeState, Filter, Matcher, SearchHit,
+    StoreMode,
+};
 pub use read::{ByteStream, FoundFrames, FoundInstances, InstanceContent};
 pub use store::{Refusal, RefusalReason, StoreOutcome, StoredInstance};
 
@@ -107,6 +111,30 @@ impl ServiceArchive {
             offset: search.offset,
         };
         Ok(self.index.search(&query).await?)
+    }
+
+    /// The entries of the service's change feed in `window`, in sequence order; with the
+    /// metadata of entries whose version is still the stored one when `include_metadata`.
+    pub async fn change_feed(
+        &self,
+        window: ChangeFeedWindow,
+        include_metadata: bool,
+    ) -> Result<Vec<ChangeFeedEntry>, ArchiveError> {
+        Ok(self
+            .index
+            .change_feed(&self.service, window, include_metadata)
+            .await?)
+    }
+
+    /// The latest entry of the service's change feed, or `None` when nothing changed yet.
+    pub async fn latest_change(
+        &self,
+        include_metadata: bool,
+    ) -> Result<Option<ChangeFeedEntry>, ArchiveError> {
+        Ok(self
+            .index
+            .latest_change(&self.service, include_metadata)
+            .await?)
     }
 
     /// Deletes the instances in `scope`: their index rows first, in one transaction (a study

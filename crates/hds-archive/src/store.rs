@@ -14,7 +14,7 @@ use futures::{Stream, StreamExt};
 use hds_blob::{BlobName, SealedBlobWriter};
 use hds_crypto::keys::BlobKey;
 use hds_dicom::{InstanceError, ParsedInstance, parse_instance};
-use hds_index::{CommitGate, IndexError, SealedInstance};
+use hds_index::{CommitGate, IndexError, SealedInstance, StoreMode};
 
 use crate::chunk_reader::ChunkReader;
 use crate::sync_reader::BlobSyncReader;
@@ -48,6 +48,9 @@ pub struct StoredInstance {
     pub study_instance_uid: String,
     /// SeriesInstanceUID.
     pub series_instance_uid: String,
+    /// Whether it replaced an instance of the same SOPInstanceUID
+    /// ([`ServiceArchive::replace_instance`]).
+    pub replaced: bool,
 }
 
 /// An instance that was not stored, and why.
@@ -111,8 +114,38 @@ impl ServiceArchive {
     /// note on the one exception), so the caller has nothing to clean up.
     pub async fn store_instance<S, E>(
         &self,
+        body: S,
+        required_study: Option<&str>,
+    ) -> Result<StoreOutcome, E>
+    where
+        S: Stream<Item = Result<Bytes, E>> + Unpin,
+        E: From<ArchiveError>,
+    {
+        self.store(body, required_study, StoreMode::Create).await
+    }
+
+    /// Stores the instance as [`ServiceArchive::store_instance`] does, except that an instance
+    /// of the same SOPInstanceUID in the same study and series is replaced rather than refused
+    /// (the upsert `PUT`). The replaced instance's row goes in the same commit that records the
+    /// new one (its change feed entries become `replaced`); its blob is deleted after the
+    /// commit, and one that fails to go is unreferenced, so the sweeper removes it.
+    pub async fn replace_instance<S, E>(
+        &self,
+        body: S,
+        required_study: Option<&str>,
+    ) -> Result<StoreOutcome, E>
+    where
+        S: Stream<Item = Result<Bytes, E>> + Unpin,
+        E: From<ArchiveError>,
+    {
+        self.store(body, required_study, StoreMode::Replace).await
+    }
+
+    async fn store<S, E>(
+        &self,
         mut body: S,
         required_study: Option<&str>,
+        mode: StoreMode,
     ) -> Result<StoreOutcome, E>
     where
         S: Stream<Item = Result<Bytes, E>> + Unpin,
@@ -162,7 +195,10 @@ impl ServiceArchive {
             size,
             durable,
         };
-        match self.parse_and_record(&blob, kept, required_study).await {
+        match self
+            .parse_and_record(&blob, kept, required_study, mode)
+            .await
+        {
             Ok(outcome @ StoreOutcome::Stored(_)) => Ok(outcome),
             Ok(refusal) => {
                 self.blobs
@@ -186,6 +222,7 @@ impl ServiceArchive {
         blob: &WrittenBlob<'_>,
         kept: Vec<Bytes>,
         required_study: Option<&str>,
+        mode: StoreMode,
     ) -> Result<StoreOutcome, RecordError> {
         let size = blob.size;
         let parsed = if size <= INLINE_PARSE_LIMIT {
@@ -205,7 +242,7 @@ impl ServiceArchive {
         .map_err(|error| ArchiveError::internal("parsing task", error))?;
         match parsed {
             Err(error) => Ok(failed_parse(&error)),
-            Ok(parsed) => self.record(&parsed, blob, required_study).await,
+            Ok(parsed) => self.record(&parsed, blob, required_study, mode).await,
         }
     }
 
@@ -214,6 +251,7 @@ impl ServiceArchive {
         parsed: &ParsedInstance,
         blob: &WrittenBlob<'_>,
         required_study: Option<&str>,
+        mode: StoreMode,
     ) -> Result<StoreOutcome, RecordError> {
         if required_study.is_some_and(|study| study != parsed.study_instance_uid) {
             return Ok(refused(Some(parsed), RefusalReason::StudyMismatch));
@@ -228,6 +266,7 @@ impl ServiceArchive {
                     blob_key: blob.key,
                     size: blob.size,
                     durable: blob.durable.clone(),
+                    mode,
                 },
             )
             .await
@@ -239,13 +278,28 @@ impl ServiceArchive {
                 | IndexError::WriterStopped => RecordError::Unreferenced(error.into()),
                 other => RecordError::Uncertain(other.into()),
             })?;
-        match stored {
-            hds_index::StoreOutcome::Stored => Ok(StoreOutcome::Stored(StoredInstance {
+        let stored_instance = |replaced: bool| {
+            StoreOutcome::Stored(StoredInstance {
                 sop_class_uid: parsed.sop_class_uid.clone(),
                 sop_instance_uid: parsed.sop_instance_uid.clone(),
                 study_instance_uid: parsed.study_instance_uid.clone(),
                 series_instance_uid: parsed.series_instance_uid.clone(),
-            })),
+                replaced,
+            })
+        };
+        match stored {
+            hds_index::StoreOutcome::Stored => Ok(stored_instance(false)),
+            hds_index::StoreOutcome::Replaced { previous_blob_name } => {
+                // Committed: the previous blob is unreferenced now. A failure to remove it is
+                // the sweeper's to finish, not the store's to report.
+                match BlobName::parse(&previous_blob_name) {
+                    Ok(name) => self.discard(&name).await,
+                    Err(error) => {
+                        tracing::warn!(error = %error, "a replaced blob's name is invalid")
+                    }
+                }
+                Ok(stored_instance(true))
+            }
             hds_index::StoreOutcome::AlreadyExists => {
                 Ok(refused(Some(parsed), RefusalReason::AlreadyStored))
             }

@@ -39,6 +39,7 @@ pub use filter::{
 };
 pub use http::{handle, is_arm_path, router};
 pub use id::{ResourceId, ResourceIdError};
+pub use names::printable;
 pub use provider::{
     ArmFuture, PlainProvider, ProviderResponse, RequestContext, ResourceProvider, merge_patch,
 };

@@ -299,7 +299,7 @@ fn follows(rule: &NameRule, name: &str) -> bool {
 
 /// Client input as it may be echoed: at most 64 characters, control and formatting
 /// characters replaced by `?`.
-pub(crate) fn printable(text: &str) -> String {
+pub fn printable(text: &str) -> String {
     text.chars()
         .take(64)
         .map(|c| {

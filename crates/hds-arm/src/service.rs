@@ -2,6 +2,7 @@
 //! operations and moves. HTTP lives in [`crate::http`]; this module knows nothing of paths.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures::future::BoxFuture;
 use hds_db::Database;
@@ -108,6 +109,25 @@ pub(crate) enum Outcome {
         body: Option<Value>,
         operation: Box<Operation>,
     },
+}
+
+/// How long an operation's lease lasts; its node renews it every third of that while the
+/// operation runs. A dead node's operations are finished by another node within about this
+/// long plus the sweep interval.
+pub const OPERATION_LEASE: Duration = Duration::from_secs(30);
+
+/// This process's id as a lease owner.
+fn node_id() -> &'static str {
+    static NODE_ID: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    NODE_ID.get_or_init(|| uuid::Uuid::new_v4().to_string())
+}
+
+fn now_ms() -> i64 {
+    i64::try_from(OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000).unwrap_or(i64::MAX)
+}
+
+fn lease_until_ms() -> i64 {
+    now_ms().saturating_add(i64::try_from(OPERATION_LEASE.as_millis()).unwrap_or(i64::MAX))
 }
 
 impl Arm {
@@ -799,9 +819,29 @@ impl Arm {
         self.inner.store.create_operation(&operation).await?;
         let store = self.inner.store.clone();
         let operation_id = operation.id.clone();
+        store
+            .lease_operation(&operation_id, node_id(), lease_until_ms(), sets_state)
+            .await?;
         let resource_id = id.clone();
         tokio::spawn(async move {
-            let result = completion.await;
+            let mut completion = completion;
+            // The lease is renewed while the operation runs; if this node dies, it ends and
+            // another node's sweep finishes the operation (`fail_abandoned_operations`).
+            let mut renew = tokio::time::interval(OPERATION_LEASE / 3);
+            renew.tick().await;
+            let result = loop {
+                tokio::select! {
+                    result = &mut completion => break result,
+                    _ = renew.tick() => {
+                        if let Err(error) = store
+                            .lease_operation(&operation_id, node_id(), lease_until_ms(), sets_state)
+                            .await
+                        {
+                            tracing::warn!(%error, "could not renew an operation's lease");
+                        }
+                    }
+                }
+            };
             let (status, error, state) = match &result {
                 Ok(()) => (OperationStatus::Succeeded, None, "Succeeded"),
                 Err(error) => (OperationStatus::Failed, Some(error.to_json()), "Failed"),
@@ -819,6 +859,32 @@ impl Arm {
             }
         });
         Ok(operation)
+    }
+
+    /// Finishes the operations whose node stopped running them (their lease ended): Failed,
+    /// with `OperationAbandoned` and what to do. Returns how many.
+    pub async fn fail_abandoned_operations(&self) -> Result<usize, ArmError> {
+        Ok(self.inner.store.fail_abandoned_operations(now_ms()).await?)
+    }
+
+    /// Runs [`Arm::fail_abandoned_operations`] every `interval`, on every node: whichever node
+    /// sweeps first finishes an abandoned operation, once.
+    pub fn spawn_operation_sweeper(&self, interval: Duration) -> tokio::task::JoinHandle<()> {
+        let arm = self.clone();
+        tokio::spawn(async move {
+            let mut ticks = tokio::time::interval(interval);
+            loop {
+                ticks.tick().await;
+                match arm.fail_abandoned_operations().await {
+                    Ok(0) => {}
+                    Ok(count) => tracing::warn!(
+                        count,
+                        "finished async operations whose node stopped as Failed"
+                    ),
+                    Err(error) => tracing::warn!(%error, "sweeping abandoned operations failed"),
+                }
+            }
+        })
     }
 
     /// `GET /subscriptions/{sub}/providers/{ns}/locations/{loc}/operationStatuses/{id}`.

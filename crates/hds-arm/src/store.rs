@@ -53,12 +53,33 @@ CREATE TABLE arm_operations (
 
 /// The schema steps of the `arm` component. The DDL is portable between SQLite and
 /// PostgreSQL, so both backends share it.
-pub const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    description: "generic resources and async operations",
-    sqlite: SCHEMA,
-    postgres: SCHEMA,
-}];
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        description: "generic resources and async operations",
+        sqlite: SCHEMA,
+        postgres: SCHEMA,
+    },
+    Migration {
+        version: 2,
+        description: "leases on async operations",
+        sqlite: OPERATION_LEASES,
+        postgres: OPERATION_LEASES,
+    },
+];
+
+/// Which node runs an operation and until when its lease holds (renewed while it runs), and
+/// whether its outcome sets the resource's provisioning state: what another node needs to
+/// finish an operation whose node died.
+const OPERATION_LEASES: &str = "
+ALTER TABLE arm_operations ADD COLUMN lease_owner TEXT;
+ALTER TABLE arm_operations ADD COLUMN lease_until_ms BIGINT;
+ALTER TABLE arm_operations ADD COLUMN sets_state INTEGER NOT NULL DEFAULT 0;
+CREATE INDEX arm_operations_status ON arm_operations (status);
+";
+
+/// The message of an operation whose node stopped before finishing it.
+pub const ABANDONED_OPERATION: &str = "The node that ran this operation stopped before it finished; the resource may be partly changed. Send the request again (PUT and DELETE are idempotent).";
 
 /// Why a store call failed. Messages never carry stored values.
 #[derive(Debug, thiserror::Error)]
@@ -551,6 +572,82 @@ impl ResourceStore {
         .await?;
         transaction.commit().await?;
         Ok(())
+    }
+
+    /// Holds `id` for `owner` until `until_ms` (creating or renewing its lease), with whether
+    /// its outcome sets the resource's provisioning state. Only an operation in progress.
+    pub async fn lease_operation(
+        &self,
+        id: &str,
+        owner: &str,
+        until_ms: i64,
+        sets_state: bool,
+    ) -> Result<(), StoreError> {
+        let mut transaction = self.database.begin_write().await?;
+        sqlx::query(
+            "UPDATE arm_operations SET lease_owner = $2, lease_until_ms = $3, sets_state = $4 \
+             WHERE id = $1 AND status = 'InProgress'",
+        )
+        .bind(id)
+        .bind(owner)
+        .bind(until_ms)
+        .bind(i64::from(sets_state))
+        .execute(&mut *transaction)
+        .await?;
+        transaction.commit().await?;
+        Ok(())
+    }
+
+    /// Finishes, as Failed with [`ABANDONED_OPERATION`], every operation in progress whose
+    /// lease ended before `now_ms` (or that has none: it was started before leases existed,
+    /// by a process that is gone), and sets the provisioning state of the resources whose
+    /// state follows their operation to Failed. Returns how many it finished.
+    pub async fn fail_abandoned_operations(&self, now_ms: i64) -> Result<usize, StoreError> {
+        let abandoned = sqlx::query(
+            "SELECT id, resource_id, sets_state FROM arm_operations \
+             WHERE status = 'InProgress' AND (lease_until_ms IS NULL OR lease_until_ms < $1)",
+        )
+        .bind(now_ms)
+        .fetch_all(self.database.pool())
+        .await?;
+        let error = serde_json::json!({
+            "code": "OperationAbandoned",
+            "message": ABANDONED_OPERATION,
+        });
+        let mut finished = 0;
+        for row in abandoned {
+            let id: String = row.try_get(0)?;
+            let resource_id: String = row.try_get(1)?;
+            let sets_state: i64 = row.try_get(2)?;
+            let mut transaction = self.database.begin_write().await?;
+            // Only if still abandoned: its node may have renewed the lease or finished since.
+            let updated = sqlx::query(
+                "UPDATE arm_operations SET status = 'Failed', end_time = $2, error = $3 \
+                 WHERE id = $1 AND status = 'InProgress' AND (lease_until_ms IS NULL OR lease_until_ms < $4)",
+            )
+            .bind(&id)
+            .bind(format_time(OffsetDateTime::now_utc()))
+            .bind(error.to_string())
+            .bind(now_ms)
+            .execute(&mut *transaction)
+            .await?;
+            if updated.rows_affected() == 1
+                && sets_state != 0
+                && let Ok(resource) = ResourceId::parse(&resource_id)
+            {
+                sqlx::query(
+                    "UPDATE arm_resources SET provisioning_state = 'Failed', changed_at = $2 \
+                     WHERE id_key = $1 AND provisioning_state NOT IN ('Succeeded', 'Failed', 'Canceled')",
+                )
+                .bind(resource.key())
+                .bind(format_time(OffsetDateTime::now_utc()))
+                .execute(&mut *transaction)
+                .await?;
+            }
+            transaction.commit().await?;
+            finished += usize::from(updated.rows_affected() == 1);
+        }
+        Ok(finished)
     }
 
     /// Marks an operation finished.

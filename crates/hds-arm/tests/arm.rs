@@ -1327,3 +1327,81 @@ async fn a_failed_resource_stops_the_deployment() {
     let (_, _, record) = call(&router, Method::GET, &deployment, None).await;
     assert_eq!(record["properties"]["provisioningState"], "Failed");
 }
+
+/// An operation whose node died (its lease ran out) is finished as Failed by any node's sweep,
+/// once, with what to do, and its resource's provisioning state follows; an operation whose
+/// lease holds is left alone.
+async fn abandoned_operations_suite(backend: Backend) {
+    use hds_arm::{Operation, OperationStatus, ResourceStore};
+
+    let (_directory, database) = database(backend).await;
+    let store = ResourceStore::open(database).await.expect("store");
+    let now_ms = time::OffsetDateTime::now_utc().unix_timestamp() * 1000;
+    let operation = |id: &str| Operation {
+        id: id.into(),
+        subscription: SUBSCRIPTION.into(),
+        namespace: "Microsoft.Widgets".into(),
+        location: "global".into(),
+        resource_id: format!(
+            "/subscriptions/{SUBSCRIPTION}/resourceGroups/g/providers/Microsoft.Widgets/widgets/{id}"
+        ),
+        status: OperationStatus::InProgress,
+        start_time: time::OffsetDateTime::now_utc(),
+        end_time: None,
+        error: None,
+    };
+    let dead = operation("00000000-0000-0000-0000-00000000dead");
+    let alive = operation("00000000-0000-0000-0000-0000000a11fe");
+    for (operation, until_ms) in [(&dead, now_ms - 1_000), (&alive, now_ms + 30_000)] {
+        store.create_operation(operation).await.expect("create");
+        store
+            .lease_operation(&operation.id, "node-a", until_ms, true)
+            .await
+            .expect("lease");
+    }
+    assert_eq!(
+        store
+            .fail_abandoned_operations(now_ms)
+            .await
+            .expect("sweep"),
+        1
+    );
+    // A second sweep (another node's) finds nothing left to do.
+    assert_eq!(
+        store
+            .fail_abandoned_operations(now_ms)
+            .await
+            .expect("sweep"),
+        0
+    );
+    let finished = store
+        .get_operation(&dead.id)
+        .await
+        .expect("read")
+        .expect("exists");
+    assert_eq!(finished.status, OperationStatus::Failed);
+    let error = finished.error.expect("an error");
+    assert_eq!(error["code"], "OperationAbandoned");
+    assert!(
+        error["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("Send the request again")
+    );
+    let running = store
+        .get_operation(&alive.id)
+        .await
+        .expect("read")
+        .expect("exists");
+    assert_eq!(running.status, OperationStatus::InProgress);
+}
+
+#[tokio::test]
+async fn abandoned_operations_on_sqlite() {
+    abandoned_operations_suite(Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn abandoned_operations_on_postgres() {
+    abandoned_operations_suite(Backend::Postgres).await;
+}

@@ -93,6 +93,10 @@ pub struct AuditFilter {
     pub resource_id: Option<String>,
     /// Only records at or after this time (ms since the epoch).
     pub since_ms: Option<i64>,
+    /// Only records at or before this time (ms since the epoch).
+    pub until_ms: Option<i64>,
+    /// Only records after this sequence number (the next page of a listing).
+    pub after_sequence: Option<i64>,
     /// At most this many, the oldest first.
     pub limit: Option<u32>,
 }
@@ -145,49 +149,65 @@ impl AuditLog {
 
     /// Appends `event` at the end of the chain; returns its sequence number.
     pub async fn append(&self, event: &AuditEvent) -> Result<i64, AuditError> {
-        let event = AuditEvent {
-            principal_id: bounded(&event.principal_id),
-            operation: bounded(&event.operation),
-            resource_id: bounded(&event.resource_id),
-            outcome: bounded(&event.outcome),
-        };
+        self.append_all(std::slice::from_ref(event)).await
+    }
+
+    /// Appends `events`, in order, at the end of the chain in one transaction (one commit, one
+    /// sync, however many records); returns the last one's sequence number (0 for none).
+    pub async fn append_all(&self, events: &[AuditEvent]) -> Result<i64, AuditError> {
+        if events.is_empty() {
+            return Ok(0);
+        }
+        let events: Vec<AuditEvent> = events
+            .iter()
+            .map(|event| AuditEvent {
+                principal_id: bounded(&event.principal_id),
+                operation: bounded(&event.operation),
+                resource_id: bounded(&event.resource_id),
+                outcome: bounded(&event.outcome),
+            })
+            .collect();
         let _turn = self.append_turn.lock().await;
-        for _ in 0..APPEND_ATTEMPTS {
+        'attempt: for _ in 0..APPEND_ATTEMPTS {
             let mut transaction = self.database.begin_write().await?;
             let last =
                 sqlx::query("SELECT sequence, mac FROM audit_log ORDER BY sequence DESC LIMIT 1")
                     .fetch_optional(&mut *transaction)
                     .await?;
-            let (previous_sequence, previous_mac) = match last {
+            let (mut sequence, mut previous_mac) = match last {
                 Some(row) => (row.try_get::<i64, _>(0)?, row.try_get::<String, _>(1)?),
                 None => (0, String::new()),
             };
-            let sequence = previous_sequence + 1;
             let recorded_ms = now_ms();
-            let mac = self.mac(sequence, recorded_ms, &event, &previous_mac);
-            let inserted = sqlx::query(
-                "INSERT INTO audit_log (sequence, recorded_ms, principal_id, operation, resource_id, \
-                 outcome, previous_mac, mac) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-            )
-            .bind(sequence)
-            .bind(recorded_ms)
-            .bind(&event.principal_id)
-            .bind(&event.operation)
-            .bind(&event.resource_id)
-            .bind(&event.outcome)
-            .bind(&previous_mac)
-            .bind(&mac)
-            .execute(&mut *transaction)
-            .await;
-            match inserted {
-                Ok(_) => {
-                    transaction.commit().await?;
-                    return Ok(sequence);
+            for event in &events {
+                sequence += 1;
+                let mac = self.mac(sequence, recorded_ms, event, &previous_mac);
+                let inserted = sqlx::query(
+                    "INSERT INTO audit_log (sequence, recorded_ms, principal_id, operation, resource_id, \
+                     outcome, previous_mac, mac) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+                )
+                .bind(sequence)
+                .bind(recorded_ms)
+                .bind(&event.principal_id)
+                .bind(&event.operation)
+                .bind(&event.resource_id)
+                .bind(&event.outcome)
+                .bind(&previous_mac)
+                .bind(&mac)
+                .execute(&mut *transaction)
+                .await;
+                match inserted {
+                    Ok(_) => previous_mac = mac,
+                    // Another process took this sequence number: read the new end and try
+                    // again (the transaction rolls back when dropped).
+                    Err(sqlx::Error::Database(error)) if error.is_unique_violation() => {
+                        continue 'attempt;
+                    }
+                    Err(error) => return Err(error.into()),
                 }
-                // Another process took this sequence number: read the new end and try again.
-                Err(sqlx::Error::Database(error)) if error.is_unique_violation() => continue,
-                Err(error) => return Err(error.into()),
             }
+            transaction.commit().await?;
+            return Ok(sequence);
         }
         Err(AuditError::Contended)
     }
@@ -220,9 +240,16 @@ impl AuditLog {
             "SELECT sequence, recorded_ms, principal_id, operation, resource_id, outcome, \
                        previous_mac, mac FROM audit_log"
                 .to_owned();
-        let since_parameter = texts.len() + 1;
-        if filter.since_ms.is_some() {
-            conditions.push(format!("recorded_ms >= ${since_parameter}"));
+        let mut numbers: Vec<i64> = Vec::new();
+        for (value, condition) in [
+            (filter.since_ms, "recorded_ms >="),
+            (filter.until_ms, "recorded_ms <="),
+            (filter.after_sequence, "sequence >"),
+        ] {
+            if let Some(value) = value {
+                numbers.push(value);
+                conditions.push(format!("{condition} ${}", texts.len() + numbers.len()));
+            }
         }
         if !conditions.is_empty() {
             sql.push_str(" WHERE ");
@@ -236,8 +263,8 @@ impl AuditLog {
         for text in &texts {
             query = query.bind(text.as_str());
         }
-        if let Some(since_ms) = filter.since_ms {
-            query = query.bind(since_ms);
+        for number in numbers {
+            query = query.bind(number);
         }
         let rows = query.fetch_all(self.database.pool()).await?;
         rows.iter().map(record_from_row).collect()
@@ -316,6 +343,107 @@ impl AuditLog {
     }
 }
 
+/// How many events wait for the writer at most: beyond that, [`AuditQueue::record`] refuses, and
+/// the caller refuses the request it would have recorded.
+const QUEUE_CAPACITY: usize = 65_536;
+
+/// The most events one transaction appends.
+const BATCH_MAX: usize = 1024;
+
+/// How long the writer waits for more events after the first of a batch: appends of busy
+/// traffic (a DICOM data request each) are one transaction per interval, not one per request.
+const BATCH_LINGER: std::time::Duration = std::time::Duration::from_millis(200);
+
+enum QueueMessage {
+    Event(AuditEvent),
+    Flush(tokio::sync::oneshot::Sender<()>),
+}
+
+/// The queue was full: the writer is behind (or failing) by [`QUEUE_CAPACITY`] events.
+#[derive(Debug, thiserror::Error)]
+#[error("the audit log's queue is full")]
+pub struct QueueFull;
+
+/// Events appended in batches by a writer task, for traffic too frequent to append one
+/// transaction per event (DICOM data requests). An event is in the chain within about
+/// [`BATCH_LINGER`] of being queued; a crash in that window loses it, which is why key
+/// operations and role changes are appended directly ([`AuditLog::append`]) instead.
+#[derive(Clone, Debug)]
+pub struct AuditQueue {
+    sender: tokio::sync::mpsc::Sender<QueueMessage>,
+}
+
+impl std::fmt::Debug for QueueMessage {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter.write_str("QueueMessage")
+    }
+}
+
+impl AuditQueue {
+    /// Starts the writer of `log` on the current runtime.
+    pub fn spawn(log: AuditLog) -> AuditQueue {
+        let (sender, receiver) = tokio::sync::mpsc::channel(QUEUE_CAPACITY);
+        tokio::spawn(write_batches(log, receiver));
+        AuditQueue { sender }
+    }
+
+    /// Queues `event`; refuses when the queue is full.
+    pub fn record(&self, event: AuditEvent) -> Result<(), QueueFull> {
+        self.sender
+            .try_send(QueueMessage::Event(event))
+            .map_err(|_| QueueFull)
+    }
+
+    /// Waits until every event queued before this call is appended (or its batch failed).
+    pub async fn flush(&self) {
+        let (done, finished) = tokio::sync::oneshot::channel();
+        if self.sender.send(QueueMessage::Flush(done)).await.is_ok() {
+            let _ = finished.await;
+        }
+    }
+}
+
+fn take(
+    message: QueueMessage,
+    batch: &mut Vec<AuditEvent>,
+    waiting: &mut Vec<tokio::sync::oneshot::Sender<()>>,
+) {
+    match message {
+        QueueMessage::Event(event) => batch.push(event),
+        QueueMessage::Flush(done) => waiting.push(done),
+    }
+}
+
+async fn write_batches(log: AuditLog, mut receiver: tokio::sync::mpsc::Receiver<QueueMessage>) {
+    let mut batch: Vec<AuditEvent> = Vec::new();
+    let mut waiting: Vec<tokio::sync::oneshot::Sender<()>> = Vec::new();
+    while let Some(first) = receiver.recv().await {
+        take(first, &mut batch, &mut waiting);
+        if waiting.is_empty() {
+            let deadline = tokio::time::Instant::now() + BATCH_LINGER;
+            while batch.len() < BATCH_MAX && waiting.is_empty() {
+                match tokio::time::timeout_at(deadline, receiver.recv()).await {
+                    Ok(Some(message)) => take(message, &mut batch, &mut waiting),
+                    Ok(None) | Err(_) => break,
+                }
+            }
+        }
+        while batch.len() < BATCH_MAX {
+            match receiver.try_recv() {
+                Ok(message) => take(message, &mut batch, &mut waiting),
+                Err(_) => break,
+            }
+        }
+        if let Err(error) = log.append_all(&batch).await {
+            tracing::error!(%error, records = batch.len(), "audit records could not be written");
+        }
+        batch.clear();
+        for done in waiting.drain(..) {
+            let _ = done.send(());
+        }
+    }
+}
+
 fn record_from_row(row: &sqlx::any::AnyRow) -> Result<AuditRecord, AuditError> {
     Ok(AuditRecord {
         sequence: row.try_get(0)?,
@@ -386,6 +514,40 @@ mod tests {
             log.verify().await.expect("verify"),
             Verification::Broken { sequence: 2, .. }
         ));
+    }
+
+    #[tokio::test]
+    async fn queued_events_are_appended_in_order_as_one_chain_with_direct_appends() {
+        let directory = tempfile::tempdir().expect("tempdir");
+        let log = log_in(directory.path()).await;
+        let queue = AuditQueue::spawn(log.clone());
+        log.append(&event("keys/wrap/action", "/k"))
+            .await
+            .expect("append");
+        for index in 0..300 {
+            queue
+                .record(event("dicom/read", &format!("/services/s{index}")))
+                .expect("queued");
+        }
+        queue.flush().await;
+        log.append(&event("keys/unwrap/action", "/k"))
+            .await
+            .expect("append");
+        assert_eq!(
+            log.verify().await.expect("verify"),
+            Verification::Intact { records: 302 }
+        );
+        let records = log.list(&AuditFilter::default()).await.expect("list");
+        let resources: Vec<&str> = records
+            .iter()
+            .map(|record| record.event.resource_id.as_str())
+            .collect();
+        assert_eq!(resources[0], "/k");
+        assert_eq!(resources[1], "/services/s0");
+        assert_eq!(resources[300], "/services/s299");
+        assert_eq!(records[301].event.operation, "keys/unwrap/action");
+        // A batch is one transaction: its records share one time.
+        assert_eq!(records[1].recorded_ms, records[2].recorded_ms);
     }
 
     #[tokio::test]

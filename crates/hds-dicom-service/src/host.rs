@@ -831,6 +831,27 @@ impl DicomServiceHost for DicomHost {
 }
 
 impl DicomServiceResolver for DicomHost {
+    fn cors(&self, workspace: &str, service: &str) -> Option<hds_dicomweb::CorsPolicy> {
+        let route = service_route(workspace, service);
+        let services = self.services.read().unwrap_or_else(PoisonError::into_inner);
+        let cors = &services
+            .routes
+            .get(&route)
+            .and_then(|key| services.by_id.get(key))?
+            .spec
+            .cors;
+        if cors.origins.is_empty() {
+            return None;
+        }
+        Some(hds_dicomweb::CorsPolicy {
+            origins: cors.origins.clone(),
+            headers: cors.headers.clone(),
+            methods: cors.methods.clone(),
+            max_age: cors.max_age,
+            allow_credentials: cors.allow_credentials,
+        })
+    }
+
     fn resolve<'a>(
         &'a self,
         workspace: &'a str,

@@ -1,5 +1,7 @@
-//! The DICOMweb HTTP API of hds: STOW-RS, WADO-RS, QIDO-RS and delete (PS3.18), for every DICOM
-//! service at `{base}/dicom/{workspace}/{service}/v2/` (`/v1/` is an alias).
+//! The DICOMweb HTTP API of hds: STOW-RS (and its upsert, `PUT`), WADO-RS, QIDO-RS and delete
+//! (PS3.18), and Azure's change feed, for every DICOM service at
+//! `{base}/dicom/{workspace}/{service}/v2/` (`/v1/` is an alias, except for the change feed's
+//! parameters, which differ by version).
 //!
 //! Handlers are thin: they extract a request (media types, multipart parts, query parameters,
 //! frame lists, each under its limit), make one call to the service's
@@ -19,6 +21,8 @@
 //!   `500 DataIntegrityCheckFailed` before the status line; one that fails later aborts the body.
 #![deny(missing_docs)]
 
+mod changefeed;
+mod cors;
 mod error;
 mod media;
 mod multipart;
@@ -32,6 +36,7 @@ mod stow;
 use axum::Router;
 use axum::routing::{get, post};
 
+pub use cors::CorsPolicy;
 pub use error::DicomWebError;
 pub use request_body::{MAX_BOUNDARY_LEN, MultipartLimits};
 pub use service::{
@@ -45,12 +50,20 @@ pub use stow::fuzzing;
 /// The routes of the DICOMweb API, relative to the main listener's root.
 pub fn router(state: DicomWebState) -> Router {
     let api = Router::new()
-        .route("/studies", post(stow::store).get(qido::search_studies))
+        .route(
+            "/studies",
+            post(stow::store)
+                .put(stow::upsert)
+                .get(qido::search_studies),
+        )
+        .route("/changefeed", get(changefeed::feed))
+        .route("/changefeed/latest", get(changefeed::latest))
         .route("/series", get(qido::search_series))
         .route("/instances", get(qido::search_instances))
         .route(
             "/studies/{study}",
             post(stow::store_in_study)
+                .put(stow::upsert_in_study)
                 .get(retrieve::study)
                 .delete(retrieve::delete_study),
         )
@@ -105,6 +118,10 @@ pub fn router(state: DicomWebState) -> Router {
         .layer(axum::middleware::from_fn(close_after_failed_upload));
     Router::new()
         .nest("/dicom/{workspace}/{service}/{version}", api)
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            cors::apply,
+        ))
         .with_state(state)
 }
 

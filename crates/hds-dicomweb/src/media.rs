@@ -123,6 +123,7 @@ pub struct Negotiated {
 /// `application/octet-stream`) stored in `stored_syntaxes`, given the Accept header, without
 /// transcoding: without a transfer-syntax parameter only `acceptable_without_parameter`
 /// syntaxes can be returned, so anything else asks the client for `transfer-syntax=*`.
+#[cfg(test)]
 pub fn negotiate(
     headers: &HeaderMap,
     part_type: &'static str,

@@ -232,6 +232,33 @@ pub(crate) async fn transcode(bytes: ByteStream) -> Result<Vec<u8>, DicomWebErro
         })
 }
 
+/// Frames `frames` of the stored instance `bytes` as native little-endian samples (Explicit
+/// VR Little Endian), decoded off the async workers under the per-core limit.
+pub(crate) async fn transcode_frames(
+    bytes: ByteStream,
+    frames: Vec<usize>,
+) -> Result<Vec<Bytes>, DicomWebError> {
+    let whole = read_whole(bytes).await?;
+    let _turn = RENDERS
+        .acquire()
+        .await
+        .map_err(|_| DicomWebError::Internal("the render limit was closed".into()))?;
+    let decoded = tokio::task::spawn_blocking(move || hds_pixels::native_frames(&whole, &frames))
+        .await
+        .map_err(|error| DicomWebError::Internal(format!("transcoding task: {error}")))?
+        .map_err(|error| match error {
+            PixelError::NoSuchFrame { .. } => DicomWebError::NotFound("frame"),
+            PixelError::TooLarge { .. } | PixelError::Undecodable(_) | PixelError::NoPixelData => {
+                DicomWebError::NotAcceptable(format!(
+                    "the frames cannot be transcoded to Explicit VR Little Endian: {error}; \
+                     ask for transfer-syntax=* to receive them as stored"
+                ))
+            }
+            other => DicomWebError::Internal(other.to_string()),
+        })?;
+    Ok(decoded.into_iter().map(Bytes::from).collect())
+}
+
 /// An instance as a multipart response sends it in Explicit VR Little Endian: one stored so
 /// passes through; any other is transcoded when the response reaches it (a failure then ends
 /// the body, as a damaged blob does).

@@ -239,13 +239,17 @@ pub async fn frames(
         .find_frames(&path.study, &path.series, &path.instance, &requested)
         .await?;
     let syntax = found.transfer_syntax_uid().to_owned();
-    let negotiated = media::negotiate(
+    let negotiated = media::negotiate_with_transcoding(
         &headers,
         "application/octet-stream",
         &[syntax.as_str()],
         |syntax| LITTLE_ENDIAN_NATIVE_SYNTAXES.contains(&syntax),
+        |syntax| hds_pixels::TRANSCODABLE_TO_EXPLICIT_LITTLE_ENDIAN.contains(&syntax),
         requested.len() == 1,
     )?;
+    if negotiated.transcode && !LITTLE_ENDIAN_NATIVE_SYNTAXES.contains(&syntax.as_str()) {
+        return transcoded_frames(&context, &path, requested, negotiated.packaging).await;
+    }
     let part_type =
         if found.encapsulated() || !LITTLE_ENDIAN_NATIVE_SYNTAXES.contains(&syntax.as_str()) {
             format!("application/octet-stream; transfer-syntax={syntax}")
@@ -266,6 +270,40 @@ pub async fn frames(
                 .map(move |part| (part_type.clone(), None, part));
             let body = multipart::body(boundary.clone(), parts);
             let content_type = multipart::content_type(&boundary, "application/octet-stream");
+            Ok(([(CONTENT_TYPE, content_type)], Body::from_stream(body)).into_response())
+        }
+    }
+}
+
+/// Frames of an instance stored compressed (or big-endian), decoded to native little-endian
+/// samples: the instance is read and decoded whole, before the status line, so what cannot be
+/// decoded is a clean 406.
+async fn transcoded_frames(
+    context: &ServiceContext,
+    path: &FramesPath,
+    requested: Vec<usize>,
+    packaging: Packaging,
+) -> Result<Response, DicomWebError> {
+    let scope = Scope::Instance(&path.study, &path.series, &path.instance);
+    let mut instances = context.archive.find_instances(scope).await?.open().await?;
+    let instance = instances
+        .next()
+        .ok_or_else(|| DicomWebError::Internal("no instance opened".into()))?;
+    let frames = rendered::transcode_frames(instance.bytes, requested).await?;
+    let part_type = "application/octet-stream";
+    match packaging {
+        Packaging::Single => {
+            let frame = frames.into_iter().next().unwrap_or_default();
+            Ok(([(CONTENT_TYPE, part_type)], frame).into_response())
+        }
+        Packaging::Multipart => {
+            let boundary = multipart::new_boundary();
+            let parts = frames.into_iter().map(|frame| {
+                let part: ByteStream = futures::stream::once(async move { Ok(frame) }).boxed();
+                (part_type.to_owned(), None, part)
+            });
+            let body = multipart::body(boundary.clone(), parts);
+            let content_type = multipart::content_type(&boundary, part_type);
             Ok(([(CONTENT_TYPE, content_type)], Body::from_stream(body)).into_response())
         }
     }

@@ -166,6 +166,12 @@ pub trait DicomServiceResolver: Send + Sync + 'static {
         workspace: &'a str,
         service: &'a str,
     ) -> Pin<Box<dyn Future<Output = Result<Option<ResolvedService>, DicomWebError>> + Send + 'a>>;
+
+    /// The service's CORS rules, if it allows any cross-origin call (answered from memory: it
+    /// runs before every request that carries an `Origin`).
+    fn cors(&self, _workspace: &str, _service: &str) -> Option<crate::cors::CorsPolicy> {
+        None
+    }
 }
 
 /// A fixed set of services, compared case-insensitively as ARM names are.

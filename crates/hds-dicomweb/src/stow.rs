@@ -1,4 +1,6 @@
-//! STOW-RS: `POST studies` and `POST studies/{study}` (PS3.18 10.5).
+//! STOW-RS: `POST studies` and `POST studies/{study}` (PS3.18 10.5), and Azure's upsert:
+//! `PUT studies` and `PUT studies/{study}`, which answer alike but replace an instance of the
+//! same SOPInstanceUID (in the same study and series) instead of refusing it with 45070.
 //!
 //! The body is split into parts under the request's limits, and each DICOM part streams into
 //! [`hds_archive::ServiceArchive::store_instance`], which writes, parses and records it (and
@@ -14,7 +16,7 @@ use axum::http::{HeaderMap, StatusCode, header::CONTENT_LENGTH};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use futures::{Stream, TryStreamExt};
-use hds_archive::StoreOutcome;
+use hds_archive::{StoreMode, StoreOutcome};
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
@@ -59,7 +61,36 @@ pub async fn store(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, DicomWebError> {
-    store_request(context, state, headers, body, None).await
+    store_request(context, state, headers, body, None, StoreMode::Create).await
+}
+
+/// `PUT studies`: stores, replacing instances already stored.
+pub async fn upsert(
+    context: ServiceContext,
+    State(state): State<DicomWebState>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, DicomWebError> {
+    store_request(context, state, headers, body, None, StoreMode::Replace).await
+}
+
+/// `PUT studies/{study}`: as `PUT studies`, every instance belonging to that study.
+pub async fn upsert_in_study(
+    context: ServiceContext,
+    State(state): State<DicomWebState>,
+    Path(path): Path<StudyPath>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, DicomWebError> {
+    store_request(
+        context,
+        state,
+        headers,
+        body,
+        Some(path.study),
+        StoreMode::Replace,
+    )
+    .await
 }
 
 /// `POST studies/{study}`: every instance must belong to that study.
@@ -70,7 +101,15 @@ pub async fn store_in_study(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, DicomWebError> {
-    store_request(context, state, headers, body, Some(path.study)).await
+    store_request(
+        context,
+        state,
+        headers,
+        body,
+        Some(path.study),
+        StoreMode::Create,
+    )
+    .await
 }
 
 /// What happened to one part.
@@ -94,6 +133,7 @@ async fn store_request(
     headers: HeaderMap,
     body: Body,
     required_study: Option<String>,
+    mode: StoreMode,
 ) -> Result<Response, DicomWebError> {
     let limit = state.config.max_request_bytes;
     let declared_length = headers
@@ -131,13 +171,14 @@ async fn store_request(
                     continue;
                 }
                 let chunks = field.map_err(|error| multipart_error(error, limit));
-                outcomes.push(ingest_part(&context, chunks, required_study.as_deref()).await?);
+                outcomes
+                    .push(ingest_part(&context, chunks, required_study.as_deref(), mode).await?);
             }
         }
         "application/dicom" => {
             let stream = request_body::guard(body.into_data_stream(), limit, idle_timeout, None);
             let chunks = stream.map_err(|error| body_error(error, limit));
-            outcomes.push(ingest_part(&context, chunks, required_study.as_deref()).await?);
+            outcomes.push(ingest_part(&context, chunks, required_study.as_deref(), mode).await?);
         }
         other => {
             return Err(DicomWebError::UnsupportedMediaType(format!(
@@ -272,14 +313,16 @@ async fn ingest_part<S>(
     context: &ServiceContext,
     chunks: S,
     required_study: Option<&str>,
+    mode: StoreMode,
 ) -> Result<PartOutcome, DicomWebError>
 where
     S: Stream<Item = Result<Bytes, DicomWebError>> + Unpin,
 {
-    let outcome = context
-        .archive
-        .store_instance(chunks, required_study)
-        .await?;
+    let archive = &context.archive;
+    let outcome = match mode {
+        StoreMode::Create => archive.store_instance(chunks, required_study).await?,
+        StoreMode::Replace => archive.replace_instance(chunks, required_study).await?,
+    };
     Ok(match outcome {
         StoreOutcome::Stored(stored) => PartOutcome::Stored {
             sop_class_uid: stored.sop_class_uid,

@@ -20,7 +20,7 @@ use crate::roles::{DICOM_DATA_OWNER, KEY_VAULT_ADMINISTRATOR, OWNER};
 use crate::{Identity, IdentityError, new_guid, now_unix};
 
 pub(crate) const META_TENANT: &str = "tenant_id";
-const META_SUBSCRIPTION: &str = "subscription_id";
+pub(crate) const META_SUBSCRIPTION: &str = "subscription_id";
 const META_ADMIN: &str = "admin_principal_id";
 
 /// The file the admin's credentials are written to, in the data directory.

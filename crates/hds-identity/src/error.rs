@@ -41,6 +41,21 @@ pub enum IdentityError {
     /// assignments cannot be updated.
     #[error("a role assignment with this name exists with different properties")]
     RoleAssignmentUpdateNotPermitted,
+    /// No application has this object id or app id.
+    #[error("application not found")]
+    ApplicationNotFound,
+    /// The object exists already (an application's second service principal).
+    #[error("conflict: {0}")]
+    Conflict(String),
+    /// The operation does not apply to this object (deleting a managed identity through Graph).
+    #[error("not permitted: {0}")]
+    NotPermitted(String),
+    /// A count limit would be exceeded (applications per tenant, credentials per object).
+    #[error("limit reached: {0}")]
+    LimitReached(String),
+    /// The client secret matched a credential that has expired or is not valid yet.
+    #[error("the client secret has expired")]
+    ClientSecretExpired,
     /// Reading or writing a file (admin.json) failed.
     #[error("{path}: {source}")]
     Io {

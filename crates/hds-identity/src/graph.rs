@@ -1,5 +1,6 @@
-//! A minimal Microsoft Graph: `POST /v1.0/directoryObjects/getByIds`, the one Graph call the
-//! Azure CLI makes to show who a role assignment is for (`az role assignment list/create`).
+//! A minimal Microsoft Graph: `POST /v1.0/directoryObjects/getByIds`, the Graph call the
+//! Azure CLI makes to show who a role assignment is for (`az role assignment list/create`);
+//! applications and service principals (`az ad app`, `az ad sp`) are in `graph_apps.rs`.
 //!
 //! Every principal of hds is a service principal (applications and managed identities), so
 //! the answer holds `#microsoft.graph.servicePrincipal` objects only. The Graph resource is
@@ -37,7 +38,7 @@ struct GetByIds {
     types: Option<Vec<String>>,
 }
 
-fn graph_error(status: StatusCode, code: &str, message: &str) -> Response {
+pub(crate) fn graph_error(status: StatusCode, code: &str, message: &str) -> Response {
     (
         status,
         axum::Json(json!({ "error": { "code": code, "message": message } })),
@@ -51,11 +52,15 @@ impl Identity {
         Router::new()
             .route("/v1.0/directoryObjects/getByIds", post(get_by_ids))
             .with_state(self.clone())
+            .merge(self.graph_apps_router())
     }
 }
 
 /// Authenticates a Graph caller: a token for the main listener or for Graph's own audience.
-async fn authenticate_graph(identity: &Identity, headers: &HeaderMap) -> Result<(), Response> {
+pub async fn authenticate_graph(
+    identity: &Identity,
+    headers: &HeaderMap,
+) -> Result<crate::AuthenticatedPrincipal, Response> {
     let unauthorized = || {
         graph_error(
             StatusCode::UNAUTHORIZED,
@@ -74,7 +79,7 @@ async fn authenticate_graph(identity: &Identity, headers: &HeaderMap) -> Result<
     let own = identity.config().base_url.clone();
     for audience in [own.as_str(), GRAPH_AUDIENCE] {
         match identity.validate_token(token, audience).await {
-            Ok(_) => return Ok(()),
+            Ok(principal) => return Ok(principal),
             Err(TokenError::Internal(message)) => {
                 tracing::error!(error = %message, "token validation failed");
                 return Err(graph_error(
@@ -157,7 +162,7 @@ async fn get_by_ids(State(identity): State<Identity>, headers: HeaderMap, body: 
 }
 
 /// A principal as Graph shows a service principal.
-fn service_principal_json(principal: &crate::principals::Principal) -> Value {
+pub(crate) fn service_principal_json(principal: &crate::principals::Principal) -> Value {
     let managed = !matches!(principal.kind, PrincipalKind::ServicePrincipal);
     let mut names = vec![principal.client_id.clone()];
     if let Some(resource) = &principal.resource_id {

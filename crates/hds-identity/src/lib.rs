@@ -4,6 +4,9 @@
 //!   secret, the secret kept only as an HMAC-SHA256 under a key derived from the platform root
 //!   key) and managed identities (system-assigned ones tied to the resource that enabled them,
 //!   user-assigned ones tied to a `Microsoft.ManagedIdentity/userAssignedIdentities` resource).
+//! - **App registrations** ([`applications`]): applications, their service principals and
+//!   password credentials with expiry, managed through Microsoft Graph's `applications` and
+//!   `servicePrincipals` by whoever may assign roles on the subscription.
 //! - **Tokens** ([`tokens`]): ES256 JWTs signed with keys sealed under the root key, issued by
 //!   the OAuth2 client-credentials endpoint ([`Identity::router`]) or in-process to managed
 //!   identities, and validated with the algorithm fixed by the key, never by the token.
@@ -28,11 +31,13 @@
 #![deny(missing_docs)]
 
 mod access_cache;
+pub mod applications;
 pub mod auth;
 mod bootstrap;
 mod error;
 mod external;
-mod graph;
+pub mod graph;
+mod graph_apps;
 mod jws;
 pub mod principals;
 pub mod rbac;

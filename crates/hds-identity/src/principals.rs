@@ -31,7 +31,7 @@ pub enum PrincipalKind {
 }
 
 impl PrincipalKind {
-    fn as_stored(self) -> &'static str {
+    pub(crate) fn as_stored(self) -> &'static str {
         match self {
             PrincipalKind::ServicePrincipal => "ServicePrincipal",
             PrincipalKind::SystemAssignedIdentity => "SystemAssigned",
@@ -126,10 +126,10 @@ impl std::fmt::Debug for ServicePrincipalCredentials {
     }
 }
 
-const PRINCIPAL_COLUMNS: &str =
+pub(crate) const PRINCIPAL_COLUMNS: &str =
     "principal_id, tenant_id, client_id, kind, display_name, resource_id";
 
-fn principal_from_row(row: &AnyRow) -> Result<Principal, IdentityError> {
+pub(crate) fn principal_from_row(row: &AnyRow) -> Result<Principal, IdentityError> {
     let kind: String = row.try_get(3)?;
     Ok(Principal {
         principal_id: row.try_get(0)?,
@@ -146,7 +146,7 @@ fn principal_from_row(row: &AnyRow) -> Result<Principal, IdentityError> {
 /// A secret never begins with `-` or `_`: command lines (`az login --password SECRET`, getopt
 /// parsers generally) read a leading `-` as an option, so one secret in 32 would fail to sign in
 /// for no visible reason. Redrawing keeps every secret uniformly random among the allowed ones.
-fn new_client_secret() -> Result<Zeroizing<String>, IdentityError> {
+pub(crate) fn new_client_secret() -> Result<Zeroizing<String>, IdentityError> {
     let random = SystemRandom::new();
     loop {
         let mut bytes = Zeroizing::new([0u8; 30]);
@@ -161,7 +161,7 @@ fn new_client_secret() -> Result<Zeroizing<String>, IdentityError> {
 }
 
 impl Identity {
-    fn hash_client_secret(&self, secret: &str) -> String {
+    pub(crate) fn hash_client_secret(&self, secret: &str) -> String {
         hex::encode(hmac::sign(&self.inner.secret_hash_key, secret.as_bytes()).as_ref())
     }
 
@@ -238,39 +238,6 @@ impl Identity {
             client_id: principal.client_id,
             client_secret,
         })
-    }
-
-    /// The service principal with `client_id`, when `client_secret` is its secret. The tags
-    /// are compared in constant time; an unknown client id costs one HMAC too.
-    pub(crate) async fn check_client_secret(
-        &self,
-        client_id: &str,
-        client_secret: &str,
-    ) -> Result<Option<Principal>, IdentityError> {
-        let row = sqlx::query(&format!(
-            "SELECT {PRINCIPAL_COLUMNS}, secret_hash FROM identity_principals WHERE client_id = $1 AND kind = $2"
-        ))
-        .bind(client_id)
-        .bind(PrincipalKind::ServicePrincipal.as_stored())
-        .fetch_optional(self.database().pool())
-        .await?;
-        let stored_hash: Option<String> = match &row {
-            Some(row) => row.try_get(6)?,
-            None => None,
-        };
-        let stored_tag = stored_hash
-            .and_then(|hash| hex::decode(hash).ok())
-            .unwrap_or_default();
-        let matches = hmac::verify(
-            &self.inner.secret_hash_key,
-            client_secret.as_bytes(),
-            &stored_tag,
-        )
-        .is_ok();
-        match row {
-            Some(row) if matches => Ok(Some(principal_from_row(&row)?)),
-            _ => Ok(None),
-        }
     }
 
     /// The principal with object id `principal_id`.

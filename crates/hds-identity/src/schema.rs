@@ -65,10 +65,45 @@ CREATE TABLE identity_signing_keys (
 );
 ";
 
+/// App registrations and their password credentials. An application's service principal is a
+/// row of `identity_principals` (kind `ServicePrincipal`) whose `client_id` is the application's
+/// `app_id`; a credential belongs to one object (`owner_id`: the application's object id or its
+/// service principal's) and signs in as `app_id` between `start_at` and `end_at`.
+const APPLICATIONS: &str = "
+CREATE TABLE identity_applications (
+    object_id TEXT PRIMARY KEY,
+    app_id TEXT NOT NULL UNIQUE,
+    tenant_id TEXT NOT NULL REFERENCES identity_tenants (tenant_id),
+    display_name TEXT NOT NULL,
+    created_at BIGINT NOT NULL
+);
+CREATE TABLE identity_password_credentials (
+    key_id TEXT PRIMARY KEY,
+    owner_id TEXT NOT NULL,
+    app_id TEXT NOT NULL,
+    display_name TEXT,
+    hint TEXT NOT NULL,
+    secret_hash TEXT NOT NULL,
+    start_at BIGINT NOT NULL,
+    end_at BIGINT NOT NULL,
+    created_at BIGINT NOT NULL
+);
+CREATE INDEX identity_password_credentials_by_app ON identity_password_credentials (app_id);
+CREATE INDEX identity_password_credentials_by_owner ON identity_password_credentials (owner_id);
+";
+
 /// Every migration of the component, in order.
-pub(crate) const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    description: "tenants, subscriptions, resource groups, principals, role assignments, signing keys",
-    sqlite: INITIAL,
-    postgres: INITIAL,
-}];
+pub(crate) const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        description: "tenants, subscriptions, resource groups, principals, role assignments, signing keys",
+        sqlite: INITIAL,
+        postgres: INITIAL,
+    },
+    Migration {
+        version: 2,
+        description: "app registrations and password credentials",
+        sqlite: APPLICATIONS,
+        postgres: APPLICATIONS,
+    },
+];

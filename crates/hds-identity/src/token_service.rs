@@ -21,7 +21,7 @@ use http::header::{AUTHORIZATION, CACHE_CONTROL, PRAGMA};
 use http::{HeaderMap, HeaderValue, StatusCode};
 use serde::Deserialize;
 
-use crate::Identity;
+use crate::{Identity, IdentityError};
 
 /// An OAuth2 error response.
 struct OAuthError {
@@ -268,9 +268,17 @@ async fn token(
     let issued = identity
         .issue_token_for_client_credentials(&client_id, &client_secret, &resource)
         .await
-        .map_err(|error| {
-            tracing::error!(%error, "issuing a token failed");
-            OAuthError::server_error()
+        .map_err(|error| match error {
+            IdentityError::ClientSecretExpired => OAuthError::new(
+                StatusCode::UNAUTHORIZED,
+                "invalid_client",
+                7000222,
+                "AADSTS7000222: The provided client secret keys are expired or not yet valid. Create a new secret (az ad sp credential reset).",
+            ),
+            error => {
+                tracing::error!(%error, "issuing a token failed");
+                OAuthError::server_error()
+            }
         })?;
     let Some(issued) = issued else {
         return Err(OAuthError::new(

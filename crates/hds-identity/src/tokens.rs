@@ -16,6 +16,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::applications::SecretCheck;
 use crate::auth::AuthenticatedPrincipal;
 use crate::jws::{JwkSet, UnverifiedJws, VerifyingKey};
 use crate::principals::{Principal, PrincipalKind};
@@ -200,16 +201,20 @@ impl Identity {
     }
 
     /// Issues a token for the service principal `client_id` when `client_secret` is its
-    /// secret (the client-credentials grant); `None` when the credentials are wrong.
+    /// secret (the client-credentials grant); `None` when the credentials are wrong,
+    /// [`IdentityError::ClientSecretExpired`] when the secret was right but is not current.
     pub async fn issue_token_for_client_credentials(
         &self,
         client_id: &str,
         client_secret: &str,
         resource: &str,
     ) -> Result<Option<AccessToken>, IdentityError> {
-        match self.check_client_secret(client_id, client_secret).await? {
-            Some(principal) => Ok(Some(self.issue_token(&principal, resource).await?)),
-            None => Ok(None),
+        match self.check_secret(client_id, client_secret).await? {
+            SecretCheck::Valid(principal) => {
+                Ok(Some(self.issue_token(&principal, resource).await?))
+            }
+            SecretCheck::Expired => Err(IdentityError::ClientSecretExpired),
+            SecretCheck::Invalid => Ok(None),
         }
     }
 

@@ -1763,6 +1763,498 @@ async fn external_principals_are_namespaced_and_bounded(store: Store) {
     );
 }
 
+/// A Graph request to the identity's Graph routes with `token`.
+async fn graph(
+    identity: &Identity,
+    token: &str,
+    method: &str,
+    path: &str,
+    body: Option<serde_json::Value>,
+) -> (StatusCode, serde_json::Value) {
+    let request = Request::builder()
+        .method(method)
+        .uri(path)
+        .header("authorization", format!("Bearer {token}"))
+        .header("content-type", "application/json")
+        .body(match body {
+            Some(body) => Body::from(body.to_string()),
+            None => Body::empty(),
+        })
+        .expect("request");
+    let response = identity
+        .graph_router()
+        .oneshot(request)
+        .await
+        .expect("router answers");
+    let status = response.status();
+    let bytes = response
+        .into_body()
+        .collect()
+        .await
+        .expect("body")
+        .to_bytes();
+    (
+        status,
+        serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null),
+    )
+}
+
+async fn token_status(
+    identity: &Identity,
+    tenant: &str,
+    client_id: &str,
+    secret: &str,
+) -> (StatusCode, serde_json::Value) {
+    let (status, _, json) = send(
+        identity,
+        token_request(
+            tenant,
+            &client_credentials_body(client_id, secret, &format!("{DICOM_AUDIENCE}/.default")),
+        ),
+    )
+    .await;
+    (status, json)
+}
+
+/// App registrations through Graph: who may, secrets shown once with expiry, hostile input,
+/// and deletion revoking access here at once and on another node within the cache's bound.
+async fn applications_and_their_secrets(store: Store) {
+    let harness = Harness::new(store).await;
+    let identity = &harness.identity;
+    let tenant = harness.info.tenant_id.clone();
+    let admin = harness.admin_file();
+    let admin_token = token_for(
+        identity,
+        &tenant,
+        &admin.client_id,
+        &admin.client_secret,
+        &format!("{BASE_URL}/.default"),
+    )
+    .await;
+
+    // Deny by default: a Contributor of the subscription may not register applications.
+    let contributor = identity
+        .create_service_principal("contributor")
+        .await
+        .expect("principal");
+    identity
+        .assign_role(&RoleAssignmentRequest {
+            scope: harness.subscription(),
+            name: uuid::Uuid::new_v4().to_string(),
+            role_definition_id: roles::CONTRIBUTOR.to_owned(),
+            principal_id: contributor.principal_id.clone(),
+            principal_type: None,
+        })
+        .await
+        .expect("assign");
+    let contributor_token = token_for(
+        identity,
+        &tenant,
+        &contributor.client_id,
+        &contributor.client_secret,
+        &format!("{BASE_URL}/.default"),
+    )
+    .await;
+    for (method, path) in [
+        ("POST", "/v1.0/applications"),
+        ("GET", "/v1.0/applications"),
+        ("GET", "/v1.0/servicePrincipals"),
+    ] {
+        let (status, body) = graph(
+            identity,
+            &contributor_token,
+            method,
+            path,
+            Some(serde_json::json!({"displayName": "x"})),
+        )
+        .await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{method} {path}: {body}");
+        assert_eq!(body["error"]["code"], "Authorization_RequestDenied");
+    }
+    let (status, _) = graph(identity, "not-a-token", "GET", "/v1.0/applications", None).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+
+    // Create an application, its service principal, a secret.
+    let (status, app) = graph(
+        identity,
+        &admin_token,
+        "POST",
+        "/v1.0/applications",
+        Some(serde_json::json!({"displayName": "viewer", "keyCredentials": []})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{app}");
+    let app_object = app["id"].as_str().expect("id").to_owned();
+    let app_id = app["appId"].as_str().expect("appId").to_owned();
+    let (status, sp) = graph(
+        identity,
+        &admin_token,
+        "POST",
+        "/v1.0/servicePrincipals",
+        Some(serde_json::json!({"appId": app_id, "accountEnabled": true})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{sp}");
+    let sp_object = sp["id"].as_str().expect("id").to_owned();
+    assert_eq!(sp["appId"], app_id.as_str());
+    let (status, body) = graph(
+        identity,
+        &admin_token,
+        "POST",
+        "/v1.0/servicePrincipals",
+        Some(serde_json::json!({"appId": app_id})),
+    )
+    .await;
+    assert_eq!(
+        status,
+        StatusCode::CONFLICT,
+        "one service principal per application: {body}"
+    );
+    let (status, body) = graph(
+        identity,
+        &admin_token,
+        "POST",
+        "/v1.0/servicePrincipals",
+        Some(serde_json::json!({"appId": uuid::Uuid::new_v4().to_string()})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("does not reference"),
+        "{body}"
+    );
+
+    let add_password = format!("/v1.0/applications/{app_object}/addPassword");
+    let (status, password) = graph(
+        identity,
+        &admin_token,
+        "POST",
+        &add_password,
+        Some(serde_json::json!({"passwordCredential": {"displayName": "rbac"}})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{password}");
+    let secret = password["secretText"]
+        .as_str()
+        .expect("secretText")
+        .to_owned();
+    assert!(secret.starts_with(|c: char| c.is_ascii_alphanumeric()));
+    let key_id = password["keyId"].as_str().expect("keyId").to_owned();
+    let (status, shown) = graph(
+        identity,
+        &admin_token,
+        "GET",
+        &format!("/v1.0/applications/{app_object}"),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(shown["passwordCredentials"][0]["keyId"], key_id.as_str());
+    assert!(
+        shown["passwordCredentials"][0]["secretText"].is_null(),
+        "a secret is shown once"
+    );
+    assert_eq!(shown["passwordCredentials"][0]["hint"], &secret[..3]);
+    assert!(!shown.to_string().contains(&secret));
+
+    // The application signs in as its service principal.
+    let (status, json) = token_status(identity, &tenant, &app_id, &secret).await;
+    assert_eq!(status, StatusCode::OK, "{json}");
+    let token = json["access_token"].as_str().expect("token").to_owned();
+    let principal = identity
+        .validate_token(&token, DICOM_AUDIENCE)
+        .await
+        .expect("valid");
+    assert_eq!(principal.principal_id, sp_object);
+    let (status, _) = token_status(identity, &tenant, &app_id, "wrong-secret").await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+
+    // Lists with the filters az sends.
+    let (status, list) = graph(
+        identity,
+        &admin_token,
+        "GET",
+        &format!(
+            "/v1.0/servicePrincipals?$filter=servicePrincipalNames%2Fany(c%3Ac%20eq%20'{app_id}')"
+        ),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{list}");
+    assert_eq!(list["value"].as_array().map(Vec::len), Some(1));
+    assert_eq!(list["value"][0]["id"], sp_object.as_str());
+    let (status, list) = graph(
+        identity,
+        &admin_token,
+        "GET",
+        "/v1.0/applications?$filter=startswith(displayName%2C'view')",
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(list["value"].as_array().map(Vec::len), Some(1));
+    let (status, _) = graph(
+        identity,
+        &admin_token,
+        "GET",
+        "/v1.0/applications?$filter=secret%20eq%20'x'",
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+
+    // Hostile input: each refused with a 4xx, nothing created.
+    let long_name = "n".repeat(257);
+    for (path, body, expected) in [
+        (
+            "/v1.0/applications",
+            serde_json::json!({"displayName": long_name}),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            "/v1.0/applications",
+            serde_json::json!({"displayName": "a\u{0}b"}),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            "/v1.0/applications",
+            serde_json::json!({"displayName": "   "}),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            "/v1.0/applications",
+            serde_json::json!({"displayName": "x", "identifierUris": ["api://x"]}),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            "/v1.0/applications",
+            serde_json::json!({"displayName": "x".repeat(20_000)}),
+            StatusCode::PAYLOAD_TOO_LARGE,
+        ),
+        (
+            add_password.as_str(),
+            serde_json::json!({"passwordCredential": {"endDateTime": "2001-01-01T00:00:00Z"}}),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            add_password.as_str(),
+            serde_json::json!({"passwordCredential": {"endDateTime": "2999-01-01T00:00:00Z"}}),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            add_password.as_str(),
+            serde_json::json!({"passwordCredential": {"endDateTime": "tomorrow"}}),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            add_password.as_str(),
+            serde_json::json!({"passwordCredential": {"secretText": "chosen-by-caller"}}),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            "/v1.0/servicePrincipals",
+            serde_json::json!({"appId": "../../etc"}),
+            StatusCode::BAD_REQUEST,
+        ),
+    ] {
+        let (status, body) = graph(identity, &admin_token, "POST", path, Some(body)).await;
+        assert_eq!(status, expected, "{path}: {body}");
+    }
+    let (status, _) = graph(
+        identity,
+        &admin_token,
+        "GET",
+        "/v1.0/applications/not-a-guid",
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (_, list) = graph(identity, &admin_token, "GET", "/v1.0/applications", None).await;
+    assert_eq!(
+        list["value"].as_array().map(Vec::len),
+        Some(1),
+        "nothing was created by hostile input"
+    );
+    // Neither the admin nor a managed identity can be deleted through Graph.
+    let (status, _) = graph(
+        identity,
+        &admin_token,
+        "DELETE",
+        &format!(
+            "/v1.0/servicePrincipals/{}",
+            harness.info.admin_principal_id
+        ),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    // At most 16 passwords per object.
+    let mut extra = 1;
+    loop {
+        let (status, body) = graph(
+            identity,
+            &admin_token,
+            "POST",
+            &add_password,
+            Some(serde_json::json!({})),
+        )
+        .await;
+        if status != StatusCode::OK {
+            assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+            break;
+        }
+        extra += 1;
+        assert!(extra <= 16, "more than 16 passwords were accepted");
+    }
+    assert_eq!(extra, 16);
+
+    // An expired secret is refused with Entra's code; a removed one is refused too.
+    let database = Database::connect(&harness.database_url)
+        .await
+        .expect("database");
+    sqlx::query("UPDATE identity_password_credentials SET end_at = 1000 WHERE key_id = $1")
+        .bind(&key_id)
+        .execute(database.pool())
+        .await
+        .expect("expire");
+    let (status, json) = token_status(identity, &tenant, &app_id, &secret).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{json}");
+    assert!(
+        json["error_description"]
+            .as_str()
+            .unwrap_or("")
+            .contains("AADSTS7000222"),
+        "{json}"
+    );
+    let (status, fresh) = graph(
+        identity,
+        &admin_token,
+        "POST",
+        &format!("/v1.0/servicePrincipals/{sp_object}/addPassword"),
+        Some(serde_json::json!({"passwordCredential": {"displayName": "sp"}})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{fresh}");
+    let fresh_secret = fresh["secretText"].as_str().expect("secret").to_owned();
+    assert_eq!(
+        token_status(identity, &tenant, &app_id, &fresh_secret)
+            .await
+            .0,
+        StatusCode::OK
+    );
+    let (status, _) = graph(
+        identity,
+        &admin_token,
+        "POST",
+        &format!("/v1.0/servicePrincipals/{sp_object}/removePassword"),
+        Some(serde_json::json!({"keyId": fresh["keyId"]})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    assert_eq!(
+        token_status(identity, &tenant, &app_id, &fresh_secret)
+            .await
+            .0,
+        StatusCode::UNAUTHORIZED
+    );
+
+    // Deleting the application revokes its access: here at once, on another node (its own
+    // access cache, warmed) within the cache's 5 s bound.
+    let dicom = format!(
+        "{}/providers/Microsoft.HealthcareApis/workspaces/ws/dicomservices/d",
+        harness.resource_group()
+    );
+    identity
+        .assign_role(&RoleAssignmentRequest {
+            scope: dicom.clone(),
+            name: uuid::Uuid::new_v4().to_string(),
+            role_definition_id: roles::DICOM_DATA_READER.to_owned(),
+            principal_id: sp_object.clone(),
+            principal_type: None,
+        })
+        .await
+        .expect("assign");
+    let other_node = harness.reopen().await;
+    for node in [identity, &other_node] {
+        assert!(
+            node.authorize(&sp_object, actions::DICOM_READ, &dicom, true)
+                .await
+                .expect("authorize")
+                .is_allowed()
+        );
+        node.validate_token(&token, DICOM_AUDIENCE)
+            .await
+            .expect("valid");
+    }
+    let (status, _) = graph(
+        identity,
+        &admin_token,
+        "DELETE",
+        &format!("/v1.0/applications/{app_object}"),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    assert!(
+        !identity
+            .authorize(&sp_object, actions::DICOM_READ, &dicom, true)
+            .await
+            .expect("authorize")
+            .is_allowed()
+    );
+    assert_eq!(
+        identity.validate_token(&token, DICOM_AUDIENCE).await.err(),
+        Some(TokenError::PrincipalDeleted)
+    );
+    let deleted_at = std::time::Instant::now();
+    loop {
+        let allowed = other_node
+            .authorize(&sp_object, actions::DICOM_READ, &dicom, true)
+            .await
+            .expect("authorize")
+            .is_allowed();
+        if !allowed {
+            break;
+        }
+        // The bound is 5 s (the cache's entry lifetime); the rest is slack for a loaded machine.
+        assert!(
+            deleted_at.elapsed() < std::time::Duration::from_secs(15),
+            "another node still allows a deleted principal"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(
+        other_node
+            .validate_token(&token, DICOM_AUDIENCE)
+            .await
+            .is_err()
+    );
+    assert_eq!(
+        identity
+            .role_assignments_of(&sp_object)
+            .await
+            .expect("list")
+            .len(),
+        0
+    );
+    let (status, _) = graph(
+        identity,
+        &admin_token,
+        "GET",
+        &format!("/v1.0/servicePrincipals/{sp_object}"),
+        None,
+    )
+    .await;
+    assert_eq!(
+        status,
+        StatusCode::NOT_FOUND,
+        "the application took its service principal along"
+    );
+}
+
 macro_rules! on_both_backends {
     ($($scenario:ident),* $(,)?) => {
         mod sqlite {
@@ -1795,4 +2287,5 @@ on_both_backends!(
     authenticate_answers_with_challenges,
     external_issuer_keys_by_url,
     external_principals_are_namespaced_and_bounded,
+    applications_and_their_secrets,
 );

@@ -111,6 +111,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                     blob_name: "blob",
                     size: 1,
                     keys: &keys,
+                    mode: hds_index::StoreMode::Create,
                 };
                 index.store_instance(new).await?;
             }

@@ -8,6 +8,7 @@ use hds_db::{Database, DbError, Migration};
 use hds_dicom::{FrameMap, ParsedInstance};
 use hds_metrics::GroupCommitMetrics;
 
+use crate::changefeed::{self, ChangeAction, ChangeState, NewChange};
 use crate::keyring::{InstanceKeys, KeyringError, ServiceKeyring, StoredBlobKey};
 use crate::sql::{Argument, Sql, column};
 use crate::store::{CommitGate, GroupWriter, PreparedInstance, store_alone};
@@ -41,6 +42,12 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
         description: "studies of a service in store order",
         sqlite: include_str!("../migrations/sqlite/0004_search_paths.sql"),
         postgres: include_str!("../migrations/postgres/0004_search_paths.sql"),
+    },
+    Migration {
+        version: 5,
+        description: "the change feed and its per-service heads",
+        sqlite: include_str!("../migrations/sqlite/0005_changefeed.sql"),
+        postgres: include_str!("../migrations/postgres/0005_changefeed.sql"),
     },
 ];
 
@@ -79,6 +86,19 @@ pub struct NewInstance<'a> {
     /// The blob's key wrapped by its study key, and the wrapped study key it was wrapped
     /// under (from [`crate::StudyKeyLease::seal_blob_key`]).
     pub keys: &'a InstanceKeys,
+    /// Whether an instance of the same SOPInstanceUID is refused or replaced.
+    pub mode: StoreMode,
+}
+
+/// What a store does when the service already holds an instance of the same SOPInstanceUID.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum StoreMode {
+    /// Refuses it ([`StoreOutcome::AlreadyExists`]): STOW-RS's `POST`.
+    #[default]
+    Create,
+    /// Replaces it, in the same study and series ([`StoreOutcome::Replaced`]): the upsert
+    /// `PUT`.
+    Replace,
 }
 
 /// An instance to record whose blob is written and sealed under `blob_key`: its blob key is
@@ -94,18 +114,27 @@ pub struct SealedInstance<'a> {
     pub size: u64,
     /// Passes once the blob is on stable storage; the row commits only after it did.
     pub durable: CommitGate,
+    /// Whether an instance of the same SOPInstanceUID is refused or replaced.
+    pub mode: StoreMode,
 }
 
 /// How often [`Index::store_sealed_instance`] tries when the study's key changes meanwhile.
 const STUDY_KEY_ATTEMPTS: u32 = 4;
 
 /// What storing an instance did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StoreOutcome {
     /// Recorded; it is now visible.
     Stored,
-    /// An instance with this SOPInstanceUID already exists in the service; nothing changed
-    /// (the caller deletes the blob it wrote).
+    /// Recorded in place of the instance of the same SOPInstanceUID ([`StoreMode::Replace`]),
+    /// whose row is gone: the caller deletes its blob, named here, as a delete would.
+    Replaced {
+        /// The replaced instance's blob, which no row references any more.
+        previous_blob_name: String,
+    },
+    /// An instance with this SOPInstanceUID already exists in the service (with
+    /// [`StoreMode::Replace`]: in another study or series); nothing changed (the caller deletes
+    /// the blob it wrote).
     AlreadyExists,
     /// The study key the blob key was wrapped under is no longer the study's (the study was
     /// deleted, or the root key rotated, meanwhile); nothing changed. The caller gets the
@@ -312,6 +341,7 @@ impl Index {
                         blob_name: instance.blob_name,
                         size: instance.size,
                         keys: &keys,
+                        mode: instance.mode,
                     },
                     &instance.durable,
                 )
@@ -320,9 +350,11 @@ impl Index {
                 StoreOutcome::StudyKeyChanged if attempts < STUDY_KEY_ATTEMPTS => {
                     keyring.forget_study_key(study);
                 }
-                StoreOutcome::Stored if keys.new_study_key_generation.is_some() => {
+                outcome @ (StoreOutcome::Stored | StoreOutcome::Replaced { .. })
+                    if keys.new_study_key_generation.is_some() =>
+                {
                     keyring.study_key_stored(study);
-                    return Ok(StoreOutcome::Stored);
+                    return Ok(outcome);
                 }
                 other => return Ok(other),
             }
@@ -472,8 +504,10 @@ impl Index {
         service: &str,
         scope: DeleteScope<'_>,
     ) -> Result<Vec<String>, IndexError> {
-        let mut select =
-            Sql::new("SELECT i.id, i.blob_name, i.series_id, i.study_id FROM dicom_instances i");
+        let mut select = Sql::new(
+            "SELECT i.id, i.blob_name, i.series_id, i.study_id, i.uid_token, i.uids \
+             FROM dicom_instances i",
+        );
         self.push_scope(&mut select, service, scope)?;
         select.push(" ORDER BY i.series_id, i.id");
         let mut transaction = self.database.begin_write().await?;
@@ -485,11 +519,13 @@ impl Index {
         let mut blob_names = Vec::with_capacity(rows.len());
         let mut series_ids = BTreeSet::new();
         let mut study_ids = BTreeSet::new();
+        let mut deleted = Vec::with_capacity(rows.len());
         for row in &rows {
             instance_ids.push(column::<i64>(row, 0)?);
             blob_names.push(column::<String>(row, 1)?);
             series_ids.insert(column::<i64>(row, 2)?);
             study_ids.insert(column::<i64>(row, 3)?);
+            deleted.push((column::<Vec<u8>>(row, 4)?, column::<Vec<u8>>(row, 5)?));
         }
         // Tokens go with their rows (ON DELETE CASCADE).
         for chunk in instance_ids.chunks(TOKENS_PER_INSERT) {
@@ -518,6 +554,24 @@ impl Index {
                 .execute(&mut *transaction)
                 .await?;
         }
+        // The change feed, in the same commit: every entry of a deleted instance says so, and
+        // a delete entry per instance (keeping its sealed UIDs, so a copy can follow) comes last.
+        let sop_tokens: Vec<&[u8]> = deleted.iter().map(|(token, _)| token.as_slice()).collect();
+        changefeed::mark(&mut transaction, service, &sop_tokens, ChangeState::Deleted).await?;
+        let changes: Vec<(&str, NewChange<'_>)> = deleted
+            .iter()
+            .map(|(sop_token, uids)| {
+                (
+                    service,
+                    NewChange {
+                        action: ChangeAction::Delete,
+                        sop_token,
+                        uids,
+                    },
+                )
+            })
+            .collect();
+        changefeed::append(&mut transaction, &changes).await?;
         transaction.commit().await?;
         Ok(blob_names)
     }

@@ -11,8 +11,12 @@
 //! The index also keeps each service's key hierarchy ([`ServiceKeyring`]): the root key wrapped
 //! by the service's KEK, study keys wrapped by the root key, and each instance's blob key
 //! wrapped by its study key. Deleting a study destroys its key in the same commit.
+//!
+//! Every create, replacement and delete also appends to the service's change feed in the same
+//! transaction (`changefeed.rs`), numbered in commit order.
 #![deny(missing_docs)]
 
+mod changefeed;
 mod cipher;
 mod error;
 mod index;
@@ -22,10 +26,13 @@ mod sql;
 mod store;
 mod tokens;
 
+pub use changefeed::{ChangeAction, ChangeFeedEntry, ChangeFeedWindow, ChangeState};
 pub use cipher::{IndexCipher, PlaintextIndexCipher, RowBinding};
 pub use error::IndexError;
 pub use hds_crypto::keys::InstanceBinding;
-pub use index::{DeleteScope, Index, InstanceRecord, NewInstance, SealedInstance, StoreOutcome};
+pub use index::{
+    DeleteScope, Index, InstanceRecord, NewInstance, SealedInstance, StoreMode, StoreOutcome,
+};
 pub use keyring::{
     InstanceKeys, KeyringError, ServiceKeyring, ServiceKeyrings, StoredBlobKey, StudyKeyLease,
     platform_kek, stored_key_id,

@@ -8,8 +8,12 @@
 //!   search tokens differ from what the row holds (a keyed digest of both is kept in the row),
 //!   which for the 2nd to Nth instance of a series is never. The common case is three
 //!   statements: that SELECT, the instance row and its tokens. In a group (below) the SELECTs
-//!   of all its stores are one statement, and so are their instance rows and their tokens: a
-//!   group of N stores takes five round trips with BEGIN and COMMIT, not 3N + 2.
+//!   of all its stores are one statement, and so are their instance rows, their tokens and
+//!   their change feed entries (with the feed's head row): a group of N stores takes seven
+//!   round trips with BEGIN and COMMIT, not 5N + 2.
+//! - **The change feed in the same commit.** Each recorded store appends a `create` entry (an
+//!   upsert first marks the replaced version's entries `replaced`), the head row last, so the
+//!   feed numbers commits in the order they become visible (`changefeed.rs`).
 //! - **Group commit on SQLite.** SQLite has one writer at a time, and each statement is a round
 //!   trip to sqlx's connection thread. One writer task takes every store queued meanwhile and
 //!   records them in one transaction, answering each caller after the commit. A group that fails
@@ -27,6 +31,7 @@ use hds_dicom::QueryLevel;
 use hds_metrics::GroupCommitMetrics;
 use tokio::sync::{mpsc, oneshot};
 
+use crate::changefeed::{self, ChangeAction, ChangeState, NewChange};
 use crate::index::{
     ATTRIBUTES_COLUMN, FRAMES_COLUMN, INSTANCE_TABLE, METADATA_COLUMN, MODALITIES_IN_STUDY,
     SERIES_TABLE, SERIES_UID, SOP_UID, STUDY_TABLE, STUDY_UID, SealedUids, TOKENS_PER_INSERT,
@@ -34,7 +39,7 @@ use crate::index::{
 };
 use crate::sql::{Argument, Sql, column};
 use crate::tokens::term_tokens;
-use crate::{IndexCipher, IndexError, NewInstance, RowBinding, StoreOutcome};
+use crate::{IndexCipher, IndexError, NewInstance, RowBinding, StoreMode, StoreOutcome};
 
 /// Token domain of the row digests (never a search token: no query names it).
 const ROW_DIGEST_DOMAIN: &str = "row-digest";
@@ -69,6 +74,8 @@ pub(crate) struct PreparedInstance {
     wrapped_study_key: Vec<u8>,
     wrapped_blob_key: Vec<u8>,
     new_study_key_generation: Option<i64>,
+    /// Whether an instance of the same SOPInstanceUID is replaced rather than refused.
+    replace: bool,
 }
 
 /// A study or series row as this store would leave it.
@@ -190,6 +197,7 @@ impl PreparedInstance {
             wrapped_study_key: instance.keys.wrapped_study_key.clone(),
             wrapped_blob_key: instance.keys.wrapped_blob_key.clone(),
             new_study_key_generation: instance.keys.new_study_key_generation,
+            replace: instance.mode == StoreMode::Replace,
         })
     }
 }
@@ -335,23 +343,26 @@ async fn write_instance(
         .pop()
         .ok_or_else(|| IndexError::Corrupt("the store's read returned no row".into()))?;
     let decided = write_parents(transaction, backend, prepared, current).await?;
-    let (study_id, series_id, wrote) = match decided {
+    let (study_id, series_id, wrote, replaced) = match decided {
         Decided::Finished(written) => return Ok(written),
         Decided::Ready {
             study_id,
             series_id,
             wrote,
-        } => (study_id, series_id, wrote),
+            replaced,
+        } => (study_id, series_id, wrote, replaced),
     };
     let pending = PendingInstance {
         prepared,
         study_id,
         series_id,
+        replaced,
     };
-    let inserted = insert_instances(transaction, &[pending]).await?;
+    let inserted = insert_instances(transaction, std::slice::from_ref(&pending)).await?;
     Ok(if inserted.first() == Some(&true) {
+        record_changes(transaction, std::slice::from_ref(&pending)).await?;
         Written {
-            outcome: StoreOutcome::Stored,
+            outcome: pending.outcome(),
             wrote: true,
         }
     } else {
@@ -374,6 +385,8 @@ enum Decided {
         series_id: i64,
         /// Whether the study or series rows or the study key were written.
         wrote: bool,
+        /// The blob of the instance this store replaces, whose row it deleted.
+        replaced: Option<String>,
     },
 }
 
@@ -385,11 +398,28 @@ async fn write_parents(
     prepared: &PreparedInstance,
     current: Current,
 ) -> Result<Decided, IndexError> {
-    if current.instance_exists {
-        return Ok(Decided::Finished(Written::nothing(
-            StoreOutcome::AlreadyExists,
-        )));
-    }
+    let replacing = if current.instance_exists {
+        if !prepared.replace {
+            return Ok(Decided::Finished(Written::nothing(
+                StoreOutcome::AlreadyExists,
+            )));
+        }
+        match existing_instance(transaction, prepared).await? {
+            // Only in place: a SOP instance filed under another study or series is refused as
+            // POST would, rather than moved.
+            Some(existing)
+                if current.study.as_ref().map(|(id, _)| *id) != Some(existing.study_id)
+                    || current.series.as_ref().map(|(id, _)| *id) != Some(existing.series_id) =>
+            {
+                return Ok(Decided::Finished(Written::nothing(
+                    StoreOutcome::AlreadyExists,
+                )));
+            }
+            existing => existing,
+        }
+    } else {
+        None
+    };
     let mut wrote = false;
     // The blob key must be wrapped under the study key the study has now: a study deleted (its
     // key destroyed) or a root key rotated since the caller got the key would leave an
@@ -430,6 +460,19 @@ async fn write_parents(
             wrote,
         }));
     }
+    // The replaced row goes (its tokens with it) before the new one is inserted; its blob is
+    // the caller's to delete after the commit, as a delete's are.
+    let replaced = match replacing {
+        Some(existing) => {
+            sqlx::query("DELETE FROM dicom_instances WHERE id = $1")
+                .bind(existing.id)
+                .execute(&mut **transaction)
+                .await?;
+            wrote = true;
+            Some(existing.blob_name)
+        }
+        None => None,
+    };
 
     // On SQLite the write lock makes "the row is absent" final, so a new row has no tokens to
     // replace; on PostgreSQL a concurrent store may have created it meanwhile.
@@ -474,7 +517,76 @@ async fn write_parents(
         study_id,
         series_id,
         wrote,
+        replaced,
     })
+}
+
+/// The row a replacing store would delete.
+struct ExistingInstance {
+    id: i64,
+    study_id: i64,
+    series_id: i64,
+    blob_name: String,
+}
+
+/// The row of `prepared`'s SOP instance, if there is one (read only by replacing stores).
+async fn existing_instance(
+    transaction: &mut WriteTransaction,
+    prepared: &PreparedInstance,
+) -> Result<Option<ExistingInstance>, IndexError> {
+    let row = sqlx::query(
+        "SELECT id, study_id, series_id, blob_name FROM dicom_instances \
+         WHERE service = $1 AND uid_token = $2",
+    )
+    .bind(prepared.service.as_str())
+    .bind(prepared.sop_token.as_slice())
+    .fetch_optional(&mut **transaction)
+    .await?;
+    row.map(|row| {
+        Ok(ExistingInstance {
+            id: column(&row, 0)?,
+            study_id: column(&row, 1)?,
+            series_id: column(&row, 2)?,
+            blob_name: column(&row, 3)?,
+        })
+    })
+    .transpose()
+}
+
+/// Records the stores of `pending`, whose rows are inserted, in the change feed: a replaced
+/// instance's entries become `replaced`, then each store appends a create entry.
+async fn record_changes(
+    transaction: &mut WriteTransaction,
+    pending: &[PendingInstance<'_>],
+) -> Result<(), IndexError> {
+    for instance in pending
+        .iter()
+        .filter(|instance| instance.replaced.is_some())
+    {
+        let prepared = instance.prepared;
+        changefeed::mark(
+            transaction,
+            &prepared.service,
+            &[prepared.sop_token.as_slice()],
+            ChangeState::Replaced,
+        )
+        .await?;
+    }
+    let changes: Vec<(&str, NewChange<'_>)> = pending
+        .iter()
+        .map(|instance| {
+            let prepared = instance.prepared;
+            (
+                prepared.service.as_str(),
+                NewChange {
+                    action: ChangeAction::Create,
+                    sop_token: &prepared.sop_token,
+                    uids: &prepared.uids,
+                },
+            )
+        })
+        .collect();
+    changefeed::append(transaction, &changes).await
 }
 
 /// A store whose study and series rows are in place and whose instance row is not yet.
@@ -482,6 +594,20 @@ struct PendingInstance<'a> {
     prepared: &'a PreparedInstance,
     study_id: i64,
     series_id: i64,
+    /// The blob of the instance it replaces.
+    replaced: Option<String>,
+}
+
+impl PendingInstance<'_> {
+    /// What the store did once its row is inserted.
+    fn outcome(&self) -> StoreOutcome {
+        match &self.replaced {
+            Some(previous_blob_name) => StoreOutcome::Replaced {
+                previous_blob_name: previous_blob_name.clone(),
+            },
+            None => StoreOutcome::Stored,
+        }
+    }
 }
 
 /// Inserts the instance rows of `pending` and their search tokens, a few statements for all of
@@ -607,19 +733,37 @@ async fn write_row(
     Ok(id)
 }
 
+/// How often a replacing store tries when a concurrent store of the same SOP instance commits
+/// between its read and its insert (PostgreSQL).
+const REPLACE_ATTEMPTS: u32 = 4;
+
 /// Records one instance in a transaction of its own.
 pub(crate) async fn store_alone(
     database: &Database,
     prepared: &PreparedInstance,
 ) -> Result<StoreOutcome, IndexError> {
-    let mut transaction = database.begin_write().await?;
-    let written = write_instance(&mut transaction, database.backend(), prepared).await?;
-    if written.outcome == StoreOutcome::Stored {
-        transaction.commit().await?;
-    } else if written.wrote {
-        transaction.rollback().await?;
+    let mut attempts = 0;
+    loop {
+        attempts += 1;
+        let mut transaction = database.begin_write().await?;
+        let written = write_instance(&mut transaction, database.backend(), prepared).await?;
+        match written.outcome {
+            StoreOutcome::Stored | StoreOutcome::Replaced { .. } => {
+                transaction.commit().await?;
+                return Ok(written.outcome);
+            }
+            outcome => {
+                if written.wrote {
+                    transaction.rollback().await?;
+                }
+                // A replacing store that lost its insert to a concurrent one replaces that.
+                let raced = written.wrote && outcome == StoreOutcome::AlreadyExists;
+                if !(prepared.replace && raced && attempts < REPLACE_ATTEMPTS) {
+                    return Ok(outcome);
+                }
+            }
+        }
     }
-    Ok(written.outcome)
 }
 
 /// Why a group was not committed: its stores are retried alone.
@@ -659,8 +803,8 @@ async fn store_group(
     let mut transaction = database.begin_write().await?;
     let stores: Vec<&PreparedInstance> = group.iter().map(|job| &job.prepared).collect();
     let currents = read_current(&mut transaction, database.backend(), &stores).await?;
-    // `None` until the instance row is inserted.
-    let mut outcomes: Vec<Option<StoreOutcome>> = Vec::with_capacity(group.len());
+    // The instance rows are inserted together below, or the group fails as a whole.
+    let mut outcomes: Vec<StoreOutcome> = Vec::with_capacity(group.len());
     let mut pending = Vec::with_capacity(group.len());
     let mut pending_instances = HashSet::with_capacity(group.len());
     let mut written = GroupWrites::default();
@@ -670,7 +814,11 @@ async fn store_group(
         // in the same group would not see the first: it is a duplicate of it.
         let instance = (prepared.service.as_str(), prepared.sop_token.as_slice());
         if pending_instances.contains(&instance) {
-            outcomes.push(Some(StoreOutcome::AlreadyExists));
+            // A replacing store must replace the one before it: alone, in order.
+            if prepared.replace {
+                return Err(GroupFailed::PartialWrite);
+            }
+            outcomes.push(StoreOutcome::AlreadyExists);
             continue;
         }
         written.show(prepared, &mut current);
@@ -679,21 +827,24 @@ async fn store_group(
                 if written.wrote {
                     return Err(GroupFailed::PartialWrite);
                 }
-                outcomes.push(Some(written.outcome));
+                outcomes.push(written.outcome);
             }
             Decided::Ready {
                 study_id,
                 series_id,
+                replaced,
                 ..
             } => {
                 written.record(prepared, study_id, series_id);
                 pending_instances.insert(instance);
-                pending.push(PendingInstance {
+                let instance = PendingInstance {
                     prepared,
                     study_id,
                     series_id,
-                });
-                outcomes.push(None);
+                    replaced,
+                };
+                outcomes.push(instance.outcome());
+                pending.push(instance);
             }
         }
     }
@@ -701,11 +852,9 @@ async fn store_group(
     if inserted.contains(&false) {
         return Err(GroupFailed::PartialWrite);
     }
+    record_changes(&mut transaction, &pending).await?;
     transaction.commit().await?;
-    Ok(outcomes
-        .into_iter()
-        .map(|outcome| outcome.unwrap_or(StoreOutcome::Stored))
-        .collect())
+    Ok(outcomes)
 }
 
 /// What the stores of a group wrote so far that the group's read, made before any of them, does

@@ -13,8 +13,9 @@ use hds_dicom::{
     SearchableAttribute,
 };
 use hds_index::{
-    DeleteScope, Filter, Index, IndexError, InstanceKeys, Matcher, NewInstance,
-    PlaintextIndexCipher, SearchQuery, ServiceKeyrings, StoreOutcome,
+    ChangeAction, ChangeFeedEntry, ChangeFeedWindow, ChangeState, DeleteScope, Filter, Index,
+    IndexError, InstanceKeys, Matcher, NewInstance, PlaintextIndexCipher, SearchQuery,
+    ServiceKeyrings, StoreMode, StoreOutcome,
 };
 use serde_json::{Map, Value, json};
 
@@ -232,6 +233,17 @@ async fn store_under_existing_key(
     spec: &Spec,
     blob_name: &str,
 ) -> StoreOutcome {
+    store_with_mode(index, service, spec, blob_name, StoreMode::Create).await
+}
+
+/// Stores with the suite's study key (which the study must have already) in `mode`.
+async fn store_with_mode(
+    index: &Index,
+    service: &str,
+    spec: &Spec,
+    blob_name: &str,
+    mode: StoreMode,
+) -> StoreOutcome {
     let parsed = spec.parsed();
     let keys = InstanceKeys {
         wrapped_study_key: SUITE_STUDY_KEY.to_vec(),
@@ -245,6 +257,7 @@ async fn store_under_existing_key(
             blob_name,
             size: 4096,
             keys: &keys,
+            mode,
         })
         .await
         .expect("store")
@@ -1285,6 +1298,349 @@ async fn postgres_index(keyed: bool) -> Index {
     open_index(&url, keyed).await
 }
 
+/// The whole feed of `service`, in sequence order.
+async fn whole_feed(index: &Index, service: &str) -> Vec<ChangeFeedEntry> {
+    index
+        .change_feed(
+            service,
+            ChangeFeedWindow::Sequences {
+                after: 0,
+                through: i64::MAX,
+            },
+            true,
+        )
+        .await
+        .expect("change feed")
+}
+
+/// (sequence, action, state, SOPInstanceUID) of each entry.
+fn feed_summary(entries: &[ChangeFeedEntry]) -> Vec<(i64, ChangeAction, ChangeState, String)> {
+    entries
+        .iter()
+        .map(|entry| {
+            (
+                entry.sequence,
+                entry.action,
+                entry.state,
+                entry.sop_instance_uid.clone(),
+            )
+        })
+        .collect()
+}
+
+async fn change_feed_follows_creates_replacements_and_deletes(index: Index) {
+    use ChangeAction::{Create, Delete};
+    use ChangeState::{Current, Deleted, Replaced};
+    assert!(
+        index
+            .latest_change(SERVICE, true)
+            .await
+            .expect("latest")
+            .is_none()
+    );
+    let first = Spec::new(40, 1, 1);
+    let second = Spec::new(40, 1, 2);
+    let other_study = Spec::new(41, 1, 1);
+    for (spec, blob) in [(&first, "a"), (&second, "b"), (&other_study, "c")] {
+        assert_eq!(store(&index, spec, blob).await, StoreOutcome::Stored);
+    }
+    let entries = whole_feed(&index, SERVICE).await;
+    assert_eq!(
+        feed_summary(&entries),
+        [
+            (1, Create, Current, first.sop.clone()),
+            (2, Create, Current, second.sop.clone()),
+            (3, Create, Current, other_study.sop.clone()),
+        ]
+    );
+    assert_eq!(entries[0].study_instance_uid, first.study);
+    assert_eq!(entries[0].series_instance_uid, first.series);
+    assert_eq!(
+        entries[1].metadata.as_ref(),
+        Some(&second.parsed().metadata)
+    );
+    assert!(
+        entries
+            .windows(2)
+            .all(|pair| pair[0].timestamp_micros <= pair[1].timestamp_micros),
+        "timestamps never go back"
+    );
+
+    // A plain store of a stored SOP instance is refused and leaves the feed alone; a replacing
+    // one replaces it: the old entry is `replaced`, a new one current.
+    let mut changed = second.clone();
+    changed.patient_id = "CHANGED".into();
+    assert_eq!(
+        store(&index, &changed, "b2").await,
+        StoreOutcome::AlreadyExists
+    );
+    assert_eq!(whole_feed(&index, SERVICE).await.len(), 3);
+    assert_eq!(
+        store_with_mode(&index, SERVICE, &changed, "b2", StoreMode::Replace).await,
+        StoreOutcome::Replaced {
+            previous_blob_name: "b".into()
+        }
+    );
+    let records = index
+        .find_instances(SERVICE, DeleteScope::Study(&second.study))
+        .await
+        .expect("find");
+    let blobs: Vec<&str> = records
+        .iter()
+        .map(|record| record.blob_name.as_str())
+        .collect();
+    assert_eq!(blobs, ["a", "b2"]);
+    assert_eq!(
+        study_uids(
+            &index,
+            vec![filter(&PATIENT_ID, Matcher::Exact("CHANGED".into()))]
+        )
+        .await,
+        [second.study.as_str()]
+    );
+    // Replacing never moves an instance to another series.
+    let mut moved = second.clone();
+    moved.series = format!("{}.9", second.series);
+    assert_eq!(
+        store_with_mode(&index, SERVICE, &moved, "b3", StoreMode::Replace).await,
+        StoreOutcome::AlreadyExists
+    );
+    // Replacing what is not there stores it.
+    let third = Spec::new(40, 1, 3);
+    assert_eq!(
+        store_with_mode(&index, SERVICE, &third, "d", StoreMode::Replace).await,
+        StoreOutcome::Stored
+    );
+    let entries = whole_feed(&index, SERVICE).await;
+    assert_eq!(
+        feed_summary(&entries),
+        [
+            (1, Create, Current, first.sop.clone()),
+            (2, Create, Replaced, second.sop.clone()),
+            (3, Create, Current, other_study.sop.clone()),
+            (4, Create, Current, second.sop.clone()),
+            (5, Create, Current, third.sop.clone()),
+        ]
+    );
+    assert!(
+        entries[1].metadata.is_none(),
+        "a replaced version has no metadata"
+    );
+    assert_eq!(
+        entries[3].metadata.as_ref(),
+        Some(&changed.parsed().metadata)
+    );
+
+    // Deleting the study: every entry of its instances says `deleted`, and one delete entry per
+    // instance follows, keeping the UIDs but no metadata.
+    let mut deleted_blobs = index
+        .delete(SERVICE, DeleteScope::Study(&first.study))
+        .await
+        .expect("delete");
+    deleted_blobs.sort();
+    assert_eq!(deleted_blobs, ["a", "b2", "d"]);
+    assert!(
+        index
+            .delete(SERVICE, DeleteScope::Study(&first.study))
+            .await
+            .expect("delete nothing")
+            .is_empty()
+    );
+    let entries = whole_feed(&index, SERVICE).await;
+    assert_eq!(
+        feed_summary(&entries),
+        [
+            (1, Create, Deleted, first.sop.clone()),
+            (2, Create, Deleted, second.sop.clone()),
+            (3, Create, Current, other_study.sop.clone()),
+            (4, Create, Deleted, second.sop.clone()),
+            (5, Create, Deleted, third.sop.clone()),
+            (6, Delete, Deleted, first.sop.clone()),
+            (7, Delete, Deleted, second.sop.clone()),
+            (8, Delete, Deleted, third.sop.clone()),
+        ]
+    );
+    assert_eq!(entries[6].study_instance_uid, second.study);
+    assert_eq!(entries[6].series_instance_uid, second.series);
+    assert!(
+        entries
+            .iter()
+            .enumerate()
+            .all(|(position, entry)| { (position == 2) == entry.metadata.is_some() })
+    );
+
+    // Windows: by sequence, by time with paging, without metadata; latest.
+    let page = index
+        .change_feed(
+            SERVICE,
+            ChangeFeedWindow::Sequences {
+                after: 2,
+                through: 4,
+            },
+            false,
+        )
+        .await
+        .expect("sequences");
+    assert_eq!(
+        page.iter().map(|entry| entry.sequence).collect::<Vec<_>>(),
+        [3, 4]
+    );
+    assert!(page.iter().all(|entry| entry.metadata.is_none()));
+    let whole_time = |offset, limit| ChangeFeedWindow::Time {
+        start_micros: i64::MIN,
+        end_micros: i64::MAX,
+        offset,
+        limit,
+    };
+    let page = index
+        .change_feed(SERVICE, whole_time(5, 2), true)
+        .await
+        .expect("time page");
+    assert_eq!(
+        page.iter().map(|entry| entry.sequence).collect::<Vec<_>>(),
+        [6, 7]
+    );
+    let at = entries[6].timestamp_micros;
+    let window = index
+        .change_feed(
+            SERVICE,
+            ChangeFeedWindow::Time {
+                start_micros: at,
+                end_micros: at + 1,
+                offset: 0,
+                limit: 100,
+            },
+            true,
+        )
+        .await
+        .expect("time window");
+    assert!(window.iter().all(|entry| entry.timestamp_micros == at));
+    assert!(window.iter().any(|entry| entry.sequence == 7));
+    let before = index
+        .change_feed(
+            SERVICE,
+            ChangeFeedWindow::Time {
+                start_micros: i64::MIN,
+                end_micros: entries[0].timestamp_micros,
+                offset: 0,
+                limit: 100,
+            },
+            true,
+        )
+        .await
+        .expect("empty window");
+    assert!(before.is_empty(), "the end of a window is exclusive");
+    let latest = index
+        .latest_change(SERVICE, true)
+        .await
+        .expect("latest")
+        .expect("an entry");
+    assert_eq!((latest.sequence, latest.action), (8, Delete));
+
+    // Every service counts its own sequences.
+    assert!(whole_feed(&index, OTHER_SERVICE).await.is_empty());
+    assert_eq!(
+        store_in(&index, OTHER_SERVICE, &first, "elsewhere").await,
+        StoreOutcome::Stored
+    );
+    let elsewhere = whole_feed(&index, OTHER_SERVICE).await;
+    assert_eq!(
+        feed_summary(&elsewhere),
+        [(1, Create, Current, first.sop.clone())]
+    );
+}
+
+/// Entries are written by the commit that makes the change: a store that records nothing
+/// leaves none, and a reader never sees a sequence before every smaller one is committed, even
+/// while stores of one service commit concurrently.
+async fn change_feed_entries_commit_with_their_change(index: Index) {
+    // A store under a study key that is no longer the study's records nothing, nor an entry.
+    let spec = Spec::new(42, 1, 1);
+    give_study_its_key(&index, SERVICE, &spec).await;
+    let parsed = spec.parsed();
+    let stale = InstanceKeys {
+        wrapped_study_key: b"another-study-key".to_vec(),
+        wrapped_blob_key: b"suite-wrapped-blob-key".to_vec(),
+        new_study_key_generation: None,
+    };
+    let outcome = index
+        .store_instance(NewInstance {
+            service: SERVICE,
+            parsed: &parsed,
+            blob_name: "stale",
+            size: 1,
+            keys: &stale,
+            mode: StoreMode::Create,
+        })
+        .await
+        .expect("store");
+    assert_eq!(outcome, StoreOutcome::StudyKeyChanged);
+    assert!(
+        index
+            .latest_change(SERVICE, false)
+            .await
+            .expect("latest")
+            .is_none()
+    );
+
+    let stores = 24;
+    let writers = (0..stores).map(|sop| {
+        let index = index.clone();
+        tokio::spawn(async move {
+            let spec = Spec::new(43, sop % 3, sop);
+            store(&index, &spec, &format!("blob-{sop}")).await
+        })
+    });
+    let writers: Vec<_> = writers.collect();
+    let reader = {
+        let index = index.clone();
+        tokio::spawn(async move {
+            let mut observations = 0;
+            loop {
+                let latest = index
+                    .latest_change(SERVICE, false)
+                    .await
+                    .expect("latest")
+                    .map_or(0, |entry| entry.sequence);
+                let seen = index
+                    .change_feed(
+                        SERVICE,
+                        ChangeFeedWindow::Sequences {
+                            after: 0,
+                            through: latest,
+                        },
+                        false,
+                    )
+                    .await
+                    .expect("feed");
+                let sequences: Vec<i64> = seen.iter().map(|entry| entry.sequence).collect();
+                assert_eq!(
+                    sequences,
+                    (1..=latest).collect::<Vec<_>>(),
+                    "a committed sequence hides a smaller one"
+                );
+                observations += 1;
+                if latest == stores as i64 {
+                    return observations;
+                }
+                tokio::task::yield_now().await;
+            }
+        })
+    };
+    for writer in writers {
+        assert_eq!(writer.await.expect("writer"), StoreOutcome::Stored);
+    }
+    assert!(reader.await.expect("reader") >= 1);
+    let entries = whole_feed(&index, SERVICE).await;
+    let mut sops: Vec<String> = entries
+        .iter()
+        .map(|entry| entry.sop_instance_uid.clone())
+        .collect();
+    sops.sort();
+    sops.dedup();
+    assert_eq!(sops.len(), stores, "one entry per stored instance");
+}
+
 macro_rules! suite {
     ($($name:ident),* $(,)?) => {
         mod sqlite_plaintext {
@@ -1338,6 +1694,8 @@ suite!(
     delete_cascades_to_empty_parents,
     moved_sealed_values_do_not_open,
     searches_are_driven_by_their_tokens,
+    change_feed_follows_creates_replacements_and_deletes,
+    change_feed_entries_commit_with_their_change,
 );
 
 /// With the keyed cipher, no value of an instance appears in the database files.
@@ -1514,6 +1872,7 @@ mod keys {
                 blob_name: name.as_str(),
                 size: contents.len() as u64,
                 keys: &keys,
+                mode: hds_index::StoreMode::Create,
             })
             .await
             .expect("store");
@@ -1587,6 +1946,7 @@ mod keys {
                 blob_key: &blob_key,
                 size: 10,
                 durable: gate,
+                mode: hds_index::StoreMode::Create,
             },
         );
         let watch_then_open = async {
@@ -1614,6 +1974,7 @@ mod keys {
                     blob_key: &blob_key,
                     size: 10,
                     durable: gate,
+                    mode: hds_index::StoreMode::Create,
                 },
             )
             .await;
@@ -1762,6 +2123,7 @@ mod keys {
                         blob_name: name.as_str(),
                         size: contents.len() as u64,
                         keys: &keys,
+                        mode: hds_index::StoreMode::Create,
                     })
                     .await
                     .expect("store")
@@ -2149,6 +2511,7 @@ mod keys {
                         blob_name: "0123456789abcdef0123456789abcdef",
                         size: 1,
                         keys: &keys,
+                        mode: hds_index::StoreMode::Create,
                     })
                     .await
                     .expect("store")

@@ -77,10 +77,14 @@ impl VaultListeners {
         }
     }
 
-    /// Starts a listener for every stored vault that has none yet.
+    /// Starts a listener for every stored vault that has a port and no listener yet (a vault
+    /// created under domain addressing has none: the main listener routes to it by host).
     pub async fn start_all(&self) -> Result<Vec<(String, SocketAddr)>, ListenerError> {
         let mut started = Vec::new();
         for vault in self.state.service.list_vaults().await? {
+            if vault.port.is_none() {
+                continue;
+            }
             let address = self.start(&vault)?;
             started.push((vault.name, address));
         }

@@ -290,6 +290,44 @@ pub struct StoredRotationPolicy {
     pub updated: Option<i64>,
 }
 
+impl StoredRotationPolicy {
+    /// `{lifetimeActions, attributes}`, as both the vault's data plane and ARM show a policy;
+    /// `action_name` spells an action's type (the vault writes `Rotate`, ARM `rotate`).
+    pub fn to_json(
+        &self,
+        action_name: impl Fn(RotationAction) -> &'static str,
+    ) -> serde_json::Value {
+        use serde_json::json;
+        let actions: Vec<serde_json::Value> = self
+            .policy
+            .lifetime_actions
+            .iter()
+            .map(|action| {
+                let trigger = match &action.trigger {
+                    RotationTrigger::AfterCreate(duration) => {
+                        json!({"timeAfterCreate": duration.as_str()})
+                    }
+                    RotationTrigger::BeforeExpiry(duration) => {
+                        json!({"timeBeforeExpiry": duration.as_str()})
+                    }
+                };
+                json!({"trigger": trigger, "action": {"type": action_name(action.action)}})
+            })
+            .collect();
+        let mut attributes = json!({});
+        if let Some(expiry) = &self.policy.expiry_time {
+            attributes["expiryTime"] = json!(expiry.as_str());
+        }
+        if let Some(created) = self.created {
+            attributes["created"] = json!(created);
+        }
+        if let Some(updated) = self.updated {
+            attributes["updated"] = json!(updated);
+        }
+        json!({"lifetimeActions": actions, "attributes": attributes})
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

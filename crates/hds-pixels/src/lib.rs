@@ -322,6 +322,44 @@ pub fn transcode_to_explicit_little_endian(instance: &[u8]) -> Result<Vec<u8>, P
     Ok(out)
 }
 
+/// Frames `frames` (numbered from 1) of the Part-10 instance `instance` as native samples in
+/// little-endian order, which is how the frames resource returns them in Explicit VR Little
+/// Endian. The instance is transcoded whole first (every frame must fit within
+/// [`MAX_DECODED_BYTES`]), then each frame is cut from the decoded pixel data, so the samples
+/// and their layout are those the transcoded instance describes.
+pub fn native_frames(instance: &[u8], frames: &[usize]) -> Result<Vec<Vec<u8>>, PixelError> {
+    let transcoded = transcode_to_explicit_little_endian(instance)?;
+    let object = open(&transcoded)?;
+    let layout = pixel_layout(&object)?;
+    let pixel_data = object
+        .element(tags::PIXEL_DATA)
+        .map_err(|_| PixelError::NoPixelData)?
+        .to_bytes()
+        .map_err(|error| PixelError::Undecodable(error.to_string()))?;
+    let count = usize::try_from(layout.frames.max(1))
+        .map_err(|_| PixelError::Undecodable("too many frames".into()))?;
+    if pixel_data.len() % count != 0 {
+        return Err(PixelError::Undecodable(format!(
+            "{} bytes of pixel data do not divide into {count} frames",
+            pixel_data.len()
+        )));
+    }
+    let frame_len = pixel_data.len() / count;
+    frames
+        .iter()
+        .map(|&frame| {
+            if frame == 0 || frame > count {
+                return Err(PixelError::NoSuchFrame {
+                    frame: u32::try_from(frame).unwrap_or(u32::MAX),
+                    frames: layout.frames,
+                });
+            }
+            let start = (frame - 1) * frame_len;
+            Ok(pixel_data[start..start + frame_len].to_vec())
+        })
+        .collect()
+}
+
 /// A grey frame through the display pipeline: modality LUT (rescale), then the first stored
 /// window with the linear VOI function of PS3.3 C.11.2.1.2.1, or a min-max normalization when
 /// no usable window is stored; MONOCHROME1 inverted. Done here on the rescaled values rather

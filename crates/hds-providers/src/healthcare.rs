@@ -13,12 +13,15 @@ use hds_arm::{
 };
 use hds_db::Database;
 use hds_identity::principals::{ManagedIdentity, ManagedIdentityKind};
+use hds_identity::roles::KEY_VAULT_CRYPTO_SERVICE_ENCRYPTION_USER;
 use hds_identity::{DICOM_AUDIENCE, Identity};
 use http::StatusCode;
 use serde_json::{Map, Value, json};
 
 use crate::errors::{bad_request, from_identity, location_required};
-use crate::host::{DicomServiceHost, DicomServiceSpec, KeyBinding, KeyIdentityKind};
+use crate::host::{
+    CorsConfiguration, DicomServiceHost, DicomServiceSpec, KeyBinding, KeyIdentityKind,
+};
 use crate::json::{field, optional_string, remove_field};
 use crate::managed_identity::USER_ASSIGNED_IDENTITIES_TYPE;
 use crate::workspace_names::{Claim, WorkspaceNames};
@@ -229,6 +232,25 @@ struct IdentityRequest {
 
 fn invalid_identity(message: impl Into<String>) -> ArmError {
     bad_request("InvalidIdentityType", message)
+}
+
+/// The refusal when a request turns on a system-assigned identity and, in the same request,
+/// asks it to reach the key: the identity's principal is created by that request, so nobody can
+/// have granted it a role on the vault yet, and naming its principal id would name one that the
+/// refusal has deleted again. The seed's order is what works: enable the identity first (or use
+/// a user-assigned identity), grant the role, then set the key in an update.
+fn system_identity_cannot_hold_the_role_yet(new_service: bool) -> ArmError {
+    let enable_first = if new_service {
+        "Create the DICOM service first with 'identity.type' SystemAssigned and without keyEncryptionKeyUrl"
+    } else {
+        "Update the DICOM service first to enable its system-assigned identity, without changing the key"
+    };
+    bad_request(
+        "KeyAccessDenied",
+        format!(
+            "A system-assigned managed identity is created with this request, so it cannot have been granted access to the key yet; nothing was changed. {enable_first}, assign its principal (shown in 'identity.principalId') the Key Vault Crypto Service Encryption User role ({KEY_VAULT_CRYPTO_SERVICE_ENCRYPTION_USER}) on the key vault, then update the service with 'properties.encryption.customerManagedKeyEncryption.keyEncryptionKeyUrl'. Or use a user-assigned managed identity that already holds the role."
+        ),
+    )
 }
 
 /// Reads `identity`: `type` None, SystemAssigned, UserAssigned or "SystemAssigned,UserAssigned"
@@ -555,7 +577,180 @@ pub fn stored_spec(
         service: id.name().to_owned(),
         tenant_id: tenant_id.to_owned(),
         key,
+        cors: parse_cors(&resource.properties).unwrap_or_default(),
     })
+}
+
+/// The most entries in each list of `corsConfiguration`.
+const MAX_CORS_ENTRIES: usize = 64;
+/// The longest origin or header name.
+const MAX_CORS_ENTRY_CHARS: usize = 256;
+/// Azure's bound on `maxAge`.
+const MAX_CORS_MAX_AGE: u64 = 99_999;
+const CORS_METHODS: [&str; 7] = ["DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT"];
+
+/// Reads and checks `properties.corsConfiguration` (absent or null: no cross-origin access).
+fn parse_cors(properties: &Value) -> Result<CorsConfiguration, ArmError> {
+    const PATH: &str = "properties.corsConfiguration";
+    let Some(cors) = field(properties, "corsConfiguration").filter(|value| !value.is_null()) else {
+        return Ok(CorsConfiguration::default());
+    };
+    if !cors.is_object() {
+        return Err(bad_request(
+            "InvalidCorsConfiguration",
+            format!("'{PATH}' must be an object."),
+        ));
+    }
+    let list = |name: &str| -> Result<Vec<String>, ArmError> {
+        let Some(value) = field(cors, name).filter(|value| !value.is_null()) else {
+            return Ok(Vec::new());
+        };
+        let entries = value.as_array().ok_or_else(|| {
+            bad_request(
+                "InvalidCorsConfiguration",
+                format!("'{PATH}.{name}' must be an array of strings."),
+            )
+        })?;
+        if entries.len() > MAX_CORS_ENTRIES {
+            return Err(bad_request(
+                "InvalidCorsConfiguration",
+                format!("'{PATH}.{name}' holds at most {MAX_CORS_ENTRIES} entries."),
+            ));
+        }
+        entries
+            .iter()
+            .map(|entry| {
+                entry
+                    .as_str()
+                    .map(str::trim)
+                    .filter(|text| !text.is_empty() && text.len() <= MAX_CORS_ENTRY_CHARS)
+                    .map(str::to_owned)
+                    .ok_or_else(|| {
+                        bad_request(
+                            "InvalidCorsConfiguration",
+                            format!("'{PATH}.{name}' entries are non-empty strings of at most {MAX_CORS_ENTRY_CHARS} characters."),
+                        )
+                    })
+            })
+            .collect()
+    };
+    let origins = list("origins")?
+        .into_iter()
+        .map(|origin| {
+            if origin == "*" || is_web_origin(&origin) {
+                Ok(origin.to_ascii_lowercase())
+            } else {
+                Err(bad_request(
+                    "InvalidCorsConfiguration",
+                    format!("'{PATH}.origins': '{}' is not an origin: give 'https://host[:port]' (no path) or '*'.", hds_arm::printable(&origin)),
+                ))
+            }
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let headers = list("headers")?;
+    if let Some(header) = headers.iter().find(|header| {
+        *header != "*"
+            && !header
+                .bytes()
+                .all(|byte| byte.is_ascii_alphanumeric() || byte == b'-')
+    }) {
+        return Err(bad_request(
+            "InvalidCorsConfiguration",
+            format!(
+                "'{PATH}.headers': '{}' is not a header name (letters, digits, '-') or '*'.",
+                hds_arm::printable(header)
+            ),
+        ));
+    }
+    let methods = list("methods")?
+        .into_iter()
+        .map(|method| {
+            let upper = method.to_ascii_uppercase();
+            if upper == "*" || CORS_METHODS.contains(&upper.as_str()) {
+                Ok(upper)
+            } else {
+                Err(bad_request(
+                    "InvalidCorsConfiguration",
+                    format!(
+                        "'{PATH}.methods': '{}' is not one of {} or '*'.",
+                        hds_arm::printable(&method),
+                        CORS_METHODS.join(", ")
+                    ),
+                ))
+            }
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let max_age = match field(cors, "maxAge").filter(|value| !value.is_null()) {
+        None => None,
+        Some(value) => Some(
+            value
+                .as_u64()
+                .filter(|age| *age <= MAX_CORS_MAX_AGE)
+                .and_then(|age| u32::try_from(age).ok())
+                .ok_or_else(|| {
+                    bad_request(
+                        "InvalidCorsConfiguration",
+                        format!("'{PATH}.maxAge' must be a whole number of seconds from 0 to {MAX_CORS_MAX_AGE}."),
+                    )
+                })?,
+        ),
+    };
+    let allow_credentials = match field(cors, "allowCredentials").filter(|value| !value.is_null()) {
+        None => false,
+        Some(value) => value.as_bool().ok_or_else(|| {
+            bad_request(
+                "InvalidCorsConfiguration",
+                format!("'{PATH}.allowCredentials' must be true or false."),
+            )
+        })?,
+    };
+    if allow_credentials && origins.iter().any(|origin| origin == "*") {
+        return Err(bad_request(
+            "InvalidCorsConfiguration",
+            format!(
+                "'{PATH}': allowCredentials cannot be true with the origin '*'; name the origins."
+            ),
+        ));
+    }
+    Ok(CorsConfiguration {
+        origins,
+        headers,
+        methods,
+        max_age,
+        allow_credentials,
+    })
+}
+
+/// `scheme://host[:port]` with an http(s) scheme, a host of letters, digits, dots and hyphens
+/// (or a bracketed IPv6 address) and nothing after it: what a browser sends as `Origin`.
+fn is_web_origin(text: &str) -> bool {
+    let Some((scheme, rest)) = text.split_once("://") else {
+        return false;
+    };
+    if !scheme.eq_ignore_ascii_case("https") && !scheme.eq_ignore_ascii_case("http") {
+        return false;
+    }
+    let (host, port) = match rest.rsplit_once(':') {
+        Some((host, port)) if !host.ends_with(':') && !rest.ends_with(']') => (host, Some(port)),
+        _ => (rest, None),
+    };
+    let host_ok = if let Some(inner) = host
+        .strip_prefix('[')
+        .and_then(|host| host.strip_suffix(']'))
+    {
+        inner.parse::<std::net::Ipv6Addr>().is_ok()
+    } else {
+        !host.is_empty()
+            && host.split('.').all(|label| {
+                !label.is_empty()
+                    && label.len() <= 63
+                    && label
+                        .bytes()
+                        .all(|byte| byte.is_ascii_alphanumeric() || byte == b'-')
+            })
+    };
+    let port_ok = port.is_none_or(|port| port.parse::<u16>().is_ok_and(|port| port > 0));
+    host_ok && port_ok
 }
 
 /// The DICOM service provider.
@@ -694,6 +889,7 @@ impl DicomServiceProvider {
             .resolve_user_identities(&context, &identity_request.user)
             .await?;
         let (key_url, explicit) = parse_encryption(&request.properties)?;
+        let cors = parse_cors(&request.properties)?;
         let chosen = match &key_url {
             Some(_) => Some(choose_key_identity(
                 identity_request.system,
@@ -765,7 +961,10 @@ impl DicomServiceProvider {
             tenant_id: tenant_id.clone(),
             key,
             service_url: service_url.clone(),
+            cors,
         };
+        let key_needs_new_system_identity =
+            created_system && key_url.is_some() && matches!(chosen, Some(ChosenIdentity::System));
         if let Err(error) = self.host.apply(spec).await {
             if created_system {
                 // The identity appeared with this request; a refused request leaves none.
@@ -773,6 +972,9 @@ impl DicomServiceProvider {
                     .delete_managed_identity(ManagedIdentityKind::SystemAssigned, id.as_str())
                     .await
                     .map_err(from_identity)?;
+            }
+            if key_needs_new_system_identity && error.code() == "KeyAccessDenied" {
+                return Err(system_identity_cannot_hold_the_role_yet(previous.is_none()));
             }
             return Err(error);
         }

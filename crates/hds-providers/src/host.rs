@@ -54,6 +54,25 @@ pub struct DicomServiceSpec {
     pub key: Option<KeyBinding>,
     /// `{public_base_url}/dicom/{workspace}/{service}`.
     pub service_url: String,
+    /// Which browser origins may call the data plane (`properties.corsConfiguration`).
+    pub cors: CorsConfiguration,
+}
+
+/// A DICOM service's `corsConfiguration`, validated: which web origins a browser may call its
+/// data plane from (a viewer such as OHIF served elsewhere), with which methods and headers.
+/// Empty origins: no cross-origin calls (the default).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CorsConfiguration {
+    /// `scheme://host[:port]`, lowercase, or `*`.
+    pub origins: Vec<String>,
+    /// Request headers a page may send (`*`: any).
+    pub headers: Vec<String>,
+    /// Methods a page may use, uppercase (`*`: any).
+    pub methods: Vec<String>,
+    /// How long a browser may cache a preflight answer, in seconds.
+    pub max_age: Option<u32>,
+    /// Whether a page may send credentials (never with the origin `*`).
+    pub allow_credentials: bool,
 }
 
 /// Where a DICOM service stands with its key, as the key-access monitor sees it.

@@ -24,6 +24,7 @@ use hds_keyvault::model::{
     KeyOperation, KeyPermission, KeyType, MAX_RETENTION_DAYS, MIN_RETENTION_DAYS, NetworkAcls,
     Vault, VaultProperties,
 };
+use hds_keyvault::rotation::RotationPolicy;
 use http::StatusCode;
 use serde_json::{Map, Value, json};
 
@@ -614,6 +615,24 @@ impl KeyProvider {
     async fn vault_of(&self, id: &ResourceId) -> Result<Vault, ArmError> {
         vault_of_key(&self.service, id).await
     }
+
+    /// `value` (a key as [`key_json`] shows it) with `properties.rotationPolicy`, as Azure's ARM
+    /// API shows a key. A key deleted meanwhile shows without one.
+    async fn with_policy(
+        &self,
+        vault: &Vault,
+        id: &ResourceId,
+        mut value: Value,
+    ) -> Result<Value, ArmError> {
+        match self.service.get_rotation_policy(vault, id.name()).await {
+            Ok(stored) => {
+                value["properties"]["rotationPolicy"] = crate::rotation_policy::to_json(&stored);
+            }
+            Err(VaultError::KeyNotFound(_)) => {}
+            Err(error) => return Err(from_vault(error)),
+        }
+        Ok(value)
+    }
 }
 
 /// The vault of key `id` (`.../vaults/{vault}/keys/{name}`).
@@ -771,12 +790,46 @@ impl ResourceProvider for KeyProvider {
             hds_keyvault::service::validate_key_name(id.name())
                 .map_err(|error| bad_request("KeyNameNotValid", error.to_string()))?;
             let options = parse_key_options(&request.properties, request.tags.as_ref())?;
+            let policy = field(&request.properties, "rotationPolicy")
+                .map(crate::rotation_policy::parse)
+                .transpose()?;
             let vault = self.vault_of(&id).await?;
+            // A policy other than the key's current one (the default for a new key) is a write
+            // on the vault: authorized before anything is created.
+            let policy = match policy {
+                Some(policy) => {
+                    let current = match self.service.get_rotation_policy(&vault, id.name()).await {
+                        Ok(stored) => stored.policy,
+                        Err(VaultError::KeyNotFound(_)) => RotationPolicy::default_policy(),
+                        Err(error) => return Err(from_vault(error)),
+                    };
+                    if crate::rotation_policy::same(&policy, &current) {
+                        None
+                    } else {
+                        crate::key_versions::authorize_key_action(
+                            &self.identity,
+                            &vault,
+                            &context,
+                            KeyPermission::SetRotationPolicy,
+                            id.name(),
+                        )
+                        .await?;
+                        Some(policy)
+                    }
+                }
+                None => None,
+            };
             let (bundle, _) = self
                 .service
                 .create_key_if_absent(&vault, id.name(), options)
                 .await
                 .map_err(from_vault)?;
+            if let Some(policy) = policy {
+                self.service
+                    .set_rotation_policy(&vault, id.name(), policy)
+                    .await
+                    .map_err(from_vault)?;
+            }
             let envelope = PutRequest {
                 location: None,
                 identity: None,
@@ -786,7 +839,10 @@ impl ResourceProvider for KeyProvider {
             if context.store.get(&id).await?.is_none() {
                 context.store.put_succeeded(&id, &envelope).await?;
             }
-            Ok(ProviderResponse::Completed(key_json(&id, &bundle)))
+            let value = self
+                .with_policy(&vault, &id, key_json(&id, &bundle))
+                .await?;
+            Ok(ProviderResponse::Completed(value))
         })
     }
 
@@ -794,7 +850,7 @@ impl ResourceProvider for KeyProvider {
         Box::pin(async move {
             let vault = self.vault_of(&id).await?;
             match self.service.get_key(&vault, id.name(), None).await {
-                Ok(bundle) => Ok(key_json(&id, &bundle)),
+                Ok(bundle) => self.with_policy(&vault, &id, key_json(&id, &bundle)).await,
                 Err(VaultError::KeyNotFound(_)) => Err(ArmError::resource_not_found(&id)),
                 Err(error) => Err(from_vault(error)),
             }
@@ -830,7 +886,7 @@ impl ResourceProvider for KeyProvider {
                     .map_err(from_vault)?;
                 for bundle in &page.items {
                     if let Some(id) = parent.child("keys", &bundle.key.name) {
-                        values.push(key_json(&id, bundle));
+                        values.push(self.with_policy(&vault, &id, key_json(&id, bundle)).await?);
                     }
                 }
                 match page.continuation {
@@ -890,7 +946,10 @@ impl ResourceProvider for KeyProvider {
                     VaultError::KeyNotFound(_) => ArmError::resource_not_found(&id),
                     other => from_vault(other),
                 })?;
-            Ok(ProviderResponse::Completed(key_json(&id, &bundle)))
+            let value = self
+                .with_policy(&vault, &id, key_json(&id, &bundle))
+                .await?;
+            Ok(ProviderResponse::Completed(value))
         })
     }
 

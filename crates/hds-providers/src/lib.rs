@@ -31,6 +31,7 @@ mod json;
 mod key_versions;
 mod keyvault;
 mod managed_identity;
+mod rotation_policy;
 mod workspace_names;
 
 use std::sync::Arc;
@@ -50,8 +51,8 @@ pub use healthcare::{
     WORKSPACES_TYPE, WorkspaceProvider, stored_spec,
 };
 pub use host::{
-    DEFAULT_LOST_ACCESS_LATCH, DicomServiceHost, DicomServiceSpec, HealthReport, KeyAccessState,
-    KeyBinding, KeyIdentityKind,
+    CorsConfiguration, DEFAULT_LOST_ACCESS_LATCH, DicomServiceHost, DicomServiceSpec, HealthReport,
+    KeyAccessState, KeyBinding, KeyIdentityKind,
 };
 pub use key_versions::{KEY_VERSIONS_TYPE, KeyVersionProvider, authorize_data_action};
 pub use keyvault::{KEYS_TYPE, KeyProvider, VAULTS_TYPE, VaultEvents, VaultProvider};

@@ -35,7 +35,7 @@ const API_DICOM: &str = "2023-06-01-preview";
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum HostCall {
-    Apply(DicomServiceSpec),
+    Apply(Box<DicomServiceSpec>),
     Remove(String),
     Moved(String, String),
 }
@@ -57,7 +57,7 @@ impl FakeHost {
         self.calls()
             .into_iter()
             .filter_map(|call| match call {
-                HostCall::Apply(spec) => Some(spec),
+                HostCall::Apply(spec) => Some(*spec),
                 _ => None,
             })
             .collect()
@@ -110,7 +110,7 @@ impl DicomServiceHost for FakeHost {
             self.calls
                 .lock()
                 .expect("lock")
-                .push(HostCall::Apply(spec.clone()));
+                .push(HostCall::Apply(Box::new(spec.clone())));
             self.validate(&spec).await
         })
     }
@@ -517,6 +517,7 @@ on_both_backends!(
     workspace_names_are_unique_across_groups,
     attaching_an_identity_needs_assign_on_it,
     key_versions_through_the_control_plane,
+    rotation_policy_through_the_control_plane,
 );
 
 async fn identity_types_on_a_dicom_service(backend: Backend) {
@@ -2329,6 +2330,189 @@ async fn key_versions_through_the_control_plane(backend: Backend) {
         .await;
     assert_eq!(
         read["properties"]["attributes"]["enabled"], true,
+        "the refused PATCH changed nothing"
+    );
+}
+
+/// A key's rotation policy through ARM (`properties.rotationPolicy`): shown on GET, set by a
+/// PATCH or PUT that changes it (only with the vault's data-plane permission), hostile bodies
+/// refused with 400 before anything is written, the same policy sent again accepted from anyone
+/// who may write the key.
+async fn rotation_policy_through_the_control_plane(backend: Backend) {
+    const CONTRIBUTOR: &str = "b24988ac-6180-42a0-ab88-20f7382dd24c";
+    let harness = Harness::new(backend).await;
+    harness.put_vault_and_key("rg1", "rotating", "cmk").await;
+    let key = format!("{}/keys/cmk", harness.vault("rg1", "rotating"));
+    let read = harness
+        .ok(Method::GET, &key, "2022-07-01", Value::Null)
+        .await;
+    assert_eq!(
+        read["properties"]["rotationPolicy"]["lifetimeActions"],
+        json!([{"trigger": {"timeBeforeExpiry": "P30D"}, "action": {"type": "notify"}}]),
+        "the vault's default policy: {read}"
+    );
+    let policy = json!({
+        "lifetimeActions": [
+            {"trigger": {"timeAfterCreate": "P90D"}, "action": {"type": "rotate"}},
+            {"trigger": {"timeBeforeExpiry": "P30D"}, "action": {"type": "notify"}}
+        ],
+        "attributes": {"expiryTime": "P1Y"}
+    });
+    let patched = harness
+        .ok(
+            Method::PATCH,
+            &key,
+            "2022-07-01",
+            json!({"properties": {"rotationPolicy": policy}}),
+        )
+        .await;
+    let shown = &patched["properties"]["rotationPolicy"];
+    assert_eq!(
+        shown["lifetimeActions"], policy["lifetimeActions"],
+        "{patched}"
+    );
+    assert_eq!(shown["attributes"]["expiryTime"], "P1Y");
+    assert!(shown["attributes"]["created"].is_i64(), "{shown}");
+    // The vault itself holds it: a rotation gives the new version the policy's expiry.
+    let rotated = harness
+        .ok(
+            Method::POST,
+            &format!("{key}/rotate"),
+            "2022-07-01",
+            json!({}),
+        )
+        .await;
+    let attributes = &rotated["properties"]["attributes"];
+    let lifetime =
+        attributes["exp"].as_i64().expect("exp") - attributes["created"].as_i64().expect("created");
+    // The expiry is set as the rotation starts, the creation once the key is generated.
+    assert!((lifetime - 365 * 86_400).abs() <= 300, "{rotated}");
+    assert_eq!(
+        rotated["properties"]["rotationPolicy"]["attributes"]["expiryTime"],
+        "P1Y"
+    );
+    // Removing the expiry (merge patch: null removes) keeps the rest.
+    let patched = harness
+        .ok(
+            Method::PATCH,
+            &key,
+            "2022-07-01",
+            json!({"properties": {"rotationPolicy": {
+                "lifetimeActions": [{"trigger": {"timeAfterCreate": "P60D"}, "action": {"type": "rotate"}}],
+                "attributes": {"expiryTime": null}
+            }}}),
+        )
+        .await;
+    let shown = &patched["properties"]["rotationPolicy"];
+    assert_eq!(
+        shown["lifetimeActions"],
+        json!([{"trigger": {"timeAfterCreate": "P60D"}, "action": {"type": "rotate"}}])
+    );
+    assert!(shown["attributes"].get("expiryTime").is_none(), "{shown}");
+
+    // Hostile bodies: 400 naming the field, nothing written.
+    for policy in [
+        json!({"lifetimeActions": [{"trigger": {"timeAfterCreate": "P1D"}, "action": {"type": "rotate"}}]}),
+        json!({"lifetimeActions": [{"trigger": {"timeAfterCreate": "PT9999999999H"}, "action": {"type": "rotate"}}]}),
+        json!({"lifetimeActions": [{"trigger": {"timeAfterCreate": "P1D".repeat(5000)}, "action": {"type": "rotate"}}]}),
+        json!({"lifetimeActions": vec![json!({"trigger": {"timeAfterCreate": "P90D"}, "action": {"type": "rotate"}}); 1000]}),
+        json!({"lifetimeActions": [{"trigger": {"timeAfterCreate": "P90D"}, "action": {"type": "<script>"}}]}),
+        json!({"lifetimeActions": "rotate"}),
+        json!({"attributes": {"expiryTime": "P1D"}}),
+        json!({"unknown": true}),
+        json!(42),
+    ] {
+        harness
+            .fails(
+                Method::PATCH,
+                &key,
+                "2022-07-01",
+                json!({"properties": {"rotationPolicy": policy}}),
+                StatusCode::BAD_REQUEST,
+                "InvalidRotationPolicy",
+            )
+            .await;
+    }
+    let read = harness
+        .ok(Method::GET, &key, "2022-07-01", Value::Null)
+        .await;
+    assert_eq!(
+        read["properties"]["rotationPolicy"],
+        patched["properties"]["rotationPolicy"]
+    );
+
+    // A new key may be created with its policy (a template's way).
+    let created = harness
+        .ok(
+            Method::PUT,
+            &format!("{}/keys/born-rotating", harness.vault("rg1", "rotating")),
+            "2022-07-01",
+            json!({"properties": {"kty": "RSA", "keySize": 2048, "rotationPolicy": {
+                "lifetimeActions": [{"trigger": {"timeAfterCreate": "P30D"}, "action": {"type": "rotate"}}]
+            }}}),
+        )
+        .await;
+    assert_eq!(
+        created["properties"]["rotationPolicy"]["lifetimeActions"][0]["trigger"]["timeAfterCreate"],
+        "P30D"
+    );
+
+    // A Contributor may write the key resource but holds no data action on the vault: a
+    // changed policy is refused, the same policy again is not a change.
+    let (principal, token) = harness.management_principal("contributor").await;
+    harness
+        .assign(&harness.group("rg1"), CONTRIBUTOR, &principal)
+        .await;
+    let (status, _, value) = harness
+        .call_as(
+            Some(&token),
+            Method::PATCH,
+            &key,
+            "2022-07-01",
+            Some(json!({"properties": {"rotationPolicy": {"lifetimeActions": []}}})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{value}");
+    let (status, _, value) = harness
+        .call_as(
+            Some(&token),
+            Method::PATCH,
+            &key,
+            "2022-07-01",
+            Some(json!({"tags": {"team": "radiology"}})),
+        )
+        .await;
+    assert!(status.is_success(), "{status} {value}");
+    let (status, _, value) = harness
+        .call_as(
+            Some(&token),
+            Method::PUT,
+            &format!("{}/keys/contributors-key", harness.vault("rg1", "rotating")),
+            "2022-07-01",
+            Some(json!({"properties": {"kty": "RSA", "keySize": 2048, "rotationPolicy": {
+                "lifetimeActions": [{"trigger": {"timeAfterCreate": "P30D"}, "action": {"type": "rotate"}}]
+            }}})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{value}");
+    let (status, _) = harness
+        .call(
+            Method::GET,
+            &format!("{}/keys/contributors-key", harness.vault("rg1", "rotating")),
+            "2022-07-01",
+            None,
+        )
+        .await;
+    assert_eq!(
+        status,
+        StatusCode::NOT_FOUND,
+        "the refused PUT created nothing"
+    );
+    let read = harness
+        .ok(Method::GET, &key, "2022-07-01", Value::Null)
+        .await;
+    assert_eq!(
+        read["properties"]["rotationPolicy"], patched["properties"]["rotationPolicy"],
         "the refused PATCH changed nothing"
     );
 }

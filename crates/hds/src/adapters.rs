@@ -75,6 +75,10 @@ pub struct VaultListenerEvents {
 
 impl VaultEvents for VaultListenerEvents {
     fn vault_changed(&self, vault: &Vault) {
+        // Under --vault-domain a vault has no port: the main listener routes to it by host.
+        if vault.port.is_none() {
+            return;
+        }
         if let Err(error) = self.listeners.start(vault) {
             tracing::error!(vault = %vault.name, error = %error, "starting the vault's listener failed");
         }

@@ -15,19 +15,30 @@ use axum::routing::get;
 use http::StatusCode;
 use serde_json::json;
 
-/// The Key Vault DNS suffix advertised. Vaults are served on ports of their own (their
-/// `vaultUri`), not by host name, so the suffix is one that never resolves (RFC 2606):
-/// `--vault-name` then fails plainly instead of sending requests anywhere else.
-pub const KEY_VAULT_DNS_SUFFIX: &str = "vault.hds.invalid";
+/// The Key Vault DNS suffix advertised when vaults are served on ports of their own (their
+/// `vaultUri`), not by host name: one that never resolves (RFC 2606), so `--vault-name` fails
+/// plainly instead of sending requests anywhere else.
+pub const KEY_VAULT_DNS_SUFFIX_BY_PORT: &str = ".vault.hds.invalid";
+
+/// The Key Vault DNS suffix az appends to `--vault-name`: `.vault.DOMAIN[:PORT]` under
+/// `--vault-domain` (az forms `https://{name}{suffix}`), otherwise the one that never resolves.
+pub fn key_vault_dns_suffix(vault_domain: Option<&str>, public_port: Option<u16>) -> String {
+    match (vault_domain, public_port) {
+        (Some(domain), Some(port)) => format!(".vault.{domain}:{port}"),
+        (Some(domain), None) => format!(".vault.{domain}"),
+        (None, _) => KEY_VAULT_DNS_SUFFIX_BY_PORT.to_owned(),
+    }
+}
 
 #[derive(Clone)]
 struct Cloud {
     base_url: String,
     tenant_id: String,
+    key_vault_dns_suffix: String,
 }
 
 /// `GET /metadata/endpoints` for the listener at `base_url` (no trailing slash).
-pub fn router(base_url: &str, tenant_id: &str) -> Router {
+pub fn router(base_url: &str, tenant_id: &str, key_vault_dns_suffix: String) -> Router {
     Router::new()
         .route("/metadata/endpoints", get(endpoints))
         // `az cloud register --endpoint-resource-manager https://host:port/` appends the path
@@ -36,6 +47,7 @@ pub fn router(base_url: &str, tenant_id: &str) -> Router {
         .with_state(Cloud {
             base_url: base_url.trim_end_matches('/').to_owned(),
             tenant_id: tenant_id.to_owned(),
+            key_vault_dns_suffix,
         })
 }
 
@@ -67,7 +79,7 @@ async fn endpoints(State(cloud): State<Cloud>, request: Request) -> Response {
             "identityProvider": "AAD",
         },
         "suffixes": {
-            "keyVaultDns": KEY_VAULT_DNS_SUFFIX,
+            "keyVaultDns": cloud.key_vault_dns_suffix,
         },
     }))
     .into_response()
@@ -117,9 +129,22 @@ mod tests {
 
     #[tokio::test]
     async fn metadata_names_this_listener_for_sign_in_arm_and_graph() {
-        let app = router("https://127.0.0.1:8443/", "tenant-1");
+        let app = router(
+            "https://127.0.0.1:8443/",
+            "tenant-1",
+            key_vault_dns_suffix(None, Some(8443)),
+        );
         let (status, body) = call(app.clone(), "/metadata/endpoints?api-version=2022-09-01").await;
         assert_eq!(status, StatusCode::OK);
+        assert_eq!(body["suffixes"]["keyVaultDns"], ".vault.hds.invalid");
+        assert_eq!(
+            key_vault_dns_suffix(Some("hds.example"), Some(8443)),
+            ".vault.hds.example:8443"
+        );
+        assert_eq!(
+            key_vault_dns_suffix(Some("hds.example"), None),
+            ".vault.hds.example"
+        );
         assert_eq!(body["resourceManager"], "https://127.0.0.1:8443/");
         assert_eq!(body["microsoftGraphResourceId"], "https://127.0.0.1:8443/");
         assert_eq!(

@@ -98,6 +98,14 @@ pub struct UpOptions {
     #[arg(long, env = "HDS_VAULT_PORTS", requires = "vault_address", value_parser = parse_port_range)]
     pub vault_ports: Option<(u16, u16)>,
 
+    /// Serve vaults by host name on the main listener, as Azure does:
+    /// `https://{vault}.vault.DOMAIN[:PORT]/` (PORT: the public URL's), so `az keyvault ...
+    /// --vault-name` works. The names must resolve to this node (DNS, /etc/hosts; every
+    /// `*.localhost` name does where libnss-myhostname is installed). Chosen at the data dir's
+    /// first start: vaults keep the addressing they were created under.
+    #[arg(long, env = "HDS_VAULT_DOMAIN", conflicts_with = "vault_address", value_parser = parse_vault_domain)]
+    pub vault_domain: Option<String>,
+
     /// The index database: `sqlite` (a file in the data dir) or a `postgres://` URL.
     #[arg(long, env = "HDS_INDEX", default_value = "sqlite")]
     pub index: String,
@@ -269,6 +277,33 @@ pub fn default_data_dir() -> PathBuf {
     PathBuf::from("hds-data")
 }
 
+/// A DNS domain for `{vault}.vault.DOMAIN`: lowercase letters, digits and hyphens in labels of
+/// 1 to 63 characters, not beginning or ending with a hyphen; room left for the two labels in
+/// front of it (a vault name is at most 24 characters).
+fn parse_vault_domain(text: &str) -> Result<String, String> {
+    const MAX_DOMAIN: usize = 253 - "123456789012345678901234.vault.".len();
+    let domain = text.trim().trim_end_matches('.').to_ascii_lowercase();
+    if domain.is_empty() || domain.len() > MAX_DOMAIN {
+        return Err(format!(
+            "a vault domain is a DNS name of 1 to {MAX_DOMAIN} characters"
+        ));
+    }
+    let label_ok = |label: &str| {
+        (1..=63).contains(&label.len())
+            && !label.starts_with('-')
+            && !label.ends_with('-')
+            && label
+                .bytes()
+                .all(|byte| byte.is_ascii_lowercase() || byte.is_ascii_digit() || byte == b'-')
+    };
+    if !domain.split('.').all(label_ok) {
+        return Err(format!(
+            "'{text}' is not a DNS domain (labels of letters, digits and inner hyphens, separated by dots)"
+        ));
+    }
+    Ok(domain)
+}
+
 /// `LOW-HIGH`, both ports, LOW <= HIGH.
 fn parse_port_range(text: &str) -> Result<(u16, u16), String> {
     let (low, high) = text
@@ -286,4 +321,35 @@ fn parse_port_range(text: &str) -> Result<(u16, u16), String> {
         return Err(format!("{low} is above {high}"));
     }
     Ok((low, high))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_vault_domain;
+
+    #[test]
+    fn vault_domains_are_dns_names_with_room_for_a_vault() {
+        assert_eq!(parse_vault_domain("Example.ORG."), Ok("example.org".into()));
+        assert_eq!(parse_vault_domain("localhost"), Ok("localhost".into()));
+        for hostile in [
+            "",
+            ".",
+            "a..b",
+            "-a.org",
+            "a-.org",
+            "a_b.org",
+            "*.org",
+            "a.org/keys",
+            "a.org:443",
+            "ex\u{e4}mple.org",
+            "a b.org",
+            &"a".repeat(64),
+            &["abc"; 60].join("."),
+        ] {
+            assert!(
+                parse_vault_domain(hostile).is_err(),
+                "{hostile:?} was accepted"
+            );
+        }
+    }
 }

@@ -35,8 +35,12 @@ pub fn served_certificate(
         .unwrap_or_else(|| options.listen.ip())
         .to_string();
     let (Some(certificate_path), Some(key_path)) = (&options.tls_cert, &options.tls_key) else {
+        let mut names = vec![vault_host, public_host];
+        if let Some(domain) = &options.vault_domain {
+            names.push(format!("*.vault.{domain}"));
+        }
         let certificate = local_ca
-            .issue(&[vault_host, public_host])
+            .issue(&names)
             .context("issuing the server certificate")?;
         return Ok(ServedCertificate {
             certificate,
@@ -72,6 +76,15 @@ pub fn served_certificate(
     )?;
     if !options.http {
         check(&public_host, format!("the public URL's host {public_host}"))?;
+    }
+    if let Some(domain) = &options.vault_domain {
+        // Any vault's name: the certificate must cover `*.vault.DOMAIN`.
+        check(
+            &format!("any-vault.vault.{domain}"),
+            format!(
+                "*.vault.{domain} (--vault-domain): vaults are served at https://{{vault}}.vault.{domain}/"
+            ),
+        )?;
     }
     Ok(ServedCertificate {
         certificate,

@@ -113,6 +113,7 @@ pub async fn run(options: UpOptions) -> anyhow::Result<()> {
     let audit = hds_audit::AuditLog::open(database.clone(), &root_key)
         .await
         .context("opening the audit log")?;
+    let audit_queue = hds_audit::AuditQueue::spawn(audit.clone());
     let mut identity_config = IdentityConfig::new(&public_url);
     for trusted in &options.trusted_issuers {
         identity_config = identity_config.with_external_issuer(external_issuer(trusted)?);
@@ -168,6 +169,10 @@ pub async fn run(options: UpOptions) -> anyhow::Result<()> {
             root_key.clone(),
             VaultServiceConfig {
                 addressing: match (options.vault_address, options.vault_ports) {
+                    _ if options.vault_domain.is_some() => VaultAddressing::Domain {
+                        domain: options.vault_domain.clone().unwrap_or_default(),
+                        port: public_port(&public_url),
+                    },
                     (Some(advertised), Some(ports)) => VaultAddressing::Balanced {
                         bind: options.listen.ip(),
                         advertised,
@@ -183,17 +188,19 @@ pub async fn run(options: UpOptions) -> anyhow::Result<()> {
         .await
         .context("opening the key vault service")?,
     );
+    check_vault_addressing(&vault_service, options.vault_domain.as_deref()).await?;
+    let vault_data_plane = DataPlaneState {
+        service: vault_service.clone(),
+        access: Arc::new(crate::audit::AuditedVaultAccess {
+            inner: IdentityVaultAccess {
+                identity: identity.clone(),
+            },
+            audit: audit.clone(),
+        }),
+        token_authority: public_url.clone(),
+    };
     let vault_listeners = Arc::new(VaultListeners::new(
-        DataPlaneState {
-            service: vault_service.clone(),
-            access: Arc::new(crate::audit::AuditedVaultAccess {
-                inner: IdentityVaultAccess {
-                    identity: identity.clone(),
-                },
-                audit: audit.clone(),
-            }),
-            token_authority: public_url.clone(),
-        },
+        vault_data_plane.clone(),
         tls.clone(),
         options.listen.ip(),
     ));
@@ -354,8 +361,11 @@ pub async fn run(options: UpOptions) -> anyhow::Result<()> {
     let dicomweb = hds_dicomweb::router(DicomWebState {
         archive: hds_archive::Archive::new(index, blobs),
         services: host.clone(),
-        access: Arc::new(IdentityDicomAccess {
-            identity: identity.clone(),
+        access: Arc::new(crate::audit::AuditedDicomAccess {
+            inner: IdentityDicomAccess {
+                identity: identity.clone(),
+            },
+            queue: audit_queue.clone(),
         }),
         config: Arc::new(DicomWebConfig {
             max_request_bytes: options.max_request_bytes,
@@ -367,6 +377,8 @@ pub async fn run(options: UpOptions) -> anyhow::Result<()> {
             body_idle_timeout: options.body_idle_timeout,
         }),
     });
+    // Async operations whose node died (this one before a restart, or another) end as Failed.
+    let operation_sweeper = arm.spawn_operation_sweeper(Duration::from_secs(10));
     let arm_router = hds_arm::router(arm.clone());
     let app = Router::new()
         .route("/health", get(|| async { "ok" }))
@@ -376,14 +388,58 @@ pub async fn run(options: UpOptions) -> anyhow::Result<()> {
         )
         .merge(hds_portal::router())
         .merge(identity.router())
-        .merge(identity.graph_router())
+        .merge(
+            identity
+                .graph_router()
+                .layer(axum::middleware::from_fn_with_state(
+                    (identity.clone(), audit.clone()),
+                    crate::audit::audit_graph_changes,
+                )),
+        )
         .merge(crate::az_metadata::router(
             &public_url,
             &bootstrap.tenant_id,
+            crate::az_metadata::key_vault_dns_suffix(
+                options.vault_domain.as_deref(),
+                public_port(&public_url),
+            ),
         ))
         .merge(dicomweb)
         .merge(arm_router.clone())
         .fallback(crate::az_metadata::not_found)
+        .layer(axum::middleware::from_fn_with_state(
+            crate::audit::ActivityLogLayer::new(
+                audit.clone(),
+                hds_providers::access_control(identity.clone()),
+                &bootstrap.tenant_id,
+                &public_url,
+            ),
+            crate::audit::ActivityLogLayer::route,
+        ));
+    // With --vault-domain, requests for `{vault}.vault.DOMAIN` go to the vault data plane before
+    // any route of the main listener is matched.
+    // Until the start-up below is done, hds's own routes answer 503 (only under --vault-domain
+    // does anything listen that early: the seed's flow reaches its vault through the main
+    // listener).
+    let ready = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let app = app.layer(axum::middleware::from_fn_with_state(
+        ready.clone(),
+        starting_until_ready,
+    ));
+    let app = match &options.vault_domain {
+        Some(domain) => {
+            let vaults = hds_keyvault::host_routed_router(vault_data_plane.clone(), domain);
+            app.layer(axum::middleware::from_fn_with_state(
+                VaultHosts {
+                    suffix: format!(".vault.{domain}"),
+                    router: vaults,
+                },
+                route_vault_hosts,
+            ))
+        }
+        None => app,
+    };
+    let app = app
         .layer(axum::middleware::from_fn_with_state(
             InFlightRequests::new(limits.max_in_flight_requests),
             listener_limits::limit_in_flight,
@@ -393,6 +449,19 @@ pub async fn run(options: UpOptions) -> anyhow::Result<()> {
             crate::metrics::record_request,
         ))
         .layer(TraceLayer::new_for_http().make_span_with(logging::request_span));
+
+    let handle = axum_server::Handle::new();
+    let mut server = None;
+    if options.vault_domain.is_some() {
+        server = Some(spawn_main_listener(
+            &options,
+            app.clone(),
+            &tls,
+            &limits,
+            &metrics,
+            handle.clone(),
+        )?);
+    }
 
     if !options.no_bootstrap {
         let admin = read_admin(&bootstrap.admin_credentials_path)?;
@@ -437,9 +506,11 @@ pub async fn run(options: UpOptions) -> anyhow::Result<()> {
     };
 
     // Bind only now that everything is ready: a client that connects is served at once.
-    let listener = std::net::TcpListener::bind(options.listen)
-        .with_context(|| format!("binding {}", options.listen))?;
-    listener.set_nonblocking(true)?;
+    let server = match server {
+        Some(server) => server,
+        None => spawn_main_listener(&options, app, &tls, &limits, &metrics, handle.clone())?,
+    };
+    ready.store(true, std::sync::atomic::Ordering::Release);
     println!("hds is ready");
     println!("  DICOMweb:  {public_url}/dicom/{DEFAULT_WORKSPACE}/{DEFAULT_SERVICE}/v2/");
     println!(
@@ -463,33 +534,17 @@ pub async fn run(options: UpOptions) -> anyhow::Result<()> {
         println!("  vault {}: {}", vault.name, vault.vault_uri);
     }
 
-    let handle = axum_server::Handle::new();
     let shutdown_handle = handle.clone();
     tokio::spawn(async move {
         wait_for_shutdown_signal(terminate, interrupt).await;
         tracing::info!("shutting down");
         shutdown_handle.graceful_shutdown(Some(SHUTDOWN_GRACE));
     });
-    let service = app.into_make_service();
-    // TCP_NODELAY: without it a response's last small write can wait for the client's delayed
-    // acknowledgement (tens of milliseconds on WADO-RS tails).
-    let no_delay = LimitedAcceptor::new(
-        axum_server::accept::NoDelayAcceptor::new(),
-        &limits,
-        metrics.http.clone(),
-    );
-    if options.http {
-        let mut server = axum_server::from_tcp(listener).acceptor(no_delay);
-        listener_limits::configure_http(&mut server, &limits);
-        server.handle(handle).serve(service).await?;
-    } else {
-        let config = axum_server::tls_rustls::RustlsConfig::from_config(tls);
-        let acceptor = axum_server::tls_rustls::RustlsAcceptor::new(config).acceptor(no_delay);
-        let mut server = axum_server::from_tcp(listener).acceptor(acceptor);
-        listener_limits::configure_http(&mut server, &limits);
-        server.handle(handle).serve(service).await?;
-    }
+    server.await.context("the main listener's task")??;
+    // The DICOM requests' records still queued.
+    audit_queue.flush().await;
     sweeper.abort();
+    operation_sweeper.abort();
     key_rotation.abort();
     if let Some(metrics_listener) = metrics_listener {
         metrics_listener.abort();
@@ -501,6 +556,138 @@ pub async fn run(options: UpOptions) -> anyhow::Result<()> {
     vault_listeners.shutdown();
     println!("hds stopped");
     Ok(())
+}
+
+/// Binds the main listener and serves `app` on it in a task of its own, until `handle` shuts it
+/// down.
+fn spawn_main_listener(
+    options: &UpOptions,
+    app: Router,
+    tls: &Arc<rustls::ServerConfig>,
+    limits: &ListenerLimits,
+    metrics: &hds_metrics::Metrics,
+    handle: axum_server::Handle,
+) -> anyhow::Result<tokio::task::JoinHandle<std::io::Result<()>>> {
+    let listener = std::net::TcpListener::bind(options.listen)
+        .with_context(|| format!("binding {}", options.listen))?;
+    listener.set_nonblocking(true)?;
+    // The client's address reaches the handlers (the vault firewall checks it).
+    let service = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
+    // TCP_NODELAY: without it a response's last small write can wait for the client's delayed
+    // acknowledgement (tens of milliseconds on WADO-RS tails).
+    let no_delay = LimitedAcceptor::new(
+        axum_server::accept::NoDelayAcceptor::new(),
+        limits,
+        metrics.http.clone(),
+    );
+    let limits = *limits;
+    Ok(if options.http {
+        let mut server = axum_server::from_tcp(listener).acceptor(no_delay);
+        listener_limits::configure_http(&mut server, &limits);
+        tokio::spawn(server.handle(handle).serve(service))
+    } else {
+        let config = axum_server::tls_rustls::RustlsConfig::from_config(tls.clone());
+        let acceptor = axum_server::tls_rustls::RustlsAcceptor::new(config).acceptor(no_delay);
+        let mut server = axum_server::from_tcp(listener).acceptor(acceptor);
+        listener_limits::configure_http(&mut server, &limits);
+        tokio::spawn(server.handle(handle).serve(service))
+    })
+}
+
+/// 503 with `Retry-After` for hds's own routes while the start-up is not done.
+async fn starting_until_ready(
+    axum::extract::State(ready): axum::extract::State<Arc<std::sync::atomic::AtomicBool>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    if ready.load(std::sync::atomic::Ordering::Acquire) {
+        return next.run(request).await;
+    }
+    (
+        axum::http::StatusCode::SERVICE_UNAVAILABLE,
+        [(axum::http::header::RETRY_AFTER, "1")],
+        axum::Json(serde_json::json!({
+            "error": {"code": "ServiceStarting", "message": "hds is starting; try again in a moment."}
+        })),
+    )
+        .into_response()
+}
+
+/// The port of `public_url` when it is not HTTPS's default: vault host names carry it.
+fn public_port(public_url: &str) -> Option<u16> {
+    let uri = public_url.parse::<axum::http::Uri>().ok()?;
+    uri.port_u16().filter(|port| *port != 443)
+}
+
+/// Vaults keep the addressing they were created under (their URIs are written into key ids and
+/// DICOM services' key URLs), so a data dir started with and without --vault-domain is refused
+/// with what to do, rather than serving vaults nobody can reach.
+async fn check_vault_addressing(
+    vaults: &KeyVaultService,
+    vault_domain: Option<&str>,
+) -> anyhow::Result<()> {
+    let existing = vaults
+        .list_vaults()
+        .await
+        .context("reading the key vaults")?;
+    match vault_domain {
+        Some(domain) => {
+            if let Some(vault) = existing.iter().find(|vault| vault.port.is_some()) {
+                anyhow::bail!(
+                    "--vault-domain {domain}: vault '{}' was created with a port of its own ({}); vaults keep the addressing they were created under. Start without --vault-domain, or use a new data dir",
+                    vault.name,
+                    vault.vault_uri
+                );
+            }
+        }
+        None => {
+            if let Some(vault) = existing.iter().find(|vault| vault.port.is_none()) {
+                anyhow::bail!(
+                    "vault '{}' was created under --vault-domain (it has no port of its own); start with the same --vault-domain",
+                    vault.name
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Where `route_vault_hosts` sends the requests for vault host names.
+#[derive(Clone)]
+struct VaultHosts {
+    /// `.vault.DOMAIN`.
+    suffix: String,
+    router: Router,
+}
+
+/// Sends a request whose `Host` is `{something}.vault.DOMAIN` to the vault data plane (which
+/// answers 404 for a vault it does not know); every other request continues to hds's routes.
+async fn route_vault_hosts(
+    axum::extract::State(vaults): axum::extract::State<VaultHosts>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let host = request
+        .headers()
+        .get(axum::http::header::HOST)
+        .and_then(|host| host.to_str().ok())
+        .or_else(|| request.uri().host());
+    let for_a_vault = host.is_some_and(|host| {
+        let name = host.rsplit_once(':').map_or(host, |(name, _)| name);
+        name.len() > vaults.suffix.len()
+            && name
+                .get(name.len() - vaults.suffix.len()..)
+                .is_some_and(|tail| tail.eq_ignore_ascii_case(&vaults.suffix))
+    });
+    if !for_a_vault {
+        return next.run(request).await;
+    }
+    use tower::ServiceExt;
+    match vaults.router.oneshot(request).await {
+        Ok(response) => response,
+        Err(never) => match never {},
+    }
 }
 
 /// The main listener's limits from the flags; a zero would refuse everything.

@@ -116,37 +116,12 @@ impl ActionBody {
 }
 
 fn policy_json(context: &RequestContext, name: &str, stored: &StoredRotationPolicy) -> Value {
-    let actions: Vec<Value> = stored
-        .policy
-        .lifetime_actions
-        .iter()
-        .map(|action| {
-            let trigger = match &action.trigger {
-                RotationTrigger::AfterCreate(duration) => {
-                    json!({"timeAfterCreate": duration.as_str()})
-                }
-                RotationTrigger::BeforeExpiry(duration) => {
-                    json!({"timeBeforeExpiry": duration.as_str()})
-                }
-            };
-            json!({"trigger": trigger, "action": {"type": action.action.as_str()}})
-        })
-        .collect();
-    let mut attributes = json!({});
-    if let Some(expiry) = &stored.policy.expiry_time {
-        attributes["expiryTime"] = json!(expiry.as_str());
-    }
-    if let Some(created) = stored.created {
-        attributes["created"] = json!(created);
-    }
-    if let Some(updated) = stored.updated {
-        attributes["updated"] = json!(updated);
-    }
-    json!({
-        "id": format!("{}keys/{name}/rotationpolicy", context.vault.vault_uri),
-        "lifetimeActions": actions,
-        "attributes": attributes,
-    })
+    let mut policy = stored.to_json(RotationAction::as_str);
+    policy["id"] = json!(format!(
+        "{}keys/{name}/rotationpolicy",
+        context.vault.vault_uri
+    ));
+    policy
 }
 
 pub(super) async fn get_rotation_policy(

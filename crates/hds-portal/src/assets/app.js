@@ -504,6 +504,8 @@ const VIEWS = {
 };
 
 let renderGeneration = 0;
+/** The id of the control to focus once the next render is done (a tab that re-renders its page). */
+let focusAfterRender = null;
 
 /** Runs the view for the current hash; a later navigation makes earlier renders give up. */
 async function render() {
@@ -527,6 +529,11 @@ async function render() {
   };
   try {
     await VIEWS[view](context);
+    if (!context.stale() && focusAfterRender) {
+      const target = document.getElementById(focusAfterRender);
+      focusAfterRender = null;
+      if (target) target.focus();
+    }
   } catch (error) {
     if (context.stale()) return;
     if (error instanceof ApiError && error.status === 401) {
@@ -934,15 +941,125 @@ async function renderVaultAccessControl(context) {
       el("td", {}, here ? removeAssignmentButton(assignment, `${roleName} for ${name}`, params.id, statusHost) : el("span", { class: "muted" }, "Managed at its scope")),
     );
   });
+  const activeTab = params.tab === "check" ? "check" : "assignments";
+  const panel = el("div", { role: "tabpanel", id: "iam-panel", "aria-labelledby": `iam-tab-${activeTab}`, tabindex: "0" });
   page.append(
-    el("h2", {}, "Role assignments"),
-    table(["Name", "Type", "Principal ID", "Role", "Scope", ""], rows, "No role assignments"),
+    tabs("Access control", "iam-tab", [["check", "Check access"], ["assignments", "Role assignments"]], activeTab, (value) => {
+      focusAfterRender = `iam-tab-${value}`;
+      navigate({ view: "vault-iam", id: params.id, tab: value === "check" ? "check" : null });
+    }),
+    panel,
   );
+  if (activeTab === "check") {
+    panel.append(checkAccessPanel(params.id, assignments, directory, roleNames, definitions));
+  } else {
+    panel.append(
+      el("h2", {}, "Role assignments"),
+      table(["Name", "Type", "Principal ID", "Role", "Scope", ""], rows, "No role assignments"),
+    );
+  }
 
   function openWizard() {
     clear(wizardHost);
     wizardHost.append(roleAssignmentWizard(params.id, definitions, info.subscription, statusHost));
   }
+}
+
+const GUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
+
+/**
+ * Check access: find a principal by name or object id (the managed identities and services
+ * hds names, you, and every principal with an assignment here), then list the role assignments
+ * that apply to it at this scope, each with where it comes from. The list is the control
+ * plane's own answer (`$filter=atScope() and principalId eq '{id}'`), not a local guess.
+ */
+function checkAccessPanel(scopeId, assignments, directory, roleNames, definitions) {
+  const scopeLower = scopeId.toLowerCase();
+  const descriptions = new Map(definitions.map((definition) => [definition.name.toLowerCase(), definition.properties.description || ""]));
+  const known = new Map();
+  for (const [principalId, entry] of directory) known.set(principalId.toLowerCase(), { principalId, name: entry.name, kind: entry.kind });
+  for (const assignment of assignments) {
+    const principalId = (assignment.properties || {}).principalId;
+    if (principalId && !known.has(principalId.toLowerCase())) {
+      known.set(principalId.toLowerCase(), { principalId, name: "Unknown principal", kind: (assignment.properties || {}).principalType || "Principal" });
+    }
+  }
+  const candidates = Array.from(known.values()).sort((left, right) => left.name.localeCompare(right.name));
+  const search = el("input", { type: "search", id: "check-access-search", autocomplete: "off", "aria-controls": "check-access-candidates", "aria-describedby": "check-access-help" });
+  const list = el("tbody", {});
+  const result = el("div", { id: "check-access-result", "aria-live": "polite" });
+  let picked = null;
+
+  function fill() {
+    clear(list);
+    const needle = search.value.trim().toLowerCase();
+    const shown = candidates.filter((candidate) => !needle || candidate.name.toLowerCase().includes(needle) || candidate.principalId.toLowerCase().includes(needle)).slice(0, 50);
+    if (GUID.test(needle) && !known.has(needle)) {
+      shown.push({ principalId: needle, name: "Principal not named by hds", kind: "Object ID" });
+    }
+    shown.forEach((candidate, index) => {
+      const radio = el("input", { type: "radio", name: "check-access-principal", id: `check-access-option-${index}`, value: candidate.principalId, checked: Boolean(picked && picked.principalId === candidate.principalId) });
+      radio.addEventListener("change", () => {
+        picked = candidate;
+        markSelected(list, radio);
+        show(candidate);
+      });
+      list.append(
+        el(
+          "tr",
+          { class: `selectable${picked && picked.principalId === candidate.principalId ? " selected" : ""}`, "data-principal-id": candidate.principalId, onclick: (event) => event.target !== radio && radio.click() },
+          el("td", {}, radio),
+          el("td", {}, el("label", { for: radio.id }, candidate.name)),
+          el("td", {}, candidate.kind),
+          el("td", { class: "mono" }, candidate.principalId),
+        ),
+      );
+    });
+    if (!list.childElementCount) list.append(el("tr", {}, el("td", { colspan: 4, class: "muted" }, "No principal matches. Type a name, or paste an object ID.")));
+  }
+
+  async function show(candidate) {
+    clear(result).append(el("p", { class: "muted" }, "Loading…"));
+    try {
+      const filter = `atScope() and principalId eq '${candidate.principalId}'`;
+      const found = await listValue(`${idPath(scopeId)}/providers/Microsoft.Authorization/roleAssignments?$filter=${encodeURIComponent(filter)}`, API_VERSIONS.authorization);
+      if (!picked || picked.principalId !== candidate.principalId) return;
+      const rows = found.map((assignment) => {
+        const properties = assignment.properties || {};
+        const role = guidOf(properties.roleDefinitionId);
+        const scope = (properties.scope || "").toLowerCase();
+        return el(
+          "tr",
+          { "data-role-definition": role },
+          el("td", { class: "role" }, roleNames.get(role) || role),
+          el("td", { class: "muted" }, descriptions.get(role) || ""),
+          el("td", { class: "scope" }, scopeLabel(scope, scopeLower)),
+          el("td", { class: "mono" }, properties.scope || ""),
+        );
+      });
+      clear(result).append(
+        el("h2", { id: "check-access-heading" }, `Current role assignments of ${candidate.name}`),
+        el("p", { class: "muted" }, `${candidate.kind} · `, el("span", { class: "mono" }, candidate.principalId)),
+        rows.length
+          ? el("table", { "aria-labelledby": "check-access-heading" }, el("thead", {}, el("tr", {}, el("th", {}, "Role"), el("th", {}, "Description"), el("th", {}, "Scope"), el("th", {}, "Assigned at"))), el("tbody", {}, rows))
+          : notice("info", `${candidate.name} has no role assignments at this scope or above it, so it has no access here.`),
+      );
+    } catch (error) {
+      clear(result).append(errorNotice(error));
+    }
+  }
+
+  search.addEventListener("input", fill);
+  fill();
+  return el(
+    "section",
+    { id: "check-access", "aria-labelledby": "check-access-title" },
+    el("h2", { id: "check-access-title" }, "Check access"),
+    el("p", { class: "muted", id: "check-access-help" }, "Review the access a user, app or managed identity has to this resource: the role assignments at this scope and those inherited from above it."),
+    field("Find a principal by name or object ID", search),
+    el("table", { "aria-label": "Principals", id: "check-access-candidates" }, el("thead", {}, el("tr", {}, el("th", {}, "Select"), el("th", {}, "Name"), el("th", {}, "Type"), el("th", {}, "Object ID"))), list),
+    result,
+  );
 }
 
 /** A role assignment's scope as Azure shows it from `resourceScope`: "Subscription (Inherited)"... */
@@ -1347,7 +1464,10 @@ function enableButton(vaultId, keyName, properties, id, status) {
 
 async function renderKeyVersions(context) {
   const { page, params } = context;
-  const versions = await listKeyVersions(params.id, params.key);
+  const [versions, key] = await Promise.all([
+    listKeyVersions(params.id, params.key),
+    arm("GET", keyPath(params.id, params.key), API_VERSIONS.keyVault),
+  ]);
   if (context.stale()) return;
   heading(page, params.key, "Versions");
   const status = el("div", { id: "key-status" });
@@ -1391,7 +1511,133 @@ async function renderKeyVersions(context) {
       }),
       "No versions",
     ),
+    rotationPolicyCard(params.id, params.key, (key.properties || {}).rotationPolicy, params.policySaved),
   );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Key vault: a key's rotation policy (`properties.rotationPolicy` of the key, through the
+// control plane; a change needs the vault's data-plane permission, as on the vault itself)
+
+/** ISO 8601 durations as the vault takes them: P[nY][nM][nW][nD][T[nH][nM][nS]]. */
+const ISO_DURATION = /^P(?=\d|T\d)(\d{1,6}Y)?(\d{1,6}M)?(\d{1,6}W)?(\d{1,6}D)?(T(?=\d)(\d{1,6}H)?(\d{1,6}M)?(\d{1,6}S)?)?$/i;
+
+/** The rotate and notify actions and the expiry of a policy as ARM shows it. */
+function policyParts(policy) {
+  const actions = (policy && policy.lifetimeActions) || [];
+  const of = (kind) => actions.find((action) => String((action.action || {}).type || "").toLowerCase() === kind);
+  const rotate = of("rotate");
+  const notify = of("notify");
+  const trigger = (rotate && rotate.trigger) || {};
+  return {
+    rotate: Boolean(rotate),
+    rotateTrigger: trigger.timeBeforeExpiry ? "beforeExpiry" : "afterCreate",
+    rotateDuration: trigger.timeBeforeExpiry || trigger.timeAfterCreate || "",
+    notify: Boolean(notify),
+    notifyDuration: (notify && (notify.trigger || {}).timeBeforeExpiry) || "",
+    expiry: ((policy && policy.attributes) || {}).expiryTime || "",
+  };
+}
+
+/** The policy in words, as the page summarizes it. */
+function describePolicy(parts) {
+  const rotation = parts.rotate
+    ? `Rotates automatically ${parts.rotateDuration} ${parts.rotateTrigger === "afterCreate" ? "after each version's creation" : "before each version's expiry"}.`
+    : "No automatic rotation.";
+  const notify = parts.notify ? ` Notifies ${parts.notifyDuration} before expiry.` : "";
+  const expiry = parts.expiry ? ` New versions expire ${parts.expiry} after creation.` : " New versions do not expire.";
+  return rotation + notify + expiry;
+}
+
+function rotationPolicyCard(vaultId, keyName, policy, saved) {
+  const initial = policyParts(policy);
+  const status = el("div", { id: "policy-status" });
+  if (saved) status.append(notice("success", "Rotation policy saved."));
+  const state = { ...initial };
+  const text = (id, value, onchange) =>
+    el("input", { type: "text", id, value, autocomplete: "off", spellcheck: "false", class: "mono", oninput: (event) => onchange(event.target.value.trim()) });
+  const rotateTime = text("policy-rotate-time", initial.rotateDuration, (value) => { state.rotateDuration = value; changed(); });
+  const rotateTrigger = select("policy-rotate-trigger", [["afterCreate", "After creation (timeAfterCreate)"], ["beforeExpiry", "Before expiry (timeBeforeExpiry)"]], initial.rotateTrigger, (value) => { state.rotateTrigger = value; changed(); });
+  const notifyTime = text("policy-notify-time", initial.notifyDuration, (value) => { state.notifyDuration = value; changed(); });
+  const expiry = text("policy-expiry", initial.expiry, (value) => { state.expiry = value; changed(); });
+  const rotateFields = el("div", {}, field("Rotation option", rotateTrigger), field("Rotation time", rotateTime, "An ISO 8601 duration, at least 7 days: P90D, P3M, P1Y."));
+  const notifyFields = el("div", {}, field("Notification time", notifyTime, "How long before expiry (ISO 8601, at least 7 days: P30D)."));
+  const save = el("button", { type: "button", class: "primary", id: "save-rotation-policy", disabled: true }, "Save");
+  const summary = el("p", { id: "policy-summary" }, describePolicy(initial));
+  const rotateNow = el("button", { type: "button", id: "rotate-now" }, "Rotate now");
+
+  function changed() {
+    rotateFields.hidden = !state.rotate;
+    notifyFields.hidden = !state.notify;
+    save.disabled = JSON.stringify(state) === JSON.stringify(initial);
+  }
+
+  /** The policy body, or an [field, message] the vault would refuse anyway. */
+  function body() {
+    const check = (value, label) => (ISO_DURATION.test(value) ? null : [label, `${label} must be an ISO 8601 duration such as P90D, P18M or P2Y (got "${value}").`]);
+    const actions = [];
+    if (state.rotate) {
+      const problem = check(state.rotateDuration, "Rotation time");
+      if (problem) return { problem };
+      const trigger = state.rotateTrigger === "afterCreate" ? { timeAfterCreate: state.rotateDuration.toUpperCase() } : { timeBeforeExpiry: state.rotateDuration.toUpperCase() };
+      actions.push({ trigger, action: { type: "rotate" } });
+    }
+    if (state.notify) {
+      const problem = check(state.notifyDuration, "Notification time");
+      if (problem) return { problem };
+      actions.push({ trigger: { timeBeforeExpiry: state.notifyDuration.toUpperCase() }, action: { type: "notify" } });
+    }
+    if (state.expiry) {
+      const problem = check(state.expiry, "Expiry time");
+      if (problem) return { problem };
+    }
+    return { policy: { lifetimeActions: actions, attributes: { expiryTime: state.expiry ? state.expiry.toUpperCase() : null } } };
+  }
+
+  save.addEventListener("click", async () => {
+    clear(status);
+    const { policy: next, problem } = body();
+    if (problem) {
+      status.append(errorNotice(new ApiError(400, "InvalidRotationPolicy", problem[1])));
+      return;
+    }
+    save.disabled = true;
+    try {
+      await arm("PATCH", keyPath(vaultId, keyName), API_VERSIONS.keyVault, { properties: { rotationPolicy: next } });
+      navigate({ view: "vault-keys", id: vaultId, key: keyName, policySaved: Date.now() });
+    } catch (error) {
+      status.append(errorNotice(error));
+      save.disabled = false;
+    }
+  });
+  rotateNow.addEventListener("click", async () => {
+    rotateNow.disabled = true;
+    clear(status);
+    try {
+      await arm("POST", `${keyPath(vaultId, keyName)}/rotate`, API_VERSIONS.keyVault, {});
+      navigate({ view: "vault-keys", id: vaultId, key: keyName, rotated: Date.now() });
+    } catch (error) {
+      status.append(errorNotice(error));
+      rotateNow.disabled = false;
+    }
+  });
+
+  const card = el(
+    "section",
+    { class: "card", id: "rotation-policy", "aria-labelledby": "rotation-policy-title" },
+    el("h2", { id: "rotation-policy-title" }, "Rotation policy"),
+    summary,
+    el("div", { class: "field" }, el("span", { class: "label", id: "policy-rotate-label" }, "Enable auto rotation"), radios("policy-rotate", [["on", "Enabled"], ["off", "Disabled"]], initial.rotate ? "on" : "off", (value) => { state.rotate = value === "on"; changed(); }, "policy-rotate-label")),
+    rotateFields,
+    el("div", { class: "field" }, el("span", { class: "label", id: "policy-notify-label" }, "Notify before expiry"), radios("policy-notify", [["on", "Enabled"], ["off", "Disabled"]], initial.notify ? "on" : "off", (value) => { state.notify = value === "on"; changed(); }, "policy-notify-label")),
+    notifyFields,
+    field("Expiry time", expiry, "The lifetime each new version gets (ISO 8601, at least 28 days: P2Y); empty for none."),
+    el("p", { class: "muted" }, "A DICOM service that uses the key without a version moves to each new version by itself; one pinned to a version keeps it until it is updated."),
+    status,
+    el("div", { class: "toolbar" }, save, rotateNow),
+  );
+  changed();
+  return card;
 }
 
 async function renderKeyVersion(context) {
