@@ -315,7 +315,7 @@ async fn search(
     };
     let hits = context.archive.search(search).await?;
     let results: Vec<Value> = hits
-        .iter()
+        .into_iter()
         .map(|hit| shape_result(context, level, &parsed, hit))
         .collect();
     Ok(([(CONTENT_TYPE, "application/dicom+json")], Json(results)).into_response())
@@ -331,36 +331,8 @@ fn shape_result(
     context: &ServiceContext,
     level: QueryLevel,
     parsed: &ParsedSearch,
-    hit: &SearchHit,
+    hit: SearchHit,
 ) -> Value {
-    let mut result = Map::new();
-    let mut copy = |key: String| {
-        if let Some(value) = hit.attributes.get(&key) {
-            result.insert(key, value.clone());
-        }
-    };
-    match &parsed.include {
-        IncludeFields::All => {
-            for key in hit.attributes.keys() {
-                copy(key.clone());
-            }
-        }
-        IncludeFields::Some(tags) => {
-            for tag in default_return_tags(level).iter().chain(tags.iter()) {
-                copy(tag_key(*tag));
-            }
-            for filter in &parsed.filters {
-                copy(tag_key(filter.attribute.tag));
-            }
-            copy(STUDY_INSTANCE_UID.to_owned());
-            if level != QueryLevel::Study {
-                copy(SERIES_INSTANCE_UID.to_owned());
-            }
-            if level == QueryLevel::Instance {
-                copy(SOP_INSTANCE_UID.to_owned());
-            }
-        }
-    }
     let uid = |key: &str| {
         hit.attributes
             .get(key)
@@ -386,6 +358,34 @@ fn shape_result(
             uid(SOP_INSTANCE_UID)
         ),
     };
+    let mut attributes = hit.attributes;
+    let mut result = Map::new();
+    // Values move from the hit into the result; a key named twice is copied once.
+    let mut copy = |key: String| {
+        if let Some(value) = attributes.remove(&key) {
+            result.insert(key, value);
+        }
+    };
+    match &parsed.include {
+        IncludeFields::All => {
+            result.append(&mut attributes);
+        }
+        IncludeFields::Some(tags) => {
+            for tag in default_return_tags(level).iter().chain(tags.iter()) {
+                copy(tag_key(*tag));
+            }
+            for filter in &parsed.filters {
+                copy(tag_key(filter.attribute.tag));
+            }
+            copy(STUDY_INSTANCE_UID.to_owned());
+            if level != QueryLevel::Study {
+                copy(SERIES_INSTANCE_UID.to_owned());
+            }
+            if level == QueryLevel::Instance {
+                copy(SOP_INSTANCE_UID.to_owned());
+            }
+        }
+    }
     result.insert(
         RETRIEVE_URL.into(),
         json!({ "vr": "UR", "Value": [retrieve_url] }),

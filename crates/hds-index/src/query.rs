@@ -74,9 +74,6 @@ pub struct SearchHit {
     pub modalities_in_study: Vec<String>,
 }
 
-/// The tag of Modality (0008,0060), read from series attributes for ModalitiesInStudy.
-const MODALITY_TAG: &str = "00080060";
-
 /// The rows of a level: table alias, token table and its row column.
 fn level_alias(level: QueryLevel) -> &'static str {
     match level {
@@ -434,23 +431,45 @@ impl Index {
         let mut modalities: BTreeMap<i64, Vec<String>> = BTreeMap::new();
         for row in rows {
             let study_id: i64 = column(&row, 0)?;
-            let attributes = self.row_attributes(service, SERIES_TABLE, &row, 1)?;
-            let values = attributes
-                .get(MODALITY_TAG)
-                .and_then(|element| element.get("Value"))
-                .and_then(Value::as_array)
-                .into_iter()
-                .flatten()
-                .filter_map(Value::as_str);
+            let row_token: Vec<u8> = column(&row, 1)?;
+            let sealed: Vec<u8> = column(&row, 2)?;
+            let opened = self.open_sealed(
+                service,
+                SERIES_TABLE,
+                &row_token,
+                ATTRIBUTES_COLUMN,
+                &sealed,
+            )?;
+            // Only Modality is decoded; the series' other attributes are skipped unparsed.
+            let series: SeriesModality = from_json(&opened)?;
+            let values = series
+                .modality
+                .map(|element| element.values)
+                .unwrap_or_default();
             let study_modalities = modalities.entry(study_id).or_default();
-            for value in values {
-                if !study_modalities.iter().any(|known| known == value) {
-                    study_modalities.push(value.to_owned());
+            for value in values.into_iter().flatten() {
+                if !study_modalities.contains(&value) {
+                    study_modalities.push(value);
                 }
             }
         }
         Ok(modalities)
     }
+}
+
+/// The Modality of a series' sealed attributes (a DICOM JSON object keyed by tag), read
+/// without building the rest of the object.
+#[derive(serde::Deserialize)]
+struct SeriesModality {
+    #[serde(rename = "00080060")]
+    modality: Option<ModalityElement>,
+}
+
+#[derive(serde::Deserialize)]
+struct ModalityElement {
+    /// A CS value may be empty (JSON null) in DICOM JSON.
+    #[serde(rename = "Value", default)]
+    values: Vec<Option<String>>,
 }
 
 /// The table of a level's rows.

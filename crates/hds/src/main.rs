@@ -20,6 +20,13 @@ mod vault_access;
 
 use clap::Parser;
 
+/// mimalloc rather than glibc's malloc: a QIDO page or a STOW group allocates and frees many
+/// small values (JSON maps, rows, strings) across tokio's worker threads, where glibc's arenas
+/// spent about a quarter of a search's CPU time (docs/benchmarks.md, "QIDO cost and archive
+/// size").
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> anyhow::Result<()> {
     let arguments = cli::Cli::parse();
     match arguments.command {
