@@ -2,7 +2,12 @@
 syntax) comes back in Explicit VR Little Endian when the client names no transfer syntax or
 names that one. Lossless sources must give exactly the pixels of their uncompressed twin
 (pydicom ships the same image in several syntaxes, so no codec is needed on this side to
-check); lossy ones the size and samples pydicom's own decoder finds, within a PSNR bound."""
+check); lossy ones the size and samples pydicom's own decoder finds, within a PSNR bound.
+
+A client may also ask for JPEG 2000 (.90, .91: hds encodes losslessly) or JPEG Baseline (.50,
+8-bit samples only), for instances, series, studies and frames (`image/jp2`, `image/jpeg`,
+or `application/octet-stream` with the syntax): hds's output is decoded here by pydicom and
+Pillow (Pillow's OpenJPEG and libjpeg), exact for JPEG 2000, within a PSNR bound for JPEG."""
 
 import io
 
@@ -15,6 +20,9 @@ from conftest import store
 from test_dicomweb import EXPLICIT_LE, multipart_parts, unique_copy
 
 NO_PARAMETER = 'multipart/related; type="application/dicom"'
+JPEG_BASELINE = "1.2.840.10008.1.2.4.50"
+JPEG_2000_LOSSLESS = "1.2.840.10008.1.2.4.90"
+JPEG_2000 = "1.2.840.10008.1.2.4.91"
 ASKED_FOR = f'multipart/related; type="application/dicom"; transfer-syntax={EXPLICIT_LE}'
 
 
@@ -109,13 +117,13 @@ def test_what_cannot_be_transcoded_is_a_406_that_says_what_to_ask(hds):
     assert "1.2.840.10008.1.2.4.51" in single.text and "transfer-syntax=*" in single.text
     as_stored = hds.http.get(instance_url(hds, twelve_bit), headers={"Accept": "application/dicom; transfer-syntax=*"})
     assert as_stored.status_code == 200
-    # Only Explicit VR Little Endian is a target.
+    # A target hds does not produce (JPEG-LS) is a 406 naming the stored syntax and the targets.
     plain = unique_copy("MR_small.dcm")
     store(hds, plain)
     other = hds.http.get(instance_url(hds, plain),
-                         headers={"Accept": "application/dicom; transfer-syntax=1.2.840.10008.1.2.4.50"})
+                         headers={"Accept": "application/dicom; transfer-syntax=1.2.840.10008.1.2.4.80"})
     assert other.status_code == 406
-    assert EXPLICIT_LE in other.text
+    assert EXPLICIT_LE in other.text and JPEG_2000_LOSSLESS in other.text and JPEG_BASELINE in other.text
 
 
 @pytest.mark.parametrize("stored, twin", [
@@ -157,3 +165,191 @@ def test_frames_that_cannot_be_transcoded_are_a_406_naming_the_syntax(hds):
                             headers={"Accept": 'multipart/related; type="application/octet-stream"'})
     assert response.status_code == 406
     assert "1.2.840.10008.1.2.4.51" in response.text
+
+
+def psnr(got, reference, bits):
+    got = numpy.asarray(got, dtype=numpy.float64)
+    reference = numpy.asarray(reference, dtype=numpy.float64)
+    assert got.shape == reference.shape
+    error = numpy.mean((got - reference) ** 2)
+    peak = float(2 ** bits - 1)
+    return float("inf") if error == 0 else 10 * numpy.log10(peak * peak / error)
+
+
+def retrieved_single(server, dataset, syntax):
+    response = server.http.get(instance_url(server, dataset),
+                               headers={"Accept": f"application/dicom; transfer-syntax={syntax}"})
+    assert response.status_code == 200, response.text
+    assert response.headers["Content-Type"] == f"application/dicom; transfer-syntax={syntax}"
+    returned = pydicom.dcmread(io.BytesIO(response.content))
+    assert returned.file_meta.TransferSyntaxUID == syntax
+    assert returned.SOPInstanceUID == dataset.SOPInstanceUID
+    return returned
+
+
+# Signed and unsigned 16-bit, 8-bit RGB, RLE sources, two frames, and a JPEG 2000 source.
+JPEG_2000_SOURCES = ["CT_small.dcm", "MR_small.dcm", "MR_small_RLE.dcm", "SC_rgb.dcm",
+                     "SC_rgb_small_odd.dcm", "SC_rgb_rle_2frame.dcm", "US1_J2KR.dcm",
+                     "examples_palette.dcm"]
+
+
+@pytest.mark.parametrize("stored", JPEG_2000_SOURCES)
+@pytest.mark.parametrize("syntax", [JPEG_2000_LOSSLESS, JPEG_2000])
+def test_jpeg_2000_on_request_decodes_to_exactly_the_stored_pixels(hds, stored, syntax):
+    dataset = unique_copy(stored)
+    store(hds, dataset)
+    returned = retrieved_single(hds, dataset, syntax)
+    assert returned.PatientName == dataset.PatientName
+    if dataset.file_meta.TransferSyntaxUID == syntax:
+        # Already stored so: returned as stored, byte for byte the same pixel data.
+        assert returned.PixelData == dataset.PixelData
+    expected = dataset.pixel_array
+    got = returned.pixel_array
+    assert got.dtype.kind == expected.dtype.kind, (got.dtype, expected.dtype)
+    assert numpy.array_equal(got, expected), stored
+
+
+def test_jpeg_2000_for_a_study_of_mixed_syntaxes_in_one_multipart_response(hds):
+    plain = unique_copy("MR_small.dcm")
+    rle = unique_copy("MR_small_RLE.dcm")
+    rle.StudyInstanceUID = plain.StudyInstanceUID
+    rle.SeriesInstanceUID = plain.SeriesInstanceUID
+    store(hds, plain)
+    store(hds, rle)
+    accept = f'multipart/related; type="application/dicom"; transfer-syntax={JPEG_2000_LOSSLESS}'
+    for url in (f"{hds.url}/studies/{plain.StudyInstanceUID}",
+                f"{hds.url}/studies/{plain.StudyInstanceUID}/series/{plain.SeriesInstanceUID}"):
+        response = hds.http.get(url, headers={"Accept": accept})
+        assert response.status_code == 200, response.text
+        assert response.content.count(f"transfer-syntax={JPEG_2000_LOSSLESS}".encode()) == 2
+        parts = [pydicom.dcmread(io.BytesIO(part)) for part in multipart_parts(response)]
+        assert len(parts) == 2
+        for part in parts:
+            assert part.file_meta.TransferSyntaxUID == JPEG_2000_LOSSLESS
+            assert numpy.array_equal(part.pixel_array, plain.pixel_array)
+
+
+@pytest.mark.parametrize("stored", ["SC_rgb.dcm", "SC_rgb_rle_2frame.dcm", "vlut_04.dcm"])
+def test_jpeg_baseline_on_request_is_close_to_the_stored_pixels(hds, stored):
+    dataset = unique_copy(stored)
+    store(hds, dataset)
+    returned = retrieved_single(hds, dataset, JPEG_BASELINE)
+    assert returned.LossyImageCompression == "01"
+    assert (returned.Rows, returned.Columns) == (dataset.Rows, dataset.Columns)
+    assert int(getattr(returned, "NumberOfFrames", 1) or 1) == int(getattr(dataset, "NumberOfFrames", 1) or 1)
+    reference = dataset.pixel_array
+    got = returned.pixel_array  # pydicom decodes YBR_FULL_422 JPEG to RGB
+    assert psnr(got, reference, 8) > 30, stored
+    # Multipart too.
+    response = hds.http.get(instance_url(hds, dataset), headers={
+        "Accept": f'multipart/related; type="application/dicom"; transfer-syntax={JPEG_BASELINE}'})
+    assert response.status_code == 200
+    part = pydicom.dcmread(io.BytesIO(multipart_parts(response)[0]))
+    assert part.file_meta.TransferSyntaxUID == JPEG_BASELINE
+
+
+def frames_url(server, dataset, numbers):
+    return f"{instance_url(server, dataset)}/frames/{','.join(str(n) for n in numbers)}"
+
+
+def part_types(response):
+    return [line.split(b":", 1)[1].strip().decode() for line in response.content.split(b"\r\n")
+            if line.lower().startswith(b"content-type:")]
+
+
+def test_frames_as_jpeg_2000_images_decode_exactly(hds):
+    from PIL import Image
+
+    dataset = unique_copy("SC_rgb_rle_2frame.dcm")
+    store(hds, dataset)
+    expected = unique_copy("SC_rgb_2frame.dcm").pixel_array
+    for accept, part_type in (
+        ('multipart/related; type="image/jp2"', f"image/jp2; transfer-syntax={JPEG_2000_LOSSLESS}"),
+        (f'multipart/related; type="image/jp2"; transfer-syntax={JPEG_2000}', f"image/jp2; transfer-syntax={JPEG_2000}"),
+        (f'multipart/related; type="application/octet-stream"; transfer-syntax={JPEG_2000_LOSSLESS}',
+         f"application/octet-stream; transfer-syntax={JPEG_2000_LOSSLESS}"),
+    ):
+        response = hds.http.get(frames_url(hds, dataset, [2, 1]), headers={"Accept": accept})
+        assert response.status_code == 200, (accept, response.text)
+        assert response.headers["Content-Type"].startswith(f'multipart/related; type="{part_type.split(";")[0]}"')
+        assert part_types(response) == [part_type, part_type]
+        parts = multipart_parts(response)
+        assert len(parts) == 2
+        for number, part in zip([2, 1], parts):
+            decoded = numpy.asarray(Image.open(io.BytesIO(part)))
+            assert numpy.array_equal(decoded, expected[number - 1]), (accept, number)
+    # One frame, one part.
+    single = hds.http.get(frames_url(hds, dataset, [1]), headers={"Accept": "image/jp2"})
+    assert single.status_code == 200
+    assert single.headers["Content-Type"] == f"image/jp2; transfer-syntax={JPEG_2000_LOSSLESS}"
+    assert numpy.array_equal(numpy.asarray(Image.open(io.BytesIO(single.content))), expected[0])
+
+
+def test_frames_of_a_signed_ct_as_jpeg_2000_decode_exactly(hds):
+    dataset = unique_copy("CT_small.dcm")
+    store(hds, dataset)
+    response = hds.http.get(frames_url(hds, dataset, [1]),
+                            headers={"Accept": 'multipart/related; type="image/jp2"'})
+    assert response.status_code == 200, response.text
+    codestream = multipart_parts(response)[0]
+    # Wrapped in a data set of the source's attributes and decoded by pydicom as pixel data.
+    wrapped = unique_copy("CT_small.dcm")
+    from pydicom.encaps import encapsulate
+
+    wrapped.PixelData = encapsulate([codestream])
+    wrapped.file_meta.TransferSyntaxUID = JPEG_2000_LOSSLESS
+    assert numpy.array_equal(wrapped.pixel_array, dataset.pixel_array)
+
+
+def test_frames_as_jpeg_images_are_close(hds):
+    from PIL import Image
+
+    dataset = unique_copy("SC_rgb_rle_2frame.dcm")
+    store(hds, dataset)
+    expected = unique_copy("SC_rgb_2frame.dcm").pixel_array
+    response = hds.http.get(frames_url(hds, dataset, [1, 2]), headers={"Accept": 'multipart/related; type="image/jpeg"'})
+    assert response.status_code == 200, response.text
+    assert part_types(response) == [f"image/jpeg; transfer-syntax={JPEG_BASELINE}"] * 2
+    for number, part in enumerate(multipart_parts(response)):
+        decoded = numpy.asarray(Image.open(io.BytesIO(part)).convert("RGB"))
+        assert psnr(decoded, expected[number], 8) > 30
+    # A JPEG stored as JPEG Baseline is returned as stored.
+    stored_jpeg = unique_copy("SC_rgb_jpeg_dcmtk.dcm")
+    store(hds, stored_jpeg)
+    as_stored = hds.http.get(frames_url(hds, stored_jpeg, [1]), headers={"Accept": "image/jpeg"})
+    assert as_stored.status_code == 200
+    from pydicom.encaps import generate_frames
+
+    assert as_stored.content == next(generate_frames(stored_jpeg.PixelData, number_of_frames=1))
+
+
+def test_what_a_target_cannot_hold_is_a_406_naming_the_stored_syntax_and_the_offer(hds):
+    sixteen_bit = unique_copy("MR_small.dcm")
+    store(hds, sixteen_bit)
+    for url, accept in (
+        (instance_url(hds, sixteen_bit), f"application/dicom; transfer-syntax={JPEG_BASELINE}"),
+        (instance_url(hds, sixteen_bit), f'multipart/related; type="application/dicom"; transfer-syntax={JPEG_BASELINE}'),
+        (f"{hds.url}/studies/{sixteen_bit.StudyInstanceUID}", f'multipart/related; type="application/dicom"; transfer-syntax={JPEG_BASELINE}'),
+        (frames_url(hds, sixteen_bit, [1]), "image/jpeg"),
+        (frames_url(hds, sixteen_bit, [1]), 'multipart/related; type="image/jpeg"'),
+    ):
+        response = hds.http.get(url, headers={"Accept": accept})
+        assert response.status_code == 406, (accept, response.status_code)
+        text = response.text
+        assert EXPLICIT_LE in text and JPEG_BASELINE in text and JPEG_2000_LOSSLESS in text, text
+        assert "8-bit" in text, text
+    # A source hds cannot decode, asked as JPEG 2000: the 406 names it.
+    twelve_bit = unique_copy("JPEG-lossy.dcm")
+    store(hds, twelve_bit)
+    for url, accept in (
+        (instance_url(hds, twelve_bit), f"application/dicom; transfer-syntax={JPEG_2000_LOSSLESS}"),
+        (frames_url(hds, twelve_bit, [1]), 'multipart/related; type="image/jp2"'),
+    ):
+        response = hds.http.get(url, headers={"Accept": accept})
+        assert response.status_code == 406, accept
+        assert "1.2.840.10008.1.2.4.51" in response.text and JPEG_2000_LOSSLESS in response.text
+    # image/jp2 carries JPEG 2000 only.
+    wrong = hds.http.get(frames_url(hds, sixteen_bit, [1]),
+                         headers={"Accept": f'multipart/related; type="image/jp2"; transfer-syntax={JPEG_BASELINE}'})
+    assert wrong.status_code == 406
+    assert "image/jp2" in wrong.text

@@ -1,6 +1,7 @@
 //! Rendered resources (PS3.18 §9.5, 10.4.1.1.3): an instance or one of its frames as a JPEG or
 //! PNG image with the instance's own window, and thumbnails of studies, series and instances;
-//! and the transcoding of retrieved instances to Explicit VR Little Endian. The pixel work is
+//! and the transcoding of retrieved instances and frames to the transfer syntax a client asks
+//! for. The pixel work is
 //! `hds-pixels`'s; this module negotiates the format, reads the parameters and bounds the work
 //! (whole instances in memory up to a limit, at most one decode per core at a time).
 
@@ -210,72 +211,93 @@ fn parse_viewport(text: &str) -> Result<Viewport, DicomWebError> {
     })
 }
 
-/// The stored instance `bytes` transcoded to Explicit VR Little Endian (read whole, decoded
-/// off the async workers under the same per-core limit as renders).
-pub(crate) async fn transcode(bytes: ByteStream) -> Result<Vec<u8>, DicomWebError> {
-    let whole = read_whole(bytes).await?;
+/// The stored `instance` transcoded to `target` (one of [`hds_pixels::TRANSCODING_TARGETS`]):
+/// read whole, decoded and encoded off the async workers under the same per-core limit as
+/// renders.
+pub(crate) async fn transcode(
+    instance: InstanceContent,
+    target: &'static str,
+) -> Result<Vec<u8>, DicomWebError> {
+    let target_syntax = target_syntax(target)?;
+    let source = instance.transfer_syntax_uid;
+    let whole = read_whole(instance.bytes).await?;
     let _turn = RENDERS
         .acquire()
         .await
         .map_err(|_| DicomWebError::Internal("the render limit was closed".into()))?;
-    tokio::task::spawn_blocking(move || hds_pixels::transcode_to_explicit_little_endian(&whole))
+    tokio::task::spawn_blocking(move || hds_pixels::transcode(&whole, target_syntax))
         .await
         .map_err(|error| DicomWebError::Internal(format!("transcoding task: {error}")))?
-        .map_err(|error| match error {
-            PixelError::TooLarge { .. } | PixelError::Undecodable(_) => {
-                DicomWebError::NotAcceptable(format!(
-                    "the instance cannot be transcoded to Explicit VR Little Endian: {error}; \
-                     ask for transfer-syntax=* to receive it as stored"
-                ))
-            }
-            other => DicomWebError::Internal(other.to_string()),
-        })
+        .map_err(|error| transcoding_error(error, "the instance", &source, target))
 }
 
-/// Frames `frames` of the stored instance `bytes` as native little-endian samples (Explicit
-/// VR Little Endian), decoded off the async workers under the per-core limit.
+/// Frames `frames` of the stored `instance` in `target`: native little-endian samples for
+/// Explicit VR Little Endian, one JPEG or JPEG 2000 codestream each otherwise; decoded off the
+/// async workers under the per-core limit.
 pub(crate) async fn transcode_frames(
-    bytes: ByteStream,
+    instance: InstanceContent,
+    target: &'static str,
     frames: Vec<usize>,
 ) -> Result<Vec<Bytes>, DicomWebError> {
-    let whole = read_whole(bytes).await?;
+    let target_syntax = target_syntax(target)?;
+    let source = instance.transfer_syntax_uid;
+    let whole = read_whole(instance.bytes).await?;
     let _turn = RENDERS
         .acquire()
         .await
         .map_err(|_| DicomWebError::Internal("the render limit was closed".into()))?;
-    let decoded = tokio::task::spawn_blocking(move || hds_pixels::native_frames(&whole, &frames))
-        .await
-        .map_err(|error| DicomWebError::Internal(format!("transcoding task: {error}")))?
-        .map_err(|error| match error {
-            PixelError::NoSuchFrame { .. } => DicomWebError::NotFound("frame"),
-            PixelError::TooLarge { .. } | PixelError::Undecodable(_) | PixelError::NoPixelData => {
-                DicomWebError::NotAcceptable(format!(
-                    "the frames cannot be transcoded to Explicit VR Little Endian: {error}; \
-                     ask for transfer-syntax=* to receive them as stored"
-                ))
-            }
-            other => DicomWebError::Internal(other.to_string()),
-        })?;
-    Ok(decoded.into_iter().map(Bytes::from).collect())
+    let encoded = tokio::task::spawn_blocking(move || {
+        hds_pixels::transcode_frames(&whole, target_syntax, &frames)
+    })
+    .await
+    .map_err(|error| DicomWebError::Internal(format!("transcoding task: {error}")))?
+    .map_err(|error| transcoding_error(error, "the frames", &source, target))?;
+    Ok(encoded.into_iter().map(Bytes::from).collect())
 }
 
-/// An instance as a multipart response sends it in Explicit VR Little Endian: one stored so
-/// passes through; any other is transcoded when the response reaches it (a failure then ends
-/// the body, as a damaged blob does).
-pub(crate) fn transcoded(instance: InstanceContent) -> InstanceContent {
-    if instance.transfer_syntax_uid == hds_pixels::EXPLICIT_VR_LITTLE_ENDIAN {
+fn target_syntax(target: &str) -> Result<hds_pixels::TargetSyntax, DicomWebError> {
+    hds_pixels::TargetSyntax::from_uid(target)
+        .ok_or_else(|| DicomWebError::Internal(format!("{target} is not a transcoding target")))
+}
+
+/// A transcoding failure as the client sees it: a missing frame is a 404; data that cannot be
+/// decoded, or that the target cannot hold, a 406 naming the stored syntax, what was asked
+/// and what hds offers.
+fn transcoding_error(error: PixelError, what: &str, source: &str, target: &str) -> DicomWebError {
+    match error {
+        PixelError::NoSuchFrame { .. } => DicomWebError::NotFound("frame"),
+        PixelError::TooLarge { .. }
+        | PixelError::Undecodable(_)
+        | PixelError::Unencodable(_)
+        | PixelError::NoPixelData => DicomWebError::NotAcceptable(format!(
+            "{what} (stored in transfer syntax {source}) cannot be transcoded to {target}: \
+             {error}; hds transcodes to {}; ask for another, or for transfer-syntax=* to \
+             receive the data as stored",
+            hds_pixels::TRANSCODING_TARGETS.join(", ")
+        )),
+        other => DicomWebError::Internal(other.to_string()),
+    }
+}
+
+/// An instance as a multipart response sends it in `target`: one stored so passes through;
+/// any other is transcoded when the response reaches it (a failure then ends the body, as a
+/// damaged blob does).
+pub(crate) fn transcoded(instance: InstanceContent, target: &'static str) -> InstanceContent {
+    if instance.transfer_syntax_uid == target {
         return instance;
     }
-    let stored = instance.bytes;
     let bytes = futures::stream::once(async move {
-        transcode(stored).await.map(Bytes::from).map_err(|error| {
-            tracing::warn!(error = %error, "transcoding an instance failed mid-response");
-            std::io::Error::other("transcoding failed")
-        })
+        transcode(instance, target)
+            .await
+            .map(Bytes::from)
+            .map_err(|error| {
+                tracing::warn!(error = %error, "transcoding an instance failed mid-response");
+                std::io::Error::other("transcoding failed")
+            })
     })
     .boxed();
     InstanceContent {
-        transfer_syntax_uid: hds_pixels::EXPLICIT_VR_LITTLE_ENDIAN.to_owned(),
+        transfer_syntax_uid: target.to_owned(),
         bytes,
     }
 }

@@ -9,8 +9,9 @@ use axum::extract::Path;
 use axum::http::header::{CONTENT_TYPE, ETAG, IF_NONE_MATCH};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
 use futures::StreamExt;
-use hds_archive::{ByteStream, Scope};
+use hds_archive::{ByteStream, InstanceContent, Scope};
 use serde::Deserialize;
 
 use crate::DicomWebError;
@@ -21,8 +22,7 @@ use crate::service::ServiceContext;
 
 /// Transfer syntaxes whose native (not encapsulated) pixel data is in little-endian byte order:
 /// their frames are what an `application/octet-stream` part without a transfer-syntax means.
-/// Frames stored big endian are sent only to a client that accepts the stored syntax
-/// (`transfer-syntax=*`), labelled with it: frames are not transcoded.
+/// Frames stored in any other syntax are transcoded for a client that does not accept it.
 const LITTLE_ENDIAN_NATIVE_SYNTAXES: [&str; 3] = [
     "1.2.840.10008.1.2",
     "1.2.840.10008.1.2.1",
@@ -93,47 +93,51 @@ async fn retrieve_instances(
     headers: &HeaderMap,
 ) -> Result<Response, DicomWebError> {
     let found = context.archive.find_instances(scope).await?;
-    let single_allowed = matches!(scope, Scope::Instance(..));
-    let negotiated = media::negotiate_with_transcoding(
+    let stored_syntaxes = found.transfer_syntaxes();
+    let negotiated = media::negotiate(
         headers,
-        "application/dicom",
-        &found.transfer_syntaxes(),
-        |syntax| syntax == EXPLICIT_VR_LITTLE_ENDIAN,
-        |syntax| hds_pixels::TRANSCODABLE_TO_EXPLICIT_LITTLE_ENDIAN.contains(&syntax),
-        single_allowed,
+        &media::Offer {
+            part_types: &["application/dicom"],
+            stored_syntaxes: &stored_syntaxes,
+            acceptable_without_parameter: &|syntax| syntax == EXPLICIT_VR_LITTLE_ENDIAN,
+            transcodable: &|syntax| hds_pixels::TRANSCODABLE_SOURCES.contains(&syntax),
+            single_allowed: matches!(scope, Scope::Instance(..)),
+        },
     )?;
+    drop(stored_syntaxes);
     // The first instance is opened (and its first segment verified) before the status line,
     // so a missing or damaged blob is a clean 500 rather than a cut body; the others are
-    // opened one at a time as the response reaches them.
+    // opened one at a time as the response reaches them. When transcoding, the first is also
+    // transcoded before the status line, so that what cannot be produced (JPEG Baseline from
+    // 16-bit samples...) is a clean 406; a later instance that cannot be ends the body.
     let mut instances = found.open().await?;
+    let first = instances
+        .next()
+        .ok_or_else(|| DicomWebError::Internal("no instance opened".into()))?;
+    let first = match negotiated.target {
+        Some(target) if first.transfer_syntax_uid != target => InstanceContent {
+            transfer_syntax_uid: target.to_owned(),
+            bytes: bytes_stream(rendered::transcode(first, target).await?),
+        },
+        _ => first,
+    };
     match negotiated.packaging {
         Packaging::Single => {
-            let instance = instances
-                .next()
-                .ok_or_else(|| DicomWebError::Internal("no instance opened".into()))?;
-            if negotiated.transcode && instance.transfer_syntax_uid != EXPLICIT_VR_LITTLE_ENDIAN {
-                // One instance: transcoded before the status line, so that what cannot be
-                // transcoded is a clean error.
-                let bytes = rendered::transcode(instance.bytes).await?;
-                let content_type = instance_part_type(EXPLICIT_VR_LITTLE_ENDIAN);
-                return Ok(([(CONTENT_TYPE, content_type)], bytes).into_response());
-            }
-            let content_type = instance_part_type(&instance.transfer_syntax_uid);
+            let content_type = instance_part_type(&first.transfer_syntax_uid);
             Ok((
                 [(CONTENT_TYPE, content_type)],
-                Body::from_stream(instance.bytes),
+                Body::from_stream(first.bytes),
             )
                 .into_response())
         }
         Packaging::Multipart => {
             let boundary = multipart::new_boundary();
-            let transcode = negotiated.transcode;
-            let parts = instances.map(move |instance| {
-                let instance = if transcode {
-                    rendered::transcoded(instance)
-                } else {
-                    instance
-                };
+            let target = negotiated.target;
+            let rest = instances.map(move |instance| match target {
+                Some(target) => rendered::transcoded(instance, target),
+                None => instance,
+            });
+            let parts = std::iter::once(first).chain(rest).map(|instance| {
                 (
                     instance_part_type(&instance.transfer_syntax_uid),
                     None,
@@ -145,6 +149,12 @@ async fn retrieve_instances(
             Ok(([(CONTENT_TYPE, content_type)], Body::from_stream(body)).into_response())
         }
     }
+}
+
+/// A stream of one chunk.
+fn bytes_stream(bytes: impl Into<Bytes>) -> ByteStream {
+    let bytes = bytes.into();
+    futures::stream::once(async move { Ok(bytes) }).boxed()
 }
 
 /// The content type of one stored instance.
@@ -239,23 +249,34 @@ pub async fn frames(
         .find_frames(&path.study, &path.series, &path.instance, &requested)
         .await?;
     let syntax = found.transfer_syntax_uid().to_owned();
-    let negotiated = media::negotiate_with_transcoding(
+    let negotiated = media::negotiate(
         &headers,
-        "application/octet-stream",
-        &[syntax.as_str()],
-        |syntax| LITTLE_ENDIAN_NATIVE_SYNTAXES.contains(&syntax),
-        |syntax| hds_pixels::TRANSCODABLE_TO_EXPLICIT_LITTLE_ENDIAN.contains(&syntax),
-        requested.len() == 1,
+        &media::Offer {
+            part_types: &["application/octet-stream", "image/jpeg", "image/jp2"],
+            stored_syntaxes: &[syntax.as_str()],
+            acceptable_without_parameter: &|syntax| LITTLE_ENDIAN_NATIVE_SYNTAXES.contains(&syntax),
+            transcodable: &|syntax| hds_pixels::TRANSCODABLE_SOURCES.contains(&syntax),
+            single_allowed: requested.len() == 1,
+        },
     )?;
-    if negotiated.transcode && !LITTLE_ENDIAN_NATIVE_SYNTAXES.contains(&syntax.as_str()) {
-        return transcoded_frames(&context, &path, requested, negotiated.packaging).await;
+    let part_essence = negotiated.part_type;
+    match negotiated.target {
+        // Native little-endian frames are already what Explicit VR Little Endian returns.
+        Some(EXPLICIT_VR_LITTLE_ENDIAN)
+            if LITTLE_ENDIAN_NATIVE_SYNTAXES.contains(&syntax.as_str()) => {}
+        Some(target) if target != syntax => {
+            return transcoded_frames(&context, &path, requested, &negotiated, target).await;
+        }
+        _ => {}
     }
-    let part_type =
-        if found.encapsulated() || !LITTLE_ENDIAN_NATIVE_SYNTAXES.contains(&syntax.as_str()) {
-            format!("application/octet-stream; transfer-syntax={syntax}")
-        } else {
-            "application/octet-stream".to_owned()
-        };
+    let part_type = if part_essence == "application/octet-stream"
+        && !found.encapsulated()
+        && LITTLE_ENDIAN_NATIVE_SYNTAXES.contains(&syntax.as_str())
+    {
+        part_essence.to_owned()
+    } else {
+        format!("{part_essence}; transfer-syntax={syntax}")
+    };
     // The first frame is read before the status line, so a damaged blob is a clean 500; the
     // others are read one at a time as the client takes them, so a response holds about one
     // frame in memory however many it names.
@@ -269,41 +290,45 @@ pub async fn frames(
                 .chain(rest)
                 .map(move |part| (part_type.clone(), None, part));
             let body = multipart::body(boundary.clone(), parts);
-            let content_type = multipart::content_type(&boundary, "application/octet-stream");
+            let content_type = multipart::content_type(&boundary, part_essence);
             Ok(([(CONTENT_TYPE, content_type)], Body::from_stream(body)).into_response())
         }
     }
 }
 
-/// Frames of an instance stored compressed (or big-endian), decoded to native little-endian
-/// samples: the instance is read and decoded whole, before the status line, so what cannot be
-/// decoded is a clean 406.
+/// Frames of an instance transcoded to `target`: native little-endian samples, or one JPEG or
+/// JPEG 2000 codestream per frame. The instance is read and decoded whole, and the frames
+/// encoded, before the status line, so what cannot be produced is a clean 406.
 async fn transcoded_frames(
     context: &ServiceContext,
     path: &FramesPath,
     requested: Vec<usize>,
-    packaging: Packaging,
+    negotiated: &media::Negotiated,
+    target: &'static str,
 ) -> Result<Response, DicomWebError> {
     let scope = Scope::Instance(&path.study, &path.series, &path.instance);
     let mut instances = context.archive.find_instances(scope).await?.open().await?;
     let instance = instances
         .next()
         .ok_or_else(|| DicomWebError::Internal("no instance opened".into()))?;
-    let frames = rendered::transcode_frames(instance.bytes, requested).await?;
-    let part_type = "application/octet-stream";
-    match packaging {
+    let frames = rendered::transcode_frames(instance, target, requested).await?;
+    let part_type = if target == EXPLICIT_VR_LITTLE_ENDIAN {
+        negotiated.part_type.to_owned()
+    } else {
+        format!("{}; transfer-syntax={target}", negotiated.part_type)
+    };
+    match negotiated.packaging {
         Packaging::Single => {
             let frame = frames.into_iter().next().unwrap_or_default();
             Ok(([(CONTENT_TYPE, part_type)], frame).into_response())
         }
         Packaging::Multipart => {
             let boundary = multipart::new_boundary();
-            let parts = frames.into_iter().map(|frame| {
-                let part: ByteStream = futures::stream::once(async move { Ok(frame) }).boxed();
-                (part_type.to_owned(), None, part)
-            });
+            let parts = frames
+                .into_iter()
+                .map(move |frame| (part_type.clone(), None, bytes_stream(frame)));
             let body = multipart::body(boundary.clone(), parts);
-            let content_type = multipart::content_type(&boundary, part_type);
+            let content_type = multipart::content_type(&boundary, negotiated.part_type);
             Ok(([(CONTENT_TYPE, content_type)], Body::from_stream(body)).into_response())
         }
     }

@@ -1,7 +1,7 @@
 //! Pixel data services: one frame of a stored instance rendered as a JPEG or PNG image, for
-//! DICOMweb's rendered and thumbnail resources (PS3.18 §8.3.5 and §9.5), and an instance
-//! transcoded to Explicit VR Little Endian for a WADO-RS client that cannot read its stored
-//! transfer syntax.
+//! DICOMweb's rendered and thumbnail resources (PS3.18 §8.3.5 and §9.5), and an instance or its
+//! frames transcoded to the transfer syntax a WADO-RS client asks for (Explicit VR Little
+//! Endian, JPEG Baseline, JPEG 2000; [`transcode()`]).
 //!
 //! Rendering follows the instance's own display pipeline, as a viewer would show it: the
 //! modality LUT (RescaleSlope/RescaleIntercept), then the first window the instance stores
@@ -20,11 +20,19 @@ use std::io::Cursor;
 use dicom_dictionary_std::tags;
 use dicom_object::{DefaultDicomObject, OpenFileOptions};
 use dicom_pixeldata::{
-    ConvertOptions, DecodedPixelData, PhotometricInterpretation, PixelDecoder, Transcode,
-    VoiLutOption,
+    ConvertOptions, DecodedPixelData, PhotometricInterpretation, PixelDecoder, VoiLutOption,
 };
 use image::imageops::FilterType;
 use image::{DynamicImage, GrayImage};
+
+mod jpeg2000;
+mod transcode;
+
+pub use transcode::{
+    EXPLICIT_VR_LITTLE_ENDIAN, JPEG_2000, JPEG_2000_LOSSLESS, JPEG_BASELINE, TRANSCODABLE_SOURCES,
+    TRANSCODING_TARGETS, TargetSyntax, native_frames, transcode, transcode_frames,
+    transcode_to_explicit_little_endian,
+};
 
 /// The most bytes one render may decode pixel data into: a frame, or every frame of an
 /// instance whose codec cannot decode one frame alone. A hostile or huge instance is refused
@@ -126,6 +134,10 @@ pub enum PixelError {
     /// The options are out of range.
     #[error("{0}")]
     InvalidOptions(&'static str),
+    /// The target transfer syntax cannot hold this pixel data (16-bit samples in JPEG
+    /// Baseline, four samples per pixel...).
+    #[error("{0}")]
+    Unencodable(String),
     /// Encoding the image failed.
     #[error("encoding the image failed: {0}")]
     Encode(String),
@@ -203,7 +215,7 @@ fn check_options(options: &RenderOptions) -> Result<(), PixelError> {
 }
 
 /// Parses the whole instance, pixel data included (as stored: fragments stay encoded).
-fn open(instance: &[u8]) -> Result<DefaultDicomObject, PixelError> {
+pub(crate) fn open(instance: &[u8]) -> Result<DefaultDicomObject, PixelError> {
     OpenFileOptions::new()
         .from_reader(Cursor::new(instance))
         .map_err(|error| PixelError::Unreadable(error.to_string()))
@@ -222,15 +234,15 @@ fn frame_count(object: &DefaultDicomObject) -> Result<u32, PixelError> {
 }
 
 /// What decoding an instance's pixel data takes, from its header.
-struct PixelLayout {
-    frames: u32,
+pub(crate) struct PixelLayout {
+    pub(crate) frames: u32,
     /// One frame decoded into native samples and converted to 8-bit samples (RGB at most).
-    frame_bytes: u64,
+    pub(crate) frame_bytes: u64,
     /// Every frame in native samples.
-    native_bytes: u64,
+    pub(crate) native_bytes: u64,
 }
 
-fn pixel_layout(object: &DefaultDicomObject) -> Result<PixelLayout, PixelError> {
+pub(crate) fn pixel_layout(object: &DefaultDicomObject) -> Result<PixelLayout, PixelError> {
     if object
         .element_opt(tags::PIXEL_DATA)
         .ok()
@@ -271,93 +283,6 @@ fn pixel_layout(object: &DefaultDicomObject) -> Result<PixelLayout, PixelError> 
         frame_bytes: native_frame + rows * columns * samples.max(3),
         native_bytes: native_frame.saturating_mul(frames),
     })
-}
-
-/// Explicit VR Little Endian, the transfer syntax DICOMweb returns when none is asked for.
-pub const EXPLICIT_VR_LITTLE_ENDIAN: &str = "1.2.840.10008.1.2.1";
-
-/// The stored transfer syntaxes [`transcode_to_explicit_little_endian`] takes: the other native
-/// ones, RLE, JPEG baseline and lossless, JPEG 2000. JPEG Extended (4.51, mostly 12-bit
-/// samples) and JPEG-LS are not among them: the decoders here do not read them.
-pub const TRANSCODABLE_TO_EXPLICIT_LITTLE_ENDIAN: [&str; 8] = [
-    "1.2.840.10008.1.2",
-    "1.2.840.10008.1.2.2",
-    "1.2.840.10008.1.2.5",
-    "1.2.840.10008.1.2.4.50",
-    "1.2.840.10008.1.2.4.57",
-    "1.2.840.10008.1.2.4.70",
-    "1.2.840.10008.1.2.4.90",
-    "1.2.840.10008.1.2.4.91",
-];
-
-/// The Part-10 instance `instance` re-encoded in Explicit VR Little Endian, its pixel data
-/// decoded to native samples (every frame: the whole decoded size must be within
-/// [`MAX_DECODED_BYTES`]). Attributes other than the transfer syntax and those describing the
-/// pixel data's encoding are kept as they are.
-pub fn transcode_to_explicit_little_endian(instance: &[u8]) -> Result<Vec<u8>, PixelError> {
-    let mut object = open(instance)?;
-    match pixel_layout(&object) {
-        Ok(layout) if layout.native_bytes > MAX_DECODED_BYTES => {
-            return Err(PixelError::TooLarge {
-                bytes: layout.native_bytes,
-                limit: MAX_DECODED_BYTES,
-            });
-        }
-        // Without pixel data only the data set's encoding changes.
-        Ok(_) | Err(PixelError::NoPixelData) => {}
-        Err(other) => return Err(other),
-    }
-    let source = object
-        .meta()
-        .transfer_syntax()
-        .trim_end_matches('\0')
-        .to_owned();
-    object
-        .transcode(&dicom_transfer_syntax_registry::entries::EXPLICIT_VR_LITTLE_ENDIAN.erased())
-        .map_err(|error| PixelError::Undecodable(format!("{error} (transfer syntax {source})")))?;
-    let mut out = Vec::with_capacity(instance.len());
-    object
-        .write_all(&mut out)
-        .map_err(|error| PixelError::Encode(error.to_string()))?;
-    Ok(out)
-}
-
-/// Frames `frames` (numbered from 1) of the Part-10 instance `instance` as native samples in
-/// little-endian order, which is how the frames resource returns them in Explicit VR Little
-/// Endian. The instance is transcoded whole first (every frame must fit within
-/// [`MAX_DECODED_BYTES`]), then each frame is cut from the decoded pixel data, so the samples
-/// and their layout are those the transcoded instance describes.
-pub fn native_frames(instance: &[u8], frames: &[usize]) -> Result<Vec<Vec<u8>>, PixelError> {
-    let transcoded = transcode_to_explicit_little_endian(instance)?;
-    let object = open(&transcoded)?;
-    let layout = pixel_layout(&object)?;
-    let pixel_data = object
-        .element(tags::PIXEL_DATA)
-        .map_err(|_| PixelError::NoPixelData)?
-        .to_bytes()
-        .map_err(|error| PixelError::Undecodable(error.to_string()))?;
-    let count = usize::try_from(layout.frames.max(1))
-        .map_err(|_| PixelError::Undecodable("too many frames".into()))?;
-    if pixel_data.len() % count != 0 {
-        return Err(PixelError::Undecodable(format!(
-            "{} bytes of pixel data do not divide into {count} frames",
-            pixel_data.len()
-        )));
-    }
-    let frame_len = pixel_data.len() / count;
-    frames
-        .iter()
-        .map(|&frame| {
-            if frame == 0 || frame > count {
-                return Err(PixelError::NoSuchFrame {
-                    frame: u32::try_from(frame).unwrap_or(u32::MAX),
-                    frames: layout.frames,
-                });
-            }
-            let start = (frame - 1) * frame_len;
-            Ok(pixel_data[start..start + frame_len].to_vec())
-        })
-        .collect()
 }
 
 /// A grey frame through the display pipeline: modality LUT (rescale), then the first stored

@@ -1,0 +1,157 @@
+//! Transcoding real files (pydicom's test data, `HDS_PYDICOM_TESTDATA`) to JPEG 2000 and JPEG
+//! Baseline, checked by decoding the output again with dicom-rs: exact for JPEG 2000, close for
+//! JPEG; and what a target cannot hold refused.
+
+use std::io::Cursor;
+use std::path::PathBuf;
+
+use dicom_object::{DefaultDicomObject, OpenFileOptions};
+use dicom_pixeldata::PixelDecoder;
+use hds_pixels::{PixelError, TargetSyntax, transcode, transcode_frames};
+
+fn test_file(name: &str) -> Vec<u8> {
+    let directory = std::env::var("HDS_PYDICOM_TESTDATA")
+        .expect("HDS_PYDICOM_TESTDATA names pydicom's test_files directory (scripts/test sets it)");
+    std::fs::read(PathBuf::from(directory).join(name)).expect("test file")
+}
+
+/// A file of pydicom-data (`HDS_PYDICOM_DATA`).
+fn data_file(name: &str) -> Vec<u8> {
+    let directory = std::env::var("HDS_PYDICOM_DATA")
+        .expect("HDS_PYDICOM_DATA names pydicom-data's data directory (scripts/test sets it)");
+    std::fs::read(PathBuf::from(directory).join(name)).expect("data file")
+}
+
+fn parse(bytes: &[u8]) -> DefaultDicomObject {
+    OpenFileOptions::new()
+        .from_reader(Cursor::new(bytes))
+        .expect("parse")
+}
+
+/// Every frame's samples as decoded by dicom-rs, as i32 (signed where stored so).
+fn samples(bytes: &[u8]) -> Vec<i32> {
+    let object = parse(bytes);
+    let decoded = object.decode_pixel_data().expect("decode");
+    decoded.to_vec::<i32>().expect("samples")
+}
+
+fn syntax(bytes: &[u8]) -> String {
+    parse(bytes)
+        .meta()
+        .transfer_syntax()
+        .trim_end_matches('\0')
+        .to_owned()
+}
+
+#[test]
+fn jpeg_2000_round_trips_exactly() {
+    for (name, frames) in [
+        ("CT_small.dcm", 1),          // signed 16-bit
+        ("MR_small.dcm", 1),          // unsigned 16-bit
+        ("SC_rgb_small_odd.dcm", 1),  // 8-bit RGB, odd sides
+        ("SC_rgb_rle_2frame.dcm", 2), // RLE source, two frames, planes
+        ("MR_small_RLE.dcm", 1),
+    ] {
+        let source = test_file(name);
+        for target in [TargetSyntax::Jpeg2000Lossless, TargetSyntax::Jpeg2000] {
+            let out = transcode(&source, target).expect(name);
+            assert_eq!(syntax(&out), target.uid(), "{name}");
+            assert_eq!(samples(&out), samples(&source), "{name} as {target:?}");
+            let object = parse(&out);
+            let fragments = object
+                .element(dicom_core::Tag(0x7FE0, 0x0010))
+                .expect("pixel data")
+                .fragments()
+                .expect("encapsulated")
+                .len();
+            assert_eq!(fragments, frames, "{name}");
+        }
+    }
+}
+
+#[test]
+fn jpeg_baseline_from_8_bit_samples_is_close() {
+    for (name, source) in [
+        ("SC_rgb_rle_2frame.dcm", test_file("SC_rgb_rle_2frame.dcm")),
+        ("vlut_04.dcm", data_file("vlut_04.dcm")),
+    ] {
+        let out = transcode(&source, TargetSyntax::JpegBaseline).expect(name);
+        assert_eq!(syntax(&out), hds_pixels::JPEG_BASELINE);
+        let object = parse(&out);
+        let decoded = object.decode_pixel_data().expect("decode");
+        let got = decoded.to_vec::<i32>().expect("samples");
+        let expected = samples(&source);
+        assert_eq!(got.len(), expected.len(), "{name}");
+        let squared: f64 = got
+            .iter()
+            .zip(&expected)
+            .map(|(a, b)| f64::from(a - b).powi(2))
+            .sum::<f64>()
+            / got.len() as f64;
+        let psnr = 10.0 * (255.0f64 * 255.0 / squared.max(1e-9)).log10();
+        assert!(psnr > 30.0, "{name}: PSNR {psnr}");
+        let lossy = object
+            .element(dicom_core::Tag(0x0028, 0x2110))
+            .expect("LossyImageCompression")
+            .to_str()
+            .expect("text");
+        assert_eq!(lossy.trim(), "01");
+    }
+}
+
+#[test]
+fn frames_are_encoded_one_codestream_each() {
+    let source = test_file("SC_rgb_rle_2frame.dcm");
+    let frames =
+        transcode_frames(&source, TargetSyntax::Jpeg2000Lossless, &[2, 1]).expect("frames");
+    assert_eq!(frames.len(), 2);
+    for frame in &frames {
+        assert_eq!(
+            &frame[..2],
+            &[0xFF, 0x4F],
+            "a J2K codestream opens with SOC"
+        );
+    }
+    let jpeg = transcode_frames(&source, TargetSyntax::JpegBaseline, &[1]).expect("jpeg");
+    let image = image::load_from_memory(&jpeg[0]).expect("a JPEG");
+    assert_eq!((image.width(), image.height()), (100, 100));
+    assert!(matches!(
+        transcode_frames(&source, TargetSyntax::Jpeg2000, &[3]),
+        Err(PixelError::NoSuchFrame {
+            frame: 3,
+            frames: 2
+        })
+    ));
+}
+
+#[test]
+fn what_a_target_cannot_hold_is_refused() {
+    // 16-bit samples in JPEG Baseline.
+    for name in ["MR_small.dcm", "CT_small.dcm", "MR_small_jp2klossless.dcm"] {
+        let refused = transcode(&test_file(name), TargetSyntax::JpegBaseline);
+        assert!(
+            matches!(&refused, Err(PixelError::Unencodable(reason)) if reason.contains("8-bit")),
+            "{name}: {refused:?}"
+        );
+    }
+    // Palette indices are not put through a lossy codec.
+    let refused = transcode(
+        &test_file("examples_palette.dcm"),
+        TargetSyntax::JpegBaseline,
+    );
+    assert!(
+        matches!(refused, Err(PixelError::Unencodable(_))),
+        "{refused:?}"
+    );
+    // JPEG Extended (12-bit) does not decode here.
+    assert!(matches!(
+        transcode(&test_file("JPEG-lossy.dcm"), TargetSyntax::Jpeg2000Lossless),
+        Err(PixelError::Undecodable(_))
+    ));
+}
+
+#[test]
+fn an_instance_without_pixel_data_changes_only_its_encoding() {
+    let out = transcode(&test_file("rtplan.dcm"), TargetSyntax::Jpeg2000Lossless).expect("plan");
+    assert_eq!(syntax(&out), hds_pixels::JPEG_2000_LOSSLESS);
+}
