@@ -6,7 +6,9 @@ Stores `--copies` copies (fresh UIDs) of each pydicom-data file named below in a
 (release build, plain HTTP) and a fresh Orthanc, then, with `--concurrency` client threads:
 - `rendered`: GET .../instances/{i}/rendered as image/jpeg;
 - `transcode`: GET .../instances/{i} as multipart/related application/dicom with
-  `transfer-syntax=1.2.840.10008.1.2.1` (Explicit VR Little Endian), asked of both by name.
+  `transfer-syntax=1.2.840.10008.1.2.1` (Explicit VR Little Endian), asked of both by name;
+- `to-j2k`: the same with `transfer-syntax=1.2.840.10008.1.2.4.90` (JPEG 2000 lossless: as
+  stored for a JPEG 2000 file, encoded for the others).
 Prints requests/s and p50/p99 per server and phase, and the ratio hds/Orthanc.
 
 Usage: scripts/bench-pixels.py [--hds target/release/hds] [--copies 20] [--requests 400]
@@ -32,6 +34,7 @@ from pydicom.data import get_testdata_file
 from pydicom.uid import generate_uid
 
 EXPLICIT_LE = "1.2.840.10008.1.2.1"
+JPEG_2000_LOSSLESS = "1.2.840.10008.1.2.4.90"
 
 
 def free_port():
@@ -175,6 +178,8 @@ def main():
             "rendered": ([f"{url}/rendered" for url in stored], {"hds": "image/jpeg", "orthanc": "image/jpeg"}),
             "transcode": (stored, {name: f'multipart/related; type="application/dicom"; transfer-syntax={EXPLICIT_LE}'
                                    for name in ("hds", "orthanc")}),
+            "to-j2k": (stored, {name: f'multipart/related; type="application/dicom"; transfer-syntax={JPEG_2000_LOSSLESS}'
+                                for name in ("hds", "orthanc")}),
         }
         print(f"files {files}, {arguments.copies} copies each, {arguments.requests} requests per phase, "
               f"concurrency {arguments.concurrency}")
