@@ -376,8 +376,8 @@ fn encode(image: DynamicImage, options: &RenderOptions) -> Result<Vec<u8>, Pixel
     Ok(out)
 }
 
-/// JPEG by the `jpeg-encoder` crate (the encoder dicom-rs uses, with its SIMD paths) rather
-/// than the `image` crate's, which takes several times longer on a large frame.
+/// JPEG by the `jpeg-encoder` crate: the encoder dicom-rs uses (already built, with its SIMD
+/// paths), and the one transcoding to JPEG Baseline uses.
 fn encode_jpeg(image: &DynamicImage, quality: u8, out: &mut Vec<u8>) -> Result<(), PixelError> {
     let (samples, colour) = match image {
         DynamicImage::ImageLuma8(grey) => (grey.as_raw(), jpeg_encoder::ColorType::Luma),
