@@ -26,6 +26,7 @@ use image::imageops::FilterType;
 use image::{DynamicImage, GrayImage};
 
 mod jpeg2000;
+mod reduced;
 mod transcode;
 
 pub use transcode::{
@@ -150,6 +151,12 @@ pub fn render(instance: &[u8], frame: u32, options: &RenderOptions) -> Result<Ve
     let frames = frame_count(&object)?;
     if frame == 0 || frame > frames {
         return Err(PixelError::NoSuchFrame { frame, frames });
+    }
+    if let Some(viewport) = options.viewport
+        && let Some(image) = reduced::render_reduced(&object, frame - 1, viewport)
+    {
+        let image = image.resize(viewport.width, viewport.height, FilterType::Triangle);
+        return encode(image, options);
     }
     let decoded = object.decode_pixel_data_frame(frame - 1).map_err(|error| {
         PixelError::Undecodable(format!(
@@ -299,6 +306,19 @@ fn grey_image(
             &ConvertOptions::new().with_voi_lut(VoiLutOption::Identity),
         )
         .map_err(|error| PixelError::Undecodable(error.to_string()))?;
+    let invert = *decoded.photometric_interpretation() == PhotometricInterpretation::Monochrome1;
+    grey_from_values(object, &values, decoded.columns(), decoded.rows(), invert)
+}
+
+/// Modality values (rescaled) through the first stored window, or min-max; inverted for
+/// MONOCHROME1.
+pub(crate) fn grey_from_values(
+    object: &DefaultDicomObject,
+    values: &[f64],
+    columns: u32,
+    rows: u32,
+    invert: bool,
+) -> Result<DynamicImage, PixelError> {
     let to_grey: Box<dyn Fn(f64) -> f64> = match stored_window(object) {
         Some((center, width)) => {
             let low = center - 0.5 - (width - 1.0) / 2.0;
@@ -323,7 +343,6 @@ fn grey_image(
             Box::new(move |value| (value - lowest) / range * 255.0)
         }
     };
-    let invert = *decoded.photometric_interpretation() == PhotometricInterpretation::Monochrome1;
     let grey: Vec<u8> = values
         .iter()
         .map(|value| {
@@ -332,7 +351,7 @@ fn grey_image(
             level.round() as u8
         })
         .collect();
-    GrayImage::from_raw(decoded.columns(), decoded.rows(), grey)
+    GrayImage::from_raw(columns, rows, grey)
         .map(DynamicImage::ImageLuma8)
         .ok_or_else(|| {
             PixelError::Undecodable("the frame's size does not match its samples".into())

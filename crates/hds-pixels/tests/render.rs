@@ -189,3 +189,59 @@ fn transcoding_keeps_the_data_set_and_refuses_what_would_decode_too_large() {
         Err(PixelError::TooLarge { .. })
     ));
 }
+
+#[test]
+fn small_viewports_of_jpeg_2000_decode_a_reduced_resolution_close_to_the_full_one() {
+    // The same 64x64 MR as JPEG 2000 (fitted to 16x16 from a quarter-resolution decode) and
+    // native (decoded whole, then scaled down).
+    let options = RenderOptions {
+        viewport: Some(Viewport {
+            width: 16,
+            height: 16,
+        }),
+        ..png()
+    };
+    let reduced = render(&test_file("MR_small_jp2klossless.dcm"), 1, &options).expect("render");
+    let full = render(&test_file("MR_small.dcm"), 1, &options).expect("render");
+    let reduced = image::load_from_memory(&reduced).expect("PNG").to_luma8();
+    let full = image::load_from_memory(&full).expect("PNG").to_luma8();
+    assert_eq!(reduced.dimensions(), (16, 16));
+    assert_eq!(full.dimensions(), (16, 16));
+    let difference: f64 = reduced
+        .pixels()
+        .zip(full.pixels())
+        .map(|(a, b)| (f64::from(a.0[0]) - f64::from(b.0[0])).abs())
+        .sum::<f64>()
+        / 256.0;
+    let mean = |image: &image::GrayImage| {
+        image
+            .pixels()
+            .map(|pixel| f64::from(pixel.0[0]))
+            .sum::<f64>()
+            / 256.0
+    };
+    // Same levels overall; edges differ between the wavelet's low-pass and the triangle
+    // filter that scales the full-resolution frame down (about 17 levels on this small MR).
+    assert!((mean(&reduced) - mean(&full)).abs() < 4.0);
+    assert!(difference < 24.0, "mean difference {difference}");
+    // A viewport as large as the frame decodes it whole, as before.
+    let whole = render(
+        &test_file("MR_small_jp2klossless.dcm"),
+        1,
+        &RenderOptions {
+            viewport: Some(Viewport {
+                width: 64,
+                height: 64,
+            }),
+            ..png()
+        },
+    )
+    .expect("render");
+    assert_eq!(
+        image::load_from_memory(&whole)
+            .expect("PNG")
+            .to_luma8()
+            .dimensions(),
+        (64, 64)
+    );
+}
