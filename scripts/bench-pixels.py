@@ -5,6 +5,7 @@ client.
 Stores `--copies` copies (fresh UIDs) of each pydicom-data file named below in a fresh `hds up`
 (release build, plain HTTP) and a fresh Orthanc, then, with `--concurrency` client threads:
 - `rendered`: GET .../instances/{i}/rendered as image/jpeg;
+- `viewport`: the same with `viewport=200,200` (a thumbnail's size);
 - `transcode`: GET .../instances/{i} as multipart/related application/dicom with
   `transfer-syntax=1.2.840.10008.1.2.1` (Explicit VR Little Endian), asked of both by name;
 - `to-j2k`: the same with `transfer-syntax=1.2.840.10008.1.2.4.90` (JPEG 2000 lossless: as
@@ -176,6 +177,8 @@ def main():
                               f"/instances/{dataset.SOPInstanceUID}")
         phases = {
             "rendered": ([f"{url}/rendered" for url in stored], {"hds": "image/jpeg", "orthanc": "image/jpeg"}),
+            "viewport": ([f"{url}/rendered?viewport=200,200" for url in stored],
+                         {"hds": "image/jpeg", "orthanc": "image/jpeg"}),
             "transcode": (stored, {name: f'multipart/related; type="application/dicom"; transfer-syntax={EXPLICIT_LE}'
                                    for name in ("hds", "orthanc")}),
             "to-j2k": (stored, {name: f'multipart/related; type="application/dicom"; transfer-syntax={JPEG_2000_LOSSLESS}'
