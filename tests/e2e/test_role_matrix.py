@@ -86,6 +86,14 @@ DICOM_ROUTES = [
     ("delete-study",        403, 403,   403, 204, 403,  403,  403, 403),
     ("delete-series",       403, 403,   403, 204, 403,  403,  403, 403),
     ("delete-instance",     403, 403,   403, 204, 403,  403,  403, 403),
+    # Extended query tags: reads need read; changes need ManageExtendedQueryTags (DDO's `*`).
+    # The changes name nothing that exists, so an allowed caller gets the handler's 400/404.
+    ("eqt-list",            403, 403,   200, 200, 403,  403,  403, 403),
+    ("eqt-errors",          403, 403,   404, 404, 403,  403,  403, 403),
+    ("operation-get",       403, 403,   404, 404, 403,  403,  403, 403),
+    ("eqt-add",             403, 403,   403, 400, 403,  403,  403, 403),
+    ("eqt-patch",           403, 403,   403, 404, 403,  403,  403, 403),
+    ("eqt-delete",          403, 403,   403, 404, 403,  403,  403, 403),
 ]
 
 VAULT_ROUTES = [
@@ -306,6 +314,12 @@ def dicom_call(route, session, url, dataset, own):
         body, headers = stow_body(mine)
         target = f"{url}/studies" if route == "upsert" else f"{url}/studies/{mine.StudyInstanceUID}"
         return session.put(target, data=body, headers=headers)
+    if route == "eqt-add":
+        return session.post(f"{url}/extendedquerytags", json=[])
+    if route == "eqt-patch":
+        return session.patch(f"{url}/extendedquerytags/KVP", json={"queryStatus": "Enabled"})
+    if route == "eqt-delete":
+        return session.delete(f"{url}/extendedquerytags/KVP")
     if route.startswith("delete-"):
         mine = own()
         mine_series = f"{url}/studies/{mine.StudyInstanceUID}/series/{mine.SeriesInstanceUID}"
@@ -332,6 +346,9 @@ def dicom_call(route, session, url, dataset, own):
         "qido-series-instances": (f"{series_url}/instances", "application/dicom+json"),
         "changefeed": (f"{url}/changefeed?limit=5", "application/json"),
         "changefeed-latest": (f"{url}/changefeed/latest", "application/json"),
+        "eqt-list": (f"{url}/extendedquerytags", "application/json"),
+        "eqt-errors": (f"{url}/extendedquerytags/KVP/errors", "application/json"),
+        "operation-get": (f"{url}/operations/{'0' * 32}", "application/json"),
     }
     target, accept = gets[route]
     return session.get(target, headers={"Accept": accept})
@@ -505,7 +522,7 @@ def test_role_matrix(world, family, route, column, scope, expected):
 
 # ---- lost key access is told only to callers allowed to make the request ------------------------
 
-WRITE_PREFIXES = ("stow", "upsert", "delete-")
+WRITE_PREFIXES = ("stow", "upsert", "delete-", "eqt-add", "eqt-patch", "eqt-delete")
 READS = [route for route, *_ in DICOM_ROUTES if not route.startswith(WRITE_PREFIXES)]
 WRITES = [route for route, *_ in DICOM_ROUTES if route.startswith(WRITE_PREFIXES)]
 

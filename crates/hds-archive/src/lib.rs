@@ -1,7 +1,8 @@
 //! The DICOM archive of hds: what one DICOM service's data operations are, over the index (rows,
 //! tokens, sealed values), the service's keyring (root, study and blob keys) and the blob store
 //! (sealed instance bytes). One call per operation: store or replace an instance, open instances
-//! or frames for retrieval, read metadata, search, delete, read the change feed. Each call owns
+//! or frames for retrieval, read metadata, search, delete, read the change feed, manage
+//! extended query tags and read operations. Each call owns
 //! its key protocol, its retries and its cleanup, so a caller (the DICOMweb API) only extracts a
 //! request, calls and renders.
 //!
@@ -17,6 +18,7 @@
 
 mod chunk_reader;
 mod error;
+mod extended;
 mod read;
 mod store;
 mod sync_reader;
@@ -31,8 +33,9 @@ pub use hds_dicom::QueryLevel;
 /// Which instances a retrieve or delete addresses: a study, a series of it, or one instance.
 pub use hds_index::DeleteScope as Scope;
 pub use hds_index::{
-    ChangeAction, ChangeFeedEntry, ChangeFeedWindow, ChangeState, Filter, Matcher, SearchHit,
-    StoreMode,
+    AddTagsOutcome, ChangeAction, ChangeFeedEntry, ChangeFeedWindow, ChangeState, ExtendedFilter,
+    ExtendedQueryTag, Filter, Matcher, Operation, OperationStatus, SearchHit, StoreMode, TagChange,
+    TagError, TagQueryStatus, TagStatus,
 };
 pub use read::{ByteStream, FoundFrames, FoundInstances, InstanceContent};
 pub use store::{Refusal, RefusalReason, StoreOutcome, StoredInstance};
@@ -92,6 +95,8 @@ pub struct Search<'a> {
     pub series_instance_uid: Option<&'a str>,
     /// Conditions every result meets.
     pub filters: Vec<Filter>,
+    /// Conditions on extended query tags (checked ready and enabled by the caller).
+    pub extended_filters: Vec<ExtendedFilter>,
     /// At most this many results.
     pub limit: u32,
     /// Skipping this many first.
@@ -107,6 +112,7 @@ impl ServiceArchive {
             study_instance_uid: search.study_instance_uid,
             series_instance_uid: search.series_instance_uid,
             filters: search.filters,
+            extended_filters: search.extended_filters,
             limit: search.limit,
             offset: search.offset,
         };

@@ -249,6 +249,7 @@ async fn a_stored_instance_opens_again_with_its_frames_metadata_and_search() {
             study_instance_uid: Some(&first.study),
             series_instance_uid: None,
             filters: Vec::new(),
+            extended_filters: Vec::new(),
             limit: 10,
             offset: 0,
         })

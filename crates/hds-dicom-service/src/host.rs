@@ -647,11 +647,13 @@ impl DicomHost {
                 study_instance_uid: None,
                 series_instance_uid: None,
                 filters: Vec::new(),
+                extended_filters: Vec::new(),
                 limit: 200,
                 offset: 0,
             };
             let studies = self.index.search(&query).await?;
             if studies.is_empty() {
+                self.index.delete_extended_query_tags_of(key).await?;
                 return Ok(());
             }
             for study in studies {

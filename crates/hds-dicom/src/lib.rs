@@ -6,6 +6,7 @@
 #![deny(missing_docs)]
 
 pub mod attributes;
+pub mod extended;
 pub mod frames;
 pub mod instance;
 pub mod normalize;

@@ -14,6 +14,13 @@ pub enum DicomWebError {
     /// The study, series, instance or frame does not exist.
     #[error("{0} not found")]
     NotFound(&'static str),
+    /// A named resource (an extended query tag) does not exist; the message names it.
+    #[error("{0}")]
+    NotFoundMessage(String),
+    /// The request conflicts with the resource's state (an extended query tag that exists, or
+    /// whose operation still runs); the message says which.
+    #[error("{0}")]
+    Conflict(String),
     /// The request is malformed; the message says how.
     #[error("{0}")]
     BadRequest(String),
@@ -71,6 +78,8 @@ impl DicomWebError {
         match self {
             DicomWebError::ServiceNotFound => (StatusCode::NOT_FOUND, "ServiceNotFound"),
             DicomWebError::NotFound(_) => (StatusCode::NOT_FOUND, "NotFound"),
+            DicomWebError::NotFoundMessage(_) => (StatusCode::NOT_FOUND, "NotFound"),
+            DicomWebError::Conflict(_) => (StatusCode::CONFLICT, "Conflict"),
             DicomWebError::BadRequest(_) => (StatusCode::BAD_REQUEST, "BadRequest"),
             DicomWebError::UnsupportedMediaType(_) => {
                 (StatusCode::UNSUPPORTED_MEDIA_TYPE, "UnsupportedMediaType")

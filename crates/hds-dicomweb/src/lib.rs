@@ -1,5 +1,5 @@
 //! The DICOMweb HTTP API of hds: STOW-RS (and its upsert, `PUT`), WADO-RS, QIDO-RS and delete
-//! (PS3.18), and Azure's change feed, for every DICOM service at
+//! (PS3.18), Azure's change feed, extended query tags and operations, for every DICOM service at
 //! `{base}/dicom/{workspace}/{service}/v2/` (`/v1/` is an alias, except for the change feed's
 //! parameters, which differ by version).
 //!
@@ -24,6 +24,7 @@
 mod changefeed;
 mod cors;
 mod error;
+mod extended_tags;
 mod media;
 mod multipart;
 mod qido;
@@ -58,6 +59,21 @@ pub fn router(state: DicomWebState) -> Router {
         )
         .route("/changefeed", get(changefeed::feed))
         .route("/changefeed/latest", get(changefeed::latest))
+        .route(
+            "/extendedquerytags",
+            post(extended_tags::add).get(extended_tags::list),
+        )
+        .route(
+            "/extendedquerytags/{tagPath}",
+            get(extended_tags::get)
+                .patch(extended_tags::update)
+                .delete(extended_tags::delete),
+        )
+        .route(
+            "/extendedquerytags/{tagPath}/errors",
+            get(extended_tags::errors),
+        )
+        .route("/operations/{id}", get(extended_tags::operation))
         .route("/series", get(qido::search_series))
         .route("/instances", get(qido::search_instances))
         .route(

@@ -7,10 +7,11 @@ use axum::extract::{Path, Query};
 use axum::http::header::CONTENT_TYPE;
 use axum::response::{IntoResponse, Response};
 use dicom_core::Tag;
-use hds_archive::{Filter, Matcher, Search, SearchHit};
+use hds_archive::{ExtendedFilter, ExtendedQueryTag, Filter, Matcher, Search, SearchHit};
 use hds_dicom::attributes::{
     default_return_tags, find_searchable, resolve_tag, within_length_limit,
 };
+use hds_dicom::extended::{self, ExtendedKind};
 use hds_dicom::normalize;
 use hds_dicom::{QueryLevel, SearchKind};
 use serde::Deserialize;
@@ -134,6 +135,7 @@ enum IncludeFields {
 /// A parsed QIDO request.
 struct ParsedSearch {
     filters: Vec<Filter>,
+    extended_filters: Vec<ExtendedFilter>,
     include: IncludeFields,
     limit: u32,
     offset: u32,
@@ -147,9 +149,24 @@ fn level_rank(level: QueryLevel) -> u8 {
     }
 }
 
+/// The query parameters that are not attributes.
+const CONTROL_PARAMETERS: [&str; 4] = ["fuzzymatching", "limit", "offset", "includefield"];
+
+/// Whether a search names an attribute the defaults do not cover (an extended query tag, or an
+/// unknown name): only then is the service's registry read.
+fn names_other_attributes(parameters: &[(String, String)]) -> bool {
+    parameters.iter().any(|(name, _)| {
+        !CONTROL_PARAMETERS
+            .iter()
+            .any(|control| control.eq_ignore_ascii_case(name))
+            && find_searchable(name).is_none()
+    })
+}
+
 fn parse_search(
     level: QueryLevel,
     parameters: &[(String, String)],
+    extended_tags: &[ExtendedQueryTag],
 ) -> Result<ParsedSearch, DicomWebError> {
     if parameters.len() > MAX_PARAMETERS {
         return Err(DicomWebError::BadRequest(format!(
@@ -169,6 +186,7 @@ fn parse_search(
             }
         })?;
     let mut filters = Vec::new();
+    let mut extended_filters = Vec::new();
     let mut include = IncludeFields::Some(Vec::new());
     let mut limit = DEFAULT_LIMIT;
     let mut offset = 0;
@@ -218,12 +236,13 @@ fn parse_search(
                 }
             }
             _ => {
-                let attribute = find_searchable(name).ok_or_else(|| {
-                    DicomWebError::BadRequest(format!(
-                        "{name} is not a supported query attribute (supported: {})",
-                        supported_names()
-                    ))
-                })?;
+                let Some(attribute) = find_searchable(name) else {
+                    if let Some(filter) = extended_filter(level, name, value, fuzzy, extended_tags)?
+                    {
+                        extended_filters.push(filter);
+                    }
+                    continue;
+                };
                 if level_rank(attribute.level) > level_rank(level) {
                     return Err(DicomWebError::BadRequest(format!(
                         "{} cannot be used in a search at {} level",
@@ -272,10 +291,91 @@ fn parse_search(
     }
     Ok(ParsedSearch {
         filters,
+        extended_filters,
         include,
         limit,
         offset,
     })
+}
+
+/// The filter on the extended query tag `name` (a keyword or 8 hex digits) names, `None` for
+/// an empty value; 400 when the service has no such tag, when it is not ready and enabled, or
+/// when the value does not fit its VR.
+fn extended_filter(
+    level: QueryLevel,
+    name: &str,
+    value: &str,
+    fuzzy: bool,
+    extended_tags: &[ExtendedQueryTag],
+) -> Result<Option<ExtendedFilter>, DicomWebError> {
+    let unsupported = || {
+        DicomWebError::BadRequest(format!(
+            "{name} is not a supported query attribute (supported: {}, and the service's \
+             extended query tags)",
+            supported_names()
+        ))
+    };
+    let tag = resolve_tag(name).ok_or_else(unsupported)?;
+    let extended = extended_tags
+        .iter()
+        .find(|extended| extended.definition.tag == tag)
+        .ok_or_else(unsupported)?;
+    let path = extended.definition.path();
+    if !extended.is_queryable() {
+        return Err(DicomWebError::BadRequest(format!(
+            "the extended query tag {path} cannot be queried now: its status is {} and its \
+             query status {}",
+            extended.status.name(),
+            extended.query_status.name()
+        )));
+    }
+    if level_rank(extended.definition.level) > level_rank(level) {
+        return Err(DicomWebError::BadRequest(format!(
+            "{path} cannot be used in a search at {} level",
+            level_name(level)
+        )));
+    }
+    if value.is_empty() {
+        return Ok(None);
+    }
+    let vr = extended.definition.vr;
+    let invalid = || {
+        DicomWebError::BadRequest(format!(
+            "the value of {path} is not a valid {} value",
+            vr.code()
+        ))
+    };
+    let matcher = match vr.kind() {
+        ExtendedKind::Date => {
+            let (from, to) = normalize::parse_date_range(value).map_err(|_| {
+                DicomWebError::BadRequest(format!(
+                    "{path} must be a date YYYYMMDD (from 1800) or a range a-b, a- or -b"
+                ))
+            })?;
+            Matcher::DateRange(from, to)
+        }
+        ExtendedKind::Name => {
+            if !extended::name_query_within_limit(value) {
+                return Err(invalid());
+            }
+            if fuzzy {
+                let words = normalize::fuzzy_query_words(value);
+                if words.is_empty() {
+                    return Err(DicomWebError::BadRequest(format!(
+                        "a fuzzy {path} query needs at least one letter or digit"
+                    )));
+                }
+                Matcher::FuzzyName(words)
+            } else {
+                Matcher::Exact(normalize::normalize_person_name(value))
+            }
+        }
+        _ => Matcher::Exact(extended::normalize_query_value(vr, value).map_err(|_| invalid())?),
+    };
+    Ok(Some(ExtendedFilter {
+        tag: extended.clone(),
+        matcher,
+    }))
 }
 
 fn supported_names() -> String {
@@ -304,12 +404,18 @@ async fn search(
     series: Option<&str>,
     parameters: &[(String, String)],
 ) -> Result<Response, DicomWebError> {
-    let parsed = parse_search(level, parameters)?;
+    let extended_tags = if names_other_attributes(parameters) {
+        context.archive.extended_query_tags().await?
+    } else {
+        Vec::new()
+    };
+    let parsed = parse_search(level, parameters, &extended_tags)?;
     let search = Search {
         level,
         study_instance_uid: study,
         series_instance_uid: series,
         filters: parsed.filters.clone(),
+        extended_filters: parsed.extended_filters.clone(),
         limit: parsed.limit,
         offset: parsed.offset,
     };
@@ -377,6 +483,9 @@ fn shape_result(
             for filter in &parsed.filters {
                 copy(tag_key(filter.attribute.tag));
             }
+            for filter in &parsed.extended_filters {
+                copy(tag_key(filter.tag.definition.tag));
+            }
             copy(STUDY_INSTANCE_UID.to_owned());
             if level != QueryLevel::Study {
                 copy(SERIES_INSTANCE_UID.to_owned());
@@ -429,7 +538,7 @@ mod tests {
             .iter()
             .map(|(name, value)| ((*name).to_owned(), (*value).to_owned()))
             .collect();
-        parse_search(QueryLevel::Study, &parameters)
+        parse_search(QueryLevel::Study, &parameters, &[])
     }
 
     fn refused(query: &[(&str, &str)]) -> bool {

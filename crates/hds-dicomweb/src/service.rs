@@ -74,6 +74,8 @@ pub enum DataAccess {
     Write,
     /// Delete.
     Delete,
+    /// Add, change or delete extended query tags (Azure's `ManageExtendedQueryTags`).
+    ManageExtendedQueryTags,
 }
 
 /// A refusal by [`DicomAccessControl`]: 401 (with its challenge) or 403.
@@ -301,11 +303,7 @@ impl FromRequestParts<DicomWebState> for ServiceContext {
             .resolve(workspace, service)
             .await?
             .ok_or(DicomWebError::ServiceNotFound)?;
-        let access = match parts.method {
-            axum::http::Method::POST | axum::http::Method::PUT => DataAccess::Write,
-            axum::http::Method::DELETE => DataAccess::Delete,
-            _ => DataAccess::Read,
-        };
+        let access = data_access(&parts.method, &path);
         state
             .access
             .authorize(&caller, &resolved.resource_id, access)
@@ -331,6 +329,24 @@ impl FromRequestParts<DicomWebState> for ServiceContext {
             state.config.public_base_url, workspace, service, version
         );
         Ok(ServiceContext { archive, base_url })
+    }
+}
+
+/// What a request does: reads are reads; a change of the extended query tags needs their own
+/// data action, as in Azure; other writes are stores, deletes are deletes.
+fn data_access(method: &axum::http::Method, path: &str) -> DataAccess {
+    use axum::http::Method;
+    let manages_tags = path
+        .trim_start_matches('/')
+        .split('/')
+        .nth(4)
+        .is_some_and(|segment| segment.eq_ignore_ascii_case("extendedquerytags"));
+    match *method {
+        Method::GET | Method::HEAD | Method::OPTIONS => DataAccess::Read,
+        _ if manages_tags => DataAccess::ManageExtendedQueryTags,
+        Method::POST | Method::PUT => DataAccess::Write,
+        Method::DELETE => DataAccess::Delete,
+        _ => DataAccess::Read,
     }
 }
 

@@ -40,6 +40,10 @@ pub mod actions {
     /// DICOMweb deletes (data action).
     pub const DICOM_DELETE: &str =
         "Microsoft.HealthcareApis/workspaces/dicomservices/resources/delete";
+    /// Adding, changing and deleting extended query tags (data action): Azure's DICOM service
+    /// checks a data action of its own for them (`ManageExtendedQueryTags`), which DICOM Data
+    /// Owner's `resources/*` grants and DICOM Data Reader's `resources/read` does not.
+    pub const DICOM_MANAGE_EXTENDED_QUERY_TAGS: &str = "Microsoft.HealthcareApis/workspaces/dicomservices/resources/manageExtendedQueryTags/action";
     /// Read a key's properties and public material (vault data action).
     pub const KEYS_READ: &str = "Microsoft.KeyVault/vaults/keys/read";
     /// Create a key (vault data action).

@@ -146,6 +146,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                     matcher: Matcher::DateRange(Some(1955_0315), Some(1999_1015)),
                 },
             ],
+            extended_filters: Vec::new(),
             limit: 100,
             offset: 0,
         };

@@ -49,6 +49,12 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
         sqlite: include_str!("../migrations/sqlite/0005_changefeed.sql"),
         postgres: include_str!("../migrations/postgres/0005_changefeed.sql"),
     },
+    Migration {
+        version: 6,
+        description: "extended query tags, their errors, and long-running operations",
+        sqlite: include_str!("../migrations/sqlite/0006_extended_query_tags.sql"),
+        postgres: include_str!("../migrations/postgres/0006_extended_query_tags.sql"),
+    },
 ];
 
 /// The token domains of the three UIDs; the UID tokens are also the rows' identities.
@@ -71,6 +77,10 @@ pub struct Index {
     writer: Option<GroupWriter>,
     /// Commit sizes of instance stores.
     commits: GroupCommitMetrics,
+    /// The extended query tags stores index, per service, as last read.
+    pub(crate) tag_cache: Arc<crate::extended::TagCache>,
+    /// Wakes this process's operation worker (tags were added).
+    pub(crate) reindex_wakeup: Arc<tokio::sync::Notify>,
 }
 
 /// An instance to record, after its blob was written.
@@ -257,6 +267,8 @@ impl Index {
             cipher,
             writer,
             commits,
+            tag_cache: Arc::default(),
+            reindex_wakeup: Arc::default(),
         })
     }
 
@@ -293,8 +305,16 @@ impl Index {
         instance: NewInstance<'_>,
         gate: &CommitGate,
     ) -> Result<StoreOutcome, IndexError> {
-        let prepared = PreparedInstance::new(self.cipher.as_ref(), &instance)?;
-        match &self.writer {
+        let extended_tags = self.indexed_tags(instance.service).await?;
+        let prepared = PreparedInstance::new(self.cipher.as_ref(), &instance, &extended_tags)?;
+        let extended_errors = prepared.extended_errors.clone();
+        let sop_token = if extended_errors.is_empty() {
+            Vec::new()
+        } else {
+            self.cipher
+                .token(instance.service, SOP_UID, &instance.parsed.sop_instance_uid)?
+        };
+        let outcome = match &self.writer {
             Some(writer) => writer.store(prepared, gate.clone()).await,
             None => {
                 gate.passed().await?;
@@ -302,7 +322,23 @@ impl Index {
                 self.commits.record(1);
                 outcome
             }
+        }?;
+        if !extended_errors.is_empty()
+            && matches!(
+                outcome,
+                StoreOutcome::Stored | StoreOutcome::Replaced { .. }
+            )
+        {
+            // The instance is stored and acknowledged whatever happens here: an error list
+            // that misses it is better than a store reported failed that did commit.
+            if let Err(error) = self
+                .record_store_errors(instance.service, &sop_token, &extended_errors)
+                .await
+            {
+                tracing::warn!(%error, "recording an instance's extended query tag errors failed");
+            }
         }
+        Ok(outcome)
     }
 
     /// Records an instance whose blob is written, in `keyring`'s service: wraps its blob key

@@ -14,14 +14,20 @@
 //!
 //! Every create, replacement and delete also appends to the service's change feed in the same
 //! transaction (`changefeed.rs`), numbered in commit order.
+//!
+//! Extended query tags (`extended.rs`) are searched like the defaults, through tokens under a
+//! per-tag random domain; adding one starts a reindex operation (`reindex.rs`) whose progress is
+//! a cursor in the database, so any process holding its lease continues it.
 #![deny(missing_docs)]
 
 mod changefeed;
 mod cipher;
 mod error;
+mod extended;
 mod index;
 mod keyring;
 mod query;
+mod reindex;
 mod sql;
 mod store;
 mod tokens;
@@ -29,6 +35,9 @@ mod tokens;
 pub use changefeed::{ChangeAction, ChangeFeedEntry, ChangeFeedWindow, ChangeState};
 pub use cipher::{IndexCipher, PlaintextIndexCipher, RowBinding};
 pub use error::IndexError;
+pub use extended::{
+    AddTagsOutcome, ExtendedQueryTag, TagChange, TagError, TagQueryStatus, TagStatus,
+};
 pub use hds_crypto::keys::InstanceBinding;
 pub use index::{
     DeleteScope, Index, InstanceRecord, NewInstance, SealedInstance, StoreMode, StoreOutcome,
@@ -37,5 +46,6 @@ pub use keyring::{
     InstanceKeys, KeyringError, ServiceKeyring, ServiceKeyrings, StoredBlobKey, StudyKeyLease,
     platform_kek, stored_key_id,
 };
-pub use query::{Filter, Matcher, SearchHit, SearchQuery};
+pub use query::{ExtendedFilter, Filter, Matcher, SearchHit, SearchQuery};
+pub use reindex::{Operation, OperationStatus, ReindexStep};
 pub use store::CommitGate;

@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 
 use hds_db::Backend;
 
+use hds_dicom::extended::ExtendedKind;
 use hds_dicom::{QueryLevel, SearchKind, SearchableAttribute};
 use serde_json::{Map, Value};
 
@@ -16,7 +17,7 @@ use crate::sql::{Argument, Sql, column};
 use crate::tokens::{
     date_range_tokens, exact_date_token, exact_domain, prefix_domain, prefix_query_value,
 };
-use crate::{Index, IndexError};
+use crate::{ExtendedQueryTag, Index, IndexError};
 
 /// How one filter matches.
 #[derive(Debug, Clone)]
@@ -40,6 +41,28 @@ pub struct Filter {
     pub matcher: Matcher,
 }
 
+/// A filter on an extended query tag (one the caller checked is ready and enabled).
+#[derive(Debug, Clone)]
+pub struct ExtendedFilter {
+    /// The tag, as the service's registry has it.
+    pub tag: ExtendedQueryTag,
+    /// The match: exact (values normalized as `hds_dicom::extended` does), a fuzzy name or a
+    /// date range.
+    pub matcher: Matcher,
+}
+
+/// What a filter's conditions are about.
+struct MatchedAttribute<'a> {
+    /// The token domain: a keyword, or an extended tag's `x:{key}`.
+    domain: &'a str,
+    /// The level whose rows carry it.
+    level: QueryLevel,
+    /// Whether its values are dates (exact matches look up the day token).
+    is_date: bool,
+    /// Whether it is one of the UIDs rows are keyed by.
+    is_uid: bool,
+}
+
 /// A QIDO-RS search.
 #[derive(Debug, Clone)]
 pub struct SearchQuery<'a> {
@@ -54,6 +77,8 @@ pub struct SearchQuery<'a> {
     /// All filters must match; a filter on an attribute of a higher level matches the parent
     /// (e.g. PatientName in a series search filters by the series' study).
     pub filters: Vec<Filter>,
+    /// Filters on extended query tags, all of which must match too.
+    pub extended_filters: Vec<ExtendedFilter>,
     /// At most this many results.
     pub limit: u32,
     /// Skip this many.
@@ -260,6 +285,9 @@ impl Index {
         for filter in &query.filters {
             self.filter_conditions(&mut conditions, level, service, filter)?;
         }
+        for filter in &query.extended_filters {
+            self.extended_conditions(&mut conditions, level, service, filter)?;
+        }
         if conditions
             .iter()
             .any(|condition| condition.tokens.is_empty())
@@ -330,7 +358,6 @@ impl Index {
         service: &str,
         filter: &Filter,
     ) -> Result<(), IndexError> {
-        let cipher = self.cipher.as_ref();
         let keyword = filter.attribute.keyword;
         // ModalitiesInStudy is the set of the series' Modality values: match series tokens.
         let (attribute_level, keyword) = if keyword == MODALITIES_IN_STUDY {
@@ -339,11 +366,61 @@ impl Index {
             (filter.attribute.level, keyword)
         };
         let is_uid = matches!(keyword, STUDY_UID | SERIES_UID | SOP_UID);
+        self.matcher_conditions(
+            conditions,
+            level,
+            service,
+            MatchedAttribute {
+                domain: keyword,
+                level: attribute_level,
+                is_date: filter.attribute.kind == SearchKind::Date,
+                is_uid,
+            },
+            &filter.matcher,
+        )
+    }
+
+    /// Adds the conditions of a filter on an extended query tag.
+    fn extended_conditions(
+        &self,
+        conditions: &mut Vec<Condition>,
+        level: QueryLevel,
+        service: &str,
+        filter: &ExtendedFilter,
+    ) -> Result<(), IndexError> {
+        let domain = filter.tag.domain();
+        self.matcher_conditions(
+            conditions,
+            level,
+            service,
+            MatchedAttribute {
+                domain: &domain,
+                level: filter.tag.definition.level,
+                is_date: filter.tag.definition.vr.kind() == ExtendedKind::Date,
+                is_uid: false,
+            },
+            &filter.matcher,
+        )
+    }
+
+    /// Adds the conditions of `matcher` on `attribute` for rows of `level`.
+    fn matcher_conditions(
+        &self,
+        conditions: &mut Vec<Condition>,
+        level: QueryLevel,
+        service: &str,
+        attribute: MatchedAttribute<'_>,
+        matcher: &Matcher,
+    ) -> Result<(), IndexError> {
+        let cipher = self.cipher.as_ref();
+        let keyword = attribute.domain;
+        let attribute_level = attribute.level;
+        let is_uid = attribute.is_uid;
         // Each inner list is one condition: any of its tokens present. The rank says how few
         // rows its tokens are expected to find: an exact value few, a name prefix or a day
         // more, a range of dates most.
-        let (rank, token_sets): (u8, Vec<Vec<Vec<u8>>>) = match &filter.matcher {
-            Matcher::Exact(value) if filter.attribute.kind == SearchKind::Date => (
+        let (rank, token_sets): (u8, Vec<Vec<Vec<u8>>>) = match matcher {
+            Matcher::Exact(value) if attribute.is_date => (
                 2,
                 vec![vec![exact_date_token(cipher, service, keyword, value)?]],
             ),

@@ -32,13 +32,14 @@ use hds_metrics::GroupCommitMetrics;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::changefeed::{self, ChangeAction, ChangeState, NewChange};
+use crate::extended::ExtendedQueryTag;
 use crate::index::{
     ATTRIBUTES_COLUMN, FRAMES_COLUMN, INSTANCE_TABLE, METADATA_COLUMN, MODALITIES_IN_STUDY,
     SERIES_TABLE, SERIES_UID, SOP_UID, STUDY_TABLE, STUDY_UID, SealedUids, TOKENS_PER_INSERT,
     UIDS_COLUMN, to_json,
 };
 use crate::sql::{Argument, Sql, column};
-use crate::tokens::term_tokens;
+use crate::tokens::{term_tokens, value_tokens};
 use crate::{IndexCipher, IndexError, NewInstance, RowBinding, StoreMode, StoreOutcome};
 
 /// Token domain of the row digests (never a search token: no query names it).
@@ -76,6 +77,8 @@ pub(crate) struct PreparedInstance {
     new_study_key_generation: Option<i64>,
     /// Whether an instance of the same SOPInstanceUID is replaced rather than refused.
     replace: bool,
+    /// The extended query tags whose values this instance could not index: (tag id, why).
+    pub(crate) extended_errors: Vec<(i64, String)>,
 }
 
 /// A study or series row as this store would leave it.
@@ -95,9 +98,11 @@ impl PreparedInstance {
     pub(crate) fn new(
         cipher: &dyn IndexCipher,
         instance: &NewInstance<'_>,
+        extended_tags: &[ExtendedQueryTag],
     ) -> Result<PreparedInstance, IndexError> {
         let service = instance.service;
         let parsed = instance.parsed;
+        let extended = ExtendedIndexing::of(cipher, service, parsed, extended_tags)?;
         let study_token = cipher.token(service, STUDY_UID, &parsed.study_instance_uid)?;
         let series_token = cipher.token(service, SERIES_UID, &parsed.series_instance_uid)?;
         let sop_token = cipher.token(service, SOP_UID, &parsed.sop_instance_uid)?;
@@ -113,7 +118,7 @@ impl PreparedInstance {
             )
         };
         let level_tokens = |level: QueryLevel| {
-            let mut tokens = BTreeSet::new();
+            let mut tokens = extended.tokens(level);
             for term in parsed.terms_at(level) {
                 if !matches!(
                     term.attribute.keyword,
@@ -128,7 +133,7 @@ impl PreparedInstance {
                    row_token: &[u8],
                    attributes: &serde_json::Map<String, serde_json::Value>,
                    level: QueryLevel| {
-            let plain = to_json(attributes)?;
+            let plain = to_json(&extended.attributes(attributes, level))?;
             let tokens = level_tokens(level)?;
             let digest = row_digest(cipher, service, table, row_token, &plain, &tokens)?;
             Ok::<_, IndexError>(PreparedRow {
@@ -153,7 +158,7 @@ impl PreparedInstance {
             INSTANCE_TABLE,
             &sop_token,
             ATTRIBUTES_COLUMN,
-            &to_json(&parsed.instance_attributes)?,
+            &to_json(&extended.attributes(&parsed.instance_attributes, QueryLevel::Instance))?,
         )?;
         let metadata = seal(
             INSTANCE_TABLE,
@@ -198,7 +203,82 @@ impl PreparedInstance {
             wrapped_blob_key: instance.keys.wrapped_blob_key.clone(),
             new_study_key_generation: instance.keys.new_study_key_generation,
             replace: instance.mode == StoreMode::Replace,
+            extended_errors: extended.errors,
         })
+    }
+}
+
+/// What a store indexes of the service's extended query tags: per level, the elements that
+/// join the row's attributes and their tokens; and the tags whose values did not fit.
+struct ExtendedIndexing {
+    /// (level, tag path, element, tokens).
+    found: Vec<(QueryLevel, String, serde_json::Value, BTreeSet<Vec<u8>>)>,
+    errors: Vec<(i64, String)>,
+}
+
+impl ExtendedIndexing {
+    fn of(
+        cipher: &dyn IndexCipher,
+        service: &str,
+        parsed: &hds_dicom::ParsedInstance,
+        tags: &[ExtendedQueryTag],
+    ) -> Result<ExtendedIndexing, IndexError> {
+        let mut indexing = ExtendedIndexing {
+            found: Vec::new(),
+            errors: Vec::new(),
+        };
+        let Some(metadata) = parsed.metadata.as_object() else {
+            return Ok(indexing);
+        };
+        for tag in tags {
+            match hds_dicom::extended::extract_values(metadata, &tag.definition) {
+                Ok(Some(found)) => {
+                    let mut tokens = BTreeSet::new();
+                    for value in &found.values {
+                        value_tokens(cipher, service, &tag.domain(), value, &mut tokens)?;
+                    }
+                    indexing.found.push((
+                        tag.definition.level,
+                        tag.definition.path(),
+                        found.element,
+                        tokens,
+                    ));
+                }
+                Ok(None) => {}
+                Err(error) => indexing.errors.push((tag.id, error.to_string())),
+            }
+        }
+        Ok(indexing)
+    }
+
+    /// The tokens of the level's values.
+    fn tokens(&self, level: QueryLevel) -> BTreeSet<Vec<u8>> {
+        self.found
+            .iter()
+            .filter(|(found_level, ..)| *found_level == level)
+            .flat_map(|(.., tokens)| tokens.iter().cloned())
+            .collect()
+    }
+
+    /// The level's attributes with the level's elements added.
+    fn attributes<'a>(
+        &self,
+        attributes: &'a serde_json::Map<String, serde_json::Value>,
+        level: QueryLevel,
+    ) -> std::borrow::Cow<'a, serde_json::Map<String, serde_json::Value>> {
+        let mut elements = self
+            .found
+            .iter()
+            .filter(|(found_level, ..)| *found_level == level)
+            .peekable();
+        if elements.peek().is_none() {
+            return std::borrow::Cow::Borrowed(attributes);
+        }
+        let mut extended = attributes.clone();
+        for (_, path, element, _) in elements {
+            extended.insert(path.clone(), element.clone());
+        }
+        std::borrow::Cow::Owned(extended)
     }
 }
 

@@ -59,8 +59,19 @@ pub(crate) fn term_tokens(
     term: &SearchTerm,
     tokens: &mut BTreeSet<Vec<u8>>,
 ) -> Result<(), IndexError> {
-    let keyword = term.attribute.keyword;
-    match &term.value {
+    value_tokens(cipher, service, term.attribute.keyword, &term.value, tokens)
+}
+
+/// Adds the tokens a stored value of the attribute whose domain is `keyword` leaves to
+/// `tokens` (an extended query tag's domain is its `x:{key}`).
+pub(crate) fn value_tokens(
+    cipher: &dyn IndexCipher,
+    service: &str,
+    keyword: &str,
+    value: &SearchValue,
+    tokens: &mut BTreeSet<Vec<u8>>,
+) -> Result<(), IndexError> {
+    match value {
         SearchValue::Exact(value) => {
             tokens.insert(cipher.token(service, &exact_domain(keyword), value)?);
         }

@@ -13,9 +13,10 @@ use hds_dicom::{
     SearchableAttribute,
 };
 use hds_index::{
-    ChangeAction, ChangeFeedEntry, ChangeFeedWindow, ChangeState, DeleteScope, Filter, Index,
-    IndexError, InstanceKeys, Matcher, NewInstance, PlaintextIndexCipher, SearchQuery,
-    ServiceKeyrings, StoreMode, StoreOutcome,
+    AddTagsOutcome, ChangeAction, ChangeFeedEntry, ChangeFeedWindow, ChangeState, DeleteScope,
+    Filter, Index, IndexError, InstanceKeys, Matcher, NewInstance, OperationStatus,
+    PlaintextIndexCipher, ReindexStep, SearchQuery, ServiceKeyrings, StoreMode, StoreOutcome,
+    TagChange, TagQueryStatus, TagStatus,
 };
 use serde_json::{Map, Value, json};
 
@@ -104,6 +105,8 @@ struct Spec {
     patient_id: String,
     study_date: u32,
     modality: String,
+    /// More elements of the instance's metadata (values of extended query tags).
+    extra: Map<String, Value>,
 }
 
 impl Spec {
@@ -126,6 +129,7 @@ impl Spec {
             patient_id: format!("MRN{study:04}"),
             study_date: 2020_0101,
             modality: "CT".to_owned(),
+            extra: Map::new(),
         }
     }
 
@@ -150,6 +154,7 @@ impl Spec {
         let mut metadata = study_attributes.clone();
         metadata.extend(series_attributes.clone());
         metadata.extend(instance_attributes.clone());
+        metadata.extend(self.extra.clone());
         let search_terms = vec![
             term(&STUDY_INSTANCE_UID, SearchValue::Exact(self.study.clone())),
             term(
@@ -270,6 +275,7 @@ fn query(level: QueryLevel, filters: Vec<Filter>) -> SearchQuery<'static> {
         study_instance_uid: None,
         series_instance_uid: None,
         filters,
+        extended_filters: Vec::new(),
         limit: 1000,
         offset: 0,
     }
@@ -1641,6 +1647,509 @@ async fn change_feed_entries_commit_with_their_change(index: Index) {
     assert_eq!(sops.len(), stores, "one entry per stored instance");
 }
 
+// ---- Extended query tags ----
+
+fn tag_definition(
+    path: &str,
+    vr: Option<&str>,
+    creator: Option<&str>,
+    level: &str,
+) -> hds_dicom::extended::ExtendedTagDefinition {
+    hds_dicom::extended::validate_definition(path, vr, creator, level).expect("valid definition")
+}
+
+/// Runs the operations of the index to their end as `owner` would (waiting out the grace).
+async fn run_operations(index: &Index, owner: &str) {
+    for _ in 0..400 {
+        match index.operation_step(owner).await.expect("operation step") {
+            ReindexStep::Idle => return,
+            ReindexStep::Waiting => tokio::time::sleep(std::time::Duration::from_millis(50)).await,
+            ReindexStep::Progressed | ReindexStep::Finished => {}
+        }
+    }
+    panic!("the operations did not finish");
+}
+
+fn operation_id(outcome: AddTagsOutcome) -> String {
+    match outcome {
+        AddTagsOutcome::Started { operation_id } => operation_id,
+        other => panic!("not started: {other:?}"),
+    }
+}
+
+async fn extended_tags_follow_azures_registry_rules(index: Index) {
+    let sex = tag_definition("PatientSex", None, None, "Study");
+    let private = tag_definition("00091001", Some("LO"), Some("ACME"), "Series");
+    let started = index
+        .add_extended_query_tags(SERVICE, &[sex.clone(), private.clone()])
+        .await
+        .expect("add");
+    let id = operation_id(started);
+    let tags = index.extended_query_tags(SERVICE).await.expect("list");
+    assert_eq!(tags.len(), 2);
+    assert!(tags.iter().all(|tag| tag.status == TagStatus::Adding));
+    assert!(
+        tags.iter()
+            .all(|tag| tag.operation_id.as_deref() == Some(id.as_str()))
+    );
+    // One operation at a time; tags being added can be neither changed nor deleted.
+    let rows = tag_definition("Rows", None, None, "Instance");
+    assert_eq!(
+        index
+            .add_extended_query_tags(SERVICE, std::slice::from_ref(&rows))
+            .await
+            .expect("add"),
+        AddTagsOutcome::OperationRunning
+    );
+    assert_eq!(
+        index
+            .delete_extended_query_tag(SERVICE, sex.tag)
+            .await
+            .expect("delete"),
+        TagChange::Busy
+    );
+    assert_eq!(
+        index
+            .set_extended_query_tag_query_status(SERVICE, sex.tag, TagQueryStatus::Disabled)
+            .await
+            .expect("patch"),
+        TagChange::Busy
+    );
+    // Another service's registry is its own.
+    assert!(
+        index
+            .extended_query_tags(OTHER_SERVICE)
+            .await
+            .expect("list")
+            .is_empty()
+    );
+    assert!(
+        index
+            .operation(OTHER_SERVICE, &id)
+            .await
+            .expect("op")
+            .is_none()
+    );
+
+    run_operations(&index, "owner-a").await;
+    let operation = index
+        .operation(SERVICE, &id)
+        .await
+        .expect("op")
+        .expect("found");
+    assert_eq!(operation.status, OperationStatus::Succeeded);
+    assert_eq!(operation.percent_complete, 100);
+    assert_eq!(
+        operation.resources,
+        vec!["00100040".to_owned(), "00091001".to_owned()]
+    );
+    let ready = index
+        .extended_query_tag(SERVICE, sex.tag)
+        .await
+        .expect("get")
+        .expect("found");
+    assert_eq!(ready.status, TagStatus::Ready);
+    assert!(ready.is_queryable());
+    assert_eq!(ready.operation_id, None);
+
+    assert_eq!(
+        index
+            .add_extended_query_tags(SERVICE, std::slice::from_ref(&sex))
+            .await
+            .expect("add"),
+        AddTagsOutcome::AlreadyExists("00100040".into())
+    );
+    // At most 128 per service: 2 exist, 127 more is one too many.
+    let many: Vec<_> = (0..127u16)
+        .map(|element| {
+            tag_definition(
+                &format!("0011{:04X}", 0x1000 + element),
+                Some("LO"),
+                Some("ACME"),
+                "Study",
+            )
+        })
+        .collect();
+    assert_eq!(
+        index
+            .add_extended_query_tags(SERVICE, &many)
+            .await
+            .expect("add"),
+        AddTagsOutcome::TooMany
+    );
+    assert_eq!(
+        index
+            .extended_query_tags(SERVICE)
+            .await
+            .expect("list")
+            .len(),
+        2
+    );
+
+    match index
+        .set_extended_query_tag_query_status(SERVICE, sex.tag, TagQueryStatus::Disabled)
+        .await
+        .expect("patch")
+    {
+        TagChange::Done(tag) => {
+            assert_eq!(tag.query_status, TagQueryStatus::Disabled);
+            assert!(!tag.is_queryable());
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(matches!(
+        index
+            .delete_extended_query_tag(SERVICE, sex.tag)
+            .await
+            .expect("delete"),
+        TagChange::Done(_)
+    ));
+    assert_eq!(
+        index
+            .delete_extended_query_tag(SERVICE, sex.tag)
+            .await
+            .expect("delete"),
+        TagChange::NotFound
+    );
+    assert_eq!(
+        index
+            .extended_query_tags(SERVICE)
+            .await
+            .expect("list")
+            .len(),
+        1
+    );
+}
+
+fn with_extra(mut spec: Spec, elements: &[(&str, Value)]) -> Spec {
+    for (key, element) in elements {
+        spec.extra.insert((*key).to_owned(), element.clone());
+    }
+    spec
+}
+
+/// The StudyInstanceUIDs (or SOPInstanceUIDs) a search on extended filters returns.
+async fn extended_search(
+    index: &Index,
+    level: QueryLevel,
+    filters: Vec<hds_index::ExtendedFilter>,
+) -> Vec<Map<String, Value>> {
+    let mut search = query(level, Vec::new());
+    search.extended_filters = filters;
+    index
+        .search(&search)
+        .await
+        .expect("search")
+        .into_iter()
+        .map(|hit| hit.attributes)
+        .collect()
+}
+
+async fn queryable(index: &Index, path: &str) -> hds_index::ExtendedQueryTag {
+    let tag = hds_dicom::extended::parse_tag_path(path).expect("path");
+    index
+        .extended_query_tag(SERVICE, tag)
+        .await
+        .expect("get")
+        .expect("found")
+}
+
+async fn extended_tags_index_stores_and_reindex_existing_instances(index: Index) {
+    let sex = |value: &str| ("00100040", json!({"vr": "CS", "Value": [value]}));
+    let acquisition = |value: &str| ("00080022", json!({"vr": "DA", "Value": [value]}));
+    let rows = |value: u32| ("00280010", json!({"vr": "US", "Value": [value]}));
+    let creator = ("00090010", json!({"vr": "LO", "Value": ["ACME"]}));
+    let private = |value: &str| ("00091001", json!({"vr": "LO", "Value": [value]}));
+    // Stored before the tags exist: the reindex indexes them.
+    let before = [
+        with_extra(
+            Spec::new(1, 1, 1),
+            &[
+                sex("F"),
+                acquisition("20200315"),
+                rows(512),
+                creator.clone(),
+                private("alpha"),
+            ],
+        ),
+        with_extra(
+            Spec::new(2, 1, 1),
+            &[
+                sex("M"),
+                acquisition("20210101"),
+                rows(256),
+                creator.clone(),
+                private("beta"),
+            ],
+        ),
+        // A CS value longer than 16 characters: an error of this instance for PatientSex.
+        with_extra(Spec::new(3, 1, 1), &[sex(&"X".repeat(17)), rows(512)]),
+    ];
+    for (at, spec) in before.iter().enumerate() {
+        assert_eq!(
+            store(&index, spec, &format!("blob-b{at}")).await,
+            StoreOutcome::Stored
+        );
+    }
+    let definitions = [
+        tag_definition("PatientSex", None, None, "Study"),
+        tag_definition("AcquisitionDate", None, None, "Series"),
+        tag_definition("00280010", None, None, "Instance"),
+        tag_definition("00091001", Some("LO"), Some("ACME"), "Series"),
+    ];
+    let id = operation_id(
+        index
+            .add_extended_query_tags(SERVICE, &definitions)
+            .await
+            .expect("add"),
+    );
+    // Stored while the tags are being added: the store indexes them itself.
+    let during = with_extra(
+        Spec::new(4, 1, 1),
+        &[
+            sex("F"),
+            acquisition("20200320"),
+            rows(1024),
+            creator.clone(),
+            private("alpha"),
+        ],
+    );
+    assert_eq!(store(&index, &during, "blob-d").await, StoreOutcome::Stored);
+    let pending = index
+        .operation(SERVICE, &id)
+        .await
+        .expect("op")
+        .expect("found");
+    assert_eq!(pending.status, OperationStatus::NotStarted);
+    assert_eq!(pending.percent_complete, 0);
+    run_operations(&index, "owner-a").await;
+
+    let sex_tag = queryable(&index, "00100040").await;
+    // The over-long value is an error of instance 3, and disables queries on the tag.
+    assert_eq!(sex_tag.error_count, 1);
+    assert_eq!(sex_tag.query_status, TagQueryStatus::Disabled);
+    let errors = index
+        .extended_query_tag_errors(SERVICE, sex_tag.definition.tag, 10, 0)
+        .await
+        .expect("errors")
+        .expect("tag");
+    assert_eq!(errors.len(), 1);
+    assert_eq!(errors[0].sop_instance_uid, before[2].sop);
+    assert_eq!(errors[0].study_instance_uid, before[2].study);
+    assert!(errors[0].message.contains("longer"));
+    // Its owner enables it again; the index answers whatever the status (the API checks it).
+    let filter = |tag: &hds_index::ExtendedQueryTag, matcher: Matcher| hds_index::ExtendedFilter {
+        tag: tag.clone(),
+        matcher,
+    };
+    let found = extended_search(
+        &index,
+        QueryLevel::Study,
+        vec![filter(&sex_tag, Matcher::Exact("F".into()))],
+    )
+    .await;
+    let uids: Vec<String> = found.iter().map(|hit| text(hit, "0020000D")).collect();
+    assert_eq!(uids, vec![before[0].study.clone(), during.study.clone()]);
+    // The value is in the row's attributes, for includefield.
+    assert!(found.iter().all(|hit| text(hit, "00100040") == "F"));
+
+    let date_tag = queryable(&index, "AcquisitionDate").await;
+    assert!(date_tag.is_queryable());
+    let in_march = extended_search(
+        &index,
+        QueryLevel::Series,
+        vec![filter(
+            &date_tag,
+            Matcher::DateRange(Some(2020_0301), Some(2020_0331)),
+        )],
+    )
+    .await;
+    let series: Vec<String> = in_march.iter().map(|hit| text(hit, "0020000E")).collect();
+    assert_eq!(
+        series,
+        vec![before[0].series.clone(), during.series.clone()]
+    );
+
+    let rows_tag = queryable(&index, "Rows").await;
+    let tall = extended_search(
+        &index,
+        QueryLevel::Instance,
+        vec![filter(&rows_tag, Matcher::Exact("512".into()))],
+    )
+    .await;
+    let sops: Vec<String> = tall.iter().map(|hit| text(hit, "00080018")).collect();
+    assert_eq!(sops, vec![before[0].sop.clone(), before[2].sop.clone()]);
+    // The private tag (series level), matched from studies.
+    let private_tag = queryable(&index, "00091001").await;
+    let alpha = extended_search(
+        &index,
+        QueryLevel::Study,
+        vec![filter(&private_tag, Matcher::Exact("alpha".into()))],
+    )
+    .await;
+    assert_eq!(alpha.len(), 2);
+    // Another service never matches these tokens.
+    let mut other = query(QueryLevel::Study, Vec::new());
+    other.service = OTHER_SERVICE;
+    other.extended_filters = vec![filter(&private_tag, Matcher::Exact("alpha".into()))];
+    assert!(index.search(&other).await.expect("search").is_empty());
+
+    // A store after the tag is ready is indexed, and replaces the study's value.
+    let later = with_extra(Spec::new(5, 1, 1), &[sex("F")]);
+    assert_eq!(store(&index, &later, "blob-l").await, StoreOutcome::Stored);
+    let found = extended_search(
+        &index,
+        QueryLevel::Study,
+        vec![filter(&sex_tag, Matcher::Exact("F".into()))],
+    )
+    .await;
+    assert_eq!(found.len(), 3);
+    // A deleted tag's tokens are unreachable: a tag added again on the same path starts empty.
+    assert!(matches!(
+        index
+            .delete_extended_query_tag(SERVICE, sex_tag.definition.tag)
+            .await
+            .expect("delete"),
+        TagChange::Done(_)
+    ));
+    index
+        .add_extended_query_tags(
+            SERVICE,
+            &[tag_definition("PatientSex", None, None, "Study")],
+        )
+        .await
+        .expect("add again");
+    let again = queryable(&index, "PatientSex").await;
+    assert!(
+        extended_search(
+            &index,
+            QueryLevel::Study,
+            vec![filter(&again, Matcher::Exact("F".into()))],
+        )
+        .await
+        .is_empty()
+    );
+    run_operations(&index, "owner-a").await;
+    assert_eq!(
+        extended_search(
+            &index,
+            QueryLevel::Study,
+            vec![filter(&again, Matcher::Exact("F".into()))],
+        )
+        .await
+        .len(),
+        3
+    );
+    // A store whose value does not fit is stored, and listed; the tag stays enabled.
+    let again = queryable(&index, "PatientSex").await;
+    assert_eq!(
+        (again.error_count, again.query_status),
+        (1, TagQueryStatus::Disabled)
+    );
+    assert!(matches!(
+        index
+            .set_extended_query_tag_query_status(
+                SERVICE,
+                again.definition.tag,
+                TagQueryStatus::Enabled
+            )
+            .await
+            .expect("enable"),
+        TagChange::Done(_)
+    ));
+    let misfit = with_extra(Spec::new(6, 1, 1), &[sex(&"Y".repeat(20))]);
+    assert_eq!(store(&index, &misfit, "blob-m").await, StoreOutcome::Stored);
+    let after = queryable(&index, "PatientSex").await;
+    assert_eq!(
+        (after.error_count, after.query_status),
+        (2, TagQueryStatus::Enabled)
+    );
+    let errors = index
+        .extended_query_tag_errors(SERVICE, after.definition.tag, 10, 0)
+        .await
+        .expect("errors")
+        .expect("tag");
+    assert!(
+        errors
+            .iter()
+            .any(|error| error.sop_instance_uid == misfit.sop)
+    );
+}
+
+async fn reindex_continues_from_its_cursor_under_another_owner(index: Index) {
+    let count = 120;
+    for study in 0..count {
+        let value = if study % 3 == 0 { "F" } else { "M" };
+        let spec = with_extra(
+            Spec::new(100 + study, 1, 1),
+            &[("00100040", json!({"vr": "CS", "Value": [value]}))],
+        );
+        assert_eq!(
+            store(&index, &spec, &format!("blob-{study}")).await,
+            StoreOutcome::Stored
+        );
+    }
+    let id = operation_id(
+        index
+            .add_extended_query_tags(
+                SERVICE,
+                &[tag_definition("PatientSex", None, None, "Study")],
+            )
+            .await
+            .expect("add"),
+    );
+    // Owner A does one batch, then stops (a process that died holding the lease).
+    assert_eq!(
+        index.operation_step("owner-a").await.expect("step"),
+        ReindexStep::Progressed
+    );
+    let partway = index
+        .operation(SERVICE, &id)
+        .await
+        .expect("op")
+        .expect("found");
+    assert_eq!(partway.status, OperationStatus::Running);
+    assert!(
+        (1..100).contains(&partway.percent_complete),
+        "{}",
+        partway.percent_complete
+    );
+    // Owner B cannot take it while A's lease lasts...
+    assert_eq!(
+        index.operation_step("owner-b").await.expect("step"),
+        ReindexStep::Idle
+    );
+    // ...and continues from A's cursor once it expired.
+    sqlx::query("UPDATE dicom_operations SET lease_until_us = 0")
+        .execute(index.database().pool())
+        .await
+        .expect("expire the lease");
+    run_operations(&index, "owner-b").await;
+    let done = index
+        .operation(SERVICE, &id)
+        .await
+        .expect("op")
+        .expect("found");
+    assert_eq!(done.status, OperationStatus::Succeeded);
+    let tag = queryable(&index, "PatientSex").await;
+    assert!(tag.is_queryable());
+    let mut search = query(QueryLevel::Study, Vec::new());
+    search.extended_filters = vec![hds_index::ExtendedFilter {
+        tag,
+        matcher: Matcher::Exact("F".into()),
+    }];
+    assert_eq!(
+        index.search(&search).await.expect("search").len(),
+        count.div_ceil(3)
+    );
+    // Every instance was indexed once: A's batch was not redone as a new one.
+    let processed: i64 = sqlx::query_scalar("SELECT processed FROM dicom_operations")
+        .fetch_one(index.database().pool())
+        .await
+        .expect("processed");
+    assert_eq!(processed, count as i64);
+}
+
 macro_rules! suite {
     ($($name:ident),* $(,)?) => {
         mod sqlite_plaintext {
@@ -1696,6 +2205,9 @@ suite!(
     searches_are_driven_by_their_tokens,
     change_feed_follows_creates_replacements_and_deletes,
     change_feed_entries_commit_with_their_change,
+    extended_tags_follow_azures_registry_rules,
+    extended_tags_index_stores_and_reindex_existing_instances,
+    reindex_continues_from_its_cursor_under_another_owner,
 );
 
 /// With the keyed cipher, no value of an instance appears in the database files.

@@ -48,6 +48,7 @@ impl DicomAccessControl for IdentityDicomAccess {
                 DataAccess::Read => actions::DICOM_READ,
                 DataAccess::Write => actions::DICOM_WRITE,
                 DataAccess::Delete => actions::DICOM_DELETE,
+                DataAccess::ManageExtendedQueryTags => actions::DICOM_MANAGE_EXTENDED_QUERY_TAGS,
             };
             self.identity
                 .require(principal, action, resource_id, true)

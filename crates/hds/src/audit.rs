@@ -267,6 +267,7 @@ fn dicom_data_action(access: DataAccess) -> &'static str {
         DataAccess::Read => actions::DICOM_READ,
         DataAccess::Write => actions::DICOM_WRITE,
         DataAccess::Delete => actions::DICOM_DELETE,
+        DataAccess::ManageExtendedQueryTags => actions::DICOM_MANAGE_EXTENDED_QUERY_TAGS,
     }
 }
 

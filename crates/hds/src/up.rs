@@ -135,6 +135,9 @@ pub async fn run(options: UpOptions) -> anyhow::Result<()> {
     )
     .await
     .context("opening the index")?;
+    // Reindex operations of extended query tags: this process takes any whose lease is free
+    // (its own before a restart too, once that lease expires) and continues from its cursor.
+    let operation_worker = index.spawn_operation_worker(Duration::from_secs(1));
     let blobs = match remote_blobs {
         Some(remote) => remote.checked().await?,
         None => {
@@ -545,6 +548,7 @@ pub async fn run(options: UpOptions) -> anyhow::Result<()> {
     audit_queue.flush().await;
     sweeper.abort();
     operation_sweeper.abort();
+    operation_worker.abort();
     key_rotation.abort();
     if let Some(metrics_listener) = metrics_listener {
         metrics_listener.abort();
