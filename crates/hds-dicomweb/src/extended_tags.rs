@@ -27,16 +27,12 @@ use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
 use crate::DicomWebError;
+use crate::qido::{DEFAULT_LIMIT, page_limit, page_offset};
 use crate::service::ServiceContext;
 
 /// The largest body of `POST extendedquerytags` and `PATCH extendedquerytags/{tagPath}`: 128
 /// definitions of a few hundred bytes each fit well within it.
 const MAX_BODY_BYTES: usize = 64 * 1024;
-
-/// Page sizes of the lists (as Azure's: 1 to 200, default 100), and the deepest offset.
-const DEFAULT_LIMIT: u32 = 100;
-const MAX_LIMIT: u32 = 200;
-const MAX_OFFSET: u32 = 100_000;
 
 /// The `{tagPath}` of a route.
 #[derive(Debug, Deserialize)]
@@ -325,26 +321,10 @@ fn parse_page(parameters: &[(String, String)]) -> Result<(u32, u32), DicomWebErr
     for (name, value) in parameters {
         match name.to_ascii_lowercase().as_str() {
             "limit" => {
-                limit = value
-                    .parse::<u32>()
-                    .ok()
-                    .filter(|limit| (1..=MAX_LIMIT).contains(limit))
-                    .ok_or_else(|| {
-                        DicomWebError::BadRequest(format!(
-                            "limit must be between 1 and {MAX_LIMIT}"
-                        ))
-                    })?;
+                limit = page_limit(value)?;
             }
             "offset" => {
-                offset = value
-                    .parse::<u32>()
-                    .ok()
-                    .filter(|offset| *offset <= MAX_OFFSET)
-                    .ok_or_else(|| {
-                        DicomWebError::BadRequest(format!(
-                            "offset must be between 0 and {MAX_OFFSET}"
-                        ))
-                    })?;
+                offset = page_offset(value)?;
             }
             _ => {
                 return Err(DicomWebError::BadRequest(

@@ -22,11 +22,35 @@ use crate::service::ServiceContext;
 
 /// Results per page when the request names no `limit`, and the most it may name (as Azure's
 /// DICOM service: 1 to 200, default 100).
-const DEFAULT_LIMIT: u32 = 100;
+pub(crate) const DEFAULT_LIMIT: u32 = 100;
 const MAX_LIMIT: u32 = 200;
 /// The deepest page a search may ask for. A database skips an offset's rows one by one, so an
 /// unbounded offset is unbounded work per request; narrowing the search reaches the rest.
 pub const MAX_OFFSET: u32 = 100_000;
+/// A page's `limit` parameter: 1 to 200, as Azure's DICOM service allows.
+pub(crate) fn page_limit(value: &str) -> Result<u32, DicomWebError> {
+    value
+        .parse::<u32>()
+        .ok()
+        .filter(|limit| (1..=MAX_LIMIT).contains(limit))
+        .ok_or_else(|| {
+            DicomWebError::BadRequest(format!("limit must be between 1 and {MAX_LIMIT}"))
+        })
+}
+
+/// A page's `offset` parameter: 0 to [`MAX_OFFSET`].
+pub(crate) fn page_offset(value: &str) -> Result<u32, DicomWebError> {
+    value
+        .parse::<u32>()
+        .ok()
+        .filter(|offset| *offset <= MAX_OFFSET)
+        .ok_or_else(|| {
+            DicomWebError::BadRequest(format!(
+                "offset must be an integer between 0 and {MAX_OFFSET}"
+            ))
+        })
+}
+
 /// The most query parameters one search may carry: each filter is a condition of the query.
 const MAX_PARAMETERS: usize = 64;
 
@@ -194,26 +218,10 @@ fn parse_search(
         match name.to_ascii_lowercase().as_str() {
             "fuzzymatching" => {}
             "limit" => {
-                limit = value
-                    .parse::<u32>()
-                    .ok()
-                    .filter(|limit| (1..=MAX_LIMIT).contains(limit))
-                    .ok_or_else(|| {
-                        DicomWebError::BadRequest(format!(
-                            "limit must be between 1 and {MAX_LIMIT}"
-                        ))
-                    })?;
+                limit = page_limit(value)?;
             }
             "offset" => {
-                offset = value
-                    .parse::<u32>()
-                    .ok()
-                    .filter(|offset| *offset <= MAX_OFFSET)
-                    .ok_or_else(|| {
-                        DicomWebError::BadRequest(format!(
-                            "offset must be an integer between 0 and {MAX_OFFSET}"
-                        ))
-                    })?;
+                offset = page_offset(value)?;
             }
             "includefield" => {
                 for field in value
