@@ -15,11 +15,20 @@ fn test_file(name: &str) -> Vec<u8> {
     std::fs::read(PathBuf::from(directory).join(name)).expect("test file")
 }
 
-/// A file of pydicom-data (`HDS_PYDICOM_DATA`).
+/// A file of pydicom-data (`HDS_PYDICOM_DATA`: the `data_store` package directory, as
+/// scripts/test sets it, whose files are under `data/`; or that `data/` directory itself).
 fn data_file(name: &str) -> Vec<u8> {
-    let directory = std::env::var("HDS_PYDICOM_DATA")
-        .expect("HDS_PYDICOM_DATA names pydicom-data's data directory (scripts/test sets it)");
-    std::fs::read(PathBuf::from(directory).join(name)).expect("data file")
+    let directory =
+        PathBuf::from(std::env::var("HDS_PYDICOM_DATA").expect(
+            "HDS_PYDICOM_DATA names pydicom-data's package directory (scripts/test sets it)",
+        ));
+    let nested = directory.join("data").join(name);
+    let path = if nested.exists() {
+        nested
+    } else {
+        directory.join(name)
+    };
+    std::fs::read(path).expect("data file")
 }
 
 fn parse(bytes: &[u8]) -> DefaultDicomObject {
