@@ -32,6 +32,22 @@ static RENDERS: LazyLock<Semaphore> = LazyLock::new(|| {
     Semaphore::new(std::thread::available_parallelism().map_or(2, |cores| cores.get()))
 });
 
+/// Runs the pixel work `work` on the blocking pool once it has one of the per-core turns
+/// ([`RENDERS`]): renders and transcodes share the limit, so the async workers keep serving.
+/// `what` names the work in the error of a task that did not finish.
+async fn with_a_core<T: Send + 'static>(
+    what: &'static str,
+    work: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, DicomWebError> {
+    let _turn = RENDERS
+        .acquire()
+        .await
+        .map_err(|_| DicomWebError::Internal("the render limit was closed".into()))?;
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|error| DicomWebError::Internal(format!("{what} task: {error}")))
+}
+
 /// `quality` and `viewport` (PS3.18 §8.3.5.1); other rendering parameters are refused.
 type Parameters = Query<Vec<(String, String)>>;
 
@@ -122,14 +138,11 @@ async fn render(
         .next()
         .ok_or_else(|| DicomWebError::Internal("no instance opened".into()))?;
     let bytes = read_whole(instance.bytes).await?;
-    let _turn = RENDERS
-        .acquire()
-        .await
-        .map_err(|_| DicomWebError::Internal("the render limit was closed".into()))?;
-    let image = tokio::task::spawn_blocking(move || hds_pixels::render(&bytes, frame, &options))
-        .await
-        .map_err(|error| DicomWebError::Internal(format!("rendering task: {error}")))?
-        .map_err(rendering_error)?;
+    let image = with_a_core("rendering", move || {
+        hds_pixels::render(&bytes, frame, &options)
+    })
+    .await?
+    .map_err(rendering_error)?;
     Ok(([(CONTENT_TYPE, format.media_type())], image).into_response())
 }
 
@@ -221,14 +234,11 @@ pub(crate) async fn transcode(
     let target_syntax = target_syntax(target)?;
     let source = instance.transfer_syntax_uid;
     let whole = read_whole(instance.bytes).await?;
-    let _turn = RENDERS
-        .acquire()
-        .await
-        .map_err(|_| DicomWebError::Internal("the render limit was closed".into()))?;
-    tokio::task::spawn_blocking(move || hds_pixels::transcode(&whole, target_syntax))
-        .await
-        .map_err(|error| DicomWebError::Internal(format!("transcoding task: {error}")))?
-        .map_err(|error| transcoding_error(error, "the instance", &source, target))
+    with_a_core("transcoding", move || {
+        hds_pixels::transcode(&whole, target_syntax)
+    })
+    .await?
+    .map_err(|error| transcoding_error(error, "the instance", &source, target))
 }
 
 /// Frames `frames` of the stored `instance` in `target`: native little-endian samples for
@@ -242,15 +252,10 @@ pub(crate) async fn transcode_frames(
     let target_syntax = target_syntax(target)?;
     let source = instance.transfer_syntax_uid;
     let whole = read_whole(instance.bytes).await?;
-    let _turn = RENDERS
-        .acquire()
-        .await
-        .map_err(|_| DicomWebError::Internal("the render limit was closed".into()))?;
-    let encoded = tokio::task::spawn_blocking(move || {
+    let encoded = with_a_core("transcoding", move || {
         hds_pixels::transcode_frames(&whole, target_syntax, &frames)
     })
-    .await
-    .map_err(|error| DicomWebError::Internal(format!("transcoding task: {error}")))?
+    .await?
     .map_err(|error| transcoding_error(error, "the frames", &source, target))?;
     Ok(encoded.into_iter().map(Bytes::from).collect())
 }
