@@ -271,11 +271,9 @@ impl RotationPolicy {
         }
     }
 
-    /// The expiry of a version created at `now` under this policy.
-    pub fn expiry_for(&self, now: i64) -> Option<i64> {
-        self.expiry_time
-            .as_ref()
-            .and_then(|expiry| now.checked_add(expiry.seconds()))
+    /// How long after its creation a version made under this policy expires, in seconds.
+    pub fn lifetime(&self) -> Option<i64> {
+        self.expiry_time.as_ref().map(IsoDuration::seconds)
     }
 }
 
@@ -489,7 +487,7 @@ mod tests {
             RotationPolicy::default_policy().rotation_due_at(&version(0, Some(DAY))),
             None
         );
-        assert_eq!(before.expiry_for(10), Some(10 + 90 * DAY));
-        assert_eq!(after.expiry_for(10), None);
+        assert_eq!(before.lifetime(), Some(90 * DAY));
+        assert_eq!(after.lifetime(), None);
     }
 }

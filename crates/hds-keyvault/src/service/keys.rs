@@ -55,9 +55,15 @@ struct NewVersion<'a> {
 enum Lineage {
     /// A create or import: the key may or may not exist yet.
     CreateOrAdd,
-    /// A rotation: the key must exist; with a version, that version must still be the latest
-    /// (so two nodes running due rotations at once make one new version, not two).
-    Rotation(Option<String>),
+    /// A rotation: the key must exist; with `replaces`, that version must still be the latest
+    /// (so two nodes running due rotations at once make one new version, not two). With a
+    /// `lifetime` (the rotation policy's `expiryTime`, in seconds), the version expires that
+    /// long after the instant stamped as its creation, not after the rotation began: key
+    /// generation can take seconds.
+    Rotation {
+        replaces: Option<String>,
+        lifetime: Option<i64>,
+    },
 }
 
 /// The key material of a version being stored.
@@ -238,19 +244,16 @@ impl KeyVaultService {
     ) -> Result<KeyBundle, VaultError> {
         let latest = self.load_version(vault, name, None).await?.key;
         let policy = self.rotation_policy_of(vault, name).await?;
-        let attributes = KeyAttributesInput {
-            expires: policy.and_then(|policy| policy.expiry_for(self.now())),
-            ..KeyAttributesInput::default()
-        };
+        let lifetime = policy.and_then(|policy| policy.lifetime());
         self.generate_and_store(
             vault,
             name,
             latest.key_type,
             Some(latest.key_size),
             latest.key_ops,
-            &attributes,
+            &KeyAttributesInput::default(),
             latest.tags,
-            Lineage::Rotation(replaces),
+            Lineage::Rotation { replaces, lifetime },
         )
         .await
     }
@@ -355,7 +358,11 @@ impl KeyVaultService {
             }
             None => return Err(VaultError::KeyNotFound(name.to_owned())),
         };
-        if let Lineage::Rotation(Some(replaces)) = &lineage {
+        if let Lineage::Rotation {
+            replaces: Some(replaces),
+            ..
+        } = &lineage
+        {
             let latest: Option<String> = sqlx::query(
                 "SELECT version FROM keyvault_key_versions WHERE vault = $1 AND name = $2 ORDER BY sequence DESC LIMIT 1",
             )
@@ -387,7 +394,13 @@ impl KeyVaultService {
             key_ops,
             enabled: attributes.enabled.unwrap_or(true),
             not_before: attributes.not_before,
-            expires: attributes.expires,
+            expires: match lineage {
+                Lineage::Rotation {
+                    lifetime: Some(lifetime),
+                    ..
+                } => now.checked_add(lifetime),
+                _ => attributes.expires,
+            },
             created: now,
             updated: now,
             tags,
