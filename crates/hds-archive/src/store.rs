@@ -20,8 +20,11 @@ use crate::chunk_reader::ChunkReader;
 use crate::sync_reader::BlobSyncReader;
 use crate::{ArchiveError, ServiceArchive};
 
-/// Instances up to this size are parsed from memory; larger ones from their blob.
-const IN_MEMORY_PART_LIMIT: u64 = 16 * 1024 * 1024;
+/// Instances up to this size are parsed from memory; larger ones from their blob. The parser
+/// reads the header only (it stops at the pixel data), so a large instance costs a few sealed
+/// segments read back, while keeping it whole would cost its size in memory per store in flight
+/// (an 8 MiB radiograph times the concurrent STOWs).
+const IN_MEMORY_PART_LIMIT: u64 = 2 * 1024 * 1024;
 
 /// Instances up to this size are parsed on the caller's task: the parser reads the header
 /// elements only (it stops at the pixel data), a short job next to a hop to the blocking pool
