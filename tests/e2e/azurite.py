@@ -37,7 +37,10 @@ def binary() -> pathlib.Path:
 
 
 class Azurite:
-    def __init__(self):
+    def __init__(self, on_disk: bool = False):
+        """`on_disk` keeps the blobs in files under a temporary directory (for benchmarks, so the
+        emulator's memory does not grow with what is stored) instead of in memory."""
+        self.on_disk = on_disk
         self.directory = tempfile.TemporaryDirectory(prefix="hds-azurite-")
         with socket.socket() as sock:
             sock.bind(("127.0.0.1", 0))
@@ -48,7 +51,8 @@ class Azurite:
     def start(self):
         self.log = open(pathlib.Path(self.directory.name) / "azurite.log", "wb")
         self.process = subprocess.Popen(
-            [str(binary()), "--blobHost", "127.0.0.1", "--blobPort", str(self.port), "--inMemoryPersistence",
+            [str(binary()), "--blobHost", "127.0.0.1", "--blobPort", str(self.port),
+             *(["--location", self.directory.name] if self.on_disk else ["--inMemoryPersistence"]),
              "--skipApiVersionCheck", "--disableTelemetry"],
             stdout=self.log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
         )

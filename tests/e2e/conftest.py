@@ -136,7 +136,7 @@ class HdsServer:
     def start(self):
         self._session = None
         self.log = open(self.log_path, "ab")
-        env = dict(os.environ, HDS_LOG="debug", **self.env)
+        env = {**os.environ, "HDS_LOG": "debug", **self.env}
         self.process = subprocess.Popen(self.args, stdout=subprocess.PIPE, stderr=self.log, env=env)
         deadline = time.time() + 60
         banner = []
@@ -184,7 +184,9 @@ class HdsServer:
 class PostgresCluster:
     """A throwaway PostgreSQL cluster on a free loopback port, run as the postgres user."""
 
-    def __init__(self):
+    def __init__(self, durable: bool = False):
+        """`durable` keeps PostgreSQL's fsync (for benchmarks); tests run without it."""
+        self.durable = durable
         bins = sorted(pathlib.Path("/usr/lib/postgresql").glob("*/bin"))
         if not bins:
             raise RuntimeError("PostgreSQL server binaries not found (Debian package: postgresql)")
@@ -204,7 +206,8 @@ class PostgresCluster:
         self._run("initdb", "-D", str(data), "-A", "trust", "-U", "postgres", "--no-sync")
         self._run(
             "pg_ctl", "-D", str(data), "-w", "-l", str(self.dir / "log"),
-            "-o", f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1 -c fsync=off", "start",
+            "-o", f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1"
+            + ("" if self.durable else " -c fsync=off"), "start",
         )
         return self
 
