@@ -7,6 +7,7 @@ mod audit;
 mod az_metadata;
 mod blob_store;
 mod cli;
+mod events;
 mod client;
 mod listener_limits;
 mod logging;
