@@ -121,7 +121,6 @@ pub struct SubscriptionStats {
 #[derive(Debug, Clone)]
 pub(crate) struct StoredSubscription {
     pub(crate) subscription: Subscription,
-    pub(crate) workspace_key: String,
     pub(crate) active_since_us: i64,
 }
 
@@ -294,7 +293,6 @@ impl EventStore {
                 max_delivery_attempts: number(12)?,
                 event_ttl_minutes: number(13)?,
             },
-            workspace_key: row.try_get(2)?,
             active_since_us: row.try_get(14)?,
         }))
     }
