@@ -139,7 +139,8 @@ impl DispatcherConfig {
             .unwrap_or(0)
             .min(RETRY_SCHEDULE.len() - 1);
         let factor = RETRY_SCHEDULE[step] / RETRY_SCHEDULE[0];
-        self.first_retry.saturating_mul(u32::try_from(factor).unwrap_or(u32::MAX))
+        self.first_retry
+            .saturating_mul(u32::try_from(factor).unwrap_or(u32::MAX))
     }
 }
 
@@ -214,8 +215,8 @@ impl Dispatcher {
                 match pause {
                     None => tokio::task::yield_now().await,
                     Some(pause) => {
-                        let _ = tokio::time::timeout(pause, dispatcher.inner.wakeup.notified())
-                            .await;
+                        let _ =
+                            tokio::time::timeout(pause, dispatcher.inner.wakeup.notified()).await;
                     }
                 }
             }
@@ -351,7 +352,9 @@ impl Dispatcher {
             .changes_after(
                 &service.service,
                 cursor.last_sequence,
-                i64::try_from(max_events).unwrap_or(i64::MAX).saturating_add(READ_AHEAD),
+                i64::try_from(max_events)
+                    .unwrap_or(i64::MAX)
+                    .saturating_add(READ_AHEAD),
             )
             .await?;
         let mut events: Vec<Value> = Vec::new();
@@ -389,7 +392,15 @@ impl Dispatcher {
         let count = i64::try_from(events.len()).unwrap_or(i64::MAX);
         if events.is_empty() {
             return Ok(store
-                .advance(key, &service.service, owner, cursor.last_sequence, through, 0, 0)
+                .advance(
+                    key,
+                    &service.service,
+                    owner,
+                    cursor.last_sequence,
+                    through,
+                    0,
+                    0,
+                )
                 .await?);
         }
         // The lease is checked (and renewed when due) right before the post, so a post starts
@@ -410,12 +421,28 @@ impl Dispatcher {
             .await;
         match delivery {
             Delivery::Acknowledged => Ok(store
-                .advance(key, &service.service, owner, cursor.last_sequence, through, count, 0)
+                .advance(
+                    key,
+                    &service.service,
+                    owner,
+                    cursor.last_sequence,
+                    through,
+                    count,
+                    0,
+                )
                 .await?),
             Delivery::Refused(status) => {
                 tracing::warn!(subscription = %subscription.id, status, events = count, "the endpoint refused a batch of events (not retried); dead-lettered");
                 Ok(store
-                    .advance(key, &service.service, owner, cursor.last_sequence, through, 0, count)
+                    .advance(
+                        key,
+                        &service.service,
+                        owner,
+                        cursor.last_sequence,
+                        through,
+                        0,
+                        count,
+                    )
                     .await?)
             }
             Delivery::Failed(reason) => {
@@ -427,7 +454,15 @@ impl Dispatcher {
                 {
                     tracing::warn!(subscription = %subscription.id, attempts, events = count, reason = %reason, "a batch of events could not be delivered within the retry policy; dead-lettered");
                     return Ok(store
-                        .advance(key, &service.service, owner, cursor.last_sequence, through, 0, count)
+                        .advance(
+                            key,
+                            &service.service,
+                            owner,
+                            cursor.last_sequence,
+                            through,
+                            0,
+                            count,
+                        )
                         .await?);
                 }
                 let delay = self.inner.config.retry_delay(attempts);

@@ -34,8 +34,8 @@ pub use dispatcher::{
     Change, ChangeKind, ChangeSource, Dispatcher, DispatcherConfig, SourceError, SourceService,
 };
 pub use payload::{
-    ALL_EVENT_TYPES, DICOM_IMAGE_CREATED, DICOM_IMAGE_DELETED, DICOM_IMAGE_UPDATED,
-    DEFAULT_PARTITION, VALIDATION_EVENT_TYPE, event_id, event_json, validation_event,
+    ALL_EVENT_TYPES, DEFAULT_PARTITION, DICOM_IMAGE_CREATED, DICOM_IMAGE_DELETED,
+    DICOM_IMAGE_UPDATED, VALIDATION_EVENT_TYPE, event_id, event_json, validation_event,
 };
 pub use store::{DeliverySchema, EventStore, Subscription, SubscriptionStats};
 pub use webhook::{UrlRefusal, WebhookClient, WebhookConfig, check_endpoint_url};

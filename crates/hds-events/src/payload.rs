@@ -21,7 +21,11 @@ pub const DICOM_IMAGE_DELETED: &str = "Microsoft.HealthcareApis.DicomImageDelete
 /// `Microsoft.HealthcareApis.DicomImageUpdated`.
 pub const DICOM_IMAGE_UPDATED: &str = "Microsoft.HealthcareApis.DicomImageUpdated";
 /// The DICOM event types a workspace's topic offers.
-pub const ALL_EVENT_TYPES: [&str; 3] = [DICOM_IMAGE_CREATED, DICOM_IMAGE_DELETED, DICOM_IMAGE_UPDATED];
+pub const ALL_EVENT_TYPES: [&str; 3] = [
+    DICOM_IMAGE_CREATED,
+    DICOM_IMAGE_DELETED,
+    DICOM_IMAGE_UPDATED,
+];
 /// The data partition every hds instance is in (hds has no partitions).
 pub const DEFAULT_PARTITION: &str = "Microsoft.Default";
 /// The type of the handshake's event.
@@ -44,7 +48,11 @@ impl ChangeKind {
 
 /// The id of the event of change `sequence` of `service` (its internal id).
 pub fn event_id(service: &str, sequence: i64) -> String {
-    Uuid::new_v5(&EVENT_ID_NAMESPACE, format!("{service}/{sequence}").as_bytes()).to_string()
+    Uuid::new_v5(
+        &EVENT_ID_NAMESPACE,
+        format!("{service}/{sequence}").as_bytes(),
+    )
+    .to_string()
 }
 
 /// RFC 3339 with seven fractional digits, as Event Grid writes times.
@@ -149,7 +157,10 @@ mod tests {
             &change(),
         );
         assert_eq!(event["eventType"], DICOM_IMAGE_DELETED);
-        assert_eq!(event["subject"], "h:1/dicom/w/d/v2/studies/1.2.3/series/1.2.3.4/instances/1.2.3.4.5");
+        assert_eq!(
+            event["subject"],
+            "h:1/dicom/w/d/v2/studies/1.2.3/series/1.2.3.4/instances/1.2.3.4.5"
+        );
         assert_eq!(event["eventTime"], "2022-09-15T01:14:04.5613210Z");
         assert_eq!(event["dataVersion"], "1");
         assert_eq!(event["data"]["sequenceNumber"], 7);

@@ -96,9 +96,7 @@ pub fn check_endpoint_url(text: &str, forbidden: &[String]) -> Result<Url, UrlRe
             ));
         }
         _ => {
-            return Err(UrlRefusal(
-                "The endpoint URL must be an https URL.".into(),
-            ));
+            return Err(UrlRefusal("The endpoint URL must be an https URL.".into()));
         }
     }
     if !url.username().is_empty() || url.password().is_some() {
@@ -107,14 +105,19 @@ pub fn check_endpoint_url(text: &str, forbidden: &[String]) -> Result<Url, UrlRe
         ));
     }
     if url.fragment().is_some() {
-        return Err(UrlRefusal("The endpoint URL must not have a fragment.".into()));
+        return Err(UrlRefusal(
+            "The endpoint URL must not have a fragment.".into(),
+        ));
     }
     let authority = format!(
         "{}:{}",
         host.to_lowercase(),
         url.port_or_known_default().unwrap_or_default()
     );
-    if forbidden.iter().any(|own| own.eq_ignore_ascii_case(&authority)) {
+    if forbidden
+        .iter()
+        .any(|own| own.eq_ignore_ascii_case(&authority))
+    {
         return Err(UrlRefusal(
             "The endpoint URL names hds's own listener; events go to a receiver of their own."
                 .into(),
@@ -144,8 +147,9 @@ pub struct WebhookClient {
 impl WebhookClient {
     /// A client per `config`.
     pub fn new(config: &WebhookConfig) -> Result<WebhookClient, EventError> {
-        let roots = hds_tls::trusted_roots(config.trust_system_roots, config.ca_pem_path.as_deref())
-            .map_err(|error| EventError::Configuration(format!("trusted CAs: {error}")))?;
+        let roots =
+            hds_tls::trusted_roots(config.trust_system_roots, config.ca_pem_path.as_deref())
+                .map_err(|error| EventError::Configuration(format!("trusted CAs: {error}")))?;
         let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
         let tls = rustls::ClientConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
@@ -247,7 +251,9 @@ impl WebhookClient {
                     .get("WebHook-Allowed-Origin")
                     .and_then(|value| value.to_str().ok())
                     .map(str::trim)
-                    .is_some_and(|origin| origin == "*" || origin.eq_ignore_ascii_case(EVENT_GRID_ORIGIN));
+                    .is_some_and(|origin| {
+                        origin == "*" || origin.eq_ignore_ascii_case(EVENT_GRID_ORIGIN)
+                    });
                 if status.is_success() && allowed {
                     Ok(())
                 } else {

@@ -144,14 +144,12 @@ impl Receiver {
     }
 }
 
-async fn receive(
-    State(receiver): State<Receiver>,
-    headers: HeaderMap,
-    body: String,
-) -> StatusCode {
+async fn receive(State(receiver): State<Receiver>, headers: HeaderMap, body: String) -> StatusCode {
     if receiver
         .failures
-        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |left| left.checked_sub(1))
+        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |left| {
+            left.checked_sub(1)
+        })
         .is_ok()
     {
         return StatusCode::from_u16(*receiver.failure_status.lock().unwrap()).unwrap();
@@ -182,7 +180,10 @@ async fn database(postgres: bool) -> (Option<tempfile::TempDir>, Database) {
 
 fn subscription(url: &str) -> Subscription {
     Subscription {
-        id: format!("/subscriptions/s/resourceGroups/g/providers/Microsoft.EventGrid/systemTopics/t/eventSubscriptions/{}", "sub"),
+        id: format!(
+            "/subscriptions/s/resourceGroups/g/providers/Microsoft.EventGrid/systemTopics/t/eventSubscriptions/{}",
+            "sub"
+        ),
         name: "sub".into(),
         workspace_id: WORKSPACE.into(),
         endpoint_url: url.into(),
@@ -236,7 +237,12 @@ async fn delivers_in_order_retries_and_survives_a_restart(postgres: bool) {
     let receiver = Receiver::default();
     let url = receiver.start().await;
     store.put_subscription(&subscription(&url)).await.unwrap();
-    assert!(store.workspace_has_subscription(&WORKSPACE.to_uppercase()).await.unwrap());
+    assert!(
+        store
+            .workspace_has_subscription(&WORKSPACE.to_uppercase())
+            .await
+            .unwrap()
+    );
     tokio::time::sleep(Duration::from_millis(5)).await;
     for _ in 0..3 {
         source.add(ChangeKind::Created);
@@ -251,10 +257,16 @@ async fn delivers_in_order_retries_and_survives_a_restart(postgres: bool) {
     assert_eq!(receiver.sequences(), vec![2, 3, 4, 5]);
     {
         let received = receiver.received.lock().unwrap();
-        assert_eq!(received[0].1, "2", "two failed attempts before the first delivery");
+        assert_eq!(
+            received[0].1, "2",
+            "two failed attempts before the first delivery"
+        );
         assert_eq!(received[0].0.len(), 2, "batched by maxEventsPerBatch");
         let deleted = &received[1].0[1];
-        assert_eq!(deleted["eventType"], "Microsoft.HealthcareApis.DicomImageDeleted");
+        assert_eq!(
+            deleted["eventType"],
+            "Microsoft.HealthcareApis.DicomImageDeleted"
+        );
         assert_eq!(deleted["topic"], WORKSPACE);
         assert_eq!(deleted["data"]["imageSopInstanceUid"], "1.2.3.4.5");
         assert_eq!(deleted["data"]["partitionName"], "Microsoft.Default");
@@ -358,7 +370,10 @@ async fn dead_letters_and_leases_on_postgres() {
 async fn the_handshake_needs_the_validation_code() {
     async fn answer(body: String) -> axum::Json<Value> {
         let events: Value = serde_json::from_str(&body).unwrap();
-        assert_eq!(events[0]["eventType"], "Microsoft.EventGrid.SubscriptionValidationEvent");
+        assert_eq!(
+            events[0]["eventType"],
+            "Microsoft.EventGrid.SubscriptionValidationEvent"
+        );
         axum::Json(serde_json::json!({"validationResponse": events[0]["data"]["validationCode"]}))
     }
     async fn wrong(_body: String) -> axum::Json<Value> {
@@ -379,7 +394,12 @@ async fn the_handshake_needs_the_validation_code() {
         let client = client.clone();
         async move {
             client
-                .validate(&format!("http://{address}{path}"), DeliverySchema::EventGrid, "s", WORKSPACE)
+                .validate(
+                    &format!("http://{address}{path}"),
+                    DeliverySchema::EventGrid,
+                    "s",
+                    WORKSPACE,
+                )
                 .await
         }
     };

@@ -27,7 +27,9 @@ use hds_arm::{
     ArmError, ArmFuture, ProviderResponse, PutRequest, RequestContext, Resource, ResourceId,
     ResourceProvider,
 };
-use hds_events::{ALL_EVENT_TYPES, DeliverySchema, Dispatcher, EventStore, Subscription, WebhookClient};
+use hds_events::{
+    ALL_EVENT_TYPES, DeliverySchema, Dispatcher, EventStore, Subscription, WebhookClient,
+};
 use hds_identity::Identity;
 use http::StatusCode;
 use serde_json::{Value, json};
@@ -70,7 +72,9 @@ pub struct EventGridParts {
 
 impl std::fmt::Debug for EventGridParts {
     fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        formatter.debug_struct("EventGridParts").finish_non_exhaustive()
+        formatter
+            .debug_struct("EventGridParts")
+            .finish_non_exhaustive()
     }
 }
 
@@ -180,8 +184,9 @@ impl ResourceProvider for SystemTopicProvider {
                         ),
                     )
                 })?;
-            let topic_type = optional_string(&request.properties, "topicType", "properties.topicType")?
-                .unwrap_or_default();
+            let topic_type =
+                optional_string(&request.properties, "topicType", "properties.topicType")?
+                    .unwrap_or_default();
             if !topic_type.eq_ignore_ascii_case(WORKSPACE_TOPIC_TYPE) {
                 return Err(bad_request(
                     "InvalidRequest",
@@ -211,7 +216,9 @@ impl ResourceProvider for SystemTopicProvider {
                     .id
                     .resource_type()
                     .is_some_and(|kind| kind.eq_ignore_ascii_case(SYSTEM_TOPICS_TYPE));
-                if is_topic && other.id != id && topic_source(&other).as_ref() == Some(&workspace.id)
+                if is_topic
+                    && other.id != id
+                    && topic_source(&other).as_ref() == Some(&workspace.id)
                 {
                     return Err(bad_request(
                         "InvalidRequest",
@@ -292,7 +299,10 @@ fn optional_integer(
             .ok_or_else(|| {
                 bad_request(
                     "InvalidRequest",
-                    format!("'{path}' must be an integer from {} to {}.", range.0, range.1),
+                    format!(
+                        "'{path}' must be an integer from {} to {}.",
+                        range.0, range.1
+                    ),
                 )
             }),
     }
@@ -306,7 +316,9 @@ fn string_list(object: &Value, name: &str, path: &str) -> Result<Option<Vec<Stri
     let invalid = || {
         bad_request(
             "InvalidRequest",
-            format!("'{path}' must be a list of at most {MAX_LIST_ENTRIES} strings of at most {MAX_FILTER_CHARS} characters."),
+            format!(
+                "'{path}' must be a list of at most {MAX_LIST_ENTRIES} strings of at most {MAX_FILTER_CHARS} characters."
+            ),
         )
     };
     let list = value.as_array().ok_or_else(invalid)?;
@@ -355,9 +367,12 @@ fn parse_subscription(
             "'properties.destination' is required: {\"endpointType\": \"WebHook\", \"properties\": {\"endpointUrl\": \"https://...\"}}.",
         )
     })?;
-    let endpoint_type =
-        optional_string(destination, "endpointType", "properties.destination.endpointType")?
-            .unwrap_or_default();
+    let endpoint_type = optional_string(
+        destination,
+        "endpointType",
+        "properties.destination.endpointType",
+    )?
+    .unwrap_or_default();
     if !endpoint_type.eq_ignore_ascii_case("WebHook") {
         return Err(bad_request(
             "EndpointTypeNotSupported",
@@ -381,8 +396,12 @@ fn parse_subscription(
     {
         return Err(not_supported_feature("'deliveryAttributeMappings'"));
     }
-    let given_url = optional_string(webhook, "endpointUrl", "properties.destination.properties.endpointUrl")?
-        .filter(|url| !url.trim().is_empty());
+    let given_url = optional_string(
+        webhook,
+        "endpointUrl",
+        "properties.destination.properties.endpointUrl",
+    )?
+    .filter(|url| !url.trim().is_empty());
     let previous_url = previous
         .and_then(|previous| field(&previous.properties, "destination"))
         .and_then(|destination| field(destination, "properties"))
@@ -432,8 +451,12 @@ fn parse_subscription(
 
     let filter = field(properties, "filter").unwrap_or(&empty);
     let mut included_event_types = Vec::new();
-    for given in string_list(filter, "includedEventTypes", "properties.filter.includedEventTypes")?
-        .unwrap_or_default()
+    for given in string_list(
+        filter,
+        "includedEventTypes",
+        "properties.filter.includedEventTypes",
+    )?
+    .unwrap_or_default()
     {
         let known = ALL_EVENT_TYPES
             .iter()
@@ -447,7 +470,10 @@ fn parse_subscription(
                     ),
                 )
             })?;
-        if !included_event_types.iter().any(|kept: &String| kept == known) {
+        if !included_event_types
+            .iter()
+            .any(|kept: &String| kept == known)
+        {
             included_event_types.push((*known).to_owned());
         }
     }
@@ -491,8 +517,14 @@ fn parse_subscription(
     .unwrap_or(1440);
     for (name, what) in [
         ("deadLetterDestination", "A dead-letter destination"),
-        ("deadLetterWithResourceIdentity", "A dead-letter destination"),
-        ("deliveryWithResourceIdentity", "Delivery with a resource identity"),
+        (
+            "deadLetterWithResourceIdentity",
+            "A dead-letter destination",
+        ),
+        (
+            "deliveryWithResourceIdentity",
+            "Delivery with a resource identity",
+        ),
         ("expirationTimeUtc", "An expiration time"),
     ] {
         if field(properties, name).is_some() {
@@ -604,9 +636,8 @@ impl ResourceProvider for EventSubscriptionProvider {
                 .get(&topic_id)
                 .await?
                 .ok_or_else(|| ArmError::parent_not_found(&topic_id))?;
-            let workspace = topic_source(&topic).ok_or_else(|| {
-                ArmError::internal(&"a stored system topic has no source")
-            })?;
+            let workspace = topic_source(&topic)
+                .ok_or_else(|| ArmError::internal(&"a stored system topic has no source"))?;
             authorize_on_source(&self.identity, &context, &workspace).await?;
             if context.store.get(&workspace).await?.is_none() {
                 return Err(bad_request(
@@ -615,7 +646,8 @@ impl ResourceProvider for EventSubscriptionProvider {
                 ));
             }
             let previous = context.store.get(&id).await?;
-            let settings = parse_subscription(&request.properties, previous.as_ref(), &self.parts.client)?;
+            let settings =
+                parse_subscription(&request.properties, previous.as_ref(), &self.parts.client)?;
             let properties = stored_properties(&settings, workspace.as_str());
             let subscription = Subscription {
                 id: id.as_str().to_owned(),
@@ -663,9 +695,15 @@ impl ResourceProvider for EventSubscriptionProvider {
                     .await
                     .map_err(|error| ArmError::internal(&error))?;
                 let resource = context.store.put_succeeded(&id, &request).await?;
-                return Ok(ProviderResponse::Completed(hide_endpoint_url(resource.to_json())));
+                return Ok(ProviderResponse::Completed(hide_endpoint_url(
+                    resource.to_json(),
+                )));
             }
-            let state = if previous.is_some() { "Updating" } else { "Creating" };
+            let state = if previous.is_some() {
+                "Updating"
+            } else {
+                "Creating"
+            };
             let mut resource = Resource::from_request(id.clone(), &request, state);
             if let Some(previous) = &previous {
                 resource.created_at = previous.created_at;

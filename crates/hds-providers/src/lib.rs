@@ -143,7 +143,12 @@ pub fn register_all(builder: ArmBuilder, dependencies: &ProviderDependencies) ->
                 Arc::clone(&dependencies.dicom_host),
                 &dependencies.public_base_url,
             )
-            .with_events(dependencies.events.as_ref().map(|parts| parts.store.clone())),
+            .with_events(
+                dependencies
+                    .events
+                    .as_ref()
+                    .map(|parts| parts.store.clone()),
+            ),
         ))
         .provider(Arc::new(AvailabilityStatusProvider::new(Arc::clone(
             &dependencies.dicom_host,
