@@ -307,3 +307,62 @@ def pathlib_fixture(name):
     import pathlib
 
     return pathlib.Path(__file__).resolve().parents[1] / "fixtures" / "arm" / name
+
+
+CONTRIBUTOR = "b24988ac-6180-42a0-ab88-20f7382dd24c"
+READER = "acdd72a7-3385-48ef-bd42-f606fba81ae7"
+ISSUER = "https://login.example.org/events/v2.0"
+
+
+def test_routing_a_workspaces_events_needs_rights_on_the_workspace(tmp_path):
+    """A Contributor of the workspace's group may create the topic and a subscription; a
+    Contributor of another group only may not route the workspace's events there (403
+    LinkedAuthorizationFailed); a Reader may not write at all."""
+    from conftest import ExternalIssuer
+
+    issuer = ExternalIssuer(tmp_path, ISSUER, kid="events-1")
+    server = HdsServer(tmp_path / "data", extra_args=[*issuer.flag(), *FAST]).start()
+    receiver = Receiver()
+    try:
+        arm = ArmClient(server)
+        arm.put_group("eventsrg")
+
+        def session_of(name, role, scope):
+            subject = f"events-{name}"
+            arm.grant(issuer.principal_id(subject, arm.tenant_id), scope, role=role)
+            claims = {**issuer.user_claims("https://management.azure.com", subject), "tid": arm.tenant_id}
+            client = ArmClient(server)
+            client.session.headers["Authorization"] = f"Bearer {issuer.token(claims)}"
+            return client
+
+        elsewhere = session_of("elsewhere", CONTRIBUTOR, arm.group("eventsrg"))
+        reader = session_of("reader", READER, arm.group())
+        owner = session_of("owner", CONTRIBUTOR, arm.group())
+        topic_body = {"location": "local", "properties": {
+            "source": arm.workspace_id(), "topicType": "Microsoft.HealthcareApis.Workspaces"}}
+        foreign_topic = f"{arm.group('eventsrg')}/providers/Microsoft.EventGrid/systemTopics/stolen"
+
+        refused = elsewhere.request("PUT", foreign_topic, topic_body, api_version=EG_API)
+        assert refused.status_code == 403, refused.text
+        assert refused.json()["error"]["code"] == "LinkedAuthorizationFailed"
+        assert reader.request("PUT", topic_id(arm), topic_body, api_version=EG_API).status_code == 403
+
+        # The admin makes a topic in the other group; its Contributor still may not subscribe.
+        arm.ok("PUT", foreign_topic, topic_body, api_version=EG_API)
+        refused = elsewhere.request("PUT", f"{foreign_topic}/eventSubscriptions/hook",
+                                    subscription_body(receiver.url), api_version=EG_API)
+        assert refused.status_code == 403, refused.text
+        assert receiver.validations == 0
+        arm.ok("DELETE", foreign_topic, api_version=EG_API)
+
+        assert owner.request("PUT", topic_id(arm), topic_body, api_version=EG_API).status_code in (200, 201)
+        subscription = subscribe(owner, receiver.url)
+        assert subscription["properties"]["provisioningState"] == "Succeeded"
+        assert event_state(arm) == "Enabled"
+        assert reader.get(f"{topic_id(arm)}/eventSubscriptions/webhook", api_version=EG_API)["properties"][
+            "destination"]["properties"]["endpointUrl"] is None
+        assert reader.request("POST", f"{topic_id(arm)}/eventSubscriptions/webhook/getFullUrl",
+                              api_version=EG_API).status_code == 403
+    finally:
+        receiver.close()
+        server.stop()

@@ -115,9 +115,12 @@ impl ChangeSource for FakeSource {
 
 /// A webhook receiver: records each request's events and delivery count; answers
 /// `failures` requests with `failure_status` first.
+/// Each request's events and `aeg-delivery-count`.
+type Received = Arc<Mutex<Vec<(Vec<Value>, String)>>>;
+
 #[derive(Clone, Default)]
 struct Receiver {
-    received: Arc<Mutex<Vec<(Vec<Value>, String)>>>,
+    received: Received,
     failures: Arc<AtomicUsize>,
     failure_status: Arc<Mutex<u16>>,
 }
@@ -321,7 +324,7 @@ async fn dead_letters_and_leases(postgres: bool) {
     receiver.failures.store(2, Ordering::SeqCst);
     let one = dispatcher(&store, &source);
     let two = dispatcher(&store, &source);
-    run_until(&one, || receiver.sequences().len() >= 1).await;
+    run_until(&one, || !receiver.sequences().is_empty()).await;
     assert_eq!(receiver.sequences(), vec![2]);
     let stats = store.stats(&limited.id).await.unwrap().unwrap();
     assert_eq!((stats.delivered, stats.dead_lettered), (1, 1));
