@@ -411,3 +411,40 @@ async fn the_handshake_needs_the_validation_code() {
     assert!(validate("/huge").await.unwrap_err().contains("longer than"));
     assert!(validate("/missing").await.unwrap_err().contains("404"));
 }
+
+/// Two dispatchers (two nodes) running at once on one database: each event arrives once.
+async fn two_nodes_deliver_each_event_once(postgres: bool) {
+    let (_dir, database) = database(postgres).await;
+    let store = EventStore::open(database.clone()).await.unwrap();
+    let source = Arc::new(FakeSource::default());
+    let receiver = Receiver::default();
+    let url = receiver.start().await;
+    store.put_subscription(&subscription(&url)).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let nodes = [dispatcher(&store, &source), dispatcher(&store, &source)];
+    let tasks: Vec<_> = nodes.iter().map(Dispatcher::spawn).collect();
+    for _ in 0..40 {
+        source.add(ChangeKind::Created);
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while receiver.sequences().len() < 40 {
+        assert!(tokio::time::Instant::now() < deadline, "timed out");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    for task in tasks {
+        task.abort();
+    }
+    assert_eq!(receiver.sequences(), (1..=40).collect::<Vec<i64>>());
+}
+
+#[tokio::test]
+async fn two_nodes_deliver_each_event_once_on_sqlite() {
+    two_nodes_deliver_each_event_once(false).await;
+}
+
+#[tokio::test]
+async fn two_nodes_deliver_each_event_once_on_postgres() {
+    two_nodes_deliver_each_event_once(true).await;
+}
