@@ -366,3 +366,40 @@ def test_routing_a_workspaces_events_needs_rights_on_the_workspace(tmp_path):
     finally:
         receiver.close()
         server.stop()
+
+
+def test_lost_key_access_holds_events_back_until_the_key_is_back(tmp_path):
+    """A change waiting for its webhook is not sent while the service's customer-managed key is
+    disabled (its UIDs cannot be opened, and the service serves nothing); once the key is
+    enabled again it is delivered, once."""
+    from conftest import FAST_CMK_FLAGS, key_url_of, vault_of, wait_data_plane
+
+    server = HdsServer(tmp_path / "data", extra_args=[*FAST, *FAST_CMK_FLAGS]).start()
+    receiver = Receiver()
+    try:
+        arm = ArmClient(server)
+        put_topic(arm)
+        assert subscribe(arm, receiver.url)["properties"]["provisioningState"] == "Succeeded"
+        receiver.down = True
+        dataset = fresh_instance()
+        store(server, dataset)
+        wait_for(lambda: receiver.failed_attempts >= 1, timeout=20, what="a first attempt")
+
+        key_url = key_url_of(arm.get(arm.service_id()))
+        vault = vault_of(server, arm)
+        vault.set_enabled(key_url, False)
+        wait_data_plane(server, (500, "CustomerManagedKeyAccessLost"))
+        receiver.down = False
+        attempts = receiver.failed_attempts
+        time.sleep(3)
+        assert receiver.events() == [] and receiver.failed_attempts == attempts, "nothing while the key is lost"
+
+        vault.set_enabled(key_url, True)
+        wait_data_plane(server, (200, None))
+        events = wait_for(lambda: receiver.events() or None, timeout=30, what="the held-back event")
+        assert [e["data"]["imageSopInstanceUid"] for e in events] == [dataset.SOPInstanceUID]
+        time.sleep(1)
+        assert len(receiver.events()) == 1
+    finally:
+        receiver.close()
+        assert server.stop() == 0
