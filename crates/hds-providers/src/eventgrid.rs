@@ -54,6 +54,9 @@ const NEWEST_API_VERSION: &str = "2025-02-15";
 /// api-version dates accepted (later previews included).
 const API_DATES: (&str, &str) = ("2020-04-01", "2025-12-31");
 
+/// The most event subscriptions of one topic (Azure's limit).
+const MAX_SUBSCRIPTIONS_PER_TOPIC: usize = 500;
+
 /// The most `includedEventTypes`, `labels`, and characters of a subject filter or label.
 const MAX_LIST_ENTRIES: usize = 25;
 const MAX_FILTER_CHARS: usize = 1024;
@@ -268,6 +271,7 @@ impl ResourceProvider for SystemTopicProvider {
 }
 
 /// An event subscription's settings, read and checked from a PUT.
+#[derive(Debug)]
 struct SubscriptionRequest {
     endpoint_url: String,
     schema: DeliverySchema,
@@ -646,6 +650,21 @@ impl ResourceProvider for EventSubscriptionProvider {
                 ));
             }
             let previous = context.store.get(&id).await?;
+            if previous.is_none()
+                && context
+                    .store
+                    .list_children(&topic_id, EVENT_SUBSCRIPTIONS_TYPE)
+                    .await?
+                    .len()
+                    >= MAX_SUBSCRIPTIONS_PER_TOPIC
+            {
+                return Err(bad_request(
+                    "InvalidRequest",
+                    format!(
+                        "A system topic has at most {MAX_SUBSCRIPTIONS_PER_TOPIC} event subscriptions."
+                    ),
+                ));
+            }
             let settings =
                 parse_subscription(&request.properties, previous.as_ref(), &self.parts.client)?;
             let properties = stored_properties(&settings, workspace.as_str());
@@ -823,4 +842,71 @@ pub(crate) async fn set_event_state(
         );
     }
     Ok(value)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn client() -> WebhookClient {
+        WebhookClient::new(&hds_events::WebhookConfig::default()).expect("client")
+    }
+
+    fn webhook(url: &str) -> Value {
+        json!({"destination": {"endpointType": "WebHook", "properties": {"endpointUrl": url}}})
+    }
+
+    #[test]
+    fn defaults_are_event_grids() {
+        let parsed = parse_subscription(&webhook("https://r.example/h?code=x"), None, &client())
+            .expect("valid");
+        assert_eq!(parsed.schema, DeliverySchema::EventGrid);
+        assert_eq!(
+            (
+                parsed.max_events_per_batch,
+                parsed.preferred_batch_kb,
+                parsed.max_delivery_attempts,
+                parsed.event_ttl_minutes
+            ),
+            (1, 64, 30, 1440)
+        );
+        assert!(parsed.included_event_types.is_empty());
+        let stored = stored_properties(&parsed, "/w");
+        assert_eq!(
+            stored["destination"]["properties"]["endpointBaseUrl"],
+            "https://r.example/h"
+        );
+        let shown = hide_endpoint_url(json!({ "properties": stored }));
+        assert!(shown["properties"]["destination"]["properties"]["endpointUrl"].is_null());
+    }
+
+    #[test]
+    fn event_types_are_canonical_and_bounded() {
+        let mut body = webhook("https://r.example/h");
+        body["filter"] = json!({"includedEventTypes": [
+            "microsoft.healthcareapis.dicomimagedeleted",
+            "Microsoft.HealthcareApis.DicomImageDeleted"
+        ]});
+        let parsed = parse_subscription(&body, None, &client()).expect("valid");
+        assert_eq!(
+            parsed.included_event_types,
+            vec![hds_events::DICOM_IMAGE_DELETED.to_owned()]
+        );
+        body["filter"] = json!({"includedEventTypes": ["Microsoft.Storage.BlobCreated"]});
+        assert!(parse_subscription(&body, None, &client()).is_err());
+        body["filter"] = json!({"subjectEndsWith": "x".repeat(MAX_FILTER_CHARS + 1)});
+        assert!(parse_subscription(&body, None, &client()).is_err());
+        body["filter"] = json!({});
+        body["retryPolicy"] = json!({"eventTimeToLiveInMinutes": 1441});
+        assert!(parse_subscription(&body, None, &client()).is_err());
+    }
+
+    #[test]
+    fn urls_are_checked() {
+        for url in ["http://r.example/h", "https://u:p@r.example/", "not a url"] {
+            let error = parse_subscription(&webhook(url), None, &client()).expect_err(url);
+            assert_eq!(error.code(), "InvalidEndpointUrl");
+        }
+        assert!(parse_subscription(&webhook("http://127.0.0.1:9/h"), None, &client()).is_ok());
+    }
 }
