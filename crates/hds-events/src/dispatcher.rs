@@ -20,6 +20,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
+use futures::StreamExt;
 use futures::future::BoxFuture;
 use serde_json::Value;
 use tokio::sync::Notify;
@@ -144,6 +145,9 @@ impl DispatcherConfig {
     }
 }
 
+/// How many subscriptions one pass serves at once.
+const CONCURRENT_SUBSCRIPTIONS: usize = 8;
+
 /// The most changes read for one batch beyond its events (changes the filter leaves out).
 const READ_AHEAD: i64 = 100;
 
@@ -234,36 +238,51 @@ impl Dispatcher {
     }
 
     /// One pass over every subscription; whether anything was delivered or skipped past.
+    /// Subscriptions are served [`CONCURRENT_SUBSCRIPTIONS`] at a time, so a slow endpoint
+    /// (up to a request timeout per attempt) does not hold the others back.
     pub async fn step(&self) -> Result<bool, EventError> {
+        let keys = self.inner.store.subscription_keys().await?;
+        let outcomes: Vec<Result<bool, EventError>> = futures::stream::iter(keys)
+            .map(|key| async move { self.step_subscription(&key).await })
+            .buffer_unordered(CONCURRENT_SUBSCRIPTIONS)
+            .collect()
+            .await;
         let mut progressed = false;
-        for key in self.inner.store.subscription_keys().await? {
-            if !self.hold(&key).await? {
-                continue;
+        for outcome in outcomes {
+            progressed |= outcome?;
+        }
+        Ok(progressed)
+    }
+
+    /// The next batch of each service of subscription `key`, if this process holds its lease.
+    async fn step_subscription(&self, key: &str) -> Result<bool, EventError> {
+        if !self.hold(key).await? {
+            return Ok(false);
+        }
+        let Some(stored) = self.inner.store.load(key).await? else {
+            return Ok(false);
+        };
+        let services = match self
+            .inner
+            .source
+            .services(&stored.subscription.workspace_id)
+            .await
+        {
+            Ok(services) => services,
+            Err(error) => {
+                tracing::warn!(subscription = %stored.subscription.id, %error, "the workspace's DICOM services could not be listed for event delivery");
+                return Ok(false);
             }
-            let Some(stored) = self.inner.store.load(&key).await? else {
-                continue;
-            };
-            let services = match self
-                .inner
-                .source
-                .services(&stored.subscription.workspace_id)
-                .await
-            {
-                Ok(services) => services,
-                Err(error) => {
-                    tracing::warn!(subscription = %stored.subscription.id, %error, "the workspace's DICOM services could not be listed for event delivery");
-                    continue;
+        };
+        let mut progressed = false;
+        for service in services.iter().filter(|service| service.available) {
+            match self.deliver_batch(key, &stored, service).await {
+                Ok(moved) => progressed |= moved,
+                Err(BatchError::Source(SourceError::KeysUnavailable)) => {}
+                Err(BatchError::Source(error)) => {
+                    tracing::warn!(subscription = %stored.subscription.id, service = %service.service, %error, "the change feed could not be read for event delivery");
                 }
-            };
-            for service in services.iter().filter(|service| service.available) {
-                match self.deliver_batch(&key, &stored, service).await {
-                    Ok(moved) => progressed |= moved,
-                    Err(BatchError::Source(SourceError::KeysUnavailable)) => {}
-                    Err(BatchError::Source(error)) => {
-                        tracing::warn!(subscription = %stored.subscription.id, service = %service.service, %error, "the change feed could not be read for event delivery");
-                    }
-                    Err(BatchError::Store(error)) => return Err(error),
-                }
+                Err(BatchError::Store(error)) => return Err(error),
             }
         }
         Ok(progressed)
