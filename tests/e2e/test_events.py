@@ -272,6 +272,7 @@ def test_cloud_events_templates_failed_handshakes_and_hostile_settings(tmp_path)
         store(server, dataset)
         events = wait_for(lambda: good.events() or None, timeout=20, what="a CloudEvent")
         event = events[0]
+        assert set(event) == {"specversion", "id", "source", "subject", "type", "time", "data"}
         assert event["specversion"] == "1.0" and event["type"] == CREATED
         assert event["source"].lower() == arm.workspace_id().lower()
         assert event["data"]["imageSopInstanceUid"] == dataset.SOPInstanceUID

@@ -112,7 +112,6 @@ pub fn event_json(
             "subject": subject,
             "type": event_type,
             "time": time,
-            "datacontenttype": "application/json",
             "data": data,
         }),
     }
@@ -177,5 +176,22 @@ mod tests {
         assert_eq!(event["type"], DICOM_IMAGE_DELETED);
         assert_eq!(event["source"], "/t");
         assert_eq!(event["data"]["imageSopInstanceUid"], "1.2.3.4.5");
+        let mut keys: Vec<&str> = event
+            .as_object()
+            .map(|object| object.keys().map(String::as_str).collect())
+            .unwrap_or_default();
+        keys.sort_unstable();
+        assert_eq!(
+            keys,
+            [
+                "data",
+                "id",
+                "source",
+                "specversion",
+                "subject",
+                "time",
+                "type"
+            ]
+        );
     }
 }
