@@ -415,3 +415,31 @@ def test_a_node_killed_under_stow_load_loses_nothing_acknowledged(deployment):
     for dataset, payload in done:
         got = retrieve(victim, victim.url, dataset)
         assert got.status_code == 200 and got.content == payload, dataset.SOPInstanceUID
+
+
+def test_events_stored_through_every_node_arrive_once_in_order(deployment):
+    """A webhook event subscription on the shared database: every node runs a dispatcher, one
+    holds the subscription's lease; instances stored through each node in turn arrive once
+    each, in sequence order."""
+    from test_events import EG_API, Receiver, put_topic, subscribe, topic_id
+
+    nodes = deployment["nodes"]
+    arm = ArmClient(nodes[0])
+    receiver = Receiver()
+    try:
+        put_topic(arm)
+        assert subscribe(arm, receiver.url)["properties"]["provisioningState"] == "Succeeded"
+        datasets = [unique_copy("CT_small.dcm") for _ in range(6)]
+        for position, dataset in enumerate(datasets):
+            stored = stow(nodes[position % len(nodes)], [to_bytes(dataset)])
+            assert stored.status_code == 200, stored.text[:300]
+        events = wait_for(lambda: receiver.events() if len(receiver.events()) >= 6 else None,
+                          timeout=60, what="six events")
+        time.sleep(3)
+        events = receiver.events()
+        assert [e["data"]["imageSopInstanceUid"] for e in events] == [d.SOPInstanceUID for d in datasets]
+        sequences = [e["data"]["sequenceNumber"] for e in events]
+        assert sequences == sorted(set(sequences))
+    finally:
+        arm.ok("DELETE", topic_id(arm), api_version=EG_API)
+        receiver.close()

@@ -832,6 +832,71 @@ impl DicomServiceHost for DicomHost {
     }
 }
 
+/// A served DICOM service as the event dispatcher needs it.
+#[derive(Clone)]
+pub struct ServedService {
+    /// Its internal id (its change feed's key).
+    pub service_key: String,
+    /// Its ARM resource id.
+    pub resource_id: String,
+    /// Its service URL.
+    pub service_url: String,
+    /// Its keys: the change feed's UIDs are sealed under them.
+    pub keyring: Arc<ServiceKeyring>,
+    /// Whether access to its customer-managed key is lost (as the data plane decides it):
+    /// it then gets no events, as it serves no data.
+    pub key_access_lost: bool,
+}
+
+impl DicomHost {
+    /// The DICOM services served under the workspace `workspace_id` (its resource id, in any
+    /// case).
+    pub fn services_in_workspace(&self, workspace_id: &str) -> Vec<ServedService> {
+        let prefix = format!(
+            "{}/dicomservices/",
+            workspace_id.trim_end_matches('/').to_ascii_lowercase()
+        );
+        let services = self.services.read().unwrap_or_else(PoisonError::into_inner);
+        services
+            .by_id
+            .values()
+            .filter(|hosted| {
+                let id = hosted.resource_id.to_ascii_lowercase();
+                id.strip_prefix(&prefix)
+                    .is_some_and(|name| !name.is_empty() && !name.contains('/'))
+            })
+            .map(|hosted| self.served_service(hosted))
+            .collect()
+    }
+
+    /// The service served under the internal id `service_key`, if any.
+    pub fn served(&self, service_key: &str) -> Option<ServedService> {
+        let services = self.services.read().unwrap_or_else(PoisonError::into_inner);
+        services
+            .by_id
+            .get(service_key)
+            .map(|hosted| self.served_service(hosted))
+    }
+
+    fn served_service(&self, hosted: &HostedService) -> ServedService {
+        let key_access_lost = hosted.customer_managed
+            && self
+                .monitor
+                .state(&hosted.service_key)
+                .and_then(|state| {
+                    state.data_plane_message_with_latch(self.monitor.config().lost_access_latch)
+                })
+                .is_some();
+        ServedService {
+            service_key: hosted.service_key.clone(),
+            resource_id: hosted.resource_id.clone(),
+            service_url: hosted.spec.service_url.clone(),
+            keyring: hosted.keyring.clone(),
+            key_access_lost,
+        }
+    }
+}
+
 impl DicomServiceResolver for DicomHost {
     fn cors(&self, workspace: &str, service: &str) -> Option<hds_dicomweb::CorsPolicy> {
         let route = service_route(workspace, service);

@@ -19,5 +19,5 @@
 mod host;
 pub mod service_ids;
 
-pub use host::{DicomHost, DicomHostParts, HostError, service_route};
+pub use host::{DicomHost, DicomHostParts, HostError, ServedService, service_route};
 pub use service_ids::{Claimed, ServiceIdError, ServiceIds};

@@ -758,6 +758,8 @@ pub struct DicomServiceProvider {
     identity: Identity,
     host: Arc<dyn DicomServiceHost>,
     public_base_url: String,
+    /// Where event subscriptions are recorded: `eventState` is read from it.
+    events: Option<hds_events::EventStore>,
 }
 
 impl std::fmt::Debug for DicomServiceProvider {
@@ -781,7 +783,15 @@ impl DicomServiceProvider {
             identity,
             host,
             public_base_url: public_base_url.trim_end_matches('/').to_owned(),
+            events: None,
         }
+    }
+
+    /// The same provider, showing `eventState: Enabled` for the services of workspaces that
+    /// an event subscription in `events` delivers from.
+    pub fn with_events(mut self, events: Option<hds_events::EventStore>) -> DicomServiceProvider {
+        self.events = events;
+        self
     }
 
     fn service_url(&self, id: &ResourceId) -> String {
@@ -1003,7 +1013,6 @@ impl DicomServiceProvider {
                 json!({ "origins": [], "headers": [], "methods": [], "allowCredentials": false }),
             );
         }
-        properties.insert("eventState".into(), json!("Disabled"));
         properties.insert("privateEndpointConnections".into(), json!([]));
         let request = PutRequest {
             identity: identity_json(identity_request.declared, system.as_ref(), &users),
@@ -1011,7 +1020,7 @@ impl DicomServiceProvider {
             ..request
         };
         let resource = context.store.put_succeeded(&id, &request).await?;
-        Ok(resource.to_json())
+        crate::eventgrid::set_event_state(self.events.as_ref(), &id, resource.to_json()).await
     }
 }
 
@@ -1033,6 +1042,19 @@ impl ResourceProvider for DicomServiceProvider {
         Box::pin(async move {
             let value = self.put_service(context, id, body).await?;
             Ok(ProviderResponse::Completed(value))
+        })
+    }
+
+    /// The stored resource, with `eventState` as the workspace's event subscriptions make it
+    /// now (it is not stored: a subscription on the workspace changes it).
+    fn get(&self, context: RequestContext, id: ResourceId) -> ArmFuture<'_, Value> {
+        Box::pin(async move {
+            let resource = context
+                .store
+                .get(&id)
+                .await?
+                .ok_or_else(|| ArmError::resource_not_found(&id))?;
+            crate::eventgrid::set_event_state(self.events.as_ref(), &id, resource.to_json()).await
         })
     }
 

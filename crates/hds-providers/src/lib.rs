@@ -11,6 +11,7 @@
 //! | `Microsoft.KeyVault/vaults`, `vaults/keys`, `vaults/keys/versions` | [`hds_keyvault::KeyVaultService`] |
 //! | `Microsoft.HealthcareApis/workspaces`, `workspaces/dicomservices` | the store, and a [`DicomServiceHost`] |
 //! | `Microsoft.ResourceHealth/availabilityStatuses` | [`DicomServiceHost::health`] |
+//! | `Microsoft.EventGrid/systemTopics`, `systemTopics/eventSubscriptions` | the store, and [`hds_events`] (webhook handshake, delivery rows) |
 //!
 //! plus [`IdentityAccessControl`], the [`hds_arm::ArmAccessControl`] over bearer tokens and
 //! role assignments. [`register_all`] registers everything on an [`ArmBuilder`].
@@ -24,6 +25,7 @@
 mod access;
 mod authorization;
 mod errors;
+mod eventgrid;
 mod health;
 mod healthcare;
 mod host;
@@ -44,6 +46,10 @@ use hds_keyvault::KeyVaultService;
 pub use access::IdentityAccessControl;
 pub use authorization::{
     ROLE_ASSIGNMENTS_TYPE, ROLE_DEFINITIONS_TYPE, RoleAssignmentProvider, RoleDefinitionProvider,
+};
+pub use eventgrid::{
+    EVENT_SUBSCRIPTIONS_TYPE, EventGridParts, EventSubscriptionProvider, SUBSCRIBE_ACTION,
+    SYSTEM_TOPICS_TYPE, SystemTopicProvider, WORKSPACE_TOPIC_TYPE,
 };
 pub use health::{AVAILABILITY_STATUSES_TYPE, AvailabilityStatusProvider, CURRENT};
 pub use healthcare::{
@@ -75,6 +81,9 @@ pub struct ProviderDependencies {
     pub public_base_url: String,
     /// Told of vault changes (to start and stop vault listeners), if anyone needs to know.
     pub vault_events: Option<Arc<dyn VaultEvents>>,
+    /// DICOM events: without them, the Event Grid types are not served and every DICOM
+    /// service's `eventState` is `Disabled`.
+    pub events: Option<EventGridParts>,
 }
 
 impl std::fmt::Debug for ProviderDependencies {
@@ -94,6 +103,18 @@ pub fn access_control(identity: Identity) -> Arc<dyn hds_arm::ArmAccessControl> 
 /// Registers every provider of this crate on `builder`.
 pub fn register_all(builder: ArmBuilder, dependencies: &ProviderDependencies) -> ArmBuilder {
     let identity = &dependencies.identity;
+    let builder = match &dependencies.events {
+        Some(parts) => builder
+            .provider(Arc::new(SystemTopicProvider::new(
+                identity.clone(),
+                parts.clone(),
+            )))
+            .provider(Arc::new(EventSubscriptionProvider::new(
+                identity.clone(),
+                parts.clone(),
+            ))),
+        None => builder,
+    };
     builder
         .provider(Arc::new(UserAssignedIdentityProvider::new(
             identity.clone(),
@@ -116,11 +137,19 @@ pub fn register_all(builder: ArmBuilder, dependencies: &ProviderDependencies) ->
         .provider(Arc::new(WorkspaceProvider::new(
             dependencies.database.clone(),
         )))
-        .provider(Arc::new(DicomServiceProvider::new(
-            identity.clone(),
-            Arc::clone(&dependencies.dicom_host),
-            &dependencies.public_base_url,
-        )))
+        .provider(Arc::new(
+            DicomServiceProvider::new(
+                identity.clone(),
+                Arc::clone(&dependencies.dicom_host),
+                &dependencies.public_base_url,
+            )
+            .with_events(
+                dependencies
+                    .events
+                    .as_ref()
+                    .map(|parts| parts.store.clone()),
+            ),
+        ))
         .provider(Arc::new(AvailabilityStatusProvider::new(Arc::clone(
             &dependencies.dicom_host,
         ))))

@@ -215,6 +215,7 @@ impl Harness {
             dicom_host: host.clone(),
             public_base_url: format!("{BASE_URL}/"),
             vault_events: None,
+            events: None,
         };
         let config = ArmConfig {
             tenant_id: info.tenant_id.clone(),

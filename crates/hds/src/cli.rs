@@ -156,6 +156,16 @@ pub struct UpOptions {
     #[arg(long, env = "HDS_CMK_PROBE_INTERVAL", default_value = "60s", value_parser = parse_duration)]
     pub cmk_probe_interval: std::time::Duration,
 
+    /// How often the DICOM event dispatcher looks for changes to deliver when idle (e.g. 1s,
+    /// 200ms).
+    #[arg(long, env = "HDS_EVENT_POLL_INTERVAL", default_value = "1s", value_parser = parse_duration)]
+    pub event_poll_interval: std::time::Duration,
+
+    /// The wait before the first retry of a failed event delivery; later retries follow Event
+    /// Grid's schedule in proportion (10s: exactly Event Grid's 10 s, 30 s, 1 min, 5 min, ...).
+    #[arg(long, env = "HDS_EVENT_FIRST_RETRY", default_value = "10s", value_parser = parse_duration)]
+    pub event_first_retry: std::time::Duration,
+
     /// How often the key vault rotates keys whose rotation policy's Rotate action is due
     /// (e.g. 1m, 1h). A due rotation happens at the first pass after its time.
     #[arg(long, env = "HDS_KEY_ROTATION_INTERVAL", default_value = "1m", value_parser = parse_duration)]

@@ -8,6 +8,7 @@ mod az_metadata;
 mod blob_store;
 mod cli;
 mod client;
+mod events;
 mod listener_limits;
 mod logging;
 mod metrics;

@@ -281,6 +281,32 @@ pub async fn run(options: UpOptions) -> anyhow::Result<()> {
             .context("opening the DICOM service ids")?,
     });
 
+    // DICOM events: subscriptions (Event Grid system topics on a workspace) are delivered by a
+    // dispatcher that reads the change feed after each subscription's cursor. Its client sends
+    // no credentials and may not call this hds's own listener.
+    let event_store = hds_events::EventStore::open(database.clone())
+        .await
+        .context("opening the event subscriptions")?;
+    let webhooks = hds_events::WebhookClient::new(&hds_events::WebhookConfig {
+        ca_pem_path: served.trusted_ca.clone(),
+        forbidden_authorities: own_authorities(&public_url, options.listen),
+        ..hds_events::WebhookConfig::default()
+    })
+    .context("creating the webhook client")?;
+    let dispatcher = hds_events::Dispatcher::new(
+        event_store.clone(),
+        Arc::new(crate::events::HostChangeSource {
+            host: host.clone(),
+            archive: hds_archive::Archive::new(index.clone(), blobs.clone()),
+        }),
+        webhooks.clone(),
+        hds_events::DispatcherConfig {
+            idle_interval: options.event_poll_interval,
+            first_retry: options.event_first_retry,
+            ..hds_events::DispatcherConfig::default()
+        },
+    );
+
     // The control plane, with every resource provider.
     let builder = Arm::builder(
         database.clone(),
@@ -308,6 +334,11 @@ pub async fn run(options: UpOptions) -> anyhow::Result<()> {
             vault_events: Some(Arc::new(VaultListenerEvents {
                 listeners: vault_listeners.clone(),
             })),
+            events: Some(hds_providers::EventGridParts {
+                store: event_store.clone(),
+                client: webhooks.clone(),
+                dispatcher: Some(dispatcher.clone()),
+            }),
         },
     )
     .build()
@@ -328,6 +359,9 @@ pub async fn run(options: UpOptions) -> anyhow::Result<()> {
             tracing::error!(error = %error, "a DICOM service could not be restored");
         }
     }
+
+    // Events are delivered once the services are served (their keys open their feeds).
+    let event_dispatcher = dispatcher.spawn();
 
     // Several nodes: serve the DICOM services other nodes create, change or delete.
     let service_refresh = (database.backend() == hds_db::Backend::Postgres).then(|| {
@@ -549,6 +583,12 @@ pub async fn run(options: UpOptions) -> anyhow::Result<()> {
     sweeper.abort();
     operation_sweeper.abort();
     operation_worker.abort();
+    // The subscriptions' leases go with a clean stop, so a restart delivers at once.
+    event_dispatcher.abort();
+    let _ = event_dispatcher.await;
+    if let Err(error) = dispatcher.release_leases().await {
+        tracing::warn!(%error, "the event subscriptions' leases could not be released");
+    }
     key_rotation.abort();
     if let Some(metrics_listener) = metrics_listener {
         metrics_listener.abort();
@@ -560,6 +600,22 @@ pub async fn run(options: UpOptions) -> anyhow::Result<()> {
     vault_listeners.shutdown();
     println!("hds stopped");
     Ok(())
+}
+
+/// The `host:port` authorities of this hds's main listener (its public URL and its listen
+/// address), which no webhook may name.
+fn own_authorities(public_url: &str, listen: std::net::SocketAddr) -> Vec<String> {
+    let mut authorities = vec![listen.to_string()];
+    if let Ok(url) = reqwest::Url::parse(public_url)
+        && let Some(host) = url.host_str()
+    {
+        authorities.push(format!(
+            "{}:{}",
+            host.to_lowercase(),
+            url.port_or_known_default().unwrap_or_default()
+        ));
+    }
+    authorities
 }
 
 /// Binds the main listener and serves `app` on it in a task of its own, until `handle` shuts it
