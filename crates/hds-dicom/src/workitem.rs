@@ -1888,6 +1888,25 @@ mod tests {
         );
     }
 
+    /// What the `workitem_dataset` fuzz target does, on its seed and on truncations of it.
+    #[test]
+    fn every_transaction_takes_any_readable_body() {
+        let seed = include_bytes!("../../../fuzz/corpus/workitem_dataset/seed.json");
+        for end in 0..=seed.len() {
+            let Ok(dataset) = Dataset::from_request(&seed[..end]) else {
+                continue;
+            };
+            let _ = search_terms(&dataset);
+            if let Ok(created) = prepare_create(dataset.clone(), Some("1.2.3"), 0) {
+                let _ = apply_update(&created, dataset.clone(), None, 0);
+                let _ = request_cancel(&created, &dataset, 0);
+                if let Ok(change) = StateChange::from_dataset(&dataset) {
+                    let _ = change_state(&created, &change, 0);
+                }
+            }
+        }
+    }
+
     #[test]
     fn datetimes_are_written_and_read() {
         assert_eq!(datetime_value(0), "19700101000000.000000+0000");
