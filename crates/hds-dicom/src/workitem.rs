@@ -860,7 +860,7 @@ fn check_values(dataset: &Dataset) -> Result<(), Refusal> {
             "the attribute PatientName must have VR PN",
         ));
     }
-    Ok(())
+    check_key_values(dataset)
 }
 
 /// The date (`YYYYMMDD`) of a DT value (`YYYYMMDD[HH[MM[SS[.F]]]][&ZZXX]`), if it is one.
@@ -1403,20 +1403,52 @@ pub fn find_key(name: &str) -> Option<&'static WorkitemKey> {
     WORKITEM_KEYS.iter().find(|key| key.path == path.as_slice())
 }
 
+/// The most values one search key may take in a workitem (items of its sequence).
+pub const MAX_VALUES_PER_KEY: usize = 64;
+/// The longest value of a search key, in bytes: a person name's three groups of 64 characters,
+/// which every other key's VR (LO, SH, CS, UI, DT) stays well under.
+pub const MAX_KEY_VALUE_BYTES: usize = 3 * 64 * 4 + 2;
+
+/// The values of one search key in a dataset (each item of a sequence gives one).
+fn key_values(dataset: &Dataset, key: &WorkitemKey) -> Vec<String> {
+    match key.path {
+        [tag] => dataset.string(*tag).into_iter().collect(),
+        [sequence, tag] => dataset
+            .items(*sequence)
+            .iter()
+            .filter_map(|item| item.string(*tag))
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// Refuses a dataset whose searchable values would cost more tokens than a workitem needs:
+/// at most [`MAX_VALUES_PER_KEY`] values per key, each at most [`MAX_KEY_VALUE_BYTES`] long
+/// (a person name leaves one token per word prefix, so its length bounds the work).
+fn check_key_values(dataset: &Dataset) -> Result<(), Refusal> {
+    for key in &WORKITEM_KEYS {
+        let values = key_values(dataset, key);
+        if values.len() > MAX_VALUES_PER_KEY {
+            return Err(Refusal::invalid(format!(
+                "{} may have at most {MAX_VALUES_PER_KEY} values in a workitem",
+                key.name
+            )));
+        }
+        if values.iter().any(|value| value.len() > MAX_KEY_VALUE_BYTES) {
+            return Err(Refusal::invalid(format!(
+                "a value of {} is longer than its VR allows",
+                key.name
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// The values a stored workitem is found by, per key (each item of a sequence gives one).
 pub fn search_terms(dataset: &Dataset) -> Vec<(&'static WorkitemKey, SearchValue)> {
     let mut terms = Vec::new();
     for key in &WORKITEM_KEYS {
-        let values: Vec<String> = match key.path {
-            [tag] => dataset.string(*tag).into_iter().collect(),
-            [sequence, tag] => dataset
-                .items(*sequence)
-                .iter()
-                .filter_map(|item| item.string(*tag))
-                .collect(),
-            _ => Vec::new(),
-        };
-        for value in values {
+        for value in key_values(dataset, key) {
             let term = match key.kind {
                 WorkitemKeyKind::Exact => Some(SearchValue::Exact(normalize_exact(&value))),
                 WorkitemKeyKind::State => {
@@ -1728,6 +1760,15 @@ mod tests {
         let values: Vec<Value> = (0..MAX_NODES).map(|_| json!("v")).collect();
         assert!(dataset(json!({"00100020": {"vr": "LO", "Value": values}})).is_err());
         assert!(Dataset::from_request(&vec![b' '; MAX_WORKITEM_BYTES + 1]).is_err());
+        // Searchable values are bounded in length and number: a long name costs a token per
+        // word prefix.
+        let mut body = create_body("1.2.3.103");
+        body["00100010"] = json!({"vr": "PN", "Value": [{"Alphabetic": "a b ".repeat(2000)}]});
+        assert!(prepare_create(dataset(body).expect("dataset"), None, NOW).is_err());
+        let mut body = create_body("1.2.3.104");
+        let station = json!({"00080100": {"vr": "SH", "Value": ["S"]}});
+        body["00404025"] = json!({"vr": "SQ", "Value": vec![station; MAX_VALUES_PER_KEY + 1]});
+        assert!(prepare_create(dataset(body).expect("dataset"), None, NOW).is_err());
     }
 
     #[test]
