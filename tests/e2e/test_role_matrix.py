@@ -94,6 +94,15 @@ DICOM_ROUTES = [
     ("eqt-add",             403, 403,   403, 400, 403,  403,  403, 403),
     ("eqt-patch",           403, 403,   403, 404, 403,  403,  403, 403),
     ("eqt-delete",          403, 403,   403, 404, 403,  403,  403, 403),
+    # UPS-RS workitems: retrieve and search need read, every other transaction write (as Azure).
+    # They name no workitem that exists (or send an empty body), so an allowed caller gets the
+    # handler's 204/400/404 and nothing changes.
+    ("ups-search",          403, 403,   204, 204, 403,  403,  403, 403),
+    ("ups-retrieve",        403, 403,   404, 404, 403,  403,  403, 403),
+    ("ups-create",          403, 403,   403, 400, 403,  403,  403, 403),
+    ("ups-update",          403, 403,   403, 404, 403,  403,  403, 403),
+    ("ups-state",           403, 403,   403, 404, 403,  403,  403, 403),
+    ("ups-cancel",          403, 403,   403, 404, 403,  403,  403, 403),
 ]
 
 VAULT_ROUTES = [
@@ -320,6 +329,17 @@ def dicom_call(route, session, url, dataset, own):
         return session.patch(f"{url}/extendedquerytags/KVP", json={"queryStatus": "Enabled"})
     if route == "eqt-delete":
         return session.delete(f"{url}/extendedquerytags/KVP")
+    if route.startswith("ups-") and route not in ("ups-search", "ups-retrieve"):
+        missing = f"{url}/workitems/1.2.826.0.1.3680043.10.4242.404"
+        headers = {"Content-Type": "application/dicom+json", "Accept": "application/dicom+json"}
+        state = {"00081195": {"vr": "UI", "Value": ["1.2.3"]}, "00741000": {"vr": "CS", "Value": ["IN PROGRESS"]}}
+        method, target, body = {
+            "ups-create": ("POST", f"{url}/workitems", []),
+            "ups-update": ("POST", missing, {}),
+            "ups-state": ("PUT", f"{missing}/state", state),
+            "ups-cancel": ("POST", f"{missing}/cancelrequest", {}),
+        }[route]
+        return session.request(method, target, json=body, headers=headers)
     if route.startswith("delete-"):
         mine = own()
         mine_series = f"{url}/studies/{mine.StudyInstanceUID}/series/{mine.SeriesInstanceUID}"
@@ -349,6 +369,8 @@ def dicom_call(route, session, url, dataset, own):
         "eqt-list": (f"{url}/extendedquerytags", "application/json"),
         "eqt-errors": (f"{url}/extendedquerytags/KVP/errors", "application/json"),
         "operation-get": (f"{url}/operations/{'0' * 32}", "application/json"),
+        "ups-search": (f"{url}/workitems", "application/dicom+json"),
+        "ups-retrieve": (f"{url}/workitems/1.2.826.0.1.3680043.10.4242.404", "application/dicom+json"),
     }
     target, accept = gets[route]
     return session.get(target, headers={"Accept": accept})
@@ -522,7 +544,8 @@ def test_role_matrix(world, family, route, column, scope, expected):
 
 # ---- lost key access is told only to callers allowed to make the request ------------------------
 
-WRITE_PREFIXES = ("stow", "upsert", "delete-", "eqt-add", "eqt-patch", "eqt-delete")
+WRITE_PREFIXES = ("stow", "upsert", "delete-", "eqt-add", "eqt-patch", "eqt-delete", "ups-create",
+                  "ups-update", "ups-state", "ups-cancel")
 READS = [route for route, *_ in DICOM_ROUTES if not route.startswith(WRITE_PREFIXES)]
 WRITES = [route for route, *_ in DICOM_ROUTES if route.startswith(WRITE_PREFIXES)]
 

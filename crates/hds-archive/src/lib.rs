@@ -2,7 +2,8 @@
 //! tokens, sealed values), the service's keyring (root, study and blob keys) and the blob store
 //! (sealed instance bytes). One call per operation: store or replace an instance, open instances
 //! or frames for retrieval, read metadata, search, delete, read the change feed, manage
-//! extended query tags and read operations. Each call owns
+//! extended query tags and read operations, and the UPS-RS workitem transactions (`workitems.rs`).
+//! Each call owns
 //! its key protocol, its retries and its cleanup, so a caller (the DICOMweb API) only extracts a
 //! request, calls and renders.
 //!
@@ -22,6 +23,7 @@ mod extended;
 mod read;
 mod store;
 mod sync_reader;
+mod workitems;
 
 use std::sync::Arc;
 
@@ -39,6 +41,7 @@ pub use hds_index::{
 };
 pub use read::{ByteStream, FoundFrames, FoundInstances, InstanceContent};
 pub use store::{Refusal, RefusalReason, StoreOutcome, StoredInstance};
+pub use workitems::WorkitemResult;
 
 /// The archive of every DICOM service of this hds: the index and the blob store they share.
 /// Cheap to clone.

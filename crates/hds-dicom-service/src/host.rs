@@ -654,6 +654,7 @@ impl DicomHost {
             let studies = self.index.search(&query).await?;
             if studies.is_empty() {
                 self.index.delete_extended_query_tags_of(key).await?;
+                self.index.delete_workitems_of(key).await?;
                 return Ok(());
             }
             for study in studies {

@@ -1,5 +1,6 @@
 //! The DICOMweb HTTP API of hds: STOW-RS (and its upsert, `PUT`), WADO-RS, QIDO-RS and delete
-//! (PS3.18), Azure's change feed, extended query tags and operations, for every DICOM service at
+//! (PS3.18), the UPS-RS worklist (`workitems.rs`), Azure's change feed, extended query tags and
+//! operations, for every DICOM service at
 //! `{base}/dicom/{workspace}/{service}/v2/` (`/v1/` is an alias, except for the change feed's
 //! parameters, which differ by version).
 //!
@@ -33,9 +34,10 @@ mod request_body;
 mod retrieve;
 mod service;
 mod stow;
+mod workitems;
 
 use axum::Router;
-use axum::routing::{get, post};
+use axum::routing::{get, post, put};
 
 pub use cors::CorsPolicy;
 pub use error::DicomWebError;
@@ -74,6 +76,16 @@ pub fn router(state: DicomWebState) -> Router {
             get(extended_tags::errors),
         )
         .route("/operations/{id}", get(extended_tags::operation))
+        .route("/workitems", post(workitems::create).get(workitems::search))
+        .route(
+            "/workitems/{workitem}",
+            get(workitems::retrieve).post(workitems::update),
+        )
+        .route("/workitems/{workitem}/state", put(workitems::change_state))
+        .route(
+            "/workitems/{workitem}/cancelrequest",
+            post(workitems::cancel_request),
+        )
         .route("/series", get(qido::search_series))
         .route("/instances", get(qido::search_instances))
         .route(

@@ -333,7 +333,10 @@ impl FromRequestParts<DicomWebState> for ServiceContext {
 }
 
 /// What a request does: reads are reads; a change of the extended query tags needs their own
-/// data action, as in Azure; other writes are stores, deletes are deletes.
+/// data action, as in Azure; other writes are stores, deletes are deletes. Workitems follow the
+/// same rule, as Azure's DICOM service checks them: retrieve and search need the read data
+/// action, every other UPS-RS transaction (create, update, change state, cancel request) the
+/// write one.
 fn data_access(method: &axum::http::Method, path: &str) -> DataAccess {
     use axum::http::Method;
     let manages_tags = path

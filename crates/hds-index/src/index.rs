@@ -55,6 +55,12 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
         sqlite: include_str!("../migrations/sqlite/0006_extended_query_tags.sql"),
         postgres: include_str!("../migrations/postgres/0006_extended_query_tags.sql"),
     },
+    Migration {
+        version: 7,
+        description: "UPS workitems and their search tokens",
+        sqlite: include_str!("../migrations/sqlite/0007_workitems.sql"),
+        postgres: include_str!("../migrations/postgres/0007_workitems.sql"),
+    },
 ];
 
 /// The token domains of the three UIDs; the UID tokens are also the rows' identities.

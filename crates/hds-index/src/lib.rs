@@ -18,6 +18,10 @@
 //! Extended query tags (`extended.rs`) are searched like the defaults, through tokens under a
 //! per-tag random domain; adding one starts a reindex operation (`reindex.rs`) whose progress is
 //! a cursor in the database, so any process holding its lease continues it.
+//!
+//! UPS workitems (`workitems.rs`) are rows of their own: the dataset and the owner's Transaction
+//! UID sealed, the search values as tokens, and a version that makes every write conditional on
+//! what its caller read.
 #![deny(missing_docs)]
 
 mod changefeed;
@@ -31,6 +35,7 @@ mod reindex;
 mod sql;
 mod store;
 mod tokens;
+mod workitems;
 
 pub use changefeed::{ChangeAction, ChangeFeedEntry, ChangeFeedWindow, ChangeState};
 pub use cipher::{IndexCipher, PlaintextIndexCipher, RowBinding};
@@ -49,3 +54,4 @@ pub use keyring::{
 pub use query::{ExtendedFilter, Filter, Matcher, SearchHit, SearchQuery};
 pub use reindex::{Operation, OperationStatus, ReindexStep};
 pub use store::CommitGate;
+pub use workitems::{StoredWorkitem, WorkitemFilter, WorkitemRecord};

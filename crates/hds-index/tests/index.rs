@@ -2208,6 +2208,7 @@ suite!(
     extended_tags_follow_azures_registry_rules,
     extended_tags_index_stores_and_reindex_existing_instances,
     reindex_continues_from_its_cursor_under_another_owner,
+    workitems_are_stored_found_and_replaced_conditionally,
 );
 
 /// With the keyed cipher, no value of an instance appears in the database files.
@@ -3283,4 +3284,357 @@ mod keys {
         a_store_under_a_stale_study_key_is_refused,
         an_instance_commits_only_after_its_gate_and_never_when_it_fails,
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// UPS workitems: rows sealed to their UID, search by tokens, writes conditional on the version.
+// ---------------------------------------------------------------------------------------------
+
+mod workitems {
+    use hds_dicom::SearchValue;
+    use hds_dicom::workitem::{KeyMatch, WorkitemKey, find_key};
+    use hds_index::{Index, WorkitemFilter, WorkitemRecord};
+
+    use super::{OTHER_SERVICE, SERVICE};
+
+    fn key(name: &str) -> &'static WorkitemKey {
+        find_key(name).expect("a workitem key")
+    }
+
+    /// The terms of a workitem of patient `name` and `id`, scheduled on `date`, in `state`.
+    fn terms(
+        name: &str,
+        id: &str,
+        date: u32,
+        state: &str,
+    ) -> Vec<(&'static WorkitemKey, SearchValue)> {
+        vec![
+            (
+                key("PatientName"),
+                SearchValue::PersonName {
+                    exact: hds_dicom::normalize::normalize_person_name(name),
+                    words: hds_dicom::normalize::name_words(name),
+                },
+            ),
+            (key("PatientID"), SearchValue::Exact(id.into())),
+            (
+                key("ScheduledProcedureStepStartDateTime"),
+                SearchValue::Date(date),
+            ),
+            (key("ProcedureStepState"), SearchValue::Exact(state.into())),
+            (
+                key("ReferencedRequestSequence.AccessionNumber"),
+                SearchValue::Exact(format!("ACC-{id}")),
+            ),
+        ]
+    }
+
+    async fn create(index: &Index, service: &str, uid: &str, name: &str, id: &str, date: u32) {
+        let terms = terms(name, id, date, "SCHEDULED");
+        let dataset = format!("{{\"uid\":\"{uid}\",\"state\":\"SCHEDULED\"}}");
+        let record = WorkitemRecord {
+            uid,
+            dataset: dataset.as_bytes(),
+            transaction_uid: None,
+            terms: &terms,
+        };
+        assert!(
+            index
+                .create_workitem(service, &record)
+                .await
+                .expect("create")
+        );
+    }
+
+    async fn found(index: &Index, service: &str, filters: Vec<WorkitemFilter>) -> Vec<String> {
+        index
+            .search_workitems(service, &filters, 100, 0)
+            .await
+            .expect("search")
+            .into_iter()
+            .map(|bytes| {
+                let value: serde_json::Value = serde_json::from_slice(&bytes).expect("json");
+                value["uid"].as_str().unwrap_or_default().to_owned()
+            })
+            .collect()
+    }
+
+    fn filter(name: &str, matcher: KeyMatch) -> WorkitemFilter {
+        WorkitemFilter {
+            key: key(name),
+            matcher,
+        }
+    }
+
+    pub(super) async fn workitems_are_stored_found_and_replaced_conditionally(index: Index) {
+        create(&index, SERVICE, "1.2.1", "Doe^Jane", "P1", 2026_1204).await;
+        create(&index, SERVICE, "1.2.2", "Roe^Richard", "P2", 2026_1215).await;
+        create(&index, SERVICE, "1.2.3", "Doe^John", "P3", 2027_0101).await;
+        create(&index, OTHER_SERVICE, "1.2.1", "Doe^Jane", "P1", 2026_1204).await;
+        // One UID, one workitem per service.
+        let again = WorkitemRecord {
+            uid: "1.2.1",
+            dataset: b"{}",
+            transaction_uid: None,
+            terms: &[],
+        };
+        assert!(
+            !index
+                .create_workitem(SERVICE, &again)
+                .await
+                .expect("create")
+        );
+        // Newest first; every kind of match; services apart.
+        assert_eq!(
+            found(&index, SERVICE, vec![]).await,
+            ["1.2.3", "1.2.2", "1.2.1"]
+        );
+        assert_eq!(
+            found(
+                &index,
+                SERVICE,
+                vec![filter(
+                    "PatientName",
+                    KeyMatch::FuzzyName(vec!["do".into()])
+                )]
+            )
+            .await,
+            ["1.2.3", "1.2.1"]
+        );
+        assert_eq!(
+            found(
+                &index,
+                SERVICE,
+                vec![filter(
+                    "PatientName",
+                    KeyMatch::FuzzyName(vec!["do".into(), "ja".into()])
+                )]
+            )
+            .await,
+            ["1.2.1"]
+        );
+        assert_eq!(
+            found(
+                &index,
+                SERVICE,
+                vec![filter("PatientName", KeyMatch::Exact("Roe^Richard".into()))]
+            )
+            .await,
+            ["1.2.2"]
+        );
+        assert_eq!(
+            found(
+                &index,
+                SERVICE,
+                vec![filter(
+                    "ScheduledProcedureStepStartDateTime",
+                    KeyMatch::DateRange(Some(2026_1201), Some(2026_1231))
+                )]
+            )
+            .await,
+            ["1.2.2", "1.2.1"]
+        );
+        assert_eq!(
+            found(
+                &index,
+                SERVICE,
+                vec![
+                    filter(
+                        "ReferencedRequestSequence.AccessionNumber",
+                        KeyMatch::Exact("ACC-P2".into())
+                    ),
+                    filter("ProcedureStepState", KeyMatch::Exact("SCHEDULED".into())),
+                ]
+            )
+            .await,
+            ["1.2.2"]
+        );
+        assert_eq!(
+            found(
+                &index,
+                OTHER_SERVICE,
+                vec![filter("PatientID", KeyMatch::Exact("P2".into()))]
+            )
+            .await,
+            Vec::<String>::new()
+        );
+        let page = index
+            .search_workitems(SERVICE, &[], 1, 1)
+            .await
+            .expect("page");
+        assert_eq!(page.len(), 1);
+
+        // A replacement names the version it read: a second one from the same read loses.
+        let read = index
+            .workitem(SERVICE, "1.2.1")
+            .await
+            .expect("read")
+            .expect("there");
+        assert_eq!(read.transaction_uid, None);
+        let claimed_terms = terms("Doe^Jane", "P1", 2026_1204, "IN PROGRESS");
+        let claimed = WorkitemRecord {
+            uid: "1.2.1",
+            dataset: b"{\"uid\":\"1.2.1\",\"state\":\"IN PROGRESS\"}",
+            transaction_uid: Some("9.9.9"),
+            terms: &claimed_terms,
+        };
+        assert!(
+            index
+                .replace_workitem(SERVICE, read.version, &claimed)
+                .await
+                .expect("replace")
+        );
+        assert!(
+            !index
+                .replace_workitem(SERVICE, read.version, &claimed)
+                .await
+                .expect("stale")
+        );
+        let now = index
+            .workitem(SERVICE, "1.2.1")
+            .await
+            .expect("read")
+            .expect("there");
+        assert_eq!(now.transaction_uid.as_deref(), Some("9.9.9"));
+        assert_eq!(now.version, read.version + 1);
+        // The tokens follow the replacement.
+        assert_eq!(
+            found(
+                &index,
+                SERVICE,
+                vec![filter(
+                    "ProcedureStepState",
+                    KeyMatch::Exact("SCHEDULED".into())
+                )]
+            )
+            .await,
+            ["1.2.3", "1.2.2"]
+        );
+        assert_eq!(
+            found(
+                &index,
+                SERVICE,
+                vec![filter(
+                    "ProcedureStepState",
+                    KeyMatch::Exact("IN PROGRESS".into())
+                )]
+            )
+            .await,
+            ["1.2.1"]
+        );
+        assert!(
+            index
+                .workitem(SERVICE, "1.2.9")
+                .await
+                .expect("read")
+                .is_none()
+        );
+        // Concurrent replacements of one read: exactly one wins.
+        let read = index
+            .workitem(SERVICE, "1.2.2")
+            .await
+            .expect("read")
+            .expect("there");
+        let record_terms = terms("Roe^Richard", "P2", 2026_1215, "IN PROGRESS");
+        let attempts = (0..6).map(|n| {
+            let index = index.clone();
+            let terms = record_terms.clone();
+            let version = read.version;
+            async move {
+                let transaction = format!("7.7.{n}");
+                let record = WorkitemRecord {
+                    uid: "1.2.2",
+                    dataset: b"{\"uid\":\"1.2.2\"}",
+                    transaction_uid: Some(transaction.as_str()),
+                    terms: &terms,
+                };
+                index
+                    .replace_workitem(SERVICE, version, &record)
+                    .await
+                    .expect("replace")
+            }
+        });
+        let won = futures::future::join_all(attempts).await;
+        assert_eq!(won.iter().filter(|won| **won).count(), 1);
+        // A deleted service's workitems go.
+        index
+            .delete_workitems_of(OTHER_SERVICE)
+            .await
+            .expect("delete");
+        assert!(
+            index
+                .workitem(OTHER_SERVICE, "1.2.1")
+                .await
+                .expect("read")
+                .is_none()
+        );
+        assert!(
+            index
+                .workitem(SERVICE, "1.2.1")
+                .await
+                .expect("read")
+                .is_some()
+        );
+    }
+}
+
+use workitems::workitems_are_stored_found_and_replaced_conditionally;
+
+/// With the keyed cipher, nothing of a workitem is readable at rest.
+#[tokio::test(flavor = "current_thread")]
+async fn keyed_workitems_keep_no_marker_at_rest() {
+    let (dir, index) = sqlite_index(true).await;
+    let name = "Wkmarkfamily^Wkmarkgiven";
+    let terms = vec![(
+        hds_dicom::workitem::find_key("PatientName").expect("key"),
+        SearchValue::PersonName {
+            exact: name.into(),
+            words: hds_dicom::normalize::name_words(name),
+        },
+    )];
+    let dataset =
+        format!("{{\"00100010\":{{\"vr\":\"PN\",\"Value\":[{{\"Alphabetic\":\"{name}\"}}]}}}}");
+    let record = hds_index::WorkitemRecord {
+        uid: "1.2.826.0.1.3680043.10.1.777",
+        dataset: dataset.as_bytes(),
+        transaction_uid: Some("1.2.826.0.1.3680043.10.1.778"),
+        terms: &terms,
+    };
+    assert!(
+        index
+            .create_workitem(SERVICE, &record)
+            .await
+            .expect("create")
+    );
+    let hits = index
+        .search_workitems(
+            SERVICE,
+            &[hds_index::WorkitemFilter {
+                key: hds_dicom::workitem::find_key("PatientName").expect("key"),
+                matcher: hds_dicom::workitem::KeyMatch::FuzzyName(vec!["wkm".into()]),
+            }],
+            10,
+            0,
+        )
+        .await
+        .expect("search");
+    assert_eq!(hits, [dataset.as_bytes().to_vec()]);
+    index.database().close().await;
+    let mut at_rest = Vec::new();
+    for entry in std::fs::read_dir(dir.path()).expect("dir") {
+        at_rest.extend(std::fs::read(entry.expect("entry").path()).expect("read"));
+    }
+    for marker in [
+        "Wkmarkfamily",
+        "wkmarkfamily",
+        "1.2.826.0.1.3680043.10.1.777",
+        "1.2.826.0.1.3680043.10.1.778",
+    ] {
+        assert!(
+            !at_rest
+                .windows(marker.len())
+                .any(|window| window == marker.as_bytes()),
+            "{marker} found at rest"
+        );
+    }
 }

@@ -55,7 +55,7 @@ pub fn init() -> anyhow::Result<()> {
 }
 
 /// The span of one request: method, route template and the names (not values) of the query
-/// parameters.
+/// parameters, each as [`loggable_name`] writes it.
 pub fn request_span<B>(request: &Request<B>) -> Span {
     let route = request
         .extensions()
@@ -69,6 +69,7 @@ pub fn request_span<B>(request: &Request<B>) -> Span {
         .split('&')
         .filter_map(|pair| pair.split('=').next())
         .filter(|name| !name.is_empty())
+        .map(loggable_name)
         .collect();
     tracing::info_span!(
         "request",
@@ -76,4 +77,54 @@ pub fn request_span<B>(request: &Request<B>) -> Span {
         route = route,
         query = parameter_names.join(","),
     )
+}
+
+/// A query parameter's name as the request span records it. Names are usually keywords, tags
+/// or control parameters, but UPS-RS puts a UID where a name goes (`workitems?{workitem}`,
+/// `workitems/{workitem}?{transaction}`), and a client may put anything there: a name made of
+/// digits and dots that is not a tag path is recorded as `{uid}`, and any other name that is
+/// not a plain word as `{other}`.
+fn loggable_name(name: &str) -> &str {
+    let is_tag_path = name
+        .split('.')
+        .all(|segment| segment.len() == 8 && segment.bytes().all(|byte| byte.is_ascii_hexdigit()));
+    if is_tag_path {
+        name
+    } else if name
+        .bytes()
+        .all(|byte| byte.is_ascii_digit() || byte == b'.')
+    {
+        "{uid}"
+    } else if name.len() <= 64
+        && name
+            .bytes()
+            .all(|byte| byte.is_ascii_alphanumeric() || matches!(byte, b'.' | b'_' | b'-'))
+        && name.bytes().any(|byte| byte.is_ascii_alphabetic())
+    {
+        name
+    } else {
+        "{other}"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::loggable_name;
+
+    #[test]
+    fn parameter_names_never_carry_uids_or_odd_text() {
+        for kept in [
+            "PatientName",
+            "00100010",
+            "0040A370.00080050",
+            "ReferencedRequestSequence.AccessionNumber",
+            "includefield",
+        ] {
+            assert_eq!(loggable_name(kept), kept);
+        }
+        assert_eq!(loggable_name("1.2.826.0.1.3680043.10.4242.2"), "{uid}");
+        assert_eq!(loggable_name("12345"), "{uid}");
+        assert_eq!(loggable_name("Doe%5EJane"), "{other}");
+        assert_eq!(loggable_name(&"A".repeat(65)), "{other}");
+    }
 }
