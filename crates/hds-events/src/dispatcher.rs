@@ -121,6 +121,8 @@ pub struct DispatcherConfig {
     /// The first retry's delay; the later ones follow Event Grid's schedule in proportion
     /// (10 s: exactly Event Grid's).
     pub first_retry: Duration,
+    /// Where the outcome of each attempt is counted (`/metrics`).
+    pub metrics: hds_metrics::EventDeliveryMetrics,
 }
 
 impl Default for DispatcherConfig {
@@ -129,6 +131,7 @@ impl Default for DispatcherConfig {
             idle_interval: Duration::from_secs(1),
             lease: Duration::from_secs(90),
             first_retry: Duration::from_secs(10),
+            metrics: hds_metrics::EventDeliveryMetrics::default(),
         }
     }
 }
@@ -438,19 +441,24 @@ impl Dispatcher {
                 events,
             )
             .await;
+        let metrics = &self.inner.config.metrics;
         match delivery {
-            Delivery::Acknowledged => Ok(store
-                .advance(
-                    key,
-                    &service.service,
-                    owner,
-                    cursor.last_sequence,
-                    through,
-                    count,
-                    0,
-                )
-                .await?),
+            Delivery::Acknowledged => {
+                metrics.delivered(count_u64(count));
+                Ok(store
+                    .advance(
+                        key,
+                        &service.service,
+                        owner,
+                        cursor.last_sequence,
+                        through,
+                        count,
+                        0,
+                    )
+                    .await?)
+            }
             Delivery::Refused(status) => {
+                metrics.dead_lettered(count_u64(count));
                 tracing::warn!(subscription = %subscription.id, status, events = count, "the endpoint refused a batch of events (not retried); dead-lettered");
                 Ok(store
                     .advance(
@@ -471,6 +479,7 @@ impl Dispatcher {
                 if attempts >= i64::from(subscription.max_delivery_attempts)
                     || now - first_failure >= ttl
                 {
+                    metrics.dead_lettered(count_u64(count));
                     tracing::warn!(subscription = %subscription.id, attempts, events = count, reason = %reason, "a batch of events could not be delivered within the retry policy; dead-lettered");
                     return Ok(store
                         .advance(
@@ -484,6 +493,7 @@ impl Dispatcher {
                         )
                         .await?);
                 }
+                metrics.retried();
                 let delay = self.inner.config.retry_delay(attempts);
                 tracing::info!(subscription = %subscription.id, attempts, reason = %reason, retry_in_ms = delay.as_millis() as u64, "an event delivery failed; it will be retried");
                 store
@@ -506,6 +516,11 @@ impl Dispatcher {
             }
         }
     }
+}
+
+/// A batch's event count as the metrics count it (never negative).
+fn count_u64(count: i64) -> u64 {
+    u64::try_from(count).unwrap_or(0)
 }
 
 /// Why one batch was not delivered.

@@ -207,6 +207,7 @@ fn fast() -> DispatcherConfig {
         idle_interval: Duration::from_millis(20),
         lease: Duration::from_secs(60),
         first_retry: Duration::from_millis(20),
+        metrics: hds_metrics::EventDeliveryMetrics::default(),
     }
 }
 
@@ -322,7 +323,16 @@ async fn dead_letters_and_leases(postgres: bool) {
     // Two attempts fail: the first event is dead-lettered; the second goes through.
     *receiver.failure_status.lock().unwrap() = 500;
     receiver.failures.store(2, Ordering::SeqCst);
-    let one = dispatcher(&store, &source);
+    let metrics = hds_metrics::Metrics::new();
+    let one = Dispatcher::new(
+        store.clone(),
+        source.clone(),
+        WebhookClient::new(&WebhookConfig::default()).unwrap(),
+        DispatcherConfig {
+            metrics: metrics.event_deliveries.clone(),
+            ..fast()
+        },
+    );
     let two = dispatcher(&store, &source);
     run_until(&one, || !receiver.sequences().is_empty()).await;
     assert_eq!(receiver.sequences(), vec![2]);
@@ -342,6 +352,21 @@ async fn dead_letters_and_leases(postgres: bool) {
     assert_eq!(receiver.sequences(), vec![2, 4]);
     let stats = store.stats(&limited.id).await.unwrap().unwrap();
     assert_eq!((stats.delivered, stats.dead_lettered), (2, 2));
+    // The same outcomes on /metrics: one retried attempt, then the first event out of retries;
+    // the 400 dead-lettered at once; two delivered.
+    let scrape = metrics.encode();
+    for line in [
+        r#"hds_event_delivery_attempts_total{outcome="retried"} 1"#,
+        r#"hds_event_delivery_attempts_total{outcome="dead_lettered"} 2"#,
+        r#"hds_event_delivery_attempts_total{outcome="delivered"} 2"#,
+        r#"hds_events_total{outcome="dead_lettered"} 2"#,
+        r#"hds_events_total{outcome="delivered"} 2"#,
+    ] {
+        assert!(
+            scrape.lines().any(|scraped| scraped == line),
+            "{line} not in {scrape}"
+        );
+    }
 
     // A filter: only deletions.
     let mut deletions = limited.clone();

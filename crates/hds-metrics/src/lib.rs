@@ -42,6 +42,8 @@ pub struct Metrics {
     pub group_commits: GroupCommitMetrics,
     /// The orphan sweeper (`hds-backup`).
     pub orphan_sweeps: OrphanSweepMetrics,
+    /// Deliveries of DICOM events to webhooks (`hds-events`).
+    pub event_deliveries: EventDeliveryMetrics,
     key_access: Arc<RwLock<Option<Arc<dyn KeyAccessStates>>>>,
 }
 
@@ -110,6 +112,17 @@ impl Metrics {
             "What orphan sweeps removed, by kind (blobs, temporaries, study_keys)",
             orphan_sweeps.removed.clone(),
         );
+        let event_deliveries = EventDeliveryMetrics::default();
+        registry.register(
+            "event_delivery_attempts",
+            "Attempts to post a batch of DICOM events to a webhook, by outcome (delivered, retried, dead_lettered)",
+            event_deliveries.attempts.clone(),
+        );
+        registry.register(
+            "events",
+            "DICOM events by outcome: delivered (acknowledged by the webhook) or dead_lettered (given up under the retry policy, or refused)",
+            event_deliveries.events.clone(),
+        );
         let key_access: Arc<RwLock<Option<Arc<dyn KeyAccessStates>>>> = Arc::default();
         registry.register_collector(Box::new(KeyAccessCollector {
             source: key_access.clone(),
@@ -120,6 +133,7 @@ impl Metrics {
             key_vault_calls,
             group_commits,
             orphan_sweeps,
+            event_deliveries,
             key_access,
         }
     }
@@ -372,6 +386,43 @@ impl OrphanSweepMetrics {
         self.sweeps
             .get_or_create(&OutcomeLabels { outcome: "error" })
             .inc();
+    }
+}
+
+/// Deliveries of DICOM events: what became of each attempt to post a batch, and of the events.
+/// Labels are fixed words only (no subscription or URL): dead letters are otherwise visible
+/// only in the subscription's row.
+#[derive(Clone, Debug, Default)]
+pub struct EventDeliveryMetrics {
+    attempts: Family<OutcomeLabels, Counter>,
+    events: Family<OutcomeLabels, Counter>,
+}
+
+impl EventDeliveryMetrics {
+    /// A batch of `events` acknowledged by its webhook.
+    pub fn delivered(&self, events: u64) {
+        self.record("delivered", events);
+    }
+
+    /// A failed attempt that will be retried.
+    pub fn retried(&self) {
+        self.attempts
+            .get_or_create(&OutcomeLabels { outcome: "retried" })
+            .inc();
+    }
+
+    /// A batch of `events` given up: refused by its webhook, or out of retries.
+    pub fn dead_lettered(&self, events: u64) {
+        self.record("dead_lettered", events);
+    }
+
+    fn record(&self, outcome: &'static str, events: u64) {
+        self.attempts
+            .get_or_create(&OutcomeLabels { outcome })
+            .inc();
+        self.events
+            .get_or_create(&OutcomeLabels { outcome })
+            .inc_by(events);
     }
 }
 

@@ -303,6 +303,7 @@ pub async fn run(options: UpOptions) -> anyhow::Result<()> {
         hds_events::DispatcherConfig {
             idle_interval: options.event_poll_interval,
             first_retry: options.event_first_retry,
+            metrics: metrics.event_deliveries.clone(),
             ..hds_events::DispatcherConfig::default()
         },
     );
