@@ -412,18 +412,21 @@ impl Dispatcher {
             return Ok(false);
         }
         let count = i64::try_from(events.len()).unwrap_or(i64::MAX);
+        let counted = u64::try_from(events.len()).unwrap_or(u64::MAX);
+        // Moves the cursor past this batch, counting its events delivered or dead-lettered.
+        let advance = |delivered: i64, dead_lettered: i64| {
+            store.advance(
+                key,
+                &service.service,
+                owner,
+                cursor.last_sequence,
+                through,
+                delivered,
+                dead_lettered,
+            )
+        };
         if events.is_empty() {
-            return Ok(store
-                .advance(
-                    key,
-                    &service.service,
-                    owner,
-                    cursor.last_sequence,
-                    through,
-                    0,
-                    0,
-                )
-                .await?);
+            return Ok(advance(0, 0).await?);
         }
         // The lease is checked (and renewed when due) right before the post, so a post starts
         // with at least half a lease left, more than a request may take.
@@ -444,33 +447,13 @@ impl Dispatcher {
         let metrics = &self.inner.config.metrics;
         match delivery {
             Delivery::Acknowledged => {
-                metrics.delivered(count_u64(count));
-                Ok(store
-                    .advance(
-                        key,
-                        &service.service,
-                        owner,
-                        cursor.last_sequence,
-                        through,
-                        count,
-                        0,
-                    )
-                    .await?)
+                metrics.delivered(counted);
+                Ok(advance(count, 0).await?)
             }
             Delivery::Refused(status) => {
-                metrics.dead_lettered(count_u64(count));
+                metrics.dead_lettered(counted);
                 tracing::warn!(subscription = %subscription.id, status, events = count, "the endpoint refused a batch of events (not retried); dead-lettered");
-                Ok(store
-                    .advance(
-                        key,
-                        &service.service,
-                        owner,
-                        cursor.last_sequence,
-                        through,
-                        0,
-                        count,
-                    )
-                    .await?)
+                Ok(advance(0, count).await?)
             }
             Delivery::Failed(reason) => {
                 let attempts = cursor.attempts + 1;
@@ -479,19 +462,9 @@ impl Dispatcher {
                 if attempts >= i64::from(subscription.max_delivery_attempts)
                     || now - first_failure >= ttl
                 {
-                    metrics.dead_lettered(count_u64(count));
+                    metrics.dead_lettered(counted);
                     tracing::warn!(subscription = %subscription.id, attempts, events = count, reason = %reason, "a batch of events could not be delivered within the retry policy; dead-lettered");
-                    return Ok(store
-                        .advance(
-                            key,
-                            &service.service,
-                            owner,
-                            cursor.last_sequence,
-                            through,
-                            0,
-                            count,
-                        )
-                        .await?);
+                    return Ok(advance(0, count).await?);
                 }
                 metrics.retried();
                 let delay = self.inner.config.retry_delay(attempts);
@@ -516,11 +489,6 @@ impl Dispatcher {
             }
         }
     }
-}
-
-/// A batch's event count as the metrics count it (never negative).
-fn count_u64(count: i64) -> u64 {
-    u64::try_from(count).unwrap_or(0)
 }
 
 /// Why one batch was not delivered.
