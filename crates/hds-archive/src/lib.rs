@@ -36,8 +36,8 @@ pub use hds_dicom::QueryLevel;
 pub use hds_index::DeleteScope as Scope;
 pub use hds_index::{
     AddTagsOutcome, ChangeAction, ChangeFeedEntry, ChangeFeedWindow, ChangeState, ExtendedFilter,
-    ExtendedQueryTag, Filter, Matcher, Operation, OperationStatus, SearchHit, StoreMode, TagChange,
-    TagError, TagQueryStatus, TagStatus,
+    ExtendedQueryTag, Filter, Matcher, Operation, OperationStatus, RawAttributes, SearchHit,
+    StoreMode, TagChange, TagError, TagQueryStatus, TagStatus,
 };
 pub use read::{ByteStream, FoundFrames, FoundInstances, InstanceContent};
 pub use store::{Refusal, RefusalReason, StoreOutcome, StoredInstance};

@@ -658,14 +658,7 @@ impl DicomHost {
                 return Ok(());
             }
             for study in studies {
-                let Some(uid) = study
-                    .attributes
-                    .get("0020000D")
-                    .and_then(|value| value.get("Value"))
-                    .and_then(|values| values.get(0))
-                    .and_then(|uid| uid.as_str())
-                    .map(str::to_owned)
-                else {
+                let Some(uid) = study.first_string("0020000D") else {
                     continue;
                 };
                 for name in self.index.delete(key, DeleteScope::Study(&uid)).await? {

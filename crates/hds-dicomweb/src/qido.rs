@@ -7,7 +7,9 @@ use axum::extract::{Path, Query};
 use axum::http::header::CONTENT_TYPE;
 use axum::response::{IntoResponse, Response};
 use dicom_core::Tag;
-use hds_archive::{ExtendedFilter, ExtendedQueryTag, Filter, Matcher, Search, SearchHit};
+use hds_archive::{
+    ExtendedFilter, ExtendedQueryTag, Filter, Matcher, RawAttributes, Search, SearchHit,
+};
 use hds_dicom::attributes::{
     default_return_tags, find_searchable, resolve_tag, within_length_limit,
 };
@@ -15,7 +17,8 @@ use hds_dicom::extended::{self, ExtendedKind};
 use hds_dicom::normalize;
 use hds_dicom::{QueryLevel, SearchKind};
 use serde::Deserialize;
-use serde_json::{Map, Value, json};
+use serde_json::value::RawValue;
+use serde_json::{Value, json};
 
 use crate::DicomWebError;
 use crate::service::ServiceContext;
@@ -428,10 +431,11 @@ async fn search(
         offset: parsed.offset,
     };
     let hits = context.archive.search(search).await?;
-    let results: Vec<Value> = hits
+    let keys = ResultKeys::new(level, &parsed);
+    let results = hits
         .into_iter()
-        .map(|hit| shape_result(context, level, &parsed, hit))
-        .collect();
+        .map(|hit| shape_result(context, level, &keys, hit))
+        .collect::<Result<Vec<_>, _>>()?;
     Ok(([(CONTENT_TYPE, "application/dicom+json")], Json(results)).into_response())
 }
 
@@ -439,23 +443,56 @@ fn tag_key(tag: Tag) -> String {
     format!("{:04X}{:04X}", tag.group(), tag.element())
 }
 
+/// The keys a page's results keep, worked out once per request rather than once per result:
+/// None for every attribute (`includefield=all`).
+struct ResultKeys(Option<Vec<String>>);
+
+impl ResultKeys {
+    /// The level's defaults, the included attributes, the matched ones and the UIDs of the
+    /// result's level and above.
+    fn new(level: QueryLevel, parsed: &ParsedSearch) -> ResultKeys {
+        let IncludeFields::Some(tags) = &parsed.include else {
+            return ResultKeys(None);
+        };
+        let mut keys: Vec<String> = default_return_tags(level)
+            .iter()
+            .chain(tags.iter())
+            .copied()
+            .chain(parsed.filters.iter().map(|filter| filter.attribute.tag))
+            .chain(
+                parsed
+                    .extended_filters
+                    .iter()
+                    .map(|filter| filter.tag.definition.tag),
+            )
+            .map(tag_key)
+            .collect();
+        keys.push(STUDY_INSTANCE_UID.to_owned());
+        if level != QueryLevel::Study {
+            keys.push(SERIES_INSTANCE_UID.to_owned());
+        }
+        if level == QueryLevel::Instance {
+            keys.push(SOP_INSTANCE_UID.to_owned());
+        }
+        ResultKeys(Some(keys))
+    }
+}
+
+/// An element computed for a result, as JSON text.
+fn element(vr: &str, values: Value) -> Result<Box<RawValue>, DicomWebError> {
+    serde_json::value::to_raw_value(&json!({ "vr": vr, "Value": values }))
+        .map_err(|_| DicomWebError::Internal("cannot encode a search result".into()))
+}
+
 /// The attributes of one result: the level's defaults, the matched attributes, the included
-/// ones, the counts and RetrieveURL.
+/// ones, the counts and RetrieveURL. Stored elements are copied as their JSON text.
 fn shape_result(
     context: &ServiceContext,
     level: QueryLevel,
-    parsed: &ParsedSearch,
+    keys: &ResultKeys,
     hit: SearchHit,
-) -> Value {
-    let uid = |key: &str| {
-        hit.attributes
-            .get(key)
-            .and_then(|value| value.get("Value"))
-            .and_then(|values| values.get(0))
-            .and_then(Value::as_str)
-            .unwrap_or_default()
-            .to_owned()
-    };
+) -> Result<RawAttributes, DicomWebError> {
+    let uid = |key: &str| hit.first_string(key).unwrap_or_default();
     let retrieve_url = match level {
         QueryLevel::Study => format!("{}/studies/{}", context.base_url, uid(STUDY_INSTANCE_UID)),
         QueryLevel::Series => format!(
@@ -473,57 +510,37 @@ fn shape_result(
         ),
     };
     let mut attributes = hit.attributes;
-    let mut result = Map::new();
-    // Values move from the hit into the result; a key named twice is copied once.
-    let mut copy = |key: String| {
-        if let Some(value) = attributes.remove(&key) {
-            result.insert(key, value);
+    let mut result = match &keys.0 {
+        None => attributes,
+        Some(keys) => {
+            // Values move from the hit into the result; a key named twice is copied once.
+            let mut result = RawAttributes::new();
+            for key in keys {
+                if let Some((key, value)) = attributes.remove_entry(key) {
+                    result.insert(key, value);
+                }
+            }
+            result
         }
     };
-    match &parsed.include {
-        IncludeFields::All => {
-            result.append(&mut attributes);
-        }
-        IncludeFields::Some(tags) => {
-            for tag in default_return_tags(level).iter().chain(tags.iter()) {
-                copy(tag_key(*tag));
-            }
-            for filter in &parsed.filters {
-                copy(tag_key(filter.attribute.tag));
-            }
-            for filter in &parsed.extended_filters {
-                copy(tag_key(filter.tag.definition.tag));
-            }
-            copy(STUDY_INSTANCE_UID.to_owned());
-            if level != QueryLevel::Study {
-                copy(SERIES_INSTANCE_UID.to_owned());
-            }
-            if level == QueryLevel::Instance {
-                copy(SOP_INSTANCE_UID.to_owned());
-            }
-        }
-    }
-    result.insert(
-        RETRIEVE_URL.into(),
-        json!({ "vr": "UR", "Value": [retrieve_url] }),
-    );
+    result.insert(RETRIEVE_URL.into(), element("UR", json!([retrieve_url]))?);
     if level == QueryLevel::Study {
         if !hit.modalities_in_study.is_empty() {
             result.insert(
                 MODALITIES_IN_STUDY.into(),
-                json!({ "vr": "CS", "Value": hit.modalities_in_study }),
+                element("CS", json!(hit.modalities_in_study))?,
             );
         }
         if let Some(count) = hit.number_of_related_series {
             result.insert(
                 NUMBER_OF_STUDY_RELATED_SERIES.into(),
-                json!({ "vr": "IS", "Value": [count] }),
+                element("IS", json!([count]))?,
             );
         }
         if let Some(count) = hit.number_of_related_instances {
             result.insert(
                 NUMBER_OF_STUDY_RELATED_INSTANCES.into(),
-                json!({ "vr": "IS", "Value": [count] }),
+                element("IS", json!([count]))?,
             );
         }
     } else if level == QueryLevel::Series
@@ -531,10 +548,10 @@ fn shape_result(
     {
         result.insert(
             NUMBER_OF_SERIES_RELATED_INSTANCES.into(),
-            json!({ "vr": "IS", "Value": [count] }),
+            element("IS", json!([count]))?,
         );
     }
-    Value::Object(result)
+    Ok(result)
 }
 
 #[cfg(test)]

@@ -51,7 +51,7 @@ pub use keyring::{
     InstanceKeys, KeyringError, ServiceKeyring, ServiceKeyrings, StoredBlobKey, StudyKeyLease,
     platform_kek, stored_key_id,
 };
-pub use query::{ExtendedFilter, Filter, Matcher, SearchHit, SearchQuery};
+pub use query::{ExtendedFilter, Filter, Matcher, RawAttributes, SearchHit, SearchQuery};
 pub use reindex::{Operation, OperationStatus, ReindexStep};
 pub use store::CommitGate;
 pub use workitems::{StoredWorkitem, WorkitemFilter, WorkitemRecord};

@@ -7,7 +7,7 @@ use hds_db::Backend;
 
 use hds_dicom::extended::ExtendedKind;
 use hds_dicom::{QueryLevel, SearchKind, SearchableAttribute};
-use serde_json::{Map, Value};
+use serde_json::value::RawValue;
 
 use crate::index::{
     ATTRIBUTES_COLUMN, INSTANCE_TABLE, MODALITIES_IN_STUDY, SERIES_TABLE, SERIES_UID, SOP_UID,
@@ -90,7 +90,7 @@ pub struct SearchQuery<'a> {
 #[derive(Debug, Clone)]
 pub struct SearchHit {
     /// Attributes of the result and of its parents (DICOM JSON object keyed by tag).
-    pub attributes: serde_json::Map<String, serde_json::Value>,
+    pub attributes: RawAttributes,
     /// NumberOfStudyRelatedSeries, or None below study level.
     pub number_of_related_series: Option<u64>,
     /// NumberOfStudyRelatedInstances / NumberOfSeriesRelatedInstances.
@@ -98,6 +98,29 @@ pub struct SearchHit {
     /// ModalitiesInStudy (distinct, study level only).
     pub modalities_in_study: Vec<String>,
 }
+
+impl SearchHit {
+    /// The first value of the element `key` (a tag as 8 hex digits, e.g. `0020000D`) when
+    /// it is a string: a UID or another text value, parsed from that element alone.
+    pub fn first_string(&self, key: &str) -> Option<String> {
+        /// The values of an element, of which only strings are read.
+        #[derive(serde::Deserialize)]
+        struct Element {
+            #[serde(rename = "Value", default)]
+            values: Vec<serde_json::Value>,
+        }
+        let element: Element = serde_json::from_str(self.attributes.get(key)?.get()).ok()?;
+        match element.values.into_iter().next()? {
+            serde_json::Value::String(value) => Some(value),
+            _ => None,
+        }
+    }
+}
+
+/// A DICOM JSON object keyed by tag, each element kept as its JSON text. A search's
+/// attributes are copied into its response, not inspected, so a page of results is not parsed
+/// into values only to be written out again; keys stay in tag order.
+pub type RawAttributes = BTreeMap<String, Box<RawValue>>;
 
 /// The rows of a level: table alias, token table and its row column.
 fn level_alias(level: QueryLevel) -> &'static str {
@@ -195,7 +218,7 @@ impl Index {
         for row in &rows {
             let mut attributes = self.row_attributes(service, STUDY_TABLE, row, 1)?;
             let mut hit = SearchHit {
-                attributes: Map::new(),
+                attributes: RawAttributes::new(),
                 number_of_related_series: None,
                 number_of_related_instances: None,
                 modalities_in_study: Vec::new(),
@@ -487,7 +510,7 @@ impl Index {
         table: &'static str,
         row: &sqlx::any::AnyRow,
         token_at: usize,
-    ) -> Result<Map<String, Value>, IndexError> {
+    ) -> Result<RawAttributes, IndexError> {
         let row_token: Vec<u8> = column(row, token_at)?;
         let sealed: Vec<u8> = column(row, token_at + 1)?;
         from_json(&self.open_sealed(service, table, &row_token, ATTRIBUTES_COLUMN, &sealed)?)

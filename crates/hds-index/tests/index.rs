@@ -285,7 +285,23 @@ fn filter(attribute: &'static SearchableAttribute, matcher: Matcher) -> Filter {
     Filter { attribute, matcher }
 }
 
-fn text(attributes: &Map<String, Value>, tag: &str) -> String {
+/// A search hit's attributes as values.
+fn values(attributes: hds_index::RawAttributes) -> Map<String, Value> {
+    attributes
+        .into_iter()
+        .map(|(key, raw)| {
+            let value = serde_json::from_str(raw.get()).expect("an element is JSON");
+            (key, value)
+        })
+        .collect()
+}
+
+/// The first value of an element of a search hit, as text.
+fn text(attributes: &hds_index::RawAttributes, tag: &str) -> String {
+    value_text(&values(attributes.clone()), tag)
+}
+
+fn value_text(attributes: &Map<String, Value>, tag: &str) -> String {
     match attributes
         .get(tag)
         .and_then(|element| element.get("Value"))
@@ -386,7 +402,7 @@ async fn store_then_find_and_metadata(index: Index) {
         .expect("metadata");
     let sops: Vec<String> = metadata
         .iter()
-        .map(|document| text(document.as_object().expect("object"), "00080018"))
+        .map(|document| value_text(document.as_object().expect("object"), "00080018"))
         .collect();
     assert_eq!(
         sops,
@@ -1841,7 +1857,7 @@ async fn extended_search(
         .await
         .expect("search")
         .into_iter()
-        .map(|hit| hit.attributes)
+        .map(|hit| values(hit.attributes))
         .collect()
 }
 
@@ -1948,10 +1964,13 @@ async fn extended_tags_index_stores_and_reindex_existing_instances(index: Index)
         vec![filter(&sex_tag, Matcher::Exact("F".into()))],
     )
     .await;
-    let uids: Vec<String> = found.iter().map(|hit| text(hit, "0020000D")).collect();
+    let uids: Vec<String> = found
+        .iter()
+        .map(|hit| value_text(hit, "0020000D"))
+        .collect();
     assert_eq!(uids, vec![before[0].study.clone(), during.study.clone()]);
     // The value is in the row's attributes, for includefield.
-    assert!(found.iter().all(|hit| text(hit, "00100040") == "F"));
+    assert!(found.iter().all(|hit| value_text(hit, "00100040") == "F"));
 
     let date_tag = queryable(&index, "AcquisitionDate").await;
     assert!(date_tag.is_queryable());
@@ -1964,7 +1983,10 @@ async fn extended_tags_index_stores_and_reindex_existing_instances(index: Index)
         )],
     )
     .await;
-    let series: Vec<String> = in_march.iter().map(|hit| text(hit, "0020000E")).collect();
+    let series: Vec<String> = in_march
+        .iter()
+        .map(|hit| value_text(hit, "0020000E"))
+        .collect();
     assert_eq!(
         series,
         vec![before[0].series.clone(), during.series.clone()]
@@ -1977,7 +1999,7 @@ async fn extended_tags_index_stores_and_reindex_existing_instances(index: Index)
         vec![filter(&rows_tag, Matcher::Exact("512".into()))],
     )
     .await;
-    let sops: Vec<String> = tall.iter().map(|hit| text(hit, "00080018")).collect();
+    let sops: Vec<String> = tall.iter().map(|hit| value_text(hit, "00080018")).collect();
     assert_eq!(sops, vec![before[0].sop.clone(), before[2].sop.clone()]);
     // The private tag (series level), matched from studies.
     let private_tag = queryable(&index, "00091001").await;
