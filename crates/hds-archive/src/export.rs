@@ -125,7 +125,9 @@ impl std::fmt::Display for ExportIdentifier {
 
 fn is_uid(text: &str) -> bool {
     (1..=64).contains(&text.len())
-        && text.bytes().all(|byte| byte.is_ascii_digit() || byte == b'.')
+        && text
+            .bytes()
+            .all(|byte| byte.is_ascii_digit() || byte == b'.')
         && !text.starts_with('.')
         && !text.ends_with('.')
         && !text.contains("..")
@@ -309,7 +311,9 @@ pub fn parse_export_request(
     }
     let destination = match (uri, connection, name) {
         (Some(uri), None, None) => container_from_uri(uri, policy)?,
-        (None, Some(connection), Some(name)) => container_from_connection(connection, name, policy)?,
+        (None, Some(connection), Some(name)) => {
+            container_from_connection(connection, name, policy)?
+        }
         (None, Some(_), None) | (None, None, Some(_)) => {
             return refuse(
                 "destination.settings needs connectionString together with blobContainerName.",
@@ -351,7 +355,10 @@ fn object<'a>(
     }
 }
 
-fn string<'a>(parent: &'a Map<String, Value>, name: &str) -> Result<Option<&'a str>, ExportRefusal> {
+fn string<'a>(
+    parent: &'a Map<String, Value>,
+    name: &str,
+) -> Result<Option<&'a str>, ExportRefusal> {
     match property(parent, name) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(text)) => Ok(Some(text)),
@@ -387,6 +394,9 @@ fn is_loopback(host: &str) -> bool {
 fn check_endpoint(text: &str, policy: &ExportPolicy) -> Result<(url::Url, bool), ExportRefusal> {
     let url = url::Url::parse(text.trim())
         .or_else(|_| refuse("The destination is not an absolute URL."))?;
+    if !matches!(url.scheme(), "https" | "http") {
+        return refuse("The destination must be an https URL.");
+    }
     let Some(host) = url.host_str().filter(|host| !host.is_empty()) else {
         return refuse("The destination URL has no host.");
     };
@@ -479,12 +489,16 @@ fn container_from_uri(
     let origin = url.origin().ascii_serialization();
     let (endpoint, account, container) = if loopback || host.parse::<std::net::IpAddr>().is_ok() {
         let [account, container] = segments[..] else {
-            return refuse("A loopback blobContainerUri must be http(s)://HOST:PORT/ACCOUNT/CONTAINER.");
+            return refuse(
+                "A loopback blobContainerUri must be http(s)://HOST:PORT/ACCOUNT/CONTAINER.",
+            );
         };
         (format!("{origin}/{account}"), account, container)
     } else {
         let [container] = segments[..] else {
-            return refuse("blobContainerUri must be https://ACCOUNT.blob.core.windows.net/CONTAINER.");
+            return refuse(
+                "blobContainerUri must be https://ACCOUNT.blob.core.windows.net/CONTAINER.",
+            );
         };
         let account = host.split('.').next().unwrap_or_default();
         (origin, account, container)
@@ -513,7 +527,11 @@ fn container_from_connection(
 ) -> Result<ExportDestination, ExportRefusal> {
     check_container(container)?;
     let mut pairs: Vec<(String, String)> = Vec::new();
-    for part in text.split(';').map(str::trim).filter(|part| !part.is_empty()) {
+    for part in text
+        .split(';')
+        .map(str::trim)
+        .filter(|part| !part.is_empty())
+    {
         let Some((key, value)) = part.split_once('=') else {
             return refuse("The connection string must be Key=Value pairs separated by ';'.");
         };
@@ -685,7 +703,10 @@ impl ServiceArchive {
         // derived from the id when read (`export_summary`) and the document holds its base.
         let spec = spec_document(request, &request.destination.container_url());
         let count = request.identifiers.len() as i64;
-        Ok(self.index.create_export(&self.service, &spec, count).await?)
+        Ok(self
+            .index
+            .create_export(&self.service, &spec, count)
+            .await?)
     }
 
     /// The counts and error log of export `id`, if it is one of this service's exports.
@@ -915,7 +936,10 @@ impl ExportWorker {
                     }
                 }
                 // A long step keeps its lease.
-                self.archive.index.renew_export_lease(&record.id, owner).await?;
+                self.archive
+                    .index
+                    .renew_export_lease(&record.id, owner)
+                    .await?;
             }
             if end >= records.len() {
                 (record.cursor + 1, 0)
@@ -1101,21 +1125,43 @@ mod tests {
     #[test]
     fn refuses_hostile_destinations() {
         // Plain http off the machine, other schemes, own listener, user info.
-        assert!(refused(json!({"blobContainerUri": "http://evil.example/acct/c1?sig=x"})).contains("https"));
+        assert!(
+            refused(json!({"blobContainerUri": "http://evil.example/acct/c1?sig=x"}))
+                .contains("https")
+        );
         assert!(refused(json!({"blobContainerUri": "file:///etc/passwd"})).contains("https"));
-        assert!(refused(json!({"blobContainerUri": "http://127.0.0.1:8080/acct/c1?sig=x"})).contains("own listener"));
-        assert!(refused(json!({"blobContainerUri": "https://u:p@acct1.blob.core.windows.net/c1?sig=x"})).contains("user name"));
+        assert!(
+            refused(json!({"blobContainerUri": "http://127.0.0.1:8080/acct/c1?sig=x"}))
+                .contains("own listener")
+        );
+        assert!(
+            refused(
+                json!({"blobContainerUri": "https://u:p@acct1.blob.core.windows.net/c1?sig=x"})
+            )
+            .contains("user name")
+        );
         // No credential, account keys, managed identity.
-        assert!(refused(json!({"blobContainerUri": "https://acct1.blob.core.windows.net/c1"})).contains("SAS"));
+        assert!(
+            refused(json!({"blobContainerUri": "https://acct1.blob.core.windows.net/c1"}))
+                .contains("SAS")
+        );
         assert!(refused(json!({"connectionString": "AccountName=acct1;AccountKey=abc", "blobContainerName": "c1"})).contains("Account keys"));
         assert!(refused(json!({"blobContainerUri": "https://acct1.blob.core.windows.net/c1?sig=x", "useManagedIdentity": true})).contains("useManagedIdentity"));
         // Conflicting or incomplete settings, bad names, unknown keys.
         assert!(refused(json!({"blobContainerUri": "https://acct1.blob.core.windows.net/c1?sig=x", "connectionString": "UseDevelopmentStorage=true"})).contains("not both"));
-        assert!(refused(json!({"connectionString": "UseDevelopmentStorage=true"})).contains("blobContainerName"));
+        assert!(
+            refused(json!({"connectionString": "UseDevelopmentStorage=true"}))
+                .contains("blobContainerName")
+        );
         assert!(refused(json!({"connectionString": "UseDevelopmentStorage=true", "blobContainerName": "../x"})).contains("container name"));
         assert!(refused(json!({"connectionString": "UseDevelopmentStorage=true;DevelopmentStorageProxyUri=http://x", "blobContainerName": "c1"})).contains("does not take"));
         assert!(refused(json!({"connectionString": "AccountName=acct1;BlobEndpoint=http://10.0.0.1/;SharedAccessSignature=sig=x", "blobContainerName": "c1"})).contains("https"));
-        assert!(refused(json!({"blobContainerUri": "https://acct1.blob.core.windows.net/c1/extra?sig=x"})).contains("CONTAINER"));
+        assert!(
+            refused(
+                json!({"blobContainerUri": "https://acct1.blob.core.windows.net/c1/extra?sig=x"})
+            )
+            .contains("CONTAINER")
+        );
         assert!(refused(json!({"blobContainerUri": "x".repeat(5000)})).contains("at most"));
         assert!(refused(json!({"blobContainerUri": "https://acct1.blob.core.windows.net/c1?sig=x", "other": 1})).contains("unknown property"));
     }

@@ -149,11 +149,7 @@ impl Index {
         Ok(None)
     }
 
-    async fn read_export(
-        &self,
-        id: &str,
-        owner: &str,
-    ) -> Result<Option<ExportRecord>, IndexError> {
+    async fn read_export(&self, id: &str, owner: &str) -> Result<Option<ExportRecord>, IndexError> {
         let Some(row) = sqlx::query(
             "SELECT o.service, o.cursor_id, e.spec, e.item_cursor, e.exported, e.skipped, \
              e.errors, e.failures FROM dicom_operations o \
