@@ -1126,49 +1126,49 @@ mod tests {
     fn refuses_hostile_destinations() {
         // Plain http off the machine, other schemes, own listener, user info.
         assert!(
-            refused(json!({"blobContainerUri": "http://evil.example/acct/c1?sig=x"}))
+            refused(json!({"blobContainerUri": "http://evil.example/acct/exp?sig=x"}))
                 .contains("https")
         );
         assert!(refused(json!({"blobContainerUri": "file:///etc/passwd"})).contains("https"));
         assert!(
-            refused(json!({"blobContainerUri": "http://127.0.0.1:8080/acct/c1?sig=x"}))
+            refused(json!({"blobContainerUri": "http://127.0.0.1:8080/acct/exp?sig=x"}))
                 .contains("own listener")
         );
         assert!(
             refused(
-                json!({"blobContainerUri": "https://u:p@acct1.blob.core.windows.net/c1?sig=x"})
+                json!({"blobContainerUri": "https://u:p@acct1.blob.core.windows.net/exp?sig=x"})
             )
             .contains("user name")
         );
         // No credential, account keys, managed identity.
         assert!(
-            refused(json!({"blobContainerUri": "https://acct1.blob.core.windows.net/c1"}))
+            refused(json!({"blobContainerUri": "https://acct1.blob.core.windows.net/exp"}))
                 .contains("SAS")
         );
-        assert!(refused(json!({"connectionString": "AccountName=acct1;AccountKey=abc", "blobContainerName": "c1"})).contains("Account keys"));
-        assert!(refused(json!({"blobContainerUri": "https://acct1.blob.core.windows.net/c1?sig=x", "useManagedIdentity": true})).contains("useManagedIdentity"));
+        assert!(refused(json!({"connectionString": "AccountName=acct1;AccountKey=abc", "blobContainerName": "exp"})).contains("Account keys"));
+        assert!(refused(json!({"blobContainerUri": "https://acct1.blob.core.windows.net/exp?sig=x", "useManagedIdentity": true})).contains("useManagedIdentity"));
         // Conflicting or incomplete settings, bad names, unknown keys.
-        assert!(refused(json!({"blobContainerUri": "https://acct1.blob.core.windows.net/c1?sig=x", "connectionString": "UseDevelopmentStorage=true"})).contains("not both"));
+        assert!(refused(json!({"blobContainerUri": "https://acct1.blob.core.windows.net/exp?sig=x", "connectionString": "UseDevelopmentStorage=true"})).contains("not both"));
         assert!(
             refused(json!({"connectionString": "UseDevelopmentStorage=true"}))
                 .contains("blobContainerName")
         );
         assert!(refused(json!({"connectionString": "UseDevelopmentStorage=true", "blobContainerName": "../x"})).contains("container name"));
-        assert!(refused(json!({"connectionString": "UseDevelopmentStorage=true;DevelopmentStorageProxyUri=http://x", "blobContainerName": "c1"})).contains("does not take"));
-        assert!(refused(json!({"connectionString": "AccountName=acct1;BlobEndpoint=http://10.0.0.1/;SharedAccessSignature=sig=x", "blobContainerName": "c1"})).contains("https"));
+        assert!(refused(json!({"connectionString": "UseDevelopmentStorage=true;DevelopmentStorageProxyUri=http://x", "blobContainerName": "exp"})).contains("does not take"));
+        assert!(refused(json!({"connectionString": "AccountName=acct1;BlobEndpoint=http://10.0.0.1/;SharedAccessSignature=sig=x", "blobContainerName": "exp"})).contains("https"));
         assert!(
             refused(
-                json!({"blobContainerUri": "https://acct1.blob.core.windows.net/c1/extra?sig=x"})
+                json!({"blobContainerUri": "https://acct1.blob.core.windows.net/exp/extra?sig=x"})
             )
             .contains("CONTAINER")
         );
         assert!(refused(json!({"blobContainerUri": "x".repeat(5000)})).contains("at most"));
-        assert!(refused(json!({"blobContainerUri": "https://acct1.blob.core.windows.net/c1?sig=x", "other": 1})).contains("unknown property"));
+        assert!(refused(json!({"blobContainerUri": "https://acct1.blob.core.windows.net/exp?sig=x", "other": 1})).contains("unknown property"));
     }
 
     #[test]
     fn refuses_hostile_sources() {
-        let settings = json!({"blobContainerUri": "https://acct1.blob.core.windows.net/c1?sig=x"});
+        let settings = json!({"blobContainerUri": "https://acct1.blob.core.windows.net/exp?sig=x"});
         for values in [
             json!([]),
             json!(["../../etc"]),

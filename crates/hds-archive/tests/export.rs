@@ -10,8 +10,8 @@ use dicom_core::{DataElement, PrimitiveValue, VR};
 use dicom_dictionary_std::{tags, uids};
 use dicom_object::{FileMetaTableBuilder, InMemDicomObject};
 use hds_archive::{
-    Archive, ArchiveError, ExportPolicy, ExportStep, ExportWorker, OperationStatus,
-    ServiceArchive, StoreOutcome, parse_export_request,
+    Archive, ArchiveError, ExportPolicy, ExportStep, ExportWorker, OperationStatus, ServiceArchive,
+    StoreOutcome, parse_export_request,
 };
 use hds_blob::BlobStore;
 use hds_crypto::keys::{LocalRsaKek, RsaKeySize};
@@ -47,8 +47,7 @@ async fn fixture() -> Fixture {
     let whole = Archive::new(index, blobs);
     let archive = whole.service("service-1", keyring.clone());
     let container = Arc::new(InMemory::new());
-    let worker =
-        ExportWorker::new(whole, keyrings).with_destination_store(container.clone());
+    let worker = ExportWorker::new(whole, keyrings).with_destination_store(container.clone());
     Fixture {
         _directory: directory,
         archive,
@@ -66,23 +65,39 @@ fn text(tag: dicom_core::Tag, vr: VR, value: &str) -> DataElement<InMemDicomObje
     DataElement::new(tag, vr, PrimitiveValue::from(value))
 }
 
+fn short(tag: dicom_core::Tag, value: u16) -> DataElement<InMemDicomObject> {
+    DataElement::new(tag, VR::US, PrimitiveValue::from(value))
+}
+
 /// An instance of study `1.2.826.0.1.3680043.10.9.{study}`, series `.1`, number `number`.
 fn instance(study: u32, number: u32) -> (String, String, String, Vec<u8>) {
     let study = format!("1.2.826.0.1.3680043.10.9.{study}");
     let series = format!("{study}.1");
     let sop = format!("{series}.{number}");
     let object = InMemDicomObject::from_element_iter([
-        text(tags::SOP_CLASS_UID, VR::UI, uids::SECONDARY_CAPTURE_IMAGE_STORAGE),
+        text(
+            tags::SOP_CLASS_UID,
+            VR::UI,
+            uids::SECONDARY_CAPTURE_IMAGE_STORAGE,
+        ),
         text(tags::SOP_INSTANCE_UID, VR::UI, &sop),
         text(tags::MODALITY, VR::CS, "OT"),
         text(tags::PATIENT_NAME, VR::PN, "Export^Test"),
         text(tags::PATIENT_ID, VR::LO, "PID-E"),
         text(tags::STUDY_INSTANCE_UID, VR::UI, &study),
         text(tags::SERIES_INSTANCE_UID, VR::UI, &series),
+        short(tags::SAMPLES_PER_PIXEL, 1),
+        text(tags::PHOTOMETRIC_INTERPRETATION, VR::CS, "MONOCHROME2"),
+        short(tags::ROWS, 256),
+        short(tags::COLUMNS, 256),
+        short(tags::BITS_ALLOCATED, 8),
+        short(tags::BITS_STORED, 8),
+        short(tags::HIGH_BIT, 7),
+        short(tags::PIXEL_REPRESENTATION, 0),
         DataElement::new(
             tags::PIXEL_DATA,
             VR::OB,
-            PrimitiveValue::from(vec![number as u8; 70_000]),
+            PrimitiveValue::from(vec![number as u8; 256 * 256]),
         ),
     ]);
     let file_object = object
@@ -97,7 +112,7 @@ async fn store(archive: &ServiceArchive, bytes: &[u8]) {
     let body = futures::stream::iter(vec![Ok::<_, ArchiveError>(Bytes::copy_from_slice(bytes))]);
     match archive.store_instance(body, None).await {
         Ok(StoreOutcome::Stored(_)) => {}
-        Ok(_) => panic!("refused"),
+        Ok(other) => panic!("refused: {other:?}"),
         Err(error) => panic!("store failed: {error}"),
     }
 }
@@ -211,35 +226,52 @@ async fn an_export_resumes_from_its_position_and_waits_for_its_keys() {
     assert_eq!(operation.status, OperationStatus::Running);
     assert_eq!(operation.percent_complete, 50);
     // Another process does not take it while the lease holds.
-    assert_eq!(fixture.worker.step("owner-b").await.unwrap(), ExportStep::Idle);
+    assert_eq!(
+        fixture.worker.step("owner-b").await.unwrap(),
+        ExportStep::Idle
+    );
 
     // Key access lost: nothing is exported or skipped; the export waits.
     fixture.keyring.forget();
-    assert_eq!(fixture.worker.step("owner-a").await.unwrap(), ExportStep::Idle);
+    assert_eq!(
+        fixture.worker.step("owner-a").await.unwrap(),
+        ExportStep::Idle
+    );
     assert!(
-        get(&fixture.container, format!("{id}/results/{study_b}/{series_b}/{sop_b}.dcm"))
-            .await
-            .is_none()
+        get(
+            &fixture.container,
+            format!("{id}/results/{study_b}/{series_b}/{sop_b}.dcm")
+        )
+        .await
+        .is_none()
     );
     fixture.keyring.unlock().await.expect("unlock");
 
     run(&fixture.worker, "owner-a").await;
     assert_eq!(
-        get(&fixture.container, format!("{id}/results/{study_a}/{series_a}/{sop_a}.dcm"))
-            .await
-            .unwrap(),
+        get(
+            &fixture.container,
+            format!("{id}/results/{study_a}/{series_a}/{sop_a}.dcm")
+        )
+        .await
+        .unwrap(),
         file_a
     );
     assert_eq!(
-        get(&fixture.container, format!("{id}/results/{study_b}/{series_b}/{sop_b}.dcm"))
-            .await
-            .unwrap(),
+        get(
+            &fixture.container,
+            format!("{id}/results/{study_b}/{series_b}/{sop_b}.dcm")
+        )
+        .await
+        .unwrap(),
         file_b
     );
     let summary = fixture.archive.export_summary(&id).await.unwrap().unwrap();
     assert_eq!((summary.exported, summary.skipped), (2, 0));
     assert_eq!(
-        get(&fixture.container, format!("{id}/errors.log")).await.unwrap(),
+        get(&fixture.container, format!("{id}/errors.log"))
+            .await
+            .unwrap(),
         b""
     );
     let operation = fixture.archive.operation(&id).await.unwrap().unwrap();
