@@ -57,8 +57,11 @@ def study_of(name_list, study):
     return datasets
 
 
-def test_export_a_study_to_azurite(hds, emulator):
-    emulator.create_container("export")
+def test_export_a_study_to_azurite(hds_any_index, emulator):
+    """On SQLite and on PostgreSQL: the operation's rows are the index's."""
+    hds = hds_any_index
+    container_name = f"export-{hds.index}"
+    emulator.create_container(container_name)
     study = generate_uid()
     datasets = study_of(FILES, study)
     payloads = [to_bytes(dataset) for dataset in datasets]
@@ -68,7 +71,7 @@ def test_export_a_study_to_azurite(hds, emulator):
 
     response = hds.http.post(f"{hds.url}/export", json=export_body(
         [study, missing],
-        {"connectionString": connection_string(emulator), "blobContainerName": "export"}))
+        {"connectionString": connection_string(emulator), "blobContainerName": container_name}))
     assert response.status_code == 202, response.text
     reference = response.json()
     operation_id = reference["id"]
@@ -83,9 +86,9 @@ def test_export_a_study_to_azurite(hds, emulator):
     assert operation["results"]["exported"] == 3
     assert operation["results"]["skipped"] == 1
     assert operation["results"]["errorHref"] == (
-        f"{emulator.endpoint}/{azurite.ACCOUNT}/export/{operation_id}/errors.log")
+        f"{emulator.endpoint}/{azurite.ACCOUNT}/{container_name}/{operation_id}/errors.log")
 
-    container = azure_blob.ContainerClient.from_connection_string(connection_string(emulator), "export")
+    container = azure_blob.ContainerClient.from_connection_string(connection_string(emulator), container_name)
     names = sorted(blob.name for blob in container.list_blobs(name_starts_with=f"{operation_id}/"))
     expected = sorted(f"{operation_id}/results/{study}/{d.SeriesInstanceUID}/{d.SOPInstanceUID}.dcm"
                       for d in datasets)

@@ -698,9 +698,8 @@ impl ServiceArchive {
         if !self.is_unlocked() {
             return Err(ArchiveError::KeyAccessLost);
         }
-        // The id names the error log, which the sealed specification names: the row is
-        // written with a placeholder id first would need a second write, so the log's URL is
-        // derived from the id when read (`export_summary`) and the document holds its base.
+        // The document names the container; the error log's URL is that and the operation's
+        // id, put together when read (`export_summary`).
         let spec = spec_document(request, &request.destination.container_url());
         let count = request.identifiers.len() as i64;
         Ok(self

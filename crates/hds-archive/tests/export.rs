@@ -1,7 +1,7 @@
 //! Export on a real index (SQLite), blob store and key hierarchy, into an in-memory object
 //! store standing for the customer's container: what arrives is byte-identical to what was
 //! stored, at Azure's paths; what is missing goes to `errors.log`; the position survives
-//! between steps; lost key access pauses the export rather than skipping instances.
+//! between steps and another process takes over once the lease expired; lost key access pauses the export rather than skipping instances.
 
 use std::sync::Arc;
 
@@ -247,7 +247,10 @@ async fn an_export_resumes_from_its_position_and_waits_for_its_keys() {
     );
     fixture.keyring.unlock().await.expect("unlock");
 
-    run(&fixture.worker, "owner-a").await;
+    // Owner A stops (a process that died): once its lease expired, another process finishes
+    // from the recorded position.
+    tokio::time::sleep(std::time::Duration::from_millis(10_500)).await;
+    run(&fixture.worker, "owner-b").await;
     assert_eq!(
         get(
             &fixture.container,
