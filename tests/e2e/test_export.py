@@ -60,7 +60,7 @@ def study_of(name_list, study):
 def test_export_a_study_to_azurite(hds_any_index, emulator):
     """On SQLite and on PostgreSQL: the operation's rows are the index's."""
     hds = hds_any_index
-    container_name = f"export-{hds.index}"
+    container_name = "export-sqlite" if hds.index == "sqlite" else "export-postgres"
     emulator.create_container(container_name)
     study = generate_uid()
     datasets = study_of(FILES, study)
