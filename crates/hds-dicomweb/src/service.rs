@@ -378,3 +378,27 @@ fn service_prefix(path: &str) -> Option<[&str; 3]> {
     }
     Some([segments.next()?, segments.next()?, segments.next()?])
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::Method;
+
+    #[test]
+    fn export_needs_its_own_data_action() {
+        let path = "/dicom/ws/svc/v2/export";
+        assert_eq!(data_access(&Method::POST, path), DataAccess::Export);
+        assert_eq!(
+            data_access(&Method::POST, "/dicom/ws/svc/v1/EXPORT"),
+            DataAccess::Export
+        );
+        assert_eq!(
+            data_access(&Method::GET, "/dicom/ws/svc/v2/operations/abc"),
+            DataAccess::Read
+        );
+        assert_eq!(
+            data_access(&Method::POST, "/dicom/ws/svc/v2/studies"),
+            DataAccess::Write
+        );
+    }
+}
