@@ -94,6 +94,8 @@ DICOM_ROUTES = [
     ("eqt-add",             403, 403,   403, 400, 403,  403,  403, 403),
     ("eqt-patch",           403, 403,   403, 404, 403,  403,  403, 403),
     ("eqt-delete",          403, 403,   403, 404, 403,  403,  403, 403),
+    # Export needs Azure's export data action (DDO's `*`); an empty body is the handler's 400.
+    ("export",              403, 403,   403, 400, 403,  403,  403, 403),
     # UPS-RS workitems: retrieve and search need read, every other transaction write (as Azure).
     # They name no workitem that exists (or send an empty body), so an allowed caller gets the
     # handler's 204/400/404 and nothing changes.
@@ -329,6 +331,8 @@ def dicom_call(route, session, url, dataset, own):
         return session.patch(f"{url}/extendedquerytags/KVP", json={"queryStatus": "Enabled"})
     if route == "eqt-delete":
         return session.delete(f"{url}/extendedquerytags/KVP")
+    if route == "export":
+        return session.post(f"{url}/export", json={})
     if route.startswith("ups-") and route not in ("ups-search", "ups-retrieve"):
         missing = f"{url}/workitems/1.2.826.0.1.3680043.10.4242.404"
         headers = {"Content-Type": "application/dicom+json", "Accept": "application/dicom+json"}
@@ -544,7 +548,7 @@ def test_role_matrix(world, family, route, column, scope, expected):
 
 # ---- lost key access is told only to callers allowed to make the request ------------------------
 
-WRITE_PREFIXES = ("stow", "upsert", "delete-", "eqt-add", "eqt-patch", "eqt-delete", "ups-create",
+WRITE_PREFIXES = ("stow", "upsert", "delete-", "eqt-add", "eqt-patch", "eqt-delete", "export", "ups-create",
                   "ups-update", "ups-state", "ups-cancel")
 READS = [route for route, *_ in DICOM_ROUTES if not route.startswith(WRITE_PREFIXES)]
 WRITES = [route for route, *_ in DICOM_ROUTES if route.startswith(WRITE_PREFIXES)]

@@ -19,6 +19,7 @@
 
 mod chunk_reader;
 mod error;
+mod export;
 mod extended;
 mod read;
 mod store;
@@ -31,6 +32,10 @@ use hds_blob::BlobStore;
 use hds_index::{Index, ServiceKeyring};
 
 pub use error::ArchiveError;
+pub use export::{
+    ExportDestination, ExportIdentifier, ExportPolicy, ExportRefusal, ExportRequest, ExportStep,
+    ExportSummary, ExportWorker, MAX_EXPORT_IDENTIFIERS, parse_export_request,
+};
 pub use hds_dicom::QueryLevel;
 /// Which instances a retrieve or delete addresses: a study, a series of it, or one instance.
 pub use hds_index::DeleteScope as Scope;

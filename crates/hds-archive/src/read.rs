@@ -126,7 +126,10 @@ impl ServiceArchive {
     }
 
     /// The decrypted instance as a stream; its first segment is verified before this returns.
-    async fn open_instance(&self, record: &InstanceRecord) -> Result<ByteStream, ArchiveError> {
+    pub(crate) async fn open_instance(
+        &self,
+        record: &InstanceRecord,
+    ) -> Result<ByteStream, ArchiveError> {
         let name = BlobName::parse(&record.blob_name)?;
         let key = self.blob_key(record)?;
         let stream = self.blobs.read_sealed(&name, &self.service, &key).await?;

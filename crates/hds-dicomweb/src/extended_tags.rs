@@ -187,10 +187,19 @@ pub async fn operation(
         .operation(&id.to_ascii_lowercase())
         .await?
         .ok_or_else(not_found)?;
-    Ok(json_response(
-        StatusCode::OK,
-        render_operation(&context, &found),
-    ))
+    let mut rendered = render_operation(&context, &found);
+    if found.kind == "export"
+        && let Some(summary) = context.archive.export_summary(&found.id).await?
+    {
+        // Azure's export operation reports its counts and error log under `results`.
+        rendered["resources"] = json!([]);
+        rendered["results"] = json!({
+            "errorHref": summary.error_href,
+            "exported": summary.exported,
+            "skipped": summary.skipped,
+        });
+    }
+    Ok(json_response(StatusCode::OK, rendered))
 }
 
 fn json_response(status: StatusCode, body: Value) -> Response {

@@ -1,6 +1,6 @@
 //! The DICOMweb HTTP API of hds: STOW-RS (and its upsert, `PUT`), WADO-RS, QIDO-RS and delete
-//! (PS3.18), the UPS-RS worklist (`workitems.rs`), Azure's change feed, extended query tags and
-//! operations, for every DICOM service at
+//! (PS3.18), the UPS-RS worklist (`workitems.rs`), Azure's change feed, extended query tags,
+//! export (`export.rs`) and operations, for every DICOM service at
 //! `{base}/dicom/{workspace}/{service}/v2/` (`/v1/` is an alias, except for the change feed's
 //! parameters, which differ by version).
 //!
@@ -25,6 +25,7 @@
 mod changefeed;
 mod cors;
 mod error;
+mod export;
 mod extended_tags;
 mod media;
 mod multipart;
@@ -76,6 +77,7 @@ pub fn router(state: DicomWebState) -> Router {
             get(extended_tags::errors),
         )
         .route("/operations/{id}", get(extended_tags::operation))
+        .route("/export", post(export::start))
         .route("/workitems", post(workitems::create).get(workitems::search))
         .route(
             "/workitems/{workitem}",

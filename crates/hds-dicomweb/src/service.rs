@@ -27,6 +27,8 @@ pub struct DicomWebConfig {
     pub multipart: crate::request_body::MultipartLimits,
     /// How long a request body may send nothing before the request is refused (408).
     pub body_idle_timeout: std::time::Duration,
+    /// Which export destinations are refused beyond the fixed rules (hds's own listener).
+    pub export_policy: hds_archive::ExportPolicy,
 }
 
 impl Default for DicomWebConfig {
@@ -36,6 +38,7 @@ impl Default for DicomWebConfig {
             public_base_url: "https://localhost".to_owned(),
             multipart: crate::request_body::MultipartLimits::default(),
             body_idle_timeout: std::time::Duration::from_secs(60),
+            export_policy: hds_archive::ExportPolicy::default(),
         }
     }
 }
@@ -76,6 +79,8 @@ pub enum DataAccess {
     Delete,
     /// Add, change or delete extended query tags (Azure's `ManageExtendedQueryTags`).
     ManageExtendedQueryTags,
+    /// Export instances to a blob container (Azure's `Export` data action).
+    Export,
 }
 
 /// A refusal by [`DicomAccessControl`]: 401 (with its challenge) or 403.
@@ -271,6 +276,8 @@ pub struct ServiceContext {
     pub archive: ServiceArchive,
     /// `{public base URL}/dicom/{workspace}/{service}/{version}`, for RetrieveURL.
     pub base_url: String,
+    /// The export destinations' rules.
+    pub export_policy: hds_archive::ExportPolicy,
 }
 
 impl FromRequestParts<DicomWebState> for ServiceContext {
@@ -328,12 +335,16 @@ impl FromRequestParts<DicomWebState> for ServiceContext {
             "{}/dicom/{}/{}/{}",
             state.config.public_base_url, workspace, service, version
         );
-        Ok(ServiceContext { archive, base_url })
+        Ok(ServiceContext {
+            archive,
+            base_url,
+            export_policy: state.config.export_policy.clone(),
+        })
     }
 }
 
-/// What a request does: reads are reads; a change of the extended query tags needs their own
-/// data action, as in Azure; other writes are stores, deletes are deletes. Workitems follow the
+/// What a request does: reads are reads; a change of the extended query tags and an export
+/// need their own data actions, as in Azure; other writes are stores, deletes are deletes. Workitems follow the
 /// same rule, as Azure's DICOM service checks them: retrieve and search need the read data
 /// action, every other UPS-RS transaction (create, update, change state, cancel request) the
 /// write one.
@@ -344,9 +355,15 @@ fn data_access(method: &axum::http::Method, path: &str) -> DataAccess {
         .split('/')
         .nth(4)
         .is_some_and(|segment| segment.eq_ignore_ascii_case("extendedquerytags"));
+    let exports = path
+        .trim_start_matches('/')
+        .split('/')
+        .nth(4)
+        .is_some_and(|segment| segment.eq_ignore_ascii_case("export"));
     match *method {
         Method::GET | Method::HEAD | Method::OPTIONS => DataAccess::Read,
         _ if manages_tags => DataAccess::ManageExtendedQueryTags,
+        _ if exports => DataAccess::Export,
         Method::POST | Method::PUT => DataAccess::Write,
         Method::DELETE => DataAccess::Delete,
         _ => DataAccess::Read,
@@ -360,4 +377,28 @@ fn service_prefix(path: &str) -> Option<[&str; 3]> {
         return None;
     }
     Some([segments.next()?, segments.next()?, segments.next()?])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::Method;
+
+    #[test]
+    fn export_needs_its_own_data_action() {
+        let path = "/dicom/ws/svc/v2/export";
+        assert_eq!(data_access(&Method::POST, path), DataAccess::Export);
+        assert_eq!(
+            data_access(&Method::POST, "/dicom/ws/svc/v1/EXPORT"),
+            DataAccess::Export
+        );
+        assert_eq!(
+            data_access(&Method::GET, "/dicom/ws/svc/v2/operations/abc"),
+            DataAccess::Read
+        );
+        assert_eq!(
+            data_access(&Method::POST, "/dicom/ws/svc/v2/studies"),
+            DataAccess::Write
+        );
+    }
 }

@@ -44,6 +44,11 @@ pub mod actions {
     /// checks a data action of its own for them (`ManageExtendedQueryTags`), which DICOM Data
     /// Owner's `resources/*` grants and DICOM Data Reader's `resources/read` does not.
     pub const DICOM_MANAGE_EXTENDED_QUERY_TAGS: &str = "Microsoft.HealthcareApis/workspaces/dicomservices/resources/manageExtendedQueryTags/action";
+    /// Exporting instances to a blob container (data action): Azure's DICOM service checks a
+    /// data action of its own for export (`Export`), which DICOM Data Owner's `resources/*`
+    /// grants and DICOM Data Reader's `resources/read` does not.
+    pub const DICOM_EXPORT: &str =
+        "Microsoft.HealthcareApis/workspaces/dicomservices/resources/export/action";
     /// Read a key's properties and public material (vault data action).
     pub const KEYS_READ: &str = "Microsoft.KeyVault/vaults/keys/read";
     /// Create a key (vault data action).

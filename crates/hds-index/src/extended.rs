@@ -484,7 +484,8 @@ impl Index {
         Ok(Some(errors))
     }
 
-    /// Forgets a deleted service's tags and operations (its rows are gone already).
+    /// Forgets a deleted service's tags and operations, exports included (its rows are gone
+    /// already).
     pub async fn delete_extended_query_tags_of(&self, service: &str) -> Result<(), IndexError> {
         let mut transaction = self.database.begin_write().await?;
         sqlx::query("DELETE FROM dicom_extended_query_tags WHERE service = $1")
@@ -492,6 +493,11 @@ impl Index {
             .execute(&mut *transaction)
             .await?;
         sqlx::query("DELETE FROM dicom_operations WHERE service = $1")
+            .bind(service)
+            .execute(&mut *transaction)
+            .await?;
+        // Exports' sealed specifications (their SAS tokens) and error logs go with them.
+        sqlx::query("DELETE FROM dicom_export_operations WHERE service = $1")
             .bind(service)
             .execute(&mut *transaction)
             .await?;

@@ -61,6 +61,12 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
         sqlite: include_str!("../migrations/sqlite/0007_workitems.sql"),
         postgres: include_str!("../migrations/postgres/0007_workitems.sql"),
     },
+    Migration {
+        version: 10,
+        description: "export operations: sealed specifications, positions, counts, error logs",
+        sqlite: include_str!("../migrations/sqlite/0010_export.sql"),
+        postgres: include_str!("../migrations/postgres/0010_export.sql"),
+    },
 ];
 
 /// The token domains of the three UIDs; the UID tokens are also the rows' identities.

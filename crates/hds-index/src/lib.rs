@@ -27,6 +27,7 @@
 mod changefeed;
 mod cipher;
 mod error;
+mod export;
 mod extended;
 mod index;
 mod keyring;
@@ -40,6 +41,7 @@ mod workitems;
 pub use changefeed::{ChangeAction, ChangeFeedEntry, ChangeFeedWindow, ChangeState};
 pub use cipher::{IndexCipher, PlaintextIndexCipher, RowBinding};
 pub use error::IndexError;
+pub use export::{ExportAdvance, ExportRecord, ExportResults};
 pub use extended::{
     AddTagsOutcome, ExtendedQueryTag, TagChange, TagError, TagQueryStatus, TagStatus,
 };

@@ -34,7 +34,7 @@ use crate::{Index, IndexError, RowBinding};
 const BATCH: i64 = 50;
 
 /// How long a lease lasts without renewal; a batch renews it.
-const LEASE: Duration = Duration::from_secs(10);
+pub(crate) const LEASE: Duration = Duration::from_secs(10);
 
 /// How long after an operation began its walk may end (see the module note).
 const COMPLETION_GRACE: Duration = Duration::from_secs(3);
@@ -228,8 +228,8 @@ impl Index {
     /// Operations whose service's keys are not in memory are left for later.
     pub async fn operation_step(&self, owner: &str) -> Result<ReindexStep, IndexError> {
         let candidates: Vec<String> = sqlx::query_scalar(
-            "SELECT id FROM dicom_operations WHERE status IN ('notStarted', 'running') \
-             ORDER BY created_us LIMIT 16",
+            "SELECT id FROM dicom_operations WHERE kind = 'reindex' \
+             AND status IN ('notStarted', 'running') ORDER BY created_us LIMIT 16",
         )
         .fetch_all(self.database.pool())
         .await?;
@@ -248,7 +248,7 @@ impl Index {
 
     /// Takes (or renews) the lease of operation `id` for `owner`, if it is free, expired or
     /// already `owner`'s.
-    async fn take_lease(&self, id: &str, owner: &str) -> Result<bool, IndexError> {
+    pub(crate) async fn take_lease(&self, id: &str, owner: &str) -> Result<bool, IndexError> {
         let now = now_us();
         let mut transaction = self.database.begin_write().await?;
         let taken = sqlx::query(

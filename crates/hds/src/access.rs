@@ -49,6 +49,7 @@ impl DicomAccessControl for IdentityDicomAccess {
                 DataAccess::Write => actions::DICOM_WRITE,
                 DataAccess::Delete => actions::DICOM_DELETE,
                 DataAccess::ManageExtendedQueryTags => actions::DICOM_MANAGE_EXTENDED_QUERY_TAGS,
+                DataAccess::Export => actions::DICOM_EXPORT,
             };
             self.identity
                 .require(principal, action, resource_id, true)

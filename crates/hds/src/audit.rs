@@ -268,6 +268,7 @@ fn dicom_data_action(access: DataAccess) -> &'static str {
         DataAccess::Write => actions::DICOM_WRITE,
         DataAccess::Delete => actions::DICOM_DELETE,
         DataAccess::ManageExtendedQueryTags => actions::DICOM_MANAGE_EXTENDED_QUERY_TAGS,
+        DataAccess::Export => actions::DICOM_EXPORT,
     }
 }
 

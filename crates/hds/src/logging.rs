@@ -28,8 +28,10 @@ impl LogFormat {
 }
 
 /// What is logged without `HDS_LOG`: hds at `info`; the JPEG 2000 decoder only when it warns
-/// (at `info` it narrates every image it decodes, a few lines per frame rendered or transcoded).
-const DEFAULT_FILTER: &str = "info,jpeg2k=warn";
+/// (at `info` it narrates every image it decodes, a few lines per frame rendered or transcoded);
+/// the object store client only when it warns (its `info` retry lines print the request's
+/// error, which names the URL: for an export, the customer's container and its SAS token).
+const DEFAULT_FILTER: &str = "info,jpeg2k=warn,object_store=warn";
 
 /// Logs to stderr, filtered by `HDS_LOG` (default [`DEFAULT_FILTER`]), as text or as JSON lines
 /// (`HDS_LOG_FORMAT`). Either way the same fields: what is kept out of spans and events (PHI,

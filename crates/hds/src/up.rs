@@ -152,6 +152,13 @@ pub async fn run(options: UpOptions) -> anyhow::Result<()> {
         .with_metrics(metrics.orphan_sweeps.clone())
         .spawn(options.sweep_interval);
 
+    // Exports to customers' blob containers: the same lease rules, one step at a time.
+    let export_worker = hds_archive::ExportWorker::new(
+        hds_archive::Archive::new(index.clone(), blobs.clone()),
+        keyrings.clone(),
+    )
+    .spawn(Duration::from_secs(1));
+
     // Key vaults: each on its own HTTPS listener (the Azure SDKs address vaults by host).
     let pkcs11 = match &options.pkcs11_module {
         Some(module_path) => Some(Pkcs11Config {
@@ -413,6 +420,9 @@ pub async fn run(options: UpOptions) -> anyhow::Result<()> {
                 max_header_bytes: options.max_part_header_bytes,
             },
             body_idle_timeout: options.body_idle_timeout,
+            export_policy: hds_archive::ExportPolicy {
+                forbidden_authorities: own_authorities(&public_url, options.listen),
+            },
         }),
     });
     // Async operations whose node died (this one before a restart, or another) end as Failed.
@@ -584,6 +594,7 @@ pub async fn run(options: UpOptions) -> anyhow::Result<()> {
     sweeper.abort();
     operation_sweeper.abort();
     operation_worker.abort();
+    export_worker.abort();
     // The subscriptions' leases go with a clean stop, so a restart delivers at once.
     event_dispatcher.abort();
     let _ = event_dispatcher.await;

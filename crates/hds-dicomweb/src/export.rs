@@ -1,0 +1,60 @@
+//! `POST export`, as Azure's DICOM service (v2) serves it: a JSON body naming the studies,
+//! series and instances to copy (`source`, type `identifiers`) and an Azure Blob Storage
+//! container (`destination`, type `azureblob`); 202 with the operation's reference, which
+//! `GET operations/{id}` reports on (`results`: `exported`, `skipped`, `errorHref`).
+//!
+//! The body is at most [`MAX_BODY_BYTES`]; its destination is checked by `hds-archive`
+//! (`parse_export_request`: https or loopback http, not hds's own listener, a SAS token or an
+//! emulator key) before anything is recorded, and a refusal is 400 naming what to change. The
+//! route needs Azure's export data action (`DataAccess::Export`). The exported files are
+//! plaintext DICOM in the customer's container: that is what the caller asked for.
+
+use axum::Json;
+use axum::body::Body;
+use axum::http::header::{CONTENT_TYPE, LOCATION};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde_json::{Value, json};
+
+use crate::DicomWebError;
+use crate::service::ServiceContext;
+
+/// The largest export body: 1000 identifiers of up to 194 characters and a destination.
+const MAX_BODY_BYTES: usize = 256 * 1024;
+
+/// `POST export`: 202 `{id, href}` with `Location` the operation's URL.
+pub async fn start(
+    context: ServiceContext,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, DicomWebError> {
+    let media_type = headers
+        .get(CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+        .unwrap_or_default()
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_ascii_lowercase();
+    if media_type != "application/json" {
+        return Err(DicomWebError::UnsupportedMediaType(
+            "the body must be application/json".into(),
+        ));
+    }
+    let bytes = axum::body::to_bytes(body, MAX_BODY_BYTES)
+        .await
+        .map_err(|_| DicomWebError::PayloadTooLarge(MAX_BODY_BYTES as u64))?;
+    let body: Value = serde_json::from_slice(&bytes)
+        .map_err(|_| DicomWebError::BadRequest("the body is not valid JSON".into()))?;
+    let request = hds_archive::parse_export_request(&body, &context.export_policy)
+        .map_err(|refusal| DicomWebError::BadRequest(refusal.0))?;
+    let id = context.archive.start_export(&request).await?;
+    let href = format!("{}/operations/{id}", context.base_url);
+    Ok((
+        StatusCode::ACCEPTED,
+        [(LOCATION, href.clone())],
+        Json(json!({"id": id, "href": href})),
+    )
+        .into_response())
+}
