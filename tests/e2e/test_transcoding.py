@@ -353,3 +353,54 @@ def test_what_a_target_cannot_hold_is_a_406_naming_the_stored_syntax_and_the_off
                          headers={"Accept": f'multipart/related; type="image/jp2"; transfer-syntax={JPEG_BASELINE}'})
     assert wrong.status_code == 406
     assert "image/jp2" in wrong.text
+
+
+def test_a_series_with_one_instance_that_cannot_be_transcoded_is_a_clean_406(hds):
+    """Every instance of a multi-instance response is checked from its stored header before the
+    status line: a later instance the target cannot hold makes the whole request a 406 (as Azure
+    refuses a multi-instance request it will not transcode), never a body cut at that instance.
+    """
+    eight_bit = unique_copy("SC_rgb.dcm")  # 8-bit RGB: JPEG Baseline can hold it
+    sixteen_bit = unique_copy("MR_small.dcm")  # 16-bit: it cannot
+    palette = unique_copy("OBXXXX1A.dcm")  # 8-bit PALETTE COLOR: nor this (lossy indices)
+    for later in (sixteen_bit, palette):
+        later.StudyInstanceUID = eight_bit.StudyInstanceUID
+        later.SeriesInstanceUID = eight_bit.SeriesInstanceUID
+    store(hds, eight_bit)  # stored first, so it is the response's first part
+    store(hds, sixteen_bit)
+    accept = f'multipart/related; type="application/dicom"; transfer-syntax={JPEG_BASELINE}'
+    series = f"{hds.url}/studies/{eight_bit.StudyInstanceUID}/series/{eight_bit.SeriesInstanceUID}"
+    for url in (f"{hds.url}/studies/{eight_bit.StudyInstanceUID}", series):
+        response = hds.http.get(url, headers={"Accept": accept})
+        assert response.status_code == 406, (url, response.status_code)
+        text = response.text
+        assert "instance 2 of the 2" in text, text
+        assert EXPLICIT_LE in text and JPEG_BASELINE in text and "8-bit" in text, text
+        assert "transfer-syntax=*" in text, text
+    # As stored, and to a target every instance fits, the same series comes back whole.
+    as_stored = hds.http.get(series, headers={"Accept": 'multipart/related; type="application/dicom"; transfer-syntax=*'})
+    assert as_stored.status_code == 200
+    assert len(multipart_parts(as_stored)) == 2
+    to_j2k = hds.http.get(series, headers={"Accept": f'multipart/related; type="application/dicom"; transfer-syntax={JPEG_2000_LOSSLESS}'})
+    assert to_j2k.status_code == 200, to_j2k.text
+    assert len(multipart_parts(to_j2k)) == 2
+    # A palette instance: JPEG 2000 keeps its indices, JPEG Baseline would not.
+    store(hds, palette)
+    response = hds.http.get(series, headers={"Accept": f'multipart/related; type="application/dicom"; transfer-syntax={JPEG_2000_LOSSLESS}'})
+    assert response.status_code == 200, response.text
+    assert len(multipart_parts(response)) == 3
+    response = hds.http.get(series, headers={"Accept": accept})
+    assert response.status_code == 406
+    assert "instance 2 of the 3" in response.text  # the first refused one is named
+
+
+def test_a_series_with_a_source_hds_cannot_decode_is_a_406_naming_it(hds):
+    plain = unique_copy("MR_small.dcm")
+    twelve_bit = unique_copy("JPEG-lossy.dcm")  # JPEG Extended: not decoded here
+    twelve_bit.StudyInstanceUID = plain.StudyInstanceUID
+    twelve_bit.SeriesInstanceUID = plain.SeriesInstanceUID
+    store(hds, plain)
+    store(hds, twelve_bit)
+    response = hds.http.get(f"{hds.url}/studies/{plain.StudyInstanceUID}", headers={"Accept": NO_PARAMETER})
+    assert response.status_code == 406
+    assert "1.2.840.10008.1.2.4.51" in response.text and "transfer-syntax=*" in response.text
