@@ -404,3 +404,84 @@ def test_a_series_with_a_source_hds_cannot_decode_is_a_406_naming_it(hds):
     response = hds.http.get(f"{hds.url}/studies/{plain.StudyInstanceUID}", headers={"Accept": NO_PARAMETER})
     assert response.status_code == 406
     assert "1.2.840.10008.1.2.4.51" in response.text and "transfer-syntax=*" in response.text
+
+
+HTJ2K_SYNTAXES = ["1.2.840.10008.1.2.4.201", "1.2.840.10008.1.2.4.202", "1.2.840.10008.1.2.4.203"]
+
+
+def htj2k_copy(name, syntax):
+    """`name` with fresh UIDs, its pixels encoded losslessly as HTJ2K by OpenJPH's
+    `ojph_compress` (apt `openjph-tools`, installed by scripts/test-setup; pydicom's data has
+    no HTJ2K file), in RPCL order (which all three HTJ2K syntaxes allow), without a colour
+    transform (RGB stays RGB). Returns the dataset and the pixels it must decode to."""
+    import pathlib
+    import shutil
+    import subprocess
+    import tempfile
+
+    from pydicom.encaps import encapsulate
+
+    encoder = shutil.which("ojph_compress")
+    assert encoder, "ojph_compress is missing: run scripts/test-setup (apt package openjph-tools)"
+    dataset = unique_copy(name)
+    pixels = dataset.pixel_array
+    components = int(dataset.SamplesPerPixel)
+    signed = int(dataset.PixelRepresentation) == 1
+    planes = pixels if components == 1 else numpy.moveaxis(pixels, -1, 0)  # raw input is planar
+    dtype = {(8, False): "u1", (8, True): "i1", (16, False): "<u2", (16, True): "<i2"}[
+        (int(dataset.BitsAllocated), signed)]
+    with tempfile.TemporaryDirectory() as directory:
+        raw, codestream = pathlib.Path(directory, "in.yuv"), pathlib.Path(directory, "out.j2c")
+        numpy.ascontiguousarray(planes).astype(dtype).tofile(raw)
+        subprocess.run([
+            encoder, "-i", str(raw), "-o", str(codestream), "-reversible", "true",
+            "-prog_order", "RPCL",  # raw input: no colour transform (it refuses one)
+            "-dims", f"{{{int(dataset.Columns)},{int(dataset.Rows)}}}",
+            "-num_comps", str(components),
+            "-signed", ",".join(["true" if signed else "false"] * components),
+            "-bit_depth", ",".join([str(int(dataset.BitsStored))] * components),
+            "-downsamp", ",".join(["{1,1}"] * components),
+        ], check=True, capture_output=True)
+        encoded = codestream.read_bytes()
+    assert encoded[:4] == b"\xff\x4f\xff\x51"  # SOC, SIZ: a raw codestream
+    dataset.PixelData = encapsulate([encoded])
+    dataset["PixelData"].VR = "OB"
+    dataset.file_meta.TransferSyntaxUID = syntax
+    if components == 3:
+        dataset.PlanarConfiguration = 0
+    return dataset, pixels
+
+
+@pytest.mark.parametrize("syntax", HTJ2K_SYNTAXES)
+@pytest.mark.parametrize("name", ["MR_small.dcm", "SC_rgb.dcm"])  # signed 16-bit; 8-bit RGB
+def test_htj2k_sources_come_back_with_their_exact_pixels(hds, name, syntax):
+    dataset, pixels = htj2k_copy(name, syntax)
+    store(hds, dataset)
+    returned = transcoded(hds, dataset, NO_PARAMETER)
+    assert numpy.array_equal(returned.pixel_array, pixels), (name, syntax)
+    # Frames too, as native samples, and JPEG 2000 on request.
+    frame = hds.http.get(f"{instance_url(hds, dataset)}/frames/1",
+                         headers={"Accept": "application/octet-stream; transfer-syntax=1.2.840.10008.1.2.1"})
+    assert frame.status_code == 200, frame.text
+    assert frame.content == numpy.ascontiguousarray(pixels).astype(pixels.dtype.newbyteorder("<")).tobytes()
+    j2k = hds.http.get(instance_url(hds, dataset),
+                       headers={"Accept": f"application/dicom; transfer-syntax={JPEG_2000_LOSSLESS}"})
+    assert j2k.status_code == 200, j2k.text
+    assert numpy.array_equal(pydicom.dcmread(io.BytesIO(j2k.content)).pixel_array, pixels)
+
+
+@pytest.mark.parametrize("name", ["MR_small.dcm", "SC_rgb.dcm"])
+def test_htj2k_renders_as_its_uncompressed_twin(hds, name):
+    """Lossless HTJ2K decodes to the twin's samples, so the rendered images are the same."""
+    dataset, _ = htj2k_copy(name, HTJ2K_SYNTAXES[0])
+    twin = unique_copy(name)
+    store(hds, dataset)
+    store(hds, twin)
+    from PIL import Image
+
+    images = []
+    for instance in (dataset, twin):
+        response = hds.http.get(f"{instance_url(hds, instance)}/rendered", headers={"Accept": "image/png"})
+        assert response.status_code == 200, response.text
+        images.append(numpy.asarray(Image.open(io.BytesIO(response.content))))
+    assert numpy.array_equal(images[0], images[1]), name

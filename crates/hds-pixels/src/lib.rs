@@ -30,9 +30,10 @@ mod reduced;
 mod transcode;
 
 pub use transcode::{
-    EXPLICIT_VR_LITTLE_ENDIAN, JPEG_2000, JPEG_2000_LOSSLESS, JPEG_BASELINE, PixelHeader,
-    TRANSCODABLE_SOURCES, TRANSCODING_TARGETS, TargetSyntax, check_transcodable, native_frames,
-    transcode, transcode_frames, transcode_to_explicit_little_endian,
+    EXPLICIT_VR_LITTLE_ENDIAN, HTJ2K, HTJ2K_LOSSLESS, HTJ2K_RPCL_LOSSLESS, JPEG_2000,
+    JPEG_2000_LOSSLESS, JPEG_BASELINE, PixelHeader, TRANSCODABLE_SOURCES, TRANSCODING_TARGETS,
+    TargetSyntax, check_transcodable, native_frames, transcode, transcode_frames,
+    transcode_to_explicit_little_endian,
 };
 
 /// The most bytes one render may decode pixel data into: a frame, or every frame of an

@@ -31,9 +31,11 @@ pub const JPEG_2000_LOSSLESS: &str = "1.2.840.10008.1.2.4.90";
 pub const JPEG_2000: &str = "1.2.840.10008.1.2.4.91";
 
 /// The stored transfer syntaxes whose pixel data hds decodes, and so transcodes from: the other
-/// native ones, RLE, JPEG baseline and lossless, JPEG 2000. JPEG Extended (4.51, mostly 12-bit
-/// samples) and JPEG-LS are not among them: the decoders here do not read them.
-pub const TRANSCODABLE_SOURCES: [&str; 8] = [
+/// native ones, RLE, JPEG baseline and lossless, JPEG 2000, and High-Throughput JPEG 2000
+/// (HTJ2K: dicom-rs registers its three syntaxes with its JPEG 2000 adapter, and the OpenJPEG
+/// it builds, 2.5, decodes HT code-blocks). JPEG Extended (4.51, mostly 12-bit samples) and
+/// JPEG-LS are not among them: the decoders here do not read them.
+pub const TRANSCODABLE_SOURCES: [&str; 11] = [
     "1.2.840.10008.1.2",
     "1.2.840.10008.1.2.2",
     "1.2.840.10008.1.2.5",
@@ -42,6 +44,26 @@ pub const TRANSCODABLE_SOURCES: [&str; 8] = [
     "1.2.840.10008.1.2.4.70",
     "1.2.840.10008.1.2.4.90",
     "1.2.840.10008.1.2.4.91",
+    HTJ2K_LOSSLESS,
+    HTJ2K_RPCL_LOSSLESS,
+    HTJ2K,
+];
+
+/// High-Throughput JPEG 2000 Image Compression (Lossless Only).
+pub const HTJ2K_LOSSLESS: &str = "1.2.840.10008.1.2.4.201";
+/// High-Throughput JPEG 2000 with RPCL Options Image Compression (Lossless Only).
+pub const HTJ2K_RPCL_LOSSLESS: &str = "1.2.840.10008.1.2.4.202";
+/// High-Throughput JPEG 2000 Image Compression (lossless or lossy).
+pub const HTJ2K: &str = "1.2.840.10008.1.2.4.203";
+
+/// The stored syntaxes whose frames are JPEG 2000 codestreams (Part 1 or HTJ2K's Part 15),
+/// which OpenJPEG decodes, at a reduced resolution too.
+pub(crate) const JPEG_2000_FAMILY: [&str; 5] = [
+    JPEG_2000_LOSSLESS,
+    JPEG_2000,
+    HTJ2K_LOSSLESS,
+    HTJ2K_RPCL_LOSSLESS,
+    HTJ2K,
 ];
 
 /// The transfer syntaxes hds transcodes to, by UID.
