@@ -485,3 +485,66 @@ def test_htj2k_renders_as_its_uncompressed_twin(hds, name):
         assert response.status_code == 200, response.text
         images.append(numpy.asarray(Image.open(io.BytesIO(response.content))))
     assert numpy.array_equal(images[0], images[1]), name
+
+
+JPEG_LS_LOSSLESS = "1.2.840.10008.1.2.4.80"
+JPEG_LS_NEAR_LOSSLESS = "1.2.840.10008.1.2.4.81"
+
+
+@pytest.mark.parametrize("stored, twin", [
+    ("MR_small_jpeg_ls_lossless.dcm", "MR_small.dcm"),  # signed 16-bit
+    ("emri_small_jpeg_ls_lossless.dcm", "emri_small.dcm"),  # 12 bits stored, 10 frames
+])
+def test_jpeg_ls_lossless_sources_come_back_with_their_exact_pixels(hds, stored, twin):
+    dataset = unique_copy(stored)
+    store(hds, dataset)
+    returned = transcoded(hds, dataset, NO_PARAMETER)
+    assert numpy.array_equal(returned.pixel_array, unique_copy(twin).pixel_array), stored
+    # And rendered, as its twin renders (the same samples through the same pipeline).
+    twin_copy = unique_copy(twin)
+    store(hds, twin_copy)
+    from PIL import Image
+
+    images = []
+    for instance in (dataset, twin_copy):
+        response = hds.http.get(f"{instance_url(hds, instance)}/rendered", headers={"Accept": "image/png"})
+        assert response.status_code == 200, response.text
+        images.append(numpy.asarray(Image.open(io.BytesIO(response.content))))
+    assert numpy.array_equal(images[0], images[1]), stored
+
+
+@pytest.mark.parametrize("near", [1, 3])
+@pytest.mark.parametrize("name", ["MR_small.dcm", "SC_rgb.dcm"])
+def test_jpeg_ls_near_lossless_comes_back_within_its_near_bound(hds, name, near):
+    """Near-lossless JPEG-LS guarantees every sample within NEAR of the original: the original's
+    pixels, encoded here by CharLS (pyjpegls) with that NEAR, stored, and retrieved as Explicit VR
+    Little Endian, are within it."""
+    import jpeg_ls
+    from pydicom.encaps import encapsulate
+
+    dataset = unique_copy(name)
+    original = dataset.pixel_array
+    if original.dtype == numpy.int16:  # JPEG-LS codes unsigned samples: shift into range
+        original = (original.astype(numpy.int32) + 32768).astype(numpy.uint16)
+        dataset.PixelRepresentation = 0
+    codestream = bytes(jpeg_ls.encode_array(original, lossy_error=near))
+    dataset.PixelData = encapsulate([codestream])
+    dataset["PixelData"].VR = "OB"
+    dataset.file_meta.TransferSyntaxUID = JPEG_LS_NEAR_LOSSLESS
+    dataset.LossyImageCompression = "01"
+    store(hds, dataset)
+    returned = transcoded(hds, dataset, NO_PARAMETER)
+    got = returned.pixel_array.astype(numpy.int64)
+    error = numpy.abs(got - original.astype(numpy.int64))
+    assert error.max() <= near, (name, near, error.max())
+
+
+@pytest.mark.parametrize("stored", ["JPEGLSNearLossless_08.dcm", "JPEGLSNearLossless_16.dcm",
+                                    "SC_rgb_jls_lossy_line.dcm", "SC_rgb_jls_lossy_sample.dcm"])
+def test_jpeg_ls_near_lossless_files_decode_as_charls_decodes_them(hds, stored):
+    """pydicom's near-lossless files have no uncompressed twin: CharLS's own decoding of the
+    stored codestream (pyjpegls, as pydicom uses it) is the reference, exactly."""
+    dataset = unique_copy(stored)
+    store(hds, dataset)
+    returned = transcoded(hds, dataset, NO_PARAMETER)
+    assert numpy.array_equal(returned.pixel_array, dataset.pixel_array), stored

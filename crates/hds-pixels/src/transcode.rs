@@ -31,23 +31,31 @@ pub const JPEG_2000_LOSSLESS: &str = "1.2.840.10008.1.2.4.90";
 pub const JPEG_2000: &str = "1.2.840.10008.1.2.4.91";
 
 /// The stored transfer syntaxes whose pixel data hds decodes, and so transcodes from: the other
-/// native ones, RLE, JPEG baseline and lossless, JPEG 2000, and High-Throughput JPEG 2000
-/// (HTJ2K: dicom-rs registers its three syntaxes with its JPEG 2000 adapter, and the OpenJPEG
-/// it builds, 2.5, decodes HT code-blocks). JPEG Extended (4.51, mostly 12-bit samples) and
-/// JPEG-LS are not among them: the decoders here do not read them.
-pub const TRANSCODABLE_SOURCES: [&str; 11] = [
+/// native ones, RLE, JPEG baseline and lossless, JPEG-LS (lossless and near-lossless, by
+/// CharLS through dicom-rs's `charls` feature), JPEG 2000, and High-Throughput JPEG 2000 (HTJ2K:
+/// dicom-rs registers its three syntaxes with its JPEG 2000 adapter, and the OpenJPEG it
+/// builds, 2.5, decodes HT code-blocks). JPEG Extended (4.51, mostly 12-bit samples) is not
+/// among them: the decoders here do not read it.
+pub const TRANSCODABLE_SOURCES: [&str; 13] = [
     "1.2.840.10008.1.2",
     "1.2.840.10008.1.2.2",
     "1.2.840.10008.1.2.5",
     "1.2.840.10008.1.2.4.50",
     "1.2.840.10008.1.2.4.57",
     "1.2.840.10008.1.2.4.70",
+    JPEG_LS_LOSSLESS,
+    JPEG_LS_NEAR_LOSSLESS,
     "1.2.840.10008.1.2.4.90",
     "1.2.840.10008.1.2.4.91",
     HTJ2K_LOSSLESS,
     HTJ2K_RPCL_LOSSLESS,
     HTJ2K,
 ];
+
+/// JPEG-LS Lossless Image Compression.
+pub const JPEG_LS_LOSSLESS: &str = "1.2.840.10008.1.2.4.80";
+/// JPEG-LS Lossy (Near-Lossless) Image Compression.
+pub const JPEG_LS_NEAR_LOSSLESS: &str = "1.2.840.10008.1.2.4.81";
 
 /// High-Throughput JPEG 2000 Image Compression (Lossless Only).
 pub const HTJ2K_LOSSLESS: &str = "1.2.840.10008.1.2.4.201";

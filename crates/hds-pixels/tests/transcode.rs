@@ -254,3 +254,23 @@ fn the_header_check_predicts_what_transcoding_refuses() {
         }
     }
 }
+
+/// JPEG-LS sources (CharLS through dicom-rs's `charls` feature): lossless decodes to exactly the
+/// uncompressed twin's samples, to Explicit VR Little Endian and through JPEG 2000.
+#[test]
+fn jpeg_ls_lossless_sources_decode_to_their_twin() {
+    for (stored, twin) in [
+        (test_file("MR_small_jpeg_ls_lossless.dcm"), test_file("MR_small.dcm")),
+        (
+            data_file("emri_small_jpeg_ls_lossless.dcm"),
+            data_file("emri_small.dcm"),
+        ),
+    ] {
+        let expected = samples(&twin);
+        let native = transcode(&stored, TargetSyntax::ExplicitVrLittleEndian).expect("to ELE");
+        assert_eq!(syntax(&native), hds_pixels::EXPLICIT_VR_LITTLE_ENDIAN);
+        assert_eq!(samples(&native), expected);
+        let j2k = transcode(&stored, TargetSyntax::Jpeg2000Lossless).expect("to JPEG 2000");
+        assert_eq!(samples(&j2k), expected);
+    }
+}
