@@ -489,6 +489,45 @@ mod tests {
     }
 
     #[test]
+    fn pixel_headers_read_the_pixel_attributes_of_each_instance_by_sop_instance_uid() {
+        let metadata = br#"[
+            {"00080018": {"vr": "UI", "Value": ["1.2.3"]},
+             "00100010": {"vr": "PN", "Value": [{"Alphabetic": "Doe^Jane"}]},
+             "00280002": {"vr": "US", "Value": [3]},
+             "00280004": {"vr": "CS", "Value": ["RGB "]},
+             "00280008": {"vr": "IS", "Value": ["10"]},
+             "00280010": {"vr": "US", "Value": [480]},
+             "00280011": {"vr": "US", "Value": [640]},
+             "00280100": {"vr": "US", "Value": [8]},
+             "00280101": {"vr": "US", "Value": [8]},
+             "00280103": {"vr": "US", "Value": [0]}},
+            {"00080018": {"vr": "UI", "Value": ["1.2.4"]},
+             "00280008": {"vr": "IS", "Value": [2]}},
+            {"00280002": {"vr": "US", "Value": [1]}}
+        ]"#;
+        let headers = pixel_headers(metadata).expect("parsed");
+        assert_eq!(
+            headers.len(),
+            2,
+            "a document without a SOP Instance UID is skipped"
+        );
+        let colour = &headers["1.2.3"];
+        assert_eq!(colour.samples_per_pixel, Some(3));
+        assert_eq!(colour.photometric_interpretation.as_deref(), Some("RGB"));
+        assert_eq!(colour.number_of_frames, Some(10));
+        assert_eq!((colour.columns, colour.rows), (Some(640), Some(480)));
+        assert_eq!(colour.pixel_representation, Some(0));
+        let plain = &headers["1.2.4"];
+        assert_eq!(plain.samples_per_pixel, None);
+        assert_eq!(plain.number_of_frames, Some(2));
+        // Metadata that does not parse is an internal error whose message quotes nothing.
+        match pixel_headers(br#"[{"00080018": {"Value": "PATIENT NAME"}}]"#) {
+            Err(DicomWebError::Internal(message)) => assert!(!message.contains("PATIENT")),
+            other => panic!("{:?}", other.map(|headers| headers.len())),
+        }
+    }
+
+    #[test]
     fn jpeg_by_default_png_when_preferred_nothing_else() {
         assert_eq!(
             negotiate_image(&HeaderMap::new()).ok(),

@@ -260,7 +260,10 @@ fn the_header_check_predicts_what_transcoding_refuses() {
 #[test]
 fn jpeg_ls_lossless_sources_decode_to_their_twin() {
     for (stored, twin) in [
-        (test_file("MR_small_jpeg_ls_lossless.dcm"), test_file("MR_small.dcm")),
+        (
+            test_file("MR_small_jpeg_ls_lossless.dcm"),
+            test_file("MR_small.dcm"),
+        ),
         (
             data_file("emri_small_jpeg_ls_lossless.dcm"),
             data_file("emri_small.dcm"),
