@@ -353,3 +353,198 @@ def test_what_a_target_cannot_hold_is_a_406_naming_the_stored_syntax_and_the_off
                          headers={"Accept": f'multipart/related; type="image/jp2"; transfer-syntax={JPEG_BASELINE}'})
     assert wrong.status_code == 406
     assert "image/jp2" in wrong.text
+
+
+def test_a_series_with_one_instance_that_cannot_be_transcoded_is_a_clean_406(hds):
+    """Every instance of a multi-instance response is checked from its stored header before the
+    status line: a later instance the target cannot hold makes the whole request a 406 (as Azure
+    refuses a multi-instance request it will not transcode), never a body cut at that instance.
+    """
+    eight_bit = unique_copy("SC_rgb.dcm")  # 8-bit RGB: JPEG Baseline can hold it
+    sixteen_bit = unique_copy("MR_small.dcm")  # 16-bit: it cannot
+    palette = unique_copy("OBXXXX1A.dcm")  # 8-bit PALETTE COLOR: nor this (lossy indices)
+    for later in (sixteen_bit, palette):
+        later.StudyInstanceUID = eight_bit.StudyInstanceUID
+        later.SeriesInstanceUID = eight_bit.SeriesInstanceUID
+    store(hds, eight_bit)  # stored first, so it is the response's first part
+    store(hds, sixteen_bit)
+    accept = f'multipart/related; type="application/dicom"; transfer-syntax={JPEG_BASELINE}'
+    series = f"{hds.url}/studies/{eight_bit.StudyInstanceUID}/series/{eight_bit.SeriesInstanceUID}"
+    for url in (f"{hds.url}/studies/{eight_bit.StudyInstanceUID}", series):
+        response = hds.http.get(url, headers={"Accept": accept})
+        assert response.status_code == 406, (url, response.status_code)
+        text = response.text
+        assert "instance 2 of the 2" in text, text
+        assert EXPLICIT_LE in text and JPEG_BASELINE in text and "8-bit" in text, text
+        assert "transfer-syntax=*" in text, text
+    # As stored, and to a target every instance fits, the same series comes back whole.
+    as_stored = hds.http.get(series, headers={"Accept": 'multipart/related; type="application/dicom"; transfer-syntax=*'})
+    assert as_stored.status_code == 200
+    assert len(multipart_parts(as_stored)) == 2
+    to_j2k = hds.http.get(series, headers={"Accept": f'multipart/related; type="application/dicom"; transfer-syntax={JPEG_2000_LOSSLESS}'})
+    assert to_j2k.status_code == 200, to_j2k.text
+    assert len(multipart_parts(to_j2k)) == 2
+    # A palette instance: JPEG 2000 keeps its indices, JPEG Baseline would not.
+    store(hds, palette)
+    response = hds.http.get(series, headers={"Accept": f'multipart/related; type="application/dicom"; transfer-syntax={JPEG_2000_LOSSLESS}'})
+    assert response.status_code == 200, response.text
+    assert len(multipart_parts(response)) == 3
+    response = hds.http.get(series, headers={"Accept": accept})
+    assert response.status_code == 406
+    assert "instance 2 of the 3" in response.text  # the first refused one is named
+
+
+def test_a_series_with_a_source_hds_cannot_decode_is_a_406_naming_it(hds):
+    plain = unique_copy("MR_small.dcm")
+    twelve_bit = unique_copy("JPEG-lossy.dcm")  # JPEG Extended: not decoded here
+    twelve_bit.StudyInstanceUID = plain.StudyInstanceUID
+    twelve_bit.SeriesInstanceUID = plain.SeriesInstanceUID
+    store(hds, plain)
+    store(hds, twelve_bit)
+    response = hds.http.get(f"{hds.url}/studies/{plain.StudyInstanceUID}", headers={"Accept": NO_PARAMETER})
+    assert response.status_code == 406
+    assert "1.2.840.10008.1.2.4.51" in response.text and "transfer-syntax=*" in response.text
+
+
+HTJ2K_SYNTAXES = ["1.2.840.10008.1.2.4.201", "1.2.840.10008.1.2.4.202", "1.2.840.10008.1.2.4.203"]
+
+
+def htj2k_copy(name, syntax):
+    """`name` with fresh UIDs, its pixels encoded losslessly as HTJ2K by OpenJPH's
+    `ojph_compress` (apt `openjph-tools`, installed by scripts/test-setup; pydicom's data has
+    no HTJ2K file), in RPCL order (which all three HTJ2K syntaxes allow), without a colour
+    transform (RGB stays RGB). Returns the dataset and the pixels it must decode to."""
+    import pathlib
+    import shutil
+    import subprocess
+    import tempfile
+
+    from pydicom.encaps import encapsulate
+
+    encoder = shutil.which("ojph_compress")
+    assert encoder, "ojph_compress is missing: run scripts/test-setup (apt package openjph-tools)"
+    dataset = unique_copy(name)
+    pixels = dataset.pixel_array
+    components = int(dataset.SamplesPerPixel)
+    signed = int(dataset.PixelRepresentation) == 1
+    planes = pixels if components == 1 else numpy.moveaxis(pixels, -1, 0)  # raw input is planar
+    dtype = {(8, False): "u1", (8, True): "i1", (16, False): "<u2", (16, True): "<i2"}[
+        (int(dataset.BitsAllocated), signed)]
+    with tempfile.TemporaryDirectory() as directory:
+        raw, codestream = pathlib.Path(directory, "in.yuv"), pathlib.Path(directory, "out.j2c")
+        numpy.ascontiguousarray(planes).astype(dtype).tofile(raw)
+        subprocess.run([
+            encoder, "-i", str(raw), "-o", str(codestream), "-reversible", "true",
+            "-prog_order", "RPCL",  # raw input: no colour transform (it refuses one)
+            "-dims", f"{{{int(dataset.Columns)},{int(dataset.Rows)}}}",
+            "-num_comps", str(components),
+            "-signed", ",".join(["true" if signed else "false"] * components),
+            "-bit_depth", ",".join([str(int(dataset.BitsStored))] * components),
+            "-downsamp", ",".join(["{1,1}"] * components),
+        ], check=True, capture_output=True)
+        encoded = codestream.read_bytes()
+    assert encoded[:4] == b"\xff\x4f\xff\x51"  # SOC, SIZ: a raw codestream
+    dataset.PixelData = encapsulate([encoded])
+    dataset["PixelData"].VR = "OB"
+    dataset.file_meta.TransferSyntaxUID = syntax
+    if components == 3:
+        dataset.PlanarConfiguration = 0
+    return dataset, pixels
+
+
+@pytest.mark.parametrize("syntax", HTJ2K_SYNTAXES)
+@pytest.mark.parametrize("name", ["MR_small.dcm", "SC_rgb.dcm"])  # signed 16-bit; 8-bit RGB
+def test_htj2k_sources_come_back_with_their_exact_pixels(hds, name, syntax):
+    dataset, pixels = htj2k_copy(name, syntax)
+    store(hds, dataset)
+    returned = transcoded(hds, dataset, NO_PARAMETER)
+    assert numpy.array_equal(returned.pixel_array, pixels), (name, syntax)
+    # Frames too, as native samples, and JPEG 2000 on request.
+    frame = hds.http.get(f"{instance_url(hds, dataset)}/frames/1",
+                         headers={"Accept": "application/octet-stream; transfer-syntax=1.2.840.10008.1.2.1"})
+    assert frame.status_code == 200, frame.text
+    assert frame.content == numpy.ascontiguousarray(pixels).astype(pixels.dtype.newbyteorder("<")).tobytes()
+    j2k = hds.http.get(instance_url(hds, dataset),
+                       headers={"Accept": f"application/dicom; transfer-syntax={JPEG_2000_LOSSLESS}"})
+    assert j2k.status_code == 200, j2k.text
+    assert numpy.array_equal(pydicom.dcmread(io.BytesIO(j2k.content)).pixel_array, pixels)
+
+
+@pytest.mark.parametrize("name", ["MR_small.dcm", "SC_rgb.dcm"])
+def test_htj2k_renders_as_its_uncompressed_twin(hds, name):
+    """Lossless HTJ2K decodes to the twin's samples, so the rendered images are the same."""
+    dataset, _ = htj2k_copy(name, HTJ2K_SYNTAXES[0])
+    twin = unique_copy(name)
+    store(hds, dataset)
+    store(hds, twin)
+    from PIL import Image
+
+    images = []
+    for instance in (dataset, twin):
+        response = hds.http.get(f"{instance_url(hds, instance)}/rendered", headers={"Accept": "image/png"})
+        assert response.status_code == 200, response.text
+        images.append(numpy.asarray(Image.open(io.BytesIO(response.content))))
+    assert numpy.array_equal(images[0], images[1]), name
+
+
+JPEG_LS_LOSSLESS = "1.2.840.10008.1.2.4.80"
+JPEG_LS_NEAR_LOSSLESS = "1.2.840.10008.1.2.4.81"
+
+
+@pytest.mark.parametrize("stored, twin", [
+    ("MR_small_jpeg_ls_lossless.dcm", "MR_small.dcm"),  # signed 16-bit
+    ("emri_small_jpeg_ls_lossless.dcm", "emri_small.dcm"),  # 12 bits stored, 10 frames
+])
+def test_jpeg_ls_lossless_sources_come_back_with_their_exact_pixels(hds, stored, twin):
+    dataset = unique_copy(stored)
+    store(hds, dataset)
+    returned = transcoded(hds, dataset, NO_PARAMETER)
+    assert numpy.array_equal(returned.pixel_array, unique_copy(twin).pixel_array), stored
+    # And rendered, as its twin renders (the same samples through the same pipeline).
+    twin_copy = unique_copy(twin)
+    store(hds, twin_copy)
+    from PIL import Image
+
+    images = []
+    for instance in (dataset, twin_copy):
+        response = hds.http.get(f"{instance_url(hds, instance)}/rendered", headers={"Accept": "image/png"})
+        assert response.status_code == 200, response.text
+        images.append(numpy.asarray(Image.open(io.BytesIO(response.content))))
+    assert numpy.array_equal(images[0], images[1]), stored
+
+
+@pytest.mark.parametrize("near", [1, 3])
+@pytest.mark.parametrize("name", ["MR_small.dcm", "SC_rgb.dcm"])
+def test_jpeg_ls_near_lossless_comes_back_within_its_near_bound(hds, name, near):
+    """Near-lossless JPEG-LS guarantees every sample within NEAR of the original: the original's
+    pixels, encoded here by CharLS (pyjpegls) with that NEAR, stored, and retrieved as Explicit VR
+    Little Endian, are within it."""
+    import jpeg_ls
+    from pydicom.encaps import encapsulate
+
+    dataset = unique_copy(name)
+    original = dataset.pixel_array
+    if original.dtype == numpy.int16:  # JPEG-LS codes unsigned samples: shift into range
+        original = (original.astype(numpy.int32) + 32768).astype(numpy.uint16)
+        dataset.PixelRepresentation = 0
+    codestream = bytes(jpeg_ls.encode_array(original, lossy_error=near))
+    dataset.PixelData = encapsulate([codestream])
+    dataset["PixelData"].VR = "OB"
+    dataset.file_meta.TransferSyntaxUID = JPEG_LS_NEAR_LOSSLESS
+    dataset.LossyImageCompression = "01"
+    store(hds, dataset)
+    returned = transcoded(hds, dataset, NO_PARAMETER)
+    got = returned.pixel_array.astype(numpy.int64)
+    error = numpy.abs(got - original.astype(numpy.int64))
+    assert error.max() <= near, (name, near, error.max())
+
+
+@pytest.mark.parametrize("stored", ["JPEGLSNearLossless_08.dcm", "JPEGLSNearLossless_16.dcm",
+                                    "SC_rgb_jls_lossy_line.dcm", "SC_rgb_jls_lossy_sample.dcm"])
+def test_jpeg_ls_near_lossless_files_decode_as_charls_decodes_them(hds, stored):
+    """pydicom's near-lossless files have no uncompressed twin: CharLS's own decoding of the
+    stored codestream (pyjpegls, as pydicom uses it) is the reference, exactly."""
+    dataset = unique_copy(stored)
+    store(hds, dataset)
+    returned = transcoded(hds, dataset, NO_PARAMETER)
+    assert numpy.array_equal(returned.pixel_array, dataset.pixel_array), stored

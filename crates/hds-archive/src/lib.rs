@@ -44,7 +44,7 @@ pub use hds_index::{
     ExtendedQueryTag, Filter, Matcher, Operation, OperationStatus, RawAttributes, SearchHit,
     StoreMode, TagChange, TagError, TagQueryStatus, TagStatus,
 };
-pub use read::{ByteStream, FoundFrames, FoundInstances, InstanceContent};
+pub use read::{ByteStream, FoundFrames, FoundInstance, FoundInstances, InstanceContent};
 pub use store::{Refusal, RefusalReason, StoreOutcome, StoredInstance};
 pub use workitems::WorkitemResult;
 

@@ -37,6 +37,17 @@ pub struct InstanceContent {
     pub bytes: ByteStream,
 }
 
+/// What the index says of one found instance, before it is opened.
+#[derive(Debug, Clone, Copy)]
+pub struct FoundInstance<'a> {
+    /// SOPInstanceUID.
+    pub sop_instance_uid: &'a str,
+    /// The transfer syntax it is stored in.
+    pub transfer_syntax_uid: &'a str,
+    /// The stored Part-10 instance's length in bytes.
+    pub size: u64,
+}
+
 /// The frames of an instance, found and not yet read.
 pub struct FoundFrames {
     archive: ServiceArchive,
@@ -161,6 +172,16 @@ impl FoundInstances {
             .iter()
             .map(|record| record.transfer_syntax_uid.as_str())
             .collect()
+    }
+
+    /// Each instance's SOPInstanceUID, stored transfer syntax and stored size, in order: what a
+    /// caller checks before answering (can every instance be transcoded?) without opening any.
+    pub fn stored(&self) -> impl Iterator<Item = FoundInstance<'_>> {
+        self.records.iter().map(|record| FoundInstance {
+            sop_instance_uid: &record.sop_instance_uid,
+            transfer_syntax_uid: &record.transfer_syntax_uid,
+            size: record.size,
+        })
     }
 
     /// Opens the instances for reading, in order. The first is opened now (a missing or

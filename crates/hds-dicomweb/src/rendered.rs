@@ -13,7 +13,7 @@ use axum::http::header::CONTENT_TYPE;
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use futures::StreamExt;
-use hds_archive::{ByteStream, InstanceContent, Scope};
+use hds_archive::{ByteStream, FoundInstance, FoundInstances, InstanceContent, Scope};
 use hds_pixels::{DEFAULT_QUALITY, ImageFormat, PixelError, RenderOptions, Viewport};
 use tokio::sync::Semaphore;
 
@@ -284,6 +284,141 @@ fn transcoding_error(error: PixelError, what: &str, source: &str, target: &str) 
     }
 }
 
+/// Refuses, with the 406 of [`transcoding_error`], a multi-instance retrieve of `scope` in
+/// `target` when any instance not stored in `target` cannot be transcoded to it: an undecoded
+/// source syntax, an instance over the size read whole, or a pixel description the target
+/// cannot hold. Decided from what the index holds (each instance's stored syntax and size, and
+/// its metadata's pixel attributes), so no blob is opened and no pixel decoded; what passes
+/// fails later only if its pixel data is damaged.
+pub(crate) async fn check_all_transcodable(
+    context: &ServiceContext,
+    scope: Scope<'_>,
+    found: &FoundInstances,
+    target: &'static str,
+) -> Result<(), DicomWebError> {
+    let target_syntax = target_syntax(target)?;
+    let count = found.len();
+    let pending: Vec<(usize, FoundInstance<'_>)> = found
+        .stored()
+        .enumerate()
+        .filter(|(_, instance)| instance.transfer_syntax_uid != target)
+        .collect();
+    if pending.is_empty() {
+        return Ok(());
+    }
+    let what = |position: usize| format!("instance {} of the {count} requested", position + 1);
+    for (position, instance) in &pending {
+        if instance.size > MAX_RENDERED_INSTANCE_BYTES as u64 {
+            return Err(DicomWebError::NotAcceptable(format!(
+                "{} (stored in transfer syntax {}) is over {MAX_RENDERED_INSTANCE_BYTES} bytes, \
+                 more than hds transcodes; ask for transfer-syntax=* to receive the instances \
+                 as stored",
+                what(*position),
+                instance.transfer_syntax_uid
+            )));
+        }
+    }
+    let metadata = context.archive.metadata(scope).await?;
+    let headers = pixel_headers(&metadata)?;
+    for (position, instance) in pending {
+        // An instance without metadata (deleted or replaced since it was found) has nothing to
+        // check: opening it answers for it.
+        let header = headers
+            .get(instance.sop_instance_uid)
+            .cloned()
+            .unwrap_or_default();
+        hds_pixels::check_transcodable(instance.transfer_syntax_uid, &header, target_syntax)
+            .map_err(|error| {
+                transcoding_error(error, &what(position), instance.transfer_syntax_uid, target)
+            })?;
+    }
+    Ok(())
+}
+
+/// One DICOM JSON attribute: only its values are read.
+#[derive(serde::Deserialize)]
+struct JsonAttribute {
+    #[serde(rename = "Value", default)]
+    value: Vec<serde_json::Value>,
+}
+
+impl JsonAttribute {
+    fn first(&self) -> Option<&serde_json::Value> {
+        self.value.first()
+    }
+
+    /// A US or IS value: a JSON number, or a string for IS as some writers give it.
+    fn number(&self) -> Option<u32> {
+        match self.first()? {
+            serde_json::Value::Number(number) => {
+                number.as_u64().and_then(|n| u32::try_from(n).ok())
+            }
+            serde_json::Value::String(text) => text.trim().parse().ok(),
+            _ => None,
+        }
+    }
+
+    fn text(&self) -> Option<String> {
+        self.first()?.as_str().map(|text| text.trim().to_owned())
+    }
+}
+
+/// The attributes of an instance's metadata that [`hds_pixels::check_transcodable`] reads;
+/// every other attribute is skipped.
+#[derive(serde::Deserialize)]
+struct HeaderAttributes {
+    #[serde(rename = "00080018")]
+    sop_instance_uid: Option<JsonAttribute>,
+    #[serde(rename = "00280002")]
+    samples_per_pixel: Option<JsonAttribute>,
+    #[serde(rename = "00280004")]
+    photometric_interpretation: Option<JsonAttribute>,
+    #[serde(rename = "00280008")]
+    number_of_frames: Option<JsonAttribute>,
+    #[serde(rename = "00280010")]
+    rows: Option<JsonAttribute>,
+    #[serde(rename = "00280011")]
+    columns: Option<JsonAttribute>,
+    #[serde(rename = "00280100")]
+    bits_allocated: Option<JsonAttribute>,
+    #[serde(rename = "00280101")]
+    bits_stored: Option<JsonAttribute>,
+    #[serde(rename = "00280103")]
+    pixel_representation: Option<JsonAttribute>,
+}
+
+/// The pixel description of each instance of a metadata array (DICOM JSON, as the index holds
+/// it), by SOPInstanceUID.
+fn pixel_headers(
+    metadata: &[u8],
+) -> Result<std::collections::HashMap<String, hds_pixels::PixelHeader>, DicomWebError> {
+    let documents: Vec<HeaderAttributes> = serde_json::from_slice(metadata)
+        // Not the parser's message: it may quote a value.
+        .map_err(|_| DicomWebError::Internal("stored metadata did not parse".into()))?;
+    let number =
+        |attribute: &Option<JsonAttribute>| attribute.as_ref().and_then(JsonAttribute::number);
+    Ok(documents
+        .into_iter()
+        .filter_map(|document| {
+            let sop = document.sop_instance_uid.as_ref()?.text()?;
+            let header = hds_pixels::PixelHeader {
+                samples_per_pixel: number(&document.samples_per_pixel),
+                photometric_interpretation: document
+                    .photometric_interpretation
+                    .as_ref()
+                    .and_then(JsonAttribute::text),
+                bits_allocated: number(&document.bits_allocated),
+                bits_stored: number(&document.bits_stored),
+                pixel_representation: number(&document.pixel_representation),
+                rows: number(&document.rows),
+                columns: number(&document.columns),
+                number_of_frames: number(&document.number_of_frames),
+            };
+            Some((sop, header))
+        })
+        .collect())
+}
+
 /// An instance as a multipart response sends it in `target`: one stored so passes through;
 /// any other is transcoded when the response reaches it (a failure then ends the body, as a
 /// damaged blob does).
@@ -351,6 +486,45 @@ mod tests {
         list.iter()
             .map(|(name, value)| (name.to_string(), value.to_string()))
             .collect()
+    }
+
+    #[test]
+    fn pixel_headers_read_the_pixel_attributes_of_each_instance_by_sop_instance_uid() {
+        let metadata = br#"[
+            {"00080018": {"vr": "UI", "Value": ["1.2.3"]},
+             "00100010": {"vr": "PN", "Value": [{"Alphabetic": "Doe^Jane"}]},
+             "00280002": {"vr": "US", "Value": [3]},
+             "00280004": {"vr": "CS", "Value": ["RGB "]},
+             "00280008": {"vr": "IS", "Value": ["10"]},
+             "00280010": {"vr": "US", "Value": [480]},
+             "00280011": {"vr": "US", "Value": [640]},
+             "00280100": {"vr": "US", "Value": [8]},
+             "00280101": {"vr": "US", "Value": [8]},
+             "00280103": {"vr": "US", "Value": [0]}},
+            {"00080018": {"vr": "UI", "Value": ["1.2.4"]},
+             "00280008": {"vr": "IS", "Value": [2]}},
+            {"00280002": {"vr": "US", "Value": [1]}}
+        ]"#;
+        let headers = pixel_headers(metadata).expect("parsed");
+        assert_eq!(
+            headers.len(),
+            2,
+            "a document without a SOP Instance UID is skipped"
+        );
+        let colour = &headers["1.2.3"];
+        assert_eq!(colour.samples_per_pixel, Some(3));
+        assert_eq!(colour.photometric_interpretation.as_deref(), Some("RGB"));
+        assert_eq!(colour.number_of_frames, Some(10));
+        assert_eq!((colour.columns, colour.rows), (Some(640), Some(480)));
+        assert_eq!(colour.pixel_representation, Some(0));
+        let plain = &headers["1.2.4"];
+        assert_eq!(plain.samples_per_pixel, None);
+        assert_eq!(plain.number_of_frames, Some(2));
+        // Metadata that does not parse is an internal error whose message quotes nothing.
+        match pixel_headers(br#"[{"00080018": {"Value": "PATIENT NAME"}}]"#) {
+            Err(DicomWebError::Internal(message)) => assert!(!message.contains("PATIENT")),
+            other => panic!("{:?}", other.map(|headers| headers.len())),
+        }
     }
 
     #[test]

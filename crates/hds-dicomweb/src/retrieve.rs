@@ -105,11 +105,20 @@ async fn retrieve_instances(
         },
     )?;
     drop(stored_syntaxes);
+    // When transcoding several instances, each is checked from its stored header (index
+    // metadata, no pixel read) before the status line: what cannot be produced (JPEG Baseline
+    // from 16-bit samples...) is a clean 406 for the whole request, as Azure answers a
+    // multi-instance request it will not transcode, never a body cut at a later instance.
+    if let Some(target) = negotiated.target
+        && found.len() > 1
+    {
+        rendered::check_all_transcodable(context, scope, &found, target).await?;
+    }
     // The first instance is opened (and its first segment verified) before the status line,
     // so a missing or damaged blob is a clean 500 rather than a cut body; the others are
     // opened one at a time as the response reaches them. When transcoding, the first is also
-    // transcoded before the status line, so that what cannot be produced (JPEG Baseline from
-    // 16-bit samples...) is a clean 406; a later instance that cannot be ends the body.
+    // transcoded before the status line; a later one whose data turns out damaged (its header
+    // passed the check above) ends the body, as a damaged blob does.
     let mut instances = found.open().await?;
     let first = instances
         .next()

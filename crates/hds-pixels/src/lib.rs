@@ -7,7 +7,8 @@
 //! modality LUT (RescaleSlope/RescaleIntercept), then the first window the instance stores
 //! (WindowCenter/WindowWidth, linear; min-max normalization when it stores none; a VOI LUT
 //! table is not applied), MONOCHROME1 inverted, colour (RGB, YBR, palette) converted to RGB. Decoding is dicom-rs's
-//! (`dicom-pixeldata`: native, RLE, JPEG baseline/extended/lossless, JPEG 2000), encoding the
+//! (`dicom-pixeldata`: native, RLE, JPEG baseline/extended/lossless, JPEG-LS by CharLS, JPEG
+//! 2000 and HTJ2K by OpenJPEG), encoding the
 //! `image` crate's. Nothing here writes to disk: the decrypted instance and its pixels stay in
 //! memory, bounded by [`MAX_DECODED_BYTES`].
 //!
@@ -30,9 +31,10 @@ mod reduced;
 mod transcode;
 
 pub use transcode::{
-    EXPLICIT_VR_LITTLE_ENDIAN, JPEG_2000, JPEG_2000_LOSSLESS, JPEG_BASELINE, TRANSCODABLE_SOURCES,
-    TRANSCODING_TARGETS, TargetSyntax, native_frames, transcode, transcode_frames,
-    transcode_to_explicit_little_endian,
+    EXPLICIT_VR_LITTLE_ENDIAN, HTJ2K, HTJ2K_LOSSLESS, HTJ2K_RPCL_LOSSLESS, JPEG_2000,
+    JPEG_2000_LOSSLESS, JPEG_BASELINE, JPEG_LS_LOSSLESS, JPEG_LS_NEAR_LOSSLESS, PixelHeader,
+    TRANSCODABLE_SOURCES, TRANSCODING_TARGETS, TargetSyntax, check_transcodable, native_frames,
+    transcode, transcode_frames, transcode_to_explicit_little_endian,
 };
 
 /// The most bytes one render may decode pixel data into: a frame, or every frame of an

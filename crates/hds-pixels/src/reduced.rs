@@ -1,15 +1,16 @@
 //! Rendering a JPEG 2000 frame for a small viewport from a reduced resolution: the wavelet's
 //! lower levels hold the image at 1/2, 1/4... of its size, and OpenJPEG decodes only those, so
-//! a thumbnail of a 1024x1024 frame decodes a fraction of the codestream. Only greyscale frames
-//! take this path; anything else, or a codestream with fewer levels than asked, falls back to
-//! the full decode.
+//! a thumbnail of a 1024x1024 frame decodes a fraction of the codestream. Greyscale frames, and
+//! 8-bit colour frames whose codestream OpenJPEG returns as RGB (RGB, or YBR_RCT / YBR_ICT,
+//! whose colour transform OpenJPEG inverts), take this path; anything else, or a codestream
+//! with fewer levels than asked, falls back to the full decode.
 
 use dicom_dictionary_std::tags;
 use dicom_encoding::adapters::PixelDataObject;
 use dicom_object::DefaultDicomObject;
-use image::DynamicImage;
+use image::{DynamicImage, RgbImage};
 
-use crate::transcode::{JPEG_2000, JPEG_2000_LOSSLESS};
+use crate::transcode::JPEG_2000_FAMILY;
 use crate::{Viewport, grey_from_values};
 
 /// The most resolution levels dropped: OpenJPEG's default codestreams have 5.
@@ -27,25 +28,34 @@ fn reduction(columns: u32, rows: u32, viewport: Viewport) -> u32 {
     levels
 }
 
+/// How a frame's decoded components become an image.
+enum Kind {
+    /// One component through the grey display pipeline; MONOCHROME1 inverted.
+    Grey { invert: bool },
+    /// Three 8-bit components, R, G and B once OpenJPEG has decoded them.
+    Rgb,
+}
+
 /// Frame `index` (from 0) of `object` decoded at the lowest resolution that still fills
-/// `viewport` and put through the grey display pipeline; `None` when this path does not apply
-/// (not JPEG 2000, not greyscale, no reduction possible, or the decoder declines).
+/// `viewport`, as an image: greyscale through the grey display pipeline, colour as RGB; `None`
+/// when this path does not apply (not JPEG 2000, another colour model or depth, no reduction
+/// possible, or the decoder declines).
 pub(crate) fn render_reduced(
     object: &DefaultDicomObject,
     index: u32,
     viewport: Viewport,
 ) -> Option<DynamicImage> {
     let syntax = object.meta().transfer_syntax().trim_end_matches('\0');
-    if syntax != JPEG_2000_LOSSLESS && syntax != JPEG_2000 {
-        return None;
-    }
-    if object.samples_per_pixel()? != 1 {
+    if !JPEG_2000_FAMILY.contains(&syntax) {
         return None;
     }
     let photometric = object.photometric_interpretation()?.trim().to_owned();
-    let invert = match photometric.as_str() {
-        "MONOCHROME1" => true,
-        "MONOCHROME2" => false,
+    let kind = match (object.samples_per_pixel()?, photometric.as_str()) {
+        (1, "MONOCHROME1") => Kind::Grey { invert: true },
+        (1, "MONOCHROME2") => Kind::Grey { invert: false },
+        // What the full decode renders as these samples unchanged (dicom-rs takes OpenJPEG's
+        // RGB output as is for these); other colour models (YBR_FULL...) convert there.
+        (3, "RGB" | "YBR_RCT" | "YBR_ICT") if object.bits_allocated()? == 8 => Kind::Rgb,
         _ => return None,
     };
     let levels = reduction(
@@ -59,6 +69,17 @@ pub(crate) fn render_reduced(
     let codestream = object.frame_pixel_data(index)?;
     let parameters = jpeg2k::DecodeParameters::new().reduce(levels);
     let decoded = jpeg2k::Image::from_bytes_with(&codestream, parameters).ok()?;
+    match kind {
+        Kind::Grey { invert } => grey(object, &decoded, invert),
+        Kind::Rgb => rgb(&decoded),
+    }
+}
+
+fn grey(
+    object: &DefaultDicomObject,
+    decoded: &jpeg2k::Image,
+    invert: bool,
+) -> Option<DynamicImage> {
     let component = decoded.components().first()?;
     let number = |tag| {
         object
@@ -82,6 +103,34 @@ pub(crate) fn render_reduced(
         invert,
     )
     .ok()
+}
+
+/// Three components of 8 bits at the same (reduced) size, interleaved as RGB; `None` for
+/// subsampled or deeper components, which the full decode handles.
+fn rgb(decoded: &jpeg2k::Image) -> Option<DynamicImage> {
+    let components = decoded.components();
+    let [red, green, blue] = components else {
+        return None;
+    };
+    let (width, height) = (red.width(), red.height());
+    let same = |component: &jpeg2k::ImageComponent| {
+        component.width() == width
+            && component.height() == height
+            && component.precision() <= 8
+            && !component.is_signed()
+    };
+    if !(same(red) && same(green) && same(blue)) {
+        return None;
+    }
+    let level = |value: i32| value.clamp(0, 255) as u8;
+    let samples: Vec<u8> = red
+        .data()
+        .iter()
+        .zip(green.data())
+        .zip(blue.data())
+        .flat_map(|((r, g), b)| [level(*r), level(*g), level(*b)])
+        .collect();
+    RgbImage::from_raw(width, height, samples).map(DynamicImage::ImageRgb8)
 }
 
 #[cfg(test)]

@@ -31,17 +31,47 @@ pub const JPEG_2000_LOSSLESS: &str = "1.2.840.10008.1.2.4.90";
 pub const JPEG_2000: &str = "1.2.840.10008.1.2.4.91";
 
 /// The stored transfer syntaxes whose pixel data hds decodes, and so transcodes from: the other
-/// native ones, RLE, JPEG baseline and lossless, JPEG 2000. JPEG Extended (4.51, mostly 12-bit
-/// samples) and JPEG-LS are not among them: the decoders here do not read them.
-pub const TRANSCODABLE_SOURCES: [&str; 8] = [
+/// native ones, RLE, JPEG baseline and lossless, JPEG-LS (lossless and near-lossless, by
+/// CharLS through dicom-rs's `charls` feature), JPEG 2000, and High-Throughput JPEG 2000 (HTJ2K:
+/// dicom-rs registers its three syntaxes with its JPEG 2000 adapter, and the OpenJPEG it
+/// builds, 2.5, decodes HT code-blocks). JPEG Extended (4.51, mostly 12-bit samples) is not
+/// among them: the decoders here do not read it.
+pub const TRANSCODABLE_SOURCES: [&str; 13] = [
     "1.2.840.10008.1.2",
     "1.2.840.10008.1.2.2",
     "1.2.840.10008.1.2.5",
     "1.2.840.10008.1.2.4.50",
     "1.2.840.10008.1.2.4.57",
     "1.2.840.10008.1.2.4.70",
+    JPEG_LS_LOSSLESS,
+    JPEG_LS_NEAR_LOSSLESS,
     "1.2.840.10008.1.2.4.90",
     "1.2.840.10008.1.2.4.91",
+    HTJ2K_LOSSLESS,
+    HTJ2K_RPCL_LOSSLESS,
+    HTJ2K,
+];
+
+/// JPEG-LS Lossless Image Compression.
+pub const JPEG_LS_LOSSLESS: &str = "1.2.840.10008.1.2.4.80";
+/// JPEG-LS Lossy (Near-Lossless) Image Compression.
+pub const JPEG_LS_NEAR_LOSSLESS: &str = "1.2.840.10008.1.2.4.81";
+
+/// High-Throughput JPEG 2000 Image Compression (Lossless Only).
+pub const HTJ2K_LOSSLESS: &str = "1.2.840.10008.1.2.4.201";
+/// High-Throughput JPEG 2000 with RPCL Options Image Compression (Lossless Only).
+pub const HTJ2K_RPCL_LOSSLESS: &str = "1.2.840.10008.1.2.4.202";
+/// High-Throughput JPEG 2000 Image Compression (lossless or lossy).
+pub const HTJ2K: &str = "1.2.840.10008.1.2.4.203";
+
+/// The stored syntaxes whose frames are JPEG 2000 codestreams (Part 1 or HTJ2K's Part 15),
+/// which OpenJPEG decodes, at a reduced resolution too.
+pub(crate) const JPEG_2000_FAMILY: [&str; 5] = [
+    JPEG_2000_LOSSLESS,
+    JPEG_2000,
+    HTJ2K_LOSSLESS,
+    HTJ2K_RPCL_LOSSLESS,
+    HTJ2K,
 ];
 
 /// The transfer syntaxes hds transcodes to, by UID.
@@ -318,54 +348,16 @@ impl NativeFrames {
 
     /// Why `target` cannot hold these samples, if it cannot.
     fn unencodable(&self, target: TargetSyntax) -> Option<String> {
-        let name = target.uid();
-        let colour_ok = match self.samples_per_pixel {
-            1 => true,
-            3 => self.photometric == "RGB",
-            _ => false,
-        };
-        if !colour_ok {
-            return Some(format!(
-                "{name} is produced from 1 sample per pixel or 3 in RGB; the instance has {} \
-                 in {}",
-                self.samples_per_pixel, self.photometric
-            ));
-        }
-        match target {
-            TargetSyntax::ExplicitVrLittleEndian => None,
-            // Palette indices through a lossy codec would be other colours.
-            TargetSyntax::JpegBaseline
-                if self.samples_per_pixel == 1 && !self.photometric.starts_with("MONOCHROME") =>
-            {
-                Some(format!(
-                    "JPEG Baseline ({name}) is produced from greyscale or RGB samples; the \
-                     instance has {}",
-                    self.photometric
-                ))
-            }
-            TargetSyntax::JpegBaseline => {
-                (self.bits_allocated != 8 || self.bits_stored != 8 || self.signed).then(|| {
-                    format!(
-                        "JPEG Baseline ({name}) holds unsigned 8-bit samples; the instance has \
-                         {} bits stored{}",
-                        self.bits_stored,
-                        if self.signed { ", signed" } else { "" }
-                    )
-                })
-            }
-            TargetSyntax::Jpeg2000Lossless | TargetSyntax::Jpeg2000 => {
-                (!(self.bits_allocated == 8 || self.bits_allocated == 16)
-                    || self.bits_stored == 0
-                    || self.bits_stored > self.bits_allocated)
-                    .then(|| {
-                        format!(
-                            "JPEG 2000 ({name}) is produced from 8- or 16-bit samples; the \
-                             instance has {} bits allocated, {} stored",
-                            self.bits_allocated, self.bits_stored
-                        )
-                    })
-            }
-        }
+        unencodable(
+            &DecodedHeader {
+                samples_per_pixel: self.samples_per_pixel,
+                photometric: &self.photometric,
+                bits_allocated: self.bits_allocated,
+                bits_stored: self.bits_stored,
+                signed: self.signed,
+            },
+            target,
+        )
     }
 
     /// Encodes frames `indexes` (from 0) in the encapsulated `target`.
@@ -394,6 +386,177 @@ impl NativeFrames {
                 }
             })
             .collect()
+    }
+}
+
+/// What decides whether a target can hold decoded samples: the pixel description as it is
+/// once the pixel data is native (after dicom-rs's decoding, which names colour RGB).
+struct DecodedHeader<'a> {
+    samples_per_pixel: u32,
+    photometric: &'a str,
+    bits_allocated: u32,
+    bits_stored: u32,
+    signed: bool,
+}
+
+/// Why `target` cannot hold samples described by `header`, if it cannot. The one rule for both
+/// the check of decoded frames and the prediction from a stored header ([`check_transcodable`]).
+fn unencodable(header: &DecodedHeader<'_>, target: TargetSyntax) -> Option<String> {
+    let name = target.uid();
+    let colour_ok = match header.samples_per_pixel {
+        1 => true,
+        3 => header.photometric == "RGB",
+        _ => false,
+    };
+    if !colour_ok {
+        return Some(format!(
+            "{name} is produced from 1 sample per pixel or 3 in RGB; the instance has {} in {}",
+            header.samples_per_pixel, header.photometric
+        ));
+    }
+    match target {
+        TargetSyntax::ExplicitVrLittleEndian => None,
+        // Palette indices through a lossy codec would be other colours.
+        TargetSyntax::JpegBaseline
+            if header.samples_per_pixel == 1 && !header.photometric.starts_with("MONOCHROME") =>
+        {
+            Some(format!(
+                "JPEG Baseline ({name}) is produced from greyscale or RGB samples; the instance \
+                 has {}",
+                header.photometric
+            ))
+        }
+        TargetSyntax::JpegBaseline => {
+            (header.bits_allocated != 8 || header.bits_stored != 8 || header.signed).then(|| {
+                format!(
+                    "JPEG Baseline ({name}) holds unsigned 8-bit samples; the instance has {} \
+                     bits stored{}",
+                    header.bits_stored,
+                    if header.signed { ", signed" } else { "" }
+                )
+            })
+        }
+        TargetSyntax::Jpeg2000Lossless | TargetSyntax::Jpeg2000 => (!(header.bits_allocated == 8
+            || header.bits_allocated == 16)
+            || header.bits_stored == 0
+            || header.bits_stored > header.bits_allocated)
+            .then(|| {
+                format!(
+                    "JPEG 2000 ({name}) is produced from 8- or 16-bit samples; the instance \
+                         has {} bits allocated, {} stored",
+                    header.bits_allocated, header.bits_stored
+                )
+            }),
+    }
+}
+
+/// The attributes of a stored instance that decide whether it can be transcoded, as its index
+/// metadata holds them (no pixel is read): `None` where the instance does not have the
+/// attribute.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PixelHeader {
+    /// SamplesPerPixel.
+    pub samples_per_pixel: Option<u32>,
+    /// PhotometricInterpretation.
+    pub photometric_interpretation: Option<String>,
+    /// BitsAllocated.
+    pub bits_allocated: Option<u32>,
+    /// BitsStored.
+    pub bits_stored: Option<u32>,
+    /// PixelRepresentation (1: signed samples).
+    pub pixel_representation: Option<u32>,
+    /// Rows.
+    pub rows: Option<u32>,
+    /// Columns.
+    pub columns: Option<u32>,
+    /// NumberOfFrames (1 when absent).
+    pub number_of_frames: Option<u32>,
+}
+
+/// Whether an instance stored in `source` with the pixel description `header` can be
+/// transcoded to `target`, decided before any pixel is read: the source must be one hds decodes
+/// ([`TRANSCODABLE_SOURCES`]), its samples within the decoded-size limit and of a depth the
+/// decoder produces, and the target able to hold them as they are once decoded (dicom-rs names
+/// decoded colour RGB, and decoded single samples MONOCHROME2 unless they were MONOCHROME1).
+/// The same rules as the transcoding itself, so an instance that passes fails later only if its
+/// data is damaged. An instance without an image (no SamplesPerPixel) always passes: only its
+/// data set's encoding changes.
+pub fn check_transcodable(
+    source: &str,
+    header: &PixelHeader,
+    target: TargetSyntax,
+) -> Result<(), PixelError> {
+    if source == target.uid() {
+        return Ok(());
+    }
+    if source != EXPLICIT_VR_LITTLE_ENDIAN && !TRANSCODABLE_SOURCES.contains(&source) {
+        return Err(PixelError::Undecodable(format!(
+            "hds does not decode transfer syntax {source}"
+        )));
+    }
+    let Some(samples_per_pixel) = header.samples_per_pixel else {
+        return Ok(());
+    };
+    let missing = |name: &str| PixelError::Undecodable(format!("{name} is missing"));
+    let bits_allocated = header
+        .bits_allocated
+        .ok_or_else(|| missing("BitsAllocated"))?;
+    let rows = u64::from(header.rows.ok_or_else(|| missing("Rows"))?);
+    let columns = u64::from(header.columns.ok_or_else(|| missing("Columns"))?);
+    let frames = u64::from(header.number_of_frames.unwrap_or(1).max(1));
+    let native_bytes = rows
+        .saturating_mul(columns)
+        .saturating_mul(u64::from(samples_per_pixel.max(1)))
+        .saturating_mul(u64::from(bits_allocated.div_ceil(8).max(1)))
+        .saturating_mul(frames);
+    if native_bytes > MAX_DECODED_BYTES {
+        return Err(PixelError::TooLarge {
+            bytes: native_bytes,
+            limit: MAX_DECODED_BYTES,
+        });
+    }
+    let stored_photometric = header
+        .photometric_interpretation
+        .as_deref()
+        .unwrap_or_default()
+        .trim();
+    let encapsulated = TransferSyntaxRegistry
+        .get(source)
+        .is_some_and(|syntax| syntax.is_encapsulated_pixel_data());
+    // What dicom-rs's decoding to native samples makes of the description (its
+    // `decode_inline`): it writes 8- or 16-bit samples only, and renames the photometric
+    // interpretation.
+    let photometric = if encapsulated {
+        if bits_allocated != 8 && bits_allocated != 16 {
+            return Err(PixelError::Undecodable(format!(
+                "{bits_allocated} bits allocated: compressed pixel data is decoded to 8 or 16"
+            )));
+        }
+        match samples_per_pixel {
+            1 if stored_photometric == "MONOCHROME1" => "MONOCHROME1",
+            1 => "MONOCHROME2",
+            3 => "RGB",
+            _ => stored_photometric,
+        }
+    } else {
+        stored_photometric
+    };
+    if !target.encapsulated() {
+        return Ok(());
+    }
+    let reason = unencodable(
+        &DecodedHeader {
+            samples_per_pixel,
+            photometric,
+            bits_allocated,
+            bits_stored: header.bits_stored.unwrap_or(bits_allocated),
+            signed: header.pixel_representation == Some(1),
+        },
+        target,
+    );
+    match reason {
+        Some(reason) => Err(PixelError::Unencodable(reason)),
+        None => Ok(()),
     }
 }
 

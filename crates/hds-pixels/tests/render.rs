@@ -245,3 +245,76 @@ fn small_viewports_of_jpeg_2000_decode_a_reduced_resolution_close_to_the_full_on
         (64, 64)
     );
 }
+
+/// Colour JPEG 2000 (YBR_RCT, YBR_ICT: OpenJPEG inverts the colour transform) rendered for a
+/// small viewport from a reduced resolution is close to the full decode scaled down the same way.
+#[test]
+fn small_viewports_of_colour_jpeg_2000_decode_a_reduced_resolution_close_to_the_full_one() {
+    let directory = std::path::PathBuf::from(
+        std::env::var("HDS_PYDICOM_DATA").expect("HDS_PYDICOM_DATA (scripts/test sets it)"),
+    );
+    for name in ["US1_J2KR.dcm", "US1_J2KI.dcm"] {
+        let nested = directory.join("data").join(name);
+        let path = if nested.exists() {
+            nested
+        } else {
+            directory.join(name)
+        };
+        let instance = std::fs::read(path).expect("data file");
+        // 640x480 fitted to 160x120: two levels dropped.
+        let viewport = Viewport {
+            width: 160,
+            height: 120,
+        };
+        let reduced = render(
+            &instance,
+            1,
+            &RenderOptions {
+                viewport: Some(viewport),
+                ..png()
+            },
+        )
+        .expect("reduced render");
+        let full = render(&instance, 1, &png()).expect("full render");
+        let reduced = image::load_from_memory(&reduced).expect("PNG").to_rgb8();
+        let full = image::load_from_memory(&full).expect("PNG");
+        assert_eq!((full.width(), full.height()), (640, 480), "{name}");
+        let full = full
+            .resize(160, 120, image::imageops::FilterType::Triangle)
+            .to_rgb8();
+        assert_eq!(reduced.dimensions(), (160, 120), "{name}");
+        let count = f64::from(160 * 120);
+        // Each channel keeps its level (a channel swapped or a colour transform not undone
+        // would move them apart).
+        for channel in 0..3 {
+            let mean = |image: &image::RgbImage| {
+                image
+                    .pixels()
+                    .map(|pixel| f64::from(pixel.0[channel]))
+                    .sum::<f64>()
+                    / count
+            };
+            assert!(
+                (mean(&reduced) - mean(&full)).abs() < 2.0,
+                "{name} channel {channel}: means {} and {}",
+                mean(&reduced),
+                mean(&full)
+            );
+        }
+        // Most pixels match closely; edges differ between the wavelet's low-pass and the
+        // triangle filter that scales the full frame down (this ultrasound's speckle and text
+        // are nearly all edges: about 12 levels on average, 2 at the median).
+        let mut differences: Vec<u8> = reduced
+            .as_raw()
+            .iter()
+            .zip(full.as_raw())
+            .map(|(a, b)| a.abs_diff(*b))
+            .collect();
+        let difference =
+            differences.iter().map(|d| f64::from(*d)).sum::<f64>() / differences.len() as f64;
+        differences.sort_unstable();
+        let median = differences[differences.len() / 2];
+        assert!(median <= 4, "{name}: median difference {median}");
+        assert!(difference < 16.0, "{name}: mean difference {difference}");
+    }
+}

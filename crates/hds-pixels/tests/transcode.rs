@@ -7,7 +7,9 @@ use std::path::PathBuf;
 
 use dicom_object::{DefaultDicomObject, OpenFileOptions};
 use dicom_pixeldata::PixelDecoder;
-use hds_pixels::{PixelError, TargetSyntax, transcode, transcode_frames};
+use hds_pixels::{
+    PixelError, PixelHeader, TargetSyntax, check_transcodable, transcode, transcode_frames,
+};
 
 fn test_file(name: &str) -> Vec<u8> {
     let directory = std::env::var("HDS_PYDICOM_TESTDATA")
@@ -163,4 +165,115 @@ fn what_a_target_cannot_hold_is_refused() {
 fn an_instance_without_pixel_data_changes_only_its_encoding() {
     let out = transcode(&test_file("rtplan.dcm"), TargetSyntax::Jpeg2000Lossless).expect("plan");
     assert_eq!(syntax(&out), hds_pixels::JPEG_2000_LOSSLESS);
+}
+
+/// The header of a stored file as the index's metadata gives it to [`check_transcodable`].
+fn header_of(bytes: &[u8]) -> (String, PixelHeader) {
+    use dicom_dictionary_std::tags;
+    let object = parse(bytes);
+    let number = |tag| {
+        object
+            .element_opt(tag)
+            .ok()
+            .flatten()
+            .and_then(|element| element.to_int::<u32>().ok())
+    };
+    let header = PixelHeader {
+        samples_per_pixel: number(tags::SAMPLES_PER_PIXEL),
+        photometric_interpretation: object
+            .element_opt(tags::PHOTOMETRIC_INTERPRETATION)
+            .ok()
+            .flatten()
+            .and_then(|element| element.to_str().ok())
+            .map(|text| text.trim().to_owned()),
+        bits_allocated: number(tags::BITS_ALLOCATED),
+        bits_stored: number(tags::BITS_STORED),
+        pixel_representation: number(tags::PIXEL_REPRESENTATION),
+        rows: number(tags::ROWS),
+        columns: number(tags::COLUMNS),
+        number_of_frames: number(tags::NUMBER_OF_FRAMES),
+    };
+    (syntax(bytes), header)
+}
+
+/// The check from the header alone (what a multipart response decides before its status line)
+/// gives the same answer as transcoding itself, on files of every source syntax and kind of
+/// sample: a prediction that passed where transcoding refuses would cut a response again.
+#[test]
+fn the_header_check_predicts_what_transcoding_refuses() {
+    let files = [
+        "CT_small.dcm",
+        "MR_small.dcm",
+        "MR_small_RLE.dcm",
+        "MR_small_jp2klossless.dcm",
+        "MR_small_bigendian.dcm",
+        "MR_small_implicit.dcm",
+        "SC_rgb.dcm",
+        "SC_rgb_rle_2frame.dcm",
+        "SC_rgb_small_odd.dcm",
+        "SC_rgb_dcmtk_+eb+cr.dcm",
+        "SC_rgb_jpeg_gdcm.dcm",
+        "SC_ybr_full_uncompressed.dcm",
+        "SC_rgb_32bit.dcm",
+        "OBXXXX1A.dcm",
+        "examples_palette.dcm",
+        "JPEG2000.dcm",
+        "JPEG-lossy.dcm",
+        "JPEG-LL.dcm",
+        "vlut_04.dcm",
+        "rtplan.dcm",
+        "MR_small_jpeg_ls_lossless.dcm",
+        "JPEGLSNearLossless_16.dcm",
+    ];
+    let targets = [
+        TargetSyntax::ExplicitVrLittleEndian,
+        TargetSyntax::JpegBaseline,
+        TargetSyntax::Jpeg2000Lossless,
+        TargetSyntax::Jpeg2000,
+    ];
+    for name in files {
+        let in_pydicom = std::env::var("HDS_PYDICOM_TESTDATA")
+            .map(|directory| PathBuf::from(directory).join(name).exists())
+            .unwrap_or(false);
+        let bytes = if in_pydicom {
+            test_file(name)
+        } else {
+            data_file(name)
+        };
+        let (source, header) = header_of(&bytes);
+        for target in targets {
+            let predicted = check_transcodable(&source, &header, target);
+            let actual = transcode(&bytes, target);
+            assert_eq!(
+                predicted.is_ok(),
+                actual.is_ok(),
+                "{name} ({source}) to {}: predicted {predicted:?}, transcoding {:?}",
+                target.uid(),
+                actual.err()
+            );
+        }
+    }
+}
+
+/// JPEG-LS sources (CharLS through dicom-rs's `charls` feature): lossless decodes to exactly the
+/// uncompressed twin's samples, to Explicit VR Little Endian and through JPEG 2000.
+#[test]
+fn jpeg_ls_lossless_sources_decode_to_their_twin() {
+    for (stored, twin) in [
+        (
+            test_file("MR_small_jpeg_ls_lossless.dcm"),
+            test_file("MR_small.dcm"),
+        ),
+        (
+            data_file("emri_small_jpeg_ls_lossless.dcm"),
+            data_file("emri_small.dcm"),
+        ),
+    ] {
+        let expected = samples(&twin);
+        let native = transcode(&stored, TargetSyntax::ExplicitVrLittleEndian).expect("to ELE");
+        assert_eq!(syntax(&native), hds_pixels::EXPLICIT_VR_LITTLE_ENDIAN);
+        assert_eq!(samples(&native), expected);
+        let j2k = transcode(&stored, TargetSyntax::Jpeg2000Lossless).expect("to JPEG 2000");
+        assert_eq!(samples(&j2k), expected);
+    }
 }
