@@ -54,6 +54,9 @@ pub struct ResolvedService {
     /// or `None`. Carried rather than returned as an error so that the API tells it only to a
     /// caller who is allowed to use the service: authorization comes first.
     pub unavailable: Option<ServiceUnavailable>,
+    /// Whether the service has data partitions (ARM `properties.enableDataPartitions`, fixed at
+    /// creation): then its data routes are served under `partitions/{name}/` only.
+    pub data_partitions: bool,
 }
 
 /// Why a service that exists cannot serve data: answered as `500` with this code and message.
@@ -211,8 +214,18 @@ impl StaticServices {
                 resource_id: resource_id.to_owned(),
                 keyring,
                 unavailable: None,
+                data_partitions: false,
             },
         );
+        self
+    }
+
+    /// Turns data partitions on for `workspace/service` (added before).
+    pub fn with_data_partitions(mut self, workspace: &str, service: &str) -> StaticServices {
+        let key = (workspace.to_ascii_lowercase(), service.to_ascii_lowercase());
+        if let Some(resolved) = self.services.get_mut(&key) {
+            resolved.data_partitions = true;
+        }
         self
     }
 
@@ -263,14 +276,18 @@ pub struct DicomWebState {
     pub config: Arc<DicomWebConfig>,
 }
 
-/// The service a request addresses (its archive) and the base of its URLs; an extractor that
-/// answers 404 for an unknown service or API version.
+/// The service a request addresses (its archive, of the partition the path names) and the
+/// base of its URLs; an extractor that answers 404 for an unknown service or API version, and
+/// 400 for a partition the service cannot serve.
 #[derive(Clone)]
 pub struct ServiceContext {
-    /// The service's data.
+    /// The service's data: of the partition the path names, or of the default partition.
     pub archive: ServiceArchive,
-    /// `{public base URL}/dicom/{workspace}/{service}/{version}`, for RetrieveURL.
+    /// `{public base URL}/dicom/{workspace}/{service}/{version}`, followed by
+    /// `/partitions/{name}` under a partition, for RetrieveURL.
     pub base_url: String,
+    /// Whether the service has data partitions.
+    pub data_partitions: bool,
 }
 
 impl FromRequestParts<DicomWebState> for ServiceContext {
@@ -316,6 +333,8 @@ impl FromRequestParts<DicomWebState> for ServiceContext {
                 message: unavailable.message,
             });
         }
+        let route = partition_route(&path);
+        check_partition_route(resolved.data_partitions, &route)?;
         let archive = state
             .archive
             .service(&resolved.service_key, resolved.keyring);
@@ -324,11 +343,34 @@ impl FromRequestParts<DicomWebState> for ServiceContext {
         }
         // The configured public URL, never the Host header: a response's URLs must not point
         // wherever the client's headers say.
-        let base_url = format!(
+        let mut base_url = format!(
             "{}/dicom/{}/{}/{}",
             state.config.public_base_url, workspace, service, version
         );
-        Ok(ServiceContext { archive, base_url })
+        let archive = match route {
+            PartitionRoute::Partition { name, creates } => {
+                let exists = if creates {
+                    archive.partition_or_add(name).await.map(|_| true)?
+                } else {
+                    archive.find_partition(name).await?.is_some()
+                };
+                if !exists {
+                    return Err(DicomWebError::Partition {
+                        code: "DataPartitionNotFound",
+                        message: "Specified PartitionName does not exist.".into(),
+                    });
+                }
+                base_url.push_str("/partitions/");
+                base_url.push_str(name);
+                archive.partition(name)
+            }
+            PartitionRoute::Service | PartitionRoute::Data => archive,
+        };
+        Ok(ServiceContext {
+            archive,
+            base_url,
+            data_partitions: resolved.data_partitions,
+        })
     }
 }
 
@@ -350,6 +392,74 @@ fn data_access(method: &axum::http::Method, path: &str) -> DataAccess {
         Method::POST | Method::PUT => DataAccess::Write,
         Method::DELETE => DataAccess::Delete,
         _ => DataAccess::Read,
+    }
+}
+
+/// What a request's path says about data partitions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum PartitionRoute<'a> {
+    /// A route of the whole service, never partitioned (as in Azure): the change feed (whose
+    /// entries name their partition), extended query tags, operations, the partition list.
+    Service,
+    /// A data route without a partition: the default partition's data, in a service without
+    /// partitions.
+    Data,
+    /// A data route under `partitions/{name}/`.
+    Partition {
+        /// The name as sent (not checked yet).
+        name: &'a str,
+        /// Whether the request may create the partition: a store (STOW-RS, upsert) or a new
+        /// workitem, as in Azure.
+        creates: bool,
+    },
+}
+
+/// Which [`PartitionRoute`] `path` (`/dicom/{workspace}/{service}/{version}/...`) is.
+fn partition_route(path: &str) -> PartitionRoute<'_> {
+    let segments: Vec<&str> = path.trim_start_matches('/').split('/').skip(4).collect();
+    match segments.as_slice() {
+        ["partitions", name, rest @ ..] if !rest.is_empty() => PartitionRoute::Partition {
+            name,
+            creates: matches!(rest, ["studies"] | ["studies", _] | ["workitems"]),
+        },
+        [first, ..]
+            if [
+                "changefeed",
+                "extendedquerytags",
+                "operations",
+                "partitions",
+            ]
+            .iter()
+            .any(|route| first.eq_ignore_ascii_case(route)) =>
+        {
+            PartitionRoute::Service
+        }
+        _ => PartitionRoute::Data,
+    }
+}
+
+/// Azure's answers to a route that does not fit the service: a partition route while
+/// partitions are disabled, a data route without one while they are enabled, a name outside
+/// Azure's rules (the name itself is not echoed: it is the client's input).
+fn check_partition_route(
+    data_partitions: bool,
+    route: &PartitionRoute<'_>,
+) -> Result<(), DicomWebError> {
+    match (data_partitions, route) {
+        (false, PartitionRoute::Partition { .. }) => Err(DicomWebError::Partition {
+            code: "DataPartitionsFeatureDisabled",
+            message: "Data partitions feature is disabled.".into(),
+        }),
+        (true, PartitionRoute::Data) => Err(DicomWebError::Partition {
+            code: "DataPartitionsMissingPartition",
+            message: "PartitionName value is missing in the route segment.".into(),
+        }),
+        (true, PartitionRoute::Partition { name, .. }) => hds_archive::check_partition_name(name)
+            .map_err(|error| DicomWebError::Partition {
+                code: "InvalidPartitionName",
+                message: format!("The specified PartitionName is invalid: {error}."),
+            }),
+        _ => Ok(()),
     }
 }
 

@@ -61,6 +61,12 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
         sqlite: include_str!("../migrations/sqlite/0007_workitems.sql"),
         postgres: include_str!("../migrations/postgres/0007_workitems.sql"),
     },
+    Migration {
+        version: 8,
+        description: "data partitions, and the partition of each change feed entry",
+        sqlite: include_str!("../migrations/sqlite/0008_partitions.sql"),
+        postgres: include_str!("../migrations/postgres/0008_partitions.sql"),
+    },
 ];
 
 /// The token domains of the three UIDs; the UID tokens are also the rows' identities.
