@@ -384,7 +384,7 @@ impl Index {
             let stored = self
                 .store_gated(
                     NewInstance {
-                        service: keyring.service(),
+                        service: keyring.scope(),
                         parsed: instance.parsed,
                         blob_name: instance.blob_name,
                         size: instance.size,
