@@ -333,7 +333,7 @@ impl FromRequestParts<DicomWebState> for ServiceContext {
                 message: unavailable.message,
             });
         }
-        let route = partition_route(&path);
+        let route = partition_route(&parts.method, &path);
         check_partition_route(resolved.data_partitions, &route)?;
         let archive = state
             .archive
@@ -414,13 +414,19 @@ enum PartitionRoute<'a> {
     },
 }
 
-/// Which [`PartitionRoute`] `path` (`/dicom/{workspace}/{service}/{version}/...`) is.
-fn partition_route(path: &str) -> PartitionRoute<'_> {
+/// Which [`PartitionRoute`] a request of `method` to `path`
+/// (`/dicom/{workspace}/{service}/{version}/...`) is.
+fn partition_route<'a>(method: &axum::http::Method, path: &'a str) -> PartitionRoute<'a> {
+    use axum::http::Method;
     let segments: Vec<&str> = path.trim_start_matches('/').split('/').skip(4).collect();
     match segments.as_slice() {
         ["partitions", name, rest @ ..] if !rest.is_empty() => PartitionRoute::Partition {
             name,
-            creates: matches!(rest, ["studies"] | ["studies", _] | ["workitems"]),
+            creates: match rest {
+                ["studies"] | ["studies", _] => *method == Method::POST || *method == Method::PUT,
+                ["workitems"] => *method == Method::POST,
+                _ => false,
+            },
         },
         [first, ..]
             if [
@@ -470,4 +476,95 @@ fn service_prefix(path: &str) -> Option<[&str; 3]> {
         return None;
     }
     Some([segments.next()?, segments.next()?, segments.next()?])
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::http::Method;
+
+    use super::*;
+
+    const BASE: &str = "/dicom/ws/svc/v2";
+
+    #[test]
+    fn stores_and_new_workitems_create_partitions_and_nothing_else_does() {
+        let route = |method: Method, rest: &str| {
+            let path = format!("{BASE}/{rest}");
+            match partition_route(&method, &path) {
+                PartitionRoute::Partition { name, creates } => {
+                    assert_eq!(name, "p1");
+                    Some(creates)
+                }
+                _ => None,
+            }
+        };
+        assert_eq!(route(Method::POST, "partitions/p1/studies"), Some(true));
+        assert_eq!(route(Method::PUT, "partitions/p1/studies/1.2"), Some(true));
+        assert_eq!(route(Method::POST, "partitions/p1/workitems"), Some(true));
+        assert_eq!(route(Method::GET, "partitions/p1/studies"), Some(false));
+        assert_eq!(route(Method::GET, "partitions/p1/workitems"), Some(false));
+        assert_eq!(
+            route(Method::POST, "partitions/p1/workitems/1.2"),
+            Some(false)
+        );
+        assert_eq!(
+            route(Method::DELETE, "partitions/p1/studies/1.2"),
+            Some(false)
+        );
+        assert_eq!(
+            route(Method::GET, "partitions/p1/studies/1/series"),
+            Some(false)
+        );
+    }
+
+    #[test]
+    fn service_routes_are_never_partitioned() {
+        for rest in [
+            "changefeed",
+            "changefeed/latest",
+            "extendedquerytags/x",
+            "operations/1",
+            "partitions",
+        ] {
+            let path = format!("{BASE}/{rest}");
+            assert_eq!(
+                partition_route(&Method::GET, &path),
+                PartitionRoute::Service,
+                "{rest}"
+            );
+        }
+        let path = format!("{BASE}/studies");
+        assert_eq!(partition_route(&Method::GET, &path), PartitionRoute::Data);
+    }
+
+    #[test]
+    fn partition_routes_fit_the_service_or_are_refused_as_azure_refuses_them() {
+        let code =
+            |enabled: bool, route: PartitionRoute<'_>| match check_partition_route(enabled, &route)
+            {
+                Ok(()) => "ok",
+                Err(DicomWebError::Partition { code, .. }) => code,
+                Err(_) => "other",
+            };
+        let named = |name| PartitionRoute::Partition {
+            name,
+            creates: false,
+        };
+        assert_eq!(code(false, named("p1")), "DataPartitionsFeatureDisabled");
+        assert_eq!(
+            code(true, PartitionRoute::Data),
+            "DataPartitionsMissingPartition"
+        );
+        assert_eq!(code(true, PartitionRoute::Service), "ok");
+        assert_eq!(code(false, PartitionRoute::Data), "ok");
+        assert_eq!(code(true, named("p1")), "ok");
+        let long = "a".repeat(65);
+        for hostile in ["..", ".", "a%2Fb", long.as_str(), "a b", ""] {
+            assert_eq!(
+                code(true, named(hostile)),
+                "InvalidPartitionName",
+                "{hostile}"
+            );
+        }
+    }
 }

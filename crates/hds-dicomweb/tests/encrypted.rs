@@ -637,7 +637,10 @@ async fn partitions_hold_the_same_uids_independently() {
             "/studies/{}/series/{}/instances/{}",
             stored.study, stored.series, stored.sop
         )
-        .replace("/studies", &format!("{BASE}/partitions/{partition}/studies"))
+        .replace(
+            "/studies",
+            &format!("{BASE}/partitions/{partition}/studies"),
+        )
     };
     for partition in ["clinic-a", "clinic-b"] {
         let (status, body) = call(
@@ -674,7 +677,10 @@ async fn partitions_hold_the_same_uids_independently() {
     .header("host", "localhost")
     .body(Body::empty())
     .expect("request");
-    assert_eq!(call(&server.router, request).await.0, StatusCode::NO_CONTENT);
+    assert_eq!(
+        call(&server.router, request).await.0,
+        StatusCode::NO_CONTENT
+    );
     let search = |partition: &str| {
         get(
             &format!(
@@ -698,9 +704,12 @@ async fn partitions_hold_the_same_uids_independently() {
             .contains(&stored.study)
     );
     assert_eq!(
-        call(&server.router, get(&relative("clinic-a"), "application/dicom"))
-            .await
-            .0,
+        call(
+            &server.router,
+            get(&relative("clinic-a"), "application/dicom")
+        )
+        .await
+        .0,
         StatusCode::NOT_FOUND
     );
 
@@ -766,12 +775,24 @@ async fn partitions_hold_the_same_uids_independently() {
     assert_eq!(error_code(&body.expect("body")), "DataPartitionNotFound");
     // Hostile names: 400 naming the rule, never echoing the name.
     let long = "a".repeat(65);
-    for hostile in ["..", ".", "a%2Fb", "a%00", "%2E%2E", long.as_str(), "a$b", "a%20b"] {
+    for hostile in [
+        "..",
+        ".",
+        "a%2Fb",
+        "a%00",
+        "%2E%2E",
+        long.as_str(),
+        "a$b",
+        "a%20b",
+    ] {
         let (status, body) = call(&server.router, search(hostile)).await;
         assert_eq!(status, StatusCode::BAD_REQUEST, "{hostile}");
         let body = body.expect("body");
         assert_eq!(error_code(&body), "InvalidPartitionName", "{hostile}");
-        assert!(!String::from_utf8_lossy(&body).contains(hostile), "{hostile}");
+        assert!(
+            !String::from_utf8_lossy(&body).contains(hostile),
+            "{hostile}"
+        );
     }
 }
 
