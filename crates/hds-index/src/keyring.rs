@@ -187,7 +187,8 @@ struct KeyringCore {
 }
 
 impl KeyringCore {
-    fn new(
+    /// The keyring of `service` over a new core, still locked.
+    fn keyring(
         database: &Database,
         service: &str,
         key_encryption_key: Arc<dyn KeyEncryptionKey>,
@@ -284,7 +285,7 @@ impl ServiceKeyring {
         key_encryption_key: Arc<dyn KeyEncryptionKey>,
     ) -> Result<Arc<ServiceKeyring>, KeyringError> {
         database.migrate(COMPONENT, MIGRATIONS).await?;
-        let keyring = KeyringCore::new(database, service, key_encryption_key.clone());
+        let keyring = KeyringCore::keyring(database, service, key_encryption_key.clone());
         if let Some(row) = keyring.read_row().await? {
             keyring.unlock_row(&row).await?;
             return Ok(Arc::new(keyring));
@@ -917,6 +918,6 @@ impl ServiceKeyring {
         service: &str,
         key_encryption_key: Arc<dyn KeyEncryptionKey>,
     ) -> Arc<ServiceKeyring> {
-        Arc::new(KeyringCore::new(database, service, key_encryption_key))
+        Arc::new(KeyringCore::keyring(database, service, key_encryption_key))
     }
 }
