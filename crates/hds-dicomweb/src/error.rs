@@ -114,6 +114,14 @@ impl From<hds_archive::ArchiveError> for DicomWebError {
         match error {
             hds_archive::ArchiveError::NotFound(what) => DicomWebError::NotFound(what),
             hds_archive::ArchiveError::KeyAccessLost => DicomWebError::key_access_lost(),
+            hds_archive::ArchiveError::PartitionLimit => DicomWebError::Partition {
+                code: "DataPartitionLimitExceeded",
+                message: format!(
+                    "The DICOM service has {} data partitions, the most it may have; store into \
+                     an existing partition.",
+                    hds_index::MAX_PARTITIONS
+                ),
+            },
             hds_archive::ArchiveError::Integrity(detail) => DicomWebError::DataIntegrity(detail),
             other => DicomWebError::Internal(other.to_string()),
         }

@@ -58,8 +58,8 @@ pub use keyring::{
 };
 pub(crate) use partitions::split_scope;
 pub use partitions::{
-    DEFAULT_PARTITION, MAX_PARTITION_NAME_LEN, Partition, PartitionNameError, check_partition_name,
-    partition_scope,
+    DEFAULT_PARTITION, MAX_PARTITION_NAME_LEN, MAX_PARTITIONS, Partition, PartitionNameError,
+    check_partition_name, partition_scope,
 };
 pub use query::{ExtendedFilter, Filter, Matcher, SearchHit, SearchQuery};
 pub use reindex::{Operation, OperationStatus, ReindexStep};

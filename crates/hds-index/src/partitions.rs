@@ -23,6 +23,10 @@ pub const DEFAULT_PARTITION: &str = "Microsoft.Default";
 /// The longest partition name (Azure's limit).
 pub const MAX_PARTITION_NAME_LEN: usize = 64;
 
+/// The most data partitions a service may have: each store may name a new one, so their
+/// number (and `GET partitions`) is bounded.
+pub const MAX_PARTITIONS: i64 = 10_000;
+
 /// What separates a service from a partition name in a scope: neither service keys (UUIDs or
 /// `{workspace}/{service}`) nor partition names contain it.
 const SCOPE_SEPARATOR: char = '#';
@@ -142,6 +146,18 @@ impl Index {
             .map(|elapsed| i64::try_from(elapsed.as_micros()).unwrap_or(i64::MAX))
             .unwrap_or(0);
         let mut transaction = self.database.begin_write().await?;
+        let count: i64 = column(
+            &sqlx::query("SELECT COUNT(*) FROM dicom_partitions WHERE service = $1")
+                .bind(service)
+                .fetch_one(&mut *transaction)
+                .await?,
+            0,
+        )?;
+        // Concurrent creations on PostgreSQL may pass this check together: the bound is
+        // approximate by at most the number of concurrent stores, never unbounded.
+        if count >= MAX_PARTITIONS && name != DEFAULT_PARTITION {
+            return Err(IndexError::PartitionLimit);
+        }
         sqlx::query(
             "INSERT INTO dicom_partitions (service, name, scope, created_us) \
              VALUES ($1, $2, $3, $4) ON CONFLICT (service, name) DO NOTHING",

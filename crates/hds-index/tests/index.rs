@@ -2255,6 +2255,41 @@ async fn partitions_isolate_the_same_uids(index: Index) {
     );
 }
 
+/// A service has at most `MAX_PARTITIONS` partitions: past them a new one is refused, an
+/// existing one is still found.
+async fn partitions_are_bounded(index: Index) {
+    index
+        .partition_or_add(SERVICE, "first")
+        .await
+        .expect("first");
+    sqlx::query(
+        "INSERT INTO dicom_partitions (service, name, scope, created_us) \
+         WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < $2) \
+         SELECT $1, 'p' || i, $1 || '#p' || i, 0 FROM n",
+    )
+    .bind(SERVICE)
+    .bind(hds_index::MAX_PARTITIONS)
+    .execute(index.database().pool())
+    .await
+    .expect("fill");
+    assert!(matches!(
+        index.partition_or_add(SERVICE, "one-too-many").await,
+        Err(IndexError::PartitionLimit)
+    ));
+    assert_eq!(
+        index
+            .partition_or_add(SERVICE, "first")
+            .await
+            .expect("existing")
+            .name,
+        "first"
+    );
+    index
+        .partition_or_add(OTHER_SERVICE, "elsewhere")
+        .await
+        .expect("another service is not bounded by this one's");
+}
+
 macro_rules! suite {
     ($($name:ident),* $(,)?) => {
         mod sqlite_plaintext {
@@ -2315,6 +2350,7 @@ suite!(
     reindex_continues_from_its_cursor_under_another_owner,
     workitems_are_stored_found_and_replaced_conditionally,
     partitions_isolate_the_same_uids,
+    partitions_are_bounded,
 );
 
 /// With the keyed cipher, no value of an instance appears in the database files.
