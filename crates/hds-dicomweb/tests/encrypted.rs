@@ -789,8 +789,9 @@ async fn partitions_hold_the_same_uids_independently() {
         assert_eq!(status, StatusCode::BAD_REQUEST, "{hostile}");
         let body = body.expect("body");
         assert_eq!(error_code(&body), "InvalidPartitionName", "{hostile}");
+        // (`.` and `..` are in any sentence; the longer names must not come back.)
         assert!(
-            !String::from_utf8_lossy(&body).contains(hostile),
+            hostile.len() <= 2 || !String::from_utf8_lossy(&body).contains(hostile),
             "{hostile}"
         );
     }
