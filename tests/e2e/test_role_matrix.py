@@ -15,6 +15,9 @@ Each (route, role, scope) cell is one test id, e.g. `wado-instance-DicomDataRead
 (`--trust-issuer`), one per (family, role, scope), made once per module; cells that change or
 remove something act on objects of their own, and a refused delete must leave its target.
 
+The same DICOMweb routes under `partitions/{name}/` of a service with data partitions, and
+`GET partitions`, need the same roles (family `partition`, e.g. `p-stow-DicomDataOwner-group`).
+
 Then lost key access: a DICOM service whose managed identity lost its role on the vault answers
 500 `CustomerManagedKeyAccessLost` on every data route, but only to a caller allowed to make the
 request; a caller without a token gets 401 and one without the DICOM role there 403."""
@@ -107,6 +110,17 @@ DICOM_ROUTES = [
     ("ups-cancel",          403, 403,   403, 404, 403,  403,  403, 403),
 ]
 
+# The same data routes under `partitions/{name}/` of a service with data partitions (service C,
+# in group A), and `GET partitions`: the same data actions as without a partition. Service C is
+# not service A, so a role on service A is a sibling's there (403); a role on group A covers it.
+SERVICE_LEVEL = ("changefeed", "changefeed-latest", "eqt-", "operation-get")
+PARTITION_ROUTES = [
+    (f"p-{route}", *statuses) for route, *statuses in DICOM_ROUTES if not route.startswith(SERVICE_LEVEL)
+] + [
+    # route                 none Reader DDR  DDO  Contr Owner CSEU Officer
+    ("partitions-list",     403, 403,   200, 200, 403,  403,  403, 403),
+]
+
 VAULT_ROUTES = [
     # route                 none Reader DDR  DDO  Contr Owner CSEU Officer
     ("key-create",          403, 403,   403, 403, 403,  403,  403, 200),
@@ -147,12 +161,14 @@ ARM_ROUTES = [
     ("deployment-put-identity", 403, 403, 403, 403, 200,  200,  403, 404),
 ]
 
-FAMILIES = {"dicom": DICOM_ROUTES, "vault": VAULT_ROUTES, "arm": ARM_ROUTES}
+FAMILIES = {"dicom": DICOM_ROUTES, "partition": PARTITION_ROUTES, "vault": VAULT_ROUTES, "arm": ARM_ROUTES}
 
 # Where a family's roles are assigned: scopes that cover what the routes act on (the table's
 # value applies), and their siblings (403).
 SCOPES = {
     "dicom": {"service": True, "group": True, "otherservice": False, "othergroup": False},
+    # Partition routes: the principals of the DICOM family, on service C (covered by group A).
+    "partition": {"service": False, "group": True, "otherservice": False, "othergroup": False},
     "vault": {"vault": True, "group": True, "othervault": False, "othergroup": False},
     "arm": {"group": True, "othergroup": False, "otherservice": False},
 }
@@ -220,6 +236,13 @@ class World:
         arm.ok("PUT", self.service_b, {"location": "local"})
         self.stored = fresh_instance()
         store(server, self.stored, self.url_a)
+        # Service C has data partitions; the cells use its partition `matrix-p1`.
+        self.service_c = arm.service_id(service="matrixpart")
+        created = arm.ok("PUT", self.service_c, {"location": "local", "properties": {"enableDataPartitions": True}})
+        self.url_c = created["properties"]["serviceUrl"] + "/v2"
+        self.url_p = self.url_c + "/partitions/matrix-p1"
+        self.stored_p = fresh_instance()
+        store(server, self.stored_p, self.url_p)
 
         # Vaults: A without purge protection (so a purge can succeed), and B.
         arm.put_vault("matrixvaulta", "default", enablePurgeProtection=False)
@@ -246,6 +269,8 @@ class World:
             "arm": {"otherservice": self.service_b},
         }
         for family, scopes in SCOPES.items():
+            if family == "partition":
+                continue  # the DICOM family's principals
             ids = {"group": self.group_a, "othergroup": self.group_b, **scope_ids[family]}
             for role, guid in ROLES.items():
                 for scope in scopes:
@@ -513,7 +538,7 @@ def arm_call(world, route, session, principal):
                         call("DELETE", f"{deployments}/{name}", api_version="2022-09-01"))
 
 
-AUDIENCE = {"dicom": DICOM, "vault": VAULT, "arm": MANAGEMENT}
+AUDIENCE = {"dicom": DICOM, "partition": DICOM, "vault": VAULT, "arm": MANAGEMENT}
 
 
 @pytest.mark.parametrize("family,route,column,scope,expected", list(cells()))
@@ -521,7 +546,8 @@ def test_role_matrix(world, family, route, column, scope, expected):
     if column == "anonymous":
         principal, session = None, requests.Session()
     else:
-        principal = world.nobody if column == "none" else world.principals[(family, column, scope)]
+        principals_of = "dicom" if family == "partition" else family
+        principal = world.nobody if column == "none" else world.principals[(principals_of, column, scope)]
         session = principal.sessions[AUDIENCE[family]]
 
     if family == "dicom":
@@ -530,6 +556,15 @@ def test_role_matrix(world, family, route, column, scope, expected):
             store(world.server, mine, world.url_a)
             return mine
         response = dicom_call(route, session, world.url_a, world.stored, own)
+    elif family == "partition":
+        def own():
+            mine = fresh_instance()
+            store(world.server, mine, world.url_p)
+            return mine
+        if route == "partitions-list":
+            response = session.get(f"{world.url_c}/partitions", headers={"Accept": "application/json"})
+        else:
+            response = dicom_call(route.removeprefix("p-"), session, world.url_p, world.stored_p, own)
     elif family == "vault":
         response = vault_call(world, route, session)
     else:
@@ -541,7 +576,7 @@ def test_role_matrix(world, family, route, column, scope, expected):
         error = response.json()["error"]
         assert error["code"] != "CustomerManagedKeyAccessLost", error
         assert error["message"], error
-        if family == "dicom" and route.startswith(("stow", "upsert")):
+        if family in ("dicom", "partition") and route.removeprefix("p-").startswith(("stow", "upsert")):
             # Refused unread, the body is left on the connection: the client is told to close it.
             assert response.headers.get("Connection") == "close", response.headers
 

@@ -15,6 +15,10 @@ pub enum ArchiveError {
     /// Stored data failed its integrity check (altered, truncated, swapped or replayed).
     #[error("stored data failed its integrity check: {0}")]
     Integrity(String),
+    /// The service has the most data partitions it may have; a store naming a new one is
+    /// refused.
+    #[error("the DICOM service has the most data partitions it may have")]
+    PartitionLimit,
     /// Something failed inside hds.
     #[error("{0}")]
     Internal(String),
@@ -31,6 +35,7 @@ impl From<hds_index::IndexError> for ArchiveError {
     fn from(error: hds_index::IndexError) -> Self {
         match error {
             hds_index::IndexError::KeysUnavailable => ArchiveError::KeyAccessLost,
+            hds_index::IndexError::PartitionLimit => ArchiveError::PartitionLimit,
             hds_index::IndexError::Keyring(error) => error.into(),
             hds_index::IndexError::Integrity => ArchiveError::Integrity("index value".into()),
             hds_index::IndexError::Corrupt(detail) => {

@@ -44,6 +44,7 @@ pub use hds_index::{
     ExtendedQueryTag, Filter, Matcher, Operation, OperationStatus, RawAttributes, SearchHit,
     StoreMode, TagChange, TagError, TagQueryStatus, TagStatus,
 };
+pub use hds_index::{DEFAULT_PARTITION, Partition, PartitionNameError, check_partition_name};
 pub use read::{ByteStream, FoundFrames, FoundInstance, FoundInstances, InstanceContent};
 pub use store::{Refusal, RefusalReason, StoreOutcome, StoredInstance};
 pub use workitems::WorkitemResult;
@@ -88,6 +89,40 @@ impl ServiceArchive {
     /// was lost), its data can be neither read nor written.
     pub fn is_unlocked(&self) -> bool {
         self.keyring.is_unlocked()
+    }
+
+    /// The archive of this service's data partition `name` (the service's own for
+    /// [`DEFAULT_PARTITION`]): every operation then sees and changes only that partition's
+    /// data, under the same key hierarchy. The caller checked the name
+    /// ([`check_partition_name`]) and that the partition exists or may be created
+    /// ([`ServiceArchive::partition_or_add`]).
+    pub fn partition(&self, name: &str) -> ServiceArchive {
+        let keyring = self.keyring.partition(name);
+        ServiceArchive {
+            index: self.index.clone(),
+            blobs: self.blobs.clone(),
+            service: keyring.scope().to_owned(),
+            keyring,
+        }
+    }
+
+    /// The data partitions of the service, the default first.
+    pub async fn partitions(&self) -> Result<Vec<Partition>, ArchiveError> {
+        Ok(self.index.partitions(self.keyring.service()).await?)
+    }
+
+    /// The service's partition `name`, if it exists (the default always does).
+    pub async fn find_partition(&self, name: &str) -> Result<Option<Partition>, ArchiveError> {
+        Ok(self.index.partition(self.keyring.service(), name).await?)
+    }
+
+    /// The service's partition `name`, created if new: a store creates its partition, as in
+    /// Azure.
+    pub async fn partition_or_add(&self, name: &str) -> Result<Partition, ArchiveError> {
+        Ok(self
+            .index
+            .partition_or_add(self.keyring.service(), name)
+            .await?)
     }
 }
 

@@ -40,7 +40,24 @@ impl IndexRootKey {
         let copy = DataKey::from_bytes(Zeroizing::new(*self.data_key.expose()));
         IndexKeys::derive(&ServiceRootKey::from_data_key(copy))
     }
+
+    /// The index keys of the data partition `partition` of the service: derived from this key
+    /// with the partition's name, so a partition's tokens and sealed values differ from every
+    /// other partition's (the same UID gets another token in each) while the service keeps one
+    /// key hierarchy: rotating or losing the service's key covers all its partitions, and no
+    /// partition key is ever stored. The default partition uses [`IndexRootKey::index_keys`].
+    pub fn partition_index_keys(&self, partition: &str) -> IndexKeys {
+        let mut info = Vec::with_capacity(PARTITION_INFO.len() + 8 + partition.len());
+        info.extend_from_slice(PARTITION_INFO);
+        info.extend_from_slice(&(partition.len() as u64).to_be_bytes());
+        info.extend_from_slice(partition.as_bytes());
+        let derived = crate::keys::derive_partition_root(self.data_key.expose(), &info);
+        IndexKeys::derive(&ServiceRootKey::from_data_key(DataKey::from_bytes(derived)))
+    }
 }
+
+/// The HKDF label of a partition's index root (followed by the length-prefixed name).
+const PARTITION_INFO: &[u8] = b"hds/key-hierarchy/v1/partition-index-root";
 
 impl ServiceRootKey {
     /// Wraps `index_root_key` for storage, bound to `service`.
@@ -64,6 +81,33 @@ impl ServiceRootKey {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn partitions_have_their_own_index_keys() {
+        let index_root = IndexRootKey::generate();
+        let default = index_root.index_keys().token("StudyInstanceUID", b"1.2.3");
+        let first = index_root
+            .partition_index_keys("a")
+            .token("StudyInstanceUID", b"1.2.3");
+        let again = index_root
+            .partition_index_keys("a")
+            .token("StudyInstanceUID", b"1.2.3");
+        let other = index_root
+            .partition_index_keys("b")
+            .token("StudyInstanceUID", b"1.2.3");
+        assert_eq!(first, again);
+        assert_ne!(first, default);
+        assert_ne!(first, other);
+        let sealed = index_root
+            .partition_index_keys("a")
+            .seal_value(b"binding", b"value");
+        assert!(
+            index_root
+                .partition_index_keys("b")
+                .open_value(b"binding", &sealed)
+                .is_err()
+        );
+    }
 
     #[test]
     fn index_root_key_round_trips_and_is_bound_to_its_service() {

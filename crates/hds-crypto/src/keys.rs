@@ -145,6 +145,15 @@ fn derive_key(input_key: &[u8; DATA_KEY_LEN], info: &[u8]) -> Zeroizing<[u8; DAT
     derived
 }
 
+/// HKDF-SHA256 of `input_key` under `info`, for [`crate::index_root::IndexRootKey`]'s
+/// partition keys.
+pub(crate) fn derive_partition_root(
+    input_key: &[u8; DATA_KEY_LEN],
+    info: &[u8],
+) -> Zeroizing<[u8; DATA_KEY_LEN]> {
+    derive_key(input_key, info)
+}
+
 fn aes_gcm_key(key_bytes: &[u8]) -> LessSafeKey {
     let unbound = UnboundKey::new(&AES_256_GCM, key_bytes)
         // Every caller passes a 32-byte key, always valid for AES-256.

@@ -637,9 +637,20 @@ impl DicomHost {
             })
     }
 
-    /// Deletes every study of a service, one study at a time: each study key is destroyed
-    /// before its blobs (crypto-shredding), so nothing lingers readable.
+    /// Deletes every study of a service and of each of its data partitions, one study at a
+    /// time: each study key is destroyed before its blobs (crypto-shredding), so nothing
+    /// lingers readable. The partitions' rows go last.
     async fn delete_all_data(&self, key: &str) -> Result<(), HostError> {
+        for scope in self.index.partition_scopes(key).await? {
+            self.delete_scope_data(&scope).await?;
+        }
+        self.delete_scope_data(key).await?;
+        self.index.delete_partitions_of(key).await?;
+        Ok(())
+    }
+
+    /// Deletes every study of one scope (a service's default partition, or another).
+    async fn delete_scope_data(&self, key: &str) -> Result<(), HostError> {
         loop {
             let query = SearchQuery {
                 service: key,
@@ -933,10 +944,11 @@ impl DicomServiceResolver for DicomHost {
                             hosted.resource_id.clone(),
                             hosted.keyring.clone(),
                             hosted.customer_managed,
+                            hosted.spec.data_partitions,
                         )
                     })
             };
-            let Some((key, resource_id, keyring, customer_managed)) = found else {
+            let Some((key, resource_id, keyring, customer_managed, data_partitions)) = found else {
                 return Ok(None);
             };
             // Lost key access is reported with the service, not instead of it: the API tells
@@ -959,6 +971,7 @@ impl DicomServiceResolver for DicomHost {
                 resource_id,
                 keyring,
                 unavailable,
+                data_partitions,
             }))
         })
     }

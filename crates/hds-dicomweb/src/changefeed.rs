@@ -62,7 +62,10 @@ pub async fn feed(
         .archive
         .change_feed(request.window, request.include_metadata)
         .await?;
-    let body: Vec<Value> = entries.iter().map(render).collect();
+    let body: Vec<Value> = entries
+        .iter()
+        .map(|entry| render(entry, context.data_partitions))
+        .collect();
     Ok(([(CONTENT_TYPE, "application/json")], Json(body)).into_response())
 }
 
@@ -86,9 +89,11 @@ pub async fn latest(
         .latest_change(include_metadata.unwrap_or(true))
         .await?
     {
-        Some(entry) => {
-            Ok(([(CONTENT_TYPE, "application/json")], Json(render(&entry))).into_response())
-        }
+        Some(entry) => Ok((
+            [(CONTENT_TYPE, "application/json")],
+            Json(render(&entry, context.data_partitions)),
+        )
+            .into_response()),
         None => Ok(StatusCode::NO_CONTENT.into_response()),
     }
 }
@@ -267,8 +272,9 @@ fn parse_time(name: &str, value: &str) -> Result<i64, DicomWebError> {
     Ok(micros)
 }
 
-/// One entry in Azure's wire form.
-fn render(entry: &ChangeFeedEntry) -> Value {
+/// One entry in Azure's wire form; with `PartitionName` (the default partition's name for its
+/// entries) when the service has data partitions.
+fn render(entry: &ChangeFeedEntry, data_partitions: bool) -> Value {
     let action = match entry.action {
         ChangeAction::Create => "create",
         ChangeAction::Delete => "delete",
@@ -283,7 +289,7 @@ fn render(entry: &ChangeFeedEntry) -> Value {
         OffsetDateTime::from_unix_timestamp_nanos(i128::from(entry.timestamp_micros) * 1000)
             .ok()
             .and_then(|instant| instant.format(&Rfc3339).ok());
-    json!({
+    let mut rendered = json!({
         "Sequence": entry.sequence,
         "StudyInstanceUid": entry.study_instance_uid,
         "SeriesInstanceUid": entry.series_instance_uid,
@@ -292,7 +298,19 @@ fn render(entry: &ChangeFeedEntry) -> Value {
         "Timestamp": timestamp,
         "State": state,
         "Metadata": entry.metadata,
-    })
+    });
+    if data_partitions && let Some(fields) = rendered.as_object_mut() {
+        fields.insert(
+            "PartitionName".into(),
+            json!(
+                entry
+                    .partition_name
+                    .as_deref()
+                    .unwrap_or(hds_archive::DEFAULT_PARTITION)
+            ),
+        );
+    }
+    rendered
 }
 
 #[cfg(test)]
@@ -451,9 +469,14 @@ mod tests {
             series_instance_uid: "1.2.3".into(),
             sop_instance_uid: "1.2.3.4".into(),
             metadata: None,
+            partition_name: None,
         };
         assert_eq!(
-            render(&entry),
+            render(&entry, true)["PartitionName"],
+            json!("Microsoft.Default")
+        );
+        assert_eq!(
+            render(&entry, false),
             json!({
                 "Sequence": 7,
                 "StudyInstanceUid": "1.2",

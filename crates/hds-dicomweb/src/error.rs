@@ -24,6 +24,16 @@ pub enum DicomWebError {
     /// The request is malformed; the message says how.
     #[error("{0}")]
     BadRequest(String),
+    /// A data partition cannot be used as the request says (partitions disabled or required, a
+    /// name Azure's rules refuse, a partition that does not exist): 400 with Azure's code.
+    #[error("{message}")]
+    Partition {
+        /// `DataPartitionsFeatureDisabled`, `DataPartitionsMissingPartition`,
+        /// `InvalidPartitionName` or `DataPartitionNotFound`.
+        code: &'static str,
+        /// What is wrong (never the name the client sent).
+        message: String,
+    },
     /// The request's media type is not one this endpoint accepts.
     #[error("{0}")]
     UnsupportedMediaType(String),
@@ -81,6 +91,7 @@ impl DicomWebError {
             DicomWebError::NotFoundMessage(_) => (StatusCode::NOT_FOUND, "NotFound"),
             DicomWebError::Conflict(_) => (StatusCode::CONFLICT, "Conflict"),
             DicomWebError::BadRequest(_) => (StatusCode::BAD_REQUEST, "BadRequest"),
+            DicomWebError::Partition { code, .. } => (StatusCode::BAD_REQUEST, code),
             DicomWebError::UnsupportedMediaType(_) => {
                 (StatusCode::UNSUPPORTED_MEDIA_TYPE, "UnsupportedMediaType")
             }
@@ -103,6 +114,14 @@ impl From<hds_archive::ArchiveError> for DicomWebError {
         match error {
             hds_archive::ArchiveError::NotFound(what) => DicomWebError::NotFound(what),
             hds_archive::ArchiveError::KeyAccessLost => DicomWebError::key_access_lost(),
+            hds_archive::ArchiveError::PartitionLimit => DicomWebError::Partition {
+                code: "DataPartitionLimitExceeded",
+                message: format!(
+                    "The DICOM service has {} data partitions, the most it may have; store into \
+                     an existing partition.",
+                    hds_index::MAX_PARTITIONS
+                ),
+            },
             hds_archive::ArchiveError::Integrity(detail) => DicomWebError::DataIntegrity(detail),
             other => DicomWebError::Internal(other.to_string()),
         }

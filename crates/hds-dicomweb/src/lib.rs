@@ -2,7 +2,8 @@
 //! (PS3.18), the UPS-RS worklist (`workitems.rs`), Azure's change feed, extended query tags,
 //! export (`export.rs`) and operations, for every DICOM service at
 //! `{base}/dicom/{workspace}/{service}/v2/` (`/v1/` is an alias, except for the change feed's
-//! parameters, which differ by version).
+//! parameters, which differ by version), and Azure's data partitions: `GET partitions`, and the
+//! data routes under `partitions/{name}/` (`partitions.rs`, `service.rs`).
 //!
 //! Handlers are thin: they extract a request (media types, multipart parts, query parameters,
 //! frame lists, each under its limit), make one call to the service's
@@ -29,6 +30,7 @@ mod export;
 mod extended_tags;
 mod media;
 mod multipart;
+mod partitions;
 mod qido;
 mod rendered;
 mod request_body;
@@ -51,15 +53,13 @@ pub use service::{
 #[doc(hidden)]
 pub use stow::fuzzing;
 
-/// The routes of the DICOMweb API, relative to the main listener's root.
+/// The routes of the DICOMweb API, relative to the main listener's root: each service's at
+/// `/dicom/{workspace}/{service}/{version}/`, and its data routes again under
+/// `partitions/{partition}/` (Azure's data partitions; the extractor decides whether the
+/// service has them).
 pub fn router(state: DicomWebState) -> Router {
-    let api = Router::new()
-        .route(
-            "/studies",
-            post(stow::store)
-                .put(stow::upsert)
-                .get(qido::search_studies),
-        )
+    let service_routes = Router::new()
+        .route("/partitions", get(partitions::list))
         .route("/changefeed", get(changefeed::feed))
         .route("/changefeed/latest", get(changefeed::latest))
         .route(
@@ -77,7 +77,37 @@ pub fn router(state: DicomWebState) -> Router {
             get(extended_tags::errors),
         )
         .route("/operations/{id}", get(extended_tags::operation))
-        .route("/export", post(export::start))
+        .route("/export", post(export::start));
+    let api = service_routes
+        .merge(data_routes())
+        .layer(axum::extract::DefaultBodyLimit::disable())
+        .layer(axum::middleware::from_fn(close_after_failed_upload));
+    let partitioned = data_routes()
+        .layer(axum::extract::DefaultBodyLimit::disable())
+        .layer(axum::middleware::from_fn(close_after_failed_upload));
+    Router::new()
+        .nest("/dicom/{workspace}/{service}/{version}", api)
+        .nest(
+            "/dicom/{workspace}/{service}/{version}/partitions/{partition}",
+            partitioned,
+        )
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            cors::apply,
+        ))
+        .with_state(state)
+}
+
+/// The routes of a partition's data (and of a service's, without a partition): STOW-RS and
+/// upsert, WADO-RS, QIDO-RS, delete, rendered and thumbnails, UPS-RS workitems.
+fn data_routes() -> Router<DicomWebState> {
+    Router::new()
+        .route(
+            "/studies",
+            post(stow::store)
+                .put(stow::upsert)
+                .get(qido::search_studies),
+        )
         .route("/workitems", post(workitems::create).get(workitems::search))
         .route(
             "/workitems/{workitem}",
@@ -144,15 +174,6 @@ pub fn router(state: DicomWebState) -> Router {
             get(rendered::series_thumbnail),
         )
         .route("/studies/{study}/thumbnail", get(rendered::study_thumbnail))
-        .layer(axum::extract::DefaultBodyLimit::disable())
-        .layer(axum::middleware::from_fn(close_after_failed_upload));
-    Router::new()
-        .nest("/dicom/{workspace}/{service}/{version}", api)
-        .layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            cors::apply,
-        ))
-        .with_state(state)
 }
 
 /// Adds `Connection: close` to an error answering a request that carried a body. Such a request

@@ -57,6 +57,9 @@ pub struct ResolvedService {
     /// or `None`. Carried rather than returned as an error so that the API tells it only to a
     /// caller who is allowed to use the service: authorization comes first.
     pub unavailable: Option<ServiceUnavailable>,
+    /// Whether the service has data partitions (ARM `properties.enableDataPartitions`, fixed at
+    /// creation): then its data routes are served under `partitions/{name}/` only.
+    pub data_partitions: bool,
 }
 
 /// Why a service that exists cannot serve data: answered as `500` with this code and message.
@@ -216,8 +219,18 @@ impl StaticServices {
                 resource_id: resource_id.to_owned(),
                 keyring,
                 unavailable: None,
+                data_partitions: false,
             },
         );
+        self
+    }
+
+    /// Turns data partitions on for `workspace/service` (added before).
+    pub fn with_data_partitions(mut self, workspace: &str, service: &str) -> StaticServices {
+        let key = (workspace.to_ascii_lowercase(), service.to_ascii_lowercase());
+        if let Some(resolved) = self.services.get_mut(&key) {
+            resolved.data_partitions = true;
+        }
         self
     }
 
@@ -268,16 +281,20 @@ pub struct DicomWebState {
     pub config: Arc<DicomWebConfig>,
 }
 
-/// The service a request addresses (its archive) and the base of its URLs; an extractor that
-/// answers 404 for an unknown service or API version.
+/// The service a request addresses (its archive, of the partition the path names) and the
+/// base of its URLs; an extractor that answers 404 for an unknown service or API version, and
+/// 400 for a partition the service cannot serve.
 #[derive(Clone)]
 pub struct ServiceContext {
-    /// The service's data.
+    /// The service's data: of the partition the path names, or of the default partition.
     pub archive: ServiceArchive,
-    /// `{public base URL}/dicom/{workspace}/{service}/{version}`, for RetrieveURL.
+    /// `{public base URL}/dicom/{workspace}/{service}/{version}`, followed by
+    /// `/partitions/{name}` under a partition, for RetrieveURL.
     pub base_url: String,
     /// The export destinations' rules.
     pub export_policy: hds_archive::ExportPolicy,
+    /// Whether the service has data partitions.
+    pub data_partitions: bool,
 }
 
 impl FromRequestParts<DicomWebState> for ServiceContext {
@@ -323,6 +340,8 @@ impl FromRequestParts<DicomWebState> for ServiceContext {
                 message: unavailable.message,
             });
         }
+        let route = partition_route(&parts.method, &path);
+        check_partition_route(resolved.data_partitions, &route)?;
         let archive = state
             .archive
             .service(&resolved.service_key, resolved.keyring);
@@ -331,14 +350,34 @@ impl FromRequestParts<DicomWebState> for ServiceContext {
         }
         // The configured public URL, never the Host header: a response's URLs must not point
         // wherever the client's headers say.
-        let base_url = format!(
+        let mut base_url = format!(
             "{}/dicom/{}/{}/{}",
             state.config.public_base_url, workspace, service, version
         );
+        let archive = match route {
+            PartitionRoute::Partition { name, creates } => {
+                let exists = if creates {
+                    archive.partition_or_add(name).await.map(|_| true)?
+                } else {
+                    archive.find_partition(name).await?.is_some()
+                };
+                if !exists {
+                    return Err(DicomWebError::Partition {
+                        code: "DataPartitionNotFound",
+                        message: "Specified PartitionName does not exist.".into(),
+                    });
+                }
+                base_url.push_str("/partitions/");
+                base_url.push_str(name);
+                archive.partition(name)
+            }
+            PartitionRoute::Service | PartitionRoute::Data => archive,
+        };
         Ok(ServiceContext {
             archive,
             base_url,
             export_policy: state.config.export_policy.clone(),
+            data_partitions: resolved.data_partitions,
         })
     }
 }
@@ -370,6 +409,81 @@ fn data_access(method: &axum::http::Method, path: &str) -> DataAccess {
     }
 }
 
+/// What a request's path says about data partitions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum PartitionRoute<'a> {
+    /// A route of the whole service, never partitioned (as in Azure): the change feed (whose
+    /// entries name their partition), extended query tags, operations, the partition list.
+    Service,
+    /// A data route without a partition: the default partition's data, in a service without
+    /// partitions.
+    Data,
+    /// A data route under `partitions/{name}/`.
+    Partition {
+        /// The name as sent (not checked yet).
+        name: &'a str,
+        /// Whether the request may create the partition: a store (STOW-RS, upsert) or a new
+        /// workitem, as in Azure.
+        creates: bool,
+    },
+}
+
+/// Which [`PartitionRoute`] a request of `method` to `path`
+/// (`/dicom/{workspace}/{service}/{version}/...`) is.
+fn partition_route<'a>(method: &axum::http::Method, path: &'a str) -> PartitionRoute<'a> {
+    use axum::http::Method;
+    let segments: Vec<&str> = path.trim_start_matches('/').split('/').skip(4).collect();
+    match segments.as_slice() {
+        ["partitions", name, rest @ ..] if !rest.is_empty() => PartitionRoute::Partition {
+            name,
+            creates: match rest {
+                ["studies"] | ["studies", _] => *method == Method::POST || *method == Method::PUT,
+                ["workitems"] => *method == Method::POST,
+                _ => false,
+            },
+        },
+        [first, ..]
+            if [
+                "changefeed",
+                "export",
+                "extendedquerytags",
+                "operations",
+                "partitions",
+            ]
+            .iter()
+            .any(|route| first.eq_ignore_ascii_case(route)) =>
+        {
+            PartitionRoute::Service
+        }
+        _ => PartitionRoute::Data,
+    }
+}
+
+/// Azure's answers to a route that does not fit the service: a partition route while
+/// partitions are disabled, a data route without one while they are enabled, a name outside
+/// Azure's rules (the name itself is not echoed: it is the client's input).
+fn check_partition_route(
+    data_partitions: bool,
+    route: &PartitionRoute<'_>,
+) -> Result<(), DicomWebError> {
+    match (data_partitions, route) {
+        (false, PartitionRoute::Partition { .. }) => Err(DicomWebError::Partition {
+            code: "DataPartitionsFeatureDisabled",
+            message: "Data partitions feature is disabled.".into(),
+        }),
+        (true, PartitionRoute::Data) => Err(DicomWebError::Partition {
+            code: "DataPartitionsMissingPartition",
+            message: "PartitionName value is missing in the route segment.".into(),
+        }),
+        (true, PartitionRoute::Partition { name, .. }) => hds_archive::check_partition_name(name)
+            .map_err(|error| DicomWebError::Partition {
+                code: "InvalidPartitionName",
+                message: format!("The specified PartitionName is invalid: {error}."),
+            }),
+        _ => Ok(()),
+    }
+}
+
 /// `[workspace, service, version]` from a path `/dicom/{workspace}/{service}/{version}/...`.
 fn service_prefix(path: &str) -> Option<[&str; 3]> {
     let mut segments = path.trim_start_matches('/').split('/');
@@ -381,8 +495,9 @@ fn service_prefix(path: &str) -> Option<[&str; 3]> {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
     use axum::http::Method;
+
+    use super::*;
 
     #[test]
     fn export_needs_its_own_data_action() {
@@ -400,5 +515,89 @@ mod tests {
             data_access(&Method::POST, "/dicom/ws/svc/v2/studies"),
             DataAccess::Write
         );
+    }
+
+    const BASE: &str = "/dicom/ws/svc/v2";
+
+    #[test]
+    fn stores_and_new_workitems_create_partitions_and_nothing_else_does() {
+        let route = |method: Method, rest: &str| {
+            let path = format!("{BASE}/{rest}");
+            match partition_route(&method, &path) {
+                PartitionRoute::Partition { name, creates } => {
+                    assert_eq!(name, "p1");
+                    Some(creates)
+                }
+                _ => None,
+            }
+        };
+        assert_eq!(route(Method::POST, "partitions/p1/studies"), Some(true));
+        assert_eq!(route(Method::PUT, "partitions/p1/studies/1.2"), Some(true));
+        assert_eq!(route(Method::POST, "partitions/p1/workitems"), Some(true));
+        assert_eq!(route(Method::GET, "partitions/p1/studies"), Some(false));
+        assert_eq!(route(Method::GET, "partitions/p1/workitems"), Some(false));
+        assert_eq!(
+            route(Method::POST, "partitions/p1/workitems/1.2"),
+            Some(false)
+        );
+        assert_eq!(
+            route(Method::DELETE, "partitions/p1/studies/1.2"),
+            Some(false)
+        );
+        assert_eq!(
+            route(Method::GET, "partitions/p1/studies/1/series"),
+            Some(false)
+        );
+    }
+
+    #[test]
+    fn service_routes_are_never_partitioned() {
+        for rest in [
+            "changefeed",
+            "changefeed/latest",
+            "extendedquerytags/x",
+            "operations/1",
+            "partitions",
+        ] {
+            let path = format!("{BASE}/{rest}");
+            assert_eq!(
+                partition_route(&Method::GET, &path),
+                PartitionRoute::Service,
+                "{rest}"
+            );
+        }
+        let path = format!("{BASE}/studies");
+        assert_eq!(partition_route(&Method::GET, &path), PartitionRoute::Data);
+    }
+
+    #[test]
+    fn partition_routes_fit_the_service_or_are_refused_as_azure_refuses_them() {
+        let code =
+            |enabled: bool, route: PartitionRoute<'_>| match check_partition_route(enabled, &route)
+            {
+                Ok(()) => "ok",
+                Err(DicomWebError::Partition { code, .. }) => code,
+                Err(_) => "other",
+            };
+        let named = |name| PartitionRoute::Partition {
+            name,
+            creates: false,
+        };
+        assert_eq!(code(false, named("p1")), "DataPartitionsFeatureDisabled");
+        assert_eq!(
+            code(true, PartitionRoute::Data),
+            "DataPartitionsMissingPartition"
+        );
+        assert_eq!(code(true, PartitionRoute::Service), "ok");
+        assert_eq!(code(false, PartitionRoute::Data), "ok");
+        assert_eq!(code(true, named("p1")), "ok");
+        let long = "a".repeat(65);
+        for hostile in ["..", ".", "a%2Fb", long.as_str(), "a b", ""] {
+            assert_eq!(
+                code(true, named(hostile)),
+                "InvalidPartitionName",
+                "{hostile}"
+            );
+        }
     }
 }

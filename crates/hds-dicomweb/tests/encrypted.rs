@@ -618,3 +618,223 @@ async fn hostile_multipart_bodies_and_frame_lists_are_refused() {
         .collect();
     assert_eq!(parts, expected);
 }
+
+/// The partition routes of a service with data partitions: the first store creates a
+/// partition (its RetrieveURL under the partition's base), the same UIDs live independently in
+/// two partitions, retrieve, search and delete stay inside theirs, routes without a partition
+/// are refused with Azure's code, as are hostile names and unknown partitions; `GET partitions`
+/// lists them, and the change feed (served once for the service) names each entry's partition.
+#[tokio::test]
+async fn partitions_hold_the_same_uids_independently() {
+    let server = server_with(
+        |services| Arc::new(services.with_data_partitions("default", "dicom")),
+        Arc::new(AllowAll),
+    )
+    .await;
+    let stored = instance(11);
+    let relative = |partition: &str| {
+        format!(
+            "/studies/{}/series/{}/instances/{}",
+            stored.study, stored.series, stored.sop
+        )
+        .replace(
+            "/studies",
+            &format!("{BASE}/partitions/{partition}/studies"),
+        )
+    };
+    for partition in ["clinic-a", "clinic-b"] {
+        let (status, body) = call(
+            &server.router,
+            post(
+                &format!("{BASE}/partitions/{partition}/studies"),
+                "application/dicom",
+                stored.file.clone(),
+            ),
+        )
+        .await;
+        let body = String::from_utf8(body.expect("body")).expect("JSON");
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert!(
+            body.contains(&format!("http://dicom.test{}", relative(partition))),
+            "{body}"
+        );
+    }
+    // Both copies are there, each in its partition.
+    for partition in ["clinic-a", "clinic-b"] {
+        let (status, body) = call(
+            &server.router,
+            get(&relative(partition), "application/dicom"),
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(body.expect("body"), stored.file);
+    }
+    // Delete in one partition: the other keeps its copy.
+    let request = Request::delete(format!(
+        "{BASE}/partitions/clinic-a/studies/{}",
+        stored.study
+    ))
+    .header("host", "localhost")
+    .body(Body::empty())
+    .expect("request");
+    assert_eq!(
+        call(&server.router, request).await.0,
+        StatusCode::NO_CONTENT
+    );
+    let search = |partition: &str| {
+        get(
+            &format!(
+                "{BASE}/partitions/{partition}/studies?StudyInstanceUID={}",
+                stored.study
+            ),
+            "application/dicom+json",
+        )
+    };
+    let (status, body) = call(&server.router, search("clinic-a")).await;
+    assert!(
+        status == StatusCode::NO_CONTENT
+            || body.as_deref().map(|body| body == b"[]").unwrap_or(false),
+        "{status}"
+    );
+    let (status, body) = call(&server.router, search("clinic-b")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        String::from_utf8(body.expect("body"))
+            .expect("JSON")
+            .contains(&stored.study)
+    );
+    assert_eq!(
+        call(
+            &server.router,
+            get(&relative("clinic-a"), "application/dicom")
+        )
+        .await
+        .0,
+        StatusCode::NOT_FOUND
+    );
+
+    // Without a partition, data routes are refused; the change feed is the service's.
+    let (status, body) = call(
+        &server.router,
+        get(&instance_url(&stored), "application/dicom"),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(
+        error_code(&body.expect("body")),
+        "DataPartitionsMissingPartition"
+    );
+    let (status, body) = call(
+        &server.router,
+        get(&format!("{BASE}/changefeed"), "application/json"),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    let feed: serde_json::Value = serde_json::from_slice(&body.expect("body")).expect("JSON");
+    let partitions: Vec<&str> = feed
+        .as_array()
+        .expect("entries")
+        .iter()
+        .map(|entry| entry["PartitionName"].as_str().unwrap_or_default())
+        .collect();
+    assert_eq!(partitions, ["clinic-a", "clinic-b", "clinic-a"]);
+    // The change feed is not a partition route.
+    assert_eq!(
+        call(
+            &server.router,
+            get(
+                &format!("{BASE}/partitions/clinic-a/changefeed"),
+                "application/json"
+            )
+        )
+        .await
+        .0,
+        StatusCode::NOT_FOUND
+    );
+
+    let (status, body) = call(
+        &server.router,
+        get(&format!("{BASE}/partitions"), "application/json"),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    let listed: serde_json::Value = serde_json::from_slice(&body.expect("body")).expect("JSON");
+    let names: Vec<&str> = listed
+        .as_array()
+        .expect("partitions")
+        .iter()
+        .map(|partition| partition["partitionName"].as_str().unwrap_or_default())
+        .collect();
+    assert_eq!(names, ["Microsoft.Default", "clinic-a", "clinic-b"]);
+    assert_eq!(listed[0]["partitionKey"], 1);
+    assert!(listed[1]["createdDate"].as_str().is_some());
+
+    // A partition that does not exist is not created by a read.
+    let (status, body) = call(&server.router, search("clinic-c")).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(error_code(&body.expect("body")), "DataPartitionNotFound");
+    // Hostile names: 400 naming the rule, never echoing the name.
+    let long = "a".repeat(65);
+    for hostile in [
+        "..",
+        ".",
+        "a%2Fb",
+        "a%00",
+        "%2E%2E",
+        long.as_str(),
+        "a$b",
+        "a%20b",
+    ] {
+        let (status, body) = call(&server.router, search(hostile)).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{hostile}");
+        let body = body.expect("body");
+        assert_eq!(error_code(&body), "InvalidPartitionName", "{hostile}");
+        // (`.` and `..` are in any sentence; the longer names must not come back.)
+        assert!(
+            hostile.len() <= 2 || !String::from_utf8_lossy(&body).contains(hostile),
+            "{hostile}"
+        );
+    }
+}
+
+/// A service without data partitions refuses the partition routes and `GET partitions` as
+/// Azure does, and serves the default partition without a prefix as before.
+#[tokio::test]
+async fn partition_routes_are_refused_while_partitions_are_disabled() {
+    let server = server().await;
+    let stored = instance(12);
+    store(&server, &stored).await;
+    for uri in [
+        format!("{BASE}/partitions"),
+        format!("{BASE}/partitions/Microsoft.Default/studies"),
+    ] {
+        let (status, body) = call(&server.router, get(&uri, "application/json")).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{uri}");
+        assert_eq!(
+            error_code(&body.expect("body")),
+            "DataPartitionsFeatureDisabled"
+        );
+    }
+    let (status, _) = call(
+        &server.router,
+        post(
+            &format!("{BASE}/partitions/p1/studies"),
+            "application/dicom",
+            stored.file.clone(),
+        ),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let (status, body) = call(
+        &server.router,
+        get(&format!("{BASE}/changefeed"), "application/json"),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        !String::from_utf8(body.expect("body"))
+            .expect("JSON")
+            .contains("PartitionName"),
+        "no PartitionName without partitions"
+    );
+}

@@ -56,6 +56,8 @@ pub struct Change {
     pub series_instance_uid: String,
     /// SOPInstanceUID.
     pub sop_instance_uid: String,
+    /// The data partition of the instance; `None` for the default partition.
+    pub partition_name: Option<String>,
 }
 
 /// A DICOM service of a workspace, as the dispatcher sees it.

@@ -26,7 +26,7 @@ pub const ALL_EVENT_TYPES: [&str; 3] = [
     DICOM_IMAGE_DELETED,
     DICOM_IMAGE_UPDATED,
 ];
-/// The data partition every hds instance is in (hds has no partitions).
+/// The default data partition: every change of a service without partitions is in it.
 pub const DEFAULT_PARTITION: &str = "Microsoft.Default";
 /// The type of the handshake's event.
 pub const VALIDATION_EVENT_TYPE: &str = "Microsoft.EventGrid.SubscriptionValidationEvent";
@@ -83,7 +83,7 @@ pub fn event_json(
     change: &Change,
 ) -> Value {
     let data = json!({
-        "partitionName": DEFAULT_PARTITION,
+        "partitionName": change.partition_name.as_deref().unwrap_or(DEFAULT_PARTITION),
         "imageStudyInstanceUid": change.study_instance_uid,
         "imageSeriesInstanceUid": change.series_instance_uid,
         "imageSopInstanceUid": change.sop_instance_uid,
@@ -143,6 +143,7 @@ mod tests {
             study_instance_uid: "1.2.3".into(),
             series_instance_uid: "1.2.3.4".into(),
             sop_instance_uid: "1.2.3.4.5".into(),
+            partition_name: None,
         }
     }
 
@@ -164,6 +165,18 @@ mod tests {
         assert_eq!(event["dataVersion"], "1");
         assert_eq!(event["data"]["sequenceNumber"], 7);
         assert_eq!(event["data"]["partitionName"], DEFAULT_PARTITION);
+        let in_partition = Change {
+            partition_name: Some("clinic-a".into()),
+            ..change()
+        };
+        let event = event_json(
+            DeliverySchema::EventGrid,
+            "/subscriptions/s/resourceGroups/g/providers/Microsoft.HealthcareApis/workspaces/w",
+            "h:1/dicom/w/d",
+            "svc",
+            &in_partition,
+        );
+        assert_eq!(event["data"]["partitionName"], "clinic-a");
         assert_eq!(event["id"], event_id("svc", 7));
         assert_ne!(event_id("svc", 7), event_id("svc", 8));
         assert_ne!(event_id("svc", 7), event_id("other", 7));

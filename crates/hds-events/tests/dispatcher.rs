@@ -45,6 +45,7 @@ impl FakeSource {
             study_instance_uid: "1.2.3".into(),
             series_instance_uid: "1.2.3.4".into(),
             sop_instance_uid: format!("1.2.3.4.{sequence}"),
+            partition_name: None,
         });
         sequence
     }

@@ -23,7 +23,7 @@ use crate::index::{INSTANCE_TABLE, METADATA_COLUMN, SealedUids, UIDS_COLUMN, fro
 use crate::sql::{Argument, Sql, column};
 use crate::{Index, IndexError};
 
-/// How many entries one INSERT carries (7 parameters each).
+/// How many entries one INSERT carries (8 parameters each).
 const ENTRIES_PER_INSERT: usize = 64;
 
 /// How many SOP instance tokens one state UPDATE names.
@@ -108,6 +108,8 @@ pub struct ChangeFeedEntry {
     pub sop_instance_uid: String,
     /// The instance's metadata (DICOM JSON) when asked for and the entry is current.
     pub metadata: Option<serde_json::Value>,
+    /// The data partition of the instance; `None` for the default partition.
+    pub partition_name: Option<String>,
 }
 
 /// Which entries to read.
@@ -147,10 +149,13 @@ pub(crate) struct NewChange<'a> {
 /// `Replaced` turns only current entries, `Deleted` every entry.
 pub(crate) async fn mark(
     transaction: &mut WriteTransaction,
-    service: &str,
+    scope: &str,
     sop_tokens: &[&[u8]],
     to: ChangeState,
 ) -> Result<(), IndexError> {
+    // One feed per service, across its partitions; a partition's tokens are its own (made under
+    // its own index keys), so the token alone finds the partition's entries.
+    let (service, _) = crate::split_scope(scope);
     for chunk in sop_tokens.chunks(TOKENS_PER_UPDATE) {
         let mut update = Sql::new("UPDATE dicom_changefeed SET state = ");
         update
@@ -181,9 +186,14 @@ pub(crate) async fn append(
     transaction: &mut WriteTransaction,
     changes: &[(&str, NewChange<'_>)],
 ) -> Result<(), IndexError> {
-    let mut by_service: BTreeMap<&str, Vec<&NewChange<'_>>> = BTreeMap::new();
-    for (service, change) in changes {
-        by_service.entry(*service).or_default().push(change);
+    // A partition's changes go to its service's feed, marked with the partition.
+    let mut by_service: BTreeMap<&str, Vec<(Option<&str>, &NewChange<'_>)>> = BTreeMap::new();
+    for (scope, change) in changes {
+        let (service, partition) = crate::split_scope(scope);
+        by_service
+            .entry(service)
+            .or_default()
+            .push((partition, change));
     }
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -211,9 +221,9 @@ pub(crate) async fn append(
         for (chunk_number, chunk) in changes.chunks(ENTRIES_PER_INSERT).enumerate() {
             let mut insert = Sql::new(
                 "INSERT INTO dicom_changefeed (service, sequence, timestamp_us, action, state, \
-                 sop_token, uids) VALUES ",
+                 sop_token, uids, partition_name) VALUES ",
             );
-            for (position, change) in chunk.iter().enumerate() {
+            for (position, (partition, change)) in chunk.iter().enumerate() {
                 if position > 0 {
                     insert.push(", ");
                 }
@@ -231,6 +241,7 @@ pub(crate) async fn append(
                     Argument::Integer(state.code()),
                     Argument::Bytes(change.sop_token.into()),
                     Argument::Bytes(change.uids.into()),
+                    Argument::NullableText(partition.map(Into::into)),
                 ]);
             }
             insert.query().execute(&mut **transaction).await?;
@@ -248,6 +259,8 @@ impl Index {
         window: ChangeFeedWindow,
         include_metadata: bool,
     ) -> Result<Vec<ChangeFeedEntry>, IndexError> {
+        // The feed is the service's, across its partitions.
+        let (service, _) = crate::split_scope(service);
         let mut sql = select_entries(service, include_metadata);
         match window {
             ChangeFeedWindow::Sequences { after, through } => {
@@ -285,6 +298,7 @@ impl Index {
         service: &str,
         include_metadata: bool,
     ) -> Result<Option<ChangeFeedEntry>, IndexError> {
+        let (service, _) = crate::split_scope(service);
         let mut sql = select_entries(service, include_metadata);
         sql.push(" ORDER BY f.sequence DESC LIMIT 1");
         let row = sql.query().fetch_optional(self.database.pool()).await?;
@@ -298,6 +312,15 @@ impl Index {
         row: &sqlx::any::AnyRow,
     ) -> Result<ChangeFeedEntry, IndexError> {
         let sop_token: Vec<u8> = column(row, 4)?;
+        let partition_name: Option<String> = column(row, 7)?;
+        // The entry's values are bound to its partition's scope.
+        let scope = crate::partition_scope(
+            service,
+            partition_name
+                .as_deref()
+                .unwrap_or(crate::DEFAULT_PARTITION),
+        );
+        let service = scope.as_str();
         let uids: SealedUids = from_json(&self.open_sealed(
             service,
             INSTANCE_TABLE,
@@ -324,25 +347,28 @@ impl Index {
             series_instance_uid: uids.series,
             sop_instance_uid: uids.sop,
             metadata,
+            partition_name,
         })
     }
 }
 
 /// `SELECT sequence, timestamp, action, state, sop token, sealed UIDs, sealed metadata (or
-/// NULL)` of `service`'s entries, ready for more conditions.
+/// NULL), partition (or NULL)` of `service`'s entries, ready for more conditions.
 fn select_entries(service: &str, include_metadata: bool) -> Sql<'_> {
     let mut sql = if include_metadata {
         let mut sql = Sql::new(
             "SELECT f.sequence, f.timestamp_us, f.action, f.state, f.sop_token, f.uids, \
-             i.metadata FROM dicom_changefeed f LEFT JOIN dicom_instances i \
-             ON i.service = f.service AND i.uid_token = f.sop_token AND f.state = ",
+             i.metadata, f.partition_name FROM dicom_changefeed f LEFT JOIN dicom_instances i \
+             ON i.service = (CASE WHEN f.partition_name IS NULL THEN f.service \
+             ELSE f.service || '#' || f.partition_name END) \
+             AND i.uid_token = f.sop_token AND f.state = ",
         );
         sql.bind(Argument::Integer(ChangeState::Current.code()));
         sql
     } else {
         Sql::new(
             "SELECT f.sequence, f.timestamp_us, f.action, f.state, f.sop_token, f.uids, \
-             NULL FROM dicom_changefeed f",
+             NULL, f.partition_name FROM dicom_changefeed f",
         )
     };
     sql.push(" WHERE f.service = ")

@@ -31,6 +31,9 @@ pub enum IndexError {
     /// not recorded.
     #[error("the instance's data did not reach stable storage: {0}")]
     NotDurable(String),
+    /// The service has [`crate::MAX_PARTITIONS`] data partitions already; no new one is made.
+    #[error("the DICOM service has the most data partitions it may have")]
+    PartitionLimit,
     /// A stored value could not be decoded.
     #[error("corrupt index value: {0}")]
     Corrupt(String),

@@ -62,6 +62,12 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
         postgres: include_str!("../migrations/postgres/0007_workitems.sql"),
     },
     Migration {
+        version: 8,
+        description: "data partitions, and the partition of each change feed entry",
+        sqlite: include_str!("../migrations/sqlite/0008_partitions.sql"),
+        postgres: include_str!("../migrations/postgres/0008_partitions.sql"),
+    },
+    Migration {
         version: 10,
         description: "export operations: sealed specifications, positions, counts, error logs",
         sqlite: include_str!("../migrations/sqlite/0010_export.sql"),
@@ -384,7 +390,7 @@ impl Index {
             let stored = self
                 .store_gated(
                     NewInstance {
-                        service: keyring.service(),
+                        service: keyring.scope(),
                         parsed: instance.parsed,
                         blob_name: instance.blob_name,
                         size: instance.size,

@@ -88,7 +88,9 @@ impl From<IndexError> for KeyringError {
 struct UnlockedKeys {
     root: ServiceRootKey,
     index_root: IndexRootKey,
-    index: IndexKeys,
+    index: Arc<IndexKeys>,
+    /// The index keys of the service's data partitions, derived on first use (never stored).
+    partition_index: Mutex<HashMap<String, Arc<IndexKeys>>>,
     /// Which root key this is (counts rotations): a study key is written only under the
     /// current one.
     generation: i64,
@@ -102,6 +104,31 @@ struct UnlockedKeys {
     /// [`crate::StoreOutcome::StudyKeyChanged`]; the caller then calls
     /// [`ServiceKeyring::forget_study_key`].
     wrapped_study_keys: Mutex<HashMap<Vec<u8>, RememberedStudyKey>>,
+}
+
+/// Past this many partitions the derived partition index keys are emptied rather than grown.
+const MAX_CACHED_PARTITION_KEYS: usize = 1024;
+
+impl UnlockedKeys {
+    /// The index keys of `partition` (`None`: the default partition, the service's own).
+    fn index_for(&self, partition: Option<&str>) -> Arc<IndexKeys> {
+        let Some(partition) = partition else {
+            return self.index.clone();
+        };
+        let mut derived = self
+            .partition_index
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(keys) = derived.get(partition) {
+            return keys.clone();
+        }
+        if derived.len() >= MAX_CACHED_PARTITION_KEYS {
+            derived.clear();
+        }
+        let keys = Arc::new(self.index_root.partition_index_keys(partition));
+        derived.insert(partition.to_owned(), keys.clone());
+        keys
+    }
 }
 
 /// A study key as [`UnlockedKeys::wrapped_study_keys`] remembers it.
@@ -135,7 +162,21 @@ struct ServiceKeyRow {
 
 /// One DICOM service's key hierarchy. Shared (`Arc`) by the index cipher and the DICOMweb
 /// handlers.
+///
+/// A data partition's keyring ([`ServiceKeyring::partition`]) is a view of its service's: the
+/// same root key and state (a partition is unlocked, forgotten and rotated with its service),
+/// index keys derived for the partition, and study keys filed under the partition's scope.
 pub struct ServiceKeyring {
+    core: Arc<KeyringCore>,
+    /// The data partition this view serves; `None` for the service's default partition.
+    partition: Option<String>,
+    /// What study keys and key bindings are filed under: the service, or its partition's scope
+    /// ([`crate::partition_scope`]).
+    scope: String,
+}
+
+/// What a service's keyring and its partitions' views share.
+struct KeyringCore {
     database: Database,
     service: String,
     key_encryption_key: RwLock<Arc<dyn KeyEncryptionKey>>,
@@ -145,11 +186,32 @@ pub struct ServiceKeyring {
     key_changes: tokio::sync::Mutex<()>,
 }
 
+impl KeyringCore {
+    /// The keyring of `service` over a new core, still locked.
+    fn keyring(
+        database: &Database,
+        service: &str,
+        key_encryption_key: Arc<dyn KeyEncryptionKey>,
+    ) -> ServiceKeyring {
+        ServiceKeyring {
+            core: Arc::new(KeyringCore {
+                database: database.clone(),
+                service: service.to_owned(),
+                key_encryption_key: RwLock::new(key_encryption_key),
+                unlocked: RwLock::new(None),
+                key_changes: tokio::sync::Mutex::new(()),
+            }),
+            partition: None,
+            scope: service.to_owned(),
+        }
+    }
+}
+
 impl std::fmt::Debug for ServiceKeyring {
     fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         formatter
             .debug_struct("ServiceKeyring")
-            .field("service", &self.service)
+            .field("service", &self.scope)
             .field("unlocked", &self.is_unlocked())
             .finish_non_exhaustive()
     }
@@ -223,13 +285,7 @@ impl ServiceKeyring {
         key_encryption_key: Arc<dyn KeyEncryptionKey>,
     ) -> Result<Arc<ServiceKeyring>, KeyringError> {
         database.migrate(COMPONENT, MIGRATIONS).await?;
-        let keyring = ServiceKeyring {
-            database: database.clone(),
-            service: service.to_owned(),
-            key_encryption_key: RwLock::new(key_encryption_key.clone()),
-            unlocked: RwLock::new(None),
-            key_changes: tokio::sync::Mutex::new(()),
-        };
+        let keyring = KeyringCore::keyring(database, service, key_encryption_key.clone());
         if let Some(row) = keyring.read_row().await? {
             keyring.unlock_row(&row).await?;
             return Ok(Arc::new(keyring));
@@ -265,12 +321,36 @@ impl ServiceKeyring {
 
     /// The service this keyring belongs to.
     pub fn service(&self) -> &str {
-        &self.service
+        &self.core.service
+    }
+
+    /// The keyring of the data partition `partition` of this service (the service's own for
+    /// [`crate::DEFAULT_PARTITION`]): the same keys, state and vault, with the partition's
+    /// own index keys and study keys. The caller checked the name
+    /// ([`crate::check_partition_name`]).
+    pub fn partition(&self, partition: &str) -> Arc<ServiceKeyring> {
+        let partition = (partition != crate::DEFAULT_PARTITION).then(|| partition.to_owned());
+        let scope = match &partition {
+            Some(name) => crate::partition_scope(&self.core.service, name),
+            None => self.core.service.clone(),
+        };
+        Arc::new(ServiceKeyring {
+            core: self.core.clone(),
+            partition,
+            scope,
+        })
+    }
+
+    /// What this keyring's rows and study keys are filed under: the service, or its data
+    /// partition's scope.
+    pub fn scope(&self) -> &str {
+        &self.scope
     }
 
     /// The key-encryption key the root key is wrapped under now.
     pub fn key_encryption_key(&self) -> Arc<dyn KeyEncryptionKey> {
-        self.key_encryption_key
+        self.core
+            .key_encryption_key
             .read()
             .unwrap_or_else(PoisonError::into_inner)
             .clone()
@@ -278,7 +358,8 @@ impl ServiceKeyring {
 
     /// Whether the root and index keys are in memory.
     pub fn is_unlocked(&self) -> bool {
-        self.unlocked
+        self.core
+            .unlocked
             .read()
             .unwrap_or_else(PoisonError::into_inner)
             .is_some()
@@ -288,7 +369,8 @@ impl ServiceKeyring {
     /// key access. Until [`ServiceKeyring::unlock`] succeeds, every operation that needs data
     /// fails with [`KeyringError::KeysUnavailable`].
     pub fn forget(&self) {
-        self.unlocked
+        self.core
+            .unlocked
             .write()
             .unwrap_or_else(PoisonError::into_inner)
             .take();
@@ -297,7 +379,7 @@ impl ServiceKeyring {
     /// Unwraps the stored root key again (one vault call), e.g. once key access is back.
     /// Does nothing if the keys are in memory.
     pub async fn unlock(&self) -> Result<(), KeyringError> {
-        let _changes = self.key_changes.lock().await;
+        let _changes = self.core.key_changes.lock().await;
         if self.is_unlocked() {
             return Ok(());
         }
@@ -313,14 +395,14 @@ impl ServiceKeyring {
         &self,
         new_key_encryption_key: Arc<dyn KeyEncryptionKey>,
     ) -> Result<(), KeyringError> {
-        let _changes = self.key_changes.lock().await;
+        let _changes = self.core.key_changes.lock().await;
         let row = self.read_row().await?.ok_or(KeyringError::NoServiceKeys)?;
         let old_key_encryption_key = self.key_encryption_key();
         let root =
             ServiceRootKey::unwrap_with(old_key_encryption_key.as_ref(), &row.wrapped_root_key)
                 .await?;
         let rewrapped = root.wrap_with(new_key_encryption_key.as_ref()).await?;
-        let index_root = root.unwrap_index_root_key(&self.service, &row.wrapped_index_key)?;
+        let index_root = root.unwrap_index_root_key(&self.core.service, &row.wrapped_index_key)?;
         let updated = sqlx::query(
             "UPDATE dicom_service_keys SET kek_id = $1, algorithm = $2, wrapped_root_key = $3 \
              WHERE service = $4 AND wrapped_root_key = $5",
@@ -328,14 +410,15 @@ impl ServiceKeyring {
         .bind(rewrapped.kid.as_str())
         .bind(rewrapped.algorithm.as_str())
         .bind(rewrapped.ciphertext.as_slice())
-        .bind(self.service.as_str())
+        .bind(self.core.service.as_str())
         .bind(row.wrapped_root_key.ciphertext.as_slice())
-        .execute(self.database.pool())
+        .execute(self.core.database.pool())
         .await?;
         if updated.rows_affected() != 1 {
             return Err(KeyringError::RootKeyChanged);
         }
         *self
+            .core
             .key_encryption_key
             .write()
             .unwrap_or_else(PoisonError::into_inner) = new_key_encryption_key;
@@ -349,17 +432,17 @@ impl ServiceKeyring {
     /// touched. Afterwards a database backup taken before the rotation holds study keys
     /// wrapped by a root key that the current database no longer has.
     pub async fn rotate_root_key(&self) -> Result<u64, KeyringError> {
-        let _changes = self.key_changes.lock().await;
+        let _changes = self.core.key_changes.lock().await;
         let current = self.unlocked_keys()?;
         let new_root = ServiceRootKey::generate();
         let key_encryption_key = self.key_encryption_key();
         let wrapped_root_key = new_root.wrap_with(key_encryption_key.as_ref()).await?;
-        let mut transaction = self.database.begin_write().await?;
+        let mut transaction = self.core.database.begin_write().await?;
         let row = sqlx::query(&format!(
             "SELECT generation FROM dicom_service_keys WHERE service = $1{}",
-            lock_clause(&self.database, true)
+            lock_clause(&self.core.database, true)
         ))
-        .bind(self.service.as_str())
+        .bind(self.core.service.as_str())
         .fetch_optional(&mut *transaction)
         .await?
         .ok_or(KeyringError::NoServiceKeys)?;
@@ -367,30 +450,35 @@ impl ServiceKeyring {
         if generation != current.generation {
             return Err(KeyringError::RootKeyChanged);
         }
-        let study_keys =
-            sqlx::query("SELECT study_token, wrapped_key FROM dicom_study_keys WHERE service = $1")
-                .bind(self.service.as_str())
-                .fetch_all(&mut *transaction)
-                .await?;
+        // The study keys of the service and of each of its data partitions.
+        let study_keys = sqlx::query(
+            "SELECT service, study_token, wrapped_key FROM dicom_study_keys WHERE service = $1 \
+             OR service IN (SELECT scope FROM dicom_partitions WHERE service = $1)",
+        )
+        .bind(self.core.service.as_str())
+        .fetch_all(&mut *transaction)
+        .await?;
         let mut rewrapped_count = 0u64;
         for study in &study_keys {
-            let study_token: Vec<u8> = column(study, 0)?;
-            let wrapped: Vec<u8> = column(study, 1)?;
+            let scope: String = column(study, 0)?;
+            let study_token: Vec<u8> = column(study, 1)?;
+            let wrapped: Vec<u8> = column(study, 2)?;
             let study_key = current
                 .root
-                .unwrap_study_key(&self.service, &study_token, &wrapped)?;
-            let rewrapped = new_root.wrap_study_key(&self.service, &study_token, &study_key);
+                .unwrap_study_key(&scope, &study_token, &wrapped)?;
+            let rewrapped = new_root.wrap_study_key(&scope, &study_token, &study_key);
             sqlx::query(
                 "UPDATE dicom_study_keys SET wrapped_key = $1 WHERE service = $2 AND study_token = $3",
             )
             .bind(rewrapped.as_slice())
-            .bind(self.service.as_str())
+            .bind(scope.as_str())
             .bind(study_token.as_slice())
             .execute(&mut *transaction)
             .await?;
             rewrapped_count += 1;
         }
-        let wrapped_index_key = new_root.wrap_index_root_key(&self.service, &current.index_root);
+        let wrapped_index_key =
+            new_root.wrap_index_root_key(&self.core.service, &current.index_root);
         sqlx::query(
             "UPDATE dicom_service_keys SET kek_id = $1, algorithm = $2, wrapped_root_key = $3, \
              wrapped_index_key = $4, generation = $5 WHERE service = $6",
@@ -400,11 +488,11 @@ impl ServiceKeyring {
         .bind(wrapped_root_key.ciphertext.as_slice())
         .bind(wrapped_index_key.as_slice())
         .bind(generation + 1)
-        .bind(self.service.as_str())
+        .bind(self.core.service.as_str())
         .execute(&mut *transaction)
         .await?;
         transaction.commit().await?;
-        let index_root = new_root.unwrap_index_root_key(&self.service, &wrapped_index_key)?;
+        let index_root = new_root.unwrap_index_root_key(&self.core.service, &wrapped_index_key)?;
         self.set_unlocked(new_root, index_root, generation + 1);
         Ok(rewrapped_count)
     }
@@ -413,7 +501,7 @@ impl ServiceKeyring {
     pub fn study_token(&self, study_instance_uid: &str) -> Result<Vec<u8>, KeyringError> {
         let keys = self.unlocked_keys()?;
         Ok(keys
-            .index
+            .index_for(self.partition.as_deref())
             .token(STUDY_UID, study_instance_uid.as_bytes())
             .to_vec())
     }
@@ -423,7 +511,7 @@ impl ServiceKeyring {
     pub async fn study_key(&self, study_instance_uid: &str) -> Result<StudyKeyLease, KeyringError> {
         let keys = self.unlocked_keys()?;
         let study_token = keys
-            .index
+            .index_for(self.partition.as_deref())
             .token(STUDY_UID, study_instance_uid.as_bytes())
             .to_vec();
         if let Some(wrapped) = self.read_study_key(&study_token).await? {
@@ -432,15 +520,15 @@ impl ServiceKeyring {
         let study_key = StudyKey::generate();
         let wrapped = keys
             .root
-            .wrap_study_key(&self.service, &study_token, &study_key);
-        let mut transaction = self.database.begin_write().await?;
+            .wrap_study_key(&self.scope, &study_token, &study_key);
+        let mut transaction = self.core.database.begin_write().await?;
         // Written only under the current root key: a rotation in between would otherwise leave
         // a study key wrapped under a root key that is gone.
         let generation = sqlx::query(&format!(
             "SELECT generation FROM dicom_service_keys WHERE service = $1{}",
-            lock_clause(&self.database, false)
+            lock_clause(&self.core.database, false)
         ))
-        .bind(self.service.as_str())
+        .bind(self.core.service.as_str())
         .fetch_optional(&mut *transaction)
         .await?
         .ok_or(KeyringError::NoServiceKeys)?;
@@ -451,7 +539,7 @@ impl ServiceKeyring {
             "INSERT INTO dicom_study_keys (service, study_token, wrapped_key) VALUES ($1, $2, $3) \
              ON CONFLICT (service, study_token) DO NOTHING",
         )
-        .bind(self.service.as_str())
+        .bind(self.scope.as_str())
         .bind(study_token.as_slice())
         .bind(wrapped.as_slice())
         .execute(&mut *transaction)
@@ -478,7 +566,7 @@ impl ServiceKeyring {
     ) -> Result<StudyKeyLease, KeyringError> {
         let keys = self.unlocked_keys()?;
         let study_token = keys
-            .index
+            .index_for(self.partition.as_deref())
             .token(STUDY_UID, study_instance_uid.as_bytes())
             .to_vec();
         let cached = keys
@@ -497,7 +585,7 @@ impl ServiceKeyring {
                 RememberedStudyKey {
                     wrapped: keys
                         .root
-                        .wrap_study_key(&self.service, &study_token, &study_key),
+                        .wrap_study_key(&self.scope, &study_token, &study_key),
                     unstored_generation: Some(keys.generation),
                 }
             }
@@ -524,7 +612,9 @@ impl ServiceKeyring {
     /// ask again rather than bring the deleted study's key back).
     pub fn study_key_stored(&self, study_instance_uid: &str) {
         if let Ok(keys) = self.unlocked_keys() {
-            let study_token = keys.index.token(STUDY_UID, study_instance_uid.as_bytes());
+            let study_token = keys
+                .index_for(self.partition.as_deref())
+                .token(STUDY_UID, study_instance_uid.as_bytes());
             if let Some(remembered) = keys
                 .wrapped_study_keys
                 .lock()
@@ -540,7 +630,9 @@ impl ServiceKeyring {
     /// when a store found that key no longer the study's (the study was deleted meanwhile).
     pub fn forget_study_key(&self, study_instance_uid: &str) {
         if let Ok(keys) = self.unlocked_keys() {
-            let study_token = keys.index.token(STUDY_UID, study_instance_uid.as_bytes());
+            let study_token = keys
+                .index_for(self.partition.as_deref())
+                .token(STUDY_UID, study_instance_uid.as_bytes());
             keys.wrapped_study_keys
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
@@ -558,11 +650,11 @@ impl ServiceKeyring {
     ) -> Result<BlobKey, KeyringError> {
         let keys = self.unlocked_keys()?;
         let study_key = keys.root.unwrap_study_key(
-            &self.service,
+            &self.scope,
             &stored.study_token,
             &stored.wrapped_study_key,
         )?;
-        Ok(study_key.unwrap_blob_key(&self.service, owner, &stored.wrapped_blob_key)?)
+        Ok(study_key.unwrap_blob_key(&self.scope, owner, &stored.wrapped_blob_key)?)
     }
 
     /// The index keys, for the cipher.
@@ -571,7 +663,8 @@ impl ServiceKeyring {
     }
 
     fn unlocked_keys(&self) -> Result<Arc<UnlockedKeys>, KeyringError> {
-        self.unlocked
+        self.core
+            .unlocked
             .read()
             .unwrap_or_else(PoisonError::into_inner)
             .clone()
@@ -586,9 +679,9 @@ impl ServiceKeyring {
     ) -> Result<StudyKeyLease, KeyringError> {
         let study_key =
             keys.root
-                .unwrap_study_key(&self.service, study_token, &remembered.wrapped)?;
+                .unwrap_study_key(&self.scope, study_token, &remembered.wrapped)?;
         Ok(StudyKeyLease {
-            service: self.service.clone(),
+            service: self.scope.clone(),
             study_key,
             wrapped_study_key: remembered.wrapped,
             unstored_generation: remembered.unstored_generation,
@@ -599,9 +692,9 @@ impl ServiceKeyring {
         let row = sqlx::query(
             "SELECT wrapped_key FROM dicom_study_keys WHERE service = $1 AND study_token = $2",
         )
-        .bind(self.service.as_str())
+        .bind(self.scope.as_str())
         .bind(study_token)
-        .fetch_optional(self.database.pool())
+        .fetch_optional(self.core.database.pool())
         .await?;
         Ok(match row {
             Some(row) => Some(column(&row, 0)?),
@@ -614,8 +707,8 @@ impl ServiceKeyring {
             "SELECT kek_id, algorithm, wrapped_root_key, wrapped_index_key, generation \
              FROM dicom_service_keys WHERE service = $1",
         )
-        .bind(self.service.as_str())
-        .fetch_optional(self.database.pool())
+        .bind(self.core.service.as_str())
+        .fetch_optional(self.core.database.pool())
         .await?;
         let Some(row) = row else {
             return Ok(None);
@@ -635,20 +728,22 @@ impl ServiceKeyring {
         let key_encryption_key = self.key_encryption_key();
         let root =
             ServiceRootKey::unwrap_with(key_encryption_key.as_ref(), &row.wrapped_root_key).await?;
-        let index_root = root.unwrap_index_root_key(&self.service, &row.wrapped_index_key)?;
+        let index_root = root.unwrap_index_root_key(&self.core.service, &row.wrapped_index_key)?;
         self.set_unlocked(root, index_root, row.generation);
         Ok(())
     }
 
     fn set_unlocked(&self, root: ServiceRootKey, index_root: IndexRootKey, generation: i64) {
-        let index = index_root.index_keys();
+        let index = Arc::new(index_root.index_keys());
         *self
+            .core
             .unlocked
             .write()
             .unwrap_or_else(PoisonError::into_inner) = Some(Arc::new(UnlockedKeys {
             root,
             index_root,
             index,
+            partition_index: Mutex::new(HashMap::new()),
             generation,
             wrapped_study_keys: Mutex::new(HashMap::new()),
         }));
@@ -706,11 +801,14 @@ impl ServiceKeyrings {
             .cloned()
     }
 
-    fn keys(&self, service: &str) -> Result<Arc<UnlockedKeys>, IndexError> {
+    /// The index keys of `scope`: a service's, or one of its data partitions'.
+    fn keys(&self, scope: &str) -> Result<Arc<IndexKeys>, IndexError> {
+        let (service, partition) = crate::split_scope(scope);
         let keyring = self.get(service).ok_or(IndexError::KeysUnavailable)?;
-        keyring
+        Ok(keyring
             .index_keys()
-            .map_err(|_| IndexError::KeysUnavailable)
+            .map_err(|_| IndexError::KeysUnavailable)?
+            .index_for(partition))
     }
 }
 
@@ -722,21 +820,17 @@ impl IndexCipher for ServiceKeyrings {
         normalized_value: &str,
     ) -> Result<Vec<u8>, IndexError> {
         let keys = self.keys(service)?;
-        Ok(keys
-            .index
-            .token(domain, normalized_value.as_bytes())
-            .to_vec())
+        Ok(keys.token(domain, normalized_value.as_bytes()).to_vec())
     }
 
     fn seal(&self, binding: RowBinding<'_>, plaintext: &[u8]) -> Result<Vec<u8>, IndexError> {
         let keys = self.keys(binding.service)?;
-        Ok(keys.index.seal_value(&binding.encode(), plaintext))
+        Ok(keys.seal_value(&binding.encode(), plaintext))
     }
 
     fn open(&self, binding: RowBinding<'_>, sealed: &[u8]) -> Result<Vec<u8>, IndexError> {
         let keys = self.keys(binding.service)?;
         let plaintext = keys
-            .index
             .open_value(&binding.encode(), sealed)
             .map_err(|_| IndexError::Integrity)?;
         Ok(plaintext.to_vec())
@@ -824,12 +918,6 @@ impl ServiceKeyring {
         service: &str,
         key_encryption_key: Arc<dyn KeyEncryptionKey>,
     ) -> Arc<ServiceKeyring> {
-        Arc::new(ServiceKeyring {
-            database: database.clone(),
-            service: service.to_owned(),
-            key_encryption_key: RwLock::new(key_encryption_key),
-            unlocked: RwLock::new(None),
-            key_changes: tokio::sync::Mutex::new(()),
-        })
+        Arc::new(KeyringCore::keyring(database, service, key_encryption_key))
     }
 }

@@ -19,6 +19,10 @@
 //! per-tag random domain; adding one starts a reindex operation (`reindex.rs`) whose progress is
 //! a cursor in the database, so any process holding its lease continues it.
 //!
+//! Data partitions (`partitions.rs`) are scopes inside a service: their rows carry the
+//! partition's scope where others carry the service, under index keys derived for the
+//! partition.
+//!
 //! UPS workitems (`workitems.rs`) are rows of their own: the dataset and the owner's Transaction
 //! UID sealed, the search values as tokens, and a version that makes every write conditional on
 //! what its caller read.
@@ -31,6 +35,7 @@ mod export;
 mod extended;
 mod index;
 mod keyring;
+mod partitions;
 mod query;
 mod reindex;
 mod sql;
@@ -52,6 +57,11 @@ pub use index::{
 pub use keyring::{
     InstanceKeys, KeyringError, ServiceKeyring, ServiceKeyrings, StoredBlobKey, StudyKeyLease,
     platform_kek, stored_key_id,
+};
+pub(crate) use partitions::split_scope;
+pub use partitions::{
+    DEFAULT_PARTITION, MAX_PARTITION_NAME_LEN, MAX_PARTITIONS, Partition, PartitionNameError,
+    check_partition_name, partition_scope,
 };
 pub use query::{ExtendedFilter, Filter, Matcher, RawAttributes, SearchHit, SearchQuery};
 pub use reindex::{Operation, OperationStatus, ReindexStep};

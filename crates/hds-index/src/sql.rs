@@ -17,6 +17,8 @@ pub(crate) enum Argument<'a> {
     Bytes(Cow<'a, [u8]>),
     /// Bytes or SQL NULL.
     NullableBytes(Option<Cow<'a, [u8]>>),
+    /// Text or SQL NULL.
+    NullableText(Option<Cow<'a, str>>),
     Integer(i64),
 }
 
@@ -90,6 +92,7 @@ impl<'a> Sql<'a> {
                 Argument::Text(text) => query.bind(text.as_ref()),
                 Argument::Bytes(bytes) => query.bind(bytes.as_ref()),
                 Argument::NullableBytes(bytes) => query.bind(bytes.as_deref()),
+                Argument::NullableText(text) => query.bind(text.as_deref()),
                 Argument::Integer(integer) => query.bind(*integer),
             };
         }

@@ -346,7 +346,8 @@ async fn read_current(
     };
     let mut currents = Vec::with_capacity(stores.len());
     for chunk in stores.chunks(INSTANCES_PER_INSERT) {
-        let mut select = Sql::new("WITH job (position, service, sop, study, series) AS (VALUES ");
+        let mut select =
+            Sql::new("WITH job (position, service, sop, study, series, keys) AS (VALUES ");
         for (position, prepared) in chunk.iter().enumerate() {
             if position > 0 {
                 select.push(", ");
@@ -357,13 +358,15 @@ async fn read_current(
                 Argument::Bytes(prepared.sop_token.as_slice().into()),
                 Argument::Bytes(prepared.study_token.as_slice().into()),
                 Argument::Bytes(prepared.series_token.as_slice().into()),
+                // A partition's root key is its service's.
+                Argument::Text(crate::split_scope(prepared.service.as_str()).0.into()),
             ]);
         }
         select.push(&format!(
             ") SELECT job.position, \
                (SELECT id FROM dicom_instances WHERE service = job.service \
                   AND uid_token = job.sop), \
-               (SELECT generation FROM dicom_service_keys WHERE service = job.service{lock}), \
+               (SELECT generation FROM dicom_service_keys WHERE service = job.keys{lock}), \
                (SELECT wrapped_key FROM dicom_study_keys WHERE service = job.service \
                   AND study_token = job.study{lock}), \
                (SELECT id FROM dicom_studies WHERE service = job.service \

@@ -2172,6 +2172,146 @@ async fn reindex_continues_from_its_cursor_under_another_owner(index: Index) {
     assert_eq!(processed, count as i64);
 }
 
+/// Two partitions and the default hold the same UIDs independently: searches, retrieves and
+/// deletes in one never see another's; the service's one change feed names each entry's
+/// partition; partitions are listed with the default first.
+async fn partitions_isolate_the_same_uids(index: Index) {
+    let a = hds_index::partition_scope(SERVICE, "a");
+    let b = hds_index::partition_scope(SERVICE, "b");
+    for name in ["a", "b"] {
+        index
+            .partition_or_add(SERVICE, name)
+            .await
+            .expect("partition");
+    }
+    let spec = Spec::new(3, 1, 1);
+    for scope in [SERVICE, a.as_str(), b.as_str()] {
+        assert_eq!(
+            store_in(&index, scope, &spec, "blob").await,
+            StoreOutcome::Stored
+        );
+    }
+    assert_eq!(
+        store_in(&index, &a, &spec, "blob").await,
+        StoreOutcome::AlreadyExists
+    );
+    let studies_in = |scope: String| {
+        let index = index.clone();
+        async move {
+            let mut query = query(QueryLevel::Study, Vec::new());
+            query.service = Box::leak(scope.into_boxed_str());
+            index.search(&query).await.expect("search").len()
+        }
+    };
+    assert_eq!(studies_in(a.clone()).await, 1);
+    let deleted = index
+        .delete(&a, DeleteScope::Study(&spec.study))
+        .await
+        .expect("delete");
+    assert_eq!(deleted.len(), 1);
+    assert_eq!(studies_in(a.clone()).await, 0);
+    assert_eq!(studies_in(b.clone()).await, 1);
+    assert_eq!(studies_in(SERVICE.into()).await, 1);
+    assert_eq!(
+        index
+            .find_instances(&b, DeleteScope::Study(&spec.study))
+            .await
+            .expect("find")
+            .len(),
+        1
+    );
+
+    let feed = whole_feed(&index, SERVICE).await;
+    let partitions: Vec<(ChangeAction, ChangeState, Option<&str>, bool)> = feed
+        .iter()
+        .map(|entry| {
+            (
+                entry.action,
+                entry.state,
+                entry.partition_name.as_deref(),
+                entry.metadata.is_some(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        partitions,
+        vec![
+            (ChangeAction::Create, ChangeState::Current, None, true),
+            (ChangeAction::Create, ChangeState::Deleted, Some("a"), false),
+            (ChangeAction::Create, ChangeState::Current, Some("b"), true),
+            (ChangeAction::Delete, ChangeState::Deleted, Some("a"), false),
+        ]
+    );
+    assert!(feed.iter().all(|entry| entry.sop_instance_uid == spec.sop));
+    assert_eq!(
+        whole_feed(&index, &b).await.len(),
+        feed.len(),
+        "a partition's scope reads its service's feed"
+    );
+
+    let listed = index.partitions(SERVICE).await.expect("partitions");
+    let names: Vec<&str> = listed
+        .iter()
+        .map(|partition| partition.name.as_str())
+        .collect();
+    assert_eq!(names, ["Microsoft.Default", "a", "b"]);
+    assert_eq!(listed[0].key, 1);
+    assert!(listed[1].key > 1 && listed[2].key > listed[1].key);
+    assert!(
+        index
+            .partition(SERVICE, "c")
+            .await
+            .expect("lookup")
+            .is_none()
+    );
+    assert!(
+        index
+            .partition(OTHER_SERVICE, "a")
+            .await
+            .expect("lookup")
+            .is_none()
+    );
+    assert_eq!(
+        index.partition_scopes(SERVICE).await.expect("scopes"),
+        vec![a.clone(), b.clone()]
+    );
+}
+
+/// A service has at most `MAX_PARTITIONS` partitions: past them a new one is refused, an
+/// existing one is still found.
+async fn partitions_are_bounded(index: Index) {
+    index
+        .partition_or_add(SERVICE, "first")
+        .await
+        .expect("first");
+    sqlx::query(
+        "INSERT INTO dicom_partitions (service, name, scope, created_us) \
+         WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < $2) \
+         SELECT $1, 'p' || i, $1 || '#p' || i, 0 FROM n",
+    )
+    .bind(SERVICE)
+    .bind(hds_index::MAX_PARTITIONS)
+    .execute(index.database().pool())
+    .await
+    .expect("fill");
+    assert!(matches!(
+        index.partition_or_add(SERVICE, "one-too-many").await,
+        Err(IndexError::PartitionLimit)
+    ));
+    assert_eq!(
+        index
+            .partition_or_add(SERVICE, "first")
+            .await
+            .expect("existing")
+            .name,
+        "first"
+    );
+    index
+        .partition_or_add(OTHER_SERVICE, "elsewhere")
+        .await
+        .expect("another service is not bounded by this one's");
+}
+
 macro_rules! suite {
     ($($name:ident),* $(,)?) => {
         mod sqlite_plaintext {
@@ -2231,6 +2371,8 @@ suite!(
     extended_tags_index_stores_and_reindex_existing_instances,
     reindex_continues_from_its_cursor_under_another_owner,
     workitems_are_stored_found_and_replaced_conditionally,
+    partitions_isolate_the_same_uids,
+    partitions_are_bounded,
 );
 
 /// With the keyed cipher, no value of an instance appears in the database files.
@@ -3272,6 +3414,171 @@ mod keys {
         files
     }
 
+    /// Stores `spec` in the scope of `keyring` (a service's, or a partition's) as a real
+    /// instance.
+    async fn store_scoped(
+        index: &Index,
+        keyring: &ServiceKeyring,
+        blobs: &BlobStore,
+        spec: &Spec,
+        contents: &[u8],
+    ) -> StoreOutcome {
+        let name = BlobName::random();
+        let blob_key = BlobKey::generate();
+        let mut writer = blobs
+            .create_sealed(&name, keyring.scope(), &blob_key)
+            .await
+            .expect("create");
+        writer.write(contents).await.expect("write");
+        writer.finish().await.expect("finish");
+        let lease = keyring.study_key(&spec.study).await.expect("study key");
+        let keys = lease.seal_blob_key(&spec.binding(name.as_str()), &blob_key);
+        let parsed = spec.parsed();
+        index
+            .store_instance(NewInstance {
+                service: keyring.scope(),
+                parsed: &parsed,
+                blob_name: name.as_str(),
+                size: contents.len() as u64,
+                keys: &keys,
+                mode: hds_index::StoreMode::Create,
+            })
+            .await
+            .expect("store")
+    }
+
+    /// Reads back an instance of `scope`, opening its keys with `keyring`.
+    async fn read_scoped(
+        index: &Index,
+        scope: &str,
+        keyring: &ServiceKeyring,
+        blobs: &BlobStore,
+        spec: &Spec,
+    ) -> Result<Vec<u8>, String> {
+        let records = index
+            .find_instances(
+                scope,
+                DeleteScope::Instance(&spec.study, &spec.series, &spec.sop),
+            )
+            .await
+            .map_err(|error| error.to_string())?;
+        let record = records.first().ok_or("no instance")?;
+        let stored = record.blob_key.as_ref().ok_or("no blob key")?;
+        let key = keyring
+            .open_blob_key(stored, &record.binding())
+            .map_err(|error| error.to_string())?;
+        let name = BlobName::parse(&record.blob_name).map_err(|error| error.to_string())?;
+        let chunks: Vec<Bytes> = blobs
+            .read_sealed(&name, scope, &key)
+            .await
+            .map_err(|error| error.to_string())?
+            .try_collect()
+            .await
+            .map_err(|error: BlobError| error.to_string())?;
+        Ok(chunks.concat())
+    }
+
+    /// The same UIDs stored in the default partition and in another: each is its own instance
+    /// under its own study key, opened only through its own partition's keyring; a root key
+    /// rotation re-wraps both study keys; deleting the study in the partition shreds only the
+    /// partition's key.
+    async fn partitions_keep_their_own_keys_inside_the_service(backend: Backend) {
+        let (_dir, database) = fresh_database(backend).await;
+        let blob_dir = tempfile::tempdir().expect("blob dir");
+        let blobs = BlobStore::local(blob_dir.path()).expect("blobs");
+        let (index, _keyrings, keyring) = keyed(&database, CountingKek::new("kek-1")).await;
+        let partition = index
+            .partition_or_add(SERVICE, "clinic-b")
+            .await
+            .expect("partition");
+        assert_eq!(partition.name, "clinic-b");
+        assert!(partition.key > 1);
+        let in_partition = keyring.partition("clinic-b");
+        let scope = in_partition.scope().to_owned();
+        assert_ne!(scope, SERVICE);
+        assert_eq!(
+            keyring.partition(hds_index::DEFAULT_PARTITION).scope(),
+            SERVICE
+        );
+        let spec = Spec::new(7, 1, 1);
+        assert_ne!(
+            keyring.study_token(&spec.study).expect("token"),
+            in_partition.study_token(&spec.study).expect("token"),
+            "a partition's tokens are its own"
+        );
+        assert_eq!(
+            store_scoped(&index, &keyring, &blobs, &spec, b"default copy").await,
+            StoreOutcome::Stored
+        );
+        assert_eq!(
+            store_scoped(&index, &in_partition, &blobs, &spec, b"partition copy").await,
+            StoreOutcome::Stored,
+            "the same UIDs are unique per partition"
+        );
+        assert_eq!(
+            store_scoped(&index, &in_partition, &blobs, &Spec::new(7, 1, 1), b"again").await,
+            StoreOutcome::AlreadyExists
+        );
+        let read = |scope: String, keyring: Arc<ServiceKeyring>| {
+            let index = index.clone();
+            let blobs = blobs.clone();
+            let spec = spec.clone();
+            async move { read_scoped(&index, &scope, &keyring, &blobs, &spec).await }
+        };
+        assert_eq!(
+            read(SERVICE.into(), keyring.clone()).await.as_deref(),
+            Ok(&b"default copy"[..])
+        );
+        assert_eq!(
+            read(scope.clone(), in_partition.clone()).await.as_deref(),
+            Ok(&b"partition copy"[..])
+        );
+        assert!(
+            read(scope.clone(), keyring.clone()).await.is_err(),
+            "the service's own keys do not open a partition's blob key"
+        );
+
+        assert_eq!(keyring.rotate_root_key().await.expect("rotate"), 2);
+        assert_eq!(
+            read(scope.clone(), in_partition.clone()).await.as_deref(),
+            Ok(&b"partition copy"[..]),
+            "a rotation covers the partitions' study keys"
+        );
+
+        let names = index
+            .delete(&scope, DeleteScope::Study(&spec.study))
+            .await
+            .expect("delete");
+        assert_eq!(names.len(), 1);
+        let keys_of = |service: String| {
+            let database = database.clone();
+            async move {
+                let count: i64 =
+                    sqlx::query("SELECT COUNT(*) FROM dicom_study_keys WHERE service = $1")
+                        .bind(service)
+                        .fetch_one(database.pool())
+                        .await
+                        .expect("count")
+                        .get(0);
+                count
+            }
+        };
+        assert_eq!(
+            keys_of(scope.clone()).await,
+            0,
+            "the partition's key is shredded"
+        );
+        assert_eq!(keys_of(SERVICE.into()).await, 1, "the default's stays");
+        assert_eq!(
+            read(SERVICE.into(), keyring.clone()).await.as_deref(),
+            Ok(&b"default copy"[..])
+        );
+        assert_eq!(
+            index.partition_scopes(SERVICE).await.expect("scopes"),
+            vec![scope.clone()]
+        );
+    }
+
     macro_rules! key_suite {
         ($($name:ident),* $(,)?) => {
             mod sqlite {
@@ -3305,6 +3612,7 @@ mod keys {
         deleting_a_study_shreds_its_key,
         a_store_under_a_stale_study_key_is_refused,
         an_instance_commits_only_after_its_gate_and_never_when_it_fails,
+        partitions_keep_their_own_keys_inside_the_service,
     );
 }
 

@@ -578,7 +578,43 @@ pub fn stored_spec(
         tenant_id: tenant_id.to_owned(),
         key,
         cors: parse_cors(&resource.properties).unwrap_or_default(),
+        data_partitions: parse_data_partitions(&resource.properties)
+            .ok()
+            .flatten()
+            .unwrap_or(false),
     })
+}
+
+/// Reads `properties.enableDataPartitions`: `None` when absent or null.
+fn parse_data_partitions(properties: &Value) -> Result<Option<bool>, ArmError> {
+    match field(properties, "enableDataPartitions") {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Bool(enabled)) => Ok(Some(*enabled)),
+        Some(_) => Err(bad_request(
+            "InvalidDataPartitionsSetting",
+            "'properties.enableDataPartitions' must be true or false.",
+        )),
+    }
+}
+
+/// Whether a service has data partitions: set when it is created, never changed afterwards
+/// (Azure: "data partitions can't be turned on for any DICOM service that is already
+/// deployed", and once on they cannot be turned off). A request that leaves the property out
+/// keeps what the service has, so a template deployed again unchanged still applies.
+fn decide_data_partitions(stored: Option<bool>, requested: Option<bool>) -> Result<bool, ArmError> {
+    match (stored, requested) {
+        (None, requested) => Ok(requested.unwrap_or(false)),
+        (Some(stored), None) => Ok(stored),
+        (Some(stored), Some(requested)) if stored == requested => Ok(stored),
+        (Some(true), Some(_)) => Err(bad_request(
+            "DataPartitionsCannotBeChanged",
+            "Data partitions cannot be disabled once enabled: 'properties.enableDataPartitions' is set when the DICOM service is created and cannot be changed.",
+        )),
+        (Some(false), Some(_)) => Err(bad_request(
+            "DataPartitionsCannotBeChanged",
+            "Data partitions can be enabled only when the DICOM service is created: 'properties.enableDataPartitions' cannot be changed on an existing service. Create a new DICOM service with it set to true.",
+        )),
+    }
 }
 
 /// The most entries in each list of `corsConfiguration`.
@@ -900,6 +936,15 @@ impl DicomServiceProvider {
             .await?;
         let (key_url, explicit) = parse_encryption(&request.properties)?;
         let cors = parse_cors(&request.properties)?;
+        let data_partitions = decide_data_partitions(
+            previous.as_ref().map(|previous| {
+                parse_data_partitions(&previous.properties)
+                    .ok()
+                    .flatten()
+                    .unwrap_or(false)
+            }),
+            parse_data_partitions(&request.properties)?,
+        )?;
         let chosen = match &key_url {
             Some(_) => Some(choose_key_identity(
                 identity_request.system,
@@ -972,6 +1017,7 @@ impl DicomServiceProvider {
             key,
             service_url: service_url.clone(),
             cors,
+            data_partitions,
         };
         let key_needs_new_system_identity =
             created_system && key_url.is_some() && matches!(chosen, Some(ChosenIdentity::System));
@@ -1014,6 +1060,7 @@ impl DicomServiceProvider {
             );
         }
         properties.insert("privateEndpointConnections".into(), json!([]));
+        properties.insert("enableDataPartitions".into(), json!(data_partitions));
         let request = PutRequest {
             identity: identity_json(identity_request.declared, system.as_ref(), &users),
             properties: Value::Object(properties),
@@ -1115,6 +1162,29 @@ mod tests {
             "/subscriptions/s/resourceGroups/rg/providers/Microsoft.ManagedIdentity/userAssignedIdentities/{name}"
         ))
         .expect("valid id")
+    }
+
+    #[test]
+    fn data_partitions_are_set_at_creation_only() {
+        assert!(!decide_data_partitions(None, None).expect("default"));
+        assert!(decide_data_partitions(None, Some(true)).expect("created with"));
+        assert!(decide_data_partitions(Some(true), None).expect("kept when left out"));
+        assert!(decide_data_partitions(Some(true), Some(true)).expect("same"));
+        for (stored, requested) in [(true, false), (false, true)] {
+            let error = decide_data_partitions(Some(stored), Some(requested))
+                .expect_err("a change is refused");
+            assert_eq!(error.code(), "DataPartitionsCannotBeChanged");
+        }
+        assert_eq!(
+            parse_data_partitions(&json!({"enableDataPartitions": "yes"}))
+                .expect_err("not a boolean")
+                .code(),
+            "InvalidDataPartitionsSetting"
+        );
+        assert_eq!(
+            parse_data_partitions(&json!({"enableDataPartitions": null})).ok(),
+            Some(None)
+        );
     }
 
     #[test]

@@ -56,6 +56,9 @@ pub struct DicomServiceSpec {
     pub service_url: String,
     /// Which browser origins may call the data plane (`properties.corsConfiguration`).
     pub cors: CorsConfiguration,
+    /// Whether the service has data partitions (`properties.enableDataPartitions`, set at
+    /// creation only).
+    pub data_partitions: bool,
 }
 
 /// A DICOM service's `corsConfiguration`, validated: which web origins a browser may call its

@@ -60,6 +60,7 @@ fn change(entry: ChangeFeedEntry) -> Change {
         study_instance_uid: entry.study_instance_uid,
         series_instance_uid: entry.series_instance_uid,
         sop_instance_uid: entry.sop_instance_uid,
+        partition_name: entry.partition_name,
     }
 }
 
