@@ -23,6 +23,7 @@ mod extended;
 mod read;
 mod store;
 mod sync_reader;
+mod update;
 mod workitems;
 
 use std::sync::Arc;
@@ -36,11 +37,12 @@ pub use hds_dicom::QueryLevel;
 pub use hds_index::DeleteScope as Scope;
 pub use hds_index::{
     AddTagsOutcome, ChangeAction, ChangeFeedEntry, ChangeFeedWindow, ChangeState, ExtendedFilter,
-    ExtendedQueryTag, Filter, Matcher, Operation, OperationStatus, SearchHit, StoreMode, TagChange,
-    TagError, TagQueryStatus, TagStatus,
+    ExtendedQueryTag, Filter, Matcher, Operation, OperationStatus, SearchHit, StartUpdate,
+    StoreMode, TagChange, TagError, TagQueryStatus, TagStatus, UpdateInput, UpdateResults,
 };
 pub use read::{ByteStream, FoundFrames, FoundInstances, InstanceContent};
 pub use store::{Refusal, RefusalReason, StoreOutcome, StoredInstance};
+pub use update::{StudyUpdate, spawn_update_worker};
 pub use workitems::WorkitemResult;
 
 /// The archive of every DICOM service of this hds: the index and the blob store they share.

@@ -93,6 +93,8 @@ pub struct Index {
     pub(crate) tag_cache: Arc<crate::extended::TagCache>,
     /// Wakes this process's operation worker (tags were added).
     pub(crate) reindex_wakeup: Arc<tokio::sync::Notify>,
+    /// Wakes this process's bulk update worker (an update was started).
+    pub(crate) update_wakeup: Arc<tokio::sync::Notify>,
 }
 
 /// An instance to record, after its blob was written.
@@ -296,6 +298,7 @@ impl Index {
             commits,
             tag_cache: Arc::default(),
             reindex_wakeup: Arc::default(),
+            update_wakeup: Arc::default(),
         })
     }
 

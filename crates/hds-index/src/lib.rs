@@ -35,6 +35,7 @@ mod reindex;
 mod sql;
 mod store;
 mod tokens;
+mod update;
 mod workitems;
 
 pub use changefeed::{ChangeAction, ChangeFeedEntry, ChangeFeedWindow, ChangeState};
@@ -54,4 +55,5 @@ pub use keyring::{
 pub use query::{ExtendedFilter, Filter, Matcher, SearchHit, SearchQuery};
 pub use reindex::{Operation, OperationStatus, ReindexStep};
 pub use store::CommitGate;
+pub use update::{ClaimedUpdate, StartUpdate, UpdateInput, UpdateResults};
 pub use workitems::{StoredWorkitem, WorkitemFilter, WorkitemRecord};
