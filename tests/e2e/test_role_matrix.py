@@ -103,6 +103,9 @@ DICOM_ROUTES = [
     ("ups-update",          403, 403,   403, 404, 403,  403,  403, 403),
     ("ups-state",           403, 403,   403, 404, 403,  403,  403, 403),
     ("ups-cancel",          403, 403,   403, 404, 403,  403,  403, 403),
+    # Bulk update needs write (Azure's DataActions.Write). The body changes an attribute that
+    # cannot be updated, so an allowed caller gets the handler's 400 and nothing starts.
+    ("bulk-update",         403, 403,   403, 400, 403,  403,  403, 403),
 ]
 
 VAULT_ROUTES = [
@@ -340,6 +343,10 @@ def dicom_call(route, session, url, dataset, own):
             "ups-cancel": ("POST", f"{missing}/cancelrequest", {}),
         }[route]
         return session.request(method, target, json=body, headers=headers)
+    if route == "bulk-update":
+        body = {"studyInstanceUids": [study],
+                "changeDataset": {"0020000D": {"vr": "UI", "Value": ["1.2.3"]}}}
+        return session.post(f"{url}/studies/$bulkUpdate", json=body)
     if route.startswith("delete-"):
         mine = own()
         mine_series = f"{url}/studies/{mine.StudyInstanceUID}/series/{mine.SeriesInstanceUID}"

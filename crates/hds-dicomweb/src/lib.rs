@@ -1,6 +1,6 @@
 //! The DICOMweb HTTP API of hds: STOW-RS (and its upsert, `PUT`), WADO-RS, QIDO-RS and delete
 //! (PS3.18), the UPS-RS worklist (`workitems.rs`), Azure's change feed, extended query tags and
-//! operations, for every DICOM service at
+//! operations, bulk update (`bulk_update.rs`), for every DICOM service at
 //! `{base}/dicom/{workspace}/{service}/v2/` (`/v1/` is an alias, except for the change feed's
 //! parameters, which differ by version).
 //!
@@ -23,6 +23,7 @@
 #![deny(missing_docs)]
 
 mod changefeed;
+mod bulk_update;
 mod cors;
 mod error;
 mod extended_tags;
@@ -59,6 +60,9 @@ pub fn router(state: DicomWebState) -> Router {
                 .put(stow::upsert)
                 .get(qido::search_studies),
         )
+        // Azure's spelling, and its client's (ASP.NET matches routes without case).
+        .route("/studies/$bulkUpdate", post(bulk_update::start))
+        .route("/studies/$bulkupdate", post(bulk_update::start))
         .route("/changefeed", get(changefeed::feed))
         .route("/changefeed/latest", get(changefeed::latest))
         .route(
