@@ -185,9 +185,9 @@ pub async fn backup(
                     "DELETE FROM dicom_instances WHERE blob_name = $1 \
                      OR original_blob_name = $1",
                 )
-                    .bind(name.as_str())
-                    .execute(copy.pool())
-                    .await?;
+                .bind(name.as_str())
+                .execute(copy.pool())
+                .await?;
                 report.deleted_during_backup += 1;
             }
             Err(error) => return Err(error.into()),
@@ -316,12 +316,12 @@ async fn blob_names(database: &Database) -> Result<Vec<BlobName>, BackupError> {
          SELECT id, original_blob_name FROM dicom_instances \
          WHERE original_blob_name IS NOT NULL) AS names ORDER BY id",
     )
-        .fetch(database.pool())
-        .map_err(BackupError::from)
-        .and_then(|row| async move {
-            let name: String = row.try_get(0)?;
-            Ok(BlobName::parse(&name)?)
-        });
+    .fetch(database.pool())
+    .map_err(BackupError::from)
+    .and_then(|row| async move {
+        let name: String = row.try_get(0)?;
+        Ok(BlobName::parse(&name)?)
+    });
     rows.try_collect().await
 }
 

@@ -68,9 +68,9 @@ type Parsed = Result<(Vec<String>, ChangeDataset), Vec<AttributeRefusal>>;
 /// attributes' refusals for the DICOM JSON answer.
 fn parse_request(body: &Value) -> Result<Parsed, DicomWebError> {
     let bad = |message: &str| DicomWebError::BadRequest(message.to_owned());
-    let object = body
-        .as_object()
-        .ok_or_else(|| bad("the body must be an object with studyInstanceUids and changeDataset"))?;
+    let object = body.as_object().ok_or_else(|| {
+        bad("the body must be an object with studyInstanceUids and changeDataset")
+    })?;
     let mut studies = None;
     let mut change = None;
     // Property names without case, as Azure's binder reads them.

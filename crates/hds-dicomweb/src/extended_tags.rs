@@ -15,7 +15,8 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use dicom_core::Tag;
 use hds_archive::{
-    AddTagsOutcome, ExtendedQueryTag, Operation, OperationStatus, TagChange, TagError, TagQueryStatus, TagStatus,
+    AddTagsOutcome, ExtendedQueryTag, Operation, OperationStatus, TagChange, TagError,
+    TagQueryStatus, TagStatus,
 };
 use hds_dicom::extended::{
     ExtendedTagDefinition, MAX_EXTENDED_QUERY_TAGS, level_name, parse_tag_path, tag_path,
@@ -242,7 +243,11 @@ async fn json_body(headers: &HeaderMap, body: Body) -> Result<Value, DicomWebErr
     json_body_of(headers, body, MAX_BODY_BYTES).await
 }
 
-async fn json_body_of(headers: &HeaderMap, body: Body, limit: usize) -> Result<Value, DicomWebError> {
+async fn json_body_of(
+    headers: &HeaderMap,
+    body: Body,
+    limit: usize,
+) -> Result<Value, DicomWebError> {
     let content_type = headers
         .get(CONTENT_TYPE)
         .and_then(|value| value.to_str().ok())

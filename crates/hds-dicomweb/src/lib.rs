@@ -22,8 +22,8 @@
 //!   `500 DataIntegrityCheckFailed` before the status line; one that fails later aborts the body.
 #![deny(missing_docs)]
 
-mod changefeed;
 mod bulk_update;
+mod changefeed;
 mod cors;
 mod error;
 mod extended_tags;
