@@ -552,7 +552,7 @@ def test_role_matrix(world, family, route, column, scope, expected):
 # ---- lost key access is told only to callers allowed to make the request ------------------------
 
 WRITE_PREFIXES = ("stow", "upsert", "delete-", "eqt-add", "eqt-patch", "eqt-delete", "ups-create",
-                  "ups-update", "ups-state", "ups-cancel")
+                  "ups-update", "ups-state", "ups-cancel", "bulk-update")
 READS = [route for route, *_ in DICOM_ROUTES if not route.startswith(WRITE_PREFIXES)]
 WRITES = [route for route, *_ in DICOM_ROUTES if route.startswith(WRITE_PREFIXES)]
 
