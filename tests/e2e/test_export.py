@@ -40,9 +40,13 @@ def export_body(values, settings) -> dict:
 def finished(hds, href) -> dict:
     def done():
         response = hds.http.get(href)
-        assert response.status_code == 200, response.text
+        # 202 while the operation runs, 200 once it has ended (as Azure answers).
+        assert response.status_code in (200, 202), response.text
         body = response.json()
-        return body if body["status"] in ("succeeded", "failed") else None
+        if body["status"] in ("succeeded", "failed"):
+            assert response.status_code == 200, response.text
+            return body
+        return None
     return wait_for(done, timeout=60, what="the export to finish")
 
 

@@ -42,7 +42,7 @@ def wait_operation(server, reference, timeout=60.0):
 
     def ended():
         response = server.http.get(reference["href"])
-        assert response.status_code == 200, response.text
+        assert response.status_code in (200, 202), response.text
         states.append(response.json())
         return states[-1]["status"] in ("succeeded", "failed")
 

@@ -108,6 +108,9 @@ DICOM_ROUTES = [
     ("ups-update",          403, 403,   403, 404, 403,  403,  403, 403),
     ("ups-state",           403, 403,   403, 404, 403,  403,  403, 403),
     ("ups-cancel",          403, 403,   403, 404, 403,  403,  403, 403),
+    # Bulk update needs write (Azure's DataActions.Write). The body changes an attribute that
+    # cannot be updated, so an allowed caller gets the handler's 400 and nothing starts.
+    ("bulk-update",         403, 403,   403, 400, 403,  403,  403, 403),
 ]
 
 # The same data routes under `partitions/{name}/` of a service with data partitions (service C,
@@ -369,6 +372,10 @@ def dicom_call(route, session, url, dataset, own):
             "ups-cancel": ("POST", f"{missing}/cancelrequest", {}),
         }[route]
         return session.request(method, target, json=body, headers=headers)
+    if route == "bulk-update":
+        body = {"studyInstanceUids": [study],
+                "changeDataset": {"0020000D": {"vr": "UI", "Value": ["1.2.3"]}}}
+        return session.post(f"{url}/studies/$bulkUpdate", json=body)
     if route.startswith("delete-"):
         mine = own()
         mine_series = f"{url}/studies/{mine.StudyInstanceUID}/series/{mine.SeriesInstanceUID}"
@@ -584,7 +591,7 @@ def test_role_matrix(world, family, route, column, scope, expected):
 # ---- lost key access is told only to callers allowed to make the request ------------------------
 
 WRITE_PREFIXES = ("stow", "upsert", "delete-", "eqt-add", "eqt-patch", "eqt-delete", "export", "ups-create",
-                  "ups-update", "ups-state", "ups-cancel")
+                  "ups-update", "ups-state", "ups-cancel", "bulk-update")
 READS = [route for route, *_ in DICOM_ROUTES if not route.startswith(WRITE_PREFIXES)]
 WRITES = [route for route, *_ in DICOM_ROUTES if route.startswith(WRITE_PREFIXES)]
 

@@ -24,6 +24,7 @@ mod extended;
 mod read;
 mod store;
 mod sync_reader;
+mod update;
 mod workitems;
 
 use std::sync::Arc;
@@ -42,11 +43,13 @@ pub use hds_index::DeleteScope as Scope;
 pub use hds_index::{
     AddTagsOutcome, ChangeAction, ChangeFeedEntry, ChangeFeedWindow, ChangeState, ExtendedFilter,
     ExtendedQueryTag, Filter, Matcher, Operation, OperationStatus, RawAttributes, SearchHit,
-    StoreMode, TagChange, TagError, TagQueryStatus, TagStatus,
+    StartUpdate, StoreMode, TagChange, TagError, TagQueryStatus, TagStatus, UpdateInput,
+    UpdateResults,
 };
 pub use hds_index::{DEFAULT_PARTITION, Partition, PartitionNameError, check_partition_name};
 pub use read::{ByteStream, FoundFrames, FoundInstance, FoundInstances, InstanceContent};
 pub use store::{Refusal, RefusalReason, StoreOutcome, StoredInstance};
+pub use update::{StudyUpdate, spawn_update_worker};
 pub use workitems::WorkitemResult;
 
 /// The archive of every DICOM service of this hds: the index and the blob store they share.

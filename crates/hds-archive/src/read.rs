@@ -62,7 +62,21 @@ impl ServiceArchive {
     /// The instances in `scope`, ordered by series then store order; not found (naming the
     /// scope's level) when there are none.
     pub async fn find_instances(&self, scope: Scope<'_>) -> Result<FoundInstances, ArchiveError> {
-        let records = self.index.find_instances(&self.service, scope).await?;
+        self.find_instance_versions(scope, false).await
+    }
+
+    /// [`ServiceArchive::find_instances`], or with `original` the versions the instances had
+    /// before their first bulk update (the current one for an instance never updated): what
+    /// Azure serves under `msdicom-request-original: true`.
+    pub async fn find_instance_versions(
+        &self,
+        scope: Scope<'_>,
+        original: bool,
+    ) -> Result<FoundInstances, ArchiveError> {
+        let records = self
+            .index
+            .find_instance_versions(&self.service, scope, original)
+            .await?;
         if records.is_empty() {
             return Err(ArchiveError::NotFound(level_name(scope)));
         }
@@ -124,6 +138,38 @@ impl ServiceArchive {
             .find_metadata_json(&self.service, scope)
             .await?
             .ok_or(ArchiveError::NotFound(level_name(scope)))
+    }
+
+    /// The metadata of the instances in `scope` as they were before their first bulk update
+    /// (the current one for an instance never updated), as one JSON array. An original's
+    /// metadata is not kept in the index: it is read from the original's blob (its header only).
+    pub async fn original_metadata(&self, scope: Scope<'_>) -> Result<Vec<u8>, ArchiveError> {
+        let records = self
+            .index
+            .find_instance_versions(&self.service, scope, true)
+            .await?;
+        if records.is_empty() {
+            return Err(ArchiveError::NotFound(level_name(scope)));
+        }
+        let mut documents = Vec::with_capacity(records.len());
+        for record in &records {
+            let name = BlobName::parse(&record.blob_name)?;
+            let key = self.blob_key(record)?;
+            let ranges = self
+                .blobs
+                .open_sealed_ranges(&name, &self.service, &key, record.size)
+                .await?;
+            let reader =
+                crate::sync_reader::BlobSyncReader::new(ranges, tokio::runtime::Handle::current());
+            let parsed = tokio::task::spawn_blocking(move || hds_dicom::parse_instance(reader))
+                .await
+                .map_err(|error| ArchiveError::internal("parsing task", error))?
+                .map_err(|_| {
+                    ArchiveError::Integrity("an original version does not parse".into())
+                })?;
+            documents.push(parsed.metadata);
+        }
+        serde_json::to_vec(&documents).map_err(|error| ArchiveError::internal("metadata", error))
     }
 
     /// The blob key of a stored instance, unwrapped through its study key and checked against

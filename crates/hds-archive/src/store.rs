@@ -144,7 +144,7 @@ impl ServiceArchive {
         self.store(body, required_study, StoreMode::Replace).await
     }
 
-    async fn store<S, E>(
+    pub(crate) async fn store<S, E>(
         &self,
         mut body: S,
         required_study: Option<&str>,
@@ -303,6 +303,24 @@ impl ServiceArchive {
                 }
                 Ok(stored_instance(true))
             }
+            hds_index::StoreOutcome::Updated {
+                superseded_blob_name,
+            } => {
+                // Committed: an intermediate version's blob is unreferenced now (the
+                // original's stays with the row).
+                if let Some(superseded) = superseded_blob_name {
+                    match BlobName::parse(&superseded) {
+                        Ok(name) => self.discard(&name).await,
+                        Err(error) => {
+                            tracing::warn!(error = %error, "a superseded blob's name is invalid")
+                        }
+                    }
+                }
+                Ok(stored_instance(true))
+            }
+            hds_index::StoreOutcome::NotFound => Err(RecordError::Unreferenced(
+                ArchiveError::NotFound("instance"),
+            )),
             hds_index::StoreOutcome::AlreadyExists => {
                 Ok(refused(Some(parsed), RefusalReason::AlreadyStored))
             }

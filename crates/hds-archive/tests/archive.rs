@@ -343,3 +343,124 @@ async fn deleting_removes_rows_then_blobs_and_only_in_scope() {
     let content = found.open().await.expect("opened").next().expect("one");
     assert_eq!(read_all(content.bytes).await, kept.file);
 }
+
+/// A bulk update rewrites a study's instances: the search finds the new name and not the old,
+/// the latest version opens with the new attributes and the same pixels, the original opens as
+/// stored, a second update keeps the first original (its intermediate blob goes), and a delete
+/// removes both versions' blobs.
+#[tokio::test]
+async fn updating_a_study_keeps_the_original_and_deleting_removes_both() {
+    let fixture = fixture().await;
+    let archive = &fixture.archive;
+    let first = instance(7, 1);
+    let second = instance(7, 2);
+    let other = instance(8, 1);
+    for stored in [&first, &second, &other] {
+        assert!(matches!(
+            store(archive, &stored.file, None).await,
+            StoreOutcome::Stored(_)
+        ));
+    }
+    let change = hds_dicom::update::ChangeDataset::parse(&serde_json::json!({
+        "00100010": {"vr": "PN", "Value": [{"Alphabetic": "Updated^Name"}]},
+    }))
+    .expect("change");
+    let outcome = archive
+        .update_study(&first.study, &change, None)
+        .await
+        .expect("updated");
+    assert_eq!(outcome.updated, 2);
+    assert!(outcome.errors.is_empty());
+    assert_eq!(blob_files(&fixture.blob_directory).len(), 5);
+
+    let by_name = |name: &'static str| Search {
+        level: QueryLevel::Study,
+        study_instance_uid: None,
+        series_instance_uid: None,
+        filters: vec![hds_archive::Filter {
+            attribute: hds_dicom::attributes::searchable_by_tag(tags::PATIENT_NAME)
+                .expect("PatientName is searchable"),
+            matcher: hds_archive::Matcher::Exact(hds_dicom::normalize::normalize_person_name(name)),
+        }],
+        extended_filters: Vec::new(),
+        limit: 10,
+        offset: 0,
+    };
+    assert_eq!(
+        archive
+            .search(by_name("Updated^Name"))
+            .await
+            .expect("search")
+            .len(),
+        1
+    );
+    // The other study still has the old name.
+    assert_eq!(
+        archive
+            .search(by_name("Archive^Test"))
+            .await
+            .expect("search")
+            .len(),
+        1
+    );
+
+    let scope = Scope::Instance(&first.study, &first.series, &first.sop);
+    let latest = read_all(
+        archive
+            .find_instances(scope)
+            .await
+            .expect("found")
+            .open()
+            .await
+            .expect("open")
+            .next()
+            .expect("one")
+            .bytes,
+    )
+    .await;
+    assert!(latest.windows(12).any(|window| window == b"Updated^Name"));
+    assert!(latest.ends_with(&first.pixels));
+    let original = read_all(
+        archive
+            .find_instance_versions(scope, true)
+            .await
+            .expect("found")
+            .open()
+            .await
+            .expect("open")
+            .next()
+            .expect("one")
+            .bytes,
+    )
+    .await;
+    assert_eq!(original, first.file);
+    let metadata = archive.original_metadata(scope).await.expect("metadata");
+    assert!(String::from_utf8_lossy(&metadata).contains("Archive^Test"));
+
+    // Again: the original stays the first version; the intermediate blob goes.
+    archive
+        .update_study(&first.study, &change, None)
+        .await
+        .expect("updated again");
+    assert_eq!(blob_files(&fixture.blob_directory).len(), 5);
+    let original = read_all(
+        archive
+            .find_instance_versions(scope, true)
+            .await
+            .expect("found")
+            .open()
+            .await
+            .expect("open")
+            .next()
+            .expect("one")
+            .bytes,
+    )
+    .await;
+    assert_eq!(original, first.file);
+
+    archive
+        .delete(Scope::Study(&first.study))
+        .await
+        .expect("deleted");
+    assert_eq!(blob_files(&fixture.blob_directory).len(), 1);
+}

@@ -181,10 +181,13 @@ pub async fn backup(
             }
             Err(BlobError::NotFound) => {
                 // Deleted after the snapshot: its delete had committed, so drop its row.
-                sqlx::query("DELETE FROM dicom_instances WHERE blob_name = $1")
-                    .bind(name.as_str())
-                    .execute(copy.pool())
-                    .await?;
+                sqlx::query(
+                    "DELETE FROM dicom_instances WHERE blob_name = $1 \
+                     OR original_blob_name = $1",
+                )
+                .bind(name.as_str())
+                .execute(copy.pool())
+                .await?;
                 report.deleted_during_backup += 1;
             }
             Err(error) => return Err(error.into()),
@@ -307,13 +310,18 @@ fn root_key_file(root_key: &RootKey, path: &Path) -> Result<(), BackupError> {
 
 /// Every blob name in a database's index.
 async fn blob_names(database: &Database) -> Result<Vec<BlobName>, BackupError> {
-    let rows = sqlx::query("SELECT blob_name FROM dicom_instances ORDER BY id")
-        .fetch(database.pool())
-        .map_err(BackupError::from)
-        .and_then(|row| async move {
-            let name: String = row.try_get(0)?;
-            Ok(BlobName::parse(&name)?)
-        });
+    // Updated instances' originals are blobs of their own.
+    let rows = sqlx::query(
+        "SELECT blob_name FROM (SELECT id, blob_name FROM dicom_instances UNION ALL \
+         SELECT id, original_blob_name FROM dicom_instances \
+         WHERE original_blob_name IS NOT NULL) AS names ORDER BY id",
+    )
+    .fetch(database.pool())
+    .map_err(BackupError::from)
+    .and_then(|row| async move {
+        let name: String = row.try_get(0)?;
+        Ok(BlobName::parse(&name)?)
+    });
     rows.try_collect().await
 }
 

@@ -150,7 +150,12 @@ pub(crate) async fn referenced_blob_names(
     database: &Database,
 ) -> Result<HashSet<String>, sqlx::Error> {
     let mut names = HashSet::new();
-    let mut rows = sqlx::query("SELECT blob_name FROM dicom_instances").fetch(database.pool());
+    // An updated instance also references its original version's blob.
+    let mut rows = sqlx::query(
+        "SELECT blob_name FROM dicom_instances UNION ALL SELECT original_blob_name \
+         FROM dicom_instances WHERE original_blob_name IS NOT NULL",
+    )
+    .fetch(database.pool());
     while let Some(row) = rows.try_next().await? {
         names.insert(row.try_get::<String, _>(0)?);
     }

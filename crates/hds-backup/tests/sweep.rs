@@ -10,7 +10,7 @@ use hds_db::Database;
 
 /// The index tables the sweeper reads, reduced to the columns it uses.
 const SCHEMA: &[&str] = &[
-    "CREATE TABLE dicom_instances (id INTEGER PRIMARY KEY, blob_name TEXT NOT NULL)",
+    "CREATE TABLE dicom_instances (id INTEGER PRIMARY KEY, blob_name TEXT NOT NULL, original_blob_name TEXT)",
     "CREATE TABLE dicom_studies (id INTEGER PRIMARY KEY, service TEXT NOT NULL, uid_token BLOB NOT NULL)",
     "CREATE TABLE dicom_study_keys (service TEXT NOT NULL, study_token BLOB NOT NULL, wrapped_key BLOB NOT NULL)",
 ];

@@ -11,6 +11,7 @@ pub mod frames;
 pub mod instance;
 pub mod normalize;
 mod unknown_vr;
+pub mod update;
 pub mod workitem;
 
 pub use attributes::{QueryLevel, SearchKind, SearchableAttribute};

@@ -888,3 +888,46 @@ fn over_long_and_over_many_search_values_are_refused() {
     ));
     parse_instance(Cursor::new(write_instance(data_set, ELE))).expect("within the tolerance");
 }
+
+/// A bulk update rewrites the demographics and keeps everything else: the UIDs, the transfer
+/// syntax and every frame's bytes (native and encapsulated), and a non-ASCII name switches the
+/// instance to UTF-8.
+#[test]
+fn bulk_update_changes_demographics_and_keeps_pixel_data() {
+    use hds_dicom::update::ChangeDataset;
+    let change = ChangeDataset::parse(&json!({
+        "00100010": {"vr": "PN", "Value": [{"Alphabetic": "Müller^Zoë"}]},
+        "00100020": {"vr": "LO", "Value": ["NEW-ID"]},
+        "00081030": {"vr": "LO", "Value": ["Updated study"]},
+    }))
+    .expect("a valid change");
+    for path in [
+        pydicom_test_file("CT_small.dcm"),
+        pydicom_test_file("JPEG2000.dcm"),
+    ] {
+        let bytes = std::fs::read(&path).expect("read");
+        let before = parse_instance(std::io::Cursor::new(bytes.clone())).expect("parse before");
+        let updated = change.apply(&bytes).expect("apply");
+        let after = parse_instance(std::io::Cursor::new(updated.clone())).expect("parse after");
+        assert_eq!(
+            after.study_attributes["00100010"],
+            json!({"vr": "PN", "Value": [{"Alphabetic": "Müller^Zoë"}]})
+        );
+        assert_eq!(after.study_attributes["00100020"]["Value"][0], "NEW-ID");
+        assert_eq!(after.sop_instance_uid, before.sop_instance_uid);
+        assert_eq!(after.series_instance_uid, before.series_instance_uid);
+        assert_eq!(after.transfer_syntax_uid, before.transfer_syntax_uid);
+        let (old_frames, new_frames) = (
+            before.frames.expect("frames"),
+            after.frames.expect("frames"),
+        );
+        assert_eq!(old_frames.frames.len(), new_frames.frames.len());
+        for index in 0..old_frames.frames.len() {
+            let old =
+                read_frame(std::io::Cursor::new(&bytes), &old_frames, index).expect("old frame");
+            let new =
+                read_frame(std::io::Cursor::new(&updated), &new_frames, index).expect("new frame");
+            assert_eq!(old, new, "frame {index} of {}", path.display());
+        }
+    }
+}

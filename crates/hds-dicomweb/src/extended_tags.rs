@@ -15,7 +15,8 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use dicom_core::Tag;
 use hds_archive::{
-    AddTagsOutcome, ExtendedQueryTag, Operation, TagChange, TagError, TagQueryStatus, TagStatus,
+    AddTagsOutcome, ExtendedQueryTag, Operation, OperationStatus, TagChange, TagError,
+    TagQueryStatus, TagStatus,
 };
 use hds_dicom::extended::{
     ExtendedTagDefinition, MAX_EXTENDED_QUERY_TAGS, level_name, parse_tag_path, tag_path,
@@ -199,7 +200,30 @@ pub async fn operation(
             "skipped": summary.skipped,
         });
     }
-    Ok(json_response(StatusCode::OK, rendered))
+    // As Azure: 202 with a Location while the operation runs, 200 once it has ended.
+    let running = matches!(
+        found.status,
+        OperationStatus::NotStarted | OperationStatus::Running
+    );
+    let mut response = json_response(
+        if running {
+            StatusCode::ACCEPTED
+        } else {
+            StatusCode::OK
+        },
+        rendered,
+    );
+    if running
+        && let Ok(location) = axum::http::HeaderValue::from_str(&format!(
+            "{}/operations/{}",
+            context.base_url, found.id
+        ))
+    {
+        response
+            .headers_mut()
+            .insert(axum::http::header::LOCATION, location);
+    }
+    Ok(response)
 }
 
 fn json_response(status: StatusCode, body: Value) -> Response {
@@ -219,7 +243,23 @@ fn path_tag(path: &str) -> Result<Tag, DicomWebError> {
 }
 
 /// Reads a JSON body of at most [`MAX_BODY_BYTES`] (415 unless it says it is JSON).
+pub(crate) async fn json_body_limited(
+    headers: &HeaderMap,
+    body: Body,
+    limit: usize,
+) -> Result<Value, DicomWebError> {
+    json_body_of(headers, body, limit).await
+}
+
 async fn json_body(headers: &HeaderMap, body: Body) -> Result<Value, DicomWebError> {
+    json_body_of(headers, body, MAX_BODY_BYTES).await
+}
+
+async fn json_body_of(
+    headers: &HeaderMap,
+    body: Body,
+    limit: usize,
+) -> Result<Value, DicomWebError> {
     let content_type = headers
         .get(CONTENT_TYPE)
         .and_then(|value| value.to_str().ok())
@@ -235,9 +275,9 @@ async fn json_body(headers: &HeaderMap, body: Body) -> Result<Value, DicomWebErr
             "the body must be application/json".into(),
         ));
     }
-    let bytes = axum::body::to_bytes(body, MAX_BODY_BYTES)
+    let bytes = axum::body::to_bytes(body, limit)
         .await
-        .map_err(|_| DicomWebError::PayloadTooLarge(MAX_BODY_BYTES as u64))?;
+        .map_err(|_| DicomWebError::PayloadTooLarge(limit as u64))?;
     serde_json::from_slice(&bytes)
         .map_err(|_| DicomWebError::BadRequest("the body is not valid JSON".into()))
 }
@@ -345,7 +385,7 @@ fn parse_page(parameters: &[(String, String)]) -> Result<(u32, u32), DicomWebErr
     Ok((limit, offset))
 }
 
-fn operation_reference(context: &ServiceContext, operation_id: &str) -> Value {
+pub(crate) fn operation_reference(context: &ServiceContext, operation_id: &str) -> Value {
     json!({
         "id": operation_id,
         "href": format!("{}/operations/{operation_id}", context.base_url),
@@ -397,15 +437,28 @@ fn render_operation(context: &ServiceContext, operation: &Operation) -> Value {
         .iter()
         .map(|path| format!("{}/extendedquerytags/{path}", context.base_url))
         .collect();
-    json!({
+    let mut body = json!({
         "operationId": operation.id,
         "type": operation.kind,
         "createdTime": format_time(operation.created_us),
         "lastUpdatedTime": format_time(operation.updated_us),
         "status": operation.status.name(),
         "percentComplete": operation.percent_complete,
-        "resources": resources,
-    })
+    });
+    match &operation.results {
+        // A bulk update: Azure's results, and no resources.
+        Some(results) => {
+            body["results"] = json!({
+                "studyProcessed": results.study_processed,
+                "studyUpdated": results.study_updated,
+                "studyFailed": results.study_failed,
+                "instanceUpdated": results.instance_updated,
+                "errors": results.errors,
+            });
+        }
+        None => body["resources"] = json!(resources),
+    }
+    body
 }
 
 /// RFC 3339 in UTC, as Azure writes times.

@@ -1,6 +1,6 @@
 //! The DICOMweb HTTP API of hds: STOW-RS (and its upsert, `PUT`), WADO-RS, QIDO-RS and delete
 //! (PS3.18), the UPS-RS worklist (`workitems.rs`), Azure's change feed, extended query tags,
-//! export (`export.rs`) and operations, for every DICOM service at
+//! export (`export.rs`), bulk update (`bulk_update.rs`) and operations, for every DICOM service at
 //! `{base}/dicom/{workspace}/{service}/v2/` (`/v1/` is an alias, except for the change feed's
 //! parameters, which differ by version), and Azure's data partitions: `GET partitions`, and the
 //! data routes under `partitions/{name}/` (`partitions.rs`, `service.rs`).
@@ -23,6 +23,7 @@
 //!   `500 DataIntegrityCheckFailed` before the status line; one that fails later aborts the body.
 #![deny(missing_docs)]
 
+mod bulk_update;
 mod changefeed;
 mod cors;
 mod error;
@@ -60,6 +61,10 @@ pub use stow::fuzzing;
 pub fn router(state: DicomWebState) -> Router {
     let service_routes = Router::new()
         .route("/partitions", get(partitions::list))
+        // Azure's spelling, and its client's (ASP.NET matches routes without case). A service's
+        // route only: a partitioned service refuses it as a data route without a partition.
+        .route("/studies/$bulkUpdate", post(bulk_update::start))
+        .route("/studies/$bulkupdate", post(bulk_update::start))
         .route("/changefeed", get(changefeed::feed))
         .route("/changefeed/latest", get(changefeed::latest))
         .route(

@@ -92,7 +92,10 @@ async fn retrieve_instances(
     scope: Scope<'_>,
     headers: &HeaderMap,
 ) -> Result<Response, DicomWebError> {
-    let found = context.archive.find_instances(scope).await?;
+    let found = context
+        .archive
+        .find_instance_versions(scope, requests_original(headers))
+        .await?;
     let stored_syntaxes = found.transfer_syntaxes();
     let negotiated = media::negotiate(
         headers,
@@ -209,7 +212,11 @@ async fn metadata(
             "metadata is available as application/dicom+json".into(),
         ));
     }
-    let body = context.archive.metadata(scope).await?;
+    let body = if requests_original(headers) {
+        context.archive.original_metadata(scope).await?
+    } else {
+        context.archive.metadata(scope).await?
+    };
     let etag = entity_tag(&body);
     let matches = headers
         .get_all(IF_NONE_MATCH)
@@ -236,6 +243,16 @@ async fn metadata(
         body,
     )
         .into_response())
+}
+
+/// Whether the request asks for the versions before a bulk update: Azure's
+/// `msdicom-request-original` header, its first value `true` in any case. Honoured by the
+/// retrieval of studies, series and instances and of their metadata, as in Azure.
+fn requests_original(headers: &HeaderMap) -> bool {
+    headers
+        .get("msdicom-request-original")
+        .and_then(|value| value.to_str().ok())
+        .is_some_and(|value| value.trim().eq_ignore_ascii_case("true"))
 }
 
 /// A strong entity tag of a response body. SipHash with fixed keys: stable across restarts,

@@ -321,7 +321,10 @@ where
     let archive = &context.archive;
     let outcome = match mode {
         StoreMode::Create => archive.store_instance(chunks, required_study).await?,
-        StoreMode::Replace => archive.replace_instance(chunks, required_study).await?,
+        // STOW-RS never updates: only the bulk update operation does.
+        StoreMode::Replace | StoreMode::Update => {
+            archive.replace_instance(chunks, required_study).await?
+        }
     };
     Ok(match outcome {
         StoreOutcome::Stored(stored) => PartOutcome::Stored {

@@ -68,6 +68,12 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
         postgres: include_str!("../migrations/postgres/0008_partitions.sql"),
     },
     Migration {
+        version: 9,
+        description: "original versions of updated instances, sealed operation input and results",
+        sqlite: include_str!("../migrations/sqlite/0009_bulk_update.sql"),
+        postgres: include_str!("../migrations/postgres/0009_bulk_update.sql"),
+    },
+    Migration {
         version: 10,
         description: "export operations: sealed specifications, positions, counts, error logs",
         sqlite: include_str!("../migrations/sqlite/0010_export.sql"),
@@ -99,6 +105,8 @@ pub struct Index {
     pub(crate) tag_cache: Arc<crate::extended::TagCache>,
     /// Wakes this process's operation worker (tags were added).
     pub(crate) reindex_wakeup: Arc<tokio::sync::Notify>,
+    /// Wakes this process's bulk update worker (an update was started).
+    pub(crate) update_wakeup: Arc<tokio::sync::Notify>,
 }
 
 /// An instance to record, after its blob was written.
@@ -127,6 +135,11 @@ pub enum StoreMode {
     /// Replaces it, in the same study and series ([`StoreOutcome::Replaced`]): the upsert
     /// `PUT`.
     Replace,
+    /// Replaces it with a version whose attributes a bulk update changed
+    /// ([`StoreOutcome::Updated`]): the instance must exist in the same study and series; the
+    /// row keeps the first version it replaced as its original (Azure keeps the original and
+    /// the latest version, no intermediate one), and the change feed says `update`.
+    Update,
 }
 
 /// An instance to record whose blob is written and sealed under `blob_key`: its blob key is
@@ -168,6 +181,16 @@ pub enum StoreOutcome {
     /// deleted, or the root key rotated, meanwhile); nothing changed. The caller gets the
     /// study key again, re-wraps the blob key and stores again.
     StudyKeyChanged,
+    /// [`StoreMode::Update`]: recorded in place of the instance's current version. The first
+    /// update keeps the version it replaced as the original (its blob stays); a later one
+    /// names the intermediate version's blob, which no row references any more.
+    Updated {
+        /// The blob the caller deletes, if any.
+        superseded_blob_name: Option<String>,
+    },
+    /// [`StoreMode::Update`]: the instance is not (any more) in that study and series;
+    /// nothing changed.
+    NotFound,
 }
 
 /// Which instances a retrieve or delete addresses.
@@ -287,6 +310,7 @@ impl Index {
             commits,
             tag_cache: Arc::default(),
             reindex_wakeup: Arc::default(),
+            update_wakeup: Arc::default(),
         })
     }
 
@@ -404,7 +428,9 @@ impl Index {
                 StoreOutcome::StudyKeyChanged if attempts < STUDY_KEY_ATTEMPTS => {
                     keyring.forget_study_key(study);
                 }
-                outcome @ (StoreOutcome::Stored | StoreOutcome::Replaced { .. })
+                outcome @ (StoreOutcome::Stored
+                | StoreOutcome::Replaced { .. }
+                | StoreOutcome::Updated { .. })
                     if keys.new_study_key_generation.is_some() =>
                 {
                     keyring.study_key_stored(study);
@@ -421,12 +447,33 @@ impl Index {
         service: &str,
         scope: DeleteScope<'_>,
     ) -> Result<Vec<InstanceRecord>, IndexError> {
-        let mut sql = Sql::new(
+        self.find_instance_versions(service, scope, false).await
+    }
+
+    /// [`Index::find_instances`], or with `original` the versions they had before their first
+    /// bulk update (the current version for one never updated), as Azure serves them under
+    /// `msdicom-request-original: true`. An original has no frame map: its frames are not
+    /// served.
+    pub async fn find_instance_versions(
+        &self,
+        service: &str,
+        scope: DeleteScope<'_>,
+        original: bool,
+    ) -> Result<Vec<InstanceRecord>, IndexError> {
+        let mut sql = Sql::new(if original {
+            "SELECT i.uid_token, COALESCE(i.original_blob_name, i.blob_name), \
+             COALESCE(i.original_size, i.size), i.transfer_syntax_uid, i.uids, \
+             CASE WHEN i.original_blob_name IS NULL THEN i.frames ELSE NULL END, \
+             st.uid_token, COALESCE(i.original_blob_key, i.blob_key), \
+             (SELECT k.wrapped_key FROM dicom_study_keys k \
+             WHERE k.service = i.service AND k.study_token = st.uid_token) \
+             FROM dicom_instances i"
+        } else {
             "SELECT i.uid_token, i.blob_name, i.size, i.transfer_syntax_uid, i.uids, i.frames, \
              st.uid_token, i.blob_key, (SELECT k.wrapped_key FROM dicom_study_keys k \
              WHERE k.service = i.service AND k.study_token = st.uid_token) \
-             FROM dicom_instances i",
-        );
+             FROM dicom_instances i"
+        });
         self.push_scope(&mut sql, service, scope)?;
         sql.push(" ORDER BY i.series_id, i.id");
         let rows = sql.query().fetch_all(self.database.pool()).await?;
@@ -559,8 +606,8 @@ impl Index {
         scope: DeleteScope<'_>,
     ) -> Result<Vec<String>, IndexError> {
         let mut select = Sql::new(
-            "SELECT i.id, i.blob_name, i.series_id, i.study_id, i.uid_token, i.uids \
-             FROM dicom_instances i",
+            "SELECT i.id, i.blob_name, i.series_id, i.study_id, i.uid_token, i.uids, \
+             i.original_blob_name FROM dicom_instances i",
         );
         self.push_scope(&mut select, service, scope)?;
         select.push(" ORDER BY i.series_id, i.id");
@@ -577,6 +624,10 @@ impl Index {
         for row in &rows {
             instance_ids.push(column::<i64>(row, 0)?);
             blob_names.push(column::<String>(row, 1)?);
+            // An updated instance's original version goes with it.
+            if let Some(original) = column::<Option<String>>(row, 6)? {
+                blob_names.push(original);
+            }
             series_ids.insert(column::<i64>(row, 2)?);
             study_ids.insert(column::<i64>(row, 3)?);
             deleted.push((column::<Vec<u8>>(row, 4)?, column::<Vec<u8>>(row, 5)?));

@@ -41,6 +41,7 @@ mod reindex;
 mod sql;
 mod store;
 mod tokens;
+mod update;
 mod workitems;
 
 pub use changefeed::{ChangeAction, ChangeFeedEntry, ChangeFeedWindow, ChangeState};
@@ -66,4 +67,5 @@ pub use partitions::{
 pub use query::{ExtendedFilter, Filter, Matcher, RawAttributes, SearchHit, SearchQuery};
 pub use reindex::{Operation, OperationStatus, ReindexStep};
 pub use store::CommitGate;
+pub use update::{ClaimedUpdate, StartUpdate, UpdateInput, UpdateResults};
 pub use workitems::{StoredWorkitem, WorkitemFilter, WorkitemRecord};

@@ -91,6 +91,8 @@ pub struct Operation {
     pub percent_complete: u8,
     /// The tag paths it works on.
     pub resources: Vec<String>,
+    /// A bulk update's results so far (`None` for a reindex).
+    pub results: Option<crate::UpdateResults>,
 }
 
 /// What one step of the worker did.
@@ -158,8 +160,8 @@ impl Index {
         id: &str,
     ) -> Result<Option<Operation>, IndexError> {
         let row = sqlx::query(
-            "SELECT id, kind, status, created_us, updated_us, processed, total, resources \
-             FROM dicom_operations WHERE service = $1 AND id = $2",
+            "SELECT id, kind, status, created_us, updated_us, processed, total, resources, \
+             sealed_results FROM dicom_operations WHERE service = $1 AND id = $2",
         )
         .bind(service)
         .bind(id)
@@ -171,15 +173,24 @@ impl Index {
         let status = OperationStatus::parse(&column::<String>(&row, 2)?)?;
         let processed: i64 = column(&row, 5)?;
         let total: i64 = column(&row, 6)?;
+        let kind: String = column(&row, 1)?;
         let percent_complete = match status {
             OperationStatus::Succeeded => 100,
+            // An update that ended with errors did every study it could, as Azure reports it.
+            OperationStatus::Failed if kind == "update" => 100,
             _ if total <= 0 => 0,
             _ => (processed.saturating_mul(100) / total).clamp(0, 99) as u8,
         };
         let resources: String = column(&row, 7)?;
+        let results = if kind == "update" {
+            self.operation_results(service, id, column(&row, 8)?)?
+        } else {
+            None
+        };
         Ok(Some(Operation {
             id: column(&row, 0)?,
-            kind: column(&row, 1)?,
+            kind,
+            results,
             status,
             created_us: column(&row, 3)?,
             updated_us: column(&row, 4)?,

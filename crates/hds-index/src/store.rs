@@ -75,8 +75,11 @@ pub(crate) struct PreparedInstance {
     wrapped_study_key: Vec<u8>,
     wrapped_blob_key: Vec<u8>,
     new_study_key_generation: Option<i64>,
-    /// Whether an instance of the same SOPInstanceUID is replaced rather than refused.
+    /// Whether an instance of the same SOPInstanceUID is replaced rather than refused
+    /// (upsert or update).
     replace: bool,
+    /// Whether the replacement is a bulk update's (the instance must exist; the original kept).
+    update: bool,
     /// The extended query tags whose values this instance could not index: (tag id, why).
     pub(crate) extended_errors: Vec<(i64, String)>,
 }
@@ -202,7 +205,8 @@ impl PreparedInstance {
             wrapped_study_key: instance.keys.wrapped_study_key.clone(),
             wrapped_blob_key: instance.keys.wrapped_blob_key.clone(),
             new_study_key_generation: instance.keys.new_study_key_generation,
-            replace: instance.mode == StoreMode::Replace,
+            replace: matches!(instance.mode, StoreMode::Replace | StoreMode::Update),
+            update: instance.mode == StoreMode::Update,
             extended_errors: extended.errors,
         })
     }
@@ -468,8 +472,8 @@ enum Decided {
         series_id: i64,
         /// Whether the study or series rows or the study key were written.
         wrote: bool,
-        /// The blob of the instance this store replaces, whose row it deleted.
-        replaced: Option<String>,
+        /// The instance this store replaces, whose row it deleted.
+        replaced: Option<ExistingInstance>,
     },
 }
 
@@ -481,6 +485,9 @@ async fn write_parents(
     prepared: &PreparedInstance,
     current: Current,
 ) -> Result<Decided, IndexError> {
+    if prepared.update && !current.instance_exists {
+        return Ok(Decided::Finished(Written::nothing(StoreOutcome::NotFound)));
+    }
     let replacing = if current.instance_exists {
         if !prepared.replace {
             return Ok(Decided::Finished(Written::nothing(
@@ -494,9 +501,14 @@ async fn write_parents(
                 if current.study.as_ref().map(|(id, _)| *id) != Some(existing.study_id)
                     || current.series.as_ref().map(|(id, _)| *id) != Some(existing.series_id) =>
             {
-                return Ok(Decided::Finished(Written::nothing(
-                    StoreOutcome::AlreadyExists,
-                )));
+                return Ok(Decided::Finished(Written::nothing(if prepared.update {
+                    StoreOutcome::NotFound
+                } else {
+                    StoreOutcome::AlreadyExists
+                })));
+            }
+            None if prepared.update => {
+                return Ok(Decided::Finished(Written::nothing(StoreOutcome::NotFound)));
             }
             existing => existing,
         }
@@ -552,7 +564,7 @@ async fn write_parents(
                 .execute(&mut **transaction)
                 .await?;
             wrote = true;
-            Some(existing.blob_name)
+            Some(existing)
         }
         None => None,
     };
@@ -610,6 +622,22 @@ struct ExistingInstance {
     study_id: i64,
     series_id: i64,
     blob_name: String,
+    /// Its blob key and size (an update keeps them as the original's when it has none).
+    blob_key: Option<Vec<u8>>,
+    size: i64,
+    /// The version before its first update: (blob name, wrapped blob key, size).
+    original: Option<(String, Option<Vec<u8>>, i64)>,
+}
+
+impl ExistingInstance {
+    /// The original version the updated row keeps: the existing one's, or, at the first
+    /// update, the version it replaces.
+    fn original_for_update(&self) -> (String, Option<Vec<u8>>, i64) {
+        match &self.original {
+            Some(original) => original.clone(),
+            None => (self.blob_name.clone(), self.blob_key.clone(), self.size),
+        }
+    }
 }
 
 /// The row of `prepared`'s SOP instance, if there is one (read only by replacing stores).
@@ -618,7 +646,8 @@ async fn existing_instance(
     prepared: &PreparedInstance,
 ) -> Result<Option<ExistingInstance>, IndexError> {
     let row = sqlx::query(
-        "SELECT id, study_id, series_id, blob_name FROM dicom_instances \
+        "SELECT id, study_id, series_id, blob_name, blob_key, size, original_blob_name, \
+         original_blob_key, original_size FROM dicom_instances \
          WHERE service = $1 AND uid_token = $2",
     )
     .bind(prepared.service.as_str())
@@ -626,11 +655,22 @@ async fn existing_instance(
     .fetch_optional(&mut **transaction)
     .await?;
     row.map(|row| {
+        let original = match column::<Option<String>>(&row, 6)? {
+            Some(name) => Some((
+                name,
+                column::<Option<Vec<u8>>>(&row, 7)?,
+                column::<Option<i64>>(&row, 8)?.unwrap_or(0),
+            )),
+            None => None,
+        };
         Ok(ExistingInstance {
             id: column(&row, 0)?,
             study_id: column(&row, 1)?,
             series_id: column(&row, 2)?,
             blob_name: column(&row, 3)?,
+            blob_key: column(&row, 4)?,
+            size: column(&row, 5)?,
+            original,
         })
     })
     .transpose()
@@ -655,6 +695,24 @@ async fn record_changes(
         )
         .await?;
     }
+    // An updated row keeps its original version (the first one it replaced).
+    for instance in pending.iter().filter(|instance| instance.prepared.update) {
+        let Some(existing) = &instance.replaced else {
+            continue;
+        };
+        let (name, key, size) = existing.original_for_update();
+        sqlx::query(
+            "UPDATE dicom_instances SET original_blob_name = $1, original_blob_key = $2, \
+             original_size = $3 WHERE service = $4 AND uid_token = $5",
+        )
+        .bind(name)
+        .bind(key)
+        .bind(size)
+        .bind(instance.prepared.service.as_str())
+        .bind(instance.prepared.sop_token.as_slice())
+        .execute(&mut **transaction)
+        .await?;
+    }
     let changes: Vec<(&str, NewChange<'_>)> = pending
         .iter()
         .map(|instance| {
@@ -662,7 +720,11 @@ async fn record_changes(
             (
                 prepared.service.as_str(),
                 NewChange {
-                    action: ChangeAction::Create,
+                    action: if prepared.update {
+                        ChangeAction::Update
+                    } else {
+                        ChangeAction::Create
+                    },
                     sop_token: &prepared.sop_token,
                     uids: &prepared.uids,
                 },
@@ -677,16 +739,24 @@ struct PendingInstance<'a> {
     prepared: &'a PreparedInstance,
     study_id: i64,
     series_id: i64,
-    /// The blob of the instance it replaces.
-    replaced: Option<String>,
+    /// The instance it replaces.
+    replaced: Option<ExistingInstance>,
 }
 
 impl PendingInstance<'_> {
     /// What the store did once its row is inserted.
     fn outcome(&self) -> StoreOutcome {
         match &self.replaced {
-            Some(previous_blob_name) => StoreOutcome::Replaced {
-                previous_blob_name: previous_blob_name.clone(),
+            // The first update keeps the replaced version as the original; a later one
+            // supersedes an intermediate version, whose blob goes.
+            Some(existing) if self.prepared.update => StoreOutcome::Updated {
+                superseded_blob_name: existing
+                    .original
+                    .as_ref()
+                    .map(|_| existing.blob_name.clone()),
+            },
+            Some(existing) => StoreOutcome::Replaced {
+                previous_blob_name: existing.blob_name.clone(),
             },
             None => StoreOutcome::Stored,
         }
@@ -831,7 +901,7 @@ pub(crate) async fn store_alone(
         let mut transaction = database.begin_write().await?;
         let written = write_instance(&mut transaction, database.backend(), prepared).await?;
         match written.outcome {
-            StoreOutcome::Stored | StoreOutcome::Replaced { .. } => {
+            StoreOutcome::Stored | StoreOutcome::Replaced { .. } | StoreOutcome::Updated { .. } => {
                 transaction.commit().await?;
                 return Ok(written.outcome);
             }

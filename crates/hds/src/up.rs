@@ -277,7 +277,7 @@ pub async fn run(options: UpOptions) -> anyhow::Result<()> {
         root_key: root_key.clone(),
         index: index.clone(),
         blobs: blobs.clone(),
-        keyrings,
+        keyrings: keyrings.clone(),
         client,
         tokens,
         validator,
@@ -287,6 +287,14 @@ pub async fn run(options: UpOptions) -> anyhow::Result<()> {
             .await
             .context("opening the DICOM service ids")?,
     });
+
+    // Bulk updates (`studies/$bulkUpdate`): this process takes any whose lease is free and whose
+    // service's keys it holds, and continues from the last study recorded.
+    let update_worker = hds_archive::spawn_update_worker(
+        hds_archive::Archive::new(index.clone(), blobs.clone()),
+        keyrings,
+        Duration::from_secs(1),
+    );
 
     // DICOM events: subscriptions (Event Grid system topics on a workspace) are delivered by a
     // dispatcher that reads the change feed after each subscription's cursor. Its client sends
@@ -595,6 +603,7 @@ pub async fn run(options: UpOptions) -> anyhow::Result<()> {
     operation_sweeper.abort();
     operation_worker.abort();
     export_worker.abort();
+    update_worker.abort();
     // The subscriptions' leases go with a clean stop, so a restart delivers at once.
     event_dispatcher.abort();
     let _ = event_dispatcher.await;
