@@ -102,6 +102,17 @@ def test_partitions_hold_the_same_uids_independently(world):
     # A read does not create a partition.
     unknown = server.http.get(f"{base}/partitions/clinic-c/studies")
     assert unknown.status_code == 400 and error_code(unknown) == "DataPartitionNotFound", unknown.text
+    # Bulk update is not served under a partition yet: a clear 400, and no partition created.
+    update = {"studyInstanceUids": [datasets[1].StudyInstanceUID],
+              "changeDataset": {"00100010": {"vr": "PN", "Value": [{"Alphabetic": "Changed"}]}}}
+    for spelling in ("$bulkUpdate", "$bulkupdate"):
+        refused = server.http.post(f"{base}/partitions/clinic-a/studies/{spelling}", json=update)
+        assert refused.status_code == 400 and error_code(refused) == "BadRequest", refused.text
+        assert "not supported under a data partition" in refused.json()["error"]["message"]
+        unknown = server.http.post(f"{base}/partitions/clinic-c/studies/{spelling}", json=update)
+        assert unknown.status_code == 400 and error_code(unknown) == "DataPartitionNotFound", unknown.text
+    listed = server.http.get(f"{base}/partitions").json()
+    assert "clinic-c" not in [p["partitionName"] for p in listed]
 
 
 def test_hostile_partition_names_are_refused(world):

@@ -116,7 +116,9 @@ DICOM_ROUTES = [
 # The same data routes under `partitions/{name}/` of a service with data partitions (service C,
 # in group A), and `GET partitions`: the same data actions as without a partition. Service C is
 # not service A, so a role on service A is a sibling's there (403); a role on group A covers it.
-SERVICE_LEVEL = ("changefeed", "changefeed-latest", "eqt-", "operation-get")
+# Export is the service's route only; bulk update under a partition is refused with a 400 after
+# the same authorization.
+SERVICE_LEVEL = ("changefeed", "changefeed-latest", "eqt-", "operation-get", "export")
 PARTITION_ROUTES = [
     (f"p-{route}", *statuses) for route, *statuses in DICOM_ROUTES if not route.startswith(SERVICE_LEVEL)
 ] + [

@@ -62,6 +62,18 @@ pub async fn start(
     }
 }
 
+/// `POST partitions/{partition}/studies/$bulkUpdate`: not served yet (the update worker reads
+/// and rewrites the default partition only). Answered after authorization, as the route would
+/// be, so that a caller without the write action still learns nothing more than 403; without
+/// this route the path would reach STOW-RS and be refused for its media type.
+pub async fn refuse_in_partition(_context: ServiceContext) -> Result<Response, DicomWebError> {
+    Err(DicomWebError::BadRequest(
+        "bulk update is not supported under a data partition yet; it is served for DICOM \
+         services without data partitions (POST {serviceUrl}/v2/studies/$bulkUpdate)"
+            .into(),
+    ))
+}
+
 type Parsed = Result<(Vec<String>, ChangeDataset), Vec<AttributeRefusal>>;
 
 /// The studies and the checked change dataset; a 400 for the body's shape and studies, the

@@ -88,6 +88,14 @@ pub fn router(state: DicomWebState) -> Router {
         .layer(axum::extract::DefaultBodyLimit::disable())
         .layer(axum::middleware::from_fn(close_after_failed_upload));
     let partitioned = data_routes()
+        .route(
+            "/studies/$bulkUpdate",
+            post(bulk_update::refuse_in_partition),
+        )
+        .route(
+            "/studies/$bulkupdate",
+            post(bulk_update::refuse_in_partition),
+        )
         .layer(axum::extract::DefaultBodyLimit::disable())
         .layer(axum::middleware::from_fn(close_after_failed_upload));
     Router::new()

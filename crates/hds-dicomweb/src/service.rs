@@ -437,6 +437,7 @@ fn partition_route<'a>(method: &axum::http::Method, path: &'a str) -> PartitionR
         ["partitions", name, rest @ ..] if !rest.is_empty() => PartitionRoute::Partition {
             name,
             creates: match rest {
+                ["studies", study] if is_bulk_update(study) => false,
                 ["studies"] | ["studies", _] => *method == Method::POST || *method == Method::PUT,
                 ["workitems"] => *method == Method::POST,
                 _ => false,
@@ -457,6 +458,12 @@ fn partition_route<'a>(method: &axum::http::Method, path: &'a str) -> PartitionR
         }
         _ => PartitionRoute::Data,
     }
+}
+
+/// Whether a path segment after `studies/` names bulk update rather than a study (Azure's
+/// spelling, matched without case as ASP.NET matches routes).
+pub(crate) fn is_bulk_update(segment: &str) -> bool {
+    segment.eq_ignore_ascii_case("$bulkUpdate")
 }
 
 /// Azure's answers to a route that does not fit the service: a partition route while
@@ -534,6 +541,11 @@ mod tests {
         assert_eq!(route(Method::POST, "partitions/p1/studies"), Some(true));
         assert_eq!(route(Method::PUT, "partitions/p1/studies/1.2"), Some(true));
         assert_eq!(route(Method::POST, "partitions/p1/workitems"), Some(true));
+        // Bulk update is not a store, in any spelling.
+        for spelling in ["$bulkUpdate", "$bulkupdate", "$BULKUPDATE"] {
+            let rest = format!("partitions/p1/studies/{spelling}");
+            assert_eq!(route(Method::POST, &rest), Some(false), "{spelling}");
+        }
         assert_eq!(route(Method::GET, "partitions/p1/studies"), Some(false));
         assert_eq!(route(Method::GET, "partitions/p1/workitems"), Some(false));
         assert_eq!(
