@@ -3,19 +3,24 @@
 throughput while it runs.
 
 Starts a fresh `hds up` (plain HTTP, SQLite unless --index names a PostgreSQL URL), stores N
-copies (fresh UIDs) of pydicom-data's CT_small.dcm in multipart requests of --batch, adds
-`StationName` (series level) as an extended query tag, and polls its operation until it
-succeeds; meanwhile a second client stores --during more instances and reports their rate.
-Prints the store rate before, the reindex time, the store rate during it, and checks that a
-search on the tag finds every series.
+copies (fresh UIDs) of pydicom-data's CT_small.dcm in multipart requests of --batch. Then
+`hds-bench` stores a synthetic corpus for --load-seconds at its own pace while this script reads
+`changefeed/latest` every 0.1 s (one entry per stored instance, so the sequence numbers count the
+instances stored in any window); a few seconds in, it adds `StationName` (series level) as an
+extended query tag and polls the reindex operation until it succeeds. Prints the reindex's time
+(to its last percentComplete below 100, and to `succeeded`, which also waits out a 3 s grace
+for stores that raced the tag), the STOW rate before, during and after the reindex, and checks
+that a search on the tag finds every series.
 
-Usage: scripts/bench-reindex.py [--hds target/debug/hds] [--instances 10000] [--batch 50]
-       [--during 1000] [--index sqlite]
+Usage: scripts/bench-reindex.py [--hds target/release/hds] [--bench target/release/hds-bench]
+       [--instances 10000] [--batch 50] [--load-seconds 20] [--index sqlite]
 """
 
 import argparse
 import io
+import os
 import pathlib
+import subprocess
 import sys
 import tempfile
 import threading
@@ -53,12 +58,21 @@ def store(server, count, batch):
     return count / (time.monotonic() - started)
 
 
+def rate(samples, start, end):
+    """Instances stored per second between two times, from (time, sequence) samples."""
+    inside = [(t, sequence) for t, sequence in samples if start <= t <= end]
+    if len(inside) < 2 or inside[-1][0] == inside[0][0]:
+        return float("nan")
+    return (inside[-1][1] - inside[0][1]) / (inside[-1][0] - inside[0][0])
+
+
 def main():
     parser = argparse.ArgumentParser()
-    parser.add_argument("--hds", default="target/debug/hds")
+    parser.add_argument("--hds", default="target/release/hds")
+    parser.add_argument("--bench", default="target/release/hds-bench")
     parser.add_argument("--instances", type=int, default=10000)
     parser.add_argument("--batch", type=int, default=50)
-    parser.add_argument("--during", type=int, default=1000)
+    parser.add_argument("--load-seconds", type=float, default=20)
     parser.add_argument("--index", default="sqlite")
     options = parser.parse_args()
     conftest.HDS_BIN = str(pathlib.Path(options.hds).resolve())
@@ -68,33 +82,65 @@ def main():
         server.start()
         try:
             before = store(server, options.instances, options.batch)
-            print(f"stored {options.instances} instances: {before:.0f}/s")
+            print(f"stored {options.instances} CT_small instances: {before:.0f}/s (one Python client)")
+
+            def latest():
+                response = server.http.get(f"{server.url}/changefeed/latest",
+                                           params={"includemetadata": "false"})
+                return response.json()["Sequence"] if response.status_code == 200 else 0
+
+            load = subprocess.Popen(
+                [options.bench, "--base-url", server.url, "--phases", "stow", "--studies", "20000",
+                 "--instances-per-study", "5", "--pixel-size", "64", "--stow-batch", "10",
+                 "--concurrency", "8", "--seed", "12", "--duration", str(options.load_seconds)],
+                env=dict(os.environ, HDS_BENCH_TOKEN=server.token()),
+                stdout=subprocess.DEVNULL)
+            clock = time.monotonic
+            origin = clock()
+            samples = []
+            sampling = threading.Event()
+
+            def sample():
+                while not sampling.is_set():
+                    samples.append((clock() - origin, latest()))
+                    time.sleep(0.1)
+
+            sampler = threading.Thread(target=sample)
+            sampler.start()
+            # Let the load reach its pace, then add the tag.
+            while not samples or samples[-1][1] - options.instances < 1000:
+                if load.poll() is not None:
+                    sys.exit(f"hds-bench ended ({load.returncode}) before its load was under way")
+                time.sleep(0.1)
+            time.sleep(3)
+            added = clock() - origin
             response = server.http.post(f"{server.url}/extendedquerytags",
                                         json=[{"path": "StationName", "level": "Series"}])
             response.raise_for_status()
             reference = response.json()
-            started = time.monotonic()
-            during = {}
-            writer = threading.Thread(target=lambda: during.update(rate=store(server, options.during, options.batch)))
-            writer.start()
-            percents = []
+            walked = added
             while True:
                 operation = server.http.get(reference["href"]).json()
-                percents.append(operation["percentComplete"])
+                now = clock() - origin
+                if operation["percentComplete"] < 100:
+                    walked = now
                 if operation["status"] in ("succeeded", "failed"):
                     break
-                time.sleep(0.2)
-            elapsed = time.monotonic() - started
-            writer.join()
-            print(f"reindex {operation['status']} in {elapsed:.1f} s "
-                  f"({options.instances / elapsed:.0f} instances/s, includes the 3 s completion grace); "
-                  f"percentComplete seen: {sorted(set(percents))[:5]}...{sorted(set(percents))[-3:]}")
-            print(f"stored {options.during} instances during the reindex: {during['rate']:.0f}/s "
-                  f"(before: {before:.0f}/s)")
+                time.sleep(0.1)
+            ended = clock() - origin
+            load.wait()
+            sampling.set()
+            sampler.join()
+            last = samples[-1][0]
+            print(f"reindex of {options.instances} instances {operation['status']}: last percentComplete "
+                  f"below 100 at {walked - added:.1f} s, succeeded at {ended - added:.1f} s")
+            print(f"STOW (hds-bench, 64x64, batches of 10, concurrency 8), instances/s: before "
+                  f"{rate(samples, 1, added):.0f}, during the walk {rate(samples, added, walked):.0f}, "
+                  f"after {rate(samples, ended + 1, last - 1):.0f}")
             found = server.http.get(f"{server.url}/series",
                                     params={"StationName": "CT01_OC0", "limit": "200"}).json()
             print(f"search on the tag: {len(found)} series on the first page (limit 200)")
-            assert len(found) == min(200, options.instances + options.during)
+            assert len(found) == min(200, options.instances)
         finally:
             server.stop()
 

@@ -79,6 +79,12 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
         sqlite: include_str!("../migrations/sqlite/0010_export.sql"),
         postgres: include_str!("../migrations/postgres/0010_export.sql"),
     },
+    Migration {
+        version: 11,
+        description: "the last instance a reindex walks, fixed once its grace has passed",
+        sqlite: include_str!("../migrations/sqlite/0011_reindex_end.sql"),
+        postgres: include_str!("../migrations/postgres/0011_reindex_end.sql"),
+    },
 ];
 
 /// The token domains of the three UIDs; the UID tokens are also the rows' identities.

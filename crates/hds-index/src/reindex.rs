@@ -8,9 +8,11 @@
 //! leaves the cursor where its last commit put it, for the next holder once the lease expires.
 //!
 //! Stores index the tag from the moment it is added (within the registry cache's lifetime), so
-//! the walk ends when no instance is left past the cursor and [`COMPLETION_GRACE`] has passed
-//! since the operation began: a store that read the registry just before the tag existed has
-//! committed by then, and the walk catches it.
+//! once [`COMPLETION_GRACE`] has passed since the operation began (a store that read the
+//! registry just before the tag existed has committed by then) the operation fixes its last
+//! instance, the service's highest instance id at that moment, and the walk ends there.
+//! Everything stored later was indexed by its store: a reindex under a sustained load ends
+//! instead of chasing the newest instance.
 
 use std::collections::hash_map::Entry;
 use std::collections::{BTreeSet, HashMap};
@@ -38,6 +40,11 @@ pub(crate) const LEASE: Duration = Duration::from_secs(10);
 
 /// How long after an operation began its walk may end (see the module note).
 const COMPLETION_GRACE: Duration = Duration::from_secs(3);
+
+/// Whether an operation created at `created_us` is past its completion grace.
+fn grace_passed(created_us: i64) -> bool {
+    now_us() - created_us >= COMPLETION_GRACE.as_micros() as i64
+}
 
 /// An operation's status, as Azure names it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -279,6 +286,34 @@ impl Index {
         Ok(taken == 1)
     }
 
+    /// Fixes the last instance of operation `id` (held by `owner`): the service's highest
+    /// instance id now, its grace having passed (see the module note). Returns it.
+    async fn fix_reindex_end(
+        &self,
+        id: &str,
+        owner: &str,
+        service: &str,
+    ) -> Result<i64, IndexError> {
+        let mut transaction = self.database.begin_write().await?;
+        let last: i64 = sqlx::query_scalar(
+            "SELECT COALESCE(MAX(id), 0) FROM dicom_instances WHERE service = $1",
+        )
+        .bind(service)
+        .fetch_one(&mut *transaction)
+        .await?;
+        sqlx::query(
+            "UPDATE dicom_operations SET end_id = $1 WHERE id = $2 AND lease_owner = $3 \
+             AND end_id IS NULL",
+        )
+        .bind(last)
+        .bind(id)
+        .bind(owner)
+        .execute(&mut *transaction)
+        .await?;
+        transaction.commit().await?;
+        Ok(last)
+    }
+
     /// Indexes the operation's tags in its next batch of instances, or finishes it.
     ///
     /// The batch is read and computed (opening, tokenizing, resealing) before the write
@@ -289,7 +324,7 @@ impl Index {
     async fn reindex_batch(&self, id: &str, owner: &str) -> Result<ReindexStep, IndexError> {
         let pool = self.database.pool();
         let Some(operation) = sqlx::query(
-            "SELECT service, cursor_id, created_us FROM dicom_operations \
+            "SELECT service, cursor_id, created_us, end_id FROM dicom_operations \
              WHERE id = $1 AND lease_owner = $2 AND status = 'running'",
         )
         .bind(id)
@@ -302,6 +337,11 @@ impl Index {
         let service: String = column(&operation, 0)?;
         let cursor: i64 = column(&operation, 1)?;
         let created_us: i64 = column(&operation, 2)?;
+        let mut end_id: Option<i64> = column(&operation, 3)?;
+        if end_id.is_none() && grace_passed(created_us) {
+            end_id = Some(self.fix_reindex_end(id, owner, &service).await?);
+        }
+        let last_id = end_id.unwrap_or(i64::MAX);
         let tag_rows = sqlx::query(
             "SELECT t.id, t.tag_key, t.path, t.vr, t.private_creator, t.level, t.status, \
              t.query_status, t.operation_id, CAST(0 AS BIGINT) FROM dicom_extended_query_tags t \
@@ -322,10 +362,11 @@ impl Index {
                  st.attributes, i.series_id, se.uid_token, se.attributes \
                  FROM dicom_instances i JOIN dicom_studies st ON st.id = i.study_id \
                  JOIN dicom_series se ON se.id = i.series_id \
-                 WHERE i.service = $1 AND i.id > $2 ORDER BY i.id LIMIT $3",
+                 WHERE i.service = $1 AND i.id > $2 AND i.id <= $3 ORDER BY i.id LIMIT $4",
             )
             .bind(&service)
             .bind(cursor)
+            .bind(last_id)
             .bind(BATCH)
             .fetch_all(pool)
             .await?
@@ -355,12 +396,14 @@ impl Index {
         }
         let now = now_us();
         let Some(batch) = batch else {
-            let waited = now - created_us >= COMPLETION_GRACE.as_micros() as i64;
+            let waited = grace_passed(created_us);
             let more: Option<i64> = sqlx::query_scalar(
-                "SELECT id FROM dicom_instances WHERE service = $1 AND id > $2 LIMIT 1",
+                "SELECT id FROM dicom_instances WHERE service = $1 AND id > $2 AND id <= $3 \
+                 LIMIT 1",
             )
             .bind(&service)
             .bind(cursor)
+            .bind(last_id)
             .fetch_optional(&mut *transaction)
             .await?;
             if !tags.is_empty() && (!waited || more.is_some()) {

@@ -2172,6 +2172,79 @@ async fn reindex_continues_from_its_cursor_under_another_owner(index: Index) {
     assert_eq!(processed, count as i64);
 }
 
+async fn reindex_ends_at_the_last_instance_fixed_after_its_grace(index: Index) {
+    let sex = |study: usize| {
+        with_extra(
+            Spec::new(300 + study, 1, 1),
+            &[("00100040", json!({"vr": "CS", "Value": ["F"]}))],
+        )
+    };
+    for study in 0..3 {
+        assert_eq!(
+            store(&index, &sex(study), &format!("blob-{study}")).await,
+            StoreOutcome::Stored
+        );
+    }
+    let id = operation_id(
+        index
+            .add_extended_query_tags(
+                SERVICE,
+                &[tag_definition("PatientSex", None, None, "Study")],
+            )
+            .await
+            .expect("add"),
+    );
+    // The grace is over: the first step fixes the last instance and walks up to it.
+    sqlx::query("UPDATE dicom_operations SET created_us = created_us - 60000000")
+        .execute(index.database().pool())
+        .await
+        .expect("age the operation");
+    assert_eq!(
+        index.operation_step("owner-a").await.expect("step"),
+        ReindexStep::Progressed
+    );
+    let (end_id, last_id): (Option<i64>, i64) = (
+        sqlx::query_scalar("SELECT end_id FROM dicom_operations")
+            .fetch_one(index.database().pool())
+            .await
+            .expect("end"),
+        sqlx::query_scalar("SELECT MAX(id) FROM dicom_instances")
+            .fetch_one(index.database().pool())
+            .await
+            .expect("max"),
+    );
+    assert_eq!(end_id, Some(last_id));
+    // Stores after it index the tag themselves; the walk does not chase them, so a store load
+    // that outpaces the walk cannot keep the operation running.
+    for study in 3..5 {
+        assert_eq!(
+            store(&index, &sex(study), &format!("blob-{study}")).await,
+            StoreOutcome::Stored
+        );
+    }
+    assert_eq!(
+        index.operation_step("owner-a").await.expect("step"),
+        ReindexStep::Finished
+    );
+    let done = index
+        .operation(SERVICE, &id)
+        .await
+        .expect("op")
+        .expect("found");
+    assert_eq!(done.status, OperationStatus::Succeeded);
+    let processed: i64 = sqlx::query_scalar("SELECT processed FROM dicom_operations")
+        .fetch_one(index.database().pool())
+        .await
+        .expect("processed");
+    assert_eq!(processed, 3);
+    let mut search = query(QueryLevel::Study, Vec::new());
+    search.extended_filters = vec![hds_index::ExtendedFilter {
+        tag: queryable(&index, "PatientSex").await,
+        matcher: Matcher::Exact("F".into()),
+    }];
+    assert_eq!(index.search(&search).await.expect("search").len(), 5);
+}
+
 /// Two partitions and the default hold the same UIDs independently: searches, retrieves and
 /// deletes in one never see another's; the service's one change feed names each entry's
 /// partition; partitions are listed with the default first.
@@ -2370,6 +2443,7 @@ suite!(
     extended_tags_follow_azures_registry_rules,
     extended_tags_index_stores_and_reindex_existing_instances,
     reindex_continues_from_its_cursor_under_another_owner,
+    reindex_ends_at_the_last_instance_fixed_after_its_grace,
     workitems_are_stored_found_and_replaced_conditionally,
     partitions_isolate_the_same_uids,
     partitions_are_bounded,
