@@ -130,23 +130,13 @@ impl Index {
     /// Takes the lease of the oldest export that is free (or already `owner`'s) and whose
     /// service's keys are in memory, and returns it; `None` when there is none.
     pub async fn claim_export(&self, owner: &str) -> Result<Option<ExportRecord>, IndexError> {
-        let candidates: Vec<String> = sqlx::query_scalar(
-            "SELECT id FROM dicom_operations WHERE kind = 'export' \
-             AND status IN ('notStarted', 'running') ORDER BY created_us LIMIT 16",
+        self.claim_operation(
+            "export",
+            owner,
+            |_| true,
+            async |id, _| self.read_export(&id, owner).await,
         )
-        .fetch_all(self.database.pool())
-        .await?;
-        for id in candidates {
-            if !self.take_lease(&id, owner).await? {
-                continue;
-            }
-            match self.read_export(&id, owner).await {
-                Ok(Some(record)) => return Ok(Some(record)),
-                Ok(None) | Err(IndexError::KeysUnavailable) => continue,
-                Err(error) => return Err(error),
-            }
-        }
-        Ok(None)
+        .await
     }
 
     async fn read_export(&self, id: &str, owner: &str) -> Result<Option<ExportRecord>, IndexError> {

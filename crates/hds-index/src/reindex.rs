@@ -245,23 +245,53 @@ impl Index {
     /// One step of the worker `owner`: a batch of the first operation it holds or can take.
     /// Operations whose service's keys are not in memory are left for later.
     pub async fn operation_step(&self, owner: &str) -> Result<ReindexStep, IndexError> {
-        let candidates: Vec<String> = sqlx::query_scalar(
-            "SELECT id FROM dicom_operations WHERE kind = 'reindex' \
+        let step = self
+            .claim_operation(
+                "reindex",
+                owner,
+                |_| true,
+                async |id, _| self.reindex_batch(&id, owner).await.map(Some),
+            )
+            .await?;
+        Ok(step.unwrap_or(ReindexStep::Idle))
+    }
+
+    /// Takes the lease of the oldest unfinished operation of `kind` that `owner` can take
+    /// (free, expired or already its own) and whose service `wanted` accepts, and returns what
+    /// `work` makes of it (`work` gets the operation's id and service). An operation `work`
+    /// passes over (`None`) or whose service's keys are not in memory is left for later, and
+    /// the next one is tried. The one claiming loop of reindex, update and export operations.
+    pub(crate) async fn claim_operation<T, Work>(
+        &self,
+        kind: &str,
+        owner: &str,
+        wanted: impl Fn(&str) -> bool,
+        mut work: impl FnMut(String, String) -> Work,
+    ) -> Result<Option<T>, IndexError>
+    where
+        Work: Future<Output = Result<Option<T>, IndexError>>,
+    {
+        let candidates = sqlx::query(
+            "SELECT id, service FROM dicom_operations WHERE kind = $1 \
              AND status IN ('notStarted', 'running') ORDER BY created_us LIMIT 16",
         )
+        .bind(kind)
         .fetch_all(self.database.pool())
         .await?;
-        for id in candidates {
-            if !self.take_lease(&id, owner).await? {
+        for row in candidates {
+            let id: String = column(&row, 0)?;
+            let service: String = column(&row, 1)?;
+            // A service left out waits without its lease being taken meanwhile.
+            if !wanted(&service) || !self.take_lease(&id, owner).await? {
                 continue;
             }
-            match self.reindex_batch(&id, owner).await {
-                Ok(step) => return Ok(step),
-                Err(IndexError::KeysUnavailable) => continue,
+            match work(id, service).await {
+                Ok(Some(done)) => return Ok(Some(done)),
+                Ok(None) | Err(IndexError::KeysUnavailable) => continue,
                 Err(error) => return Err(error),
             }
         }
-        Ok(ReindexStep::Idle)
+        Ok(None)
     }
 
     /// Takes (or renews) the lease of operation `id` for `owner`, if it is free, expired or

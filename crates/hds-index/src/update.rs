@@ -128,19 +128,8 @@ impl Index {
         owner: &str,
         unlocked: impl Fn(&str) -> bool,
     ) -> Result<Option<ClaimedUpdate>, IndexError> {
-        let candidates = sqlx::query(
-            "SELECT id, service FROM dicom_operations WHERE kind = 'update' \
-             AND status IN ('notStarted', 'running') ORDER BY created_us LIMIT 16",
-        )
-        .fetch_all(self.database.pool())
-        .await?;
-        for row in candidates {
-            let id: String = column(&row, 0)?;
-            let service: String = column(&row, 1)?;
-            // A service without its keys waits (its lease is not taken meanwhile).
-            if !unlocked(&service) || !self.take_lease(&id, owner).await? {
-                continue;
-            }
+        // A service without its keys waits (its lease is not taken meanwhile).
+        self.claim_operation("update", owner, unlocked, |id, service| async move {
             let Some(row) = sqlx::query(
                 "SELECT sealed_input, sealed_results FROM dicom_operations \
                  WHERE id = $1 AND lease_owner = $2",
@@ -150,36 +139,20 @@ impl Index {
             .fetch_optional(self.database.pool())
             .await?
             else {
-                continue;
+                return Ok(None);
             };
-            let opened = (|| {
-                let input =
-                    self.open_operation(&service, &id, INPUT_COLUMN, &column::<Vec<u8>>(&row, 0)?)?;
-                let results = self.open_operation(
-                    &service,
-                    &id,
-                    RESULTS_COLUMN,
-                    &column::<Vec<u8>>(&row, 1)?,
-                )?;
-                Ok::<_, IndexError>((
-                    crate::index::from_json::<UpdateInput>(&input)?,
-                    crate::index::from_json::<UpdateResults>(&results)?,
-                ))
-            })();
-            match opened {
-                Ok((input, results)) => {
-                    return Ok(Some(ClaimedUpdate {
-                        id,
-                        service,
-                        input,
-                        results,
-                    }));
-                }
-                Err(IndexError::KeysUnavailable) => continue,
-                Err(error) => return Err(error),
-            }
-        }
-        Ok(None)
+            let input =
+                self.open_operation(&service, &id, INPUT_COLUMN, &column::<Vec<u8>>(&row, 0)?)?;
+            let results =
+                self.open_operation(&service, &id, RESULTS_COLUMN, &column::<Vec<u8>>(&row, 1)?)?;
+            Ok(Some(ClaimedUpdate {
+                input: crate::index::from_json::<UpdateInput>(&input)?,
+                results: crate::index::from_json::<UpdateResults>(&results)?,
+                id,
+                service,
+            }))
+        })
+        .await
     }
 
     /// Renews `owner`'s lease of operation `id`; false when it is no longer `owner`'s.
