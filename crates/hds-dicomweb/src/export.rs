@@ -11,12 +11,13 @@
 
 use axum::Json;
 use axum::body::Body;
-use axum::http::header::{CONTENT_TYPE, LOCATION};
+use axum::http::header::LOCATION;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use serde_json::{Value, json};
+use serde_json::json;
 
 use crate::DicomWebError;
+use crate::extended_tags::json_body_limited;
 use crate::service::ServiceContext;
 
 /// The largest export body: 1000 identifiers of up to 194 characters and a destination.
@@ -28,25 +29,7 @@ pub async fn start(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, DicomWebError> {
-    let media_type = headers
-        .get(CONTENT_TYPE)
-        .and_then(|value| value.to_str().ok())
-        .unwrap_or_default()
-        .split(';')
-        .next()
-        .unwrap_or_default()
-        .trim()
-        .to_ascii_lowercase();
-    if media_type != "application/json" {
-        return Err(DicomWebError::UnsupportedMediaType(
-            "the body must be application/json".into(),
-        ));
-    }
-    let bytes = axum::body::to_bytes(body, MAX_BODY_BYTES)
-        .await
-        .map_err(|_| DicomWebError::PayloadTooLarge(MAX_BODY_BYTES as u64))?;
-    let body: Value = serde_json::from_slice(&bytes)
-        .map_err(|_| DicomWebError::BadRequest("the body is not valid JSON".into()))?;
+    let body = json_body_limited(&headers, body, MAX_BODY_BYTES).await?;
     let request = hds_archive::parse_export_request(&body, &context.export_policy)
         .map_err(|refusal| DicomWebError::BadRequest(refusal.0))?;
     let id = context.archive.start_export(&request).await?;
