@@ -462,7 +462,7 @@ fn partition_route<'a>(method: &axum::http::Method, path: &'a str) -> PartitionR
 
 /// Whether a path segment after `studies/` names bulk update rather than a study (Azure's
 /// spelling, matched without case as ASP.NET matches routes).
-pub(crate) fn is_bulk_update(segment: &str) -> bool {
+fn is_bulk_update(segment: &str) -> bool {
     segment.eq_ignore_ascii_case("$bulkUpdate")
 }
 
