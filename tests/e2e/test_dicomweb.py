@@ -39,6 +39,18 @@ def unique_copy(name: str) -> pydicom.Dataset:
     return dataset
 
 
+# MPEG-2 Main Profile @ Main Level: a transfer syntax hds stores but does not decode.
+UNDECODABLE_SYNTAX = "1.2.840.10008.1.2.4.100"
+
+
+def undecodable_copy() -> pydicom.Dataset:
+    """An instance stored in a syntax hds does not decode: pydicom's data has none, so a JPEG
+    2000 MR (encapsulated) is relabelled MPEG-2, whose frames no decoder of hds reads."""
+    dataset = unique_copy("MR_small_jp2klossless.dcm")
+    dataset.file_meta.TransferSyntaxUID = UNDECODABLE_SYNTAX
+    return dataset
+
+
 def to_bytes(dataset: pydicom.Dataset) -> bytes:
     buffer = io.BytesIO()
     dataset.save_as(buffer, enforce_file_format=True)
@@ -252,15 +264,15 @@ def test_transfer_syntax_negotiation(hds):
     transcoded = hds.http.get(jpeg_url, headers={"Accept": 'multipart/related; type="application/dicom"'})
     assert transcoded.status_code == 200, transcoded.text
     assert pydicom.dcmread(io.BytesIO(multipart_parts(transcoded)[0])).file_meta.TransferSyntaxUID == EXPLICIT_LE
-    # A syntax hds cannot decode (JPEG Extended, 12-bit) is refused, naming it.
-    twelve_bit = unique_copy("JPEG-lossy.dcm")
-    assert stow(hds, [to_bytes(twelve_bit)]).status_code == 200
+    # A syntax hds cannot decode is refused, naming it.
+    undecodable = undecodable_copy()
+    assert stow(hds, [to_bytes(undecodable)]).status_code == 200
     refused = hds.http.get(
-        f"{hds.url}/studies/{twelve_bit.StudyInstanceUID}/series/{twelve_bit.SeriesInstanceUID}"
-        f"/instances/{twelve_bit.SOPInstanceUID}",
+        f"{hds.url}/studies/{undecodable.StudyInstanceUID}/series/{undecodable.SeriesInstanceUID}"
+        f"/instances/{undecodable.SOPInstanceUID}",
         headers={"Accept": 'multipart/related; type="application/dicom"'})
     assert refused.status_code == 406
-    assert "transfer-syntax=*" in refused.text and "1.2.840.10008.1.2.4.51" in refused.text
+    assert "transfer-syntax=*" in refused.text and UNDECODABLE_SYNTAX in refused.text
     as_stored = hds.http.get(jpeg_url, headers={"Accept": "application/dicom; transfer-syntax=*"})
     assert as_stored.status_code == 200
     assert as_stored.content == to_bytes(jpeg)

@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from conftest import store
-from test_dicomweb import unique_copy
+from test_dicomweb import UNDECODABLE_SYNTAX, undecodable_copy, unique_copy
 
 from pydicom.pixels import apply_modality_lut
 
@@ -102,10 +102,30 @@ def test_every_listed_syntax_renders_as_jpeg_at_its_size(hds, stored):
 
 
 def test_a_syntax_the_decoders_lack_is_a_406_that_names_it(hds):
-    # JPEG Extended with 12-bit samples: the JPEG decoder reads 8-bit JPEG and lossless JPEG only.
-    dataset = unique_copy("JPEG-lossy.dcm")
+    dataset = undecodable_copy()
     store(hds, dataset)
     response = hds.http.get(rendered_url(hds, dataset), headers={"Accept": "image/jpeg"})
+    assert response.status_code == 406, response.text
+    assert UNDECODABLE_SYNTAX in response.json()["error"]["message"]
+
+
+def test_jpeg_extended_12_bit_renders_with_its_window(hds):
+    """JPEG Extended with 12-bit samples (libjpeg-turbo decodes it): the rendered PNG matches
+    pydicom's windowed rendering of pylibjpeg's decoding."""
+    dataset = unique_copy("JPGExtended.dcm")
+    store(hds, dataset)
+    _, image = fetch_image(hds, rendered_url(hds, dataset))
+    assert image.size == (dataset.Columns, dataset.Rows)
+    expected = reference_rendering(unique_copy("JPGExtended.dcm"))
+    got = numpy.asarray(image.convert("L"), dtype=numpy.float64)
+    difference = numpy.abs(got - expected)
+    assert difference.mean() < 1.5 and numpy.percentile(difference, 99) <= 4, difference.mean()
+    assert got.std() > 5, "a blank image"
+    # The damaged copy pydicom also ships (its scan header claims spectral selection) is a 406
+    # naming the syntax, as pylibjpeg refuses it.
+    damaged = unique_copy("JPEG-lossy.dcm")
+    store(hds, damaged)
+    response = hds.http.get(rendered_url(hds, damaged), headers={"Accept": "image/png"})
     assert response.status_code == 406, response.text
     assert "1.2.840.10008.1.2.4.51" in response.json()["error"]["message"]
 

@@ -17,7 +17,7 @@ import pytest
 from dicomweb_client.api import DICOMwebClient
 
 from conftest import store
-from test_dicomweb import EXPLICIT_LE, multipart_parts, unique_copy
+from test_dicomweb import EXPLICIT_LE, UNDECODABLE_SYNTAX, multipart_parts, undecodable_copy, unique_copy
 
 NO_PARAMETER = 'multipart/related; type="application/dicom"'
 JPEG_BASELINE = "1.2.840.10008.1.2.4.50"
@@ -110,12 +110,12 @@ def test_dicomweb_client_reads_a_jpeg_2000_instance_without_a_codec(hds):
 
 
 def test_what_cannot_be_transcoded_is_a_406_that_says_what_to_ask(hds):
-    twelve_bit = unique_copy("JPEG-lossy.dcm")  # JPEG Extended, 12-bit samples
-    store(hds, twelve_bit)
-    single = hds.http.get(instance_url(hds, twelve_bit), headers={"Accept": "application/dicom"})
+    undecodable = undecodable_copy()
+    store(hds, undecodable)
+    single = hds.http.get(instance_url(hds, undecodable), headers={"Accept": "application/dicom"})
     assert single.status_code == 406
-    assert "1.2.840.10008.1.2.4.51" in single.text and "transfer-syntax=*" in single.text
-    as_stored = hds.http.get(instance_url(hds, twelve_bit), headers={"Accept": "application/dicom; transfer-syntax=*"})
+    assert UNDECODABLE_SYNTAX in single.text and "transfer-syntax=*" in single.text
+    as_stored = hds.http.get(instance_url(hds, undecodable), headers={"Accept": "application/dicom; transfer-syntax=*"})
     assert as_stored.status_code == 200
     # A target hds does not produce (JPEG-LS) is a 406 naming the stored syntax and the targets.
     plain = unique_copy("MR_small.dcm")
@@ -159,12 +159,32 @@ def test_frames_of_compressed_instances_come_back_as_native_samples(hds, stored,
 
 
 def test_frames_that_cannot_be_transcoded_are_a_406_naming_the_syntax(hds):
-    twelve_bit = unique_copy("JPEG-lossy.dcm")
-    store(hds, twelve_bit)
-    response = hds.http.get(f"{instance_url(hds, twelve_bit)}/frames/1",
+    undecodable = undecodable_copy()
+    store(hds, undecodable)
+    response = hds.http.get(f"{instance_url(hds, undecodable)}/frames/1",
                             headers={"Accept": 'multipart/related; type="application/octet-stream"'})
     assert response.status_code == 406
-    assert "1.2.840.10008.1.2.4.51" in response.text
+    assert UNDECODABLE_SYNTAX in response.text
+
+
+def test_jpeg_extended_12_bit_transcodes_to_what_pylibjpeg_decodes(hds):
+    """JPEG Extended with 12-bit samples, decoded by libjpeg-turbo in hds and by pylibjpeg
+    (Thomas Richter's libjpeg) in pydicom: the same image within the rounding of two 12-bit
+    inverse DCTs, as an instance in Explicit VR Little Endian, as native frames and as
+    lossless JPEG 2000."""
+    dataset = unique_copy("JPGExtended.dcm")
+    store(hds, dataset)
+    reference = unique_copy("JPGExtended.dcm").pixel_array.astype(numpy.int32)
+    native = retrieved_single(hds, dataset, EXPLICIT_LE)
+    assert native.file_meta.TransferSyntaxUID == EXPLICIT_LE
+    assert (native.BitsAllocated, native.BitsStored) == (16, 12)
+    got = native.pixel_array.astype(numpy.int32)
+    assert numpy.abs(got - reference).max() <= 2, numpy.abs(got - reference).max()
+    frame = hds.http.get(f"{instance_url(hds, dataset)}/frames/1", headers={"Accept": "application/octet-stream"})
+    assert frame.status_code == 200
+    assert frame.content == native.PixelData
+    j2k = retrieved_single(hds, dataset, JPEG_2000_LOSSLESS)
+    assert numpy.array_equal(j2k.pixel_array.astype(numpy.int32), got)
 
 
 def psnr(got, reference, bits):
@@ -339,15 +359,15 @@ def test_what_a_target_cannot_hold_is_a_406_naming_the_stored_syntax_and_the_off
         assert EXPLICIT_LE in text and JPEG_BASELINE in text and JPEG_2000_LOSSLESS in text, text
         assert "8-bit" in text, text
     # A source hds cannot decode, asked as JPEG 2000: the 406 names it.
-    twelve_bit = unique_copy("JPEG-lossy.dcm")
-    store(hds, twelve_bit)
+    undecodable = undecodable_copy()
+    store(hds, undecodable)
     for url, accept in (
-        (instance_url(hds, twelve_bit), f"application/dicom; transfer-syntax={JPEG_2000_LOSSLESS}"),
-        (frames_url(hds, twelve_bit, [1]), 'multipart/related; type="image/jp2"'),
+        (instance_url(hds, undecodable), f"application/dicom; transfer-syntax={JPEG_2000_LOSSLESS}"),
+        (frames_url(hds, undecodable, [1]), 'multipart/related; type="image/jp2"'),
     ):
         response = hds.http.get(url, headers={"Accept": accept})
         assert response.status_code == 406, accept
-        assert "1.2.840.10008.1.2.4.51" in response.text and JPEG_2000_LOSSLESS in response.text
+        assert UNDECODABLE_SYNTAX in response.text and JPEG_2000_LOSSLESS in response.text
     # image/jp2 carries JPEG 2000 only.
     wrong = hds.http.get(frames_url(hds, sixteen_bit, [1]),
                          headers={"Accept": f'multipart/related; type="image/jp2"; transfer-syntax={JPEG_BASELINE}'})
@@ -396,14 +416,14 @@ def test_a_series_with_one_instance_that_cannot_be_transcoded_is_a_clean_406(hds
 
 def test_a_series_with_a_source_hds_cannot_decode_is_a_406_naming_it(hds):
     plain = unique_copy("MR_small.dcm")
-    twelve_bit = unique_copy("JPEG-lossy.dcm")  # JPEG Extended: not decoded here
-    twelve_bit.StudyInstanceUID = plain.StudyInstanceUID
-    twelve_bit.SeriesInstanceUID = plain.SeriesInstanceUID
+    undecodable = undecodable_copy()
+    undecodable.StudyInstanceUID = plain.StudyInstanceUID
+    undecodable.SeriesInstanceUID = plain.SeriesInstanceUID
     store(hds, plain)
-    store(hds, twelve_bit)
+    store(hds, undecodable)
     response = hds.http.get(f"{hds.url}/studies/{plain.StudyInstanceUID}", headers={"Accept": NO_PARAMETER})
     assert response.status_code == 406
-    assert "1.2.840.10008.1.2.4.51" in response.text and "transfer-syntax=*" in response.text
+    assert UNDECODABLE_SYNTAX in response.text and "transfer-syntax=*" in response.text
 
 
 HTJ2K_SYNTAXES = ["1.2.840.10008.1.2.4.201", "1.2.840.10008.1.2.4.202", "1.2.840.10008.1.2.4.203"]

@@ -4,9 +4,10 @@
 //! encapsulates it (PS3.5 A.4.4), and lossless: the reversible 5-3 wavelet, one quality layer,
 //! no colour transform, so the samples decode back exactly and colour stays as stored.
 //!
-//! This is the one module of the crate with `unsafe` code: the OpenJPEG calls. Every resource
-//! the library allocates is held by a guard that frees it on every path, and the output stream
-//! writes into a `Vec` owned here, never into a file: the decrypted pixels stay in memory.
+//! One of the crate's two modules with `unsafe` code (with `jpeg_extended`): the OpenJPEG
+//! calls. Every resource the library allocates is held by a guard that frees it on every path,
+//! and the output stream writes into a `Vec` owned here, never into a file: the decrypted
+//! pixels stay in memory.
 #![allow(unsafe_code)]
 
 use std::ffi::{CStr, c_char, c_void};

@@ -7,8 +7,9 @@
 //! modality LUT (RescaleSlope/RescaleIntercept), then the first window the instance stores
 //! (WindowCenter/WindowWidth, linear; min-max normalization when it stores none; a VOI LUT
 //! table is not applied), MONOCHROME1 inverted, colour (RGB, YBR, palette) converted to RGB. Decoding is dicom-rs's
-//! (`dicom-pixeldata`: native, RLE, JPEG baseline/extended/lossless, JPEG-LS by CharLS, JPEG
-//! 2000 and HTJ2K by OpenJPEG), encoding the
+//! (`dicom-pixeldata`: native, RLE, JPEG baseline and lossless, JPEG-LS by CharLS, JPEG 2000
+//! and HTJ2K by OpenJPEG), except JPEG Extended, whose 12-bit samples libjpeg-turbo decodes
+//! ([`jpeg_extended`]); encoding the
 //! `image` crate's. Nothing here writes to disk: the decrypted instance and its pixels stay in
 //! memory, bounded by [`MAX_DECODED_BYTES`].
 //!
@@ -27,9 +28,11 @@ use image::imageops::FilterType;
 use image::{DynamicImage, GrayImage};
 
 mod jpeg2000;
+mod jpeg_extended;
 mod reduced;
 mod transcode;
 
+pub use jpeg_extended::JPEG_EXTENDED;
 pub use transcode::{
     EXPLICIT_VR_LITTLE_ENDIAN, HTJ2K, HTJ2K_LOSSLESS, HTJ2K_RPCL_LOSSLESS, JPEG_2000,
     JPEG_2000_LOSSLESS, JPEG_BASELINE, JPEG_LS_LOSSLESS, JPEG_LS_NEAR_LOSSLESS, PixelHeader,
@@ -160,7 +163,15 @@ pub fn render(instance: &[u8], frame: u32, options: &RenderOptions) -> Result<Ve
         let image = image.resize(viewport.width, viewport.height, FilterType::Triangle);
         return encode(image, options);
     }
-    let decoded = object.decode_pixel_data_frame(frame - 1).map_err(|error| {
+    // JPEG Extended is decoded here (its 12-bit samples are beyond dicom-rs's JPEG decoder):
+    // the frame asked for becomes the object's only, native frame.
+    let mut object = object;
+    let mut index = frame - 1;
+    if jpeg_extended::is_jpeg_extended(&object) {
+        jpeg_extended::decode_to_native(&mut object, Some(index))?;
+        index = 0;
+    }
+    let decoded = object.decode_pixel_data_frame(index).map_err(|error| {
         PixelError::Undecodable(format!(
             "{error} (transfer syntax {})",
             object.meta().transfer_syntax().trim_end_matches('\0')

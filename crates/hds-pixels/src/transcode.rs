@@ -18,6 +18,7 @@ use dicom_pixeldata::Transcode;
 use dicom_transfer_syntax_registry::TransferSyntaxRegistry;
 use dicom_transfer_syntax_registry::entries;
 
+use crate::jpeg_extended::{self, JPEG_EXTENDED};
 use crate::jpeg2000::{self, FrameSamples};
 use crate::{MAX_DECODED_BYTES, PixelError, open, pixel_layout};
 
@@ -34,13 +35,14 @@ pub const JPEG_2000: &str = "1.2.840.10008.1.2.4.91";
 /// native ones, RLE, JPEG baseline and lossless, JPEG-LS (lossless and near-lossless, by
 /// CharLS through dicom-rs's `charls` feature), JPEG 2000, and High-Throughput JPEG 2000 (HTJ2K:
 /// dicom-rs registers its three syntaxes with its JPEG 2000 adapter, and the OpenJPEG it
-/// builds, 2.5, decodes HT code-blocks). JPEG Extended (4.51, mostly 12-bit samples) is not
-/// among them: the decoders here do not read it.
-pub const TRANSCODABLE_SOURCES: [&str; 13] = [
+/// builds, 2.5, decodes HT code-blocks), and JPEG Extended (8- and 12-bit samples, by
+/// libjpeg-turbo: [`crate::jpeg_extended`]).
+pub const TRANSCODABLE_SOURCES: [&str; 14] = [
     "1.2.840.10008.1.2",
     "1.2.840.10008.1.2.2",
     "1.2.840.10008.1.2.5",
     "1.2.840.10008.1.2.4.50",
+    JPEG_EXTENDED,
     "1.2.840.10008.1.2.4.57",
     "1.2.840.10008.1.2.4.70",
     JPEG_LS_LOSSLESS,
@@ -222,6 +224,9 @@ fn decode_to_native(
         .transfer_syntax()
         .trim_end_matches('\0')
         .to_owned();
+    if jpeg_extended::is_jpeg_extended(&object) {
+        jpeg_extended::decode_to_native(&mut object, None)?;
+    }
     object
         .transcode(&entries::EXPLICIT_VR_LITTLE_ENDIAN.erased())
         .map_err(|error| PixelError::Undecodable(format!("{error} (transfer syntax {source})")))?;

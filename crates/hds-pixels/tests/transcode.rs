@@ -154,11 +154,12 @@ fn what_a_target_cannot_hold_is_refused() {
         matches!(refused, Err(PixelError::Unencodable(_))),
         "{refused:?}"
     );
-    // JPEG Extended (12-bit) does not decode here.
-    assert!(matches!(
-        transcode(&test_file("JPEG-lossy.dcm"), TargetSyntax::Jpeg2000Lossless),
-        Err(PixelError::Undecodable(_))
-    ));
+    // JPEG Extended's 12-bit samples do not fit JPEG Baseline's 8 bits.
+    let refused = transcode(&test_file("JPGExtended.dcm"), TargetSyntax::JpegBaseline);
+    assert!(
+        matches!(&refused, Err(PixelError::Unencodable(reason)) if reason.contains("8-bit")),
+        "{refused:?}"
+    );
 }
 
 #[test]
@@ -218,7 +219,7 @@ fn the_header_check_predicts_what_transcoding_refuses() {
         "OBXXXX1A.dcm",
         "examples_palette.dcm",
         "JPEG2000.dcm",
-        "JPEG-lossy.dcm",
+        "JPGExtended.dcm",
         "JPEG-LL.dcm",
         "vlut_04.dcm",
         "rtplan.dcm",
@@ -276,4 +277,187 @@ fn jpeg_ls_lossless_sources_decode_to_their_twin() {
         let j2k = transcode(&stored, TargetSyntax::Jpeg2000Lossless).expect("to JPEG 2000");
         assert_eq!(samples(&j2k), expected);
     }
+}
+
+/// JPEG Extended with 12-bit samples (libjpeg-turbo) decodes to a 12-bit image, which JPEG 2000
+/// then holds exactly. pydicom's other copy of the file, whose scan header is damaged (a
+/// sequential scan that claims spectral selection), is refused as undecodable, as libjpeg's
+/// other decoders refuse it.
+#[test]
+fn jpeg_extended_12_bit_decodes() {
+    let stored = test_file("JPGExtended.dcm");
+    let native = transcode(&stored, TargetSyntax::ExplicitVrLittleEndian).expect("to ELE");
+    assert_eq!(syntax(&native), hds_pixels::EXPLICIT_VR_LITTLE_ENDIAN);
+    let values = samples(&native);
+    assert_eq!(values.len(), 1024 * 256);
+    assert!(values.iter().all(|value| (0..4096).contains(value)));
+    // An image, not a blank: many distinct grey levels.
+    let mut levels = values.clone();
+    levels.sort_unstable();
+    levels.dedup();
+    assert!(levels.len() > 100, "{} grey levels", levels.len());
+    let j2k = transcode(&stored, TargetSyntax::Jpeg2000Lossless).expect("to J2K");
+    assert_eq!(samples(&j2k), values);
+
+    let damaged = transcode(
+        &test_file("JPEG-lossy.dcm"),
+        TargetSyntax::ExplicitVrLittleEndian,
+    );
+    assert!(
+        matches!(&damaged, Err(PixelError::Undecodable(reason)) if reason.contains("SOS")),
+        "{damaged:?}"
+    );
+}
+
+/// JPEG Extended also holds 8-bit samples (baseline-coded frames are valid in it): an 8-bit
+/// image encoded by `jpeg-encoder` and stored under 1.2.840.10008.1.2.4.51 decodes close to
+/// the original, grey and colour, one frame or several.
+#[test]
+fn jpeg_extended_8_bit_decodes_close_to_the_original() {
+    use dicom_core::value::PixelFragmentSequence;
+    use dicom_core::{DataElement, PrimitiveValue, VR};
+    use dicom_dictionary_std::tags;
+    use dicom_object::{FileMetaTableBuilder, InMemDicomObject};
+
+    for (samples_per_pixel, frames) in [(1_u16, 1_u32), (3, 1), (1, 3)] {
+        let (columns, rows) = (64_u16, 48_u16);
+        let original: Vec<u8> =
+            (0..u32::from(columns) * u32::from(rows) * u32::from(samples_per_pixel) * frames)
+                .map(|at| {
+                    // Smooth ramps, one per sample, so that chroma subsampling loses little.
+                    let pixel = at / u32::from(samples_per_pixel);
+                    let (x, y) = (pixel % 64, pixel / 64 % 48);
+                    (40 + x + y + 20 * (at % u32::from(samples_per_pixel))) as u8
+                })
+                .collect();
+        let frame_len = original.len() / frames as usize;
+        let fragments: Vec<Vec<u8>> = original
+            .chunks(frame_len)
+            .map(|frame| {
+                let mut jpeg = Vec::new();
+                let colour = if samples_per_pixel == 1 {
+                    jpeg_encoder::ColorType::Luma
+                } else {
+                    jpeg_encoder::ColorType::Rgb
+                };
+                jpeg_encoder::Encoder::new(&mut jpeg, 95)
+                    .encode(frame, columns, rows, colour)
+                    .expect("encode");
+                jpeg
+            })
+            .collect();
+        let mut object = InMemDicomObject::new_empty();
+        let put = |object: &mut InMemDicomObject, tag, vr, value: PrimitiveValue| {
+            object.put(DataElement::new(tag, vr, value));
+        };
+        put(
+            &mut object,
+            tags::SOP_CLASS_UID,
+            VR::UI,
+            "1.2.840.10008.5.1.4.1.1.7".into(),
+        );
+        put(
+            &mut object,
+            tags::SOP_INSTANCE_UID,
+            VR::UI,
+            "1.2.3.4.5.6".into(),
+        );
+        put(&mut object, tags::ROWS, VR::US, rows.into());
+        put(&mut object, tags::COLUMNS, VR::US, columns.into());
+        put(
+            &mut object,
+            tags::SAMPLES_PER_PIXEL,
+            VR::US,
+            samples_per_pixel.into(),
+        );
+        let photometric = if samples_per_pixel == 1 {
+            "MONOCHROME2"
+        } else {
+            "YBR_FULL_422"
+        };
+        put(
+            &mut object,
+            tags::PHOTOMETRIC_INTERPRETATION,
+            VR::CS,
+            photometric.into(),
+        );
+        put(&mut object, tags::BITS_ALLOCATED, VR::US, 8_u16.into());
+        put(&mut object, tags::BITS_STORED, VR::US, 8_u16.into());
+        put(&mut object, tags::HIGH_BIT, VR::US, 7_u16.into());
+        put(
+            &mut object,
+            tags::PIXEL_REPRESENTATION,
+            VR::US,
+            0_u16.into(),
+        );
+        put(
+            &mut object,
+            tags::NUMBER_OF_FRAMES,
+            VR::IS,
+            frames.to_string().into(),
+        );
+        if samples_per_pixel == 3 {
+            put(
+                &mut object,
+                tags::PLANAR_CONFIGURATION,
+                VR::US,
+                0_u16.into(),
+            );
+        }
+        object.put(DataElement::new(
+            tags::PIXEL_DATA,
+            VR::OB,
+            PixelFragmentSequence::new(Vec::<u32>::new(), fragments),
+        ));
+        let file = object
+            .with_meta(
+                FileMetaTableBuilder::new()
+                    .transfer_syntax(hds_pixels::JPEG_EXTENDED)
+                    .media_storage_sop_class_uid("1.2.840.10008.5.1.4.1.1.7")
+                    .media_storage_sop_instance_uid("1.2.3.4.5.6"),
+            )
+            .expect("meta");
+        let mut stored = Vec::new();
+        file.write_all(&mut stored).expect("write");
+
+        let native = transcode(&stored, TargetSyntax::ExplicitVrLittleEndian).expect("to ELE");
+        let values = samples(&native);
+        assert_eq!(values.len(), original.len());
+        let worst = values
+            .iter()
+            .zip(&original)
+            .map(|(decoded, original)| (decoded - i32::from(*original)).abs())
+            .max()
+            .unwrap_or(0);
+        assert!(
+            worst <= 12,
+            "{samples_per_pixel} samples, {frames} frames: off by {worst}"
+        );
+        // A rendered frame of the same instance.
+        let rendered = hds_pixels::render(&stored, frames, &hds_pixels::RenderOptions::default())
+            .expect("render");
+        assert!(rendered.starts_with(&[0xFF, 0xD8]));
+    }
+}
+
+/// A JPEG Extended frame whose header disagrees with the data set (here: larger than Rows x
+/// Columns) is refused before libjpeg-turbo allocates it.
+#[test]
+fn jpeg_extended_frames_larger_than_their_image_are_refused() {
+    use dicom_core::{DataElement, PrimitiveValue, VR};
+    use dicom_dictionary_std::tags;
+
+    let mut object = parse(&test_file("JPGExtended.dcm"));
+    object.put(DataElement::new(
+        tags::ROWS,
+        VR::US,
+        PrimitiveValue::from(16_u16),
+    ));
+    let mut bytes = Vec::new();
+    object.write_all(&mut bytes).expect("write");
+    let refused = transcode(&bytes, TargetSyntax::ExplicitVrLittleEndian);
+    assert!(
+        matches!(&refused, Err(PixelError::Undecodable(reason)) if reason.contains("256x1024")),
+        "{refused:?}"
+    );
 }
