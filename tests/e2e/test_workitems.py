@@ -256,6 +256,8 @@ def hostile_inputs(ups):
         (json.dumps({"00100010": {"vr": "PN", "BulkDataURI": "http://elsewhere/x"}}).encode(), 400),
         (json.dumps({**workitem("1.2.3.12"), "00741000": {"vr": "CS", "Value": ["COMPLETED"]}}).encode(), 400),
         (json.dumps({**workitem("1.2.3.13"), "00081195": {"vr": "UI", "Value": ["1.2.3"]}}).encode(), 400),
+        # A multi-byte character across a date-time's eighth byte (found by fuzzing).
+        (json.dumps({**workitem("1.2.3.15"), "00404005": {"vr": "DT", "Value": ["2026120\u043bT0000"]}}).encode(), 400),
         (b" " * (2 * 1024 * 1024), 413),
     ]:
         response = ups.send("POST", raw=raw)
@@ -273,6 +275,7 @@ def hostile_inputs(ups):
         {"includefield": "NotAnAttribute"},
         {"ScheduledProcedureStepStartDateTime": "20261204093000-"},
         {"ScheduledProcedureStepStartDateTime": "-"},
+        {"ScheduledProcedureStepStartDateTime": "2026120\u043bT0000"},
         {f"x{n}": "1" for n in range(70)},
     ]:
         response = ups.send("GET", params=params)

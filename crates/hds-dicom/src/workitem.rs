@@ -869,7 +869,8 @@ pub fn datetime_date(value: &str) -> Option<u32> {
     if value.len() < 8 || value.len() > 26 {
         return None;
     }
-    let (date, rest) = value.split_at(8);
+    // `get` rather than slicing: a hostile value may put a multi-byte character across byte 8.
+    let (date, rest) = (value.get(..8)?, value.get(8..)?);
     let date = parse_date(date)?;
     let rest_ok = rest
         .bytes()
@@ -1958,6 +1959,9 @@ mod tests {
         assert_eq!(datetime_date("20240229120000.000001+0000"), Some(20240229));
         assert_eq!(datetime_date("2024022"), None);
         assert_eq!(datetime_date("20240230"), None);
+        // A multi-byte character across byte 8 (found by fuzzing): refused, not a panic.
+        assert_eq!(datetime_date("2026120\u{43b}T0000"), None);
+        assert_eq!(datetime_date("20261204\u{43b}"), None);
     }
 
     #[test]
