@@ -84,6 +84,10 @@ pub enum FrameError {
     /// few bytes for the declared frames.
     #[error("{0}")]
     Malformed(&'static str),
+    /// The top-level pixel data's own value is broken (cut short, fragments without their
+    /// delimitation), while the data set around it is sound.
+    #[error("{0}")]
+    MalformedPixelData(&'static str),
     /// An attribute the frame layout depends on is missing or not a number.
     #[error("attribute {0} is missing or invalid")]
     ImageAttribute(&'static str),
@@ -265,8 +269,11 @@ impl<R: Read + Seek> Scanner<R> {
 
     /// Walks the elements of a data set (the top level has `limit` = end of file, an item of
     /// defined length its own end, an item of undefined length `None`: up to its item
-    /// delimitation) checking that every value lies within its container. Stops before the
-    /// top-level PixelData element and returns where its value starts.
+    /// delimitation) checking that every value lies within its container, and returns where
+    /// the top-level PixelData element's value starts. The top level is walked to the end of
+    /// the file, past the pixel data too: a full parse (rendering, bulk update) reads the
+    /// elements that follow it (trailing padding, signatures), and would otherwise allocate
+    /// whatever length a hostile one claims.
     fn walk_data_set(
         &mut self,
         encoding: DataSetEncoding,
@@ -277,35 +284,44 @@ impl<R: Read + Seek> Scanner<R> {
             return Err(FrameError::Malformed("sequences nested too deeply"));
         }
         let bound = limit.unwrap_or(self.end);
+        let mut pixel_data = None;
         loop {
             if limit.is_some_and(|end| self.position >= end) {
-                return Ok(None);
+                return Ok(pixel_data);
             }
             let Some(header) = self.read_header(encoding)? else {
                 if limit.is_none() && depth > 0 {
                     return Err(FrameError::Malformed("an item has no delimitation item"));
                 }
-                return Ok(None);
+                return Ok(pixel_data);
             };
             if depth > 0 && header.tag == ITEM_DELIMITATION {
                 return Ok(None);
             }
             // Items and delimiters belong in sequences. The parser steps over a stray one at the
-            // top level and reads on, while the scan would stop there (its tag is past the pixel
-            // data's), leaving whatever follows unchecked.
+            // top level and reads on.
             if depth == 0 && header.tag.group() == 0xFFFE {
                 return Err(FrameError::Malformed(
                     "an item or delimiter outside any sequence",
                 ));
             }
             if depth == 0 && header.tag == tags::PIXEL_DATA {
-                return Ok(Some(PixelDataLocation {
+                if pixel_data.is_some() {
+                    return Err(FrameError::Malformed("the pixel data appears twice"));
+                }
+                pixel_data = Some(PixelDataLocation {
                     value_offset: self.position,
                     length: (header.length != UNDEFINED_LENGTH).then_some(header.length),
-                }));
-            }
-            if depth == 0 && header.tag > tags::PIXEL_DATA {
-                return Ok(None);
+                });
+                match header.length {
+                    UNDEFINED_LENGTH => self.skip_fragments(encoding),
+                    length => self.skip(u64::from(length)),
+                }
+                .map_err(|error| match error {
+                    FrameError::Malformed(reason) => FrameError::MalformedPixelData(reason),
+                    other => other,
+                })?;
+                continue;
             }
             self.walk_value(header, encoding, bound, depth)?;
         }

@@ -148,7 +148,10 @@ pub fn parse_instance<R: Read + Seek>(mut reader: R) -> Result<ParsedInstance, I
             _ => DataSetEncoding::ExplicitLittle,
         })
     })?
-    .map_err(|error| InstanceError::Unreadable(error.to_string()))?;
+    .map_err(|error| match error {
+        FrameError::MalformedPixelData(_) => InstanceError::PixelData(error),
+        other => InstanceError::Unreadable(other.to_string()),
+    })?;
     let transfer_syntax_uid = layout.transfer_syntax_uid.clone();
     let transfer_syntax = TransferSyntaxRegistry
         .get(&transfer_syntax_uid)

@@ -634,6 +634,25 @@ fn hostile_lengths_and_truncation_are_refused_before_parsing() {
     ));
     // Cut inside the header.
     assert!(parse_instance(Cursor::new(&bytes[..at + 4])).is_err());
+    // An element after the pixel data that claims 4 GB (found by fuzzing the pixel services):
+    // the parse at STOW stops at the pixel data, but a full parse later (rendering, bulk
+    // update) reads on, so the scan checks it too.
+    let mut trailing = bytes.clone();
+    trailing.extend_from_slice(&[0xFC, 0xFF, 0xFC, 0xFF, b'O', b'B', 0, 0]);
+    trailing.extend_from_slice(&0xF200_0000_u32.to_le_bytes());
+    trailing.extend_from_slice(&[0; 16]);
+    let refused = parse_instance(Cursor::new(&trailing));
+    assert!(
+        matches!(&refused, Err(InstanceError::Unreadable(reason)) if reason.contains("past the end")),
+        "{:?}",
+        refused.err()
+    );
+    // The same padding element with its true length is fine.
+    let mut padded = bytes.clone();
+    padded.extend_from_slice(&[0xFC, 0xFF, 0xFC, 0xFF, b'O', b'B', 0, 0]);
+    padded.extend_from_slice(&16_u32.to_le_bytes());
+    padded.extend_from_slice(&[0; 16]);
+    assert!(parse_instance(Cursor::new(&padded)).is_ok());
 }
 
 #[test]
