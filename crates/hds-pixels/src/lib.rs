@@ -149,8 +149,28 @@ pub enum PixelError {
     Encode(String),
 }
 
+/// Runs `work`, which decodes pixel data with the codecs hds links, turning a panic of one of
+/// them on damaged data (dicom-rs's RLE decoder indexes past a short segment, for one) into
+/// [`PixelError::Undecodable`]: a hostile instance is refused like any other damaged one, and
+/// the worker that decodes it carries on.
+pub(crate) fn guarded<T>(work: impl FnOnce() -> Result<T, PixelError>) -> Result<T, PixelError> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(work)).unwrap_or_else(|_| {
+        Err(PixelError::Undecodable(
+            "the decoder failed on damaged pixel data".into(),
+        ))
+    })
+}
+
 /// Renders frame `frame` (numbered from 1) of the Part-10 instance `instance` as `options` say.
 pub fn render(instance: &[u8], frame: u32, options: &RenderOptions) -> Result<Vec<u8>, PixelError> {
+    guarded(|| render_unguarded(instance, frame, options))
+}
+
+fn render_unguarded(
+    instance: &[u8],
+    frame: u32,
+    options: &RenderOptions,
+) -> Result<Vec<u8>, PixelError> {
     check_options(options)?;
     let object = open(instance)?;
     let frames = frame_count(&object)?;

@@ -20,7 +20,7 @@ use dicom_transfer_syntax_registry::entries;
 
 use crate::jpeg_extended::{self, JPEG_EXTENDED};
 use crate::jpeg2000::{self, FrameSamples};
-use crate::{MAX_DECODED_BYTES, PixelError, open, pixel_layout};
+use crate::{MAX_DECODED_BYTES, PixelError, guarded, open, pixel_layout};
 
 /// Explicit VR Little Endian, the transfer syntax DICOMweb returns when none is asked for.
 pub const EXPLICIT_VR_LITTLE_ENDIAN: &str = "1.2.840.10008.1.2.1";
@@ -133,6 +133,10 @@ impl TargetSyntax {
 /// frame encoded. Attributes other than the transfer syntax and those describing the pixel
 /// data's encoding are kept as they are.
 pub fn transcode(instance: &[u8], target: TargetSyntax) -> Result<Vec<u8>, PixelError> {
+    guarded(|| transcode_unguarded(instance, target))
+}
+
+fn transcode_unguarded(instance: &[u8], target: TargetSyntax) -> Result<Vec<u8>, PixelError> {
     let mut object = decode_to_native(instance, target)?;
     if target.encapsulated() && has_pixel_data(&object) {
         let native = NativeFrames::of(&object)?;
@@ -162,6 +166,14 @@ pub fn transcode_to_explicit_little_endian(instance: &[u8]) -> Result<Vec<u8>, P
 /// whole first (every frame must fit within [`MAX_DECODED_BYTES`](crate::MAX_DECODED_BYTES));
 /// only the frames asked for are encoded.
 pub fn transcode_frames(
+    instance: &[u8],
+    target: TargetSyntax,
+    frames: &[usize],
+) -> Result<Vec<Vec<u8>>, PixelError> {
+    guarded(|| transcode_frames_unguarded(instance, target, frames))
+}
+
+fn transcode_frames_unguarded(
     instance: &[u8],
     target: TargetSyntax,
     frames: &[usize],

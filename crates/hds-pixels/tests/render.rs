@@ -148,6 +148,42 @@ fn hostile_instances_are_refused_before_decoding() {
     ));
 }
 
+/// An RLE segment shorter than its image makes dicom-rs's RLE decoder index past it (a panic,
+/// found by fuzzing): hds refuses the instance as undecodable, for rendering and transcoding
+/// alike, and the next one decodes as usual.
+#[test]
+fn a_decoder_panic_on_damaged_data_is_an_undecodable_instance() {
+    let directory = std::env::var("HDS_PYDICOM_TESTDATA").expect("HDS_PYDICOM_TESTDATA");
+    let mut object = open_file(PathBuf::from(directory).join("MR_small_RLE.dcm")).expect("open");
+    let pixel_data = object
+        .element(dicom_core::Tag(0x7FE0, 0x0010))
+        .expect("pixel data");
+    let fragment = pixel_data.value().fragments().expect("fragments")[0].clone();
+    // The RLE header (64 bytes: segment count and offsets) and the first bytes of segment 1.
+    let mut short = fragment[..64].to_vec();
+    short.extend_from_slice(&fragment[64..72]);
+    short[8..12].copy_from_slice(&72_u32.to_le_bytes()); // segment 2 starts at the end
+    object.put(DataElement::new(
+        dicom_core::Tag(0x7FE0, 0x0010),
+        VR::OB,
+        dicom_core::value::PixelFragmentSequence::new(Vec::<u32>::new(), vec![short]),
+    ));
+    let mut damaged = Vec::new();
+    object.write_all(&mut damaged).expect("write");
+    let rendered = render(&damaged, 1, &png());
+    assert!(
+        matches!(&rendered, Err(PixelError::Undecodable(_))),
+        "{rendered:?}"
+    );
+    let transcoded =
+        hds_pixels::transcode(&damaged, hds_pixels::TargetSyntax::ExplicitVrLittleEndian);
+    assert!(
+        matches!(&transcoded, Err(PixelError::Undecodable(_))),
+        "{transcoded:?}"
+    );
+    assert!(render(&test_file("MR_small_RLE.dcm"), 1, &png()).is_ok());
+}
+
 #[test]
 fn transcoding_keeps_the_data_set_and_refuses_what_would_decode_too_large() {
     let rle = test_file("SC_rgb_rle_2frame.dcm");
