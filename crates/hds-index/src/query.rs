@@ -335,9 +335,13 @@ impl Index {
                 // Every row the driver finds is the service's: its UIDs are looked up with the
                 // service, and tokens of different services differ (see `IndexCipher`). The
                 // second statement checks the service again.
-                sql.push("SELECT DISTINCT d.id FROM (");
+                // The driver's rows are materialized before they are sorted: given `d` as a
+                // plain subquery, PostgreSQL's planner may walk the token table's (study_id)
+                // index in id order and filter every entry by token until it has a page (a
+                // 31-day range at 10^6 instances: 100 ms instead of under 1 ms).
+                sql.push("WITH d AS MATERIALIZED (");
                 push_driver(&mut sql, level, &conditions[at], &service_argument);
-                sql.push(") d WHERE 1 = 1");
+                sql.push(") SELECT DISTINCT d.id FROM d WHERE 1 = 1");
                 for (index, condition) in conditions.iter().enumerate() {
                     if index != at {
                         push_check(&mut sql, level, condition);

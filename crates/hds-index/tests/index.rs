@@ -1251,8 +1251,10 @@ async fn searches_are_driven_by_their_tokens(index: Index) {
             );
         } else {
             for line in plan.lines() {
+                // `SCAN d` reads the driver's materialized matches, not a table.
+                let walks_a_table = line.starts_with("SCAN") && line.trim() != "SCAN d";
                 assert!(
-                    !line.starts_with("SCAN") && !line.contains("service=?"),
+                    !walks_a_table && !line.contains("service=?"),
                     "{level:?}: the plan walks rows: {line}\n{plan}"
                 );
             }
