@@ -19,7 +19,7 @@
 use std::borrow::Cow;
 use std::ffi::{CStr, c_int};
 
-use dicom_core::{DataElement, Length, PrimitiveValue, VR};
+use dicom_core::{DataElement, PrimitiveValue, VR};
 use dicom_dictionary_std::tags;
 use dicom_encoding::transfer_syntax::TransferSyntaxIndex;
 use dicom_object::DefaultDicomObject;
@@ -28,6 +28,7 @@ use dicom_transfer_syntax_registry::entries;
 use turbojpeg_sys as tj;
 
 use crate::PixelError;
+use crate::transcode::put_native_pixel_data;
 
 /// JPEG Extended (Process 2 and 4): 8- or 12-bit samples, lossy.
 pub const JPEG_EXTENDED: &str = "1.2.840.10008.1.2.4.51";
@@ -62,18 +63,7 @@ pub(crate) fn decode_to_native(
     for jpeg in &wanted {
         decoder.decode_into(jpeg, &mut native)?;
     }
-    let length = u32::try_from(native.len()).map_err(|_| undecodable("over 4 GiB".into()))?;
-    let vr = if header.bits_allocated == 8 {
-        VR::OB
-    } else {
-        VR::OW
-    };
-    object.put(DataElement::new_with_len(
-        tags::PIXEL_DATA,
-        vr,
-        Length::defined(length),
-        PrimitiveValue::from(native),
-    ));
+    put_native_pixel_data(object, native, header.bits_allocated as usize / 8)?;
     if only.is_some() {
         object.put(DataElement::new(
             tags::NUMBER_OF_FRAMES,

@@ -282,19 +282,34 @@ fn interleave_planes(object: &mut DefaultDicomObject) -> Result<(), PixelError> 
             }
         }
     }
-    let length = u32::try_from(interleaved.len())
-        .map_err(|_| PixelError::Undecodable("pixel data over 4 GiB".into()))?;
-    let vr = if sample == 1 { VR::OB } else { VR::OW };
-    object.put(DataElement::new_with_len(
-        tags::PIXEL_DATA,
-        vr,
-        Length::defined(length),
-        PrimitiveValue::from(interleaved),
-    ));
+    put_native_pixel_data(object, interleaved, sample)?;
     object.put(DataElement::new(
         tags::PLANAR_CONFIGURATION,
         VR::US,
         PrimitiveValue::from(0_u16),
+    ));
+    Ok(())
+}
+
+/// Replaces the pixel data of `object` with native samples `bytes` of `bytes_per_sample` bytes
+/// each (OB for one, OW otherwise).
+pub(crate) fn put_native_pixel_data(
+    object: &mut DefaultDicomObject,
+    bytes: Vec<u8>,
+    bytes_per_sample: usize,
+) -> Result<(), PixelError> {
+    let length = u32::try_from(bytes.len())
+        .map_err(|_| PixelError::Undecodable("pixel data over 4 GiB".into()))?;
+    let vr = if bytes_per_sample == 1 {
+        VR::OB
+    } else {
+        VR::OW
+    };
+    object.put(DataElement::new_with_len(
+        tags::PIXEL_DATA,
+        vr,
+        Length::defined(length),
+        PrimitiveValue::from(bytes),
     ));
     Ok(())
 }
