@@ -541,10 +541,11 @@ fn read_file_meta<R: Read + Seek>(scanner: &mut Scanner<R>) -> Result<String, Fr
     ))
 }
 
-/// Scans a Part-10 file's structure up to its pixel data, reading headers only: the file meta
-/// group, then (with the encoding `encoding_of` gives for its transfer syntax) every element,
-/// item and sequence, checking that each value lies within its container. A file that passes
-/// can be handed to the parser without it trusting absurd lengths.
+/// Scans a Part-10 file's whole structure, reading headers only: the file meta group, then
+/// (with the encoding `encoding_of` gives for its transfer syntax) every element, item and
+/// sequence, the pixel data's fragments and whatever follows the pixel data, checking that each
+/// value lies within its container. A file that passes can be handed to the parser, whole or up
+/// to its pixel data, without it trusting absurd lengths.
 pub(crate) fn scan_layout<R: Read + Seek, E>(
     reader: R,
     encoding_of: impl FnOnce(&str) -> Result<DataSetEncoding, E>,
