@@ -85,6 +85,12 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
         sqlite: include_str!("../migrations/sqlite/0011_reindex_end.sql"),
         postgres: include_str!("../migrations/postgres/0011_reindex_end.sql"),
     },
+    Migration {
+        version: 12,
+        description: "a study's series and instance counts and sealed modalities on its row",
+        sqlite: include_str!("../migrations/sqlite/0012_study_summary.sql"),
+        postgres: include_str!("../migrations/postgres/0012_study_summary.sql"),
+    },
 ];
 
 /// The token domains of the three UIDs; the UID tokens are also the rows' identities.
@@ -276,6 +282,7 @@ pub(crate) const ATTRIBUTES_COLUMN: &str = "attributes";
 pub(crate) const METADATA_COLUMN: &str = "metadata";
 pub(crate) const UIDS_COLUMN: &str = "uids";
 pub(crate) const FRAMES_COLUMN: &str = "frames";
+pub(crate) const MODALITIES_COLUMN: &str = "modalities";
 
 impl Index {
     /// Opens (creating if needed) the index at `url` (`sqlite:PATH` or `postgres://...`) and
@@ -647,8 +654,16 @@ impl Index {
         let mut delete_series = Sql::new("DELETE FROM dicom_series WHERE id IN ");
         delete_series
             .bind_list(series_ids.iter().map(|id| Argument::Integer(*id)))
-            .push(" AND NOT EXISTS (SELECT 1 FROM dicom_instances i WHERE i.series_id = dicom_series.id)");
-        delete_series.query().execute(&mut *transaction).await?;
+            .push(" AND NOT EXISTS (SELECT 1 FROM dicom_instances i WHERE i.series_id = dicom_series.id)")
+            .push(" RETURNING study_id");
+        let emptied = delete_series.query().fetch_all(&mut *transaction).await?;
+        // A study that lost a series may have lost a modality: its ModalitiesInStudy is read
+        // from its series again (`summary.rs`). A study that goes below takes it along.
+        let lost_series = emptied
+            .iter()
+            .map(|row| column::<i64>(row, 0))
+            .collect::<Result<BTreeSet<_>, _>>()?;
+        crate::summary::forget_modalities(&mut transaction, lost_series).await?;
         let mut delete_studies = Sql::new("DELETE FROM dicom_studies WHERE id IN ");
         delete_studies
             .bind_list(study_ids.iter().map(|id| Argument::Integer(*id)))

@@ -40,6 +40,7 @@ mod query;
 mod reindex;
 mod sql;
 mod store;
+mod summary;
 mod tokens;
 mod update;
 mod workitems;

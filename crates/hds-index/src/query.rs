@@ -14,6 +14,7 @@ use crate::index::{
     STUDY_TABLE, STUDY_UID, from_json,
 };
 use crate::sql::{Argument, Sql, column};
+use crate::summary::open_modalities;
 use crate::tokens::{
     date_range_tokens, exact_date_token, exact_domain, prefix_domain, prefix_query_value,
 };
@@ -173,7 +174,9 @@ impl Index {
     /// token, and each candidate is then checked by token-index probes from its id. The
     /// planner is given no path that walks the service's rows, so the cost grows with the
     /// candidates of the driver, not with the archive. The second reads the page's rows by
-    /// primary key (and checks their service).
+    /// primary key (and checks their service); a study's row also holds what its result
+    /// reports of its series (`summary.rs`), so a study page reads one row per study. A third
+    /// reads the series of studies whose rows do not know their modalities.
     pub async fn search(&self, query: &SearchQuery<'_>) -> Result<Vec<SearchHit>, IndexError> {
         let Some(page_sql) = self.page_sql(query)? else {
             return Ok(Vec::new());
@@ -190,10 +193,20 @@ impl Index {
         let mut sql = Sql::new("SELECT ");
         sql.push(match query.level {
             QueryLevel::Study => {
-                "st.id, st.uid_token, st.attributes, \
-                 (SELECT COUNT(*) FROM dicom_series c WHERE c.study_id = st.id), \
-                 (SELECT COUNT(*) FROM dicom_instances c WHERE c.study_id = st.id) \
-                 FROM dicom_studies st"
+                // The modalities a study's row keeps (`summary.rs`), and on SQLite its counts
+                // (kept by triggers; PostgreSQL counts here: see its migration 0012).
+                match self.database.backend() {
+                    Backend::Sqlite => {
+                        "st.id, st.uid_token, st.attributes, st.series_count, st.instance_count, \
+                         st.modalities FROM dicom_studies st"
+                    }
+                    Backend::Postgres => {
+                        "st.id, st.uid_token, st.attributes, \
+                         (SELECT COUNT(*) FROM dicom_series c WHERE c.study_id = st.id), \
+                         (SELECT COUNT(*) FROM dicom_instances c WHERE c.study_id = st.id), \
+                         st.modalities FROM dicom_studies st"
+                    }
+                }
             }
             QueryLevel::Series => {
                 "st.id, st.uid_token, st.attributes, se.uid_token, se.attributes, \
@@ -215,6 +228,8 @@ impl Index {
         let rows = sql.query().fetch_all(self.database.pool()).await?;
 
         let mut hits = Vec::with_capacity(rows.len());
+        // Studies whose modalities their rows do not know.
+        let mut unknown_modalities = Vec::new();
         for row in &rows {
             let mut attributes = self.row_attributes(service, STUDY_TABLE, row, 1)?;
             let mut hit = SearchHit {
@@ -227,6 +242,18 @@ impl Index {
                 QueryLevel::Study => {
                     hit.number_of_related_series = Some(count(column(row, 3)?)?);
                     hit.number_of_related_instances = Some(count(column(row, 4)?)?);
+                    match column::<Option<Vec<u8>>>(row, 5)? {
+                        Some(modalities) => {
+                            let study_token: Vec<u8> = column(row, 1)?;
+                            hit.modalities_in_study = open_modalities(
+                                self.cipher.as_ref(),
+                                service,
+                                &study_token,
+                                &modalities,
+                            )?;
+                        }
+                        None => unknown_modalities.push((hits.len(), column::<i64>(row, 0)?)),
+                    }
                 }
                 QueryLevel::Series => {
                     attributes.extend(self.row_attributes(service, SERIES_TABLE, row, 3)?);
@@ -240,14 +267,11 @@ impl Index {
             hit.attributes = attributes;
             hits.push(hit);
         }
-        if query.level == QueryLevel::Study && !rows.is_empty() {
-            let study_ids = rows
-                .iter()
-                .map(|row| column::<i64>(row, 0))
-                .collect::<Result<Vec<_>, _>>()?;
+        if !unknown_modalities.is_empty() {
+            let study_ids: Vec<i64> = unknown_modalities.iter().map(|(_, id)| *id).collect();
             let mut modalities = self.modalities_of(service, &study_ids).await?;
-            for (hit, study_id) in hits.iter_mut().zip(&study_ids) {
-                hit.modalities_in_study = modalities.remove(study_id).unwrap_or_default();
+            for (at, study_id) in unknown_modalities {
+                hits[at].modalities_in_study = modalities.remove(&study_id).unwrap_or_default();
             }
         }
         Ok(hits)
@@ -520,7 +544,8 @@ impl Index {
         from_json(&self.open_sealed(service, table, &row_token, ATTRIBUTES_COLUMN, &sealed)?)
     }
 
-    /// The distinct modalities of each study's series, in series order.
+    /// The distinct modalities of each study's series, in series order: for the studies whose
+    /// rows do not keep them (`summary.rs`).
     async fn modalities_of(
         &self,
         service: &str,

@@ -39,6 +39,7 @@ use crate::index::{
     UIDS_COLUMN, to_json,
 };
 use crate::sql::{Argument, Sql, column};
+use crate::summary::{ModalityPiece, append_modalities, forget_modalities, modality_pieces};
 use crate::tokens::{term_tokens, value_tokens};
 use crate::{IndexCipher, IndexError, NewInstance, RowBinding, StoreMode, StoreOutcome};
 
@@ -69,6 +70,9 @@ pub(crate) struct PreparedInstance {
     uids: Vec<u8>,
     frames: Option<Vec<u8>>,
     instance_tokens: BTreeSet<Vec<u8>>,
+    /// The series' modalities as pieces of its study's ModalitiesInStudy, appended when this
+    /// store creates the series; None when they cannot be pieces (see `summary.rs`).
+    modality_pieces: Option<Vec<ModalityPiece>>,
     blob_name: String,
     size: i64,
     transfer_syntax_uid: String,
@@ -185,6 +189,8 @@ impl PreparedInstance {
             None => None,
         };
         let instance_tokens = level_tokens(QueryLevel::Instance)?;
+        let modality_pieces =
+            modality_pieces(cipher, service, &study_token, &parsed.series_attributes)?;
         let size = i64::try_from(instance.size)
             .map_err(|_| IndexError::Corrupt("instance size out of range".into()))?;
         Ok(PreparedInstance {
@@ -199,6 +205,7 @@ impl PreparedInstance {
             uids,
             frames,
             instance_tokens,
+            modality_pieces,
             blob_name: instance.blob_name.to_owned(),
             size,
             transfer_syntax_uid: parsed.transfer_syntax_uid.clone(),
@@ -597,14 +604,23 @@ async fn write_parents(
             wrote = true;
             let parent = ParentOf::Series(study_id);
             let tokens = row_state(existing.is_some());
-            write_row(
+            let series_id = write_row(
                 transaction,
                 parent,
                 &prepared.series_token,
                 &prepared.series,
                 tokens,
             )
-            .await?
+            .await?;
+            // The study's ModalitiesInStudy gains a new series' modalities; a series rewritten
+            // may have changed its modality, which appending cannot undo.
+            match (&existing, &prepared.modality_pieces) {
+                (None, Some(pieces)) => {
+                    append_modalities(transaction, backend, study_id, pieces).await?;
+                }
+                _ => forget_modalities(transaction, [study_id]).await?,
+            }
+            series_id
         }
     };
 
@@ -858,21 +874,29 @@ async fn write_row(
             "series_id",
         ),
     };
+    // A new study's modalities are known: none yet (`summary.rs`); an existing row keeps its.
+    let (extra_column, extra_value) = match parent {
+        ParentOf::Study(_) => (", modalities", ", $5"),
+        ParentOf::Series(_) => ("", ""),
+    };
     let sql = format!(
-        "INSERT INTO {table} ({parent_column}, uid_token, attributes, digest) \
-         VALUES ($1, $2, $3, $4) ON CONFLICT ({parent_column}, uid_token) DO UPDATE \
+        "INSERT INTO {table} ({parent_column}, uid_token, attributes, digest{extra_column}) \
+         VALUES ($1, $2, $3, $4{extra_value}) ON CONFLICT ({parent_column}, uid_token) DO UPDATE \
          SET attributes = excluded.attributes, digest = excluded.digest RETURNING id"
     );
     let query = match parent {
         ParentOf::Study(service) => sqlx::query(&sql).bind(service),
         ParentOf::Series(study_id) => sqlx::query(&sql).bind(study_id),
     };
-    let inserted = query
+    let query = query
         .bind(uid_token)
         .bind(row.attributes.as_slice())
-        .bind(row.digest.as_slice())
-        .fetch_one(&mut **transaction)
-        .await?;
+        .bind(row.digest.as_slice());
+    let query = match parent {
+        ParentOf::Study(_) => query.bind(&[][..]),
+        ParentOf::Series(_) => query,
+    };
+    let inserted = query.fetch_one(&mut **transaction).await?;
     let id: i64 = column(&inserted, 0)?;
     replace_tokens(
         transaction,

@@ -2387,6 +2387,161 @@ async fn partitions_are_bounded(index: Index) {
         .expect("another service is not bounded by this one's");
 }
 
+/// A study search's counts and ModalitiesInStudy, as the study's row keeps them, against what
+/// its series and instances say, after stores (concurrent ones grouped), an upsert, a series
+/// whose modality changes, and deletes of an instance, a series and a study.
+async fn study_summary_follows_every_change(index: Index) {
+    use sqlx::Row;
+    /// The study's search hit: (series, instances, modalities sorted: concurrent stores create
+    /// series in any order).
+    async fn summary(index: &Index, study: &str) -> Option<(u64, u64, Vec<String>)> {
+        let mut search = query(QueryLevel::Study, Vec::new());
+        search.study_instance_uid = Some(study);
+        let hits = index.search(&search).await.expect("search");
+        hits.first().map(|hit| {
+            (
+                hit.number_of_related_series.expect("series count"),
+                hit.number_of_related_instances.expect("instance count"),
+                {
+                    let mut modalities = hit.modalities_in_study.clone();
+                    modalities.sort();
+                    modalities
+                },
+            )
+        })
+    }
+    /// Whether the study's row knows its modalities (the search reads no series for it).
+    async fn kept(index: &Index, study: &str) -> bool {
+        let token = index.study_token(SERVICE, study).expect("token");
+        sqlx::query("SELECT modalities FROM dicom_studies WHERE service = $1 AND uid_token = $2")
+            .bind(SERVICE)
+            .bind(token.as_slice())
+            .fetch_one(index.database().pool())
+            .await
+            .expect("study row")
+            .get::<Option<Vec<u8>>, _>(0)
+            .is_some()
+    }
+    let spec = |series: usize, sop: usize, modality: &str| {
+        let mut spec = Spec::new(700, series, sop);
+        spec.modality = modality.into();
+        spec
+    };
+    let study = spec(1, 1, "CT").study;
+    give_study_its_key(&index, SERVICE, &spec(1, 1, "CT")).await;
+    // Stores queued together: one group on SQLite.
+    let specs = [
+        spec(1, 1, "CT"),
+        spec(1, 2, "CT"),
+        spec(2, 1, "MR"),
+        spec(3, 1, "CT"),
+        spec(4, 1, "PT"),
+    ];
+    let stores = specs.iter().enumerate().map(|(at, spec)| {
+        let index = index.clone();
+        async move { store_under_existing_key(&index, SERVICE, spec, &format!("g{at}")).await }
+    });
+    for outcome in futures::future::join_all(stores).await {
+        assert_eq!(outcome, StoreOutcome::Stored);
+    }
+    assert_eq!(
+        summary(&index, &study).await,
+        Some((4, 5, vec!["CT".into(), "MR".into(), "PT".into()]))
+    );
+    assert!(
+        kept(&index, &study).await,
+        "a new study's row keeps its modalities"
+    );
+
+    // An upsert of an instance changes no count; one more instance in a known series does.
+    let outcome = store_with_mode(
+        &index,
+        SERVICE,
+        &spec(1, 1, "CT"),
+        "upsert",
+        StoreMode::Replace,
+    )
+    .await;
+    assert!(
+        matches!(outcome, StoreOutcome::Replaced { .. }),
+        "{outcome:?}"
+    );
+    assert_eq!(
+        store(&index, &spec(2, 2, "MR"), "more").await,
+        StoreOutcome::Stored
+    );
+    assert_eq!(
+        summary(&index, &study).await,
+        Some((4, 6, vec!["CT".into(), "MR".into(), "PT".into()]))
+    );
+    assert!(kept(&index, &study).await);
+
+    // Series 4 turns out to be US: PT is gone from the study, which appending cannot say.
+    assert_eq!(
+        store(&index, &spec(4, 2, "US"), "us").await,
+        StoreOutcome::Stored
+    );
+    assert_eq!(
+        summary(&index, &study).await,
+        Some((4, 7, vec!["CT".into(), "MR".into(), "US".into()]))
+    );
+
+    // Deletes: an instance, then a whole series (MR goes with it), then the study.
+    let gone = spec(3, 1, "CT");
+    index
+        .delete(
+            SERVICE,
+            DeleteScope::Instance(&gone.study, &gone.series, &gone.sop),
+        )
+        .await
+        .expect("delete instance");
+    assert_eq!(
+        summary(&index, &study).await,
+        Some((3, 6, vec!["CT".into(), "MR".into(), "US".into()]))
+    );
+    let mr = spec(2, 1, "MR");
+    index
+        .delete(SERVICE, DeleteScope::Series(&mr.study, &mr.series))
+        .await
+        .expect("delete series");
+    assert_eq!(
+        summary(&index, &study).await,
+        Some((2, 4, vec!["CT".into(), "US".into()]))
+    );
+    // A new series after that is counted and its modality found, the row's or the series'.
+    assert_eq!(
+        store(&index, &spec(5, 1, "SR"), "sr").await,
+        StoreOutcome::Stored
+    );
+    assert_eq!(
+        summary(&index, &study).await,
+        Some((3, 5, vec!["CT".into(), "SR".into(), "US".into()]))
+    );
+    // SQLite's stored counts are the rows' own (PostgreSQL counts when it searches).
+    if index.database().backend() == hds_db::Backend::Sqlite {
+        let token = index.study_token(SERVICE, &study).expect("token");
+        let row = sqlx::query(
+            "SELECT st.series_count, st.instance_count, \
+             (SELECT COUNT(*) FROM dicom_series se WHERE se.study_id = st.id), \
+             (SELECT COUNT(*) FROM dicom_instances i WHERE i.study_id = st.id) \
+             FROM dicom_studies st WHERE st.service = $1 AND st.uid_token = $2",
+        )
+        .bind(SERVICE)
+        .bind(token.as_slice())
+        .fetch_one(index.database().pool())
+        .await
+        .expect("counts");
+        assert_eq!(row.get::<i64, _>(0), row.get::<i64, _>(2));
+        assert_eq!(row.get::<i64, _>(1), row.get::<i64, _>(3));
+    }
+    index
+        .delete(SERVICE, DeleteScope::Study(&study))
+        .await
+        .expect("delete study");
+    assert_eq!(summary(&index, &study).await, None);
+    assert_eq!(row_count(&index, "dicom_studies").await, 0);
+}
+
 macro_rules! suite {
     ($($name:ident),* $(,)?) => {
         mod sqlite_plaintext {
@@ -2437,6 +2592,7 @@ suite!(
     date_ranges_match_brute_force,
     limit_and_offset_page_exactly,
     counts_levels_and_parent_filters,
+    study_summary_follows_every_change,
     delete_cascades_to_empty_parents,
     moved_sealed_values_do_not_open,
     searches_are_driven_by_their_tokens,
