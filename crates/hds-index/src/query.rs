@@ -571,12 +571,8 @@ impl Index {
             )?;
             // Only Modality is decoded; the series' other attributes are skipped unparsed.
             let series: SeriesModality = from_json(&opened)?;
-            let values = series
-                .modality
-                .map(|element| element.values)
-                .unwrap_or_default();
             let study_modalities = modalities.entry(study_id).or_default();
-            for value in values.into_iter().flatten() {
+            for value in series.values() {
                 if !study_modalities.contains(&value) {
                     study_modalities.push(value);
                 }
@@ -589,9 +585,20 @@ impl Index {
 /// The Modality of a series' sealed attributes (a DICOM JSON object keyed by tag), read
 /// without building the rest of the object.
 #[derive(serde::Deserialize)]
-struct SeriesModality {
+pub(crate) struct SeriesModality {
     #[serde(rename = "00080060")]
     modality: Option<ModalityElement>,
+}
+
+impl SeriesModality {
+    /// The series' modalities (an empty value is none).
+    pub(crate) fn values(self) -> impl Iterator<Item = String> {
+        self.modality
+            .map(|element| element.values)
+            .unwrap_or_default()
+            .into_iter()
+            .flatten()
+    }
 }
 
 #[derive(serde::Deserialize)]

@@ -17,10 +17,16 @@
 //!
 //! A piece: `u16` token length, token, `u32` sealed length, sealed value (big-endian lengths).
 
+use std::time::Duration;
+
 use hds_db::{Backend, WriteTransaction};
 
-use crate::index::{MODALITIES_COLUMN, MODALITIES_IN_STUDY, STUDY_TABLE};
-use crate::{IndexCipher, IndexError, RowBinding};
+use crate::index::{
+    ATTRIBUTES_COLUMN, MODALITIES_COLUMN, MODALITIES_IN_STUDY, SERIES_TABLE, STUDY_TABLE, from_json,
+};
+use crate::query::SeriesModality;
+use crate::sql::column;
+use crate::{Index, IndexCipher, IndexError, RowBinding};
 
 /// The largest modalities column kept; a study that would exceed it is "not known" instead
 /// (about 60 distinct modalities: more than any real study has, fewer than a hostile one may).
@@ -51,15 +57,28 @@ pub(crate) fn modality_pieces(
         .get("00080060")
         .and_then(|element| element.get("Value"))
         .and_then(serde_json::Value::as_array);
-    let mut pieces = Vec::new();
+    let mut strings = Vec::new();
     for value in values.into_iter().flatten() {
-        let Some(value) = value.as_str() else {
+        match value {
+            serde_json::Value::String(value) => strings.push(value.as_str()),
             // An empty value (JSON null) is no modality, as the series read has it.
-            if value.is_null() {
-                continue;
-            }
-            return Ok(None);
-        };
+            serde_json::Value::Null => {}
+            _ => return Ok(None),
+        }
+    }
+    pieces_of(cipher, service, study_token, strings)
+}
+
+/// The pieces of `values`, sealed for the row of the study `study_token`; None when some value
+/// cannot be given a piece.
+fn pieces_of<'a>(
+    cipher: &dyn IndexCipher,
+    service: &str,
+    study_token: &[u8],
+    values: impl IntoIterator<Item = &'a str>,
+) -> Result<Option<Vec<ModalityPiece>>, IndexError> {
+    let mut pieces = Vec::new();
+    for value in values {
         if value.len() > MAX_MODALITY_LEN {
             return Ok(None);
         }
@@ -157,6 +176,123 @@ pub(crate) async fn forget_modalities(
             .await?;
     }
     Ok(())
+}
+
+/// How many studies one step of [`Index::fill_study_modalities`] fills (one write transaction).
+const FILL_BATCH: i64 = 64;
+
+impl Index {
+    /// Gives up to a batch of studies after `after` (by id) whose rows do not know their
+    /// modalities (stored before the column existed, or whose series were deleted or rewritten)
+    /// the modalities their series have now, in one write transaction. Studies whose service's
+    /// keys are not in memory are left for a later pass. Returns the last study id looked at,
+    /// or None when there was none.
+    pub async fn fill_study_modalities(&self, after: i64) -> Result<Option<i64>, IndexError> {
+        // On PostgreSQL the rows are locked first, so a store creating a series meanwhile
+        // appends to the filled column after this commit (its append waits for the row), and
+        // another node's pass skips them.
+        let lock = match self.database.backend() {
+            Backend::Postgres => " FOR UPDATE SKIP LOCKED",
+            Backend::Sqlite => "",
+        };
+        let mut transaction = self.database.begin_write().await?;
+        let studies = sqlx::query(&format!(
+            "SELECT id, service, uid_token FROM dicom_studies \
+             WHERE modalities IS NULL AND id > $1 ORDER BY id LIMIT $2{lock}"
+        ))
+        .bind(after)
+        .bind(FILL_BATCH)
+        .fetch_all(&mut *transaction)
+        .await?;
+        let mut last = None;
+        for study in &studies {
+            let id: i64 = column(study, 0)?;
+            let service: String = column(study, 1)?;
+            let study_token: Vec<u8> = column(study, 2)?;
+            last = Some(id);
+            let series = sqlx::query(
+                "SELECT uid_token, attributes FROM dicom_series WHERE study_id = $1 ORDER BY id",
+            )
+            .bind(id)
+            .fetch_all(&mut *transaction)
+            .await?;
+            let filled = self.modalities_column(&service, &study_token, &series);
+            match filled {
+                Ok(Some(modalities)) => {
+                    sqlx::query("UPDATE dicom_studies SET modalities = $1 WHERE id = $2")
+                        .bind(modalities.as_slice())
+                        .bind(id)
+                        .execute(&mut *transaction)
+                        .await?;
+                }
+                Ok(None) => {}
+                // Most likely the service's keys are not in memory (key access lost).
+                Err(error) => tracing::debug!(%error, "a study's modalities are left unknown"),
+            }
+        }
+        transaction.commit().await?;
+        Ok(last)
+    }
+
+    /// The modalities column for a study whose series rows are `series`; None when it would not
+    /// fit.
+    fn modalities_column(
+        &self,
+        service: &str,
+        study_token: &[u8],
+        series: &[sqlx::any::AnyRow],
+    ) -> Result<Option<Vec<u8>>, IndexError> {
+        let mut modalities: Vec<String> = Vec::new();
+        for row in series {
+            let row_token: Vec<u8> = column(row, 0)?;
+            let sealed: Vec<u8> = column(row, 1)?;
+            let opened = self.open_sealed(
+                service,
+                SERIES_TABLE,
+                &row_token,
+                ATTRIBUTES_COLUMN,
+                &sealed,
+            )?;
+            for value in from_json::<SeriesModality>(&opened)?.values() {
+                if !modalities.contains(&value) {
+                    modalities.push(value);
+                }
+            }
+        }
+        let cipher = self.cipher.as_ref();
+        let pieces = pieces_of(
+            cipher,
+            service,
+            study_token,
+            modalities.iter().map(String::as_str),
+        )?;
+        let column: Option<Vec<u8>> =
+            pieces.map(|pieces| pieces.into_iter().flat_map(|piece| piece.piece).collect());
+        Ok(column.filter(|column| column.len() <= MAX_MODALITIES_BYTES))
+    }
+
+    /// Fills the modalities of every study that lacks them (see
+    /// [`Index::fill_study_modalities`]), one batch at a time, then again every `interval`.
+    pub fn spawn_modalities_filler(&self, interval: Duration) -> tokio::task::JoinHandle<()> {
+        let index = self.clone();
+        tokio::spawn(async move {
+            loop {
+                let mut after = 0;
+                loop {
+                    match index.fill_study_modalities(after).await {
+                        Ok(Some(last)) => after = last,
+                        Ok(None) => break,
+                        Err(error) => {
+                            tracing::warn!(%error, "filling studies' modalities failed; retrying later");
+                            break;
+                        }
+                    }
+                    tokio::task::yield_now().await;
+                }
+                tokio::time::sleep(interval).await;
+            }
+        })
+    }
 }
 
 fn binding<'a>(service: &'a str, study_token: &'a [u8]) -> RowBinding<'a> {

@@ -2508,6 +2508,27 @@ async fn study_summary_follows_every_change(index: Index) {
         summary(&index, &study).await,
         Some((2, 4, vec!["CT".into(), "US".into()]))
     );
+    assert!(
+        !kept(&index, &study).await,
+        "a deleted series may have taken a modality along"
+    );
+    // The filler gives the study its modalities again, from its series.
+    assert!(
+        index
+            .fill_study_modalities(0)
+            .await
+            .expect("fill")
+            .is_some()
+    );
+    assert!(kept(&index, &study).await);
+    assert_eq!(
+        summary(&index, &study).await,
+        Some((2, 4, vec!["CT".into(), "US".into()]))
+    );
+    assert_eq!(
+        index.fill_study_modalities(0).await.expect("fill again"),
+        None
+    );
     // A new series after that is counted and its modality found, the row's or the series'.
     assert_eq!(
         store(&index, &spec(5, 1, "SR"), "sr").await,

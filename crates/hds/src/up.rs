@@ -138,6 +138,9 @@ pub async fn run(options: UpOptions) -> anyhow::Result<()> {
     // Reindex operations of extended query tags: this process takes any whose lease is free
     // (its own before a restart too, once that lease expires) and continues from its cursor.
     let operation_worker = index.spawn_operation_worker(Duration::from_secs(1));
+    // Studies whose rows do not know their ModalitiesInStudy (stored by an older hds, or whose
+    // series were deleted) are given them, so every study search reads one row per study.
+    let modalities_filler = index.spawn_modalities_filler(Duration::from_secs(600));
     let blobs = match remote_blobs {
         Some(remote) => remote.checked().await?,
         None => {
@@ -602,6 +605,7 @@ pub async fn run(options: UpOptions) -> anyhow::Result<()> {
     sweeper.abort();
     operation_sweeper.abort();
     operation_worker.abort();
+    modalities_filler.abort();
     export_worker.abort();
     update_worker.abort();
     // The subscriptions' leases go with a clean stop, so a restart delivers at once.
