@@ -169,62 +169,19 @@ struct Condition {
 impl Index {
     /// Runs a search; results in store order.
     ///
-    /// Two statements. The first finds the page's row ids from the search tokens alone: its
+    /// One statement. Its subquery finds the page's row ids from the search tokens alone: its
     /// only scanned table is the token index of one condition (the driver), probed once per
     /// token, and each candidate is then checked by token-index probes from its id. The
     /// planner is given no path that walks the service's rows, so the cost grows with the
-    /// candidates of the driver, not with the archive. The second reads the page's rows by
-    /// primary key (and checks their service); a study's row also holds what its result
-    /// reports of its series (`summary.rs`), so a study page reads one row per study. A third
+    /// candidates of the driver, not with the archive. Then the page's rows are read by primary
+    /// key (and their service checked); a study's row also holds what its result reports of
+    /// its series (`summary.rs`), so a study page reads one row per study. A second statement
     /// reads the series of studies whose rows do not know their modalities.
     pub async fn search(&self, query: &SearchQuery<'_>) -> Result<Vec<SearchHit>, IndexError> {
-        let Some(page_sql) = self.page_sql(query)? else {
+        let Some(sql) = self.search_sql(query)? else {
             return Ok(Vec::new());
         };
-        let page_rows = page_sql.query().fetch_all(self.database.pool()).await?;
-        let ids = page_rows
-            .iter()
-            .map(|row| column::<i64>(row, 0))
-            .collect::<Result<Vec<_>, _>>()?;
-        if ids.is_empty() {
-            return Ok(Vec::new());
-        }
         let service = query.service;
-        let mut sql = Sql::new("SELECT ");
-        sql.push(match query.level {
-            QueryLevel::Study => {
-                // The modalities a study's row keeps (`summary.rs`), and on SQLite its counts
-                // (kept by triggers; PostgreSQL counts here: see its migration 0012).
-                match self.database.backend() {
-                    Backend::Sqlite => {
-                        "st.id, st.uid_token, st.attributes, st.series_count, st.instance_count, \
-                         st.modalities FROM dicom_studies st"
-                    }
-                    Backend::Postgres => {
-                        "st.id, st.uid_token, st.attributes, \
-                         (SELECT COUNT(*) FROM dicom_series c WHERE c.study_id = st.id), \
-                         (SELECT COUNT(*) FROM dicom_instances c WHERE c.study_id = st.id), \
-                         st.modalities FROM dicom_studies st"
-                    }
-                }
-            }
-            QueryLevel::Series => {
-                "st.id, st.uid_token, st.attributes, se.uid_token, se.attributes, \
-                 (SELECT COUNT(*) FROM dicom_instances c WHERE c.series_id = se.id) \
-                 FROM dicom_series se JOIN dicom_studies st ON st.id = se.study_id"
-            }
-            QueryLevel::Instance => {
-                "st.id, st.uid_token, st.attributes, se.uid_token, se.attributes, i.uid_token, i.attributes \
-                 FROM dicom_instances i JOIN dicom_series se ON se.id = i.series_id \
-                 JOIN dicom_studies st ON st.id = i.study_id"
-            }
-        });
-        let alias = level_alias(query.level);
-        sql.push(&format!(" WHERE {alias}.id IN "))
-            .bind_list(ids.iter().map(|id| Argument::Integer(*id)))
-            .push(" AND st.service = ")
-            .bind(Argument::Text(service.into()))
-            .push(&format!(" ORDER BY {alias}.id"));
         let rows = sql.query().fetch_all(self.database.pool()).await?;
 
         let mut hits = Vec::with_capacity(rows.len());
@@ -277,7 +234,7 @@ impl Index {
         Ok(hits)
     }
 
-    /// The database's plan for the statement that finds a search's page of row ids: SQLite's
+    /// The database's plan for a search's statement (its page of ids and their rows): SQLite's
     /// `EXPLAIN QUERY PLAN` (one line per step), or PostgreSQL's `EXPLAIN (ANALYZE)`, which
     /// runs it and counts the rows each step visited. For diagnostics and for the
     /// tests that keep searches from visiting every row of a service. None when the search
@@ -286,7 +243,7 @@ impl Index {
         &self,
         query: &SearchQuery<'_>,
     ) -> Result<Option<String>, IndexError> {
-        let Some(page_sql) = self.page_sql(query)? else {
+        let Some(search_sql) = self.search_sql(query)? else {
             return Ok(None);
         };
         // Each backend's plan statement, and the column of its rows that holds a plan line.
@@ -294,7 +251,7 @@ impl Index {
             Backend::Sqlite => ("EXPLAIN QUERY PLAN ", 3),
             Backend::Postgres => ("EXPLAIN (ANALYZE) ", 0),
         };
-        let explained = page_sql.prefixed(prefix);
+        let explained = search_sql.prefixed(prefix);
         let rows = explained.query().fetch_all(self.database.pool()).await?;
         let mut plan = String::new();
         for row in &rows {
@@ -303,6 +260,63 @@ impl Index {
             plan.push('\n');
         }
         Ok(Some(plan))
+    }
+
+    /// The statement of a search (see [`Index::search`]); None when a condition has no tokens,
+    /// so nothing can match.
+    fn search_sql(&self, query: &SearchQuery<'_>) -> Result<Option<Sql<'static>>, IndexError> {
+        let Some(page_sql) = self.page_sql(query)? else {
+            return Ok(None);
+        };
+        let service = query.service;
+        let columns = match query.level {
+            QueryLevel::Study => {
+                // The modalities a study's row keeps (`summary.rs`), and on SQLite its counts
+                // (kept by triggers; PostgreSQL counts here: see its migration 0012).
+                match self.database.backend() {
+                    Backend::Sqlite => {
+                        "st.id, st.uid_token, st.attributes, st.series_count, st.instance_count, \
+                         st.modalities"
+                    }
+                    Backend::Postgres => {
+                        "st.id, st.uid_token, st.attributes, \
+                         (SELECT COUNT(*) FROM dicom_series c WHERE c.study_id = st.id), \
+                         (SELECT COUNT(*) FROM dicom_instances c WHERE c.study_id = st.id), \
+                         st.modalities"
+                    }
+                }
+            }
+            QueryLevel::Series => {
+                "st.id, st.uid_token, st.attributes, se.uid_token, se.attributes, \
+                 (SELECT COUNT(*) FROM dicom_instances c WHERE c.series_id = se.id)"
+            }
+            QueryLevel::Instance => {
+                "st.id, st.uid_token, st.attributes, se.uid_token, se.attributes, i.uid_token, \
+                 i.attributes"
+            }
+        };
+        // CROSS JOIN: SQLite then reads the page first and its rows by primary key; left to
+        // choose, it walked the service's studies by (service, id) and matched them to the page.
+        let rows_of_page = match query.level {
+            QueryLevel::Study => "CROSS JOIN dicom_studies st WHERE st.id = p.id",
+            QueryLevel::Series => {
+                "CROSS JOIN dicom_series se CROSS JOIN dicom_studies st \
+                 WHERE se.id = p.id AND st.id = se.study_id"
+            }
+            QueryLevel::Instance => {
+                "CROSS JOIN dicom_instances i CROSS JOIN dicom_series se \
+                 CROSS JOIN dicom_studies st \
+                 WHERE i.id = p.id AND se.id = i.series_id AND st.id = i.study_id"
+            }
+        };
+        // One statement: the page's ids (a subquery the planner keeps whole: it has a LIMIT),
+        // then their rows by primary key.
+        let alias = level_alias(query.level);
+        let mut sql = page_sql.prefixed(&format!("SELECT {columns} FROM ("));
+        sql.push(&format!(") p {rows_of_page} AND st.service = "))
+            .bind(Argument::Text(service.to_owned().into()))
+            .push(&format!(" ORDER BY {alias}.id"));
+        Ok(Some(sql))
     }
 
     /// The statement that finds the ids of a search's page, in store order; None when a
