@@ -658,7 +658,7 @@ impl Index {
             .push(" RETURNING study_id");
         let emptied = delete_series.query().fetch_all(&mut *transaction).await?;
         // A study that lost a series may have lost a modality: its ModalitiesInStudy is read
-        // from its series again (`summary.rs`). A study that goes below takes it along.
+        // from its series again (`summary.rs`). (A study left empty is deleted just below.)
         let lost_series = emptied
             .iter()
             .map(|row| column::<i64>(row, 0))
