@@ -576,37 +576,45 @@ impl Index {
             let study_id: i64 = column(&row, 0)?;
             let row_token: Vec<u8> = column(&row, 1)?;
             let sealed: Vec<u8> = column(&row, 2)?;
-            let opened = self.open_sealed(
-                service,
-                SERIES_TABLE,
-                &row_token,
-                ATTRIBUTES_COLUMN,
-                &sealed,
-            )?;
-            // Only Modality is decoded; the series' other attributes are skipped unparsed.
-            let series: SeriesModality = from_json(&opened)?;
             let study_modalities = modalities.entry(study_id).or_default();
-            for value in series.values() {
-                if !study_modalities.contains(&value) {
-                    study_modalities.push(value);
-                }
-            }
+            self.add_series_modalities(study_modalities, service, &row_token, &sealed)?;
         }
         Ok(modalities)
+    }
+
+    /// Adds to `modalities` those of a series (its row token and sealed attributes) that it
+    /// does not have yet.
+    pub(crate) fn add_series_modalities(
+        &self,
+        modalities: &mut Vec<String>,
+        service: &str,
+        row_token: &[u8],
+        sealed: &[u8],
+    ) -> Result<(), IndexError> {
+        let opened =
+            self.open_sealed(service, SERIES_TABLE, row_token, ATTRIBUTES_COLUMN, sealed)?;
+        // Only Modality is decoded; the series' other attributes are skipped unparsed.
+        let series: SeriesModality = from_json(&opened)?;
+        for value in series.values() {
+            if !modalities.contains(&value) {
+                modalities.push(value);
+            }
+        }
+        Ok(())
     }
 }
 
 /// The Modality of a series' sealed attributes (a DICOM JSON object keyed by tag), read
 /// without building the rest of the object.
 #[derive(serde::Deserialize)]
-pub(crate) struct SeriesModality {
+struct SeriesModality {
     #[serde(rename = "00080060")]
     modality: Option<ModalityElement>,
 }
 
 impl SeriesModality {
     /// The series' modalities (an empty value is none).
-    pub(crate) fn values(self) -> impl Iterator<Item = String> {
+    fn values(self) -> impl Iterator<Item = String> {
         self.modality
             .map(|element| element.values)
             .unwrap_or_default()

@@ -21,10 +21,7 @@ use std::time::Duration;
 
 use hds_db::{Backend, WriteTransaction};
 
-use crate::index::{
-    ATTRIBUTES_COLUMN, MODALITIES_COLUMN, MODALITIES_IN_STUDY, SERIES_TABLE, STUDY_TABLE, from_json,
-};
-use crate::query::SeriesModality;
+use crate::index::{MODALITIES_COLUMN, MODALITIES_IN_STUDY, STUDY_TABLE};
 use crate::sql::column;
 use crate::{Index, IndexCipher, IndexError, RowBinding};
 
@@ -246,18 +243,7 @@ impl Index {
         for row in series {
             let row_token: Vec<u8> = column(row, 0)?;
             let sealed: Vec<u8> = column(row, 1)?;
-            let opened = self.open_sealed(
-                service,
-                SERIES_TABLE,
-                &row_token,
-                ATTRIBUTES_COLUMN,
-                &sealed,
-            )?;
-            for value in from_json::<SeriesModality>(&opened)?.values() {
-                if !modalities.contains(&value) {
-                    modalities.push(value);
-                }
-            }
+            self.add_series_modalities(&mut modalities, service, &row_token, &sealed)?;
         }
         let cipher = self.cipher.as_ref();
         let pieces = pieces_of(
