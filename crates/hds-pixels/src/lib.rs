@@ -27,6 +27,7 @@ use dicom_pixeldata::{
 use image::imageops::FilterType;
 use image::{DynamicImage, GrayImage};
 
+mod codestream;
 mod jpeg2000;
 mod jpeg_extended;
 mod reduced;
@@ -177,6 +178,7 @@ fn render_unguarded(
     if frame == 0 || frame > frames {
         return Err(PixelError::NoSuchFrame { frame, frames });
     }
+    codestream::check_frames(&object, Some(frame - 1))?;
     if let Some(viewport) = options.viewport
         && let Some(image) = reduced::render_reduced(&object, frame - 1, viewport)
     {

@@ -236,6 +236,7 @@ fn decode_to_native(
         .transfer_syntax()
         .trim_end_matches('\0')
         .to_owned();
+    crate::codestream::check_frames(&object, None)?;
     if jpeg_extended::is_jpeg_extended(&object) {
         jpeg_extended::decode_to_native(&mut object, None)?;
     }

@@ -184,6 +184,54 @@ fn a_decoder_panic_on_damaged_data_is_an_undecodable_instance() {
     assert!(render(&test_file("MR_small_RLE.dcm"), 1, &png()).is_ok());
 }
 
+/// A JPEG 2000 frame whose header claims a larger image than its data set would make OpenJPEG
+/// allocate that image before decoding anything (found by fuzzing: 620 MB for a 6 KB
+/// instance): refused as undecodable for rendering, a viewport and transcoding, and the
+/// instance as stored still decodes.
+#[test]
+fn a_jpeg_2000_header_larger_than_its_data_set_is_refused_before_decoding() {
+    let directory = std::env::var("HDS_PYDICOM_TESTDATA").expect("HDS_PYDICOM_TESTDATA");
+    let mut object =
+        open_file(PathBuf::from(directory).join("MR_small_jp2klossless.dcm")).expect("open");
+    let pixel_data = object
+        .element(dicom_core::Tag(0x7FE0, 0x0010))
+        .expect("pixel data");
+    let mut codestream = pixel_data.value().fragments().expect("fragments")[0].clone();
+    // SOC, SIZ, Lsiz, Rsiz, then Xsiz and Ysiz: 10,000 x 15,000 in one tile (XTsiz, YTsiz).
+    assert_eq!(&codestream[..4], &[0xFF, 0x4F, 0xFF, 0x51]);
+    codestream[8..12].copy_from_slice(&10_000_u32.to_be_bytes());
+    codestream[12..16].copy_from_slice(&15_000_u32.to_be_bytes());
+    codestream[24..28].copy_from_slice(&10_000_u32.to_be_bytes());
+    codestream[28..32].copy_from_slice(&15_000_u32.to_be_bytes());
+    object.put(DataElement::new(
+        dicom_core::Tag(0x7FE0, 0x0010),
+        VR::OB,
+        dicom_core::value::PixelFragmentSequence::new(Vec::<u32>::new(), vec![codestream]),
+    ));
+    let mut hostile = Vec::new();
+    object.write_all(&mut hostile).expect("write");
+    let thumbnail = RenderOptions {
+        viewport: Some(Viewport {
+            width: 16,
+            height: 16,
+        }),
+        ..png()
+    };
+    for rendered in [render(&hostile, 1, &png()), render(&hostile, 1, &thumbnail)] {
+        assert!(
+            matches!(&rendered, Err(PixelError::Undecodable(reason)) if reason.contains("larger")),
+            "{rendered:?}"
+        );
+    }
+    let transcoded =
+        hds_pixels::transcode(&hostile, hds_pixels::TargetSyntax::ExplicitVrLittleEndian);
+    assert!(
+        matches!(&transcoded, Err(PixelError::Undecodable(_))),
+        "{transcoded:?}"
+    );
+    assert!(render(&test_file("MR_small_jp2klossless.dcm"), 1, &png()).is_ok());
+}
+
 #[test]
 fn transcoding_keeps_the_data_set_and_refuses_what_would_decode_too_large() {
     let rle = test_file("SC_rgb_rle_2frame.dcm");
