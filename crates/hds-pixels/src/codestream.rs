@@ -13,7 +13,7 @@ use dicom_encoding::adapters::PixelDataObject;
 use dicom_object::DefaultDicomObject;
 
 use crate::PixelError;
-use crate::transcode::JPEG_2000_FAMILY;
+use crate::transcode::{JPEG_2000_FAMILY, required_number};
 
 /// The most tiles a frame may be cut into: OpenJPEG keeps a few kilobytes per tile (its own
 /// limit is 65,535 tiles, half a gigabyte), and real images use one tile or a few hundred.
@@ -37,14 +37,7 @@ pub(crate) fn check_frames(
     if !JPEG_2000_FAMILY.contains(&syntax) {
         return Ok(());
     }
-    let number = |tag, name: &str| {
-        object
-            .element_opt(tag)
-            .ok()
-            .flatten()
-            .and_then(|element| element.to_int::<u32>().ok())
-            .ok_or_else(|| undecodable(format!("{name} is missing")))
-    };
+    let number = |tag, name| required_number(object, tag, name);
     let expected = Image {
         columns: number(tags::COLUMNS, "Columns")?,
         rows: number(tags::ROWS, "Rows")?,
@@ -177,28 +170,24 @@ impl Header {
     }
 }
 
-fn read_u16(bytes: &[u8], offset: usize) -> Result<u16, PixelError> {
+/// `N` bytes at `offset`, or an error when the header is cut short.
+fn read_bytes<const N: usize>(bytes: &[u8], offset: usize) -> Result<[u8; N], PixelError> {
     bytes
-        .get(offset..offset + 2)
+        .get(offset..offset.saturating_add(N))
         .and_then(|slice| slice.try_into().ok())
-        .map(u16::from_be_bytes)
         .ok_or_else(truncated)
+}
+
+fn read_u16(bytes: &[u8], offset: usize) -> Result<u16, PixelError> {
+    read_bytes(bytes, offset).map(u16::from_be_bytes)
 }
 
 fn read_u32(bytes: &[u8], offset: usize) -> Result<u32, PixelError> {
-    bytes
-        .get(offset..offset + 4)
-        .and_then(|slice| slice.try_into().ok())
-        .map(u32::from_be_bytes)
-        .ok_or_else(truncated)
+    read_bytes(bytes, offset).map(u32::from_be_bytes)
 }
 
 fn read_u64(bytes: &[u8], offset: usize) -> Result<u64, PixelError> {
-    bytes
-        .get(offset..offset + 8)
-        .and_then(|slice| slice.try_into().ok())
-        .map(u64::from_be_bytes)
-        .ok_or_else(truncated)
+    read_bytes(bytes, offset).map(u64::from_be_bytes)
 }
 
 fn truncated() -> PixelError {

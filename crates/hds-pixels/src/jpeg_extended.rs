@@ -28,7 +28,7 @@ use dicom_transfer_syntax_registry::entries;
 use turbojpeg_sys as tj;
 
 use crate::PixelError;
-use crate::transcode::put_native_pixel_data;
+use crate::transcode::{put_native_pixel_data, required_number};
 
 /// JPEG Extended (Process 2 and 4): 8- or 12-bit samples, lossy.
 pub const JPEG_EXTENDED: &str = "1.2.840.10008.1.2.4.51";
@@ -107,14 +107,7 @@ struct FrameHeader {
 
 impl FrameHeader {
     fn of(object: &DefaultDicomObject) -> Result<FrameHeader, PixelError> {
-        let number = |tag, name: &str| {
-            object
-                .element_opt(tag)
-                .ok()
-                .flatten()
-                .and_then(|element| element.to_int::<u32>().ok())
-                .ok_or_else(|| undecodable(format!("{name} is missing")))
-        };
+        let number = |tag, name| required_number(object, tag, name);
         let header = FrameHeader {
             rows: number(tags::ROWS, "Rows")?,
             columns: number(tags::COLUMNS, "Columns")?,

@@ -253,6 +253,16 @@ fn number(object: &DefaultDicomObject, tag: dicom_core::Tag) -> Option<u32> {
     object.element_opt(tag).ok().flatten()?.to_int::<u32>().ok()
 }
 
+/// The value of a numeric attribute a decoder needs; its absence makes the instance
+/// undecodable, named by `name`.
+pub(crate) fn required_number(
+    object: &DefaultDicomObject,
+    tag: dicom_core::Tag,
+    name: &str,
+) -> Result<u32, PixelError> {
+    number(object, tag).ok_or_else(|| PixelError::Undecodable(format!("{name} is missing")))
+}
+
 fn text(object: &DefaultDicomObject, tag: dicom_core::Tag) -> String {
     object
         .element_opt(tag)
