@@ -2568,6 +2568,53 @@ async fn study_summary_follows_every_change(index: Index) {
     assert_eq!(row_count(&index, "dicom_studies").await, 0);
 }
 
+/// A study whose series bring more distinct modalities than its row keeps (a hostile store can
+/// make up any number of values): the row's column gives up (NULL, also after the filler) and
+/// the search reads the series, so every modality is still reported.
+async fn more_modalities_than_a_study_row_keeps_are_read_from_the_series(index: Index) {
+    use sqlx::Row;
+    const SERIES: usize = 120;
+    let first = Spec::new(710, 1, 1);
+    give_study_its_key(&index, SERVICE, &first).await;
+    let mut expected = Vec::new();
+    for series in 1..=SERIES {
+        let mut spec = Spec::new(710, series, 1);
+        spec.modality = format!("M{series:03}");
+        expected.push(spec.modality.clone());
+        assert_eq!(
+            store_under_existing_key(&index, SERVICE, &spec, &format!("m{series}")).await,
+            StoreOutcome::Stored
+        );
+    }
+    let row_keeps = || async {
+        let token = index.study_token(SERVICE, &first.study).expect("token");
+        sqlx::query("SELECT modalities FROM dicom_studies WHERE service = $1 AND uid_token = $2")
+            .bind(SERVICE)
+            .bind(token.as_slice())
+            .fetch_one(index.database().pool())
+            .await
+            .expect("study row")
+            .get::<Option<Vec<u8>>, _>(0)
+            .is_some()
+    };
+    assert!(
+        !row_keeps().await,
+        "past its limit the row keeps no modalities"
+    );
+    index.fill_study_modalities(0).await.expect("fill");
+    assert!(
+        !row_keeps().await,
+        "nor does the filler give it more than the limit"
+    );
+    let mut search = query(QueryLevel::Study, Vec::new());
+    search.study_instance_uid = Some(&first.study);
+    let hits = index.search(&search).await.expect("search");
+    let mut modalities = hits[0].modalities_in_study.clone();
+    modalities.sort();
+    assert_eq!(modalities, expected);
+    assert_eq!(hits[0].number_of_related_series, Some(SERIES as u64));
+}
+
 macro_rules! suite {
     ($($name:ident),* $(,)?) => {
         mod sqlite_plaintext {
@@ -2619,6 +2666,7 @@ suite!(
     limit_and_offset_page_exactly,
     counts_levels_and_parent_filters,
     study_summary_follows_every_change,
+    more_modalities_than_a_study_row_keeps_are_read_from_the_series,
     delete_cascades_to_empty_parents,
     moved_sealed_values_do_not_open,
     searches_are_driven_by_their_tokens,
