@@ -7,7 +7,7 @@
 //! restarts); with a DNS domain one listener serves every vault, routed by `Host`
 //! ([`host_routed_router`]).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr, TcpListener};
 use std::sync::{Arc, Mutex};
@@ -16,6 +16,35 @@ use std::time::Duration;
 use axum::Router;
 use axum_server::Handle;
 use axum_server::tls_rustls::RustlsConfig;
+
+/// Ports given to new vaults, each held by the bound socket that proved it free until the
+/// vault's listener takes it. A port proved free and let go could be taken meanwhile by any
+/// socket of the machine: an outgoing connection's local port comes from the same ephemeral
+/// range a vault's port is picked from.
+static RESERVED_PORTS: Mutex<BTreeMap<SocketAddr, TcpListener>> = Mutex::new(BTreeMap::new());
+
+/// Holds `listener` (bound, listening) for the vault listener that will serve its address.
+pub(crate) fn reserve_port(listener: TcpListener) -> std::io::Result<u16> {
+    let address = listener.local_addr()?;
+    RESERVED_PORTS
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+        .insert(address, listener);
+    Ok(address.port())
+}
+
+/// Lets go of the port reserved for `address` (its vault was not created after all).
+pub(crate) fn release_port(address: SocketAddr) {
+    drop(take_reserved(address));
+}
+
+/// The socket reserved for `address`, if any; it is the caller's from now on.
+fn take_reserved(address: SocketAddr) -> Option<TcpListener> {
+    RESERVED_PORTS
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+        .remove(&address)
+}
 
 use crate::error::VaultError;
 use crate::http::{DataPlaneState, VaultSelector, data_plane_router};
@@ -110,7 +139,12 @@ impl VaultListeners {
             address,
             source,
         };
-        let listener = TcpListener::bind(address).map_err(bind_error)?;
+        // The socket that proved the port free when the vault was created, if this process
+        // created it; else a new one.
+        let listener = match take_reserved(address) {
+            Some(listener) => listener,
+            None => TcpListener::bind(address).map_err(bind_error)?,
+        };
         listener.set_nonblocking(true).map_err(bind_error)?;
         let router =
             data_plane_router(self.state.clone(), VaultSelector::Fixed(vault.name.clone()));

@@ -4,7 +4,7 @@
 //! [`crate::model::VaultProperties`]; what the firewall and access policies allow is decided
 //! in [`crate::access`].
 
-use std::net::{IpAddr, TcpListener};
+use std::net::{IpAddr, SocketAddr, TcpListener};
 
 use sqlx::Row;
 use sqlx::any::AnyRow;
@@ -12,6 +12,7 @@ use sqlx::any::AnyRow;
 use super::KeyVaultService;
 use super::token::token_objects_of;
 use crate::error::VaultError;
+use crate::listeners::{release_port, reserve_port};
 use crate::model::{Vault, VaultProperties};
 
 /// The columns [`KeyVaultService::vault_from_row`] reads.
@@ -90,6 +91,9 @@ impl KeyVaultService {
         let properties_json = serde_json::to_string(&properties)
             .map_err(|error| VaultError::Internal(error.to_string()))?;
         let mut transaction = self.database.begin_write().await?;
+        // The port a new vault was given, held bound until its listener takes it; let go if
+        // the vault is not created after all.
+        let mut reserved = None;
         let existing = sqlx::query("SELECT properties FROM keyvault_vaults WHERE name = $1")
             .bind(&key)
             .fetch_optional(&mut *transaction)
@@ -117,16 +121,18 @@ impl KeyVaultService {
                         .map(|row| row.try_get::<i64, _>(0))
                         .collect::<Result<_, _>>()?,
                 };
-                let port = match &self.config.addressing {
+                reserved = match &self.config.addressing {
                     VaultAddressing::Loopback { address } => {
-                        Some(i64::from(allocate_port(*address, &used)?))
+                        Some(SocketAddr::new(*address, allocate_port(*address, &used)?))
                     }
-                    VaultAddressing::Balanced { bind, ports, .. } => {
-                        Some(i64::from(allocate_port_in(*bind, *ports, &used)?))
-                    }
+                    VaultAddressing::Balanced { bind, ports, .. } => Some(SocketAddr::new(
+                        *bind,
+                        allocate_port_in(*bind, *ports, &used)?,
+                    )),
                     VaultAddressing::Domain { .. } => None,
                 };
-                sqlx::query(
+                let port = reserved.map(|address| i64::from(address.port()));
+                let inserted = sqlx::query(
                     "INSERT INTO keyvault_vaults (name, display_name, resource_id, properties, port, created, updated) \
                      VALUES ($1, $2, $3, $4, $5, $6, $6)",
                 )
@@ -137,11 +143,18 @@ impl KeyVaultService {
                 .bind(port)
                 .bind(now)
                 .execute(&mut *transaction)
-                .await?;
+                .await;
+                if let Err(error) = inserted {
+                    reserved.into_iter().for_each(release_port);
+                    return Err(error.into());
+                }
                 true
             }
         };
-        transaction.commit().await?;
+        if let Err(error) = transaction.commit().await {
+            reserved.into_iter().for_each(release_port);
+            return Err(error.into());
+        }
         Ok((self.get_vault(name).await?, created))
     }
 
@@ -255,13 +268,16 @@ pub fn validate_vault_name(name: &str) -> Result<(), VaultError> {
     }
 }
 
-/// The first port of `range` free on `address` that no vault holds. Nodes creating vaults at
+/// The first port of `range` free on `address` that no vault holds, held bound until the
+/// vault's listener takes it. Nodes creating vaults at
 /// once may pick the same one: the unique index on the port lets one of them commit (the other
 /// creation fails and can be retried).
 fn allocate_port_in(address: IpAddr, range: (u16, u16), used: &[i64]) -> Result<u16, VaultError> {
     (range.0..=range.1)
-        .find(|port| {
-            !used.contains(&i64::from(*port)) && TcpListener::bind((address, *port)).is_ok()
+        .filter(|port| !used.contains(&i64::from(*port)))
+        .find_map(|port| {
+            let listener = TcpListener::bind((address, port)).ok()?;
+            reserve_port(listener).ok()
         })
         .ok_or_else(|| {
             VaultError::Internal(format!(
@@ -271,8 +287,8 @@ fn allocate_port_in(address: IpAddr, range: (u16, u16), used: &[i64]) -> Result<
         })
 }
 
-/// A free port on `address` that no other vault holds. The port is free now; the listener
-/// binds it moments later.
+/// A free port on `address` that no other vault holds, held bound until the vault's listener
+/// takes it (`crate::listeners`).
 fn allocate_port(address: IpAddr, used: &[i64]) -> Result<u16, VaultError> {
     for _ in 0..32 {
         let listener = TcpListener::bind((address, 0)).map_err(|error| {
@@ -285,7 +301,9 @@ fn allocate_port(address: IpAddr, used: &[i64]) -> Result<u16, VaultError> {
             })?
             .port();
         if !used.contains(&i64::from(port)) {
-            return Ok(port);
+            return reserve_port(listener).map_err(|error| {
+                VaultError::Internal(format!("cannot allocate a vault port: {error}"))
+            });
         }
     }
     Err(VaultError::Internal(
