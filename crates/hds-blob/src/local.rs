@@ -5,11 +5,13 @@
 //! so its name is on disk too. Both syncs must complete before the caller records the blob in
 //! the index: an index row never names a blob a power cut can take away.
 //!
-//! The syncs run while the caller goes on ([`PendingSync`]): the directory's as soon as the file
-//! exists (while the rest of the blob is still arriving), the data's once the last byte is
-//! written. The caller waits for them only when it is about to commit the row that references
-//! the blob, so the syncs overlap with parsing and with the wait for the index's group commit
-//! instead of adding to them.
+//! The syncs run while the caller goes on ([`PendingSync`]). The caller waits for them only
+//! when it is about to commit the row that references the blob, so the syncs overlap with
+//! parsing and with the wait for the index's group commit instead of adding to them. A blob
+//! written whole ([`LocalFiles::put`]) has its data and then its directory synced on one
+//! blocking thread right after the write: one wake-up per blob. A blob written in pieces has
+//! its directory synced from its creation on (while the rest arrives), its data once the last
+//! byte is written.
 //!
 //! A blob being written is a file under its final name; until a committed row names it, nothing
 //! reads it (names are random and only index rows lead to them). One left half-written by a
@@ -17,21 +19,16 @@
 //! period. No rename: a rename is another change to the directory, and so another journal
 //! commit to wait for, per blob.
 //!
-//! The data sync is one per blob (its data is its own). The directory syncs are shared: writers
-//! that create files while a round of directory syncs is running join the next round, which
-//! syncs each directory named in it once. Under concurrent stores one round covers many blobs,
-//! the way the index's group commit covers many rows with one commit.
+//! Each blob's syncs are its own. Directory syncs are not shared between writers: with 256
+//! shard directories concurrent blobs seldom share one, and shared rounds made a writer that
+//! arrived during a round wait for the next.
 //!
 //! Files with a `.tmp-` suffix after a blob's name were written by earlier versions (which
 //! renamed a temporary into place); one left behind by a crash is removed by the sweeper
 //! (`crate::sweep`).
 
-use std::collections::BTreeSet;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
-
-use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::{BlobError, BlobName, PendingSync, local_error};
@@ -60,7 +57,6 @@ impl Default for LocalOptions {
 pub(crate) struct LocalFiles {
     pub(crate) root: PathBuf,
     pub(crate) options: LocalOptions,
-    directory_sync: DirectorySync,
 }
 
 impl LocalFiles {
@@ -84,11 +80,7 @@ impl LocalFiles {
                 sync_directory(parent).map_err(local_error)?;
             }
         }
-        Ok(LocalFiles {
-            root,
-            options,
-            directory_sync: DirectorySync::default(),
-        })
+        Ok(LocalFiles { root, options })
     }
 
     /// The path of a blob's file.
@@ -131,8 +123,22 @@ impl LocalFiles {
         .await
         .map_err(join_error)?
         .map_err(local_error)?;
-        let directory_synced = self.sync_directory_of(&path);
-        Ok(self.sync_data(file, directory_synced))
+        if !self.options.sync_writes {
+            return Ok(PendingSync::done());
+        }
+        // Both syncs on one blocking thread, one after the other: the file was created and
+        // written together, so its directory's sync could not have started earlier, and one
+        // thread is one wake-up less per blob than two.
+        let synced = tokio::task::spawn_blocking(move || {
+            file.sync_data()?;
+            match path.parent() {
+                Some(directory) => sync_directory(directory),
+                None => Ok(()),
+            }
+        });
+        Ok(PendingSync::running(async move {
+            synced.await.map_err(join_error)?.map_err(local_error)
+        }))
     }
 
     /// Ends a blob's writes and starts its data sync.
@@ -146,17 +152,16 @@ impl LocalFiles {
         Ok(self.sync_data(file, writer.directory_synced.take()))
     }
 
-    /// The directory sync of a new file's shard, running as a task of its own so it proceeds
+    /// The directory sync of a new file's shard, running on a blocking thread so it proceeds
     /// whether or not anyone waits for it yet; `None` when writes are not synced.
     fn sync_directory_of(&self, path: &Path) -> Option<JoinHandle<Result<(), BlobError>>> {
         if !self.options.sync_writes {
             return None;
         }
         let directory = path.parent()?.to_path_buf();
-        let directory_sync = self.directory_sync.clone();
-        Some(tokio::spawn(
-            async move { directory_sync.sync(directory).await },
-        ))
+        Some(tokio::task::spawn_blocking(move || {
+            sync_directory(&directory).map_err(local_error)
+        }))
     }
 
     /// Starts the data sync of a written file; the blob is durable when it and its directory's
@@ -246,112 +251,4 @@ impl Drop for LocalWriter {
 /// Syncs a directory, so the names created, renamed or removed in it are on disk.
 pub(crate) fn sync_directory(directory: &Path) -> std::io::Result<()> {
     std::fs::File::open(directory)?.sync_all()
-}
-
-/// Directory syncs shared between concurrent writers, in rounds (see the module doc). Cheap to
-/// clone; clones share the rounds.
-#[derive(Default, Clone)]
-struct DirectorySync {
-    state: Arc<Mutex<SyncState>>,
-    completed: Arc<SyncProgress>,
-}
-
-struct SyncProgress {
-    sender: watch::Sender<RoundsDone>,
-}
-
-impl Default for SyncProgress {
-    fn default() -> SyncProgress {
-        SyncProgress {
-            sender: watch::Sender::new(RoundsDone::default()),
-        }
-    }
-}
-
-#[derive(Default, Clone, Copy)]
-struct RoundsDone {
-    /// The last round whose syncs finished.
-    completed: u64,
-    /// The last round whose syncs failed: its writers (and any that cannot tell their round
-    /// apart from it) get an error.
-    last_failed: Option<u64>,
-}
-
-#[derive(Default)]
-struct SyncState {
-    /// Directories waiting for the next round.
-    pending: BTreeSet<PathBuf>,
-    /// The round that new requests join (rounds are numbered from 1).
-    next_round: u64,
-    /// Whether a task is running rounds.
-    running: bool,
-}
-
-impl DirectorySync {
-    /// Returns once `directory` has been synced by a round that began after this call.
-    async fn sync(self, directory: PathBuf) -> Result<(), BlobError> {
-        let round = {
-            let mut state = self
-                .state
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            if state.next_round == 0 {
-                state.next_round = 1;
-            }
-            state.pending.insert(directory);
-            if !state.running {
-                state.running = true;
-                let state = Arc::clone(&self.state);
-                let completed = Arc::clone(&self.completed);
-                tokio::spawn(run_rounds(state, completed));
-            }
-            state.next_round
-        };
-        let mut receiver = self.completed.sender.subscribe();
-        let done = receiver
-            .wait_for(|done| done.completed >= round)
-            .await
-            .map(|done| *done)
-            .map_err(|error| local_error(std::io::Error::other(error)))?;
-        if done.last_failed.is_some_and(|failed| failed >= round) {
-            return Err(local_error(std::io::Error::other(
-                "syncing a blob directory failed",
-            )));
-        }
-        Ok(())
-    }
-}
-
-/// Runs rounds until no directory is pending.
-async fn run_rounds(state: Arc<Mutex<SyncState>>, progress: Arc<SyncProgress>) {
-    loop {
-        let (directories, round) = {
-            let mut state = state
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            if state.pending.is_empty() {
-                state.running = false;
-                return;
-            }
-            let round = state.next_round;
-            state.next_round += 1;
-            (std::mem::take(&mut state.pending), round)
-        };
-        // The round's directories at once, each on a blocking thread: the file system commits
-        // concurrent syncs together, where one after another would each wait for the last.
-        let syncs = directories
-            .into_iter()
-            .map(|directory| tokio::task::spawn_blocking(move || sync_directory(&directory)));
-        let synced = futures::future::join_all(syncs).await;
-        let failed = !synced.iter().all(|synced| matches!(synced, Ok(Ok(()))));
-        if failed {
-            tracing::error!("syncing blob directories failed; the stores waiting on it fail");
-        }
-        progress.sender.send_modify(|done| {
-            done.completed = round;
-            if failed {
-                done.last_failed = Some(round);
-            }
-        });
-    }
 }
