@@ -2415,18 +2415,6 @@ async fn study_summary_follows_every_change(index: Index) {
             )
         })
     }
-    /// Whether the study's row knows its modalities (the search reads no series for it).
-    async fn kept(index: &Index, study: &str) -> bool {
-        let token = index.study_token(SERVICE, study).expect("token");
-        sqlx::query("SELECT modalities FROM dicom_studies WHERE service = $1 AND uid_token = $2")
-            .bind(SERVICE)
-            .bind(token.as_slice())
-            .fetch_one(index.database().pool())
-            .await
-            .expect("study row")
-            .get::<Option<Vec<u8>>, _>(0)
-            .is_some()
-    }
     let spec = |series: usize, sop: usize, modality: &str| {
         let mut spec = Spec::new(700, series, sop);
         spec.modality = modality.into();
@@ -2454,7 +2442,7 @@ async fn study_summary_follows_every_change(index: Index) {
         Some((4, 5, vec!["CT".into(), "MR".into(), "PT".into()]))
     );
     assert!(
-        kept(&index, &study).await,
+        study_row_knows_modalities(&index, &study).await,
         "a new study's row keeps its modalities"
     );
 
@@ -2479,7 +2467,7 @@ async fn study_summary_follows_every_change(index: Index) {
         summary(&index, &study).await,
         Some((4, 6, vec!["CT".into(), "MR".into(), "PT".into()]))
     );
-    assert!(kept(&index, &study).await);
+    assert!(study_row_knows_modalities(&index, &study).await);
 
     // Series 4 turns out to be US: PT is gone from the study, which appending cannot say.
     assert_eq!(
@@ -2514,7 +2502,7 @@ async fn study_summary_follows_every_change(index: Index) {
         Some((2, 4, vec!["CT".into(), "US".into()]))
     );
     assert!(
-        !kept(&index, &study).await,
+        !study_row_knows_modalities(&index, &study).await,
         "a deleted series may have taken a modality along"
     );
     // The filler gives the study its modalities again, from its series.
@@ -2525,7 +2513,7 @@ async fn study_summary_follows_every_change(index: Index) {
             .expect("fill")
             .is_some()
     );
-    assert!(kept(&index, &study).await);
+    assert!(study_row_knows_modalities(&index, &study).await);
     assert_eq!(
         summary(&index, &study).await,
         Some((2, 4, vec!["CT".into(), "US".into()]))
@@ -2572,7 +2560,6 @@ async fn study_summary_follows_every_change(index: Index) {
 /// make up any number of values): the row's column gives up (NULL, also after the filler) and
 /// the search reads the series, so every modality is still reported.
 async fn more_modalities_than_a_study_row_keeps_are_read_from_the_series(index: Index) {
-    use sqlx::Row;
     const SERIES: usize = 120;
     let first = Spec::new(710, 1, 1);
     give_study_its_key(&index, SERVICE, &first).await;
@@ -2586,24 +2573,13 @@ async fn more_modalities_than_a_study_row_keeps_are_read_from_the_series(index: 
             StoreOutcome::Stored
         );
     }
-    let row_keeps = || async {
-        let token = index.study_token(SERVICE, &first.study).expect("token");
-        sqlx::query("SELECT modalities FROM dicom_studies WHERE service = $1 AND uid_token = $2")
-            .bind(SERVICE)
-            .bind(token.as_slice())
-            .fetch_one(index.database().pool())
-            .await
-            .expect("study row")
-            .get::<Option<Vec<u8>>, _>(0)
-            .is_some()
-    };
     assert!(
-        !row_keeps().await,
+        !study_row_knows_modalities(&index, &first.study).await,
         "past its limit the row keeps no modalities"
     );
     index.fill_study_modalities(0).await.expect("fill");
     assert!(
-        !row_keeps().await,
+        !study_row_knows_modalities(&index, &first.study).await,
         "nor does the filler give it more than the limit"
     );
     let mut search = query(QueryLevel::Study, Vec::new());
@@ -4282,4 +4258,18 @@ async fn keyed_workitems_keep_no_marker_at_rest() {
             "{marker} found at rest"
         );
     }
+}
+
+/// Whether the study's row knows its modalities (a search then reads no series for it).
+async fn study_row_knows_modalities(index: &Index, study: &str) -> bool {
+    use sqlx::Row;
+    let token = index.study_token(SERVICE, study).expect("token");
+    sqlx::query("SELECT modalities FROM dicom_studies WHERE service = $1 AND uid_token = $2")
+        .bind(SERVICE)
+        .bind(token.as_slice())
+        .fetch_one(index.database().pool())
+        .await
+        .expect("study row")
+        .get::<Option<Vec<u8>>, _>(0)
+        .is_some()
 }
