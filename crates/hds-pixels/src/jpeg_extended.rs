@@ -12,8 +12,8 @@
 //! holds, and libjpeg-turbo is told the largest image it may decode. Decoded pixels stay in
 //! memory.
 //!
-//! With [`crate::jpeg2000`], the crate's only `unsafe` code: the TurboJPEG calls, with the
-//! handle held by a guard that frees it on every path.
+//! With [`crate::jpeg2000`] and [`crate::rendered_jpeg`], the crate's only `unsafe` code: the
+//! TurboJPEG calls, with the handle held by a guard that frees it on every path.
 #![allow(unsafe_code)]
 
 use std::borrow::Cow;
@@ -175,8 +175,19 @@ fn frames_of(object: &DefaultDicomObject) -> Result<Vec<Cow<'_, [u8]>>, PixelErr
     )))
 }
 
-/// A TurboJPEG decompressor, freed when dropped.
-struct Handle(tj::tjhandle);
+/// A TurboJPEG decompressor (or compressor: [`crate::rendered_jpeg`]), freed when dropped.
+pub(crate) struct Handle(pub(crate) tj::tjhandle);
+
+impl Handle {
+    /// What TurboJPEG says of the last call's failure.
+    pub(crate) fn error_message(&self) -> String {
+        // SAFETY: the handle is valid, and `tj3GetErrorStr` returns a NUL-terminated string
+        // owned by it, copied here before the next call.
+        unsafe { CStr::from_ptr(tj::tj3GetErrorStr(self.0)) }
+            .to_string_lossy()
+            .into_owned()
+    }
+}
 
 impl Drop for Handle {
     fn drop(&mut self) {
@@ -221,12 +232,7 @@ impl<'a> Decoder<'a> {
     }
 
     fn error(&self, doing: &str) -> PixelError {
-        // SAFETY: the handle is valid, and `tj3GetErrorStr` returns a NUL-terminated string
-        // owned by it, copied here before the next call.
-        let message = unsafe { CStr::from_ptr(tj::tj3GetErrorStr(self.handle.0)) }
-            .to_string_lossy()
-            .into_owned();
-        undecodable(format!("{doing}: {message}"))
+        undecodable(format!("{doing}: {}", self.handle.error_message()))
     }
 
     /// Decodes one frame, appending its native little-endian samples to `out`.
@@ -300,16 +306,17 @@ impl<'a> Decoder<'a> {
             if status != 0 {
                 return Err(self.error("decoding a 12-bit JPEG frame"));
             }
-            out.reserve(samples * 2);
-            let shift = 16 - header.bits_stored.clamp(1, 16);
-            for sample in decoded {
-                let value = if header.signed {
-                    // Stored as the sample's bit pattern; sign-extended from BitsStored.
-                    (sample << shift) >> shift
-                } else {
-                    sample
-                };
-                out.extend_from_slice(&value.to_le_bytes());
+            if header.signed {
+                // Stored as the sample's bit pattern; sign-extended from BitsStored.
+                let shift = 16 - header.bits_stored.clamp(1, 16);
+                for sample in &mut decoded {
+                    *sample = (*sample << shift) >> shift;
+                }
+            }
+            let start = out.len();
+            out.resize(start + samples * 2, 0);
+            for (bytes, sample) in out[start..].chunks_exact_mut(2).zip(&decoded) {
+                bytes.copy_from_slice(&sample.to_le_bytes());
             }
         } else {
             let start = out.len();

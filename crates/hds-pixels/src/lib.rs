@@ -9,8 +9,9 @@
 //! table is not applied), MONOCHROME1 inverted, colour (RGB, YBR, palette) converted to RGB. Decoding is dicom-rs's
 //! (`dicom-pixeldata`: native, RLE, JPEG baseline and lossless, JPEG-LS by CharLS, JPEG 2000
 //! and HTJ2K by OpenJPEG), except JPEG Extended, whose 12-bit samples libjpeg-turbo decodes
-//! ([`jpeg_extended`]); encoding the
-//! `image` crate's. Nothing here writes to disk: the decrypted instance and its pixels stay in
+//! ([`jpeg_extended`]); grey levels through a table of one level per stored value
+//! ([`grey`]); viewports scaled by `fast_image_resize`; JPEG encoded by libjpeg-turbo
+//! ([`rendered_jpeg`]), PNG by the `image` crate. Nothing here writes to disk: the decrypted instance and its pixels stay in
 //! memory, bounded by [`MAX_DECODED_BYTES`].
 //!
 //! The work is CPU-bound and synchronous: callers run it off their async workers, with a limit
@@ -24,13 +25,16 @@ use dicom_object::{DefaultDicomObject, OpenFileOptions};
 use dicom_pixeldata::{
     ConvertOptions, DecodedPixelData, PhotometricInterpretation, PixelDecoder, VoiLutOption,
 };
-use image::imageops::FilterType;
-use image::{DynamicImage, GrayImage};
+use fast_image_resize as resize;
+use grey::grey_from_values;
+use image::{DynamicImage, GrayImage, RgbImage};
 
 mod codestream;
+mod grey;
 mod jpeg2000;
 mod jpeg_extended;
 mod reduced;
+mod rendered_jpeg;
 mod transcode;
 
 pub use jpeg_extended::JPEG_EXTENDED;
@@ -182,8 +186,7 @@ fn render_unguarded(
     if let Some(viewport) = options.viewport
         && let Some(image) = reduced::render_reduced(&object, frame - 1, viewport)
     {
-        let image = image.resize(viewport.width, viewport.height, FilterType::Triangle);
-        return encode(image, options);
+        return encode(fit_to_viewport(image, viewport)?, options);
     }
     // JPEG Extended is decoded here (its 12-bit samples are beyond dicom-rs's JPEG decoder):
     // the frame asked for becomes the object's only, native frame.
@@ -212,7 +215,7 @@ fn render_unguarded(
             .map_err(|error| PixelError::Undecodable(error.to_string()))?
     };
     let image = match options.viewport {
-        Some(viewport) => image.resize(viewport.width, viewport.height, FilterType::Triangle),
+        Some(viewport) => fit_to_viewport(image, viewport)?,
         None => image,
     };
     encode(image, options)
@@ -327,87 +330,65 @@ pub(crate) fn pixel_layout(object: &DefaultDicomObject) -> Result<PixelLayout, P
     })
 }
 
-/// A grey frame through the display pipeline: modality LUT (rescale), then the first stored
-/// window with the linear VOI function of PS3.3 C.11.2.1.2.1, or a min-max normalization when
-/// no usable window is stored; MONOCHROME1 inverted. Done here on the rescaled values rather
-/// than by dicom-rs's image conversion, which renders signed samples without a window black.
+/// A grey frame through the display pipeline ([`grey`]): through a table of display levels
+/// when its samples are integers of at most 16 bits, else value by value from dicom-rs's
+/// rescaled values. Done here rather than by dicom-rs's image conversion, which renders signed
+/// samples without a window black.
 fn grey_image(
     object: &DefaultDicomObject,
     decoded: &DecodedPixelData<'_>,
 ) -> Result<DynamicImage, PixelError> {
+    let invert = *decoded.photometric_interpretation() == PhotometricInterpretation::Monochrome1;
+    if let Some(image) = grey::grey_from_samples(object, decoded, invert)? {
+        return Ok(image);
+    }
     let values: Vec<f64> = decoded
         .to_vec_frame_with_options(
             0,
             &ConvertOptions::new().with_voi_lut(VoiLutOption::Identity),
         )
         .map_err(|error| PixelError::Undecodable(error.to_string()))?;
-    let invert = *decoded.photometric_interpretation() == PhotometricInterpretation::Monochrome1;
     grey_from_values(object, &values, decoded.columns(), decoded.rows(), invert)
 }
 
-/// Modality values (rescaled) through the first stored window, or min-max; inverted for
-/// MONOCHROME1.
-pub(crate) fn grey_from_values(
-    object: &DefaultDicomObject,
-    values: &[f64],
-    columns: u32,
-    rows: u32,
-    invert: bool,
-) -> Result<DynamicImage, PixelError> {
-    let to_grey: Box<dyn Fn(f64) -> f64> = match stored_window(object) {
-        Some((center, width)) => {
-            let low = center - 0.5 - (width - 1.0) / 2.0;
-            let high = center - 0.5 + (width - 1.0) / 2.0;
-            Box::new(move |value| {
-                if value <= low {
-                    0.0
-                } else if value > high {
-                    255.0
-                } else {
-                    ((value - (center - 0.5)) / (width - 1.0) + 0.5) * 255.0
-                }
-            })
-        }
-        None => {
-            let (lowest, highest) = values
-                .iter()
-                .fold((f64::INFINITY, f64::NEG_INFINITY), |(low, high), value| {
-                    (low.min(*value), high.max(*value))
-                });
-            let range = (highest - lowest).max(f64::EPSILON);
-            Box::new(move |value| (value - lowest) / range * 255.0)
-        }
+/// `image` scaled to the largest size that fits `viewport` with its aspect ratio kept (what
+/// `DynamicImage::resize` picks), by a bilinear convolution (which widens its support when it
+/// shrinks, so every source pixel counts). `fast_image_resize`'s SIMD code, not the `image`
+/// crate's resize, which cost as much as the rest of a small render.
+fn fit_to_viewport(image: DynamicImage, viewport: Viewport) -> Result<DynamicImage, PixelError> {
+    let (width, height) = (image.width(), image.height());
+    let ratio = (f64::from(viewport.width) / f64::from(width))
+        .min(f64::from(viewport.height) / f64::from(height));
+    let side = |side: u32| ((f64::from(side) * ratio).round() as u32).max(1);
+    let (fitted_width, fitted_height) = (side(width), side(height));
+    if (fitted_width, fitted_height) == (width, height) {
+        return Ok(image);
+    }
+    let (pixel_type, samples) = match image {
+        DynamicImage::ImageLuma8(grey) => (resize::PixelType::U8, grey.into_raw()),
+        DynamicImage::ImageLuma16(_) => (resize::PixelType::U8, image.to_luma8().into_raw()),
+        other => (resize::PixelType::U8x3, other.to_rgb8().into_raw()),
     };
-    let grey: Vec<u8> = values
-        .iter()
-        .map(|value| {
-            let level = to_grey(*value).clamp(0.0, 255.0);
-            let level = if invert { 255.0 - level } else { level };
-            level.round() as u8
-        })
-        .collect();
-    GrayImage::from_raw(columns, rows, grey)
-        .map(DynamicImage::ImageLuma8)
-        .ok_or_else(|| {
-            PixelError::Undecodable("the frame's size does not match its samples".into())
-        })
-}
-
-/// The first WindowCenter and WindowWidth, when both are stored and the width is at least 1.
-fn stored_window(object: &DefaultDicomObject) -> Option<(f64, f64)> {
-    let first = |tag| {
-        object
-            .element_opt(tag)
-            .ok()
-            .flatten()?
-            .to_multi_float64()
-            .ok()?
-            .first()
-            .copied()
+    let failed = |error: &dyn std::fmt::Display| PixelError::Encode(format!("scaling: {error}"));
+    let source = resize::images::Image::from_vec_u8(width, height, samples, pixel_type)
+        .map_err(|error| failed(&error))?;
+    let mut fitted = resize::images::Image::new(fitted_width, fitted_height, pixel_type);
+    resize::Resizer::new()
+        .resize(
+            &source,
+            &mut fitted,
+            &resize::ResizeOptions::new()
+                .resize_alg(resize::ResizeAlg::Convolution(resize::FilterType::Bilinear)),
+        )
+        .map_err(|error| failed(&error))?;
+    let samples = fitted.into_vec();
+    let image = match pixel_type {
+        resize::PixelType::U8 => {
+            GrayImage::from_raw(fitted_width, fitted_height, samples).map(DynamicImage::ImageLuma8)
+        }
+        _ => RgbImage::from_raw(fitted_width, fitted_height, samples).map(DynamicImage::ImageRgb8),
     };
-    let center = first(tags::WINDOW_CENTER)?;
-    let width = first(tags::WINDOW_WIDTH)?;
-    (width >= 1.0 && center.is_finite() && width.is_finite()).then_some((center, width))
+    image.ok_or_else(|| PixelError::Encode("scaling: the image's size changed".into()))
 }
 
 fn encode(image: DynamicImage, options: &RenderOptions) -> Result<Vec<u8>, PixelError> {
@@ -430,18 +411,12 @@ fn encode(image: DynamicImage, options: &RenderOptions) -> Result<Vec<u8>, Pixel
     Ok(out)
 }
 
-/// JPEG by the `jpeg-encoder` crate: the encoder dicom-rs uses (already built, with its SIMD
-/// paths), and the one transcoding to JPEG Baseline uses.
+/// JPEG by libjpeg-turbo ([`rendered_jpeg`]).
 fn encode_jpeg(image: &DynamicImage, quality: u8, out: &mut Vec<u8>) -> Result<(), PixelError> {
-    let (samples, colour) = match image {
-        DynamicImage::ImageLuma8(grey) => (grey.as_raw(), jpeg_encoder::ColorType::Luma),
-        DynamicImage::ImageRgb8(rgb) => (rgb.as_raw(), jpeg_encoder::ColorType::Rgb),
+    let samples = match image {
+        DynamicImage::ImageLuma8(grey) => rendered_jpeg::Samples::Grey(grey.as_raw()),
+        DynamicImage::ImageRgb8(rgb) => rendered_jpeg::Samples::Rgb(rgb.as_raw()),
         _ => return Err(PixelError::Encode("JPEG takes 8-bit grey or RGB".into())),
     };
-    let side = |side: u32| {
-        u16::try_from(side).map_err(|_| PixelError::Encode("JPEG sides are at most 65535".into()))
-    };
-    jpeg_encoder::Encoder::new(out, quality)
-        .encode(samples, side(image.width())?, side(image.height())?, colour)
-        .map_err(|error| PixelError::Encode(error.to_string()))
+    rendered_jpeg::encode(samples, image.width(), image.height(), quality, out)
 }

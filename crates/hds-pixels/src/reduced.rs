@@ -10,8 +10,9 @@ use dicom_encoding::adapters::PixelDataObject;
 use dicom_object::DefaultDicomObject;
 use image::{DynamicImage, RgbImage};
 
+use crate::Viewport;
+use crate::grey::grey_from_values;
 use crate::transcode::JPEG_2000_FAMILY;
-use crate::{Viewport, grey_from_values};
 
 /// The most resolution levels dropped: OpenJPEG's default codestreams have 5.
 const MAX_REDUCTION: u32 = 5;
