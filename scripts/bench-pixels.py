@@ -12,8 +12,14 @@ Stores `--copies` copies (fresh UIDs) of each pydicom-data file named below in a
   stored for a JPEG 2000 file, encoded for the others).
 Prints requests/s and p50/p99 per server and phase, and the ratio hds/Orthanc.
 
-Usage: scripts/bench-pixels.py [--hds target/release/hds] [--copies 20] [--requests 400]
-       [--concurrency 8] [--file MR2_J2KR.dcm] [--file CT_small.dcm]
+The load comes from `hds-bench`'s `get` phase (`--bench`, a release build: a new connection per
+request for both servers, since Orthanc closes some kept-alive connections under load), or with
+`--client python` from Python threads, whose own CPU (one core at most, under the GIL) then
+caps both servers at small images.
+
+Usage: scripts/bench-pixels.py [--hds target/release/hds] [--bench target/release/hds-bench]
+       [--client hds-bench|python] [--copies 20] [--requests 400] [--concurrency 8]
+       [--file MR2_J2KR.dcm] [--file CT_small.dcm]
 """
 
 import argparse
@@ -154,6 +160,27 @@ def run_phase(session, base, urls, accept, requests_total, concurrency):
             "p99_ms": latencies[int(len(latencies) * 0.99) - 1] * 1000}
 
 
+def run_phase_bench(bench, work, session, base, urls, accept, requests_total, concurrency):
+    """The same phase, loaded by `hds-bench --phases get` (a new connection per request)."""
+    paths = os.path.join(work, "paths.txt")
+    with open(paths, "w") as out:
+        out.write("\n".join(urls) + "\n")
+    environment = dict(os.environ)
+    authorization = session.headers.get("Authorization", "")
+    if authorization.startswith("Bearer "):
+        environment["HDS_BENCH_TOKEN"] = authorization[len("Bearer "):]
+    else:
+        environment.pop("HDS_BENCH_TOKEN", None)
+    out = subprocess.run([bench, "--base-url", base, "--phases", "get", "--paths", paths, "--accept", accept,
+                          "--requests", str(requests_total), "--concurrency", str(concurrency),
+                          "--no-keep-alive", "--json"],
+                         capture_output=True, text=True, env=environment)
+    assert out.returncode == 0, out.stderr[-300:]
+    (phase,) = json.loads(out.stdout)["phases"]
+    return {"req_s": phase["requests_per_s"], "p50_ms": phase["latency"]["p50_ms"],
+            "p99_ms": phase["latency"]["p99_ms"]}
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--hds", default="target/release/hds")
@@ -161,6 +188,8 @@ def main():
     parser.add_argument("--requests", type=int, default=400)
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--file", action="append", dest="files")
+    parser.add_argument("--bench", default="target/release/hds-bench")
+    parser.add_argument("--client", choices=["hds-bench", "python"], default="hds-bench")
     arguments = parser.parse_args()
     files = arguments.files or ["MR2_J2KR.dcm"]
     work = tempfile.mkdtemp(prefix="bench-pixels-")
@@ -185,7 +214,7 @@ def main():
                                 for name in ("hds", "orthanc")}),
         }
         print(f"files {files}, {arguments.copies} copies each, {arguments.requests} requests per phase, "
-              f"concurrency {arguments.concurrency}")
+              f"concurrency {arguments.concurrency}, client {arguments.client}")
         for phase, (urls, accepts) in phases.items():
             results = {}
             # Interleaved, twice each: A B A B, medians of the two.
@@ -196,8 +225,13 @@ def main():
                     if name in failed:
                         continue
                     try:
-                        runs[name].append(run_phase(session, base, urls, accepts[name], arguments.requests,
-                                                    arguments.concurrency))
+                        if arguments.client == "python":
+                            measured = run_phase(session, base, urls, accepts[name], arguments.requests,
+                                                 arguments.concurrency)
+                        else:
+                            measured = run_phase_bench(arguments.bench, work, session, base, urls, accepts[name],
+                                                       arguments.requests, arguments.concurrency)
+                        runs[name].append(measured)
                     except (AssertionError, requests.RequestException) as error:
                         failed[name] = str(error)[:300]
             for name, reason in failed.items():

@@ -33,7 +33,8 @@ pub struct ClientConfig {
     /// Per-request timeout.
     pub request_timeout: Duration,
     /// Idle connections kept per host: the concurrency, so no request waits
-    /// for a new connection once the pool is warm.
+    /// for a new connection once the pool is warm; 0 opens a connection per
+    /// request.
     pub pool_size: usize,
 }
 
@@ -210,26 +211,7 @@ impl DicomWebClient {
         minimum_size: usize,
     ) -> Result<Transfer, RequestFailure> {
         let path = format!("/studies/{study_uid}/series/{series_uid}/instances/{sop_instance_uid}");
-        let response = self
-            .request(reqwest::Method::GET, &path)
-            .header(ACCEPT, ACCEPT_DICOM_MULTIPART)
-            .send()
-            .await
-            .map_err(|error| RequestFailure::from(error.without_url()))?;
-        let status = response.status().as_u16();
-        let content_type = response
-            .headers()
-            .get(CONTENT_TYPE)
-            .and_then(|value| value.to_str().ok())
-            .unwrap_or_default()
-            .to_string();
-        let body = response
-            .bytes()
-            .await
-            .map_err(|error| RequestFailure::from(error.without_url()))?;
-        if status != 200 {
-            return Err(RequestFailure::Status(status));
-        }
+        let (content_type, body) = self.fetch(&path, ACCEPT_DICOM_MULTIPART).await?;
         let boundary = multipart::boundary_from_content_type(&content_type)
             .map_err(|_| RequestFailure::Invalid("WADO response is not multipart"))?;
         let parts = multipart::split_parts(&body, &boundary)
@@ -307,14 +289,41 @@ impl DicomWebClient {
         })
     }
 
-    async fn get_json(&self, path: &str) -> Result<JsonDocument, RequestFailure> {
+    /// GET `path` (below the base URL) with `accept`: a 200 with a body whose
+    /// content type starts with `expected_type` (the part before any
+    /// parameter when `accept` has one), as for rendered images or transcoded
+    /// instances.
+    pub async fn get(&self, path: &str, accept: &str) -> Result<Transfer, RequestFailure> {
+        let (content_type, body) = self.fetch(path, accept).await?;
+        let content_type = content_type.to_ascii_lowercase();
+        let asked = accept.split(';').next().unwrap_or_default().trim();
+        if body.is_empty() || !content_type.starts_with(&asked.to_ascii_lowercase()) {
+            return Err(RequestFailure::Invalid(
+                "the response is empty or not of the type asked for",
+            ));
+        }
+        Ok(Transfer {
+            items: 1,
+            bytes: body.len() as u64,
+        })
+    }
+
+    /// GET `path` with `accept`: the response's content type and body, once read whole, when
+    /// its status is 200.
+    async fn fetch(&self, path: &str, accept: &str) -> Result<(String, Bytes), RequestFailure> {
         let response = self
             .request(reqwest::Method::GET, path)
-            .header(ACCEPT, ACCEPT_DICOM_JSON)
+            .header(ACCEPT, accept)
             .send()
             .await
             .map_err(|error| RequestFailure::from(error.without_url()))?;
         let status = response.status().as_u16();
+        let content_type = response
+            .headers()
+            .get(CONTENT_TYPE)
+            .and_then(|value| value.to_str().ok())
+            .unwrap_or_default()
+            .to_string();
         let body = response
             .bytes()
             .await
@@ -322,6 +331,11 @@ impl DicomWebClient {
         if status != 200 {
             return Err(RequestFailure::Status(status));
         }
+        Ok((content_type, body))
+    }
+
+    async fn get_json(&self, path: &str) -> Result<JsonDocument, RequestFailure> {
+        let (_, body) = self.fetch(path, ACCEPT_DICOM_JSON).await?;
         let value = serde_json::from_slice(&body)
             .map_err(|_| RequestFailure::Invalid("body is not JSON"))?;
         Ok(JsonDocument {

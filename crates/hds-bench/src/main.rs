@@ -106,6 +106,21 @@ struct Arguments {
     #[arg(long)]
     token_command: Option<String>,
 
+    /// The `get` phase's paths, one per line, below the base URL (for example
+    /// `/studies/1.2/series/1.3/instances/1.4/rendered`).
+    #[arg(long)]
+    paths: Option<PathBuf>,
+
+    /// The `get` phase's Accept header; a response must be of its type.
+    #[arg(long, default_value = "application/octet-stream")]
+    accept: String,
+
+    /// A new connection for every request (no keep-alive), as clients that
+    /// do not pool connections behave; some servers close kept-alive
+    /// connections under load, which a pooled client reports as failures.
+    #[arg(long)]
+    no_keep_alive: bool,
+
     /// Print the report as JSON on standard output (the table goes to standard error).
     #[arg(long)]
     json: bool,
@@ -152,6 +167,24 @@ async fn run(arguments: Arguments) -> anyhow::Result<RunReport> {
         (None, None) => None,
     };
 
+    let get_paths = match (&arguments.paths, arguments.phases.contains(&Phase::Get)) {
+        (Some(file), true) => {
+            let text = std::fs::read_to_string(file)
+                .with_context(|| format!("cannot read --paths {}", file.display()))?;
+            let paths: Vec<String> = text
+                .lines()
+                .map(str::trim)
+                .filter(|line| !line.is_empty())
+                .map(|line| format!("/{}", line.trim_start_matches('/')))
+                .collect();
+            if paths.is_empty() {
+                bail!("--paths {} lists no path", file.display());
+            }
+            std::sync::Arc::new(paths)
+        }
+        (None, true) => bail!("the get phase needs --paths"),
+        (_, false) => std::sync::Arc::default(),
+    };
     let shape = CorpusShape {
         studies: arguments.studies,
         series_per_study: arguments.series_per_study,
@@ -160,9 +193,18 @@ async fn run(arguments: Arguments) -> anyhow::Result<RunReport> {
         seed: arguments.seed.unwrap_or_else(rand::random),
     };
     let generation_started = Instant::now();
-    let corpus = tokio::task::spawn_blocking(move || corpus::generate(&shape))
-        .await
-        .context("corpus generation stopped")??;
+    // Only `get`: it reads data stored beforehand, so no corpus is generated.
+    let only_get = arguments.phases.iter().all(|phase| *phase == Phase::Get);
+    let corpus = if only_get {
+        corpus::Corpus {
+            studies: Vec::new(),
+            instances: Vec::new(),
+        }
+    } else {
+        tokio::task::spawn_blocking(move || corpus::generate(&shape))
+            .await
+            .context("corpus generation stopped")??
+    };
     let corpus_summary = CorpusSummary::new(&shape, &corpus);
     eprintln!(
         "corpus: {} studies, {} instances, {:.1} MB, seed {} (generated in {:.1} s)",
@@ -178,7 +220,11 @@ async fn run(arguments: Arguments) -> anyhow::Result<RunReport> {
         ca_certificates: arguments.ca_certificates.clone(),
         bearer_token,
         request_timeout,
-        pool_size: arguments.concurrency,
+        pool_size: if arguments.no_keep_alive {
+            0
+        } else {
+            arguments.concurrency
+        },
     })?;
     let bench = Bench::new(client, corpus);
 
@@ -191,7 +237,11 @@ async fn run(arguments: Arguments) -> anyhow::Result<RunReport> {
             .count();
         let limits = PhaseLimits {
             concurrency: arguments.concurrency,
-            requests: arguments.requests.unwrap_or(stored_count),
+            requests: arguments.requests.unwrap_or(if *phase == Phase::Get {
+                get_paths.len()
+            } else {
+                stored_count
+            }),
             duration: phase_duration,
         };
         let phase_reports = match phase {
@@ -201,6 +251,15 @@ async fn run(arguments: Arguments) -> anyhow::Result<RunReport> {
             Phase::Qido => vec![
                 bench.qido_by_patient(limits).await,
                 bench.qido_by_date(limits).await,
+            ],
+            Phase::Get => vec![
+                bench
+                    .get(
+                        limits,
+                        std::sync::Arc::clone(&get_paths),
+                        std::sync::Arc::from(arguments.accept.as_str()),
+                    )
+                    .await,
             ],
         };
         for phase_report in phase_reports {

@@ -25,6 +25,10 @@ pub enum Phase {
     Metadata,
     /// QIDO-RS study searches, by PatientID and by a StudyDate range.
     Qido,
+    /// GET of the paths listed in `--paths`, in turn, with `--accept`: any
+    /// resource of data stored beforehand (rendered frames, transcoded
+    /// instances), without a generated corpus.
+    Get,
 }
 
 /// The level at which the metadata phase asks for metadata.
@@ -268,6 +272,29 @@ impl Bench {
                 client
                     .retrieve_metadata(&path, expected_count, expected_uid.as_deref())
                     .await
+            }
+        })
+        .await
+    }
+
+    /// GETs `paths` in turn (request `i` asks for `paths[i % len]`).
+    pub async fn get(
+        &self,
+        limits: PhaseLimits,
+        paths: Arc<Vec<String>>,
+        accept: Arc<str>,
+    ) -> PhaseReport {
+        if paths.is_empty() {
+            return PhaseReport::new("get", Observations::default(), Duration::ZERO);
+        }
+        let client = self.client.clone();
+        run_phase("get", limits, move |request_index| {
+            let client = client.clone();
+            let paths = Arc::clone(&paths);
+            let accept = Arc::clone(&accept);
+            async move {
+                let path = &paths[request_index % paths.len()];
+                client.get(path, &accept).await
             }
         })
         .await
