@@ -8,8 +8,9 @@
 //! The syncs run while the caller goes on ([`PendingSync`]). The caller waits for them only
 //! when it is about to commit the row that references the blob, so the syncs overlap with
 //! parsing and with the wait for the index's group commit instead of adding to them. A blob
-//! written whole ([`LocalFiles::put`]) has its data and then its directory synced on one
-//! blocking thread right after the write: one wake-up per blob. A blob written in pieces has
+//! written whole ([`LocalFiles::put`]) is written and has its data and then its directory
+//! synced by one blocking task, which reports the write as soon as it is done: one hop to the
+//! blocking pool per blob. A blob written in pieces has
 //! its directory synced from its creation on (while the rest arrives), its data once the last
 //! byte is written.
 //!
@@ -110,32 +111,44 @@ impl LocalFiles {
         contents: bytes::Bytes,
     ) -> Result<PendingSync, BlobError> {
         let path = self.path_of(name);
-        let written = path.clone();
-        let file = tokio::task::spawn_blocking(move || -> std::io::Result<std::fs::File> {
-            let mut file = create_new(&written)?;
+        let sync_writes = self.options.sync_writes;
+        // One blocking task writes the file and then syncs it and its directory: it answers
+        // the write through `written` and goes straight on to the syncs, so a blob costs one
+        // hop to the blocking pool, not one for its write and another for its syncs. The file
+        // was created and written together, so its directory's sync could not have started
+        // earlier.
+        let (written, write_outcome) = tokio::sync::oneshot::channel();
+        let synced = tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+            let mut file = match create_new(&path) {
+                Ok(file) => file,
+                Err(error) => {
+                    let _ = written.send(Err(error));
+                    return Ok(());
+                }
+            };
             if let Err(error) = file.write_all(&contents) {
                 drop(file);
-                let _ = std::fs::remove_file(&written);
-                return Err(error);
+                let _ = std::fs::remove_file(&path);
+                let _ = written.send(Err(error));
+                return Ok(());
             }
-            Ok(file)
-        })
-        .await
-        .map_err(join_error)?
-        .map_err(local_error)?;
-        if !self.options.sync_writes {
-            return Ok(PendingSync::done());
-        }
-        // Both syncs on one blocking thread, one after the other: the file was created and
-        // written together, so its directory's sync could not have started earlier, and one
-        // thread is one wake-up less per blob than two.
-        let synced = tokio::task::spawn_blocking(move || {
+            let _ = written.send(Ok(()));
+            if !sync_writes {
+                return Ok(());
+            }
             file.sync_data()?;
             match path.parent() {
                 Some(directory) => sync_directory(directory),
                 None => Ok(()),
             }
         });
+        write_outcome
+            .await
+            .map_err(|_| local_error(std::io::Error::other("the blob's write task ended")))?
+            .map_err(local_error)?;
+        if !sync_writes {
+            return Ok(PendingSync::done());
+        }
         Ok(PendingSync::running(async move {
             synced.await.map_err(join_error)?.map_err(local_error)
         }))
