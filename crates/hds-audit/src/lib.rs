@@ -179,27 +179,26 @@ impl AuditLog {
                 None => (0, String::new()),
             };
             let recorded_ms = now_ms();
+            let mut records = Vec::with_capacity(events.len());
             for event in &events {
                 sequence += 1;
                 let mac = self.mac(sequence, recorded_ms, event, &previous_mac);
-                let inserted = sqlx::query(
-                    "INSERT INTO audit_log (sequence, recorded_ms, principal_id, operation, resource_id, \
-                     outcome, previous_mac, mac) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-                )
-                .bind(sequence)
-                .bind(recorded_ms)
-                .bind(&event.principal_id)
-                .bind(&event.operation)
-                .bind(&event.resource_id)
-                .bind(&event.outcome)
-                .bind(&previous_mac)
-                .bind(&mac)
-                .execute(&mut *transaction)
-                .await;
-                match inserted {
-                    Ok(_) => previous_mac = mac,
-                    // Another process took this sequence number: read the new end and try
-                    // again (the transaction rolls back when dropped).
+                let previous = std::mem::replace(&mut previous_mac, mac.clone());
+                records.push(Record {
+                    sequence,
+                    event,
+                    previous_mac: previous,
+                    mac,
+                });
+            }
+            // Many records per statement: a batch of busy traffic holds the database's one
+            // write turn (the index's group commits wait for it) for a few statements, not one
+            // round trip per record.
+            for chunk in records.chunks(RECORDS_PER_INSERT) {
+                match insert_records(&mut transaction, chunk, recorded_ms).await {
+                    Ok(()) => {}
+                    // Another process took one of these sequence numbers: read the new end and
+                    // try again (the transaction rolls back when dropped).
                     Err(sqlx::Error::Database(error)) if error.is_unique_violation() => {
                         continue 'attempt;
                     }
@@ -442,6 +441,58 @@ async fn write_batches(log: AuditLog, mut receiver: tokio::sync::mpsc::Receiver<
             let _ = done.send(());
         }
     }
+}
+
+/// How many records one INSERT carries (8 parameters each, well under SQLite's and
+/// PostgreSQL's limits).
+const RECORDS_PER_INSERT: usize = 64;
+
+/// One record of a batch being appended, its MAC computed.
+struct Record<'a> {
+    sequence: i64,
+    event: &'a AuditEvent,
+    previous_mac: String,
+    mac: String,
+}
+
+/// Inserts `records` in one statement.
+async fn insert_records(
+    transaction: &mut hds_db::WriteTransaction,
+    records: &[Record<'_>],
+    recorded_ms: i64,
+) -> Result<(), sqlx::Error> {
+    let mut statement = String::from(
+        "INSERT INTO audit_log (sequence, recorded_ms, principal_id, operation, resource_id, \
+         outcome, previous_mac, mac) VALUES ",
+    );
+    for index in 0..records.len() {
+        let first = index * 8;
+        if index > 0 {
+            statement.push_str(", ");
+        }
+        statement.push('(');
+        for column in 0..8 {
+            if column > 0 {
+                statement.push_str(", ");
+            }
+            statement.push_str(&format!("${}", first + column + 1));
+        }
+        statement.push(')');
+    }
+    let mut query = sqlx::query(&statement);
+    for record in records {
+        query = query
+            .bind(record.sequence)
+            .bind(recorded_ms)
+            .bind(record.event.principal_id.as_str())
+            .bind(record.event.operation.as_str())
+            .bind(record.event.resource_id.as_str())
+            .bind(record.event.outcome.as_str())
+            .bind(record.previous_mac.as_str())
+            .bind(record.mac.as_str());
+    }
+    query.execute(&mut **transaction).await?;
+    Ok(())
 }
 
 fn record_from_row(row: &sqlx::any::AnyRow) -> Result<AuditRecord, AuditError> {
