@@ -541,6 +541,37 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_batch_longer_than_one_statement_is_one_chain() {
+        let directory = tempfile::tempdir().expect("tempdir");
+        let log = log_in(directory.path()).await;
+        log.append(&event("keys/wrap/action", "/before"))
+            .await
+            .expect("append");
+        // Three statements' worth and some: the chain must run on across their boundaries.
+        let events: Vec<AuditEvent> = (0..RECORDS_PER_INSERT * 3 + 5)
+            .map(|index| event("dicom/read", &format!("/studies/{index}")))
+            .collect();
+        let last = log.append_all(&events).await.expect("append_all");
+        assert_eq!(last, events.len() as i64 + 1);
+        assert_eq!(
+            log.verify().await.expect("verify"),
+            Verification::Intact {
+                records: events.len() as u64 + 1
+            }
+        );
+        let sequence = RECORDS_PER_INSERT as i64 + 2;
+        sqlx::query("UPDATE audit_log SET resource_id = '/elsewhere' WHERE sequence = $1")
+            .bind(sequence)
+            .execute(log.database.pool())
+            .await
+            .expect("edit");
+        assert!(matches!(
+            log.verify().await.expect("verify"),
+            Verification::Broken { sequence: broken, .. } if broken == sequence
+        ));
+    }
+
+    #[tokio::test]
     async fn a_chain_verifies_until_a_record_is_edited() {
         let directory = tempfile::tempdir().expect("tempdir");
         let log = log_in(directory.path()).await;
