@@ -186,30 +186,12 @@ pub(crate) async fn append(
     transaction: &mut WriteTransaction,
     changes: &[(&str, NewChange<'_>)],
 ) -> Result<(), IndexError> {
-    // A partition's changes go to its service's feed, marked with the partition.
-    let mut by_service: BTreeMap<&str, Vec<(Option<&str>, &NewChange<'_>)>> = BTreeMap::new();
-    for (scope, change) in changes {
-        let (service, partition) = crate::split_scope(scope);
-        by_service
-            .entry(service)
-            .or_default()
-            .push((partition, change));
-    }
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|elapsed| i64::try_from(elapsed.as_micros()).unwrap_or(i64::MAX))
-        .unwrap_or(0);
-    for (service, changes) in by_service {
+    let now = now_us();
+    for (service, changes) in by_service(changes) {
         let count = changes.len() as i64;
-        let head = sqlx::query(
-            "INSERT INTO dicom_changefeed_heads (service, last_sequence, last_timestamp) \
-             VALUES ($1, $2, $3) ON CONFLICT (service) DO UPDATE SET \
-             last_sequence = dicom_changefeed_heads.last_sequence + excluded.last_sequence, \
-             last_timestamp = CASE WHEN excluded.last_timestamp > \
-             dicom_changefeed_heads.last_timestamp THEN excluded.last_timestamp \
-             ELSE dicom_changefeed_heads.last_timestamp END \
-             RETURNING last_sequence, last_timestamp",
-        )
+        let head = sqlx::query(&format!(
+            "{HEAD_UPSERT} RETURNING last_sequence, last_timestamp"
+        ))
         .bind(service)
         .bind(count)
         .bind(now)
@@ -219,35 +201,155 @@ pub(crate) async fn append(
         let timestamp: i64 = column(&head, 1)?;
         let first_sequence = last_sequence - count + 1;
         for (chunk_number, chunk) in changes.chunks(ENTRIES_PER_INSERT).enumerate() {
-            let mut insert = Sql::new(
-                "INSERT INTO dicom_changefeed (service, sequence, timestamp_us, action, state, \
-                 sop_token, uids, partition_name) VALUES ",
-            );
+            let mut insert = Sql::new(ENTRY_INSERT);
             for (position, (partition, change)) in chunk.iter().enumerate() {
                 if position > 0 {
                     insert.push(", ");
                 }
                 let sequence =
                     first_sequence + (chunk_number * ENTRIES_PER_INSERT + position) as i64;
-                let state = match change.action {
-                    ChangeAction::Delete => ChangeState::Deleted,
-                    ChangeAction::Create | ChangeAction::Update => ChangeState::Current,
-                };
-                insert.bind_list([
-                    Argument::Text(service.into()),
-                    Argument::Integer(sequence),
-                    Argument::Integer(timestamp),
-                    Argument::Integer(change.action.code()),
-                    Argument::Integer(state.code()),
-                    Argument::Bytes(change.sop_token.into()),
-                    Argument::Bytes(change.uids.into()),
-                    Argument::NullableText(partition.map(Into::into)),
-                ]);
+                insert.push("(");
+                bind_entry(
+                    &mut insert,
+                    service,
+                    Argument::Integer(sequence).into(),
+                    Argument::Integer(timestamp).into(),
+                    *partition,
+                    change,
+                );
+                insert.push(")");
             }
             insert.query().execute(&mut **transaction).await?;
         }
     }
     Ok(())
+}
+
+/// Appends to `batch` the statements that [`append`] runs, for one round trip on SQLite (see
+/// `Sql::append_statement`): each service's head row upsert, then its entries, whose sequences
+/// and timestamp are read back from the head row in the same text instead of returned first.
+/// Only under SQLite's write lock (nothing else moves the head meanwhile).
+pub(crate) fn push_append_sqlite<'a>(batch: &mut Sql<'a>, changes: &[(&'a str, NewChange<'a>)]) {
+    let now = now_us();
+    for (service, changes) in by_service(changes) {
+        let count = changes.len();
+        let mut head = Sql::new(HEAD_UPSERT);
+        head.argument(Argument::Text(service.into()));
+        head.argument(Argument::Integer(count as i64));
+        head.argument(Argument::Integer(now));
+        batch.append_statement(head);
+        for (chunk_number, chunk) in changes.chunks(ENTRIES_PER_INSERT).enumerate() {
+            let mut insert = Sql::new(ENTRY_INSERT);
+            let head_service = insert.argument(Argument::Text(service.into()));
+            for (position, (partition, change)) in chunk.iter().enumerate() {
+                if position > 0 {
+                    insert.push(", ");
+                }
+                // The head's last sequence is this service's last entry's in the group.
+                let behind = (count - 1 - (chunk_number * ENTRIES_PER_INSERT + position)) as i64;
+                let behind = insert.argument(Argument::Integer(behind));
+                insert.push("(");
+                bind_entry(
+                    &mut insert,
+                    service,
+                    EntryValue::Sql(format!(
+                        "(SELECT last_sequence FROM dicom_changefeed_heads \
+                         WHERE service = {head_service}) - {behind}"
+                    )),
+                    EntryValue::Sql(format!(
+                        "(SELECT last_timestamp FROM dicom_changefeed_heads \
+                         WHERE service = {head_service})"
+                    )),
+                    *partition,
+                    change,
+                );
+                insert.push(")");
+            }
+            batch.append_statement(insert);
+        }
+    }
+}
+
+/// The upsert of a service's head row by `$2` entries at time `$3` (microseconds), which never
+/// moves its timestamp back.
+const HEAD_UPSERT: &str = "INSERT INTO dicom_changefeed_heads (service, last_sequence, last_timestamp) \
+     VALUES ($1, $2, $3) ON CONFLICT (service) DO UPDATE SET \
+     last_sequence = dicom_changefeed_heads.last_sequence + excluded.last_sequence, \
+     last_timestamp = CASE WHEN excluded.last_timestamp > \
+     dicom_changefeed_heads.last_timestamp THEN excluded.last_timestamp \
+     ELSE dicom_changefeed_heads.last_timestamp END";
+
+/// The start of an INSERT of entries, their value lists to follow.
+const ENTRY_INSERT: &str = "INSERT INTO dicom_changefeed (service, sequence, timestamp_us, action, \
+     state, sop_token, uids, partition_name) VALUES ";
+
+/// A sequence or timestamp of an entry: a value, or SQL that computes it.
+enum EntryValue<'a> {
+    Bound(Argument<'a>),
+    Sql(String),
+}
+
+impl<'a> From<Argument<'a>> for EntryValue<'a> {
+    fn from(argument: Argument<'a>) -> Self {
+        EntryValue::Bound(argument)
+    }
+}
+
+/// Writes one entry's values (without their parentheses).
+fn bind_entry<'a>(
+    insert: &mut Sql<'a>,
+    service: &'a str,
+    sequence: EntryValue<'a>,
+    timestamp: EntryValue<'a>,
+    partition: Option<&'a str>,
+    change: &NewChange<'a>,
+) {
+    let state = match change.action {
+        ChangeAction::Delete => ChangeState::Deleted,
+        ChangeAction::Create | ChangeAction::Update => ChangeState::Current,
+    };
+    insert.bind(Argument::Text(service.into()));
+    for value in [sequence, timestamp] {
+        insert.push(", ");
+        match value {
+            EntryValue::Bound(argument) => insert.bind(argument),
+            EntryValue::Sql(sql) => insert.push(&sql),
+        };
+    }
+    for argument in [
+        Argument::Integer(change.action.code()),
+        Argument::Integer(state.code()),
+        Argument::Bytes(change.sop_token.into()),
+        Argument::Bytes(change.uids.into()),
+        Argument::NullableText(partition.map(Into::into)),
+    ] {
+        insert.push(", ");
+        insert.bind(argument);
+    }
+}
+
+/// Changes by the service whose feed they go to, with their partition: a partition's changes
+/// go to its service's feed, marked with the partition.
+fn by_service<'c, 'a>(
+    changes: &'c [(&'a str, NewChange<'a>)],
+) -> BTreeMap<&'a str, Vec<(Option<&'a str>, &'c NewChange<'a>)>> {
+    let mut by_service: BTreeMap<&str, Vec<(Option<&str>, &NewChange<'_>)>> = BTreeMap::new();
+    for (scope, change) in changes {
+        let (service, partition) = crate::split_scope(scope);
+        by_service
+            .entry(service)
+            .or_default()
+            .push((partition, change));
+    }
+    by_service
+}
+
+/// Now, in microseconds since 1970.
+fn now_us() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|elapsed| i64::try_from(elapsed.as_micros()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
 }
 
 impl Index {

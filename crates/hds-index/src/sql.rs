@@ -45,6 +45,19 @@ impl<'a> Sql<'a> {
         }
     }
 
+    /// Appends `statement` as one more statement of this text (after a `;`), its parameters
+    /// renumbered after this one's. For SQLite, whose driver runs such a text's statements in
+    /// turn in one round trip; PostgreSQL prepares one statement per query.
+    pub(crate) fn append_statement(&mut self, statement: Sql<'a>) -> &mut Sql<'a> {
+        if !self.text.is_empty() {
+            self.text.push_str("; ");
+        }
+        let offset = self.arguments.len();
+        self.text.push_str(&renumbered(&statement.text, offset));
+        self.arguments.extend(statement.arguments);
+        self
+    }
+
     pub(crate) fn push(&mut self, text: &str) -> &mut Sql<'a> {
         self.text.push_str(text);
         self
@@ -100,10 +113,56 @@ impl<'a> Sql<'a> {
     }
 }
 
+/// `text` with each `$N` parameter placeholder made `$(N + offset)`. Only this builder's
+/// placeholders contain `$`: values are bound, never written into the text.
+fn renumbered(text: &str, offset: usize) -> String {
+    if offset == 0 {
+        return text.to_owned();
+    }
+    let mut renumbered = String::with_capacity(text.len() + text.len() / 8);
+    let mut rest = text;
+    while let Some(dollar) = rest.find('$') {
+        renumbered.push_str(&rest[..=dollar]);
+        rest = &rest[dollar + 1..];
+        let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+        match rest[..digits].parse::<usize>() {
+            Ok(number) => renumbered.push_str(&(number + offset).to_string()),
+            Err(_) => renumbered.push_str(&rest[..digits]),
+        }
+        rest = &rest[digits..];
+    }
+    renumbered.push_str(rest);
+    renumbered
+}
+
 /// Reads column `index` of a row, naming the column in the error (never the value).
 pub(crate) fn column<'r, T>(row: &'r sqlx::any::AnyRow, index: usize) -> Result<T, IndexError>
 where
     T: sqlx::Decode<'r, Any> + sqlx::Type<Any>,
 {
     Ok(row.try_get::<T, _>(index)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_appended_statement_numbers_its_parameters_after_the_ones_before() {
+        let mut first = Sql::new("INSERT INTO a VALUES ");
+        first.bind_list([Argument::Integer(1), Argument::Integer(2)]);
+        let mut second = Sql::new("UPDATE b SET x = ");
+        let placeholder = second.argument(Argument::Integer(3));
+        second.push(&format!("{placeholder} WHERE y = {placeholder} OR z = "));
+        second.bind(Argument::Integer(4));
+        let mut batch = Sql::default();
+        batch.append_statement(first).append_statement(second);
+        assert_eq!(
+            batch.text,
+            "INSERT INTO a VALUES ($1, $2); UPDATE b SET x = $3 WHERE y = $3 OR z = $4"
+        );
+        assert_eq!(batch.arguments.len(), 4);
+        // Two-digit numbers and a `$` with no number after it are kept apart.
+        assert_eq!(renumbered("$1, $12, $", 9), "$10, $21, $");
+    }
 }

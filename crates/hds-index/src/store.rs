@@ -698,6 +698,37 @@ async fn record_changes(
     transaction: &mut WriteTransaction,
     pending: &[PendingInstance<'_>],
 ) -> Result<(), IndexError> {
+    mark_replaced(transaction, pending).await?;
+    changefeed::append(transaction, &new_changes(pending)).await
+}
+
+/// The group path's last writes, in one round trip on SQLite (one statement text holding
+/// several statements, which sqlx's SQLite driver runs in turn): the new rows' search tokens,
+/// the change feed's entries and its head row. Each round trip to the connection's thread
+/// costs more than most statements' own work (docs/benchmarks.md, "Durable STOW"). Replaced
+/// and updated instances' marks go before, one statement each, as in [`record_changes`].
+async fn write_tokens_and_changes(
+    transaction: &mut WriteTransaction,
+    pending: &[PendingInstance<'_>],
+    token_rows: &[(i64, &Vec<u8>)],
+) -> Result<(), IndexError> {
+    mark_replaced(transaction, pending).await?;
+    let mut batch = Sql::default();
+    for insert in token_inserts(token_rows) {
+        batch.append_statement(insert);
+    }
+    let changes = new_changes(pending);
+    changefeed::push_append_sqlite(&mut batch, &changes);
+    batch.query().execute(&mut **transaction).await?;
+    Ok(())
+}
+
+/// The change feed's `replaced` marks of the instances `pending` replaces, and the original
+/// versions that updated rows keep.
+async fn mark_replaced(
+    transaction: &mut WriteTransaction,
+    pending: &[PendingInstance<'_>],
+) -> Result<(), IndexError> {
     for instance in pending
         .iter()
         .filter(|instance| instance.replaced.is_some())
@@ -729,7 +760,12 @@ async fn record_changes(
         .execute(&mut **transaction)
         .await?;
     }
-    let changes: Vec<(&str, NewChange<'_>)> = pending
+    Ok(())
+}
+
+/// The change feed entries of the stores in `pending`: one per store, by scope.
+fn new_changes<'a>(pending: &[PendingInstance<'a>]) -> Vec<(&'a str, NewChange<'a>)> {
+    pending
         .iter()
         .map(|instance| {
             let prepared = instance.prepared;
@@ -746,8 +782,7 @@ async fn record_changes(
                 },
             )
         })
-        .collect();
-    changefeed::append(transaction, &changes).await
+        .collect()
 }
 
 /// A store whose study and series rows are in place and whose instance row is not yet.
@@ -787,40 +822,36 @@ async fn insert_instances(
     transaction: &mut WriteTransaction,
     pending: &[PendingInstance<'_>],
 ) -> Result<Vec<bool>, IndexError> {
+    let (stored, token_rows) = insert_instance_rows(transaction, pending).await?;
+    // The new rows have no tokens yet: every token is inserted, all rows' in few statements.
+    for insert in token_inserts(&token_rows) {
+        insert.query().execute(&mut **transaction).await?;
+    }
+    Ok(stored)
+}
+
+/// The instance rows of `pending` with their search tokens' rows still to insert: on SQLite's
+/// group path those go with the change feed's statements in one round trip
+/// ([`write_tokens_and_changes`]).
+async fn insert_instance_rows<'a>(
+    transaction: &mut WriteTransaction,
+    pending: &[PendingInstance<'a>],
+) -> Result<(Vec<bool>, Vec<(i64, &'a Vec<u8>)>), IndexError> {
     let mut inserted: HashMap<(String, Vec<u8>), i64> = HashMap::with_capacity(pending.len());
     for chunk in pending.chunks(INSTANCES_PER_INSERT) {
-        let mut insert = Sql::new(
-            "INSERT INTO dicom_instances (service, study_id, series_id, uid_token, blob_name, \
-             size, transfer_syntax_uid, uids, attributes, metadata, frames, blob_key) VALUES ",
-        );
-        for (position, instance) in chunk.iter().enumerate() {
-            if position > 0 {
-                insert.push(", ");
-            }
-            let prepared = instance.prepared;
-            insert.bind_list([
-                Argument::Text(prepared.service.as_str().into()),
-                Argument::Integer(instance.study_id),
-                Argument::Integer(instance.series_id),
-                Argument::Bytes(prepared.sop_token.as_slice().into()),
-                Argument::Text(prepared.blob_name.as_str().into()),
-                Argument::Integer(prepared.size),
-                Argument::Text(prepared.transfer_syntax_uid.as_str().into()),
-                Argument::Bytes(prepared.uids.as_slice().into()),
-                Argument::Bytes(prepared.instance_attributes.as_slice().into()),
-                Argument::Bytes(prepared.metadata.as_slice().into()),
-                Argument::NullableBytes(prepared.frames.as_deref().map(Into::into)),
-                Argument::Bytes(prepared.wrapped_blob_key.as_slice().into()),
-            ]);
-        }
-        insert
-            .push(" ON CONFLICT (service, uid_token) DO NOTHING RETURNING id, service, uid_token");
+        let insert = instance_insert(chunk);
         for row in insert.query().fetch_all(&mut **transaction).await? {
             inserted.insert((column(&row, 1)?, column(&row, 2)?), column(&row, 0)?);
         }
     }
+    Ok(token_rows_of(pending, inserted))
+}
 
-    // The new rows have no tokens yet: every token is inserted, all rows' in few statements.
+/// Which stores of `pending` had their row inserted, and the token rows of those.
+fn token_rows_of<'a>(
+    pending: &[PendingInstance<'a>],
+    mut inserted: HashMap<(String, Vec<u8>), i64>,
+) -> (Vec<bool>, Vec<(i64, &'a Vec<u8>)>) {
     let mut token_rows = Vec::new();
     let mut stored = Vec::with_capacity(pending.len());
     for instance in pending {
@@ -832,21 +863,59 @@ async fn insert_instances(
             token_rows.extend(prepared.instance_tokens.iter().map(|token| (id, token)));
         }
     }
-    for chunk in token_rows.chunks(TOKENS_PER_INSERT) {
-        let mut insert = Sql::new("INSERT INTO dicom_instance_tokens (instance_id, token) VALUES ");
-        for (position, (id, token)) in chunk.iter().enumerate() {
-            if position > 0 {
-                insert.push(", ");
-            }
-            insert.bind_list([
-                Argument::Integer(*id),
-                Argument::Bytes(token.as_slice().into()),
-            ]);
+    (stored, token_rows)
+}
+
+/// The INSERT of a chunk of instance rows, returning each inserted row's id and identity.
+fn instance_insert<'a>(chunk: &[PendingInstance<'a>]) -> Sql<'a> {
+    let mut insert = Sql::new(
+        "INSERT INTO dicom_instances (service, study_id, series_id, uid_token, blob_name, \
+         size, transfer_syntax_uid, uids, attributes, metadata, frames, blob_key) VALUES ",
+    );
+    for (position, instance) in chunk.iter().enumerate() {
+        if position > 0 {
+            insert.push(", ");
         }
-        insert.push(" ON CONFLICT DO NOTHING");
-        insert.query().execute(&mut **transaction).await?;
+        let prepared = instance.prepared;
+        insert.bind_list([
+            Argument::Text(prepared.service.as_str().into()),
+            Argument::Integer(instance.study_id),
+            Argument::Integer(instance.series_id),
+            Argument::Bytes(prepared.sop_token.as_slice().into()),
+            Argument::Text(prepared.blob_name.as_str().into()),
+            Argument::Integer(prepared.size),
+            Argument::Text(prepared.transfer_syntax_uid.as_str().into()),
+            Argument::Bytes(prepared.uids.as_slice().into()),
+            Argument::Bytes(prepared.instance_attributes.as_slice().into()),
+            Argument::Bytes(prepared.metadata.as_slice().into()),
+            Argument::NullableBytes(prepared.frames.as_deref().map(Into::into)),
+            Argument::Bytes(prepared.wrapped_blob_key.as_slice().into()),
+        ]);
     }
-    Ok(stored)
+    insert.push(" ON CONFLICT (service, uid_token) DO NOTHING RETURNING id, service, uid_token");
+    insert
+}
+
+/// The INSERTs of new instance rows' search tokens, [`TOKENS_PER_INSERT`] rows each.
+fn token_inserts<'a>(token_rows: &[(i64, &'a Vec<u8>)]) -> Vec<Sql<'a>> {
+    token_rows
+        .chunks(TOKENS_PER_INSERT)
+        .map(|chunk| {
+            let mut insert =
+                Sql::new("INSERT INTO dicom_instance_tokens (instance_id, token) VALUES ");
+            for (position, (id, token)) in chunk.iter().enumerate() {
+                if position > 0 {
+                    insert.push(", ");
+                }
+                insert.bind_list([
+                    Argument::Integer(*id),
+                    Argument::Bytes(token.as_slice().into()),
+                ]);
+            }
+            insert.push(" ON CONFLICT DO NOTHING");
+            insert
+        })
+        .collect()
 }
 
 /// What a study or series row hangs off: its service, or its study's row.
@@ -1025,11 +1094,11 @@ async fn store_group(
             }
         }
     }
-    let inserted = insert_instances(&mut transaction, &pending).await?;
+    let (inserted, token_rows) = insert_instance_rows(&mut transaction, &pending).await?;
     if inserted.contains(&false) {
         return Err(GroupFailed::PartialWrite);
     }
-    record_changes(&mut transaction, &pending).await?;
+    write_tokens_and_changes(&mut transaction, &pending, &token_rows).await?;
     transaction.commit().await?;
     Ok(outcomes)
 }
