@@ -614,7 +614,16 @@ async fn concurrent_stores_across_studies_each_land_once(index: Index) {
         .map(|entry| entry.sop_instance_uid.as_str())
         .collect();
     assert_eq!(sops.len(), 24);
-    // Each instance's own search tokens were written with its row.
+    // No token row names an instance row that is not there.
+    let (instances, orphan_tokens): (i64, i64) = sqlx::query_as(
+        "SELECT (SELECT COUNT(*) FROM dicom_instances), \
+         (SELECT COUNT(*) FROM dicom_instance_tokens t WHERE NOT EXISTS \
+            (SELECT 1 FROM dicom_instances i WHERE i.id = t.instance_id))",
+    )
+    .fetch_one(index.database().pool())
+    .await
+    .expect("token counts");
+    assert_eq!((instances, orphan_tokens), (24, 0));
     for study in 0..4 {
         for sop in 0..6 {
             let spec = Spec::new(20 + study, sop % 2, sop);
@@ -629,6 +638,67 @@ async fn concurrent_stores_across_studies_each_land_once(index: Index) {
                 "instance {study}/{sop} is found by its SOPInstanceUID"
             );
         }
+    }
+}
+
+/// Concurrent stores (grouped into shared commits on SQLite) of instances with an
+/// instance-level extended query tag: each instance's own search token is written with its row,
+/// so each is found by its value, and only it.
+async fn concurrent_stores_index_their_instance_level_tags(index: Index) {
+    let id = operation_id(
+        index
+            .add_extended_query_tags(SERVICE, &[tag_definition("Rows", None, None, "Instance")])
+            .await
+            .expect("add"),
+    );
+    run_operations(&index, "owner-a").await;
+    let added = index
+        .operation(SERVICE, &id)
+        .await
+        .expect("operation")
+        .expect("found");
+    assert_eq!(added.status, OperationStatus::Succeeded);
+    let specs: Vec<Spec> = (0..16u32)
+        .map(|number| {
+            with_extra(
+                Spec::new(40 + number as usize % 3, 0, number as usize),
+                &[("00280010", json!({"vr": "US", "Value": [100 + number]}))],
+            )
+        })
+        .collect();
+    let tasks: Vec<_> = specs
+        .iter()
+        .enumerate()
+        .map(|(at, spec)| {
+            let index = index.clone();
+            let spec = spec.clone();
+            tokio::spawn(async move { store(&index, &spec, &format!("blob-rows-{at}")).await })
+        })
+        .collect();
+    for task in tasks {
+        assert_eq!(task.await.expect("task"), StoreOutcome::Stored);
+    }
+    let rows_tag = queryable(&index, "Rows").await;
+    for (number, spec) in specs.iter().enumerate() {
+        let found = extended_search(
+            &index,
+            QueryLevel::Instance,
+            vec![hds_index::ExtendedFilter {
+                tag: rows_tag.clone(),
+                matcher: Matcher::Exact((100 + number).to_string()),
+            }],
+        )
+        .await;
+        let sops: Vec<String> = found
+            .iter()
+            .map(|hit| value_text(hit, "00080018"))
+            .collect();
+        assert_eq!(
+            sops,
+            vec![spec.sop.clone()],
+            "the instance with Rows {}",
+            100 + number
+        );
     }
 }
 
@@ -2668,6 +2738,7 @@ suite!(
     concurrent_duplicates_store_exactly_once,
     later_stores_replace_study_and_series_values,
     concurrent_stores_across_studies_each_land_once,
+    concurrent_stores_index_their_instance_level_tags,
     concurrent_stores_with_changing_values_leave_consistent_rows,
     exact_and_fuzzy_name_search,
     date_ranges_match_brute_force,
