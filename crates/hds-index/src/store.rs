@@ -8,9 +8,11 @@
 //!   search tokens differ from what the row holds (a keyed digest of both is kept in the row),
 //!   which for the 2nd to Nth instance of a series is never. The common case is three
 //!   statements: that SELECT, the instance row and its tokens. In a group (below) the SELECTs
-//!   of all its stores are one statement, and so are their instance rows, their tokens and
-//!   their change feed entries (with the feed's head row): a group of N stores takes seven
-//!   round trips with BEGIN and COMMIT, not 5N + 2.
+//!   of all its stores are one statement, and their instance rows, their tokens and their
+//!   change feed entries (with the feed's head row) one text of several statements, sent in one
+//!   round trip (`write_new_instances`): a group of N stores takes four round trips with BEGIN
+//!   and COMMIT, not 5N + 2. Each round trip to sqlx's connection thread costs more than most
+//!   of these statements' own work.
 //! - **The change feed in the same commit.** Each recorded store appends a `create` entry (an
 //!   upsert first marks the replaced version's entries `replaced`), the head row last, so the
 //!   feed numbers commits in the order they become visible (`changefeed.rs`).
