@@ -704,27 +704,6 @@ async fn record_changes(
     changefeed::append(transaction, &new_changes(pending)).await
 }
 
-/// The group path's last writes, in one round trip on SQLite (one statement text holding
-/// several statements, which sqlx's SQLite driver runs in turn): the new rows' search tokens,
-/// the change feed's entries and its head row. Each round trip to the connection's thread
-/// costs more than most statements' own work (docs/benchmarks.md, "Durable STOW"). Replaced
-/// and updated instances' marks go before, one statement each, as in [`record_changes`].
-async fn write_tokens_and_changes(
-    transaction: &mut WriteTransaction,
-    pending: &[PendingInstance<'_>],
-    token_rows: &[(i64, &Vec<u8>)],
-) -> Result<(), IndexError> {
-    mark_replaced(transaction, pending).await?;
-    let mut batch = Sql::default();
-    for insert in token_inserts(token_rows) {
-        batch.append_statement(insert);
-    }
-    let changes = new_changes(pending);
-    changefeed::push_append_sqlite(&mut batch, &changes);
-    batch.query().execute(&mut **transaction).await?;
-    Ok(())
-}
-
 /// The group path's writes when no store replaces an instance (the common case), in one round
 /// trip on SQLite: the instance rows, their search tokens (each row found by its identity, so
 /// no ids need to come back first), the change feed's head row and entries. The group read,
@@ -865,21 +844,6 @@ async fn insert_instances(
     transaction: &mut WriteTransaction,
     pending: &[PendingInstance<'_>],
 ) -> Result<Vec<bool>, IndexError> {
-    let (stored, token_rows) = insert_instance_rows(transaction, pending).await?;
-    // The new rows have no tokens yet: every token is inserted, all rows' in few statements.
-    for insert in token_inserts(&token_rows) {
-        insert.query().execute(&mut **transaction).await?;
-    }
-    Ok(stored)
-}
-
-/// The instance rows of `pending` with their search tokens' rows still to insert: on SQLite's
-/// group path those go with the change feed's statements in one round trip
-/// ([`write_tokens_and_changes`]).
-async fn insert_instance_rows<'a>(
-    transaction: &mut WriteTransaction,
-    pending: &[PendingInstance<'a>],
-) -> Result<(Vec<bool>, Vec<(i64, &'a Vec<u8>)>), IndexError> {
     let mut inserted: HashMap<(String, Vec<u8>), i64> = HashMap::with_capacity(pending.len());
     for chunk in pending.chunks(INSTANCES_PER_INSERT) {
         let insert = instance_insert(
@@ -890,7 +854,12 @@ async fn insert_instance_rows<'a>(
             inserted.insert((column(&row, 1)?, column(&row, 2)?), column(&row, 0)?);
         }
     }
-    Ok(token_rows_of(pending, inserted))
+    let (stored, token_rows) = token_rows_of(pending, inserted);
+    // The new rows have no tokens yet: every token is inserted, all rows' in few statements.
+    for insert in token_inserts(&token_rows) {
+        insert.query().execute(&mut **transaction).await?;
+    }
+    Ok(stored)
 }
 
 /// Which stores of `pending` had their row inserted, and the token rows of those.
@@ -1143,11 +1112,12 @@ async fn store_group(
     if pending.iter().all(|instance| instance.replaced.is_none()) {
         write_new_instances(&mut transaction, &pending).await?;
     } else {
-        let (inserted, token_rows) = insert_instance_rows(&mut transaction, &pending).await?;
+        // A replacing store's marks go between the rows and the feed: statement by statement.
+        let inserted = insert_instances(&mut transaction, &pending).await?;
         if inserted.contains(&false) {
             return Err(GroupFailed::PartialWrite);
         }
-        write_tokens_and_changes(&mut transaction, &pending, &token_rows).await?;
+        record_changes(&mut transaction, &pending).await?;
     }
     transaction.commit().await?;
     Ok(outcomes)
