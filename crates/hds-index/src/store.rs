@@ -694,16 +694,6 @@ async fn existing_instance(
     .transpose()
 }
 
-/// Records the stores of `pending`, whose rows are inserted, in the change feed: a replaced
-/// instance's entries become `replaced`, then each store appends a create entry.
-async fn record_changes(
-    transaction: &mut WriteTransaction,
-    pending: &[PendingInstance<'_>],
-) -> Result<(), IndexError> {
-    mark_replaced(transaction, pending).await?;
-    changefeed::append(transaction, &new_changes(pending)).await
-}
-
 /// The group path's writes when no store replaces an instance (the common case), in one round
 /// trip on SQLite: the instance rows, their search tokens (each row found by its identity, so
 /// no ids need to come back first), the change feed's head row and entries. The group read,
@@ -745,9 +735,9 @@ async fn write_new_instances(
     Ok(())
 }
 
-/// The change feed's `replaced` marks of the instances `pending` replaces, and the original
-/// versions that updated rows keep.
-async fn mark_replaced(
+/// Records the stores of `pending`, whose rows are inserted, in the change feed: a replaced
+/// instance's entries become `replaced`, then each store appends a create entry.
+async fn record_changes(
     transaction: &mut WriteTransaction,
     pending: &[PendingInstance<'_>],
 ) -> Result<(), IndexError> {
@@ -782,7 +772,7 @@ async fn mark_replaced(
         .execute(&mut **transaction)
         .await?;
     }
-    Ok(())
+    changefeed::append(transaction, &new_changes(pending)).await
 }
 
 /// The change feed entries of the stores in `pending`: one per store, by scope.
@@ -854,19 +844,8 @@ async fn insert_instances(
             inserted.insert((column(&row, 1)?, column(&row, 2)?), column(&row, 0)?);
         }
     }
-    let (stored, token_rows) = token_rows_of(pending, inserted);
-    // The new rows have no tokens yet: every token is inserted, all rows' in few statements.
-    for insert in token_inserts(&token_rows) {
-        insert.query().execute(&mut **transaction).await?;
-    }
-    Ok(stored)
-}
 
-/// Which stores of `pending` had their row inserted, and the token rows of those.
-fn token_rows_of<'a>(
-    pending: &[PendingInstance<'a>],
-    mut inserted: HashMap<(String, Vec<u8>), i64>,
-) -> (Vec<bool>, Vec<(i64, &'a Vec<u8>)>) {
+    // The new rows have no tokens yet: every token is inserted, all rows' in few statements.
     let mut token_rows = Vec::new();
     let mut stored = Vec::with_capacity(pending.len());
     for instance in pending {
@@ -878,7 +857,21 @@ fn token_rows_of<'a>(
             token_rows.extend(prepared.instance_tokens.iter().map(|token| (id, token)));
         }
     }
-    (stored, token_rows)
+    for chunk in token_rows.chunks(TOKENS_PER_INSERT) {
+        let mut insert = Sql::new("INSERT INTO dicom_instance_tokens (instance_id, token) VALUES ");
+        for (position, (id, token)) in chunk.iter().enumerate() {
+            if position > 0 {
+                insert.push(", ");
+            }
+            insert.bind_list([
+                Argument::Integer(*id),
+                Argument::Bytes(token.as_slice().into()),
+            ]);
+        }
+        insert.push(" ON CONFLICT DO NOTHING");
+        insert.query().execute(&mut **transaction).await?;
+    }
+    Ok(stored)
 }
 
 /// The INSERT of a chunk of instance rows, `tail` after their values.
@@ -909,28 +902,6 @@ fn instance_insert<'a>(chunk: &[PendingInstance<'a>], tail: &str) -> Sql<'a> {
     }
     insert.push(tail);
     insert
-}
-
-/// The INSERTs of new instance rows' search tokens, [`TOKENS_PER_INSERT`] rows each.
-fn token_inserts<'a>(token_rows: &[(i64, &'a Vec<u8>)]) -> Vec<Sql<'a>> {
-    token_rows
-        .chunks(TOKENS_PER_INSERT)
-        .map(|chunk| {
-            let mut insert =
-                Sql::new("INSERT INTO dicom_instance_tokens (instance_id, token) VALUES ");
-            for (position, (id, token)) in chunk.iter().enumerate() {
-                if position > 0 {
-                    insert.push(", ");
-                }
-                insert.bind_list([
-                    Argument::Integer(*id),
-                    Argument::Bytes(token.as_slice().into()),
-                ]);
-            }
-            insert.push(" ON CONFLICT DO NOTHING");
-            insert
-        })
-        .collect()
 }
 
 /// What a study or series row hangs off: its service, or its study's row.
