@@ -186,146 +186,85 @@ pub(crate) async fn append(
     transaction: &mut WriteTransaction,
     changes: &[(&str, NewChange<'_>)],
 ) -> Result<(), IndexError> {
-    let now = now_us();
-    for (service, changes) in by_service(changes) {
-        let count = changes.len() as i64;
-        let head = sqlx::query(&format!(
-            "{HEAD_UPSERT} RETURNING last_sequence, last_timestamp"
-        ))
-        .bind(service)
-        .bind(count)
-        .bind(now)
-        .fetch_one(&mut **transaction)
-        .await?;
-        let last_sequence: i64 = column(&head, 0)?;
-        let timestamp: i64 = column(&head, 1)?;
-        let first_sequence = last_sequence - count + 1;
-        for (chunk_number, chunk) in changes.chunks(ENTRIES_PER_INSERT).enumerate() {
-            let mut insert = Sql::new(ENTRY_INSERT);
-            for (position, (partition, change)) in chunk.iter().enumerate() {
-                if position > 0 {
-                    insert.push(", ");
-                }
-                let sequence =
-                    first_sequence + (chunk_number * ENTRIES_PER_INSERT + position) as i64;
-                insert.push("(");
-                bind_entry(
-                    &mut insert,
-                    service,
-                    Argument::Integer(sequence).into(),
-                    Argument::Integer(timestamp).into(),
-                    *partition,
-                    change,
-                );
-                insert.push(")");
-            }
-            insert.query().execute(&mut **transaction).await?;
-        }
+    for statement in append_statements(changes) {
+        statement.query().execute(&mut **transaction).await?;
     }
     Ok(())
 }
 
-/// Appends to `batch` the statements that [`append`] runs, for one round trip on SQLite (see
-/// `Sql::append_statement`): each service's head row upsert, then its entries, whose sequences
-/// and timestamp are read back from the head row in the same text instead of returned first.
-/// Only under SQLite's write lock (nothing else moves the head meanwhile).
+/// Appends [`append`]'s statements to `batch`, for one round trip on SQLite
+/// (`Sql::append_statement`).
 pub(crate) fn push_append_sqlite<'a>(batch: &mut Sql<'a>, changes: &[(&'a str, NewChange<'a>)]) {
+    for statement in append_statements(changes) {
+        batch.append_statement(statement);
+    }
+}
+
+/// The statements that append `changes`: for each service, the upsert of its head row by the
+/// number of its changes, then its entries, whose sequences and timestamp are read from the
+/// head row that upsert left, so no statement waits for another's answer. The head row's lock
+/// (PostgreSQL) or the write lock (SQLite) keeps it from moving in between.
+fn append_statements<'a>(changes: &[(&'a str, NewChange<'a>)]) -> Vec<Sql<'a>> {
     let now = now_us();
+    let mut statements = Vec::new();
     for (service, changes) in by_service(changes) {
         let count = changes.len();
-        let mut head = Sql::new(HEAD_UPSERT);
+        let mut head = Sql::new(
+            "INSERT INTO dicom_changefeed_heads (service, last_sequence, last_timestamp) \
+             VALUES ($1, $2, $3) ON CONFLICT (service) DO UPDATE SET \
+             last_sequence = dicom_changefeed_heads.last_sequence + excluded.last_sequence, \
+             last_timestamp = CASE WHEN excluded.last_timestamp > \
+             dicom_changefeed_heads.last_timestamp THEN excluded.last_timestamp \
+             ELSE dicom_changefeed_heads.last_timestamp END",
+        );
         head.argument(Argument::Text(service.into()));
         head.argument(Argument::Integer(count as i64));
         head.argument(Argument::Integer(now));
-        batch.append_statement(head);
+        statements.push(head);
         for (chunk_number, chunk) in changes.chunks(ENTRIES_PER_INSERT).enumerate() {
-            let mut insert = Sql::new(ENTRY_INSERT);
-            let head_service = insert.argument(Argument::Text(service.into()));
+            let mut insert = Sql::new(
+                "INSERT INTO dicom_changefeed (service, sequence, timestamp_us, action, state, \
+                 sop_token, uids, partition_name) VALUES ",
+            );
+            let service_placeholder = insert.argument(Argument::Text(service.into()));
+            let head_row =
+                format!("FROM dicom_changefeed_heads WHERE service = {service_placeholder}");
             for (position, (partition, change)) in chunk.iter().enumerate() {
                 if position > 0 {
                     insert.push(", ");
                 }
-                // The head's last sequence is this service's last entry's in the group.
+                // The head's last sequence is the last entry's of this service's changes.
                 let behind = (count - 1 - (chunk_number * ENTRIES_PER_INSERT + position)) as i64;
                 let behind = insert.argument(Argument::Integer(behind));
-                insert.push("(");
-                bind_entry(
-                    &mut insert,
-                    service,
-                    EntryValue::Sql(format!(
-                        "(SELECT last_sequence FROM dicom_changefeed_heads \
-                         WHERE service = {head_service}) - {behind}"
-                    )),
-                    EntryValue::Sql(format!(
-                        "(SELECT last_timestamp FROM dicom_changefeed_heads \
-                         WHERE service = {head_service})"
-                    )),
-                    *partition,
-                    change,
-                );
+                let state = match change.action {
+                    ChangeAction::Delete => ChangeState::Deleted,
+                    ChangeAction::Create | ChangeAction::Update => ChangeState::Current,
+                };
+                insert.push(&format!(
+                    "({service_placeholder}, (SELECT last_sequence {head_row}) - {behind}, \
+                     (SELECT last_timestamp {head_row}), "
+                ));
+                for (at, argument) in [
+                    Argument::Integer(change.action.code()),
+                    Argument::Integer(state.code()),
+                    Argument::Bytes(change.sop_token.into()),
+                    Argument::Bytes(change.uids.into()),
+                    Argument::NullableText(partition.map(Into::into)),
+                ]
+                .into_iter()
+                .enumerate()
+                {
+                    if at > 0 {
+                        insert.push(", ");
+                    }
+                    insert.bind(argument);
+                }
                 insert.push(")");
             }
-            batch.append_statement(insert);
+            statements.push(insert);
         }
     }
-}
-
-/// The upsert of a service's head row by `$2` entries at time `$3` (microseconds), which never
-/// moves its timestamp back.
-const HEAD_UPSERT: &str = "INSERT INTO dicom_changefeed_heads (service, last_sequence, last_timestamp) \
-     VALUES ($1, $2, $3) ON CONFLICT (service) DO UPDATE SET \
-     last_sequence = dicom_changefeed_heads.last_sequence + excluded.last_sequence, \
-     last_timestamp = CASE WHEN excluded.last_timestamp > \
-     dicom_changefeed_heads.last_timestamp THEN excluded.last_timestamp \
-     ELSE dicom_changefeed_heads.last_timestamp END";
-
-/// The start of an INSERT of entries, their value lists to follow.
-const ENTRY_INSERT: &str = "INSERT INTO dicom_changefeed (service, sequence, timestamp_us, action, \
-     state, sop_token, uids, partition_name) VALUES ";
-
-/// A sequence or timestamp of an entry: a value, or SQL that computes it.
-enum EntryValue<'a> {
-    Bound(Argument<'a>),
-    Sql(String),
-}
-
-impl<'a> From<Argument<'a>> for EntryValue<'a> {
-    fn from(argument: Argument<'a>) -> Self {
-        EntryValue::Bound(argument)
-    }
-}
-
-/// Writes one entry's values (without their parentheses).
-fn bind_entry<'a>(
-    insert: &mut Sql<'a>,
-    service: &'a str,
-    sequence: EntryValue<'a>,
-    timestamp: EntryValue<'a>,
-    partition: Option<&'a str>,
-    change: &NewChange<'a>,
-) {
-    let state = match change.action {
-        ChangeAction::Delete => ChangeState::Deleted,
-        ChangeAction::Create | ChangeAction::Update => ChangeState::Current,
-    };
-    insert.bind(Argument::Text(service.into()));
-    for value in [sequence, timestamp] {
-        insert.push(", ");
-        match value {
-            EntryValue::Bound(argument) => insert.bind(argument),
-            EntryValue::Sql(sql) => insert.push(&sql),
-        };
-    }
-    for argument in [
-        Argument::Integer(change.action.code()),
-        Argument::Integer(state.code()),
-        Argument::Bytes(change.sop_token.into()),
-        Argument::Bytes(change.uids.into()),
-        Argument::NullableText(partition.map(Into::into)),
-    ] {
-        insert.push(", ");
-        insert.bind(argument);
-    }
+    statements
 }
 
 /// Changes by the service whose feed they go to, with their partition: a partition's changes
