@@ -12,7 +12,9 @@
 //!   returned survives a power cut (PostgreSQL: `synchronous_commit=on`), unless the caller
 //!   asks for [`ConnectOptions::durable_commits`] off;
 //! - write transactions ([`Database::begin_write`]) that take SQLite's write lock up front, the
-//!   writers of this process taking turns before asking for it;
+//!   writers of this process taking turns before asking for it; and for a writer that commits
+//!   often, batched ones ([`Database::begin_write_batched`]) whose BEGIN and COMMIT travel with
+//!   its own statements, saving two round trips to SQLite's connection thread (`write`);
 //! - on SQLite, WAL checkpoints in a background task rather than inside commits (`checkpoint`);
 //! - per-component migrations on the shared database ([`Database::migrate`], see [`migrate`]);
 //! - locks across every node on the database ([`Database::cluster_lock`]);
@@ -24,6 +26,7 @@ mod cluster_lock;
 pub mod migrate;
 #[cfg(feature = "testing")]
 pub mod testing;
+mod write;
 
 use std::path::Path;
 use std::str::FromStr;
@@ -35,57 +38,7 @@ use sqlx::{Any, AnyPool, Executor};
 
 pub use cluster_lock::{ClusterLock, ClusterLockGuard};
 pub use migrate::Migration;
-
-/// A transaction holding the database's write lock (SQLite) or an ordinary one (PostgreSQL).
-/// Statements run on `&mut *transaction` (it dereferences to the connection); dropping it
-/// without [`WriteTransaction::commit`] rolls it back. On SQLite it also holds this process's
-/// write turn (see [`Database::begin_write`]) until it ends.
-pub struct WriteTransaction {
-    // Declared first so that it is dropped (rolled back) before the turn passes on.
-    transaction: sqlx::Transaction<'static, Any>,
-    _turn: Option<tokio::sync::OwnedMutexGuard<()>>,
-    /// Wakes the background checkpointer once committed (SQLite).
-    checkpoint_due: Option<Arc<tokio::sync::Notify>>,
-}
-
-impl WriteTransaction {
-    /// Commits, then hands the write turn to the next writer.
-    pub async fn commit(self) -> Result<(), sqlx::Error> {
-        self.transaction.commit().await?;
-        if let Some(due) = &self.checkpoint_due {
-            due.notify_one();
-        }
-        Ok(())
-    }
-
-    /// Rolls back, then hands the write turn to the next writer.
-    pub async fn rollback(self) -> Result<(), sqlx::Error> {
-        self.transaction.rollback().await
-    }
-}
-
-impl std::ops::Deref for WriteTransaction {
-    type Target = sqlx::AnyConnection;
-
-    fn deref(&self) -> &Self::Target {
-        &self.transaction
-    }
-}
-
-impl std::ops::DerefMut for WriteTransaction {
-    fn deref_mut(&mut self) -> &mut Self::Target {
-        &mut self.transaction
-    }
-}
-
-impl std::fmt::Debug for WriteTransaction {
-    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        formatter
-            .debug_struct("WriteTransaction")
-            .field("holds_turn", &self._turn.is_some())
-            .finish()
-    }
-}
+pub use write::WriteTransaction;
 
 /// How [`Database::connect_with`] opens the database.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -204,6 +157,8 @@ pub struct Database {
     write_turn: Arc<tokio::sync::Mutex<()>>,
     /// SQLite's background WAL checkpointer, shared by the clones (see `checkpoint`).
     checkpointer: Option<Arc<checkpoint::Checkpointer>>,
+    /// SQLite: the one connection of [`Database::begin_write_batched`].
+    batched: Option<AnyPool>,
     /// What [`Database::cluster_lock`] takes on SQLite (one process owns the file).
     local_locks: Arc<tokio::sync::Mutex<()>>,
 }
@@ -280,41 +235,12 @@ impl Database {
             None => format!("sqlite://{path}?mode=rwc"),
         };
         let connect_options = AnyConnectOptions::from_str(&url)?;
-        let synchronous = if options.durable_commits {
-            "PRAGMA synchronous = FULL"
-        } else {
-            "PRAGMA synchronous = NORMAL"
-        };
-        let pool = AnyPoolOptions::new()
-            .max_connections(MAX_CONNECTIONS)
-            // A pooled SQLite connection is a file handle in this process: it cannot go stale
-            // the way a network connection can, so the ping sqlx would send before handing it
-            // out (a round trip to the connection's thread on every query) buys nothing.
-            .test_before_acquire(false)
-            .after_connect(move |connection, _metadata| {
-                Box::pin(async move {
-                    // busy_timeout first: switching to WAL needs a lock another connection
-                    // may hold for a moment.
-                    let busy = format!("PRAGMA busy_timeout = {}", SQLITE_BUSY_TIMEOUT.as_millis());
-                    connection.execute(busy.as_str()).await?;
-                    connection.execute("PRAGMA journal_mode = WAL").await?;
-                    connection.execute(synchronous).await?;
-                    // Checkpoints run in the background (`checkpoint`); this one is a backstop.
-                    let backstop = format!(
-                        "PRAGMA wal_autocheckpoint = {}",
-                        checkpoint::AUTOCHECKPOINT_BACKSTOP_PAGES
-                    );
-                    connection.execute(backstop.as_str()).await?;
-                    connection.execute("PRAGMA foreign_keys = ON").await?;
-                    connection.execute("PRAGMA secure_delete = ON").await?;
-                    Ok(())
-                })
-            })
-            .connect_with(connect_options)
-            .await?;
+        let pool = sqlite_pool(connect_options.clone(), options, MAX_CONNECTIONS).await?;
+        let batched = sqlite_pool(connect_options, options, 1).await?;
         let checkpointer = checkpoint::Checkpointer::start(pool.clone());
         let mut database = Database::new(pool, Backend::Sqlite);
         database.checkpointer = Some(Arc::new(checkpointer));
+        database.batched = Some(batched);
         Ok(database)
     }
 
@@ -324,6 +250,7 @@ impl Database {
             backend,
             write_turn: Arc::new(tokio::sync::Mutex::new(())),
             checkpointer: None,
+            batched: None,
             local_locks: Arc::new(tokio::sync::Mutex::new(())),
         }
     }
@@ -357,21 +284,42 @@ impl Database {
                 .await
                 .map_err(|_| DbError::Busy)?;
                 let transaction = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-                Ok(WriteTransaction {
-                    transaction,
-                    _turn: Some(turn),
-                    checkpoint_due: self
-                        .checkpointer
-                        .as_ref()
-                        .map(|checkpointer| checkpointer.due()),
-                })
+                Ok(self.on_sqlite(WriteTransaction::sqlx(transaction), turn))
             }
-            Backend::Postgres => Ok(WriteTransaction {
-                transaction: self.pool.begin().await?,
-                _turn: None,
-                checkpoint_due: None,
-            }),
+            Backend::Postgres => Ok(WriteTransaction::sqlx(self.pool.begin().await?)),
         }
+    }
+
+    /// Begins a write transaction as [`Database::begin_write`] does, for a writer that sends
+    /// its statements in few round trips: on SQLite its BEGIN goes with the caller's first
+    /// statement ([`WriteTransaction::begin_text`]) and its COMMIT may go with the last
+    /// ([`WriteTransaction::commit_text`]), on a connection of its own. On PostgreSQL it is
+    /// [`Database::begin_write`].
+    pub async fn begin_write_batched(&self) -> Result<WriteTransaction, DbError> {
+        let Some(pool) = &self.batched else {
+            return self.begin_write().await;
+        };
+        let turn = tokio::time::timeout(
+            WRITE_TURN_TIMEOUT,
+            Arc::clone(&self.write_turn).lock_owned(),
+        )
+        .await
+        .map_err(|_| DbError::Busy)?;
+        let connection = pool.acquire().await?;
+        Ok(self.on_sqlite(WriteTransaction::batched(connection), turn))
+    }
+
+    fn on_sqlite(
+        &self,
+        mut transaction: WriteTransaction,
+        turn: tokio::sync::OwnedMutexGuard<()>,
+    ) -> WriteTransaction {
+        transaction.turn = Some(turn);
+        transaction.checkpoint_due = self
+            .checkpointer
+            .as_ref()
+            .map(|checkpointer| checkpointer.due());
+        transaction
     }
 
     /// Begins a read transaction: a consistent snapshot on SQLite (WAL), READ COMMITTED on
@@ -394,8 +342,52 @@ impl Database {
 
     /// Closes every connection of the pool (waiting for those in use to come back).
     pub async fn close(&self) {
+        if let Some(pool) = &self.batched {
+            pool.close().await;
+        }
         self.pool.close().await;
     }
+}
+
+/// A pool of up to `max_connections` SQLite connections set up as `connect_with` says.
+async fn sqlite_pool(
+    connect_options: AnyConnectOptions,
+    options: ConnectOptions,
+    max_connections: u32,
+) -> Result<AnyPool, DbError> {
+    let synchronous = if options.durable_commits {
+        "PRAGMA synchronous = FULL"
+    } else {
+        "PRAGMA synchronous = NORMAL"
+    };
+    let pool = AnyPoolOptions::new()
+        .max_connections(max_connections)
+        // A pooled SQLite connection is a file handle in this process: it cannot go stale
+        // the way a network connection can, so the ping sqlx would send before handing it
+        // out (a round trip to the connection's thread on every query) buys nothing.
+        .test_before_acquire(false)
+        .after_connect(move |connection, _metadata| {
+            Box::pin(async move {
+                // busy_timeout first: switching to WAL needs a lock another connection
+                // may hold for a moment.
+                let busy = format!("PRAGMA busy_timeout = {}", SQLITE_BUSY_TIMEOUT.as_millis());
+                connection.execute(busy.as_str()).await?;
+                connection.execute("PRAGMA journal_mode = WAL").await?;
+                connection.execute(synchronous).await?;
+                // Checkpoints run in the background (`checkpoint`); this one is a backstop.
+                let backstop = format!(
+                    "PRAGMA wal_autocheckpoint = {}",
+                    checkpoint::AUTOCHECKPOINT_BACKSTOP_PAGES
+                );
+                connection.execute(backstop.as_str()).await?;
+                connection.execute("PRAGMA foreign_keys = ON").await?;
+                connection.execute("PRAGMA secure_delete = ON").await?;
+                Ok(())
+            })
+        })
+        .connect_with(connect_options)
+        .await?;
+    Ok(pool)
 }
 
 /// Which backend a URL names, without connecting.

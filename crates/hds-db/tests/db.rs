@@ -177,6 +177,216 @@ async fn dropped_write_transaction_rolls_back(database: Database) {
     transaction.commit().await.expect("commit");
 }
 
+/// A text run in `transaction`: its BEGIN in front if the transaction is batched and this is
+/// its first text, its COMMIT after if `last`.
+fn batched_text(
+    transaction: &mut hds_db::WriteTransaction,
+    statements: &str,
+    last: bool,
+) -> String {
+    let mut text = format!("{}{statements}", transaction.begin_text());
+    if last && let Some(commit) = transaction.commit_text() {
+        text.push_str("; ");
+        text.push_str(commit);
+    }
+    text
+}
+
+async fn count_named(database: &Database, name: &str) -> i64 {
+    sqlx::query("SELECT COUNT(*) FROM items WHERE name = $1")
+        .bind(name)
+        .fetch_one(database.pool())
+        .await
+        .expect("count")
+        .get(0)
+}
+
+/// A batched transaction's BEGIN and COMMIT go with its statements; its writes are all or
+/// nothing, whether its last text fails, it is rolled back or dropped; and it takes turns with
+/// ordinary write transactions.
+async fn batched_write_transactions_are_all_or_nothing(database: Database) {
+    database
+        .migrate("items", &[FIRST, SECOND])
+        .await
+        .expect("migrate");
+
+    let mut transaction = database.begin_write_batched().await.expect("begin");
+    let first = batched_text(
+        &mut transaction,
+        "INSERT INTO items (name) VALUES ('a')",
+        false,
+    );
+    assert!(
+        transaction.begin_text().is_empty(),
+        "BEGIN is handed out once"
+    );
+    sqlx::raw_sql(first.as_str())
+        .execute(&mut *transaction)
+        .await
+        .expect("first text");
+    let last = batched_text(
+        &mut transaction,
+        "INSERT INTO items (name) VALUES ('b')",
+        true,
+    );
+    sqlx::raw_sql(last.as_str())
+        .execute(&mut *transaction)
+        .await
+        .expect("last text");
+    transaction.commit().await.expect("commit");
+    assert_eq!(
+        count_named(&database, "a").await + count_named(&database, "b").await,
+        2
+    );
+
+    // Committed by `commit` when no text carried the COMMIT.
+    let mut transaction = database.begin_write_batched().await.expect("begin");
+    let only = batched_text(
+        &mut transaction,
+        "INSERT INTO items (name) VALUES ('c')",
+        false,
+    );
+    sqlx::raw_sql(only.as_str())
+        .execute(&mut *transaction)
+        .await
+        .expect("text");
+    transaction.commit().await.expect("commit");
+    assert_eq!(count_named(&database, "c").await, 1);
+
+    // A last text that fails (a duplicate name) before its COMMIT leaves nothing behind.
+    let mut transaction = database.begin_write_batched().await.expect("begin");
+    let first = batched_text(
+        &mut transaction,
+        "INSERT INTO items (name) VALUES ('d')",
+        false,
+    );
+    sqlx::raw_sql(first.as_str())
+        .execute(&mut *transaction)
+        .await
+        .expect("first text");
+    let failing = batched_text(
+        &mut transaction,
+        "INSERT INTO items (name) VALUES ('e'); INSERT INTO items (name) VALUES ('a')",
+        true,
+    );
+    assert!(
+        sqlx::raw_sql(failing.as_str())
+            .execute(&mut *transaction)
+            .await
+            .is_err()
+    );
+    transaction.rollback().await.expect("rollback");
+    assert_eq!(
+        count_named(&database, "d").await + count_named(&database, "e").await,
+        0
+    );
+
+    // Dropped open: rolled back, and the next writers (both kinds) are not kept waiting.
+    {
+        let mut transaction = database.begin_write_batched().await.expect("begin");
+        let text = batched_text(
+            &mut transaction,
+            "INSERT INTO items (name) VALUES ('f')",
+            false,
+        );
+        sqlx::raw_sql(text.as_str())
+            .execute(&mut *transaction)
+            .await
+            .expect("text");
+    }
+    let started = std::time::Instant::now();
+    let mut transaction = database.begin_write().await.expect("begin plain");
+    sqlx::query("INSERT INTO items (name) VALUES ('g')")
+        .execute(&mut *transaction)
+        .await
+        .expect("insert after the dropped one");
+    transaction.commit().await.expect("commit");
+    let mut transaction = database
+        .begin_write_batched()
+        .await
+        .expect("begin batched again");
+    let text = batched_text(
+        &mut transaction,
+        "INSERT INTO items (name) VALUES ('h')",
+        true,
+    );
+    sqlx::raw_sql(text.as_str())
+        .execute(&mut *transaction)
+        .await
+        .expect("text");
+    transaction.commit().await.expect("commit");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(4),
+        "a dropped batched transaction held the write lock for {:?}",
+        started.elapsed()
+    );
+    assert_eq!(count_named(&database, "f").await, 0);
+    assert_eq!(
+        count_named(&database, "g").await + count_named(&database, "h").await,
+        2
+    );
+
+    // Batched and ordinary writers incrementing one counter: no lost update.
+    sqlx::query("INSERT INTO items (name, size) VALUES ('counter', 0)")
+        .execute(database.pool())
+        .await
+        .expect("insert counter");
+    let mut tasks = Vec::new();
+    for writer in 0..6 {
+        let database = database.clone();
+        tasks.push(tokio::spawn(async move {
+            for _ in 0..10 {
+                let mut transaction = if writer % 2 == 0 {
+                    database.begin_write_batched().await.expect("begin batched")
+                } else {
+                    database.begin_write().await.expect("begin")
+                };
+                let read = batched_text(
+                    &mut transaction,
+                    "SELECT size FROM items WHERE name = 'counter'",
+                    false,
+                );
+                let size: i64 = match database.backend() {
+                    // The write lock, taken by BEGIN IMMEDIATE, makes read-then-write safe.
+                    // All its rows: the text's first result is its BEGIN's.
+                    Backend::Sqlite => sqlx::query(read.as_str())
+                        .fetch_all(&mut *transaction)
+                        .await
+                        .expect("read")[0]
+                        .get(0),
+                    Backend::Postgres => 0,
+                };
+                let update = match database.backend() {
+                    Backend::Sqlite => {
+                        format!(
+                            "UPDATE items SET size = {} WHERE name = 'counter'",
+                            size + 1
+                        )
+                    }
+                    Backend::Postgres => {
+                        "UPDATE items SET size = size + 1 WHERE name = 'counter'".to_owned()
+                    }
+                };
+                let update = batched_text(&mut transaction, &update, true);
+                sqlx::query(update.as_str())
+                    .execute(&mut *transaction)
+                    .await
+                    .expect("write");
+                transaction.commit().await.expect("commit");
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.expect("task");
+    }
+    let size: i64 = sqlx::query("SELECT size FROM items WHERE name = 'counter'")
+        .fetch_one(database.pool())
+        .await
+        .expect("read")
+        .get(0);
+    assert_eq!(size, 60);
+}
+
 macro_rules! on_both_backends {
     ($($name:ident),* $(,)?) => {
         mod sqlite {
@@ -203,6 +413,7 @@ on_both_backends!(
     migrations_apply_once_and_refuse_surprises,
     concurrent_write_transactions_serialize,
     dropped_write_transaction_rolls_back,
+    batched_write_transactions_are_all_or_nothing,
 );
 
 #[tokio::test]

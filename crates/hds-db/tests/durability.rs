@@ -15,6 +15,16 @@ async fn sqlite_synchronous(options: ConnectOptions) -> i64 {
         .await
         .expect("pragma")
         .get(0);
+    // The batched writer's connection of its own is set up the same way.
+    let mut transaction = database.begin_write_batched().await.expect("begin");
+    let text = format!("{}PRAGMA synchronous", transaction.begin_text());
+    let batched: i64 = sqlx::query(&text)
+        .fetch_all(&mut *transaction)
+        .await
+        .expect("pragma on the batched connection")[0]
+        .get(0);
+    transaction.rollback().await.expect("rollback");
+    assert_eq!(batched, synchronous);
     database.close().await;
     synchronous
 }

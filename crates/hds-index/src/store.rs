@@ -10,9 +10,10 @@
 //!   statements: that SELECT, the instance row and its tokens. In a group (below) the SELECTs
 //!   of all its stores are one statement, and their instance rows, their tokens and their
 //!   change feed entries (with the feed's head row) one text of several statements, sent in one
-//!   round trip (`write_new_instances`): a group of N stores takes four round trips with BEGIN
-//!   and COMMIT, not 5N + 2. Each round trip to sqlx's connection thread costs more than most
-//!   of these statements' own work.
+//!   round trip (`write_new_instances`). BEGIN goes with the SELECT and COMMIT with the
+//!   writes (`Database::begin_write_batched`), so a group of N stores takes two round trips,
+//!   not 5N + 2. Each round trip to sqlx's connection thread costs more than most of these
+//!   statements' own work.
 //! - **The change feed in the same commit.** Each recorded store appends a `create` entry (an
 //!   upsert first marks the replaced version's entries `replaced`), the head row last, so the
 //!   feed numbers commits in the order they become visible (`changefeed.rs`).
@@ -359,8 +360,9 @@ async fn read_current(
     };
     let mut currents = Vec::with_capacity(stores.len());
     for chunk in stores.chunks(INSTANCES_PER_INSERT) {
-        let mut select =
-            Sql::new("WITH job (position, service, sop, study, series, keys) AS (VALUES ");
+        // A batched transaction begins with its first read.
+        let mut select = Sql::new(transaction.begin_text());
+        select.push("WITH job (position, service, sop, study, series, keys) AS (VALUES ");
         for (position, prepared) in chunk.iter().enumerate() {
             if position > 0 {
                 select.push(", ");
@@ -731,6 +733,10 @@ async fn write_new_instances(
         }
     }
     changefeed::push_append_sqlite(&mut batch, &new_changes(pending));
+    // A batched transaction commits with its writes.
+    if let Some(commit) = transaction.commit_text() {
+        batch.append_statement(Sql::new(commit));
+    }
     batch.query().execute(&mut **transaction).await?;
     Ok(())
 }
@@ -1032,9 +1038,32 @@ async fn store_group(
     database: &Database,
     group: &[StoreJob],
 ) -> Result<Vec<StoreOutcome>, GroupFailed> {
-    let mut transaction = database.begin_write().await?;
+    // Two round trips when no store starts a study or series: BEGIN goes with the read, and
+    // COMMIT with the writes (`Database::begin_write_batched`).
+    let mut transaction = database.begin_write_batched().await?;
+    match write_group(&mut transaction, database.backend(), group).await {
+        Ok(outcomes) => {
+            transaction.commit().await?;
+            Ok(outcomes)
+        }
+        Err(failed) => {
+            // Rolled back now, so the stores retried alone find the write lock free.
+            if let Err(error) = transaction.rollback().await {
+                tracing::warn!(%error, "rolling back a failed group commit failed");
+            }
+            Err(failed)
+        }
+    }
+}
+
+/// The statements of [`store_group`], committed by the caller (or with the last of them).
+async fn write_group(
+    transaction: &mut WriteTransaction,
+    backend: Backend,
+    group: &[StoreJob],
+) -> Result<Vec<StoreOutcome>, GroupFailed> {
     let stores: Vec<&PreparedInstance> = group.iter().map(|job| &job.prepared).collect();
-    let currents = read_current(&mut transaction, database.backend(), &stores).await?;
+    let currents = read_current(transaction, backend, &stores).await?;
     // The instance rows are inserted together below, or the group fails as a whole.
     let mut outcomes: Vec<StoreOutcome> = Vec::with_capacity(group.len());
     let mut pending = Vec::with_capacity(group.len());
@@ -1054,7 +1083,7 @@ async fn store_group(
             continue;
         }
         written.show(prepared, &mut current);
-        match write_parents(&mut transaction, database.backend(), prepared, current).await? {
+        match write_parents(transaction, backend, prepared, current).await? {
             Decided::Finished(written) => {
                 if written.wrote {
                     return Err(GroupFailed::PartialWrite);
@@ -1081,16 +1110,15 @@ async fn store_group(
         }
     }
     if pending.iter().all(|instance| instance.replaced.is_none()) {
-        write_new_instances(&mut transaction, &pending).await?;
+        write_new_instances(transaction, &pending).await?;
     } else {
         // A replacing store's marks go between the rows and the feed: statement by statement.
-        let inserted = insert_instances(&mut transaction, &pending).await?;
+        let inserted = insert_instances(transaction, &pending).await?;
         if inserted.contains(&false) {
             return Err(GroupFailed::PartialWrite);
         }
-        record_changes(&mut transaction, &pending).await?;
+        record_changes(transaction, &pending).await?;
     }
-    transaction.commit().await?;
     Ok(outcomes)
 }
 
