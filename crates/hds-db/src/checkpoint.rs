@@ -9,9 +9,11 @@
 //!
 //! Here a background task checkpoints instead, a moment after commits (so that one checkpoint
 //! covers many of them), in `PASSIVE` mode: it copies what it can without taking the write
-//! lock, so commits go on while it works, and the log starts over at the next write once a
-//! checkpoint has copied all of it. Pooled connections keep an automatic checkpoint only as a
-//! backstop at [`AUTOCHECKPOINT_BACKSTOP_PAGES`], for the case this task cannot keep up.
+//! lock, so commits go on while it works. The log starts over at the next write once a
+//! checkpoint has copied all of it, which under a stream of commits takes a second, short
+//! checkpoint with this process's writers held back (`checkpoint_all`). Pooled connections
+//! keep an automatic checkpoint only as a backstop at [`AUTOCHECKPOINT_BACKSTOP_PAGES`], for
+//! the case this task cannot keep up.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -40,10 +42,15 @@ pub(crate) struct Checkpointer {
 
 impl Checkpointer {
     /// Starts the task on the current tokio runtime.
-    pub(crate) fn start(pool: AnyPool) -> Checkpointer {
+    pub(crate) fn start(pool: AnyPool, write_turn: Arc<tokio::sync::Mutex<()>>) -> Checkpointer {
         let due = Arc::new(Notify::new());
         let completed = Arc::new(AtomicU64::new(0));
-        let task = tokio::spawn(run(pool, Arc::clone(&due), Arc::clone(&completed)));
+        let task = tokio::spawn(run(
+            pool,
+            write_turn,
+            Arc::clone(&due),
+            Arc::clone(&completed),
+        ));
         Checkpointer {
             due,
             completed,
@@ -68,7 +75,12 @@ impl Drop for Checkpointer {
     }
 }
 
-async fn run(pool: AnyPool, due: Arc<Notify>, completed: Arc<AtomicU64>) {
+async fn run(
+    pool: AnyPool,
+    write_turn: Arc<tokio::sync::Mutex<()>>,
+    due: Arc<Notify>,
+    completed: Arc<AtomicU64>,
+) {
     loop {
         // `notify_one` stores a permit when nobody waits, so a commit made while a checkpoint
         // runs is not missed: it brings the next one.
@@ -77,10 +89,8 @@ async fn run(pool: AnyPool, due: Arc<Notify>, completed: Arc<AtomicU64>) {
         if pool.is_closed() {
             return;
         }
-        match sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
-            .execute(&pool)
-            .await
-        {
+        let checkpointed = checkpoint_all(&pool, &write_turn).await;
+        match checkpointed {
             Ok(_) => {
                 completed.fetch_add(1, Ordering::Relaxed);
             }
@@ -89,4 +99,29 @@ async fn run(pool: AnyPool, due: Arc<Notify>, completed: Arc<AtomicU64>) {
             Err(error) => tracing::warn!(%error, "background WAL checkpoint failed"),
         }
     }
+}
+
+/// Copies the log into the database, all of it unless a reader still needs part of it, so
+/// that the next write starts the log over instead of growing it.
+///
+/// The log starts over only after a checkpoint has copied every frame in it, and under a stream
+/// of commits no checkpoint does: commits append frames while it copies. Left alone, the log
+/// then grows as long as the stream lasts (by every byte written), and every commit appends
+/// to new blocks of the file, whose sync also writes the file's size and block allocation.
+/// So a first passive checkpoint copies the bulk with writers going on, and a second one, with
+/// this process's writers held back (the write turn), copies the few frames written meanwhile.
+/// The connection is taken before the turn: the turn is never held while waiting for the pool.
+async fn checkpoint_all(
+    pool: &AnyPool,
+    write_turn: &tokio::sync::Mutex<()>,
+) -> Result<(), sqlx::Error> {
+    let mut connection = pool.acquire().await?;
+    sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
+        .execute(&mut *connection)
+        .await?;
+    let _turn = write_turn.lock().await;
+    sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
+        .execute(&mut *connection)
+        .await?;
+    Ok(())
 }

@@ -237,8 +237,8 @@ impl Database {
         let connect_options = AnyConnectOptions::from_str(&url)?;
         let pool = sqlite_pool(connect_options.clone(), options, MAX_CONNECTIONS).await?;
         let batched = sqlite_pool(connect_options, options, 1).await?;
-        let checkpointer = checkpoint::Checkpointer::start(pool.clone());
-        let mut database = Database::new(pool, Backend::Sqlite);
+        let mut database = Database::new(pool.clone(), Backend::Sqlite);
+        let checkpointer = checkpoint::Checkpointer::start(pool, Arc::clone(&database.write_turn));
         database.checkpointer = Some(Arc::new(checkpointer));
         database.batched = Some(batched);
         Ok(database)

@@ -507,6 +507,65 @@ async fn sqlite_commits_are_checkpointed_in_the_background() {
     }
 }
 
+/// Under a stream of commits that never pauses, the write-ahead log still starts over (each
+/// time it does, SQLite counts one more in the log's header) instead of growing for as long
+/// as the stream lasts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sqlite_log_starts_over_under_a_stream_of_commits() {
+    let (dir, database) = sqlite_database().await;
+    database.migrate("test", &[FIRST]).await.expect("migrate");
+    let log = dir.path().join("nested/dir/hds.db-wal");
+    // The log header's checkpoint sequence: how many times the log started over.
+    let restarts = || -> u32 {
+        let header = std::fs::read(&log).unwrap_or_default();
+        header.get(12..16).map_or(0, |bytes| {
+            u32::from_be_bytes([bytes[0], bytes[1], bytes[2], bytes[3]])
+        })
+    };
+    let streaming = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let mut writers = Vec::new();
+    for writer in 0..8_u64 {
+        let database = database.clone();
+        let streaming = std::sync::Arc::clone(&streaming);
+        writers.push(tokio::spawn(async move {
+            let mut index = 0_u64;
+            while streaming.load(std::sync::atomic::Ordering::Relaxed) {
+                let mut transaction = database.begin_write().await.expect("begin");
+                for _ in 0..4 {
+                    index += 1;
+                    // Names spread over the whole index, as hashed tokens are: every commit
+                    // changes pages all over it, and a checkpoint has many to copy.
+                    let spread =
+                        (writer * 1_000_003 + index).wrapping_mul(0x9E37_79B9_7F4A_7C15_u64);
+                    let name = format!("{spread:016x}-{writer}-{index}-{}", "x".repeat(1024));
+                    sqlx::query("INSERT INTO items (name) VALUES ($1)")
+                        .bind(name)
+                        .execute(&mut *transaction)
+                        .await
+                        .expect("insert");
+                }
+                transaction.commit().await.expect("commit");
+            }
+        }));
+    }
+    let first = restarts();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while restarts() < first + 2 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let seen = restarts();
+    streaming.store(false, std::sync::atomic::Ordering::Relaxed);
+    for writer in writers {
+        writer.await.expect("writer");
+    }
+    assert!(
+        seen >= first + 2,
+        "the log started over {} times in 30 s of commits ({} checkpoints)",
+        seen - first,
+        database.background_checkpoints()
+    );
+}
+
 #[tokio::test]
 async fn unsupported_urls_are_refused() {
     for url in ["mysql://x", "sqlite::memory:", "sqlite:", "file.db"] {
