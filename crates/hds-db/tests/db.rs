@@ -192,6 +192,19 @@ fn batched_text(
     text
 }
 
+/// Runs `statements` in `transaction` as one text, as [`batched_text`] makes it.
+async fn run_text(
+    transaction: &mut hds_db::WriteTransaction,
+    statements: &str,
+    last: bool,
+) -> Result<(), sqlx::Error> {
+    let text = batched_text(transaction, statements, last);
+    sqlx::raw_sql(text.as_str())
+        .execute(&mut **transaction)
+        .await
+        .map(drop)
+}
+
 async fn count_named(database: &Database, name: &str) -> i64 {
     sqlx::query("SELECT COUNT(*) FROM items WHERE name = $1")
         .bind(name)
@@ -224,15 +237,13 @@ async fn batched_write_transactions_are_all_or_nothing(database: Database) {
         .execute(&mut *transaction)
         .await
         .expect("first text");
-    let last = batched_text(
+    run_text(
         &mut transaction,
         "INSERT INTO items (name) VALUES ('b')",
         true,
-    );
-    sqlx::raw_sql(last.as_str())
-        .execute(&mut *transaction)
-        .await
-        .expect("last text");
+    )
+    .await
+    .expect("last text");
     transaction.commit().await.expect("commit");
     assert_eq!(
         count_named(&database, "a").await + count_named(&database, "b").await,
@@ -241,39 +252,33 @@ async fn batched_write_transactions_are_all_or_nothing(database: Database) {
 
     // Committed by `commit` when no text carried the COMMIT.
     let mut transaction = database.begin_write_batched().await.expect("begin");
-    let only = batched_text(
+    run_text(
         &mut transaction,
         "INSERT INTO items (name) VALUES ('c')",
         false,
-    );
-    sqlx::raw_sql(only.as_str())
-        .execute(&mut *transaction)
-        .await
-        .expect("text");
+    )
+    .await
+    .expect("text");
     transaction.commit().await.expect("commit");
     assert_eq!(count_named(&database, "c").await, 1);
 
     // A last text that fails (a duplicate name) before its COMMIT leaves nothing behind.
     let mut transaction = database.begin_write_batched().await.expect("begin");
-    let first = batched_text(
+    run_text(
         &mut transaction,
         "INSERT INTO items (name) VALUES ('d')",
         false,
-    );
-    sqlx::raw_sql(first.as_str())
-        .execute(&mut *transaction)
-        .await
-        .expect("first text");
-    let failing = batched_text(
-        &mut transaction,
-        "INSERT INTO items (name) VALUES ('e'); INSERT INTO items (name) VALUES ('a')",
-        true,
-    );
+    )
+    .await
+    .expect("first text");
     assert!(
-        sqlx::raw_sql(failing.as_str())
-            .execute(&mut *transaction)
-            .await
-            .is_err()
+        run_text(
+            &mut transaction,
+            "INSERT INTO items (name) VALUES ('e'); INSERT INTO items (name) VALUES ('a')",
+            true
+        )
+        .await
+        .is_err()
     );
     transaction.rollback().await.expect("rollback");
     assert_eq!(
@@ -284,15 +289,13 @@ async fn batched_write_transactions_are_all_or_nothing(database: Database) {
     // Dropped open: rolled back, and the next writers (both kinds) are not kept waiting.
     {
         let mut transaction = database.begin_write_batched().await.expect("begin");
-        let text = batched_text(
+        run_text(
             &mut transaction,
             "INSERT INTO items (name) VALUES ('f')",
             false,
-        );
-        sqlx::raw_sql(text.as_str())
-            .execute(&mut *transaction)
-            .await
-            .expect("text");
+        )
+        .await
+        .expect("text");
     }
     let started = std::time::Instant::now();
     let mut transaction = database.begin_write().await.expect("begin plain");
@@ -305,15 +308,13 @@ async fn batched_write_transactions_are_all_or_nothing(database: Database) {
         .begin_write_batched()
         .await
         .expect("begin batched again");
-    let text = batched_text(
+    run_text(
         &mut transaction,
         "INSERT INTO items (name) VALUES ('h')",
         true,
-    );
-    sqlx::raw_sql(text.as_str())
-        .execute(&mut *transaction)
-        .await
-        .expect("text");
+    )
+    .await
+    .expect("text");
     transaction.commit().await.expect("commit");
     assert!(
         started.elapsed() < std::time::Duration::from_secs(4),
