@@ -11,9 +11,11 @@
 //! ([`WriteTransaction::commit_text`]), so a transaction of one read and one batch of writes
 //! is two round trips instead of four.
 //!
-//! sqlx does not know about a transaction it did not begin, so a batched transaction that ends
-//! any other way than by its COMMIT closes its connection instead of handing it back to the
-//! pool: closing a SQLite connection rolls back what it left open.
+//! Batched transactions run on a pool of one connection of their own. sqlx does not know about
+//! a transaction it did not begin, so a batched transaction that ends any other way than by its
+//! COMMIT or [`WriteTransaction::rollback`] (dropped, or its ROLLBACK failed) closes its
+//! connection instead of handing it back to that pool: closing a SQLite connection rolls back
+//! what it left open, and the pool opens another.
 //!
 //! [`Database::begin_write_batched`]: crate::Database::begin_write_batched
 
