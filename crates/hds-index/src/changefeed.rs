@@ -244,21 +244,13 @@ fn append_statements<'a>(changes: &[(&'a str, NewChange<'a>)]) -> Vec<Sql<'a>> {
                     "({service_placeholder}, (SELECT last_sequence {head_row}) - {behind}, \
                      (SELECT last_timestamp {head_row}), "
                 ));
-                for (at, argument) in [
+                insert.bind_separated([
                     Argument::Integer(change.action.code()),
                     Argument::Integer(state.code()),
                     Argument::Bytes(change.sop_token.into()),
                     Argument::Bytes(change.uids.into()),
                     Argument::NullableText(partition.map(Into::into)),
-                ]
-                .into_iter()
-                .enumerate()
-                {
-                    if at > 0 {
-                        insert.push(", ");
-                    }
-                    insert.bind(argument);
-                }
+                ]);
                 insert.push(")");
             }
             statements.push(insert);

@@ -83,19 +83,27 @@ impl<'a> Sql<'a> {
         arguments: impl IntoIterator<Item = Argument<'a>>,
     ) -> &mut Sql<'a> {
         self.text.push('(');
-        let mut first = true;
-        for argument in arguments {
-            if !first {
-                self.text.push_str(", ");
-            }
-            first = false;
-            self.bind(argument);
-        }
-        if first {
+        if self.bind_separated(arguments) == 0 {
             self.text.push_str("NULL");
         }
         self.text.push(')');
         self
+    }
+
+    /// Appends `p1, p2, ...` bound to the values (nothing when empty); returns how many.
+    pub(crate) fn bind_separated(
+        &mut self,
+        arguments: impl IntoIterator<Item = Argument<'a>>,
+    ) -> usize {
+        let mut count = 0;
+        for argument in arguments {
+            if count > 0 {
+                self.text.push_str(", ");
+            }
+            count += 1;
+            self.bind(argument);
+        }
+        count
     }
 
     pub(crate) fn query(&self) -> Query<'_, Any, AnyArguments<'_>> {
