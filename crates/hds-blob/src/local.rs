@@ -10,9 +10,8 @@
 //! parsing and with the wait for the index's group commit instead of adding to them. A blob
 //! written whole ([`LocalFiles::put`]) is written and has its data and then its directory
 //! synced by one blocking task, which reports the write as soon as it is done: one hop to the
-//! blocking pool per blob. A blob written in pieces has
-//! its directory synced from its creation on (while the rest arrives), its data once the last
-//! byte is written.
+//! blocking pool per blob. A blob written in pieces has its directory synced from its creation
+//! on (while the rest arrives), its data once the last byte is written.
 //!
 //! A blob being written is a file under its final name; until a committed row names it, nothing
 //! reads it (names are random and only index rows lead to them). One left half-written by a
