@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures::{Stream, StreamExt};
+use memchr::memmem;
 
 /// The longest boundary RFC 2046 (5.1.1) allows.
 pub const MAX_BOUNDARY_LEN: usize = 70;
@@ -132,8 +133,10 @@ enum ScanState {
 ///   CRLF there).
 #[derive(Debug, Clone)]
 pub struct MultipartScanner {
-    /// `\r\n--{boundary}`; before the first delimiter only its `--{boundary}` is looked for.
-    delimiter: Vec<u8>,
+    /// Finds `\r\n--{boundary}`, the delimiter in a part's content.
+    delimiter: memmem::Finder<'static>,
+    /// Finds `--{boundary}`, the first delimiter (in the preamble).
+    first_delimiter: memmem::Finder<'static>,
     /// Whether the first delimiter has been seen.
     opened: bool,
     /// The last bytes of content seen, fewer than the delimiter's length: a delimiter may be
@@ -153,7 +156,8 @@ impl MultipartScanner {
         let mut delimiter = b"\r\n--".to_vec();
         delimiter.extend_from_slice(boundary.as_bytes());
         Some(MultipartScanner {
-            delimiter,
+            first_delimiter: memmem::Finder::new(&delimiter[2..]).into_owned(),
+            delimiter: memmem::Finder::new(&delimiter).into_owned(),
             opened: false,
             carry: Vec::new(),
             state: ScanState::Content,
@@ -256,24 +260,24 @@ impl MultipartScanner {
     /// The end of the first delimiter in `carry ++ content`, as an offset into `content`; when
     /// there is none, keeps the last bytes of `content` as the new carry.
     fn find_delimiter(&mut self, content: &[u8]) -> Option<usize> {
-        let needle = if self.opened {
-            &self.delimiter[..]
+        let finder = if self.opened {
+            &self.delimiter
         } else {
-            &self.delimiter[2..]
+            &self.first_delimiter
         };
-        let length = needle.len();
+        let length = finder.needle().len();
         // A delimiter that starts in the carry and ends in this content.
         if !self.carry.is_empty() {
             let head = &content[..content.len().min(length - 1)];
             let mut window = self.carry.clone();
             window.extend_from_slice(head);
-            if let Some(start) = find(&window, needle)
+            if let Some(start) = finder.find(&window)
                 && start < self.carry.len()
             {
                 return Some(start + length - self.carry.len());
             }
         }
-        if let Some(start) = find(content, needle) {
+        if let Some(start) = finder.find(content) {
             return Some(start + length);
         }
         let keep = length - 1;
@@ -294,27 +298,6 @@ impl MultipartScanner {
     fn parts(&self) -> usize {
         self.parts
     }
-}
-
-/// The first position of `needle` in `haystack`: candidates are the positions of its first
-/// byte (`\r` or `-`, rare in DICOM headers), each compared whole.
-fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
-    if needle.is_empty() || haystack.len() < needle.len() {
-        return None;
-    }
-    let last_start = haystack.len() - needle.len();
-    let mut from = 0;
-    while from <= last_start {
-        let offset = haystack[from..=last_start]
-            .iter()
-            .position(|&byte| byte == needle[0])?;
-        let start = from + offset;
-        if &haystack[start..start + needle.len()] == needle {
-            return Some(start);
-        }
-        from = start + 1;
-    }
-    None
 }
 
 #[cfg(test)]
@@ -443,16 +426,5 @@ mod tests {
         assert!(MultipartScanner::new("").is_none());
         assert!(MultipartScanner::new(&"b".repeat(MAX_BOUNDARY_LEN)).is_some());
         assert!(MultipartScanner::new(&"b".repeat(MAX_BOUNDARY_LEN + 1)).is_none());
-    }
-
-    #[test]
-    fn find_matches_a_naive_search() {
-        let haystack = b"\r\r\n-\r\n--x\r\n--\r\n--b\r\n--b0und";
-        for length in 0..haystack.len() {
-            let hay = &haystack[..length];
-            let needle = b"\r\n--b0";
-            let naive = hay.windows(needle.len()).position(|w| w == needle);
-            assert_eq!(find(hay, needle), naive, "{length}");
-        }
     }
 }
