@@ -355,6 +355,23 @@ mod tests {
     }
 
     #[test]
+    fn near_delimiters_in_content_are_content() {
+        // Every prefix of the delimiter, and the delimiter with its last byte changed, inside
+        // a part's content: none of them starts a part, however the body is cut into chunks.
+        let delimiter = b"\r\n--b0und";
+        let mut content = Vec::new();
+        for length in 1..delimiter.len() {
+            content.extend_from_slice(&delimiter[..length]);
+            content.push(b'x');
+        }
+        content.extend_from_slice(b"\r\n--b0unD\r\r\n--b0un\r\n-");
+        let bytes = body(&[("X: y\r\n", &content), ("X: z\r\n", &content)]);
+        for result in scan_all(&bytes, &LIMITS) {
+            assert_eq!(result, Ok(2));
+        }
+    }
+
+    #[test]
     fn refuses_too_many_parts() {
         let header = "Content-Type: application/dicom\r\n";
         let bytes = body(&[
