@@ -9,7 +9,9 @@
 # and scripts/bench-hds.sh name them). Each figure's median is taken on its
 # own. Ratios compare every server with the first group in argument order:
 # throughput as server / baseline, latency as baseline / server, so a ratio
-# above 1 always means faster than the baseline.
+# above 1 always means faster than the baseline. The `items/s range` column is
+# the lowest and highest run: on a shared 2-core VM the runs of one build spread
+# by up to a fifth, and a difference inside that spread is not a result.
 set -euo pipefail
 [[ $# -gt 0 ]] || { sed -n '2,12p' "$0"; exit 64; }
 python3 - "$@" <<'PYTHON'
@@ -32,16 +34,18 @@ def medians(runs):
             "p90": med(lambda r: r["latency"]["p90_ms"]),
             "p99": med(lambda r: r["latency"]["p99_ms"]),
             "errors": sum(r["errors"] for r in rows),
+            "range": (min(r["items_per_s"] for r in rows), max(r["items_per_s"] for r in rows)),
         }
     return table
 
 tables = {name: medians(runs) for name, runs in groups.items()}
 for name, runs in groups.items():
     print(f"{name}: median of {len(runs)} runs")
-    print(f"  {'phase':<14} {'req/s':>8} {'items/s':>8} {'MB/s':>7} {'p50_ms':>7} {'p90_ms':>7} {'p99_ms':>7} {'errors':>6}")
+    print(f"  {'phase':<14} {'req/s':>8} {'items/s':>8} {'MB/s':>7} {'p50_ms':>7} {'p90_ms':>7} {'p99_ms':>7} {'errors':>6}  items/s range")
     for phase, f in tables[name].items():
         print(f"  {phase:<14} {f['req/s']:>8.1f} {f['items/s']:>8.1f} {f['MB/s']:>7.1f} "
-              f"{f['p50']:>7.2f} {f['p90']:>7.2f} {f['p99']:>7.2f} {f['errors']:>6}")
+              f"{f['p50']:>7.2f} {f['p90']:>7.2f} {f['p99']:>7.2f} {f['errors']:>6}  "
+              f"{f['range'][0]:.0f}-{f['range'][1]:.0f}")
 names = list(tables)
 if len(names) > 1:
     base = names[0]
