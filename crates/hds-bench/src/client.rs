@@ -6,10 +6,10 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use bytes::Bytes;
-use reqwest::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, HeaderValue};
+use reqwest::header::{ACCEPT, AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, HeaderValue};
 use serde_json::Value;
 
-use crate::multipart;
+use crate::multipart::{self, MultipartBody};
 
 /// The DICOM JSON keyword-free tag keys the checks read.
 const TAG_STUDY_INSTANCE_UID: &str = "0020000D";
@@ -164,7 +164,7 @@ impl DicomWebClient {
     /// and checks the response references them all and reports no failure.
     pub async fn store(
         &self,
-        body: Bytes,
+        body: MultipartBody,
         content_type: &str,
         instance_count: usize,
         payload_bytes: u64,
@@ -172,8 +172,9 @@ impl DicomWebClient {
         let response = self
             .request(reqwest::Method::POST, "/studies")
             .header(CONTENT_TYPE, content_type)
+            .header(CONTENT_LENGTH, body.len())
             .header(ACCEPT, ACCEPT_DICOM_JSON)
-            .body(body)
+            .body(reqwest::Body::wrap(body))
             .send()
             .await
             .map_err(|error| RequestFailure::from(error.without_url()))?;
