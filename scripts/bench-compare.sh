@@ -54,7 +54,11 @@ mkdir -p "$out_dir"
 # discard_run_dir in scripts/bench-hds.sh).
 BENCH_TRASH_DIR="$(mktemp -d -t bench-trash.XXXXXX)"
 export BENCH_TRASH_DIR
-trap 'rm -rf "$BENCH_TRASH_DIR"' EXIT
+# The deletions are synced before exiting. ext4 without a journal does not reuse a deleted inode
+# for a minute after its deletion, six while its inode table block is not yet written, and scans
+# past every such inode for each file it creates: a comparison started right after this one
+# would pay that on every instance its servers store.
+trap 'rm -rf "$BENCH_TRASH_DIR"; sync' EXIT
 
 run_one() {
     local server="$1" run="$2"
