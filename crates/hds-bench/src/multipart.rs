@@ -21,7 +21,7 @@ pub fn stow_content_type(boundary: &str) -> String {
 /// copied) between small delimiter pieces. The client sends it without assembling it, so a STOW
 /// costs the load generator no copy of its payload and no fresh memory to hold one; on the
 /// 2 cores it shares with the server under test, that copy took CPU from the server.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct MultipartBody {
     pieces: VecDeque<Bytes>,
     len: u64,
