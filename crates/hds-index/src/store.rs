@@ -586,10 +586,12 @@ async fn write_parents(
         (false, Backend::Sqlite) => RowTokens::New,
         _ => RowTokens::Existing,
     };
+    let mut study_row_written = false;
     let study_id = match current.study {
         Some((id, Some(digest))) if digest == prepared.study.digest => id,
         existing => {
             wrote = true;
+            study_row_written = true;
             let parent = ParentOf::Study(&prepared.service);
             let tokens = row_state(existing.is_some());
             write_row(
@@ -606,6 +608,19 @@ async fn write_parents(
         Some((id, Some(digest))) if digest == prepared.series.digest => id,
         existing => {
             wrote = true;
+            if backend == Backend::Postgres && !study_row_written {
+                // One lock order for every transaction that writes a study's series: the
+                // study's row first (the upsert above took it), then the series row, then the
+                // study's row again for its modalities. A store that inserted a series before
+                // locking the study would wait, at the modalities, for one that holds the study
+                // and waits for that series key: PostgreSQL fails one of them as a deadlock.
+                // The lock is the one the modalities' UPDATE takes (not FOR UPDATE, which would
+                // also wait for every store whose instance row's foreign key checks the study).
+                sqlx::query("SELECT id FROM dicom_studies WHERE id = $1 FOR NO KEY UPDATE")
+                    .bind(study_id)
+                    .fetch_optional(&mut **transaction)
+                    .await?;
+            }
             let parent = ParentOf::Series(study_id);
             let tokens = row_state(existing.is_some());
             let series_id = write_row(

@@ -2705,6 +2705,41 @@ async fn more_modalities_than_a_study_row_keeps_are_read_from_the_series(index: 
     assert_eq!(hits[0].number_of_related_series, Some(SERIES as u64));
 }
 
+/// Many stores into the new series of one study at once, their modalities differing, round
+/// after round: each creates or joins a series and adds to the study's ModalitiesInStudy, so on
+/// PostgreSQL their transactions lock the same study row and insert the same series keys. All
+/// of them store, and none waits on another in a cycle (which PostgreSQL would break by failing
+/// one of them).
+async fn concurrent_new_series_of_one_study_all_store(index: Index) {
+    const SERIES: usize = 4;
+    const INSTANCES_PER_SERIES: usize = 3;
+    const MODALITIES: [&str; SERIES] = ["CT", "MR", "PT", "US"];
+    for round in 0..8 {
+        let study = 900 + round;
+        give_study_its_key(&index, SERVICE, &Spec::new(study, 1, 1)).await;
+        let mut tasks = Vec::new();
+        for sop in 1..=INSTANCES_PER_SERIES {
+            for series in 1..=SERIES {
+                let index = index.clone();
+                let mut spec = Spec::new(study, series, sop);
+                spec.modality = MODALITIES[series - 1].into();
+                tasks.push(tokio::spawn(async move {
+                    let blob = format!("race-{study}-{series}-{sop}");
+                    store_under_existing_key(&index, SERVICE, &spec, &blob).await
+                }));
+            }
+        }
+        for task in tasks {
+            assert_eq!(task.await.expect("task"), StoreOutcome::Stored);
+        }
+        let records = index
+            .find_instances(SERVICE, DeleteScope::Study(&Spec::new(study, 1, 1).study))
+            .await
+            .expect("find");
+        assert_eq!(records.len(), SERIES * INSTANCES_PER_SERIES);
+    }
+}
+
 macro_rules! suite {
     ($($name:ident),* $(,)?) => {
         mod sqlite_plaintext {
@@ -2757,6 +2792,7 @@ suite!(
     limit_and_offset_page_exactly,
     counts_levels_and_parent_filters,
     study_summary_follows_every_change,
+    concurrent_new_series_of_one_study_all_store,
     more_modalities_than_a_study_row_keeps_are_read_from_the_series,
     delete_cascades_to_empty_parents,
     moved_sealed_values_do_not_open,
