@@ -205,6 +205,19 @@ async fn run_text(
         .map(drop)
 }
 
+/// Inserts an item of each name, all in one write transaction.
+async fn insert_items(database: &Database, names: impl IntoIterator<Item = String>) {
+    let mut transaction = database.begin_write().await.expect("begin");
+    for name in names {
+        sqlx::query("INSERT INTO items (name) VALUES ($1)")
+            .bind(name)
+            .execute(&mut *transaction)
+            .await
+            .expect("insert");
+    }
+    transaction.commit().await.expect("commit");
+}
+
 async fn count_named(database: &Database, name: &str) -> i64 {
     sqlx::query("SELECT COUNT(*) FROM items WHERE name = $1")
         .bind(name)
@@ -474,16 +487,11 @@ async fn sqlite_commits_are_checkpointed_in_the_background() {
     database.migrate("test", &[FIRST]).await.expect("migrate");
     // About 6 MiB in one commit: past SQLite's default checkpoint threshold (4 MiB), short of
     // the backstop (64 MiB), so only the background task copies it into the database file.
-    let mut transaction = database.begin_write().await.expect("begin");
-    for index in 0..1500 {
-        let name = format!("{index:04}{}", "x".repeat(4096));
-        sqlx::query("INSERT INTO items (name) VALUES ($1)")
-            .bind(name)
-            .execute(&mut *transaction)
-            .await
-            .expect("insert");
-    }
-    transaction.commit().await.expect("commit");
+    insert_items(
+        &database,
+        (0..1500).map(|index| format!("{index:04}{}", "x".repeat(4096))),
+    )
+    .await;
 
     // What the task promises: soon after a commit, with no further writes, the task has
     // copied the log into the database file. Poll that very condition: a checkpoint counted
@@ -531,21 +539,15 @@ async fn sqlite_log_starts_over_under_a_stream_of_commits() {
         writers.push(tokio::spawn(async move {
             let mut index = 0_u64;
             while streaming.load(std::sync::atomic::Ordering::Relaxed) {
-                let mut transaction = database.begin_write().await.expect("begin");
-                for _ in 0..4 {
-                    index += 1;
-                    // Names spread over the whole index, as hashed tokens are: every commit
-                    // changes pages all over it, and a checkpoint has many to copy.
+                // Names spread over the whole index, as hashed tokens are: every commit
+                // changes pages all over it, and a checkpoint has many to copy.
+                let names = (index + 1..=index + 4).map(|index| {
                     let spread =
                         (writer * 1_000_003 + index).wrapping_mul(0x9E37_79B9_7F4A_7C15_u64);
-                    let name = format!("{spread:016x}-{writer}-{index}-{}", "x".repeat(1024));
-                    sqlx::query("INSERT INTO items (name) VALUES ($1)")
-                        .bind(name)
-                        .execute(&mut *transaction)
-                        .await
-                        .expect("insert");
-                }
-                transaction.commit().await.expect("commit");
+                    format!("{spread:016x}-{writer}-{index}-{}", "x".repeat(1024))
+                });
+                insert_items(&database, names).await;
+                index += 4;
             }
         }));
     }
