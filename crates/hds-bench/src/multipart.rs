@@ -24,13 +24,12 @@ pub fn stow_content_type(boundary: &str) -> String {
 #[derive(Debug)]
 pub struct MultipartBody {
     pieces: VecDeque<Bytes>,
-    len: u64,
 }
 
 impl MultipartBody {
-    /// The body's length in bytes (its Content-Length).
+    /// The length in bytes of what is left to send: before sending, the Content-Length.
     pub fn len(&self) -> u64 {
-        self.len
+        self.pieces.iter().map(|piece| piece.len() as u64).sum()
     }
 
     /// The body as one buffer.
@@ -65,7 +64,7 @@ impl http_body::Body for MultipartBody {
     }
 
     fn size_hint(&self) -> http_body::SizeHint {
-        http_body::SizeHint::with_exact(self.pieces.iter().map(|piece| piece.len() as u64).sum())
+        http_body::SizeHint::with_exact(self.len())
     }
 }
 
@@ -85,8 +84,7 @@ pub fn build_dicom_multipart<'a>(
         pieces.push_back(part_tail.clone());
     }
     pieces.push_back(Bytes::from(format!("--{boundary}--\r\n")));
-    let len = pieces.iter().map(|piece| piece.len() as u64).sum();
-    MultipartBody { pieces, len }
+    MultipartBody { pieces }
 }
 
 /// Why a multipart body could not be split.
