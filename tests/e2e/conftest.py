@@ -7,10 +7,12 @@ import pathlib
 import shutil
 import signal
 import socket
+import struct
 import subprocess
 import tempfile
 import time
 import uuid
+import zlib
 
 import pydicom
 import pytest
@@ -556,9 +558,50 @@ def assert_readable(server, dataset, service_url=None) -> None:
     assert returned.PixelData == dataset.PixelData
 
 
+PACK_HEADER_LEN = 64
+PACK_RECORD_ALIGN = 4096
+
+
+def pack_records(segment: pathlib.Path) -> dict:
+    """The records of a pack segment (crates/hds-blob/src/pack.rs), by offset, each with the
+    Unix time its header says it was written. Holes (deleted records) are skipped."""
+    records = {}
+    with open(segment, "rb") as file:
+        size = os.fstat(file.fileno()).st_size
+        position = 0
+        while position < size:
+            try:
+                position = os.lseek(file.fileno(), position, os.SEEK_DATA)
+            except OSError:
+                break  # only holes from here on
+            position -= position % PACK_RECORD_ALIGN
+            file.seek(position)
+            header = file.read(PACK_HEADER_LEN)
+            valid = (len(header) == PACK_HEADER_LEN and header[:8] == b"HDSPACK1"
+                     and zlib.crc32(header[:36]) == struct.unpack(">I", header[36:40])[0])
+            if not valid:
+                position += PACK_RECORD_ALIGN
+                continue
+            length, written = struct.unpack(">IQ", header[24:36])
+            records[position] = written
+            position += -(-(PACK_HEADER_LEN + length) // PACK_RECORD_ALIGN) * PACK_RECORD_ALIGN
+    return records
+
+
 def blob_files(data_dir: pathlib.Path) -> dict:
-    """Every file under the data dir's blob store, with its mtime in nanoseconds."""
-    return {str(path): path.stat().st_mtime_ns for path in (data_dir / "blobs").rglob("*") if path.is_file()}
+    """Every blob under the data dir's blob store, with when it was written in nanoseconds: a
+    file of its own (its mtime), or a record in a pack segment (`SEGMENT@OFFSET`, the time its
+    header holds)."""
+    blobs = {}
+    for path in (data_dir / "blobs").rglob("*"):
+        if not path.is_file():
+            continue
+        if path.parent.name == "packs" and path.suffix == ".pack":
+            for offset, written in pack_records(path).items():
+                blobs[f"{path}@{offset}"] = written * 1_000_000_000
+        else:
+            blobs[str(path)] = path.stat().st_mtime_ns
+    return blobs
 
 
 def key_url_of(service: dict) -> str:

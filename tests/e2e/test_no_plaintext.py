@@ -10,7 +10,7 @@ import subprocess
 import pydicom
 from pydicom.uid import generate_uid
 
-from conftest import read, dicom_file
+from conftest import blob_files, dicom_file, read
 from test_dicomweb import client, stow, to_bytes
 
 # Text markers, and the dates (unlikely as 8 ASCII digits anywhere by chance).
@@ -111,7 +111,7 @@ def test_no_marker_anywhere_at_rest(hds_any_index, request):
             if found:
                 at_rest.append((str(path.relative_to(hds.data_dir)), found))
     assert at_rest == [], f"plaintext at rest: {at_rest}"
-    blobs = [path for path in (pathlib.Path(hds.data_dir) / "blobs").rglob("*") if path.is_file()]
+    blobs = blob_files(pathlib.Path(hds.data_dir))
     assert len(blobs) == 2, "the deleted study's blob is gone, the others are there"
     if hds.index.startswith("postgres://"):
         dump = pg_dump(request.getfixturevalue("postgres"), hds.index.rsplit("/", 1)[1])

@@ -3,7 +3,8 @@
 1. acknowledged means on stable storage: a system-call trace (strace) of a STOW shows, before
    the index commit that names the blob, the blob's data synced after its last write and its
    directory synced after its creation; before the 200 leaves on the socket, the index's
-   write-ahead log synced after its last write.
+   write-ahead log synced after its last write. Checked for a small instance, whose blob is a
+   record in a pack segment, and a larger one, whose blob is a file of its own.
    The same check run on `--durability relaxed` finds the syncs missing, so it can fail;
 2. the orphan sweeper removes blobs nothing references (and crash leftovers) and keeps every
    referenced one;
@@ -15,9 +16,12 @@ import os
 import pathlib
 import re
 import signal
+import sqlite3
+import struct
 import subprocess
 import threading
 import time
+import zlib
 
 import requests
 
@@ -37,7 +41,7 @@ from test_dicomweb import unique_copy
 
 # strace is a test dependency (`.ci/run` installs it): without it the trace tests fail, they
 # do not skip.
-TRACED_CALLS = "fsync,fdatasync,rename,renameat,renameat2,openat,write,writev,pwrite64,sendto,sendmsg"
+TRACED_CALLS = "fsync,fdatasync,rename,renameat,renameat2,openat,write,writev,pwrite64,pwritev,pwritev2,sendto,sendmsg"
 
 
 class TracedHdsServer(HdsServer):
@@ -94,13 +98,30 @@ def parse_trace(path):
 def durability_violations(calls, blob_name, data_dir):
     """What is missing between the STOW of `blob_name` and its 200, or [] if nothing.
 
-    The blob is written under its name; its data must be synced after its last write and its
-    shard directory after its creation, both before the index commit that names it (the last
-    write-ahead-log write before the 200), and the log synced after that write, before the 200.
+    A small blob is a record in a pack segment, at the place its name gives
+    (`IDENTITY@SEGMENT.OFFSET.LENGTH`); a larger one is a file under its name. Either way, the
+    blob's data must be synced after its last write and its directory (the pack directory, or
+    the file's shard) after the file's creation, both before the index commit that names it
+    (the last write-ahead-log write before the 200), and the log synced after that write,
+    before the 200.
     """
     blobs = str((data_dir / "blobs").resolve())
-    shard = f"{blobs}/{blob_name[:2]}"
-    final = f"{shard}/{blob_name}"
+    if "@" in blob_name:
+        segment, offset, _length = (int(part) for part in blob_name.split("@")[1].split("."))
+        directory = f"{blobs}/packs"
+        final = f"{directory}/{segment:010}.pack"
+        # The record's one vectored write (header and blob) at its offset.
+        at_offset = re.compile(rf", {offset}\) += \d+$")
+
+        def is_blob_write(call):
+            return (call[2] in ("pwritev", "pwritev2", "pwrite64") and f"<{final}>" in call[3]
+                    and at_offset.search(call[3]) is not None)
+    else:
+        directory = f"{blobs}/{blob_name[:2]}"
+        final = f"{directory}/{blob_name}"
+
+        def is_blob_write(call):
+            return call[2] in ("write", "writev", "pwrite64") and f"<{final}>" in call[3]
     wal = str((data_dir / "index.db-wal").resolve())
     problems = []
 
@@ -113,15 +134,15 @@ def durability_violations(calls, blob_name, data_dir):
     created = first(lambda call: call[2] == "openat" and f'"{final}"' in call[3] and "O_CREAT" in call[3])
     if created is None:
         return [f"no creation of {final}"]
+    written = first(is_blob_write, after=created[0])
+    if written is None:
+        return [f"no write of the blob into {final}"]
     response = first(lambda call: call[2] in ("write", "writev", "sendto", "sendmsg")
-                     and "TCP" in call[3] and "HTTP/1.1 200" in call[3], after=created[0])
+                     and "TCP" in call[3] and "HTTP/1.1 200" in call[3], after=written[0])
     if response is None:
-        return ["no 200 response after the blob's creation"]
+        return ["no 200 response after the blob's write"]
     sent = response[1]
-    blob_writes = [call for call in calls if call[2] in ("write", "writev", "pwrite64")
-                   and f"<{final}>" in call[3] and call[1] < sent]
-    if not blob_writes:
-        return ["no write of the blob before the 200"]
+    blob_writes = [call for call in calls if is_blob_write(call) and call[1] < sent]
     wal_writes = [call for call in calls if call[2] == "pwrite64" and f"<{wal}>" in call[3]
                   and blob_writes[-1][0] < call[1] < sent]
     if not wal_writes:
@@ -130,7 +151,7 @@ def durability_violations(calls, blob_name, data_dir):
     if first(lambda call: call[2] in ("fsync", "fdatasync") and f"<{final}>" in call[3] and call[0] < commit,
              after=blob_writes[-1][0]) is None:
         problems.append("the blob's data was not synced after its last write, before the index commit")
-    if first(lambda call: call[2] in ("fsync", "fdatasync") and f"<{shard}>" in call[3] and call[0] < commit,
+    if first(lambda call: call[2] in ("fsync", "fdatasync") and f"<{directory}>" in call[3] and call[0] < commit,
              after=created[0]) is None:
         problems.append("the blob's directory was not synced after the blob's creation, before the index commit")
     # The committing connection's own sync (its thread): a checkpoint that happens to sync the
@@ -143,63 +164,90 @@ def durability_violations(calls, blob_name, data_dir):
 
 
 def traced_stow(tmp_path, durability):
+    """The problems found for each blob of two STOWs, one at a time: a small instance (a record
+    in a pack) and a larger one (a file of its own), by kind."""
     data_dir = tmp_path / f"data-{durability}"
     trace_path = tmp_path / f"trace-{durability}.txt"
     server = TracedHdsServer(data_dir, trace_path, extra_args=("--durability", durability)).start()
     try:
-        before = {path.name for path in (data_dir / "blobs").rglob("*") if path.is_file()}
-        dataset = unique_copy("CT_small.dcm")
-        store(server, dataset)
-        after = {path.name for path in (data_dir / "blobs").rglob("*") if path.is_file()}
-        new = sorted(after - before)
-        assert len(new) == 1, new
+        for name in ("CT_small.dcm", "examples_overlay.dcm"):
+            store(server, unique_copy(name))
     finally:
         assert server.stop() == 0
-    return durability_violations(parse_trace(trace_path), new[0], data_dir)
+    database = sqlite3.connect(data_dir / "index.db")
+    try:
+        names = [row[0] for row in database.execute("SELECT blob_name FROM dicom_instances")]
+    finally:
+        database.close()
+    kinds = {("packed" if "@" in name else "file"): name for name in names}
+    assert len(names) == 2 and set(kinds) == {"packed", "file"}, names
+    calls = parse_trace(trace_path)
+    return {kind: durability_violations(calls, name, data_dir) for kind, name in kinds.items()}
 
 
 def test_a_stow_is_acknowledged_only_after_its_blob_directory_and_index_are_synced(tmp_path):
-    assert traced_stow(tmp_path, "full") == []
+    assert traced_stow(tmp_path, "full") == {"packed": [], "file": []}
 
 
 def test_the_trace_check_finds_the_syncs_missing_when_durability_is_relaxed(tmp_path):
-    problems = traced_stow(tmp_path, "relaxed")
-    assert "the blob's data was not synced after its last write, before the index commit" in problems
-    assert "the blob's directory was not synced after the blob's creation, before the index commit" in problems
-    assert "the index's write-ahead log was not synced after its last write, before the 200" in problems
+    for kind, problems in traced_stow(tmp_path, "relaxed").items():
+        assert "the blob's data was not synced after its last write, before the index commit" in problems, kind
+        assert "the blob's directory was not synced after the blob's creation, before the index commit" in problems, kind
+        assert "the index's write-ahead log was not synced after its last write, before the 200" in problems, kind
 
 
 # ---- the orphan sweeper -------------------------------------------------------------------------
+
+
+def pack_record(identity, payload, written):
+    """A record as a pack segment holds it (crates/hds-blob/src/pack.rs): a 64-byte header
+    (magic, identity, length, Unix time written, CRC-32 of those), then the blob."""
+    header = b"HDSPACK1" + bytes.fromhex(identity) + struct.pack(">IQ", len(payload), int(written))
+    header += struct.pack(">I", zlib.crc32(header))
+    return header + bytes(64 - len(header)) + payload
 
 
 def test_the_sweeper_removes_orphans_and_keeps_every_referenced_blob(tmp_path):
     data_dir = tmp_path / "data"
     server = HdsServer(data_dir).start()
     stored = []
-    for _ in range(3):
-        dataset = unique_copy("CT_small.dcm")
+    # Two small instances (records in a pack) and a larger one (a file of its own).
+    for name in ("CT_small.dcm", "CT_small.dcm", "examples_overlay.dcm"):
+        dataset = unique_copy(name)
         store(server, dataset)
         stored.append(dataset)
     assert server.stop() == 0
-    referenced = {path for path in (data_dir / "blobs").rglob("*") if path.is_file()}
-    assert len(referenced) == 3
+    blobs = data_dir / "blobs"
+    referenced = {path for path in blobs.rglob("*") if path.is_file() and path.parent.name != "packs"}
+    assert len(referenced) == 1
+    segments = sorted((blobs / "packs").glob("*.pack"))
+    assert len(segments) == 1
 
-    # What a crash leaves: a whole blob never recorded, and a half-written temporary.
-    orphan = data_dir / "blobs" / "ab" / ("ab" + "0" * 30)
-    orphan.write_bytes(os.urandom(4096))
-    leftover = data_dir / "blobs" / "cd" / ("cd" + "1" * 30 + ".tmp-00000000000000aa")
-    leftover.write_bytes(os.urandom(100))
-    stranger = data_dir / "blobs" / "ef" / "notes.txt"
-    stranger.write_bytes(b"not a blob")
-    # Old enough for the grace period, as are the stored blobs.
+    # What a crash leaves: a whole blob never recorded, as a file and as a record in a pack,
+    # and a half-written temporary.
     old = time.time() - 7200
+    orphan = blobs / "ab" / ("ab" + "0" * 30)
+    orphan.write_bytes(os.urandom(4096))
+    orphan_segment = blobs / "packs" / "0000000099.pack"
+    orphan_segment.write_bytes(pack_record("12" * 16, os.urandom(5000), old))
+    leftover = blobs / "cd" / ("cd" + "1" * 30 + ".tmp-00000000000000aa")
+    leftover.write_bytes(os.urandom(100))
+    stranger = blobs / "ef" / "notes.txt"
+    stranger.write_bytes(b"not a blob")
+    # Old enough for the grace period, as are the stored blobs (a record carries its own time:
+    # the stored ones are young, and referenced anyway).
     for path in [orphan, leftover, stranger, *referenced]:
         os.utime(path, (old, old))
 
+    def orphan_record_removed():
+        with open(orphan_segment, "rb") as segment:
+            return segment.read(64) == bytes(64)
+
     restarted = HdsServer(data_dir, extra_args=("--orphan-grace", "1h", "--sweep-interval", "1s")).start()
     try:
-        wait_for(lambda: not orphan.exists() and not leftover.exists(), what="the sweeper to remove the orphans")
-        log = wait_for(lambda: re.search(r"orphan sweep.*orphan_blobs_removed=1 temporaries_removed=1", restarted.logs()),
+        wait_for(lambda: not orphan.exists() and not leftover.exists() and orphan_record_removed(),
+                 what="the sweeper to remove the orphans")
+        log = wait_for(lambda: re.search(r"orphan sweep.*orphan_blobs_removed=2 temporaries_removed=1", restarted.logs()),
                        what="the sweep's counts in the log")
         assert log
         assert stranger.exists(), "files that are not the store's are left alone"

@@ -182,16 +182,20 @@ impl ServiceArchive {
         };
         // The blob's syncs run while it is parsed and while its row waits for its group
         // commit, which begins only after they are done (the row's `durable` gate).
-        let durable =
-            match writer.finish_pending().await {
-                Ok(pending) => CommitGate::new(async move {
+        // The name the blob is recorded by: a small blob kept in a pack has its record's place
+        // in it.
+        let (blob_name, durable) = match writer.finish_pending().await {
+            Ok((stored, pending)) => (
+                stored,
+                CommitGate::new(async move {
                     pending.synced().await.map_err(|error| error.to_string())
                 }),
-                Err(error) => {
-                    self.discard(&blob_name).await;
-                    return Err(ArchiveError::from(error).into());
-                }
-            };
+            ),
+            Err(error) => {
+                self.discard(&blob_name).await;
+                return Err(ArchiveError::from(error).into());
+            }
+        };
         let blob = WrittenBlob {
             name: &blob_name,
             key: &blob_key,

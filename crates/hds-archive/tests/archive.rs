@@ -13,7 +13,7 @@ use futures::StreamExt;
 use hds_archive::{
     Archive, ArchiveError, QueryLevel, RefusalReason, Scope, Search, ServiceArchive, StoreOutcome,
 };
-use hds_blob::BlobStore;
+use hds_blob::{BlobName, BlobStore};
 use hds_crypto::keys::{LocalRsaKek, RsaKeySize};
 use hds_db::Database;
 use hds_index::{Index, ServiceKeyrings};
@@ -163,20 +163,13 @@ fn refusal(outcome: StoreOutcome) -> RefusalReason {
     }
 }
 
-fn blob_files(directory: &Path) -> Vec<PathBuf> {
-    let mut files = Vec::new();
-    let Ok(shards) = std::fs::read_dir(directory) else {
-        return files;
-    };
-    for shard in shards {
-        let shard = shard.expect("shard").path();
-        if shard.is_dir() {
-            for file in std::fs::read_dir(&shard).expect("shard dir") {
-                files.push(file.expect("file").path());
-            }
-        }
-    }
-    files
+/// The blobs in a local store's directory: files of their own and records in packs.
+async fn stored_blobs(directory: &Path) -> Vec<BlobName> {
+    BlobStore::local(directory)
+        .expect("store")
+        .list_blobs()
+        .await
+        .expect("list")
 }
 
 async fn read_all(mut stream: hds_archive::ByteStream) -> Vec<u8> {
@@ -201,7 +194,7 @@ async fn a_stored_instance_opens_again_with_its_frames_metadata_and_search() {
         assert_eq!(identity.sop_instance_uid, stored.sop);
         assert_eq!(identity.series_instance_uid, stored.series);
     }
-    assert_eq!(blob_files(&fixture.blob_directory).len(), 2);
+    assert_eq!(stored_blobs(&fixture.blob_directory).await.len(), 2);
 
     let found = archive
         .find_instances(Scope::Study(&first.study))
@@ -267,7 +260,7 @@ async fn stores_that_record_nothing_leave_no_blob() {
         store(archive, &stored.file, None).await,
         StoreOutcome::Stored(_)
     ));
-    assert_eq!(blob_files(&fixture.blob_directory).len(), 1);
+    assert_eq!(stored_blobs(&fixture.blob_directory).await.len(), 1);
 
     assert_eq!(
         refusal(store(archive, &stored.file, None).await),
@@ -296,7 +289,7 @@ async fn stores_that_record_nothing_leave_no_blob() {
         archive.store_instance(failing, None).await,
         Err(CallerError::Body)
     ));
-    assert_eq!(blob_files(&fixture.blob_directory).len(), 1);
+    assert_eq!(stored_blobs(&fixture.blob_directory).await.len(), 1);
     assert!(matches!(
         archive.find_instances(Scope::Study(&other.study)).await,
         Err(ArchiveError::NotFound("study"))
@@ -315,13 +308,13 @@ async fn deleting_removes_rows_then_blobs_and_only_in_scope() {
             StoreOutcome::Stored(_)
         ));
     }
-    assert_eq!(blob_files(&fixture.blob_directory).len(), 2);
+    assert_eq!(stored_blobs(&fixture.blob_directory).await.len(), 2);
 
     archive
         .delete(Scope::Study(&deleted.study))
         .await
         .expect("deleted");
-    assert_eq!(blob_files(&fixture.blob_directory).len(), 1);
+    assert_eq!(stored_blobs(&fixture.blob_directory).await.len(), 1);
     assert!(matches!(
         archive.find_instances(Scope::Study(&deleted.study)).await,
         Err(ArchiveError::NotFound("study"))
@@ -371,7 +364,7 @@ async fn updating_a_study_keeps_the_original_and_deleting_removes_both() {
         .expect("updated");
     assert_eq!(outcome.updated, 2);
     assert!(outcome.errors.is_empty());
-    assert_eq!(blob_files(&fixture.blob_directory).len(), 5);
+    assert_eq!(stored_blobs(&fixture.blob_directory).await.len(), 5);
 
     let by_name = |name: &'static str| Search {
         level: QueryLevel::Study,
@@ -442,7 +435,7 @@ async fn updating_a_study_keeps_the_original_and_deleting_removes_both() {
         .update_study(&first.study, &change, None)
         .await
         .expect("updated again");
-    assert_eq!(blob_files(&fixture.blob_directory).len(), 5);
+    assert_eq!(stored_blobs(&fixture.blob_directory).await.len(), 5);
     let original = read_all(
         archive
             .find_instance_versions(scope, true)
@@ -462,5 +455,5 @@ async fn updating_a_study_keeps_the_original_and_deleting_removes_both() {
         .delete(Scope::Study(&first.study))
         .await
         .expect("deleted");
-    assert_eq!(blob_files(&fixture.blob_directory).len(), 1);
+    assert_eq!(stored_blobs(&fixture.blob_directory).await.len(), 1);
 }

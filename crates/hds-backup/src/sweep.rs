@@ -92,10 +92,15 @@ impl Sweeper {
             report.temporaries_removed += listing.temporaries_removed;
             candidates.extend(listing.settled_blobs);
         }
+        for segment in self.blobs.pack_segments().await? {
+            candidates.extend(self.blobs.list_settled_packed(segment, cutoff).await?);
+        }
         if !candidates.is_empty() {
-            let referenced = referenced_blob_names(&self.database).await?;
+            let referenced = referenced_blob_identities(&self.database).await?;
             for name in candidates {
-                if referenced.contains(name.as_str()) {
+                // By identity: a packed blob restored from a backup is a file under its
+                // identity alone, while its row keeps the name with the record's place.
+                if referenced.contains(name.identity()) {
                     report.referenced_blobs += 1;
                 } else {
                     self.blobs.delete(&name).await?;
@@ -146,7 +151,7 @@ impl Sweeper {
 }
 
 /// Every blob name the index references (one pass over the instances).
-pub(crate) async fn referenced_blob_names(
+pub(crate) async fn referenced_blob_identities(
     database: &Database,
 ) -> Result<HashSet<String>, sqlx::Error> {
     let mut names = HashSet::new();
@@ -157,7 +162,13 @@ pub(crate) async fn referenced_blob_names(
     )
     .fetch(database.pool());
     while let Some(row) = rows.try_next().await? {
-        names.insert(row.try_get::<String, _>(0)?);
+        let name = row.try_get::<String, _>(0)?;
+        // A name that does not parse is kept whole: it matches no blob, and removes none.
+        let identity = match BlobName::parse(&name) {
+            Ok(parsed) => parsed.identity().to_owned(),
+            Err(_) => name,
+        };
+        names.insert(identity);
     }
     Ok(names)
 }

@@ -3,7 +3,8 @@
 //!
 //! Architecture invariants:
 //! - Blob names never carry UIDs or any other value from an instance (UIDs can carry PHI); they
-//!   are random 128-bit identifiers, sharded into directories by their first byte.
+//!   are random 128-bit identities, sharded into directories by their first byte, and for a
+//!   small blob in a pack (`pack`) the place of its record.
 //! - This is the one seam where stored bytes are written and read, so the envelope encryption
 //!   of a blob happens here and nowhere else.
 //! - A blob is read only through an index row that names it, and a row is committed only
@@ -15,7 +16,7 @@
 //!   either way the store sees only sealed ciphertext under random names. In an object store a
 //!   write is durable when the store acknowledged its completing request.
 //! - On local files, a blob is on stable storage once its data and its directory are synced
-//!   (`local`), unless the store was opened with [`LocalOptions::sync_writes`] off. Writes
+//!   (`local`; for a record in a pack, its segment's data), unless the store was opened with [`LocalOptions::sync_writes`] off. Writes
 //!   return a [`PendingSync`] with those syncs running, and a caller records a blob in the
 //!   index only after [`PendingSync::synced`] returned, so after a power cut every recorded
 //!   blob is there; a blob written but not recorded is an orphan that
@@ -23,11 +24,13 @@
 #![deny(missing_docs)]
 
 mod local;
+mod pack;
 mod remote;
 mod sealed;
 mod sweep;
 
 pub use local::LocalOptions;
+pub use pack::PACKED_BLOB_LIMIT;
 pub use remote::{BlobConfigError, RemoteKind, RemoteLocation};
 pub use sealed::{SealedBlobWriter, SealedRanges};
 pub use sweep::{SHARD_COUNT, ShardListing};
@@ -70,44 +73,91 @@ pub enum BlobError {
     Seal(#[from] hds_crypto::stream::SealError),
 }
 
-/// The opaque name of a blob: 32 lowercase hex digits.
+/// The opaque name of a blob: its identity, 32 lowercase hex digits, and for a blob kept in a
+/// pack of a local store ([`pack`]) where its record is: `IDENTITY@SEGMENT.OFFSET.LENGTH`
+/// (decimal). The identity alone names the blob everywhere else: its file or object, and the
+/// binding of its sealed stream, so a packed blob copied into another store (a backup, an
+/// object store) keeps its name and still opens there.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct BlobName(String);
+#[must_use = "a written blob is recorded by the name its write returns"]
+pub struct BlobName {
+    /// The whole name, as stored in the index.
+    text: String,
+    /// Where its record is, for a packed blob.
+    packed: Option<pack::RecordAt>,
+}
+
+/// Length of a blob name's identity.
+const IDENTITY_LEN: usize = 32;
 
 impl BlobName {
     /// A new random name.
     pub fn random() -> BlobName {
         let bytes: [u8; 16] = rand::random();
-        BlobName(hex::encode(bytes))
+        BlobName {
+            text: hex::encode(bytes),
+            packed: None,
+        }
     }
 
-    /// Parses a stored name, refusing anything that is not 32 lowercase hex digits (so a name
-    /// from the index can never address a path outside the store).
+    /// Parses a stored name, refusing anything that is not an identity of 32 lowercase hex
+    /// digits, optionally followed by a record's place in one canonical spelling (so a name
+    /// from the index can never address a path outside the store, nor two names one record).
     pub fn parse(name: &str) -> Result<BlobName, BlobError> {
-        let well_formed = name.len() == 32
-            && name
+        let (identity, record) = match name.split_once('@') {
+            Some((identity, record)) => (identity, Some(record)),
+            None => (name, None),
+        };
+        let well_formed = identity.len() == IDENTITY_LEN
+            && identity
                 .bytes()
                 .all(|byte| byte.is_ascii_digit() || (b'a'..=b'f').contains(&byte));
-        if well_formed {
-            Ok(BlobName(name.to_owned()))
-        } else {
-            Err(BlobError::InvalidName)
+        if !well_formed {
+            return Err(BlobError::InvalidName);
+        }
+        let packed = match record {
+            Some(record) => Some(pack::RecordAt::parse(record).ok_or(BlobError::InvalidName)?),
+            None => None,
+        };
+        Ok(BlobName {
+            text: name.to_owned(),
+            packed,
+        })
+    }
+
+    /// The name of the same blob kept at `record` of a pack.
+    pub(crate) fn packed_at(&self, record: pack::RecordAt) -> BlobName {
+        BlobName {
+            text: format!("{}@{record}", self.identity()),
+            packed: Some(record),
         }
     }
 
     /// The name as stored in the index.
     pub fn as_str(&self) -> &str {
-        &self.0
+        &self.text
+    }
+
+    /// The blob's identity: what its sealed stream is bound to, and its file or object's name.
+    pub fn identity(&self) -> &str {
+        // Every constructor checks the identity's 32 ASCII digits.
+        &self.text[..IDENTITY_LEN]
+    }
+
+    /// Where the blob's record is, when it was written into a pack.
+    pub(crate) fn packed(&self) -> Option<pack::RecordAt> {
+        self.packed
     }
 
     pub(crate) fn object_path(&self) -> ObjectPath {
-        ObjectPath::from(format!("{}/{}", &self.0[..2], &self.0))
+        let identity = self.identity();
+        ObjectPath::from(format!("{}/{identity}", &identity[..2]))
     }
 }
 
 impl std::fmt::Display for BlobName {
     fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        formatter.write_str(&self.0)
+        formatter.write_str(&self.text)
     }
 }
 
@@ -166,23 +216,49 @@ impl BlobStore {
         })
     }
 
-    /// Writes a whole blob at once; it is durable when this returns.
-    pub async fn put(&self, name: &BlobName, contents: Bytes) -> Result<(), BlobError> {
-        self.put_pending(name, contents).await?.synced().await
+    /// Writes a whole blob at once; it is durable when this returns. Returns the name to
+    /// record it by: `name`, or on local files, for a small blob kept in a pack, `name` with
+    /// where its record is.
+    pub async fn put(&self, name: &BlobName, contents: Bytes) -> Result<BlobName, BlobError> {
+        let (stored, pending) = self.put_pending(name, contents).await?;
+        pending.synced().await?;
+        Ok(stored)
     }
 
-    /// Writes a whole blob at once and returns with the syncs that make it durable still
-    /// running: wait for them ([`PendingSync::synced`]) before recording the blob anywhere.
+    /// Writes a whole blob at once and returns the name to record it by (see [`BlobStore::put`])
+    /// with the syncs that make it durable still running: wait for them
+    /// ([`PendingSync::synced`]) before recording the blob anywhere.
     pub async fn put_pending(
         &self,
         name: &BlobName,
         contents: Bytes,
-    ) -> Result<PendingSync, BlobError> {
+    ) -> Result<(BlobName, PendingSync), BlobError> {
         if let Some(local) = &self.local {
             return local.put(name, contents).await;
         }
         self.store.put(&name.object_path(), contents.into()).await?;
-        Ok(PendingSync::done())
+        Ok((name.clone(), PendingSync::done()))
+    }
+
+    /// Reads `range` of a packed blob of a local store; `None` when the blob is not in a
+    /// pack here (a file, an object store, or a record restored elsewhere), so the caller
+    /// reads it by its identity.
+    async fn read_packed(
+        &self,
+        name: &BlobName,
+        range: Option<Range<u64>>,
+    ) -> Result<Option<Bytes>, BlobError> {
+        let (Some(local), Some(record)) = (&self.local, name.packed()) else {
+            return Ok(None);
+        };
+        let identity = local::identity_bytes(name)?;
+        let packs = Arc::clone(&local.packs);
+        let range = range.unwrap_or(0..u64::from(record.length));
+        let read = tokio::task::spawn_blocking(move || packs.read(&identity, record, range))
+            .await
+            .map_err(|error| local_error(std::io::Error::other(error)))?
+            .map_err(local_error)?;
+        Ok(read.map(Bytes::from))
     }
 
     /// The blob's bytes as a stream of chunks.
@@ -190,6 +266,9 @@ impl BlobStore {
         &self,
         name: &BlobName,
     ) -> Result<BoxStream<'static, Result<Bytes, BlobError>>, BlobError> {
+        if let Some(bytes) = self.read_packed(name, None).await? {
+            return Ok(futures::stream::once(futures::future::ready(Ok(bytes))).boxed());
+        }
         let result = self
             .store
             .get(&name.object_path())
@@ -200,14 +279,63 @@ impl BlobStore {
 
     /// The bytes in `range` of the blob.
     pub async fn read_range(&self, name: &BlobName, range: Range<u64>) -> Result<Bytes, BlobError> {
+        if let Some(bytes) = self.read_packed(name, Some(range.clone())).await? {
+            return Ok(bytes);
+        }
         self.store
             .get_range(&name.object_path(), range)
             .await
             .map_err(not_found)
     }
 
+    /// The file and the bytes in it that hold a local blob (a file of its own, or its record's
+    /// bytes in a pack segment), for tools and tests that inspect a data dir; `None` for a
+    /// missing blob or an object store.
+    pub async fn local_extent(
+        &self,
+        name: &BlobName,
+    ) -> Result<Option<(std::path::PathBuf, Range<u64>)>, BlobError> {
+        let Some(local) = &self.local else {
+            return Ok(None);
+        };
+        let packs = Arc::clone(&local.packs);
+        let packed = match name.packed() {
+            Some(record) => Some((local::identity_bytes(name)?, record)),
+            None => None,
+        };
+        let path = local.path_of(name);
+        tokio::task::spawn_blocking(move || {
+            if let Some((identity, record)) = packed
+                && packs.find(&identity, record)?.is_some()
+            {
+                let start = record.data_offset();
+                return Ok(Some((
+                    packs.path_of(record.segment),
+                    start..start + u64::from(record.length),
+                )));
+            }
+            match std::fs::metadata(&path) {
+                Ok(metadata) => Ok(Some((path, 0..metadata.len()))),
+                Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(None),
+                Err(error) => Err(error),
+            }
+        })
+        .await
+        .map_err(|error| local_error(std::io::Error::other(error)))?
+        .map_err(local_error)
+    }
+
     /// Deletes a blob; deleting a missing blob succeeds.
     pub async fn delete(&self, name: &BlobName) -> Result<(), BlobError> {
+        if let (Some(local), Some(record)) = (&self.local, name.packed()) {
+            let identity = local::identity_bytes(name)?;
+            let packs = Arc::clone(&local.packs);
+            tokio::task::spawn_blocking(move || packs.delete(&identity, record))
+                .await
+                .map_err(|error| local_error(std::io::Error::other(error)))?
+                .map_err(local_error)?;
+        }
+        // A packed blob restored as a file (a backup's copy) is a file under its identity.
         match self.store.delete(&name.object_path()).await {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
             Err(error) => Err(error.into()),
@@ -352,6 +480,9 @@ mod tests {
         let mut files = Vec::new();
         for shard in std::fs::read_dir(root).expect("root") {
             let shard = shard.expect("shard");
+            if shard.file_name() == pack::DIRECTORY {
+                continue;
+            }
             for file in std::fs::read_dir(shard.path()).expect("shard dir") {
                 files.push(
                     file.expect("file")
@@ -369,11 +500,18 @@ mod tests {
     async fn local_writes_leave_only_whole_blobs_and_aborts_leave_nothing() {
         let directory = tempfile::tempdir().expect("temp dir");
         let store = BlobStore::local(directory.path()).expect("store");
-        let small = BlobName::random();
-        store
-            .put(&small, Bytes::from_static(b"small"))
+        // A small blob written whole goes into a pack, not a file of its own.
+        let small = store
+            .put(&BlobName::random(), Bytes::from_static(b"small"))
             .await
             .expect("put");
+        assert!(small.packed().is_some());
+        let whole = BlobName::random();
+        let whole = store
+            .put(&whole, Bytes::from(vec![2u8; pack::PACKED_BLOB_LIMIT + 1]))
+            .await
+            .expect("put");
+        assert!(whole.packed().is_none(), "too large for a pack");
         let large = BlobName::random();
         let mut writer = store.create(&large).await.expect("create");
         writer.write(&[1u8; 3_000_000]).await.expect("write");
@@ -392,9 +530,17 @@ mod tests {
         writer.write(b"partial").await.expect("write");
         drop(writer);
 
-        let mut expected = vec![small.to_string(), large.to_string()];
+        let mut expected = vec![whole.to_string(), large.to_string()];
         expected.sort();
         assert_eq!(files_in(directory.path()), expected);
+        let read: Vec<Bytes> = store
+            .read(&small)
+            .await
+            .expect("read")
+            .try_collect()
+            .await
+            .expect("bytes");
+        assert_eq!(read.concat(), b"small");
         let read: Vec<Bytes> = store
             .read(&large)
             .await
@@ -421,7 +567,7 @@ mod tests {
                 store
                     .put(&name, Bytes::from(vec![index; 100]))
                     .await
-                    .map(|()| (name, index))
+                    .map(|stored| (stored, index))
             }));
         }
         for task in tasks {
@@ -441,9 +587,10 @@ mod tests {
     async fn settled_listings_name_old_blobs_and_remove_old_temporaries() {
         let directory = tempfile::tempdir().expect("temp dir");
         let store = BlobStore::local(directory.path()).expect("store");
+        // A file of its own: too large for a pack.
         let name = BlobName::random();
-        store
-            .put(&name, Bytes::from_static(b"x"))
+        let name = store
+            .put(&name, Bytes::from(vec![1u8; pack::PACKED_BLOB_LIMIT + 1]))
             .await
             .expect("put");
         let shard = u8::from_str_radix(&name.as_str()[..2], 16).expect("hex");

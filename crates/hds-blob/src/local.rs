@@ -1,25 +1,27 @@
 //! Blobs as local files, written so that a blob whose syncs completed survives a power cut.
 //!
-//! A blob is created under its own (random) name in its shard directory, its bytes written,
+//! A blob written whole of up to [`pack::PACKED_BLOB_LIMIT`] bytes is a record appended to a
+//! pack segment (`crate::pack`), its segment's data synced after the write. Any other blob is a
+//! file of its own: created under its (random) name in its shard directory, its bytes written,
 //! then its data synced (`fdatasync`); the shard directory is synced after the file's creation,
-//! so its name is on disk too. Both syncs must complete before the caller records the blob in
+//! so its name is on disk too. The syncs must complete before the caller records the blob in
 //! the index: an index row never names a blob a power cut can take away.
 //!
 //! The syncs run while the caller goes on ([`PendingSync`]). The caller waits for them only
 //! when it is about to commit the row that references the blob, so the syncs overlap with
 //! parsing and with the wait for the index's group commit instead of adding to them. A blob
-//! written whole ([`LocalFiles::put`]) is written and has its data and then its directory
-//! synced by one blocking task, which reports the write as soon as it is done: one hop to the
-//! blocking pool per blob. A blob written in pieces has its directory synced from its creation
-//! on (while the rest arrives), its data once the last byte is written.
+//! written whole ([`LocalFiles::put`]) is written and synced by one blocking task, which reports
+//! the write as soon as it is done: one hop to the blocking pool per blob. A blob written in
+//! pieces has its directory synced from its creation on (while the rest arrives), its data once
+//! the last byte is written.
 //!
-//! A blob being written is a file under its final name; until a committed row names it, nothing
-//! reads it (names are random and only index rows lead to them). One left half-written by a
-//! crash, or whose row never committed, is an orphan that the sweeper removes after its grace
-//! period. No rename: a rename is another change to the directory, and so another journal
-//! commit to wait for, per blob.
+//! A blob being written is a file under its final name (or a record at its place); until a
+//! committed row names it, nothing reads it (names are random and only index rows lead to
+//! them). One left half-written by a crash, or whose row never committed, is an orphan that the
+//! sweeper removes after its grace period. No rename: a rename is another change to the
+//! directory, and so another journal commit to wait for, per blob.
 //!
-//! Each blob's syncs are its own. Directory syncs are not shared between writers: with 256
+//! Each file's syncs are its own. Directory syncs are not shared between writers: with 256
 //! shard directories concurrent blobs seldom share one, and shared rounds made a writer that
 //! arrived during a round wait for the next.
 //!
@@ -29,9 +31,10 @@
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use tokio::task::JoinHandle;
 
-use crate::{BlobError, BlobName, PendingSync, local_error};
+use crate::{BlobError, BlobName, PendingSync, local_error, pack};
 
 /// The suffix that marks a temporary file of an earlier version's writes (or one abandoned by
 /// a crash).
@@ -57,6 +60,8 @@ impl Default for LocalOptions {
 pub(crate) struct LocalFiles {
     pub(crate) root: PathBuf,
     pub(crate) options: LocalOptions,
+    /// The small blobs written whole.
+    pub(crate) packs: Arc<pack::Packs>,
 }
 
 impl LocalFiles {
@@ -80,7 +85,12 @@ impl LocalFiles {
                 sync_directory(parent).map_err(local_error)?;
             }
         }
-        Ok(LocalFiles { root, options })
+        let packs = Arc::new(pack::Packs::new(&root, options.sync_writes));
+        Ok(LocalFiles {
+            root,
+            options,
+            packs,
+        })
     }
 
     /// The path of a blob's file.
@@ -103,54 +113,85 @@ impl LocalFiles {
         })
     }
 
-    /// Writes a whole blob; the returned syncs are running (see the module doc).
+    /// Writes a whole blob: into a pack when it is small, else as a file of its own. Returns
+    /// the name to record it by (a packed blob's says where its record is) with the syncs
+    /// running (see the module doc).
     pub(crate) async fn put(
         &self,
         name: &BlobName,
         contents: bytes::Bytes,
-    ) -> Result<PendingSync, BlobError> {
+    ) -> Result<(BlobName, PendingSync), BlobError> {
+        if contents.len() <= pack::PACKED_BLOB_LIMIT && !contents.is_empty() {
+            let identity = identity_bytes(name)?;
+            let packs = Arc::clone(&self.packs);
+            let (record, synced) = self
+                .write_then_sync(move || {
+                    let (record, segment) = packs.append(&identity, &contents)?;
+                    Ok((record, move || segment.sync_data()))
+                })
+                .await?;
+            return Ok((name.packed_at(record), synced));
+        }
         let path = self.path_of(name);
+        let ((), synced) = self
+            .write_then_sync(move || {
+                let mut file = create_new(&path)?;
+                if let Err(error) = file.write_all(&contents) {
+                    drop(file);
+                    let _ = std::fs::remove_file(&path);
+                    return Err(error);
+                }
+                Ok(((), move || {
+                    file.sync_data()?;
+                    match path.parent() {
+                        Some(directory) => sync_directory(directory),
+                        None => Ok(()),
+                    }
+                }))
+            })
+            .await?;
+        Ok((name.clone(), synced))
+    }
+
+    /// Runs `write` and then, when writes are synced, the sync it returns, on one blocking
+    /// task that answers as soon as the write is done: a blob costs one hop to the blocking
+    /// pool, not one for its write and another for its syncs.
+    async fn write_then_sync<T, S>(
+        &self,
+        write: impl FnOnce() -> std::io::Result<(T, S)> + Send + 'static,
+    ) -> Result<(T, PendingSync), BlobError>
+    where
+        T: Send + 'static,
+        S: FnOnce() -> std::io::Result<()>,
+    {
         let sync_writes = self.options.sync_writes;
-        // One blocking task writes the file and then syncs it and its directory: it answers
-        // the write through `written` and goes straight on to the syncs, so a blob costs one
-        // hop to the blocking pool, not one for its write and another for its syncs. The file
-        // was created and written together, so its directory's sync could not have started
-        // earlier.
         let (written, write_outcome) = tokio::sync::oneshot::channel();
         let synced = tokio::task::spawn_blocking(move || -> std::io::Result<()> {
-            let mut file = match create_new(&path) {
-                Ok(file) => file,
+            let sync = match write() {
+                Ok((value, sync)) => {
+                    let _ = written.send(Ok(value));
+                    sync
+                }
                 Err(error) => {
                     let _ = written.send(Err(error));
                     return Ok(());
                 }
             };
-            if let Err(error) = file.write_all(&contents) {
-                drop(file);
-                let _ = std::fs::remove_file(&path);
-                let _ = written.send(Err(error));
-                return Ok(());
-            }
-            let _ = written.send(Ok(()));
-            if !sync_writes {
-                return Ok(());
-            }
-            file.sync_data()?;
-            match path.parent() {
-                Some(directory) => sync_directory(directory),
-                None => Ok(()),
-            }
+            if sync_writes { sync() } else { Ok(()) }
         });
-        write_outcome
+        let value = write_outcome
             .await
             .map_err(|_| local_error(std::io::Error::other("the blob's write task ended")))?
             .map_err(local_error)?;
         if !sync_writes {
-            return Ok(PendingSync::done());
+            return Ok((value, PendingSync::done()));
         }
-        Ok(PendingSync::running(async move {
-            synced.await.map_err(join_error)?.map_err(local_error)
-        }))
+        Ok((
+            value,
+            PendingSync::running(
+                async move { synced.await.map_err(join_error)?.map_err(local_error) },
+            ),
+        ))
     }
 
     /// Ends a blob's writes and starts its data sync.
@@ -198,6 +239,13 @@ impl LocalFiles {
             Ok(())
         })
     }
+}
+
+/// A blob's identity as the 16 bytes a pack record's header holds.
+pub(crate) fn identity_bytes(name: &BlobName) -> Result<[u8; 16], BlobError> {
+    let mut identity = [0u8; 16];
+    hex::decode_to_slice(name.identity(), &mut identity).map_err(|_| BlobError::InvalidName)?;
+    Ok(identity)
 }
 
 /// Opens a new file; an existing one is an error (names are random: a clash is a bug).

@@ -54,7 +54,7 @@ impl BlobStore {
             blob_key,
             StreamBinding {
                 service,
-                blob_name: name.as_str(),
+                blob_name: name.identity(),
             },
         );
         Ok(SealedBlobWriter {
@@ -84,13 +84,14 @@ impl BlobStore {
         service: &str,
         blob_key: &BlobKey,
     ) -> Result<BoxStream<'static, Result<Bytes, BlobError>>, BlobError> {
-        let (source, sealed_len, first_piece) = self.open_ciphertext(name).await?;
+        let (source, sealed_len, first_piece) =
+            self.open_ciphertext(name, FIRST_READ_BYTES as u64).await?;
         let header = &first_piece[..first_piece.len().min(HEADER_LEN)];
         let opener = SegmentOpener::new(
             blob_key,
             StreamBinding {
                 service,
-                blob_name: name.as_str(),
+                blob_name: name.identity(),
             },
             header,
         )?;
@@ -154,40 +155,58 @@ impl BlobStore {
     }
 
     /// Opens a blob for reading its ciphertext: where to read the rest, its length, and its
-    /// first [`FIRST_READ_BYTES`] (fewer if it is shorter). On local files, opening and the
+    /// first `first_read` bytes (fewer if it is shorter). On local files, opening and the
     /// first read are one blocking-pool task.
     async fn open_ciphertext(
         &self,
         name: &BlobName,
+        first_read: u64,
     ) -> Result<(CiphertextSource, u64, Vec<u8>), BlobError> {
         if let Some(local) = &self.local {
             let path = local.path_of(name);
+            let packed = match name.packed() {
+                Some(record) => Some((crate::local::identity_bytes(name)?, record)),
+                None => None,
+            };
+            let packs = Arc::clone(&local.packs);
             let opened = tokio::task::spawn_blocking(move || {
-                let mut file = match std::fs::File::open(&path) {
-                    Ok(file) => file,
-                    Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
-                        return Err(BlobError::NotFound);
-                    }
-                    Err(error) => return Err(local_error(error)),
+                let in_pack = match packed {
+                    Some((identity, record)) => packs
+                        .find(&identity, record)
+                        .map_err(local_error)?
+                        .map(|file| (file, record.data_offset(), u64::from(record.length))),
+                    None => None,
                 };
-                let sealed_len = file.metadata().map_err(local_error)?.len();
-                let first = read_exactly(&mut file, sealed_len.min(FIRST_READ_BYTES as u64))?;
-                Ok((file, sealed_len, first))
+                // Not in a pack here: a file under the blob's identity (a packed blob restored
+                // from a backup is one).
+                let (file, base, sealed_len) = match in_pack {
+                    Some(found) => found,
+                    None => {
+                        let file = match std::fs::File::open(&path) {
+                            Ok(file) => file,
+                            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+                                return Err(BlobError::NotFound);
+                            }
+                            Err(error) => return Err(local_error(error)),
+                        };
+                        let sealed_len = file.metadata().map_err(local_error)?.len();
+                        (Arc::new(file), 0, sealed_len)
+                    }
+                };
+                let first = read_exactly(&file, base, sealed_len.min(first_read))?;
+                Ok((CiphertextSource::File { file, base }, sealed_len, first))
             })
             .await
             .map_err(|error| local_error(std::io::Error::other(error)))??;
-            let (file, sealed_len, first) = opened;
-            return Ok((CiphertextSource::File(Some(file)), sealed_len, first));
+            return Ok(opened);
         }
         let path = name.object_path();
         let sealed_len = self.store.head(&path).await.map_err(not_found)?.size;
-        let mut source = CiphertextSource::Store {
+        let source = CiphertextSource::Store {
             store: self.store.clone(),
             path,
         };
-        let first = source
-            .read(0..sealed_len.min(FIRST_READ_BYTES as u64))
-            .await?;
+        let first = source.read(0..sealed_len.min(first_read)).await?;
         Ok((source, sealed_len, first))
     }
 
@@ -201,41 +220,28 @@ impl BlobStore {
         blob_key: &BlobKey,
         plaintext_len: u64,
     ) -> Result<SealedRanges, BlobError> {
-        let path = name.object_path();
-        let meta = self.store.head(&path).await.map_err(not_found)?;
-        let header_end = (HEADER_LEN as u64).min(meta.size);
-        let header = if header_end == 0 {
-            Bytes::new()
-        } else {
-            self.store
-                .get_range(&path, 0..header_end)
-                .await
-                .map_err(not_found)?
-        };
+        let (source, sealed_len, header) = self.open_ciphertext(name, HEADER_LEN as u64).await?;
         let opener = RangeOpener::new(
             blob_key,
             StreamBinding {
                 service,
-                blob_name: name.as_str(),
+                blob_name: name.identity(),
             },
             &header,
-            meta.size,
+            sealed_len,
         )?;
         if opener.plaintext_len() != plaintext_len {
             return Err(BlobError::Integrity(OpenError::Truncated));
         }
-        Ok(SealedRanges {
-            store: self.clone(),
-            name: name.clone(),
-            opener,
-        })
+        Ok(SealedRanges { source, opener })
     }
 }
 
 /// Where the ciphertext of a sealed read comes from.
 enum CiphertextSource {
-    /// An open local file, read on the blocking pool. `None` only while a read holds it.
-    File(Option<std::fs::File>),
+    /// A local file, or a pack's segment, with the blob from `base` on: read on the blocking
+    /// pool.
+    File { file: Arc<std::fs::File>, base: u64 },
     /// Any object store: ranged gets.
     Store {
         store: Arc<dyn ObjectStore>,
@@ -246,55 +252,76 @@ enum CiphertextSource {
 impl CiphertextSource {
     /// Exactly the bytes in `range` (which lies inside the blob): a blob that turns out shorter
     /// is truncated.
-    async fn read(&mut self, range: Range<u64>) -> Result<Vec<u8>, BlobError> {
-        let wanted = range.end - range.start;
-        if wanted == 0 {
-            // Stores refuse a range that starts at the end (of an empty blob).
-            return Ok(Vec::new());
-        }
+    async fn read(&self, range: Range<u64>) -> Result<Vec<u8>, BlobError> {
+        let mut pieces = self.read_ranges(std::slice::from_ref(&range)).await?;
+        pieces
+            .pop()
+            .ok_or(BlobError::Integrity(OpenError::Truncated))
+    }
+
+    /// Exactly the bytes in each range, in order.
+    async fn read_ranges(&self, ranges: &[Range<u64>]) -> Result<Vec<Vec<u8>>, BlobError> {
         match self {
-            CiphertextSource::File(slot) => {
-                let mut file = slot
-                    .take()
-                    .ok_or(BlobError::Integrity(OpenError::AlreadyFailed))?;
-                let (file, bytes) = tokio::task::spawn_blocking(move || {
-                    use std::io::{Seek, SeekFrom};
-                    let read = file
-                        .seek(SeekFrom::Start(range.start))
-                        .map_err(local_error)
-                        .and_then(|_| read_exactly(&mut file, wanted));
-                    (file, read)
+            CiphertextSource::File { file, base } => {
+                let file = Arc::clone(file);
+                let base = *base;
+                let ranges = ranges.to_vec();
+                tokio::task::spawn_blocking(move || {
+                    ranges
+                        .into_iter()
+                        .map(|range| {
+                            read_exactly(&file, base + range.start, range.end - range.start)
+                        })
+                        .collect()
                 })
                 .await
-                .map_err(|error| local_error(std::io::Error::other(error)))?;
-                *slot = Some(file);
-                bytes
+                .map_err(|error| local_error(std::io::Error::other(error)))?
             }
             CiphertextSource::Store { store, path } => {
-                let bytes = store.get_range(path, range).await.map_err(not_found)?;
-                if bytes.len() as u64 != wanted {
-                    return Err(BlobError::Integrity(OpenError::Truncated));
+                // Stores refuse a range that starts at the end (of an empty blob).
+                let wanted: Vec<Range<u64>> = ranges
+                    .iter()
+                    .filter(|range| range.end > range.start)
+                    .cloned()
+                    .collect();
+                let mut fetched = if wanted.is_empty() {
+                    Vec::new()
+                } else {
+                    store.get_ranges(path, &wanted).await.map_err(not_found)?
                 }
-                // The store's buffer when this is its only owner; a copy otherwise.
-                Ok(Vec::from(bytes))
+                .into_iter();
+                let mut pieces = Vec::with_capacity(ranges.len());
+                for range in ranges {
+                    let length = range.end - range.start;
+                    if length == 0 {
+                        pieces.push(Vec::new());
+                        continue;
+                    }
+                    let bytes = fetched
+                        .next()
+                        .ok_or(BlobError::Integrity(OpenError::Truncated))?;
+                    if bytes.len() as u64 != length {
+                        return Err(BlobError::Integrity(OpenError::Truncated));
+                    }
+                    // The store's buffer when this is its only owner; a copy otherwise.
+                    pieces.push(Vec::from(bytes));
+                }
+                Ok(pieces)
             }
         }
     }
 }
 
-/// `length` bytes from the file's position, read into a buffer that is not zeroed first.
-fn read_exactly(file: &mut std::fs::File, length: u64) -> Result<Vec<u8>, BlobError> {
-    use std::io::Read;
-    let capacity =
-        usize::try_from(length).map_err(|_| BlobError::Integrity(OpenError::StreamTooLong))?;
-    let mut bytes = Vec::with_capacity(capacity);
-    file.take(length)
-        .read_to_end(&mut bytes)
-        .map_err(local_error)?;
-    if bytes.len() != capacity {
-        return Err(BlobError::Integrity(OpenError::Truncated));
+/// `length` bytes at `offset`, read into a buffer that is not zeroed first: a file that ends
+/// before is a truncated blob.
+fn read_exactly(file: &std::fs::File, offset: u64, length: u64) -> Result<Vec<u8>, BlobError> {
+    match crate::pack::read_at(file, offset, length) {
+        Ok(bytes) => Ok(bytes),
+        Err(error) if error.kind() == std::io::ErrorKind::UnexpectedEof => {
+            Err(BlobError::Integrity(OpenError::Truncated))
+        }
+        Err(error) => Err(local_error(error)),
     }
-    Ok(bytes)
 }
 
 /// The segments opened from one piece of ciphertext.
@@ -410,13 +437,17 @@ impl SealedBlobWriter {
     }
 
     /// Seals the last segment and completes the blob; it is durable when this returns.
-    pub async fn finish(self) -> Result<(), BlobError> {
-        self.finish_pending().await?.synced().await
+    /// Returns the name to record it by (see [`BlobStore::put`]).
+    pub async fn finish(self) -> Result<BlobName, BlobError> {
+        let (stored, pending) = self.finish_pending().await?;
+        pending.synced().await?;
+        Ok(stored)
     }
 
-    /// Seals the last segment and completes the blob, returning with the syncs that make it
-    /// durable still running (see [`PendingSync`]).
-    pub async fn finish_pending(self) -> Result<PendingSync, BlobError> {
+    /// Seals the last segment and completes the blob, returning the name to record it by (see
+    /// [`BlobStore::put`]) with the syncs that make it durable still running (see
+    /// [`PendingSync`]).
+    pub async fn finish_pending(self) -> Result<(BlobName, PendingSync), BlobError> {
         let SealedBlobWriter {
             store,
             name,
@@ -430,7 +461,7 @@ impl SealedBlobWriter {
             None => store.put_pending(&name, Bytes::from(ciphertext)).await,
             Some(mut upload) => {
                 upload.write(&ciphertext).await?;
-                upload.finish_pending().await
+                Ok((name, upload.finish_pending().await?))
             }
         }
     }
@@ -447,8 +478,7 @@ impl SealedBlobWriter {
 /// Ranged plaintext reads of one sealed blob whose header is verified: each read fetches and
 /// decrypts only the segments holding the ranges asked for.
 pub struct SealedRanges {
-    store: BlobStore,
-    name: BlobName,
+    source: CiphertextSource,
     opener: RangeOpener,
 }
 
@@ -472,11 +502,7 @@ impl SealedRanges {
         let mut ciphertexts = if ciphertext_ranges.is_empty() {
             Vec::new()
         } else {
-            self.store
-                .store
-                .get_ranges(&self.name.object_path(), &ciphertext_ranges)
-                .await
-                .map_err(not_found)?
+            self.source.read_ranges(&ciphertext_ranges).await?
         }
         .into_iter();
         let mut plaintexts = Vec::with_capacity(spans.len());
@@ -537,14 +563,25 @@ mod tests {
         for chunk in contents.chunks(10_007) {
             writer.write(chunk).await.expect("write");
         }
-        writer.finish().await.expect("finish");
+        let name = writer.finish().await.expect("finish");
         (directory, store, name, key)
     }
 
     /// Puts `bytes` in place of a stored blob (a blob is never overwritten by a put).
     async fn replace(store: &BlobStore, name: &BlobName, bytes: Vec<u8>) {
         store.delete(name).await.expect("delete");
-        store.put(name, Bytes::from(bytes)).await.expect("put");
+        if store.local.is_none() {
+            let stored = store.put(name, Bytes::from(bytes)).await.expect("put");
+            assert_eq!(&stored, name);
+            return;
+        }
+        // On local files, a file under the blob's identity, which is where a packed blob is
+        // read from when its record is not in a pack (restored from a backup): a small put
+        // would go into a new record instead.
+        let as_file = BlobName::parse(name.identity()).expect("identity");
+        let mut writer = store.create(&as_file).await.expect("create");
+        writer.write(&bytes).await.expect("write");
+        writer.finish().await.expect("finish");
     }
 
     async fn raw(store: &BlobStore, name: &BlobName) -> Vec<u8> {
@@ -647,7 +684,7 @@ mod tests {
             .expect("create");
         writer.write(&contents[..7]).await.expect("write");
         writer.write(&contents[7..]).await.expect("write");
-        writer.finish().await.expect("finish");
+        let name = writer.finish().await.expect("finish");
         assert_eq!(
             raw(&store, &name).await.len() as u64,
             hds_crypto::stream::sealed_len(contents.len() as u64)
@@ -735,9 +772,8 @@ mod tests {
         let contents = plaintext(2 * SEGMENT);
         let (_directory, store, name, key) = store_with(&contents).await;
         // The same bytes under another name (a swap in the store), with the right key.
-        let other = BlobName::random();
-        store
-            .put(&other, Bytes::from(raw(&store, &name).await))
+        let other = store
+            .put(&BlobName::random(), Bytes::from(raw(&store, &name).await))
             .await
             .expect("copy");
         assert!(matches!(
@@ -774,10 +810,11 @@ mod tests {
     ) {
         let (directory, local, name, key) = store_with(contents).await;
         let memory = BlobStore::from_object_store(Arc::new(object_store::memory::InMemory::new()));
-        memory
+        let copied = memory
             .put(&name, Bytes::from(raw(&local, &name).await))
             .await
             .expect("copy");
+        assert_eq!(copied, name, "an object store keeps the name it is given");
         (
             directory,
             vec![(local, "local"), (memory, "memory")],

@@ -59,6 +59,61 @@ impl BlobStore {
     }
 }
 
+impl BlobStore {
+    /// The segments of a local store's packs (none in an object store), to list with
+    /// [`BlobStore::list_settled_packed`].
+    pub async fn pack_segments(&self) -> Result<Vec<u32>, BlobError> {
+        let Some(local) = &self.local else {
+            return Ok(Vec::new());
+        };
+        let packs = std::sync::Arc::clone(&local.packs);
+        tokio::task::spawn_blocking(move || packs.segments())
+            .await
+            .map_err(|error| local_error(std::io::Error::other(error)))?
+            .map_err(local_error)
+    }
+
+    /// The blobs in pack segment `segment` written before the cutoff, by the names they are
+    /// recorded by. Deleted records and writes a crash cut short are not blobs.
+    pub async fn list_settled_packed(
+        &self,
+        segment: u32,
+        cutoff: SystemTime,
+    ) -> Result<Vec<BlobName>, BlobError> {
+        let Some(local) = &self.local else {
+            return Ok(Vec::new());
+        };
+        let packs = std::sync::Arc::clone(&local.packs);
+        let records = tokio::task::spawn_blocking(move || packs.settled_records(segment, cutoff))
+            .await
+            .map_err(|error| local_error(std::io::Error::other(error)))?
+            .map_err(local_error)?;
+        records
+            .into_iter()
+            .map(
+                |(identity, record)| Ok(BlobName::parse(&hex::encode(identity))?.packed_at(record)),
+            )
+            .collect()
+    }
+}
+
+impl BlobStore {
+    /// Every blob in the store, by the name it is recorded by, listed at once: for tools and
+    /// tests that inspect a small store (the sweeper lists a shard or a segment at a time).
+    pub async fn list_blobs(&self) -> Result<Vec<BlobName>, BlobError> {
+        let everything = SystemTime::now() + std::time::Duration::from_secs(366 * 24 * 3600);
+        let mut names = Vec::new();
+        for shard in 0..SHARD_COUNT {
+            let shard = u8::try_from(shard).unwrap_or(u8::MAX);
+            names.extend(self.list_settled(shard, everything).await?.settled_blobs);
+        }
+        for segment in self.pack_segments().await? {
+            names.extend(self.list_settled_packed(segment, everything).await?);
+        }
+        Ok(names)
+    }
+}
+
 fn list_local(directory: &std::path::Path, cutoff: SystemTime) -> Result<ShardListing, BlobError> {
     let mut listing = ShardListing::default();
     let entries = match std::fs::read_dir(directory) {

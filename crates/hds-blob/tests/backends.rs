@@ -130,9 +130,8 @@ async fn multipart_writes_read_back_whole_and_in_ranges(store: &BlobStore) {
         .await
         .expect("range");
     assert_eq!(&range[..], &contents[9_999_990..10_000_010]);
-    let small = BlobName::random();
-    store
-        .put(&small, Bytes::from_static(b"small"))
+    let small = store
+        .put(&BlobName::random(), Bytes::from_static(b"small"))
         .await
         .expect("put");
     assert_eq!(read_all(store, &small).await, b"small");
@@ -159,7 +158,7 @@ async fn sealed_blobs_round_trip_in_ranges_and_hold_no_plaintext(store: &BlobSto
         for chunk in plaintext.chunks(777_777) {
             writer.write(chunk).await.expect("write");
         }
-        writer.finish().await.expect("finish");
+        let name = writer.finish().await.expect("finish");
 
         let chunks: Vec<Bytes> = store
             .read_sealed(&name, SERVICE, &key)
@@ -228,48 +227,63 @@ async fn aborted_and_dropped_writes_leave_no_blob(store: &BlobStore) {
 }
 
 async fn listings_name_settled_blobs_by_shard(store: &BlobStore) {
-    let names: Vec<BlobName> = (0..6).map(|_| BlobName::random()).collect();
-    for name in &names {
-        store
-            .put(name, Bytes::from_static(b"listed"))
-            .await
-            .expect("put");
+    // Small blobs (in packs on local files) and larger ones (files or objects everywhere).
+    let mut names: Vec<BlobName> = Vec::new();
+    for index in 0..8usize {
+        let contents = if index < 6 {
+            Bytes::from_static(b"listed")
+        } else {
+            Bytes::from(vec![7u8; 300_000])
+        };
+        let stored = store.put(&BlobName::random(), contents).await.expect("put");
+        names.push(stored);
     }
     let later = SystemTime::now() + Duration::from_secs(3600);
     let earlier = SystemTime::now() - Duration::from_secs(3600);
-    for name in &names {
-        let shard = u8::from_str_radix(&name.as_str()[..2], 16).expect("hex");
-        let listing = store.list_settled(shard, later).await.expect("list");
-        assert!(
-            listing.settled_blobs.contains(name),
-            "a blob older than the cutoff is listed in its shard"
-        );
-        assert!(
-            listing
-                .settled_blobs
-                .iter()
-                .all(|listed| listed.as_str().starts_with(&name.as_str()[..2])),
-            "a shard lists only its own blobs"
-        );
-        let listing = store.list_settled(shard, earlier).await.expect("list");
-        assert!(
-            !listing.settled_blobs.contains(name),
-            "a blob newer than the cutoff is not"
-        );
+    // Every blob appears once, by the name it was stored as, in its shard or in a pack
+    // segment, when it is older than the cutoff; none when it is newer.
+    for (cutoff, expected) in [(later, names.len()), (earlier, 0)] {
+        let mut listed: Vec<BlobName> = Vec::new();
+        for shard in 0..SHARD_COUNT {
+            let listing = store.list_settled(shard as u8, cutoff).await.expect("list");
+            let prefix = format!("{shard:02x}");
+            assert!(
+                listing
+                    .settled_blobs
+                    .iter()
+                    .all(|name| name.identity().starts_with(&prefix)),
+                "a shard lists only its own blobs"
+            );
+            listed.extend(listing.settled_blobs);
+        }
+        for segment in store.pack_segments().await.expect("segments") {
+            listed.extend(
+                store
+                    .list_settled_packed(segment, cutoff)
+                    .await
+                    .expect("list pack"),
+            );
+        }
+        listed.retain(|name| names.contains(name));
+        assert_eq!(listed.len(), expected);
+        for name in &names[..expected] {
+            assert!(listed.contains(name), "{name} is listed as it was stored");
+        }
     }
-    // Every shard lists without error, and together they hold every blob.
-    let mut found = 0;
-    for shard in 0..SHARD_COUNT {
-        let listing = store.list_settled(shard as u8, later).await.expect("list");
-        found += listing
-            .settled_blobs
-            .iter()
-            .filter(|listed| names.contains(listed))
-            .count();
-    }
-    assert_eq!(found, names.len());
     for name in &names {
         store.delete(name).await.expect("delete");
+        assert!(matches!(store.read(name).await, Err(BlobError::NotFound)));
+    }
+    for segment in store.pack_segments().await.expect("segments") {
+        assert!(
+            store
+                .list_settled_packed(segment, later)
+                .await
+                .expect("list pack")
+                .iter()
+                .all(|listed| !names.contains(listed)),
+            "a deleted packed blob is not listed"
+        );
     }
 }
 

@@ -200,14 +200,38 @@ fn instance_url(instance: &Instance) -> String {
     )
 }
 
-fn blob_files(directory: &Path) -> Vec<PathBuf> {
-    let mut files = Vec::new();
-    for shard in std::fs::read_dir(directory).expect("blob dir") {
-        for file in std::fs::read_dir(shard.expect("shard").path()).expect("shard dir") {
-            files.push(file.expect("file").path());
-        }
+/// Where each blob of a local store's directory is: its file, or the pack segment holding
+/// its record, and the bytes in it that are the blob's.
+async fn blob_extents(directory: &Path) -> Vec<(PathBuf, std::ops::Range<u64>)> {
+    let store = BlobStore::local(directory).expect("store");
+    let mut extents = Vec::new();
+    for name in store.list_blobs().await.expect("list") {
+        extents.push(
+            store
+                .local_extent(&name)
+                .await
+                .expect("extent")
+                .expect("found"),
+        );
     }
-    files
+    extents
+}
+
+/// A blob's bytes, read from its file.
+fn read_extent((path, range): &(PathBuf, std::ops::Range<u64>)) -> Vec<u8> {
+    let bytes = std::fs::read(path).expect("blob file");
+    bytes[range.start as usize..range.end as usize].to_vec()
+}
+
+/// Writes `bytes` over a blob's bytes in its file.
+fn write_extent((path, range): &(PathBuf, std::ops::Range<u64>), bytes: &[u8]) {
+    use std::os::unix::fs::FileExt;
+    assert_eq!(bytes.len() as u64, range.end - range.start);
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(path)
+        .expect("blob file");
+    file.write_all_at(bytes, range.start).expect("damage");
 }
 
 fn error_code(body: &[u8]) -> String {
@@ -223,9 +247,9 @@ async fn stored_instances_and_frames_come_back_decrypted() {
     let server = server().await;
     let stored = instance(1);
     store(&server, &stored).await;
-    let files = blob_files(&server.blob_directory);
-    assert_eq!(files.len(), 1);
-    let at_rest = std::fs::read(&files[0]).expect("blob");
+    let extents = blob_extents(&server.blob_directory).await;
+    assert_eq!(extents.len(), 1);
+    let at_rest = read_extent(&extents[0]);
     assert!(
         !at_rest
             .windows(64)
@@ -263,12 +287,12 @@ async fn a_damaged_first_segment_is_a_clean_500_and_a_later_one_aborts_the_body(
     let server = server().await;
     let stored = instance(2);
     store(&server, &stored).await;
-    let path = blob_files(&server.blob_directory).remove(0);
-    let original = std::fs::read(&path).expect("blob");
+    let extent = blob_extents(&server.blob_directory).await.remove(0);
+    let original = read_extent(&extent);
 
     let mut damaged = original.clone();
     damaged[HEADER_LEN + 10] ^= 1;
-    std::fs::write(&path, &damaged).expect("damage");
+    write_extent(&extent, &damaged);
     let (status, body) = call(
         &server.router,
         get(&instance_url(&stored), "application/dicom"),
@@ -282,7 +306,7 @@ async fn a_damaged_first_segment_is_a_clean_500_and_a_later_one_aborts_the_body(
 
     let mut damaged = original.clone();
     damaged[HEADER_LEN + 2 * SEALED_SEGMENT + 10] ^= 1;
-    std::fs::write(&path, &damaged).expect("damage");
+    write_extent(&extent, &damaged);
     let (status, body) = call(
         &server.router,
         get(&instance_url(&stored), "application/dicom"),
@@ -493,14 +517,14 @@ async fn deleting_a_study_removes_its_blobs() {
     let server = server().await;
     let stored = instance(5);
     store(&server, &stored).await;
-    assert_eq!(blob_files(&server.blob_directory).len(), 1);
+    assert_eq!(blob_extents(&server.blob_directory).await.len(), 1);
     let request = Request::delete(format!("{BASE}/studies/{}", stored.study))
         .header("host", "localhost")
         .body(Body::empty())
         .expect("request");
     let (status, _) = call(&server.router, request).await;
     assert_eq!(status, StatusCode::NO_CONTENT);
-    assert!(blob_files(&server.blob_directory).is_empty());
+    assert!(blob_extents(&server.blob_directory).await.is_empty());
     // Storing the same study again works under a new study key.
     store(&server, &stored).await;
     let (status, body) = call(

@@ -2983,7 +2983,7 @@ mod keys {
             .await
             .expect("create");
         writer.write(contents).await.expect("write");
-        writer.finish().await.expect("finish");
+        let name = writer.finish().await.expect("finish");
         let lease = keyring.study_key(&spec.study).await.expect("study key");
         let keys = lease.seal_blob_key(&spec.binding(name.as_str()), &blob_key);
         let parsed = spec.parsed();
@@ -3224,40 +3224,41 @@ mod keys {
         };
         assert_eq!(study_keys().await, 0, "a lease alone stores nothing");
 
-        let store = |spec: &Spec, lease: &hds_index::StudyKeyLease, contents: Vec<u8>| {
-            let name = BlobName::random();
+        /// Stores `spec` as a sealed blob whose key `lease` wraps.
+        async fn store(
+            index: &Index,
+            blobs: &BlobStore,
+            spec: &Spec,
+            lease: &hds_index::StudyKeyLease,
+            contents: Vec<u8>,
+        ) -> StoreOutcome {
             let blob_key = BlobKey::generate();
+            let mut writer = blobs
+                .create_sealed(&BlobName::random(), SERVICE, &blob_key)
+                .await
+                .expect("create");
+            writer.write(&contents).await.expect("write");
+            let name = writer.finish().await.expect("finish");
             let keys = lease.seal_blob_key(&spec.binding(name.as_str()), &blob_key);
-            let parsed = spec.parsed();
-            let index = index.clone();
-            let blobs = blobs.clone();
-            async move {
-                let mut writer = blobs
-                    .create_sealed(&name, SERVICE, &blob_key)
-                    .await
-                    .expect("create");
-                writer.write(&contents).await.expect("write");
-                writer.finish().await.expect("finish");
-                index
-                    .store_instance(NewInstance {
-                        service: SERVICE,
-                        parsed: &parsed,
-                        blob_name: name.as_str(),
-                        size: contents.len() as u64,
-                        keys: &keys,
-                        mode: hds_index::StoreMode::Create,
-                    })
-                    .await
-                    .expect("store")
-            }
-        };
+            index
+                .store_instance(NewInstance {
+                    service: SERVICE,
+                    parsed: &spec.parsed(),
+                    blob_name: name.as_str(),
+                    size: contents.len() as u64,
+                    keys: &keys,
+                    mode: hds_index::StoreMode::Create,
+                })
+                .await
+                .expect("store")
+        }
         assert_eq!(
-            store(&first, &first_lease, contents(1, 70_000)).await,
+            store(&index, &blobs, &first, &first_lease, contents(1, 70_000)).await,
             StoreOutcome::Stored
         );
         assert_eq!(study_keys().await, 1);
         assert_eq!(
-            store(&second, &second_lease, contents(2, 70_000)).await,
+            store(&index, &blobs, &second, &second_lease, contents(2, 70_000)).await,
             StoreOutcome::StudyKeyChanged,
             "the second lease's key lost the race"
         );
@@ -3268,7 +3269,7 @@ mod keys {
             .await
             .expect("lease again");
         assert_eq!(
-            store(&second, &again, contents(2, 70_000)).await,
+            store(&index, &blobs, &second, &again, contents(2, 70_000)).await,
             StoreOutcome::Stored
         );
         assert_eq!(study_keys().await, 1);
@@ -3290,7 +3291,7 @@ mod keys {
             .expect("lease");
         keyring.rotate_root_key().await.expect("rotate");
         assert_eq!(
-            store(&third, &stale, contents(3, 1_000)).await,
+            store(&index, &blobs, &third, &stale, contents(3, 1_000)).await,
             StoreOutcome::StudyKeyChanged
         );
         assert_eq!(study_keys().await, 1);
@@ -3376,8 +3377,8 @@ mod keys {
         let second = Spec::new(1, 1, 2);
         let first_contents = contents(1, 50_000);
         let second_contents = contents(2, 50_000);
-        store_sealed(&index, &keyring, &blobs, &first, &first_contents).await;
-        store_sealed(&index, &keyring, &blobs, &second, &second_contents).await;
+        let _ = store_sealed(&index, &keyring, &blobs, &first, &first_contents).await;
+        let _ = store_sealed(&index, &keyring, &blobs, &second, &second_contents).await;
         assert_eq!(
             read_back(&index, &keyring, &blobs, &second)
                 .await
@@ -3406,8 +3407,8 @@ mod keys {
         let (index, _keyrings, keyring) = keyed(&database, CountingKek::new("kek-1")).await;
         let first = Spec::new(1, 1, 1);
         let second = Spec::new(1, 2, 1);
-        store_sealed(&index, &keyring, &blobs, &first, b"first").await;
-        store_sealed(&index, &keyring, &blobs, &second, b"second").await;
+        let _ = store_sealed(&index, &keyring, &blobs, &first, b"first").await;
+        let _ = store_sealed(&index, &keyring, &blobs, &second, b"second").await;
         // File the second instance under the first one's series.
         swap_instance_columns(&database, &first, &second, "series_id").await;
         let moved = index
@@ -3431,7 +3432,7 @@ mod keys {
             let mut specs = Vec::new();
             for study in 0..10 {
                 let spec = Spec::new(study, 1, 1);
-                store_sealed(
+                let _ = store_sealed(
                     &index,
                     &keyring,
                     &blobs,
@@ -3496,7 +3497,7 @@ mod keys {
         let mut specs = Vec::new();
         for study in 0..5 {
             let spec = Spec::new(study, 1, 1);
-            store_sealed(
+            let _ = store_sealed(
                 &index,
                 &keyring,
                 &blobs,
@@ -3573,10 +3574,11 @@ mod keys {
 
         // The copy put back: nothing in the live database opens it. A new study of the same
         // UID gets a new key, under which the old blob key does not unwrap.
-        blobs
-            .put(&name, Bytes::from(copied))
-            .await
-            .expect("restore copy");
+        // As `hds restore` puts a blob back: a file under its identity, read by its old name.
+        let as_file = BlobName::parse(name.identity()).expect("identity");
+        let mut writer = blobs.create(&as_file).await.expect("restore copy");
+        writer.write(&copied).await.expect("restore copy");
+        writer.finish().await.expect("restore copy");
         let new_lease = keyring.study_key(&spec.study).await.expect("new key");
         assert_ne!(
             new_lease
@@ -3641,7 +3643,7 @@ mod keys {
         };
         // The study is deleted (its key destroyed) between getting the key and storing.
         let first = Spec::new(20, 1, 1);
-        store_sealed(&index, &keyring, &blobs, &first, b"first").await;
+        let _ = store_sealed(&index, &keyring, &blobs, &first, b"first").await;
         let stale = keyring.study_key(&first.study).await.expect("lease");
         index
             .delete(SERVICE, DeleteScope::Study(&first.study))
@@ -3875,7 +3877,7 @@ mod keys {
             .await
             .expect("create");
         writer.write(contents).await.expect("write");
-        writer.finish().await.expect("finish");
+        let name = writer.finish().await.expect("finish");
         let lease = keyring.study_key(&spec.study).await.expect("study key");
         let keys = lease.seal_blob_key(&spec.binding(name.as_str()), &blob_key);
         let parsed = spec.parsed();
