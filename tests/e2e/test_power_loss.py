@@ -111,7 +111,8 @@ def durability_violations(calls, blob_name, data_dir):
         directory = f"{blobs}/packs"
         final = f"{directory}/{segment:010}.pack"
         # The record's one vectored write (header and blob) at its offset.
-        at_offset = re.compile(rf", {offset}\) += \d+$")
+        # (A call strace saw interrupted by another thread's ends "..., OFFSET )  = N".)
+        at_offset = re.compile(rf", {offset}\s*\)\s*=\s*\d+$")
 
         def is_blob_write(call):
             return (call[2] in ("pwritev", "pwritev2", "pwrite64") and f"<{final}>" in call[3]
