@@ -2976,21 +2976,34 @@ mod keys {
         spec: &Spec,
         contents: &[u8],
     ) -> BlobName {
-        let name = BlobName::random();
+        let lease = keyring.study_key(&spec.study).await.expect("study key");
+        let (outcome, name) = store_with_lease(index, blobs, SERVICE, spec, &lease, contents).await;
+        assert_eq!(outcome, StoreOutcome::Stored);
+        name
+    }
+
+    /// Stores `spec` in `scope` as a real instance: a sealed blob under a fresh blob key that
+    /// `lease` wraps. Returns the outcome and the blob's name as the index records it.
+    async fn store_with_lease(
+        index: &Index,
+        blobs: &BlobStore,
+        scope: &str,
+        spec: &Spec,
+        lease: &hds_index::StudyKeyLease,
+        contents: &[u8],
+    ) -> (StoreOutcome, BlobName) {
         let blob_key = BlobKey::generate();
         let mut writer = blobs
-            .create_sealed(&name, SERVICE, &blob_key)
+            .create_sealed(&BlobName::random(), scope, &blob_key)
             .await
             .expect("create");
         writer.write(contents).await.expect("write");
         let name = writer.finish().await.expect("finish");
-        let lease = keyring.study_key(&spec.study).await.expect("study key");
         let keys = lease.seal_blob_key(&spec.binding(name.as_str()), &blob_key);
-        let parsed = spec.parsed();
         let outcome = index
             .store_instance(NewInstance {
-                service: SERVICE,
-                parsed: &parsed,
+                service: scope,
+                parsed: &spec.parsed(),
                 blob_name: name.as_str(),
                 size: contents.len() as u64,
                 keys: &keys,
@@ -2998,8 +3011,7 @@ mod keys {
             })
             .await
             .expect("store");
-        assert_eq!(outcome, StoreOutcome::Stored);
-        name
+        (outcome, name)
     }
 
     /// Reads back an instance's blob through the index and the keyring.
@@ -3232,25 +3244,9 @@ mod keys {
             lease: &hds_index::StudyKeyLease,
             contents: Vec<u8>,
         ) -> StoreOutcome {
-            let blob_key = BlobKey::generate();
-            let mut writer = blobs
-                .create_sealed(&BlobName::random(), SERVICE, &blob_key)
+            store_with_lease(index, blobs, SERVICE, spec, lease, &contents)
                 .await
-                .expect("create");
-            writer.write(&contents).await.expect("write");
-            let name = writer.finish().await.expect("finish");
-            let keys = lease.seal_blob_key(&spec.binding(name.as_str()), &blob_key);
-            index
-                .store_instance(NewInstance {
-                    service: SERVICE,
-                    parsed: &spec.parsed(),
-                    blob_name: name.as_str(),
-                    size: contents.len() as u64,
-                    keys: &keys,
-                    mode: hds_index::StoreMode::Create,
-                })
-                .await
-                .expect("store")
+                .0
         }
         assert_eq!(
             store(&index, &blobs, &first, &first_lease, contents(1, 70_000)).await,
@@ -3870,28 +3866,10 @@ mod keys {
         spec: &Spec,
         contents: &[u8],
     ) -> StoreOutcome {
-        let name = BlobName::random();
-        let blob_key = BlobKey::generate();
-        let mut writer = blobs
-            .create_sealed(&name, keyring.scope(), &blob_key)
-            .await
-            .expect("create");
-        writer.write(contents).await.expect("write");
-        let name = writer.finish().await.expect("finish");
         let lease = keyring.study_key(&spec.study).await.expect("study key");
-        let keys = lease.seal_blob_key(&spec.binding(name.as_str()), &blob_key);
-        let parsed = spec.parsed();
-        index
-            .store_instance(NewInstance {
-                service: keyring.scope(),
-                parsed: &parsed,
-                blob_name: name.as_str(),
-                size: contents.len() as u64,
-                keys: &keys,
-                mode: hds_index::StoreMode::Create,
-            })
+        store_with_lease(index, blobs, keyring.scope(), spec, &lease, contents)
             .await
-            .expect("store")
+            .0
     }
 
     /// Reads back an instance of `scope`, opening its keys with `keyring`.
