@@ -390,6 +390,16 @@ async fn sqlite_pool(
     Ok(pool)
 }
 
+/// Whether PostgreSQL failed a transaction as a deadlock (SQLSTATE `40P01`) or a serialization
+/// failure (`40001`): the transaction was rolled back whole, and running it again from its
+/// start is the remedy PostgreSQL documents. Nothing else is.
+pub fn is_transaction_conflict(error: &sqlx::Error) -> bool {
+    error
+        .as_database_error()
+        .and_then(|database_error| database_error.code())
+        .is_some_and(|code| code == "40P01" || code == "40001")
+}
+
 /// Which backend a URL names, without connecting.
 pub fn backend_of(url: &str) -> Result<Backend, DbError> {
     if url.starts_with("sqlite:") {

@@ -569,6 +569,85 @@ async fn sqlite_log_starts_over_under_a_stream_of_commits() {
     );
 }
 
+/// What PostgreSQL fails as a deadlock or a serialization failure, and only that, is a
+/// transaction conflict (`is_transaction_conflict`, which a store runs again on): two
+/// transactions that lock two rows in opposite orders, two repeatable-read transactions that
+/// update one row; not a duplicate key.
+#[tokio::test]
+async fn postgres_conflicts_are_told_from_other_errors() {
+    use std::sync::Arc;
+    let database = postgres_database().await;
+    database.migrate("test", &[FIRST]).await.expect("migrate");
+    insert_items(&database, ["a".to_owned(), "b".to_owned()]).await;
+    let update = |name: &str| format!("UPDATE items SET name = name WHERE name = '{name}'");
+
+    // A deadlock: each holds one row and asks for the other's. PostgreSQL fails one; its
+    // rollback lets the other finish.
+    let both_hold_one = Arc::new(tokio::sync::Barrier::new(2));
+    let mut sides = Vec::new();
+    for (own, other) in [("a", "b"), ("b", "a")] {
+        let pool = database.pool().clone();
+        let both_hold_one = Arc::clone(&both_hold_one);
+        let (own, other) = (update(own), update(other));
+        sides.push(tokio::spawn(async move {
+            let mut transaction = pool.begin().await.expect("begin");
+            sqlx::query(&own)
+                .execute(&mut *transaction)
+                .await
+                .expect("own row");
+            both_hold_one.wait().await;
+            let outcome = sqlx::query(&other).execute(&mut *transaction).await;
+            match outcome {
+                Ok(_) => transaction.commit().await,
+                Err(error) => Err(error),
+            }
+        }));
+    }
+    let mut failures = Vec::new();
+    for side in sides {
+        if let Err(error) = side.await.expect("side") {
+            failures.push(error);
+        }
+    }
+    assert_eq!(failures.len(), 1, "{failures:?}");
+    assert!(
+        hds_db::is_transaction_conflict(&failures[0]),
+        "{}",
+        failures[0]
+    );
+
+    // A serialization failure: a repeatable-read transaction updates a row that another
+    // changed after its snapshot.
+    let mut reader = database.pool().begin().await.expect("begin");
+    sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+        .execute(&mut *reader)
+        .await
+        .expect("isolation");
+    sqlx::query("SELECT COUNT(*) FROM items")
+        .fetch_one(&mut *reader)
+        .await
+        .expect("snapshot");
+    let mut writer = database.pool().begin().await.expect("begin");
+    sqlx::query(&update("a"))
+        .execute(&mut *writer)
+        .await
+        .expect("update");
+    writer.commit().await.expect("commit");
+    let failed = sqlx::query(&update("a"))
+        .execute(&mut *reader)
+        .await
+        .expect_err("a concurrent update");
+    assert!(hds_db::is_transaction_conflict(&failed), "{failed}");
+    drop(reader);
+
+    // A duplicate key is not a conflict: running it again fails the same way.
+    let duplicate = sqlx::query("INSERT INTO items (name) VALUES ('a')")
+        .execute(database.pool())
+        .await
+        .expect_err("duplicate");
+    assert!(!hds_db::is_transaction_conflict(&duplicate), "{duplicate}");
+}
+
 #[tokio::test]
 async fn unsupported_urls_are_refused() {
     for url in ["mysql://x", "sqlite::memory:", "sqlite:", "file.db"] {

@@ -990,8 +990,45 @@ async fn write_row(
 /// between its read and its insert (PostgreSQL).
 const REPLACE_ATTEMPTS: u32 = 4;
 
-/// Records one instance in a transaction of its own.
+/// A store that PostgreSQL fails as a deadlock or a serialization failure is run again, up to
+/// this many tries in all. The store path takes its locks in one order (`write_parents`), so
+/// none is expected; this keeps a conflict nobody foresaw from reaching a client as an error.
+const CONFLICT_ATTEMPTS: u32 = 5;
+
+/// Records one instance in a transaction of its own, again from the start when PostgreSQL
+/// fails the transaction as a conflict (see [`CONFLICT_ATTEMPTS`]).
 pub(crate) async fn store_alone(
+    database: &Database,
+    prepared: &PreparedInstance,
+) -> Result<StoreOutcome, IndexError> {
+    let mut conflicts = 0;
+    loop {
+        match store_alone_once(database, prepared).await {
+            Err(error) if is_transaction_conflict(&error) && conflicts + 1 < CONFLICT_ATTEMPTS => {
+                conflicts += 1;
+                tracing::debug!(%error, conflicts, "a store's transaction conflicted; running it again");
+                // A few milliseconds, more each time and not in step with the other party.
+                let pause =
+                    rand::Rng::gen_range(&mut rand::thread_rng(), 1..=5 * u64::from(conflicts));
+                tokio::time::sleep(std::time::Duration::from_millis(pause)).await;
+            }
+            outcome => return outcome,
+        }
+    }
+}
+
+/// Whether the database failed a transaction as a conflict that running it again resolves.
+fn is_transaction_conflict(error: &IndexError) -> bool {
+    match error {
+        IndexError::Database(error) | IndexError::Setup(hds_db::DbError::Sqlx(error)) => {
+            hds_db::is_transaction_conflict(error)
+        }
+        _ => false,
+    }
+}
+
+/// [`store_alone`]'s one try.
+async fn store_alone_once(
     database: &Database,
     prepared: &PreparedInstance,
 ) -> Result<StoreOutcome, IndexError> {
