@@ -59,8 +59,10 @@ const OFFSET_LIMIT: u64 = 1 << 40;
 
 const MAGIC: &[u8; 8] = b"HDSPACK1";
 
-/// Open segments kept for reads and deletes; past this, a segment is opened per read.
-const OPEN_SEGMENTS_KEPT: usize = 1024;
+/// Open segments kept for reads and deletes; past this, a segment is opened per read. Well
+/// under a process's usual limit of 1,024 open files, which the server's sockets and database
+/// share (every start of hds begins a segment, so a data dir can hold many).
+const OPEN_SEGMENTS_KEPT: usize = 64;
 
 /// Where a packed blob's record is: its segment, the record's offset in it, and the blob's
 /// length. Written in a name as `SEGMENT.OFFSET.LENGTH`, decimal, without leading zeros.
