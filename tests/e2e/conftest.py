@@ -588,6 +588,14 @@ def pack_records(segment: pathlib.Path) -> dict:
     return records
 
 
+def pack_record(identity: str, payload: bytes, written: float) -> bytes:
+    """A record as a pack segment holds it, for a test to write: the header `pack_records`
+    reads (magic, identity, length, Unix time written, CRC-32 of those), then the blob."""
+    header = b"HDSPACK1" + bytes.fromhex(identity) + struct.pack(">IQ", len(payload), int(written))
+    header += struct.pack(">I", zlib.crc32(header))
+    return header + bytes(PACK_HEADER_LEN - len(header)) + payload
+
+
 def blob_files(data_dir: pathlib.Path) -> dict:
     """Every blob under the data dir's blob store, with when it was written in nanoseconds: a
     file of its own (its mtime), or a record in a pack segment (`SEGMENT@OFFSET`, the time its

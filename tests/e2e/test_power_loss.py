@@ -17,11 +17,9 @@ import pathlib
 import re
 import signal
 import sqlite3
-import struct
 import subprocess
 import threading
 import time
-import zlib
 
 import requests
 
@@ -31,6 +29,7 @@ from conftest import (
     ArmClient,
     HdsServer,
     key_url_of,
+    pack_record,
     retrieve,
     store,
     vault_of,
@@ -198,14 +197,6 @@ def test_the_trace_check_finds_the_syncs_missing_when_durability_is_relaxed(tmp_
 
 
 # ---- the orphan sweeper -------------------------------------------------------------------------
-
-
-def pack_record(identity, payload, written):
-    """A record as a pack segment holds it (crates/hds-blob/src/pack.rs): a 64-byte header
-    (magic, identity, length, Unix time written, CRC-32 of those), then the blob."""
-    header = b"HDSPACK1" + bytes.fromhex(identity) + struct.pack(">IQ", len(payload), int(written))
-    header += struct.pack(">I", zlib.crc32(header))
-    return header + bytes(64 - len(header)) + payload
 
 
 def test_the_sweeper_removes_orphans_and_keeps_every_referenced_blob(tmp_path):

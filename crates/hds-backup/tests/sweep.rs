@@ -15,18 +15,20 @@ const SCHEMA: &[&str] = &[
     "CREATE TABLE dicom_study_keys (service TEXT NOT NULL, study_token BLOB NOT NULL, wrapped_key BLOB NOT NULL)",
 ];
 
-/// A database with the sweeper's tables, in `dir`.
-async fn database_in(dir: &std::path::Path) -> Database {
-    let database = Database::connect(&format!("sqlite:{}", dir.join("index.db").display()))
-        .await
-        .expect("database");
+/// A temporary directory with the sweeper's tables and a local blob store (in `blobs/`).
+async fn fixture() -> (tempfile::TempDir, Database, std::path::PathBuf, BlobStore) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let url = format!("sqlite:{}", dir.path().join("index.db").display());
+    let database = Database::connect(&url).await.expect("database");
     for statement in SCHEMA {
         sqlx::query(statement)
             .execute(database.pool())
             .await
             .expect("schema");
     }
-    database
+    let blob_dir = dir.path().join("blobs");
+    let blobs = BlobStore::local(&blob_dir).expect("blobs");
+    (dir, database, blob_dir, blobs)
 }
 
 async fn insert_instance(database: &Database, blob_name: &str) {
@@ -49,10 +51,7 @@ fn age(store_dir: &std::path::Path, name: &BlobName, by: Duration) {
 
 #[tokio::test]
 async fn orphans_past_the_grace_period_and_keyless_study_keys_are_removed() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let database = database_in(dir.path()).await;
-    let blob_dir = dir.path().join("blobs");
-    let blobs = BlobStore::local(&blob_dir).expect("blobs");
+    let (_dir, database, blob_dir, blobs) = fixture().await;
     let referenced = BlobName::random();
     let old_orphan = BlobName::random();
     let young_orphan = BlobName::random();
@@ -107,10 +106,7 @@ async fn orphans_past_the_grace_period_and_keyless_study_keys_are_removed() {
 /// naming the record) is referenced by its identity, not removed.
 #[tokio::test]
 async fn packed_orphans_are_removed_and_restored_packed_blobs_are_kept() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let database = database_in(dir.path()).await;
-    let blob_dir = dir.path().join("blobs");
-    let blobs = BlobStore::local(&blob_dir).expect("blobs");
+    let (_dir, database, blob_dir, blobs) = fixture().await;
     let contents = Bytes::from_static(b"sealed bytes");
     let referenced = blobs
         .put(&BlobName::random(), contents.clone())

@@ -83,6 +83,8 @@ pub enum BlobError {
 pub struct BlobName {
     /// The whole name, as stored in the index.
     text: String,
+    /// The identity's 16 bytes (what a pack record's header holds).
+    identity: [u8; 16],
     /// Where its record is, for a packed blob.
     packed: Option<pack::RecordAt>,
 }
@@ -93,9 +95,14 @@ const IDENTITY_LEN: usize = 32;
 impl BlobName {
     /// A new random name.
     pub fn random() -> BlobName {
-        let bytes: [u8; 16] = rand::random();
+        BlobName::from_identity(rand::random())
+    }
+
+    /// The name of the blob whose identity is `identity`, not in a pack.
+    pub(crate) fn from_identity(identity: [u8; 16]) -> BlobName {
         BlobName {
-            text: hex::encode(bytes),
+            text: hex::encode(identity),
+            identity,
             packed: None,
         }
     }
@@ -104,15 +111,16 @@ impl BlobName {
     /// digits, optionally followed by a record's place in one canonical spelling (so a name
     /// from the index can never address a path outside the store, nor two names one record).
     pub fn parse(name: &str) -> Result<BlobName, BlobError> {
-        let (identity, record) = match name.split_once('@') {
+        let (identity_text, record) = match name.split_once('@') {
             Some((identity, record)) => (identity, Some(record)),
             None => (name, None),
         };
-        let well_formed = identity.len() == IDENTITY_LEN
-            && identity
+        let lowercase_hex = identity_text.len() == IDENTITY_LEN
+            && identity_text
                 .bytes()
                 .all(|byte| byte.is_ascii_digit() || (b'a'..=b'f').contains(&byte));
-        if !well_formed {
+        let mut identity = [0u8; 16];
+        if !lowercase_hex || hex::decode_to_slice(identity_text, &mut identity).is_err() {
             return Err(BlobError::InvalidName);
         }
         let packed = match record {
@@ -121,6 +129,7 @@ impl BlobName {
         };
         Ok(BlobName {
             text: name.to_owned(),
+            identity,
             packed,
         })
     }
@@ -129,6 +138,7 @@ impl BlobName {
     pub(crate) fn packed_at(&self, record: pack::RecordAt) -> BlobName {
         BlobName {
             text: format!("{}@{record}", self.identity()),
+            identity: self.identity,
             packed: Some(record),
         }
     }
@@ -142,6 +152,11 @@ impl BlobName {
     pub fn identity(&self) -> &str {
         // Every constructor checks the identity's 32 ASCII digits.
         &self.text[..IDENTITY_LEN]
+    }
+
+    /// The identity's 16 bytes.
+    pub(crate) fn identity_bytes(&self) -> &[u8; 16] {
+        &self.identity
     }
 
     /// Where the blob's record is, when it was written into a pack.
@@ -251,13 +266,10 @@ impl BlobStore {
         let (Some(local), Some(record)) = (&self.local, name.packed()) else {
             return Ok(None);
         };
-        let identity = local::identity_bytes(name)?;
+        let identity = *name.identity_bytes();
         let packs = Arc::clone(&local.packs);
         let range = range.unwrap_or(0..u64::from(record.length));
-        let read = tokio::task::spawn_blocking(move || packs.read(&identity, record, range))
-            .await
-            .map_err(|error| local_error(std::io::Error::other(error)))?
-            .map_err(local_error)?;
+        let read = local::blocking(move || packs.read(&identity, record, range)).await?;
         Ok(read.map(Bytes::from))
     }
 
@@ -298,42 +310,21 @@ impl BlobStore {
         let Some(local) = &self.local else {
             return Ok(None);
         };
-        let packs = Arc::clone(&local.packs);
-        let packed = match name.packed() {
-            Some(record) => Some((local::identity_bytes(name)?, record)),
-            None => None,
-        };
-        let path = local.path_of(name);
-        tokio::task::spawn_blocking(move || {
-            if let Some((identity, record)) = packed
-                && packs.find(&identity, record)?.is_some()
-            {
-                let start = record.data_offset();
-                return Ok(Some((
-                    packs.path_of(record.segment),
-                    start..start + u64::from(record.length),
-                )));
-            }
-            match std::fs::metadata(&path) {
-                Ok(metadata) => Ok(Some((path, 0..metadata.len()))),
-                Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(None),
-                Err(error) => Err(error),
-            }
+        let local = Arc::clone(local);
+        let name = name.clone();
+        local::blocking(move || {
+            let located = local.locate(&name)?;
+            Ok(located.map(|located| (located.path, located.bytes)))
         })
         .await
-        .map_err(|error| local_error(std::io::Error::other(error)))?
-        .map_err(local_error)
     }
 
     /// Deletes a blob; deleting a missing blob succeeds.
     pub async fn delete(&self, name: &BlobName) -> Result<(), BlobError> {
         if let (Some(local), Some(record)) = (&self.local, name.packed()) {
-            let identity = local::identity_bytes(name)?;
+            let identity = *name.identity_bytes();
             let packs = Arc::clone(&local.packs);
-            tokio::task::spawn_blocking(move || packs.delete(&identity, record))
-                .await
-                .map_err(|error| local_error(std::io::Error::other(error)))?
-                .map_err(local_error)?;
+            local::blocking(move || packs.delete(&identity, record)).await?;
         }
         // A packed blob restored as a file (a backup's copy) is a file under its identity.
         match self.store.delete(&name.object_path()).await {
@@ -475,6 +466,18 @@ mod tests {
         Ok(())
     }
 
+    /// A blob's bytes, read back whole.
+    async fn contents_of(store: &BlobStore, name: &BlobName) -> Vec<u8> {
+        let chunks: Vec<Bytes> = store
+            .read(name)
+            .await
+            .expect("read")
+            .try_collect()
+            .await
+            .expect("bytes");
+        chunks.concat()
+    }
+
     /// The names of the files in a local store's shard directories.
     fn files_in(root: &Path) -> Vec<String> {
         let mut files = Vec::new();
@@ -533,22 +536,8 @@ mod tests {
         let mut expected = vec![whole.to_string(), large.to_string()];
         expected.sort();
         assert_eq!(files_in(directory.path()), expected);
-        let read: Vec<Bytes> = store
-            .read(&small)
-            .await
-            .expect("read")
-            .try_collect()
-            .await
-            .expect("bytes");
-        assert_eq!(read.concat(), b"small");
-        let read: Vec<Bytes> = store
-            .read(&large)
-            .await
-            .expect("read")
-            .try_collect()
-            .await
-            .expect("bytes");
-        assert_eq!(read.concat(), vec![1u8; 3_000_000]);
+        assert_eq!(contents_of(&store, &small).await, b"small");
+        assert_eq!(contents_of(&store, &large).await, vec![1u8; 3_000_000]);
         assert!(matches!(
             store.read(&abandoned).await,
             Err(BlobError::NotFound)
@@ -572,14 +561,7 @@ mod tests {
         }
         for task in tasks {
             let (name, index) = task.await.expect("join").expect("put");
-            let read: Vec<Bytes> = store
-                .read(&name)
-                .await
-                .expect("read")
-                .try_collect()
-                .await
-                .expect("bytes");
-            assert_eq!(read.concat(), vec![index; 100]);
+            assert_eq!(contents_of(&store, &name).await, vec![index; 100]);
         }
     }
 

@@ -98,6 +98,33 @@ impl LocalFiles {
         self.root.join(name.object_path().as_ref())
     }
 
+    /// Where a blob's bytes are: its record in a pack, or else a file under its identity (a
+    /// packed blob restored from a backup is one); `None` when neither is there. Blocks.
+    pub(crate) fn locate(&self, name: &BlobName) -> std::io::Result<Option<Located>> {
+        if let Some(record) = name.packed()
+            && let Some(file) = self.packs.find(name.identity_bytes(), record)?
+        {
+            let start = record.data_offset();
+            return Ok(Some(Located {
+                file,
+                path: self.packs.path_of(record.segment),
+                bytes: start..start + u64::from(record.length),
+            }));
+        }
+        let path = self.path_of(name);
+        let file = match std::fs::File::open(&path) {
+            Ok(file) => file,
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(error) => return Err(error),
+        };
+        let length = file.metadata()?.len();
+        Ok(Some(Located {
+            file: Arc::new(file),
+            path,
+            bytes: 0..length,
+        }))
+    }
+
     /// Starts a blob: its new file, whose directory's sync starts now.
     pub(crate) async fn create(&self, name: &BlobName) -> Result<LocalWriter, BlobError> {
         let path = self.path_of(name);
@@ -122,7 +149,7 @@ impl LocalFiles {
         contents: bytes::Bytes,
     ) -> Result<(BlobName, PendingSync), BlobError> {
         if contents.len() <= pack::PACKED_BLOB_LIMIT && !contents.is_empty() {
-            let identity = identity_bytes(name)?;
+            let identity = *name.identity_bytes();
             let packs = Arc::clone(&self.packs);
             let (record, synced) = self
                 .write_then_sync(move || {
@@ -241,11 +268,24 @@ impl LocalFiles {
     }
 }
 
-/// A blob's identity as the 16 bytes a pack record's header holds.
-pub(crate) fn identity_bytes(name: &BlobName) -> Result<[u8; 16], BlobError> {
-    let mut identity = [0u8; 16];
-    hex::decode_to_slice(name.identity(), &mut identity).map_err(|_| BlobError::InvalidName)?;
-    Ok(identity)
+/// Where a local blob's bytes are ([`LocalFiles::locate`]).
+pub(crate) struct Located {
+    /// The open file that holds them: the blob's own, or its pack segment.
+    pub(crate) file: Arc<std::fs::File>,
+    /// That file's path.
+    pub(crate) path: PathBuf,
+    /// The blob's bytes in the file.
+    pub(crate) bytes: std::ops::Range<u64>,
+}
+
+/// Runs blocking file work on the blocking pool.
+pub(crate) async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> std::io::Result<T> + Send + 'static,
+) -> Result<T, BlobError> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(join_error)?
+        .map_err(local_error)
 }
 
 /// Opens a new file; an existing one is an error (names are random: a clash is a bug).
@@ -256,7 +296,7 @@ fn create_new(path: &Path) -> std::io::Result<std::fs::File> {
         .open(path)
 }
 
-fn join_error(error: tokio::task::JoinError) -> BlobError {
+pub(crate) fn join_error(error: tokio::task::JoinError) -> BlobError {
     local_error(std::io::Error::other(error))
 }
 

@@ -360,14 +360,8 @@ impl Packs {
             Err(error) if error.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
             Err(error) => return Err(error),
         }
-        let expected = Header {
-            identity: *identity,
-            length: record.length,
-            written: 0,
-        };
-        let found = parse_header(&bytes).is_some_and(|found| {
-            found.identity == expected.identity && found.length == expected.length
-        });
+        let found = parse_header(&bytes)
+            .is_some_and(|found| found.identity == *identity && found.length == record.length);
         Ok(found.then_some(file))
     }
 

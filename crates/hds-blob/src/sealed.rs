@@ -20,6 +20,7 @@ use hds_crypto::stream::{
 use object_store::ObjectStore;
 use object_store::path::Path as ObjectPath;
 
+use crate::local::join_error;
 use crate::{BlobError, BlobName, BlobStore, BlobWriter, PendingSync, local_error, not_found};
 
 /// Ciphertext is handed to the store in pieces of about this size, so sealing adds one small
@@ -163,42 +164,24 @@ impl BlobStore {
         first_read: u64,
     ) -> Result<(CiphertextSource, u64, Vec<u8>), BlobError> {
         if let Some(local) = &self.local {
-            let path = local.path_of(name);
-            let packed = match name.packed() {
-                Some(record) => Some((crate::local::identity_bytes(name)?, record)),
-                None => None,
-            };
-            let packs = Arc::clone(&local.packs);
-            let opened = tokio::task::spawn_blocking(move || {
-                let in_pack = match packed {
-                    Some((identity, record)) => packs
-                        .find(&identity, record)
-                        .map_err(local_error)?
-                        .map(|file| (file, record.data_offset(), u64::from(record.length))),
-                    None => None,
+            let local = Arc::clone(local);
+            let name = name.clone();
+            return tokio::task::spawn_blocking(move || {
+                let located = local
+                    .locate(&name)
+                    .map_err(local_error)?
+                    .ok_or(BlobError::NotFound)?;
+                let sealed_len = located.bytes.end - located.bytes.start;
+                let base = located.bytes.start;
+                let first = read_exactly(&located.file, base, sealed_len.min(first_read))?;
+                let source = CiphertextSource::File {
+                    file: located.file,
+                    base,
                 };
-                // Not in a pack here: a file under the blob's identity (a packed blob restored
-                // from a backup is one).
-                let (file, base, sealed_len) = match in_pack {
-                    Some(found) => found,
-                    None => {
-                        let file = match std::fs::File::open(&path) {
-                            Ok(file) => file,
-                            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
-                                return Err(BlobError::NotFound);
-                            }
-                            Err(error) => return Err(local_error(error)),
-                        };
-                        let sealed_len = file.metadata().map_err(local_error)?.len();
-                        (Arc::new(file), 0, sealed_len)
-                    }
-                };
-                let first = read_exactly(&file, base, sealed_len.min(first_read))?;
-                Ok((CiphertextSource::File { file, base }, sealed_len, first))
+                Ok((source, sealed_len, first))
             })
             .await
-            .map_err(|error| local_error(std::io::Error::other(error)))??;
-            return Ok(opened);
+            .map_err(join_error)?;
         }
         let path = name.object_path();
         let sealed_len = self.store.head(&path).await.map_err(not_found)?.size;
@@ -275,7 +258,7 @@ impl CiphertextSource {
                         .collect()
                 })
                 .await
-                .map_err(|error| local_error(std::io::Error::other(error)))?
+                .map_err(join_error)?
             }
             CiphertextSource::Store { store, path } => {
                 // Stores refuse a range that starts at the end (of an empty blob).

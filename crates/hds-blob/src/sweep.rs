@@ -6,12 +6,13 @@
 //! (so memory stays bounded by a shard however large the store), asks the index which names
 //! it references, and deletes the rest.
 
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use futures::TryStreamExt;
 use object_store::path::Path as ObjectPath;
 
-use crate::local::TEMPORARY_MARKER;
+use crate::local::{TEMPORARY_MARKER, blocking, join_error};
 use crate::{BlobError, BlobName, BlobStore, local_error};
 
 /// How many shards a store has: blob names are sharded by their first byte.
@@ -40,7 +41,7 @@ impl BlobStore {
             let directory = local.root.join(&prefix);
             return tokio::task::spawn_blocking(move || list_local(&directory, cutoff))
                 .await
-                .map_err(|error| local_error(std::io::Error::other(error)))?;
+                .map_err(join_error)?;
         }
         let mut listing = ShardListing::default();
         let mut objects = self.store.list(Some(&ObjectPath::from(prefix)));
@@ -57,20 +58,15 @@ impl BlobStore {
         }
         Ok(listing)
     }
-}
 
-impl BlobStore {
     /// The segments of a local store's packs (none in an object store), to list with
     /// [`BlobStore::list_settled_packed`].
     pub async fn pack_segments(&self) -> Result<Vec<u32>, BlobError> {
         let Some(local) = &self.local else {
             return Ok(Vec::new());
         };
-        let packs = std::sync::Arc::clone(&local.packs);
-        tokio::task::spawn_blocking(move || packs.segments())
-            .await
-            .map_err(|error| local_error(std::io::Error::other(error)))?
-            .map_err(local_error)
+        let packs = Arc::clone(&local.packs);
+        blocking(move || packs.segments()).await
     }
 
     /// The blobs in pack segment `segment` written before the cutoff, by the names they are
@@ -83,21 +79,14 @@ impl BlobStore {
         let Some(local) = &self.local else {
             return Ok(Vec::new());
         };
-        let packs = std::sync::Arc::clone(&local.packs);
-        let records = tokio::task::spawn_blocking(move || packs.settled_records(segment, cutoff))
-            .await
-            .map_err(|error| local_error(std::io::Error::other(error)))?
-            .map_err(local_error)?;
-        records
+        let packs = Arc::clone(&local.packs);
+        let records = blocking(move || packs.settled_records(segment, cutoff)).await?;
+        Ok(records
             .into_iter()
-            .map(
-                |(identity, record)| Ok(BlobName::parse(&hex::encode(identity))?.packed_at(record)),
-            )
-            .collect()
+            .map(|(identity, record)| BlobName::from_identity(identity).packed_at(record))
+            .collect())
     }
-}
 
-impl BlobStore {
     /// Every blob in the store, by the name it is recorded by, listed at once: for tools and
     /// tests that inspect a small store (the sweeper lists a shard or a segment at a time).
     pub async fn list_blobs(&self) -> Result<Vec<BlobName>, BlobError> {
