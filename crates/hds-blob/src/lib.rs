@@ -467,7 +467,7 @@ mod tests {
     }
 
     /// A blob's bytes, read back whole.
-    async fn contents_of(store: &BlobStore, name: &BlobName) -> Vec<u8> {
+    pub(crate) async fn contents_of(store: &BlobStore, name: &BlobName) -> Vec<u8> {
         let chunks: Vec<Bytes> = store
             .read(name)
             .await

@@ -519,6 +519,7 @@ mod tests {
     use hds_crypto::stream::{SEGMENT_SIZE, TAG_LEN};
 
     use super::*;
+    use crate::tests::contents_of;
 
     const SERVICE: &str = "default/dicom";
     const SEGMENT: usize = SEGMENT_SIZE as usize;
@@ -565,17 +566,6 @@ mod tests {
         let mut writer = store.create(&as_file).await.expect("create");
         writer.write(&bytes).await.expect("write");
         writer.finish().await.expect("finish");
-    }
-
-    async fn raw(store: &BlobStore, name: &BlobName) -> Vec<u8> {
-        let chunks: Vec<Bytes> = store
-            .read(name)
-            .await
-            .expect("read")
-            .try_collect()
-            .await
-            .expect("chunks");
-        chunks.concat()
     }
 
     async fn read_all(
@@ -628,7 +618,7 @@ mod tests {
                 read_all(&store, &name, SERVICE, &key).await.expect("open"),
                 contents
             );
-            let stored = raw(&store, &name).await;
+            let stored = contents_of(&store, &name).await;
             assert_eq!(
                 stored.len() as u64,
                 hds_crypto::stream::sealed_len(length as u64)
@@ -669,7 +659,7 @@ mod tests {
         writer.write(&contents[7..]).await.expect("write");
         let name = writer.finish().await.expect("finish");
         assert_eq!(
-            raw(&store, &name).await.len() as u64,
+            contents_of(&store, &name).await.len() as u64,
             hds_crypto::stream::sealed_len(contents.len() as u64)
         );
         assert_eq!(
@@ -682,7 +672,7 @@ mod tests {
     async fn a_damaged_first_segment_fails_before_any_byte_is_released() {
         let contents = plaintext(5 * SEGMENT);
         let (_directory, store, name, key) = store_with(&contents).await;
-        let mut stored = raw(&store, &name).await;
+        let mut stored = contents_of(&store, &name).await;
         stored[sealed_offset(0, 100)] ^= 1;
         replace(&store, &name, stored).await;
         assert!(matches!(
@@ -697,7 +687,7 @@ mod tests {
     async fn a_damaged_later_segment_ends_the_stream_with_an_error() {
         let contents = plaintext(5 * SEGMENT);
         let (_directory, store, name, key) = store_with(&contents).await;
-        let mut stored = raw(&store, &name).await;
+        let mut stored = contents_of(&store, &name).await;
         stored[sealed_offset(3, 5)] ^= 0x80;
         replace(&store, &name, stored).await;
         let mut stream = store
@@ -734,7 +724,7 @@ mod tests {
     async fn truncated_blobs_do_not_open() {
         let contents = plaintext(3 * SEGMENT + 100);
         let (_directory, store, name, key) = store_with(&contents).await;
-        let stored = raw(&store, &name).await;
+        let stored = contents_of(&store, &name).await;
         // Cut at a segment boundary: every segment left is valid, but the last is missing.
         replace(&store, &name, stored[..sealed_offset(3, 0)].to_vec()).await;
         assert!(matches!(
@@ -756,7 +746,10 @@ mod tests {
         let (_directory, store, name, key) = store_with(&contents).await;
         // The same bytes under another name (a swap in the store), with the right key.
         let other = store
-            .put(&BlobName::random(), Bytes::from(raw(&store, &name).await))
+            .put(
+                &BlobName::random(),
+                Bytes::from(contents_of(&store, &name).await),
+            )
             .await
             .expect("copy");
         assert!(matches!(
@@ -794,7 +787,7 @@ mod tests {
         let (directory, local, name, key) = store_with(contents).await;
         let memory = BlobStore::from_object_store(Arc::new(object_store::memory::InMemory::new()));
         let copied = memory
-            .put(&name, Bytes::from(raw(&local, &name).await))
+            .put(&name, Bytes::from(contents_of(&local, &name).await))
             .await
             .expect("copy");
         assert_eq!(copied, name, "an object store keeps the name it is given");
@@ -832,7 +825,7 @@ mod tests {
         let contents = plaintext(40 * SEGMENT);
         let (_directory, stores, name, key) = both_stores(&contents).await;
         for (store, kind) in stores {
-            let mut stored = raw(&store, &name).await;
+            let mut stored = contents_of(&store, &name).await;
             stored[sealed_offset(20, 7)] ^= 4;
             replace(&store, &name, stored).await;
             let mut stream = store
@@ -857,7 +850,7 @@ mod tests {
         let contents = plaintext(20 * SEGMENT + 5);
         let (_directory, stores, name, key) = both_stores(&contents).await;
         for (store, kind) in stores {
-            let stored = raw(&store, &name).await;
+            let stored = contents_of(&store, &name).await;
             let extended = [stored.as_slice(), &[0u8; TAG_LEN + 1]].concat();
             let cut_inside_the_last_segment = stored[..stored.len() - 1].to_vec();
             let cut_after_a_full_segment = stored[..sealed_offset(17, 0)].to_vec();
