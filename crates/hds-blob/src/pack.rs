@@ -24,14 +24,24 @@
 //! Durability is a file's: a record is on stable storage once the segment's data is synced
 //! after its write, and a new segment's name once the pack directory is synced, which happens
 //! before the first record in it is written.
+//!
+//! Space prepared ahead (when writes are synced): a data sync after a write that grows a file
+//! or fills blocks never written before must also write the file's size and block map, and
+//! on ext4 without a journal that is one more write, waited for, per sync. So a segment's next
+//! [`PREPARE_CHUNK`] is written with zeros and synced ahead of the records, by a thread of its
+//! own, once less than half a chunk of prepared space is left; a record's data sync then
+//! writes only its blocks. A record never goes where zeros are being written: a reservation
+//! past the prepared space waits while a chunk is prepared. If preparing fails (the disk is
+//! full, say), the segment's records are appended as before. A segment ends with up to one
+//! chunk of zeros after its last record, which reads as no record.
 
 use std::collections::HashMap;
 use std::fs::File;
 use std::io::IoSlice;
 use std::ops::Range;
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use rustix::fs::{FallocateFlags, SeekFrom};
@@ -52,6 +62,14 @@ pub const PACKED_BLOB_LIMIT: usize = 256 * 1024;
 
 /// A segment takes no record that would end past this; the next one goes into a new segment.
 pub(crate) const SEGMENT_LIMIT: u64 = 1 << 30;
+
+/// The most of a segment prepared at a time (see the module's note). A chunk is as large as
+/// what the segment holds already, from [`FIRST_PREPARE_CHUNK`] up to this, so a process that
+/// stores a few blobs writes few zeros.
+const PREPARE_CHUNK: u64 = 16 << 20;
+
+/// The first chunk prepared in a segment.
+const FIRST_PREPARE_CHUNK: u64 = 1 << 20;
 
 /// The largest record offset a name may carry (far beyond [`SEGMENT_LIMIT`], so a store
 /// opened with a larger limit later still reads every name).
@@ -173,6 +191,19 @@ struct Appending {
     segment: u32,
     file: Arc<File>,
     next_offset: u64,
+    /// Everything before this offset is allocated, written (records or zeros) and synced.
+    prepared_end: u64,
+    /// A chunk after `prepared_end` is being prepared.
+    preparing: bool,
+    /// Preparing failed: records past `prepared_end` are appended.
+    prepare_failed: bool,
+}
+
+/// The segment being appended to, and the signal that a chunk of it was prepared.
+#[derive(Default)]
+struct AppendState {
+    appending: Mutex<Option<Appending>>,
+    prepared: Condvar,
 }
 
 /// The packs of one local store. Every method blocks: call them on the blocking pool.
@@ -180,9 +211,11 @@ pub(crate) struct Packs {
     directory: PathBuf,
     sync_writes: bool,
     segment_limit: u64,
-    /// Created on the first packed write, so a store opened only to read (a backup) never
-    /// starts a segment.
-    appending: Mutex<Option<Appending>>,
+    /// How much is prepared at a time; 0: nothing is.
+    prepare_chunk: u64,
+    /// The segment is created on the first packed write, so a store opened only to read (a
+    /// backup) never starts one.
+    append: Arc<AppendState>,
     /// Segments opened for reads and deletes.
     open: Mutex<HashMap<u32, Arc<File>>>,
 }
@@ -197,8 +230,30 @@ impl Packs {
             directory: root.join(DIRECTORY),
             sync_writes,
             segment_limit,
-            appending: Mutex::new(None),
+            // Only a synced write gains from prepared space.
+            prepare_chunk: if sync_writes { PREPARE_CHUNK } else { 0 },
+            append: Arc::default(),
             open: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The same packs with no space prepared ahead (tests that count a segment's blocks).
+    #[cfg(test)]
+    fn unprepared(mut self) -> Packs {
+        self.prepare_chunk = 0;
+        self
+    }
+
+    /// Waits until no chunk is being prepared.
+    #[cfg(test)]
+    fn wait_prepared(&self) {
+        let mut appending = lock(&self.append.appending);
+        while appending.as_ref().is_some_and(|current| current.preparing) {
+            appending = self
+                .append
+                .prepared
+                .wait(appending)
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
         }
     }
 
@@ -219,32 +274,105 @@ impl Packs {
             .ok_or_else(|| std::io::Error::other("a packed blob's length is out of range"))?;
         let (record, file) = self.reserve(length)?;
         let header = header(identity, length, unix_seconds(SystemTime::now()));
-        write_all_vectored_at(&file, &[&header, contents], record.offset)?;
+        // Whole blocks: a block the page cache does not hold (prepared space is written
+        // around it) is then not read from the disk first to fill a partial write.
+        let padding = (record.span() - HEADER_LEN as u64 - u64::from(length)) as usize;
+        let zeros = [0u8; RECORD_ALIGN as usize];
+        write_all_vectored_at(
+            &file,
+            &[&header, contents, &zeros[..padding]],
+            record.offset,
+        )?;
         Ok((record, file))
     }
 
     /// Takes the next record's place in the segment being appended to, starting a segment
-    /// when there is none or the record would not fit.
+    /// when there is none or the record would not fit; starts preparing the segment's next
+    /// chunk when little prepared space is left, and waits for a chunk being prepared rather
+    /// than take a place in it.
     fn reserve(&self, length: u32) -> std::io::Result<(RecordAt, Arc<File>)> {
-        let mut appending = lock(&self.appending);
         let span = (HEADER_LEN as u64 + u64::from(length)).next_multiple_of(RECORD_ALIGN);
-        let full = appending
-            .as_ref()
-            .is_none_or(|current| current.next_offset + span > self.segment_limit);
-        if full {
-            let after = appending.as_ref().map_or(0, |current| current.segment);
-            *appending = Some(self.start_segment(after)?);
+        let mut appending = lock(&self.append.appending);
+        loop {
+            let full = appending
+                .as_ref()
+                .is_none_or(|current| current.next_offset + span > self.segment_limit);
+            if full {
+                let after = appending.as_ref().map_or(0, |current| current.segment);
+                *appending = Some(self.start_segment(after)?);
+            }
+            let current = appending
+                .as_mut()
+                .ok_or_else(|| std::io::Error::other("no segment to append to"))?;
+            let end = current.next_offset + span;
+            if current.preparing && end > current.prepared_end {
+                appending = self
+                    .append
+                    .prepared
+                    .wait(appending)
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                continue;
+            }
+            let record = RecordAt {
+                segment: current.segment,
+                offset: current.next_offset,
+                length,
+            };
+            current.next_offset = end;
+            self.prepare_ahead(current);
+            return Ok((record, Arc::clone(&current.file)));
         }
-        let current = appending
-            .as_mut()
-            .ok_or_else(|| std::io::Error::other("no segment to append to"))?;
-        let record = RecordAt {
-            segment: current.segment,
-            offset: current.next_offset,
-            length,
-        };
-        current.next_offset += span;
-        Ok((record, Arc::clone(&current.file)))
+    }
+
+    /// Starts preparing the chunk after `current`'s prepared space (and after its last
+    /// record) on a thread of its own, when less than half a chunk is left.
+    fn prepare_ahead(&self, current: &mut Appending) {
+        let chunk = current.next_offset.clamp(
+            FIRST_PREPARE_CHUNK,
+            self.prepare_chunk.max(FIRST_PREPARE_CHUNK),
+        );
+        if self.prepare_chunk == 0
+            || current.preparing
+            || current.prepare_failed
+            || current.prepared_end >= current.next_offset + chunk / 2
+        {
+            return;
+        }
+        let from = current.prepared_end.max(current.next_offset);
+        let to = (from + chunk).min(self.segment_limit);
+        if to <= from {
+            return;
+        }
+        current.preparing = true;
+        let state = Arc::clone(&self.append);
+        let segment = current.segment;
+        let file = Arc::clone(&current.file);
+        let path = self.path_of(segment);
+        let started = std::thread::Builder::new()
+            .name("hds-pack-prepare".into())
+            .spawn(move || {
+                let prepared = prepare_space(&path, &file, from, to);
+                let mut appending = lock(&state.appending);
+                if let Some(current) = appending
+                    .as_mut()
+                    .filter(|current| current.segment == segment)
+                {
+                    current.preparing = false;
+                    match prepared {
+                        Ok(()) => current.prepared_end = to,
+                        Err(error) => {
+                            tracing::warn!(%error, segment, "preparing pack space failed; the segment's records are appended");
+                            current.prepare_failed = true;
+                        }
+                    }
+                }
+                state.prepared.notify_all();
+            });
+        if let Err(error) = started {
+            tracing::warn!(%error, "no thread to prepare pack space; the segment's records are appended");
+            current.preparing = false;
+            current.prepare_failed = true;
+        }
     }
 
     /// Creates a segment numbered after every existing one (and after `after`), and syncs the
@@ -280,6 +408,9 @@ impl Packs {
                         segment,
                         file,
                         next_offset: 0,
+                        prepared_end: 0,
+                        preparing: false,
+                        prepare_failed: false,
                     });
                 }
                 // Another process took this number meanwhile: the next one.
@@ -459,6 +590,35 @@ impl Packs {
     }
 }
 
+/// Writes zeros over `from..to` of the segment at `path` (open as `file`) and syncs it, so
+/// those blocks are allocated, written and in the file's synced size and block map.
+///
+/// The zeros go around the page cache (`O_DIRECT`, where the file system takes it): written
+/// through it, they would be dirty pages of the segment that every record's data sync meanwhile
+/// would have to write and wait for. `from` and `to` are multiples of [`RECORD_ALIGN`].
+fn prepare_space(path: &Path, file: &File, from: u64, to: u64) -> std::io::Result<()> {
+    const PIECE: usize = 1 << 20;
+    // A buffer aligned for direct I/O, carved out of a larger one.
+    let buffer = vec![0u8; PIECE + RECORD_ALIGN as usize];
+    let start = buffer.as_ptr().align_offset(RECORD_ALIGN as usize);
+    let zeros = &buffer[start..start + PIECE];
+    let direct = std::fs::OpenOptions::new()
+        .write(true)
+        .custom_flags(rustix::fs::OFlags::DIRECT.bits() as i32)
+        .open(path);
+    let mut at = from;
+    while at < to {
+        let length = ((to - at) as usize).min(PIECE);
+        let written = match &direct {
+            Ok(direct) => direct.write_all_at(&zeros[..length], at),
+            Err(_) => file.write_all_at(&zeros[..length], at),
+        };
+        written?;
+        at += length as u64;
+    }
+    file.sync_data()
+}
+
 /// Exactly `length` bytes at `offset`, read into a buffer that is not zeroed first; a file
 /// that ends before is an error.
 pub(crate) fn read_at(file: &File, offset: u64, length: u64) -> std::io::Result<Vec<u8>> {
@@ -556,7 +716,8 @@ mod tests {
     #[test]
     fn records_round_trip_and_deleted_ones_are_gone() {
         let directory = tempfile::tempdir().expect("temp dir");
-        let packs = Packs::new(directory.path(), true);
+        // Its blocks are counted below: no zeros prepared after the records.
+        let packs = Packs::new(directory.path(), true).unprepared();
         let small = vec![7u8; 100];
         let larger: Vec<u8> = (0..70_000u32).map(|i| (i % 253) as u8).collect();
         let (first, file) = packs.append(&identity(1), &small).expect("append");
@@ -648,6 +809,59 @@ mod tests {
                 .expect("read"),
             Some(vec![0u8; 5000])
         );
+    }
+
+    #[test]
+    fn records_fill_space_prepared_ahead_and_zeros_never_cover_one() {
+        let directory = tempfile::tempdir().expect("temp dir");
+        let packs = Arc::new(Packs::new(directory.path(), true));
+        // Eight writers at once, about 40 MiB in all: chunks of 1, 2, 4, 8 and 16 MiB, so
+        // records keep arriving while the next chunk is written with zeros.
+        let writers: Vec<_> = (0..8u8)
+            .map(|writer| {
+                let packs = Arc::clone(&packs);
+                std::thread::spawn(move || {
+                    (0..250u32)
+                        .map(|number| {
+                            let mut identity = [writer; 16];
+                            identity[..4].copy_from_slice(&number.to_be_bytes());
+                            let length = 100 + (number as usize * 7919) % 40_000;
+                            let contents = vec![writer.wrapping_add(number as u8) | 1; length];
+                            let (record, _) = packs.append(&identity, &contents).expect("append");
+                            (identity, record, contents)
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        let written: Vec<_> = writers
+            .into_iter()
+            .flat_map(|writer| writer.join().expect("writer"))
+            .collect();
+        for (identity, record, contents) in &written {
+            let read = packs
+                .read(identity, *record, 0..u64::from(record.length))
+                .expect("read");
+            assert_eq!(read.as_ref(), Some(contents), "{record:?}");
+        }
+        // Space is prepared past the last record, and it holds no record.
+        packs.wait_prepared();
+        let last_end = written
+            .iter()
+            .map(|(_, record, _)| record.offset + record.span())
+            .max()
+            .expect("records");
+        let size = std::fs::metadata(packs.path_of(1)).expect("segment").len();
+        assert!(size > last_end, "prepared to {size}, records to {last_end}");
+        let later = SystemTime::now() + std::time::Duration::from_secs(2);
+        let mut listed = packs.settled_records(1, later).expect("list");
+        let mut expected: Vec<_> = written
+            .iter()
+            .map(|(identity, record, _)| (*identity, *record))
+            .collect();
+        listed.sort_by_key(|(_, record)| record.offset);
+        expected.sort_by_key(|(_, record)| record.offset);
+        assert_eq!(listed, expected);
     }
 
     #[test]
