@@ -28,9 +28,9 @@
 //! Space prepared ahead (when writes are synced): a data sync after a write that grows a file
 //! or fills blocks never written before must also write the file's size and block map, and
 //! on ext4 without a journal that is one more write, waited for, per sync. So a segment's next
-//! [`PREPARE_CHUNK`] is written with zeros and synced ahead of the records, by a thread of its
-//! own, once less than half a chunk of prepared space is left; a record's data sync then
-//! writes only its blocks. A record never goes where zeros are being written: a reservation
+//! chunk (1 MiB at first, then as much as the segment holds, up to [`PREPARE_CHUNK`]) is
+//! written with zeros and synced ahead of the records, by a thread of its own, once less than
+//! half a chunk of prepared space is left; a record's data sync then writes only its blocks. A record never goes where zeros are being written: a reservation
 //! past the prepared space waits while a chunk is prepared. If preparing fails (the disk is
 //! full, say), the segment's records are appended as before. A segment ends with up to one
 //! chunk of zeros after its last record, which reads as no record.
