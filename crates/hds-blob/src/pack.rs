@@ -71,6 +71,9 @@ const PREPARE_CHUNK: u64 = 16 << 20;
 /// The first chunk prepared in a segment.
 const FIRST_PREPARE_CHUNK: u64 = 1 << 20;
 
+/// What pads a record to whole blocks.
+static BLOCK_OF_ZEROS: [u8; RECORD_ALIGN as usize] = [0; RECORD_ALIGN as usize];
+
 /// The largest record offset a name may carry (far beyond [`SEGMENT_LIMIT`], so a store
 /// opened with a larger limit later still reads every name).
 const OFFSET_LIMIT: u64 = 1 << 40;
@@ -206,6 +209,18 @@ struct AppendState {
     prepared: Condvar,
 }
 
+impl AppendState {
+    /// Releases `appending` until a chunk's preparation ends, then holds it again.
+    fn wait_for_chunk<'a>(
+        &self,
+        appending: MutexGuard<'a, Option<Appending>>,
+    ) -> MutexGuard<'a, Option<Appending>> {
+        self.prepared
+            .wait(appending)
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
 /// The packs of one local store. Every method blocks: call them on the blocking pool.
 pub(crate) struct Packs {
     directory: PathBuf,
@@ -249,11 +264,7 @@ impl Packs {
     fn wait_prepared(&self) {
         let mut appending = lock(&self.append.appending);
         while appending.as_ref().is_some_and(|current| current.preparing) {
-            appending = self
-                .append
-                .prepared
-                .wait(appending)
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            appending = self.append.wait_for_chunk(appending);
         }
     }
 
@@ -277,10 +288,9 @@ impl Packs {
         // Whole blocks: a block the page cache does not hold (prepared space is written
         // around it) is then not read from the disk first to fill a partial write.
         let padding = (record.span() - HEADER_LEN as u64 - u64::from(length)) as usize;
-        let zeros = [0u8; RECORD_ALIGN as usize];
         write_all_vectored_at(
             &file,
-            &[&header, contents, &zeros[..padding]],
+            &[&header, contents, &BLOCK_OF_ZEROS[..padding]],
             record.offset,
         )?;
         Ok((record, file))
@@ -306,11 +316,7 @@ impl Packs {
                 .ok_or_else(|| std::io::Error::other("no segment to append to"))?;
             let end = current.next_offset + span;
             if current.preparing && end > current.prepared_end {
-                appending = self
-                    .append
-                    .prepared
-                    .wait(appending)
-                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                appending = self.append.wait_for_chunk(appending);
                 continue;
             }
             let record = RecordAt {
@@ -327,15 +333,14 @@ impl Packs {
     /// Starts preparing the chunk after `current`'s prepared space (and after its last
     /// record) on a thread of its own, when less than half a chunk is left.
     fn prepare_ahead(&self, current: &mut Appending) {
+        if self.prepare_chunk == 0 || current.preparing || current.prepare_failed {
+            return;
+        }
         let chunk = current.next_offset.clamp(
             FIRST_PREPARE_CHUNK,
             self.prepare_chunk.max(FIRST_PREPARE_CHUNK),
         );
-        if self.prepare_chunk == 0
-            || current.preparing
-            || current.prepare_failed
-            || current.prepared_end >= current.next_offset + chunk / 2
-        {
+        if current.prepared_end >= current.next_offset + chunk / 2 {
             return;
         }
         let from = current.prepared_end.max(current.next_offset);
