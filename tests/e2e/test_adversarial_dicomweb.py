@@ -7,6 +7,7 @@ small caps so the listener's limits can be shown within seconds."""
 
 import io
 import os
+import re
 import select
 import socket
 import threading
@@ -18,7 +19,7 @@ import pytest
 import requests
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, generate_uid
 
-from conftest import HdsServer, dicom_file, read, wait_for
+from conftest import HdsServer, dicom_file, free_port, read, wait_for
 
 MIB = 1024 * 1024
 
@@ -375,7 +376,10 @@ LIMITS = (
 
 @pytest.fixture(scope="module")
 def limited(tmp_path_factory):
-    server = HdsServer(tmp_path_factory.mktemp("limits") / "data", extra_args=LIMITS).start()
+    metrics_address = f"127.0.0.1:{free_port()}"
+    server = HdsServer(tmp_path_factory.mktemp("limits") / "data",
+                       extra_args=(*LIMITS, "--metrics-listen", metrics_address)).start()
+    server.metrics_url = f"http://{metrics_address}/metrics"
     yield server
     assert server.stop() == 0
 
@@ -506,8 +510,17 @@ def test_a_stalled_request_body_is_answered_408(limited):
     assert time.time() - started >= 7.5
 
 
+def requests_in_flight(server) -> int:
+    """What `hds_http_requests_in_flight` reads now (on the metrics listener, outside the caps)."""
+    text = requests.get(server.metrics_url, timeout=5).text
+    match = re.search(r"^hds_http_requests_in_flight (\d+)$", text, re.MULTILINE)
+    assert match, "no hds_http_requests_in_flight in the scrape"
+    return int(match.group(1))
+
+
 def test_requests_past_the_in_flight_cap_are_answered_503(limited):
-    # Four stores whose bodies stall hold the four places until the body idle timeout.
+    # Four stores whose bodies come a byte at a time hold the four places for as long as the
+    # bytes keep coming (each within the body idle timeout).
     head = (
         f"POST /dicom/default/dicom/v2/studies HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {limited.token()}\r\n"
         "Content-Type: application/dicom\r\nContent-Length: 100000\r\n\r\n"
@@ -518,21 +531,31 @@ def test_requests_past_the_in_flight_cap_are_answered_503(limited):
             sock = socket.create_connection(("127.0.0.1", limited.port))
             sock.sendall(head + b"\0" * 10)
             stalled.append(sock)
-        refusals = []
 
-        def refused_busy():
-            # A 503 response is falsy in requests: keep it aside and answer True.
-            response = requests.get(f"{limited.base}/health", timeout=5)
-            if response.status_code == 503:
-                refusals.append(response)
-            return bool(refusals)
+        last_byte = [time.monotonic()]
 
-        wait_for(refused_busy, timeout=6, interval=0.05, what="a 503 while four requests are in flight")
-        busy = refusals[0]
+        def all_four_in_flight():
+            # A byte every 2 s: well within the 8 s body idle timeout, and far from the 128 bytes
+            # of preamble after which the zeros would no longer be a DICOM file.
+            if time.monotonic() - last_byte[0] > 2:
+                for sock in stalled:
+                    sock.sendall(b"\0")
+                last_byte[0] = time.monotonic()
+            # A store the server answered or closed would never count: say so at once.
+            assert not any(closed_by_server(sock) or select.select([sock], [], [], 0)[0] for sock in stalled), \
+                "the server answered or closed a stalled store"
+            return requests_in_flight(limited) == 4
+
+        wait_for(all_four_in_flight, timeout=30, interval=0.1, what="the four stalled stores to be in flight")
+        busy = requests.get(f"{limited.base}/health", timeout=5)
+        assert busy.status_code == 503, busy.text
         assert busy.headers["Retry-After"] == "1"
         assert busy.json()["error"]["code"] == "ServerBusy"
+        # The refused request took no place.
+        assert requests_in_flight(limited) == 4
     finally:
         for sock in stalled:
             sock.close()
     wait_for(lambda: serves_health(limited), timeout=30, what="the places to free")
+    wait_for(lambda: requests_in_flight(limited) == 0, timeout=30, what="the in-flight gauge to fall to 0")
     alive(limited)

@@ -80,6 +80,11 @@ impl Metrics {
             http.open_connections.clone(),
         );
         registry.register(
+            "http_requests_in_flight",
+            "Requests the main listener is handling now, their response bodies included",
+            http.requests_in_flight.clone(),
+        );
+        registry.register(
             "dicomweb_bytes",
             "DICOMweb payload bytes: request bodies of STOW-RS (operation=stow) and response bodies of WADO-RS (operation=wado)",
             http.dicomweb_bytes.clone(),
@@ -202,6 +207,7 @@ pub struct HttpMetrics {
     requests: Family<RequestLabels, Counter>,
     durations: HistogramFamily<RequestLabels>,
     open_connections: Gauge,
+    requests_in_flight: Gauge,
     dicomweb_bytes: Family<OperationLabels, Counter>,
 }
 
@@ -211,6 +217,7 @@ impl Default for HttpMetrics {
             requests: Family::default(),
             durations: Family::new_with_constructor(latency_histogram),
             open_connections: Gauge::default(),
+            requests_in_flight: Gauge::default(),
             dicomweb_bytes: Family::default(),
         }
     }
@@ -253,9 +260,15 @@ impl HttpMetrics {
 
     /// A connection was admitted; the guard counts it until dropped.
     pub fn connection_opened(&self) -> OpenConnection {
-        self.open_connections.inc();
         OpenConnection {
-            gauge: self.open_connections.clone(),
+            _counted: Counted::new(&self.open_connections),
+        }
+    }
+
+    /// A request was admitted under the in-flight cap; the guard counts it until dropped.
+    pub fn request_admitted(&self) -> AdmittedRequest {
+        AdmittedRequest {
+            _counted: Counted::new(&self.requests_in_flight),
         }
     }
 }
@@ -263,12 +276,29 @@ impl HttpMetrics {
 /// One open connection, counted in `hds_http_open_connections` until dropped.
 #[derive(Debug)]
 pub struct OpenConnection {
-    gauge: Gauge,
+    _counted: Counted,
 }
 
-impl Drop for OpenConnection {
+/// One request being handled, counted in `hds_http_requests_in_flight` until dropped.
+#[derive(Debug)]
+pub struct AdmittedRequest {
+    _counted: Counted,
+}
+
+/// One more in a gauge for as long as it lives.
+#[derive(Debug)]
+struct Counted(Gauge);
+
+impl Counted {
+    fn new(gauge: &Gauge) -> Counted {
+        gauge.inc();
+        Counted(gauge.clone())
+    }
+}
+
+impl Drop for Counted {
     fn drop(&mut self) {
-        self.gauge.dec();
+        self.0.dec();
     }
 }
 
@@ -509,6 +539,7 @@ mod tests {
         );
         metrics.http.add_dicomweb_bytes(DicomWebPayload::Stow, 1234);
         let connection = metrics.http.connection_opened();
+        let request = metrics.http.request_admitted();
         metrics
             .key_vault_calls
             .record(KeyVaultOperation::Wrap, "ok", Duration::from_millis(20));
@@ -523,7 +554,8 @@ mod tests {
             "hds_http_requests_total{method=\"GET\",route=\"/dicom/{workspace}/{service}/{version}/studies\",status=\"200\"} 1"
         ), "{text}");
         assert!(text.contains("hds_dicomweb_bytes_total{operation=\"stow\"} 1234"));
-        assert!(text.contains("hds_http_open_connections 1"));
+        assert!(text.contains("hds_http_open_connections 1"), "{text}");
+        assert!(text.contains("hds_http_requests_in_flight 1"));
         assert!(text.contains("hds_key_vault_calls_total{operation=\"wrap\",outcome=\"ok\"} 1"));
         assert!(text.contains("hds_index_group_commit_size_count 1"));
         assert!(text.contains("hds_orphan_sweep_removed_total{kind=\"blobs\"} 2"));
@@ -535,7 +567,10 @@ mod tests {
         assert!(!text.contains("hds_hds_"));
         assert!(text.trim_end().ends_with("# EOF"));
         drop(connection);
-        assert!(metrics.encode().contains("hds_http_open_connections 0"));
+        drop(request);
+        let text = metrics.encode();
+        assert!(text.contains("hds_http_open_connections 0"));
+        assert!(text.contains("hds_http_requests_in_flight 0"));
     }
 
     #[test]

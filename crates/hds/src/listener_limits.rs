@@ -218,14 +218,20 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for IdleStream<S> {
     }
 }
 
-/// The cap on requests handled at once, as middleware state.
+/// The cap on requests handled at once, as middleware state, and the gauge that counts them.
 #[derive(Clone)]
-pub struct InFlightRequests(Arc<Semaphore>);
+pub struct InFlightRequests {
+    places: Arc<Semaphore>,
+    metrics: HttpMetrics,
+}
 
 impl InFlightRequests {
-    /// At most `limit` requests at once.
-    pub fn new(limit: usize) -> InFlightRequests {
-        InFlightRequests(Arc::new(Semaphore::new(limit)))
+    /// At most `limit` requests at once, counted in `metrics`.
+    pub fn new(limit: usize, metrics: HttpMetrics) -> InFlightRequests {
+        InFlightRequests {
+            places: Arc::new(Semaphore::new(limit)),
+            metrics,
+        }
     }
 }
 
@@ -237,7 +243,7 @@ pub async fn limit_in_flight(
     request: Request,
     next: Next,
 ) -> Response {
-    let Ok(permit) = in_flight.0.clone().try_acquire_owned() else {
+    let Ok(permit) = in_flight.places.clone().try_acquire_owned() else {
         let body = serde_json::json!({ "error": {
             "code": "ServerBusy",
             "message": "the server is handling as many requests as it allows; retry shortly",
@@ -248,11 +254,12 @@ pub async fn limit_in_flight(
             .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         return response;
     };
+    let admitted = (permit, in_flight.metrics.request_admitted());
     let response = next.run(request).await;
     let (parts, body) = response.into_parts();
-    // The permit moves into the body and is dropped with it.
+    // The place (and its count) moves into the body and is dropped with it.
     let body = body.map_frame(move |frame| {
-        let _held = &permit;
+        let _held = &admitted;
         frame
     });
     Response::from_parts(parts, Body::new(body))

@@ -500,7 +500,7 @@ pub async fn run(options: UpOptions) -> anyhow::Result<()> {
     };
     let app = app
         .layer(axum::middleware::from_fn_with_state(
-            InFlightRequests::new(limits.max_in_flight_requests),
+            InFlightRequests::new(limits.max_in_flight_requests, metrics.http.clone()),
             listener_limits::limit_in_flight,
         ))
         .layer(axum::middleware::from_fn_with_state(
