@@ -3,16 +3,38 @@
 // dependencies, so each test package can import it.
 
 import { spawn } from "node:child_process";
+import { readFileSync } from "node:fs";
 import net from "node:net";
 
-export function freePort() {
-  return new Promise((resolve, reject) => {
+/// A port free on 127.0.0.1 for a server started next, chosen below the kernel's ephemeral
+/// range: a port the kernel picks there (listen on port 0) may become, before hds binds it, the
+/// source port of some outgoing connection, and hds's bind then fails.
+export async function freePort() {
+  let floor = 32768;
+  try {
+    floor = Number(readFileSync("/proc/sys/net/ipv4/ip_local_port_range", "utf8").trim().split(/\s+/)[0]) || floor;
+  } catch {
+    // Not Linux: the usual floor.
+  }
+  const low = Math.max(1024, floor - 20000);
+  for (let attempt = 0; attempt < 1000; attempt++) {
+    const port = low + Math.floor(Math.random() * (floor - low));
+    if (handedOut.has(port)) continue;
+    if (await bindable(port)) {
+      handedOut.add(port);
+      return port;
+    }
+  }
+  throw new Error(`no free port in ${low}-${floor - 1}`);
+}
+
+const handedOut = new Set();
+
+function bindable(port) {
+  return new Promise((resolve) => {
     const probe = net.createServer();
-    probe.once("error", reject);
-    probe.listen(0, "127.0.0.1", () => {
-      const { port } = probe.address();
-      probe.close(() => resolve(port));
-    });
+    probe.once("error", () => resolve(false));
+    probe.listen(port, "127.0.0.1", () => probe.close(() => resolve(true)));
   });
 }
 

@@ -22,6 +22,8 @@ import xml.etree.ElementTree as ElementTree
 import pytest
 import requests
 
+from conftest import free_port
+
 ACCOUNT = "devstoreaccount1"
 # The emulator's public development key (documented by Microsoft; not a secret).
 ACCOUNT_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
@@ -42,9 +44,7 @@ class Azurite:
         emulator's memory does not grow with what is stored) instead of in memory."""
         self.on_disk = on_disk
         self.directory = tempfile.TemporaryDirectory(prefix="hds-azurite-")
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            self.port = sock.getsockname()[1]
+        self.port = free_port()
         self.endpoint = f"http://127.0.0.1:{self.port}"
         self.process = None
 

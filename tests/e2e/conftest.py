@@ -4,6 +4,7 @@ import base64
 import os
 import json
 import pathlib
+import random
 import shutil
 import signal
 import socket
@@ -74,10 +75,36 @@ class ExternalIssuer:
         return external_principal_id(self.issuer, tenant, subject)
 
 
+def ephemeral_port_floor() -> int:
+    """The lowest port the kernel gives an outgoing connection as its source port."""
+    try:
+        return int(pathlib.Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
+_ports_handed_out: set[int] = set()
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        return sock.getsockname()[1]
+    """A port free on `host` for a server started next. Chosen below the ephemeral range: a port
+    the kernel picked there (bind to port 0) may become, before the server binds it, the source
+    port of some process's outgoing connection (to PostgreSQL, say), and the bind then fails. Never
+    the same port twice in one test run, since a server may not have bound its port yet."""
+    floor = ephemeral_port_floor()
+    low = max(1024, floor - 20000)
+    for _ in range(1000):
+        port = random.randrange(low, floor)
+        if port in _ports_handed_out:
+            continue
+        with socket.socket() as sock:
+            try:
+                sock.bind((host, port))
+            except OSError:
+                continue
+        _ports_handed_out.add(port)
+        return port
+    raise RuntimeError(f"no free port in {low}-{floor - 1} on {host}")
 
 
 class HdsServer:
