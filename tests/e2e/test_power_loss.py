@@ -4,7 +4,8 @@
    the index commit that names the blob, the blob's data synced after its last write and its
    directory synced after its creation; before the 200 leaves on the socket, the index's
    write-ahead log synced after its last write. Checked for a small instance, whose blob is a
-   record in a pack segment, and a larger one, whose blob is a file of its own.
+   record in a pack segment, and one of 2 MiB, whose blob is written in pieces as a file of its
+   own.
    The same check run on `--durability relaxed` finds the syncs missing, so it can fail;
 2. the orphan sweeper removes blobs nothing references (and crash leftovers) and keeps every
    referenced one;
@@ -37,6 +38,10 @@ from conftest import (
     wait_for,
 )
 from test_dicomweb import unique_copy
+
+# A real MR of 2 MiB: more than a sealed blob written whole, so its blob is written in pieces,
+# a file of its own (crates/hds-blob/src/pack.rs, PACKED_BLOB_LIMIT).
+LARGE_INSTANCE = "MR2_UNCR.dcm"
 
 # strace is a test dependency (`.ci/run` installs it): without it the trace tests fail, they
 # do not skip.
@@ -165,12 +170,12 @@ def durability_violations(calls, blob_name, data_dir):
 
 def traced_stow(tmp_path, durability):
     """The problems found for each blob of two STOWs, one at a time: a small instance (a record
-    in a pack) and a larger one (a file of its own), by kind."""
+    in a pack) and one of 2 MiB (a file of its own), by kind."""
     data_dir = tmp_path / f"data-{durability}"
     trace_path = tmp_path / f"trace-{durability}.txt"
     server = TracedHdsServer(data_dir, trace_path, extra_args=("--durability", durability)).start()
     try:
-        for name in ("CT_small.dcm", "examples_overlay.dcm"):
+        for name in ("CT_small.dcm", LARGE_INSTANCE):
             store(server, unique_copy(name))
     finally:
         assert server.stop() == 0
@@ -203,8 +208,8 @@ def test_the_sweeper_removes_orphans_and_keeps_every_referenced_blob(tmp_path):
     data_dir = tmp_path / "data"
     server = HdsServer(data_dir).start()
     stored = []
-    # Two small instances (records in a pack) and a larger one (a file of its own).
-    for name in ("CT_small.dcm", "CT_small.dcm", "examples_overlay.dcm"):
+    # Two small instances (records in a pack) and one of 2 MiB (a file of its own).
+    for name in ("CT_small.dcm", "CT_small.dcm", LARGE_INSTANCE):
         dataset = unique_copy(name)
         store(server, dataset)
         stored.append(dataset)

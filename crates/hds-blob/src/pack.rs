@@ -26,20 +26,22 @@
 //! before the first record in it is written.
 //!
 //! Space prepared ahead (when writes are synced): a data sync after a write that grows a file
-//! or fills blocks never written before must also write the file's size and block map, and
-//! on ext4 without a journal that is one more write, waited for, per sync. So a segment's next
+//! must also allocate its blocks and write the file's size and block map. So a segment's next
 //! chunk (1 MiB at first, then as much as the segment holds, up to [`PREPARE_CHUNK`]) is
-//! written with zeros and synced ahead of the records, by a thread of its own, once less than
-//! half a chunk of prepared space is left; a record's data sync then writes only its blocks. A record never goes where zeros are being written: a reservation
-//! past the prepared space waits while a chunk is prepared. If preparing fails (the disk is
-//! full, say), the segment's records are appended as before. A segment ends with up to one
-//! chunk of zeros after its last record, which reads as no record.
+//! allocated (`fallocate`) and synced ahead of the records, by a thread of its own, once less
+//! than half a chunk of prepared space is left. Allocating writes no data: the blocks are
+//! marked unwritten, and read as zeros until a record is written there. A record's data sync
+//! then only marks its blocks written, beside writing them. A record never goes where space is
+//! being allocated: a reservation past the prepared space waits while a chunk is prepared. If
+//! preparing fails (a file system without `fallocate`, a full disk), the segment's records
+//! are appended as before. A segment ends with up to one chunk of allocated space after its
+//! last record, which reads as zeros: no record.
 
 use std::collections::HashMap;
 use std::fs::File;
 use std::io::IoSlice;
 use std::ops::Range;
-use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -57,15 +59,19 @@ pub(crate) const RECORD_ALIGN: u64 = 4096;
 /// The length of a record's header.
 pub(crate) const HEADER_LEN: usize = 64;
 
-/// The largest blob kept in a pack; a larger one written whole is a file of its own.
-pub const PACKED_BLOB_LIMIT: usize = 256 * 1024;
+/// The largest blob kept in a pack; a larger one written whole is a file of its own. Above
+/// what a sealed blob written whole reaches (`sealed.rs` writes one of more than 1 MiB of
+/// ciphertext in pieces, as a file), so every sealed blob written whole is a record: a file
+/// costs a directory entry and the directory's sync besides its data's (docs/benchmarks.md,
+/// "Every blob written whole in a pack").
+pub const PACKED_BLOB_LIMIT: usize = 2 * 1024 * 1024;
 
 /// A segment takes no record that would end past this; the next one goes into a new segment.
 pub(crate) const SEGMENT_LIMIT: u64 = 1 << 30;
 
 /// The most of a segment prepared at a time (see the module's note). A chunk is as large as
 /// what the segment holds already, from [`FIRST_PREPARE_CHUNK`] up to this, so a process that
-/// stores a few blobs writes few zeros.
+/// stores a few blobs holds little unused space.
 const PREPARE_CHUNK: u64 = 16 << 20;
 
 /// The first chunk prepared in a segment.
@@ -194,7 +200,8 @@ struct Appending {
     segment: u32,
     file: Arc<File>,
     next_offset: u64,
-    /// Everything before this offset is allocated, written (records or zeros) and synced.
+    /// Everything before this offset is allocated (records, or space that reads as zeros),
+    /// and the allocation is synced.
     prepared_end: u64,
     /// A chunk after `prepared_end` is being prepared.
     preparing: bool,
@@ -285,8 +292,8 @@ impl Packs {
             .ok_or_else(|| std::io::Error::other("a packed blob's length is out of range"))?;
         let (record, file) = self.reserve(length)?;
         let header = header(identity, length, unix_seconds(SystemTime::now()));
-        // Whole blocks: a block the page cache does not hold (prepared space is written
-        // around it) is then not read from the disk first to fill a partial write.
+        // Whole blocks: a write over part of a block the page cache does not hold would make
+        // the kernel read the rest from the disk first (or, in prepared space, zero it).
         let padding = (record.span() - HEADER_LEN as u64 - u64::from(length)) as usize;
         write_all_vectored_at(
             &file,
@@ -352,11 +359,10 @@ impl Packs {
         let state = Arc::clone(&self.append);
         let segment = current.segment;
         let file = Arc::clone(&current.file);
-        let path = self.path_of(segment);
         let started = std::thread::Builder::new()
             .name("hds-pack-prepare".into())
             .spawn(move || {
-                let prepared = prepare_space(&path, &file, from, to);
+                let prepared = prepare_space(&file, from, to);
                 let mut appending = lock(&state.appending);
                 if let Some(current) = appending
                     .as_mut()
@@ -595,32 +601,11 @@ impl Packs {
     }
 }
 
-/// Writes zeros over `from..to` of the segment at `path` (open as `file`) and syncs it, so
-/// those blocks are allocated, written and in the file's synced size and block map.
-///
-/// The zeros go around the page cache (`O_DIRECT`, where the file system takes it): written
-/// through it, they would be dirty pages of the segment that every record's data sync meanwhile
-/// would have to write and wait for. `from` and `to` are multiples of [`RECORD_ALIGN`].
-fn prepare_space(path: &Path, file: &File, from: u64, to: u64) -> std::io::Result<()> {
-    const PIECE: usize = 1 << 20;
-    // A buffer aligned for direct I/O, carved out of a larger one.
-    let buffer = vec![0u8; PIECE + RECORD_ALIGN as usize];
-    let start = buffer.as_ptr().align_offset(RECORD_ALIGN as usize);
-    let zeros = &buffer[start..start + PIECE];
-    let direct = std::fs::OpenOptions::new()
-        .write(true)
-        .custom_flags(rustix::fs::OFlags::DIRECT.bits() as i32)
-        .open(path);
-    let mut at = from;
-    while at < to {
-        let length = ((to - at) as usize).min(PIECE);
-        let written = match &direct {
-            Ok(direct) => direct.write_all_at(&zeros[..length], at),
-            Err(_) => file.write_all_at(&zeros[..length], at),
-        };
-        written?;
-        at += length as u64;
-    }
+/// Allocates `from..to` of the segment `file` and syncs the allocation, so those blocks are in
+/// the file's synced size and block map before a record is written there. No data is written:
+/// the space reads as zeros until a record goes there.
+fn prepare_space(file: &File, from: u64, to: u64) -> std::io::Result<()> {
+    rustix::fs::fallocate(file, FallocateFlags::empty(), from, to - from)?;
     file.sync_data()
 }
 
@@ -695,6 +680,8 @@ mod tests {
         };
         assert_eq!(record.to_string(), "3.8192.33900");
         assert_eq!(RecordAt::parse("3.8192.33900"), Some(record));
+        let longest = format!("3.8192.{PACKED_BLOB_LIMIT}");
+        assert!(RecordAt::parse(&longest).is_some());
         for hostile in [
             "03.8192.33900",
             "3.08192.33900",
@@ -702,7 +689,6 @@ mod tests {
             "0.8192.33900",
             "3.8193.33900",
             "3.8192.0",
-            "3.8192.262145",
             "3.8192",
             "3.8192.33900.1",
             "3.8192.+339",
@@ -716,12 +702,14 @@ mod tests {
         ] {
             assert_eq!(RecordAt::parse(hostile), None, "{hostile:?}");
         }
+        let too_long = format!("3.8192.{}", PACKED_BLOB_LIMIT + 1);
+        assert_eq!(RecordAt::parse(&too_long), None);
     }
 
     #[test]
     fn records_round_trip_and_deleted_ones_are_gone() {
         let directory = tempfile::tempdir().expect("temp dir");
-        // Its blocks are counted below: no zeros prepared after the records.
+        // Its blocks are counted below: no space prepared after the records.
         let packs = Packs::new(directory.path(), true).unprepared();
         let small = vec![7u8; 100];
         let larger: Vec<u8> = (0..70_000u32).map(|i| (i % 253) as u8).collect();
@@ -817,11 +805,11 @@ mod tests {
     }
 
     #[test]
-    fn records_fill_space_prepared_ahead_and_zeros_never_cover_one() {
+    fn records_fill_space_prepared_ahead_while_more_is_prepared() {
         let directory = tempfile::tempdir().expect("temp dir");
         let packs = Arc::new(Packs::new(directory.path(), true));
         // Eight writers at once, about 40 MiB in all: chunks of 1, 2, 4, 8 and 16 MiB, so
-        // records keep arriving while the next chunk is written with zeros.
+        // records keep arriving while the next chunk is allocated.
         let writers: Vec<_> = (0..8u8)
             .map(|writer| {
                 let packs = Arc::clone(&packs);
@@ -856,8 +844,12 @@ mod tests {
             .map(|(_, record, _)| record.offset + record.span())
             .max()
             .expect("records");
-        let size = std::fs::metadata(packs.path_of(1)).expect("segment").len();
+        let segment = std::fs::metadata(packs.path_of(1)).expect("segment");
+        let size = segment.len();
         assert!(size > last_end, "prepared to {size}, records to {last_end}");
+        // Allocated, not a sparse file's hole: every block up to the end is the segment's.
+        let allocated = std::os::unix::fs::MetadataExt::blocks(&segment) * 512;
+        assert!(allocated >= size, "{allocated} bytes allocated of {size}");
         let later = SystemTime::now() + std::time::Duration::from_secs(2);
         let mut listed = packs.settled_records(1, later).expect("list");
         let mut expected: Vec<_> = written
