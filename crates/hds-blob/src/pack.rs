@@ -6,7 +6,7 @@
 //! directory's sync, and a data sync that also writes the new inode. A record in a pack costs
 //! one write and one data sync, and the syncs of concurrent stores into one segment overlap.
 //! At 33 KiB per instance this is a fifth of hds's CPU per STOW (docs/benchmarks.md, "Small
-//! blobs in packs"); at 513 KiB, with space prepared ahead, a fifth more STOWs a second
+//! blobs in packs"); at 513 KiB, with space prepared ahead, a seventh more STOWs a second
 //! ("Every blob written whole in a pack").
 //!
 //! Layout (also in docs/durability.md):
