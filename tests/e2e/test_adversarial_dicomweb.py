@@ -7,7 +7,6 @@ small caps so the listener's limits can be shown within seconds."""
 
 import io
 import os
-import re
 import select
 import socket
 import threading
@@ -20,6 +19,7 @@ import requests
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, generate_uid
 
 from conftest import HdsServer, dicom_file, free_port, read, wait_for
+from test_metrics import scrape, total
 
 MIB = 1024 * 1024
 
@@ -512,10 +512,7 @@ def test_a_stalled_request_body_is_answered_408(limited):
 
 def requests_in_flight(server) -> int:
     """What `hds_http_requests_in_flight` reads now (on the metrics listener, outside the caps)."""
-    text = requests.get(server.metrics_url, timeout=5).text
-    match = re.search(r"^hds_http_requests_in_flight (\d+)$", text, re.MULTILINE)
-    assert match, "no hds_http_requests_in_flight in the scrape"
-    return int(match.group(1))
+    return int(total(scrape(server)[1], "hds_http_requests_in_flight"))
 
 
 def test_requests_past_the_in_flight_cap_are_answered_503(limited):
@@ -549,13 +546,12 @@ def test_requests_past_the_in_flight_cap_are_answered_503(limited):
             return requests_in_flight(limited) == 4
 
         wait_for(all_four_in_flight, timeout=30, interval=0.1, what="the four stalled stores to be in flight")
-        held = requests_in_flight(limited)
         busy = requests.get(f"{limited.base}/health", timeout=5)
         assert busy.status_code == 503, busy.text
         assert busy.headers["Retry-After"] == "1"
         assert busy.json()["error"]["code"] == "ServerBusy"
         # The refused request took no place.
-        assert requests_in_flight(limited) == held
+        assert requests_in_flight(limited) == 4
     finally:
         for sock in stalled:
             sock.close()

@@ -79,9 +79,6 @@ const PREPARE_CHUNK: u64 = 16 << 20;
 /// The first chunk prepared in a segment.
 const FIRST_PREPARE_CHUNK: u64 = 1 << 20;
 
-/// What pads a record to whole blocks.
-static BLOCK_OF_ZEROS: [u8; RECORD_ALIGN as usize] = [0; RECORD_ALIGN as usize];
-
 /// The largest record offset a name may carry (far beyond [`SEGMENT_LIMIT`], so a store
 /// opened with a larger limit later still reads every name).
 const OFFSET_LIMIT: u64 = 1 << 40;
@@ -294,14 +291,9 @@ impl Packs {
             .ok_or_else(|| std::io::Error::other("a packed blob's length is out of range"))?;
         let (record, file) = self.reserve(length)?;
         let header = header(identity, length, unix_seconds(SystemTime::now()));
-        // Whole blocks: a write over part of a block the page cache does not hold would make
-        // the kernel read the rest from the disk first (or, in prepared space, zero it).
-        let padding = (record.span() - HEADER_LEN as u64 - u64::from(length)) as usize;
-        write_all_vectored_at(
-            &file,
-            &[&header, contents, &BLOCK_OF_ZEROS[..padding]],
-            record.offset,
-        )?;
+        // The rest of the record's last block is not written: past the end of the file, or in
+        // allocated space, the kernel fills it with zeros without reading the disk.
+        write_all_vectored_at(&file, &[&header, contents], record.offset)?;
         Ok((record, file))
     }
 
