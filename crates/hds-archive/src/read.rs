@@ -151,7 +151,8 @@ impl ServiceArchive {
         if records.is_empty() {
             return Err(ArchiveError::NotFound(level_name(scope)));
         }
-        let mut documents = Vec::with_capacity(records.len());
+        // One JSON array of the instances' metadata texts.
+        let mut documents = b"[".to_vec();
         for record in &records {
             let name = BlobName::parse(&record.blob_name)?;
             let key = self.blob_key(record)?;
@@ -167,9 +168,13 @@ impl ServiceArchive {
                 .map_err(|_| {
                     ArchiveError::Integrity("an original version does not parse".into())
                 })?;
-            documents.push(parsed.metadata);
+            if documents.len() > 1 {
+                documents.push(b',');
+            }
+            documents.extend_from_slice(parsed.metadata.as_str().as_bytes());
         }
-        serde_json::to_vec(&documents).map_err(|error| ArchiveError::internal("metadata", error))
+        documents.push(b']');
+        Ok(documents)
     }
 
     /// The blob key of a stored instance, unwrapped through its study key and checked against

@@ -107,7 +107,7 @@ pub struct ParsedInstance {
     pub instance_attributes: serde_json::Map<String, serde_json::Value>,
     /// The whole data set as DICOM JSON, bulk data (pixel data and other large binary values)
     /// left out.
-    pub metadata: serde_json::Value,
+    pub metadata: MetadataJson,
     /// The searchable values, at their levels.
     pub search_terms: Vec<SearchTerm>,
     /// Where the frames are, when the instance has pixel data.
@@ -184,19 +184,19 @@ pub fn parse_instance<R: Read + Seek>(mut reader: R) -> Result<ParsedInstance, I
     // Checked before anything else is derived from the values: a hostile value costs only
     // the scan that refuses it.
     let search_terms = search_terms(&object)?;
-    let metadata = data_set_to_json(&object);
-    let mut instance_attributes = select_level(&metadata, QueryLevel::Instance);
+    let metadata = MetadataJson::of(&object);
+    let mut instance_attributes = select_level(&object, QueryLevel::Instance);
     instance_attributes.insert(
         tag_key(tags::TRANSFER_SYNTAX_UID),
         serde_json::json!({ "vr": "UI", "Value": [transfer_syntax_uid] }),
     );
 
     Ok(ParsedInstance {
-        study_attributes: select_level(&metadata, QueryLevel::Study),
-        series_attributes: select_level(&metadata, QueryLevel::Series),
+        study_attributes: select_level(&object, QueryLevel::Study),
+        series_attributes: select_level(&object, QueryLevel::Series),
         instance_attributes,
         search_terms,
-        metadata: JsonValue::Object(metadata),
+        metadata,
         frames,
         study_instance_uid,
         series_instance_uid,
@@ -305,44 +305,122 @@ fn is_bulk_data(element: &InMemElement) -> bool {
 /// Serializes a data set as DICOM JSON (PS3.18 F) without its bulk data, sequences included.
 /// An element dicom-json cannot serialize is left out rather than failing the instance.
 pub fn data_set_to_json(object: &InMemDicomObject) -> Map<String, JsonValue> {
-    let mut map = Map::new();
+    object
+        .into_iter()
+        .filter_map(|element| Some((tag_key(element.tag()), element_to_json(element)?)))
+        .collect()
+}
+
+/// One element as DICOM JSON; `None` for bulk data and for an element dicom-json cannot
+/// serialize.
+fn element_to_json(element: &InMemElement) -> Option<JsonValue> {
+    if is_bulk_data(element) {
+        return None;
+    }
+    match element.value() {
+        Value::Sequence(sequence) => {
+            let items: Vec<JsonValue> = sequence
+                .items()
+                .iter()
+                .map(|item| JsonValue::Object(data_set_to_json(item)))
+                .collect();
+            let mut entry = Map::new();
+            entry.insert("vr".into(), JsonValue::String("SQ".into()));
+            if !items.is_empty() {
+                entry.insert("Value".into(), JsonValue::Array(items));
+            }
+            Some(JsonValue::Object(entry))
+        }
+        _ => serde_json::to_value(dicom_json::DicomJson::from(element)).ok(),
+    }
+}
+
+/// The attributes of one query level present in the data set, as DICOM JSON.
+fn select_level(object: &InMemDicomObject, level: QueryLevel) -> Map<String, JsonValue> {
+    level_tags(level)
+        .iter()
+        .filter_map(|&tag| Some((tag_key(tag), element_to_json(object.get(tag)?)?)))
+        .collect()
+}
+
+/// An instance's metadata: its data set as DICOM JSON text (a JSON object, keys 8 upper-case
+/// hex digits, in tag order), bulk data left out.
+///
+/// Why text rather than a `serde_json::Value`: every store seals the metadata as it is, and
+/// only an instance under extended query tags reads elements out of it. Written straight from
+/// the data set, the text costs no tree of maps and strings to build, copy and drop (about a
+/// tenth of hds's CPU per store at 33 KiB; docs/benchmarks.md, "Metadata written as text").
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MetadataJson(String);
+
+impl MetadataJson {
+    /// The DICOM JSON of `object`, as [`data_set_to_json`] gives it.
+    pub fn of(object: &InMemDicomObject) -> MetadataJson {
+        let mut text = Vec::with_capacity(4096);
+        write_data_set(object, &mut text);
+        // Only JSON written by serde_json and ASCII punctuation went in.
+        MetadataJson(String::from_utf8(text).unwrap_or_else(|_| "{}".to_owned()))
+    }
+
+    /// The text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The elements, parsed.
+    pub fn to_map(&self) -> Result<Map<String, JsonValue>, serde_json::Error> {
+        serde_json::from_str(&self.0)
+    }
+}
+
+impl From<&Map<String, JsonValue>> for MetadataJson {
+    fn from(map: &Map<String, JsonValue>) -> MetadataJson {
+        MetadataJson(JsonValue::Object(map.clone()).to_string())
+    }
+}
+
+/// Appends the DICOM JSON object of `object` to `out`, leaving out what
+/// [`element_to_json`] leaves out.
+fn write_data_set(object: &InMemDicomObject, out: &mut Vec<u8>) {
+    out.push(b'{');
+    let mut first = true;
     for element in object {
         if is_bulk_data(element) {
             continue;
         }
-        let json = match element.value() {
+        let start = out.len();
+        if !first {
+            out.push(b',');
+        }
+        out.push(b'"');
+        out.extend_from_slice(tag_key(element.tag()).as_bytes());
+        out.extend_from_slice(b"\":");
+        let written = match element.value() {
             Value::Sequence(sequence) => {
-                let items: Vec<JsonValue> = sequence
-                    .items()
-                    .iter()
-                    .map(|item| JsonValue::Object(data_set_to_json(item)))
-                    .collect();
-                let mut entry = Map::new();
-                entry.insert("vr".into(), JsonValue::String("SQ".into()));
+                out.extend_from_slice(br#"{"vr":"SQ""#);
+                let items = sequence.items();
                 if !items.is_empty() {
-                    entry.insert("Value".into(), JsonValue::Array(items));
+                    out.extend_from_slice(br#","Value":["#);
+                    for (index, item) in items.iter().enumerate() {
+                        if index > 0 {
+                            out.push(b',');
+                        }
+                        write_data_set(item, out);
+                    }
+                    out.push(b']');
                 }
-                JsonValue::Object(entry)
+                out.push(b'}');
+                true
             }
-            _ => match serde_json::to_value(dicom_json::DicomJson::from(element)) {
-                Ok(json) => json,
-                Err(_) => continue,
-            },
+            _ => serde_json::to_writer(&mut *out, &dicom_json::DicomJson::from(element)).is_ok(),
         };
-        map.insert(tag_key(element.tag()), json);
+        if written {
+            first = false;
+        } else {
+            out.truncate(start);
+        }
     }
-    map
-}
-
-fn select_level(metadata: &Map<String, JsonValue>, level: QueryLevel) -> Map<String, JsonValue> {
-    level_tags(level)
-        .iter()
-        .filter_map(|&tag| {
-            let key = tag_key(tag);
-            let value = metadata.get(&key)?.clone();
-            Some((key, value))
-        })
-        .collect()
+    out.push(b'}');
 }
 
 /// The search terms of a data set: one per value of each searchable attribute present, and a
@@ -403,4 +481,110 @@ pub fn search_terms(object: &InMemDicomObject) -> Result<Vec<SearchTerm>, Instan
         }
     }
     Ok(terms)
+}
+
+#[cfg(test)]
+mod tests {
+    use dicom_core::value::{DataSetSequence, PrimitiveValue};
+    use dicom_core::{DataElement, Length};
+
+    use super::*;
+
+    fn element(tag: Tag, vr: VR, value: PrimitiveValue) -> InMemElement {
+        DataElement::new(tag, vr, value)
+    }
+
+    /// A data set with what the metadata must keep, nest and leave out.
+    fn data_set() -> InMemDicomObject {
+        let mut item = InMemDicomObject::new_empty();
+        item.put(element(tags::CODE_VALUE, VR::SH, "T-A0100".into()));
+        item.put(element(
+            tags::CODE_MEANING,
+            VR::LO,
+            PrimitiveValue::from("Brain \"quoted\" \\ \u{e9}"),
+        ));
+        let mut nested = InMemDicomObject::new_empty();
+        nested.put(element(tags::CODE_VALUE, VR::SH, "X".into()));
+        item.put(DataElement::new(
+            tags::PURPOSE_OF_REFERENCE_CODE_SEQUENCE,
+            VR::SQ,
+            DataSetSequence::new(vec![nested], Length::UNDEFINED),
+        ));
+        let mut object = InMemDicomObject::new_empty();
+        object.put(element(tags::PATIENT_NAME, VR::PN, "Doe^Jane".into()));
+        object.put(element(tags::ROWS, VR::US, PrimitiveValue::from(2_u16)));
+        object.put(element(
+            tags::SLICE_THICKNESS,
+            VR::DS,
+            PrimitiveValue::from("2.5"),
+        ));
+        object.put(element(
+            tags::PIXEL_SPACING,
+            VR::FD,
+            PrimitiveValue::F64([0.5, f64::NAN].into_iter().collect()),
+        ));
+        object.put(DataElement::new(
+            tags::ANATOMIC_REGION_SEQUENCE,
+            VR::SQ,
+            DataSetSequence::new(vec![item], Length::UNDEFINED),
+        ));
+        object.put(DataElement::new(
+            tags::REFERENCED_IMAGE_SEQUENCE,
+            VR::SQ,
+            DataSetSequence::new(Vec::<InMemDicomObject>::new(), Length::UNDEFINED),
+        ));
+        object.put(element(
+            Tag(0x0009, 0x1001),
+            VR::OB,
+            PrimitiveValue::from(vec![7_u8; BULK_DATA_THRESHOLD + 1]),
+        ));
+        object.put(element(
+            Tag(0x0009, 0x1002),
+            VR::OB,
+            PrimitiveValue::from(vec![1_u8, 2, 3, 4]),
+        ));
+        object.put(element(
+            tags::PIXEL_DATA,
+            VR::OW,
+            PrimitiveValue::from(vec![0_u8; 8]),
+        ));
+        object
+    }
+
+    #[test]
+    fn metadata_text_is_the_data_sets_json() {
+        let object = data_set();
+        let text = MetadataJson::of(&object);
+        let parsed = text.to_map().expect("the text is a JSON object");
+        assert_eq!(parsed, data_set_to_json(&object));
+        // In tag order, bulk data and pixel data left out.
+        let keys: Vec<&str> = parsed.keys().map(String::as_str).collect();
+        assert_eq!(
+            keys,
+            [
+                "00081140", "00082218", "00091002", "00100010", "00180050", "00280010", "00280030"
+            ]
+        );
+        // Sequences nested, an empty one without a value.
+        assert_eq!(parsed["00081140"], serde_json::json!({ "vr": "SQ" }));
+        assert_eq!(
+            parsed["00082218"]["Value"][0]["0040A170"]["Value"][0]["00080100"]["Value"][0],
+            "X"
+        );
+        assert_eq!(
+            parsed["00082218"]["Value"][0]["00080104"]["Value"][0],
+            "Brain \"quoted\" \\ \u{e9}"
+        );
+        assert_eq!(parsed["00091002"]["InlineBinary"], "AQIDBA==");
+        assert!(
+            text.as_str()
+                .starts_with(r#"{"00081140":{"vr":"SQ"},"00082218":"#)
+        );
+    }
+
+    #[test]
+    fn metadata_of_an_empty_data_set_is_an_empty_object() {
+        let text = MetadataJson::of(&InMemDicomObject::new_empty());
+        assert_eq!(text.as_str(), "{}");
+    }
 }

@@ -16,4 +16,6 @@ pub mod workitem;
 
 pub use attributes::{QueryLevel, SearchKind, SearchableAttribute};
 pub use frames::{ByteRange, FrameMap};
-pub use instance::{InstanceError, ParsedInstance, SearchTerm, SearchValue, parse_instance};
+pub use instance::{
+    InstanceError, MetadataJson, ParsedInstance, SearchTerm, SearchValue, parse_instance,
+};

@@ -15,7 +15,7 @@ use hds_dicom::{
     ParsedInstance, QueryLevel, SearchKind, SearchTerm, SearchValue, SearchableAttribute,
 };
 use hds_index::{Filter, Index, Matcher, NewInstance, SearchQuery, ServiceKeyrings};
-use serde_json::{Map, Value, json};
+use serde_json::{Map, json};
 
 static PATIENT_NAME: SearchableAttribute = SearchableAttribute {
     tag: Tag(0x0010, 0x0010),
@@ -51,7 +51,7 @@ fn instance(number: usize) -> ParsedInstance {
         study_attributes: attributes.clone(),
         series_attributes: Map::new(),
         instance_attributes: Map::new(),
-        metadata: Value::Object(attributes),
+        metadata: hds_dicom::MetadataJson::from(&attributes),
         search_terms: vec![
             SearchTerm {
                 attribute: &PATIENT_NAME,

@@ -174,7 +174,7 @@ impl PreparedInstance {
             INSTANCE_TABLE,
             &sop_token,
             METADATA_COLUMN,
-            &to_json(&parsed.metadata)?,
+            parsed.metadata.as_str().as_bytes(),
         )?;
         let uids = SealedUids {
             study: parsed.study_instance_uid.clone(),
@@ -241,11 +241,16 @@ impl ExtendedIndexing {
             found: Vec::new(),
             errors: Vec::new(),
         };
-        let Some(metadata) = parsed.metadata.as_object() else {
+        if tags.is_empty() {
             return Ok(indexing);
-        };
+        }
+        // Read out of the metadata's text only for the instances that need it.
+        let metadata = parsed
+            .metadata
+            .to_map()
+            .map_err(|error| IndexError::Corrupt(format!("an instance's metadata: {error}")))?;
         for tag in tags {
-            match hds_dicom::extended::extract_values(metadata, &tag.definition) {
+            match hds_dicom::extended::extract_values(&metadata, &tag.definition) {
                 Ok(Some(found)) => {
                     let mut tokens = BTreeSet::new();
                     for value in &found.values {

@@ -186,7 +186,7 @@ impl Spec {
             study_attributes,
             series_attributes,
             instance_attributes,
-            metadata: Value::Object(metadata),
+            metadata: hds_dicom::MetadataJson::from(&metadata),
             search_terms,
             frames: Some(FrameMap {
                 frames: vec![vec![ByteRange {
@@ -408,7 +408,10 @@ async fn store_then_find_and_metadata(index: Index) {
         sops,
         [first.sop.clone(), third.sop.clone(), second.sop.clone()]
     );
-    assert_eq!(metadata[0], first.parsed().metadata);
+    assert_eq!(
+        metadata[0],
+        Value::Object(first.parsed().metadata.to_map().expect("metadata"))
+    );
 }
 
 async fn duplicates_are_reported_not_stored(index: Index) {
@@ -1500,7 +1503,9 @@ async fn change_feed_follows_creates_replacements_and_deletes(index: Index) {
     assert_eq!(entries[0].series_instance_uid, first.series);
     assert_eq!(
         entries[1].metadata.as_ref(),
-        Some(&second.parsed().metadata)
+        Some(&Value::Object(
+            second.parsed().metadata.to_map().expect("metadata")
+        ))
     );
     assert!(
         entries
@@ -1571,7 +1576,9 @@ async fn change_feed_follows_creates_replacements_and_deletes(index: Index) {
     );
     assert_eq!(
         entries[3].metadata.as_ref(),
-        Some(&changed.parsed().metadata)
+        Some(&Value::Object(
+            changed.parsed().metadata.to_map().expect("metadata")
+        ))
     );
 
     // Deleting the study: every entry of its instances says `deleted`, and one delete entry per
