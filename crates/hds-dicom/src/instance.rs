@@ -100,14 +100,14 @@ pub struct ParsedInstance {
     /// TransferSyntaxUID from the file meta group.
     pub transfer_syntax_uid: String,
     /// Study- and patient-level attributes as a DICOM JSON object (keys are 8-hex tags).
-    pub study_attributes: serde_json::Map<String, serde_json::Value>,
+    pub study_attributes: DicomJsonText,
     /// Series-level attributes as a DICOM JSON object.
-    pub series_attributes: serde_json::Map<String, serde_json::Value>,
-    /// Instance-level attributes as a DICOM JSON object.
-    pub instance_attributes: serde_json::Map<String, serde_json::Value>,
+    pub series_attributes: DicomJsonText,
+    /// Instance-level attributes as a DICOM JSON object, TransferSyntaxUID last.
+    pub instance_attributes: DicomJsonText,
     /// The whole data set as DICOM JSON, bulk data (pixel data and other large binary values)
     /// left out.
-    pub metadata: MetadataJson,
+    pub metadata: DicomJsonText,
     /// The searchable values, at their levels.
     pub search_terms: Vec<SearchTerm>,
     /// Where the frames are, when the instance has pixel data.
@@ -184,16 +184,17 @@ pub fn parse_instance<R: Read + Seek>(mut reader: R) -> Result<ParsedInstance, I
     // Checked before anything else is derived from the values: a hostile value costs only
     // the scan that refuses it.
     let search_terms = search_terms(&object)?;
-    let metadata = MetadataJson::of(&object);
-    let mut instance_attributes = select_level(&object, QueryLevel::Instance);
-    instance_attributes.insert(
-        tag_key(tags::TRANSFER_SYNTAX_UID),
-        serde_json::json!({ "vr": "UI", "Value": [transfer_syntax_uid] }),
+    let metadata = DicomJsonText::of(&object);
+    let transfer_syntax = serde_json::json!({ "vr": "UI", "Value": [transfer_syntax_uid] });
+    let instance_attributes = DicomJsonText::of_level(
+        &object,
+        QueryLevel::Instance,
+        Some((tags::TRANSFER_SYNTAX_UID, &transfer_syntax)),
     );
 
     Ok(ParsedInstance {
-        study_attributes: select_level(&object, QueryLevel::Study),
-        series_attributes: select_level(&object, QueryLevel::Series),
+        study_attributes: DicomJsonText::of_level(&object, QueryLevel::Study, None),
+        series_attributes: DicomJsonText::of_level(&object, QueryLevel::Series, None),
         instance_attributes,
         search_terms,
         metadata,
@@ -278,7 +279,15 @@ fn image_geometry(object: &InMemDicomObject) -> Result<ImageGeometry, FrameError
 
 /// The DICOM JSON key of a tag: 8 upper-case hex digits.
 pub fn tag_key(tag: Tag) -> String {
-    format!("{:04X}{:04X}", tag.group(), tag.element())
+    String::from_utf8_lossy(&tag_key_digits(tag)).into_owned()
+}
+
+/// The digits of [`tag_key`], without formatting machinery: every element of every stored
+/// instance is written under one.
+fn tag_key_digits(tag: Tag) -> [u8; 8] {
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
+    let value = (u32::from(tag.group()) << 16) | u32::from(tag.element());
+    std::array::from_fn(|index| HEX[((value >> (28 - 4 * index)) & 0xF) as usize])
 }
 
 /// Whether an element is bulk data, left out of metadata: pixel data of any kind, encapsulated
@@ -335,31 +344,51 @@ fn element_to_json(element: &InMemElement) -> Option<JsonValue> {
     }
 }
 
-/// The attributes of one query level present in the data set, as DICOM JSON.
-fn select_level(object: &InMemDicomObject, level: QueryLevel) -> Map<String, JsonValue> {
-    level_tags(level)
-        .iter()
-        .filter_map(|&tag| Some((tag_key(tag), element_to_json(object.get(tag)?)?)))
-        .collect()
-}
-
-/// An instance's metadata: its data set as DICOM JSON text (a JSON object, keys 8 upper-case
-/// hex digits, in tag order), bulk data left out.
+/// A DICOM JSON object as text (keys 8 upper-case hex digits, in tag order, bulk data left
+/// out): an instance's metadata, or the attributes of one of its query levels.
 ///
-/// Why text rather than a `serde_json::Value`: every store seals the metadata as it is, and
-/// only an instance under extended query tags reads elements out of it. Written straight from
-/// the data set, the text costs no tree of maps and strings to build, copy and drop (about a
+/// Why text rather than a `serde_json` map: every store seals these as they are, and only an
+/// instance under extended query tags reads elements out of them. Written straight from the
+/// data set, the text costs no tree of maps and strings to build, copy and drop (about a
 /// tenth of hds's CPU per store at 33 KiB; docs/benchmarks.md, "Metadata written as text").
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct MetadataJson(String);
+pub struct DicomJsonText(String);
 
-impl MetadataJson {
+impl DicomJsonText {
     /// The DICOM JSON of `object`, as [`data_set_to_json`] gives it.
-    pub fn of(object: &InMemDicomObject) -> MetadataJson {
+    pub fn of(object: &InMemDicomObject) -> DicomJsonText {
         let mut text = Vec::with_capacity(4096);
         write_data_set(object, &mut text);
-        // Only JSON written by serde_json and ASCII punctuation went in.
-        MetadataJson(String::from_utf8(text).unwrap_or_else(|_| "{}".to_owned()))
+        DicomJsonText::from_written(text)
+    }
+
+    /// The elements of `object` at `level` (the ones [`data_set_to_json`] keeps), then
+    /// `last`, an element from outside the data set.
+    pub fn of_level(
+        object: &InMemDicomObject,
+        level: QueryLevel,
+        last: Option<(Tag, &JsonValue)>,
+    ) -> DicomJsonText {
+        let mut text = Vec::with_capacity(512);
+        text.push(b'{');
+        let mut first = true;
+        for element in level_tags(level).iter().filter_map(|&tag| object.get(tag)) {
+            first &= !write_element(element, first, &mut text);
+        }
+        if let Some((tag, value)) = last {
+            let start = text.len();
+            write_key(tag, first, &mut text);
+            if serde_json::to_writer(&mut text, value).is_err() {
+                text.truncate(start);
+            }
+        }
+        text.push(b'}');
+        DicomJsonText::from_written(text)
+    }
+
+    /// Only JSON written by serde_json and ASCII punctuation go into `text`.
+    fn from_written(text: Vec<u8>) -> DicomJsonText {
+        DicomJsonText(String::from_utf8(text).unwrap_or_else(|_| "{}".to_owned()))
     }
 
     /// The text.
@@ -373,9 +402,9 @@ impl MetadataJson {
     }
 }
 
-impl From<&Map<String, JsonValue>> for MetadataJson {
-    fn from(map: &Map<String, JsonValue>) -> MetadataJson {
-        MetadataJson(JsonValue::Object(map.clone()).to_string())
+impl From<&Map<String, JsonValue>> for DicomJsonText {
+    fn from(map: &Map<String, JsonValue>) -> DicomJsonText {
+        DicomJsonText(JsonValue::Object(map.clone()).to_string())
     }
 }
 
@@ -385,42 +414,52 @@ fn write_data_set(object: &InMemDicomObject, out: &mut Vec<u8>) {
     out.push(b'{');
     let mut first = true;
     for element in object {
-        if is_bulk_data(element) {
-            continue;
-        }
-        let start = out.len();
-        if !first {
-            out.push(b',');
-        }
-        out.push(b'"');
-        out.extend_from_slice(tag_key(element.tag()).as_bytes());
-        out.extend_from_slice(b"\":");
-        let written = match element.value() {
-            Value::Sequence(sequence) => {
-                out.extend_from_slice(br#"{"vr":"SQ""#);
-                let items = sequence.items();
-                if !items.is_empty() {
-                    out.extend_from_slice(br#","Value":["#);
-                    for (index, item) in items.iter().enumerate() {
-                        if index > 0 {
-                            out.push(b',');
-                        }
-                        write_data_set(item, out);
-                    }
-                    out.push(b']');
-                }
-                out.push(b'}');
-                true
-            }
-            _ => serde_json::to_writer(&mut *out, &dicom_json::DicomJson::from(element)).is_ok(),
-        };
-        if written {
-            first = false;
-        } else {
-            out.truncate(start);
-        }
+        first &= !write_element(element, first, out);
     }
     out.push(b'}');
+}
+
+/// Appends `"KEY":` to `out`, after a comma unless the element is the object's first.
+fn write_key(tag: Tag, first: bool, out: &mut Vec<u8>) {
+    if !first {
+        out.push(b',');
+    }
+    out.push(b'"');
+    out.extend_from_slice(&tag_key_digits(tag));
+    out.extend_from_slice(b"\":");
+}
+
+/// Appends the element as a member of a DICOM JSON object (see [`write_key`]); whether it was
+/// written ([`element_to_json`] leaves out the same elements).
+fn write_element(element: &InMemElement, first: bool, out: &mut Vec<u8>) -> bool {
+    if is_bulk_data(element) {
+        return false;
+    }
+    let start = out.len();
+    write_key(element.tag(), first, out);
+    let written = match element.value() {
+        Value::Sequence(sequence) => {
+            out.extend_from_slice(br#"{"vr":"SQ""#);
+            let items = sequence.items();
+            if !items.is_empty() {
+                out.extend_from_slice(br#","Value":["#);
+                for (index, item) in items.iter().enumerate() {
+                    if index > 0 {
+                        out.push(b',');
+                    }
+                    write_data_set(item, out);
+                }
+                out.push(b']');
+            }
+            out.push(b'}');
+            true
+        }
+        _ => serde_json::to_writer(&mut *out, &dicom_json::DicomJson::from(element)).is_ok(),
+    };
+    if !written {
+        out.truncate(start);
+    }
+    written
 }
 
 /// The search terms of a data set: one per value of each searchable attribute present, and a
@@ -554,7 +593,7 @@ mod tests {
     #[test]
     fn metadata_text_is_the_data_sets_json() {
         let object = data_set();
-        let text = MetadataJson::of(&object);
+        let text = DicomJsonText::of(&object);
         let parsed = text.to_map().expect("the text is a JSON object");
         assert_eq!(parsed, data_set_to_json(&object));
         // In tag order, bulk data and pixel data left out.
@@ -583,8 +622,54 @@ mod tests {
     }
 
     #[test]
+    fn level_text_holds_the_levels_elements_then_the_one_from_outside() {
+        let object = data_set();
+        let all = data_set_to_json(&object);
+        let study = DicomJsonText::of_level(&object, QueryLevel::Study, None);
+        let study = study.to_map().expect("an object");
+        assert_eq!(study.get("00100010"), all.get("00100010"));
+        assert!(study.keys().all(|key| all.get(key) == study.get(key)));
+        assert!(!study.contains_key("00280010"));
+        let syntax = serde_json::json!({ "vr": "UI", "Value": ["1.2.840.10008.1.2.1"] });
+        let instance = DicomJsonText::of_level(
+            &object,
+            QueryLevel::Instance,
+            Some((tags::TRANSFER_SYNTAX_UID, &syntax)),
+        );
+        let instance = instance.to_map().expect("an object");
+        assert_eq!(instance.get("00280010"), all.get("00280010"));
+        assert!(!instance.contains_key("7FE00010"));
+        assert_eq!(
+            instance.iter().next_back(),
+            Some((&"00020010".to_owned(), &syntax))
+        );
+        // Nothing at a level: an empty object, or the one element from outside alone.
+        let empty = InMemDicomObject::new_empty();
+        let nothing = DicomJsonText::of_level(&empty, QueryLevel::Series, None);
+        assert_eq!(nothing.as_str(), "{}");
+        let alone = DicomJsonText::of_level(
+            &empty,
+            QueryLevel::Instance,
+            Some((tags::TRANSFER_SYNTAX_UID, &syntax)),
+        );
+        assert_eq!(
+            alone.as_str(),
+            r#"{"00020010":{"vr":"UI","Value":["1.2.840.10008.1.2.1"]}}"#
+        );
+    }
+
+    #[test]
+    fn tag_keys_are_eight_upper_case_hex_digits() {
+        assert_eq!(tag_key(tags::PATIENT_NAME), "00100010");
+        assert_eq!(tag_key(Tag(0x7FE0, 0x0010)), "7FE00010");
+        assert_eq!(tag_key(Tag(0xABCD, 0xEF09)), "ABCDEF09");
+        assert_eq!(tag_key(Tag(0xFFFF, 0xFFFF)), "FFFFFFFF");
+        assert_eq!(tag_key(Tag(0, 0)), "00000000");
+    }
+
+    #[test]
     fn metadata_of_an_empty_data_set_is_an_empty_object() {
-        let text = MetadataJson::of(&InMemDicomObject::new_empty());
+        let text = DicomJsonText::of(&InMemDicomObject::new_empty());
         assert_eq!(text.as_str(), "{}");
     }
 }

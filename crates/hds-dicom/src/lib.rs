@@ -17,5 +17,5 @@ pub mod workitem;
 pub use attributes::{QueryLevel, SearchKind, SearchableAttribute};
 pub use frames::{ByteRange, FrameMap};
 pub use instance::{
-    InstanceError, MetadataJson, ParsedInstance, SearchTerm, SearchValue, parse_instance,
+    DicomJsonText, InstanceError, ParsedInstance, SearchTerm, SearchValue, parse_instance,
 };

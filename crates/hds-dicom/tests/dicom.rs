@@ -134,8 +134,9 @@ fn check_against_pydicom(path: &Path, transfer_syntax: &str, expected_frames: us
         &parsed.study_attributes,
         &parsed.series_attributes,
         &parsed.instance_attributes,
-    ];
-    for (key, value) in levels.into_iter().flatten() {
+    ]
+    .map(|level| level.to_map().expect("a level's attributes are an object"));
+    for (key, value) in levels.iter().flatten() {
         if key != "00020010" {
             assert_eq!(metadata.get(key), Some(value), "{name}: {key}");
         }
@@ -241,35 +242,36 @@ fn pydicom_data_files_match_pydicom() {
 fn ct_small_attributes_levels_and_search_terms() {
     let parsed = parse_instance(File::open(pydicom_test_file("CT_small.dcm")).expect("open"))
         .expect("parse CT_small");
+    let study = parsed.study_attributes.to_map().expect("study attributes");
+    let series = parsed
+        .series_attributes
+        .to_map()
+        .expect("series attributes");
+    let instance = parsed
+        .instance_attributes
+        .to_map()
+        .expect("instance attributes");
     assert_eq!(
-        parsed.study_attributes["00100010"],
+        study["00100010"],
         json!({"vr": "PN", "Value": [{"Alphabetic": "CompressedSamples^CT1"}]})
     );
+    assert_eq!(study["00100020"], json!({"vr": "LO", "Value": ["1CT1"]}));
     assert_eq!(
-        parsed.study_attributes["00100020"],
-        json!({"vr": "LO", "Value": ["1CT1"]})
-    );
-    assert_eq!(
-        parsed.study_attributes["0020000D"],
+        study["0020000D"],
         json!({"vr": "UI", "Value": ["1.3.6.1.4.1.5962.1.2.1.20040119072730.12322"]})
     );
-    assert!(!parsed.study_attributes.contains_key("00080060"));
+    assert!(!study.contains_key("00080060"));
+    assert_eq!(series["00080060"], json!({"vr": "CS", "Value": ["CT"]}));
     assert_eq!(
-        parsed.series_attributes["00080060"],
-        json!({"vr": "CS", "Value": ["CT"]})
-    );
-    assert_eq!(
-        parsed.series_attributes["00081090"],
+        series["00081090"],
         json!({"vr": "LO", "Value": ["RHAPSODE"]})
     );
-    assert!(!parsed.series_attributes.contains_key("00100010"));
+    assert!(!series.contains_key("00100010"));
+    assert_eq!(instance["00020010"], json!({"vr": "UI", "Value": [ELE]}));
+    assert_eq!(instance["00280010"], json!({"vr": "US", "Value": [128]}));
     assert_eq!(
-        parsed.instance_attributes["00020010"],
-        json!({"vr": "UI", "Value": [ELE]})
-    );
-    assert_eq!(
-        parsed.instance_attributes["00280010"],
-        json!({"vr": "US", "Value": [128]})
+        instance.keys().next_back().map(String::as_str),
+        Some("00020010")
     );
     // The file meta group stays out of the metadata, the data set is all there.
     let metadata = parsed.metadata.to_map().expect("object");
@@ -940,11 +942,12 @@ fn bulk_update_changes_demographics_and_keeps_pixel_data() {
         let before = parse_instance(std::io::Cursor::new(bytes.clone())).expect("parse before");
         let updated = change.apply(&bytes).expect("apply");
         let after = parse_instance(std::io::Cursor::new(updated.clone())).expect("parse after");
+        let study = after.study_attributes.to_map().expect("study attributes");
         assert_eq!(
-            after.study_attributes["00100010"],
+            study["00100010"],
             json!({"vr": "PN", "Value": [{"Alphabetic": "Müller^Zoë"}]})
         );
-        assert_eq!(after.study_attributes["00100020"]["Value"][0], "NEW-ID");
+        assert_eq!(study["00100020"]["Value"][0], "NEW-ID");
         assert_eq!(after.sop_instance_uid, before.sop_instance_uid);
         assert_eq!(after.series_instance_uid, before.series_instance_uid);
         assert_eq!(after.transfer_syntax_uid, before.transfer_syntax_uid);

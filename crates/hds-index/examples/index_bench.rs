@@ -12,7 +12,8 @@ use dicom_core::Tag;
 use hds_crypto::keys::{BlobKey, LocalRsaKek, RsaKeySize};
 use hds_db::Database;
 use hds_dicom::{
-    ParsedInstance, QueryLevel, SearchKind, SearchTerm, SearchValue, SearchableAttribute,
+    DicomJsonText, ParsedInstance, QueryLevel, SearchKind, SearchTerm, SearchValue,
+    SearchableAttribute,
 };
 use hds_index::{Filter, Index, Matcher, NewInstance, SearchQuery, ServiceKeyrings};
 use serde_json::{Map, json};
@@ -48,10 +49,10 @@ fn instance(number: usize) -> ParsedInstance {
         sop_instance_uid: sop,
         sop_class_uid: "1.2.840.10008.5.1.4.1.1.2".into(),
         transfer_syntax_uid: "1.2.840.10008.1.2.1".into(),
-        study_attributes: attributes.clone(),
-        series_attributes: Map::new(),
-        instance_attributes: Map::new(),
-        metadata: hds_dicom::MetadataJson::from(&attributes),
+        study_attributes: DicomJsonText::from(&attributes),
+        series_attributes: DicomJsonText::from(&Map::new()),
+        instance_attributes: DicomJsonText::from(&Map::new()),
+        metadata: DicomJsonText::from(&attributes),
         search_terms: vec![
             SearchTerm {
                 attribute: &PATIENT_NAME,

@@ -141,9 +141,9 @@ impl PreparedInstance {
         };
         let row = |table: &'static str,
                    row_token: &[u8],
-                   attributes: &serde_json::Map<String, serde_json::Value>,
+                   attributes: &hds_dicom::DicomJsonText,
                    level: QueryLevel| {
-            let plain = to_json(&extended.attributes(attributes, level))?;
+            let plain = extended.attributes(attributes, level)?;
             let tokens = level_tokens(level)?;
             let digest = row_digest(cipher, service, table, row_token, &plain, &tokens)?;
             Ok::<_, IndexError>(PreparedRow {
@@ -168,7 +168,7 @@ impl PreparedInstance {
             INSTANCE_TABLE,
             &sop_token,
             ATTRIBUTES_COLUMN,
-            &to_json(&extended.attributes(&parsed.instance_attributes, QueryLevel::Instance))?,
+            &extended.attributes(&parsed.instance_attributes, QueryLevel::Instance)?,
         )?;
         let metadata = seal(
             INSTANCE_TABLE,
@@ -279,25 +279,27 @@ impl ExtendedIndexing {
             .collect()
     }
 
-    /// The level's attributes with the level's elements added.
+    /// The level's attributes (DICOM JSON text) with the level's elements added.
     fn attributes<'a>(
         &self,
-        attributes: &'a serde_json::Map<String, serde_json::Value>,
+        attributes: &'a hds_dicom::DicomJsonText,
         level: QueryLevel,
-    ) -> std::borrow::Cow<'a, serde_json::Map<String, serde_json::Value>> {
+    ) -> Result<std::borrow::Cow<'a, [u8]>, IndexError> {
         let mut elements = self
             .found
             .iter()
             .filter(|(found_level, ..)| *found_level == level)
             .peekable();
         if elements.peek().is_none() {
-            return std::borrow::Cow::Borrowed(attributes);
+            return Ok(std::borrow::Cow::Borrowed(attributes.as_str().as_bytes()));
         }
-        let mut extended = attributes.clone();
+        let mut extended = attributes.to_map().map_err(|error| {
+            IndexError::Corrupt(format!("an instance's level attributes: {error}"))
+        })?;
         for (_, path, element, _) in elements {
             extended.insert(path.clone(), element.clone());
         }
-        std::borrow::Cow::Owned(extended)
+        Ok(std::borrow::Cow::Owned(to_json(&extended)?))
     }
 }
 

@@ -48,10 +48,19 @@ pub(crate) fn modality_pieces(
     cipher: &dyn IndexCipher,
     service: &str,
     study_token: &[u8],
-    series_attributes: &serde_json::Map<String, serde_json::Value>,
+    series_attributes: &hds_dicom::DicomJsonText,
 ) -> Result<Option<Vec<ModalityPiece>>, IndexError> {
-    let values = series_attributes
-        .get("00080060")
+    /// The one element read out of the series' attributes; the others are skipped unread.
+    #[derive(serde::Deserialize)]
+    struct Series {
+        #[serde(rename = "00080060")]
+        modality: Option<serde_json::Value>,
+    }
+    let series: Series = serde_json::from_str(series_attributes.as_str())
+        .map_err(|error| IndexError::Corrupt(format!("a series' attributes: {error}")))?;
+    let values = series
+        .modality
+        .as_ref()
         .and_then(|element| element.get("Value"))
         .and_then(serde_json::Value::as_array);
     let mut strings = Vec::new();
@@ -295,13 +304,17 @@ mod tests {
     use super::*;
     use crate::PlaintextIndexCipher;
 
-    fn series(modalities: serde_json::Value) -> serde_json::Map<String, serde_json::Value> {
+    fn series(modalities: serde_json::Value) -> hds_dicom::DicomJsonText {
         let mut attributes = serde_json::Map::new();
+        attributes.insert(
+            "0020000E".into(),
+            serde_json::json!({"vr": "UI", "Value": ["1.2"]}),
+        );
         attributes.insert(
             "00080060".into(),
             serde_json::json!({"vr": "CS", "Value": modalities}),
         );
-        attributes
+        hds_dicom::DicomJsonText::from(&attributes)
     }
 
     #[test]
@@ -340,7 +353,13 @@ mod tests {
                     .is_none()
             );
         }
-        let none = modality_pieces(&cipher, "svc", b"study", &serde_json::Map::new()).unwrap();
+        let none = modality_pieces(
+            &cipher,
+            "svc",
+            b"study",
+            &hds_dicom::DicomJsonText::from(&serde_json::Map::new()),
+        )
+        .unwrap();
         assert!(none.unwrap().is_empty());
     }
 }

@@ -183,10 +183,10 @@ impl Spec {
             sop_instance_uid: self.sop.clone(),
             sop_class_uid: "1.2.840.10008.5.1.4.1.1.2".to_owned(),
             transfer_syntax_uid: "1.2.840.10008.1.2.1".to_owned(),
-            study_attributes,
-            series_attributes,
-            instance_attributes,
-            metadata: hds_dicom::MetadataJson::from(&metadata),
+            study_attributes: hds_dicom::DicomJsonText::from(&study_attributes),
+            series_attributes: hds_dicom::DicomJsonText::from(&series_attributes),
+            instance_attributes: hds_dicom::DicomJsonText::from(&instance_attributes),
+            metadata: hds_dicom::DicomJsonText::from(&metadata),
             search_terms,
             frames: Some(FrameMap {
                 frames: vec![vec![ByteRange {
