@@ -402,6 +402,7 @@ impl DicomJsonText {
     }
 }
 
+/// The text of a DICOM JSON object held as a map (elements in the map's order).
 impl From<&Map<String, JsonValue>> for DicomJsonText {
     fn from(map: &Map<String, JsonValue>) -> DicomJsonText {
         DicomJsonText(JsonValue::Object(map.clone()).to_string())
