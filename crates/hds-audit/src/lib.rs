@@ -346,8 +346,14 @@ impl AuditLog {
 /// the caller refuses the request it would have recorded.
 const QUEUE_CAPACITY: usize = 65_536;
 
-/// The most events one transaction appends.
-const BATCH_MAX: usize = 1024;
+/// The most events one transaction appends: one INSERT's worth ([`RECORDS_PER_INSERT`]).
+///
+/// Why no more: a batch holds every writer of the database back (SQLite's write turn, which the
+/// index's group commits wait for) while it inserts and commits. Batches of up to 1,024 events,
+/// about 550 under a STOW load of 2,400 requests a second, held it for 6.5-9 ms every 200 ms, and
+/// the stores caught behind them made STOW's p99; batches of 64 hold it about a millisecond
+/// (docs/benchmarks.md, "STOW's p99, looked at").
+const BATCH_MAX: usize = RECORDS_PER_INSERT;
 
 /// How long the writer waits for more events after the first of a batch: appends of busy
 /// traffic (a DICOM data request each) are one transaction per interval, not one per request.
