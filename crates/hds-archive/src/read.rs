@@ -151,8 +151,7 @@ impl ServiceArchive {
         if records.is_empty() {
             return Err(ArchiveError::NotFound(level_name(scope)));
         }
-        // One JSON array of the instances' metadata texts.
-        let mut documents = b"[".to_vec();
+        let mut documents = Vec::with_capacity(records.len());
         for record in &records {
             let name = BlobName::parse(&record.blob_name)?;
             let key = self.blob_key(record)?;
@@ -168,13 +167,13 @@ impl ServiceArchive {
                 .map_err(|_| {
                     ArchiveError::Integrity("an original version does not parse".into())
                 })?;
-            if documents.len() > 1 {
-                documents.push(b',');
-            }
-            documents.extend_from_slice(parsed.metadata.as_str().as_bytes());
+            documents.push(parsed.metadata);
         }
-        documents.push(b']');
-        Ok(documents)
+        Ok(hds_dicom::json_array(
+            documents
+                .iter()
+                .map(|metadata| metadata.as_str().as_bytes()),
+        ))
     }
 
     /// The blob key of a stored instance, unwrapped through its study key and checked against

@@ -311,39 +311,6 @@ fn is_bulk_data(element: &InMemElement) -> bool {
     }
 }
 
-/// Serializes a data set as DICOM JSON (PS3.18 F) without its bulk data, sequences included.
-/// An element dicom-json cannot serialize is left out rather than failing the instance.
-pub fn data_set_to_json(object: &InMemDicomObject) -> Map<String, JsonValue> {
-    object
-        .into_iter()
-        .filter_map(|element| Some((tag_key(element.tag()), element_to_json(element)?)))
-        .collect()
-}
-
-/// One element as DICOM JSON; `None` for bulk data and for an element dicom-json cannot
-/// serialize.
-fn element_to_json(element: &InMemElement) -> Option<JsonValue> {
-    if is_bulk_data(element) {
-        return None;
-    }
-    match element.value() {
-        Value::Sequence(sequence) => {
-            let items: Vec<JsonValue> = sequence
-                .items()
-                .iter()
-                .map(|item| JsonValue::Object(data_set_to_json(item)))
-                .collect();
-            let mut entry = Map::new();
-            entry.insert("vr".into(), JsonValue::String("SQ".into()));
-            if !items.is_empty() {
-                entry.insert("Value".into(), JsonValue::Array(items));
-            }
-            Some(JsonValue::Object(entry))
-        }
-        _ => serde_json::to_value(dicom_json::DicomJson::from(element)).ok(),
-    }
-}
-
 /// A DICOM JSON object as text (keys 8 upper-case hex digits, in tag order, bulk data left
 /// out): an instance's metadata, or the attributes of one of its query levels.
 ///
@@ -355,14 +322,15 @@ fn element_to_json(element: &InMemElement) -> Option<JsonValue> {
 pub struct DicomJsonText(String);
 
 impl DicomJsonText {
-    /// The DICOM JSON of `object`, as [`data_set_to_json`] gives it.
+    /// The DICOM JSON (PS3.18 F) of `object`: every element but bulk data, sequences nested.
+    /// An element dicom-json cannot serialize is left out rather than failing the instance.
     pub fn of(object: &InMemDicomObject) -> DicomJsonText {
         let mut text = Vec::with_capacity(4096);
         write_data_set(object, &mut text);
         DicomJsonText::from_written(text)
     }
 
-    /// The elements of `object` at `level` (the ones [`data_set_to_json`] keeps), then
+    /// The elements of `object` at `level` (the ones [`DicomJsonText::of`] keeps), then
     /// `last`, an element from outside the data set.
     pub fn of_level(
         object: &InMemDicomObject,
@@ -409,8 +377,20 @@ impl From<&Map<String, JsonValue>> for DicomJsonText {
     }
 }
 
-/// Appends the DICOM JSON object of `object` to `out`, leaving out what
-/// [`element_to_json`] leaves out.
+/// JSON documents joined as they are into one JSON array, without parsing them again.
+pub fn json_array<'a>(documents: impl IntoIterator<Item = &'a [u8]>) -> Vec<u8> {
+    let mut array = vec![b'['];
+    for (position, document) in documents.into_iter().enumerate() {
+        if position > 0 {
+            array.push(b',');
+        }
+        array.extend_from_slice(document);
+    }
+    array.push(b']');
+    array
+}
+
+/// Appends the DICOM JSON object of `object` to `out` (see [`DicomJsonText::of`]).
 fn write_data_set(object: &InMemDicomObject, out: &mut Vec<u8>) {
     out.push(b'{');
     let mut first = true;
@@ -431,7 +411,7 @@ fn write_key(tag: Tag, first: bool, out: &mut Vec<u8>) {
 }
 
 /// Appends the element as a member of a DICOM JSON object (see [`write_key`]); whether it was
-/// written ([`element_to_json`] leaves out the same elements).
+/// written (not when it is bulk data or dicom-json cannot serialize it).
 fn write_element(element: &InMemElement, first: bool, out: &mut Vec<u8>) -> bool {
     if is_bulk_data(element) {
         return false;
@@ -529,6 +509,39 @@ mod tests {
     use dicom_core::{DataElement, Length};
 
     use super::*;
+
+    /// The reference the text is held to: the data set as a `serde_json` tree, built element by
+    /// element through `serde_json::to_value`.
+    fn data_set_to_json(object: &InMemDicomObject) -> Map<String, JsonValue> {
+        object
+            .into_iter()
+            .filter_map(|element| Some((tag_key(element.tag()), element_to_json(element)?)))
+            .collect()
+    }
+
+    /// One element as DICOM JSON; `None` for bulk data and for an element dicom-json cannot
+    /// serialize.
+    fn element_to_json(element: &InMemElement) -> Option<JsonValue> {
+        if is_bulk_data(element) {
+            return None;
+        }
+        match element.value() {
+            Value::Sequence(sequence) => {
+                let items: Vec<JsonValue> = sequence
+                    .items()
+                    .iter()
+                    .map(|item| JsonValue::Object(data_set_to_json(item)))
+                    .collect();
+                let mut entry = Map::new();
+                entry.insert("vr".into(), JsonValue::String("SQ".into()));
+                if !items.is_empty() {
+                    entry.insert("Value".into(), JsonValue::Array(items));
+                }
+                Some(JsonValue::Object(entry))
+            }
+            _ => serde_json::to_value(dicom_json::DicomJson::from(element)).ok(),
+        }
+    }
 
     fn element(tag: Tag, vr: VR, value: PrimitiveValue) -> InMemElement {
         DataElement::new(tag, vr, value)
@@ -666,6 +679,13 @@ mod tests {
         assert_eq!(tag_key(Tag(0xABCD, 0xEF09)), "ABCDEF09");
         assert_eq!(tag_key(Tag(0xFFFF, 0xFFFF)), "FFFFFFFF");
         assert_eq!(tag_key(Tag(0, 0)), "00000000");
+    }
+
+    #[test]
+    fn json_documents_join_into_one_array_as_they_are() {
+        assert_eq!(json_array([]), b"[]");
+        assert_eq!(json_array([&b"{}"[..]]), b"[{}]");
+        assert_eq!(json_array([&b"{\"a\":1}"[..], b"{}"]), b"[{\"a\":1},{}]");
     }
 
     #[test]

@@ -17,5 +17,6 @@ pub mod workitem;
 pub use attributes::{QueryLevel, SearchKind, SearchableAttribute};
 pub use frames::{ByteRange, FrameMap};
 pub use instance::{
-    DicomJsonText, InstanceError, ParsedInstance, SearchTerm, SearchValue, parse_instance,
+    DicomJsonText, InstanceError, ParsedInstance, SearchTerm, SearchValue, json_array,
+    parse_instance,
 };

@@ -17,6 +17,7 @@ use serde_json::{Map, Value};
 
 use crate::SearchValue;
 use crate::attributes::resolve_tag;
+use crate::instance::tag_key;
 use crate::normalize::{
     fuzzy_query_words, is_valid_uid, name_words, normalize_exact, normalize_person_name, parse_date,
 };
@@ -229,11 +230,6 @@ impl ProcedureStepState {
             _ => None,
         }
     }
-}
-
-/// The DICOM JSON key of a tag (`GGGGEEEE`, uppercase).
-pub fn tag_key(tag: Tag) -> String {
-    format!("{:04X}{:04X}", tag.group(), tag.element())
 }
 
 /// The value representations DICOM JSON may carry.

@@ -572,17 +572,9 @@ impl Index {
         if documents.is_empty() {
             return Ok(None);
         }
-        let length = documents.iter().map(Vec::len).sum::<usize>() + documents.len() + 1;
-        let mut array = Vec::with_capacity(length);
-        array.push(b'[');
-        for (position, document) in documents.iter().enumerate() {
-            if position > 0 {
-                array.push(b',');
-            }
-            array.extend_from_slice(document);
-        }
-        array.push(b']');
-        Ok(Some(array))
+        Ok(Some(hds_dicom::json_array(
+            documents.iter().map(Vec::as_slice),
+        )))
     }
 
     /// The opened metadata documents (JSON bytes) of the instances in scope, in series then
