@@ -1,6 +1,8 @@
 //! A STOW part as hds sees it: any bytes go through the structural scan, dicom-rs parsing,
 //! attribute extraction, the search terms and the frame map without panicking or allocating
-//! what a hostile header claims.
+//! what a hostile header claims. The DICOM JSON that hds writes by hand for the metadata and
+//! each query level must parse back as a JSON object, whatever the data set holds: it is
+//! sealed and served as it is.
 #![no_main]
 
 use std::io::Cursor;
@@ -16,5 +18,14 @@ fuzz_target!(|bytes: &[u8]| {
             let _ = frames.frame_length(frame);
         }
     }
-    let _ = serde_json::to_vec(&instance.metadata);
+    for text in [
+        &instance.metadata,
+        &instance.study_attributes,
+        &instance.series_attributes,
+        &instance.instance_attributes,
+    ] {
+        if let Err(error) = text.to_map() {
+            panic!("hds wrote DICOM JSON that does not parse: {error}");
+        }
+    }
 });
