@@ -192,9 +192,9 @@ impl ExtendedTagDefinition {
     }
 }
 
-/// 8 uppercase hex digits.
+/// A tag's path in the extended query tag API: its DICOM JSON key, 8 uppercase hex digits.
 pub fn tag_path(tag: Tag) -> String {
-    format!("{:04X}{:04X}", tag.group(), tag.element())
+    crate::instance::tag_key(tag)
 }
 
 fn is_private(tag: Tag) -> bool {

@@ -279,7 +279,7 @@ fn image_geometry(object: &InMemDicomObject) -> Result<ImageGeometry, FrameError
 
 /// The DICOM JSON key of a tag: 8 upper-case hex digits.
 pub fn tag_key(tag: Tag) -> String {
-    String::from_utf8_lossy(&tag_key_digits(tag)).into_owned()
+    tag_key_digits(tag).into_iter().map(char::from).collect()
 }
 
 /// The digits of [`tag_key`], without formatting machinery: every element of every stored

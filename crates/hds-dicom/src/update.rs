@@ -152,7 +152,7 @@ impl ChangeDataset {
                 })
                 .collect();
             object.insert(
-                format!("{:04X}{:04X}", tag.group(), tag.element()),
+                crate::instance::tag_key(*tag),
                 serde_json::json!({ "vr": vr.to_string(), "Value": values }),
             );
         }

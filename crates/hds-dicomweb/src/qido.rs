@@ -14,6 +14,7 @@ use hds_dicom::attributes::{
     default_return_tags, find_searchable, resolve_tag, within_length_limit,
 };
 use hds_dicom::extended::{self, ExtendedKind};
+use hds_dicom::instance::tag_key;
 use hds_dicom::normalize;
 use hds_dicom::{QueryLevel, SearchKind};
 use serde::Deserialize;
@@ -437,10 +438,6 @@ async fn search(
         .map(|hit| shape_result(context, level, &keys, hit))
         .collect::<Result<Vec<_>, _>>()?;
     Ok(([(CONTENT_TYPE, "application/dicom+json")], Json(results)).into_response())
-}
-
-fn tag_key(tag: Tag) -> String {
-    format!("{:04X}{:04X}", tag.group(), tag.element())
 }
 
 /// The keys a page's results keep, worked out once per request rather than once per result:
