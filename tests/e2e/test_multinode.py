@@ -282,6 +282,49 @@ def test_any_node_serves_what_another_stored(deployment):
         assert retrieve(client, base, dataset).status_code == 404
 
 
+def test_a_move_under_way_neither_drops_nor_duplicates_the_service(deployment):
+    """A move commits the service's resource under its new id before the service's internal id
+    follows it. Every node refreshes its services from the database every 5 s; a refresh in
+    between must not serve the new resource id as a new service (claiming it an id, which
+    would fail the move and open an empty service) nor stop serving the one under way. The
+    in-between state is set up in the database and held over two refreshes."""
+    nodes, cluster, database = deployment["nodes"], deployment["cluster"], deployment["database"]
+    dataset = unique_copy("CT_small.dcm")
+    payload = to_bytes(dataset)
+    assert stow(nodes[0], [payload]).status_code == 200
+
+    service_id = ArmClient(nodes[0]).service_id()
+    group = service_id.split("/")[4]
+    old_key = service_id.lower()
+    new_key = old_key.replace(f"/resourcegroups/{group.lower()}/", f"/resourcegroups/{group.lower()}-moving/")
+    new_id = service_id.replace(f"/resourceGroups/{group}/", f"/resourceGroups/{group}-moving/")
+    assert new_key != old_key and new_id != service_id
+
+    def move_row(from_key, to_key, to_id, from_group, to_group):
+        psql(cluster, database,
+             f"UPDATE arm_resources SET id_key = '{to_key}', id = '{to_id}', "
+             f"group_key = replace(group_key, '/resourcegroups/{from_group}', '/resourcegroups/{to_group}'), "
+             f"parent_key = replace(parent_key, '/resourcegroups/{from_group}/', '/resourcegroups/{to_group}/') "
+             f"WHERE id_key = '{from_key}'")
+
+    ids_before = psql(cluster, database, "SELECT service_id, resource_key FROM dicom_services ORDER BY 1")
+    move_row(old_key, new_key, new_id, group.lower(), f"{group.lower()}-moving")
+    try:
+        # Two refreshes of every node.
+        time.sleep(12)
+        assert psql(cluster, database, "SELECT service_id, resource_key FROM dicom_services ORDER BY 1") == ids_before
+        for node in nodes:
+            got = retrieve(node, node.url, dataset)
+            assert got.status_code == 200 and got.content == payload, (node.host, got.status_code)
+    finally:
+        move_row(new_key, old_key, service_id, f"{group.lower()}-moving", group.lower())
+    time.sleep(6)
+    for node in nodes:
+        got = retrieve(node, node.url, dataset)
+        assert got.status_code == 200 and got.content == payload, (node.host, got.status_code)
+    assert psql(cluster, database, "SELECT service_id, resource_key FROM dicom_services ORDER BY 1") == ids_before
+
+
 def data_plane(client, base_url):
     try:
         response = client.http.get(f"{base_url}/studies", timeout=30)

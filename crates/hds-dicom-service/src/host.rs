@@ -217,6 +217,11 @@ impl DicomHost {
             .claim_preferring(&spec.resource_id, Some(&legacy_key))
             .await?
             .service_id;
+        self.serve_stored(spec, key).await
+    }
+
+    /// Serves `spec` under its internal id `key`, without re-validating its key.
+    async fn serve_stored(&self, spec: &DicomServiceSpec, key: String) -> Result<(), HostError> {
         let (keyring, customer_managed) = match &spec.key {
             Some(binding) => {
                 let (principal_id, tenant_id) =
@@ -258,8 +263,14 @@ impl DicomHost {
     /// services it records now. A service another node created (or changed) is restored here,
     /// one it deleted is no longer served (its data is that node's to delete). Services this
     /// node changed in the last [`RECENT_CHANGE`] are left as they are.
+    ///
+    /// The internal ids decide, not the resources alone: a move commits the resource under its
+    /// new id before the service's internal id follows it ([`ServiceIds::moved`]). Meanwhile the
+    /// new resource id has no internal id, and the old one still has the service's: the
+    /// service is not served as a new one (claiming an id for it would make the move fail and
+    /// open an empty service), and not dropped either. The next pass sees the move complete.
     pub async fn reconcile(&self, specs: &[DicomServiceSpec]) {
-        let (stale, gone): (Vec<DicomServiceSpec>, Vec<String>) = {
+        let (stale, gone): (Vec<DicomServiceSpec>, Vec<(String, String)>) = {
             let mut served = self
                 .services
                 .write()
@@ -292,12 +303,23 @@ impl DicomHost {
                         .iter()
                         .any(|spec| spec.resource_id.eq_ignore_ascii_case(&hosted.resource_id))
                 })
-                .map(|hosted| hosted.resource_id.clone())
+                .map(|hosted| (hosted.resource_id.clone(), hosted.service_key.clone()))
                 .collect();
             (stale, gone)
         };
         for spec in stale {
-            match self.restore(&spec).await {
+            let key = match self.ids.get(&spec.resource_id).await {
+                Ok(Some(key)) => key,
+                Ok(None) => {
+                    tracing::debug!(resource_id = %spec.resource_id, "a DICOM service without an internal id yet (a move or creation under way) is left for the next pass");
+                    continue;
+                }
+                Err(error) => {
+                    tracing::warn!(resource_id = %spec.resource_id, error = %error, "a DICOM service's internal id could not be read");
+                    continue;
+                }
+            };
+            match self.serve_stored(&spec, key).await {
                 Ok(()) => tracing::info!(
                     resource_id = %spec.resource_id,
                     "serving a DICOM service as another node created or changed it"
@@ -307,7 +329,18 @@ impl DicomHost {
                 }
             }
         }
-        for resource_id in gone {
+        for (resource_id, service_key) in gone {
+            match self.ids.get(&resource_id).await {
+                Ok(Some(key)) if key == service_key => {
+                    tracing::debug!(resource_id = %resource_id, "a DICOM service whose resource moved before its internal id (a move under way) is still served");
+                    continue;
+                }
+                Ok(_) => {}
+                Err(error) => {
+                    tracing::warn!(resource_id = %resource_id, error = %error, "a DICOM service's internal id could not be read");
+                    continue;
+                }
+            }
             self.stop_serving(&resource_id);
             tracing::info!(resource_id = %resource_id, "no longer serving a DICOM service another node deleted");
         }
