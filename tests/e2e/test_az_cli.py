@@ -15,6 +15,7 @@ import os
 import pathlib
 import subprocess
 import sys
+import time
 
 import pytest
 import requests
@@ -37,11 +38,18 @@ def az_binary() -> pathlib.Path:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if not marker.exists():
             subprocess.run([sys.executable, "-m", "venv", str(AZ_VENV)], check=True)
-            subprocess.run(
-                [str(AZ_VENV / "bin" / "python"), "-m", "pip", "install", "--quiet",
-                 "--disable-pip-version-check", f"azure-cli=={AZ_CLI_VERSION}"],
-                check=True, timeout=1800,
-            )
+            # A few hundred packages from PyPI: one dropped connection must not fail the suite,
+            # so a failed install is tried again (pip resumes with what it has installed).
+            for attempt in range(3):
+                installed = subprocess.run(
+                    [str(AZ_VENV / "bin" / "python"), "-m", "pip", "install", "--quiet", "--retries", "10",
+                     "--disable-pip-version-check", f"azure-cli=={AZ_CLI_VERSION}"],
+                    timeout=1800,
+                )
+                if installed.returncode == 0:
+                    break
+                assert attempt < 2, f"installing azure-cli {AZ_CLI_VERSION} failed three times"
+                time.sleep(10)
             marker.touch()
     return az
 
