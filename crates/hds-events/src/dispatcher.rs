@@ -430,6 +430,12 @@ impl Dispatcher {
         if events.is_empty() {
             return Ok(advance(0, 0).await?);
         }
+        // The subscription may have been deleted since this pass loaded it (its cursors go
+        // with it). Checked after the changes were read: nothing committed after a
+        // subscription's deletion is ever sent to it.
+        if store.cursor(key, &service.service).await?.is_none() {
+            return Ok(false);
+        }
         // The lease is checked (and renewed when due) right before the post, so a post starts
         // with at least half a lease left, more than a request may take.
         if !self.hold(key).await? {

@@ -1,7 +1,7 @@
 //! The dispatcher against SQLite and PostgreSQL, a fake change source and a webhook receiver
 //! on 127.0.0.1: order and batching, retries until the receiver recovers, the cursor kept
-//! across a restart, dead-lettering, leases between two dispatchers, filters, and services
-//! whose keys are not available.
+//! across a restart, dead-lettering, leases between two dispatchers, filters, services whose
+//! keys are not available, and a subscription deleted while its changes are read.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -28,6 +28,9 @@ const SERVICE: &str = "svc-1";
 struct FakeSource {
     changes: Mutex<HashMap<String, Vec<Change>>>,
     locked: Mutex<bool>,
+    /// A subscription deleted from this store, and a change recorded, while the next
+    /// changes are read: a deletion racing a delivery pass.
+    delete_while_reading: Mutex<Option<(EventStore, String)>>,
 }
 
 impl FakeSource {
@@ -73,6 +76,11 @@ impl ChangeSource for FakeSource {
         limit: i64,
     ) -> BoxFuture<'a, Result<Vec<Change>, SourceError>> {
         Box::pin(async move {
+            let racing = self.delete_while_reading.lock().unwrap().take();
+            if let Some((store, id)) = racing {
+                assert!(store.delete_subscription(&id).await.unwrap());
+                self.add(ChangeKind::Created);
+            }
             let changes = self.changes.lock().unwrap();
             Ok(changes
                 .get(service)
@@ -439,6 +447,48 @@ async fn the_handshake_needs_the_validation_code() {
 }
 
 /// Two dispatchers (two nodes) running at once on one database: each event arrives once.
+/// A subscription deleted while a pass reads its changes: the change committed after the
+/// deletion is not sent, and the pass ends without error.
+async fn nothing_committed_after_a_deletion_is_sent(postgres: bool) {
+    let (_dir, database) = database(postgres).await;
+    let store = EventStore::open(database).await.unwrap();
+    let source = Arc::new(FakeSource::default());
+    let receiver = Receiver::default();
+    let url = receiver.start().await;
+    let subscribed = subscription(&url);
+    store.put_subscription(&subscribed).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    source.add(ChangeKind::Created);
+    let dispatcher = dispatcher(&store, &source);
+    run_until(&dispatcher, || !receiver.sequences().is_empty()).await;
+    assert_eq!(receiver.sequences(), vec![1]);
+
+    *source.delete_while_reading.lock().unwrap() = Some((store.clone(), subscribed.id.clone()));
+    assert!(!dispatcher.step().await.unwrap());
+    assert!(
+        source.delete_while_reading.lock().unwrap().is_none(),
+        "the pass read the changes"
+    );
+    for _ in 0..3 {
+        dispatcher.step().await.unwrap();
+    }
+    assert_eq!(
+        receiver.sequences(),
+        vec![1],
+        "nothing sent after the deletion"
+    );
+}
+
+#[tokio::test]
+async fn nothing_committed_after_a_deletion_is_sent_on_sqlite() {
+    nothing_committed_after_a_deletion_is_sent(false).await;
+}
+
+#[tokio::test]
+async fn nothing_committed_after_a_deletion_is_sent_on_postgres() {
+    nothing_committed_after_a_deletion_is_sent(true).await;
+}
+
 async fn two_nodes_deliver_each_event_once(postgres: bool) {
     let (_dir, database) = database(postgres).await;
     let store = EventStore::open(database.clone()).await.unwrap();
