@@ -446,7 +446,6 @@ async fn the_handshake_needs_the_validation_code() {
     assert!(validate("/missing").await.unwrap_err().contains("404"));
 }
 
-/// Two dispatchers (two nodes) running at once on one database: each event arrives once.
 /// A subscription deleted while a pass reads its changes: the change committed after the
 /// deletion is not sent, and the pass ends without error.
 async fn nothing_committed_after_a_deletion_is_sent(postgres: bool) {
@@ -489,6 +488,7 @@ async fn nothing_committed_after_a_deletion_is_sent_on_postgres() {
     nothing_committed_after_a_deletion_is_sent(true).await;
 }
 
+/// Two dispatchers (two nodes) running at once on one database: each event arrives once.
 async fn two_nodes_deliver_each_event_once(postgres: bool) {
     let (_dir, database) = database(postgres).await;
     let store = EventStore::open(database.clone()).await.unwrap();
