@@ -40,7 +40,7 @@ def az_binary() -> pathlib.Path:
             subprocess.run([sys.executable, "-m", "venv", str(AZ_VENV)], check=True)
             # A few hundred packages from PyPI: one dropped connection must not fail the suite,
             # so a failed install is tried again (pip resumes with what it has installed).
-            for attempt in range(3):
+            for _ in range(3):
                 installed = subprocess.run(
                     [str(AZ_VENV / "bin" / "python"), "-m", "pip", "install", "--quiet", "--retries", "10",
                      "--disable-pip-version-check", f"azure-cli=={AZ_CLI_VERSION}"],
@@ -48,8 +48,9 @@ def az_binary() -> pathlib.Path:
                 )
                 if installed.returncode == 0:
                     break
-                assert attempt < 2, f"installing azure-cli {AZ_CLI_VERSION} failed three times"
                 time.sleep(10)
+            else:
+                raise AssertionError(f"installing azure-cli {AZ_CLI_VERSION} failed three times")
             marker.touch()
     return az
 

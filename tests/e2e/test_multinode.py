@@ -295,35 +295,40 @@ def test_a_move_under_way_neither_drops_nor_duplicates_the_service(deployment):
 
     service_id = ArmClient(nodes[0]).service_id()
     group = service_id.split("/")[4]
-    old_key = service_id.lower()
-    new_key = old_key.replace(f"/resourcegroups/{group.lower()}/", f"/resourcegroups/{group.lower()}-moving/")
-    new_id = service_id.replace(f"/resourceGroups/{group}/", f"/resourceGroups/{group}-moving/")
-    assert new_key != old_key and new_id != service_id
+    moving = f"{group}-moving"
+    assert f"/resourceGroups/{group}/" in service_id, service_id
 
-    def move_row(from_key, to_key, to_id, from_group, to_group):
+    def move_service_row(source, target):
+        """The service's resource row alone moved from group `source` to `target`, as the first
+        step of a move leaves it (the service's internal id untouched)."""
+        source_id = service_id.replace(f"/resourceGroups/{group}/", f"/resourceGroups/{source}/")
+        target_id = service_id.replace(f"/resourceGroups/{group}/", f"/resourceGroups/{target}/")
         psql(cluster, database,
-             f"UPDATE arm_resources SET id_key = '{to_key}', id = '{to_id}', "
-             f"group_key = replace(group_key, '/resourcegroups/{from_group}', '/resourcegroups/{to_group}'), "
-             f"parent_key = replace(parent_key, '/resourcegroups/{from_group}/', '/resourcegroups/{to_group}/') "
-             f"WHERE id_key = '{from_key}'")
+             f"UPDATE arm_resources SET id_key = '{target_id.lower()}', id = '{target_id}', "
+             f"group_key = replace(group_key, '/resourcegroups/{source.lower()}', '/resourcegroups/{target.lower()}'), "
+             f"parent_key = replace(parent_key, '/resourcegroups/{source.lower()}/', '/resourcegroups/{target.lower()}/') "
+             f"WHERE id_key = '{source_id.lower()}'")
 
-    ids_before = psql(cluster, database, "SELECT service_id, resource_key FROM dicom_services ORDER BY 1")
-    move_row(old_key, new_key, new_id, group.lower(), f"{group.lower()}-moving")
-    try:
-        # Two refreshes of every node.
-        time.sleep(12)
-        assert psql(cluster, database, "SELECT service_id, resource_key FROM dicom_services ORDER BY 1") == ids_before
+    def service_ids():
+        return psql(cluster, database, "SELECT service_id, resource_key FROM dicom_services ORDER BY 1")
+
+    def every_node_serves_the_instance():
         for node in nodes:
             got = retrieve(node, node.url, dataset)
             assert got.status_code == 200 and got.content == payload, (node.host, got.status_code)
-    finally:
-        move_row(new_key, old_key, service_id, f"{group.lower()}-moving", group.lower())
-    time.sleep(6)
-    for node in nodes:
-        got = retrieve(node, node.url, dataset)
-        assert got.status_code == 200 and got.content == payload, (node.host, got.status_code)
-    assert psql(cluster, database, "SELECT service_id, resource_key FROM dicom_services ORDER BY 1") == ids_before
 
+    ids_before = service_ids()
+    move_service_row(group, moving)
+    try:
+        # Two refreshes of every node.
+        time.sleep(12)
+        assert service_ids() == ids_before
+        every_node_serves_the_instance()
+    finally:
+        move_service_row(moving, group)
+    time.sleep(6)
+    every_node_serves_the_instance()
+    assert service_ids() == ids_before
 
 def data_plane(client, base_url):
     try:
